@@ -1,0 +1,63 @@
+"""The ``m2msec`` command: help, keys sub-commands and the demo, run as a real process."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from m2msec.cli import app
+
+runner = CliRunner()
+BIN = Path(sys.executable).with_name("m2msec")
+
+
+def test_help_lists_commands():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("demo", "keys"):
+        assert command in result.output
+
+
+def test_keys_split_matches_profile():
+    result = runner.invoke(app, ["keys", "split", bytes(range(48)).hex()])
+    assert result.exit_code == 0, result.output
+    assert "key_id: " + bytes(range(16)).hex() in result.output
+    assert "key: " + bytes(range(16, 48)).hex() in result.output
+
+
+def test_keys_km_independent():
+    ke = bytes(range(32))
+    expected = hmac.new(ke, b"oneM2M Enrolment Key to Master Credential derivation" + b"maf.example", hashlib.sha256)
+    result = runner.invoke(app, ["keys", "km", ke.hex(), "maf.example"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"km: {expected.hexdigest()}"
+
+
+def test_keys_errors_are_clean():
+    result = runner.invoke(app, ["keys", "split", "00" * 47])
+    assert result.exit_code == 2
+    assert "4000 BAD_REQUEST" in result.output and "48 octets" in result.output
+    assert "Traceback" not in result.output
+    result = runner.invoke(app, ["keys", "parse-id", "no-at-sign"])
+    assert result.exit_code == 2 and "exactly one '@'" in result.output
+    result = runner.invoke(app, ["keys", "usage", "00" * 32, "16", "t.example"])
+    assert result.exit_code == 2 and "unknown SUID 16" in result.output
+    result = runner.invoke(app, ["keys", "km", "zz", "maf"])
+    assert result.exit_code == 2 and "hexadecimal" in result.output
+
+
+def test_demo_runs_as_a_process(tmp_path):
+    assert BIN.exists(), "console script not installed"
+    proc = subprocess.run(
+        [str(BIN), "demo", "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=180, env={**os.environ, "COLUMNS": "120"},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "all steps passed" in proc.stdout
+    assert "FAILED" not in proc.stdout
