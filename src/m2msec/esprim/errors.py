@@ -1,0 +1,66 @@
+"""ESPrim processing errors, one class per row of TS-0004 table 7.6.2-1."""
+
+from __future__ import annotations
+
+from m2msec.errors import M2MSecError
+from m2msec.onem2m.rsc import ResponseStatusCode as RSC
+
+
+class ESPrimError(M2MSecError):
+    """Base class; ``rsc`` is the Response Status Code of table 7.6.2-1."""
+
+    default_rsc = RSC.BAD_REQUEST
+
+
+class ESPrimParseError(ESPrimError):
+    """The ESPrim Object (or a rand object in it) could not be parsed: BAD_REQUEST."""
+
+    default_rsc = RSC.BAD_REQUEST
+
+
+class UnsupportedOption(ESPrimError):
+    """Protocol/AEAD combination or key-generation algorithm not supported."""
+
+    default_rsc = RSC.ESPRIM_UNSUPPORTED_OPTION
+
+
+class UnknownKeyID(ESPrimError):
+    """pairwiseESPrimKey identifier unknown or expired."""
+
+    default_rsc = RSC.ESPRIM_UNKNOWN_KEY_ID
+
+
+class UnknownOrigRandID(ESPrimError):
+    """originatorESPrimRandObject unknown or expired."""
+
+    default_rsc = RSC.ESPRIM_UNKNOWN_ORIG_RAND_ID
+
+
+class UnknownRecvRandID(ESPrimError):
+    """receiverESPrimRandObject unknown or expired."""
+
+    default_rsc = RSC.ESPRIM_UNKNOWN_RECV_RAND_ID
+
+
+class BadMAC(ESPrimError):
+    """AES-GCM integrity verification of the ESPrim payload failed."""
+
+    default_rsc = RSC.ESPRIM_BAD_MAC
+
+
+class ImpersonationError(ESPrimError):
+    """Inner request From differs from the identity bound to the pairwiseESPrimKey."""
+
+    default_rsc = RSC.ESPRIM_IMPERSONATION_ERROR
+
+
+class DecryptionError(ESPrimError):
+    """Some other problem while decrypting: the inner primitive could not be obtained."""
+
+    default_rsc = RSC.ESPRIM_DECRYPTION_ERROR
+
+
+class EncryptionError(ESPrimError):
+    """The inner response primitive could not be encrypted."""
+
+    default_rsc = RSC.ESPRIM_ENCRYPTION_ERROR
