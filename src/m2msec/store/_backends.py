@@ -1,0 +1,304 @@
+"""Database adapters for :mod:`m2msec.store`: SQLite (stdlib) and PostgreSQL (psycopg 3).
+
+Both hold the same logical schema (schema version 1).  This module is the only
+place that knows SQL dialect details: parameter style, column types, how a
+timestamp/JSON/BLOB value travels, how a transaction begins, and how driver
+errors become :class:`~m2msec.store.errors.StoreError`.  The store itself is the
+persistence adapter required by the scale-out rule (DESIGN.md section 3) for the
+state of TS-0003 clauses 8.3 (MEF), 8.4 (ESPrim) and 8.8 (MAF).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from m2msec.store.errors import StoreError
+
+SCHEMA_VERSION = 1
+SCHEMA_COMPONENT = "store"
+_TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+# Tables common to both dialects; {placeholders} are filled per dialect.
+_DDL = [
+    """CREATE TABLE IF NOT EXISTS m2msec_credentials (
+        namespace  TEXT NOT NULL,
+        cred_id    TEXT NOT NULL,
+        secret     {blob} NOT NULL,
+        kek_id     TEXT NOT NULL,
+        metadata   {json} NOT NULL,
+        created_at {ts} NOT NULL,
+        expires_at {ts},
+        PRIMARY KEY (namespace, cred_id))""",
+    "CREATE INDEX IF NOT EXISTS m2msec_credentials_expiry ON m2msec_credentials (expires_at)",
+    "CREATE INDEX IF NOT EXISTS m2msec_credentials_kek ON m2msec_credentials (kek_id)",
+    """CREATE TABLE IF NOT EXISTS m2msec_records (
+        namespace  TEXT NOT NULL,
+        rec_id     TEXT NOT NULL,
+        doc        {json} NOT NULL,
+        version    BIGINT NOT NULL,
+        created_at {ts} NOT NULL,
+        updated_at {ts} NOT NULL,
+        expires_at {ts},
+        PRIMARY KEY (namespace, rec_id))""",
+    "CREATE INDEX IF NOT EXISTS m2msec_records_expiry ON m2msec_records (expires_at)",
+    """CREATE TABLE IF NOT EXISTS m2msec_audit (
+        seq     {serial},
+        ts      {ts} NOT NULL,
+        actor   TEXT NOT NULL,
+        action  TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        details {json} NOT NULL)""",
+]
+
+
+class Backend:
+    """Dialect + connection factory.  Subclasses implement the abstract bits."""
+
+    name = "abstract"
+    driver_errors: tuple[type[BaseException], ...] = ()
+
+    # -- connections ------------------------------------------------------------------
+    def connect(self) -> Any:
+        raise NotImplementedError
+
+    def begin(self, conn: Any, write: bool) -> None:
+        raise NotImplementedError
+
+    def commit(self, conn: Any) -> None:
+        conn.commit()
+
+    def rollback(self, conn: Any) -> None:
+        conn.rollback()
+
+    def close(self, conn: Any) -> None:
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001 - closing a broken connection
+            pass
+
+    def reusable(self, conn: Any) -> bool:
+        return True
+
+    # -- statements -------------------------------------------------------------------
+    def sql(self, text: str) -> str:
+        return text
+
+    def execute(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> Any:
+        try:
+            return conn.execute(self.sql(sql), tuple(params))
+        except self.driver_errors as exc:
+            raise self.wrap(exc) from None
+
+    def wrap(self, exc: BaseException) -> StoreError:
+        return StoreError(f"{self.name}: {exc}")
+
+    # -- values -----------------------------------------------------------------------
+    def ts_in(self, dt: datetime | None) -> Any:
+        return dt
+
+    def ts_out(self, v: Any) -> datetime | None:
+        return v
+
+    def json_in(self, text: str, obj: Any) -> Any:
+        return text
+
+    def json_out(self, v: Any) -> Any:
+        return v
+
+    def blob_out(self, v: Any) -> bytes:
+        return bytes(v)
+
+    # -- schema -----------------------------------------------------------------------
+    def ddl(self) -> list[str]:
+        raise NotImplementedError
+
+    def schema_lock(self, conn: Any) -> None:
+        """Serialise concurrent schema creation (inside the schema transaction)."""
+
+    def lock_credentials(self, conn: Any) -> None:
+        """Block concurrent credential writers for the rest of the transaction (rekey)."""
+
+
+class SQLiteBackend(Backend):
+    name = "sqlite"
+    driver_errors = (sqlite3.Error,)
+
+    def __init__(self, path: str, *, busy_timeout: float = 10.0) -> None:
+        self.path = path
+        self.busy_timeout = busy_timeout
+        self._wal_lock = threading.Lock()
+
+    def connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            with self._wal_lock:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"sqlite: cannot switch {self.path} to WAL mode (got {mode})")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA secure_delete = ON")
+        except sqlite3.Error as exc:
+            raise self.wrap(exc) from None
+        return conn
+
+    def begin(self, conn: Any, write: bool) -> None:
+        # IMMEDIATE takes the write lock up front: no lock-upgrade deadlocks between processes.
+        self.execute(conn, "BEGIN IMMEDIATE" if write else "BEGIN")
+
+    def commit(self, conn: Any) -> None:
+        self.execute(conn, "COMMIT")
+
+    def rollback(self, conn: Any) -> None:
+        if conn.in_transaction:
+            self.execute(conn, "ROLLBACK")
+
+    def reusable(self, conn: Any) -> bool:
+        return not conn.in_transaction
+
+    def wrap(self, exc: BaseException) -> StoreError:
+        msg = str(exc)
+        if "locked" in msg or "busy" in msg:
+            return StoreError(f"sqlite: database {self.path} is locked (busy timeout expired)")
+        return StoreError(f"sqlite: {msg}")
+
+    def ts_in(self, dt: datetime | None) -> str | None:
+        return None if dt is None else dt.astimezone(UTC).strftime(_TS_FORMAT)
+
+    def ts_out(self, v: Any) -> datetime | None:
+        return None if v is None else datetime.strptime(v, _TS_FORMAT).replace(tzinfo=UTC)
+
+    def json_out(self, v: Any) -> Any:
+        return json.loads(v)
+
+    def ddl(self) -> list[str]:
+        types = {
+            "blob": "BLOB",
+            "json": "TEXT",
+            "ts": "TEXT",
+            "serial": "INTEGER PRIMARY KEY AUTOINCREMENT",
+        }
+        stmts = [s.format(**types) for s in _DDL]
+        for op in ("UPDATE", "DELETE"):
+            stmts.append(
+                f"CREATE TRIGGER IF NOT EXISTS m2msec_audit_no_{op.lower()} BEFORE {op} ON m2msec_audit "
+                "BEGIN SELECT RAISE(ABORT, 'm2msec_audit is append-only'); END"
+            )
+        return stmts
+
+
+class PostgresBackend(Backend):
+    name = "postgresql"
+
+    def __init__(self, dsn: str, *, connect_timeout: int = 10) -> None:
+        import psycopg  # imported lazily: SQLite users do not need a libpq
+
+        self._psycopg = psycopg
+        from psycopg.types.json import Jsonb
+
+        self._jsonb = Jsonb
+        self.dsn = dsn
+        self.connect_timeout = connect_timeout
+        self.driver_errors = (psycopg.Error,)
+
+    def connect(self) -> Any:
+        try:
+            return self._psycopg.connect(
+                self.dsn, autocommit=False, connect_timeout=self.connect_timeout
+            )
+        except self._psycopg.Error as exc:
+            # libpq messages name host/port/user, never the password
+            raise StoreError(f"postgresql: cannot connect: {str(exc).strip()}") from None
+
+    def begin(self, conn: Any, write: bool) -> None:
+        # psycopg (autocommit off) opens the transaction implicitly on the first statement.
+        return None
+
+    def commit(self, conn: Any) -> None:
+        try:
+            conn.commit()
+        except self._psycopg.Error as exc:
+            raise self.wrap(exc) from None
+
+    def rollback(self, conn: Any) -> None:
+        try:
+            conn.rollback()
+        except self._psycopg.Error as exc:
+            raise self.wrap(exc) from None
+
+    def reusable(self, conn: Any) -> bool:
+        from psycopg.pq import TransactionStatus
+
+        return (
+            not conn.closed
+            and not conn.broken
+            and conn.info.transaction_status == TransactionStatus.IDLE
+        )
+
+    def sql(self, text: str) -> str:
+        return text.replace("?", "%s")
+
+    def wrap(self, exc: BaseException) -> StoreError:
+        diag = getattr(exc, "diag", None)
+        primary = getattr(diag, "message_primary", None) if diag is not None else None
+        state = getattr(exc, "sqlstate", None)
+        # Only the primary message: DETAIL lines may quote row values.
+        text = primary or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return StoreError(f"postgresql: {text}" + (f" (SQLSTATE {state})" if state else ""))
+
+    def ts_out(self, v: Any) -> datetime | None:
+        return None if v is None else v.astimezone(UTC)
+
+    def json_in(self, text: str, obj: Any) -> Any:
+        return self._jsonb(obj, dumps=lambda _o: text)
+
+    def ddl(self) -> list[str]:
+        types = {
+            "blob": "BYTEA",
+            "json": "JSONB",
+            "ts": "TIMESTAMPTZ",
+            "serial": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+        }
+        stmts = [s.format(**types) for s in _DDL]
+        stmts += [
+            "CREATE OR REPLACE FUNCTION m2msec_audit_append_only() RETURNS trigger "
+            "LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'm2msec_audit is append-only'; END $$",
+            "DROP TRIGGER IF EXISTS m2msec_audit_append_only ON m2msec_audit",
+            "CREATE TRIGGER m2msec_audit_append_only BEFORE UPDATE OR DELETE ON m2msec_audit "
+            "FOR EACH ROW EXECUTE FUNCTION m2msec_audit_append_only()",
+        ]
+        return stmts
+
+    def schema_lock(self, conn: Any) -> None:
+        # constant = int.from_bytes(b"m2msec-s", "big") & 0x7fff...: any fixed bigint works
+        self.execute(conn, "SELECT pg_advisory_xact_lock(7885651200433632115)")
+
+    def lock_credentials(self, conn: Any) -> None:
+        self.execute(conn, "LOCK TABLE m2msec_credentials IN SHARE ROW EXCLUSIVE MODE")
+
+
+def backend_from_url(url: str) -> Backend:
+    """``sqlite:///abs/path.db`` / ``sqlite://relative.db`` or ``postgresql://…`` (libpq URI)."""
+    if url.startswith("sqlite://"):
+        path = url[len("sqlite://") :]
+        if not path or path in (":memory:", "/:memory:") or path.startswith("file:"):
+            raise StoreError("sqlite store needs a file path (in-memory databases are not shared)")
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise StoreError(f"sqlite: directory {parent} does not exist")
+        return SQLiteBackend(path)
+    if re.match(r"^postgres(ql)?://", url):
+        return PostgresBackend(url)
+    scheme = url.split(":", 1)[0] if ":" in url else url[:16]
+    raise StoreError(f"unsupported store URL scheme {scheme!r} (use sqlite:// or postgresql://)")
