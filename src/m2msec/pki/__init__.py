@@ -1,0 +1,63 @@
+"""oneM2M certificates: flavours, a development CA, CSRs and peer verification.
+
+TS-0003 clauses 8.1.2 (certificate-based frameworks: flavours, path validation,
+credential configuration, certificate verification) and 10.1 (certificate
+profiles, public key identifiers, CSR profile).
+"""
+
+from __future__ import annotations
+
+from m2msec.pki.ca import DevCA, IssuedCertificate, build_name_constraints
+from m2msec.pki.errors import (
+    CertificateParseError,
+    CertificateVerificationError,
+    CSRError,
+    IssuanceError,
+    NameConstraintError,
+    UnsupportedKeyError,
+    VerificationReason,
+)
+from m2msec.pki.identifiers import (
+    AE_ID_URI_SCHEME,
+    CertificateFlavour,
+    DeviceId,
+    canonical_identifier,
+    identifiers_of,
+    san_entry,
+)
+from m2msec.pki.keypolicy import DEFAULT_KEY_POLICY, STRICT_ONEM2M, KeyPolicy, KeyType, generate_private_key
+from m2msec.pki.pkid import matches_public_key_identifier, ni_uri, public_key_identifier
+from m2msec.pki.profile import build_csr
+from m2msec.pki.verify import PeerCertInfo, VerifiedPeer, verify_peer_certificate, verify_raw_public_key
+
+__all__ = [
+    "AE_ID_URI_SCHEME",
+    "CSRError",
+    "CertificateFlavour",
+    "CertificateParseError",
+    "CertificateVerificationError",
+    "DEFAULT_KEY_POLICY",
+    "DevCA",
+    "DeviceId",
+    "IssuanceError",
+    "IssuedCertificate",
+    "KeyPolicy",
+    "KeyType",
+    "NameConstraintError",
+    "PeerCertInfo",
+    "STRICT_ONEM2M",
+    "UnsupportedKeyError",
+    "VerificationReason",
+    "VerifiedPeer",
+    "build_csr",
+    "build_name_constraints",
+    "canonical_identifier",
+    "generate_private_key",
+    "identifiers_of",
+    "matches_public_key_identifier",
+    "ni_uri",
+    "public_key_identifier",
+    "san_entry",
+    "verify_peer_certificate",
+    "verify_raw_public_key",
+]

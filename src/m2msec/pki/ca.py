@@ -1,0 +1,286 @@
+"""A small certificate authority for development and tests (TS-0003 8.1.2.2, 10.1.1, 10.1.4).
+
+``DevCA.create`` makes a self-signed root (and optionally one intermediate)
+whose certificates carry a critical nameConstraints extension with the
+permitted subtrees given (dNSName for CSE-ID/FQDN certificates, URI for AE-ID
+hosts and Node-ID URN prefixes, the M2M Device ID otherName for device
+certificates), as 8.1.2.2 requires.  Issuance refuses identifiers outside those
+subtrees, keys outside the key policy, and CSRs whose signature (proof of
+possession) does not verify.  The CA can be saved to / loaded from a directory
+with its private keys as passphrase-encrypted PKCS#8 PEM (mode 0600).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
+
+from m2msec.errors import IdentifierError
+from m2msec.pki.errors import CSRError, IssuanceError, NameConstraintError
+from m2msec.pki.identifiers import (
+    CertificateFlavour,
+    DeviceId,
+    identifiers_in_names,
+    san_entry,
+    subject_alt_names,
+)
+from m2msec.pki.keypolicy import DEFAULT_KEY_POLICY, KeyPolicy, KeyType, PrivateKey, generate_private_key
+from m2msec.pki.nameconstraints import first_violation, names_subject_to_constraints
+from m2msec.pki.profile import build_ca_cert, build_leaf
+
+CA_META = "ca.json"
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` with mode 0600 (also when the file already exists)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def private_key_pem(key: PrivateKey, passphrase: bytes | None = None) -> bytes:
+    enc: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
+    )
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
+
+
+def build_name_constraints(
+    permit_dns: Sequence[str] = (), permit_uri: Sequence[str] = (), permit_device: Sequence[str] = ()
+) -> x509.NameConstraints | None:
+    """Permitted subtrees; device subtrees are written ``<indication>/<arcs>``."""
+    subtrees: list[x509.GeneralName] = [x509.DNSName(d.lower()) for d in permit_dns]
+    subtrees += [x509.UniformResourceIdentifier(u) for u in permit_uri]
+    for d in permit_device:
+        if "/" not in d:
+            raise IdentifierError(f"device subtree must be written <indication>/<arcs>: {d!r}")
+        subtrees.append(DeviceId.parse(d).to_general_name())
+    if not subtrees:
+        return None
+    return x509.NameConstraints(permitted_subtrees=subtrees, excluded_subtrees=None)
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    certificate: x509.Certificate
+    private_key: PrivateKey | None  # None when issued from a CSR
+    chain: list[x509.Certificate]  # intermediates to send after the leaf (root not included)
+
+    def __repr__(self) -> str:
+        return f"IssuedCertificate(subject={self.certificate.subject.rfc4514_string()!r}, key=<hidden>)"
+
+
+class DevCA:
+    """Root CA with an optional intermediate; issues every oneM2M certificate flavour."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        root_cert: x509.Certificate,
+        root_key: PrivateKey,
+        intermediate_cert: x509.Certificate | None = None,
+        intermediate_key: PrivateKey | None = None,
+        key_policy: KeyPolicy = DEFAULT_KEY_POLICY,
+    ) -> None:
+        self.name = name
+        self.root_cert = root_cert
+        self._root_key = root_key
+        self.intermediate_cert = intermediate_cert
+        self._intermediate_key = intermediate_key
+        self.key_policy = key_policy
+
+    def __repr__(self) -> str:
+        return f"DevCA(name={self.name!r}, intermediate={self.intermediate_cert is not None}, keys=<hidden>)"
+
+    # ------------------------------------------------------------ creation
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        *,
+        now: datetime,
+        permit_dns: Sequence[str] = (),
+        permit_uri: Sequence[str] = (),
+        permit_device: Sequence[str] = (),
+        intermediate: bool = False,
+        key_type: KeyType = KeyType.EC_P256,
+        validity: timedelta = timedelta(days=3650),
+        key_policy: KeyPolicy = DEFAULT_KEY_POLICY,
+    ) -> DevCA:
+        nc = build_name_constraints(permit_dns, permit_uri, permit_device)
+        nb, na = now - timedelta(minutes=5), now + validity
+        root_key = generate_private_key(key_type)
+        root_subject = x509.Name(
+            [x509.NameAttribute(NameOID.ORGANIZATION_NAME, name), x509.NameAttribute(NameOID.COMMON_NAME, f"{name} Root CA")]
+        )
+        root = build_ca_cert(
+            subject=root_subject, public_key=root_key.public_key(), issuer_cert=None, issuer_key=root_key,
+            path_length=1 if intermediate else 0, name_constraints=nc, not_before=nb, not_after=na,
+        )
+        inter_cert = inter_key = None
+        if intermediate:
+            inter_key = generate_private_key(key_type)
+            inter_subject = x509.Name(
+                [x509.NameAttribute(NameOID.ORGANIZATION_NAME, name),
+                 x509.NameAttribute(NameOID.COMMON_NAME, f"{name} Issuing CA")]
+            )
+            inter_cert = build_ca_cert(
+                subject=inter_subject, public_key=inter_key.public_key(), issuer_cert=root, issuer_key=root_key,
+                path_length=0, name_constraints=nc, not_before=nb, not_after=na,
+            )
+        return cls(name=name, root_cert=root, root_key=root_key, intermediate_cert=inter_cert,
+                   intermediate_key=inter_key, key_policy=key_policy)
+
+    # ------------------------------------------------------------ accessors
+    @property
+    def trust_anchor(self) -> x509.Certificate:
+        return self.root_cert
+
+    @property
+    def chain(self) -> list[x509.Certificate]:
+        """Certificates a peer sends after its leaf (the intermediate, if any)."""
+        return [self.intermediate_cert] if self.intermediate_cert is not None else []
+
+    @property
+    def issuing_cert(self) -> x509.Certificate:
+        return self.intermediate_cert if self.intermediate_cert is not None else self.root_cert
+
+    @property
+    def _issuing_key(self) -> PrivateKey:
+        return self._intermediate_key if self._intermediate_key is not None else self._root_key
+
+    def permitted_subtrees(self) -> list[x509.GeneralName]:
+        try:
+            nc = self.root_cert.extensions.get_extension_for_class(x509.NameConstraints).value
+        except x509.ExtensionNotFound:
+            return []
+        return list(nc.permitted_subtrees or [])
+
+    # ------------------------------------------------------------ issuance
+    def check_names(self, flavour: CertificateFlavour, identifiers: Sequence[str]) -> None:
+        """Raise NameConstraintError if the CA's constraints forbid any identifier."""
+        names = [san_entry(flavour, i) for i in identifiers]
+        for ca in [self.root_cert, *self.chain]:
+            try:
+                nc = ca.extensions.get_extension_for_class(x509.NameConstraints).value
+            except x509.ExtensionNotFound:
+                continue
+            why = first_violation(names, nc)
+            if why is not None:
+                raise NameConstraintError(f"CA {self.name!r} may not issue {list(identifiers)}: {why}")
+
+    def issue(
+        self,
+        flavour: CertificateFlavour,
+        identifiers: Sequence[str],
+        *,
+        now: datetime,
+        public_key: object | None = None,
+        key_type: KeyType = KeyType.EC_P256,
+        validity: timedelta = timedelta(days=365),
+    ) -> IssuedCertificate:
+        """Issue a certificate of ``flavour``; generates the key pair unless ``public_key`` is given."""
+        if flavour is CertificateFlavour.RAW_PUBLIC_KEY:
+            raise IssuanceError("raw public keys are not issued as certificates")
+        if not identifiers:
+            raise IssuanceError("at least one identifier is required")
+        self.check_names(flavour, identifiers)
+        key: PrivateKey | None = None
+        if public_key is None:
+            key = generate_private_key(key_type)
+            public_key = key.public_key()
+        self.key_policy.check(public_key)
+        cert = build_leaf(
+            flavour=flavour, identifiers=identifiers, public_key=public_key, issuer_cert=self.issuing_cert,
+            issuer_key=self._issuing_key, not_before=now - timedelta(minutes=5), not_after=now + validity,
+        )
+        # Belt and braces: the finished certificate must satisfy every constraint on its path.
+        for ca in [self.root_cert, *self.chain]:
+            try:
+                nc = ca.extensions.get_extension_for_class(x509.NameConstraints).value
+            except x509.ExtensionNotFound:
+                continue
+            why = first_violation(names_subject_to_constraints(cert), nc)
+            if why is not None:
+                raise NameConstraintError(f"issued certificate would violate CA constraints: {why}")
+        return IssuedCertificate(cert, key, self.chain)
+
+    def issue_from_csr(
+        self,
+        csr: x509.CertificateSigningRequest,
+        flavour: CertificateFlavour,
+        identifiers: Sequence[str],
+        *,
+        now: datetime,
+        validity: timedelta = timedelta(days=365),
+    ) -> IssuedCertificate:
+        """Issue for a CSR (10.1.4) after proof of possession and key policy checks.
+
+        ``identifiers`` are the identifiers the caller (e.g. the EST RA) has
+        authorised.  If the CSR carries a subjectAltName, the identifiers it
+        asks for in the flavour's name form must be exactly these.
+        """
+        try:
+            valid = csr.is_signature_valid
+        except Exception as exc:  # unsupported algorithm etc.
+            raise CSRError(f"CSR signature cannot be checked: {type(exc).__name__}") from exc
+        if not valid:
+            raise CSRError("CSR signature does not verify (no proof of possession)")
+        public_key = csr.public_key()
+        self.key_policy.check(public_key)
+        try:
+            requested = subject_alt_names(csr)
+        except ValueError as exc:
+            raise CSRError("CSR extensions are malformed") from exc
+        if requested:
+            asked = sorted(identifiers_in_names(requested, flavour))
+            from m2msec.pki.identifiers import canonical_identifier
+
+            granted = sorted(canonical_identifier(flavour, i) for i in identifiers)
+            if asked != granted:
+                raise CSRError(f"CSR asks for {asked} but {granted} were authorised for {flavour.value}")
+        return self.issue(flavour, identifiers, now=now, public_key=public_key, validity=validity)
+
+    # ------------------------------------------------------------ persistence
+    def save(self, directory: Path | str, passphrase: bytes) -> None:
+        """Write certificates (PEM) and passphrase-encrypted keys (0600) to ``directory``."""
+        if not passphrase:
+            raise ValueError("a passphrase is required to save CA keys")
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        pem = serialization.Encoding.PEM
+        (d / "root.crt.pem").write_bytes(self.root_cert.public_bytes(pem))
+        write_private_file(d / "root.key.pem", private_key_pem(self._root_key, passphrase))
+        if self.intermediate_cert is not None and self._intermediate_key is not None:
+            (d / "intermediate.crt.pem").write_bytes(self.intermediate_cert.public_bytes(pem))
+            write_private_file(d / "intermediate.key.pem", private_key_pem(self._intermediate_key, passphrase))
+        meta = {"name": self.name, "intermediate": self.intermediate_cert is not None, "format": 1}
+        (d / CA_META).write_text(json.dumps(meta, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: Path | str, passphrase: bytes, *, key_policy: KeyPolicy = DEFAULT_KEY_POLICY) -> DevCA:
+        d = Path(directory)
+        try:
+            meta = json.loads((d / CA_META).read_text())
+            root = x509.load_pem_x509_certificate((d / "root.crt.pem").read_bytes())
+            root_key = serialization.load_pem_private_key((d / "root.key.pem").read_bytes(), passphrase)
+            inter = inter_key = None
+            if meta.get("intermediate"):
+                inter = x509.load_pem_x509_certificate((d / "intermediate.crt.pem").read_bytes())
+                inter_key = serialization.load_pem_private_key((d / "intermediate.key.pem").read_bytes(), passphrase)
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise IssuanceError(f"cannot load CA from {d}: {type(exc).__name__} (wrong passphrase?)") from None
+        return cls(name=str(meta["name"]), root_cert=root, root_key=root_key,  # type: ignore[arg-type]
+                   intermediate_cert=inter, intermediate_key=inter_key, key_policy=key_policy)  # type: ignore[arg-type]
