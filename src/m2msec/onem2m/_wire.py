@@ -1,0 +1,279 @@
+"""Strict helpers for reading oneM2M JSON/CBOR data (TS-0004 V3.32.0 clauses 8.4 and 8.5).
+
+Every check raises :class:`~m2msec.errors.ParseError` whose message starts with
+the member path (``seci.ero.esks[1]: ...``).  JSON text is decoded with
+duplicate member names rejected (clause 8.4.2: "The names in each object in
+the JSON shall be unique") and NaN/Infinity rejected; CBOR is decoded with
+cbor2 and must be a single data item whose content fits the JSON data model
+(clause 8.5: text-string keys, no tags, no byte strings, no undefined).
+"""
+
+from __future__ import annotations
+
+import binascii
+import base64
+import io
+import json
+import math
+import re
+from enum import IntEnum
+from typing import Any, Mapping, TypeVar
+
+import cbor2
+
+from m2msec.errors import ParseError
+
+E = TypeVar("E", bound=IntEnum)
+
+# XML NCName restricted to ASCII (m2msec profile): NameStartChar minus ':' and
+# the non-ASCII ranges, followed by NameChar minus ':' and the non-ASCII ranges.
+NCNAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9._-]*", re.ASCII)
+_B64URL_RE = re.compile(r"[A-Za-z0-9_-]*", re.ASCII)
+
+
+def fail(path: str, problem: str) -> ParseError:
+    return ParseError(f"{path}: {problem}" if path else problem)
+
+
+def sub(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    if isinstance(value, Mapping):
+        return "object"
+    return type(value).__name__
+
+
+def members(
+    obj: object,
+    path: str,
+    names: Mapping[str, str],
+    required: tuple[str, ...] | frozenset[str] = (),
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Check a JSON object against ``names`` (wire name -> canonical short name).
+
+    Returns ``(values, wire)``: values keyed by short name, and the wire name
+    each short name was read under (for building error paths).
+    """
+    if not isinstance(obj, Mapping):
+        raise fail(path, f"expected an object, got {type_name(obj)}")
+    values: dict[str, Any] = {}
+    wire: dict[str, str] = {}
+    for key, value in obj.items():
+        if not isinstance(key, str):
+            raise fail(path, f"member name must be a string, got {type_name(key)}")
+        short = names.get(key)
+        if short is None:
+            raise fail(sub(path, key), "unknown member")
+        if short in values:
+            raise fail(sub(path, key), f"member given twice (also as {wire[short]!r})")
+        values[short] = value
+        wire[short] = key
+    for short in required:
+        if short not in values:
+            long_for = {v: k for k, v in names.items()}
+            raise fail(sub(path, long_for.get(short, short)), "missing mandatory member")
+    return values, wire
+
+
+def expect_int(value: object, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise fail(path, f"expected an integer, got {type_name(value)}")
+    return value
+
+
+def expect_str(value: object, path: str, *, nonempty: bool = True) -> str:
+    if not isinstance(value, str):
+        raise fail(path, f"expected a string, got {type_name(value)}")
+    if nonempty and not value:
+        raise fail(path, "must not be empty")
+    return value
+
+
+def expect_bool(value: object, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise fail(path, f"expected a boolean, got {type_name(value)}")
+    return value
+
+
+def expect_object(value: object, path: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise fail(path, f"expected an object, got {type_name(value)}")
+    check_json_model(value, path)
+    return dict(value)
+
+
+def expect_list(value: object, path: str, *, nonempty: bool = False) -> list[Any]:
+    if not isinstance(value, list):
+        raise fail(path, f"expected an array, got {type_name(value)}")
+    if nonempty and not value:
+        raise fail(path, "must contain at least one value")
+    return value
+
+
+def expect_enum(cls: type[E], value: object, path: str) -> E:
+    n = expect_int(value, path)
+    try:
+        return cls(n)
+    except ValueError:
+        raise fail(path, f"unknown {cls.__name__} value {n}") from None
+
+
+def expect_enum_list(cls: type[E], value: object, path: str, *, nonempty: bool = True) -> tuple[E, ...]:
+    items = expect_list(value, path, nonempty=nonempty)
+    return tuple(expect_enum(cls, v, f"{path}[{i}]") for i, v in enumerate(items))
+
+
+def expect_ncname(value: object, path: str) -> str:
+    s = expect_str(value, path)
+    if not NCNAME_RE.fullmatch(s):
+        raise fail(path, f"not an (ASCII) xs:NCName: {s!r}")
+    return s
+
+
+def decode_base64(value: object, path: str, *, nonempty: bool = True) -> bytes:
+    """Strict xs:base64Binary (RFC 4648 section 4 alphabet, padding required, canonical)."""
+    s = expect_str(value, path, nonempty=nonempty)
+    try:
+        raw = base64.b64decode(s.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        raise fail(path, "malformed base64") from None
+    if base64.b64encode(raw).decode("ascii") != s:
+        raise fail(path, "non-canonical base64 (unused bits set or stray padding)")
+    if nonempty and not raw:
+        raise fail(path, "must not be empty")
+    return raw
+
+
+def encode_base64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def check_compact_jwe(value: object, path: str) -> str:
+    """Shape of m2m:e2eCompactJWE (TS-0004 Table 6.3.3-1): ``a.b.c.d.e``, a and d non-empty,
+    every part base64url without padding (RFC 7515 section 2)."""
+    s = expect_str(value, path)
+    parts = s.split(".")
+    if len(parts) != 5:
+        raise fail(path, f"JWE compact serialization needs 5 dot-separated parts, got {len(parts)}")
+    for i, part in enumerate(parts):
+        if not _B64URL_RE.fullmatch(part):
+            raise fail(path, f"JWE part {i + 1} is not base64url (no padding)")
+        if len(part) % 4 == 1:
+            raise fail(path, f"JWE part {i + 1} has an impossible base64url length")
+    if not parts[0]:
+        raise fail(path, "JWE protected header (part 1) is empty")
+    if not parts[3]:
+        raise fail(path, "JWE ciphertext (part 4) is empty")
+    return s
+
+
+def check_json_model(value: object, path: str) -> None:
+    """Reject anything outside the JSON data model (used for opaque content)."""
+    stack: list[tuple[object, str]] = [(value, path)]
+    while stack:
+        v, p = stack.pop()
+        if v is None or isinstance(v, (bool, int, str)):
+            continue
+        if isinstance(v, float):
+            if not math.isfinite(v):
+                raise fail(p, "non-finite number is not JSON")
+            continue
+        if isinstance(v, list):
+            stack.extend((x, f"{p}[{i}]") for i, x in enumerate(v))
+            continue
+        if isinstance(v, Mapping):
+            for k, x in v.items():
+                if not isinstance(k, str):
+                    raise fail(p, f"member name must be a string, got {type_name(k)}")
+                stack.append((x, sub(p, k)))
+            continue
+        raise fail(p, f"{type_name(v)} is not a JSON value")
+
+
+# ---------------------------------------------------------------- text codecs
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ParseError(f"duplicate JSON member name {k!r}")
+        out[k] = v
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ParseError(f"{name} is not valid JSON")
+
+
+def loads_json(data: bytes | str) -> Any:
+    """Decode JSON text strictly (UTF-8, unique member names, no NaN/Infinity)."""
+    try:
+        text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except ParseError:
+        raise
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ParseError(f"malformed JSON: {exc}") from None
+
+
+def dumps_json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def loads_cbor(data: bytes) -> Any:
+    """Decode exactly one CBOR data item that fits the JSON data model."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ParseError(f"CBOR input must be bytes, got {type(data).__name__}")
+    buf = io.BytesIO(bytes(data))
+    try:
+        value = cbor2.CBORDecoder(buf).decode()
+    except (cbor2.CBORDecodeError, ValueError, EOFError, TypeError) as exc:
+        raise ParseError(f"malformed CBOR: {exc}") from None
+    if buf.tell() != len(data):
+        raise ParseError("trailing bytes after the CBOR data item")
+    check_json_model(value, "")
+    return value
+
+
+def dumps_cbor(value: Any) -> bytes:
+    return cbor2.dumps(value)
+
+
+class Codec:
+    """JSON-text and CBOR wrappers around ``to_json``/``from_json``."""
+
+    def to_json(self) -> Any:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def to_json_bytes(self) -> bytes:
+        return dumps_json(self.to_json())
+
+    def to_cbor(self) -> bytes:
+        return dumps_cbor(self.to_json())
+
+    @classmethod
+    def from_json(cls, obj: object, **kwargs: Any) -> Any:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @classmethod
+    def from_json_bytes(cls, data: bytes | str, **kwargs: Any) -> Any:
+        return cls.from_json(loads_json(data), **kwargs)
+
+    @classmethod
+    def from_cbor(cls, data: bytes, **kwargs: Any) -> Any:
+        return cls.from_json(loads_cbor(data), **kwargs)
