@@ -1,0 +1,664 @@
+"""Sans-I/O TLS 1.2 / DTLS 1.2 engine on pyOpenSSL memory BIOs.
+
+Implements the (D)TLS layer of TS-0003 clause 10.2 (10.2.1 versions and SNI,
+10.2.2 PSK suites, 10.2.3 ECDHE_ECDSA suites with mutual authentication) and
+the RFC 5705 key export of clause 10.3.1.  The engine never touches a socket:
+the caller feeds received bytes (``receive_data``) and sends what the engine
+produces (``data_to_send`` for TLS, ``datagrams_to_send`` for DTLS).
+
+Certificate mode: OpenSSL validates the peer's path against the configured
+trust anchors; at depth 0 the verify callback hands the chain OpenSSL built
+(leaf first, ending with the trust anchor) to the user's ``verify_peer``
+hook (e.g. ``m2msec.pki.verify_peer_certificate`` with the expected
+identifier, TS-0003 8.1.2.5); when the hook raises, the handshake aborts and
+:class:`TLSHandshakeError` carries the hook's exception as ``__cause__``.
+A server in certificate mode always requires a client certificate.
+
+Session resumption is disabled (no tickets, no session cache): every
+connection runs a full handshake, so the PSK identity / peer certificate of an
+established engine always comes from this handshake's callbacks.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from OpenSSL import SSL, crypto
+from OpenSSL._util import ffi as _ffi
+from OpenSSL._util import lib as _lib
+
+from m2msec.errors import M2MSecError
+from m2msec.keys import split_exported
+from m2msec.onem2m.rsc import ResponseStatusCode
+from m2msec.tls import profiles
+from m2msec.tls.profiles import AuthMode, Transport
+from m2msec.tls.psk import (
+    CallbackRecord,
+    PSKCallbacks,
+    PSKLookup,
+    install_client_psk,
+    install_server_psk,
+    record_for_ssl,
+    servername_of,
+)
+
+__all__ = [
+    "Role",
+    "TLSState",
+    "TLSFailureReason",
+    "TLSError",
+    "TLSHandshakeError",
+    "PSKCredentials",
+    "CertCredentials",
+    "TLSConfig",
+    "TLSContext",
+    "TLSEngine",
+    "VerifyPeer",
+]
+
+VerifyPeer = Callable[[list[x509.Certificate]], None]
+SelectCredentials = Callable[["str | None"], "CertCredentials | None"]
+
+_SSL_AD_UNRECOGNIZED_NAME = 112
+_SNI_CB_TYPE = "int (*)(SSL *, int *, void *)"
+_VERIFY_CB_TYPE = "int (*)(int, X509_STORE_CTX *)"
+_MAX_READ = 1 << 16
+
+
+class Role(str, enum.Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class TLSState(str, enum.Enum):
+    HANDSHAKING = "HANDSHAKING"
+    ESTABLISHED = "ESTABLISHED"
+    CLOSED = "CLOSED"
+    FAILED = "FAILED"
+
+
+class TLSFailureReason(str, enum.Enum):
+    """Why a handshake failed (our classification; OpenSSL only gives alerts)."""
+
+    UNKNOWN_PSK_IDENTITY = "UNKNOWN_PSK_IDENTITY"
+    PSK_MISMATCH = "PSK_MISMATCH"  # Finished did not verify in a PSK handshake
+    PROTOCOL_VERSION = "PROTOCOL_VERSION"
+    NO_SHARED_CIPHER = "NO_SHARED_CIPHER"
+    CERTIFICATE_REQUIRED = "CERTIFICATE_REQUIRED"
+    CERTIFICATE_VERIFY_FAILED = "CERTIFICATE_VERIFY_FAILED"  # local path validation
+    PEER_REJECTED = "PEER_REJECTED"  # the verify_peer hook raised
+    BAD_CERTIFICATE = "BAD_CERTIFICATE"  # the peer rejected our certificate
+    UNRECOGNIZED_NAME = "UNRECOGNIZED_NAME"  # no credentials for the SNI
+    BAD_RECORD_MAC = "BAD_RECORD_MAC"
+    PEER_ALERT = "PEER_ALERT"  # any other fatal alert from the peer
+    CONNECTION_CLOSED = "CONNECTION_CLOSED"  # EOF before the handshake finished
+    TIMEOUT = "TIMEOUT"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+    HANDSHAKE_FAILURE = "HANDSHAKE_FAILURE"
+
+
+class TLSError(M2MSecError):
+    """A (D)TLS engine failure outside the handshake (usage error, record error)."""
+
+    default_rsc = ResponseStatusCode.INTERNAL_SERVER_ERROR
+
+
+class TLSHandshakeError(TLSError):
+    """The (D)TLS handshake failed; ``reason`` says why, ``detail`` adds context."""
+
+    default_rsc = ResponseStatusCode.ORIGINATOR_NOT_AUTHENTICATED
+
+    def __init__(self, reason: TLSFailureReason, detail: str = "") -> None:
+        super().__init__(f"TLS handshake failed: {reason.value}" + (f" ({detail})" if detail else ""))
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class PSKCredentials:
+    """A client's PSK identity and key (RFC 4279); the key never appears in repr."""
+
+    identity: bytes
+    key: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.identity or not self.key:
+            raise ValueError("PSK identity and key must be non-empty")
+
+    @classmethod
+    def from_hex(cls, identity: str | bytes, key_hex: str) -> PSKCredentials:
+        ident = identity.encode() if isinstance(identity, str) else identity
+        return cls(ident, bytes.fromhex(key_hex))
+
+    @classmethod
+    def from_text(cls, identity: str | bytes, key_text: str) -> PSKCredentials:
+        ident = identity.encode() if isinstance(identity, str) else identity
+        return cls(ident, key_text.encode("utf-8"))
+
+
+@dataclass(frozen=True, eq=False)
+class CertCredentials:
+    """Own private key, certificate and intermediate chain (leaf's issuer first)."""
+
+    private_key: CertificateIssuerPrivateKeyTypes = field(repr=False)
+    certificate: x509.Certificate
+    chain: tuple[x509.Certificate, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"CertCredentials(subject={self.certificate.subject.rfc4514_string()!r}, chain={len(self.chain)})"
+
+
+@dataclass(frozen=True, eq=False)
+class TLSConfig:
+    """Configuration of one side.
+
+    PSK mode: a client sets ``psk``; a server sets ``psk_lookup(identity, sni)``.
+    Certificate mode: ``credentials`` (and/or, on a server, ``select_credentials(sni)``),
+    ``trust_anchors`` and optionally ``verify_peer``.  A server may enable both modes
+    (TS-0003 10.2.1 requires IN servers to support all profile suites).
+    """
+
+    role: Role
+    transport: Transport = Transport.TLS
+    psk: PSKCredentials | None = None
+    psk_lookup: PSKLookup | None = None
+    psk_identity_hint: bytes | None = None
+    credentials: CertCredentials | None = None
+    select_credentials: SelectCredentials | None = None
+    trust_anchors: Sequence[x509.Certificate] = ()
+    verify_peer: VerifyPeer | None = None
+    server_name: str | None = None  # client: SNI host name to send
+    mtu: int = profiles.DEFAULT_DTLS_MTU  # DTLS: max UDP payload
+    cipher_suites: Sequence[profiles.CipherSuite] | None = None  # default: the profile
+
+    @property
+    def modes(self) -> tuple[AuthMode, ...]:
+        out: list[AuthMode] = []
+        if self.psk is not None or self.psk_lookup is not None:
+            out.append(AuthMode.PSK)
+        if self.credentials is not None or self.select_credentials is not None or self.trust_anchors:
+            out.append(AuthMode.CERTIFICATE)
+        return tuple(out)
+
+
+def _x509_chain_from_stack(stack: Any) -> list[x509.Certificate]:
+    out: list[x509.Certificate] = []
+    for i in range(_lib.sk_X509_num(stack)):
+        ptr = _lib.sk_X509_value(stack, i)
+        _lib.X509_up_ref(ptr)
+        out.append(crypto.X509._from_raw_x509_ptr(ptr).to_cryptography())
+    return out
+
+
+class TLSContext:
+    """The compiled form of a :class:`TLSConfig`: pyOpenSSL contexts + callbacks.
+
+    Build it once per server and create one :class:`TLSEngine` per connection.
+    """
+
+    def __init__(self, config: TLSConfig) -> None:
+        self.config = config
+        modes = config.modes
+        if not modes:
+            raise ValueError("configure PSK and/or certificate credentials")
+        if config.role is Role.CLIENT and AuthMode.CERTIFICATE in modes:
+            if config.credentials is None:
+                raise ValueError("certificate mode is mutual: the client needs credentials")
+        if AuthMode.CERTIFICATE in modes:
+            if not config.trust_anchors:
+                raise ValueError("certificate mode needs trust anchors")
+            if config.role is Role.SERVER and config.credentials is None and config.select_credentials is None:
+                raise ValueError("certificate-mode server needs credentials or select_credentials")
+        if config.role is Role.SERVER and config.psk is not None:
+            raise ValueError("a server looks PSKs up with psk_lookup, not psk")
+        if config.role is Role.CLIENT and config.psk_lookup is not None:
+            raise ValueError("a client offers one PSK (psk), not psk_lookup")
+        self.suites = list(config.cipher_suites) if config.cipher_suites else profiles.suites_for(config.transport, modes)
+        self._keepalive: list[Any] = []
+        self._by_credentials: dict[int, tuple[CertCredentials, SSL.Context]] = {}
+        self.ssl_context = self._build(config.credentials)
+        if config.credentials is not None:
+            self._by_credentials[id(config.credentials)] = (config.credentials, self.ssl_context)
+
+    def __repr__(self) -> str:
+        return f"TLSContext(role={self.config.role.value}, transport={self.config.transport.value}, suites={[s.iana_name for s in self.suites]})"
+
+    # -- construction -------------------------------------------------------
+    def _build(self, creds: CertCredentials | None) -> SSL.Context:
+        cfg = self.config
+        dtls = cfg.transport is Transport.DTLS
+        if dtls:
+            ctx = SSL.Context(SSL.DTLS_METHOD)
+            version = profiles.DTLS1_2_VERSION
+        else:
+            ctx = SSL.Context(SSL.TLS_METHOD)
+            version = profiles.TLS1_2_VERSION
+        ctx.set_min_proto_version(version)
+        ctx.set_max_proto_version(version)
+        ctx.set_cipher_list(profiles.cipher_string(self.suites).encode())
+        ctx.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_COMPRESSION | _lib.SSL_OP_NO_RENEGOTIATION)
+        ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+        if dtls:
+            ctx.set_options(SSL.OP_NO_QUERY_MTU)
+        modes = cfg.modes
+        if AuthMode.CERTIFICATE in modes:
+            if _lib.SSL_CTX_set1_curves_list(ctx._context, profiles.ECDHE_GROUPS.encode()) != 1:
+                raise TLSError("OpenSSL rejected the ECDHE group list")
+            if _lib.SSL_CTX_set1_sigalgs_list(ctx._context, profiles.SIGNATURE_ALGORITHMS.encode()) != 1:
+                raise TLSError("OpenSSL rejected the signature algorithm list")
+            store = ctx.get_cert_store()
+            assert store is not None
+            for anchor in cfg.trust_anchors:
+                store.add_cert(crypto.X509.from_cryptography(anchor))
+            if creds is not None:
+                ctx.use_certificate(creds.certificate)
+                ctx.use_privatekey(creds.private_key)
+                for c in creds.chain:
+                    ctx.add_extra_chain_cert(c)
+                ctx.check_privatekey()
+            mode = _lib.SSL_VERIFY_PEER
+            if cfg.role is Role.SERVER:
+                mode |= _lib.SSL_VERIFY_FAIL_IF_NO_PEER_CERT
+            verify_cb = _ffi.callback(_VERIFY_CB_TYPE, self._verify_callback)
+            self._keepalive.append(verify_cb)
+            _lib.SSL_CTX_set_verify(ctx._context, mode, verify_cb)
+        if AuthMode.PSK in modes:
+            cbs: PSKCallbacks
+            if cfg.role is Role.SERVER:
+                assert cfg.psk_lookup is not None
+                cbs = install_server_psk(ctx, cfg.psk_lookup, identity_hint=cfg.psk_identity_hint)
+            else:
+                assert cfg.psk is not None
+                cbs = install_client_psk(ctx, cfg.psk.identity, cfg.psk.key)
+            self._keepalive.append(cbs)
+        if cfg.role is Role.SERVER:
+            sni_cb = _ffi.callback(_SNI_CB_TYPE, self._servername_callback)
+            self._keepalive.append(sni_cb)
+            _lib.SSL_CTX_set_tlsext_servername_callback(ctx._context, sni_cb)
+        return ctx
+
+    def _context_for(self, creds: CertCredentials) -> SSL.Context:
+        hit = self._by_credentials.get(id(creds))
+        if hit is not None and hit[0] is creds:
+            return hit[1]
+        ctx = self._build(creds)
+        self._by_credentials[id(creds)] = (creds, ctx)
+        return ctx
+
+    # -- C callbacks (never raise) -------------------------------------------
+    def _servername_callback(self, ssl: Any, alert: Any, arg: Any) -> int:
+        rec = None
+        try:
+            rec = record_for_ssl(ssl)
+            sni = servername_of(ssl)
+            if rec is not None:
+                rec.extra["sni"] = sni
+            sel = self.config.select_credentials
+            if sel is not None:
+                creds = sel(sni)
+                if creds is None:
+                    creds = self.config.credentials
+                if creds is None:
+                    if AuthMode.PSK in self.config.modes:
+                        return _lib.SSL_TLSEXT_ERR_OK  # PSK may still succeed
+                    if rec is not None:
+                        rec.fail("UNRECOGNIZED_NAME", f"no credentials for server name {sni!r}")
+                    alert[0] = _SSL_AD_UNRECOGNIZED_NAME
+                    return _lib.SSL_TLSEXT_ERR_ALERT_FATAL
+                conn = SSL.Connection._reverse_mapping.get(ssl)
+                if conn is not None and creds is not self.config.credentials:
+                    conn.set_context(self._context_for(creds))
+            return _lib.SSL_TLSEXT_ERR_OK
+        except BaseException as exc:
+            if rec is not None:
+                rec.fail("INTERNAL_ERROR", f"credential selection raised {type(exc).__name__}", exc)
+            alert[0] = 80  # internal_error
+            return _lib.SSL_TLSEXT_ERR_ALERT_FATAL
+
+    def _verify_callback(self, ok: int, store_ctx: Any) -> int:
+        rec = None
+        try:
+            ssl = _lib.X509_STORE_CTX_get_ex_data(store_ctx, _lib.SSL_get_ex_data_X509_STORE_CTX_idx())
+            rec = record_for_ssl(ssl)
+            depth = _lib.X509_STORE_CTX_get_error_depth(store_ctx)
+            if not ok:
+                err = _lib.X509_STORE_CTX_get_error(store_ctx)
+                text = _ffi.string(_lib.X509_verify_cert_error_string(err)).decode()
+                if rec is not None:
+                    rec.fail("CERTIFICATE_VERIFY_FAILED", f"{text} (depth {depth})")
+                return 0
+            if depth != 0 or rec is None or rec.extra.get("hook_done"):
+                return 1
+            stack = _lib.X509_STORE_CTX_get1_chain(store_ctx)
+            try:
+                chain = _x509_chain_from_stack(stack)
+            finally:
+                for i in range(_lib.sk_X509_num(stack)):
+                    _lib.X509_free(_lib.sk_X509_value(stack, i))
+                _lib.sk_X509_free(stack)
+            rec.extra["verified_chain"] = chain
+            hook = self.config.verify_peer
+            if hook is not None:
+                try:
+                    hook(chain)
+                except BaseException as exc:
+                    rec.fail("PEER_REJECTED", f"verify_peer rejected the peer: {exc}", exc)
+                    _lib.X509_STORE_CTX_set_error(store_ctx, _lib.X509_V_ERR_CERT_REJECTED)  # -> bad_certificate alert
+                    return 0
+            rec.extra["hook_done"] = True
+            return 1
+        except BaseException as exc:
+            if rec is not None:
+                rec.fail("INTERNAL_ERROR", f"verify callback raised {type(exc).__name__}", exc)
+            return 0
+
+
+# OpenSSL reason strings (lower case) -> our reasons, checked in order.
+_REASON_TABLE: tuple[tuple[tuple[str, ...], TLSFailureReason], ...] = (
+    (("unknown psk identity", "psk identity not found"), TLSFailureReason.UNKNOWN_PSK_IDENTITY),
+    (
+        ("unsupported protocol", "wrong version number", "alert protocol version", "version too low",
+         "unsupported ssl version", "version too high", "bad protocol version"),
+        TLSFailureReason.PROTOCOL_VERSION,
+    ),
+    (("no shared cipher", "no ciphers available", "wrong cipher returned", "no cipher match"),
+     TLSFailureReason.NO_SHARED_CIPHER),
+    (("alert unrecognized name",), TLSFailureReason.UNRECOGNIZED_NAME),
+    (("peer did not return a certificate", "certificate required"), TLSFailureReason.CERTIFICATE_REQUIRED),
+    (("certificate verify failed",), TLSFailureReason.CERTIFICATE_VERIFY_FAILED),
+    (("alert bad certificate", "alert unknown ca", "alert certificate unknown", "alert unsupported certificate",
+      "alert certificate expired", "alert certificate revoked", "alert access denied"),
+     TLSFailureReason.BAD_CERTIFICATE),
+    (("bad record mac", "decrypt error", "digest check failed", "decryption failed"), TLSFailureReason.BAD_RECORD_MAC),
+    (("alert",), TLSFailureReason.PEER_ALERT),
+    (("unexpected eof",), TLSFailureReason.CONNECTION_CLOSED),
+)
+
+
+def _error_strings(exc: BaseException) -> list[str]:
+    out: list[str] = []
+    if isinstance(exc, SSL.SysCallError):
+        return [str(exc.args[1]) if len(exc.args) > 1 else str(exc)]
+    args = exc.args[0] if exc.args else []
+    if isinstance(args, list):
+        for item in args:
+            if isinstance(item, tuple) and item:
+                out.append(str(item[-1]))
+            else:
+                out.append(str(item))
+    else:
+        out.append(str(args))
+    return out
+
+
+class TLSEngine:
+    """One (D)TLS 1.2 connection, sans-I/O (see the module docstring)."""
+
+    def __init__(self, context: TLSContext | TLSConfig, *, server_name: str | None = None) -> None:
+        if isinstance(context, TLSConfig):
+            context = TLSContext(context)
+        self.context = context
+        cfg = context.config
+        self.role = cfg.role
+        self.transport = cfg.transport
+        self.callback_record = CallbackRecord()
+        self._conn = SSL.Connection(context.ssl_context, None)
+        self._conn.set_app_data(self)
+        self.state = TLSState.HANDSHAKING
+        self.failure: TLSHandshakeError | None = None
+        self._app_in: list[bytes] = []
+        self._started = False
+        self._client_sni = server_name if server_name is not None else cfg.server_name
+        if self.transport is Transport.DTLS:
+            self._conn.set_ciphertext_mtu(cfg.mtu)
+        if self.role is Role.CLIENT:
+            if self._client_sni:
+                self._conn.set_tlsext_host_name(self._client_sni.encode("idna"))
+            self._conn.set_connect_state()
+        else:
+            self._conn.set_accept_state()
+
+    def __repr__(self) -> str:
+        return (f"TLSEngine(role={self.role.value}, transport={self.transport.value}, state={self.state.value}, "
+                f"cipher={self.cipher_name!r}, psk_identity={self.psk_identity!r})")
+
+    # -- handshake ----------------------------------------------------------
+    @property
+    def established(self) -> bool:
+        return self.state is TLSState.ESTABLISHED
+
+    def do_handshake(self) -> TLSState:
+        """Advance the handshake as far as the received data allows."""
+        self._started = True
+        if self.state is TLSState.HANDSHAKING:
+            try:
+                self._conn.do_handshake()
+            except SSL.WantReadError:
+                return self.state
+            except (SSL.Error, SSL.SysCallError) as exc:
+                raise self._fail(exc) from self._cause()
+            self.state = TLSState.ESTABLISHED
+        return self.state
+
+    def _cause(self) -> BaseException | None:
+        return self.callback_record.failure_cause
+
+    def _fail(self, exc: BaseException | None, reason: TLSFailureReason | None = None, detail: str = "") -> TLSHandshakeError:
+        rec = self.callback_record
+        if reason is None and rec.failure_reason is not None:
+            reason = TLSFailureReason(rec.failure_reason)
+            detail = rec.failure_detail or ""
+        if reason is None:
+            strings = [s.lower() for s in (_error_strings(exc) if exc is not None else [])]
+            joined = "; ".join(strings)
+            reason = TLSFailureReason.HANDSHAKE_FAILURE
+            for needles, r in _REASON_TABLE:
+                if any(n in joined for n in needles):
+                    reason = r
+                    break
+            if reason is TLSFailureReason.BAD_RECORD_MAC and self.state is TLSState.HANDSHAKING and \
+                    AuthMode.PSK in self.context.config.modes and self._negotiated_psk():
+                reason = TLSFailureReason.PSK_MISMATCH
+            detail = joined
+        err = TLSHandshakeError(reason, detail)
+        if self.state is TLSState.HANDSHAKING:
+            self.state = TLSState.FAILED
+            self.failure = err
+        return err
+
+    def _negotiated_psk(self) -> bool:
+        name = self._conn.get_cipher_name()
+        return name is None or name.startswith("PSK")
+
+    # -- bytes in/out -------------------------------------------------------
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes received from the peer (one whole datagram for DTLS).
+
+        Advances the handshake and decrypts application data; raises
+        :class:`TLSHandshakeError` when the handshake fails (the alert for the
+        peer is then waiting in ``data_to_send``/``datagrams_to_send``).
+        """
+        if self.state in (TLSState.FAILED,):
+            raise self.failure or TLSError("engine failed")
+        if self.state is TLSState.CLOSED or not data:
+            if not data and self.transport is Transport.TLS and self.state is not TLSState.CLOSED:
+                self._eof()
+            return
+        self._conn.bio_write(bytes(data))
+        self._pump()
+
+    def _eof(self) -> None:
+        if self.state is TLSState.HANDSHAKING:
+            raise self._fail(None, TLSFailureReason.CONNECTION_CLOSED, "transport closed during the handshake")
+        self.state = TLSState.CLOSED
+
+    def _pump(self) -> None:
+        if self.state is TLSState.HANDSHAKING:
+            if self.role is Role.SERVER or self._started:
+                self.do_handshake()
+            if self.state is not TLSState.ESTABLISHED:
+                return
+        while self.state is TLSState.ESTABLISHED:
+            try:
+                chunk = self._conn.recv(_MAX_READ)
+            except SSL.WantReadError:
+                return
+            except SSL.ZeroReturnError:
+                self.state = TLSState.CLOSED
+                try:
+                    self._conn.shutdown()
+                except SSL.Error:
+                    pass
+                return
+            except (SSL.Error, SSL.SysCallError) as exc:
+                self.state = TLSState.FAILED
+                raise TLSError(f"TLS record layer failure: {'; '.join(_error_strings(exc))}") from None
+            if chunk:
+                self._app_in.append(chunk)
+
+    def data_to_send(self) -> bytes:
+        """All bytes the engine wants sent to the peer (TLS byte stream)."""
+        out = bytearray()
+        while True:
+            try:
+                out += self._conn.bio_read(_MAX_READ)
+            except SSL.WantReadError:
+                break
+        return bytes(out)
+
+    def datagrams_to_send(self) -> list[bytes]:
+        """DTLS: pending records packed into datagrams of at most ``mtu`` bytes.
+
+        The memory BIO is a byte stream, so datagram boundaries are rebuilt
+        from the DTLS record headers (13 octets, length in the last two).
+        OpenSSL already fragments handshake messages to the configured MTU.
+        """
+        raw = self.data_to_send()
+        mtu = self.context.config.mtu
+        datagrams: list[bytes] = []
+        cur = bytearray()
+        pos = 0
+        while pos < len(raw):
+            if len(raw) - pos < 13:
+                raise TLSError("truncated DTLS record in OpenSSL output")
+            (length,) = struct.unpack_from("!H", raw, pos + 11)
+            rec = raw[pos : pos + 13 + length]
+            pos += 13 + length
+            if cur and len(cur) + len(rec) > mtu:
+                datagrams.append(bytes(cur))
+                cur = bytearray()
+            cur += rec
+        if cur:
+            datagrams.append(bytes(cur))
+        return datagrams
+
+    # -- DTLS timers ----------------------------------------------------------
+    def get_timeout(self) -> float | None:
+        """DTLS: seconds until ``handle_timeout`` must be called (None: no timer)."""
+        if self.transport is not Transport.DTLS:
+            return None
+        return self._conn.DTLSv1_get_timeout()
+
+    def handle_timeout(self) -> bool:
+        """DTLS: retransmit the last flight if the timer expired (True if it did)."""
+        if self.transport is not Transport.DTLS or self.state is not TLSState.HANDSHAKING:
+            return False
+        try:
+            return self._conn.DTLSv1_handle_timeout()
+        except (SSL.Error, SSL.SysCallError) as exc:
+            raise self._fail(exc, TLSFailureReason.TIMEOUT, "DTLS retransmission limit reached") from None
+
+    # -- application data -------------------------------------------------
+    def send_application_data(self, data: bytes) -> None:
+        if self.state is not TLSState.ESTABLISHED:
+            raise TLSError(f"cannot send application data in state {self.state.value}")
+        view = memoryview(bytes(data))
+        step = self._conn.get_cleartext_mtu() if self.transport is Transport.DTLS else 16384
+        step = max(1, step)
+        while view:
+            n = self._conn.send(view[:step])
+            view = view[n:]
+
+    def receive_application_data(self) -> bytes:
+        """Decrypted application data received so far (and not yet returned)."""
+        data = b"".join(self._app_in)
+        self._app_in.clear()
+        return data
+
+    def receive_application_records(self) -> list[bytes]:
+        """As ``receive_application_data`` but one item per record (DTLS datagram)."""
+        data = list(self._app_in)
+        self._app_in.clear()
+        return data
+
+    def close(self) -> None:
+        """Send close_notify (collect it with ``data_to_send``) and mark the engine CLOSED."""
+        if self.state is TLSState.ESTABLISHED:
+            try:
+                self._conn.shutdown()
+            except (SSL.Error, SSL.SysCallError):
+                pass
+        if self.state is not TLSState.FAILED:
+            self.state = TLSState.CLOSED
+
+    # -- session facts -----------------------------------------------------
+    def export_keying_material(self, label: str, length: int = profiles.EXPORTER_LENGTH,
+                               context: bytes | None = None) -> bytes:
+        """RFC 5705 exporter (TS-0003 10.3.1)."""
+        if self.state is not TLSState.ESTABLISHED:
+            raise TLSError(f"keying material export needs an established session (state {self.state.value})")
+        return self._conn.export_keying_material(label.encode("ascii"), length, context)
+
+    def export_onem2m_key(self, label: str) -> tuple[bytes, bytes]:
+        """``(key, key_id)`` from a 48-byte export (``m2msec.keys.split_exported``, TS-0003 10.3.1)."""
+        return split_exported(self.export_keying_material(label, profiles.EXPORTER_LENGTH))
+
+    def peer_certificate_chain(self) -> list[x509.Certificate]:
+        """The certificates the peer sent, leaf first (empty in PSK mode)."""
+        chain = self._conn.get_peer_cert_chain(as_cryptography=True) or []
+        leaf = self._conn.get_peer_certificate(as_cryptography=True)
+        if leaf is not None and (not chain or chain[0] != leaf):
+            chain = [leaf, *chain]
+        return list(chain)
+
+    def verified_chain(self) -> list[x509.Certificate]:
+        """The chain OpenSSL built and passed to ``verify_peer`` (leaf ... trust anchor)."""
+        return list(self.callback_record.extra.get("verified_chain", []))
+
+    @property
+    def psk_identity(self) -> bytes | None:
+        return self.callback_record.psk_identity
+
+    @property
+    def psk_identity_hint(self) -> bytes | None:
+        return self.callback_record.psk_identity_hint
+
+    @property
+    def sni(self) -> str | None:
+        if self.role is Role.CLIENT:
+            return self._client_sni
+        return self.callback_record.extra.get("sni")
+
+    @property
+    def cipher_name(self) -> str | None:
+        return self._conn.get_cipher_name()
+
+    @property
+    def cipher_suite(self) -> profiles.CipherSuite | None:
+        name = self.cipher_name
+        for s in profiles.ALL_SUITES:
+            if s.openssl_name == name:
+                return s
+        return None
+
+    @property
+    def protocol_version(self) -> str | None:
+        if self.state is TLSState.HANDSHAKING:
+            return None
+        return self._conn.get_protocol_version_name()
