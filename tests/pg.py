@@ -32,10 +32,11 @@ ENV_BINDIR = "M2MSEC_PG_BINDIR"
 
 
 def find_bindir() -> Path | None:
-    """Directory holding initdb/pg_ctl/pg_dump: $M2MSEC_PG_BINDIR, Debian layout (15 first), PATH."""
+    """Directory holding initdb/pg_ctl/pg_dump: $M2MSEC_PG_BINDIR if set, else Debian layout (15 first), PATH."""
     cands: list[str] = []
-    if os.environ.get(ENV_BINDIR):
+    if ENV_BINDIR in os.environ:  # explicit: only that directory (an empty/bogus value disables PG)
         cands.append(os.environ[ENV_BINDIR])
+        return next((Path(c) for c in cands if c and (Path(c) / "initdb").is_file()), None)
     cands.append("/usr/lib/postgresql/15/bin")
     cands += sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
     which = shutil.which("pg_ctl")
@@ -116,7 +117,9 @@ class PgServer:
     def _run(self, argv: list[str], *, timeout: float = 60.0) -> bytes:
         prog = Path(argv[0]).name
         if self.run_as:
-            argv = ["runuser", "-u", self.run_as, "--", *argv]
+            runuser = shutil.which("runuser") or next(
+                (p for p in ("/usr/sbin/runuser", "/sbin/runuser") if os.path.exists(p)), "runuser")
+            argv = [runuser, "-u", self.run_as, "--", *argv]
         res = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
                              cwd=str(self.base) if self.base else None)
         if res.returncode != 0:
