@@ -1,0 +1,156 @@
+"""``m2msec pki``: development CA, certificate issuance and inspection (TS-0003 8.1.2, 10.1).
+
+This module is an adapter (files, wall clock); the logic lives in
+:mod:`m2msec.pki.ca`, :mod:`m2msec.pki.profile` and :mod:`m2msec.pki.identifiers`.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+from m2msec.errors import M2MSecError
+from m2msec.pki.ca import DevCA, private_key_pem, write_private_file
+from m2msec.pki.identifiers import CertificateFlavour, describe_general_name, identifiers_of, subject_alt_names
+from m2msec.pki.keypolicy import KeyType
+from m2msec.pki.pkid import public_key_identifier
+
+app = typer.Typer(
+    help="Certificates: a development CA, issuing oneM2M certificate flavours, inspecting certificates.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+PassphraseOpt = Annotated[
+    str,
+    typer.Option(
+        "--passphrase",
+        envvar="M2MSEC_CA_PASSPHRASE",
+        prompt="CA key passphrase",
+        hide_input=True,
+        help="Passphrase protecting the CA private keys (env M2MSEC_CA_PASSPHRASE).",
+    ),
+]
+
+_ISSUABLE = [f for f in CertificateFlavour if f is not CertificateFlavour.RAW_PUBLIC_KEY]
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=1)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@app.command("init-ca")
+def init_ca(
+    directory: Annotated[Path, typer.Argument(help="Directory to hold the CA.")],
+    name: Annotated[str, typer.Option("--name", help="CA name (organisation).")],
+    passphrase: PassphraseOpt,
+    permit_dns: Annotated[Optional[list[str]], typer.Option("--permit-dns", help="Permitted dNSName subtree.")] = None,
+    permit_uri: Annotated[
+        Optional[list[str]], typer.Option("--permit-uri", help="Permitted URI subtree (host, or urn: prefix).")
+    ] = None,
+    permit_device: Annotated[
+        Optional[list[str]], typer.Option("--permit-device", help="Permitted device-ID subtree <indication>/<arcs>.")
+    ] = None,
+    intermediate: Annotated[bool, typer.Option("--intermediate/--no-intermediate")] = False,
+    key_type: Annotated[KeyType, typer.Option("--key-type")] = KeyType.EC_P256,
+    days: Annotated[int, typer.Option("--days", min=1)] = 3650,
+) -> None:
+    """Create a root CA (and optionally an intermediate) with name constraints."""
+    if (directory / "ca.json").exists():
+        _fail(f"{directory} already holds a CA")
+    try:
+        ca = DevCA.create(
+            name, now=_now(), permit_dns=permit_dns or [], permit_uri=permit_uri or [],
+            permit_device=permit_device or [], intermediate=intermediate, key_type=key_type,
+            validity=timedelta(days=days),
+        )
+        ca.save(directory, passphrase.encode())
+    except (M2MSecError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"root: {directory / 'root.crt.pem'}")
+    if intermediate:
+        typer.echo(f"intermediate: {directory / 'intermediate.crt.pem'}")
+
+
+@app.command("issue")
+def issue(
+    directory: Annotated[Path, typer.Argument(help="CA directory made by init-ca.")],
+    flavour: Annotated[CertificateFlavour, typer.Option("--flavour", help="cse-id|ae-id|device|node-id|fqdn")],
+    identifiers: Annotated[list[str], typer.Option("--id", help="Identifier (repeat for several).")],
+    out: Annotated[Path, typer.Option("--out", help="Output prefix: PREFIX.crt.pem, PREFIX.chain.pem, PREFIX.key.pem")],
+    passphrase: PassphraseOpt,
+    csr: Annotated[Optional[Path], typer.Option("--csr", help="PEM or DER CSR; no key is generated.")] = None,
+    key_type: Annotated[KeyType, typer.Option("--key-type")] = KeyType.EC_P256,
+    days: Annotated[int, typer.Option("--days", min=1)] = 365,
+) -> None:
+    """Issue a certificate of one oneM2M flavour (from a CSR, or with a fresh key pair)."""
+    if flavour not in _ISSUABLE:
+        _fail("raw public keys are not issued as certificates")
+    try:
+        ca = DevCA.load(directory, passphrase.encode())
+        if csr is not None:
+            data = csr.read_bytes()
+            try:
+                req = (x509.load_pem_x509_csr(data) if b"-----BEGIN" in data else x509.load_der_x509_csr(data))
+            except ValueError:
+                _fail(f"{csr} is not a certificate signing request")
+            issued = ca.issue_from_csr(req, flavour, identifiers, now=_now(), validity=timedelta(days=days))
+        else:
+            issued = ca.issue(flavour, identifiers, now=_now(), key_type=key_type, validity=timedelta(days=days))
+    except (M2MSecError, ValueError, OSError) as exc:
+        _fail(str(exc))
+    pem = serialization.Encoding.PEM
+    out.parent.mkdir(parents=True, exist_ok=True)
+    crt = Path(f"{out}.crt.pem")
+    chain = Path(f"{out}.chain.pem")
+    crt.write_bytes(issued.certificate.public_bytes(pem))
+    chain.write_bytes(b"".join(c.public_bytes(pem) for c in [issued.certificate, *issued.chain]))
+    typer.echo(f"certificate: {crt}")
+    typer.echo(f"chain: {chain}")
+    if issued.private_key is not None:
+        key = Path(f"{out}.key.pem")
+        write_private_file(key, private_key_pem(issued.private_key))
+        typer.echo(f"key: {key}")
+
+
+def show_lines(cert: x509.Certificate) -> list[str]:
+    """``name: value`` lines describing ``cert`` (used by ``show``)."""
+    lines = [
+        f"subject: {cert.subject.rfc4514_string()}",
+        f"issuer: {cert.issuer.rfc4514_string()}",
+        f"serial: {cert.serial_number:x}",
+        f"not_before: {cert.not_valid_before_utc.isoformat()}",
+        f"not_after: {cert.not_valid_after_utc.isoformat()}",
+    ]
+    for n in subject_alt_names(cert):
+        lines.append(f"san: {describe_general_name(n)}")
+    for fl in _ISSUABLE:
+        for ident in identifiers_of(cert, fl):
+            lines.append(f"{fl.value}: {ident}")
+    lines.append(f"public_key_identifier: {public_key_identifier(cert.public_key())}")
+    lines.append(f"sha256_fingerprint: {cert.fingerprint(hashes.SHA256()).hex(':').upper()}")
+    return lines
+
+
+@app.command("show")
+def show(cert: Annotated[Path, typer.Argument(help="PEM or DER certificate (first one of a PEM chain).")]) -> None:
+    """Print a certificate as plain ``name: value`` lines."""
+    try:
+        data = cert.read_bytes()
+        c = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
+        lines = show_lines(c)
+    except (OSError, ValueError) as exc:
+        _fail(f"cannot read certificate {cert}: {type(exc).__name__}")
+    sys.stdout.write("\n".join(lines) + "\n")
