@@ -338,7 +338,7 @@ def test_newer_schema_refused(store: Store, store_url: str, kek: KeyEncryptionKe
 
 
 def test_open_without_schema_when_not_creating(new_url: Callable[[], str]) -> None:
-    with pytest.raises(StoreError):
+    with pytest.raises(StoreError, match="schema is missing"):
         open_store(new_url(), create_schema=False)
 
 
@@ -475,3 +475,16 @@ def test_concurrent_compare_and_set_loses_no_update(store_url: str, kek: KeyEncr
     finally:
         for s in stores:
             s.close()
+
+
+def test_concurrent_open_creates_schema_once(new_url: Callable[[], str], kek: KeyEncryptionKey) -> None:
+    url = new_url()
+    res = _race(lambda i: open_store(url, kek))
+    assert not any(isinstance(r, Exception) for r in res), res
+    try:
+        res[0].put_record("ns", "x", {})  # type: ignore[union-attr]
+        assert all(s.schema_version() == 1 for s in res)  # type: ignore[union-attr]
+        assert res[-1].get_record("ns", "x").version == 1  # type: ignore[union-attr]
+    finally:
+        for s in res:
+            s.close()  # type: ignore[union-attr]

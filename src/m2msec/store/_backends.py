@@ -59,6 +59,22 @@ _DDL = [
 ]
 
 
+class Result:
+    """Rows of one statement, fetched eagerly."""
+
+    __slots__ = ("rows", "rowcount")
+
+    def __init__(self, rows: list[Any], rowcount: int) -> None:
+        self.rows = rows
+        self.rowcount = rowcount
+
+    def fetchall(self) -> list[Any]:
+        return self.rows
+
+    def fetchone(self) -> Any:
+        return self.rows[0] if self.rows else None
+
+
 class Backend:
     """Dialect + connection factory.  Subclasses implement the abstract bits."""
 
@@ -91,9 +107,13 @@ class Backend:
     def sql(self, text: str) -> str:
         return text
 
-    def execute(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> Any:
+    def execute(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> Result:
+        """Run one statement and fetch all its rows inside the error mapping (SQLite reports
+        some errors, e.g. from triggers or RETURNING rows, only while rows are stepped)."""
         try:
-            return conn.execute(self.sql(sql), tuple(params))
+            cur = conn.execute(self.sql(sql), tuple(params))
+            rows = list(cur.fetchall()) if cur.description is not None else []
+            return Result(rows, cur.rowcount)
         except self.driver_errors as exc:
             raise self.wrap(exc) from None
 
@@ -118,6 +138,9 @@ class Backend:
 
     # -- schema -----------------------------------------------------------------------
     def ddl(self) -> list[str]:
+        raise NotImplementedError
+
+    def table_exists(self, conn: Any, name: str) -> bool:
         raise NotImplementedError
 
     def schema_lock(self, conn: Any) -> None:
@@ -181,6 +204,10 @@ class SQLiteBackend(Backend):
 
     def json_out(self, v: Any) -> Any:
         return json.loads(v)
+
+    def table_exists(self, conn: Any, name: str) -> bool:
+        row = self.execute(conn, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
+        return row is not None
 
     def ddl(self) -> list[str]:
         types = {
@@ -262,6 +289,9 @@ class PostgresBackend(Backend):
 
     def json_in(self, text: str, obj: Any) -> Any:
         return self._jsonb(obj, dumps=lambda _o: text)
+
+    def table_exists(self, conn: Any, name: str) -> bool:
+        return self.execute(conn, "SELECT to_regclass(?)", (name,)).fetchone()[0] is not None
 
     def ddl(self) -> list[str]:
         types = {

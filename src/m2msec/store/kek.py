@@ -1,7 +1,7 @@
 """Key-encryption key (KEK) and the at-rest format of stored secrets.
 
-Implements the "credentials stored securely" requirement that TS-0003 places on
-every entity holding symmetric credentials (clause 6.1 "Sensitive data handling";
+Implements the Secure Storage function of TS-0003 clause 6.2.5.2 (Sensitive Data Handling) for
+every entity holding symmetric credentials (
 the MEF/MAF key stores of clauses 8.3.4, 8.8.2 and 10.3.5 keep Ke, Km, Kpsa and
 MAF-distributed keys).  The at-rest format is an m2msec profile decision
 (see ``docs/profile.md``):

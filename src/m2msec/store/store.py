@@ -2,7 +2,7 @@
 
 This is the persistence adapter behind the sans-I/O frameworks: the MEF key
 store (TS-0003 clauses 8.3.4, 8.3.5, 10.3.4 - enrolment keys, single-use
-Enrolment-Tokens), the MAF key store (clauses 8.8.2-8.8.5, 10.3.5 - client
+Enrolment-Tokens), the MAF key store (clauses 8.8.2, 8.8.3, 10.3.5 - client
 registrations, key registrations with expiry) and the ESPrim receiver state
 (clause 8.4.2 - rand objects with esprimRandExpiry, session keys while valid).
 Several service instances may share one PostgreSQL database (DESIGN.md section 3),
@@ -720,7 +720,10 @@ class Store(_Operations):
                 )
 
     def schema_version(self) -> int:
+        """Schema version in the database, 0 if the store schema is absent."""
         with self._conn(write=False) as conn:
+            if not self._backend.table_exists(conn, "m2msec_schema_version"):
+                return 0
             row = self._backend.execute(
                 conn, "SELECT version FROM m2msec_schema_version WHERE component = ?", (SCHEMA_COMPONENT,)
             ).fetchone()
