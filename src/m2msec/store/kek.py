@@ -1,9 +1,8 @@
 """Key-encryption key (KEK) and the at-rest format of stored secrets.
 
-Implements the Secure Storage function of TS-0003 clause 6.2.5.2 (Sensitive Data Handling) for
-every entity holding symmetric credentials (
-the MEF/MAF key stores of clauses 8.3.4, 8.8.2 and 10.3.5 keep Ke, Km, Kpsa and
-MAF-distributed keys).  The at-rest format is an m2msec profile decision
+Implements the Secure Storage function of TS-0003 clause 6.2.5.2 (Sensitive Data
+Handling) for every entity holding symmetric credentials (the MEF/MAF key stores of
+clauses 8.3.4, 8.8.2 and 10.3.5 keep Ke, Km, Kpsa and MAF-distributed keys).  The at-rest format is an m2msec profile decision
 (see ``docs/profile.md``):
 
 * wrapping key ``WK = HKDF-SHA-256(IKM=KEK, salt=none, info="m2msec.store.credential-wrap v1", L=32)``
