@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, Union
 
+from m2msec.errors import ParseError
 from m2msec.esdata import jose
 from m2msec.esdata.certverify import CertificateVerifier
 from m2msec.esdata.credentials import CertificateSigner, KeySource, Recipient, Signer
@@ -29,6 +29,7 @@ from m2msec.esdata.errors import (
     SealError,
 )
 from m2msec.esdata.policy import Policy
+from m2msec.onem2m.contentinfo import ContentInfo
 from m2msec.esdata.types import (
     SERIALIZATION_NAMES,
     ContentSecurity,
@@ -227,23 +228,22 @@ class Target:
 
 # --- <contentInstance> helpers ------------------------------------------------------------
 
-_CNF = re.compile(r"^([A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*(?:;[^:]*)?):([0-2])(?::([0-5]))?$")
-
-
 def format_content_info(media_type: str, encoding_type: int, content_security: int | None) -> str:
     """m2m:contentInfo ``type/subtype:encodingType[:contentSecurity]`` (TS-0004 Table 6.3.3-1)."""
-    cnf = f"{media_type}:{int(encoding_type)}" + (f":{int(content_security)}" if content_security is not None else "")
-    if not _CNF.match(cnf):
-        raise MalformedEnvelopeError(f"not a valid contentInfo: {cnf!r}")
-    return cnf
+    try:
+        info = ContentInfo(media_type, encoding_type, content_security or 0)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise MalformedEnvelopeError(f"not a valid contentInfo: {exc}") from None
+    return info.format()
 
 
 def parse_content_info(cnf: str) -> tuple[str, int, ContentSecurity]:
     """-> (media type, encodingType, contentSecurity); absent contentSecurity means 0."""
-    m = _CNF.match(cnf) if isinstance(cnf, str) else None
-    if not m:
-        raise MalformedEnvelopeError(f"not a valid contentInfo: {cnf!r}")
-    return m.group(1), int(m.group(2)), ContentSecurity(int(m.group(3) or 0))
+    try:
+        info = ContentInfo.parse(cnf)
+    except ParseError as exc:
+        raise MalformedEnvelopeError(str(exc.args[0])) from None
+    return info.media_type, int(info.encoding), ContentSecurity(int(info.security))
 
 
 @dataclass(frozen=True)

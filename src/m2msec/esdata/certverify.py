@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
-
 from cryptography import x509
 from cryptography.x509.verification import ExtensionPolicy, PolicyBuilder, Store, VerificationError
 
@@ -71,22 +69,26 @@ def x509_verifier(
 
 
 def pki_verifier(
-    *, trust_anchors: Sequence[x509.Certificate], clock: Clock, **peer_info: Any
+    *,
+    trust_anchors: Sequence[x509.Certificate],
+    clock: Clock,
+    flavour: str = "ae-id",
 ) -> CertificateVerifier:
-    """Adapter from ``m2msec.pki.verify_peer_certificate`` (imported lazily).
+    """Adapter from ``m2msec.pki.verify_peer_certificate`` (TS-0003 8.1.2.5 in full:
+    flavour-specific identifier match, path validation, name constraints, key policy).
 
-    ``peer_info`` is passed to ``PeerCertInfo`` besides the expected identifier."""
-    from m2msec import pki  # noqa: PLC0415
+    ``flavour`` is the Source End-Point certificate flavour (``ae-id``, ``cse-id``,
+    ``node-id``, ``device``, ``fqdn``); the expected identifier comes from the Target."""
+    from m2msec.pki import CertificateFlavour, PeerCertInfo, verify_peer_certificate  # noqa: PLC0415
+
+    flav = CertificateFlavour(flavour)
 
     def verify(chain: list[x509.Certificate], expected_source_id: str) -> None:
-        info = pki.PeerCertInfo(expected_source_id, **peer_info)  # type: ignore[attr-defined]
         try:
-            pki.verify_peer_certificate(  # type: ignore[attr-defined]
-                chain, expected=info, trust_anchors=list(trust_anchors), now=clock()
+            verify_peer_certificate(
+                chain, expected=PeerCertInfo(flav, expected_source_id), trust_anchors=list(trust_anchors), now=clock()
             )
-        except UntrustedCertificateError:
-            raise
-        except Exception as exc:  # the pki layer's own error hierarchy
+        except Exception as exc:  # noqa: BLE001 - the pki layer's own error hierarchy
             raise UntrustedCertificateError(f"signer certificate refused: {exc}") from None
 
     return verify

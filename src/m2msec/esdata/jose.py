@@ -178,6 +178,9 @@ def encrypt_jwe(
 ) -> bytes:
     if not recipients:
         raise SealError("encryption needs at least one recipient")
+    if not plaintext:
+        # jwcrypto 1.5/1.6 cannot decrypt a JWE with an empty plaintext; refuse to emit one.
+        raise SealError("an empty payload cannot be encrypted (profile limit)", reason=Reason.UNSUPPORTED)
     if enc not in policy.content_encryption:
         raise SealError(f"content encryption {enc!r} not allowed", reason=Reason.ALGORITHM_NOT_ALLOWED)
     prepared = [_recipient_key(r) for r in recipients]
