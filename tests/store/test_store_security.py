@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from m2msec.store import DecryptionFailure, KekMismatch, KeyEncryptionKey, NotFound, Store, StoreError, open_store
+from m2msec.store import DecryptionFailure, KekMismatch, KeyEncryptionKey, Store, StoreError, open_store
 
 
 def _raw_sql(store: Store, sql: str, *params: object) -> list[tuple]:
