@@ -386,3 +386,16 @@ def test_e2e_sec_info_attribute_errors() -> None:
         with_e2e_sec_info({"m2m:cnt": {}}, E2ESecInfo((SUID.MAF_ESPRIM,)))
     with pytest.raises(ValueError):
         resource_content(ResourceType.CONTAINER, {})
+
+
+def test_deep_nesting_is_a_parse_error_not_a_crash() -> None:
+    def doc(depth: int) -> bytes:
+        return b'{"op":5,"to":"/x","rqi":"1","pc":' + b"[" * depth + b"]" * depth + b"}"
+
+    assert RequestPrimitive.from_json_bytes(doc(100)).to_cbor()
+    with pytest.raises(ParseError, match="nested deeper than 100 levels"):
+        RequestPrimitive.from_json_bytes(doc(101))
+    with pytest.raises(ParseError, match="nested too deeply"):
+        RequestPrimitive.from_json_bytes(doc(100_000))
+    with pytest.raises(ParseError, match="malformed CBOR"):
+        RequestPrimitive.from_cbor(b"\xa4bop\x05bto" + b"b/x" + b"crqi" + b"a1" + b"bpc" + b"\x81" * 5000 + b"\x80")

@@ -495,3 +495,17 @@ def test_cbor_rejects_non_json_items_and_trailing_bytes() -> None:
         SecurityInfo.from_cbor(b"\xa1")
     with pytest.raises(ParseError, match="not a JSON value"):
         SecurityInfo.from_cbor(cbor2.dumps({"sit": cbor2.CBORTag(1, 0)}))
+
+
+def test_long_name_missing_member_uses_the_data_type_table_spelling() -> None:
+    with pytest.raises(ParseError, match=r"esi\.supportedE2ESecFeatures: missing mandatory member"):
+        E2ESecInfo.from_json({"certificates": ["MAMCAQE="]}, long_names=True)
+    with pytest.raises(ParseError, match=r"ero\.esprimRandValue: missing mandatory member"):
+        ReceiverESPrimRandObject.from_json({k: v for k, v in LONG_ERO.items() if k != "esprimRandValue"}, long_names=True)
+
+
+def test_constructor_rejects_booleans_as_enum_values() -> None:
+    with pytest.raises(ValueError):
+        E2ESecInfo((True,))  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        ReceiverESPrimRandObject("a", RAND, EXPIRY, (10,), (True,))  # type: ignore[arg-type]

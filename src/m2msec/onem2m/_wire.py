@@ -84,7 +84,9 @@ def members(
         wire[short] = key
     for short in required:
         if short not in values:
-            long_for = {v: k for k, v in names.items()}
+            long_for: dict[str, str] = {}
+            for k, v in names.items():
+                long_for.setdefault(v, k)
             raise fail(sub(path, long_for.get(short, short)), "missing mandatory member")
     return values, wire
 
@@ -181,11 +183,20 @@ def check_compact_jwe(value: object, path: str) -> str:
     return s
 
 
+#: Deepest nesting of arrays/objects accepted in any value (m2msec profile).
+MAX_DEPTH = 100
+
+
 def check_json_model(value: object, path: str) -> None:
-    """Reject anything outside the JSON data model (used for opaque content)."""
-    stack: list[tuple[object, str]] = [(value, path)]
+    """Reject anything outside the JSON data model (used for opaque content).
+
+    Containers nested deeper than :data:`MAX_DEPTH` are rejected too.
+    """
+    stack: list[tuple[object, str, int]] = [(value, path, 0)]
     while stack:
-        v, p = stack.pop()
+        v, p, depth = stack.pop()
+        if isinstance(v, (list, Mapping)) and depth >= MAX_DEPTH:
+            raise fail(p, f"nested deeper than {MAX_DEPTH} levels")
         if v is None or isinstance(v, (bool, int, str)):
             continue
         if isinstance(v, float):
@@ -193,13 +204,13 @@ def check_json_model(value: object, path: str) -> None:
                 raise fail(p, "non-finite number is not JSON")
             continue
         if isinstance(v, list):
-            stack.extend((x, f"{p}[{i}]") for i, x in enumerate(v))
+            stack.extend((x, f"{p}[{i}]", depth + 1) for i, x in enumerate(v))
             continue
         if isinstance(v, Mapping):
             for k, x in v.items():
                 if not isinstance(k, str):
                     raise fail(p, f"member name must be a string, got {type_name(k)}")
-                stack.append((x, sub(p, k)))
+                stack.append((x, sub(p, k), depth + 1))
             continue
         raise fail(p, f"{type_name(v)} is not a JSON value")
 
@@ -229,6 +240,8 @@ def loads_json(data: bytes | str) -> Any:
         raise
     except (ValueError, UnicodeDecodeError) as exc:
         raise ParseError(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise ParseError("malformed JSON: nested too deeply") from None
 
 
 def dumps_json(value: Any) -> bytes:
@@ -244,6 +257,8 @@ def loads_cbor(data: bytes) -> Any:
         value = cbor2.CBORDecoder(buf).decode()
     except (cbor2.CBORDecodeError, ValueError, EOFError, TypeError) as exc:
         raise ParseError(f"malformed CBOR: {exc}") from None
+    except RecursionError:
+        raise ParseError("malformed CBOR: nested too deeply") from None
     if buf.tell() != len(data):
         raise ParseError("trailing bytes after the CBOR data item")
     check_json_model(value, "")

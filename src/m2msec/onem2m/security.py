@@ -34,6 +34,7 @@ m2msec profile decisions implemented here (see docs/profile.md):
 
 from __future__ import annotations
 
+import copy
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -123,6 +124,8 @@ def _check_unique(items: Sequence[T], path: str) -> None:
 def _enum_tuple(cls: type[Any], values: Sequence[Any], what: str) -> tuple[Any, ...]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
         raise ValueError(f"{what} must be a sequence")
+    if any(isinstance(v, bool) for v in values):
+        raise ValueError(f"{what} must hold enumeration values, not booleans")
     out = tuple(cls(v) for v in values)
     if not out:
         raise ValueError(f"{what} must not be empty")
@@ -400,9 +403,9 @@ class SecurityInfo(_wire.Codec):
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"sit": int(self.sit)}
         if self.das_request is not None:
-            out["dreq"] = self.das_request
+            out["dreq"] = copy.deepcopy(self.das_request)
         if self.das_response is not None:
-            out["dres"] = self.das_response
+            out["dres"] = copy.deepcopy(self.das_response)
         if self.esprim_rand_object is not None:
             out["ero"] = self.esprim_rand_object.to_json()
         if self.esprim_object is not None:
@@ -410,9 +413,9 @@ class SecurityInfo(_wire.Codec):
         if self.escertke_message is not None:
             out["eckm"] = _wire.encode_base64(self.escertke_message)
         if self.dyn_auth_rel_map_request is not None:
-            out["darq"] = self.dyn_auth_rel_map_request
+            out["darq"] = copy.deepcopy(self.dyn_auth_rel_map_request)
         if self.dyn_auth_rel_map_response is not None:
-            out["dars"] = self.dyn_auth_rel_map_response
+            out["dars"] = copy.deepcopy(self.dyn_auth_rel_map_response)
         return out
 
     def to_content(self) -> dict[str, Any]:
