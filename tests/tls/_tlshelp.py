@@ -83,7 +83,11 @@ class PKI:
         return CertCredentials(leaf.key, leaf.cert, (self.inter.cert,))
 
     def write(self, directory: Path, stem: str, leaf: Issued) -> tuple[Path, Path, Path]:
-        """key.pem, cert.pem (leaf + intermediate), ca.pem (root) for command-line peers."""
+        """key.pem, cert.pem (leaf + intermediate), ca.pem (root) for command-line peers.
+
+        Also writes ``chain.pem`` (the intermediate alone) for openssl's ``-cert_chain``.
+        """
+        (directory / "chain.pem").write_bytes(self.inter.cert.public_bytes(serialization.Encoding.PEM))
         k = directory / f"{stem}.key.pem"
         c = directory / f"{stem}.cert.pem"
         a = directory / "ca.pem"

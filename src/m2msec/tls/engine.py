@@ -414,6 +414,7 @@ class TLSEngine:
         self.failure: TLSHandshakeError | None = None
         self._app_in: list[bytes] = []
         self._started = False
+        self.handshake_complete = False
         self._client_sni = server_name if server_name is not None else cfg.server_name
         if self.transport is Transport.DTLS:
             self._conn.set_ciphertext_mtu(cfg.mtu)
@@ -444,6 +445,7 @@ class TLSEngine:
             except (SSL.Error, SSL.SysCallError) as exc:
                 raise self._fail(exc) from self._cause()
             self.state = TLSState.ESTABLISHED
+            self.handshake_complete = True
         return self.state
 
     def _cause(self) -> BaseException | None:
@@ -610,8 +612,8 @@ class TLSEngine:
     # -- session facts -----------------------------------------------------
     def export_keying_material(self, label: str, length: int = profiles.EXPORTER_LENGTH,
                                context: bytes | None = None) -> bytes:
-        """RFC 5705 exporter (TS-0003 10.3.1)."""
-        if self.state is not TLSState.ESTABLISHED:
+        """RFC 5705 exporter (TS-0003 10.3.1); still available after close_notify."""
+        if not self.handshake_complete or self.state is TLSState.FAILED:
             raise TLSError(f"keying material export needs an established session (state {self.state.value})")
         return self._conn.export_keying_material(label.encode("ascii"), length, context)
 

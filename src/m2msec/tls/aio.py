@@ -1,0 +1,261 @@
+"""asyncio stream adapter for the sans-I/O TLS engine (TS-0003 clause 10.2).
+
+The TCP transport carries the bytes; :class:`~m2msec.tls.engine.TLSEngine`
+does all of TLS.  ``open_connection`` / ``start_server`` mirror
+``asyncio.open_connection`` / ``asyncio.start_server`` but take a
+:class:`~m2msec.tls.engine.TLSConfig` (or a prebuilt ``TLSContext``) and hand
+out a standard :class:`asyncio.StreamReader` plus a :class:`TLSStreamWriter`
+whose ``engine`` gives the peer identity and the RFC 5705 exporter
+(TS-0003 10.3.1).  A handler only runs after the handshake succeeded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from m2msec.tls.engine import (
+    Role,
+    TLSConfig,
+    TLSContext,
+    TLSEngine,
+    TLSError,
+    TLSFailureReason,
+    TLSHandshakeError,
+    TLSState,
+)
+
+__all__ = ["TLSStreamProtocol", "TLSStreamWriter", "open_connection", "start_server", "HandshakeErrorHandler"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[asyncio.StreamReader, "TLSStreamWriter"], Awaitable[Any]]
+HandshakeErrorHandler = Callable[[TLSHandshakeError, "tuple[Any, ...] | None"], None]
+
+
+class TLSStreamProtocol(asyncio.Protocol):
+    """Feeds a TCP connection through a :class:`TLSEngine`."""
+
+    def __init__(self, engine: TLSEngine, *, handshake_timeout: float = 10.0) -> None:
+        self.engine = engine
+        self.loop = asyncio.get_running_loop()
+        self.reader = asyncio.StreamReader()
+        self.handshake_done: asyncio.Future[TLSEngine] = self.loop.create_future()
+        self.closed: asyncio.Future[None] = self.loop.create_future()
+        self.transport: asyncio.Transport | None = None
+        self._timeout = handshake_timeout
+        self._timer: asyncio.TimerHandle | None = None
+        self._can_write = asyncio.Event()
+        self._can_write.set()
+
+    # -- helpers --------------------------------------------------------------
+    def _flush(self) -> None:
+        data = self.engine.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _handshake_failed(self, exc: TLSHandshakeError) -> None:
+        try:
+            self._flush()  # the alert
+        except TLSError:
+            pass
+        if not self.handshake_done.done():
+            self.handshake_done.set_exception(exc)
+        if self.transport is not None:
+            self.transport.close()
+
+    def _on_timeout(self) -> None:
+        if not self.handshake_done.done():
+            self._handshake_failed(TLSHandshakeError(TLSFailureReason.TIMEOUT, "handshake timed out"))
+
+    # -- asyncio.Protocol -------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self._timer = self.loop.call_later(self._timeout, self._on_timeout)
+        if self.engine.role is Role.CLIENT:
+            try:
+                self.engine.do_handshake()
+            except TLSHandshakeError as exc:
+                self._handshake_failed(exc)
+                return
+            self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.engine.receive_data(data)
+        except TLSHandshakeError as exc:
+            self._handshake_failed(exc)
+            return
+        except TLSError as exc:
+            self._flush()
+            self.reader.set_exception(exc)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self._flush()
+        if self.engine.established and not self.handshake_done.done():
+            if self._timer is not None:
+                self._timer.cancel()
+            self.handshake_done.set_result(self.engine)
+        app = self.engine.receive_application_data()
+        if app:
+            self.reader.feed_data(app)
+        if self.engine.state is TLSState.CLOSED:
+            self.reader.feed_eof()
+            if self.transport is not None:
+                self.transport.close()
+
+    def eof_received(self) -> bool:
+        try:
+            self.engine.receive_data(b"")
+        except TLSHandshakeError as exc:
+            self._handshake_failed(exc)
+        self.reader.feed_eof()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if not self.handshake_done.done():
+            self.handshake_done.set_exception(
+                TLSHandshakeError(TLSFailureReason.CONNECTION_CLOSED, "connection lost during the handshake")
+            )
+        self.reader.feed_eof()
+        self._can_write.set()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._can_write.clear()
+
+    def resume_writing(self) -> None:
+        self._can_write.set()
+
+
+class TLSStreamWriter:
+    """``asyncio.StreamWriter``-like writer over a :class:`TLSStreamProtocol`."""
+
+    def __init__(self, protocol: TLSStreamProtocol) -> None:
+        self._protocol = protocol
+
+    @property
+    def engine(self) -> TLSEngine:
+        return self._protocol.engine
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        return self._protocol.transport
+
+    def write(self, data: bytes) -> None:
+        self.engine.send_application_data(data)
+        self._protocol._flush()
+
+    def writelines(self, lines: list[bytes]) -> None:
+        for line in lines:
+            self.write(line)
+
+    async def drain(self) -> None:
+        if self._protocol.closed.done():
+            raise ConnectionResetError("TLS connection closed")
+        await self._protocol._can_write.wait()
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def is_closing(self) -> bool:
+        t = self.transport
+        return t is None or t.is_closing()
+
+    def close(self) -> None:
+        """Send close_notify and close the TCP connection."""
+        if self.engine.state is TLSState.ESTABLISHED:
+            self.engine.close()
+            self._protocol._flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    async def wait_closed(self) -> None:
+        await self._protocol.closed
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name in ("tls_engine", "engine"):
+            return self.engine
+        t = self.transport
+        return t.get_extra_info(name, default) if t is not None else default
+
+    def __repr__(self) -> str:
+        return f"TLSStreamWriter({self.engine!r})"
+
+
+def _context(config: TLSConfig | TLSContext) -> TLSContext:
+    return config if isinstance(config, TLSContext) else TLSContext(config)
+
+
+async def open_connection(
+    host: str,
+    port: int,
+    config: TLSConfig | TLSContext,
+    *,
+    server_name: str | None = None,
+    timeout: float = 10.0,
+) -> tuple[asyncio.StreamReader, TLSStreamWriter]:
+    """Connect over TCP and complete the TLS 1.2 handshake (raises TLSHandshakeError)."""
+    ctx = _context(config)
+    if ctx.config.role is not Role.CLIENT:
+        raise ValueError("open_connection needs a client configuration")
+    loop = asyncio.get_running_loop()
+    engine = TLSEngine(ctx, server_name=server_name)
+    _, protocol = await asyncio.wait_for(
+        loop.create_connection(lambda: TLSStreamProtocol(engine, handshake_timeout=timeout), host, port), timeout
+    )
+    assert isinstance(protocol, TLSStreamProtocol)
+    await protocol.handshake_done
+    return protocol.reader, TLSStreamWriter(protocol)
+
+
+async def start_server(
+    handler: Handler,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    config: TLSConfig | TLSContext | None = None,
+    *,
+    on_handshake_error: HandshakeErrorHandler | None = None,
+    handshake_timeout: float = 10.0,
+) -> asyncio.Server:
+    """Serve TLS 1.2; ``handler(reader, writer)`` runs after each successful handshake."""
+    if config is None:
+        raise ValueError("start_server needs a server TLSConfig")
+    ctx = _context(config)
+    if ctx.config.role is not Role.SERVER:
+        raise ValueError("start_server needs a server configuration")
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[Any]] = set()
+
+    def factory() -> TLSStreamProtocol:
+        protocol = TLSStreamProtocol(TLSEngine(ctx), handshake_timeout=handshake_timeout)
+
+        async def run() -> None:
+            try:
+                await protocol.handshake_done
+            except TLSHandshakeError as exc:
+                peer = protocol.transport.get_extra_info("peername") if protocol.transport else None
+                if on_handshake_error is not None:
+                    on_handshake_error(exc, peer)
+                else:
+                    log.info("TLS handshake with %s failed: %s", peer, exc)
+                return
+            writer = TLSStreamWriter(protocol)
+            try:
+                await handler(protocol.reader, writer)
+            finally:
+                writer.close()
+
+        task = loop.create_task(run())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        return protocol
+
+    return await loop.create_server(factory, host, port)

@@ -1,0 +1,272 @@
+"""asyncio UDP adapter for DTLS 1.2 sessions (TS-0003 clause 10.2.1).
+
+Each UDP datagram is fed to the engine on its own (``receive_data``) and each
+datagram the engine produces (``datagrams_to_send``, at most ``mtu`` bytes) is
+sent on its own.  Handshake retransmission follows OpenSSL's DTLS timer:
+after every event the adapter re-arms ``loop.call_later(engine.get_timeout())``
+and calls ``engine.handle_timeout()`` when it fires.  The server demultiplexes
+peers by their (host, port) address, one :class:`DTLSSession` per peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from m2msec.tls.engine import (
+    Role,
+    TLSConfig,
+    TLSContext,
+    TLSEngine,
+    TLSError,
+    TLSFailureReason,
+    TLSHandshakeError,
+    TLSState,
+)
+from m2msec.tls.profiles import Transport
+
+__all__ = ["DTLSSession", "DTLSServer", "open_dtls_connection", "start_dtls_server"]
+
+log = logging.getLogger(__name__)
+
+Address = Any
+SessionHandler = Callable[["DTLSSession"], Awaitable[Any]]
+
+
+class DTLSSession:
+    """One DTLS association with one peer address."""
+
+    def __init__(self, engine: TLSEngine, transport: asyncio.DatagramTransport, addr: Address | None,
+                 *, handshake_timeout: float = 10.0, on_close: Callable[[DTLSSession], None] | None = None) -> None:
+        if engine.transport is not Transport.DTLS:
+            raise ValueError("DTLSSession needs a DTLS engine")
+        self.engine = engine
+        self.addr = addr
+        self._transport = transport
+        self._loop = asyncio.get_running_loop()
+        self._records: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.handshake_done: asyncio.Future[TLSEngine] = self._loop.create_future()
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = self._loop.call_later(handshake_timeout, self._handshake_timeout)
+        self._on_close = on_close
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"DTLSSession(addr={self.addr!r}, {self.engine!r})"
+
+    # -- internals ------------------------------------------------------------
+    def _flush(self) -> None:
+        for dgram in self.engine.datagrams_to_send():
+            if self.addr is None:
+                self._transport.sendto(dgram)
+            else:
+                self._transport.sendto(dgram, self.addr)
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.engine.state is not TLSState.HANDSHAKING:
+            return
+        t = self.engine.get_timeout()
+        if t is not None:
+            self._timer = self._loop.call_later(max(t, 0.0), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        try:
+            self.engine.handle_timeout()
+        except TLSHandshakeError as exc:
+            self._fail(exc)
+            return
+        self._flush()
+        self._arm_timer()
+
+    def _handshake_timeout(self) -> None:
+        if not self.handshake_done.done():
+            self._fail(TLSHandshakeError(TLSFailureReason.TIMEOUT, "DTLS handshake timed out"))
+
+    def _fail(self, exc: TLSHandshakeError) -> None:
+        try:
+            self._flush()
+        except TLSError:
+            pass
+        if not self.handshake_done.done():
+            self.handshake_done.set_exception(exc)
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for h in (self._timer, self._deadline):
+            if h is not None:
+                h.cancel()
+        self._records.put_nowait(None)
+        if self._on_close is not None:
+            self._on_close(self)
+
+    def start(self) -> None:
+        """Client: send the ClientHello."""
+        try:
+            self.engine.do_handshake()
+        except TLSHandshakeError as exc:
+            self._fail(exc)
+            return
+        self._flush()
+        self._arm_timer()
+
+    def datagram_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            self.engine.receive_data(data)
+        except TLSHandshakeError as exc:
+            self._fail(exc)
+            return
+        except TLSError as exc:
+            log.info("DTLS record error from %s: %s", self.addr, exc)
+            self._finish()
+            return
+        self._flush()
+        self._arm_timer()
+        if self.engine.established and not self.handshake_done.done():
+            self._deadline.cancel()
+            self.handshake_done.set_result(self.engine)
+        for rec in self.engine.receive_application_records():
+            self._records.put_nowait(rec)
+        if self.engine.state is TLSState.CLOSED:
+            self._flush()
+            self._finish()
+
+    # -- public ---------------------------------------------------------------
+    def send(self, data: bytes) -> None:
+        """Send application data (one record per datagram, split at the MTU)."""
+        self.engine.send_application_data(data)
+        self._flush()
+
+    async def recv(self, timeout: float | None = None) -> bytes:
+        """Next application record; b"" once the session is closed."""
+        item = await asyncio.wait_for(self._records.get(), timeout)
+        if item is None:
+            self._records.put_nowait(None)
+            return b""
+        return item
+
+    def close(self) -> None:
+        """Send close_notify and forget the session."""
+        if self.engine.state is TLSState.ESTABLISHED:
+            self.engine.close()
+            try:
+                self._flush()
+            except TLSError:
+                pass
+        self._finish()
+
+
+class _ClientProtocol(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.session: DTLSSession | None = None
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        if self.session is not None:
+            self.session.datagram_received(data)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("DTLS client socket error: %s", exc)
+
+
+async def open_dtls_connection(host: str, port: int, config: TLSConfig | TLSContext, *,
+                               server_name: str | None = None, timeout: float = 10.0) -> DTLSSession:
+    """Connect a UDP socket and complete the DTLS 1.2 handshake."""
+    ctx = config if isinstance(config, TLSContext) else TLSContext(config)
+    if ctx.config.role is not Role.CLIENT or ctx.config.transport is not Transport.DTLS:
+        raise ValueError("open_dtls_connection needs a DTLS client configuration")
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(_ClientProtocol, remote_addr=(host, port))
+    assert isinstance(protocol, _ClientProtocol)
+    session = DTLSSession(TLSEngine(ctx, server_name=server_name), transport, None, handshake_timeout=timeout,
+                          on_close=lambda s: transport.close())
+    protocol.session = session
+    session.start()
+    await session.handshake_done
+    return session
+
+
+class DTLSServer(asyncio.DatagramProtocol):
+    """UDP server: one DTLS session per peer address."""
+
+    def __init__(self, ctx: TLSContext, handler: SessionHandler, *, handshake_timeout: float,
+                 on_handshake_error: Callable[[TLSHandshakeError, Address], None] | None) -> None:
+        self.ctx = ctx
+        self.handler = handler
+        self.sessions: dict[Address, DTLSSession] = {}
+        self.transport: asyncio.DatagramTransport | None = None
+        self._handshake_timeout = handshake_timeout
+        self._on_error = on_handshake_error
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def sockname(self) -> tuple[str, int]:
+        assert self.transport is not None
+        return self.transport.get_extra_info("sockname")[:2]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        session = self.sessions.get(addr)
+        if session is None:
+            assert self.transport is not None
+            session = DTLSSession(TLSEngine(self.ctx), self.transport, addr,
+                                  handshake_timeout=self._handshake_timeout, on_close=self._forget)
+            self.sessions[addr] = session
+            task = asyncio.get_running_loop().create_task(self._run(session))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        session.datagram_received(data)
+
+    def _forget(self, session: DTLSSession) -> None:
+        if self.sessions.get(session.addr) is session:
+            del self.sessions[session.addr]
+
+    async def _run(self, session: DTLSSession) -> None:
+        try:
+            await session.handshake_done
+        except TLSHandshakeError as exc:
+            if self._on_error is not None:
+                self._on_error(exc, session.addr)
+            else:
+                log.info("DTLS handshake with %s failed: %s", session.addr, exc)
+            return
+        try:
+            await self.handler(session)
+        finally:
+            session.close()
+
+    def close(self) -> None:
+        for s in list(self.sessions.values()):
+            s.close()
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def start_dtls_server(handler: SessionHandler, host: str = "127.0.0.1", port: int = 0,
+                            config: TLSConfig | TLSContext | None = None, *, handshake_timeout: float = 10.0,
+                            on_handshake_error: Callable[[TLSHandshakeError, Address], None] | None = None,
+                            ) -> DTLSServer:
+    """Serve DTLS 1.2 on UDP; ``handler(session)`` runs after each successful handshake."""
+    if config is None:
+        raise ValueError("start_dtls_server needs a server TLSConfig")
+    ctx = config if isinstance(config, TLSContext) else TLSContext(config)
+    if ctx.config.role is not Role.SERVER or ctx.config.transport is not Transport.DTLS:
+        raise ValueError("start_dtls_server needs a DTLS server configuration")
+    loop = asyncio.get_running_loop()
+    _, protocol = await loop.create_datagram_endpoint(
+        lambda: DTLSServer(ctx, handler, handshake_timeout=handshake_timeout, on_handshake_error=on_handshake_error),
+        local_addr=(host, port),
+    )
+    assert isinstance(protocol, DTLSServer)
+    return protocol
