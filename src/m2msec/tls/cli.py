@@ -1,0 +1,269 @@
+"""``m2msec tls`` — oneM2M (D)TLS 1.2 server and client (TS-0003 10.2, 10.3.1).
+
+Like ``openssl s_server`` / ``s_client`` restricted to the oneM2M profiles:
+TLS-PSK (``--psk-identity`` with ``--psk-hex`` or ``--psk-text``) or mutual
+ECDHE-ECDSA certificates (``--key --cert --ca`` and ``--peer-id`` for the
+expected peer identifier in the subjectAltName), ``--dtls`` for DTLS 1.2 over
+UDP, ``--sni``, and ``--export-label LABEL`` which prints the 48 exported
+bytes split as TS-0003 10.3.1 says: ``key_id`` (16 most significant bytes)
+and ``key`` (32 least significant bytes).  Output is plain ``name: value``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from m2msec.tls.aio import TLSStreamWriter, open_connection, start_server
+from m2msec.tls.dtls import DTLSSession, open_dtls_connection, start_dtls_server
+from m2msec.tls.engine import (
+    CertCredentials,
+    PSKCredentials,
+    Role,
+    TLSConfig,
+    TLSEngine,
+    TLSHandshakeError,
+)
+from m2msec.tls.profiles import Transport
+
+app = typer.Typer(help="oneM2M TLS/DTLS 1.2 test server and client (TS-0003 10.2).", no_args_is_help=True)
+
+
+def _out(name: str, value: object) -> None:
+    print(f"{name}: {value}", flush=True)
+
+
+def _psk_key(psk_hex: str | None, psk_text: str | None) -> bytes | None:
+    if psk_hex is not None and psk_text is not None:
+        raise typer.BadParameter("give --psk-hex or --psk-text, not both")
+    if psk_hex is not None:
+        try:
+            return bytes.fromhex(psk_hex)
+        except ValueError:
+            raise typer.BadParameter("--psk-hex is not hexadecimal") from None
+    if psk_text is not None:
+        return psk_text.encode("utf-8")
+    return None
+
+
+def san_check(expected: str) -> Any:
+    """A plain verify hook: the leaf's subjectAltName (DNS, URI, IP) must contain ``expected``."""
+
+    def check(chain: list[x509.Certificate]) -> None:
+        try:
+            san = chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            raise ValueError("peer certificate has no subjectAltName") from None
+        names = [str(v) for v in san.get_values_for_type(x509.DNSName)]
+        names += [str(v) for v in san.get_values_for_type(x509.UniformResourceIdentifier)]
+        names += [str(v) for v in san.get_values_for_type(x509.IPAddress)]
+        if expected not in names:
+            raise ValueError(f"peer identifier {expected!r} not in subjectAltName {names}")
+
+    return check
+
+
+def _load_certs(path: Path) -> list[x509.Certificate]:
+    return x509.load_pem_x509_certificates(path.read_bytes())
+
+
+def _config(role: Role, *, dtls: bool, psk_identity: str | None, psk_hex: str | None, psk_text: str | None,
+            key: Path | None, cert: Path | None, ca: Path | None, peer_id: str | None, sni: str | None,
+            mtu: int) -> TLSConfig:
+    transport = Transport.DTLS if dtls else Transport.TLS
+    psk = _psk_key(psk_hex, psk_text)
+    kwargs: dict[str, Any] = {"role": role, "transport": transport, "mtu": mtu}
+    if psk is not None:
+        if not psk_identity:
+            raise typer.BadParameter("--psk-identity is required with a PSK")
+        ident = psk_identity.encode("utf-8")
+        if role is Role.CLIENT:
+            kwargs["psk"] = PSKCredentials(ident, psk)
+        else:
+            kwargs["psk_lookup"] = lambda i, _sni: psk if i == ident else None
+    if key is not None or cert is not None or ca is not None:
+        if key is None or cert is None or ca is None:
+            raise typer.BadParameter("certificate mode needs --key, --cert and --ca")
+        certs = _load_certs(cert)
+        private_key = load_pem_private_key(key.read_bytes(), password=None)
+        kwargs["credentials"] = CertCredentials(private_key, certs[0], tuple(certs[1:]))  # type: ignore[arg-type]
+        kwargs["trust_anchors"] = _load_certs(ca)
+        if peer_id:
+            kwargs["verify_peer"] = san_check(peer_id)
+    if psk is None and "credentials" not in kwargs:
+        raise typer.BadParameter("give a PSK (--psk-identity + --psk-hex/--psk-text) or --key/--cert/--ca")
+    if role is Role.CLIENT:
+        kwargs["server_name"] = sni
+    return TLSConfig(**kwargs)
+
+
+def _report(engine: TLSEngine, labels: list[str]) -> None:
+    _out("protocol", engine.protocol_version)
+    _out("cipher", engine.cipher_name)
+    if engine.psk_identity is not None:
+        _out("psk_identity", engine.psk_identity.decode("utf-8", "replace"))
+    _out("sni", engine.sni or "")
+    chain = engine.peer_certificate_chain()
+    if chain:
+        _out("peer_subject", chain[0].subject.rfc4514_string())
+    for label in labels:
+        key, key_id = engine.export_onem2m_key(label)
+        _out("export_label", label)
+        _out("key_id", key_id.hex())
+        _out("key", key.hex())
+
+
+_PSK_IDENTITY = typer.Option(None, "--psk-identity", help="PSK identity (e.g. KpsaID, KpmID, KmID)")
+_PSK_HEX = typer.Option(None, "--psk-hex", help="PSK as hexadecimal octets")
+_PSK_TEXT = typer.Option(None, "--psk-text", help="PSK as UTF-8 text")
+_KEY = typer.Option(None, "--key", help="own private key (PEM)")
+_CERT = typer.Option(None, "--cert", help="own certificate, then its chain (PEM)")
+_CA = typer.Option(None, "--ca", help="trust anchors (PEM)")
+_PEER_ID = typer.Option(None, "--peer-id", help="expected peer identifier in the subjectAltName")
+_LABEL = typer.Option([], "--export-label", help="RFC 5705 label to export 48 bytes for (repeatable)")
+
+
+@app.command()
+def server(
+    port: int = typer.Option(0, "--port", "-p", help="port (0: ephemeral, printed as 'listening')"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    dtls: bool = typer.Option(False, "--dtls", help="DTLS 1.2 over UDP"),
+    psk_identity: Optional[str] = _PSK_IDENTITY,
+    psk_hex: Optional[str] = _PSK_HEX,
+    psk_text: Optional[str] = _PSK_TEXT,
+    key: Optional[Path] = _KEY,
+    cert: Optional[Path] = _CERT,
+    ca: Optional[Path] = _CA,
+    peer_id: Optional[str] = _PEER_ID,
+    export_label: list[str] = _LABEL,
+    once: bool = typer.Option(False, "--once", help="exit after one session"),
+    mtu: int = typer.Option(1200, "--mtu", help="DTLS datagram size limit"),
+    timeout: float = typer.Option(30.0, "--timeout", help="seconds to wait for a session (with --once)"),
+) -> None:
+    """Accept sessions, print their parameters and exported keys, echo application data."""
+    cfg = _config(Role.SERVER, dtls=dtls, psk_identity=psk_identity, psk_hex=psk_hex, psk_text=psk_text,
+                  key=key, cert=cert, ca=ca, peer_id=peer_id, sni=None, mtu=mtu)
+    code = asyncio.run(_serve(cfg, host, port, export_label, once, timeout))
+    raise typer.Exit(code)
+
+
+async def _serve(cfg: TLSConfig, host: str, port: int, labels: list[str], once: bool, timeout: float) -> int:
+    done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    def failed(exc: TLSHandshakeError, peer: Any) -> None:
+        _out("error", exc.reason.value)
+        _out("detail", exc.detail)
+        if once and not done.done():
+            done.set_result(1)
+
+    async def tls_handler(reader: asyncio.StreamReader, writer: TLSStreamWriter) -> None:
+        _report(writer.engine, labels)
+        while data := await reader.read(65536):
+            _out("received", data.decode("utf-8", "replace").rstrip("\n"))
+            writer.write(data)
+        _out("closed", "yes")
+        if once and not done.done():
+            done.set_result(0)
+
+    async def dtls_handler(session: DTLSSession) -> None:
+        _report(session.engine, labels)
+        while data := await session.recv():
+            _out("received", data.decode("utf-8", "replace").rstrip("\n"))
+            session.send(data)
+        _out("closed", "yes")
+        if once and not done.done():
+            done.set_result(0)
+
+    if cfg.transport is Transport.DTLS:
+        dserver = await start_dtls_server(dtls_handler, host, port, cfg, on_handshake_error=failed)
+        _out("listening", f"{dserver.sockname[0]}:{dserver.sockname[1]}")
+        closer: Any = dserver.close
+    else:
+        server = await start_server(tls_handler, host, port, cfg, on_handshake_error=failed)
+        sock = server.sockets[0].getsockname()
+        _out("listening", f"{sock[0]}:{sock[1]}")
+        closer = server.close
+    try:
+        if once:
+            return await asyncio.wait_for(done, timeout)
+        await asyncio.Event().wait()
+        return 0
+    except asyncio.TimeoutError:
+        _out("error", "TIMEOUT")
+        return 1
+    finally:
+        closer()
+
+
+@app.command()
+def client(
+    port: int = typer.Option(..., "--port", "-p"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    dtls: bool = typer.Option(False, "--dtls", help="DTLS 1.2 over UDP"),
+    psk_identity: Optional[str] = _PSK_IDENTITY,
+    psk_hex: Optional[str] = _PSK_HEX,
+    psk_text: Optional[str] = _PSK_TEXT,
+    key: Optional[Path] = _KEY,
+    cert: Optional[Path] = _CERT,
+    ca: Optional[Path] = _CA,
+    peer_id: Optional[str] = _PEER_ID,
+    sni: Optional[str] = typer.Option(None, "--sni", help="server name to send (SNI)"),
+    export_label: list[str] = _LABEL,
+    send: Optional[str] = typer.Option(None, "--send", help="text to send after the handshake"),
+    wait: float = typer.Option(1.0, "--wait", help="seconds to wait for a reply to --send"),
+    mtu: int = typer.Option(1200, "--mtu", help="DTLS datagram size limit"),
+    timeout: float = typer.Option(10.0, "--timeout", help="handshake timeout in seconds"),
+) -> None:
+    """Connect once, print the session parameters and exported keys."""
+    cfg = _config(Role.CLIENT, dtls=dtls, psk_identity=psk_identity, psk_hex=psk_hex, psk_text=psk_text,
+                  key=key, cert=cert, ca=ca, peer_id=peer_id, sni=sni, mtu=mtu)
+    raise typer.Exit(asyncio.run(_connect(cfg, host, port, export_label, send, wait, timeout)))
+
+
+async def _connect(cfg: TLSConfig, host: str, port: int, labels: list[str], send: str | None, wait: float,
+                   timeout: float) -> int:
+    try:
+        if cfg.transport is Transport.DTLS:
+            session = await open_dtls_connection(host, port, cfg, timeout=timeout)
+            _report(session.engine, labels)
+            if send is not None:
+                session.send(send.encode("utf-8"))
+                try:
+                    _out("received", (await session.recv(wait)).decode("utf-8", "replace").rstrip("\n"))
+                except asyncio.TimeoutError:
+                    pass
+            session.close()
+            return 0
+        reader, writer = await open_connection(host, port, cfg, timeout=timeout)
+    except TLSHandshakeError as exc:
+        _out("error", exc.reason.value)
+        _out("detail", exc.detail)
+        return 1
+    except (OSError, asyncio.TimeoutError) as exc:
+        _out("error", "CONNECT_FAILED")
+        _out("detail", type(exc).__name__)
+        return 1
+    _report(writer.engine, labels)
+    if send is not None:
+        writer.write(send.encode("utf-8"))
+        try:
+            data = await asyncio.wait_for(reader.read(65536), wait)
+            _out("received", data.decode("utf-8", "replace").rstrip("\n"))
+        except asyncio.TimeoutError:
+            pass
+    writer.close()
+    return 0
+
+
+def main() -> None:  # pragma: no cover - convenience entry point
+    app(sys.argv[1:])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
