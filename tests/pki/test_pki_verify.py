@@ -98,9 +98,27 @@ def test_wrong_flavour(ca: DevCA, issued_as: F, ident: str, expected_as: F, expe
     assert reason(ei) is R.WRONG_FLAVOUR
 
 
-def test_fqdn_flavour_accepts_uri_host(ca: DevCA) -> None:
+def test_fqdn_flavour_uri_forms(ca: DevCA) -> None:
+    # 8.1.2.5: for an FQDN certificate a URI may carry the FQDN; m2msec accepts scheme://FQDN[/] only,
+    # so that an AE-ID certificate https://<sp-fqdn>/<ae> cannot pass as the FQDN certificate of <sp-fqdn>.
     issued = ca.issue(F.AE_ID, [f"//{SP}/S1"], now=NOW)
-    assert verify([issued.certificate, *issued.chain], F.FQDN, SP, [ca.trust_anchor]).identifier == SP
+    with pytest.raises(CertificateVerificationError) as ei:
+        verify([issued.certificate, *issued.chain], F.FQDN, SP, [ca.trust_anchor])
+    assert reason(ei) is R.WRONG_FLAVOUR
+    # URI constraint ".<sp>" permits hosts below the SP domain (RFC 5280: "m2m.example.com" alone is one host)
+    root_only_ca = DevCA.create("uri hosts", now=NOW - timedelta(days=1), permit_uri=["." + SP])
+    ku = x509.KeyUsage(True, False, False, False, False, False, False, False, False)
+    for uri, ok in ((f"https://{MEF}/", True), (f"coaps://{MEF}", True), (f"https://{MEF}:8443/", False)):
+        leaf = raw_cert(subject_cn="mef", issuer=root_only_ca.root_cert, issuer_key=root_only_ca._root_key,
+                        public_key=new_ec_key().public_key(),
+                        extensions=[(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), False),
+                                    (ku, True)])
+        if ok:
+            assert verify([leaf], F.FQDN, MEF, [root_only_ca.trust_anchor]).identifier == MEF
+        else:
+            with pytest.raises(CertificateVerificationError) as ei:
+                verify([leaf], F.FQDN, MEF, [root_only_ca.trust_anchor])
+            assert reason(ei) is R.WRONG_FLAVOUR
 
 
 def test_misconfigured_identifier_is_local_error(ca: DevCA) -> None:

@@ -7,6 +7,7 @@ Steps, in the clause's order:
 2. Other flavours: the configured globally unique identifier must exactly match
    a subjectAltName entry of the flavour's name form (see
    :mod:`m2msec.pki.identifiers`); DNS names compare ASCII case-insensitively,
+   (FQDN flavour: a dNSName, or a URI consisting of scheme and that host only),
    URIs and device IDs exactly.  A certificate with no entry of the flavour's
    form fails with WRONG_FLAVOUR, one with entries of the right form but none
    equal with IDENTIFIER_MISMATCH.
@@ -81,7 +82,7 @@ def _name(c: x509.Certificate) -> str:
         return "<unparsable subject>"
 
 
-def verify_raw_public_key(public_key: object, identifier: str) -> VerifiedPeer | str:
+def verify_raw_public_key(public_key: object, identifier: str) -> str:
     """10.1.2 matching of a raw public key against the configured ni identifier."""
     if not matches_public_key_identifier(public_key, identifier):
         raise _fail(R.IDENTIFIER_MISMATCH, "raw public key does not match the configured public key identifier")
@@ -100,12 +101,16 @@ def _match_identifier(leaf: x509.Certificate, expected: PeerCertInfo) -> str:
     have = identifiers_in_names(names, expected.flavour)
     if expected.flavour is CertificateFlavour.FQDN:  # 8.1.2.5: "a URI, FQDN or dNSName"
         for n in names:
+            # Only a URI naming the host itself (no path beyond "/", no query): an
+            # AE-ID URI https://<sp-fqdn>/<ae> must not authenticate the host <sp-fqdn>.
             if isinstance(n, x509.UniformResourceIdentifier):
                 try:
-                    host = urlsplit(n.value).hostname
+                    parts = urlsplit(n.value)
+                    host = parts.hostname
                 except ValueError:
-                    host = None
-                if host and "*" not in n.value and "://" in n.value:
+                    continue
+                if (host and "*" not in n.value and "://" in n.value and parts.path in ("", "/")
+                        and not parts.query and not parts.fragment and parts.port is None):
                     have.append(host.lower())
     if want in have:
         return want
