@@ -140,3 +140,13 @@ def test_rsc_table_is_complete_and_http_mapping_matches_ts_0009() -> None:
         assert ResponseStatusCode(code).http_status == http, code
     assert ResponseStatusCode.ESPRIM_BAD_MAC.name == "ESPRIM_BAD_MAC"
     assert ResponseStatusCode(1001).name == "ACCEPTED_NON_BLOCKING_REQUEST_SYNCH"
+
+
+def test_package_re_exports_resolve() -> None:
+    import m2msec.onem2m as pkg
+
+    for name in pkg.__all__:
+        assert getattr(pkg, name) is not None, name
+    assert pkg.SUID is SUID
+    with pytest.raises(AttributeError):
+        pkg.DoesNotExist  # noqa: B018
