@@ -227,7 +227,7 @@ def test_dtls_over_udp(pki: PKI, mode: str) -> None:
 
 
 def test_dtls_retransmission_over_lossy_path() -> None:
-    """Drop the first two datagrams the client sends: the DTLS timer retransmits and the handshake completes."""
+    """Drop the first datagram the client sends (its ClientHello): the DTLS timer retransmits it."""
 
     async def handler(session: DTLSSession) -> None:
         session.send(b"hi")
