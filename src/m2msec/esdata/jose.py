@@ -58,6 +58,7 @@ from m2msec.esdata.credentials import (
     SymmetricSigner,
     Usage,
     b64url,
+    check_rsa_public_key,
 )
 from m2msec.esdata.errors import (
     DecryptionError,
@@ -76,6 +77,7 @@ from m2msec.esdata.policy import Policy
 CTY_NESTED_COMPACT = "JOSE"
 CTY_NESTED_JSON = "JOSE+JSON"
 _NESTED_CTYS = {"jose": True, "application/jose": True, "jose+json": False, "application/jose+json": False}
+_ES_SIG_LEN = {"ES256": 64, "ES384": 96, "ES512": 132}  # RFC 7518 3.4
 _B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
 
 
@@ -464,6 +466,7 @@ def _check_public_key(alg: str, key: object) -> None:
     if alg in RS_ALGS:
         if not isinstance(key, (rsa.RSAPublicKey, rsa.RSAPrivateKey)) or key.key_size < MIN_RSA_BITS:
             raise PolicyError(f"{alg} needs an RSA key of at least 2048 bits", reason=Reason.ALGORITHM_NOT_ALLOWED)
+        check_rsa_public_key(key)
     elif alg in ES_CURVE:
         if not isinstance(key, (ec.EllipticCurvePublicKey, ec.EllipticCurvePrivateKey)) or key.curve.name != ES_CURVE[alg]:
             raise PolicyError(f"{alg} needs an EC key on {ES_CURVE[alg]}", reason=Reason.ALGORITHM_NOT_ALLOWED)
@@ -490,7 +493,7 @@ def open_jws(
         header = _header(sig.get("header"), "header")
         merged = _merge((protected, "protected"), (header, "header"))
         _check_common(merged)
-        b64url_decode(sig.get("signature"), "signature")
+        signature = b64url_decode(sig.get("signature"), "signature")
         alg = protected.get("alg")
         if not isinstance(alg, str):
             raise MalformedEnvelopeError("alg must be in the protected header")
@@ -548,6 +551,8 @@ def open_jws(
             _check_public_key(alg, verify_key)
             if isinstance(verify_key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
                 verify_key = verify_key.public_key()
+        if alg in ES_CURVE and len(signature) != _ES_SIG_LEN[alg]:
+            raise SignatureError(f"{alg} signature must be {_ES_SIG_LEN[alg]} octets (R || S)")
         flat = {"payload": env["payload"], "protected": sig["protected"], "signature": sig["signature"]}
         if "header" in sig:
             flat["header"] = sig["header"]
