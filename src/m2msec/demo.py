@@ -18,6 +18,7 @@ from rich.table import Table
 
 from m2msec import keys
 
+KPM_ID = "kpm-device-0001@mef.m2msec.example"
 console = Console(highlight=False)
 
 Step = Callable[["DemoContext"], list[tuple[str, str]]]
@@ -34,9 +35,58 @@ def _short(b: bytes) -> str:
     return b[:4].hex() + "…(" + str(len(b)) + " octets)"
 
 
+def step_bootstrap_handshake(ctx: DemoContext) -> list[tuple[str, str]]:
+    """A real TLS 1.2 PSK handshake on 127.0.0.1 with the TS-0003 10.2.2 suite; both ends
+    export EXPORTER-oneM2M-Bootstrap (10.3.1).  This is the TLS part of the
+    Pre-Provisioned Symmetric Key RSPF handshake; the MEF enrolment exchange is not run."""
+    import asyncio
+
+    from m2msec.tls.aio import open_connection, start_server
+    from m2msec.tls.engine import PSKCredentials, Role, TLSConfig
+
+    kpm = secrets.token_bytes(32)
+    seen: dict[str, object] = {}
+
+    def lookup(identity: bytes, sni: str | None) -> bytes | None:
+        return kpm if identity.decode("utf-8", "replace") == KPM_ID else None
+
+    async def handler(reader: asyncio.StreamReader, writer) -> None:  # type: ignore[no-untyped-def]
+        engine = writer.engine
+        seen["server_export"] = engine.export_keying_material(keys.LABEL_BOOTSTRAP, keys.EXPORT_LENGTH)
+        seen["server_identity"] = engine.psk_identity
+        writer.close()
+
+    async def run() -> tuple[bytes, str, str]:
+        server = await start_server(handler, "127.0.0.1", 0, TLSConfig(role=Role.SERVER, psk_lookup=lookup))
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            reader, writer = await open_connection(
+                "127.0.0.1", port, TLSConfig(role=Role.CLIENT, psk=PSKCredentials(KPM_ID.encode(), kpm))
+            )
+            engine = writer.engine
+            exported = engine.export_keying_material(keys.LABEL_BOOTSTRAP, keys.EXPORT_LENGTH)
+            cipher, version = str(engine.cipher_name), str(engine.protocol_version)
+            await reader.read()  # the server closes after exporting
+            writer.close()
+        return exported, cipher, version
+
+    exported, cipher, version = asyncio.run(run())
+    if seen.get("server_export") != exported:
+        raise RuntimeError("the two ends exported different keying material")
+    ctx.values["bootstrap_export"] = exported
+    _, relative = keys.split_exported(exported)
+    return [
+        ("transport", f"TCP 127.0.0.1, {version}, {cipher}"),
+        ("psk_identity seen by the server", (seen["server_identity"] or b"").decode()),  # type: ignore[union-attr]
+        ("exporter label", keys.LABEL_BOOTSTRAP),
+        ("both ends exported the same 48 octets", "yes"),
+        ("RelativeKeID (16 most significant octets)", relative.hex()),
+    ]
+
+
 def step_key_hierarchy(ctx: DemoContext) -> list[tuple[str, str]]:
-    material = secrets.token_bytes(48)  # stands in for a TLS export until the TLS step runs
-    material = ctx.values.get("bootstrap_export", material)  # type: ignore[assignment]
+    material = ctx.values["bootstrap_export"]
+    assert isinstance(material, bytes)
     ke, rel = keys.split_exported(material)
     keid = keys.ke_id(rel, "mef.m2msec.example")
     km = keys.derive_km(ke, "maf.m2msec.example")
@@ -49,6 +99,38 @@ def step_key_hierarchy(ctx: DemoContext) -> list[tuple[str, str]]:
         ("Km for MAF maf.m2msec.example (10.3.2)", _short(km)),
         ("Kpsa for /id-in/CAE-b (10.3.3)", _short(kpsa)),
         ("ESPrim key, SUID 23, for cse-in (10.3.7)", _short(uk)),
+    ]
+
+
+def step_store(ctx: DemoContext) -> list[tuple[str, str]]:
+    """Keep Ke, Km and Kpsa in the embedded SQLite store, encrypted under a KEK kept in a
+    separate 0600 file; then look for the key bytes in the database files."""
+    from m2msec.store import KeyEncryptionKey, open_store
+
+    kek_path = ctx.workdir / "kek.hex"
+    kek = KeyEncryptionKey.generate()
+    kek.write_file(kek_path, overwrite=True)
+    db_path = ctx.workdir / "m2msec.db"
+    secrets_by_name = {name: ctx.values[name] for name in ("ke", "km", "kpsa")}
+    keid = str(ctx.values["keid"])
+    with open_store(f"sqlite:///{db_path}", KeyEncryptionKey.from_file(kek_path)) as store:
+        with store.transaction() as tx:
+            for name, value in secrets_by_name.items():
+                assert isinstance(value, bytes)
+                tx.put_credential("demo." + name, keid, value, metadata={"keid": keid})
+            tx.append_audit("demo", "store-keys", keid, "ok", {"names": sorted(secrets_by_name)})
+        back = {name: store.get_credential("demo." + name, keid).secret for name in secrets_by_name}
+    if back != secrets_by_name:
+        raise RuntimeError("keys read back differ from the keys written")
+    raw = b"".join(p.read_bytes() for p in ctx.workdir.glob("m2msec.db*"))
+    leaked = [name for name, value in secrets_by_name.items() if isinstance(value, bytes) and (value in raw or value.hex().encode() in raw)]
+    if leaked:
+        raise RuntimeError(f"key bytes found in the database files: {leaked}")
+    return [
+        ("database", str(db_path)),
+        ("key-encryption key file (mode 0600, not in the database)", str(kek_path)),
+        ("credentials written and read back in one transaction", ", ".join(sorted(secrets_by_name))),
+        ("key bytes (raw or hex) found in the database files", "none"),
     ]
 
 
@@ -67,7 +149,9 @@ def step_session_esprim_key(ctx: DemoContext) -> list[tuple[str, str]]:
 
 
 STEPS: list[tuple[str, Step]] = [
-    ("Key hierarchy from an Enrolment Key (TS-0003 10.3)", step_key_hierarchy),
+    ("TLS 1.2 PSK handshake on loopback, RFC 5705 export (TS-0003 10.2.2, 10.3.1)", step_bootstrap_handshake),
+    ("Key hierarchy from the exported Enrolment Key (TS-0003 10.3)", step_key_hierarchy),
+    ("Keys kept in the encrypted store (SQLite, AES-GCM under a KEK)", step_store),
     ("sessionESPrimKey from a pairwise key and two rand values", step_session_esprim_key),
 ]
 
@@ -92,7 +176,8 @@ def run_demo(workdir: Path | None = None) -> int:
                 failures += 1
                 console.print("[red]FAILED[/red]")
                 console.print(traceback.format_exc(limit=3))
-                continue
+                console.print("[red]later steps depend on this one; stopping[/red]")
+                break
             table = Table(show_header=False, box=None, padding=(0, 2))
             for name, value in rows:
                 table.add_row(name, value)

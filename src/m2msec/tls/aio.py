@@ -96,7 +96,7 @@ class TLSStreamProtocol(asyncio.Protocol):
                 self.transport.close()
             return
         self._flush()
-        if self.engine.established and not self.handshake_done.done():
+        if self.engine.handshake_complete and not self.handshake_done.done():
             if self._timer is not None:
                 self._timer.cancel()
             self.handshake_done.set_result(self.engine)
