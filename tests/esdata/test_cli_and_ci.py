@@ -36,7 +36,7 @@ def _pem_files(tmp_path, ep, name):
     return kp, cp
 
 
-@pytest.mark.parametrize("ser", ["compact", "json", "json-b64"])
+@pytest.mark.parametrize("ser", ["compact", "json", "json-b64", "xml", "xml-b64"])
 def test_cli_symmetric_round_trip(ser, tmp_path, keys):
     (tmp_path / "in.txt").write_bytes(b"21.5 C")
     k = keys["enc16"].hex()
