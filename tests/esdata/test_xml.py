@@ -163,3 +163,26 @@ def test_xml_signature_rejections(keys, key_source, pki, source_ep):
     # nested XML with a MIC is refused by the Source
     reject(lambda: Source().seal(b"x", serialization="xml", signers=[SymmetricSigner("mic32@mef.example.com", keys["mic32"])],
                                  recipients=[SymmetricRecipient("enc16@mef.example.com", keys["enc16"], "dir")]), Reason.WRONG_CLASS)
+
+
+def test_signxml_interop_hmac(keys, key_source):
+    """signxml (an independent XML-DSig implementation) verifies our HMAC signature, and we
+    verify an HMAC signature signxml made over an esd:Payload."""
+    signxml = pytest.importorskip("signxml")
+    from signxml.verifier import SignatureConfiguration
+
+    k = keys["mic32"]
+    env = Source().seal(PAYLOAD, serialization="xml", signers=[SymmetricSigner("mic32@mef.example.com", k)])
+    cfg = SignatureConfiguration(require_x509=False, ignore_ambiguous_key_info=True)
+    result = signxml.XMLVerifier().verify(env.data, hmac_key=k, id_attribute="Id", expect_config=cfg)
+    assert base64.b64decode(result.signed_xml.text) == PAYLOAD
+
+    root = etree.Element("{urn:m2msec:esdata:1}Signed", nsmap={"esd": "urn:m2msec:esdata:1"})
+    node = etree.SubElement(root, "{urn:m2msec:esdata:1}Payload", Id="esd-payload")
+    node.text = base64.b64encode(b"made by signxml").decode()
+    signer = signxml.XMLSigner(method=signxml.SignatureConstructionMethod.detached, signature_algorithm="hmac-sha256",
+                               digest_algorithm="sha256", c14n_algorithm="http://www.w3.org/2001/10/xml-exc-c14n#")
+    sig = signer.sign(root, key=k, reference_uri="#esd-payload", id_attribute="Id")
+    root.append(sig)
+    out = Target(key_source, default_kid="mic32@mef.example.com").open(etree.tostring(root), 4)
+    assert out.payload == b"made by signxml" and out.signatures[0].alg == "HS256"
