@@ -83,6 +83,16 @@ def _build_pki(cn: str) -> PKI:
 
 
 @pytest.fixture(scope="session")
+def now() -> dt.datetime:
+    return NOW
+
+
+@pytest.fixture(scope="session")
+def fixed_clock():
+    return clock
+
+
+@pytest.fixture(scope="session")
 def pki() -> PKI:
     return _build_pki("Test Root")
 

@@ -126,13 +126,12 @@ def test_store_key_source(tmp_path, keys):
             ks.provision("bad", keys["enc16"], suid=13)  # an ESPrim SUID
 
 
-def test_pki_verifier_adapter(pki, source_ep):
+def test_pki_verifier_adapter(pki, source_ep, fixed_clock):
     """The m2msec.pki adapter refuses an untrusted chain and an identifier mismatch."""
-    from conftest import clock
     from m2msec.esdata import CertificateSigner
     from m2msec.esdata.certverify import pki_verifier
 
-    v = pki_verifier(trust_anchors=[pki.root], clock=clock, flavour="ae-id")
+    v = pki_verifier(trust_anchors=[pki.root], clock=fixed_clock, flavour="ae-id")
     env = Source().seal(b"x", serialization="compact", signers=[CertificateSigner(source_ep.key, source_ep.chain)])
     with pytest.raises(ESDataError) as ei:
         Target(__import__("m2msec.esdata", fromlist=["InMemoryKeySource"]).InMemoryKeySource(),
@@ -140,19 +139,18 @@ def test_pki_verifier_adapter(pki, source_ep):
     assert ei.value.reason is Reason.UNTRUSTED_CERTIFICATE
 
 
-def test_pki_verifier_adapter_with_dev_ca():
+def test_pki_verifier_adapter_with_dev_ca(now, fixed_clock):
     """Positive path: an AE-ID certificate issued by m2msec.pki.DevCA verifies through the adapter."""
-    from conftest import NOW, clock
     from m2msec.esdata import CertificateSigner, InMemoryKeySource
     from m2msec.esdata.certverify import pki_verifier
     from m2msec.pki import CertificateFlavour, DevCA
 
-    ca = DevCA.create("ESData Test CA", now=NOW, intermediate=True)
-    issued = ca.issue(CertificateFlavour.AE_ID, ["//sp.example.com/Csensor01"], now=NOW)
+    ca = DevCA.create("ESData Test CA", now=now, intermediate=True)
+    issued = ca.issue(CertificateFlavour.AE_ID, ["//sp.example.com/Csensor01"], now=now)
     assert issued.private_key is not None
     signer = CertificateSigner(issued.private_key, (issued.certificate, *issued.chain))
     env = Source().seal(b"signed by an AE", serialization="json", signers=[signer])
-    v = pki_verifier(trust_anchors=[ca.trust_anchor], clock=clock, flavour="ae-id")
+    v = pki_verifier(trust_anchors=[ca.trust_anchor], clock=fixed_clock, flavour="ae-id")
     out = Target(InMemoryKeySource(), certificate_verifier=v).open(env, expected_source_id="//sp.example.com/Csensor01")
     assert out.payload == b"signed by an AE" and out.signatures[0].source_id == "//sp.example.com/Csensor01"
     with pytest.raises(ESDataError) as ei:

@@ -197,10 +197,9 @@ def test_wrong_identifier(key_source, pki, source_ep):
     reject(lambda: T(key_source).open(env, expected_source_id=source_ep.ident), Reason.UNTRUSTED_CERTIFICATE)  # no verifier
 
 
-def test_expired_signer(key_source, pki, ec_keys):
+def test_expired_signer(key_source, pki, ec_keys, now):
     import datetime as dt
-    from conftest import NOW
-    old = pki.issue(ec_keys["P-256"], "/id-in/Cold", days=10, not_before=NOW - dt.timedelta(days=30))
+    old = pki.issue(ec_keys["P-256"], "/id-in/Cold", days=10, not_before=now - dt.timedelta(days=30))
     env = Source().seal(b"x", serialization="compact", signers=[CertificateSigner(old.key, old.chain)])
     reject(lambda: T(key_source, pki).open(env, expected_source_id="/id-in/Cold"), Reason.UNTRUSTED_CERTIFICATE)
 
@@ -276,3 +275,13 @@ def test_secrets_not_in_repr(keys, key_source):
     assert keys["enc16"].hex() not in repr(r) and repr(keys["enc16"]) not in repr(r)
     assert keys["mic32"].hex() not in repr(key_source.resolve(M32))
     assert repr(keys["mic32"]) not in repr(key_source.resolve(M32))
+
+
+def test_unprotected_x5c_refused(key_source, pki, source_ep):
+    env = Source().seal(b"x", serialization="json", signers=[CertificateSigner(source_ep.key, source_ep.chain)])
+    d = json.loads(env.data)
+    sig = d["signatures"][0]
+    prot = json.loads(base64.urlsafe_b64decode(sig["protected"] + "=="))
+    sig["header"] = {"x5c": prot.pop("x5c")}
+    sig["protected"] = b64url(json.dumps(prot).encode())
+    reject(lambda: T(key_source, pki).open(json.dumps(d), 2, expected_source_id=source_ep.ident), Reason.MALFORMED)

@@ -528,7 +528,9 @@ def open_jws(
                 raise PolicyError(f"{alg} key shorter than {HS_MIN_KEY_LEN[alg]} bytes", reason=Reason.ALGORITHM_NOT_ALLOWED)
             verify_key: object = resolved.key
         elif "x5c" in merged:
-            chain = _parse_x5c(merged["x5c"])
+            if "x5c" not in protected:
+                raise MalformedEnvelopeError("x5c must be in the protected header")
+            chain = _parse_x5c(protected["x5c"])
             verify_key = chain[0].public_key()
             _check_public_key(alg, verify_key)
         else:
