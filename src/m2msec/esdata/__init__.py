@@ -18,7 +18,7 @@ from m2msec.esdata.api import (
     parse_content_info,
     to_content_instance,
 )
-from m2msec.esdata.certverify import CertificateVerifier, certificate_identifiers, x509_verifier
+from m2msec.esdata.certverify import CertificateVerifier, certificate_identifiers, pki_verifier, x509_verifier
 from m2msec.esdata.credentials import (
     CertificateRecipient,
     CertificateSigner,
@@ -33,6 +33,7 @@ from m2msec.esdata.credentials import (
 )
 from m2msec.esdata.errors import ESDataError, Reason
 from m2msec.esdata.policy import DEFAULT_MAX_ENVELOPE_SIZE, Policy
+from m2msec.esdata.storesource import StoreKeySource
 from m2msec.esdata.types import ContentSecurity, Envelope, Opened, SecurityClass, VerifiedSignature
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "Reason",
     "ResolvedKey",
     "SecurityClass",
+    "StoreKeySource",
     "Source",
     "SymmetricRecipient",
     "SymmetricSigner",
@@ -63,6 +65,7 @@ __all__ = [
     "format_content_info",
     "from_content_instance",
     "parse_content_info",
+    "pki_verifier",
     "to_content_instance",
     "x509_verifier",
 ]
