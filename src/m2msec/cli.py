@@ -135,25 +135,20 @@ def demo(
     sys.exit(run_demo(workdir))
 
 
-def _mount_optional(module: str, name: str) -> None:
-    """Mount a framework's sub-app if that framework is installed in this build."""
-    import importlib
+def _mount_frameworks() -> None:
+    """Mount each framework's own sub-app (``m2msec <framework> ...``)."""
+    from m2msec.esdata.cli import app as esdata_app
+    from m2msec.pki.cli import app as pki_app
+    from m2msec.store.cli import app as store_app
+    from m2msec.tls.cli import app as tls_app
 
-    try:
-        sub = importlib.import_module(module).app
-    except ModuleNotFoundError as exc:  # pragma: no cover - only while a framework is absent
-        if exc.name and exc.name.startswith("m2msec"):
-            return
-        raise
-    app.add_typer(sub, name=name)
+    app.add_typer(store_app, name="store")
+    app.add_typer(pki_app, name="pki")
+    app.add_typer(tls_app, name="tls")
+    app.add_typer(esdata_app, name="esdata")
 
 
-for _module, _name in (
-    ("m2msec.store.cli", "store"),
-    ("m2msec.pki.cli", "pki"),
-    ("m2msec.tls.cli", "tls"),
-):
-    _mount_optional(_module, _name)
+_mount_frameworks()
 
 
 if __name__ == "__main__":  # pragma: no cover
