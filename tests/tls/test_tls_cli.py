@@ -69,15 +69,18 @@ def test_cli_certificates(pki: PKI, tmp_path: Path, dtls: bool) -> None:
     sk, sc, ca = pki.write(tmp_path, "server", pki.leaf("in-cse.example"))
     ck, cc, _ = pki.write(tmp_path, "client", pki.leaf("ae.example"))
     extra = ["--dtls"] if dtls else []
-    srv, cli, rc = session(["--key", str(sk), "--cert", str(sc), "--ca", str(ca), "--peer-id", "ae.example", *extra],
-                           ["--key", str(ck), "--cert", str(cc), "--ca", str(ca), "--peer-id", "in-cse.example", *extra])
+    srv, cli, rc = session(["--key", str(sk), "--cert", str(sc), "--ca", str(ca),
+                            "--peer-id", "ae.example", "--peer-flavour", "fqdn", *extra],
+                           ["--key", str(ck), "--cert", str(cc), "--ca", str(ca),
+                            "--peer-id", "in-cse.example", "--peer-flavour", "fqdn", *extra])
     assert rc == 0, cli
     assert srv["key"] == cli["key"] and srv["peer_subject"] == ["CN=ae.example"]
     assert cli["peer_subject"] == ["CN=in-cse.example"]
     # the client refuses a server that is not the expected peer
     srv, cli, rc = session(["--key", str(sk), "--cert", str(sc), "--ca", str(ca), *extra],
-                           ["--key", str(ck), "--cert", str(cc), "--ca", str(ca), "--peer-id", "other.example", *extra])
-    assert rc == 1 and cli["error"] == ["PEER_REJECTED"]
+                           ["--key", str(ck), "--cert", str(cc), "--ca", str(ca),
+                            "--peer-id", "other.example", "--peer-flavour", "fqdn", *extra])
+    assert rc == 1 and cli["error"] == ["PEER_REJECTED"] and cli["reason"] == ["IDENTIFIER_MISMATCH"]
 
 
 def test_cli_usage_errors() -> None:

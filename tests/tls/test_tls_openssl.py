@@ -127,7 +127,8 @@ def test_openssl_client_vs_our_server_psk(as_text: bool) -> None:
 def test_openssl_client_vs_our_server_certificates(pki: PKI, tmp_path: Path) -> None:
     sk, sc, ca = pki.write(tmp_path, "server", pki.leaf("in-cse.example"))
     ck, cc, _ = pki.write(tmp_path, "client", pki.leaf("ae.example"))
-    server, port = our_server(["--key", str(sk), "--cert", str(sc), "--ca", str(ca), "--peer-id", "ae.example"])
+    server, port = our_server(["--key", str(sk), "--cert", str(sc), "--ca", str(ca),
+                               "--peer-id", "ae.example", "--peer-flavour", "fqdn"])
     client = s_client(port, ["-tls1_2", "-cert", str(cc), "-cert_chain", str(tmp_path / "chain.pem"), "-key", str(ck),
                              "-CAfile", str(ca), "-verify_return_error",
                              "-servername", "in-cse.example", *EXPORT])
@@ -145,7 +146,8 @@ def test_openssl_client_vs_our_server_certificates(pki: PKI, tmp_path: Path) -> 
 def test_our_server_rejects_wrong_peer_id_from_openssl(pki: PKI, tmp_path: Path) -> None:
     sk, sc, ca = pki.write(tmp_path, "server", pki.leaf("in-cse.example"))
     ck, cc, _ = pki.write(tmp_path, "client", pki.leaf("intruder.example"))
-    server, port = our_server(["--key", str(sk), "--cert", str(sc), "--ca", str(ca), "--peer-id", "ae.example"])
+    server, port = our_server(["--key", str(sk), "--cert", str(sc), "--ca", str(ca),
+                               "--peer-id", "ae.example", "--peer-flavour", "fqdn"])
     client = s_client(port, ["-tls1_2", "-cert", str(cc), "-cert_chain", str(tmp_path / "chain.pem"),
                              "-key", str(ck), "-CAfile", str(ca)])
     try:
@@ -155,6 +157,7 @@ def test_our_server_rejects_wrong_peer_id_from_openssl(pki: PKI, tmp_path: Path)
         client.kill()
         server.kill()
     assert _field(out, "error") == "PEER_REJECTED" and "intruder.example" in _field(out, "detail")
+    assert _field(out, "reason") == "IDENTIFIER_MISMATCH"
 
 
 @pytest.mark.parametrize(("flag", "cipher"), [("-tls1_3", None), ("-tls1_1", "PSK-AES128-CBC-SHA:@SECLEVEL=0"),

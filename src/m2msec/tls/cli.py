@@ -2,8 +2,12 @@
 
 Like ``openssl s_server`` / ``s_client`` restricted to the oneM2M profiles:
 TLS-PSK (``--psk-identity`` with ``--psk-hex`` or ``--psk-text``) or mutual
-ECDHE-ECDSA certificates (``--key --cert --ca`` and ``--peer-id`` for the
-expected peer identifier in the subjectAltName), ``--dtls`` for DTLS 1.2 over
+ECDHE-ECDSA certificates (``--key --cert --ca``; ``--peer-id ID --peer-flavour
+cse-id|ae-id|fqdn|node-id|device`` verifies the peer as TS-0003 8.1.2.5 says via
+:mod:`m2msec.tls.pkiverify` - identifier match, path validation to ``--ca``,
+name constraints - and a rejection prints ``reason: <VerificationReason>``;
+without ``--peer-id`` OpenSSL's path validation to ``--ca`` is all that is
+checked), ``--dtls`` for DTLS 1.2 over
 UDP, ``--sni``, and ``--export-label LABEL`` which prints the 48 exported
 bytes split as TS-0003 10.3.1 says: ``key_id`` (16 most significant bytes)
 and ``key`` (32 least significant bytes).  Output is plain ``name: value``.
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
@@ -20,6 +25,7 @@ import typer
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from m2msec.pki import CertificateFlavour, PeerCertInfo
 from m2msec.tls.aio import TLSStreamWriter, open_connection, start_server
 from m2msec.tls.dtls import DTLSSession, open_dtls_connection, start_dtls_server
 from m2msec.tls.engine import (
@@ -30,6 +36,7 @@ from m2msec.tls.engine import (
     TLSEngine,
     TLSHandshakeError,
 )
+from m2msec.tls.pkiverify import pki_tls_kwargs
 from m2msec.tls.profiles import Transport
 
 app = typer.Typer(help="oneM2M TLS/DTLS 1.2 test server and client (TS-0003 10.2).", no_args_is_help=True)
@@ -52,30 +59,13 @@ def _psk_key(psk_hex: str | None, psk_text: str | None) -> bytes | None:
     return None
 
 
-def san_check(expected: str) -> Any:
-    """A plain verify hook: the leaf's subjectAltName (DNS, URI, IP) must contain ``expected``."""
-
-    def check(chain: list[x509.Certificate]) -> None:
-        try:
-            san = chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        except x509.ExtensionNotFound:
-            raise ValueError("peer certificate has no subjectAltName") from None
-        names = [str(v) for v in san.get_values_for_type(x509.DNSName)]
-        names += [str(v) for v in san.get_values_for_type(x509.UniformResourceIdentifier)]
-        names += [str(v) for v in san.get_values_for_type(x509.IPAddress)]
-        if expected not in names:
-            raise ValueError(f"peer identifier {expected!r} not in subjectAltName {names}")
-
-    return check
-
-
 def _load_certs(path: Path) -> list[x509.Certificate]:
     return x509.load_pem_x509_certificates(path.read_bytes())
 
 
 def _config(role: Role, *, dtls: bool, psk_identity: str | None, psk_hex: str | None, psk_text: str | None,
             key: Path | None, cert: Path | None, ca: Path | None, peer_id: str | None, sni: str | None,
-            mtu: int) -> TLSConfig:
+            mtu: int, peer_flavour: str | None = None) -> TLSConfig:
     transport = Transport.DTLS if dtls else Transport.TLS
     psk = _psk_key(psk_hex, psk_text)
     kwargs: dict[str, Any] = {"role": role, "transport": transport, "mtu": mtu}
@@ -94,13 +84,36 @@ def _config(role: Role, *, dtls: bool, psk_identity: str | None, psk_hex: str | 
         private_key = load_pem_private_key(key.read_bytes(), password=None)
         kwargs["credentials"] = CertCredentials(private_key, certs[0], tuple(certs[1:]))  # type: ignore[arg-type]
         kwargs["trust_anchors"] = _load_certs(ca)
-        if peer_id:
-            kwargs["verify_peer"] = san_check(peer_id)
+        if peer_id or peer_flavour:
+            if not (peer_id and peer_flavour):
+                raise typer.BadParameter("--peer-id and --peer-flavour go together")
+            try:
+                flavour = CertificateFlavour(peer_flavour)
+            except ValueError:
+                raise typer.BadParameter(f"--peer-flavour must be one of {_FLAVOURS}") from None
+            kwargs.update(pki_tls_kwargs(PeerCertInfo(flavour, peer_id), kwargs["trust_anchors"], _utc_now))
+    elif peer_id or peer_flavour:
+        raise typer.BadParameter("--peer-id/--peer-flavour need certificate mode (--key, --cert, --ca)")
     if psk is None and "credentials" not in kwargs:
         raise typer.BadParameter("give a PSK (--psk-identity + --psk-hex/--psk-text) or --key/--cert/--ca")
     if role is Role.CLIENT:
         kwargs["server_name"] = sni
     return TLSConfig(**kwargs)
+
+
+_FLAVOURS = ", ".join(f.value for f in CertificateFlavour if f is not CertificateFlavour.RAW_PUBLIC_KEY)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _error(exc: TLSHandshakeError) -> None:
+    _out("error", exc.reason.value)
+    _out("detail", exc.detail)
+    code = getattr(exc.__cause__, "reason_code", None)
+    if code is not None:
+        _out("reason", getattr(code, "value", code))
 
 
 def _report(engine: TLSEngine, labels: list[str]) -> None:
@@ -112,6 +125,10 @@ def _report(engine: TLSEngine, labels: list[str]) -> None:
     chain = engine.peer_certificate_chain()
     if chain:
         _out("peer_subject", chain[0].subject.rfc4514_string())
+    verified = engine.peer_verification
+    if verified is not None and hasattr(verified, "identifier"):
+        _out("peer_id", verified.identifier)
+        _out("peer_flavour", verified.flavour.value)
     for label in labels:
         key, key_id = engine.export_onem2m_key(label)
         _out("export_label", label)
@@ -125,7 +142,8 @@ _PSK_TEXT = typer.Option(None, "--psk-text", help="PSK as UTF-8 text")
 _KEY = typer.Option(None, "--key", help="own private key (PEM)")
 _CERT = typer.Option(None, "--cert", help="own certificate, then its chain (PEM)")
 _CA = typer.Option(None, "--ca", help="trust anchors (PEM)")
-_PEER_ID = typer.Option(None, "--peer-id", help="expected peer identifier in the subjectAltName")
+_PEER_ID = typer.Option(None, "--peer-id", help="expected peer identifier (TS-0003 8.1.2.4), with --peer-flavour")
+_PEER_FLAVOUR = typer.Option(None, "--peer-flavour", help="peer certificate flavour: cse-id, ae-id, fqdn, node-id, device")
 _LABEL = typer.Option([], "--export-label", help="RFC 5705 label to export 48 bytes for (repeatable)")
 
 
@@ -141,6 +159,7 @@ def server(
     cert: Optional[Path] = _CERT,
     ca: Optional[Path] = _CA,
     peer_id: Optional[str] = _PEER_ID,
+    peer_flavour: Optional[str] = _PEER_FLAVOUR,
     export_label: list[str] = _LABEL,
     once: bool = typer.Option(False, "--once", help="exit after one session"),
     mtu: int = typer.Option(1200, "--mtu", help="DTLS datagram size limit"),
@@ -148,7 +167,8 @@ def server(
 ) -> None:
     """Accept sessions, print their parameters and exported keys, echo application data."""
     cfg = _config(Role.SERVER, dtls=dtls, psk_identity=psk_identity, psk_hex=psk_hex, psk_text=psk_text,
-                  key=key, cert=cert, ca=ca, peer_id=peer_id, sni=None, mtu=mtu)
+                  key=key, cert=cert, ca=ca, peer_id=peer_id, sni=None, mtu=mtu,
+                  peer_flavour=peer_flavour)
     code = asyncio.run(_serve(cfg, host, port, export_label, once, timeout))
     raise typer.Exit(code)
 
@@ -157,8 +177,7 @@ async def _serve(cfg: TLSConfig, host: str, port: int, labels: list[str], once: 
     done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
     def failed(exc: TLSHandshakeError, peer: Any) -> None:
-        _out("error", exc.reason.value)
-        _out("detail", exc.detail)
+        _error(exc)
         if once and not done.done():
             done.set_result(1)
 
@@ -213,6 +232,7 @@ def client(
     cert: Optional[Path] = _CERT,
     ca: Optional[Path] = _CA,
     peer_id: Optional[str] = _PEER_ID,
+    peer_flavour: Optional[str] = _PEER_FLAVOUR,
     sni: Optional[str] = typer.Option(None, "--sni", help="server name to send (SNI)"),
     export_label: list[str] = _LABEL,
     send: Optional[str] = typer.Option(None, "--send", help="text to send after the handshake"),
@@ -222,7 +242,8 @@ def client(
 ) -> None:
     """Connect once, print the session parameters and exported keys."""
     cfg = _config(Role.CLIENT, dtls=dtls, psk_identity=psk_identity, psk_hex=psk_hex, psk_text=psk_text,
-                  key=key, cert=cert, ca=ca, peer_id=peer_id, sni=sni, mtu=mtu)
+                  key=key, cert=cert, ca=ca, peer_id=peer_id, sni=sni, mtu=mtu,
+                  peer_flavour=peer_flavour)
     raise typer.Exit(asyncio.run(_connect(cfg, host, port, export_label, send, wait, timeout)))
 
 
@@ -242,8 +263,7 @@ async def _connect(cfg: TLSConfig, host: str, port: int, labels: list[str], send
             return 0
         reader, writer = await open_connection(host, port, cfg, timeout=timeout)
     except TLSHandshakeError as exc:
-        _out("error", exc.reason.value)
-        _out("detail", exc.detail)
+        _error(exc)
         return 1
     except (OSError, asyncio.TimeoutError) as exc:
         _out("error", "CONNECT_FAILED")

@@ -14,6 +14,16 @@ identifier, TS-0003 8.1.2.5); when the hook raises, the handshake aborts and
 :class:`TLSHandshakeError` carries the hook's exception as ``__cause__``.
 A server in certificate mode always requires a client certificate.
 
+With ``verify_peer_authoritative=True`` the hook alone decides: OpenSSL's own
+path-validation verdicts are ignored and, on the first verify-callback call,
+the hook receives the chain OpenSSL assembled from the peer's certificates and
+the trust anchors (leaf first, possibly incomplete when no anchor was found)
+and must validate it itself - this is how :mod:`m2msec.tls.pkiverify` runs the
+TS-0003 8.1.2.5 verification with an injected clock and precise reasons.  The
+hook's return value is kept as ``TLSEngine.peer_verification``; an exception
+may carry ``tls_alert`` (``"certificate_expired"``, ``"unknown_ca"``,
+``"bad_certificate"``) to choose the fatal alert sent to the peer.
+
 Session resumption is disabled (no tickets, no session cache): every
 connection runs a full handshake, so the PSK identity / peer certificate of an
 established engine always comes from this handshake's callbacks.
@@ -62,7 +72,7 @@ __all__ = [
     "VerifyPeer",
 ]
 
-VerifyPeer = Callable[[list[x509.Certificate]], None]
+VerifyPeer = Callable[[list[x509.Certificate]], Any]
 SelectCredentials = Callable[["str | None"], "CertCredentials | None"]
 
 _SSL_AD_UNRECOGNIZED_NAME = 112
@@ -173,6 +183,7 @@ class TLSConfig:
     select_credentials: SelectCredentials | None = None
     trust_anchors: Sequence[x509.Certificate] = ()
     verify_peer: VerifyPeer | None = None
+    verify_peer_authoritative: bool = False  # the hook replaces OpenSSL's path validation
     server_name: str | None = None  # client: SNI host name to send
     mtu: int = profiles.DEFAULT_DTLS_MTU  # DTLS: max UDP payload
     cipher_suites: Sequence[profiles.CipherSuite] | None = None  # default: the profile
@@ -327,6 +338,8 @@ class TLSContext:
             ssl = _lib.X509_STORE_CTX_get_ex_data(store_ctx, _lib.SSL_get_ex_data_X509_STORE_CTX_idx())
             rec = record_for_ssl(ssl)
             depth = _lib.X509_STORE_CTX_get_error_depth(store_ctx)
+            if self.config.verify_peer_authoritative and self.config.verify_peer is not None:
+                return self._authoritative_verify(store_ctx, rec)
             if not ok:
                 err = _lib.X509_STORE_CTX_get_error(store_ctx)
                 text = _ffi.string(_lib.X509_verify_cert_error_string(err)).decode()
@@ -346,7 +359,7 @@ class TLSContext:
             hook = self.config.verify_peer
             if hook is not None:
                 try:
-                    hook(chain)
+                    rec.extra["peer_verification"] = hook(chain)
                 except BaseException as exc:
                     rec.fail("PEER_REJECTED", f"verify_peer rejected the peer: {exc}", exc)
                     _lib.X509_STORE_CTX_set_error(store_ctx, _lib.X509_V_ERR_CERT_REJECTED)  # -> bad_certificate alert
@@ -358,6 +371,40 @@ class TLSContext:
                 rec.fail("INTERNAL_ERROR", f"verify callback raised {type(exc).__name__}", exc)
             return 0
 
+
+    def _authoritative_verify(self, store_ctx: Any, rec: CallbackRecord | None) -> int:
+        if rec is None:
+            return 0
+        if rec.extra.get("hook_done"):
+            return 1
+        stack = _lib.X509_STORE_CTX_get1_chain(store_ctx)
+        try:
+            chain = _x509_chain_from_stack(stack)
+        finally:
+            for i in range(_lib.sk_X509_num(stack)):
+                _lib.X509_free(_lib.sk_X509_value(stack, i))
+            _lib.sk_X509_free(stack)
+        hook = self.config.verify_peer
+        assert hook is not None
+        try:
+            result = hook(chain)
+        except BaseException as exc:
+            rec.fail("PEER_REJECTED", f"verify_peer rejected the peer: {exc}", exc)
+            code = _ALERT_ERRORS.get(str(getattr(exc, "tls_alert", "")), _lib.X509_V_ERR_CERT_REJECTED)
+            _lib.X509_STORE_CTX_set_error(store_ctx, code)
+            return 0
+        rec.extra["verified_chain"] = chain
+        rec.extra["peer_verification"] = result
+        rec.extra["hook_done"] = True
+        return 1
+
+
+# tls_alert hint of a rejecting hook -> X509 error whose alert OpenSSL sends (ssl_x509err2alert)
+_ALERT_ERRORS: dict[str, int] = {
+    "certificate_expired": _lib.X509_V_ERR_CERT_HAS_EXPIRED,
+    "unknown_ca": _lib.X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY,
+    "bad_certificate": _lib.X509_V_ERR_CERT_REJECTED,
+}
 
 # OpenSSL reason strings (lower case) -> our reasons, checked in order.
 _REASON_TABLE: tuple[tuple[tuple[str, ...], TLSFailureReason], ...] = (
@@ -632,6 +679,11 @@ class TLSEngine:
     def verified_chain(self) -> list[x509.Certificate]:
         """The chain OpenSSL built and passed to ``verify_peer`` (leaf ... trust anchor)."""
         return list(self.callback_record.extra.get("verified_chain", []))
+
+    @property
+    def peer_verification(self) -> Any:
+        """What an authoritative ``verify_peer`` hook returned (None otherwise)."""
+        return self.callback_record.extra.get("peer_verification")
 
     @property
     def psk_identity(self) -> bytes | None:

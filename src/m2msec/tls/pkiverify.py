@@ -1,0 +1,93 @@
+"""Glue between the TLS engine and the oneM2M certificate verification (TS-0003 8.1.2.5, 8.2.2.2).
+
+:func:`pki_verify_hook` builds the ``verify_peer`` hook that makes the
+:class:`~m2msec.tls.engine.TLSEngine` run
+:func:`m2msec.pki.verify_peer_certificate` during the handshake, as the
+*authoritative* verifier (``TLSConfig.verify_peer_authoritative``): OpenSSL's
+own path-validation verdicts are ignored, the chain OpenSSL assembled from the
+peer's Certificate message is checked against the configured flavour,
+identifier and trust anchors at the injected clock's time, and a failure
+aborts the handshake.  The caller gets :class:`~m2msec.tls.engine.TLSHandshakeError`
+(reason ``PEER_REJECTED``) whose ``__cause__`` is the
+:class:`~m2msec.pki.CertificateVerificationError` with its ``reason_code``
+(IDENTIFIER_MISMATCH, WRONG_FLAVOUR, UNTRUSTED_ROOT, EXPIRED,
+NAME_CONSTRAINT_VIOLATION, ...).
+
+The fatal alert sent to the peer follows RFC 5246 7.2.2: ``certificate_expired``
+for EXPIRED, ``unknown_ca`` for UNTRUSTED_ROOT, ``bad_certificate`` otherwise.
+
+This is the one place where TLS and PKI meet; :mod:`m2msec.saef` and the
+``m2msec tls`` CLI both use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from cryptography import x509
+
+from m2msec.pki import CertificateVerificationError, PeerCertInfo, VerificationReason, VerifiedPeer
+from m2msec.pki import verify_peer_certificate
+
+__all__ = ["Clock", "PKIVerifyHook", "pki_verify_hook", "tls_alert_for"]
+
+Clock = Callable[[], datetime]
+
+_ALERTS: dict[VerificationReason, str] = {
+    VerificationReason.EXPIRED: "certificate_expired",
+    VerificationReason.UNTRUSTED_ROOT: "unknown_ca",
+}
+
+
+def tls_alert_for(reason: VerificationReason) -> str:
+    """The TLS alert description sent when the peer's certificate fails with ``reason``."""
+    return _ALERTS.get(reason, "bad_certificate")
+
+
+class PKIVerifyHook:
+    """Callable ``verify_peer`` hook: ``hook(chain) -> VerifiedPeer`` or raise."""
+
+    authoritative = True
+
+    def __init__(self, expected: PeerCertInfo, trust_anchors: Sequence[x509.Certificate], clock: Clock,
+                 *, required_eku: x509.ObjectIdentifier | None = None) -> None:
+        if not trust_anchors:
+            raise ValueError("pki verification needs at least one trust anchor")
+        self.expected = expected
+        self.trust_anchors = tuple(trust_anchors)
+        self.clock = clock
+        self.required_eku = required_eku
+
+    def __repr__(self) -> str:
+        return (f"PKIVerifyHook(flavour={self.expected.flavour.value}, identifier={self.expected.identifier!r}, "
+                f"anchors={len(self.trust_anchors)})")
+
+    def __call__(self, chain: list[x509.Certificate]) -> VerifiedPeer:
+        try:
+            return verify_peer_certificate(chain, expected=self.expected, trust_anchors=self.trust_anchors,
+                                           now=self.clock(), required_eku=self.required_eku)
+        except CertificateVerificationError as exc:
+            exc.tls_alert = tls_alert_for(exc.reason_code)  # type: ignore[attr-defined]
+            raise
+
+
+def pki_verify_hook(expected: PeerCertInfo, trust_anchors: Sequence[x509.Certificate], clock: Clock,
+                    *, required_eku: x509.ObjectIdentifier | None = None) -> PKIVerifyHook:
+    """A ``verify_peer`` hook running TS-0003 8.1.2.5 verification against ``expected``.
+
+    Use it with ``TLSConfig(verify_peer=hook, verify_peer_authoritative=True,
+    trust_anchors=...)`` (see :func:`pki_tls_kwargs`).
+    """
+    return PKIVerifyHook(expected, trust_anchors, clock, required_eku=required_eku)
+
+
+def pki_tls_kwargs(expected: PeerCertInfo, trust_anchors: Sequence[x509.Certificate], clock: Clock,
+                   **kw: Any) -> dict[str, Any]:
+    """``TLSConfig`` keyword arguments that verify the peer with :func:`pki_verify_hook`."""
+    return {"verify_peer": pki_verify_hook(expected, trust_anchors, clock, **kw),
+            "verify_peer_authoritative": True, "trust_anchors": tuple(trust_anchors)}
+
+
+__all__ += ["pki_tls_kwargs"]
