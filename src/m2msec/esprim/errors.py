@@ -64,3 +64,33 @@ class EncryptionError(ESPrimError):
     """The inner response primitive could not be encrypted."""
 
     default_rsc = RSC.ESPRIM_ENCRYPTION_ERROR
+
+
+# --- Errors the Originator raises while building or opening (TS-0003 8.4.2 B.2, C.11a).
+# They are never sent to a peer (a bad response is discarded), but carry the closest
+# table 7.6.2-1 code so that logs and metrics classify them the same way.
+
+
+class ESPrimNotSupported(ESPrimError):
+    """B.2c.1: the Receiver's e2eSecInfo does not indicate ESPrim support (abort)."""
+
+    default_rsc = RSC.ESPRIM_UNSUPPORTED_OPTION
+
+
+class SessionMismatch(ESPrimError):
+    """C.11a: a response names a kid/ori/rri that is not the session of the pending request,
+    or answers another request (inner rqi differs), or its request was already answered."""
+
+    default_rsc = RSC.BAD_REQUEST
+
+
+class SessionExpired(ESPrimError):
+    """C.11a: the session (one of its rand objects or the pairwise key) has expired."""
+
+    default_rsc = RSC.ESPRIM_UNKNOWN_ORIG_RAND_ID
+
+
+class SessionRetired(ESPrimError):
+    """The session key reached its AES-GCM invocation bound: a new originatorESPrimRandObject is needed."""
+
+    default_rsc = RSC.ESPRIM_ENCRYPTION_ERROR
