@@ -199,7 +199,12 @@ class _Outstanding:
 
 
 class Originator:
-    """ESPrim Originator state machine; I/O-free, clock injected."""
+    """ESPrim Originator state machine; I/O-free, clock injected.
+
+    Not thread-safe: use one per task, or guard it with a lock.  Its state (sessions,
+    pending responses) is in memory only; an Originator that restarts establishes new
+    sessions (the Receiver's cached ones simply expire).
+    """
 
     def __init__(self, *, clock: Clock, policy: OriginatorPolicy | None = None) -> None:
         self._clock = clock
