@@ -17,15 +17,20 @@ forwards errors); the helpers ``create``/``retrieve``/``update``/``delete``/
 ``notify`` raise :class:`OneM2MResponseError` (carrying the RSC and the response)
 unless ``check=False``.
 
-:class:`OneM2MClient` is synchronous, :class:`AsyncOneM2MClient` the asyncio twin.
+:class:`OneM2MClient` is synchronous, :class:`AsyncOneM2MClient` the asyncio twin;
+:class:`StreamOneM2MClient` speaks HTTP/1.1 (h11) over an already open asyncio
+stream pair, e.g. a TLS-PSK connection from :func:`m2msec.tls.aio.open_connection`
+(SAEF, TS-0003 8.2), where httpx cannot be used.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
+import h11
 import httpx
 
 from m2msec.errors import M2MSecError
@@ -36,6 +41,7 @@ from m2msec.onem2m.rsc import ResponseStatusCode
 
 __all__ = [
     "AsyncOneM2MClient",
+    "StreamOneM2MClient",
     "OneM2MClient",
     "OneM2MProtocolError",
     "OneM2MResponseError",
@@ -277,3 +283,97 @@ class AsyncOneM2MClient(_Core):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
+
+
+class StreamOneM2MClient:
+    """oneM2M requests over one open asyncio stream pair, HTTP/1.1 framed by h11.
+
+    ``writer`` is an ``asyncio.StreamWriter`` or a
+    :class:`m2msec.tls.aio.TLSStreamWriter`.  Requests are sent one at a time
+    (keep-alive, no pipelining); the same checks as :class:`AsyncOneM2MClient`
+    apply (X-M2M-RI echo, strict mapping).
+    """
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: Any,
+        host: str,
+        *,
+        serialization: Serialization = "json",
+        timeout: float = 10.0,
+        max_body: int = 1 << 20,
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._host = host
+        self._serialization: Serialization = serialization
+        self._timeout = timeout
+        self._max_body = max_body
+        self._conn = h11.Connection(h11.CLIENT)
+        self._lock = asyncio.Lock()
+
+    async def _next(self) -> Any:
+        while True:
+            ev = self._conn.next_event()
+            if ev is h11.NEED_DATA:
+                data = await asyncio.wait_for(self._reader.read(65536), self._timeout)
+                self._conn.receive_data(data)
+                continue
+            return ev
+
+    async def send(self, req: RequestPrimitive) -> ResponsePrimitive:
+        async with self._lock:
+            try:
+                return await self._send(req)
+            except (h11.ProtocolError, asyncio.TimeoutError, ConnectionError) as exc:
+                if isinstance(exc, asyncio.TimeoutError):
+                    raise OneM2MTransportError(
+                        f"{req.op.name} {req.to}: timed out", rsc=ResponseStatusCode.REQUEST_TIMEOUT
+                    ) from None
+                if isinstance(exc, h11.RemoteProtocolError):
+                    raise OneM2MProtocolError(f"{req.op.name} {req.to}: malformed HTTP response: {exc}") from None
+                raise OneM2MTransportError(f"{req.op.name} {req.to}: {type(exc).__name__}: {exc}") from None
+
+    async def _send(self, req: RequestPrimitive) -> ResponsePrimitive:
+        if self._conn.our_state is h11.DONE and self._conn.their_state is h11.DONE:
+            self._conn.start_next_cycle()
+        method, target, headers, body = request_to_http(req, serialization=self._serialization)
+        hdrs = [("Host", self._host), *headers, ("Content-Length", str(len(body)))]
+        data = self._conn.send(h11.Request(method=method, target=target, headers=hdrs))
+        if body:
+            data += self._conn.send(h11.Data(data=body))  # type: ignore[operator]
+        data += self._conn.send(h11.EndOfMessage())  # type: ignore[operator]
+        self._writer.write(data)
+        await self._writer.drain()
+        response: h11.Response | None = None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            ev = await self._next()
+            if isinstance(ev, h11.Response):
+                response = ev
+            elif isinstance(ev, h11.Data):
+                size += len(ev.data)
+                if size > self._max_body:
+                    raise OneM2MProtocolError(f"{req.op.name} {req.to}: response body over {self._max_body} bytes")
+                chunks.append(bytes(ev.data))
+            elif isinstance(ev, h11.EndOfMessage):
+                break
+            elif isinstance(ev, h11.ConnectionClosed):
+                raise ConnectionError("connection closed before the response was complete")
+        assert response is not None
+        try:
+            rsp = http_to_response(response.status_code, list(response.headers), b"".join(chunks))
+        except BindingError as exc:
+            raise OneM2MProtocolError(
+                f"{req.op.name} {req.to}: malformed response (HTTP {response.status_code}): {exc.args[0]}"
+            ) from None
+        if rsp.rqi != req.rqi:
+            raise RequestIdMismatchError(
+                f"{req.op.name} {req.to}: response X-M2M-RI {rsp.rqi!r} does not echo request {req.rqi!r}"
+            )
+        return rsp
+
+    async def aclose(self) -> None:
+        self._writer.close()
