@@ -1,0 +1,339 @@
+"""Certificate-Based and Provisioned Symmetric Key SAEF end-points (TS-0003 8.2.2.1, 8.2.2.2, 10.2).
+
+An :class:`SAEFEndpoint` is one side's compiled configuration: the
+:class:`~m2msec.tls.engine.TLSContext` for the Association Security Handshake
+plus the rule that binds a finished handshake to the peer identity
+(:meth:`SAEFEndpoint.bind` -> :class:`~m2msec.saef.context.SecurityContext`).
+
+Certificate-Based SAEF (8.2.2.2): suites of 10.2.3 (ECDHE-ECDSA, mutual).  The
+peer certificate is verified by :mod:`m2msec.tls.pkiverify` (8.1.2.5) against
+the Association Configuration's CertName and RootOfTrust at the injected
+clock's time; a failure aborts the handshake and the
+``TLSHandshakeError.__cause__`` names the reason.  Entity B may hold several
+Association Configurations (one per authorised Entity A): the certificate is
+checked against each, and when none accepts it the most specific failure is
+reported (a failure after the identifier matched wins over IDENTIFIER_MISMATCH,
+which wins over WRONG_FLAVOUR).
+
+Provisioned Symmetric Key SAEF (8.2.2.1): suites of 10.2.2, ``psk_identity`` =
+KpsaID, ``psk`` = Kpsa.  Entity B looks the KpsaID up in a
+:class:`~m2msec.saef.config.KpsaDirectory` (memory or store); an unknown
+KpsaID aborts the handshake with UNKNOWN_PSK_IDENTITY, a wrong Kpsa with
+PSK_MISMATCH.
+
+Either side can be (D)TLS client or server (8.2.1: SA2 reverses the roles), and
+:func:`connect`, :func:`connect_dtls`, :func:`serve`, :func:`serve_dtls` run the
+handshake over asyncio TCP/UDP and hand out the bound context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from cryptography import x509
+
+from m2msec.pki import CertificateFlavour, CertificateVerificationError, VerificationReason, VerifiedPeer
+from m2msec.saef.config import (
+    AssociationConfiguration,
+    CredentialConfiguration,
+    EntityRole,
+    KpsaDirectory,
+    KpsaEntry,
+    check_kpsa_id,
+)
+from m2msec.saef.context import SAEFError, SecurityContext, credential_id
+from m2msec.tls.aio import TLSStreamWriter, open_connection, start_server
+from m2msec.tls.dtls import DTLSServer, DTLSSession, open_dtls_connection, start_dtls_server
+from m2msec.tls.engine import PSKCredentials, Role, TLSConfig, TLSContext, TLSEngine, TLSHandshakeError
+from m2msec.tls.pkiverify import Clock, PKIVerifyHook
+from m2msec.tls.profiles import Transport
+
+__all__ = [
+    "SAEFEndpoint",
+    "certificate_client",
+    "certificate_server",
+    "connect",
+    "connect_dtls",
+    "psk_client",
+    "psk_server",
+    "serve",
+    "serve_dtls",
+]
+
+log = logging.getLogger(__name__)
+
+_GENERIC = (VerificationReason.IDENTIFIER_MISMATCH, VerificationReason.WRONG_FLAVOUR)
+
+
+class SAEFEndpoint:
+    """One side of an SAEF: TLS context + identity binding."""
+
+    def __init__(self, framework: str, local_role: EntityRole, config: TLSConfig,
+                 binder: Callable[[TLSEngine], SecurityContext]) -> None:
+        self.framework = framework
+        self.local_role = local_role
+        self.tls_context = TLSContext(config)
+        self._binder = binder
+
+    def __repr__(self) -> str:
+        c = self.tls_context.config
+        return (f"SAEFEndpoint({self.framework}, entity={self.local_role.value}, role={c.role.value}, "
+                f"transport={c.transport.value})")
+
+    @property
+    def role(self) -> Role:
+        return self.tls_context.config.role
+
+    @property
+    def transport(self) -> Transport:
+        return self.tls_context.config.transport
+
+    def engine(self, *, server_name: str | None = None) -> TLSEngine:
+        """A fresh sans-I/O engine for one connection."""
+        return TLSEngine(self.tls_context, server_name=server_name)
+
+    def bind(self, engine: TLSEngine) -> SecurityContext:
+        """The security context of an established engine, bound to the peer identity."""
+        if not engine.established and not engine.handshake_complete:
+            raise SAEFError("the handshake has not completed")
+        return self._binder(engine)
+
+
+# ------------------------------------------------------------------ certificate-based (8.2.2.2)
+
+
+class _AssociationVerifier:
+    """``verify_peer`` hook trying each Association Configuration; returns (association, VerifiedPeer)."""
+
+    def __init__(self, associations: Sequence[AssociationConfiguration], clock: Clock) -> None:
+        self.hooks = [(a, PKIVerifyHook(a.peer_cert, a.peer_root_of_trust, clock)) for a in associations]
+
+    def __call__(self, chain: list[x509.Certificate]) -> tuple[AssociationConfiguration, VerifiedPeer]:
+        errors: list[CertificateVerificationError] = []
+        for assoc, hook in self.hooks:
+            try:
+                return assoc, hook(chain)
+            except CertificateVerificationError as exc:
+                errors.append(exc)
+        specific = [e for e in errors if e.reason_code not in _GENERIC]
+        if specific:
+            raise specific[0]
+        mismatch = [e for e in errors if e.reason_code is VerificationReason.IDENTIFIER_MISMATCH]
+        raise (mismatch or errors)[0]
+
+
+def _cert_binder(local: EntityRole) -> Callable[[TLSEngine], SecurityContext]:
+    def bind(engine: TLSEngine) -> SecurityContext:
+        result = engine.peer_verification
+        if not (isinstance(result, tuple) and len(result) == 2):
+            raise SAEFError("the peer certificate was not verified against an Association Configuration")
+        assoc, vp = result
+        assert isinstance(assoc, AssociationConfiguration) and isinstance(vp, VerifiedPeer)
+        cred = credential_id(vp.flavour.value, vp.identifier)
+        peer_id = assoc.peer_id
+        if peer_id is None:
+            # 8.2.2.2: the Absolute AE-ID of an AE-ID certificate, else the Credential-ID (10.4)
+            peer_id = vp.identifier if vp.flavour is CertificateFlavour.AE_ID else cred
+        return SecurityContext(
+            framework="certificate", local_role=local, tls_role=engine.role, transport=engine.transport,
+            peer_id=peer_id, credential_id=cred, peer_kind=assoc.peer_kind, local_id=assoc.local_id,
+            peer_cert=assoc.peer_cert, verified_peer=vp, cipher=engine.cipher_name,
+            protocol=engine.protocol_version, sni=engine.sni, _engine=engine,
+        )
+
+    return bind
+
+
+def _anchors(associations: Sequence[AssociationConfiguration]) -> tuple[x509.Certificate, ...]:
+    out: list[x509.Certificate] = []
+    for a in associations:
+        for c in a.peer_root_of_trust:
+            if c not in out:
+                out.append(c)
+    return tuple(out)
+
+
+def certificate_client(credentials: CredentialConfiguration, association: AssociationConfiguration, *,
+                       clock: Clock, transport: Transport = Transport.TLS, server_name: str | None = None,
+                       mtu: int | None = None) -> SAEFEndpoint:
+    """The (D)TLS client of a Certificate-Based SAEF (Entity A for SA1, Entity B for SA2).
+
+    SNI defaults to CertNameB's identifier for CSE-ID / FQDN certificates.
+    """
+    if server_name is None and association.peer_cert.flavour in (CertificateFlavour.CSE_ID, CertificateFlavour.FQDN):
+        server_name = association.peer_cert.identifier
+    kw: dict[str, Any] = {"mtu": mtu} if mtu else {}
+    config = TLSConfig(role=Role.CLIENT, transport=transport, credentials=credentials.tls_credentials(),
+                       trust_anchors=_anchors([association]), verify_peer=_AssociationVerifier([association], clock),
+                       verify_peer_authoritative=True, server_name=server_name, **kw)
+    return SAEFEndpoint("certificate", association.local, config, _cert_binder(association.local))
+
+
+def certificate_server(credentials: CredentialConfiguration, associations: Sequence[AssociationConfiguration], *,
+                       clock: Clock, transport: Transport = Transport.TLS, mtu: int | None = None) -> SAEFEndpoint:
+    """The (D)TLS server of a Certificate-Based SAEF: accepts any configured peer."""
+    associations = list(associations)
+    if not associations:
+        raise ValueError("configure at least one Association Configuration")
+    local = associations[0].local
+    if any(a.local is not local for a in associations):
+        raise ValueError("all Association Configurations of one endpoint must belong to the same entity")
+    kw: dict[str, Any] = {"mtu": mtu} if mtu else {}
+    config = TLSConfig(role=Role.SERVER, transport=transport, credentials=credentials.tls_credentials(),
+                       trust_anchors=_anchors(associations), verify_peer=_AssociationVerifier(associations, clock),
+                       verify_peer_authoritative=True, **kw)
+    return SAEFEndpoint("certificate", local, config, _cert_binder(local))
+
+
+# ------------------------------------------------------------------ provisioned symmetric key (8.2.2.1)
+
+
+def psk_client(entry: KpsaEntry, *, id_b: str | None = None, id_a: str | None = None,
+               transport: Transport = Transport.TLS, server_name: str | None = None,
+               local_role: EntityRole = EntityRole.A, mtu: int | None = None) -> SAEFEndpoint:
+    """Entity A of a PSK SAEF: psk_identity = KpsaID, psk = Kpsa; the context is bound to IdB.
+
+    IdB is ``id_b`` or, if not given, ``entry.peer_id``.
+    """
+    peer = id_b or entry.peer_id
+    if not peer:
+        raise ValueError("Entity A must be configured with IdB (8.2.2.1)")
+    kw: dict[str, Any] = {"mtu": mtu} if mtu else {}
+    config = TLSConfig(role=Role.CLIENT, transport=transport,
+                       psk=PSKCredentials(entry.kpsa_id.encode("utf-8"), entry.kpsa), server_name=server_name, **kw)
+
+    def bind(engine: TLSEngine) -> SecurityContext:
+        return SecurityContext(
+            framework="psk", local_role=local_role, tls_role=engine.role, transport=engine.transport, peer_id=peer,
+            credential_id=credential_id("kpsa", entry.kpsa_id), peer_kind=entry.peer_kind, local_id=id_a,
+            psk_identity=entry.kpsa_id, cipher=engine.cipher_name, protocol=engine.protocol_version,
+            sni=engine.sni, _engine=engine,
+        )
+
+    return SAEFEndpoint("psk", local_role, config, bind)
+
+
+def _decode_kpsa_id(identity: bytes) -> str | None:
+    try:
+        text = identity.decode("utf-8")
+        check_kpsa_id(text)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return text
+
+
+def psk_server(directory: KpsaDirectory, *, id_b: str | None = None, transport: Transport = Transport.TLS,
+               local_role: EntityRole = EntityRole.B, identity_hint: bytes | None = None,
+               mtu: int | None = None) -> SAEFEndpoint:
+    """Entity B of a PSK SAEF: looks the client's KpsaID up in ``directory``.
+
+    The context is bound to the identity configured for that KpsaID, or to the
+    Credential-ID ``12-<KpsaID>`` when none is configured (8.2.2.1).
+    """
+
+    def lookup(identity: bytes, _sni: str | None) -> bytes | None:
+        kid = _decode_kpsa_id(identity)
+        if kid is None:
+            return None
+        entry = directory.lookup(kid)
+        return entry.kpsa if entry is not None else None
+
+    kw: dict[str, Any] = {"mtu": mtu} if mtu else {}
+    config = TLSConfig(role=Role.SERVER, transport=transport, psk_lookup=lookup, psk_identity_hint=identity_hint, **kw)
+
+    def bind(engine: TLSEngine) -> SecurityContext:
+        kid = _decode_kpsa_id(engine.psk_identity or b"")
+        entry = directory.lookup(kid) if kid is not None else None
+        if kid is None or entry is None:
+            raise SAEFError("the KpsaID of this session is no longer configured")
+        cred = credential_id("kpsa", kid)
+        return SecurityContext(
+            framework="psk", local_role=local_role, tls_role=engine.role, transport=engine.transport,
+            peer_id=entry.peer_id or cred, credential_id=cred, peer_kind=entry.peer_kind, local_id=id_b,
+            psk_identity=kid, cipher=engine.cipher_name, protocol=engine.protocol_version, sni=engine.sni,
+            _engine=engine,
+        )
+
+    return SAEFEndpoint("psk", local_role, config, bind)
+
+
+# ------------------------------------------------------------------ asyncio helpers
+
+
+async def connect(endpoint: SAEFEndpoint, host: str, port: int, *, server_name: str | None = None,
+                  timeout: float = 10.0) -> tuple[asyncio.StreamReader, TLSStreamWriter, SecurityContext]:
+    """TLS: connect, run the Association Security Handshake, bind the context."""
+    reader, writer = await open_connection(host, port, endpoint.tls_context, server_name=server_name, timeout=timeout)
+    try:
+        ctx = endpoint.bind(writer.engine)
+    except BaseException:
+        writer.close()
+        raise
+    return reader, writer, ctx
+
+
+async def connect_dtls(endpoint: SAEFEndpoint, host: str, port: int, *, server_name: str | None = None,
+                       timeout: float = 10.0) -> tuple[DTLSSession, SecurityContext]:
+    """DTLS: as :func:`connect` over UDP."""
+    session = await open_dtls_connection(host, port, endpoint.tls_context, server_name=server_name, timeout=timeout)
+    try:
+        ctx = endpoint.bind(session.engine)
+    except BaseException:
+        session.close()
+        raise
+    return session, ctx
+
+
+StreamHandler = Callable[[asyncio.StreamReader, TLSStreamWriter, SecurityContext], Awaitable[Any]]
+DatagramHandler = Callable[[DTLSSession, SecurityContext], Awaitable[Any]]
+ErrorHandler = Callable[[BaseException, Any], None]
+
+
+async def serve(endpoint: SAEFEndpoint, handler: StreamHandler, host: str = "127.0.0.1", port: int = 0, *,
+                on_error: ErrorHandler | None = None, handshake_timeout: float = 10.0) -> asyncio.Server:
+    """TLS server: ``handler(reader, writer, ctx)`` runs for each bound security association."""
+
+    def failed(exc: BaseException, peer: Any) -> None:
+        if on_error is not None:
+            on_error(exc, peer)
+        else:
+            log.info("SAEF handshake with %s failed: %s", peer, exc)
+
+    async def run(reader: asyncio.StreamReader, writer: TLSStreamWriter) -> None:
+        try:
+            ctx = endpoint.bind(writer.engine)
+        except SAEFError as exc:
+            failed(exc, writer.get_extra_info("peername"))
+            return
+        await handler(reader, writer, ctx)
+
+    return await start_server(run, host, port, endpoint.tls_context,
+                              on_handshake_error=lambda e, p: failed(e, p), handshake_timeout=handshake_timeout)
+
+
+async def serve_dtls(endpoint: SAEFEndpoint, handler: DatagramHandler, host: str = "127.0.0.1", port: int = 0, *,
+                     on_error: ErrorHandler | None = None, handshake_timeout: float = 10.0) -> DTLSServer:
+    """DTLS server: ``handler(session, ctx)`` runs for each bound security association."""
+
+    def failed(exc: BaseException, peer: Any) -> None:
+        if on_error is not None:
+            on_error(exc, peer)
+        else:
+            log.info("SAEF DTLS handshake with %s failed: %s", peer, exc)
+
+    async def run(session: DTLSSession) -> None:
+        try:
+            ctx = endpoint.bind(session.engine)
+        except SAEFError as exc:
+            failed(exc, session.addr)
+            return
+        await handler(session, ctx)
+
+    return await start_dtls_server(run, host, port, endpoint.tls_context, handshake_timeout=handshake_timeout,
+                                   on_handshake_error=lambda e, a: failed(e, a))
+
+
+__all__ += ["TLSHandshakeError"]
