@@ -573,6 +573,12 @@ def _apply_query(pairs: list[tuple[str, str]], kw: dict[str, Any], extra: dict[s
     return atrl
 
 
+def _as_binding_error(exc: ParseError) -> BindingError:
+    if isinstance(exc, BindingError):
+        return exc
+    return BindingError(exc.args[0] if exc.args else "malformed message", rsc=exc.rsc)
+
+
 def http_to_request(
     method: str | bytes, target: str | bytes, headers: HeaderInput, body: bytes = b""
 ) -> RequestPrimitive:
@@ -580,6 +586,15 @@ def http_to_request(
 
     Raises :class:`BindingError` (4000) or :class:`UnsupportedMediaTypeError` (4015).
     """
+    try:
+        return _http_to_request(method, target, headers, body)
+    except ParseError as exc:
+        raise _as_binding_error(exc) from None
+
+
+def _http_to_request(
+    method: str | bytes, target: str | bytes, headers: HeaderInput, body: bytes
+) -> RequestPrimitive:
     m = (method.decode("ascii", "replace") if isinstance(method, (bytes, bytearray)) else method).upper()
     t = target.decode("ascii", "replace") if isinstance(target, (bytes, bytearray)) else target
     h = _normalise_headers(headers)
@@ -690,6 +705,13 @@ def http_to_response(status: int, headers: HeaderInput, body: bytes = b"") -> Re
 
     X-M2M-RSC and X-M2M-RI are mandatory.  Raises :class:`BindingError`.
     """
+    try:
+        return _http_to_response(status, headers, body)
+    except ParseError as exc:
+        raise _as_binding_error(exc) from None
+
+
+def _http_to_response(status: int, headers: HeaderInput, body: bytes) -> ResponsePrimitive:
     if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
         raise _fail(f"not an HTTP status code: {status!r}")
     h = _normalise_headers(headers)
