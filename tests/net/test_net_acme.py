@@ -135,7 +135,7 @@ def world(acme: AcmeCSE) -> Iterator[World]:
 # ---------------------------------------------------------------- basics
 
 
-def test_acme_version_is_the_measured_one() -> None:
+def test_acme_version_is_the_measured_one(acme: AcmeCSE) -> None:
     assert acme_version() is not None
     assert acme_version().startswith("2026.")  # type: ignore[union-attr]
 
@@ -265,6 +265,56 @@ def test_notify_esprim_rsc_from_ae_becomes_target_not_reachable(world: World, rs
     rsp = _notify_with_ae2_answering(world, rsc)
     assert rsp.rsc == ResponseStatusCode.TARGET_NOT_REACHABLE
     assert rsp.pc == {"m2m:dbg": "target not reachable"}
+
+
+def test_notify_response_with_originating_timestamp_is_relayed(world: World) -> None:
+    """ACME parses the AE's X-M2M-OT with isodate: the oneM2M basic format with a comma fraction passes."""
+    ot = datetime(2026, 11, 26, 10, 0, 0, 250000, tzinfo=timezone.utc)
+    world.rec2.reply = lambda req: ResponsePrimitive(rsc=ResponseStatusCode.OK, rqi=req.rqi, ot=ot)
+    try:
+        rsp = world.ae1.notify(world.ae2_path, _sgn(1))
+    finally:
+        world.rec2.reply = None
+    assert rsp.rsc == ResponseStatusCode.OK
+
+
+def test_ae_response_not_echoing_ri_is_refused_by_acme(world: World, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """DESIGN.md section 3: ACME requires the AE's response to echo X-M2M-RI (else 4000 to the originator)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class WrongRI(BaseHTTPRequestHandler):
+        def log_message(self, *a: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("X-M2M-RSC", "2000")
+            self.send_header("X-M2M-RI", "not-" + self.headers.get("X-M2M-RI", ""))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), WrongRI)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    tag = secrets.token_hex(3)
+    try:
+        with OneM2MClient(world.acme.url, f"Cm2msec-ae3-{tag}") as ae3:
+            path = f"{world.acme.cse_base}/ae3-{tag}"
+            ae3.create(world.acme.cse_base, ResourceType.AE, {"m2m:ae": {
+                "rn": f"ae3-{tag}", "api": "Nm2msec", "rr": True, "srv": ["3"],
+                "poa": [f"http://127.0.0.1:{server.server_address[1]}"]}})
+            acp = ae3.create(path, ResourceType.ACCESS_CONTROL_POLICY, {"m2m:acp": {
+                "rn": "acp", "pv": {"acr": [{"acor": [world.ae1.originator], "acop": ACP_NOTIFY},
+                                           {"acor": [ae3.originator], "acop": ACP_ALL}]},
+                "pvs": {"acr": [{"acor": [ae3.originator], "acop": ACP_ALL}]}}})
+            ae3.update(path, {"m2m:ae": {"acpi": [acp.pc["m2m:acp"]["ri"]]}})
+            rsp = world.ae1.notify(path, _sgn(1), check=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert rsp.rsc == ResponseStatusCode.BAD_REQUEST
+    assert "request identifier" in rsp.pc["m2m:dbg"]
 
 
 def test_notify_response_carrying_seci_is_relayed(world: World) -> None:

@@ -231,10 +231,6 @@ def _raw(handler: Any, data: bytes, **kw: Any) -> bytes:
         return _raw_exchange(t.endpoint.port, data)
 
 
-def _never(req: RequestPrimitive) -> Any:
-    raise AssertionError("handler must not be called")
-
-
 async def _never_async(req: RequestPrimitive) -> ResponsePrimitive:
     raise AssertionError("handler must not be called")
 

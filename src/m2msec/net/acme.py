@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import IO, Literal
 
 from m2msec.errors import M2MSecError
 from m2msec.onem2m.rsc import ResponseStatusCode
@@ -46,7 +46,10 @@ def acme_available() -> bool:
     """True if the ``acmecse`` package is importable by this interpreter."""
     import importlib.util
 
-    return importlib.util.find_spec("acmecse") is not None
+    try:
+        return importlib.util.find_spec("acmecse") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def acme_version() -> str | None:
@@ -128,7 +131,7 @@ class AcmeCSE:
         self._fixed_port = http_port
         self.http_port: int | None = http_port
         self._proc: subprocess.Popen[bytes] | None = None
-        self._log = None  # type: ignore[var-annotated]
+        self._log: IO[bytes] | None = None
 
     # ------------------------------------------------------------------ info
     @property
