@@ -78,7 +78,7 @@ SelectCredentials = Callable[["str | None"], "CertCredentials | None"]
 _SSL_AD_UNRECOGNIZED_NAME = 112
 _SNI_CB_TYPE = "int (*)(SSL *, int *, void *)"
 _VERIFY_CB_TYPE = "int (*)(int, X509_STORE_CTX *)"
-_MAX_READ = 1 << 16
+_RECORD_PLAINTEXT_MAX = 16384  # one SSL_read returns at most one record's plaintext (RFC 5246 6.2.1)
 
 
 class Role(str, enum.Enum):
@@ -288,7 +288,8 @@ class TLSContext:
                 assert cfg.psk is not None
                 cbs = install_client_psk(ctx, cfg.psk.identity, cfg.psk.key)
             self._keepalive.append(cbs)
-        if cfg.role is Role.SERVER:
+        if cfg.role is Role.SERVER and cfg.select_credentials is not None:
+            # only needed to switch credentials per SNI; engine.sni reads SSL_get_servername otherwise
             sni_cb = _ffi.callback(_SNI_CB_TYPE, self._servername_callback)
             self._keepalive.append(sni_cb)
             _lib.SSL_CTX_set_tlsext_servername_callback(ctx._context, sni_cb)
@@ -460,6 +461,7 @@ class TLSEngine:
         self.state = TLSState.HANDSHAKING
         self.failure: TLSHandshakeError | None = None
         self._app_in: list[bytes] = []
+        self._rbuf: Any = None  # cffi read buffer, allocated on first application-data read
         self._started = False
         self.handshake_complete = False
         self._client_sni = server_name if server_name is not None else cfg.server_name
@@ -485,12 +487,19 @@ class TLSEngine:
         """Advance the handshake as far as the received data allows."""
         self._started = True
         if self.state is TLSState.HANDSHAKING:
-            try:
-                self._conn.do_handshake()
-            except SSL.WantReadError:
-                return self.state
-            except (SSL.Error, SSL.SysCallError) as exc:
-                raise self._fail(exc) from self._cause()
+            # SSL_do_handshake directly: "want read" is the common outcome and needs no exception
+            ssl = self._conn._ssl
+            rc = _lib.SSL_do_handshake(ssl)
+            if rc <= 0:
+                if _lib.SSL_get_error(ssl, rc) == _lib.SSL_ERROR_WANT_READ:
+                    return self.state
+                try:
+                    self._conn._raise_ssl_error(ssl, rc)  # pyOpenSSL's exception for this failure
+                except SSL.WantReadError:
+                    return self.state
+                except (SSL.Error, SSL.SysCallError) as exc:
+                    raise self._fail(exc) from self._cause()
+                raise self._fail(None, TLSFailureReason.HANDSHAKE_FAILURE, f"SSL_do_handshake returned {rc}")
             self.state = TLSState.ESTABLISHED
             self.handshake_complete = True
         return self.state
@@ -554,8 +563,21 @@ class TLSEngine:
             if self.state is not TLSState.ESTABLISHED:
                 return
         while self.state is TLSState.ESTABLISHED:
+            if (self.transport is Transport.TLS and _lib.SSL_pending(self._conn._ssl) <= 0
+                    and _lib.BIO_get_mem_data(self._conn._into_ssl, _ffi.NULL) <= 0):
+                return  # nothing buffered: skip a recv that could only raise WantReadError
+            ssl = self._conn._ssl
+            if self._rbuf is None:
+                self._rbuf = _ffi.new("char[]", _RECORD_PLAINTEXT_MAX)
+            rc = _lib.SSL_read(ssl, self._rbuf, _RECORD_PLAINTEXT_MAX)
+            if rc > 0:
+                self._app_in.append(_ffi.buffer(self._rbuf, rc)[:])
+                continue
+            if _lib.SSL_get_error(ssl, rc) == _lib.SSL_ERROR_WANT_READ:
+                return
             try:
-                chunk = self._conn.recv(_MAX_READ)
+                self._conn._raise_ssl_error(ssl, rc)  # ZeroReturnError, record-layer errors ...
+                return
             except SSL.WantReadError:
                 return
             except SSL.ZeroReturnError:
@@ -568,18 +590,16 @@ class TLSEngine:
             except (SSL.Error, SSL.SysCallError) as exc:
                 self.state = TLSState.FAILED
                 raise TLSError(f"TLS record layer failure: {'; '.join(_error_strings(exc))}") from None
-            if chunk:
-                self._app_in.append(chunk)
 
     def data_to_send(self) -> bytes:
         """All bytes the engine wants sent to the peer (TLS byte stream)."""
-        out = bytearray()
-        while True:
-            try:
-                out += self._conn.bio_read(_MAX_READ)
-            except SSL.WantReadError:
-                break
-        return bytes(out)
+        bio = self._conn._from_ssl
+        pending = _lib.BIO_get_mem_data(bio, _ffi.NULL)  # bytes waiting in the memory BIO
+        if pending <= 0:
+            return b""
+        buf = _ffi.new("char[]", pending)
+        n = _lib.BIO_read(bio, buf, pending)
+        return _ffi.buffer(buf, n)[:] if n > 0 else b""
 
     def datagrams_to_send(self) -> list[bytes]:
         """DTLS: pending records packed into datagrams of at most ``mtu`` bytes.
@@ -590,6 +610,8 @@ class TLSEngine:
         """
         raw = self.data_to_send()
         mtu = self.context.config.mtu
+        if len(raw) <= mtu:
+            return [raw] if raw else []  # whole records that fit one datagram: nothing to split
         datagrams: list[bytes] = []
         cur = bytearray()
         pos = 0
@@ -697,7 +719,11 @@ class TLSEngine:
     def sni(self) -> str | None:
         if self.role is Role.CLIENT:
             return self._client_sni
-        return self.callback_record.extra.get("sni")
+        sni = self.callback_record.extra.get("sni")
+        if sni is None:
+            name = self._conn.get_servername()
+            sni = name.decode("utf-8", "replace") if name else None
+        return sni
 
     @property
     def cipher_name(self) -> str | None:
