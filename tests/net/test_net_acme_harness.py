@@ -135,3 +135,29 @@ def test_notify_across_two_cses_reaches_the_ae_at_the_in(pair: Pair) -> None:
     assert got.fr == b_sp  # the MN gives the originator its SP-relative form
     assert got.to == "/id-in/cse-in/ae-a"
     assert got.pc == content
+
+
+@pytest.mark.acme
+def test_esi_as_object_with_patched_attribute_policy(tmp_path: Path) -> None:
+    """Option for the gateway: ACME with esi retyped to an object accepts the standard m2m:e2eSecInfo."""
+    require_acme()
+    from datetime import datetime, timedelta, timezone
+
+    from m2msec.onem2m import SUID, E2ESecInfo, new_receiver_rand_object
+
+    expiry = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(hours=1)
+    esi = E2ESecInfo((SUID.PRE_PROVISIONED_ESPRIM,), shared_rand_object=new_receiver_rand_object(expiry=expiry))
+    with AcmeCSE(tmp_path, esi_as_object=True) as cse, OneM2MClient(cse.url, "Cm2msec-esi") as c:
+        assert (tmp_path / "acme-init-esi-object" / "attributePolicies.ap").exists()
+        created = c.create(cse.cse_base, ResourceType.AE, {"m2m:ae": {
+            "rn": "esi-ae", "api": "Nm2msec", "rr": False, "srv": ["3"], "esi": esi.to_json()}})
+        assert created.e2e_sec_info(clock=datetime.now(timezone.utc)) == esi
+        back = c.retrieve(f"{cse.cse_base}/esi-ae")
+        assert back.e2e_sec_info(clock=datetime.now(timezone.utc)) == esi
+        refused = c.update(f"{cse.cse_base}/esi-ae", {"m2m:ae": {"esi": "a string"}}, check=False)
+        assert refused.rsc == RSC.BAD_REQUEST
+
+
+def test_esi_as_object_excludes_an_explicit_init_directory(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        AcmeCSE(tmp_path, esi_as_object=True, init_directory=tmp_path)

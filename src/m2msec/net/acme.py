@@ -4,6 +4,9 @@ The CSE stands in for the untrusted transit/hosting CSE of TS-0003 clause 8.4
 (ESPrim) and the CSE of TS-0004 clause 7.6.2 that carries ``m2m:securityInfo``
 between end points.  Tests and the demo use :class:`AcmeCSE`; an MN-CSE can be
 registered to an IN-CSE (``registrar=``) for the multi-hop case.
+``esi_as_object=True`` runs ACME with its ``esi`` attribute policy retyped from
+string to object, so that ``<AE>``/``<remoteCSE>`` accept the TS-0004 6.3.5.52
+``m2m:e2eSecInfo`` JSON object (stock ACME 2026.5.3 refuses it with 4000).
 
 How ACME is started (measured with acmecse 2026.5.3, see DESIGN.md section 3):
 headless mode needs a user ``acme.ini`` in the base directory (otherwise it runs
@@ -106,6 +109,7 @@ class AcmeCSE:
         extra_config: Mapping[str, Mapping[str, object]] | None = None,
         startup_timeout: float = 30.0,
         log_level: Literal["off", "error", "warn", "info", "debug"] = "off",
+        esi_as_object: bool = False,
         python: str = sys.executable,
     ) -> None:
         if cse_type not in ("IN", "MN", "ASN"):
@@ -113,6 +117,8 @@ class AcmeCSE:
         for name, v in (("cse_id", cse_id), ("cse_name", cse_name)):
             if not v or "/" in v or any(c.isspace() for c in v):
                 raise ValueError(f"{name} must be a non-empty name without '/' or white space")
+        if esi_as_object and init_directory is not None:
+            raise ValueError("esi_as_object prepares its own init directory; do not pass init_directory too")
         if cse_type != "IN" and registrar is None:
             raise ValueError(f"an {cse_type}-CSE needs a registrar")
         self.base_dir = Path(base_dir)
@@ -127,6 +133,7 @@ class AcmeCSE:
         self.extra_config = {k: dict(v) for k, v in (extra_config or {}).items()}
         self.startup_timeout = startup_timeout
         self.log_level = log_level
+        self.esi_as_object = esi_as_object
         self.python = python
         self._fixed_port = http_port
         self.http_port: int | None = http_port
@@ -266,7 +273,39 @@ class AcmeCSE:
         assert last is not None
         raise last
 
+    def _prepare_init_directory(self) -> None:
+        """Copy ACME's init directory and retype ``esi`` from string to object (``dict``).
+
+        ACME 2026.5.3 declares ``esi`` (e2eSecInfo) as a string in
+        ``attributePolicies.ap``; TS-0004 6.3.5.52 makes it the complex type
+        m2m:e2eSecInfo.  The patched policy makes ACME accept (and return) the
+        standard JSON object form.
+        """
+        import importlib.util
+        import shutil
+
+        spec = importlib.util.find_spec("acmecse")
+        if spec is None or not spec.submodule_search_locations:
+            raise AcmeError("cannot locate the acmecse package")
+        source = Path(list(spec.submodule_search_locations)[0]) / "init"
+        # not "<base>/init": ACME imports that directory in addition to the init directory
+        target = self.base_dir / "acme-init-esi-object"
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(source, target)
+        policies = target / "attributePolicies.ap"
+        text = policies.read_text(encoding="utf-8")
+        start = text.find('"esi": [')
+        pos = text.find('"type": "string"', start) if start >= 0 else -1
+        if start < 0 or pos < 0 or pos - start > 400:
+            raise AcmeError("attributePolicies.ap has no string-typed esi policy to patch (ACME version changed?)")
+        policies.write_text(text[:pos] + '"type": "dict"' + text[pos + len('"type": "string"') :], encoding="utf-8")
+        self.init_directory = target
+
     def _spawn(self) -> None:
+        if self.esi_as_object:
+            self.base_dir.mkdir(parents=True, exist_ok=True)
+            self._prepare_init_directory()
         self.write_config()
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         env = dict(os.environ)
