@@ -125,9 +125,13 @@ def test_bad_http_requests_get_onem2m_errors(w: World) -> None:
         async with SAEFHTTPServer(server, handler_fails) as srv:
             reader, writer, _ = await connect(client, *srv.address)
             conn = h11.Connection(h11.CLIENT)
-            for method, hdrs in (("PATCH", [("X-M2M-RI", "1")]), ("GET", []),
-                                 ("GET", [("X-M2M-RI", "3"), ("X-M2M-Origin", AE_ABS)])):
+            xml = [("X-M2M-RI", "4"), ("Content-Type", "application/xml; ty=3"), ("Content-Length", "4")]
+            for method, hdrs, body in (("PATCH", [("X-M2M-RI", "1")], b""), ("GET", [], b""),
+                                       ("GET", [("X-M2M-RI", "3"), ("X-M2M-Origin", AE_ABS)], b""),
+                                       ("POST", xml, b"<x/>")):
                 writer.write(conn.send(h11.Request(method=method, target="/cse-in", headers=[("Host", "x"), *hdrs])))
+                if body:
+                    writer.write(conn.send(h11.Data(data=body)))
                 writer.write(conn.send(h11.EndOfMessage()))
                 while True:
                     ev = conn.next_event()
@@ -141,7 +145,8 @@ def test_bad_http_requests_get_onem2m_errors(w: World) -> None:
             writer.close()
         return out
 
-    assert run(go) == [(405, b"4005"), (400, b"4000"), (500, b"5000")]
+    # unknown method and missing X-M2M-RI: BAD_REQUEST (net.http_binding); handler crash: 5000; XML: 4015
+    assert run(go) == [(400, b"4000"), (400, b"4000"), (500, b"5000"), (415, b"4015")]
 
 
 def test_cse_peer_forwarding_policy(w: World) -> None:

@@ -3,8 +3,7 @@
 - :mod:`m2msec.saef.config`       Credential / Association Configuration, Kpsa directories (8.1.2.3, 8.1.2.4, 8.2.2)
 - :mod:`m2msec.saef.framework`    Certificate-Based (8.2.2.2) and Provisioned Symmetric Key (8.2.2.1) end-points
 - :mod:`m2msec.saef.context`      the security context bound to the peer identity (8.2.1, 7.2.1, 10.4)
-- :mod:`m2msec.saef.http_binding` TS-0009 HTTP binding mapping (pure functions)
-- :mod:`m2msec.saef.http`         oneM2M HTTP server/client over an SAEF association (h11)
+- :mod:`m2msec.saef.http`         oneM2M HTTP server/client over an SAEF association (h11 + :mod:`m2msec.net.http_binding`)
 - :mod:`m2msec.tls.pkiverify`     the TLS <-> PKI verify hook (8.1.2.5), re-exported here
 """
 

@@ -3,7 +3,7 @@
 :class:`SAEFHTTPServer` accepts TLS connections through an
 :class:`~m2msec.saef.framework.SAEFEndpoint`, frames HTTP/1.1 with h11, maps
 each request to a :class:`~m2msec.onem2m.RequestPrimitive`
-(:mod:`m2msec.saef.http_binding`) and attributes it to the peer identity bound
+(:mod:`m2msec.net.http_binding`, TS-0009 clause 6) and attributes it to the peer identity bound
 to the security context: a request whose From (X-M2M-Origin) is not that
 identity is answered ORIGINATOR_NOT_AUTHENTICATED (4106, HTTP 403) without
 reaching the handler - TS-0003 7.2.1 step 3 names this code for exactly this
@@ -28,18 +28,19 @@ from typing import Any
 import h11
 
 from m2msec.errors import M2MSecError
-from m2msec.onem2m.primitives import DEFAULT_RVI, RequestPrimitive, ResponsePrimitive
-from m2msec.onem2m.rsc import ResponseStatusCode
-from m2msec.saef.context import SecurityContext
-from m2msec.saef.framework import SAEFEndpoint, connect, serve
-from m2msec.saef.http_binding import (
-    HTTPBindingError,
-    HTTPResponse,
+from m2msec.net.http_binding import (
+    BindingError,
+    HttpResponse,
+    header_value,
     http_to_request,
     http_to_response,
     request_to_http,
     response_to_http,
 )
+from m2msec.onem2m.primitives import DEFAULT_RVI, RequestPrimitive, ResponsePrimitive
+from m2msec.onem2m.rsc import ResponseStatusCode
+from m2msec.saef.context import SecurityContext
+from m2msec.saef.framework import SAEFEndpoint, connect, serve
 from m2msec.tls.aio import TLSStreamWriter
 from m2msec.tls.profiles import Transport
 
@@ -53,10 +54,20 @@ Rejection = tuple[str, "str | None", int]  # (bound peer id, From, RSC)
 _MAX_BODY = 1 << 20
 
 
-def _error_response(rsc: ResponseStatusCode, rqi: str | None, rvi: str | None, message: str) -> HTTPResponse:
-    rsp = ResponsePrimitive(rsc=rsc, rqi=rqi or "unknown", rvi=rvi or DEFAULT_RVI,
-                            pc={"m2m:dbg": message})
+def _error_response(rsc: ResponseStatusCode, rqi: str | None, rvi: str | None, message: str) -> HttpResponse:
+    try:
+        rsp = ResponsePrimitive(rsc=rsc, rqi=rqi or "unknown", rvi=rvi or DEFAULT_RVI, pc={"m2m:dbg": message})
+    except ValueError:  # e.g. a malformed X-M2M-RVI echoed back
+        rsp = ResponsePrimitive(rsc=rsc, rqi=rqi or "unknown", rvi=DEFAULT_RVI, pc={"m2m:dbg": message})
     return response_to_http(rsp)
+
+
+def _with_length(headers: list[tuple[str, str]], body: bytes) -> list[tuple[bytes, bytes]]:
+    """h11 headers; Content-Length added when absent (TS-0009 6.4.5)."""
+    out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+    if header_value(headers, "Content-Length") is None:
+        out.append((b"Content-Length", str(len(body)).encode()))
+    return out
 
 
 def _header(headers: Any, name: bytes) -> str | None:
@@ -152,12 +163,12 @@ class SAEFHTTPServer:
             elif isinstance(event, (h11.ConnectionClosed, h11.PAUSED)):
                 return None, b""
 
-    async def _dispatch(self, event: h11.Request, body: bytes, ctx: SecurityContext) -> HTTPResponse:
+    async def _dispatch(self, event: h11.Request, body: bytes, ctx: SecurityContext) -> HttpResponse:
         rqi = _header(event.headers, b"x-m2m-ri")
         rvi = _header(event.headers, b"x-m2m-rvi")
         try:
             req = http_to_request(event.method, event.target, event.headers, body)
-        except HTTPBindingError as exc:
+        except BindingError as exc:
             return _error_response(exc.rsc, rqi, rvi, exc.args[0])
         try:
             ctx.check_originator(req.fr, sp_id=self.sp_id, cse_id=self.cse_id,
@@ -176,11 +187,11 @@ class SAEFHTTPServer:
             return _error_response(ResponseStatusCode.INTERNAL_SERVER_ERROR, req.rqi, req.rvi, type(exc).__name__)
         return response_to_http(rsp)
 
-    async def _send(self, conn: h11.Connection, writer: TLSStreamWriter, resp: HTTPResponse) -> None:
-        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in resp.headers]
-        out = conn.send(h11.Response(status_code=resp.status, headers=headers, reason=b""))
-        if resp.body:
-            out = (out or b"") + (conn.send(h11.Data(data=resp.body)) or b"")
+    async def _send(self, conn: h11.Connection, writer: TLSStreamWriter, resp: HttpResponse) -> None:
+        status, hdrs, body = resp
+        out = conn.send(h11.Response(status_code=status, headers=_with_length(hdrs, body), reason=b""))
+        if body:
+            out = (out or b"") + (conn.send(h11.Data(data=body)) or b"")
         out = (out or b"") + (conn.send(h11.EndOfMessage()) or b"")
         writer.write(out)
         await writer.drain()
@@ -215,11 +226,11 @@ class SAEFHTTPClient:
     async def _send(self, request: RequestPrimitive) -> ResponsePrimitive:
         if self._conn.our_state is h11.DONE and self._conn.their_state is h11.DONE:
             self._conn.start_next_cycle()
-        http = request_to_http(request, host=self.host)
-        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in http.headers]
-        out = self._conn.send(h11.Request(method=http.method, target=http.target, headers=headers)) or b""
-        if http.body:
-            out += self._conn.send(h11.Data(data=http.body)) or b""
+        method, target, hdrs, body = request_to_http(request)
+        headers = [(b"Host", self.host.encode("idna")), *_with_length(hdrs, body)]
+        out = self._conn.send(h11.Request(method=method, target=target, headers=headers)) or b""
+        if body:
+            out += self._conn.send(h11.Data(data=body)) or b""
         out += self._conn.send(h11.EndOfMessage()) or b""
         self._writer.write(out)
         await self._writer.drain()
@@ -240,7 +251,7 @@ class SAEFHTTPClient:
             elif isinstance(event, h11.ConnectionClosed):
                 raise ConnectionError("the server closed the connection before responding")
         assert response is not None
-        return http_to_response(response.status_code, response.headers, bytes(body), rqi=request.rqi)
+        return http_to_response(response.status_code, response.headers, bytes(body))
 
     async def close(self) -> None:
         self._writer.close()
