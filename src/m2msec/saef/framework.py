@@ -47,7 +47,7 @@ from m2msec.saef.config import (
 from m2msec.saef.context import SAEFError, SecurityContext, credential_id
 from m2msec.tls.aio import TLSStreamWriter, open_connection, start_server
 from m2msec.tls.dtls import DTLSServer, DTLSSession, open_dtls_connection, start_dtls_server
-from m2msec.tls.engine import PSKCredentials, Role, TLSConfig, TLSContext, TLSEngine, TLSHandshakeError
+from m2msec.tls.engine import PSKCredentials, Role, TLSConfig, TLSContext, TLSEngine
 from m2msec.tls.pkiverify import Clock, PKIVerifyHook
 from m2msec.tls.profiles import Transport
 
@@ -335,5 +335,3 @@ async def serve_dtls(endpoint: SAEFEndpoint, handler: DatagramHandler, host: str
     return await start_dtls_server(run, host, port, endpoint.tls_context, handshake_timeout=handshake_timeout,
                                    on_handshake_error=lambda e, a: failed(e, a))
 
-
-__all__ += ["TLSHandshakeError"]
