@@ -1,0 +1,73 @@
+"""``m2msec gateway``: an HTTP sidecar that makes an unmodified CSE (ACME) carry ESPrim
+(TS-0003 8.4; TS-0004 7.5.1.2.11, 7.5.1.2.13, 7.6.2; TS-0009 HTTP binding).
+
+What it adds in front of the CSE (everything else is proxied unchanged: method, path,
+query, headers, status, body):
+
+* **Transit for AE-to-AE ESPrim.**  A NOTIFY whose Content is ``m2m:seci`` addressed to an
+  ``<AE>`` registered on the CSE is forwarded to the AE's pointOfAccess (looked up with a
+  RETRIEVE of the target as the configured admin originator, cached ``poa_ttl`` seconds,
+  dropped on any successful UPDATE/DELETE through the gateway and on a transport failure);
+  the AE's response is relayed unchanged (status, X-M2M-RSC incl. 4111-4116/5210/5211,
+  X-M2M-RI, body).  The gateway never decrypts this traffic.  ACME itself refuses such
+  a NOTIFY (4000) and turns ESPrim RSCs from an AE into 5103, hence this path.
+* **The CSE as ESPrim Target.**  A NOTIFY with ``m2m:seci`` to the ``<CSEBase>`` is served by
+  the CSE's ESPrim Receiver held by the gateway: sit 3 -> sit 4 (unique rand object); sit 5
+  -> decrypt, impersonation check (inner ``fr`` == the identity bound to the key), the inner
+  request goes to the CSE as a normal request with that identity as X-M2M-Origin, and the
+  CSE's response is sealed.  Rejections carry the RSC of TS-0004 table 7.6.2-1.
+* **e2eSecInfo.**  Clients see ``esi`` in its object form (TS-0004 6.3.5.52); the CSE
+  stores it as JSON text (:mod:`m2msec.gateway.esi`).  A RETRIEVE of the ``<CSEBase>``
+  gets the CSE's own ``esi`` (SUIDs and the shared receiverESPrimRandObject) merged in.
+* **Routing.**  An ``m2m:seci`` NOTIFY whose SP-relative target names another CSE-ID goes
+  to the gateway configured for that CSE in ``[[routes]]`` (the ``<remoteCSE>`` poa points
+  at the CSE itself, which cannot take such a NOTIFY).
+* **Scale-out.**  Receiver state (rand objects, sessions) and the pairwise keys are in
+  :mod:`m2msec.store` (SQLite by default, PostgreSQL with ``--store postgresql://...``),
+  so several gateway instances can share one address.
+
+Configuration (``gateway.toml``; paths relative to the file)::
+
+    [cse]
+    id = "id-in"                 # CSE-ID (without '/')
+    name = "cse-in"              # resourceName of the <CSEBase>
+    admin = "CAdmin"             # originator for pointOfAccess look-ups
+    url = "http://127.0.0.1:8080"    # optional, --cse overrides
+
+    [store]
+    url = "sqlite:///var/lib/m2msec/gateway.db"   # default: gateway.db next to this file
+    kek_file = "gateway.kek"     # key-encryption key (else $M2MSEC_KEK / $M2MSEC_KEK_FILE)
+
+    [gateway]
+    poa_ttl = 30                 # seconds an AE's pointOfAccess is cached
+    trace_file = "trace.jsonl"   # optional: every forwarded HTTP message, for audits/tests
+
+    [receiver]                   # the CSE's ESPrim Receiver policy (optional)
+    suids = [13, 23]
+    shared_lifetime = 86400      # seconds
+    unique_lifetime = 3600
+
+    [[keys]]                     # one per peer: the CSE's pairwiseESPrimKeys
+    kid = "00112233445566778899aabbccddeeff@mef.example.com"
+    key_hex = "..."              # or key_file = "peer1.key" (hex text or raw bytes)
+    peer = "Cae1"                # identity bound to the key (the inner From must equal it)
+    suid = 13
+
+    [[routes]]                   # other CSEs reachable through their gateways
+    csi = "/id-mn"
+    url = "http://127.0.0.1:9001"
+"""
+
+from __future__ import annotations
+
+from m2msec.gateway.config import ConfigError, GatewayConfig, KeyEntry, load_config
+from m2msec.gateway.server import Gateway
+
+__all__ = ["ConfigError", "Gateway", "GatewayConfig", "KeyEntry", "build_gateway", "load_config"]
+
+
+def build_gateway(config: GatewayConfig, *, clock: object = None, store: object = None) -> tuple[Gateway, object]:
+    """A :class:`Gateway` for ``config`` with its Receiver on the store; returns (gateway, store)."""
+    from m2msec.gateway.app import build
+
+    return build(config, clock=clock, store=store)

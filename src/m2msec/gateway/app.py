@@ -1,0 +1,54 @@
+"""Assemble a :class:`~m2msec.gateway.server.Gateway` from its configuration: open the
+store, provision the configured pairwiseESPrimKeys into it (TS-0003 8.4.2 phase A,
+pre-provisioned), and build the CSE's ESPrim Receiver on store-backed state."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from typing import Any
+
+from m2msec.esprim.keysource import StoreKeySource
+from m2msec.esprim.receiver import Receiver, ReceiverPolicy
+from m2msec.esprim.state import StoreReceiverState
+from m2msec.gateway.config import ConfigError, GatewayConfig
+from m2msec.gateway.server import Gateway
+from m2msec.store import KeyEncryptionKey, Store, open_store
+
+__all__ = ["build", "utc_now"]
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _kek(config: GatewayConfig) -> KeyEncryptionKey:
+    if config.kek_file is not None:
+        return KeyEncryptionKey.from_file(config.kek_file)
+    if os.environ.get("M2MSEC_KEK") or os.environ.get("M2MSEC_KEK_FILE"):
+        return KeyEncryptionKey.from_env()
+    raise ConfigError("no key-encryption key: set [store] kek_file or $M2MSEC_KEK / $M2MSEC_KEK_FILE")
+
+
+def build(config: GatewayConfig, *, clock: Any = None, store: Store | None = None) -> tuple[Gateway, Store]:
+    if config.cse_url is None:
+        raise ConfigError("the CSE URL is missing (--cse or [cse] url)")
+    clock = clock or utc_now
+    if store is None:
+        url = config.store_url or "sqlite://" + os.path.abspath("gateway.db")
+        store = open_store(url, _kek(config), clock=clock)
+    keys = StoreKeySource(store)
+    for k in config.keys:
+        keys.provision(k.kid, k.key, peer_id=k.peer, suid=k.suid)
+    policy = ReceiverPolicy(
+        supported_suids=config.suids,
+        shared_lifetime=config.shared_lifetime,
+        shared_renew_before=config.shared_lifetime / 24,
+        unique_lifetime=config.unique_lifetime,
+    )
+    receiver = Receiver(keys=keys, state=StoreReceiverState(store, clock=clock), clock=clock, policy=policy)
+    gw = Gateway(
+        cse_url=config.cse_url, cse_id=config.cse_id, cse_name=config.cse_name, receiver=receiver,
+        admin=config.admin, routes=config.routes, poa_ttl=config.poa_ttl, trace_file=config.trace_file,
+    )
+    return gw, store

@@ -1,0 +1,76 @@
+"""``m2msec gateway``: run the ESPrim gateway in front of a CSE (see :mod:`m2msec.gateway`
+for the configuration file; TS-0003 8.4, TS-0004 7.6.2)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from m2msec.errors import M2MSecError
+
+app = typer.Typer(
+    help="ESPrim gateway (sidecar) in front of an unmodified CSE.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise typer.BadParameter("expected HOST:PORT, e.g. 127.0.0.1:8081")
+    return host, int(port)
+
+
+@app.callback()
+def _group() -> None:
+    """ESPrim gateway (sidecar) in front of an unmodified CSE."""
+
+
+@app.command()
+def serve(
+    config: Annotated[Path, typer.Option("--config", help="gateway.toml")],
+    cse: Annotated[Optional[str], typer.Option("--cse", help="the CSE's HTTP base URL")] = None,
+    listen: Annotated[str, typer.Option("--listen", help="HOST:PORT to listen on (port 0: ephemeral)")] = "127.0.0.1:8081",
+    store: Annotated[Optional[str], typer.Option("--store", help="store URL (sqlite:///… or postgresql://…)")] = None,
+    trace: Annotated[Optional[Path], typer.Option("--trace", help="append every forwarded HTTP message here")] = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT.  Prints ``listening on URL`` once ready."""
+    from m2msec.gateway.app import build
+    from m2msec.gateway.config import load_config
+
+    host, port = _listen(listen)
+    try:
+        cfg = load_config(config, cse_url=cse, store_url=store)
+        if trace is not None:
+            import dataclasses
+
+            cfg = dataclasses.replace(cfg, trace_file=trace)
+        gw, st = build(cfg)
+    except M2MSecError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+    async def run() -> None:
+        await gw.start(host, port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        print(f"listening on {gw.url}", flush=True)
+        try:
+            await stop.wait()
+        finally:
+            await gw.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        st.close()  # type: ignore[attr-defined]
+    sys.exit(0)

@@ -1,0 +1,438 @@
+"""The gateway HTTP server: asyncio + h11 towards clients, httpx towards the CSE and AEs.
+
+Implements the transit and Target roles of TS-0003 8.4 / TS-0004 7.6.2 and 7.5.1.2.11/13
+that an unmodified CSE (ACME) lacks; see :mod:`m2msec.gateway` for the behaviour and the
+configuration file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import h11
+import httpx
+
+from m2msec.errors import M2MSecError, ParseError
+from m2msec.esprim.errors import ESPrimError
+from m2msec.esprim.receiver import Receiver
+from m2msec.gateway.esi import esi_from_cse, esi_to_cse, merge_cse_esi
+from m2msec.net.http_binding import (
+    BindingError,
+    http_to_request,
+    http_to_response,
+    path_to_to,
+    request_to_http,
+    response_to_http,
+)
+from m2msec.onem2m.enums import Operation, SecurityInfoType
+from m2msec.onem2m.primitives import DEFAULT_RVI, RequestPrimitive, ResponsePrimitive, new_request_id
+from m2msec.onem2m.rsc import ResponseStatusCode as RSC
+
+__all__ = ["Gateway", "RawResponse"]
+
+log = logging.getLogger(__name__)
+
+RawResponse = tuple[int, list[tuple[str, str]], bytes]
+
+_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te",
+     "trailer", "transfer-encoding", "upgrade", "host", "content-length"}
+)
+_JSON_TYPES = ("application/json", "application/vnd.onem2m-res+json", "application/vnd.onem2m-ntfy+json")
+_MAX_BODY = 4 << 20
+_READ = 65536
+
+
+def _is_json(ctype: str | None) -> bool:
+    return ctype is not None and ctype.split(";", 1)[0].strip().lower() in _JSON_TYPES
+
+
+def _hdr(headers: list[tuple[str, str]], name: str) -> str | None:
+    for k, v in headers:
+        if k.lower() == name:
+            return v
+    return None
+
+
+def _error(rqi: str | None, rsc: RSC, message: str, rvi: str | None = None) -> RawResponse:
+    if rqi:
+        return response_to_http(ResponsePrimitive(rsc=rsc, rqi=rqi, pc={"m2m:dbg": message}, rvi=rvi or DEFAULT_RVI))
+    body = json.dumps({"m2m:dbg": message}).encode()
+    return rsc.http_status, [("X-M2M-RSC", str(int(rsc))), ("Content-Type", "application/json")], body
+
+
+@dataclasses.dataclass
+class _Poa:
+    url: str | None
+    kind: str  # "ae" | "cse" | "remote"
+    expires: float
+
+
+class Gateway:
+    """Sidecar in front of one CSE.
+
+    ``cse_url``: the CSE's HTTP base URL; ``receiver``: the CSE's ESPrim Receiver (keys and
+    state in the store); ``cse_id``/``cse_name`` name the CSEBase; ``admin``: the originator
+    used to look up an AE's pointOfAccess; ``routes``: SP-relative CSE-ID -> URL of the
+    gateway in front of that CSE.
+    """
+
+    def __init__(
+        self,
+        *,
+        cse_url: str,
+        cse_id: str,
+        cse_name: str,
+        receiver: Receiver,
+        admin: str = "CAdmin",
+        routes: Mapping[str, str] | None = None,
+        poa_ttl: float = 30.0,
+        trace_file: str | Path | None = None,
+        timeout: float = 10.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cse_url = cse_url.rstrip("/")
+        self.cse_id = cse_id.lstrip("/")
+        self.cse_name = cse_name
+        self.receiver = receiver
+        self.admin = admin
+        self.routes = {(k if k.startswith("/") else "/" + k): v.rstrip("/") for k, v in (routes or {}).items()}
+        self.poa_ttl = poa_ttl
+        self._monotonic = monotonic
+        self._poa: dict[str, _Poa] = {}
+        self._trace_path = Path(trace_file) if trace_file is not None else None
+        self._trace_lock = threading.Lock()
+        self._timeout = timeout
+        self._http: httpx.AsyncClient | None = None
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.host = "127.0.0.1"
+        self.port = 0
+        self._bases = {
+            self.cse_name, self.cse_id, f"/{self.cse_id}", f"/{self.cse_id}/{self.cse_name}",
+        }
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> Gateway:
+        self._http = httpx.AsyncClient(timeout=self._timeout, limits=httpx.Limits(max_keepalive_connections=32))
+        self._http.headers.clear()  # relay exactly the client's headers (no httpx defaults)
+        self._server = await asyncio.start_server(self._client, host, port)
+        self.host = host
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for t in list(self._tasks):
+                t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._server.wait_closed()
+            self._server = None
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    async def __aenter__(self) -> Gateway:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"Gateway(cse={self.cse_url!r}, base=/{self.cse_id}/{self.cse_name}, receiver={self.receiver!r})"
+
+    # ------------------------------------------------------------------ HTTP server (h11)
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
+        try:
+            while True:
+                ev = await self._next(conn, reader)
+                if not isinstance(ev, h11.Request):
+                    return
+                chunks: list[bytes] = []
+                size = 0
+                while True:
+                    part = await self._next(conn, reader)
+                    if isinstance(part, h11.Data):
+                        size += len(part.data)
+                        if size > _MAX_BODY:
+                            await self._send(conn, writer, _error(None, RSC.BAD_REQUEST, "request body too large"))
+                            return
+                        chunks.append(bytes(part.data))
+                    elif isinstance(part, h11.EndOfMessage):
+                        break
+                    else:
+                        return
+                headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in ev.headers]
+                try:
+                    raw = await self.handle(ev.method.decode("ascii"), ev.target.decode("latin-1"), headers, b"".join(chunks))
+                except Exception:  # noqa: BLE001 - a bug must not kill the connection or leak details
+                    log.exception("gateway failed on %s %s", ev.method, ev.target)
+                    raw = _error(_hdr(headers, "x-m2m-ri"), RSC.INTERNAL_SERVER_ERROR, "internal error")
+                await self._send(conn, writer, raw)
+                if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                    return
+                conn.start_next_cycle()
+        except h11.RemoteProtocolError:
+            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                try:
+                    await self._send(conn, writer, _error(None, RSC.BAD_REQUEST, "malformed HTTP request"))
+                except (h11.LocalProtocolError, ConnectionError):
+                    pass
+        except (asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError, h11.LocalProtocolError):
+            pass
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+            writer.close()
+
+    @staticmethod
+    async def _next(conn: h11.Connection, reader: asyncio.StreamReader) -> Any:
+        while True:
+            ev = conn.next_event()
+            if ev is h11.NEED_DATA:
+                conn.receive_data(await asyncio.wait_for(reader.read(_READ), 120))
+                continue
+            return ev
+
+    @staticmethod
+    async def _send(conn: h11.Connection, writer: asyncio.StreamWriter, raw: RawResponse) -> None:
+        status, headers, body = raw
+        hdrs = [(k, v) for k, v in headers if k.lower() not in _HOP]
+        hdrs.append(("Content-Length", str(len(body))))
+        data = conn.send(h11.Response(status_code=status, headers=hdrs, reason=b""))
+        if body:
+            data += conn.send(h11.Data(data=body))  # type: ignore[operator]
+        data += conn.send(h11.EndOfMessage())  # type: ignore[operator]
+        writer.write(data)
+        await writer.drain()
+
+    # ------------------------------------------------------------------ tracing
+    def _trace(self, direction: str, where: str, headers: list[tuple[str, str]], body: bytes) -> None:
+        if self._trace_path is None:
+            return
+        line = json.dumps(
+            {"dir": direction, "where": where, "headers": headers, "body": body.decode("utf-8", "replace")}
+        )
+        with self._trace_lock, open(self._trace_path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+    # ------------------------------------------------------------------ outgoing HTTP
+    async def _forward(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes) -> RawResponse:
+        assert self._http is not None
+        fwd = [(k, v) for k, v in headers if k.lower() not in _HOP]
+        self._trace("out", f"{method} {url}", fwd, body)
+        req = self._http.build_request(method, url, headers=fwd, content=body)
+        r = await self._http.send(req, stream=True)
+        try:
+            data = b"".join([c async for c in r.aiter_raw()])
+        finally:
+            await r.aclose()
+        out = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in r.headers.raw if k.decode("latin-1").lower() not in _HOP]
+        self._trace("in", f"{r.status_code} {url}", out, data)
+        return r.status_code, out, data
+
+    async def cse_request(self, req: RequestPrimitive) -> ResponsePrimitive:
+        """Send a primitive to the CSE (strict TS-0009 mapping and X-M2M-RI echo)."""
+        method, target, headers, body = request_to_http(req)
+        if body:
+            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+        status, rh, rb = await self._forward(method, self.cse_url + target, headers, body)
+        rsp = http_to_response(status, rh, rb)
+        if rsp.rqi != req.rqi:
+            raise BindingError(f"CSE response X-M2M-RI {rsp.rqi!r} does not echo {req.rqi!r}")
+        return rsp
+
+    # ------------------------------------------------------------------ dispatch
+    def is_cse_base(self, to: str) -> bool:
+        if to.startswith("//"):
+            parts = to[2:].split("/", 1)
+            to = "/" + parts[1] if len(parts) == 2 else to
+        return to.rstrip("/") in self._bases
+
+    async def handle(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes) -> RawResponse:
+        """One HTTP request from a client -> the HTTP response to return."""
+        method = method.upper()
+        ctype = _hdr(headers, "content-type")
+        path = target.split("?", 1)[0]
+        try:
+            to: str | None = path_to_to(path)
+        except ParseError:
+            to = None
+        if method == "POST" and body and _is_json(ctype) and "ty=" not in (ctype or "").replace(" ", ""):
+            try:
+                doc = json.loads(body)
+            except ValueError:
+                doc = None
+            if isinstance(doc, dict) and "m2m:seci" in doc:
+                return await self._security_notify(method, target, headers, body)
+        return await self._proxy(method, target, headers, body, to)
+
+    async def _proxy(
+        self, method: str, target: str, headers: list[tuple[str, str]], body: bytes, to: str | None
+    ) -> RawResponse:
+        rqi = _hdr(headers, "x-m2m-ri")
+        ctype = _hdr(headers, "content-type")
+        if method in ("POST", "PUT") and body and _is_json(ctype):
+            try:
+                doc = json.loads(body)
+            except ValueError:
+                doc = None
+            try:
+                pc, changed = esi_to_cse(doc)
+            except ParseError as exc:
+                return _error(rqi, RSC.BAD_REQUEST, exc.args[0])
+            if changed:
+                body = json.dumps(pc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        try:
+            status, rh, rb = await self._forward(method, self.cse_url + target, headers, body)
+        except httpx.HTTPError as exc:
+            return _error(rqi, RSC.TARGET_NOT_REACHABLE, f"CSE not reachable: {type(exc).__name__}")
+        if method in ("PUT", "DELETE") and 200 <= status < 300:
+            self._poa.clear()  # a pointOfAccess may have changed
+        if rb and _is_json(_hdr(rh, "content-type")) and _hdr(rh, "content-encoding") is None:
+            try:
+                doc = json.loads(rb)
+            except ValueError:
+                return status, rh, rb
+            doc, changed = esi_from_cse(doc)
+            if method == "GET" and to is not None and self.is_cse_base(to) and 200 <= status < 300:
+                doc, merged = merge_cse_esi(doc, self.receiver.e2e_sec_info())
+                changed |= merged
+            if changed:
+                rb = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return status, rh, rb
+
+    # ------------------------------------------------------------------ ESPrim Notify
+    async def _security_notify(
+        self, method: str, target: str, headers: list[tuple[str, str]], body: bytes
+    ) -> RawResponse:
+        rqi = _hdr(headers, "x-m2m-ri")
+        try:
+            req = http_to_request(method, target, headers, body)
+        except ParseError as exc:
+            return _error(rqi, exc.rsc, exc.args[0])
+        if self.is_cse_base(req.to):
+            return response_to_http(await self._as_receiver(req))
+        try:
+            dest = await self._destination(req)
+        except M2MSecError as exc:
+            return response_to_http(
+                ResponsePrimitive(rsc=exc.rsc, rqi=req.rqi, pc={"m2m:dbg": exc.args[0]}, rvi=req.rvi or DEFAULT_RVI)
+            )
+        if isinstance(dest, ResponsePrimitive):
+            return response_to_http(dest)
+        if dest.kind == "cse":
+            return response_to_http(await self._as_receiver(req))
+        assert dest.url is not None
+        try:
+            return await self._forward(method, dest.url + target, headers, body)
+        except httpx.HTTPError as exc:
+            self._poa.pop(req.to, None)
+            return _error(rqi, RSC.TARGET_NOT_REACHABLE, f"target not reachable: {type(exc).__name__}", req.rvi)
+
+    async def _destination(self, req: RequestPrimitive) -> _Poa | ResponsePrimitive:
+        """Where an ESPrim/ESCertKE Notify goes: an AE's poa, another CSE's gateway, or us."""
+        to = req.to
+        sp = to
+        if sp.startswith("//"):
+            parts = sp[2:].split("/", 1)
+            sp = "/" + parts[1] if len(parts) == 2 else sp
+        if sp.startswith("/"):
+            csi = "/" + sp[1:].split("/", 1)[0]
+            if csi != f"/{self.cse_id}":
+                url = self.routes.get(csi)
+                if url is None:
+                    raise ESPrimError(f"no route to {csi}", rsc=RSC.TARGET_NOT_REACHABLE)
+                return _Poa(url, "remote", 0.0)
+        now = self._monotonic()
+        cached = self._poa.get(to)
+        if cached is not None and cached.expires > now:
+            return cached
+        look = RequestPrimitive(op=Operation.RETRIEVE, to=to, fr=self.admin, rqi=new_request_id(), rvi=req.rvi or DEFAULT_RVI)
+        try:
+            rsp = await self.cse_request(look)
+        except httpx.HTTPError as exc:
+            raise ESPrimError(f"CSE not reachable: {type(exc).__name__}", rsc=RSC.TARGET_NOT_REACHABLE) from None
+        if not rsp.is_success:
+            return ResponsePrimitive(rsc=rsp.rsc, rqi=req.rqi, pc=rsp.pc, rvi=req.rvi or DEFAULT_RVI)
+        pc = rsp.pc if isinstance(rsp.pc, Mapping) else {}
+        if "m2m:cb" in pc:
+            entry = _Poa(None, "cse", now + self.poa_ttl)
+        elif "m2m:ae" in pc or "m2m:csr" in pc:
+            res = pc.get("m2m:ae") or pc.get("m2m:csr") or {}
+            if "m2m:csr" in pc and isinstance(res.get("csi"), str) and res["csi"] in self.routes:
+                entry = _Poa(self.routes[res["csi"]], "remote", now + self.poa_ttl)
+            else:
+                poas = [p for p in res.get("poa") or [] if isinstance(p, str) and p.startswith(("http://", "https://"))]
+                if not poas:
+                    raise ESPrimError(f"{to} has no HTTP pointOfAccess", rsc=RSC.TARGET_NOT_REACHABLE)
+                entry = _Poa(poas[0].rstrip("/"), "ae", now + self.poa_ttl)
+        else:
+            raise ESPrimError("the target of a securityInfo Notify must be an AE or a CSE", rsc=RSC.BAD_REQUEST)
+        self._poa[to] = entry
+        return entry
+
+    async def _as_receiver(self, outer: RequestPrimitive) -> ResponsePrimitive:
+        """The CSE as ESPrim Target: sit 3 -> sit 4; sit 5 -> decrypt, CSE request, encrypt."""
+        r = self.receiver
+        try:
+            seci = outer.security_info(clock=r._clock)
+        except ParseError as exc:
+            return r.error_response(exc, outer)
+        assert seci is not None
+        if seci.sit == SecurityInfoType.RECEIVER_ESPRIM_RAND_OBJECT_REQUEST:
+            try:
+                return r.rand_object_response(outer)
+            except M2MSecError as exc:
+                return r.error_response(exc, outer)
+        if seci.sit != SecurityInfoType.ESPRIM_OBJECT or seci.esprim_object is None:
+            return r.error_response(
+                ESPrimError(f"securityInfoType {int(seci.sit)} is not served by this CSE", rsc=RSC.BAD_REQUEST), outer
+            )
+        try:
+            inner, ctx = r.open_request(seci.esprim_object, outer_from=outer.fr)
+        except M2MSecError as exc:
+            return r.error_response(exc, outer)
+        inner_rsp = await self._inner_to_cse(inner, ctx.peer_id)
+        try:
+            obj = r.protect_response(ctx, inner_rsp)
+        except M2MSecError as exc:
+            return r.error_response(exc, outer)
+        return r.esprim_response(outer, obj)
+
+    async def _inner_to_cse(self, inner: RequestPrimitive, originator: str) -> ResponsePrimitive:
+        rvi = inner.rvi or DEFAULT_RVI
+        try:
+            pc, _ = esi_to_cse(inner.pc)
+            fwd = dataclasses.replace(inner, fr=originator, pc=pc)
+            rsp = await self.cse_request(fwd)
+        except ParseError as exc:
+            return ResponsePrimitive(rsc=exc.rsc, rqi=inner.rqi, pc={"m2m:dbg": exc.args[0]}, rvi=rvi)
+        except httpx.HTTPError as exc:
+            return ResponsePrimitive(
+                rsc=RSC.TARGET_NOT_REACHABLE, rqi=inner.rqi, pc={"m2m:dbg": f"CSE not reachable: {type(exc).__name__}"}, rvi=rvi
+            )
+        pc2, _ = esi_from_cse(rsp.pc)
+        if inner.op is Operation.RETRIEVE and self.is_cse_base(inner.to) and rsp.is_success:
+            pc2, _ = merge_cse_esi(pc2, self.receiver.e2e_sec_info())
+        if inner.op in (Operation.UPDATE, Operation.DELETE) and rsp.is_success:
+            self._poa.clear()
+        return dataclasses.replace(rsp, pc=pc2, rqi=inner.rqi)
+
