@@ -41,6 +41,10 @@ from m2msec.esdata.types import (
 
 
 def _cs(value: ContentSecurity | int | str) -> ContentSecurity:
+    if value is ContentSecurity.NONE:
+        raise PolicyError("contentSecurity 0 means no ESData", reason=Reason.UNSUPPORTED)
+    if isinstance(value, ContentSecurity):
+        return value
     if isinstance(value, str) and value in SERIALIZATION_NAMES:
         return SERIALIZATION_NAMES[value]
     try:

@@ -21,11 +21,13 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from functools import cached_property
 from typing import Protocol, Union, runtime_checkable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwcrypto import jwk as jw_jwk
 
 from m2msec.esdata.errors import PolicyError, Reason, SealError, UnknownKidError
 
@@ -101,6 +103,13 @@ def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+def jose_key(key: KeyMaterial) -> jw_jwk.JWK:
+    """The jwcrypto JWK for a symmetric key or a pyca RSA/EC key."""
+    if isinstance(key, bytes):
+        return jw_jwk.JWK(kty="oct", k=b64url(key))
+    return jw_jwk.JWK.from_pyca(key)
+
+
 def certificate_kid(certificate: x509.Certificate) -> str:
     """kid of a certificate credential: base64url(SHA-256(DER)) - the RFC 7515 x5t#S256 value."""
     return b64url(hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).digest())
@@ -153,6 +162,12 @@ class ResolvedKey:
     @property
     def is_symmetric(self) -> bool:
         return isinstance(self.key, bytes)
+
+    @cached_property
+    def jwk(self) -> jw_jwk.JWK:
+        """``key`` as a jwcrypto JWK, built once per entry (the entry already holds the key;
+        a key source that builds a fresh entry per lookup builds a fresh JWK too)."""
+        return jose_key(self.key)
 
     def __repr__(self) -> str:
         kind = f"{len(self.key)}-byte symmetric key" if isinstance(self.key, bytes) else type(self.key).__name__
@@ -282,6 +297,10 @@ class SymmetricRecipient:
     def __repr__(self) -> str:
         return f"SymmetricRecipient(kid={self.kid!r}, alg={self.alg!r}, suid={self.suid}, key=<hidden>)"
 
+    @cached_property
+    def jwk(self) -> jw_jwk.JWK:
+        return jose_key(self.key)
+
 
 @dataclass(frozen=True)
 class CertificateRecipient:
@@ -291,11 +310,15 @@ class CertificateRecipient:
     alg: str | None = None  # default: RSA-OAEP-256 for RSA, ECDH-ES+A128KW for EC
     kid: str | None = None  # default: certificate_kid(certificate)
 
-    @property
+    @cached_property
     def effective_kid(self) -> str:
         return self.kid or certificate_kid(self.certificate)
 
-    @property
+    @cached_property
+    def jwk(self) -> jw_jwk.JWK:
+        return jose_key(self.certificate.public_key())
+
+    @cached_property
     def effective_alg(self) -> str:
         pub = self.certificate.public_key()
         if isinstance(pub, rsa.RSAPublicKey):
@@ -332,6 +355,10 @@ class SymmetricSigner:
     def __repr__(self) -> str:
         return f"SymmetricSigner(kid={self.kid!r}, alg={self.alg!r}, suid={self.suid}, key=<hidden>)"
 
+    @cached_property
+    def jwk(self) -> jw_jwk.JWK:
+        return jose_key(self.key)
+
 
 @dataclass(frozen=True, repr=False)
 class CertificateSigner:
@@ -351,7 +378,7 @@ class CertificateSigner:
             raise SealError("private key does not match the leaf certificate", reason=Reason.KEY_USAGE)
         self.effective_alg  # validates
 
-    @property
+    @cached_property
     def effective_alg(self) -> str:
         key = self.private_key
         if isinstance(key, rsa.RSAPrivateKey):
@@ -369,9 +396,18 @@ class CertificateSigner:
             return alg
         raise SealError("signing key must be RSA or EC", reason=Reason.ALGORITHM_NOT_ALLOWED)
 
-    @property
+    @cached_property
     def kid(self) -> str:
         return certificate_kid(self.chain[0])
+
+    @cached_property
+    def x5c(self) -> tuple[str, ...]:
+        """The chain as JWS ``x5c`` values (standard base64 DER, leaf first)."""
+        return tuple(base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode("ascii") for c in self.chain)
+
+    @cached_property
+    def jwk(self) -> jw_jwk.JWK:
+        return jose_key(self.private_key)
 
     def __repr__(self) -> str:
         return f"CertificateSigner(alg={self.effective_alg!r}, subject={self.chain[0].subject.rfc4514_string()!r}, key=<hidden>)"

@@ -26,14 +26,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import Encoding
 from jwcrypto import jwe as jw_jwe
 from jwcrypto import jwk as jw_jwk
 from jwcrypto import jws as jw_jws
@@ -59,6 +57,7 @@ from m2msec.esdata.credentials import (
     Usage,
     b64url,
     check_rsa_public_key,
+    jose_key,
 )
 from m2msec.esdata.errors import (
     DecryptionError,
@@ -78,7 +77,10 @@ CTY_NESTED_COMPACT = "JOSE"
 CTY_NESTED_JSON = "JOSE+JSON"
 _NESTED_CTYS = {"jose": True, "application/jose": True, "jose+json": False, "application/jose+json": False}
 _ES_SIG_LEN = {"ES256": 64, "ES384": 96, "ES512": 132}  # RFC 7518 3.4
-_B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
+_URLSAFE_TO_STD = bytes.maketrans(b"-_", b"+/")
+_B64URL_INDEX = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")}
+# Unused low bits of the last character of an unpadded base64url string, by length % 4.
+_B64URL_SPARE_BITS = {0: 0, 2: 0x0F, 3: 0x03}
 
 
 # --- small strict helpers ------------------------------------------------------------------
@@ -89,23 +91,32 @@ def _dumps(obj: Any) -> str:
 
 
 def b64url_decode(value: object, what: str) -> bytes:
-    if not isinstance(value, str) or not _B64URL.match(value) or len(value) % 4 == 1:
+    """Strict unpadded base64url (RFC 7515 2): alphabet only, no padding, canonical."""
+    if not isinstance(value, str) or len(value) % 4 == 1:
         raise MalformedEnvelopeError(f"{what} is not base64url")
     try:
-        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        raw = value.encode("ascii")
+        # a2b_base64 strict mode refuses anything outside the standard alphabet; "+", "/" and
+        # "=" are refused here first, so exactly [A-Za-z0-9_-]* gets through.
+        if b"+" in raw or b"/" in raw or b"=" in raw:
+            raise ValueError
+        decoded = binascii.a2b_base64(raw.translate(_URLSAFE_TO_STD) + b"=" * (-len(raw) % 4), strict_mode=True)
     except (binascii.Error, ValueError):
         raise MalformedEnvelopeError(f"{what} is not base64url") from None
-    if b64url(raw) != value:  # non-canonical trailing bits
+    spare = _B64URL_SPARE_BITS[len(value) % 4]
+    if spare and _B64URL_INDEX[value[-1]] & spare:  # non-zero trailing bits: not canonical
         raise MalformedEnvelopeError(f"{what} is not canonical base64url")
-    return raw
+    return decoded
 
 
 def _no_dup_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise MalformedEnvelopeError(f"duplicate JSON member {k!r}")
-        out[k] = v
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise MalformedEnvelopeError(f"duplicate JSON member {k!r}")
+            seen.add(k)
     return out
 
 
@@ -151,20 +162,22 @@ def _check_common(merged: dict[str, Any]) -> None:
         raise MalformedEnvelopeError("kid must be a non-empty string")
 
 
-def _jwk(key: object) -> jw_jwk.JWK:
-    if isinstance(key, bytes):
-        return jw_jwk.JWK(kty="oct", k=b64url(key))
-    return jw_jwk.JWK.from_pyca(key)
+def _protected_text(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedEnvelopeError("protected header is not UTF-8") from None
 
 
 # --- Source side ---------------------------------------------------------------------------
 
 
 def _recipient_key(r: Recipient) -> tuple[str, str, jw_jwk.JWK]:
+    # Credentials cache their JWK (and certificate kid/alg): built once per credential object.
     if isinstance(r, SymmetricRecipient):
-        return r.alg, r.kid, _jwk(r.key)
+        return r.alg, r.kid, r.jwk
     if isinstance(r, CertificateRecipient):
-        return r.effective_alg, r.effective_kid, _jwk(r.certificate.public_key())
+        return r.effective_alg, r.effective_kid, r.jwk
     raise SealError(f"unsupported recipient type {type(r).__name__}")
 
 
@@ -220,17 +233,18 @@ def encrypt_jwe(
     if cty:
         protected["cty"] = cty
     try:
-        obj = jw_jwe.JWE(plaintext, protected=_dumps(protected), aad=aad if aad is not None else None)
+        # flattened=False: jwcrypto emits the general serialization (a "recipients" array) itself.
+        obj = jw_jwe.JWE(plaintext, protected=_dumps(protected), aad=aad if aad is not None else None,
+                         flattened=False)
         if aad is not None and not aad:
             obj.objects["aad"] = b""  # keep an explicit empty AAD
         for alg, kid, key in prepared:
-            obj.add_recipient(key, header=_dumps({"alg": alg, "kid": kid}))
-        out = json.loads(obj.serialize())
+            obj.add_recipient(key, header={"alg": alg, "kid": kid})
+        return obj.serialize().encode("ascii")
     except ESDataError:
         raise
     except Exception as exc:  # noqa: BLE001
         raise SealError(f"JWE encryption failed: {type(exc).__name__}") from None
-    return _dumps(_general_jwe(out)).encode("ascii")
 
 
 def _general_jwe(d: dict[str, Any]) -> dict[str, Any]:
@@ -261,13 +275,13 @@ def sign_jws(
     try:
         for s in signers:
             if isinstance(s, SymmetricSigner):
-                alg, key, prot = s.alg, _jwk(s.key), {"alg": s.alg, "kid": s.kid}
+                alg, key, prot = s.alg, s.jwk, {"alg": s.alg, "kid": s.kid}
             elif isinstance(s, CertificateSigner):
-                alg, key = s.effective_alg, _jwk(s.private_key)
+                alg, key = s.effective_alg, s.jwk
                 prot = {"alg": alg}
                 if s.include_kid:
                     prot["kid"] = s.kid
-                prot["x5c"] = [base64.b64encode(c.public_bytes(Encoding.DER)).decode("ascii") for c in s.chain]
+                prot["x5c"] = list(s.x5c)
             else:
                 raise SealError(f"unsupported signer type {type(s).__name__}")
             if alg not in policy.signature:
@@ -275,16 +289,24 @@ def sign_jws(
             if cty:
                 prot["cty"] = cty
             obj.add_signature(key, alg=None, protected=_dumps(prot))
+        # jwcrypto keeps one signature flat in .objects and several in .objects["signatures"];
+        # each has the protected header text and the raw signature.
+        sigs = obj.objects["signatures"] if "signatures" in obj.objects else [obj.objects]
+        payload_b64 = b64url(payload)
         if compact:
-            return obj.serialize(compact=True).encode("ascii")
-        out = json.loads(obj.serialize())
+            (one,) = sigs
+            return f"{b64url(one['protected'].encode('utf-8'))}.{payload_b64}.{b64url(one['signature'])}".encode("ascii")
+        out = {
+            "payload": payload_b64,
+            "signatures": [
+                {"protected": b64url(o["protected"].encode("utf-8")), "signature": b64url(o["signature"])}
+                for o in sigs
+            ],
+        }
     except ESDataError:
         raise
     except Exception as exc:  # noqa: BLE001
         raise SealError(f"JWS signing failed: {type(exc).__name__}") from None
-    if "signatures" not in out:
-        sig = {k: out.pop(k) for k in ("protected", "header", "signature") if k in out}
-        out["signatures"] = [sig]
     return _dumps(out).encode("ascii")
 
 
@@ -292,8 +314,7 @@ def sign_jws(
 # --- Target side ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TargetContext:
+class TargetContext(NamedTuple):  # immutable like a frozen dataclass, cheaper to build per open()
     key_source: KeySource
     policy: Policy
     certificate_verifier: CertificateVerifier | None
@@ -301,8 +322,7 @@ class TargetContext:
     default_kid: str | None
 
 
-@dataclass(frozen=True)
-class JweResult:
+class JweResult(NamedTuple):
     plaintext: bytes
     aad: bytes | None
     cty: str | None
@@ -384,13 +404,23 @@ def open_jwe(env: dict[str, Any], ctx: TargetContext) -> JweResult:
     policy = ctx.policy
     compact = bool(env.pop("_compact", False))
     prot_b64 = env.get("protected")
-    protected = json_object(b64url_decode(prot_b64, "protected header"), "protected header") if prot_b64 else {}
+    # Decoded once here; jwcrypto gets these very octets (no second JSON/base64 pass).
+    parts: dict[str, Any] = {}
+    protected: dict[str, Any] = {}
+    if prot_b64:
+        parts["protected"] = _protected_text(b64url_decode(prot_b64, "protected header"))
+        protected = json_object(parts["protected"], "protected header")
     unprotected = _header(env.get("unprotected"), "unprotected header")
+    if "unprotected" in env:
+        parts["unprotected"] = _dumps(unprotected)
     for name in ("iv", "ciphertext", "tag"):
-        b64url_decode(env.get(name), name)
+        parts[name] = b64url_decode(env.get(name), name)
     aad = b64url_decode(env["aad"], "aad") if "aad" in env else None
+    if aad is not None:
+        parts["aad"] = aad
     recipients = env["recipients"]
     headers: list[dict[str, Any]] = []
+    encrypted_keys: dict[int, bytes] = {}
     for i, rec in enumerate(recipients):
         if not isinstance(rec, dict):
             raise MalformedEnvelopeError(f"recipient {i} is not a JSON object")
@@ -406,7 +436,7 @@ def open_jwe(env: dict[str, Any], ctx: TargetContext) -> JweResult:
         if alg == "dir" and len(recipients) != 1:
             raise PolicyError("dir with more than one recipient", reason=Reason.ALGORITHM_NOT_ALLOWED)
         if "encrypted_key" in rec:
-            b64url_decode(rec["encrypted_key"], "encrypted_key")
+            encrypted_keys[id(rec)] = b64url_decode(rec["encrypted_key"], "encrypted_key")
         headers.append(merged)
     if len({h["enc"] for h in headers}) != 1:
         raise MalformedEnvelopeError("recipients disagree on enc")
@@ -426,14 +456,16 @@ def open_jwe(env: dict[str, Any], ctx: TargetContext) -> JweResult:
             continue
         alg, enc = merged["alg"], merged["enc"]
         _check_enc_key(resolved, alg, enc)
-        flat = {k: env[k] for k in ("protected", "unprotected", "iv", "ciphertext", "tag", "aad") if k in env}
+        # What jwcrypto's deserialize() would build for this one recipient (flattened form).
+        objects = dict(parts)
         if "header" in rec:
-            flat["header"] = rec["header"]
+            objects["header"] = rec["header"]  # a dict: jwcrypto merges it as is
         if "encrypted_key" in rec:
-            flat["encrypted_key"] = rec["encrypted_key"]
+            objects["encrypted_key"] = encrypted_keys[id(rec)]
         try:
             obj = jw_jwe.JWE(algs=[alg, enc])
-            obj.deserialize(_dumps(flat), key=_jwk(resolved.key))
+            obj.objects = objects
+            obj.decrypt(resolved.jwk)
             plaintext = obj.plaintext
         except Exception:  # noqa: BLE001 - any failure here is "does not decrypt"
             failures += 1
@@ -489,7 +521,8 @@ def open_jws(
             raise MalformedEnvelopeError(f"signature {i} is not a JSON object")
         if "protected" not in sig:
             raise MalformedEnvelopeError("every signature needs a protected header")
-        protected = json_object(b64url_decode(sig["protected"], "protected header"), "protected header")
+        protected_text = _protected_text(b64url_decode(sig["protected"], "protected header"))
+        protected = json_object(protected_text, "protected header")
         header = _header(sig.get("header"), "header")
         merged = _merge((protected, "protected"), (header, "header"))
         _check_common(merged)
@@ -526,13 +559,14 @@ def open_jws(
                 raise PolicyError(f"{alg!r} is not allowed for key {kid!r}", reason=Reason.ALGORITHM_NOT_ALLOWED)
             if len(resolved.key) < HS_MIN_KEY_LEN[alg]:
                 raise PolicyError(f"{alg} key shorter than {HS_MIN_KEY_LEN[alg]} bytes", reason=Reason.ALGORITHM_NOT_ALLOWED)
-            verify_key: object = resolved.key
+            verify_jwk = resolved.jwk
         elif "x5c" in merged:
             if "x5c" not in protected:
                 raise MalformedEnvelopeError("x5c must be in the protected header")
             chain = _parse_x5c(protected["x5c"])
             verify_key = chain[0].public_key()
             _check_public_key(alg, verify_key)
+            verify_jwk = jose_key(verify_key)
         else:
             if certificate_only:
                 raise PolicyError("nested inner signature without x5c", reason=Reason.WRONG_CLASS)
@@ -549,19 +583,19 @@ def open_jws(
                 raise PolicyError(f"{alg} needs a public key, {kid!r} is symmetric", reason=Reason.ALGORITHM_NOT_ALLOWED)
             if alg not in resolved.algorithms:
                 raise PolicyError(f"{alg!r} is not allowed for key {kid!r}", reason=Reason.ALGORITHM_NOT_ALLOWED)
-            verify_key = resolved.key
-            _check_public_key(alg, verify_key)
-            if isinstance(verify_key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
-                verify_key = verify_key.public_key()
+            _check_public_key(alg, resolved.key)
+            verify_jwk = resolved.jwk  # jwcrypto verifies with the public half of a private JWK
         if alg in ES_CURVE and len(signature) != _ES_SIG_LEN[alg]:
             raise SignatureError(f"{alg} signature must be {_ES_SIG_LEN[alg]} octets (R || S)")
-        flat = {"payload": env["payload"], "protected": sig["protected"], "signature": sig["signature"]}
+        # What jwcrypto's deserialize() would build for this one signature (flattened form).
+        objects: dict[str, Any] = {"payload": payload, "protected": protected_text, "signature": signature}
         if "header" in sig:
-            flat["header"] = sig["header"]
+            objects["header"] = header
         try:
             obj = jw_jws.JWS()
             obj.allowed_algs = [alg]
-            obj.deserialize(_dumps(flat), key=_jwk(verify_key), alg=alg)
+            obj.objects = objects
+            obj.verify(verify_jwk, alg=alg)
         except Exception:  # noqa: BLE001
             raise SignatureError(f"{alg} signature does not verify (wrong key or tampered)") from None
         source_id = None
