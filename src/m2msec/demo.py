@@ -134,6 +134,104 @@ def step_store(ctx: DemoContext) -> list[tuple[str, str]]:
     ]
 
 
+def step_certificate_saef(ctx: DemoContext) -> list[tuple[str, str]]:
+    """Certificate-Based SAEF (TS-0003 8.2.2.2): a development CA issues an AE-ID and a
+    CSE-ID certificate; AE and CSE run mutual TLS on loopback, each verifying the other per
+    8.1.2.5; oneM2M HTTP requests over the association are attributed to the AE, a request
+    with another AE's From is refused, and a CA the CSE does not trust is refused."""
+    import asyncio
+    from datetime import datetime, timezone
+
+    from m2msec.onem2m.enums import Operation, ResourceType
+    from m2msec.onem2m.primitives import RequestPrimitive, ResponsePrimitive
+    from m2msec.onem2m.rsc import ResponseStatusCode as RSC
+    from m2msec.pki import CertificateFlavour, DevCA, PeerCertInfo
+    from m2msec.saef import AssociationConfiguration, CredentialConfiguration, certificate_client, certificate_server
+    from m2msec.saef.http import SAEFHTTPClient, SAEFHTTPServer
+    from m2msec.tls.engine import TLSHandshakeError
+
+    now = datetime.now(timezone.utc)
+    sp = "m2msec.example"
+    in_name, in_id, ae_id, other_ae = f"cse-in.{sp}", "/id-in", f"//{sp}/id-in/CAE-demo", f"//{sp}/id-in/CAE-other"
+    ca = DevCA.create("m2msec demo SP", now=now, permit_dns=[sp], permit_uri=[sp], intermediate=True)
+    rogue = DevCA.create("rogue CA", now=now, permit_dns=[sp], permit_uri=[sp])
+    cse_cred = CredentialConfiguration.from_issued(ca.issue(CertificateFlavour.CSE_ID, [in_name], now=now), in_id)
+    ae_cred = CredentialConfiguration.from_issued(ca.issue(CertificateFlavour.AE_ID, [ae_id], now=now), ae_id)
+    rogue_cred = CredentialConfiguration.from_issued(rogue.issue(CertificateFlavour.AE_ID, [ae_id], now=now), ae_id)
+    to_cse = AssociationConfiguration.entity_a(
+        id_a=ae_id, id_b=in_id, cert_name_b=PeerCertInfo(CertificateFlavour.CSE_ID, in_name), root_of_trust_b=[ca.trust_anchor]
+    )
+    knows_ae = AssociationConfiguration.entity_b(
+        id_a=ae_id, cert_name_a=PeerCertInfo(CertificateFlavour.AE_ID, ae_id), root_of_trust_a=[ca.trust_anchor], id_b=in_id
+    )
+    seen: list[str] = []
+
+    async def hosting_cse(req, sec):  # type: ignore[no-untyped-def]
+        seen.append(sec.peer_id)
+        return ResponsePrimitive(rsc=RSC.CREATED, rqi=req.rqi, rvi=req.rvi, pc={"m2m:cnt": {"rn": "demo"}})
+
+    def create(fr: str, rqi: str) -> RequestPrimitive:
+        return RequestPrimitive(op=Operation.CREATE, to="/id-in/cse-in", fr=fr, rqi=rqi, rvi="3",
+                                ty=ResourceType.CONTAINER, pc={"m2m:cnt": {"rn": "demo"}})
+
+    async def run() -> tuple[list[ResponsePrimitive], str, str]:
+        clock = lambda: now  # noqa: E731
+        server = certificate_server(cse_cred, [knows_ae], clock=clock)
+        async with SAEFHTTPServer(server, hosting_cse, sp_id=f"//{sp}", cse_id=in_id) as srv:
+            host, port = srv.address
+            async with await SAEFHTTPClient.connect(certificate_client(ae_cred, to_cse, clock=clock), host, port) as cli:
+                cipher = f"TLS 1.2, {cli.context.cipher}, peer verified as {cli.context.peer_id}"
+                rsps = [await cli.send(create(ae_id, "r1")), await cli.send(create(other_ae, "r2"))]
+            try:
+                await SAEFHTTPClient.connect(certificate_client(rogue_cred, to_cse, clock=clock), host, port)
+                refused = "NOT refused"
+            except TLSHandshakeError as exc:
+                refused = f"refused: the AE's handshake fails with {exc.reason.value}"
+        return rsps, cipher, refused
+
+    rsps, cipher, refused = asyncio.run(asyncio.wait_for(run(), 30))
+    if rsps[0].rsc != RSC.CREATED or rsps[1].rsc != RSC.ORIGINATOR_NOT_AUTHENTICATED or not refused.startswith("refused"):
+        raise RuntimeError(f"unexpected outcome: {[int(r.rsc) for r in rsps]}, {refused}")
+    return [
+        ("certificates", f"AE-ID {ae_id}, CSE-ID {in_name} (name-constrained dev CA)"),
+        ("association", cipher),
+        ("CREATE with From = the AE", f"{int(rsps[0].rsc)} CREATED, attributed to {seen[0]}"),
+        ("CREATE with From = another AE", f"{int(rsps[1].rsc)} ORIGINATOR_NOT_AUTHENTICATED (never reached the CSE)"),
+        ("AE certificate from a CA the CSE does not trust", refused),
+    ]
+
+
+def step_esdata(ctx: DemoContext) -> list[tuple[str, str]]:
+    """ESData (TS-0003 8.5): a reading sealed for two targets (JWE JSON, A128KW, A128GCM)
+    and put in a contentInstance with its contentInfo; each target opens it with its own key."""
+    import json
+
+    from m2msec.esdata import InMemoryKeySource, Source, SymmetricRecipient, Target, from_content_instance, to_content_instance
+
+    reading = json.dumps({"temperature": 21.5, "unit": "Cel"}).encode()
+    keys_by_target = {f"{secrets.token_hex(16)}@mef.m2msec.example": secrets.token_bytes(16) for _ in range(2)}
+    envelope = Source().seal(
+        reading, serialization="json", content_type="application/json",
+        recipients=[SymmetricRecipient(kid, key, alg="A128KW") for kid, key in keys_by_target.items()],
+    )
+    cin = to_content_instance(envelope)
+    opened_by = []
+    for kid, key in keys_by_target.items():
+        ks = InMemoryKeySource()
+        ks.add_symmetric(kid, key, suid=24)
+        if Target(ks).open(from_content_instance(cin)).payload != reading:
+            raise RuntimeError("a target did not recover the reading")
+        opened_by.append(kid.split("@")[0][:8] + "…")
+    if reading in json.dumps(cin).encode():
+        raise RuntimeError("plaintext visible in the contentInstance")
+    return [
+        ("contentInstance cnf", str(cin["cnf"])),
+        ("con (what any CSE stores)", str(cin["con"])[:60] + "…"),
+        ("opened by targets", ", ".join(opened_by)),
+        ("plaintext in the contentInstance", "no"),
+    ]
+
+
 def step_session_esprim_key(ctx: DemoContext) -> list[tuple[str, str]]:
     pairwise = ctx.values["kpsa"]
     assert isinstance(pairwise, bytes)
@@ -153,11 +251,13 @@ STEPS: list[tuple[str, Step]] = [
     ("Key hierarchy from the exported Enrolment Key (TS-0003 10.3)", step_key_hierarchy),
     ("Keys kept in the encrypted store (SQLite, AES-GCM under a KEK)", step_store),
     ("sessionESPrimKey from a pairwise key and two rand values", step_session_esprim_key),
+    ("Certificate-Based SAEF: mutual TLS with 8.1.2.5 verification, HTTP over it (TS-0003 8.2)", step_certificate_saef),
+    ("ESData: one reading sealed for two targets, stored as a contentInstance (TS-0003 8.5)", step_esdata),
 ]
 
 NOT_YET_SHOWN = [
     "ESPrim through a real CSE (ACME) and the m2msec gateway",
-    "ESData envelopes, ESCertKE, MAF and MEF services, EST certificate enrolment",
+    "ESCertKE, the MAF and MEF services, EST certificate enrolment",
 ]
 
 
