@@ -161,3 +161,8 @@ def key_source(keys, target_ec_ep, target_rsa_ep) -> InMemoryKeySource:
     ks.add_certificate_key(target_ec_ep.key, target_ec_ep.cert)
     ks.add_certificate_key(target_rsa_ep.key, target_rsa_ep.cert)
     return ks
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # also registered by tests/net/conftest.py; repeated so tests/esdata runs on its own
+    config.addinivalue_line("markers", "acme: needs the ACME CSE (PyPI acmecse) started as a subprocess")
