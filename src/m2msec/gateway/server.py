@@ -197,6 +197,8 @@ class Gateway:
                     pass
         except (asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError, h11.LocalProtocolError):
             pass
+        except asyncio.CancelledError:
+            pass  # close(): end quietly (a cancelled connection task makes 3.11's streams log an error)
         finally:
             if task is not None:
                 self._tasks.discard(task)
