@@ -187,32 +187,48 @@ def check_compact_jwe(value: object, path: str) -> str:
 MAX_DEPTH = 100
 
 
+def _resolve(p: Any) -> str:
+    """The text path of a lazily built (parent, key) path (built only for error messages)."""
+    keys: list[Any] = []
+    while isinstance(p, tuple):
+        p, k = p
+        keys.append(k)
+    out = p
+    for k in reversed(keys):
+        out = f"{out}[{k}]" if isinstance(k, int) else sub(out, k)
+    return out  # type: ignore[no-any-return]
+
+
 def check_json_model(value: object, path: str) -> None:
     """Reject anything outside the JSON data model (used for opaque content).
 
-    Containers nested deeper than :data:`MAX_DEPTH` are rejected too.
+    Containers nested deeper than :data:`MAX_DEPTH` are rejected too.  (Exact-type fast
+    paths first; element paths are only spelled out for an error message.)
     """
-    stack: list[tuple[object, str, int]] = [(value, path, 0)]
+    stack: list[tuple[object, Any, int]] = [(value, path, 0)]
     while stack:
         v, p, depth = stack.pop()
-        if isinstance(v, (list, Mapping)) and depth >= MAX_DEPTH:
-            raise fail(p, f"nested deeper than {MAX_DEPTH} levels")
-        if v is None or isinstance(v, (bool, int, str)):
+        t = type(v)
+        if v is None or t is str or t is int or t is bool:
+            continue
+        if t is dict or t is list or isinstance(v, (list, Mapping)):
+            if depth >= MAX_DEPTH:
+                raise fail(_resolve(p), f"nested deeper than {MAX_DEPTH} levels")
+            if isinstance(v, list):
+                stack.extend((x, (p, i), depth + 1) for i, x in enumerate(v))
+            else:
+                for k, x in v.items():  # type: ignore[attr-defined]
+                    if type(k) is not str and not isinstance(k, str):
+                        raise fail(_resolve(p), f"member name must be a string, got {type_name(k)}")
+                    stack.append((x, (p, k), depth + 1))
+            continue
+        if isinstance(v, (bool, int, str)):
             continue
         if isinstance(v, float):
             if not math.isfinite(v):
-                raise fail(p, "non-finite number is not JSON")
+                raise fail(_resolve(p), "non-finite number is not JSON")
             continue
-        if isinstance(v, list):
-            stack.extend((x, f"{p}[{i}]", depth + 1) for i, x in enumerate(v))
-            continue
-        if isinstance(v, Mapping):
-            for k, x in v.items():
-                if not isinstance(k, str):
-                    raise fail(p, f"member name must be a string, got {type_name(k)}")
-                stack.append((x, sub(p, k), depth + 1))
-            continue
-        raise fail(p, f"{type_name(v)} is not a JSON value")
+        raise fail(_resolve(p), f"{type_name(v)} is not a JSON value")
 
 
 # ---------------------------------------------------------------- text codecs
