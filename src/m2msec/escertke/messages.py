@@ -1,0 +1,84 @@
+"""ESCertKE Messages as TLS 1.2 flights (TS-0003 8.7.2.2 table 8.7.2.2-1).
+
+Pure functions that look at the record layer only (RFC 5246 6.2.1, 7.4) to tell which
+ESCertKE Message a byte string is and whether it holds whole records; the TLS engine
+does the real processing.
+
+=========  ============  ==================================================================
+Message    Sender        TLS 1.2 flight (certificate suites of TS-0003 10.2.3, mutual auth)
+=========  ============  ==================================================================
+1          Initiating    ClientHello
+2          Terminating   ServerHello, Certificate, ServerKeyExchange, CertificateRequest,
+                         ServerHelloDone
+3          Initiating    Certificate, ClientKeyExchange, CertificateVerify,
+                         [ChangeCipherSpec], Finished
+4          Terminating   [ChangeCipherSpec], Finished
+=========  ============  ==================================================================
+"""
+
+from __future__ import annotations
+
+import struct
+
+__all__ = [
+    "CHANGE_CIPHER_SPEC",
+    "HANDSHAKE",
+    "MAX_MESSAGE_SIZE",
+    "classify",
+    "client_hello_random",
+    "split_records",
+]
+
+CHANGE_CIPHER_SPEC = 20
+ALERT = 21
+HANDSHAKE = 22
+_HS_CLIENT_HELLO = 1
+_HS_SERVER_HELLO = 2
+_HS_CERTIFICATE = 11
+_HS_CLIENT_KEY_EXCHANGE = 16
+MAX_MESSAGE_SIZE = 64 * 1024  # a flight with a certificate chain is a few KiB
+
+
+def split_records(data: bytes) -> list[tuple[int, bytes]] | None:
+    """``[(content_type, fragment), ...]`` if ``data`` is whole TLS 1.x records, else None."""
+    out: list[tuple[int, bytes]] = []
+    pos = 0
+    while pos < len(data):
+        if len(data) - pos < 5:
+            return None
+        ctype, major, _minor, length = struct.unpack_from("!BBBH", data, pos)
+        if major != 3 or ctype not in (CHANGE_CIPHER_SPEC, ALERT, HANDSHAKE) or length == 0 or length > 18432:
+            return None
+        if pos + 5 + length > len(data):
+            return None
+        out.append((ctype, data[pos + 5 : pos + 5 + length]))
+        pos += 5 + length
+    return out or None
+
+
+def classify(data: bytes) -> int | None:
+    """Which ESCertKE Message (1-4) ``data`` claims to be, from its first record; None if
+    it is not whole TLS records starting like any of them."""
+    if not data or len(data) > MAX_MESSAGE_SIZE:
+        return None
+    records = split_records(data)
+    if records is None:
+        return None
+    ctype, frag = records[0]
+    if ctype == CHANGE_CIPHER_SPEC:
+        return 4
+    if ctype != HANDSHAKE or not frag:
+        return None
+    return {_HS_CLIENT_HELLO: 1, _HS_SERVER_HELLO: 2, _HS_CERTIFICATE: 3, _HS_CLIENT_KEY_EXCHANGE: 3}.get(frag[0])
+
+
+def client_hello_random(data: bytes) -> bytes | None:
+    """The 32-octet ClientHello.random of a Message 1 (used to refuse replays)."""
+    records = split_records(data)
+    if not records or records[0][0] != HANDSHAKE:
+        return None
+    frag = records[0][1]
+    # msg_type(1) length(3) client_version(2) random(32)
+    if len(frag) < 38 or frag[0] != _HS_CLIENT_HELLO:
+        return None
+    return frag[6:38]
