@@ -4,6 +4,7 @@ AEs and the gateway's configuration."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import secrets
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -101,3 +103,30 @@ def write_config(path: Path, *, cse_id: str, cse_name: str, keys: list[dict[str,
         lines += ["[[routes]]", f'csi = "{csi}"', f'url = "{url}"', ""]
     path.write_text("\n".join(lines) + extra, encoding="utf-8")
     return path
+
+
+def _load_pg_helper() -> Any:
+    name = "m2msec_tests_pg"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, HERE.parent / "pg.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database (private server), or skip (fail under M2MSEC_REQUIRE_PG)."""
+    pg = _load_pg_helper()
+    server = pg.PgServer.from_environment()
+    if server is None:
+        if pg.require_pg():
+            pytest.fail("M2MSEC_REQUIRE_PG is set but no PostgreSQL binaries were found")
+        pytest.skip("no PostgreSQL binaries found")
+    try:
+        yield str(server.create_database("m2msec_gateway"))
+    finally:
+        server.stop()

@@ -456,3 +456,45 @@ def test_second_gateway_instance_continues_the_session(world: World, gwdir: Path
         assert r1.rsc == r2.rsc == RSC.OK and r2.pc["m2m:ae"]["aei"] == world.ae1
     finally:
         assert gw2.stop() == 0
+
+
+@pytest.mark.postgres
+def test_two_gateway_instances_on_postgresql(world: World, pg_url: str) -> None:
+    """Scale-out with `--store postgresql://...`: sit-3 answered by instance A, the session's
+    requests alternate between A and B."""
+    cb = world.acme.cse_base
+    a = GatewayProcess(world.config, world.acme.url, store=pg_url)
+    b = GatewayProcess(world.config, world.acme.url, store=pg_url)
+    try:
+        async def go() -> list[ResponsePrimitive]:
+            async with AsyncOneM2MClient(a.url, world.ae1) as ca, AsyncOneM2MClient(b.url, world.ae1) as cb2:
+                so = secure_originator(world, ca, kid=world.kidcse, key=world.kcse)
+                need = so.originator.start(so.key, None)
+                assert isinstance(need, RandObjectNeeded)
+                so.originator.accept_rand_object(need, await ca.send(need.request(to=cb, fr=world.ae1)))
+                out = []
+                for client in (cb2, ca, cb2):
+                    so.client = client
+                    out.append(await so.send(inner(world, Operation.RETRIEVE, world.ae1_path), cb, cb))
+                return out
+
+        assert [r.rsc for r in run(go())] == [RSC.OK] * 3
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_unreachable_poa_is_5103_and_not_cached(world: World) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    aei = f"Cgw-dead-{secrets.token_hex(2)}"
+    path = f"{world.acme.cse_base}/dead-{aei[-4:]}"
+    with OneM2MClient(world.gw.url, aei) as c:
+        c.create(world.acme.cse_base, ResourceType.AE, {"m2m:ae": {
+            "rn": path.rsplit("/", 1)[1], "api": "Nm2msec", "rr": True, "srv": ["3"], "poa": [f"http://127.0.0.1:{dead}"]}})
+        for _ in range(2):
+            rsp = c.notify(path, SecurityInfo.rand_object_request().to_content(), check=False)
+            assert rsp.rsc == RSC.TARGET_NOT_REACHABLE

@@ -291,3 +291,40 @@ def test_expired_key_cannot_start() -> None:
     with pytest.raises(M2MSecError) as ei:
         asyncio.run(go())
     assert ei.value.rsc == RSC.ESPRIM_UNKNOWN_KEY_ID
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_refuses_a_config_without_kek(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from m2msec.gateway.cli import app
+
+    monkeypatch.delenv("M2MSEC_KEK", raising=False)
+    monkeypatch.delenv("M2MSEC_KEK_FILE", raising=False)
+    cfg = _cfg(tmp_path, "")
+    r = CliRunner().invoke(app, ["serve", "--config", str(cfg), "--cse", "http://127.0.0.1:9", "--listen", "127.0.0.1:0"])
+    assert r.exit_code == 2 and "key-encryption key" in r.output
+
+
+@pytest.mark.parametrize("listen", ["8081", "127.0.0.1:", ":80", "127.0.0.1:99999"])
+def test_cli_rejects_a_bad_listen_address(tmp_path: Path, listen: str) -> None:
+    from typer.testing import CliRunner
+
+    from m2msec.gateway.cli import app
+
+    r = CliRunner().invoke(app, ["serve", "--config", str(_cfg(tmp_path, "")), "--listen", listen])
+    assert r.exit_code == 2 and "HOST:PORT" in r.output
+
+
+def test_cli_needs_a_cse_url(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from m2msec.gateway.cli import app
+    from m2msec.store import KeyEncryptionKey
+
+    KeyEncryptionKey.generate().write_file(tmp_path / "k.kek")
+    cfg = _cfg(tmp_path, '[store]\nkek_file = "k.kek"\n')
+    r = CliRunner().invoke(app, ["serve", "--config", str(cfg), "--listen", "127.0.0.1:0"])
+    assert r.exit_code == 2 and "CSE URL" in r.output
