@@ -26,6 +26,12 @@ Choices the clauses leave open are listed in ``docs/profile.md`` (section "Key d
 and identifiers"); each is implemented here and only here:
 
 - SUID in the usage-constrained key input: one octet holding the SUID value.
+- Enrolment Re-Authentication Key (Kre) and RelativeKreID (8.3.2.1 / seed 8.3.3.2 name
+  them but no clause defines their derivation): a second RFC 5705 export of the same
+  Bootstrap Security Handshake with the label ``EXPORTER-oneM2M-Bootstrap-Reauth``
+  (:data:`LABEL_BOOTSTRAP_REAUTH`), length 48, split like Ke/RelativeKeID (Kre = 32 least
+  significant octets, RelativeKreID = 16 most significant); KreID =
+  hexBinary(RelativeKreID)@MEF-FQDN (:func:`kre_id`, the 10.3.4 form).
 - HMAC-Hash in 10.3.6: SHA-256.
 - Octets of the rand objects in the sessionESPrimKey input: the 16 octets of each
   object's esprimRandValue (receiver first, then originator).
@@ -46,6 +52,7 @@ from m2msec.errors import IdentifierError, ParseError
 
 __all__ = [
     "LABEL_BOOTSTRAP",
+    "LABEL_BOOTSTRAP_REAUTH",
     "LABEL_CONNECTION",
     "LABEL_ESCERTKE",
     "EXPORT_LENGTH",
@@ -59,6 +66,7 @@ __all__ = [
     "derive_session_esprim_key",
     "esprim_content_key",
     "ke_id",
+    "kre_id",
     "maf_key_id",
     "make_key_id",
     "parse_key_id",
@@ -69,6 +77,15 @@ __all__ = [
 
 LABEL_BOOTSTRAP: Final = "EXPORTER-oneM2M-Bootstrap"
 """Exporter label for Ke / RelativeKeID (MEF, Bootstrap Security Handshake)."""
+LABEL_BOOTSTRAP_REAUTH: Final = "EXPORTER-oneM2M-Bootstrap-Reauth"
+"""Exporter label for Kre / RelativeKreID (MEF, same handshake as Ke).
+
+Profile decision: TS-0003 8.3.2.1 says Ke, RelativeKeID *and* the Enrolment
+Re-Authentication Key are exported from the Bootstrap Security Handshake but 10.3.1
+defines only the Ke/RelativeKeID label; m2msec exports Kre/RelativeKreID with this
+second label (48 octets, split by :func:`split_exported`), so Kre is independent of Ke
+and can be checked with ``openssl s_client -keymatexport``.
+"""
 LABEL_CONNECTION: Final = "EXPORTER-oneM2M-Connection"
 """Exporter label for Kc / KcID (MAF Handshake)."""
 LABEL_ESCERTKE: Final = "EXPORTER-oneM2M-ESCertKE"
@@ -203,6 +220,11 @@ def parse_key_id(identifier: str, *, hex_length: int | None = None) -> KeyIdenti
 def ke_id(relative_ke_id: bytes, mef_fqdn: str) -> str:
     """KeID = hexBinary(RelativeKeID)@MEF-FQDN (TS-0003 10.3.4)."""
     return make_key_id(_require_len("RelativeKeID", relative_ke_id, RELATIVE_ID_LENGTH), mef_fqdn)
+
+
+def kre_id(relative_kre_id: bytes, mef_fqdn: str) -> str:
+    """KreID = hexBinary(RelativeKreID)@MEF-FQDN (profile: the 10.3.4 KeID form for Kre)."""
+    return make_key_id(_require_len("RelativeKreID", relative_kre_id, RELATIVE_ID_LENGTH), mef_fqdn)
 
 
 def maf_key_id(kc_id: bytes, maf_fqdn: str) -> str:
@@ -356,3 +378,38 @@ def _require_len(what: str, value: object, length: int) -> bytes:
     if len(raw) != length:
         raise ParseError(f"{what} must be {length} octets, got {len(raw)}")
     return raw
+
+
+# --- MAF-distributed keys (TS-0003 8.8.1, 8.4.2 C.6a.4) ---------------------------------
+
+MAF_ESPRIM_RESERVED_STRING: Final = b"oneM2M MAF pairwiseESPrimKey"
+"""The "reserved string" of TS-0003 8.4.2 (MAF option, C.6a.4) — not published; profile choice."""
+
+
+def derive_maf_pairwise_esprim_key(kc: bytes) -> bytes:
+    """pairwiseESPrimKey from a MAF-distributed key (TS-0003 8.4.2 phase A MAF option, C.6a.4).
+
+    The clause says "generate the pairwiseESPrimKey from Kc and a reserved string" without
+    publishing the string.  m2msec (profile decision):
+    ``pairwiseESPrimKey = HMAC-SHA-256(Kc, "oneM2M MAF pairwiseESPrimKey")`` (ASCII, no
+    terminator), 32 octets; Kc is the 32-octet distributed key value.
+    """
+    kc = _require_len("Kc", kc, KEY_LENGTH)
+    return _hmac_sha256(kc, MAF_ESPRIM_RESERVED_STRING)
+
+
+def maf_esdata_key(key_value: bytes, suid: int) -> bytes:
+    """The ESData key taken from a MAF-distributed 32-octet key value (TS-0003 8.8.1).
+
+    8.8.1: a protocol needing one symmetric key uses the first half of the distributed key.
+    SUID 34 (ESData encryption): the first 16 octets (A128KW key-wrap key or dir A128GCM CEK).
+    SUID 35 (ESData MIC): the whole 32 octets — profile decision, because RFC 7518 3.2
+    forbids an HS256 key shorter than the hash output, so a 16-octet half could not be used.
+    """
+    key_value = _require_len("MAF key value", key_value, KEY_LENGTH)
+    if isinstance(suid, bool) or suid not in (34, 35):
+        raise ParseError(f"SUID {suid!r} is not a MAF-distributed ESData SUID (34, 35)")
+    return key_value[:16] if suid == 34 else key_value
+
+
+__all__ += ["MAF_ESPRIM_RESERVED_STRING", "derive_maf_pairwise_esprim_key", "maf_esdata_key"]

@@ -1,0 +1,285 @@
+"""The M2M Enrolment Function server (TS-0003 8.3.2.1, 8.3.2.2, 10.3.1, 10.3.4, 10.7).
+
+One TLS 1.2 listener serves both RSPFs and MEF Key Retrieval:
+
+* Bootstrap Security Handshake, Pre-Provisioned Symmetric Key RSPF (8.3.2.1):
+  TLS-PSK (10.2.2 suites), ``psk_identity`` = KpmID, ``psk`` = Kpm from the store;
+* Bootstrap Security Handshake, Certificate-Based RSPF (8.3.2.2): mutual
+  certificate TLS (10.2.3 suites); the enrolee's certificate is verified per
+  8.1.2.5 (:mod:`m2msec.tls.pkiverify`) against the certificate information
+  configured for it - a certificate no enrolee/target is configured for aborts
+  the handshake;
+* Enrolment Key Generation: Ke/RelativeKeID exported with
+  ``EXPORTER-oneM2M-Bootstrap`` (10.3.1), KeID = hex@MEF-FQDN (10.3.4), and
+  Kre/RelativeKreID with ``EXPORTER-oneM2M-Bootstrap-Reauth`` (profile);
+* Enrolment Exchange: ``POST /enrolment`` (tables 8.3.2.1-1 to -4, seed 8.3.3.1);
+  everything the response reports is committed in one store transaction before
+  the response is written;
+* MEF Key Retrieval: ``GET /fetchCredentials/<KeID>/<SUID>`` (tables 8.3.2.1-5/-6)
+  from an Enrolment Target authenticated by a pre-configured PSK, a certificate,
+  or its own Kre (an enrolled Enrolee B); the X-M2M-Origin must be the identity
+  the handshake authenticated and must be granted that SUID for that enrolee.
+
+HTTP/1.1 is framed by h11; the wire format is in ``docs/mef-protocol.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import h11
+from cryptography import x509
+
+from m2msec.errors import M2MSecError, ParseError
+from m2msec.keys import LABEL_BOOTSTRAP, LABEL_BOOTSTRAP_REAUTH, ke_id, kre_id, split_exported
+from m2msec.mef.protocol import (
+    ENROLMENT_PATH,
+    FETCH_PREFIX,
+    EnrolmentRequest,
+    EnrolmentResponse,
+    FetchFailure,
+    FetchSuccess,
+    credential_for,
+    decide,
+    grants_allow,
+    parse_fetch_target,
+)
+from m2msec.mef.state import MEFError, MEFState, SessionPeer
+from m2msec.onem2m.rsc import ResponseStatusCode as RSC
+from m2msec.pki import CertificateVerificationError, VerificationReason, VerifiedPeer
+from m2msec.tls.aio import TLSStreamWriter, start_server
+from m2msec.tls.engine import CertCredentials, Role, TLSConfig, TLSContext, TLSEngine
+from m2msec.tls.pkiverify import PKIVerifyHook
+
+__all__ = ["MEFServer"]
+
+log = logging.getLogger(__name__)
+
+_MAX_BODY = 64 * 1024
+JSON = "application/json"
+
+
+class _CertVerifier:
+    """``verify_peer`` hook: the certificate must match a configured enrolee or target (8.1.2.5)."""
+
+    def __init__(self, state: MEFState) -> None:
+        self.state = state
+
+    def __call__(self, chain: list[x509.Certificate]) -> tuple[SessionPeer, VerifiedPeer]:
+        if not chain:
+            raise CertificateVerificationError(VerificationReason.MALFORMED, "no peer certificate")
+        candidates = self.state.cert_candidates(chain[0])
+        if not candidates:
+            raise CertificateVerificationError(VerificationReason.IDENTIFIER_MISMATCH,
+                                               "no enrolee or Enrolment Target is configured for this certificate")
+        errors: list[CertificateVerificationError] = []
+        for peer, info, anchors in candidates:
+            if not anchors:
+                continue
+            try:
+                return peer, PKIVerifyHook(info, anchors, self.state.clock)(chain)
+            except CertificateVerificationError as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+        raise CertificateVerificationError(VerificationReason.UNTRUSTED_ROOT, "no trust anchor configured")
+
+
+class MEFServer:
+    """MEF over TLS 1.2; PSK and/or certificate mode.  ``credentials`` enable the certificate RSPF."""
+
+    def __init__(self, state: MEFState, *, credentials: CertCredentials | None = None,
+                 certificate_hook: Any = None, handshake_timeout: float = 10.0) -> None:
+        self.state = state
+        self.certificate_hook = certificate_hook  # extension point for EST (F9)
+        self.handshake_errors: list[BaseException] = []
+        self._server: asyncio.Server | None = None
+        self._timeout = handshake_timeout
+        kw: dict[str, Any] = {}
+        if credentials is not None:
+            if not state.enrolee_anchors:
+                raise ValueError("the certificate RSPF needs enrolee trust anchors")
+            kw = {"credentials": credentials, "trust_anchors": tuple(state.enrolee_anchors),
+                  "verify_peer": _CertVerifier(state), "verify_peer_authoritative": True}
+        self.tls_context = TLSContext(TLSConfig(role=Role.SERVER, psk_lookup=self._psk_lookup, **kw))
+
+    def __repr__(self) -> str:
+        return f"MEFServer(fqdn={self.state.fqdn!r}, listening={self._server is not None})"
+
+    def _psk_lookup(self, identity: bytes, _sni: str | None) -> bytes | None:
+        try:
+            text = identity.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        hit = self.state.psk_lookup(text)
+        return hit[0] if hit is not None else None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self._server is not None
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return host, port
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
+        self._server = await start_server(self._connection, host, port, self.tls_context,
+                                          on_handshake_error=lambda e, _p: self.handshake_errors.append(e),
+                                          handshake_timeout=self._timeout)
+        return self.address
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def __aenter__(self) -> MEFServer:
+        if self._server is None:
+            await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- session identity ------------------------------------------------------------------
+    def session_peer(self, engine: TLSEngine) -> SessionPeer | None:
+        pv = engine.peer_verification
+        if isinstance(pv, tuple) and len(pv) == 2 and isinstance(pv[0], SessionPeer):
+            return pv[0]
+        ident = engine.psk_identity
+        if ident:
+            hit = self.state.psk_lookup(ident.decode("utf-8", "replace"))
+            return hit[1] if hit is not None else None
+        return None
+
+    # -- HTTP ------------------------------------------------------------------------------
+    async def _connection(self, reader: asyncio.StreamReader, writer: TLSStreamWriter) -> None:
+        peer = self.session_peer(writer.engine)
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_BODY)
+        while True:
+            try:
+                req, body = await self._read(conn, reader)
+            except h11.RemoteProtocolError as exc:
+                if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                    await self._send(conn, writer, RSC.BAD_REQUEST, None, FetchFailure(f"HTTP framing: {exc}").to_json())
+                return
+            if req is None:
+                return
+            rqi = _header(req.headers, b"x-m2m-ri")
+            rsc, payload = self._dispatch(req, body, peer, writer.engine)
+            await self._send(conn, writer, rsc, rqi, payload)
+            if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                return
+            try:
+                conn.start_next_cycle()
+            except h11.LocalProtocolError:
+                return
+
+    async def _read(self, conn: h11.Connection, reader: asyncio.StreamReader) -> tuple[h11.Request | None, bytes]:
+        request: h11.Request | None = None
+        body = bytearray()
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await reader.read(65536))
+                continue
+            if isinstance(event, h11.Request):
+                request = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > _MAX_BODY:
+                    raise h11.RemoteProtocolError("body too large", error_status_hint=413)
+            elif isinstance(event, h11.EndOfMessage):
+                return request, bytes(body)
+            else:
+                return None, b""
+
+    async def _send(self, conn: h11.Connection, writer: TLSStreamWriter, rsc: RSC, rqi: str | None,
+                    body: bytes) -> None:
+        headers = [(b"Content-Type", JSON.encode()), (b"Content-Length", str(len(body)).encode()),
+                   (b"X-M2M-RSC", str(int(rsc)).encode())]
+        if rqi:
+            headers.append((b"X-M2M-RI", rqi.encode("latin-1")))
+        out = conn.send(h11.Response(status_code=rsc.http_status, headers=headers, reason=b"")) or b""
+        out += conn.send(h11.Data(data=body)) or b""
+        out += conn.send(h11.EndOfMessage()) or b""
+        writer.write(out)
+        await writer.drain()
+
+    def _dispatch(self, req: h11.Request, body: bytes, peer: SessionPeer | None,
+                  engine: TLSEngine) -> tuple[RSC, bytes]:
+        target = req.target.decode("latin-1")
+        path = target.split("?", 1)[0]
+        method = req.method.decode("latin-1")
+        try:
+            if peer is None:
+                raise MEFError("the session is not bound to a configured entity", rsc=RSC.ORIGINATOR_NOT_AUTHENTICATED)
+            if path == ENROLMENT_PATH:
+                if method != "POST":
+                    raise MEFError("use POST for the Enrolment Exchange", rsc=RSC.OPERATION_NOT_ALLOWED)
+                return RSC.OK, self._enrol(body, peer, engine)
+            if path.startswith(FETCH_PREFIX):
+                if method != "GET":
+                    raise MEFError("use GET for MEF Key Retrieval", rsc=RSC.OPERATION_NOT_ALLOWED)
+                return RSC.OK, self._fetch(target, _header(req.headers, b"x-m2m-origin"), peer)
+            raise MEFError(f"no such MEF resource {path[:60]!r}", rsc=RSC.NOT_FOUND)
+        except M2MSecError as exc:
+            who = peer.identity if peer else "?"
+            self.state.audit("request", who, "refused", {"path": path[:120], "rsc": int(exc.rsc), "why": exc.args[0]})
+            return exc.rsc, FetchFailure(exc.args[0]).to_json()
+        except Exception as exc:  # noqa: BLE001 - no stack trace to the peer
+            log.exception("MEF request failed")
+            return RSC.INTERNAL_SERVER_ERROR, FetchFailure(type(exc).__name__).to_json()
+
+    # -- Enrolment Exchange (8.3.2.1, seed 8.3.3.1) ------------------------------------------
+    def _enrol(self, body: bytes, peer: SessionPeer, engine: TLSEngine) -> bytes:
+        if peer.kind not in ("enrolee", "reauth"):
+            raise MEFError("an Enrolment Target session cannot run the Enrolment Exchange",
+                           rsc=RSC.ORIGINATOR_HAS_NO_PRIVILEGE)
+        request = EnrolmentRequest.from_json(body)
+        cfg = self.state.get_enrolee(peer.identity)
+        if cfg.revoked:
+            raise MEFError("this enrolee is revoked", rsc=RSC.ORIGINATOR_HAS_NO_PRIVILEGE)
+        ke, rel_ke = split_exported(engine.export_keying_material(LABEL_BOOTSTRAP, 48))
+        kre, rel_kre = split_exported(engine.export_keying_material(LABEL_BOOTSTRAP_REAUTH, 48))
+        kid, rid = ke_id(rel_ke, self.state.fqdn), kre_id(rel_kre, self.state.fqdn)
+        expiry = self.state.clock() + timedelta(seconds=cfg.expiry_seconds)
+        decision = decide(cfg.preferences, request, expiry, certificate_hook=self.certificate_hook)
+        self.state.commit_enrolment(enrolee_id=cfg.enrolee_id, ke_id=kid, ke=ke, kre_id=rid, kre=kre,
+                                    token=request.token, token_required=cfg.token_required,
+                                    grants=decision.grants, expires_at=expiry, credential=peer.credential)
+        return EnrolmentResponse(kid, rid, cfg.enrolee_id, expiry, decision.instructions,
+                                 decision.direct_keys).to_json()
+
+    # -- MEF Key Retrieval (8.3.2.1 "Use of Remotely Provisioned Credential") ----------------
+    def _fetch(self, target: str, origin: str | None, peer: SessionPeer) -> bytes:
+        if peer.kind not in ("target", "reauth"):
+            raise MEFError("a bootstrap (Kpm / enrolee certificate) session cannot fetch credentials",
+                           rsc=RSC.ORIGINATOR_HAS_NO_PRIVILEGE)
+        if not origin:
+            raise ParseError("X-M2M-Origin (the Enrolment Target's ID) is missing")
+        if origin != peer.identity:
+            raise MEFError(f"originator {origin!r} is not the identity this session authenticated",
+                           rsc=RSC.ORIGINATOR_NOT_AUTHENTICATED)
+        kid, suid = parse_fetch_target(target, self.state.fqdn)
+        hit = self.state.enrolment_key(kid)
+        if hit is None:
+            raise MEFError(f"unknown or expired KeID {kid}", rsc=RSC.NOT_FOUND)
+        ke, md, expires = hit
+        if not grants_allow(md.get("grants", ()), origin, suid):
+            raise MEFError(f"{origin!r} may not fetch SUID {suid} credentials for this enrolee",
+                           rsc=RSC.ORIGINATOR_HAS_NO_PRIVILEGE)
+        assert expires is not None
+        key = credential_for(ke, suid, origin)
+        self.state.audit("fetch", md.get("enrolee_id", "?"), "ok", {"ke_id": kid, "suid": suid, "target": origin})
+        return FetchSuccess(key, md["enrolee_id"], expires).to_json()
+
+
+def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for k, v in headers:
+        if k.lower() == name:
+            return bytes(v).decode("latin-1")
+    return None

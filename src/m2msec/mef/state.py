@@ -1,0 +1,310 @@
+"""MEF state in the durable store (TS-0003 8.3.2.1/8.3.2.2 Bootstrap Instruction Configuration, 8.3.4, 10.7).
+
+Everything an MEF instance needs lives in :mod:`m2msec.store`, so several instances
+behind one address share it (DESIGN.md section 3):
+
+=====================  ============  ==============================================
+namespace              kind          content
+=====================  ============  ==============================================
+``mef.enrolee``        record        Bootstrap Instruction Configuration of one enrolee
+                                     (id = Enrolee-ID): authentication, Enrolment
+                                     Targets + SUIDs, MAFs, URIs, Enrolment Expiry,
+                                     token requirement, revoked flag
+``mef.kpm``            credential    Kpm (id = KpmID), metadata ``enrolee_id``
+``mef.certidx``        record        ``<flavour>|<identifier>`` -> enrolee or target
+``mef.target``         record        Enrolment Target authentication (id = target id)
+``mef.target_psk``     credential    a target's pre-configured PSK (id = PSK identity)
+``mef.token``          record        single-use Enrolment-Token (id = SHA-256 of it)
+``mef.ke``             credential    Ke (id = KeID), metadata enrolee + grants, expiry
+``mef.kre``            credential    Kre (id = KreID), metadata enrolee + KeID, expiry
+=====================  ============  ==============================================
+
+:meth:`MEFState.commit_enrolment` writes Ke, Kre, the token consumption and the audit
+entry in one store transaction: an enrolment is either wholly present or absent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from cryptography import x509
+
+from m2msec.errors import M2MSecError
+from m2msec.mef.protocol import EnroleePreferences, MAFPreference, TargetGrant
+from m2msec.onem2m.rsc import ResponseStatusCode
+from m2msec.pki import CertificateFlavour, PeerCertInfo, canonical_identifier
+from m2msec.store import DuplicateError, NotFound, Store
+
+__all__ = ["EnroleeConfig", "MEFError", "MEFState", "SessionPeer", "TargetConfig", "hash_token"]
+
+NS_ENROLEE: Final = "mef.enrolee"
+NS_KPM: Final = "mef.kpm"
+NS_CERTIDX: Final = "mef.certidx"
+NS_TARGET: Final = "mef.target"
+NS_TARGET_PSK: Final = "mef.target_psk"
+NS_TOKEN: Final = "mef.token"
+NS_KE: Final = "mef.ke"
+NS_KRE: Final = "mef.kre"
+
+Clock = Callable[[], datetime]
+
+
+class MEFError(M2MSecError):
+    """An MEF refusal; ``rsc`` is the oneM2M status sent back (message has no key bytes)."""
+
+
+def hash_token(token: str) -> str:
+    """Store id of an Enrolment-Token: the token itself is never stored."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class EnroleeConfig:
+    """Bootstrap Instruction Configuration of one enrolee (tables 9.2.2.3-1/-2 of seed 004)."""
+
+    enrolee_id: str
+    kpm_id: str | None = None  # Pre-Provisioned Symmetric Key RSPF
+    cert: PeerCertInfo | None = None  # Certificate-Based RSPF (8.1.2.4 information)
+    cert_anchors_pem: tuple[str, ...] = ()  # empty: the MEF's configured enrolee trust anchors
+    targets: tuple[TargetGrant, ...] = ()
+    mafs: tuple[MAFPreference, ...] = ()
+    certificate_enrolment_uri: str | None = None
+    remote_management_uri: str | None = None
+    expiry_seconds: int = 86400  # Enrolment Expiry (10.7)
+    token_required: bool = False
+    revoked: bool = False
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "enrolee_id": self.enrolee_id, "kpm_id": self.kpm_id,
+            "cert": None if self.cert is None else {"flavour": self.cert.flavour.value,
+                                                      "identifier": self.cert.identifier},
+            "cert_anchors_pem": list(self.cert_anchors_pem),
+            "targets": [t.to_doc() for t in self.targets], "mafs": [m.to_doc() for m in self.mafs],
+            "certificate_enrolment_uri": self.certificate_enrolment_uri,
+            "remote_management_uri": self.remote_management_uri,
+            "expiry_seconds": self.expiry_seconds, "token_required": self.token_required, "revoked": self.revoked,
+        }
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> EnroleeConfig:
+        c = doc.get("cert")
+        return cls(
+            doc["enrolee_id"], doc.get("kpm_id"),
+            None if c is None else PeerCertInfo(CertificateFlavour(c["flavour"]), c["identifier"]),
+            tuple(doc.get("cert_anchors_pem", ())), tuple(TargetGrant.from_doc(t) for t in doc.get("targets", ())),
+            tuple(MAFPreference.from_doc(m) for m in doc.get("mafs", ())), doc.get("certificate_enrolment_uri"),
+            doc.get("remote_management_uri"), int(doc.get("expiry_seconds", 86400)),
+            bool(doc.get("token_required", False)), bool(doc.get("revoked", False)),
+        )
+
+    @property
+    def preferences(self) -> EnroleePreferences:
+        return EnroleePreferences(self.targets, self.mafs, self.certificate_enrolment_uri, self.remote_management_uri)
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """How an Enrolment Target authenticates to the MEF for MEF Key Retrieval."""
+
+    target_id: str
+    psk_id: str | None = None
+    cert: PeerCertInfo | None = None
+    cert_anchors_pem: tuple[str, ...] = ()
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"target_id": self.target_id, "psk_id": self.psk_id,
+                "cert": None if self.cert is None else {"flavour": self.cert.flavour.value,
+                                                          "identifier": self.cert.identifier},
+                "cert_anchors_pem": list(self.cert_anchors_pem)}
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> TargetConfig:
+        c = doc.get("cert")
+        return cls(doc["target_id"], doc.get("psk_id"),
+                   None if c is None else PeerCertInfo(CertificateFlavour(c["flavour"]), c["identifier"]),
+                   tuple(doc.get("cert_anchors_pem", ())))
+
+
+@dataclass(frozen=True)
+class SessionPeer:
+    """Who a MEF TLS session authenticated.
+
+    ``kind``: ``"enrolee"`` (Kpm or enrolee certificate: may run the Enrolment Exchange),
+    ``"reauth"`` (Kre: an enrolled entity; may re-enrol and may fetch as an Enrolment
+    Target under its Enrolee-ID), ``"target"`` (pre-configured target PSK or certificate).
+    """
+
+    kind: str
+    identity: str  # Enrolee-ID or target id
+    credential: str  # "kpm:<KpmID>", "kre:<KreID>", "psk:<id>", "cert:<flavour>|<id>"
+
+
+def _cert_key(info: PeerCertInfo) -> str:
+    return f"{info.flavour.value}|{canonical_identifier(info.flavour, info.identifier)}"
+
+
+@dataclass
+class MEFState:
+    """Store-backed MEF state; ``fqdn`` is the MEF-FQDN of KeID/KreID (10.3.4)."""
+
+    store: Store
+    fqdn: str
+    clock: Clock
+    enrolee_anchors: tuple[x509.Certificate, ...] = ()
+    _unused: Any = field(default=None, repr=False)
+
+    # -- administration ("m2msec mef enrolee add|list|revoke", "target add") ----------------
+    def add_enrolee(self, cfg: EnroleeConfig, *, kpm: bytes | None = None) -> None:
+        if (cfg.kpm_id is None) == (cfg.cert is None):
+            raise MEFError("configure exactly one of a KpmID (PSK RSPF) or certificate information (certificate RSPF)",
+                           rsc=ResponseStatusCode.BAD_REQUEST)
+        if cfg.kpm_id is not None and not kpm:
+            raise MEFError("the PSK RSPF needs Kpm", rsc=ResponseStatusCode.BAD_REQUEST)
+        if cfg.expiry_seconds <= 0:
+            raise MEFError("Enrolment Expiry must be positive", rsc=ResponseStatusCode.BAD_REQUEST)
+        with self.store.transaction() as tx:
+            tx.put_record(NS_ENROLEE, cfg.enrolee_id, cfg.to_doc())
+            if cfg.kpm_id is not None:
+                assert kpm is not None
+                if tx.find_credential(NS_TARGET_PSK, cfg.kpm_id) or tx.find_credential(NS_KRE, cfg.kpm_id):
+                    raise MEFError(f"PSK identity {cfg.kpm_id!r} is already used", rsc=ResponseStatusCode.CONFLICT)
+                tx.put_credential(NS_KPM, cfg.kpm_id, kpm, metadata={"enrolee_id": cfg.enrolee_id})
+            if cfg.cert is not None:
+                tx.put_record(NS_CERTIDX, _cert_key(cfg.cert), {"kind": "enrolee", "id": cfg.enrolee_id})
+            tx.append_audit("mef-admin", "enrolee-add", cfg.enrolee_id, "ok",
+                            {"rspf": "psk" if cfg.kpm_id else "certificate"})
+
+    def issue_token(self, enrolee_id: str, *, valid_for: timedelta | None = None) -> str:
+        """A fresh single-use Enrolment-Token for ``enrolee_id`` (returned once, stored hashed)."""
+        self.get_enrolee(enrolee_id)
+        token = secrets.token_urlsafe(24)
+        expires = self.clock() + valid_for if valid_for is not None else None
+        self.store.put_record(NS_TOKEN, hash_token(token), {"enrolee_id": enrolee_id}, expires_at=expires,
+                              if_absent=True)
+        return token
+
+    def get_enrolee(self, enrolee_id: str) -> EnroleeConfig:
+        rec = self.store.find_record(NS_ENROLEE, enrolee_id)
+        if rec is None:
+            raise MEFError(f"enrolee {enrolee_id!r} is not configured", rsc=ResponseStatusCode.NOT_FOUND)
+        return EnroleeConfig.from_doc(rec.doc)
+
+    def list_enrolees(self) -> list[EnroleeConfig]:
+        return [EnroleeConfig.from_doc(r.doc) for r in self.store.list_records(NS_ENROLEE)]
+
+    def revoke_enrolee(self, enrolee_id: str) -> int:
+        """Mark revoked and delete its Ke/Kre (targets can no longer fetch); returns keys removed."""
+        n = 0
+        with self.store.transaction() as tx:
+            rec = tx.find_record(NS_ENROLEE, enrolee_id)
+            if rec is None:
+                raise MEFError(f"enrolee {enrolee_id!r} is not configured", rsc=ResponseStatusCode.NOT_FOUND)
+            doc = dict(rec.doc)
+            doc["revoked"] = True
+            tx.update_record(NS_ENROLEE, enrolee_id, doc, expected_version=rec.version)
+            for ns in (NS_KE, NS_KRE):
+                for c in tx.list_credentials(ns, where={"enrolee_id": enrolee_id}):
+                    n += int(tx.delete_credential(ns, c.cred_id))
+            tx.append_audit("mef-admin", "enrolee-revoke", enrolee_id, "ok", {"keys_removed": n})
+        return n
+
+    def add_target(self, cfg: TargetConfig, *, psk: bytes | None = None) -> None:
+        if (cfg.psk_id is None) == (cfg.cert is None):
+            raise MEFError("configure exactly one of a PSK identity or certificate information for the target",
+                           rsc=ResponseStatusCode.BAD_REQUEST)
+        with self.store.transaction() as tx:
+            tx.put_record(NS_TARGET, cfg.target_id, cfg.to_doc())
+            if cfg.psk_id is not None:
+                if not psk:
+                    raise MEFError("the target PSK is missing", rsc=ResponseStatusCode.BAD_REQUEST)
+                if tx.find_credential(NS_KPM, cfg.psk_id) or tx.find_credential(NS_KRE, cfg.psk_id):
+                    raise MEFError(f"PSK identity {cfg.psk_id!r} is already used", rsc=ResponseStatusCode.CONFLICT)
+                tx.put_credential(NS_TARGET_PSK, cfg.psk_id, psk, metadata={"target_id": cfg.target_id})
+            if cfg.cert is not None:
+                tx.put_record(NS_CERTIDX, _cert_key(cfg.cert), {"kind": "target", "id": cfg.target_id})
+            tx.append_audit("mef-admin", "target-add", cfg.target_id, "ok", {})
+
+    # -- handshake-time lookups (run inside the TLS callbacks) -----------------------------
+    def psk_lookup(self, identity: str) -> tuple[bytes, SessionPeer] | None:
+        """Kpm (enrolee), target PSK, or Kre (re-authentication) for a PSK identity."""
+        c = self.store.find_credential(NS_KPM, identity)
+        if c is not None:
+            return c.secret, SessionPeer("enrolee", c.metadata["enrolee_id"], f"kpm:{identity}")
+        c = self.store.find_credential(NS_TARGET_PSK, identity)
+        if c is not None:
+            return c.secret, SessionPeer("target", c.metadata["target_id"], f"psk:{identity}")
+        c = self.store.find_credential(NS_KRE, identity)
+        if c is not None:
+            return c.secret, SessionPeer("reauth", c.metadata["enrolee_id"], f"kre:{identity}")
+        return None
+
+    def cert_candidates(self, leaf: x509.Certificate) -> list[tuple[SessionPeer, PeerCertInfo, tuple[x509.Certificate, ...]]]:
+        """Configured enrolees/targets whose certificate information names this leaf."""
+        from m2msec.pki import identifiers_of
+
+        out = []
+        for flavour in CertificateFlavour:
+            try:
+                ids = identifiers_of(leaf, flavour)
+            except Exception:  # noqa: BLE001 - a leaf without that name form
+                continue
+            for ident in ids:
+                rec = self.store.find_record(NS_CERTIDX, f"{flavour.value}|{ident}")
+                if rec is None:
+                    continue
+                kind, pid = rec.doc["kind"], rec.doc["id"]
+                src = self.store.find_record(NS_ENROLEE if kind == "enrolee" else NS_TARGET, pid)
+                if src is None:
+                    continue
+                info = PeerCertInfo(flavour, ident)
+                pems = tuple(src.doc.get("cert_anchors_pem", ()))
+                anchors = tuple(x509.load_pem_x509_certificate(p.encode()) for p in pems) or self.enrolee_anchors
+                out.append((SessionPeer(kind, pid, f"cert:{flavour.value}|{ident}"), info, anchors))
+        return out
+
+    # -- Enrolment Exchange --------------------------------------------------------------
+    def commit_enrolment(self, *, enrolee_id: str, ke_id: str, ke: bytes, kre_id: str, kre: bytes,
+                         token: str | None, token_required: bool, grants: Sequence[TargetGrant],
+                         expires_at: datetime, credential: str) -> None:
+        """One transaction: consume the token (if any), store Ke and Kre, audit.  Raises MEFError."""
+        with self.store.transaction() as tx:
+            if token is not None:
+                try:
+                    rec = tx.take_record(NS_TOKEN, hash_token(token))
+                except NotFound:
+                    raise MEFError("Enrolment-Token invalid or already used",
+                                   rsc=ResponseStatusCode.ORIGINATOR_HAS_NO_PRIVILEGE) from None
+                if rec.doc.get("enrolee_id") != enrolee_id:
+                    raise MEFError("Enrolment-Token was not issued for this enrolee",
+                                   rsc=ResponseStatusCode.ORIGINATOR_HAS_NO_PRIVILEGE)
+            elif token_required:
+                raise MEFError("this enrolee must present an Enrolment-Token",
+                               rsc=ResponseStatusCode.ORIGINATOR_HAS_NO_PRIVILEGE)
+            md = {"enrolee_id": enrolee_id, "grants": [g.to_doc() for g in grants], "kre_id": kre_id,
+                  "credential": credential}
+            try:
+                tx.put_credential(NS_KE, ke_id, ke, metadata=md, expires_at=expires_at, if_absent=True)
+                tx.put_credential(NS_KRE, kre_id, kre, metadata={"enrolee_id": enrolee_id, "ke_id": ke_id},
+                                  expires_at=expires_at, if_absent=True)
+            except DuplicateError:
+                raise MEFError("KeID collision", rsc=ResponseStatusCode.CONFLICT) from None
+            tx.append_audit("mef", "enrol", enrolee_id, "ok",
+                            {"ke_id": ke_id, "kre_id": kre_id, "via": credential, "token": token is not None})
+
+    def enrolment_key(self, ke_id: str) -> tuple[bytes, dict[str, Any], datetime | None] | None:
+        c = self.store.find_credential(NS_KE, ke_id)
+        if c is None:
+            return None
+        return c.secret, c.metadata, c.expires_at
+
+    def audit(self, action: str, subject: str, outcome: str, details: dict[str, Any] | None = None) -> None:
+        try:
+            self.store.append_audit("mef", action, subject, outcome, details or {})
+        except M2MSecError:
+            pass
