@@ -9,6 +9,7 @@ import os
 import secrets
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,8 +37,9 @@ class GatewayProcess:
             cmd += ["--trace", str(trace)]
         if store is not None:
             cmd += ["--store", store]
+        self._err = tempfile.TemporaryFile()  # noqa: SIM115 - read on failure, closed in stop()
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+            cmd, stdout=subprocess.PIPE, stderr=self._err, stdin=subprocess.DEVNULL, text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         line: list[str] = []
@@ -50,12 +52,16 @@ class GatewayProcess:
         t.start()
         t.join(20)
         if not line or not line[0].startswith("listening on "):
-            self.stop()
-            err = self.proc.stderr.read() if self.proc.stderr else ""
+            self.proc.kill()
+            self.proc.wait(10)
+            self._err.seek(0)
+            err = self._err.read().decode("utf-8", "replace")
+            self._err.close()
             raise RuntimeError(f"gateway did not start: {line!r} {err[-2000:]}")
         self.url = line[0].split("listening on ", 1)[1].strip()
 
     def stop(self) -> int | None:
+        self._err.close()
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
