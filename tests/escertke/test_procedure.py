@@ -371,3 +371,13 @@ def test_notify_glue_errors(ends, pki):
 
     rsp2 = asyncio.run(NotifyDispatcher(on_escertke_message=terminator_handler(ter))(RequestPrimitive.from_json(raw)))
     assert rsp2.rsc == RSC.BAD_REQUEST and ter.unfinished() == {}
+
+
+def test_verification_cache_still_checks_validity_time(ends, pki, clock):
+    ini, ter = ends
+    run(ini, ter, pki)  # chains now cached on both sides
+    clock.advance(days=400)  # past the leaves' notAfter (365 days)
+    proc = ini.initiate(terminator_info(pki))
+    with pytest.raises(ESCertKEError) as ei:
+        proc.receive_message_2(ter.handle(INI_ID, proc.message_1()))
+    assert "EXPIRED" in str(ei.value) and ei.value.rsc == RSC.ORIGINATOR_NOT_AUTHENTICATED

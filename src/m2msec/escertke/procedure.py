@@ -36,6 +36,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from cryptography import x509
 
@@ -136,10 +137,45 @@ def _handshake_error(exc: TLSHandshakeError, side: str) -> ESCertKEError:
     return ESCertKEError(Reason.AUTHENTICATION_FAILED, f"{side}: {exc.reason.value}: {detail}")
 
 
+class _CachedVerify:
+    """``pki_verify_hook`` with a cache of successful verifications of identical chains.
+
+    A chain (the exact certificates, compared by DER) that passed TS-0003 8.1.2.5 for this
+    peer configuration passes again while the injected clock is inside the validity of
+    every certificate on its path and of the trust anchor; signatures, identifier, flavour
+    and name constraints cannot change for the same DER.  Failures are never cached.
+    """
+
+    def __init__(self, hook: Any, clock: Clock, size: int = 256) -> None:
+        self._hook = hook
+        self._clock = clock
+        self._size = size
+        self._ok: OrderedDict[tuple[x509.Certificate, ...], tuple[datetime, datetime, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, chain: list[x509.Certificate]) -> Any:
+        key = tuple(chain)
+        with self._lock:
+            hit = self._ok.get(key)
+        if hit is not None:
+            nb, na, result = hit
+            if nb <= ensure_utc(self._clock(), what="clock()") <= na:
+                return result
+        result = self._hook(chain)
+        certs = [*chain, *([result.trust_anchor] if getattr(result, "trust_anchor", None) is not None else [])]
+        window = (max(c.not_valid_before_utc for c in certs), min(c.not_valid_after_utc for c in certs), result)
+        with self._lock:
+            self._ok[key] = window
+            while len(self._ok) > self._size:
+                self._ok.popitem(last=False)
+        return result
+
+
 def _tls_context(role: Role, credentials: CertCredentials, peer: PeerCertInfo,
                  anchors: Sequence[x509.Certificate], clock: Clock) -> TLSContext:
-    return TLSContext(TLSConfig(role=role, credentials=credentials, cipher_suites=_SUITES,
-                                **pki_tls_kwargs(peer, anchors, clock)))
+    kw = pki_tls_kwargs(peer, anchors, clock)
+    kw["verify_peer"] = _CachedVerify(kw["verify_peer"], clock)
+    return TLSContext(TLSConfig(role=role, credentials=credentials, cipher_suites=_SUITES, **kw))
 
 
 # ------------------------------------------------------------------ Initiating End-Point
