@@ -180,8 +180,10 @@ def test_unconfigured_initiator_refused(ends, pki):
     with pytest.raises(ESCertKEError) as ei:
         ter.handle("Cstranger", proc.message_1())
     assert ei.value.reason is Reason.UNKNOWN_INITIATOR and ei.value.rsc == RSC.ORIGINATOR_HAS_NO_PRIVILEGE
-    with pytest.raises(ESCertKEError):
-        ter.handle(None, proc.message_1.__self__._engine.data_to_send() or b"\x16\x03\x01\x00\x01\x01")
+    other = ini.initiate(terminator_info(pki)).message_1()
+    with pytest.raises(ESCertKEError) as ei:
+        ter.handle(None, other)  # a Notify without From
+    assert ei.value.reason is Reason.UNKNOWN_INITIATOR
     assert ter.unfinished() == {}
 
 
