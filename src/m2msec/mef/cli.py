@@ -1,0 +1,253 @@
+"""``m2msec mef …``: run the MEF, administer enrolees/targets, enrol (TS-0003 8.3.2.1, 8.3.2.2).
+
+``mef.toml``::
+
+    [mef]
+    fqdn = "mef.m2m.example.com"      # MEF-FQDN of KeID/KreID (10.3.4)
+    store = "sqlite:///var/lib/m2msec/mef.db"
+    kek_file = "/etc/m2msec/mef.kek"  # else $M2MSEC_KEK_FILE / $M2MSEC_KEK
+    host = "127.0.0.1"
+    port = 8443
+    cert = "mef.cert.pem"             # optional: certificate RSPF (leaf + chain)
+    key = "mef.key.pem"
+    enrolee_trust_anchors = "enrolee-ca.pem"
+
+No command prints key bytes; ``enrolee add --token`` prints the single-use token once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import tomllib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from cryptography import x509
+
+from m2msec.errors import M2MSecError
+from m2msec.mef.client import enrol as _enrol
+from m2msec.mef.client import mef_tls_config, save_enrolment
+from m2msec.mef.protocol import EnrolmentRequest, MAFPreference, TargetGrant
+from m2msec.mef.server import MEFServer
+from m2msec.mef.state import EnroleeConfig, MEFState, TargetConfig
+from m2msec.pki import CertificateFlavour, PeerCertInfo
+from m2msec.store import KeyEncryptionKey, open_store
+from m2msec.tls.engine import CertCredentials, PSKCredentials
+
+app = typer.Typer(help="M2M Enrolment Function (Remote Security Provisioning, TS-0003 8.3).", no_args_is_help=True)
+enrolee_app = typer.Typer(help="Bootstrap Instruction Configuration of enrolees.", no_args_is_help=True)
+target_app = typer.Typer(help="Enrolment Targets allowed to fetch keys.", no_args_is_help=True)
+app.add_typer(enrolee_app, name="enrolee")
+app.add_typer(target_app, name="target")
+
+ConfigOpt = Annotated[Path, typer.Option("--config", help="mef.toml")]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _fail(exc: BaseException) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(code=2)
+
+
+def _load(config: Path) -> dict[str, Any]:
+    try:
+        doc = tomllib.loads(config.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        _fail(exc)
+    mef = doc.get("mef")
+    if not isinstance(mef, dict) or "fqdn" not in mef or "store" not in mef:
+        _fail(ValueError(f"{config}: [mef] needs fqdn and store"))
+    base = config.parent
+    for k in ("kek_file", "cert", "key", "enrolee_trust_anchors"):
+        if k in mef:
+            mef[k] = str((base / mef[k]).resolve()) if not Path(mef[k]).is_absolute() else mef[k]
+    return mef
+
+
+def _state(mef: dict[str, Any]) -> MEFState:
+    kek = KeyEncryptionKey.from_file(mef["kek_file"]) if "kek_file" in mef else KeyEncryptionKey.from_env()
+    store = open_store(mef["store"], kek)
+    anchors: tuple[x509.Certificate, ...] = ()
+    if "enrolee_trust_anchors" in mef:
+        anchors = tuple(x509.load_pem_x509_certificates(Path(mef["enrolee_trust_anchors"]).read_bytes()))
+    return MEFState(store, mef["fqdn"], _utcnow, anchors)
+
+
+def _credentials(mef: dict[str, Any]) -> CertCredentials | None:
+    if "cert" not in mef:
+        return None
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    certs = x509.load_pem_x509_certificates(Path(mef["cert"]).read_bytes())
+    key = load_pem_private_key(Path(mef["key"]).read_bytes(), password=None)
+    return CertCredentials(key, certs[0], tuple(certs[1:]))  # type: ignore[arg-type]
+
+
+@app.command("serve")
+def serve(config: ConfigOpt,
+          port: Annotated[int | None, typer.Option("--port", help="Override [mef] port (0: ephemeral).")] = None) -> None:
+    """Run the MEF until SIGTERM/SIGINT; prints 'listening HOST:PORT'."""
+    try:
+        mef = _load(config)
+        state = _state(mef)
+        server = MEFServer(state, credentials=_credentials(mef))
+    except (M2MSecError, OSError, ValueError) as exc:
+        _fail(exc)
+
+    async def main() -> None:
+        host, p = await server.start(mef.get("host", "127.0.0.1"), port if port is not None else int(mef.get("port", 0)))
+        typer.echo(f"listening {host}:{p}")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.close()
+
+    asyncio.run(main())
+    state.store.close()
+
+
+def _parse_target(text: str) -> TargetGrant:
+    """``ID=SUID[,SUID…]``, e.g. ``//sp/id-in/Cb=22,23``."""
+    tid, sep, suids = text.rpartition("=")
+    if not sep or not tid:
+        raise typer.BadParameter(f"target {text!r}: expected ID=SUID[,SUID...]")
+    try:
+        values = tuple(int(s) for s in suids.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"target {text!r}: SUIDs must be integers") from None
+    if any(s not in (22, 23, 24, 25) for s in values):
+        raise typer.BadParameter(f"target {text!r}: direct-key SUIDs are 22-25 (MAFs: use --maf)")
+    return TargetGrant(tid, values)
+
+
+@enrolee_app.command("add")
+def enrolee_add(
+    config: ConfigOpt,
+    enrolee_id: Annotated[str, typer.Option("--enrolee-id", help="Enrolee's CSE-ID or AE-ID.")],
+    kpm_id: Annotated[str | None, typer.Option("--kpm-id", help="PSK RSPF: KpmID.")] = None,
+    kpm_hex: Annotated[str | None, typer.Option("--kpm-hex", help="PSK RSPF: Kpm (hex).")] = None,
+    cert_flavour: Annotated[str | None, typer.Option("--cert-flavour", help="Certificate RSPF: flavour.")] = None,
+    cert_id: Annotated[str | None, typer.Option("--cert-id", help="Certificate RSPF: identifier.")] = None,
+    target: Annotated[list[str] | None, typer.Option("--target", help="Enrolment Target ID=SUID[,SUID] (22-25).")] = None,
+    maf: Annotated[list[str] | None, typer.Option("--maf", help="MAF-FQDN,KeyRegistrationURI,KeyRetrievalURI[,ClientRegURI]")] = None,
+    cert_enrolment_uri: Annotated[str | None, typer.Option("--cert-enrolment-uri")] = None,
+    rm_uri: Annotated[str | None, typer.Option("--remote-management-uri")] = None,
+    expiry: Annotated[int, typer.Option("--expiry", min=1, help="Enrolment Expiry in seconds (10.7).")] = 86400,
+    token: Annotated[bool, typer.Option("--token", help="Require and print a single-use Enrolment-Token.")] = False,
+) -> None:
+    """Configure an enrolee (Bootstrap Instruction Configuration)."""
+    mef = _load(config)
+    try:
+        kpm = bytes.fromhex(kpm_hex) if kpm_hex else None
+        cert = PeerCertInfo(CertificateFlavour(cert_flavour), cert_id) if cert_flavour and cert_id else None
+        mafs = []
+        for m in maf or []:
+            parts = m.split(",")
+            if len(parts) not in (3, 4):
+                raise ValueError(f"--maf {m!r}: expected MAF-FQDN,KeyRegURI,KeyRetrURI[,ClientRegURI]")
+            mafs.append(MAFPreference(parts[0], parts[1], parts[2], parts[3] if len(parts) == 4 else None))
+        cfg = EnroleeConfig(enrolee_id, kpm_id=kpm_id, cert=cert, targets=tuple(_parse_target(t) for t in target or []),
+                            mafs=tuple(mafs), certificate_enrolment_uri=cert_enrolment_uri,
+                            remote_management_uri=rm_uri, expiry_seconds=expiry, token_required=token)
+        state = _state(mef)
+        state.add_enrolee(cfg, kpm=kpm)
+        typer.echo(f"enrolee {enrolee_id} configured")
+        if token:
+            typer.echo(f"enrolment-token {state.issue_token(enrolee_id)}")
+    except (M2MSecError, ValueError) as exc:
+        _fail(exc)
+
+
+@enrolee_app.command("token")
+def enrolee_token(config: ConfigOpt, enrolee_id: Annotated[str, typer.Option("--enrolee-id")],
+                  valid_for: Annotated[int | None, typer.Option("--valid-for", help="Seconds.")] = None) -> None:
+    """Issue another single-use Enrolment-Token."""
+    try:
+        tok = _state(_load(config)).issue_token(enrolee_id, valid_for=timedelta(seconds=valid_for) if valid_for else None)
+    except M2MSecError as exc:
+        _fail(exc)
+    typer.echo(f"enrolment-token {tok}")
+
+
+@enrolee_app.command("list")
+def enrolee_list(config: ConfigOpt) -> None:
+    """List configured enrolees (no secrets)."""
+    for e in _state(_load(config)).list_enrolees():
+        auth = f"kpm:{e.kpm_id}" if e.kpm_id else f"cert:{e.cert.flavour.value}:{e.cert.identifier}" if e.cert else "-"
+        targets = ";".join(f"{t.target_id}={','.join(map(str, t.suids))}" for t in e.targets)
+        typer.echo(f"{e.enrolee_id}\t{auth}\texpiry={e.expiry_seconds}s\ttoken={e.token_required}\t"
+                   f"revoked={e.revoked}\ttargets={targets or '-'}\tmafs={','.join(m.maf_fqdn for m in e.mafs) or '-'}")
+
+
+@enrolee_app.command("revoke")
+def enrolee_revoke(config: ConfigOpt, enrolee_id: Annotated[str, typer.Option("--enrolee-id")]) -> None:
+    """Revoke an enrolee: no more enrolments, its Ke/Kre deleted (targets can no longer fetch)."""
+    try:
+        n = _state(_load(config)).revoke_enrolee(enrolee_id)
+    except M2MSecError as exc:
+        _fail(exc)
+    typer.echo(f"enrolee {enrolee_id} revoked ({n} keys removed)")
+
+
+@target_app.command("add")
+def target_add(
+    config: ConfigOpt,
+    target_id: Annotated[str, typer.Option("--target-id", help="AE-ID / CSE-ID / MAF-FQDN (X-M2M-Origin).")],
+    psk_id: Annotated[str | None, typer.Option("--psk-id")] = None,
+    psk_hex: Annotated[str | None, typer.Option("--psk-hex")] = None,
+    cert_flavour: Annotated[str | None, typer.Option("--cert-flavour")] = None,
+    cert_id: Annotated[str | None, typer.Option("--cert-id")] = None,
+) -> None:
+    """Configure how an Enrolment Target authenticates for MEF Key Retrieval."""
+    try:
+        cert = PeerCertInfo(CertificateFlavour(cert_flavour), cert_id) if cert_flavour and cert_id else None
+        _state(_load(config)).add_target(TargetConfig(target_id, psk_id=psk_id, cert=cert),
+                                         psk=bytes.fromhex(psk_hex) if psk_hex else None)
+    except (M2MSecError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(f"target {target_id} configured")
+
+
+@app.command("enrol")
+def enrol_cmd(
+    mef: Annotated[str, typer.Option("--mef", help="HOST:PORT of the MEF.")],
+    kpm_id: Annotated[str, typer.Option("--kpm-id")],
+    kpm_hex: Annotated[str, typer.Option("--kpm-hex")],
+    token: Annotated[str | None, typer.Option("--token", help="Enrolment-Token.")] = None,
+    maf: Annotated[bool, typer.Option("--maf/--no-maf", help="MAF Enrolment Indication.")] = False,
+    cert: Annotated[bool, typer.Option("--cert-enrolment/--no-cert-enrolment")] = False,
+    rm: Annotated[bool, typer.Option("--remote-management/--no-remote-management")] = False,
+    store: Annotated[str | None, typer.Option("--store", envvar="M2MSEC_STORE_URL",
+                                              help="Keep Ke/Kre in this store (KEK from $M2MSEC_KEK[_FILE]).")] = None,
+) -> None:
+    """Enrol with the Pre-Provisioned Symmetric Key RSPF; prints KeID, KreID and instructions."""
+    host, _, port = mef.rpartition(":")
+    try:
+        tls = mef_tls_config(psk=PSKCredentials(kpm_id.encode("utf-8"), bytes.fromhex(kpm_hex)))
+        req = EnrolmentRequest(cert, maf, rm, token)
+        e = asyncio.run(_enrol(host or "127.0.0.1", int(port), tls, req))
+        if store:
+            with open_store(store, KeyEncryptionKey.from_env()) as s:
+                save_enrolment(s, e)
+    except (M2MSecError, ValueError, OSError) as exc:
+        _fail(exc)
+    typer.echo(f"KeID {e.ke_id}")
+    typer.echo(f"KreID {e.kre_id}")
+    typer.echo(f"EnroleeID {e.enrolee_id}")
+    typer.echo(f"expiry {e.expiry.isoformat() if e.expiry else '-'}")
+    for i in e.instructions:
+        typer.echo(f"instruction {i.type.value} {dict(i.params)}")
+    for d in e.direct_keys:
+        typer.echo(f"direct-key {d.target_id} SUID {d.suid}")
+
+
+if __name__ == "__main__":  # python -m m2msec.mef.cli
+    app()
