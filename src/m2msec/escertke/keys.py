@@ -112,10 +112,17 @@ class ESCertKEKeys:
         self._by_kid: dict[str, ESCertKEResult] = {}
         self._by_peer: dict[str, str] = {}
         self._esdata: dict[str, ResolvedKey] = {}
+        self._algs: dict[int, frozenset[str]] = {}
         self.esdata = _ESDataView(self)
 
     def __repr__(self) -> str:
         return f"ESCertKEKeys({len(self._by_kid)} keys, esdata_suid={self.esdata_suid})"
+
+    def _algorithms(self, key_len: int) -> frozenset[str]:
+        algs = self._algs.get(key_len)
+        if algs is None:
+            algs = self._algs[key_len] = default_symmetric_algorithms(SUID_USAGE[self.esdata_suid], key_len)
+        return algs
 
     def expiry_from(self, now: datetime) -> datetime | None:
         return now + self.key_lifetime if self.key_lifetime is not None else None
@@ -125,8 +132,7 @@ class ESCertKEKeys:
         if self._store is not None:
             self._store.provision(result.kid, result.key, peer_id=result.peer_id, suid=SUID.CERTIFICATE_ESPRIM,
                                   expires_at=result.expires_at)
-        usage = SUID_USAGE[self.esdata_suid]
-        entry = ResolvedKey(kid=result.kid, key=result.key, algorithms=default_symmetric_algorithms(usage, len(result.key)),
+        entry = ResolvedKey(kid=result.kid, key=result.key, algorithms=self._algorithms(len(result.key)),
                             suid=self.esdata_suid)
         with self._lock:
             old = self._by_peer.get(result.peer_id)

@@ -25,6 +25,7 @@ __all__ = [
     "HANDSHAKE",
     "MAX_MESSAGE_SIZE",
     "classify",
+    "first_kind",
     "client_hello_random",
     "split_records",
 ]
@@ -70,6 +71,18 @@ def classify(data: bytes) -> int | None:
     if ctype != HANDSHAKE or not frag:
         return None
     return {_HS_CLIENT_HELLO: 1, _HS_SERVER_HELLO: 2, _HS_CERTIFICATE: 3, _HS_CLIENT_KEY_EXCHANGE: 3}.get(frag[0])
+
+
+def first_kind(data: bytes) -> int | None:
+    """:func:`classify` from the first record header only, for flights our own TLS engine
+    produced (their record framing needs no re-validation)."""
+    if len(data) < 6 or data[1] != 3:
+        return None
+    if data[0] == CHANGE_CIPHER_SPEC:
+        return 4
+    if data[0] != HANDSHAKE:
+        return None
+    return {_HS_CLIENT_HELLO: 1, _HS_SERVER_HELLO: 2, _HS_CERTIFICATE: 3, _HS_CLIENT_KEY_EXCHANGE: 3}.get(data[5])
 
 
 def client_hello_random(data: bytes) -> bytes | None:

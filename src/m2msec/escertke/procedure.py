@@ -42,7 +42,7 @@ from cryptography import x509
 
 from m2msec.escertke.errors import ESCertKEError, Reason
 from m2msec.escertke.keys import ESCertKEKeys, ESCertKEResult
-from m2msec.escertke.messages import classify, client_hello_random
+from m2msec.escertke.messages import classify, client_hello_random, first_kind
 from m2msec.keys import EXPORT_LENGTH, LABEL_ESCERTKE
 from m2msec.onem2m.timestamps import Clock, ensure_utc
 from m2msec.pki import PeerCertInfo, VerifiedPeer
@@ -211,7 +211,7 @@ class Initiator:
         self._expect(InitiatorState.IDLE, "Message 1 requested")
         self._engine.do_handshake()
         out = self._engine.data_to_send()
-        if classify(out) != 1:
+        if first_kind(out) != 1:
             raise self._abort(ESCertKEError(Reason.MALFORMED, "TLS engine produced no ClientHello"))
         self.state = InitiatorState.AWAIT_MESSAGE_2
         return out
@@ -233,7 +233,7 @@ class Initiator:
         except TLSError as exc:
             raise self._abort(ESCertKEError(Reason.MALFORMED, f"Message 2: {exc.args[0]}")) from exc
         out = self._engine.data_to_send()
-        if self._engine.established or classify(out) != 3:
+        if self._engine.established or first_kind(out) != 3:
             raise self._abort(ESCertKEError(Reason.MALFORMED, "Message 2 is not a complete flight"))
         self.state = InitiatorState.AWAIT_MESSAGE_4
         return out
@@ -409,7 +409,7 @@ class TerminatingEndPoint:
         except TLSError as exc:
             raise ESCertKEError(Reason.MALFORMED, f"Message 1: {exc.args[0]}") from exc
         out = engine.data_to_send()
-        if classify(out) != 2 or engine.established:
+        if first_kind(out) != 2 or engine.established:
             raise ESCertKEError(Reason.MALFORMED, "Message 1 is not a complete ClientHello flight")
         self._seen[rnd] = now + self.replay_window
         self._procedures.pop(info.identity, None)  # a new Message 1 replaces the unfinished procedure
@@ -429,7 +429,7 @@ class TerminatingEndPoint:
             proc.state = TerminatorState.FAILED
             raise ESCertKEError(Reason.MALFORMED, f"Message 3: {exc.args[0]}") from exc
         out = engine.data_to_send()
-        if not engine.established or classify(out) != 4 or engine.receive_application_data():
+        if not engine.established or first_kind(out) != 4 or engine.receive_application_data():
             proc.state = TerminatorState.FAILED
             raise ESCertKEError(Reason.MALFORMED, "Message 3 is not exactly the Initiating End-Point's flight")
         now = self._now()
