@@ -1,0 +1,63 @@
+"""The MAF's view of a MEF: fetching Km for a remotely provisioned MAF Client (TS-0003 8.8.2.3, 8.3.2.1, 10.3.2).
+
+When a MAF Client was remotely provisioned (SUID 21, "a symmetric key ... intended to be
+shared with a MAF"), it opens the MAF Handshake with ``psk_identity`` = KeID and ``psk`` =
+Km = HMAC-SHA-256(Ke, "oneM2M Enrolment Key to Master Credential derivation" || MAF-ID)
+(10.3.2).  The MAF does not know Km yet: it asks the MEF named by the KeID's FQDN part
+(8.3.2.1 "Use of Provisioned Credential", steps (b) onwards, the MAF as Registration
+Target) through a :class:`MEFClient`.  The MEF side is another component; this module
+defines the interface and an in-memory implementation for tests.
+
+``fetch_km(keid)`` returns ``(km, lifetime)`` where ``lifetime`` is a :class:`~datetime.timedelta`
+(relative to now), an aware :class:`~datetime.datetime` (absolute) or ``None`` (no expiry
+beyond the MAF's own limits, 10.7).  A MEF that also tells the MAF who the Enrolee is may
+return a third element, the Enrolee's AE-ID/CSE-ID, which then becomes the MAF Client ID.
+It returns ``None`` (or raises :class:`~m2msec.errors.UnknownKeyError`) for an unknown KeID.
+The call is synchronous: it runs inside the TLS PSK callback of the handshake.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Protocol, Union, runtime_checkable
+
+from m2msec.keys import derive_km, parse_key_id
+
+__all__ = ["FetchedKm", "InMemoryMEF", "MEFClient"]
+
+Lifetime = Union[timedelta, datetime, None]
+FetchedKm = Union[tuple[bytes, Lifetime], tuple[bytes, Lifetime, str]]
+
+
+@runtime_checkable
+class MEFClient(Protocol):
+    """Fetch the Master Credential Km for a KeID from the MEF (SUID 21)."""
+
+    def fetch_km(self, keid: str) -> FetchedKm | None: ...
+
+
+class InMemoryMEF:
+    """A MEF stand-in holding Ke per KeID; derives Km for the configured MAF-ID (10.3.2)."""
+
+    def __init__(self, maf_id: str) -> None:
+        self.maf_id = maf_id
+        self._entries: dict[str, tuple[bytes, Lifetime, str | None]] = {}
+        self.calls: list[str] = []
+
+    def __repr__(self) -> str:
+        return f"InMemoryMEF(maf_id={self.maf_id!r}, {len(self._entries)} enrolments)"
+
+    def enrol(self, keid: str, ke: bytes, *, lifetime: Lifetime = None, enrolee_id: str | None = None) -> bytes:
+        """Record an enrolment (Ke for KeID); returns Km as the Enrolee derives it."""
+        parse_key_id(keid, hex_length=16)
+        self._entries[keid] = (bytes(ke), lifetime, enrolee_id)
+        return derive_km(ke, self.maf_id)
+
+    def fetch_km(self, keid: str) -> FetchedKm | None:
+        self.calls.append(keid)
+        entry = self._entries.get(keid)
+        if entry is None:
+            return None
+        ke, lifetime, enrolee = entry
+        km = derive_km(ke, self.maf_id)
+        return (km, lifetime, enrolee) if enrolee is not None else (km, lifetime)

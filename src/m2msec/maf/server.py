@@ -1,0 +1,287 @@
+"""The MAF server: MAF Handshake + HTTP/1.1 (h11) + JSON procedures (TS-0003 8.8.2, 10.2.2, 10.3.1).
+
+One TLS 1.2 listener (:func:`m2msec.tls.aio.start_server`) accepts both MAF Handshake kinds of
+8.8.2.2: TLS-PSK with ``psk_identity`` = KmID / ``psk`` = Km (looked up in the store) or a KeID
+(Km fetched from the MEF), and certificate TLS with the client verified against the configured
+MAF Client Certificate Information (:mod:`m2msec.tls.pkiverify`, 8.1.2.5).  After the handshake
+:meth:`~m2msec.maf.service.MAFService.bind` fixes the authenticated identity of the session; no
+request header can change it.  Each request is a ``POST`` of a JSON body to a procedure path
+(:class:`~m2msec.maf.protocol.Procedure`); the response carries the JSON response message or
+``{"rsc", "error"}``, the HTTP status of TS-0009 table 6.3.2-1 for that RSC and ``X-M2M-RSC``.
+Procedures run in a worker thread (the store is blocking) inside one store transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tomllib
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import h11
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from m2msec.errors import M2MSecError, ParseError
+from m2msec.keys import LABEL_CONNECTION
+from m2msec.maf.mef import MEFClient
+from m2msec.maf.protocol import ErrorBody, MAFError, Procedure, decode_body, encode_body
+from m2msec.maf.service import AdminConfig, MAFPeer, MAFService
+from m2msec.onem2m.rsc import ResponseStatusCode as RSC
+from m2msec.onem2m.timestamps import Clock
+from m2msec.store import KeyEncryptionKey, Store, open_store
+from m2msec.tls.aio import TLSStreamWriter, start_server
+from m2msec.tls.engine import CertCredentials, Role, TLSConfig, TLSContext
+
+__all__ = ["MAFServer", "MAFServerConfig", "load_config"]
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024
+CONTENT_TYPE = "application/json"
+
+
+@dataclass(frozen=True)
+class MAFServerConfig:
+    """``maf.toml``: see :func:`load_config`."""
+
+    fqdn: str
+    store_url: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    admins: tuple[AdminConfig, ...] = ()
+    max_registration_lifetime: timedelta = timedelta(days=365)
+    max_key_lifetime: timedelta = timedelta(days=30)
+    credentials: CertCredentials | None = field(default=None, repr=False)
+    client_trust_anchors: tuple[x509.Certificate, ...] = ()
+    kek_file: str | None = None
+
+
+def _pem_certs(path: Path) -> list[x509.Certificate]:
+    return x509.load_pem_x509_certificates(path.read_bytes())
+
+
+def load_config(path: str | Path) -> MAFServerConfig:
+    """Read ``maf.toml``::
+
+        fqdn = "maf.example.com"           # MAF-FQDN (MAF-ID)
+        store = "sqlite:///var/lib/maf.db" # or postgresql://...
+        kek_file = "kek.hex"               # else M2MSEC_KEK_FILE / M2MSEC_KEK
+        host = "127.0.0.1"
+        port = 8443
+        max_registration_lifetime_s = 31536000
+        max_key_lifetime_s = 2592000
+        [tls]                              # optional: certificate MAF Handshake
+        cert = "maf.pem"                   # MAF certificate (+ chain)
+        key = "maf.key"
+        client_trust_anchors = "clients-ca.pem"
+        [[admin]]
+        fqdn = "sp.example.com"
+        client_config = { httpPort = 8443 }  # optional MAF Client Configuration (8.8.2.4)
+    """
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text("utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ParseError(f"cannot read MAF configuration {p}: {exc}") from None
+    base = p.parent
+
+    def rel(v: str) -> Path:
+        q = Path(v)
+        return q if q.is_absolute() else base / q
+
+    try:
+        admins = tuple(AdminConfig(a["fqdn"].lower(), a.get("client_config")) for a in data.get("admin", []))
+        creds = None
+        anchors: tuple[x509.Certificate, ...] = ()
+        tls = data.get("tls")
+        if tls:
+            certs = _pem_certs(rel(tls["cert"]))
+            key = load_pem_private_key(rel(tls["key"]).read_bytes(), None)
+            creds = CertCredentials(key, certs[0], tuple(certs[1:]))  # type: ignore[arg-type]
+            anchors = tuple(_pem_certs(rel(tls["client_trust_anchors"])))
+        kek_file = data.get("kek_file")
+        return MAFServerConfig(
+            fqdn=str(data["fqdn"]), store_url=str(data["store"]), host=str(data.get("host", "127.0.0.1")),
+            port=int(data.get("port", 0)), admins=admins,
+            max_registration_lifetime=timedelta(seconds=int(data.get("max_registration_lifetime_s", 365 * 86400))),
+            max_key_lifetime=timedelta(seconds=int(data.get("max_key_lifetime_s", 30 * 86400))),
+            credentials=creds, client_trust_anchors=anchors,
+            kek_file=str(rel(kek_file)) if kek_file else None,
+        )
+    except (KeyError, TypeError, ValueError, OSError) as exc:
+        raise ParseError(f"invalid MAF configuration {p}: {type(exc).__name__}: {exc}") from None
+
+
+def open_config_store(cfg: MAFServerConfig, *, clock: Clock | None = None) -> Store:
+    kek = KeyEncryptionKey.from_file(cfg.kek_file) if cfg.kek_file else KeyEncryptionKey.from_env()
+    return open_store(cfg.store_url, kek, clock=clock)
+
+
+def _http(rsc: RSC, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+    return rsc.http_status, [("Content-Type", CONTENT_TYPE), ("X-M2M-RSC", str(int(rsc)))], body
+
+
+def _error(exc: M2MSecError) -> tuple[int, list[tuple[str, str]], bytes]:
+    return _http(exc.rsc, encode_body(ErrorBody(int(exc.rsc), exc.args[0] if exc.args else "")))
+
+
+class MAFServer:
+    """An asyncio MAF instance.  ``async with MAFServer(service, ...) as srv: srv.port``."""
+
+    def __init__(self, service: MAFService, *, host: str = "127.0.0.1", port: int = 0,
+                 credentials: CertCredentials | None = None, idle_timeout: float = 30.0) -> None:
+        self.service = service
+        self.host = host
+        self.port = port
+        self.idle_timeout = idle_timeout
+        kw: dict[str, Any] = {}
+        if credentials is not None:
+            if not service.client_trust_anchors:
+                raise ValueError("certificate MAF Handshake needs MAF Client trust anchors")
+            kw = {"credentials": credentials, "trust_anchors": service.client_trust_anchors,
+                  "verify_peer": service.tls_verify_hook(), "verify_peer_authoritative": True}
+        self.tls_context = TLSContext(TLSConfig(role=Role.SERVER, psk_lookup=service.psk_lookup, **kw))
+        self._server: asyncio.Server | None = None
+
+    def __repr__(self) -> str:
+        return f"MAFServer({self.service.fqdn!r}, {self.host}:{self.port})"
+
+    async def start(self) -> MAFServer:
+        self._server = await start_server(self._connection, self.host, self.port, self.tls_context,
+                                          on_handshake_error=self._handshake_failed)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def serve_forever(self) -> None:
+        if self._server is None:
+            await self.start()
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    async def __aenter__(self) -> MAFServer:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _handshake_failed(self, exc: Exception, peer: Any) -> None:
+        log.info("MAF Handshake with %s failed: %s", peer, exc)
+        try:
+            self.service.store.append_audit("maf", "handshake", str(peer[0]) if peer else "?",
+                                            "refused", {"reason": str(exc)})
+        except M2MSecError:  # pragma: no cover
+            pass
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: TLSStreamWriter) -> None:
+        engine = writer.engine
+        try:
+            peer = self.service.bind(engine)
+        except M2MSecError as exc:
+            self._handshake_failed(exc, writer.get_extra_info("peername"))
+            return
+        exported: list[tuple[bytes, bytes]] = []
+
+        def exporter() -> tuple[bytes, bytes]:
+            if not exported:
+                exported.append(engine.export_onem2m_key(LABEL_CONNECTION))
+            return exported[0]
+
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
+        try:
+            while True:
+                event = await self._next(conn, reader)
+                if not isinstance(event, h11.Request):
+                    return
+                body = bytearray()
+                too_large = False
+                while True:
+                    ev = await self._next(conn, reader)
+                    if isinstance(ev, h11.Data):
+                        body += ev.data
+                        if len(body) > MAX_BODY:
+                            too_large = True
+                            break
+                    elif isinstance(ev, h11.EndOfMessage):
+                        break
+                    else:
+                        return
+                if too_large:
+                    status, headers, out = _error(MAFError(f"body larger than {MAX_BODY} bytes"))
+                    headers.append(("Connection", "close"))
+                    await self._send(conn, writer, status, headers, out)
+                    return
+                status, headers, out = await self._dispatch(peer, event, bytes(body), exporter)
+                await self._send(conn, writer, status, headers, out)
+                if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                    return
+                conn.start_next_cycle()
+        except h11.RemoteProtocolError as exc:
+            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                status, headers, out = _error(MAFError(f"malformed HTTP request: {exc}"))
+                try:
+                    await self._send(conn, writer, status, headers, out)
+                except (h11.LocalProtocolError, ConnectionError):
+                    pass
+        except (asyncio.TimeoutError, ConnectionError, h11.LocalProtocolError):
+            return
+
+    async def _next(self, conn: h11.Connection, reader: asyncio.StreamReader) -> Any:
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await asyncio.wait_for(reader.read(65536), self.idle_timeout))
+                continue
+            return event
+
+    @staticmethod
+    async def _send(conn: h11.Connection, writer: TLSStreamWriter, status: int,
+                    headers: list[tuple[str, str]], body: bytes) -> None:
+        hdrs = [*headers, ("Content-Length", str(len(body)))]
+        data = conn.send(h11.Response(status_code=status, headers=hdrs))
+        data += conn.send(h11.Data(data=body)) if body else b""  # type: ignore[operator]
+        data += conn.send(h11.EndOfMessage())  # type: ignore[operator]
+        writer.write(data)
+        await writer.drain()
+
+    async def _dispatch(self, peer: MAFPeer, req: h11.Request, body: bytes,
+                        exporter: Any) -> tuple[int, list[tuple[str, str]], bytes]:
+        path = req.target.decode("ascii", "replace").split("?", 1)[0]
+        proc = Procedure.by_path(path)
+        if proc is None:
+            return _error(MAFError(f"no MAF procedure at {path!r}", rsc=RSC.NOT_FOUND))
+        if req.method != b"POST":
+            return _error(MAFError(f"{proc.path} takes POST", rsc=RSC.OPERATION_NOT_ALLOWED))
+        ctype = next((v for k, v in req.headers if k.lower() == b"content-type"), None)
+        if ctype is not None and ctype.split(b";")[0].strip().lower() != CONTENT_TYPE.encode():
+            return _error(MAFError(f"unsupported media type {ctype.decode('latin-1')!r}",
+                                   rsc=RSC.UNSUPPORTED_MEDIA_TYPE))
+        try:
+            request = decode_body(proc.request_type, body)
+            response = await asyncio.to_thread(self.service.run, proc, peer, request, exporter)
+        except M2MSecError as exc:
+            return _error(exc)
+        except Exception:  # noqa: BLE001 - never leak internals
+            log.exception("MAF procedure %s failed", proc.name)
+            return _error(MAFError("internal error", rsc=RSC.INTERNAL_SERVER_ERROR))
+        return _http(proc.success, encode_body(response))
+
+
+def build_server(cfg: MAFServerConfig, store: Store, *, clock: Clock, mef: MEFClient | None = None) -> MAFServer:
+    service = MAFService(store, cfg.fqdn, admins=cfg.admins, clock=clock, mef=mef,
+                         client_trust_anchors=cfg.client_trust_anchors,
+                         max_registration_lifetime=cfg.max_registration_lifetime,
+                         max_key_lifetime=cfg.max_key_lifetime)
+    return MAFServer(service, host=cfg.host, port=cfg.port, credentials=cfg.credentials)
+
+
+__all__ += ["build_server", "open_config_store"]

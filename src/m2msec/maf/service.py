@@ -1,0 +1,608 @@
+"""The MAF's procedures over the durable store (TS-0003 8.8.2.2-8.8.2.10, 10.3.1, 10.3.5, 10.6).
+
+:class:`MAFService` is the M2M Authentication Function without sockets: it resolves the MAF
+Handshake credentials (Km by KmID, Km from a MEF by KeID, MAF Client certificates), binds a
+finished handshake to a :class:`MAFPeer` (the authenticated identity of every request of the
+session), and runs each procedure in one store transaction together with its audit record.
+Every state another instance needs lives in the store (DESIGN.md section 3), so several MAF
+instances on one database answer any request.
+
+Store layout (namespaces):
+
+* ``maf.km``        credentials: Km by KmID; metadata ``client_id``, ``origin`` (``provisioned``/``mef``),
+  ``keid``; ``expires_at`` = Km lifetime.
+* ``maf.certclient`` records: MAF Client Certificate Information (8.1.2.4) by client ID:
+  ``{"flavour", "identifier"}``.
+* ``maf.reg``       records: MAF Client Registration records by mafClientRegID.
+* ``maf.regidx``    records: ``<adminFQDN>|<client ID>`` -> mafClientRegID (one registration per
+  client and administrating stakeholder, inserted with ``if_absent``).
+* ``maf.keyreg``    records: Key Registration metadata by RelativeKeyID.
+* ``maf.key``       credentials: the key value by RelativeKeyID (sealed under the store KEK).
+* ``maf.keyid``     records without expiry: every RelativeKeyID ever assigned (``if_absent``),
+  so that a RelativeKeyID is never reused (8.8.2.7).
+
+Audit: actor ``maf``, action = procedure name, subject = client ID, outcome ``ok`` or
+``refused <RSC>``; details never contain key bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from cryptography import x509
+
+from m2msec.errors import IdentifierError, M2MSecError, ParseError, UnknownKeyError
+from m2msec.keys import make_key_id, maf_key_id, parse_key_id
+from m2msec.maf.mef import MEFClient
+from m2msec.maf.protocol import (
+    ClientRegistrationRequest,
+    ClientRegistrationResponse,
+    ConfigurationRetrievalRequest,
+    ConfigurationRetrievalResponse,
+    DeregistrationRequest,
+    DeregistrationResponse,
+    KeyDeregistrationRequest,
+    KeyDeregistrationResponse,
+    KeyRegistrationRequest,
+    KeyRegistrationResponse,
+    KeyRegistrationUpdateRequest,
+    KeyRegistrationUpdateResponse,
+    KeyRetrievalRequest,
+    KeyRetrievalResponse,
+    MAFError,
+    Procedure,
+    RegistrationUpdateRequest,
+    RegistrationUpdateResponse,
+    check_relative_key_id,
+    check_suid_targets,
+)
+from m2msec.onem2m.enums import SUID
+from m2msec.onem2m.rsc import ResponseStatusCode as RSC
+from m2msec.onem2m.timestamps import Clock, ensure_utc, format_timestamp
+from m2msec.pki import CertificateFlavour, CertificateVerificationError, PeerCertInfo, VerificationReason, VerifiedPeer
+from m2msec.store import DuplicateError, NotFound, Store, Transaction, VersionConflict
+from m2msec.tls.engine import TLSEngine
+from m2msec.tls.pkiverify import PKIVerifyHook
+
+__all__ = ["AdminConfig", "MAFPeer", "MAFService", "NS"]
+
+log = logging.getLogger(__name__)
+
+
+class NS:
+    KM = "maf.km"
+    CERT_CLIENT = "maf.certclient"
+    REG = "maf.reg"
+    REG_IDX = "maf.regidx"
+    KEY_REG = "maf.keyreg"
+    KEY = "maf.key"
+    KEY_ID = "maf.keyid"
+
+
+#: sec:credIDTypeID 11: symmetric key used to authenticate to a MAF (KmID), TS-0003 table 12.3.2.1-1.
+CRED_TYPE_KM = 11
+_CERT_CRED_TYPE = {CertificateFlavour.RAW_PUBLIC_KEY: 30, CertificateFlavour.DEVICE: 31,
+                   CertificateFlavour.CSE_ID: 32, CertificateFlavour.AE_ID: 33, CertificateFlavour.NODE_ID: 34}
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    """An administrating stakeholder on whose behalf the MAF serves (8.8.1).
+
+    ``client_config``: the MAF Client Configuration it provides for its clients (8.8.2.4);
+    None = none provisioned (the retrieval then fails with NOT_FOUND).
+    """
+
+    fqdn: str
+    client_config: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class MAFPeer:
+    """The authenticated identity of a MAF Handshake (8.8.2.2).
+
+    ``kind``: ``km`` (TLS-PSK with a KmID known to the MAF), ``keid`` (TLS-PSK with a KeID
+    whose Km came from the MEF; ``pending_km`` holds it until Client Registration assigns a
+    KmID) or ``cert`` (certificate TLS).  ``client_id`` is None only for a KeID session
+    whose MEF did not name the Enrolee (it is assigned at Client Registration).
+    """
+
+    kind: str
+    client_id: str | None
+    credential_id: str
+    kmid: str | None = None
+    keid: str | None = None
+    pending_km: bytes | None = field(default=None, repr=False)
+    km_expires_at: datetime | None = None
+    verified: VerifiedPeer | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        return f"MAFPeer(kind={self.kind}, client_id={self.client_id!r}, credential_id={self.credential_id!r})"
+
+
+def _iso(dt: datetime) -> str:
+    return format_timestamp(dt)
+
+
+class _ClientCertVerifier:
+    """``verify_peer`` hook: the chain must verify against one configured MAF Client's
+    Certificate Information (8.8.2.2, 8.1.2.5); returns ``(client_id, VerifiedPeer)``."""
+
+    authoritative = True
+
+    def __init__(self, service: MAFService) -> None:
+        self.service = service
+
+    def __call__(self, chain: list[x509.Certificate]) -> tuple[str, VerifiedPeer]:
+        svc = self.service
+        errors: list[CertificateVerificationError] = []
+        for rec in svc.store.list_records(NS.CERT_CLIENT):
+            info = PeerCertInfo(CertificateFlavour(rec.doc["flavour"]), rec.doc["identifier"])
+            hook = PKIVerifyHook(info, svc.client_trust_anchors, svc.clock)
+            try:
+                return rec.rec_id, hook(chain)
+            except CertificateVerificationError as exc:
+                errors.append(exc)
+        if not errors:
+            raise CertificateVerificationError(VerificationReason.IDENTIFIER_MISMATCH,
+                                               "no MAF Client certificate information is configured")
+        generic = (VerificationReason.IDENTIFIER_MISMATCH, VerificationReason.WRONG_FLAVOUR)
+        specific = [e for e in errors if e.reason_code not in generic]
+        raise (specific or errors)[0]
+
+
+class MAFService:
+    """Store-backed MAF procedures.  Thread-safe: each call uses its own store transaction."""
+
+    def __init__(
+        self,
+        store: Store,
+        fqdn: str,
+        *,
+        admins: Sequence[AdminConfig],
+        clock: Clock,
+        mef: MEFClient | None = None,
+        client_trust_anchors: Sequence[x509.Certificate] = (),
+        max_registration_lifetime: timedelta = timedelta(days=365),
+        max_key_lifetime: timedelta = timedelta(days=30),
+    ) -> None:
+        self.store = store
+        self.fqdn = parse_key_id(f"x@{fqdn}").fqdn.lower()
+        self.admins = {a.fqdn.lower(): a for a in admins}
+        self.clock = clock
+        self.mef = mef
+        self.client_trust_anchors = tuple(client_trust_anchors)
+        self.max_registration_lifetime = max_registration_lifetime
+        self.max_key_lifetime = max_key_lifetime
+        self._pending: dict[str, tuple[bytes, datetime | None, str | None, datetime]] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"MAFService(fqdn={self.fqdn!r}, admins={sorted(self.admins)}, store={self.store!r})"
+
+    def now(self) -> datetime:
+        return ensure_utc(self.clock(), what="clock()")
+
+    # ------------------------------------------------------------------ provisioning (admin)
+
+    def add_km_client(self, kmid: str, km: bytes, *, client_id: str | None = None,
+                      expires_at: datetime | None = None) -> str:
+        """Pre-provision Km/KmID for a MAF Client (8.8.3.1 PPSK); returns the MAF Client ID."""
+        kid = parse_key_id(kmid)
+        if kid.fqdn.lower() != self.fqdn:
+            raise IdentifierError(f"KmID {kmid!r} does not end in this MAF's FQDN {self.fqdn!r} (10.6)")
+        if not isinstance(km, (bytes, bytearray)) or len(km) < 16:
+            raise ParseError("Km must be at least 16 octets")
+        cid = client_id or f"{CRED_TYPE_KM}-{kmid}"
+        with self.store.transaction() as tx:
+            tx.put_credential(NS.KM, self._kmid_key(kmid), bytes(km),
+                              metadata={"client_id": cid, "origin": "provisioned", "kmid": kmid},
+                              expires_at=expires_at, if_absent=True)
+            tx.append_audit("maf-admin", "add-client", cid, "ok", {"kmid": kmid, "auth": "psk"})
+        return cid
+
+    def add_cert_client(self, client_id: str, info: PeerCertInfo) -> None:
+        """Configure a MAF Client's Certificate Information (8.8.3.2 pre-conditions)."""
+        if not client_id:
+            raise ParseError("client ID must not be empty")
+        with self.store.transaction() as tx:
+            tx.put_record(NS.CERT_CLIENT, client_id, {"flavour": info.flavour.value, "identifier": info.identifier})
+            tx.append_audit("maf-admin", "add-client", client_id, "ok",
+                            {"auth": "cert", "flavour": info.flavour.value, "identifier": info.identifier})
+
+    def revoke_key(self, key_id_or_relative: str, *, actor: str = "maf-admin") -> bool:
+        """Delete a Key Registration (admin action); True if one was live."""
+        rel = self._relative_from(key_id_or_relative)
+        with self.store.transaction() as tx:
+            live = tx.delete_record(NS.KEY_REG, rel)
+            tx.delete_credential(NS.KEY, rel)
+            tx.append_audit(actor, "revoke-key", rel, "ok" if live else "absent", {"relativeKeyID": rel})
+        return live
+
+    def list_clients(self) -> list[dict[str, Any]]:
+        """Configured clients (Km and certificate) with their live registrations — no key bytes."""
+        regs: dict[str, list[dict[str, Any]]] = {}
+        for r in self.store.list_records(NS.REG):
+            regs.setdefault(r.doc["clientID"], []).append({"mafClientRegID": r.rec_id, **r.doc})
+        out: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for c in self.store.list_credentials(NS.KM):
+            cid = c.metadata.get("client_id", "?")
+            out.append({"client_id": cid, "auth": "psk", "credential": c.metadata.get("kmid", c.cred_id),
+                        "origin": c.metadata.get("origin"), "expires_at": c.expires_at,
+                        "registrations": regs.get(cid, [])})
+            seen.add(cid)
+        for r in self.store.list_records(NS.CERT_CLIENT):
+            out.append({"client_id": r.rec_id, "auth": "cert",
+                        "credential": f"{r.doc['flavour']}:{r.doc['identifier']}", "origin": "provisioned",
+                        "expires_at": None, "registrations": regs.get(r.rec_id, [])})
+            seen.add(r.rec_id)
+        for cid, rl in regs.items():
+            if cid not in seen:
+                out.append({"client_id": cid, "auth": "?", "credential": "", "origin": None, "expires_at": None,
+                            "registrations": rl})
+        return out
+
+    def list_keys(self) -> list[dict[str, Any]]:
+        """Live Key Registrations (metadata only)."""
+        return [{"relativeKeyID": r.rec_id, "expires_at": r.expires_at, **r.doc}
+                for r in self.store.list_records(NS.KEY_REG)]
+
+    # ------------------------------------------------------------------ MAF Handshake (8.8.2.2)
+
+    @staticmethod
+    def _kmid_key(kmid: str) -> str:
+        # MAF_RELATIVE_KmID is not case sensitive (10.6); FQDNs are not either.
+        return kmid.lower()
+
+    def _decode_identity(self, identity: bytes) -> str | None:
+        try:
+            text = identity.decode("utf-8")
+            parse_key_id(text)
+        except (UnicodeDecodeError, ParseError):
+            return None
+        return text
+
+    def psk_lookup(self, identity: bytes, _sni: str | None) -> bytes | None:
+        """TLS-PSK server callback: Km for a KmID, or Km fetched from the MEF for a KeID."""
+        text = self._decode_identity(identity)
+        if text is None:
+            return None
+        kid = parse_key_id(text)
+        if kid.fqdn.lower() == self.fqdn:
+            cred = self.store.find_credential(NS.KM, self._kmid_key(text))
+            return cred.secret if cred is not None else None
+        if self.mef is None:
+            return None
+        try:
+            parse_key_id(text, hex_length=16)
+        except ParseError:
+            return None
+        try:
+            fetched = self.mef.fetch_km(text)
+        except UnknownKeyError:
+            return None
+        if fetched is None:
+            return None
+        km, lifetime = fetched[0], fetched[1]
+        enrolee = fetched[2] if len(fetched) > 2 else None  # type: ignore[misc]
+        now = self.now()
+        if isinstance(lifetime, timedelta):
+            expires: datetime | None = now + lifetime
+        elif isinstance(lifetime, datetime):
+            expires = ensure_utc(lifetime, what="Km lifetime")
+        else:
+            expires = None
+        if expires is not None and expires <= now:
+            return None
+        with self._lock:
+            # drop stale entries (handshakes that never completed)
+            for k in [k for k, v in self._pending.items() if v[3] < now - timedelta(minutes=2)]:
+                del self._pending[k]
+            self._pending[text] = (bytes(km), expires, enrolee, now)  # type: ignore[arg-type]
+        return bytes(km)
+
+    def tls_verify_hook(self) -> _ClientCertVerifier:
+        return _ClientCertVerifier(self)
+
+    def bind(self, engine: TLSEngine) -> MAFPeer:
+        """The authenticated identity of an established MAF Handshake (never from a header)."""
+        ident = engine.psk_identity
+        if ident:
+            text = self._decode_identity(ident)
+            if text is None:
+                raise MAFError("PSK identity is not a KmID/KeID", rsc=RSC.ORIGINATOR_NOT_AUTHENTICATED)
+            if parse_key_id(text).fqdn.lower() == self.fqdn:
+                cred = self.store.find_credential(NS.KM, self._kmid_key(text))
+                if cred is None:
+                    raise MAFError("the KmID of this session is no longer provisioned",
+                                   rsc=RSC.ORIGINATOR_NOT_AUTHENTICATED)
+                cid = cred.metadata.get("client_id") or f"{CRED_TYPE_KM}-{text}"
+                return MAFPeer("km", cid, f"{CRED_TYPE_KM}-{cred.metadata.get('kmid', text)}",
+                               kmid=cred.metadata.get("kmid", text), km_expires_at=cred.expires_at)
+            with self._lock:
+                pending = self._pending.pop(text, None)
+            if pending is None:
+                raise MAFError("no Km was fetched for this KeID", rsc=RSC.ORIGINATOR_NOT_AUTHENTICATED)
+            km, expires, enrolee, _ = pending
+            return MAFPeer("keid", enrolee, f"10-{text}", keid=text, pending_km=km, km_expires_at=expires)
+        result = engine.peer_verification
+        if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], VerifiedPeer):
+            cid, vp = result
+            cred_type = _CERT_CRED_TYPE.get(vp.flavour, 0)
+            return MAFPeer("cert", cid, f"{cred_type}-{vp.identifier}", verified=vp)
+        raise MAFError("the MAF Handshake did not authenticate the client", rsc=RSC.ORIGINATOR_NOT_AUTHENTICATED)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _check_maf(self, maf_fqdn: str) -> None:
+        if maf_fqdn != self.fqdn:
+            raise MAFError(f"mafFQDN {maf_fqdn!r} names another MAF (this is {self.fqdn!r})", rsc=RSC.BAD_REQUEST)
+
+    def _admin(self, admin_fqdn: str) -> AdminConfig:
+        admin = self.admins.get(admin_fqdn)
+        if admin is None:
+            raise MAFError(f"administrating stakeholder {admin_fqdn!r} has not authorised this MAF",
+                           rsc=RSC.ORIGINATOR_HAS_NO_PRIVILEGE)
+        return admin
+
+    def _expiry(self, proposed: datetime, limit: timedelta) -> datetime:
+        now = self.now()
+        if proposed <= now:
+            raise MAFError(f"expirationTime {_iso(proposed)} is not in the future", rsc=RSC.CONTENTS_UNACCEPTABLE)
+        return min(proposed, now + limit)
+
+    @staticmethod
+    def _idx(admin: str, client_id: str) -> str:
+        return f"{admin}|{client_id}"
+
+    def _own_registration(self, tx: Transaction, peer: MAFPeer, reg_id: str) -> Any:
+        rec = tx.find_record(NS.REG, reg_id)
+        if rec is None:
+            raise MAFError(f"no live MAF Client Registration {reg_id}", rsc=RSC.NOT_FOUND)
+        if peer.client_id is None or rec.doc["clientID"] != peer.client_id:
+            raise MAFError(f"MAF Client Registration {reg_id} belongs to another MAF Client",
+                           rsc=RSC.ORIGINATOR_HAS_NO_PRIVILEGE)
+        return rec
+
+    def _require_registered(self, tx: Transaction, peer: MAFPeer, admin: str) -> None:
+        if peer.client_id is None or tx.find_record(NS.REG_IDX, self._idx(admin, peer.client_id)) is None:
+            raise MAFError(f"the MAF Client is not registered with this MAF for {admin!r} (8.8.2.3)",
+                           rsc=RSC.SERVICE_SUBSCRIPTION_NOT_ESTABLISHED)
+
+    def _own_key(self, tx: Transaction, peer: MAFPeer, rel: str) -> Any:
+        rec = tx.find_record(NS.KEY_REG, rel)
+        if rec is None:
+            raise MAFError(f"no live Key Registration {rel}", rsc=RSC.NOT_FOUND)
+        if peer.client_id is None or rec.doc["sourceMAFClientID"] != peer.client_id:
+            raise MAFError(f"Key Registration {rel} belongs to another Source MAF Client",
+                           rsc=RSC.ORIGINATOR_HAS_NO_PRIVILEGE)
+        return rec
+
+    def _assign_kmid(self, tx: Transaction, peer: MAFPeer, client_id: str) -> str:
+        assert peer.pending_km is not None
+        for _ in range(4):
+            kmid = make_key_id(secrets.token_hex(16), self.fqdn)
+            try:
+                tx.put_credential(NS.KM, self._kmid_key(kmid), peer.pending_km,
+                                  metadata={"client_id": client_id, "origin": "mef", "kmid": kmid,
+                                            "keid": peer.keid or ""},
+                                  expires_at=peer.km_expires_at, if_absent=True)
+                return kmid
+            except DuplicateError:
+                continue
+        raise MAFError("could not assign a fresh KmID", rsc=RSC.INTERNAL_SERVER_ERROR)
+
+    def run(self, procedure: Procedure, peer: MAFPeer, request: Any,
+            exporter: Callable[[], tuple[bytes, bytes]]) -> Any:
+        """Run one procedure for ``peer``; ``exporter()`` gives (Kc, KcID) of the session (10.3.1)."""
+        handler = getattr(self, "_" + procedure.name.lower())
+        try:
+            with self.store.transaction() as tx:
+                response, subject, details = handler(tx, peer, request, exporter)
+                tx.append_audit("maf", procedure.name.lower(), subject, "ok", details)
+            return response
+        except MAFError as exc:
+            self._audit_refusal(procedure, peer, exc)
+            raise
+        except (DuplicateError, VersionConflict) as exc:
+            err = MAFError(f"concurrent change: {exc.args[0]}", rsc=RSC.CONFLICT)
+            self._audit_refusal(procedure, peer, err)
+            raise err from None
+        except M2MSecError as exc:
+            self._audit_refusal(procedure, peer, exc)
+            raise
+
+    def _audit_refusal(self, procedure: Procedure, peer: MAFPeer, exc: M2MSecError) -> None:
+        try:
+            self.store.append_audit("maf", procedure.name.lower(), peer.client_id or peer.credential_id,
+                                    f"refused {int(exc.rsc)}", {"reason": exc.args[0] if exc.args else ""})
+        except M2MSecError:  # pragma: no cover - the refusal is what matters
+            log.exception("could not audit a refusal")
+
+    # ------------------------------------------------------------------ 8.8.2.3 - 8.8.2.6
+
+    def _client_registration(self, tx: Transaction, peer: MAFPeer, req: ClientRegistrationRequest,
+                             _exp: Any) -> tuple[Any, str, dict[str, Any]]:
+        self._check_maf(req.maf_fqdn)
+        self._admin(req.admin_fqdn)
+        expires = self._expiry(req.expiration_time, self.max_registration_lifetime)
+        assigned: str | None = None
+        client_id = peer.client_id
+        if peer.kind == "keid":
+            if client_id is None:
+                # no Enrolee identity from the MEF: the client is known by its new KmID's Credential-ID
+                kmid = make_key_id(secrets.token_hex(16), self.fqdn)
+                client_id = f"{CRED_TYPE_KM}-{kmid}"
+                tx.put_credential(NS.KM, self._kmid_key(kmid), peer.pending_km or b"",
+                                  metadata={"client_id": client_id, "origin": "mef", "kmid": kmid,
+                                            "keid": peer.keid or ""},
+                                  expires_at=peer.km_expires_at, if_absent=True)
+                assigned = kmid
+            else:
+                assigned = self._assign_kmid(tx, peer, client_id)
+        assert client_id is not None
+        reg_id = secrets.token_hex(16)
+        try:
+            tx.put_record(NS.REG_IDX, self._idx(req.admin_fqdn, client_id), {"mafClientRegID": reg_id},
+                          expires_at=expires, if_absent=True)
+        except DuplicateError:
+            raise MAFError(f"MAF Client {client_id!r} is already registered for {req.admin_fqdn!r}",
+                           rsc=RSC.ORIGINATOR_HAS_ALREADY_REGISTERED) from None
+        doc = {"clientID": client_id, "adminFQDN": req.admin_fqdn, "labels": list(req.labels or []),
+               "expirationTime": _iso(expires), "credentialID": peer.credential_id, "kmID": assigned or peer.kmid}
+        tx.put_record(NS.REG, reg_id, doc, expires_at=expires, if_absent=True)
+        rsp = ClientRegistrationResponse(maf_client_reg_id=reg_id, expiration_time=expires, maf_client_id=client_id,
+                                         admin_fqdn=req.admin_fqdn, labels=req.labels, assigned_symm_key_id=assigned)
+        return rsp, client_id, {"mafClientRegID": reg_id, "adminFQDN": req.admin_fqdn,
+                                "assignedSymmKeyID": assigned, "credentialID": peer.credential_id}
+
+    def _configuration_retrieval(self, tx: Transaction, peer: MAFPeer, req: ConfigurationRetrievalRequest,
+                                 _exp: Any) -> tuple[Any, str, dict[str, Any]]:
+        self._check_maf(req.maf_fqdn)
+        rec = self._own_registration(tx, peer, req.maf_client_reg_id)
+        admin = self.admins.get(rec.doc["adminFQDN"])
+        if admin is None or admin.client_config is None:
+            raise MAFError("no MAF Client Configuration is associated with this registration", rsc=RSC.NOT_FOUND)
+        cfg = {"fqdn": self.fqdn, "adminFQDN": admin.fqdn, **dict(admin.client_config)}
+        return (ConfigurationRetrievalResponse(maf_client_cfg=cfg), rec.doc["clientID"],
+                {"mafClientRegID": req.maf_client_reg_id})
+
+    def _registration_update(self, tx: Transaction, peer: MAFPeer, req: RegistrationUpdateRequest,
+                             _exp: Any) -> tuple[Any, str, dict[str, Any]]:
+        self._check_maf(req.maf_fqdn)
+        rec = self._own_registration(tx, peer, req.maf_client_reg_id)
+        doc = dict(rec.doc)
+        expires = rec.expires_at
+        if req.expiration_time is not None:
+            expires = self._expiry(req.expiration_time, self.max_registration_lifetime)
+            doc["expirationTime"] = _iso(expires)
+        if req.labels is not None:
+            doc["labels"] = list(req.labels)
+        assigned: str | None = None
+        if peer.kind == "keid":
+            # a fresh remotely provisioned Km: assign a new KmID, retire the old one (8.8.2.5)
+            assigned = self._assign_kmid(tx, peer, doc["clientID"])
+            old = doc.get("kmID")
+            if old:
+                tx.delete_credential(NS.KM, self._kmid_key(old))
+            doc["kmID"] = assigned
+            doc["credentialID"] = peer.credential_id
+        tx.update_record(NS.REG, rec.rec_id, doc, expected_version=rec.version, expires_at=expires)
+        idx = tx.find_record(NS.REG_IDX, self._idx(doc["adminFQDN"], doc["clientID"]))
+        if idx is not None:
+            tx.update_record(NS.REG_IDX, idx.rec_id, idx.doc, expected_version=idx.version, expires_at=expires)
+        rsp = RegistrationUpdateResponse(expiration_time=expires if req.expiration_time is not None else None,
+                                         labels=req.labels, assigned_symm_key_id=assigned)
+        return rsp, doc["clientID"], {"mafClientRegID": rec.rec_id, "assignedSymmKeyID": assigned}
+
+    def _deregistration(self, tx: Transaction, peer: MAFPeer, req: DeregistrationRequest,
+                        _exp: Any) -> tuple[Any, str, dict[str, Any]]:
+        self._check_maf(req.maf_fqdn)
+        rec = self._own_registration(tx, peer, req.maf_client_reg_id)
+        tx.delete_record(NS.REG, rec.rec_id, expected_version=rec.version)
+        tx.delete_record(NS.REG_IDX, self._idx(rec.doc["adminFQDN"], rec.doc["clientID"]))
+        return DeregistrationResponse(), rec.doc["clientID"], {"mafClientRegID": rec.rec_id}
+
+    # ------------------------------------------------------------------ 8.8.2.7 - 8.8.2.10
+
+    def _key_registration(self, tx: Transaction, peer: MAFPeer, req: KeyRegistrationRequest,
+                          exporter: Callable[[], tuple[bytes, bytes]]) -> tuple[Any, str, dict[str, Any]]:
+        self._check_maf(req.maf_fqdn)
+        self._admin(req.admin_fqdn)
+        self._require_registered(tx, peer, req.admin_fqdn)
+        assert peer.client_id is not None
+        check_suid_targets(req.suid, req.target_ids, required=True)
+        assert req.target_ids is not None
+        expires = self._expiry(req.expiration_time, self.max_key_lifetime)
+        if req.key_value is not None:
+            key, rel, origin = req.key_value, secrets.token_bytes(16).hex(), "client"
+        else:
+            kc, kcid = exporter()  # 10.3.1, EXPORTER-oneM2M-Connection
+            key, rel, origin = kc, kcid.hex(), "exporter"
+        check_relative_key_id(rel)
+        try:
+            tx.put_record(NS.KEY_ID, rel, {"sourceMAFClientID": peer.client_id}, if_absent=True)
+        except DuplicateError:
+            raise MAFError(f"RelativeKeyID {rel} has been used before (one exporter key per MAF Handshake)",
+                           rsc=RSC.CONFLICT) from None
+        key_id = maf_key_id(bytes.fromhex(rel), self.fqdn)
+        doc = {"keyID": key_id, "sourceMAFClientID": peer.client_id, "adminFQDN": req.admin_fqdn,
+               "suid": int(req.suid), "targetIDs": list(req.target_ids), "labels": list(req.labels or []),
+               "origin": origin, "expirationTime": _iso(expires)}
+        tx.put_record(NS.KEY_REG, rel, doc, expires_at=expires, if_absent=True)
+        tx.put_credential(NS.KEY, rel, key, metadata={"suid": int(req.suid)}, expires_at=expires, if_absent=True)
+        rsp = KeyRegistrationResponse(relative_key_id=rel, expiration_time=expires,
+                                      source_maf_client_id=peer.client_id, admin_fqdn=req.admin_fqdn,
+                                      suid=req.suid, target_ids=req.target_ids, labels=req.labels)
+        return rsp, peer.client_id, {"relativeKeyID": rel, "suid": int(req.suid),
+                                     "targetIDs": list(req.target_ids), "origin": origin}
+
+    def _key_retrieval(self, tx: Transaction, peer: MAFPeer, req: KeyRetrievalRequest,
+                       _exp: Any) -> tuple[Any, str, dict[str, Any]]:
+        rec = tx.find_record(NS.KEY_REG, req.relative_key_id)
+        if rec is None:
+            raise MAFError(f"no live Key Registration {req.relative_key_id}", rsc=RSC.NOT_FOUND)
+        doc = rec.doc
+        if peer.client_id is None or peer.client_id not in doc["targetIDs"]:
+            raise MAFError(f"the MAF Client is not an authorised Target of key {req.relative_key_id}",
+                           rsc=RSC.ORIGINATOR_HAS_NO_PRIVILEGE)
+        self._require_registered(tx, peer, doc["adminFQDN"])
+        try:
+            cred = tx.get_credential(NS.KEY, req.relative_key_id)
+        except NotFound:
+            raise MAFError(f"no live Key Registration {req.relative_key_id}", rsc=RSC.NOT_FOUND) from None
+        assert rec.expires_at is not None
+        rsp = KeyRetrievalResponse(expiration_time=rec.expires_at, source_maf_client_id=doc["sourceMAFClientID"],
+                                   admin_fqdn=doc["adminFQDN"], suid=SUID(doc["suid"]), key_value=cred.secret,
+                                   labels=tuple(doc["labels"]) or None)
+        return rsp, peer.client_id, {"relativeKeyID": req.relative_key_id, "suid": doc["suid"]}
+
+    def _key_registration_update(self, tx: Transaction, peer: MAFPeer, req: KeyRegistrationUpdateRequest,
+                                 _exp: Any) -> tuple[Any, str, dict[str, Any]]:
+        self._check_maf(req.maf_fqdn)
+        rec = self._own_key(tx, peer, req.relative_key_id)
+        doc = dict(rec.doc)
+        expires = rec.expires_at
+        if req.target_ids is not None:
+            check_suid_targets(SUID(doc["suid"]), req.target_ids, required=True)
+            doc["targetIDs"] = list(req.target_ids)
+        if req.labels is not None:
+            doc["labels"] = list(req.labels)
+        if req.expiration_time is not None:
+            expires = self._expiry(req.expiration_time, self.max_key_lifetime)
+            doc["expirationTime"] = _iso(expires)
+            cred = tx.get_credential(NS.KEY, rec.rec_id)
+            tx.put_credential(NS.KEY, rec.rec_id, cred.secret, metadata=cred.metadata, expires_at=expires)
+        tx.update_record(NS.KEY_REG, rec.rec_id, doc, expected_version=rec.version, expires_at=expires)
+        rsp = KeyRegistrationUpdateResponse(
+            expiration_time=expires if req.expiration_time is not None else None,
+            labels=req.labels, target_ids=req.target_ids)
+        return rsp, doc["sourceMAFClientID"], {"relativeKeyID": rec.rec_id, "targetIDs": doc["targetIDs"]}
+
+    def _key_deregistration(self, tx: Transaction, peer: MAFPeer, req: KeyDeregistrationRequest,
+                            _exp: Any) -> tuple[Any, str, dict[str, Any]]:
+        self._check_maf(req.maf_fqdn)
+        rec = self._own_key(tx, peer, req.relative_key_id)
+        tx.delete_record(NS.KEY_REG, rec.rec_id, expected_version=rec.version)
+        tx.delete_credential(NS.KEY, rec.rec_id)
+        return KeyDeregistrationResponse(), rec.doc["sourceMAFClientID"], {"relativeKeyID": rec.rec_id}
+
+    # ------------------------------------------------------------------ misc
+
+    def _relative_from(self, value: str) -> str:
+        if "@" in value:
+            kid = parse_key_id(value, hex_length=16)
+            if kid.fqdn.lower() != self.fqdn:
+                raise IdentifierError(f"key identifier {value!r} belongs to another MAF")
+            return kid.relative.lower()
+        return check_relative_key_id(value.lower())
+
+
+
