@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import INI_CERT_ID, INI_ID, TER_CERT_ID, PKI, initiator_info, terminator_info  # type: ignore[import-not-found]
+from conftest import INI_ID, PKI, initiator_info, terminator_info  # type: ignore[import-not-found]
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tls"))
-from _tlshelp import OPENSSL, Proc, free_port, keying_material, openssl_server  # noqa: E402
+from _tlshelp import OPENSSL, Proc, keying_material, openssl_server  # noqa: E402
 
 from cryptography.hazmat.primitives.serialization import Encoding  # noqa: E402
 
@@ -118,8 +118,6 @@ def test_openssl_s_client_vs_our_terminator(pki: PKI, clock, tmp_path: Path) -> 
 def test_openssl_s_client_with_untrusted_certificate_is_refused(pki: PKI, clock, tmp_path: Path) -> None:
     from m2msec.escertke import ESCertKEError
 
-    from m2msec.pki.ca import private_key_pem  # noqa: F401
-
     key, cert = write_pem(tmp_path, "ter-as-ini", pki.ter, pki.ter_key_pem)  # valid chain, wrong identifier
     ca = tmp_path / "ca.pem"
     ca.write_bytes(pki.ca.trust_anchor.public_bytes(Encoding.PEM))
@@ -143,5 +141,3 @@ def test_openssl_s_client_with_untrusted_certificate_is_refused(pki: PKI, clock,
             client.kill()
     assert "IDENTIFIER_MISMATCH" in str(ei.value) and len(ter.keys) == 0
 
-
-_ = free_port
