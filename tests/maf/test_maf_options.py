@@ -1,0 +1,159 @@
+"""MAF-based options: ESData for three targets (SUID 34/35), ESPrim key source (33), SAEF PSK (32)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from _mafhelp import AE1, AE2, AE3, AE4, FakeClock, connected, make_service, make_store, run, running
+
+from m2msec.esdata.api import Source, Target
+from m2msec.esdata.errors import ESDataError
+from m2msec.esprim.errors import UnknownKeyID
+from m2msec.keys import derive_maf_pairwise_esprim_key, maf_esdata_key
+from m2msec.maf.keysources import (
+    MAFESDataKeySource,
+    MAFESPrimKeySource,
+    esdata_recipient,
+    esdata_signer,
+    esprim_originator_key,
+    is_maf_key_id,
+    saef_kpsa_entry,
+)
+from m2msec.onem2m.enums import SUID
+from m2msec.saef import InMemoryKpsaDirectory, connect, psk_client, psk_server, serve
+
+
+@pytest.fixture()
+def env(tmp_path: Path):
+    clock = FakeClock()
+    store = make_store(tmp_path / "maf.db", clock)
+    svc = make_service(store, clock)
+    yield clock, store, svc
+    store.close()
+
+
+def test_reserved_string_derivations() -> None:
+    kc = bytes(range(32))
+    assert derive_maf_pairwise_esprim_key(kc) == hmac.new(kc, b"oneM2M MAF pairwiseESPrimKey", hashlib.sha256).digest()
+    assert maf_esdata_key(kc, 34) == kc[:16] and maf_esdata_key(kc, 35) == kc
+    with pytest.raises(ValueError):
+        maf_esdata_key(kc, 33)
+    with pytest.raises(ValueError):
+        derive_maf_pairwise_esprim_key(kc[:16])
+
+
+def test_esdata_envelope_for_three_targets(env) -> None:
+    clock, store, svc = env
+    payload = b'{"temperature": 21.5}'
+
+    async def main() -> None:
+        async with running(svc) as srv, connected(srv.port, AE1) as src, connected(srv.port, AE2) as t2, \
+                connected(srv.port, AE3) as t3, connected(srv.port, AE4) as t4:
+            for c in (src, t2, t3, t4):
+                await c.register(clock.now + timedelta(days=1))
+            enc = await src.register_key(SUID.MAF_ESDATA_ENCRYPT, [AE2, AE3, AE4], clock.now + timedelta(hours=1))
+            envelope = Source().seal(payload, serialization=1, recipients=[esdata_recipient(enc)],
+                                     content_type="application/json")
+            for t in (t2, t3, t4):
+                ks = MAFESDataKeySource(t)
+                await ks.fetch(enc.key_id)
+                assert Target(ks).open(envelope).payload == payload
+            # a client that is not a target cannot get the key
+            outsider = MAFESDataKeySource(src)
+            with pytest.raises(Exception) as ei:
+                await outsider.fetch(enc.key_id)
+            assert getattr(ei.value, "rsc", None) == 4103
+            # a target that has not fetched cannot open
+            with pytest.raises(ESDataError):
+                Target(MAFESDataKeySource(t2)).open(envelope)
+            # MIC with a SUID-35 key, two targets (a fresh MAF Handshake: one exporter key per session)
+            await src.connect()
+            sig = await src.register_key(SUID.MAF_ESDATA_SIGN, [AE2, AE3], clock.now + timedelta(hours=1))
+            signed = Source().seal(payload, serialization=1, signers=[esdata_signer(sig)])
+            ks3 = MAFESDataKeySource(t3)
+            await ks3.fetch(sig.key_id)
+            assert Target(ks3).open(signed).payload == payload
+            # an encryption key cannot be used as a signing key
+            with pytest.raises(Exception):
+                esdata_signer(enc)
+
+    run(main)
+
+
+def test_esprim_key_source(env) -> None:
+    clock, store, svc = env
+
+    async def main() -> None:
+        async with running(svc) as srv, connected(srv.port, AE1) as orig, connected(srv.port, AE2) as recv, \
+                connected(srv.port, AE3) as other:
+            for c in (orig, recv, other):
+                await c.register(clock.now + timedelta(days=1))
+            reg = await orig.register_key(SUID.MAF_ESPRIM, [AE2], clock.now + timedelta(hours=1))
+            okey = esprim_originator_key(reg, AE2)
+            assert okey.kid == reg.key_id and okey.key == derive_maf_pairwise_esprim_key(reg.key)
+            src = MAFESPrimKeySource(recv, clock=clock)
+            assert src.handles(reg.key_id) and not src.handles("abc@maf.example.com")
+            with pytest.raises(UnknownKeyID):
+                src.resolve(reg.key_id)  # not fetched yet
+            rkey = await src.fetch(reg.key_id)
+            assert rkey.key == okey.key and rkey.peer_id == AE1 and rkey.suid is SUID.MAF_ESPRIM
+            assert rkey.expires_at == clock.now + timedelta(hours=1)
+            assert src.resolve(reg.key_id) == rkey
+            with pytest.raises(UnknownKeyID):
+                await MAFESPrimKeySource(other, clock=clock).fetch(reg.key_id)  # not the target
+            # an ESData key is not accepted as an ESPrim key
+            ed = await orig.register_key(SUID.MAF_ESDATA_ENCRYPT, [AE2], clock.now + timedelta(hours=1),
+                                         key_value=bytes(32))
+            with pytest.raises(Exception) as ei:
+                await src.fetch(ed.key_id)
+            assert getattr(ei.value, "rsc", None) == 4102
+            clock.advance(hours=2)
+            with pytest.raises(UnknownKeyID):
+                src.resolve(reg.key_id)  # pairwiseESPrimKeyLifetime = Kc lifetime
+
+    run(main)
+
+
+def test_saef_with_maf_key_as_psk(env) -> None:
+    """A registered SUID-32 key works as the PSK of m2msec.saef.psk_client/psk_server (8.2.2.3)."""
+    clock, store, svc = env
+
+    async def main() -> None:
+        async with running(svc) as srv, connected(srv.port, AE1) as a, connected(srv.port, AE2) as b:
+            for c in (a, b):
+                await c.register(clock.now + timedelta(days=1))
+            reg = await a.register_key(SUID.MAF_SAEF, [AE2], clock.now + timedelta(hours=1))
+            got = await b.retrieve_key(reg.key_id)
+            assert is_maf_key_id(reg.key_id, "maf.example.com")
+            server_ep = psk_server(InMemoryKpsaDirectory([saef_kpsa_entry(got, AE1)]), id_b=AE2)
+            seen: list[str] = []
+
+            async def handler(reader, writer, ctx) -> None:  # type: ignore[no-untyped-def]
+                seen.append(ctx.peer_id)
+                writer.write(await reader.readexactly(5))
+                await writer.drain()
+
+            saef_srv = await serve(server_ep, handler)
+            port = saef_srv.sockets[0].getsockname()[1]
+            try:
+                reader, writer, ctx = await connect(psk_client(saef_kpsa_entry(reg, AE2)), "127.0.0.1", port)
+                assert ctx.peer_id == AE2 and ctx.psk_identity == reg.key_id
+                writer.write(b"hello")
+                assert await asyncio.wait_for(reader.readexactly(5), 5) == b"hello"
+                writer.close()
+                assert seen == [AE1]
+                # a different key under the same identity fails the handshake
+                from m2msec.saef import KpsaEntry
+                from m2msec.tls.engine import TLSHandshakeError
+                with pytest.raises(TLSHandshakeError):
+                    await connect(psk_client(KpsaEntry(reg.key_id, bytes(32), peer_id=AE2)), "127.0.0.1", port)
+            finally:
+                saef_srv.close()
+                await saef_srv.wait_closed()
+
+    run(main)
