@@ -274,3 +274,46 @@ def test_store_backed_kpsa_directory_caches_with_lifetime(mef: ThreadedMEF, tmp_
         assert d.lookup("00" * 16 + "@" + MEF_FQDN) is None and d.errors
 
     run(go)
+
+
+def test_remote_maf_enrolment_instruction_and_km_fetch(mef: ThreadedMEF) -> None:
+    from m2msec.keys import derive_km
+    from m2msec.mef import InstructionType, MAFPreference
+
+    maf_fqdn = "maf.m2m.example.com"
+    mef.state.add_enrolee(EnroleeConfig("/id-in/Cmafdev", kpm_id="kpm-maf",
+                                        mafs=(MAFPreference(maf_fqdn, "https://maf/keyreg", "https://maf/keyret",
+                                                            "https://maf/clientreg"),)), kpm=b"m" * 32)
+    mef.state.add_target(TargetConfig(maf_fqdn, psk_id="maf-psk"), psk=b"k" * 32)
+
+    async def go() -> None:
+        tls = kpm_tls("kpm-maf", b"m" * 32)
+        without = await enrol(mef.host, mef.port, tls, EnrolmentRequest(maf_enrolment=False))
+        assert without.instructions == ()
+        e = await enrol(mef.host, mef.port, tls, EnrolmentRequest(maf_enrolment=True))
+        (ins,) = e.instructions
+        assert ins.type is InstructionType.MAF_ENROLMENT
+        assert ins.params["MAFID"] == maf_fqdn and ins.params["CredentialType"] == "SymmetricKey"
+        assert ins.params["MAFKeyRegistrationURI"] == "https://maf/keyreg"
+        assert ins.params["MAFClientRegistrationURI"] == "https://maf/clientreg"
+        maf = fetcher(mef, maf_fqdn, "maf-psk", b"k" * 32)
+        km = await maf.fetch_km(e.ke_id)
+        assert km.key == derive_km(e.ke, maf_fqdn) == e.km(maf_fqdn)
+        assert km.enrolee_id == "/id-in/Cmafdev"
+        with pytest.raises(MEFClientError) as ei:  # no MAF enrolment was instructed in that exchange
+            await maf.fetch_km(without.ke_id)
+        assert ei.value.rsc is RSC.ORIGINATOR_HAS_NO_PRIVILEGE
+        with pytest.raises(MEFClientError):  # the MAF may not fetch Kpsa either
+            await maf.fetch(e.ke_id, 22)
+
+    run(go)
+
+
+def test_reenrolment_with_kre(mef: ThreadedMEF) -> None:
+    async def go() -> None:
+        first = await enrol(mef.host, mef.port, kpm_tls())
+        second = await enrol(mef.host, mef.port, mef_tls_config(psk=first.reauth_psk()))
+        assert second.enrolee_id == ENROLEE and second.ke_id != first.ke_id and second.ke != first.ke
+        assert mef.state.store.get_credential(NS_KE, second.ke_id).metadata["credential"] == f"kre:{first.kre_id}"
+
+    run(go)
