@@ -105,10 +105,19 @@ def test_responses_roundtrip() -> None:
     assert EnrolmentResponse.from_json(rsp.to_json()) == rsp
     ok = parse_fetch_response(FetchSuccess(KE, "/id-in/Ca", T).to_json())
     assert isinstance(ok, FetchSuccess) and ok.credential == KE and ok.lifetime == T
-    assert "credential" not in repr(ok).lower() or KE.hex() not in repr(ok)
+    assert KE.hex() not in repr(ok) and str(list(KE)) not in repr(ok) and "credential=" not in repr(ok)
     bad = parse_fetch_response(FetchFailure("nope").to_json())
     assert bad == FetchFailure("nope")
     with pytest.raises(ParseError):
         parse_fetch_response(b'{"Status":true,"Credential":"!!","EnroleeID":"a","Lifetime":"20261126T120000"}')
     with pytest.raises(ParseError):
         parse_fetch_response(b'{"Status":"yes"}')
+
+
+def test_no_secret_in_reprs() -> None:
+    from m2msec.mef import Enrolment, FetchedCredential
+
+    e = Enrolment(KEID, KE, KEID, bytes(32), "/id-in/Ca", T)
+    f = FetchedCredential(KEID, 22, KE, "/id-in/Ca", T)
+    for obj in (e, f):
+        assert "\\x00\\x01" not in repr(obj) and KE.hex() not in repr(obj) and "ke=" not in repr(obj)

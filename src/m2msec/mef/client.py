@@ -31,7 +31,7 @@ from typing import Any
 import h11
 
 from m2msec.errors import M2MSecError, ParseError, UnknownKeyError
-from m2msec.keys import LABEL_BOOTSTRAP, LABEL_BOOTSTRAP_REAUTH, derive_kpsa, ke_id, kre_id, parse_key_id, split_exported
+from m2msec.keys import LABEL_BOOTSTRAP, LABEL_BOOTSTRAP_REAUTH, ke_id, kre_id, parse_key_id, split_exported
 from m2msec.mef.protocol import (
     ENROLMENT_PATH,
     SUID_MAF,
@@ -364,7 +364,3 @@ class MEFKpsaDirectory:
     async def prefetch(self, kpsa_id: str) -> KpsaEntry:
         return self._entry(await self.fetcher.fetch(kpsa_id, SUID_SAEF))
 
-
-def kpsa_for(ke: bytes, enrolee_b_id: str) -> bytes:
-    """Kpsa = derive_kpsa(Ke, Enrolee-B-ID) (re-exported for callers holding Ke)."""
-    return derive_kpsa(ke, enrolee_b_id)

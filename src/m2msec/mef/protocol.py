@@ -18,7 +18,7 @@ import base64
 import binascii
 import enum
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -381,7 +381,8 @@ class Decision:
     grants: tuple[TargetGrant, ...]  # what Enrolment Targets may fetch (stored with Ke)
 
 
-CertificateEnrolmentHook = Any  # callable(enrolee_id, prefs) -> Instruction | None (EST, F9)
+CertificateEnrolmentHook = Callable[[EnroleePreferences, EnrolmentRequest], 'Instruction | None']
+"""Extension point for Certificate Enrolment (EST, RFC 7030, F9): returns the instruction or None."""
 
 
 def decide(prefs: EnroleePreferences, request: EnrolmentRequest, expiry: datetime, *,

@@ -38,6 +38,7 @@ from m2msec.errors import M2MSecError, ParseError
 from m2msec.keys import LABEL_BOOTSTRAP, LABEL_BOOTSTRAP_REAUTH, ke_id, kre_id, split_exported
 from m2msec.mef.protocol import (
     ENROLMENT_PATH,
+    CertificateEnrolmentHook,
     FETCH_PREFIX,
     EnrolmentRequest,
     EnrolmentResponse,
@@ -93,7 +94,7 @@ class MEFServer:
     """MEF over TLS 1.2; PSK and/or certificate mode.  ``credentials`` enable the certificate RSPF."""
 
     def __init__(self, state: MEFState, *, credentials: CertCredentials | None = None,
-                 certificate_hook: Any = None, handshake_timeout: float = 10.0) -> None:
+                 certificate_hook: CertificateEnrolmentHook | None = None, handshake_timeout: float = 10.0) -> None:
         self.state = state
         self.certificate_hook = certificate_hook  # extension point for EST (F9)
         self.handshake_errors: list[BaseException] = []

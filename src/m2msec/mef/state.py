@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -157,7 +157,6 @@ class MEFState:
     fqdn: str
     clock: Clock
     enrolee_anchors: tuple[x509.Certificate, ...] = ()
-    _unused: Any = field(default=None, repr=False)
 
     # -- administration ("m2msec mef enrolee add|list|revoke", "target add") ----------------
     def add_enrolee(self, cfg: EnroleeConfig, *, kpm: bytes | None = None) -> None:
