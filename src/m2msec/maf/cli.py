@@ -1,0 +1,189 @@
+"""``m2msec maf …``: run a MAF and administer its clients and keys (TS-0003 8.8).
+
+``serve`` runs the MAF of ``maf.toml`` (:func:`m2msec.maf.server.load_config`); ``clients`` and
+``keys`` list what the store holds (no key bytes); ``revoke`` deletes a Key Registration;
+``add-client`` provisions a MAF Client: a pre-provisioned Km/KmID (8.8.3.1) or the MAF Client
+Certificate Information (flavour + identifier, 8.8.3.2).  Several ``serve`` processes may share
+one store (PostgreSQL, or one SQLite file on one host).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from cryptography import x509
+
+from m2msec.errors import M2MSecError
+from m2msec.maf.server import MAFServerConfig, build_server, load_config, open_config_store
+from m2msec.maf.service import MAFService
+from m2msec.onem2m.timestamps import format_timestamp
+from m2msec.pki import CertificateFlavour, PeerCertInfo
+from m2msec.store import Store
+from m2msec.store.store import utc_now
+
+app = typer.Typer(help="M2M Authentication Function (TS-0003 8.8): serve, clients, keys, revoke, add-client.",
+                  no_args_is_help=True)
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="maf.toml", exists=True, dir_okay=False)]
+
+
+def _fail(exc: Exception) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(code=2)
+
+
+def _open(config: Path) -> tuple[MAFServerConfig, Store, MAFService]:
+    cfg = load_config(config)
+    store = open_config_store(cfg, clock=utc_now)
+    svc = MAFService(store, cfg.fqdn, admins=cfg.admins, clock=utc_now,
+                     client_trust_anchors=cfg.client_trust_anchors)
+    return cfg, store, svc
+
+
+def _ts(v: Any) -> str:
+    return format_timestamp(v) if v is not None else "-"
+
+
+@app.command("serve")
+def serve(config: ConfigOpt,
+          port: Annotated[int | None, typer.Option("--port", help="Override the configured port.")] = None,
+          verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """Run the MAF (TLS-PSK and, with [tls], certificate MAF Handshake) until interrupted."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
+    try:
+        cfg = load_config(config)
+        store = open_config_store(cfg, clock=utc_now)
+    except M2MSecError as exc:
+        _fail(exc)
+    if port is not None:
+        from dataclasses import replace
+
+        cfg = replace(cfg, port=port)
+    server = build_server(cfg, store, clock=utc_now)
+
+    async def main() -> None:
+        await server.start()
+        typer.echo(f"MAF {cfg.fqdn} listening on {cfg.host}:{server.port}", err=False)
+        await server.serve_forever()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        store.close()
+
+
+@app.command("clients")
+def clients(config: ConfigOpt, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List provisioned MAF Clients and their registrations."""
+    try:
+        _, store, svc = _open(config)
+        with store:
+            rows = svc.list_clients()
+    except M2MSecError as exc:
+        _fail(exc)
+    if as_json:
+        for r in rows:
+            typer.echo(json.dumps({**r, "expires_at": _ts(r["expires_at"])}, sort_keys=True, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"MAF clients ({len(rows)})")
+    for col in ("client ID", "auth", "credential", "origin", "credential expires", "registrations"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        regs = ", ".join(f"{g['adminFQDN']} until {g['expirationTime']}" for g in r["registrations"]) or "-"
+        table.add_row(r["client_id"], r["auth"], r["credential"], str(r["origin"] or "-"), _ts(r["expires_at"]), regs)
+    Console(width=160).print(table)
+
+
+@app.command("keys")
+def keys(config: ConfigOpt, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List live Key Registrations (metadata only, never key values)."""
+    try:
+        _, store, svc = _open(config)
+        with store:
+            rows = svc.list_keys()
+    except M2MSecError as exc:
+        _fail(exc)
+    if as_json:
+        for r in rows:
+            typer.echo(json.dumps({**r, "expires_at": _ts(r["expires_at"])}, sort_keys=True))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"MAF key registrations ({len(rows)})")
+    for col in ("key identifier", "SUID", "source", "targets", "admin", "origin", "expires"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["keyID"], str(r["suid"]), r["sourceMAFClientID"], ", ".join(r["targetIDs"]),
+                      r["adminFQDN"], r["origin"], _ts(r["expires_at"]))
+    Console(width=160).print(table)
+
+
+@app.command("revoke")
+def revoke(key_id: Annotated[str, typer.Argument(help="Key Identifier (hex@MAF-FQDN) or RelativeKeyID")],
+           config: ConfigOpt) -> None:
+    """Delete a Key Registration: no Target can retrieve the key any more."""
+    try:
+        _, store, svc = _open(config)
+        with store:
+            live = svc.revoke_key(key_id)
+    except M2MSecError as exc:
+        _fail(exc)
+    if not live:
+        typer.echo(f"no live key registration {key_id}", err=True)
+        raise typer.Exit(code=1)
+    typer.echo(f"revoked {key_id}")
+
+
+@app.command("add-client")
+def add_client(
+    config: ConfigOpt,
+    client_id: Annotated[str | None, typer.Option("--client-id", help="AE-ID/CSE-ID of the MAF Client.")] = None,
+    kmid: Annotated[str | None, typer.Option("--kmid", help="KmID (relative@MAF-FQDN, 10.6).")] = None,
+    km_hex: Annotated[str | None, typer.Option("--km-hex", help="Km in hexadecimal.")] = None,
+    cert: Annotated[Path | None, typer.Option("--cert", exists=True, dir_okay=False,
+                                               help="The client's certificate (PEM), for certificate clients.")] = None,
+    flavour: Annotated[str, typer.Option("--flavour", help="ae-id, cse-id, device, node-id, fqdn")] = "ae-id",
+    identifier: Annotated[str | None, typer.Option("--identifier",
+                                                    help="Identifier in the certificate (default: client ID).")] = None,
+) -> None:
+    """Provision a MAF Client: --kmid/--km-hex (pre-provisioned Km) or --cert (certificate)."""
+    if (kmid is None) == (cert is None):
+        _fail(ValueError("give either --kmid with --km-hex, or --cert"))
+    try:
+        _, store, svc = _open(config)
+        with store:
+            if kmid is not None:
+                if not km_hex:
+                    _fail(ValueError("--km-hex is required with --kmid"))
+                try:
+                    km = bytes.fromhex(km_hex or "")
+                except ValueError:
+                    _fail(ValueError("--km-hex is not hexadecimal"))
+                cid = svc.add_km_client(kmid, km, client_id=client_id)
+                typer.echo(f"provisioned Km for {cid} under KmID {kmid}")
+            else:
+                assert cert is not None
+                if not client_id:
+                    _fail(ValueError("--client-id is required with --cert"))
+                assert client_id is not None
+                certificate = x509.load_pem_x509_certificates(cert.read_bytes())[0]
+                info = PeerCertInfo(CertificateFlavour(flavour), identifier or client_id)
+                svc.add_cert_client(client_id, info)
+                typer.echo(f"configured certificate client {client_id} ({info.flavour.value} {info.identifier}; "
+                           f"subject {certificate.subject.rfc4514_string()})")
+    except (M2MSecError, ValueError) as exc:
+        _fail(exc)
+
+
+__all__ = ["app"]
