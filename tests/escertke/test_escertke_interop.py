@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import INI_ID, PKI, initiator_info, terminator_info  # type: ignore[import-not-found]
+from _escertke_support import INI_ID, PKI, initiator_info, terminator_info  # type: ignore[import-not-found]
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tls"))
 from _tlshelp import OPENSSL, Proc, keying_material, openssl_server  # noqa: E402

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 
-from conftest import INI_ID, TER_ID, PKI, initiator_info, terminator_info  # type: ignore[import-not-found]
+from _escertke_support import INI_ID, TER_ID, PKI, initiator_info, terminator_info  # type: ignore[import-not-found]
 
 from m2msec.escertke import ESCertKEKeys, InitiatingEndPoint, InitiatorInfo, TerminatingEndPoint
 from m2msec.esprim import StoreKeySource

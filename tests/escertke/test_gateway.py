@@ -15,7 +15,7 @@ import secrets
 from pathlib import Path
 
 import pytest
-from conftest import PKI, initiator_info, terminator_info  # type: ignore[import-not-found]
+from _escertke_support import PKI, initiator_info, terminator_info  # type: ignore[import-not-found]
 
 from m2msec.escertke import (
     ESCertKEError,

@@ -15,7 +15,7 @@ import base64
 import json
 
 import pytest
-from conftest import INI_ID, TER_ID, PKI, initiator_info, terminator_info  # type: ignore[import-not-found]
+from _escertke_support import INI_ID, TER_ID, PKI, initiator_info, terminator_info  # type: ignore[import-not-found]
 
 from m2msec.escertke import (
     ESCertKEError,

@@ -7,7 +7,7 @@ import json
 from datetime import timedelta
 
 import pytest
-from conftest import INI_ID, TER_ID, PKI, Clock, initiator_info, terminator_info  # type: ignore[import-not-found]
+from _escertke_support import INI_ID, TER_ID, PKI, Clock, initiator_info, terminator_info  # type: ignore[import-not-found]
 
 from m2msec.esdata import Source, Target
 from m2msec.esprim import Originator, OriginatorPolicy, Receiver, ReceiverPolicy

@@ -40,7 +40,7 @@ from m2msec.net.endpoint import EndpointThread
 from m2msec.onem2m import Operation, RequestPrimitive, ResourceType, ResponsePrimitive, ResponseStatusCode, SecurityInfo
 from m2msec.onem2m.primitives import new_request_id
 
-from conftest import GatewayProcess, write_config
+from _gateway_support import GatewayProcess, write_config
 
 pytestmark = pytest.mark.acme
 RSC = ResponseStatusCode

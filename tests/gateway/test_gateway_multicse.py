@@ -26,7 +26,7 @@ from m2msec.onem2m import Operation, RequestPrimitive, ResourceType, ResponsePri
 from m2msec.onem2m.primitives import new_request_id
 from m2msec.store import KeyEncryptionKey
 
-from conftest import GatewayProcess, write_config
+from _gateway_support import GatewayProcess, write_config
 
 pytestmark = pytest.mark.acme
 RSC = ResponseStatusCode

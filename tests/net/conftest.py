@@ -7,16 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from m2msec.net.acme import AcmeCSE, acme_available
+from _net_support import require_acme
+
+from m2msec.net.acme import AcmeCSE
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "acme: needs the ACME CSE (PyPI acmecse) started as a subprocess")
-
-
-def require_acme() -> None:
-    if not acme_available():
-        pytest.skip("acmecse is not installed")
 
 
 @pytest.fixture(scope="module")

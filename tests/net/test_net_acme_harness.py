@@ -16,7 +16,7 @@ from m2msec.net.client import OneM2MClient
 from m2msec.net.endpoint import EndpointThread, NotifyDispatcher
 from m2msec.onem2m import RequestPrimitive, ResourceType, ResponsePrimitive, ResponseStatusCode
 
-from conftest import require_acme
+from _net_support import require_acme
 
 RSC = ResponseStatusCode
 

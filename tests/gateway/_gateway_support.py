@@ -1,0 +1,71 @@
+"""Helpers of the gateway tests (a uniquely named module: every test folder's conftest is a
+module called ``conftest``, so test files import plain helpers from here)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+
+class GatewayProcess:
+    """`python -m m2msec.gateway serve` as a child process; ``url`` once it listens."""
+
+    def __init__(self, config: Path, cse_url: str, trace: Path | None = None, store: str | None = None) -> None:
+        cmd = [sys.executable, "-m", "m2msec.gateway", "serve", "--config", str(config), "--cse", cse_url,
+               "--listen", "127.0.0.1:0"]
+        if trace is not None:
+            cmd += ["--trace", str(trace)]
+        if store is not None:
+            cmd += ["--store", store]
+        self._err = tempfile.TemporaryFile()  # noqa: SIM115 - read on failure, closed in stop()
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=self._err, stdin=subprocess.DEVNULL, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        line: list[str] = []
+
+        def read() -> None:
+            assert self.proc.stdout is not None
+            line.append(self.proc.stdout.readline())
+
+        t = threading.Thread(target=read, daemon=True)
+        t.start()
+        t.join(20)
+        if not line or not line[0].startswith("listening on "):
+            self.proc.kill()
+            self.proc.wait(10)
+            self._err.seek(0)
+            err = self._err.read().decode("utf-8", "replace")
+            self._err.close()
+            raise RuntimeError(f"gateway did not start: {line!r} {err[-2000:]}")
+        self.url = line[0].split("listening on ", 1)[1].strip()
+
+    def stop(self) -> int | None:
+        self._err.close()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                return self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                return self.proc.wait(10)
+        return self.proc.returncode
+
+
+def write_config(path: Path, *, cse_id: str, cse_name: str, keys: list[dict[str, str | int]],
+                 routes: dict[str, str] | None = None, extra: str = "") -> Path:
+    lines = [
+        "[cse]", f'id = "{cse_id}"', f'name = "{cse_name}"', 'admin = "CAdmin"', "",
+        "[store]", 'kek_file = "gateway.kek"', f'url = "sqlite://{path.parent}/gateway.db"', "",
+        "[gateway]", "poa_ttl = 30", "",
+    ]
+    for k in keys:
+        lines += ["[[keys]]"] + [f"{n} = {v!r}".replace("'", '"') if isinstance(v, str) else f"{n} = {v}" for n, v in k.items()] + [""]
+    for csi, url in (routes or {}).items():
+        lines += ["[[routes]]", f'csi = "{csi}"', f'url = "{url}"', ""]
+    path.write_text("\n".join(lines) + extra, encoding="utf-8")
+    return path
