@@ -6,7 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from _mafhelp import ADMIN, AE1, AE2, AE3, KMS, MAF, FakeClock, connected, kmid, make_service, make_store, run, running
+from _mafhelp import ADMIN, AE1, AE2, AE3, KMS, MAF, FakeClock, connected, make_service, make_store, run, running
 
 from m2msec.keys import LABEL_CONNECTION, maf_key_id
 from m2msec.maf import MAFResponseError, Procedure
