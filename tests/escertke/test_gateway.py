@@ -35,7 +35,9 @@ from m2msec.store import KeyEncryptionKey
 
 pytestmark = pytest.mark.skipif(not acme_available(), reason="acmecse is not installed")
 
-_spec = importlib.util.spec_from_file_location("gateway_conftest", Path(__file__).parents[1] / "gateway" / "conftest.py")
+_spec = importlib.util.spec_from_file_location(
+    "m2msec_tests_gateway_support", Path(__file__).parents[1] / "gateway" / "_gateway_support.py"
+)
 assert _spec is not None and _spec.loader is not None
 gw = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(gw)
