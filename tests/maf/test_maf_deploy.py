@@ -4,13 +4,17 @@ instances on one database, and an independent exporter check with ``openssl s_cl
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import shutil
+import sys
+from collections.abc import Iterator
+from typing import Any
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from _mafhelp import ADMIN, AE1, AE2, KMS, MAF, FakeClock, connected, kmid, make_service, make_store, run, running
+from _mafhelp import ADMIN, AE1, AE2, KEK, KMS, MAF, FakeClock, connected, kmid, make_service, make_store, run, running
 
 from m2msec.keys import derive_km, maf_key_id
 from m2msec.maf import InMemoryMEF, MAFClient, MAFClientConfig, MAFResponseError
@@ -19,6 +23,7 @@ from m2msec.onem2m.enums import SUID
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.pki import CertificateFlavour as F
 from m2msec.pki import DevCA, PeerCertInfo
+from m2msec.store import open_store
 from m2msec.tls.engine import CertCredentials, PSKCredentials, TLSHandshakeError
 
 OPENSSL = shutil.which("openssl")
@@ -141,10 +146,40 @@ def test_remotely_provisioned_client(env) -> None:
     run(main)
 
 
-def test_two_instances_one_database(env) -> None:
-    clock, store, tmp = env
+def _pg_helper() -> Any:
+    name = "m2msec_tests_pg"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "pg.py")
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def pg_server() -> Iterator[Any]:
+    pg = _pg_helper()
+    server = pg.PgServer.from_environment()
+    if server is None:
+        if pg.require_pg():
+            pytest.fail("M2MSEC_REQUIRE_PG is set but no PostgreSQL binaries were found")
+        pytest.skip("no PostgreSQL binaries found")
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_two_instances_one_database(env, backend: str, request: pytest.FixtureRequest) -> None:
+    clock, sqlite_store, tmp = env
+    if backend == "sqlite":
+        store = sqlite_store
+        store2 = make_store(tmp / "maf.db", clock)  # a second instance: its own store object, same database
+    else:
+        url = request.getfixturevalue("pg_server").create_database()
+        store = open_store(url, KEK, clock=clock)
+        store2 = open_store(url, KEK, clock=clock)
     svc1 = make_service(store, clock)
-    store2 = make_store(tmp / "maf.db", clock)  # a second instance: its own store object, same database
     svc2 = make_service(store2, clock, provision=False)
 
     async def main() -> None:
@@ -169,6 +204,8 @@ def test_two_instances_one_database(env) -> None:
         run(main)
     finally:
         store2.close()
+        if store is not sqlite_store:
+            store.close()
 
 
 @pytest.mark.skipif(OPENSSL is None, reason="no openssl binary")
