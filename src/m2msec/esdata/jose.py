@@ -86,8 +86,11 @@ _B64URL_SPARE_BITS = {0: 0, 2: 0x0F, 3: 0x03}
 # --- small strict helpers ------------------------------------------------------------------
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)  # stateless: safe to share
+
+
 def _dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=True)
+    return _ENCODER.encode(obj)
 
 
 def b64url_decode(value: object, what: str) -> bytes:
@@ -120,9 +123,14 @@ def _no_dup_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+_JSON_DECODER = json.JSONDecoder(object_pairs_hook=_no_dup_hook)  # built once (json.loads builds one per call)
+
+
 def json_object(raw: bytes | str, what: str) -> dict[str, Any]:
     try:
-        obj = json.loads(raw, object_pairs_hook=_no_dup_hook)
+        if isinstance(raw, (bytes, bytearray)):  # as json.loads does: UTF-8/16/32 by detection
+            raw = bytes(raw).decode(json.detect_encoding(raw), "surrogatepass")
+        obj = _JSON_DECODER.decode(raw)
     except MalformedEnvelopeError:
         raise
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -143,9 +151,12 @@ def _header(value: object, what: str) -> dict[str, Any]:
 def _merge(*parts: tuple[dict[str, Any], str]) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for header, _what in parts:
-        dup = merged.keys() & header.keys()
-        if dup:
-            raise MalformedEnvelopeError(f"header parameter(s) {sorted(dup)} appear in more than one header")
+        if not header:
+            continue
+        if merged:
+            dup = merged.keys() & header.keys()
+            if dup:
+                raise MalformedEnvelopeError(f"header parameter(s) {sorted(dup)} appear in more than one header")
         merged.update(header)
     return merged
 
