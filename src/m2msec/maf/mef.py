@@ -61,3 +61,34 @@ class InMemoryMEF:
         ke, lifetime, enrolee = entry
         km = derive_km(ke, self.maf_id)
         return (km, lifetime, enrolee) if enrolee is not None else (km, lifetime)
+
+
+class FetcherMEFClient:
+    """:class:`MEFClient` over :class:`m2msec.mef.client.MEFKeyFetcher` (the MEF component's
+    ``/fetchCredentials/<KeID>/21`` client): runs its blocking fetch and returns
+    ``(km, lifetime, enrolee_id)``.  Any MEF refusal means "unknown KeID" (the handshake fails)."""
+
+    SUID_MAF = 21
+
+    def __init__(self, fetcher: object) -> None:
+        self.fetcher = fetcher
+
+    def __repr__(self) -> str:
+        return f"FetcherMEFClient({self.fetcher!r})"
+
+    def fetch_km(self, keid: str) -> FetchedKm | None:
+        from m2msec.errors import M2MSecError  # noqa: PLC0415
+
+        is_ours = getattr(self.fetcher, "is_ours", None)
+        if is_ours is not None and not is_ours(keid):
+            return None
+        try:
+            cred = self.fetcher.fetch_blocking(keid, self.SUID_MAF)  # type: ignore[attr-defined]
+        except (M2MSecError, OSError, TimeoutError):
+            return None
+        enrolee = getattr(cred, "enrolee_id", "") or None
+        lifetime = getattr(cred, "lifetime", None)
+        return (cred.key, lifetime, enrolee) if enrolee else (cred.key, lifetime)
+
+
+__all__ += ["FetcherMEFClient"]

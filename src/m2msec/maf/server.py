@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from m2msec.errors import M2MSecError, ParseError
 from m2msec.keys import LABEL_CONNECTION
-from m2msec.maf.mef import MEFClient
+from m2msec.maf.mef import FetcherMEFClient, MEFClient
 from m2msec.maf.protocol import ErrorBody, MAFError, Procedure, decode_body, encode_body
 from m2msec.maf.service import AdminConfig, MAFPeer, MAFService
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
@@ -58,6 +58,20 @@ class MAFServerConfig:
     credentials: CertCredentials | None = field(default=None, repr=False)
     client_trust_anchors: tuple[x509.Certificate, ...] = ()
     kek_file: str | None = None
+    mef: dict[str, Any] | None = field(default=None, repr=False)
+
+    def mef_client(self) -> MEFClient | None:
+        """A :class:`FetcherMEFClient` over the MEF component's fetcher for the ``[mef]`` table."""
+        if not self.mef:
+            return None
+        from m2msec.mef.client import MEFKeyFetcher, mef_tls_config  # noqa: PLC0415
+        from m2msec.tls.engine import PSKCredentials  # noqa: PLC0415
+
+        m = self.mef
+        tls = mef_tls_config(psk=PSKCredentials.from_hex(str(m["psk_identity"]), str(m["psk_hex"])))
+        fetcher = MEFKeyFetcher(str(m.get("host", "127.0.0.1")), int(m["port"]), tls, target_id=self.fqdn,
+                                mef_fqdn=str(m["fqdn"]))
+        return FetcherMEFClient(fetcher)
 
 
 def _pem_certs(path: Path) -> list[x509.Certificate]:
@@ -74,6 +88,12 @@ def load_config(path: str | Path) -> MAFServerConfig:
         port = 8443
         max_registration_lifetime_s = 31536000
         max_key_lifetime_s = 2592000
+        [mef]                              # optional: remotely provisioned clients (KeID -> Km)
+        fqdn = "mef.example.com"
+        host = "127.0.0.1"
+        port = 8444
+        psk_identity = "maf@mef.example.com"  # the MAF's credentials towards the MEF
+        psk_hex = "..."
         [tls]                              # optional: certificate MAF Handshake
         cert = "maf.pem"                   # MAF certificate (+ chain)
         key = "maf.key"
@@ -110,7 +130,7 @@ def load_config(path: str | Path) -> MAFServerConfig:
             max_registration_lifetime=timedelta(seconds=int(data.get("max_registration_lifetime_s", 365 * 86400))),
             max_key_lifetime=timedelta(seconds=int(data.get("max_key_lifetime_s", 30 * 86400))),
             credentials=creds, client_trust_anchors=anchors,
-            kek_file=str(rel(kek_file)) if kek_file else None,
+            kek_file=str(rel(kek_file)) if kek_file else None, mef=dict(data["mef"]) if "mef" in data else None,
         )
     except (KeyError, TypeError, ValueError, OSError) as exc:
         raise ParseError(f"invalid MAF configuration {p}: {type(exc).__name__}: {exc}") from None
@@ -277,7 +297,7 @@ class MAFServer:
 
 
 def build_server(cfg: MAFServerConfig, store: Store, *, clock: Clock, mef: MEFClient | None = None) -> MAFServer:
-    service = MAFService(store, cfg.fqdn, admins=cfg.admins, clock=clock, mef=mef,
+    service = MAFService(store, cfg.fqdn, admins=cfg.admins, clock=clock, mef=mef or cfg.mef_client(),
                          client_trust_anchors=cfg.client_trust_anchors,
                          max_registration_lifetime=cfg.max_registration_lifetime,
                          max_key_lifetime=cfg.max_key_lifetime)

@@ -37,7 +37,7 @@ from typing import Any
 
 from cryptography import x509
 
-from m2msec.errors import IdentifierError, M2MSecError, ParseError, UnknownKeyError
+from m2msec.errors import IdentifierError, M2MSecError, ParseError
 from m2msec.keys import make_key_id, maf_key_id, parse_key_id
 from m2msec.maf.mef import MEFClient
 from m2msec.maf.protocol import (
@@ -286,7 +286,7 @@ class MAFService:
             return None
         try:
             fetched = self.mef.fetch_km(text)
-        except UnknownKeyError:
+        except M2MSecError:  # UnknownKeyError or a MEF refusal: the handshake fails
             return None
         if fetched is None:
             return None
