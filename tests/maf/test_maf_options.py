@@ -157,3 +157,42 @@ def test_saef_with_maf_key_as_psk(env) -> None:
                 await saef_srv.wait_closed()
 
     run(main)
+
+
+def test_esprim_exchange_with_a_maf_key(env) -> None:
+    """ESPrim phase A by the MAF option end to end: the Originator registers Kc (SUID 33), protects a
+    request; the Receiver peeks the kid, fetches Kc from the MAF on first sight and opens it."""
+    from m2msec.esprim import MemoryReceiverState, Originator, Receiver, ReceiverPolicy, SessionReady
+    from m2msec.esprim.errors import ESPrimError
+    from m2msec.onem2m import Operation, RequestPrimitive
+
+    clock, store, svc = env
+
+    async def main() -> None:
+        async with running(svc) as srv, connected(srv.port, AE1) as orig_c, connected(srv.port, AE2) as recv_c:
+            for c in (orig_c, recv_c):
+                await c.register(clock.now + timedelta(days=1))
+            reg = await orig_c.register_key(SUID.MAF_ESPRIM, [AE2], clock.now + timedelta(hours=1))
+            keys = MAFESPrimKeySource(recv_c, clock=clock)
+            receiver = Receiver(keys=keys, state=MemoryReceiverState(clock=clock), clock=clock,
+                                policy=ReceiverPolicy(supported_suids=(SUID.MAF_ESPRIM,)))
+            originator = Originator(clock=clock)
+            step = originator.start(esprim_originator_key(reg, AE2), receiver.e2e_sec_info())
+            assert isinstance(step, SessionReady)
+            req = RequestPrimitive(op=Operation.RETRIEVE, to="/id-in/CAE2/cnt", fr=AE1, rqi="r1", rvi="3")
+            obj, _pending = originator.protect_request(req, step.session)
+            kid = Receiver.peek(obj).kid
+            assert kid == reg.key_id
+            with pytest.raises(ESPrimError):  # not yet fetched: unknown key id
+                receiver.open_request(obj, outer_from=AE1)
+            await keys.fetch(kid)
+            got, _ctx = receiver.open_request(obj, outer_from=AE1)
+            assert got == req
+            # impersonation: the key is bound to the Source MAF Client AE1
+            req2 = RequestPrimitive(op=Operation.RETRIEVE, to="/id-in/CAE2/cnt", fr=AE3, rqi="r2", rvi="3")
+            obj2, _ = originator.protect_request(req2, step.session)
+            with pytest.raises(ESPrimError) as ei:
+                receiver.open_request(obj2, outer_from=AE3)
+            assert int(ei.value.rsc) == 4116
+
+    run(main)
