@@ -20,7 +20,7 @@ BIN = Path(sys.executable).with_name("m2msec")
 def test_help_lists_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("demo", "keys", "store", "pki", "tls", "esdata", "gateway", "mef"):
+    for command in ("demo", "keys", "store", "pki", "tls", "esdata", "gateway", "maf", "mef"):
         assert command in result.output
 
 

@@ -139,6 +139,7 @@ def _mount_frameworks() -> None:
     """Mount each framework's own sub-app (``m2msec <framework> ...``)."""
     from m2msec.esdata.cli import app as esdata_app
     from m2msec.gateway.cli import app as gateway_app
+    from m2msec.maf.cli import app as maf_app
     from m2msec.mef.cli import app as mef_app
     from m2msec.pki.cli import app as pki_app
     from m2msec.store.cli import app as store_app
@@ -149,6 +150,7 @@ def _mount_frameworks() -> None:
     app.add_typer(tls_app, name="tls")
     app.add_typer(esdata_app, name="esdata")
     app.add_typer(gateway_app, name="gateway")
+    app.add_typer(maf_app, name="maf")
     app.add_typer(mef_app, name="mef")
 
 
