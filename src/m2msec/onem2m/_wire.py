@@ -199,12 +199,50 @@ def _resolve(p: Any) -> str:
     return out  # type: ignore[no-any-return]
 
 
+def _fast_ok(v: object, depth: int) -> bool:
+    """True if ``v`` is plainly within the JSON data model and :data:`MAX_DEPTH` (exact
+    ``dict``/``list``/``str``/``int``/``bool``/``None``/finite ``float`` only).  False means
+    "not sure": the general check below decides and spells out the error."""
+    t = type(v)
+    if t is dict:
+        if depth >= MAX_DEPTH:
+            return False
+        depth += 1
+        for k, x in v.items():  # type: ignore[attr-defined]
+            if type(k) is not str:
+                return False
+            tx = type(x)
+            if tx is str or tx is int or tx is bool or x is None:
+                continue
+            if not _fast_ok(x, depth):
+                return False
+        return True
+    if t is list:
+        if depth >= MAX_DEPTH:
+            return False
+        depth += 1
+        for x in v:  # type: ignore[attr-defined]
+            tx = type(x)
+            if tx is str or tx is int or tx is bool or x is None:
+                continue
+            if not _fast_ok(x, depth):
+                return False
+        return True
+    if t is str or t is int or t is bool or v is None:
+        return True
+    if t is float:
+        return math.isfinite(v)  # type: ignore[arg-type]
+    return False
+
+
 def check_json_model(value: object, path: str) -> None:
     """Reject anything outside the JSON data model (used for opaque content).
 
     Containers nested deeper than :data:`MAX_DEPTH` are rejected too.  (Exact-type fast
     paths first; element paths are only spelled out for an error message.)
     """
+    if _fast_ok(value, 0):  # the common case: plain values decoded from JSON/CBOR
+        return
     stack: list[tuple[object, Any, int]] = [(value, path, 0)]
     while stack:
         v, p, depth = stack.pop()
@@ -235,11 +273,13 @@ def check_json_model(value: object, path: str) -> None:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ParseError(f"duplicate JSON member name {k!r}")
-        out[k] = v
+    out = dict(pairs)
+    if len(out) != len(pairs):  # rare: find the repeated name for the message
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise ParseError(f"duplicate JSON member name {k!r}")
+            seen.add(k)
     return out
 
 
@@ -247,11 +287,18 @@ def _no_constant(name: str) -> Any:
     raise ParseError(f"{name} is not valid JSON")
 
 
+# One decoder/encoder for every call (json.loads/json.dumps with options build a new one each time).
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def loads_json(data: bytes | str) -> Any:
     """Decode JSON text strictly (UTF-8, unique member names, no NaN/Infinity)."""
     try:
         text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        if not isinstance(text, str):
+            raise TypeError(f"the JSON object must be str, bytes or bytearray, not {type(data).__name__}")
+        return _DECODER.decode(text)
     except ParseError:
         raise
     except (ValueError, UnicodeDecodeError) as exc:
@@ -261,7 +308,7 @@ def loads_json(data: bytes | str) -> Any:
 
 
 def dumps_json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    return _ENCODER.encode(value).encode("utf-8")
 
 
 def loads_cbor(data: bytes) -> Any:

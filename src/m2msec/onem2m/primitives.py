@@ -39,9 +39,10 @@ from __future__ import annotations
 import copy
 import re
 import secrets
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any, ClassVar, Mapping, Union
+from typing import Any, ClassVar, Mapping, TypeVar, Union
 
 from m2msec.errors import ParseError
 from m2msec.onem2m import _wire
@@ -119,12 +120,41 @@ def _read_opaque_object(value: object, path: str) -> dict[str, Any]:
     return _wire.expect_object(value, path)
 
 
-def _read_extra(values: dict[str, Any], keys: frozenset[str]) -> dict[str, Any]:
+def _read_extra(values: Mapping[str, Any], keys: frozenset[str]) -> dict[str, Any]:
     extra: dict[str, Any] = {}
+    if keys.isdisjoint(values):
+        return extra
     for k in sorted(keys & values.keys()):
         _wire.check_json_model(values[k], k)
         extra[k] = values[k]
     return extra
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _members(obj: object, names: dict[str, str], required: tuple[str, ...]) -> Mapping[str, Any]:
+    """The members of a primitive (wire names are the short names, so no renaming is needed);
+    the general :func:`_wire.members` reports any problem."""
+    if type(obj) is dict and names.keys() >= obj.keys() and all(r in obj for r in required):
+        return obj
+    return _wire.members(obj, "", names, required)[0]
+
+
+_Prim = TypeVar("_Prim", "RequestPrimitive", "ResponsePrimitive")
+
+
+def _checked(cls: type[_Prim], base: type[Any], kw: dict[str, Any]) -> _Prim:
+    """Build a primitive from values ``from_json`` has already checked and normalised one by
+    one, without ``__post_init__`` checking them (``pc`` above all) a second time."""
+    if cls is not base:  # a subclass may check more in its own __post_init__
+        return cls(**kw)
+    obj = object.__new__(cls)
+    d = obj.__dict__
+    d.update(_DEFAULTS[base])
+    d.update(kw)
+    return obj  # type: ignore[no-any-return]
 
 
 def _check_json_value(value: object, what: str) -> None:
@@ -201,6 +231,15 @@ class RequestPrimitive(_wire.Codec):
 
     # -- serialization
     def to_json(self) -> dict[str, Any]:
+        return self._members(copy.deepcopy)
+
+    def to_json_bytes(self) -> bytes:
+        return _wire.dumps_json(self._members(_same))  # serialized at once: no copy needed
+
+    def to_cbor(self) -> bytes:
+        return _wire.dumps_cbor(self._members(_same))
+
+    def _members(self, cp: Callable[[Any], Any]) -> dict[str, Any]:
         out: dict[str, Any] = {"op": int(self.op), "to": self.to}
         if self.fr is not None:
             out["fr"] = self.fr
@@ -208,7 +247,7 @@ class RequestPrimitive(_wire.Codec):
         if self.ty is not None:
             out["ty"] = int(self.ty)
         if self.pc is not None:
-            out["pc"] = copy.deepcopy(self.pc)
+            out["pc"] = cp(self.pc)
         if self.ot is not None:
             out["ot"] = format_timestamp(self.ot)
         if self.rqet is not None:
@@ -216,13 +255,13 @@ class RequestPrimitive(_wire.Codec):
         if self.rset is not None:
             out["rset"] = self.rset.to_json()
         if self.rt is not None:
-            out["rt"] = copy.deepcopy(self.rt)
+            out["rt"] = cp(self.rt)
         if self.rcn is not None:
             out["rcn"] = int(self.rcn)
         if self.ec is not None:
             out["ec"] = self.ec
         if self.fc is not None:
-            out["fc"] = copy.deepcopy(self.fc)
+            out["fc"] = cp(self.fc)
         if self.drt is not None:
             out["drt"] = int(self.drt)
         if self.rvi is not None:
@@ -230,13 +269,12 @@ class RequestPrimitive(_wire.Codec):
         if self.vsi is not None:
             out["vsi"] = self.vsi
         for k, v in self.extra.items():
-            out[k] = copy.deepcopy(v)
+            out[k] = cp(v)
         return out
 
     @classmethod
     def from_json(cls, obj: object, **_: Any) -> RequestPrimitive:
-        names = {n: n for n in cls._NAMES | REQUEST_EXTRA_PARAMS}
-        v, _w = _wire.members(obj, "", names, ("op", "to", "rqi"))
+        v = _members(obj, _REQUEST_NAMES, ("op", "to", "rqi"))
         kw: dict[str, Any] = {
             "op": _wire.expect_enum(Operation, v["op"], "op"),
             "to": _wire.expect_str(v["to"], "to"),
@@ -268,7 +306,7 @@ class RequestPrimitive(_wire.Codec):
         if "vsi" in v:
             kw["vsi"] = _wire.expect_str(v["vsi"], "vsi", nonempty=False)
         kw["extra"] = _read_extra(v, REQUEST_EXTRA_PARAMS)
-        return cls(**kw)
+        return _checked(cls, RequestPrimitive, kw)
 
     # -- security helpers
     def security_info(self, *, clock: Clock | datetime | None = None) -> SecurityInfo | None:
@@ -355,9 +393,18 @@ class ResponsePrimitive(_wire.Codec):
         return 2000 <= int(self.rsc) < 3000
 
     def to_json(self) -> dict[str, Any]:
+        return self._members(copy.deepcopy)
+
+    def to_json_bytes(self) -> bytes:
+        return _wire.dumps_json(self._members(_same))  # serialized at once: no copy needed
+
+    def to_cbor(self) -> bytes:
+        return _wire.dumps_cbor(self._members(_same))
+
+    def _members(self, cp: Callable[[Any], Any]) -> dict[str, Any]:
         out: dict[str, Any] = {"rsc": int(self.rsc), "rqi": self.rqi}
         if self.pc is not None:
-            out["pc"] = copy.deepcopy(self.pc)
+            out["pc"] = cp(self.pc)
         if self.to is not None:
             out["to"] = self.to
         if self.fr is not None:
@@ -373,13 +420,12 @@ class ResponsePrimitive(_wire.Codec):
         if self.vsi is not None:
             out["vsi"] = self.vsi
         for k, v in self.extra.items():
-            out[k] = copy.deepcopy(v)
+            out[k] = cp(v)
         return out
 
     @classmethod
     def from_json(cls, obj: object, **_: Any) -> ResponsePrimitive:
-        names = {n: n for n in cls._NAMES | RESPONSE_EXTRA_PARAMS}
-        v, _w = _wire.members(obj, "", names, ("rsc", "rqi"))
+        v = _members(obj, _RESPONSE_NAMES, ("rsc", "rqi"))
         kw: dict[str, Any] = {
             "rsc": parse_rsc(v["rsc"], "rsc"),
             "rqi": _wire.expect_str(v["rqi"], "rqi"),
@@ -400,7 +446,7 @@ class ResponsePrimitive(_wire.Codec):
         if "vsi" in v:
             kw["vsi"] = _wire.expect_str(v["vsi"], "vsi", nonempty=False)
         kw["extra"] = _read_extra(v, RESPONSE_EXTRA_PARAMS)
-        return cls(**kw)
+        return _checked(cls, ResponsePrimitive, kw)
 
     def security_info(self, *, clock: Clock | datetime | None = None) -> SecurityInfo | None:
         """The ``m2m:seci`` carried in ``pc``, or ``None``."""
@@ -426,6 +472,14 @@ class ResponsePrimitive(_wire.Codec):
             rvi=request.rvi if request.rvi is not None else DEFAULT_RVI,
             ot=ot,
         )
+
+
+_REQUEST_NAMES: dict[str, str] = {n: n for n in RequestPrimitive._NAMES | REQUEST_EXTRA_PARAMS}
+_RESPONSE_NAMES: dict[str, str] = {n: n for n in ResponsePrimitive._NAMES | RESPONSE_EXTRA_PARAMS}
+# Field defaults (every field but the mandatory ones defaults to None; ``extra`` is always given).
+_DEFAULTS: dict[type[Any], dict[str, Any]] = {
+    c: {f.name: None for f in fields(c)} for c in (RequestPrimitive, ResponsePrimitive)
+}
 
 
 # ------------------------------------------------------------------ e2eSecInfo attribute helpers

@@ -1,0 +1,76 @@
+"""The codec fast paths (shared JSON decoder/encoder, exact-type JSON model check, no second
+validation in ``from_json``) accept and reject exactly what the general code does."""
+
+from __future__ import annotations
+
+import collections
+import json
+from typing import Any
+
+import pytest
+
+from m2msec.errors import ParseError
+from m2msec.onem2m import Operation, RequestPrimitive, ResponsePrimitive, ResponseStatusCode
+from m2msec.onem2m import _wire
+
+PC = {"m2m:sgn": {"nev": {"rep": {"m2m:cin": {"con": "x", "cnf": "text/plain:0"}}, "net": 1}, "sur": "/s", "l": [1, 2.5, True, None]}}
+
+
+def test_from_json_equals_the_checked_constructor_and_round_trips() -> None:
+    req = RequestPrimitive(op=Operation.NOTIFY, to="/x", fr="Cae", rqi="r1", rvi="3", pc=PC, extra={"rids": ["a"]})
+    back = RequestPrimitive.from_json_bytes(req.to_json_bytes())
+    assert back == req and type(back) is RequestPrimitive and back.op is Operation.NOTIFY
+    assert back.extra == {"rids": ["a"]} and back.ty is None and back.ot is None
+    rsp = ResponsePrimitive(rsc=ResponseStatusCode.OK, rqi="r1", pc={"m2m:dbg": "ok"})
+    back_rsp = ResponsePrimitive.from_json_bytes(rsp.to_json_bytes())
+    assert back_rsp == rsp and back_rsp.rsc is ResponseStatusCode.OK and back_rsp.extra == {}
+    assert ResponsePrimitive.from_cbor(rsp.to_cbor()) == rsp
+
+
+def test_to_json_still_copies_but_bytes_match() -> None:
+    pc: dict[str, Any] = {"a": {"b": [1]}}
+    req = RequestPrimitive(op=Operation.NOTIFY, to="/x", rqi="r1", pc=pc)
+    out = req.to_json()
+    out["pc"]["a"]["b"].append(2)
+    assert req.pc == {"a": {"b": [1]}}
+    assert json.loads(req.to_json_bytes()) == req.to_json()
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        (b'{"op":5,"to":"/x","rqi":"1","pc":{"a":1e999}}', r"pc\.a: non-finite number"),
+        (b'{"op":5,"to":"/x","rqi":"1","pc":{"a":[1,-1e999]}}', r"pc\.a\[1\]: non-finite number"),
+        (b'{"op":5,"to":"/x","rqi":"1","pc":{"a":{"b":1,"b":2}}}', "duplicate JSON member name 'b'"),
+        (b'{"op":5,"to":"/x","rqi":"1","pc":NaN}', "NaN is not valid JSON"),
+        (b'{"op":5,"to":"/x","rqi":"1","zz":1}', "zz: unknown member"),
+        (b'{"op":5,"to":"/x"}', "rqi: missing mandatory member"),
+        (b'{"op":5,"to":"","rqi":"1"}', "to: must not be empty"),
+        (b'{"op":5,"to":"/x","rqi":"1","pc":null}', "pc: null is not allowed"),
+        (b'[1]', "expected an object, got array"),
+        (b'\xff', "malformed JSON"),
+    ],
+)
+def test_strict_decoding_rejections(text: bytes, match: str) -> None:
+    with pytest.raises(ParseError, match=match):
+        RequestPrimitive.from_json_bytes(text)
+
+
+def test_json_model_check_handles_non_exact_types() -> None:
+    _wire.check_json_model(collections.OrderedDict(a=[1, {"b": None}]), "pc")  # a Mapping is fine
+    with pytest.raises(ParseError, match=r"pc\.a: array is not a JSON value|pc\.a: tuple is not a JSON value"):
+        _wire.check_json_model({"a": (1, 2)}, "pc")
+    with pytest.raises(ParseError, match=r"pc\.a\[0\]: member name must be a string"):
+        _wire.check_json_model({"a": [{1: 2}]}, "pc")
+    with pytest.raises(ParseError, match=r"pc: non-finite number"):
+        _wire.check_json_model(float("inf"), "pc")
+    with pytest.raises(ParseError, match="nested deeper than 100 levels"):
+        deep: Any = []
+        for _ in range(100):
+            deep = [deep]
+        _wire.check_json_model(deep, "pc")
+
+
+def test_constructor_still_checks_pc() -> None:
+    with pytest.raises(ValueError, match=r"pc\.a: bytes is not a JSON value"):
+        RequestPrimitive(op=Operation.NOTIFY, to="/x", rqi="1", pc={"a": b"x"})
