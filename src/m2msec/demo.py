@@ -246,6 +246,12 @@ def step_session_esprim_key(ctx: DemoContext) -> list[tuple[str, str]]:
     ]
 
 
+def step_escertke(ctx: DemoContext) -> list[tuple[str, str]]:
+    from m2msec.demo_escertke import run_escertke
+
+    return run_escertke()
+
+
 def step_esprim_through_cse(ctx: DemoContext) -> list[tuple[str, str]]:
     from m2msec.demo_esprim import run_esprim_through_cse
 
@@ -260,10 +266,11 @@ STEPS: list[tuple[str, Step]] = [
     ("Certificate-Based SAEF: mutual TLS with 8.1.2.5 verification, HTTP over it (TS-0003 8.2)", step_certificate_saef),
     ("ESData: one reading sealed for two targets, stored as a contentInstance (TS-0003 8.5)", step_esdata),
     ("ESPrim through a real CSE (ACME) and m2msec gateway (TS-0003 8.4, TS-0004 7.6.2)", step_esprim_through_cse),
+    ("ESCertKE between two AEs, then ESPrim with the agreed key (TS-0003 8.7)", step_escertke),
 ]
 
 NOT_YET_SHOWN = [
-    "ESCertKE, the MAF and MEF services, EST certificate enrolment",
+    "the MAF and MEF services, EST certificate enrolment",
     "ESPrim across two CSEs (tested in tests/gateway, not part of the demo)",
 ]
 

@@ -267,6 +267,7 @@ class AEEndpoint:
         self._idle_timeout = idle_timeout
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
 
     @property
     def url(self) -> str:
@@ -288,6 +289,11 @@ class AEEndpoint:
                 max_body=self._max_body,
                 idle_timeout=self._idle_timeout,
             )
+        except asyncio.CancelledError:
+            # close() cancels open keep-alive connections; end those quietly (asyncio's
+            # stream callback would otherwise log the cancellation as an error).
+            if not self._closing:
+                raise
         finally:
             if task is not None:
                 self._tasks.discard(task)
@@ -300,12 +306,14 @@ class AEEndpoint:
 
     async def close(self) -> None:
         if self._server is not None:
+            self._closing = True
             self._server.close()
             for t in list(self._tasks):
                 t.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await self._server.wait_closed()
             self._server = None
+            self._closing = False
 
     async def __aenter__(self) -> AEEndpoint:
         return await self.start()

@@ -1,0 +1,116 @@
+"""Demo step: ESCertKE between two AEs over real HTTP endpoints, then ESPrim with its key.
+
+TS-0003 8.7 (ESCertKE) and 10.3.1 (``EXPORTER-oneM2M-ESCertKE``), TS-0004 7.5.1.2.12
+(securityInfoType 6 in Notify).  A development CA issues AE-ID certificates to two AEs;
+AE1 (Initiating End-Point) runs the four ESCertKE messages as two Notify round trips to
+AE2's endpoint (Terminating End-Point), both export the pairwiseE2EKey, and AE1 then sends
+AE2 an ESPrim-protected RETRIEVE with that key (SUID 43).  A third AE whose certificate
+comes from a CA AE2 does not trust is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+
+Rows = list[tuple[str, str]]
+
+
+def run_escertke() -> Rows:
+    return asyncio.run(asyncio.wait_for(_run(), 60))
+
+
+async def _run() -> Rows:
+    from m2msec.escertke import (
+        ESCertKEError,
+        InitiatingEndPoint,
+        InitiatorInfo,
+        TerminatingEndPoint,
+        TerminatorInfo,
+        run_initiator,
+        terminator_handler,
+    )
+    from m2msec.esprim import Originator, Receiver, ReceiverPolicy
+    from m2msec.esprim.originator import SessionReady
+    from m2msec.esprim.state import MemoryReceiverState
+    from m2msec.net.client import AsyncOneM2MClient
+    from m2msec.net.endpoint import AEEndpoint, NotifyDispatcher
+    from m2msec.onem2m import Operation, RequestPrimitive, ResponsePrimitive, SecurityInfo
+    from m2msec.onem2m.enums import SUID
+    from m2msec.onem2m.rsc import ResponseStatusCode as RSC
+    from m2msec.pki import CertificateFlavour, DevCA, PeerCertInfo
+    from m2msec.tls import CertCredentials
+
+    def clock() -> datetime:
+        return datetime.now(timezone.utc)
+
+    now = clock()
+    sp = "m2msec.example"
+    ae1, ae2, ae3 = "Cdemo-ini", "Cdemo-ter", "Cdemo-rogue"
+    cert_id = {name: f"https://{sp}/id-in/{name}" for name in (ae1, ae2, ae3)}
+    ca = DevCA.create("m2msec demo SP", now=now, permit_uri=[sp], permit_dns=[sp], intermediate=True)
+    rogue_ca = DevCA.create("rogue CA", now=now, permit_uri=[sp], permit_dns=[sp])
+
+    def creds(authority: DevCA, name: str) -> CertCredentials:
+        issued = authority.issue(CertificateFlavour.AE_ID, [cert_id[name]], now=now)
+        return CertCredentials(issued.private_key, issued.certificate, tuple(issued.chain))  # type: ignore[arg-type]
+
+    def ae_info(name: str) -> PeerCertInfo:
+        return PeerCertInfo(CertificateFlavour.AE_ID, cert_id[name])
+
+    anchors = (ca.trust_anchor,)
+    terminator = TerminatingEndPoint(
+        creds(ca, ae2), [InitiatorInfo(ae_info(ae1), anchors, identity=ae1),
+                         InitiatorInfo(ae_info(ae3), anchors, identity=ae3)], clock=clock,
+    )
+    receiver = Receiver(keys=terminator.keys, state=MemoryReceiverState(clock=clock), clock=clock,
+                        policy=ReceiverPolicy(supported_suids=(SUID.CERTIFICATE_ESPRIM,)))
+
+    async def on_esprim(req: RequestPrimitive, seci: SecurityInfo) -> ResponsePrimitive:
+        try:
+            inner, ctx = receiver.open_request(seci.esprim_object, outer_from=req.fr)
+        except Exception as exc:  # answered with the RSC of TS-0004 table 7.6.2-1
+            return receiver.error_response(exc, req)  # type: ignore[arg-type]
+        reply = ResponsePrimitive(rsc=RSC.OK, rqi=inner.rqi, rvi="3", pc={"m2m:cin": {"con": f"hello {inner.fr}"}})
+        return receiver.esprim_response(req, receiver.protect_response(ctx, reply))
+
+    endpoint = await AEEndpoint(NotifyDispatcher(on_escertke_message=terminator_handler(terminator),
+                                                 on_esprim_object=on_esprim)).start()
+    rows: Rows = [("AE2 (Terminating End-Point)", f"{ae2} at {endpoint.url}")]
+    try:
+        ter_info = TerminatorInfo(ae_info(ae2), anchors, identity=ae2, address=f"/id-in/{ae2}")
+        initiator = InitiatingEndPoint(creds(ca, ae1), clock=clock)
+        async with AsyncOneM2MClient(endpoint.url, ae1) as client:
+            result = await run_initiator(client, initiator.initiate(ter_info))
+            theirs = terminator.keys.for_peer(ae1)
+            if theirs is None or theirs.key != result.key:
+                raise RuntimeError("the two end-points hold different pairwiseE2EKeys")
+            rows += [
+                ("ESCertKE messages", "1 and 3 in Notify requests, 2 and 4 in their responses (securityInfoType 6)"),
+                ("peer verified by AE1", f"{result.peer_id} (AE-ID certificate, TS-0003 8.1.2.5)"),
+                ("pairwiseE2EKeyID (kid)", result.kid),
+                ("both ends hold the same pairwiseE2EKey", f"yes ({result.key[:4].hex()}…)"),
+            ]
+            originator = Originator(clock=clock)
+            step = originator.start(initiator.keys.resolve(result.kid), receiver.e2e_sec_info())
+            if not isinstance(step, SessionReady):
+                raise RuntimeError("no ESPrim session")
+            inner = RequestPrimitive(op=Operation.RETRIEVE, to=f"/id-in/{ae2}", fr=ae1, rqi="demo-1", rvi="3")
+            obj, pending = originator.protect_request(inner, step.session)
+            outer = RequestPrimitive.notify_security_info(to=f"/id-in/{ae2}", fr=ae1, seci=SecurityInfo.esprim(obj))
+            rsp = await client.send(outer)
+            reply = originator.open_response(rsp.security_info().esprim_object, pending)  # type: ignore[union-attr]
+            rows.append(("ESPrim RETRIEVE with that key", f"{int(reply.rsc)} {reply.pc}"))
+        rogue = InitiatingEndPoint(creds(rogue_ca, ae3), clock=clock)
+        async with AsyncOneM2MClient(endpoint.url, ae3) as client:
+            try:
+                await run_initiator(client, rogue.initiate(ter_info))
+                refused = "NOT refused"
+            except ESCertKEError as exc:
+                refused = f"refused, {int(exc.rsc)} {exc.rsc.name} ({exc.reason.value})"
+        if not refused.startswith("refused"):
+            raise RuntimeError("an AE with an untrusted certificate completed ESCertKE")
+        rows.append(("AE3 with a certificate from an untrusted CA", refused))
+    finally:
+        await endpoint.close()
+    return rows
