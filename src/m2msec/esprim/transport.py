@@ -29,6 +29,15 @@ Receiver side -- "serve these handlers, secured"::
 and seals its response (C.8).  Rejections are outer responses whose RSC is the row of
 table 7.6.2-1 with ``{"m2m:dbg": reason}``; the endpoint echoes X-M2M-RI.
 
+Keys fetched on first sight (the MAF option, C.6a.1-6): the sans-I/O Receiver resolves
+pairwiseESPrimKeyIDs synchronously, so ``SecureReceiver(..., prefetch=keys.prefetch)`` takes an
+async hook that is awaited with the ``kid`` of every sit-5 ESPrim Object
+(:meth:`Receiver.peek`) before :meth:`Receiver.open_request`; the hook stores the key where the
+Receiver's key source finds it (e.g. :meth:`m2msec.maf.keysources.MAFESPrimKeySource.prefetch`).
+An :class:`~m2msec.errors.M2MSecError` from the hook becomes the outer error response (a
+refused MAF Key Retrieval is 4112, unknown pairwiseESPrimKeyID); an object whose header does not
+parse is left to ``open_request`` to reject.
+
 m2msec decisions:
 
 * ``esi`` is read from a RETRIEVE of ``receiver_resource`` by the Originator itself and
@@ -201,9 +210,11 @@ class SecureOriginator:
 class SecureReceiver:
     """ESPrim Receiver behind an endpoint: sit 3 -> sit 4, sit 5 -> handler -> sit 5."""
 
-    def __init__(self, receiver: Receiver, handler: InnerHandler) -> None:
+    def __init__(self, receiver: Receiver, handler: InnerHandler, *,
+                 prefetch: Callable[[str], Awaitable[object]] | None = None) -> None:
         self.receiver = receiver
         self.handler = handler
+        self.prefetch = prefetch
 
     def e2e_sec_info(self) -> E2ESecInfo:
         """The ``esi`` to publish on this entity's resource."""
@@ -217,6 +228,16 @@ class SecureReceiver:
 
     async def on_esprim_object(self, req: RequestPrimitive, seci: SecurityInfo) -> ResponsePrimitive:
         assert seci.esprim_object is not None
+        if self.prefetch is not None:
+            try:
+                kid: str | None = Receiver.peek(seci.esprim_object).kid
+            except M2MSecError:
+                kid = None  # open_request rejects the object with its own RSC
+            if kid is not None:
+                try:
+                    await self.prefetch(kid)
+                except M2MSecError as exc:
+                    return self.receiver.error_response(exc, req)
         try:
             inner, ctx = self.receiver.open_request(seci.esprim_object, outer_from=req.fr)
         except M2MSecError as exc:

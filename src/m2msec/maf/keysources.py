@@ -103,6 +103,12 @@ class MAFESPrimKeySource:
         self._cache.add(key)
         return key
 
+    async def prefetch(self, kid: str) -> None:
+        """The :class:`~m2msec.esprim.transport.SecureReceiver` hook: fetch MAF key identifiers of
+        this MAF on first sight, leave any other ``kid`` to the Receiver (it answers 4112)."""
+        if self.handles(kid):
+            await self.fetch(kid)
+
     def resolve(self, kid: str) -> PairwiseKey:
         return self._cache.resolve(kid)
 
