@@ -12,6 +12,12 @@ This module is the AES-GCM fast path: it builds and parses the serialization dir
 with ``cryptography``'s AESGCM; the tests check it against jwcrypto in both directions.
 The AAD is ``ASCII(BASE64URL(UTF8(JWE Protected Header)))`` as RFC 7516 5.1 step 14 says.
 
+Per-session work is done once: a :class:`ContentCipher` holds the AESGCM object of one
+content key; the protected header of an object without ``oro``/``rro`` is serialized once
+per (enc, kid, cty, ori, rri) and a received one is validated once per distinct
+BASE64URL text (bounded memo caches; a cached header is exactly what parsing the same
+text again would give, and invalid headers are never cached).
+
 Errors follow TS-0004 table 7.6.2-1: unparsable object -> BAD_REQUEST (4000),
 unsupported ``alg``/``enc``/``zip``/``crit`` -> ESPRIM_UNSUPPORTED_OPTION (4111), failed
 tag verification -> ESPRIM_BAD_MAC (4115).
@@ -19,11 +25,10 @@ tag verification -> ESPRIM_BAD_MAC (4115).
 
 from __future__ import annotations
 
-import base64
 import binascii
+import functools
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -42,21 +47,29 @@ MAX_OBJECT_SIZE: Final = 4 * 1024 * 1024
 
 _IV_LENGTH: Final = 12
 _TAG_LENGTH: Final = 16
-_B64URL_RE = re.compile(r"^[A-Za-z0-9_-]*$")
+_URL_TO_STD: Final = bytes.maketrans(b"-_", b"+/")
+_STD_TO_URL: Final = bytes.maketrans(b"+/", b"-_")
+_HEADER_CACHE: dict[str, ESPrimHeader] = {}
+_HEADER_CACHE_MAX: Final = 1024
 # Header members whose presence changes JWE semantics in a way ESPrim does not support.
 _REFUSED_MEMBERS: Final = frozenset({"zip", "crit", "jku", "jwk", "x5u", "x5c", "x5t", "x5t#S256", "epk", "apu", "apv", "p2s", "p2c", "iv", "tag"})
 
 
 def b64url_encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    return binascii.b2a_base64(data, newline=False).rstrip(b"=").translate(_STD_TO_URL).decode("ascii")
 
 
 def b64url_decode(text: str, what: str) -> bytes:
-    if not _B64URL_RE.match(text) or len(text) % 4 == 1:
+    """BASE64URL without padding (RFC 7515 2): only ``A-Z a-z 0-9 - _``, length not 1 mod 4.
+
+    The alphabet is checked by the strict base64 decoder itself once ``-_`` are mapped to
+    ``+/`` (so ``+``, ``/`` and ``=`` must be refused before the mapping)."""
+    if "+" in text or "/" in text or "=" in text or len(text) % 4 == 1:
         raise ESPrimParseError(f"ESPrim Object: {what} is not base64url")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
+        raw = text.encode("ascii").translate(_URL_TO_STD)
+        return binascii.a2b_base64(raw + b"=" * (-len(raw) % 4), strict_mode=True)
+    except (binascii.Error, ValueError):  # UnicodeEncodeError is a ValueError
         raise ESPrimParseError(f"ESPrim Object: {what} is not base64url") from None
 
 
@@ -89,9 +102,45 @@ class ESPrimHeader:
             member["rro"] = self.rro
         return json.dumps(member, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
+    def protected_b64(self) -> str:
+        """BASE64URL(UTF8(JWE Protected Header)): the header text and the AAD."""
+        if self.oro is None and self.rro is None:
+            return _plain_protected_b64(self.enc, self.kid, self.cty, self.ori, self.rri)
+        return b64url_encode(self.to_json_bytes())
+
     @property
     def protocol_and_alg_id(self) -> int:
         return PROTOCOL_AND_ALG_ID_BY_ENC[self.enc]
+
+
+@functools.lru_cache(maxsize=1024)
+def _plain_protected_b64(enc: str, kid: str, cty: str | None, ori: str, rri: str) -> str:
+    return b64url_encode(ESPrimHeader(enc=enc, kid=kid, ori=ori, rri=rri, cty=cty).to_json_bytes())
+
+
+class ContentCipher:
+    """AES-GCM under one ESPrim content key for one ``enc``; the AESGCM object is built once
+    (keep one per session and ``enc``).  The key is never shown."""
+
+    __slots__ = ("enc", "_aead")
+
+    def __init__(self, enc: str, key: bytes) -> None:
+        _check_enc(enc)
+        if len(key) != ENC_KEY_LENGTH[enc]:
+            raise UnsupportedOption(f"key length {len(key)} does not fit enc {enc}")
+        self.enc = enc
+        self._aead = AESGCM(key)
+
+    def __repr__(self) -> str:
+        return f"ContentCipher(enc={self.enc!r}, key=<hidden>)"
+
+
+def _cipher(enc: str, key: bytes | ContentCipher) -> ContentCipher:
+    if isinstance(key, ContentCipher):
+        if key.enc != enc:
+            raise UnsupportedOption(f"content key for {key.enc} used with enc {enc}")
+        return key
+    return ContentCipher(enc, key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,18 +154,17 @@ class ParsedESPrimObject:
     tag: bytes
 
 
-def seal(header: ESPrimHeader, key: bytes, plaintext: bytes, *, iv: bytes | None = None) -> str:
+def seal(header: ESPrimHeader, key: bytes | ContentCipher, plaintext: bytes, *, iv: bytes | None = None) -> str:
     """Encrypt ``plaintext`` (the inner primitive) into an ESPrim Object.
 
-    ``key`` is the AES key (see :func:`m2msec.keys.esprim_content_key`). ``iv`` is for
-    tests only: by default a fresh random 96-bit IV is drawn for every object.
+    ``key`` is the AES key (see :func:`m2msec.keys.esprim_content_key`) or a
+    :class:`ContentCipher` for ``header.enc``. ``iv`` is for tests only: by default a fresh
+    random 96-bit IV is drawn for every object.
     """
-    _check_enc(header.enc)
-    if len(key) != ENC_KEY_LENGTH[header.enc]:
-        raise UnsupportedOption(f"key length {len(key)} does not fit enc {header.enc}")
-    protected = b64url_encode(header.to_json_bytes())
+    cipher = _cipher(header.enc, key)
+    protected = header.protected_b64()
     nonce = os.urandom(_IV_LENGTH) if iv is None else iv
-    sealed = AESGCM(key).encrypt(nonce, plaintext, protected.encode("ascii"))
+    sealed = cipher._aead.encrypt(nonce, plaintext, protected.encode("ascii"))
     ciphertext, tag = sealed[:-_TAG_LENGTH], sealed[-_TAG_LENGTH:]
     return ".".join((protected, "", b64url_encode(nonce), b64url_encode(ciphertext), b64url_encode(tag)))
 
@@ -136,14 +184,13 @@ def parse(obj: str | bytes, *, max_size: int = MAX_OBJECT_SIZE) -> ParsedESPrimO
     if len(parts) != 5:
         raise ESPrimParseError(f"ESPrim Object must have 5 parts, got {len(parts)}")
     protected_b64, encrypted_key, iv_b64, ct_b64, tag_b64 = parts
-    raw_header = b64url_decode(protected_b64, "protected header")
-    try:
-        member = json.loads(raw_header.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise ESPrimParseError("ESPrim Object: protected header is not JSON") from None
-    if not isinstance(member, dict):
-        raise ESPrimParseError("ESPrim Object: protected header is not a JSON object")
-    header = _header_from_member(member)
+    header = _HEADER_CACHE.get(protected_b64)
+    if header is None:
+        header = _parse_header(protected_b64)
+        if header.oro is None and header.rro is None and not header.extra:  # immutable: safe to share
+            if len(_HEADER_CACHE) >= _HEADER_CACHE_MAX:
+                _HEADER_CACHE.clear()
+            _HEADER_CACHE[protected_b64] = header
     if encrypted_key != "":
         raise ESPrimParseError('ESPrim Object: JWE Encrypted Key must be empty for "alg":"dir"')
     iv = b64url_decode(iv_b64, "initialization vector")
@@ -156,12 +203,24 @@ def parse(obj: str | bytes, *, max_size: int = MAX_OBJECT_SIZE) -> ParsedESPrimO
     return ParsedESPrimObject(header, protected_b64, iv, ciphertext, tag)
 
 
-def open_parsed(parsed: ParsedESPrimObject, key: bytes) -> bytes:
-    """Decrypt and verify a parsed ESPrim Object; a wrong key or any change is BAD_MAC."""
-    if len(key) != ENC_KEY_LENGTH[parsed.header.enc]:
-        raise UnsupportedOption(f"key length {len(key)} does not fit enc {parsed.header.enc}")
+def _parse_header(protected_b64: str) -> ESPrimHeader:
+    raw_header = b64url_decode(protected_b64, "protected header")
     try:
-        return AESGCM(key).decrypt(parsed.iv, parsed.ciphertext + parsed.tag, parsed.protected_b64.encode("ascii"))
+        member = json.loads(raw_header.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ESPrimParseError("ESPrim Object: protected header is not JSON") from None
+    if not isinstance(member, dict):
+        raise ESPrimParseError("ESPrim Object: protected header is not a JSON object")
+    return _header_from_member(member)
+
+
+def open_parsed(parsed: ParsedESPrimObject, key: bytes | ContentCipher) -> bytes:
+    """Decrypt and verify a parsed ESPrim Object; a wrong key or any change is BAD_MAC.
+
+    ``key``: the AES key or a :class:`ContentCipher` for the object's ``enc``."""
+    cipher = _cipher(parsed.header.enc, key)
+    try:
+        return cipher._aead.decrypt(parsed.iv, parsed.ciphertext + parsed.tag, parsed.protected_b64.encode("ascii"))
     except InvalidTag:
         raise BadMAC("ESPrim Object failed integrity verification") from None
 
