@@ -11,11 +11,19 @@ Key derivations come from :mod:`m2msec.keys`: pairwiseESPrimKey =
 HMAC-SHA-256(Kc, "oneM2M MAF pairwiseESPrimKey") (:func:`~m2msec.keys.derive_maf_pairwise_esprim_key`);
 the ESData key is the first half of the key value for SUID 34, the whole value for SUID 35
 (:func:`~m2msec.keys.maf_esdata_key`); the SAEF PSK is Kc itself (8.2.2.3).
+
+For the SAEF, Entity B's retrieval happens inside the TLS-PSK handshake (8.2.2.3): the PSK
+callback is synchronous, so :class:`MAFKpsaDirectory` runs its MAF Client on a thread of its
+own and the callback waits for the retrieval.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from datetime import datetime, timedelta
 
 from m2msec.esdata.credentials import (
     InMemoryKeySource,
@@ -24,10 +32,11 @@ from m2msec.esdata.credentials import (
     SymmetricSigner,
 )
 from m2msec.esdata.errors import UnknownKidError
+from m2msec.errors import M2MSecError
 from m2msec.esprim.errors import UnknownKeyID
 from m2msec.esprim.keysource import PairwiseKey, ProvisionedKeySource
 from m2msec.keys import derive_maf_pairwise_esprim_key, maf_esdata_key, parse_key_id
-from m2msec.maf.client import MAFClient, RegisteredKey, RetrievedKey
+from m2msec.maf.client import MAFClient, MAFClientConfig, RegisteredKey, RetrievedKey
 from m2msec.maf.protocol import MAFError
 from m2msec.onem2m.enums import SUID
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
@@ -36,6 +45,7 @@ from m2msec.saef.config import KpsaEntry
 
 __all__ = [
     "MAFESDataKeySource",
+    "MAFKpsaDirectory",
     "MAFESPrimKeySource",
     "esdata_recipient",
     "esdata_signer",
@@ -43,6 +53,9 @@ __all__ = [
     "is_maf_key_id",
     "saef_kpsa_entry",
 ]
+
+
+log = logging.getLogger(__name__)
 
 
 def is_maf_key_id(kid: str, maf_fqdn: str) -> bool:
@@ -159,3 +172,82 @@ def saef_kpsa_entry(key: RegisteredKey | RetrievedKey, peer_id: str) -> KpsaEntr
     """TLS-PSK entry for the MAF-based SAEF: psk_identity = Key Identifier, psk = Kc (8.2.2.3)."""
     _require_suid(key, {SUID.MAF_SAEF})
     return KpsaEntry(key.key_id, key.key, peer_id=peer_id)
+
+
+class MAFKpsaDirectory:
+    """Entity B's :class:`~m2msec.saef.config.KpsaDirectory` for the MAF-based SAEF (8.2.2.3).
+
+    A ``psk_identity`` that is a Key Identifier of this MAF is resolved by a MAF Key Retrieval
+    (8.8.2.8) *during* the (D)TLS-PSK handshake, as 8.2.2.3 describes: the TLS engine's PSK
+    callback is synchronous, so the retrieval runs on this directory's own event-loop thread
+    (one persistent MAF connection) and the callback waits for it, at most ``timeout`` seconds
+    (the calling event loop is blocked for that one round trip).  The result is cached until the
+    Kc Lifetime (the MAF's expirationTime); after it the handshake fails (8.2.2.3, last
+    paragraph).  The context is bound to the Source MAF Client ID the MAF returned.  A refused or
+    failed retrieval, or a key whose SUID is not 32, fails the handshake (``None``) and is
+    remembered for ``negative_ttl`` seconds so that a peer cannot make B query the MAF per attempt.
+    """
+
+    def __init__(self, config: MAFClientConfig, *, clock: Clock, timeout: float = 5.0,
+                 negative_ttl: float = 5.0) -> None:
+        self.config = config
+        self._clock = clock
+        self.timeout = timeout
+        self.negative_ttl = negative_ttl
+        self._cache: dict[str, tuple[KpsaEntry, datetime]] = {}
+        self._refused: dict[str, datetime] = {}
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="maf-kpsa", daemon=True)
+        self._thread.start()
+        self._client = MAFClient(config)
+        self.retrievals = 0  # MAF Key Retrievals performed (observability, tests)
+
+    def __repr__(self) -> str:
+        return f"MAFKpsaDirectory(maf={self.config.maf_fqdn!r}, cached={len(self._cache)})"
+
+    def lookup(self, kpsa_id: str) -> KpsaEntry | None:
+        now = self._clock()
+        with self._lock:
+            hit = self._cache.get(kpsa_id)
+            if hit is not None:
+                if now < hit[1]:
+                    return hit[0]
+                del self._cache[kpsa_id]
+                return None  # Kc Lifetime over: a fresh MAF Key Registration is needed
+            until = self._refused.get(kpsa_id)
+            if until is not None and now < until:
+                return None
+        if not is_maf_key_id(kpsa_id, self.config.maf_fqdn):
+            return None
+        fut = asyncio.run_coroutine_threadsafe(self._client.retrieve_key(kpsa_id), self._loop)
+        self.retrievals += 1
+        try:
+            got = fut.result(self.timeout)
+            _require_suid(got, {SUID.MAF_SAEF})
+            entry = saef_kpsa_entry(got, got.source_id)
+        except (M2MSecError, OSError, concurrent.futures.TimeoutError, ValueError) as exc:
+            fut.cancel()
+            log.info("MAF-based SAEF: no Kc for psk_identity %r: %s", kpsa_id, exc)
+            with self._lock:
+                self._refused[kpsa_id] = now + _seconds(self.negative_ttl)
+            return None
+        with self._lock:
+            self._cache[kpsa_id] = (entry, got.expires_at)
+            self._refused.pop(kpsa_id, None)
+        return entry if now < got.expires_at else None
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._client.aclose(), self._loop).result(2)
+        except (concurrent.futures.TimeoutError, RuntimeError):  # pragma: no cover
+            pass
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+
+def _seconds(s: float) -> timedelta:
+    return timedelta(seconds=s)
