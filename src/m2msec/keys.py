@@ -413,3 +413,79 @@ def maf_esdata_key(key_value: bytes, suid: int) -> bytes:
 
 
 __all__ += ["MAF_ESPRIM_RESERVED_STRING", "derive_maf_pairwise_esprim_key", "maf_esdata_key"]
+
+
+# --- GBA (TS-0003 8.3.2.3 / 8.1.3; 3GPP TS 33.220 Annex B, Annex H; TS 33.222) ------------
+
+GBA_FC_NAF: Final = 0x01
+"""FC of the NAF-specific key derivation (TS 33.220 B.3)."""
+GBA_ME_LABEL: Final = b"gba-me"
+"""P0 of Ks_NAF / Ks_ext_NAF (TS 33.220 B.3)."""
+GBA_RAND_LENGTH: Final = 16
+GBA_KS_LENGTH: Final = 32  # Ks = CK || IK
+UA_TLS12_PREFIX: Final = b"\x01\x00\x01"
+"""Ua security protocol identifier prefix (0x01,0x00,0x01,yy,zz) of TS 33.220 H.3 for TS 33.222
+"Shared key-based mutual authentication between UE and NAF" over (D)TLS 1.2; (yy,zz) is the
+IANA code point of the negotiated cipher suite."""
+
+
+def gba_kdf(key: bytes, fc: int, *params: bytes) -> bytes:
+    """The generic key derivation function of TS 33.220 B.2 (as in TS 33.401 A.2):
+    HMAC-SHA-256(Key, S) with S = FC || P0 || L0 || P1 || L1 || ... , Li the 2-octet
+    big-endian length of Pi (at most 65535)."""
+    key = _require_bytes("GBA KDF key", key)
+    if isinstance(fc, bool) or not isinstance(fc, int) or not 0 <= fc <= 0xFF:
+        raise ParseError("FC must be one octet")
+    s = bytearray([fc])
+    for i, p in enumerate(params):
+        p = _require_bytes(f"P{i}", p)
+        if len(p) > 0xFFFF:
+            raise ParseError(f"P{i} longer than 65535 octets")
+        s += p + len(p).to_bytes(2, "big")
+    return _hmac_sha256(key, bytes(s))
+
+
+def gba_ua_protocol_id_tls12(cipher_suite_code: int) -> bytes:
+    """(0x01,0x00,0x01,yy,zz): TS 33.222 TLS 1.2 shared-key Ua protocol, (yy,zz) = the cipher
+    suite (TS 33.220 H.3), e.g. TLS_PSK_WITH_AES_128_CBC_SHA256 (0x00,0xAE) -> 01 00 01 00 ae."""
+    if isinstance(cipher_suite_code, bool) or not isinstance(cipher_suite_code, int) or \
+            not 0 <= cipher_suite_code <= 0xFFFF:
+        raise ParseError("TLS cipher suite code must be two octets")
+    return UA_TLS12_PREFIX + cipher_suite_code.to_bytes(2, "big")
+
+
+def gba_naf_id(naf_fqdn: str, ua_protocol_id: bytes) -> bytes:
+    """NAF_Id = FQDN of the NAF (UTF-8, lower case) || Ua security protocol identifier (TS 33.220 4.5.2, H)."""
+    ua = _require_len("Ua security protocol identifier", ua_protocol_id, 5)
+    return _check_fqdn(naf_fqdn).lower().encode("utf-8") + ua
+
+
+def derive_gba_ks_naf(ks: bytes, rand: bytes, impi: str, naf_id: bytes) -> bytes:
+    """Ks_NAF (GBA_ME) = Ks_ext_NAF (GBA_U, ME side) = KDF(Ks, "gba-me", RAND, IMPI, NAF_Id)
+    (TS 33.220 B.3): FC = 0x01, P0 = "gba-me", P1 = RAND, P2 = IMPI (UTF-8), P3 = NAF_Id;
+    Ks = CK || IK (32 octets); the result is the full 32-octet KDF output."""
+    ks = _require_len("Ks", ks, GBA_KS_LENGTH)
+    rand = _require_len("RAND", rand, GBA_RAND_LENGTH)
+    naf_id = _require_bytes("NAF_Id", naf_id)
+    if len(naf_id) < 6:
+        raise ParseError("NAF_Id must be an FQDN followed by a 5-octet Ua security protocol identifier")
+    return gba_kdf(ks, GBA_FC_NAF, GBA_ME_LABEL, rand, nfkc_octets(impi, "IMPI"), naf_id)
+
+
+_SIM_RES_LABEL: Final = b"m2msec simulated AKA RES"
+_SIM_KS_LABEL: Final = b"m2msec simulated AKA CK||IK"
+
+
+def gba_simulated_aka(k: bytes, rand: bytes) -> tuple[bytes, bytes]:
+    """(RES, Ks) of the BSF *simulator*'s stand-in for UMTS AKA on Ub (not Milenage, not for
+    production): RES = HMAC-SHA-256(K, "m2msec simulated AKA RES" || RAND)[:16],
+    Ks = HMAC-SHA-256(K, "m2msec simulated AKA CK||IK" || RAND) (32 octets, the place of CK || IK)."""
+    k = _require_bytes("K", k)
+    if len(k) < 16:
+        raise ParseError("subscriber key K must be at least 16 octets")
+    rand = _require_len("RAND", rand, GBA_RAND_LENGTH)
+    return _hmac_sha256(k, _SIM_RES_LABEL + rand)[:16], _hmac_sha256(k, _SIM_KS_LABEL + rand)
+
+
+__all__ += ["GBA_FC_NAF", "GBA_ME_LABEL", "UA_TLS12_PREFIX", "derive_gba_ks_naf", "gba_kdf", "gba_naf_id",
+            "gba_simulated_aka", "gba_ua_protocol_id_tls12"]

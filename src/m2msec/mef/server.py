@@ -9,6 +9,9 @@ One TLS 1.2 listener serves both RSPFs and MEF Key Retrieval:
   8.1.2.5 (:mod:`m2msec.tls.pkiverify`) against the certificate information
   configured for it - a certificate no enrolee/target is configured for aborts
   the handshake;
+* Bootstrap Security Handshake, GBA-Based RSPF (8.3.2.3, profile): TLS-PSK with the
+  MEF as GBA NAF - hint ``3GPP-bootstrapping``, ``psk_identity`` = ``3GPP-bootstrapping.<B-TID>``,
+  ``psk`` = Ks_NAF from the BSF over Zn (:mod:`m2msec.mef.gba`, ``gba=``);
 * Enrolment Key Generation: Ke/RelativeKeID exported with
   ``EXPORTER-oneM2M-Bootstrap`` (10.3.1), KeID = hex@MEF-FQDN (10.3.4), and
   Kre/RelativeKreID with ``EXPORTER-oneM2M-Bootstrap-Reauth`` (profile);
@@ -49,6 +52,8 @@ from m2msec.mef.protocol import (
     grants_allow,
     parse_fetch_target,
 )
+from m2msec.mef.gba import PSK_IDENTITY_HINT as GBA_PSK_IDENTITY_HINT
+from m2msec.mef.gba import GBANaf
 from m2msec.mef.state import MEFError, MEFState, SessionPeer
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.pki import CertificateVerificationError, VerificationReason, VerifiedPeer
@@ -94,8 +99,10 @@ class MEFServer:
     """MEF over TLS 1.2; PSK and/or certificate mode.  ``credentials`` enable the certificate RSPF."""
 
     def __init__(self, state: MEFState, *, credentials: CertCredentials | None = None,
-                 certificate_hook: CertificateEnrolmentHook | None = None, handshake_timeout: float = 10.0) -> None:
+                 certificate_hook: CertificateEnrolmentHook | None = None, handshake_timeout: float = 10.0,
+                 gba: GBANaf | None = None) -> None:
         self.state = state
+        self.gba = gba  # GBA-Based RSPF: the MEF as NAF (m2msec.mef.gba)
         self.certificate_hook = certificate_hook  # extension point for EST (F9)
         self.handshake_errors: list[BaseException] = []
         self._server: asyncio.Server | None = None
@@ -106,12 +113,16 @@ class MEFServer:
                 raise ValueError("the certificate RSPF needs enrolee trust anchors")
             kw = {"credentials": credentials, "trust_anchors": tuple(state.enrolee_anchors),
                   "verify_peer": _CertVerifier(state), "verify_peer_authoritative": True}
+        if gba is not None:
+            kw["psk_identity_hint"] = GBA_PSK_IDENTITY_HINT  # TS 33.222: "3GPP-bootstrapping"
         self.tls_context = TLSContext(TLSConfig(role=Role.SERVER, psk_lookup=self._psk_lookup, **kw))
 
     def __repr__(self) -> str:
         return f"MEFServer(fqdn={self.state.fqdn!r}, listening={self._server is not None})"
 
     def _psk_lookup(self, identity: bytes, _sni: str | None) -> bytes | None:
+        if self.gba is not None and self.gba.handles(identity):
+            return self.gba.psk_for(identity)  # Ks_NAF over Zn
         try:
             text = identity.decode("utf-8")
         except UnicodeDecodeError:
@@ -151,6 +162,8 @@ class MEFServer:
         if isinstance(pv, tuple) and len(pv) == 2 and isinstance(pv[0], SessionPeer):
             return pv[0]
         ident = engine.psk_identity
+        if ident and self.gba is not None and self.gba.handles(ident):
+            return self.gba.peer_for(ident)
         if ident:
             hit = self.state.psk_lookup(ident.decode("utf-8", "replace"))
             return hit[1] if hit is not None else None
