@@ -74,3 +74,27 @@ def test_json_model_check_handles_non_exact_types() -> None:
 def test_constructor_still_checks_pc() -> None:
     with pytest.raises(ValueError, match=r"pc\.a: bytes is not a JSON value"):
         RequestPrimitive(op=Operation.NOTIFY, to="/x", rqi="1", pc={"a": b"x"})
+
+
+def test_loads_json_model_says_when_the_full_check_can_be_skipped() -> None:
+    assert _wire.loads_json_model(b'{"a":[1,2.5,{"b":null}]}') == ({"a": [1, 2.5, {"b": None}]}, True)
+    value, plain = _wire.loads_json_model(b'{"a":1e999}')
+    assert value == {"a": float("inf")} and plain is False  # the full check names pc.a
+    big = b'{"a":' + b"1" * 400 + b'.0}'  # no exponent, still too large for a float
+    assert _wire.loads_json_model(big)[1] is False
+    many = b'{"a":[' + b",".join([b"[]"] * 100) + b"]}"  # 102 containers, only 3 deep
+    assert _wire.loads_json_model(many)[1] is False
+    assert RequestPrimitive.from_json_bytes(b'{"op":5,"to":"/x","rqi":"1","pc":' + many + b"}").pc["a"][99] == []
+    with pytest.raises(ParseError, match="duplicate JSON member name 'a'"):
+        _wire.loads_json_model(b'{"a":1,"a":2}')
+    with pytest.raises(ParseError, match="malformed JSON"):
+        _wire.loads_json_model(b'{"a":')
+
+
+def test_cbor_decoding_checks_the_model_once_and_still_refuses() -> None:
+    import cbor2
+
+    ok = cbor2.dumps({"op": 5, "to": "/x", "rqi": "1", "pc": {"a": [1.5, None]}})
+    assert RequestPrimitive.from_cbor(ok).pc == {"a": [1.5, None]}
+    with pytest.raises(ParseError, match=r"pc\.a: non-finite number"):
+        ResponsePrimitive.from_cbor(cbor2.dumps({"rsc": 2000, "rqi": "1", "pc": {"a": float("inf")}}))

@@ -127,6 +127,10 @@ def expect_list(value: object, path: str, *, nonempty: bool = False) -> list[Any
 
 
 def expect_enum(cls: type[E], value: object, path: str) -> E:
+    if type(value) is int:  # the usual case: a plain int naming a member
+        member = cls._value2member_map_.get(value)
+        if member is not None:
+            return member  # type: ignore[return-value]
     n = expect_int(value, path)
     try:
         return cls(n)
@@ -287,8 +291,20 @@ def _no_constant(name: str) -> Any:
     raise ParseError(f"{name} is not valid JSON")
 
 
+class _NonFinite(Exception):
+    """A JSON number too large for a float (it would decode to infinity)."""
+
+
+def _finite_float(text: str) -> float:
+    f = float(text)
+    if f - f != 0.0:  # inf or nan
+        raise _NonFinite
+    return f
+
+
 # One decoder/encoder for every call (json.loads/json.dumps with options build a new one each time).
 _DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+_MODEL_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constant, parse_float=_finite_float)
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
@@ -305,6 +321,32 @@ def loads_json(data: bytes | str) -> Any:
         raise ParseError(f"malformed JSON: {exc}") from None
     except RecursionError:
         raise ParseError("malformed JSON: nested too deeply") from None
+
+
+def loads_json_model(data: bytes | str) -> tuple[Any, bool]:
+    """:func:`loads_json`, and whether every value in the result is certainly within the JSON
+    data model and :data:`MAX_DEPTH` (then :func:`check_json_model` would find nothing).
+
+    Text decoded strictly yields only exact dict/list/str/int/float/bool/None; what remains
+    is a number too large for a float (caught while decoding) and the nesting depth: a text
+    with at most MAX_DEPTH brackets in all cannot nest deeper (brackets inside strings only
+    make the count larger).  When in doubt the answer is False and the caller checks fully.
+    """
+    try:
+        text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
+        if not isinstance(text, str):
+            raise TypeError(f"the JSON object must be str, bytes or bytearray, not {type(data).__name__}")
+        try:
+            value = _MODEL_DECODER.decode(text)
+        except _NonFinite:
+            return _DECODER.decode(text), False  # let the full check name the member
+    except ParseError:
+        raise
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ParseError(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise ParseError("malformed JSON: nested too deeply") from None
+    return value, text.count("{") + text.count("[") <= MAX_DEPTH
 
 
 def dumps_json(value: Any) -> bytes:

@@ -84,7 +84,12 @@ def _not_null(value: object, path: str) -> object:
     return value
 
 
+_COMMON_RVI = frozenset({"1", "2", "2a", "3", "4", "5"})  # all match _RVI_RE
+
+
 def _read_rvi(value: object, path: str) -> str:
+    if type(value) is str and value in _COMMON_RVI:
+        return value
     s = _wire.expect_str(value, path)
     if not _RVI_RE.fullmatch(s):
         raise _wire.fail(path, f"not an m2m:releaseVersion: {s!r}")
@@ -100,6 +105,10 @@ def _read_ec(value: object, path: str) -> int:
 
 def parse_rsc(value: object, path: str = "rsc") -> RscValue:
     """Parse a Response Status Code (see the module docstring for unknown codes)."""
+    if type(value) is int:
+        member = ResponseStatusCode._value2member_map_.get(value)
+        if member is not None:
+            return member  # type: ignore[return-value]
     n = _wire.expect_int(value, path)
     try:
         return ResponseStatusCode(n)
@@ -110,9 +119,10 @@ def parse_rsc(value: object, path: str = "rsc") -> RscValue:
     raise _wire.fail(path, f"not a ResponseStatusCode: {n}")
 
 
-def _read_pc(value: object, path: str) -> Any:
+def _read_pc(value: object, path: str, model_checked: bool = False) -> Any:
     _not_null(value, path)
-    _wire.check_json_model(value, path)
+    if not model_checked:
+        _wire.check_json_model(value, path)
     return value
 
 
@@ -274,6 +284,24 @@ class RequestPrimitive(_wire.Codec):
 
     @classmethod
     def from_json(cls, obj: object, **_: Any) -> RequestPrimitive:
+        return cls._from_json(obj, False)
+
+    @classmethod
+    def from_json_bytes(cls, data: bytes | str, **kwargs: Any) -> RequestPrimitive:
+        if cls is not RequestPrimitive:
+            return super().from_json_bytes(data, **kwargs)  # type: ignore[no-any-return]
+        value, model_checked = _wire.loads_json_model(data)
+        return cls._from_json(value, model_checked)
+
+    @classmethod
+    def from_cbor(cls, data: bytes, **kwargs: Any) -> RequestPrimitive:
+        if cls is not RequestPrimitive:
+            return super().from_cbor(data, **kwargs)  # type: ignore[no-any-return]
+        return cls._from_json(_wire.loads_cbor(data), True)  # loads_cbor checked the whole value
+
+    @classmethod
+    def _from_json(cls, obj: object, model_checked: bool) -> RequestPrimitive:
+        """``model_checked``: ``obj`` is known to be within the JSON data model (pc need not be walked)."""
         v = _members(obj, _REQUEST_NAMES, ("op", "to", "rqi"))
         kw: dict[str, Any] = {
             "op": _wire.expect_enum(Operation, v["op"], "op"),
@@ -287,7 +315,7 @@ class RequestPrimitive(_wire.Codec):
         if "ty" in v:
             kw["ty"] = _wire.expect_enum(ResourceType, v["ty"], "ty")
         if "pc" in v:
-            kw["pc"] = _read_pc(v["pc"], "pc")
+            kw["pc"] = _read_pc(v["pc"], "pc", model_checked)
         if "ot" in v:
             kw["ot"] = parse_timestamp(v["ot"], path="ot")
         for name in ("rqet", "rset"):
@@ -425,13 +453,31 @@ class ResponsePrimitive(_wire.Codec):
 
     @classmethod
     def from_json(cls, obj: object, **_: Any) -> ResponsePrimitive:
+        return cls._from_json(obj, False)
+
+    @classmethod
+    def from_json_bytes(cls, data: bytes | str, **kwargs: Any) -> ResponsePrimitive:
+        if cls is not ResponsePrimitive:
+            return super().from_json_bytes(data, **kwargs)  # type: ignore[no-any-return]
+        value, model_checked = _wire.loads_json_model(data)
+        return cls._from_json(value, model_checked)
+
+    @classmethod
+    def from_cbor(cls, data: bytes, **kwargs: Any) -> ResponsePrimitive:
+        if cls is not ResponsePrimitive:
+            return super().from_cbor(data, **kwargs)  # type: ignore[no-any-return]
+        return cls._from_json(_wire.loads_cbor(data), True)  # loads_cbor checked the whole value
+
+    @classmethod
+    def _from_json(cls, obj: object, model_checked: bool) -> ResponsePrimitive:
+        """``model_checked``: ``obj`` is known to be within the JSON data model (pc need not be walked)."""
         v = _members(obj, _RESPONSE_NAMES, ("rsc", "rqi"))
         kw: dict[str, Any] = {
             "rsc": parse_rsc(v["rsc"], "rsc"),
             "rqi": _wire.expect_str(v["rqi"], "rqi"),
         }
         if "pc" in v:
-            kw["pc"] = _read_pc(v["pc"], "pc")
+            kw["pc"] = _read_pc(v["pc"], "pc", model_checked)
         for name in ("to", "fr"):
             if name in v:
                 kw[name] = _wire.expect_str(v[name], name)
