@@ -33,12 +33,13 @@ import enum
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from m2msec.escertke.errors import ESCertKEError, Reason
 from m2msec.escertke.keys import ESCertKEKeys, ESCertKEResult
@@ -144,24 +145,34 @@ class _CachedVerify:
     peer configuration passes again while the injected clock is inside the validity of
     every certificate on its path and of the trust anchor; signatures, identifier, flavour
     and name constraints cannot change for the same DER.  Failures are never cached.
+
+    The TLS engine calls :meth:`verify_der_chain` with the DER encodings OpenSSL already
+    has, so a hit needs no conversion to ``cryptography`` objects; only a miss loads them
+    and runs the full verification.
     """
 
     def __init__(self, hook: Any, clock: Clock, size: int = 256) -> None:
         self._hook = hook
         self._clock = clock
         self._size = size
-        self._ok: OrderedDict[tuple[x509.Certificate, ...], tuple[datetime, datetime, Any]] = OrderedDict()
+        self._ok: OrderedDict[tuple[bytes, ...], tuple[datetime, datetime, Any]] = OrderedDict()
         self._lock = threading.Lock()
 
     def __call__(self, chain: list[x509.Certificate]) -> Any:
-        key = tuple(chain)
+        key = tuple(c.public_bytes(Encoding.DER) for c in chain)
+        return self.verify_der_chain(key, lambda: list(chain))
+
+    def verify_der_chain(self, der_chain: tuple[bytes, ...],
+                         load_chain: Callable[[], list[x509.Certificate]]) -> Any:
+        key = tuple(der_chain)
         with self._lock:
             hit = self._ok.get(key)
         if hit is not None:
             nb, na, result = hit
-            if nb <= ensure_utc(self._clock(), what="clock()") <= na:
+            if nb <= ensure_utc(self._clock(), what="clock()") <= na:  # validity re-checked on every hit
                 return result
-        result = self._hook(chain)
+        chain = load_chain()
+        result = self._hook(chain)  # raises on failure: nothing is cached
         certs = [*chain, *([result.trust_anchor] if getattr(result, "trust_anchor", None) is not None else [])]
         window = (max(c.not_valid_before_utc for c in certs), min(c.not_valid_after_utc for c in certs), result)
         with self._lock:

@@ -24,6 +24,13 @@ hook's return value is kept as ``TLSEngine.peer_verification``; an exception
 may carry ``tls_alert`` (``"certificate_expired"``, ``"unknown_ca"``,
 ``"bad_certificate"``) to choose the fatal alert sent to the peer.
 
+A hook may also offer ``verify_der_chain(der_chain, load_chain)`` (same result or
+exception as ``hook(chain)``): the engine then passes the chain as a tuple of DER
+encodings (leaf first, as above) and a zero-argument ``load_chain`` returning the
+``cryptography`` certificates (converted once, on first call), so that a hook with a
+cache of earlier verdicts (e.g. ESCertKE's) can answer a hit without any conversion.
+``verified_chain()`` converts lazily when the hook never needed the objects.
+
 Session resumption is disabled (no tickets, no session cache): every
 connection runs a full handshake, so the PSK identity / peer certificate of an
 established engine always comes from this handshake's callbacks.
@@ -198,13 +205,85 @@ class TLSConfig:
         return tuple(out)
 
 
-def _x509_chain_from_stack(stack: Any) -> list[x509.Certificate]:
-    out: list[x509.Certificate] = []
-    for i in range(_lib.sk_X509_num(stack)):
-        ptr = _lib.sk_X509_value(stack, i)
-        _lib.X509_up_ref(ptr)
-        out.append(crypto.X509._from_raw_x509_ptr(ptr).to_cryptography())
-    return out
+def _der_chain_from_stack(stack: Any) -> tuple[bytes, ...]:
+    """The DER encodings of the certificates on an OpenSSL ``STACK_OF(X509)``.
+
+    One memory BIO for the whole chain (``lib`` has ``i2d_X509_bio`` but no ``i2d_X509``):
+    the certificates are encoded one after the other and the blob is cut at the recorded ends.
+    """
+    n = _lib.sk_X509_num(stack)
+    if n <= 0:
+        return ()
+    bio = _lib.BIO_new(_lib.BIO_s_mem())
+    if bio == _ffi.NULL:
+        raise TLSError("OpenSSL could not allocate a memory BIO")
+    try:
+        ends: list[int] = []
+        for i in range(n):
+            if _lib.i2d_X509_bio(bio, _lib.sk_X509_value(stack, i)) != 1:
+                raise TLSError("OpenSSL could not encode a peer certificate")
+            ends.append(_lib.BIO_get_mem_data(bio, _ffi.NULL))
+        pp = _ffi.new("char **")
+        total = _lib.BIO_get_mem_data(bio, pp)
+        blob = _ffi.buffer(pp[0], total)[:]
+    finally:
+        _lib.BIO_free(bio)
+    out: list[bytes] = []
+    start = 0
+    for end in ends:
+        out.append(blob[start:end])
+        start = end
+    return tuple(out)
+
+
+def _der_chain_of(store_ctx: Any) -> tuple[bytes, ...]:
+    """DER of the chain OpenSSL built so far in ``store_ctx`` (leaf first)."""
+    stack = _lib.X509_STORE_CTX_get1_chain(store_ctx)
+    if stack == _ffi.NULL:
+        return ()
+    try:
+        return _der_chain_from_stack(stack)
+    finally:
+        for i in range(_lib.sk_X509_num(stack)):
+            _lib.X509_free(_lib.sk_X509_value(stack, i))
+        _lib.sk_X509_free(stack)
+
+
+def _load_chain(der_chain: Sequence[bytes]) -> list[x509.Certificate]:
+    # what pyOpenSSL's X509.to_cryptography() does: DER, then cryptography's parser
+    return [x509.load_der_x509_certificate(d) for d in der_chain]
+
+
+class _ChainLoader:
+    """Converts a DER chain to ``cryptography`` certificates once, on first call."""
+
+    __slots__ = ("der_chain", "chain")
+
+    def __init__(self, der_chain: tuple[bytes, ...]) -> None:
+        self.der_chain = der_chain
+        self.chain: list[x509.Certificate] | None = None
+
+    def __call__(self) -> list[x509.Certificate]:
+        if self.chain is None:
+            self.chain = _load_chain(self.der_chain)
+        return list(self.chain)
+
+
+def _run_hook(hook: Any, loader: _ChainLoader) -> Any:
+    """Call ``hook``: through ``verify_der_chain`` when it has one (no conversion needed
+    on a cache hit), else with the chain as ``cryptography`` certificates."""
+    by_der = getattr(hook, "verify_der_chain", None)
+    if by_der is not None:
+        return by_der(loader.der_chain, loader)
+    return hook(loader())
+
+
+def _remember_chain(rec: CallbackRecord, loader: _ChainLoader) -> None:
+    """Keep the verified chain for ``TLSEngine.verified_chain`` (converted lazily)."""
+    if loader.chain is not None:
+        rec.extra["verified_chain"] = loader.chain
+    else:
+        rec.extra["verified_chain_der"] = loader.der_chain
 
 
 class TLSContext:
@@ -349,22 +428,17 @@ class TLSContext:
                 return 0
             if depth != 0 or rec is None or rec.extra.get("hook_done"):
                 return 1
-            stack = _lib.X509_STORE_CTX_get1_chain(store_ctx)
-            try:
-                chain = _x509_chain_from_stack(stack)
-            finally:
-                for i in range(_lib.sk_X509_num(stack)):
-                    _lib.X509_free(_lib.sk_X509_value(stack, i))
-                _lib.sk_X509_free(stack)
-            rec.extra["verified_chain"] = chain
+            loader = _ChainLoader(_der_chain_of(store_ctx))
             hook = self.config.verify_peer
             if hook is not None:
                 try:
-                    rec.extra["peer_verification"] = hook(chain)
+                    rec.extra["peer_verification"] = _run_hook(hook, loader)
                 except BaseException as exc:
+                    _remember_chain(rec, loader)
                     rec.fail("PEER_REJECTED", f"verify_peer rejected the peer: {exc}", exc)
                     _lib.X509_STORE_CTX_set_error(store_ctx, _lib.X509_V_ERR_CERT_REJECTED)  # -> bad_certificate alert
                     return 0
+            _remember_chain(rec, loader)
             rec.extra["hook_done"] = True
             return 1
         except BaseException as exc:
@@ -378,23 +452,17 @@ class TLSContext:
             return 0
         if rec.extra.get("hook_done"):
             return 1
-        stack = _lib.X509_STORE_CTX_get1_chain(store_ctx)
-        try:
-            chain = _x509_chain_from_stack(stack)
-        finally:
-            for i in range(_lib.sk_X509_num(stack)):
-                _lib.X509_free(_lib.sk_X509_value(stack, i))
-            _lib.sk_X509_free(stack)
+        loader = _ChainLoader(_der_chain_of(store_ctx))
         hook = self.config.verify_peer
         assert hook is not None
         try:
-            result = hook(chain)
+            result = _run_hook(hook, loader)
         except BaseException as exc:
             rec.fail("PEER_REJECTED", f"verify_peer rejected the peer: {exc}", exc)
             code = _ALERT_ERRORS.get(str(getattr(exc, "tls_alert", "")), _lib.X509_V_ERR_CERT_REJECTED)
             _lib.X509_STORE_CTX_set_error(store_ctx, code)
             return 0
-        rec.extra["verified_chain"] = chain
+        _remember_chain(rec, loader)
         rec.extra["peer_verification"] = result
         rec.extra["hook_done"] = True
         return 1
@@ -700,7 +768,14 @@ class TLSEngine:
 
     def verified_chain(self) -> list[x509.Certificate]:
         """The chain OpenSSL built and passed to ``verify_peer`` (leaf ... trust anchor)."""
-        return list(self.callback_record.extra.get("verified_chain", []))
+        extra = self.callback_record.extra
+        chain = extra.get("verified_chain")
+        if chain is None:
+            der = extra.get("verified_chain_der")
+            if der is None:
+                return []
+            chain = extra["verified_chain"] = _load_chain(der)  # converted on first request only
+        return list(chain)
 
     @property
     def peer_verification(self) -> Any:
