@@ -1,0 +1,354 @@
+"""MAF Key Retrieval (TS-0003 8.8.2.8) throughput and latency.
+
+    .venv/bin/python bench/bench_maf.py [--keys 10000,1000000] [--clients 1,10,50] [--duration 5]
+                                        [--latency-n 2000] [--db-dir DIR]
+
+(a) Throughput: key retrievals per second over persistent TLS-PSK connections (one MAF
+Handshake per connection, then HTTP/1.1 keep-alive) with 1, 10 and 50 concurrent clients,
+against a *plain* endpoint: the same MAFServer (same TLS engine, same h11 connection loop,
+same PSK handshake) whose dispatch returns a fixed body of the size of a Key Retrieval
+response without touching the store.  The server runs in a child process (the load
+generator in this one; both share the machine's cores), and the table also gives the server
+process's CPU time per request (utime+stime from /proc), which does not depend on whether the
+load generator saturates.  Target: MAF >= 0.8x plain.
+
+(b) Latency: p50/p99 of sequential retrievals of random keys from one client, with the store
+populated to each size in ``--keys`` (Key Registration rows written directly through the
+store API, one transaction per 10 000 keys, the same three rows a Key Registration writes:
+``maf.keyid``, ``maf.keyreg``, ``maf.key``).  Target: flat across sizes, p99 < 20 ms.
+
+(c) The SQL of one Key Retrieval, captured from the store backend, with SQLite's
+EXPLAIN QUERY PLAN: every look-up must be a primary-key search, not a scan.
+
+Every Key Retrieval is one write transaction (its audit record, DESIGN.md section 3) and the
+SQLite store commits with ``synchronous = FULL``: the fsync per retrieval is part of what is
+measured.  ``--db-dir`` chooses where the database lives (default: a temporary directory
+from ``tempfile``; say where it is: fsync cost depends on the disk, tmpfs makes it free).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from m2msec.keys import maf_key_id
+from m2msec.maf import AdminConfig, MAFClient, MAFClientConfig, MAFServer, MAFService
+from m2msec.maf.protocol import ClientRegistrationRequest, KeyRetrievalRequest, KeyRetrievalResponse, Procedure, encode_body
+from m2msec.maf.service import NS, MAFPeer
+from m2msec.onem2m.enums import SUID
+from m2msec.onem2m.rsc import ResponseStatusCode as RSC
+from m2msec.onem2m.timestamps import format_timestamp
+from m2msec.store import KeyEncryptionKey, Store, open_store
+from m2msec.tls.engine import PSKCredentials
+
+MAF = "maf.bench.example.com"
+ADMIN = "sp.bench.example.com"
+SOURCE = "//sp.bench.example.com/CSource"
+TARGET = "//sp.bench.example.com/CTarget"
+KMID = f"ctarget@{MAF}"
+KM = bytes(range(32))
+BATCH = 10_000
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _service(store: Store) -> MAFService:
+    return MAFService(store, MAF, admins=[AdminConfig(ADMIN)], clock=utc_now)
+
+
+# ------------------------------------------------------------------ store population
+
+
+def create_db(path: Path, kek: KeyEncryptionKey) -> Store:
+    store = open_store(f"sqlite:///{path}", kek, clock=utc_now)
+    svc = _service(store)
+    svc.add_km_client(KMID, KM, client_id=TARGET)
+    svc.run(Procedure.CLIENT_REGISTRATION, _peer(), ClientRegistrationRequest(MAF, utc_now() + timedelta(days=1), ADMIN),
+            lambda: (b"", b""))
+    return store
+
+
+def _peer() -> MAFPeer:
+    return MAFPeer(kind="km", client_id=TARGET, credential_id=f"11-{KMID}", kmid=KMID)
+
+
+def populate(store: Store, n: int, *, start: int = 0) -> tuple[list[str], float]:
+    """Write ``n`` Key Registrations (SUID 33, Source -> Target) in transactions of BATCH keys;
+    returns a sample of RelativeKeyIDs and the seconds it took."""
+    expires = utc_now() + timedelta(days=30)
+    exp_s = format_timestamp(expires)
+    sample: list[str] = []
+    rng = random.Random(start)
+    t0 = time.perf_counter()
+    done = 0
+    while done < n:
+        with store.transaction() as tx:
+            for _ in range(min(BATCH, n - done)):
+                rel = secrets.token_hex(16)
+                doc = {"keyID": maf_key_id(bytes.fromhex(rel), MAF), "sourceMAFClientID": SOURCE, "adminFQDN": ADMIN,
+                       "suid": int(SUID.MAF_ESPRIM), "targetIDs": [TARGET], "labels": [], "origin": "client",
+                       "expirationTime": exp_s}
+                tx.put_record(NS.KEY_ID, rel, {"sourceMAFClientID": SOURCE})
+                tx.put_record(NS.KEY_REG, rel, doc, expires_at=expires)
+                tx.put_credential(NS.KEY, rel, os.urandom(32), metadata={"suid": int(SUID.MAF_ESPRIM)},
+                                  expires_at=expires)
+                if len(sample) < 20_000 and rng.random() < max(20_000 / max(n, 1), 0.002):
+                    sample.append(rel)
+                done += 1
+    return sample, time.perf_counter() - t0
+
+
+def query_plans(store: Store, rel: str) -> list[tuple[str, list[str]]]:
+    """Run one Key Retrieval through MAFService.run, capture its SQL and EXPLAIN QUERY PLAN it."""
+    backend = store._backend  # observation only: wrap the backend's execute for one call
+    captured: list[tuple[str, tuple[Any, ...]]] = []
+    orig = backend.execute
+
+    def spy(conn: Any, sql: str, params: Sequence[Any] = ()) -> Any:
+        captured.append((sql, tuple(params)))
+        return orig(conn, sql, params)
+
+    backend.execute = spy  # type: ignore[method-assign]
+    try:
+        rsp = _service(store).run(Procedure.KEY_RETRIEVAL, _peer(), KeyRetrievalRequest(rel), lambda: (b"", b""))
+        assert isinstance(rsp, KeyRetrievalResponse) and rsp.source_maf_client_id == SOURCE
+    finally:
+        backend.execute = orig  # type: ignore[method-assign]
+    out = []
+    with store._conn(write=False) as conn:  # noqa: SLF001
+        for sql, params in captured:
+            if not sql.lstrip().upper().startswith(("SELECT", "INSERT", "UPDATE", "DELETE")):
+                continue
+            rows = conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()
+            out.append((" ".join(sql.split())[:110], [str(r[-1]) for r in rows]))
+    return out
+
+
+# ------------------------------------------------------------------ the server process
+
+
+class PlainServer(MAFServer):
+    """The same TLS + h11 server, answering every request with a fixed Key-Retrieval-sized body."""
+
+    BODY = encode_body(KeyRetrievalResponse(expiration_time=datetime(2030, 1, 1, tzinfo=UTC),
+                                            source_maf_client_id=SOURCE, admin_fqdn=ADMIN, suid=SUID.MAF_ESPRIM,
+                                            key_value=bytes(32)))
+
+    async def _dispatch(self, peer: Any, req: Any, body: bytes, exporter: Any) -> Any:
+        return RSC.OK.http_status, [("Content-Type", "application/json"), ("X-M2M-RSC", str(int(RSC.OK)))], self.BODY
+
+
+def serve_child(db: str, kek_file: str, kind: str) -> None:
+    store = open_store(f"sqlite:///{db}", KeyEncryptionKey.from_file(kek_file), clock=utc_now)
+    svc = _service(store)
+    cls = PlainServer if kind == "plain" else MAFServer
+
+    async def main() -> None:
+        srv = await cls(svc, host="127.0.0.1", port=0, idle_timeout=600).start()
+        print(f"port {srv.port}", flush=True)
+        await srv.serve_forever()
+
+    try:
+        asyncio.run(main())
+    finally:
+        store.close()
+
+
+class Child:
+    def __init__(self, db: Path, kek: KeyEncryptionKey, kind: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "_serve", str(db), str(db.parent / "kek.hex"), kind],
+            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        line = self.proc.stdout.readline()  # type: ignore[union-attr]
+        if not line.startswith("port "):
+            self.stop()
+            raise RuntimeError(f"{kind} server did not start: {line!r}")
+        self.port = int(line.split()[1])
+
+    def cpu(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+# ------------------------------------------------------------------ load
+
+
+def _config(port: int) -> MAFClientConfig:
+    return MAFClientConfig(maf_fqdn=MAF, admin_fqdn=ADMIN, host="127.0.0.1", port=port,
+                           psk=PSKCredentials(KMID.encode(), KM), timeout=30.0)
+
+
+async def throughput(port: int, n_clients: int, duration: float, sample: list[str], check: bool) -> tuple[int, float]:
+    bodies = [encode_body(KeyRetrievalRequest(r)) for r in sample]
+    clients = [MAFClient(_config(port)) for _ in range(n_clients)]
+    await asyncio.gather(*(c.connect() for c in clients))  # MAF Handshakes outside the timed window
+    count = 0
+    stop = False
+
+    async def worker(c: MAFClient, i: int) -> None:
+        nonlocal count
+        rng = random.Random(i)
+        while not stop:
+            _status, rsc, _body = await c.raw(Procedure.KEY_RETRIEVAL, rng.choice(bodies))
+            if check and rsc != int(RSC.OK):
+                raise RuntimeError(f"retrieval answered {rsc}")
+            count += 1
+
+    tasks = [asyncio.create_task(worker(c, i)) for i, c in enumerate(clients)]
+    await asyncio.sleep(min(0.5, duration / 4))  # warm-up
+    start_count, t0 = count, time.perf_counter()
+    await asyncio.sleep(duration)
+    done, elapsed = count - start_count, time.perf_counter() - t0
+    stop = True
+    await asyncio.gather(*tasks)
+    for c in clients:
+        await c.aclose()
+    return done, elapsed
+
+
+async def latency(port: int, n: int, sample: list[str]) -> list[float]:
+    rng = random.Random(7)
+    out: list[float] = []
+    async with MAFClient(_config(port)) as c:
+        for r in sample[:50]:
+            await c.retrieve_key(maf_key_id(bytes.fromhex(r), MAF))  # warm-up
+        for _ in range(n):
+            kid = maf_key_id(bytes.fromhex(rng.choice(sample)), MAF)
+            t0 = time.perf_counter()
+            got = await c.retrieve_key(kid)
+            out.append(time.perf_counter() - t0)
+            if got.source_id != SOURCE:
+                raise RuntimeError("wrong key")
+    return out
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+
+
+# ------------------------------------------------------------------ main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--keys", default="10000,1000000", help="store sizes for the latency table")
+    ap.add_argument("--clients", default="1,10,50")
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds per throughput run")
+    ap.add_argument("--latency-n", type=int, default=2000)
+    ap.add_argument("--db-dir", default=None)
+    ap.add_argument("--populate-budget", type=float, default=600.0,
+                    help="stop growing the store when population has taken this many seconds")
+    args = ap.parse_args(argv)
+    sizes = sorted(int(x) for x in args.keys.split(","))
+    client_counts = [int(x) for x in args.clients.split(",")]
+
+    work = Path(tempfile.mkdtemp(prefix="bench-maf-", dir=args.db_dir))
+    kek = KeyEncryptionKey.generate()
+    kek.write_file(work / "kek.hex")
+    db = work / "maf.db"
+    print(f"database: {db} (SQLite, WAL, synchronous=FULL); {os.cpu_count()} CPUs; "
+          f"server in a child process, load generator in this one")
+    try:
+        store = create_db(db, kek)
+        have = 0
+        sample: list[str] = []
+        latency_rows: list[tuple[int, float, float, float, float, float]] = []
+        plans: list[tuple[str, list[str]]] = []
+        spent = 0.0
+        for i, size in enumerate(sizes):
+            if spent > args.populate_budget:
+                print(f"skipping {size:,} keys: population budget of {args.populate_budget:.0f} s used up")
+                break
+            more, secs = populate(store, size - have, start=size)
+            spent += secs
+            sample = (sample + more)[-20_000:]
+            have = size
+            print(f"populated {size:,} keys (+{size - (sizes[i - 1] if i else 0):,} in {secs:.1f} s, "
+                  f"{(size - (sizes[i - 1] if i else 0)) / max(secs, 1e-9):,.0f} keys/s); "
+                  f"db {db.stat().st_size / 1e6:,.0f} MB + WAL", flush=True)
+            plans = query_plans(store, sample[0])
+            store.close()
+            child = Child(db, kek, "maf")
+            try:
+                if i == 0:
+                    thr = run_throughput(db, kek, child, client_counts, args.duration, sample)
+                lat = asyncio.run(latency(child.port, args.latency_n, sample))
+            finally:
+                child.stop()
+            latency_rows.append((size, pct(lat, 50) * 1e3, pct(lat, 99) * 1e3, max(lat) * 1e3,
+                                 sum(lat) / len(lat) * 1e3, len(lat)))
+            store = open_store(f"sqlite:///{db}", kek, clock=utc_now)
+        store.close()
+
+        print("\n(a) Key Retrieval throughput over persistent TLS-PSK connections "
+              f"({args.duration:.0f} s per run, store of {sizes[0]:,} keys)")
+        print(f"{'clients':>8} {'MAF req/s':>10} {'plain req/s':>12} {'ratio':>6} "
+              f"{'MAF srv CPU us/req':>19} {'plain srv CPU us/req':>21}")
+        for n, (m_rps, m_cpu), (p_rps, p_cpu) in thr:
+            print(f"{n:>8} {m_rps:>10,.0f} {p_rps:>12,.0f} {m_rps / p_rps:>6.2f} {m_cpu:>19,.0f} {p_cpu:>21,.0f}")
+        print("\n(b) Key Retrieval latency, one client, sequential, random keys")
+        print(f"{'keys':>10} {'n':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'mean ms':>8}")
+        for size, p50, p99, mx, mean, n in latency_rows:
+            print(f"{size:>10,} {n:>6} {p50:>8.2f} {p99:>8.2f} {mx:>8.2f} {mean:>8.2f}")
+        print(f"\n(c) SQL of one Key Retrieval and its SQLite query plan (store of {have:,} keys)")
+        for sql, plan in plans:
+            print(f"  {sql}")
+            for step in plan:
+                print(f"      -> {step}")
+        scans = [s for s, p in plans if any(step.startswith("SCAN") for step in p)]
+        print("  every look-up uses an index" if not scans else f"  SCANS: {scans}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def run_throughput(db: Path, kek: KeyEncryptionKey, maf_child: Child, counts: list[int], duration: float,
+                   sample: list[str]) -> list[tuple[int, tuple[float, float], tuple[float, float]]]:
+    plain = Child(db, kek, "plain")
+    out = []
+    try:
+        for n in counts:
+            row = []
+            for child, check in ((maf_child, True), (plain, False)):
+                c0 = child.cpu()
+                done, elapsed = asyncio.run(throughput(child.port, n, duration, sample, check))
+                cpu = child.cpu() - c0
+                row.append((done / elapsed, cpu / max(done, 1) * 1e6))
+            out.append((n, row[0], row[1]))
+            print(f"  {n} clients: MAF {row[0][0]:,.0f} req/s, plain {row[1][0]:,.0f} req/s", flush=True)
+    finally:
+        plain.stop()
+    return out
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "_serve":
+        serve_child(sys.argv[2], sys.argv[3], sys.argv[4])
+        sys.exit(0)
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""Smoke test of bench/bench_maf.py with tiny numbers (the benchmark itself is not a test)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_maf.py"
+
+
+def test_bench_maf_runs_and_reports_indexed_lookups(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, str(BENCH), "--keys", "200,400", "--clients", "1,2", "--duration", "0.3",
+         "--latency-n", "20", "--db-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = out.stdout
+    assert "(a) Key Retrieval throughput" in text and "(b) Key Retrieval latency" in text
+    table = text.split("(a) Key Retrieval throughput", 1)[1].split("(b)", 1)[0]
+    rows = [line.split() for line in table.splitlines()[2:] if line.strip()]
+    assert [r[0] for r in rows] == ["1", "2"] and all(float(r[1].replace(",", "")) > 0 for r in rows)
+    assert "SEARCH m2msec_records USING INDEX" in text and "SEARCH m2msec_credentials USING INDEX" in text
+    assert "every look-up uses an index" in text
+    assert list(tmp_path.iterdir()) == []  # the benchmark database is removed
