@@ -53,6 +53,14 @@ Configuration (``gateway.toml``; paths relative to the file)::
     peer = "Cae1"                # identity bound to the key (the inner From must equal it)
     suid = 13
 
+    [mef]                        # optional: RSPF-provisioned keys (SUID 23) from the MEF
+    fqdn = "mef.example.com"     # KeIDs ending in this MEF-FQDN are fetched on first sight
+    host = "127.0.0.1"
+    port = 8444
+    psk_identity = "cse-in@mef.example.com"   # the CSE's credentials towards the MEF
+    psk_hex = "..."              # or psk_file = "mef.psk"
+    target_id = "/id-in"         # Enrolment Target ID (default "/" + [cse] id)
+
     [[routes]]                   # other CSEs reachable through their gateways
     csi = "/id-mn"
     url = "http://127.0.0.1:9001"

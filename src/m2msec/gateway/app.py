@@ -46,9 +46,22 @@ def build(config: GatewayConfig, *, clock: Any = None, store: Store | None = Non
         shared_renew_before=config.shared_lifetime / 24,
         unique_lifetime=config.unique_lifetime,
     )
-    receiver = Receiver(keys=keys, state=StoreReceiverState(store, clock=clock), clock=clock, policy=policy)
+    source: Any = keys
+    prefetch = None
+    if config.mef is not None:  # RSPF-provisioned keys (SUID 23) fetched from the MEF on first sight
+        from m2msec.mef.client import MEFKeyFetcher, mef_tls_config  # noqa: PLC0415
+        from m2msec.mef.esprimkeys import MEFESPrimKeySource  # noqa: PLC0415
+        from m2msec.tls.engine import PSKCredentials  # noqa: PLC0415
+
+        m = config.mef
+        fetcher = MEFKeyFetcher(m.host, m.port, mef_tls_config(psk=PSKCredentials(m.psk_identity.encode(), m.psk)),
+                                target_id=m.target_id, mef_fqdn=m.fqdn, clock=clock)
+        source = MEFESPrimKeySource(fetcher, keys)
+        prefetch = source.prefetch
+    receiver = Receiver(keys=source, state=StoreReceiverState(store, clock=clock), clock=clock, policy=policy)
     gw = Gateway(
         cse_url=config.cse_url, cse_id=config.cse_id, cse_name=config.cse_name, receiver=receiver,
         admin=config.admin, routes=config.routes, poa_ttl=config.poa_ttl, trace_file=config.trace_file,
+        key_prefetch=prefetch,
     )
     return gw, store

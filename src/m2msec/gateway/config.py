@@ -18,7 +18,7 @@ from m2msec.esprim.keysource import PairwiseKey
 from m2msec.onem2m.enums import SUID
 from m2msec.onem2m.rsc import ResponseStatusCode
 
-__all__ = ["ConfigError", "GatewayConfig", "KeyEntry", "load_config"]
+__all__ = ["ConfigError", "GatewayConfig", "KeyEntry", "MEFSourceConfig", "load_config"]
 
 
 class ConfigError(M2MSecError):
@@ -39,6 +39,24 @@ class KeyEntry:
         return f"KeyEntry(kid={self.kid!r}, peer={self.peer!r}, suid={int(self.suid)}, key=<hidden>)"
 
 
+@dataclass(frozen=True, repr=False)
+class MEFSourceConfig:
+    """``[mef]``: fetch RSPF-provisioned pairwiseESPrimKeys (SUID 23) for KeIDs of ``fqdn``
+    from the MEF at ``host:port``, authenticated with the CSE's pre-configured PSK;
+    ``target_id`` is the CSE's Enrolment Target ID (X-M2M-Origin, the 10.3.7 input)."""
+
+    fqdn: str
+    host: str
+    port: int
+    psk_identity: str
+    psk: bytes = field(compare=False)
+    target_id: str
+
+    def __repr__(self) -> str:
+        return (f"MEFSourceConfig(fqdn={self.fqdn!r}, host={self.host!r}, port={self.port}, "
+                f"psk_identity={self.psk_identity!r}, target_id={self.target_id!r}, psk=<hidden>)")
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     cse_id: str
@@ -54,6 +72,7 @@ class GatewayConfig:
     shared_lifetime: timedelta = timedelta(hours=24)
     unique_lifetime: timedelta = timedelta(hours=1)
     trace_file: Path | None = None
+    mef: MEFSourceConfig | None = None
 
     @property
     def csi(self) -> str:
@@ -120,6 +139,16 @@ def load_config(path: str | Path, *, cse_url: str | None = None, store_url: str 
             raise ConfigError(f"routes[{i}]: needs csi and url (strings)")
         csi = r["csi"] if r["csi"].startswith("/") else "/" + r["csi"]
         routes[csi] = r["url"].rstrip("/")
+    mef = None
+    if "mef" in doc:
+        m = doc["mef"]
+        if not isinstance(m, dict) or not all(isinstance(m.get(k), str) for k in ("fqdn", "psk_identity")) \
+                or isinstance(m.get("port"), bool) or not isinstance(m.get("port"), int):
+            raise ConfigError("[mef] needs fqdn, port, psk_identity and psk_hex or psk_file")
+        psk = _read_key({"key_hex": m["psk_hex"]} if "psk_hex" in m else
+                        {"key_file": m["psk_file"]} if "psk_file" in m else {}, base, "[mef]")
+        mef = MEFSourceConfig(m["fqdn"], str(m.get("host", "127.0.0.1")), int(m["port"]), m["psk_identity"], psk,
+                              str(m.get("target_id", "/" + cse["id"].lstrip("/"))))
     kek = store.get("kek_file")
     trace = gw.get("trace_file")
     return GatewayConfig(
@@ -136,4 +165,5 @@ def load_config(path: str | Path, *, cse_url: str | None = None, store_url: str 
         shared_lifetime=timedelta(seconds=float(recv.get("shared_lifetime", 86400))),
         unique_lifetime=timedelta(seconds=float(recv.get("unique_lifetime", 3600))),
         trace_file=None if trace is None else base / str(trace),
+        mef=mef,
     )

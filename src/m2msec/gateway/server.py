@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -98,11 +98,13 @@ class Gateway:
         trace_file: str | Path | None = None,
         timeout: float = 10.0,
         monotonic: Callable[[], float] = time.monotonic,
+        key_prefetch: Callable[[str], Awaitable[object]] | None = None,
     ) -> None:
         self.cse_url = cse_url.rstrip("/")
         self.cse_id = cse_id.lstrip("/")
         self.cse_name = cse_name
         self.receiver = receiver
+        self.key_prefetch = key_prefetch  # first sight of a kid (e.g. fetch from the MEF), before open_request
         self.admin = admin
         self.routes = {(k if k.startswith("/") else "/" + k): v.rstrip("/") for k, v in (routes or {}).items()}
         self.poa_ttl = poa_ttl
@@ -408,6 +410,11 @@ class Gateway:
             return r.error_response(
                 ESPrimError(f"securityInfoType {int(seci.sit)} is not served by this CSE", rsc=RSC.BAD_REQUEST), outer
             )
+        if self.key_prefetch is not None:
+            try:
+                await self.key_prefetch(r.peek(seci.esprim_object).kid)
+            except M2MSecError:
+                pass  # open_request answers with the RSC of what is wrong
         try:
             inner, ctx = r.open_request(seci.esprim_object, outer_from=outer.fr)
         except M2MSecError as exc:
