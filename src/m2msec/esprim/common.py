@@ -82,10 +82,16 @@ def cty_for(kind: str, media: str) -> str:
         raise ValueError(f"no ESPrim media type for {kind}/{media}") from None
 
 
+_MEDIA_EXACT: Final = {(kind, cty): media for (kind, media), cty in _CTY.items()}
+
+
 def media_of(cty: str | None, kind: str) -> str | None:
     """``json``/``cbor`` for a ``cty`` naming a ``kind`` (preq/prsp) primitive, else None."""
     if cty is None:
         return MEDIA_JSON
+    exact = _MEDIA_EXACT.get((kind, cty))
+    if exact is not None:
+        return exact
     value = cty.strip().lower()
     if not value.startswith("application/"):
         value = "application/" + value

@@ -133,10 +133,12 @@ class OriginatorSession:
         self.acknowledged = False  # a response proved the Receiver holds originator_rand
         self.retired = False
         self.announce: OriginatorESPrimRandObject | None = None  # in-band refresh oro to carry
+        self._ref = SessionRef(key.kid, originator_rand.rand_id, receiver_rand.rand_id)
+        self._ciphers: dict[str, jwe.ContentCipher] = {}
 
     @property
     def ref(self) -> SessionRef:
-        return SessionRef(self.key.kid, self.originator_rand.rand_id, self.receiver_rand.rand_id)
+        return self._ref
 
     @property
     def receiver_id(self) -> str:
@@ -144,6 +146,13 @@ class OriginatorSession:
 
     def content_key(self, enc: str) -> bytes:
         return m2mkeys.esprim_content_key(self._session_key, ESPrimProtocolAndAlgID.from_jwe_enc(enc))
+
+    def cipher(self, enc: str) -> jwe.ContentCipher:
+        """The AES-GCM content cipher for ``enc``, built once per session."""
+        c = self._ciphers.get(enc)
+        if c is None:
+            c = self._ciphers[enc] = jwe.ContentCipher(enc, self.content_key(enc))
+        return c
 
     def usable(self, now: datetime, min_remaining: timedelta) -> bool:
         return not self.retired and now + min_remaining < self.expires_at
@@ -386,14 +395,15 @@ class Originator:
             oro = session.originator_rand  # possibly the first object the Receiver sees (C.3)
         elif session.announce is not None:
             oro = announced = session.announce
+        ref = session.ref
         header = jwe.ESPrimHeader(
-            enc=session.enc, kid=session.key.kid, ori=session.ref.ori, rri=session.ref.rri, cty=cty,
+            enc=session.enc, kid=ref.kid, ori=ref.ori, rri=ref.rri, cty=cty,
             oro=None if oro is None else oro.to_json(),
         )
-        obj = jwe.seal(header, session.content_key(session.enc), plaintext)
+        obj = jwe.seal(header, session.cipher(session.enc), plaintext)
         session.seals += 1
         pending = PendingResponse(
-            ref=session.ref, inner_rqi=inner_rqi, token=secrets.token_hex(12),
+            ref=ref, inner_rqi=inner_rqi, token=secrets.token_hex(12),
             announced=None if announced is None else announced.rand_id,
         )
         self._outstanding[pending.token] = _Outstanding(pending, session.expires_at)
@@ -405,7 +415,7 @@ class Originator:
         parsed = jwe.parse(esprim_object)
         h = parsed.header
         out = self._outstanding.get(pending.token)
-        if out is None or out.pending != pending:
+        if out is None or (out.pending is not pending and out.pending != pending):
             raise SessionMismatch("no request is waiting for this response (already answered or never sent)")
         ref = pending.ref
         if h.kid != ref.kid:
@@ -420,7 +430,7 @@ class Originator:
             raise SessionExpired("the session of this response has expired; the response is discarded")
         if h.protocol_and_alg_id not in session.originator_rand.protocol_and_alg_ids:
             raise UnsupportedOption(f"response enc {h.enc} is not in the originatorESPrimRandObject's list")
-        plaintext = jwe.open_parsed(parsed, session.content_key(h.enc))
+        plaintext = jwe.open_parsed(parsed, session.cipher(h.enc))
         response = decode_inner_response(plaintext, h.cty)
         if pending.inner_rqi and response.rqi != pending.inner_rqi:
             raise SessionMismatch("the inner response answers another request (Request Identifier differs)")

@@ -126,7 +126,7 @@ class ResponseContext:
     peer_id: str
     outer_from: str | None
     expires_at: datetime
-    _content_key: bytes = field(compare=False)
+    _content_key: bytes | jwe.ContentCipher = field(compare=False)
 
     def __repr__(self) -> str:
         return (
@@ -303,7 +303,7 @@ class Receiver:
             prior = self._state.get_originator_rand(h.kid, announced.rand_id)
             if prior is not None and (prior.rand_value != announced.rand_value or prior != announced):
                 raise UnknownOrigRandID(f"oro reuses esprimRandID {announced.rand_id!r} of a different object")
-        content_key = m2mkeys.esprim_content_key(session.key, pa)
+        content_key = session.cipher(pa)  # sessionESPrimKey as cached (C.6b.2.iii), cipher built once
         plaintext = jwe.open_parsed(parsed, content_key)  # C.6c.2: BAD_MAC
         inner = decode_inner_request(plaintext, h.cty)  # DECRYPTION_ERROR
         if inner.fr != key.peer_id:  # TS-0004 table 7.6.2-1, TS-0003 7.2.2

@@ -26,11 +26,12 @@ implementations; the bound on the Originator side is the authoritative one.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from m2msec.esprim.common import SessionRef, is_shared_rand_id
+from m2msec.esprim.jwe import ENC_BY_PROTOCOL_AND_ALG_ID, ContentCipher
 from m2msec.onem2m.security import (
     OriginatorESPrimRandObject,
     ReceiverESPrimRandObject,
@@ -59,6 +60,18 @@ class CachedSession:
     key: bytes
     expires_at: datetime
     protocol_and_alg_ids: tuple[int, ...]
+    _ciphers: dict[int, ContentCipher] = field(default_factory=dict, compare=False)
+
+    def cipher(self, protocol_and_alg_id: int) -> ContentCipher:
+        """The AES-GCM content cipher for one esprimProtocolAndAlgID, built once per session
+        (an in-memory state hands out the same CachedSession for every object)."""
+        c = self._ciphers.get(protocol_and_alg_id)
+        if c is None:
+            from m2msec.keys import esprim_content_key  # noqa: PLC0415 - keys imports nothing of ours
+
+            c = ContentCipher(ENC_BY_PROTOCOL_AND_ALG_ID[protocol_and_alg_id], esprim_content_key(self.key, protocol_and_alg_id))
+            self._ciphers[protocol_and_alg_id] = c
+        return c
 
     def __repr__(self) -> str:
         return f"CachedSession(key=<hidden>, expires_at={self.expires_at.isoformat()}, espa={self.protocol_and_alg_ids})"

@@ -93,6 +93,8 @@ def format_timestamp(dt: datetime) -> str:
 
 def ensure_utc(dt: datetime, *, what: str = "datetime") -> datetime:
     """Return ``dt`` converted to UTC; naive datetimes are rejected (ValueError)."""
+    if type(dt) is datetime and dt.tzinfo is timezone.utc:  # already UTC (the usual clock)
+        return dt
     if not isinstance(dt, datetime) or dt.tzinfo is None or dt.utcoffset() is None:
         raise ValueError(f"{what} must be an aware datetime")
     return dt.astimezone(timezone.utc)
