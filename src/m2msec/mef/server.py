@@ -18,6 +18,10 @@ One TLS 1.2 listener serves both RSPFs and MEF Key Retrieval:
 * Enrolment Exchange: ``POST /enrolment`` (tables 8.3.2.1-1 to -4, seed 8.3.3.1);
   everything the response reports is committed in one store transaction before
   the response is written;
+* Certificate Enrolment (8.3.6, seed 8.3.3.3): with ``est`` (:class:`~m2msec.mef.est.ESTService`)
+  the EST resources under ``/.well-known/est/`` and ``POST /enrolment/complete`` are
+  served on the same session, and the CertificateEnrolment instruction carries a
+  one-time challengePassword;
 * MEF Key Retrieval: ``GET /fetchCredentials/<KeID>/<SUID>`` (tables 8.3.2.1-5/-6)
   from an Enrolment Target authenticated by a pre-configured PSK, a certificate,
   or its own Kre (an enrolled Enrolee B); the X-M2M-Origin must be the identity
@@ -54,6 +58,7 @@ from m2msec.mef.protocol import (
 )
 from m2msec.mef.gba import PSK_IDENTITY_HINT as GBA_PSK_IDENTITY_HINT
 from m2msec.mef.gba import GBANaf
+from m2msec.mef.est import COMPLETE_PATH, EST_PREFIX, ESTService
 from m2msec.mef.state import MEFError, MEFState, SessionPeer
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.pki import CertificateVerificationError, VerificationReason, VerifiedPeer
@@ -100,8 +105,9 @@ class MEFServer:
 
     def __init__(self, state: MEFState, *, credentials: CertCredentials | None = None,
                  certificate_hook: CertificateEnrolmentHook | None = None, handshake_timeout: float = 10.0,
-                 gba: GBANaf | None = None) -> None:
+                 gba: GBANaf | None = None, est: ESTService | None = None) -> None:
         self.state = state
+        self.est = est  # Certificate Enrolment with EST (m2msec.mef.est)
         self.gba = gba  # GBA-Based RSPF: the MEF as NAF (m2msec.mef.gba)
         self.certificate_hook = certificate_hook  # extension point for EST (F9)
         self.handshake_errors: list[BaseException] = []
@@ -183,8 +189,16 @@ class MEFServer:
             if req is None:
                 return
             rqi = _header(req.headers, b"x-m2m-ri")
-            rsc, payload = self._dispatch(req, body, peer, writer.engine)
-            await self._send(conn, writer, rsc, rqi, payload)
+            path = req.target.decode("latin-1").split("?", 1)[0]
+            if self.est is not None and path.startswith(EST_PREFIX):
+                chain = writer.engine.peer_certificate_chain()
+                est = self.est.handle(req.method.decode("latin-1"), path, body, peer, chain[0] if chain else None)
+                await self._send(conn, writer, est.rsc, rqi, est.body, content_type=est.content_type,
+                                 status=est.status,
+                                 extra=(("Content-Transfer-Encoding", "base64"),) if est.rsc is RSC.OK else ())
+            else:
+                rsc, payload = self._dispatch(req, body, peer, writer.engine)
+                await self._send(conn, writer, rsc, rqi, payload)
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                 return
             try:
@@ -212,12 +226,15 @@ class MEFServer:
                 return None, b""
 
     async def _send(self, conn: h11.Connection, writer: TLSStreamWriter, rsc: RSC, rqi: str | None,
-                    body: bytes) -> None:
-        headers = [(b"Content-Type", JSON.encode()), (b"Content-Length", str(len(body)).encode()),
+                    body: bytes, *, content_type: str = JSON, status: int | None = None,
+                    extra: Sequence[tuple[str, str]] = ()) -> None:
+        headers = [(b"Content-Type", content_type.encode()), (b"Content-Length", str(len(body)).encode()),
                    (b"X-M2M-RSC", str(int(rsc)).encode())]
+        headers += [(k.encode(), v.encode()) for k, v in extra]
         if rqi:
             headers.append((b"X-M2M-RI", rqi.encode("latin-1")))
-        out = conn.send(h11.Response(status_code=rsc.http_status, headers=headers, reason=b"")) or b""
+        out = conn.send(h11.Response(status_code=status if status is not None else rsc.http_status,
+                                     headers=headers, reason=b"")) or b""
         out += conn.send(h11.Data(data=body)) or b""
         out += conn.send(h11.EndOfMessage()) or b""
         writer.write(out)
@@ -231,6 +248,10 @@ class MEFServer:
         try:
             if peer is None:
                 raise MEFError("the session is not bound to a configured entity", rsc=RSC.ORIGINATOR_NOT_AUTHENTICATED)
+            if path == COMPLETE_PATH and self.est is not None:
+                if method != "POST":
+                    raise MEFError("use POST to report enrolment success", rsc=RSC.OPERATION_NOT_ALLOWED)
+                return RSC.OK, self.est.complete(body, peer)
             if path == ENROLMENT_PATH:
                 if method != "POST":
                     raise MEFError("use POST for the Enrolment Exchange", rsc=RSC.OPERATION_NOT_ALLOWED)
@@ -261,10 +282,17 @@ class MEFServer:
         kre, rel_kre = split_exported(engine.export_keying_material(LABEL_BOOTSTRAP_REAUTH, 48))
         kid, rid = ke_id(rel_ke, self.state.fqdn), kre_id(rel_kre, self.state.fqdn)
         expiry = self.state.clock() + timedelta(seconds=cfg.expiry_seconds)
-        decision = decide(cfg.preferences, request, expiry, certificate_hook=self.certificate_hook)
+        hook = self.certificate_hook
+        pending = None
+        if self.est is not None and request.certificate_enrolment:
+            pending = self.est.prepare(cfg.enrolee_id, kid, expiry)  # instruction + one-time challengePassword
+            if pending is not None:
+                hook = pending.hook
+        decision = decide(cfg.preferences, request, expiry, certificate_hook=hook)
         self.state.commit_enrolment(enrolee_id=cfg.enrolee_id, ke_id=kid, ke=ke, kre_id=rid, kre=kre,
                                     token=request.token, token_required=cfg.token_required,
-                                    grants=decision.grants, expires_at=expiry, credential=peer.credential)
+                                    grants=decision.grants, expires_at=expiry, credential=peer.credential,
+                                    also=pending.store if pending is not None else None)
         return EnrolmentResponse(kid, rid, cfg.enrolee_id, expiry, decision.instructions,
                                  decision.direct_keys).to_json()
 

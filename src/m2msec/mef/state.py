@@ -264,14 +264,22 @@ class MEFState:
                 info = PeerCertInfo(flavour, ident)
                 pems = tuple(src.doc.get("cert_anchors_pem", ()))
                 anchors = tuple(x509.load_pem_x509_certificate(p.encode()) for p in pems) or self.enrolee_anchors
+                # certificates provisioned by this MEF's EST CA (m2msec.mef.est) verify against that CA too
+                extra = tuple(x509.load_pem_x509_certificate(p.encode()) for p in rec.doc.get("extra_anchors_pem", ()))
+                anchors = anchors + tuple(a for a in extra if a not in anchors)
                 out.append((SessionPeer(kind, pid, f"cert:{flavour.value}|{ident}"), info, anchors))
         return out
 
     # -- Enrolment Exchange --------------------------------------------------------------
     def commit_enrolment(self, *, enrolee_id: str, ke_id: str, ke: bytes, kre_id: str, kre: bytes,
                          token: str | None, token_required: bool, grants: Sequence[TargetGrant],
-                         expires_at: datetime, credential: str) -> None:
-        """One transaction: consume the token (if any), store Ke and Kre, audit.  Raises MEFError."""
+                         expires_at: datetime, credential: str,
+                         also: Callable[[Any], None] | None = None) -> None:
+        """One transaction: consume the token (if any), store Ke and Kre, ``also(tx)``, audit.  Raises MEFError.
+
+        ``also`` writes what an instruction needs in the same transaction (e.g. the EST
+        challengePassword of :mod:`m2msec.mef.est`).
+        """
         with self.store.transaction() as tx:
             if token is not None:
                 try:
@@ -293,6 +301,8 @@ class MEFState:
                                   expires_at=expires_at, if_absent=True)
             except DuplicateError:
                 raise MEFError("KeID collision", rsc=ResponseStatusCode.CONFLICT) from None
+            if also is not None:
+                also(tx)
             tx.append_audit("mef", "enrol", enrolee_id, "ok",
                             {"ke_id": ke_id, "kre_id": kre_id, "via": credential, "token": token is not None})
 

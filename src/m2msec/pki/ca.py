@@ -190,8 +190,12 @@ class DevCA:
         public_key: object | None = None,
         key_type: KeyType = KeyType.EC_P256,
         validity: timedelta = timedelta(days=365),
+        extended_key_usage: Sequence[x509.ObjectIdentifier] | None = None,
     ) -> IssuedCertificate:
-        """Issue a certificate of ``flavour``; generates the key pair unless ``public_key`` is given."""
+        """Issue a certificate of ``flavour``; generates the key pair unless ``public_key`` is given.
+
+        ``extended_key_usage``: EKU OIDs of the leaf (default serverAuth + clientAuth).
+        """
         if flavour is CertificateFlavour.RAW_PUBLIC_KEY:
             raise IssuanceError("raw public keys are not issued as certificates")
         if not identifiers:
@@ -205,6 +209,7 @@ class DevCA:
         cert = build_leaf(
             flavour=flavour, identifiers=identifiers, public_key=public_key, issuer_cert=self.issuing_cert,
             issuer_key=self._issuing_key, not_before=now - timedelta(minutes=5), not_after=now + validity,
+            extended_key_usage=extended_key_usage,
         )
         # Belt and braces: the finished certificate must satisfy every constraint on its path.
         for ca in [self.root_cert, *self.chain]:
@@ -225,12 +230,16 @@ class DevCA:
         *,
         now: datetime,
         validity: timedelta = timedelta(days=365),
+        extended_key_usage: Sequence[x509.ObjectIdentifier] | None = None,
+        allow_added_identifiers: bool = False,
     ) -> IssuedCertificate:
         """Issue for a CSR (10.1.4) after proof of possession and key policy checks.
 
         ``identifiers`` are the identifiers the caller (e.g. the EST RA) has
         authorised.  If the CSR carries a subjectAltName, the identifiers it
-        asks for in the flavour's name form must be exactly these.
+        asks for in the flavour's name form must be exactly these - or, with
+        ``allow_added_identifiers`` (the RA adds identifiers, seed 004 8.3.3.3
+        step 11), a subset of them.
         """
         try:
             valid = csr.is_signature_valid
@@ -249,9 +258,10 @@ class DevCA:
             from m2msec.pki.identifiers import canonical_identifier
 
             granted = sorted(canonical_identifier(flavour, i) for i in identifiers)
-            if asked != granted:
+            if (not set(asked) <= set(granted)) if allow_added_identifiers else asked != granted:
                 raise CSRError(f"CSR asks for {asked} but {granted} were authorised for {flavour.value}")
-        return self.issue(flavour, identifiers, now=now, public_key=public_key, validity=validity)
+        return self.issue(flavour, identifiers, now=now, public_key=public_key, validity=validity,
+                          extended_key_usage=extended_key_usage)
 
     # ------------------------------------------------------------ persistence
     def save(self, directory: Path | str, passphrase: bytes) -> None:

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import AttributeOID, ExtendedKeyUsageOID, NameOID
 
 from m2msec.pki.identifiers import CertificateFlavour, DeviceId, san_entry
 from m2msec.pki.keypolicy import PrivateKey, signature_hash_for
@@ -83,8 +83,12 @@ def build_leaf(
     not_after: datetime,
     key_usage: x509.KeyUsage | None = None,
     basic_constraints_ca: bool = False,
+    extended_key_usage: Sequence[x509.ObjectIdentifier] | None = None,
 ) -> x509.Certificate:
-    """Sign a leaf of ``flavour`` for ``identifiers`` (no policy checks: see DevCA.issue)."""
+    """Sign a leaf of ``flavour`` for ``identifiers`` (no policy checks: see DevCA.issue).
+
+    ``extended_key_usage``: the EKU OIDs (default :data:`LEAF_EKUS`).
+    """
     if not identifiers:
         raise ValueError("at least one identifier is required")
     names = [san_entry(flavour, i) for i in identifiers]
@@ -99,7 +103,7 @@ def build_leaf(
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=basic_constraints_ca, path_length=None), critical=True)
         .add_extension(key_usage or leaf_key_usage(public_key), critical=True)
-        .add_extension(x509.ExtendedKeyUsage(list(LEAF_EKUS)), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(list(extended_key_usage or LEAF_EKUS)), critical=False)
         .add_extension(x509.SubjectAlternativeName(names), critical=len(subject) == 0)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)  # type: ignore[arg-type]
         .add_extension(
@@ -146,17 +150,30 @@ def build_ca_cert(
 
 
 def build_csr(
-    private_key: PrivateKey, flavour: CertificateFlavour, identifiers: Sequence[str]
+    private_key: PrivateKey,
+    flavour: CertificateFlavour,
+    identifiers: Sequence[str],
+    *,
+    extended_key_usage: Sequence[x509.ObjectIdentifier] = (),
+    challenge_password: str | None = None,
 ) -> x509.CertificateSigningRequest:
-    """A 10.1.4 CSR: SPKI + subjectAltName with the identifier(s) in the flavour's name type."""
+    """A 10.1.4 CSR: SPKI + subjectAltName with the identifier(s) in the flavour's name type.
+
+    Optionally an extendedKeyUsage extension and a PKCS#9 challengePassword attribute
+    (the CSR attributes an EST server asks for, TS-0003 8.3.6.2.2 step 2).
+    """
     names = [san_entry(flavour, i) for i in identifiers]
     subject = leaf_subject(flavour, identifiers)
-    return (
+    builder = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(subject)
         .add_extension(x509.SubjectAlternativeName(names), critical=len(subject) == 0)
-        .sign(private_key, signature_hash_for(private_key))
     )
+    if extended_key_usage:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(list(extended_key_usage)), critical=False)
+    if challenge_password is not None:
+        builder = builder.add_attribute(AttributeOID.CHALLENGE_PASSWORD, challenge_password.encode("utf-8"))
+    return builder.sign(private_key, signature_hash_for(private_key))
 
 
 def default_validity(now: datetime, days: int) -> tuple[datetime, datetime]:

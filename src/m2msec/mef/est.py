@@ -1,0 +1,546 @@
+"""Certificate Enrolment with EST: the MEF as EST server and RA (TS-0003 8.3.6, 10.1.1, 10.1.4;
+seed 004 8.3.3.3; RFC 7030 sections 3-4).
+
+Served inside the enrolee's authenticated TLS session with the MEF (PSK RSPF: EST
+certificate-less mutual authentication, RFC 7030 3.3.3; certificate RSPF: RFC 7030
+3.3.1/3.3.2), on the same h11 loop as the Enrolment Exchange:
+
+* ``GET /.well-known/est/cacerts`` - the CA certificates (root first), base64 DER
+  ``application/pkcs7-mime`` certs-only (RFC 7030 4.1.3);
+* ``GET /.well-known/est/csrattrs`` - base64 DER CsrAttrs (``application/csrattrs``,
+  4.5.2): challengePassword, id-ecPublicKey + secp256r1, ecdsa-with-SHA256, and an
+  extensionRequest with the subjectAltName (the identifiers the MEF associates with
+  the enrolee) and the extendedKeyUsage (EKUs of the communication security types
+  the enrolee may use, :data:`EKU_FOR`);
+* ``POST /.well-known/est/simpleenroll`` and ``/simplereenroll`` - base64 DER PKCS#10
+  in, ``application/pkcs7-mime; smime-type=certs-only`` with the issued certificate
+  out (4.2);
+* ``POST /enrolment/complete`` - Enrolment Exchange step 6 (seed 004 8.3.3.1): "the
+  Enrolee sends a message to the MEF indicating success" (JSON, m2msec profile).
+
+challengePassword binding (m2msec profile; TS-0003 8.3.6.2.2 step 3d "validate ...
+the challengePassword against those provided in step 2"): a one-time random value
+the MEF mints when it sends the CertificateEnrolment instruction in the Enrolment
+Exchange (table 8.3.2.1-2 row ``ChallengePassword``).  It is stored as a SHA-256
+hash in the same transaction as Ke/Kre, bound to the Enrolee-ID authenticated by
+that TLS session and to that enrolment's KeID, expires with the enrolment (or
+:attr:`ESTService.challenge_lifetime`, whichever is first) and is consumed by the
+first successful (re)enrolment.  It is not derived from the session's exporter so
+that a standard EST client (one TLS connection per operation, e.g. curl) works;
+RFC 7030 3.5 tls-unique linking is optional in TS-0003 8.3.6.2.1 and not used.
+
+The RA decides the identifiers and EKUs; the CA behind it is a
+:class:`CertificateAuthority` (default :class:`DevCAAuthority`: the
+:class:`~m2msec.pki.DevCA` whose keys live in the store, encrypted at rest).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Any, Final, Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.x509.oid import AttributeOID, ExtendedKeyUsageOID
+
+from m2msec.errors import M2MSecError, ParseError
+from m2msec.mef.estder import encode_csrattrs, encode_oid
+from m2msec.mef.protocol import Instruction, InstructionType
+from m2msec.mef.state import NS_CERTIDX, NS_KE, MEFError, MEFState, SessionPeer
+from m2msec.onem2m.rsc import ResponseStatusCode as RSC
+from m2msec.onem2m.timestamps import format_timestamp
+from m2msec.pki import (
+    DEFAULT_KEY_POLICY,
+    CertificateFlavour,
+    DevCA,
+    KeyPolicy,
+    canonical_identifier,
+    identifiers_of,
+    san_entry,
+)
+from m2msec.pki.errors import CSRError, UnsupportedKeyError
+from m2msec.pki.identifiers import identifiers_in_names, subject_alt_names
+from m2msec.store import DuplicateError, NotFound, Store
+
+__all__ = [
+    "BASE_EKUS",
+    "COMPLETE_PATH",
+    "EKU_FOR",
+    "EST_PREFIX",
+    "M2MSEC_EKU_ARC",
+    "CertificateAuthority",
+    "DevCAAuthority",
+    "ESTProfile",
+    "ESTResponse",
+    "ESTService",
+    "SecurityType",
+    "certs_only",
+    "load_certs_only",
+    "load_dev_ca",
+    "store_dev_ca",
+]
+
+EST_PREFIX: Final = "/.well-known/est/"
+COMPLETE_PATH: Final = "/enrolment/complete"
+CT_PKCS7: Final = "application/pkcs7-mime"
+CT_CERTS_ONLY: Final = "application/pkcs7-mime; smime-type=certs-only"
+CT_CSRATTRS: Final = "application/csrattrs"
+CT_PKCS10: Final = "application/pkcs10"
+
+NS_EST_PROFILE: Final = "mef.est.profile"  # record per Enrolee-ID
+NS_EST_CHALLENGE: Final = "mef.est.challenge"  # record, id = SHA-256(challengePassword)
+NS_EST_ISSUED: Final = "mef.est.issued"  # record per issued certificate, id = serial (hex)
+NS_EST_CA: Final = "mef.est.ca"  # credentials: the DevCA keys (encrypted at rest by the store)
+
+OID_EC_PUBLIC_KEY: Final = x509.ObjectIdentifier("1.2.840.10045.2.1")
+OID_SECP256R1: Final = x509.ObjectIdentifier("1.2.840.10045.3.1.7")
+OID_ECDSA_SHA256: Final = x509.ObjectIdentifier("1.2.840.10045.4.3.2")
+
+#: m2msec's arc for the oneM2M communication security types: an X.667 UUID OID
+#: (2.25.<UUID caf0c69c-ed55-4607-a8aa-11232420c34a as integer>), which needs no
+#: registration.  TS-0003 defines no EKU OIDs for SAEF/ESPrim/ESData (seed 004
+#: 8.3.3.3 step 7 only says the CSR attributes "may include" them).
+M2MSEC_EKU_ARC: Final = "2.25.269754234744747276942657530990048625482"
+
+
+class SecurityType(str, Enum):
+    """Communication security types of seed 004 8.3.3.3 step 1 (SAEF, ESPrim, ESData options)."""
+
+    SAEF = "SAEF"
+    ESPRIM = "ESPrim"
+    ESDATA_SIGNATURE = "ESData-Signature"
+    ESDATA_ENCRYPTION = "ESData-Encryption"
+
+
+EKU_FOR: Final[Mapping[SecurityType, x509.ObjectIdentifier]] = {
+    SecurityType.SAEF: x509.ObjectIdentifier(f"{M2MSEC_EKU_ARC}.1"),
+    SecurityType.ESPRIM: x509.ObjectIdentifier(f"{M2MSEC_EKU_ARC}.2"),
+    SecurityType.ESDATA_SIGNATURE: x509.ObjectIdentifier(f"{M2MSEC_EKU_ARC}.3"),
+    SecurityType.ESDATA_ENCRYPTION: x509.ObjectIdentifier(f"{M2MSEC_EKU_ARC}.4"),
+}
+_TYPE_OF = {v.dotted_string: k for k, v in EKU_FOR.items()}
+
+#: Always in an MEF-provisioned certificate: it authenticates the enrolee to the MEF
+#: (re-enrolment, TS-0003 8.3.6.2.2 step 3f) and carries the (D)TLS of SAEF and ESCertKE.
+BASE_EKUS: Final = (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH)
+
+Clock = Callable[[], datetime]
+
+
+class ESTError(MEFError):
+    """An EST refusal (``rsc`` -> HTTP status via TS-0009)."""
+
+
+def _refuse(msg: str, rsc: RSC = RSC.ORIGINATOR_HAS_NO_PRIVILEGE) -> ESTError:
+    return ESTError(msg, rsc=rsc)
+
+
+def _hash(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+# ------------------------------------------------------------------ PKCS#7 certs-only
+
+
+def certs_only(certs: Sequence[x509.Certificate]) -> bytes:
+    """Base64 of a DER PKCS#7 certs-only SignedData (RFC 7030 4.1.3, 4.2.3; RFC 8951 base64)."""
+    der = pkcs7.serialize_certificates(list(certs), serialization.Encoding.DER)
+    return base64.encodebytes(der)
+
+
+def _b64(body: bytes, what: str) -> bytes:
+    try:
+        return base64.b64decode(b"".join(body.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ParseError(f"{what} is not base64") from None
+
+
+def load_certs_only(body: bytes) -> list[x509.Certificate]:
+    """Certificates of a base64 PKCS#7 certs-only body (ParseError if malformed)."""
+    der = _b64(body, "PKCS#7 body")
+    try:
+        return list(pkcs7.load_der_pkcs7_certificates(der))
+    except ValueError:
+        raise ParseError("not a DER PKCS#7 certs-only structure") from None
+
+
+# ------------------------------------------------------------------ the CA behind the RA
+
+
+class CertificateAuthority(Protocol):
+    """The RA -> CA step (seed 004 8.3.3.3 steps 11-13; TS-0003 8.3.6.1 NOTE 1 leaves it open).
+
+    ``issue`` must check proof of possession itself (it may receive CSRs from other RAs),
+    put exactly ``identifiers`` (the flavour's subjectAltName form) and ``usages`` (the
+    extendedKeyUsage OIDs the RA allowed) in the certificate and return the chain, leaf
+    first.  ``ca_certificates`` are what ``/cacerts`` returns (trust anchor first).
+    """
+
+    def issue(self, csr: x509.CertificateSigningRequest, flavour: CertificateFlavour, identifiers: Sequence[str],
+              usages: Sequence[x509.ObjectIdentifier]) -> list[x509.Certificate]: ...
+
+    def ca_certificates(self) -> list[x509.Certificate]: ...
+
+
+class DevCAAuthority:
+    """:class:`~m2msec.pki.DevCA` as the MEF CA: name-constrained chain, 10.1.1 leaves."""
+
+    def __init__(self, ca: DevCA, clock: Clock, *, validity: timedelta = timedelta(days=365)) -> None:
+        self.ca = ca
+        self.clock = clock
+        self.validity = validity
+
+    def __repr__(self) -> str:
+        return f"DevCAAuthority({self.ca!r})"
+
+    def issue(self, csr: x509.CertificateSigningRequest, flavour: CertificateFlavour, identifiers: Sequence[str],
+              usages: Sequence[x509.ObjectIdentifier]) -> list[x509.Certificate]:
+        issued = self.ca.issue_from_csr(csr, flavour, identifiers, now=self.clock(), validity=self.validity,
+                                        extended_key_usage=list(usages), allow_added_identifiers=True)
+        return [issued.certificate, *issued.chain]
+
+    def ca_certificates(self) -> list[x509.Certificate]:
+        return [self.ca.trust_anchor, *self.ca.chain]
+
+
+def store_dev_ca(store: Store, ca: DevCA) -> None:
+    """Keep the DevCA in the store: keys as credentials (encrypted at rest with the store KEK)."""
+    der = serialization.Encoding.DER
+    pem = serialization.Encoding.PEM
+    fmt, enc = serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    with store.transaction() as tx:
+        tx.put_credential(NS_EST_CA, "root", ca._root_key.private_bytes(der, fmt, enc),
+                          metadata={"name": ca.name, "cert_pem": ca.root_cert.public_bytes(pem).decode()})
+        if ca.intermediate_cert is not None and ca._intermediate_key is not None:
+            tx.put_credential(NS_EST_CA, "intermediate", ca._intermediate_key.private_bytes(der, fmt, enc),
+                              metadata={"cert_pem": ca.intermediate_cert.public_bytes(pem).decode()})
+        tx.append_audit("mef-admin", "est-ca-store", ca.name, "ok", {"intermediate": ca.intermediate_cert is not None})
+
+
+def load_dev_ca(store: Store, *, key_policy: KeyPolicy = DEFAULT_KEY_POLICY) -> DevCA | None:
+    """The DevCA kept by :func:`store_dev_ca`, or None."""
+    root = store.find_credential(NS_EST_CA, "root")
+    if root is None:
+        return None
+    inter = store.find_credential(NS_EST_CA, "intermediate")
+
+    def pair(c: Any) -> tuple[x509.Certificate, Any]:
+        return (x509.load_pem_x509_certificate(c.metadata["cert_pem"].encode()),
+                serialization.load_der_private_key(c.secret, None))
+
+    rc, rk = pair(root)
+    ic, ik = pair(inter) if inter is not None else (None, None)
+    return DevCA(name=root.metadata["name"], root_cert=rc, root_key=rk, intermediate_cert=ic, intermediate_key=ik,
+                 key_policy=key_policy)
+
+
+# ------------------------------------------------------------------ per-enrolee configuration
+
+
+@dataclass(frozen=True)
+class ESTProfile:
+    """What the MEF lets one enrolee enrol for (seed 004 8.3.3.1 pre-conditions; table 9.2.2.3).
+
+    ``identifiers``: what the enrolee may request (all of them if its CSR names none);
+    ``added_identifiers``: added by the MEF to every certificate (8.3.3.3 step 11);
+    ``security_types``: the communication security types the certificate may be used for.
+    """
+
+    enrolee_id: str
+    flavour: CertificateFlavour
+    identifiers: tuple[str, ...]
+    security_types: tuple[SecurityType, ...] = (SecurityType.SAEF,)
+    added_identifiers: tuple[str, ...] = ()
+    est_base_uri: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.flavour is CertificateFlavour.RAW_PUBLIC_KEY:
+            raise ValueError("raw public keys are not enrolled with EST")
+        if not self.identifiers:
+            raise ValueError("an EST profile needs at least one identifier")
+        for i in (*self.identifiers, *self.added_identifiers):
+            san_entry(self.flavour, i)  # IdentifierError if malformed
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"enrolee_id": self.enrolee_id, "flavour": self.flavour.value, "identifiers": list(self.identifiers),
+                "security_types": [t.value for t in self.security_types],
+                "added_identifiers": list(self.added_identifiers), "est_base_uri": self.est_base_uri}
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> ESTProfile:
+        return cls(doc["enrolee_id"], CertificateFlavour(doc["flavour"]), tuple(doc["identifiers"]),
+                   tuple(SecurityType(t) for t in doc.get("security_types", ())),
+                   tuple(doc.get("added_identifiers", ())), doc.get("est_base_uri"))
+
+    def canonical(self, idents: Sequence[str]) -> list[str]:
+        return [canonical_identifier(self.flavour, i) for i in idents]
+
+    def allowed_ekus(self) -> list[x509.ObjectIdentifier]:
+        return [*BASE_EKUS, *(EKU_FOR[t] for t in self.security_types)]
+
+
+@dataclass(frozen=True)
+class ESTResponse:
+    """An HTTP answer of the EST resources (status from the RSC, TS-0009)."""
+
+    rsc: RSC
+    content_type: str
+    body: bytes
+    extra_headers: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def status(self) -> int:
+        return 200 if self.rsc is RSC.OK else self.rsc.http_status
+
+
+@dataclass
+class _Pending:
+    """A challengePassword minted for one CertificateEnrolment instruction (stored on commit)."""
+
+    value: str = field(repr=False)
+    enrolee_id: str
+    ke_id: str
+    expires: datetime
+    instruction: Instruction = field(repr=False)  # carries the challengePassword
+
+    def hook(self, _prefs: object, _request: object) -> Instruction:
+        return self.instruction
+
+    def store(self, tx: Any) -> None:
+        tx.put_record(NS_EST_CHALLENGE, _hash(self.value), {"enrolee_id": self.enrolee_id, "ke_id": self.ke_id},
+                      expires_at=self.expires, if_absent=True)
+
+
+class ESTService:
+    """The MEF's EST server and RA over :class:`~m2msec.mef.state.MEFState`."""
+
+    def __init__(self, state: MEFState, ca: CertificateAuthority, *, key_policy: KeyPolicy = DEFAULT_KEY_POLICY,
+                 challenge_lifetime: timedelta = timedelta(minutes=30)) -> None:
+        self.state = state
+        self.ca = ca
+        self.key_policy = key_policy
+        self.challenge_lifetime = challenge_lifetime
+
+    def __repr__(self) -> str:
+        return f"ESTService(mef={self.state.fqdn!r}, ca={self.ca!r})"
+
+    # -- administration ----------------------------------------------------------------
+    def set_profile(self, profile: ESTProfile) -> None:
+        self.state.get_enrolee(profile.enrolee_id)  # must be configured
+        self.state.store.put_record(NS_EST_PROFILE, profile.enrolee_id, profile.to_doc())
+
+    def profile(self, enrolee_id: str) -> ESTProfile | None:
+        rec = self.state.store.find_record(NS_EST_PROFILE, enrolee_id)
+        return None if rec is None else ESTProfile.from_doc(rec.doc)
+
+    def issued(self, enrolee_id: str) -> list[dict[str, Any]]:
+        return [r.doc for r in self.state.store.list_records(NS_EST_ISSUED) if r.doc.get("enrolee_id") == enrolee_id]
+
+    # -- Enrolment Exchange step 5 -----------------------------------------------------
+    def prepare(self, enrolee_id: str, ke_id: str, expiry: datetime) -> _Pending | None:
+        """The CertificateEnrolment instruction (table 8.3.2.1-2) with a fresh challengePassword."""
+        prof = self.profile(enrolee_id)
+        if prof is None:
+            return None
+        value = secrets.token_urlsafe(24)
+        expires = min(expiry, self.state.clock() + self.challenge_lifetime)
+        params = {"URI": prof.est_base_uri or f"https://{self.state.fqdn}{EST_PREFIX.rstrip('/')}",
+                  "ChallengePassword": value,
+                  "CommunicationSecurityTypes": [t.value for t in prof.security_types],
+                  "CertificateType": prof.flavour.value,
+                  "Lifetime": format_timestamp(expires)}
+        return _Pending(value, enrolee_id, ke_id, expires, Instruction(InstructionType.CERTIFICATE_ENROLMENT, params))
+
+    # -- dispatch ------------------------------------------------------------------------
+    def handle(self, method: str, path: str, body: bytes, peer: SessionPeer | None,
+               peer_cert: x509.Certificate | None = None) -> ESTResponse:
+        """Serve one EST request; refusals become text/plain with the RSC (never a stack trace)."""
+        op = path[len(EST_PREFIX):] if path.startswith(EST_PREFIX) else ""
+        try:
+            if peer is None:
+                raise _refuse("the session is not bound to a configured entity", RSC.ORIGINATOR_NOT_AUTHENTICATED)
+            if op in ("cacerts", "csrattrs"):
+                if method != "GET":
+                    raise _refuse(f"use GET for /{op}", RSC.OPERATION_NOT_ALLOWED)
+                if op == "cacerts":
+                    return ESTResponse(RSC.OK, CT_PKCS7, certs_only(self.ca.ca_certificates()))
+                return ESTResponse(RSC.OK, CT_CSRATTRS, base64.encodebytes(self.csrattrs(peer)))
+            if op in ("simpleenroll", "simplereenroll"):
+                if method != "POST":
+                    raise _refuse(f"use POST for /{op}", RSC.OPERATION_NOT_ALLOWED)
+                chain = self.enroll(body, peer, reenroll=op == "simplereenroll", peer_cert=peer_cert)
+                return ESTResponse(RSC.OK, CT_CERTS_ONLY, certs_only(chain[:1]))
+            raise _refuse(f"EST operation {op[:40]!r} is not supported", RSC.NOT_FOUND)
+        except M2MSecError as exc:
+            self.state.audit("est", peer.identity if peer else "?", "refused",
+                             {"op": op[:40], "rsc": int(exc.rsc), "why": exc.args[0]})
+            return ESTResponse(exc.rsc, "text/plain; charset=utf-8", (exc.args[0] + "\n").encode())
+
+    def _enrolee_profile(self, peer: SessionPeer) -> ESTProfile:
+        if peer.kind not in ("enrolee", "reauth"):
+            raise _refuse("an Enrolment Target session cannot enrol for a certificate")
+        cfg = self.state.get_enrolee(peer.identity)
+        if cfg.revoked:
+            raise _refuse("this enrolee is revoked")
+        prof = self.profile(peer.identity)
+        if prof is None:
+            raise _refuse("no certificate enrolment is configured for this enrolee")
+        return prof
+
+    # -- csrattrs (RFC 7030 4.5.2; TS-0003 8.3.6.2.2 step 2) --------------------------
+    def csrattrs(self, peer: SessionPeer) -> bytes:
+        prof = self._enrolee_profile(peer)
+        san = x509.SubjectAlternativeName([san_entry(prof.flavour, i) for i in prof.identifiers])
+        eku = x509.ExtendedKeyUsage(prof.allowed_ekus())
+        return encode_csrattrs(
+            oids=[AttributeOID.CHALLENGE_PASSWORD, OID_ECDSA_SHA256],
+            attributes=[(OID_EC_PUBLIC_KEY, [encode_oid(OID_SECP256R1)])],
+            extensions=[(san, False), (eku, False)])
+
+    # -- simpleenroll / simplereenroll (RFC 7030 4.2; seed 004 8.3.3.3 steps 9-14) -----
+    def enroll(self, body: bytes, peer: SessionPeer, *, reenroll: bool = False,
+               peer_cert: x509.Certificate | None = None) -> list[x509.Certificate]:
+        prof = self._enrolee_profile(peer)
+        der = _b64(body, "PKCS#10 body")
+        try:
+            csr = x509.load_der_x509_csr(der)
+        except ValueError:
+            raise ParseError("body is not a DER PKCS#10 certification request") from None
+        try:
+            pop = csr.is_signature_valid
+        except Exception:  # noqa: BLE001 - unsupported signature algorithm
+            pop = False
+        if not pop:
+            raise CSRError("CSR signature does not verify (no proof of possession)")
+        self.key_policy.check(csr.public_key())  # UnsupportedKeyError (4000)
+
+        # challengePassword (step 10): minted for this enrolee's current enrolment
+        try:
+            cp = csr.attributes.get_attribute_for_oid(AttributeOID.CHALLENGE_PASSWORD).value
+            challenge = cp.decode("utf-8") if isinstance(cp, bytes) else str(cp)
+        except (x509.AttributeNotFound, UnicodeDecodeError):
+            raise _refuse("the CSR carries no challengePassword") from None
+        crec = self.state.store.find_record(NS_EST_CHALLENGE, _hash(challenge))
+        if crec is None or crec.doc.get("enrolee_id") != peer.identity:
+            raise _refuse("challengePassword is wrong, used or expired")
+        if self.state.store.find_credential(NS_KE, crec.doc["ke_id"]) is None:
+            raise _refuse("the enrolment this challengePassword belongs to has expired or was revoked")
+
+        # identifiers (step 10/11)
+        names = subject_alt_names(csr)
+        asked = identifiers_in_names(names, prof.flavour)
+        if len(asked) != len(names):
+            raise _refuse(f"the CSR asks for subjectAltName entries other than {prof.flavour.value} identifiers")
+        entitled = set(prof.canonical(prof.identifiers))
+        if reenroll:
+            current = self._current_certificate(peer, peer_cert)
+            if asked and set(asked) != set(identifiers_of(current, prof.flavour)):
+                raise _refuse("simplereenroll: the CSR's identifiers differ from the certificate being renewed")
+            entitled |= set(identifiers_of(current, prof.flavour))
+        not_ok = sorted(set(asked) - entitled)
+        if not_ok:
+            raise _refuse(f"the enrolee is not entitled to {not_ok}")
+        granted = list(dict.fromkeys([*(asked or prof.canonical(prof.identifiers)),
+                                      *prof.canonical(prof.added_identifiers)]))
+
+        # EKUs (step 10): a subset of what the profile allows; none asked = all allowed
+        allowed = prof.allowed_ekus()
+        try:
+            asked_ekus = list(csr.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+        except x509.ExtensionNotFound:
+            asked_ekus = []
+        except ValueError:
+            raise ParseError("CSR extensions are malformed") from None
+        bad = [o.dotted_string for o in asked_ekus if o not in allowed]
+        if bad:
+            raise _refuse(f"extendedKeyUsage {bad} is not allowed for this enrolee")
+        usages = list(dict.fromkeys([*BASE_EKUS, *(asked_ekus or allowed)]))
+
+        # RA -> CA (steps 11-13)
+        try:
+            chain = self.ca.issue(csr, prof.flavour, granted, usages)
+        except (CSRError, UnsupportedKeyError):
+            raise
+        except M2MSecError as exc:
+            raise ESTError(f"the CA refused: {exc.args[0]}", rsc=RSC.INTERNAL_SERVER_ERROR) from None
+        leaf = chain[0]
+        self._commit(peer, crec.rec_id, crec.doc["ke_id"], prof, leaf, granted, usages, reenroll)
+        return chain
+
+    def _current_certificate(self, peer: SessionPeer, peer_cert: x509.Certificate | None) -> x509.Certificate:
+        if peer_cert is None or not peer.credential.startswith("cert:"):
+            raise _refuse("simplereenroll needs a certificate TLS session with the current certificate")
+        rec = self.state.store.find_record(NS_EST_ISSUED, format(peer_cert.serial_number, "x"))
+        if rec is None or rec.doc.get("enrolee_id") != peer.identity:
+            raise _refuse("simplereenroll: the session certificate was not provisioned by this MEF")
+        return peer_cert
+
+    def _commit(self, peer: SessionPeer, challenge_id: str, ke_id: str, prof: ESTProfile, leaf: x509.Certificate,
+                granted: Sequence[str], usages: Sequence[x509.ObjectIdentifier], reenroll: bool) -> None:
+        serial = format(leaf.serial_number, "x")
+        anchors = [c.public_bytes(serialization.Encoding.PEM).decode() for c in self.ca.ca_certificates()[:1]]
+        types = [_TYPE_OF[o.dotted_string].value for o in usages if o.dotted_string in _TYPE_OF]
+        with self.state.store.transaction() as tx:
+            try:
+                tx.take_record(NS_EST_CHALLENGE, challenge_id)  # single use, atomically
+            except NotFound:
+                raise _refuse("challengePassword is wrong, used or expired") from None
+            try:
+                tx.put_record(NS_EST_ISSUED, serial, {
+                    "enrolee_id": peer.identity, "ke_id": ke_id, "flavour": prof.flavour.value,
+                    "identifiers": list(granted), "ekus": [o.dotted_string for o in usages],
+                    "security_types": types, "not_after": leaf.not_valid_after_utc.isoformat(),
+                    "sha256": leaf.fingerprint(_sha256()).hex(), "installed": False, "reenroll": reenroll},
+                    expires_at=leaf.not_valid_after_utc, if_absent=True)
+            except DuplicateError:
+                raise ESTError("certificate serial collision", rsc=RSC.CONFLICT) from None
+            for ident in granted:  # the certificate authenticates this enrolee to the MEF from now on
+                key = f"{prof.flavour.value}|{ident}"
+                old = tx.find_record(NS_CERTIDX, key)
+                if old is not None and old.doc.get("id") != peer.identity:
+                    raise ESTError(f"identifier {ident!r} already belongs to another entity", rsc=RSC.CONFLICT)
+                doc = dict(old.doc) if old is not None else {"kind": "enrolee", "id": peer.identity}
+                doc["extra_anchors_pem"] = sorted(set(doc.get("extra_anchors_pem", [])) | set(anchors))
+                tx.put_record(NS_CERTIDX, key, doc)
+            tx.append_audit("mef", "est-reenroll" if reenroll else "est-enroll", peer.identity, "ok",
+                            {"serial": serial, "identifiers": list(granted), "security_types": types,
+                             "via": peer.credential})
+
+    # -- Enrolment Exchange step 6 -----------------------------------------------------
+    def complete(self, body: bytes, peer: SessionPeer) -> bytes:
+        """``POST /enrolment/complete``: the enrolee reports the certificate installed."""
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise ParseError("completion: body is not JSON") from None
+        if not isinstance(doc, dict) or set(doc) != {"InstructionType", "Status", "CertificateSerial"}:
+            raise ParseError("completion: members must be InstructionType, Status, CertificateSerial")
+        if doc["InstructionType"] != InstructionType.CERTIFICATE_ENROLMENT.value or doc["Status"] is not True:
+            raise ParseError("completion: only a successful CertificateEnrolment can be reported")
+        serial = doc["CertificateSerial"]
+        if not isinstance(serial, str) or not serial or len(serial) > 40:
+            raise ParseError("completion: CertificateSerial must be lowercase hex")
+        if peer.kind not in ("enrolee", "reauth"):
+            raise _refuse("only an enrolee reports certificate enrolment")
+        with self.state.store.transaction() as tx:
+            rec = tx.find_record(NS_EST_ISSUED, serial.lower())
+            if rec is None or rec.doc.get("enrolee_id") != peer.identity:
+                raise _refuse(f"certificate {serial[:40]!r} was not issued to this enrolee", RSC.NOT_FOUND)
+            updated = dict(rec.doc, installed=True)
+            tx.update_record(NS_EST_ISSUED, rec.rec_id, updated, expected_version=rec.version)
+            tx.append_audit("mef", "est-installed", peer.identity, "ok", {"serial": rec.rec_id})
+        return json.dumps({"Status": True}).encode()
+
+
+def _sha256() -> hashes.HashAlgorithm:
+    return hashes.SHA256()
+

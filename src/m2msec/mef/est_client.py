@@ -1,0 +1,308 @@
+"""The enrolee side of Certificate Enrolment with EST (TS-0003 8.3.6.2.2/8.3.6.2.3; seed 004
+8.3.3.1 steps 5-6 and 8.3.3.3; RFC 7030 4.1, 4.2, 4.5).
+
+:func:`est_enrol` runs, in one TLS session with the MEF (PSK or certificate RSPF):
+
+1. the Enrolment Exchange with ``CertificateEnrolmentIndication`` (the MEF answers with
+   a CertificateEnrolment instruction carrying the one-time challengePassword and the
+   communication security types the certificate may be used for - steps 1-2);
+2. ``GET /.well-known/est/cacerts`` (steps 3-5: trust anchors = the self-signed
+   certificates, the others are kept as intermediates);
+3. ``GET /.well-known/est/csrattrs`` (steps 6-7);
+4. a key pair (P-256 by default, step 8) and a CSR with the challengePassword and the
+   extensions the MEF asked for (subjectAltName, extendedKeyUsage), copied verbatim;
+5. ``POST simpleenroll`` (or ``simplereenroll`` over a certificate session with the
+   current certificate), steps 9-14; the certificate is checked (our key, path to an
+   installed trust anchor, the identifiers asked for);
+6. ``POST /enrolment/complete`` - the enrolee reports success (8.3.3.1 step 6).
+
+:meth:`ProvisionedCertificate.install` writes ``key.pem`` (0600), ``cert.pem`` (leaf +
+intermediates), ``trust-anchors.pem`` and ``est.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import h11
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import AttributeOID, ExtensionOID
+
+from m2msec.errors import ParseError
+from m2msec.keys import LABEL_BOOTSTRAP, LABEL_BOOTSTRAP_REAUTH, ke_id, kre_id, parse_key_id, split_exported
+from m2msec.mef.client import Enrolment, MEFClientError, _rsc_of
+from m2msec.mef.est import (
+    COMPLETE_PATH,
+    CT_PKCS10,
+    EKU_FOR,
+    EST_PREFIX,
+    M2MSEC_EKU_ARC,
+    SecurityType,
+    load_certs_only,
+)
+from m2msec.mef.estder import decode_csrattrs
+from m2msec.mef.protocol import ENROLMENT_PATH, EnrolmentRequest, EnrolmentResponse, Instruction, InstructionType
+from m2msec.onem2m.rsc import ResponseStatusCode as RSC
+from m2msec.pki import CertificateFlavour, KeyType, PeerCertInfo, generate_private_key, identifiers_of
+from m2msec.pki import verify_peer_certificate
+from m2msec.pki.ca import private_key_pem, write_private_file
+from m2msec.pki.keypolicy import PrivateKey, signature_hash_for
+from m2msec.tls.aio import TLSStreamWriter, open_connection
+from m2msec.tls.engine import CertCredentials, TLSConfig
+
+__all__ = ["ESTClientError", "ProvisionedCertificate", "est_enrol", "load_installed"]
+
+Clock = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class ESTClientError(MEFClientError):
+    """The MEF refused an EST step (``rsc`` from X-M2M-RSC), or its answer did not check out."""
+
+
+@dataclass(frozen=True)
+class ProvisionedCertificate:
+    """An MEF-provisioned certificate with its key, chain, trust anchors and allowed uses."""
+
+    private_key: PrivateKey = field(repr=False)
+    certificate: x509.Certificate
+    chain: tuple[x509.Certificate, ...] = ()  # intermediates (root not included)
+    trust_anchors: tuple[x509.Certificate, ...] = ()
+    security_types: tuple[SecurityType, ...] = ()
+    enrolee_id: str = ""
+    flavour: CertificateFlavour | None = None
+
+    def __repr__(self) -> str:
+        return (f"ProvisionedCertificate(serial={self.serial}, identifiers={self.identifiers}, "
+                f"security_types={[t.value for t in self.security_types]}, key=<hidden>)")
+
+    @property
+    def serial(self) -> str:
+        return format(self.certificate.serial_number, "x")
+
+    @property
+    def identifiers(self) -> list[str]:
+        return identifiers_of(self.certificate, self.flavour) if self.flavour else []
+
+    @property
+    def ekus(self) -> list[str]:
+        try:
+            return [o.dotted_string for o in
+                    self.certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value]
+        except x509.ExtensionNotFound:
+            return []
+
+    def credentials(self) -> CertCredentials:
+        """For :func:`m2msec.mef.client.mef_tls_config`, SAEF and ESCertKE end-points."""
+        return CertCredentials(self.private_key, self.certificate, self.chain)
+
+    def install(self, directory: Path | str) -> dict[str, Path]:
+        """Write key (0600, unencrypted PKCS#8 PEM), certificate chain, trust anchors, metadata."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        pem = serialization.Encoding.PEM
+        paths = {"key": d / "key.pem", "cert": d / "cert.pem", "anchors": d / "trust-anchors.pem",
+                 "meta": d / "est.json"}
+        write_private_file(paths["key"], private_key_pem(self.private_key))
+        paths["cert"].write_bytes(b"".join(c.public_bytes(pem) for c in (self.certificate, *self.chain)))
+        paths["anchors"].write_bytes(b"".join(c.public_bytes(pem) for c in self.trust_anchors))
+        paths["meta"].write_text(json.dumps({
+            "enrolee_id": self.enrolee_id, "serial": self.serial,
+            "flavour": self.flavour.value if self.flavour else None, "identifiers": self.identifiers,
+            "security_types": [t.value for t in self.security_types], "ekus": self.ekus,
+            "not_after": self.certificate.not_valid_after_utc.isoformat()}, indent=2) + "\n")
+        return paths
+
+
+def load_installed(directory: Path | str) -> ProvisionedCertificate:
+    """What :meth:`ProvisionedCertificate.install` wrote."""
+    d = Path(directory)
+    key = serialization.load_pem_private_key((d / "key.pem").read_bytes(), None)
+    certs = x509.load_pem_x509_certificates((d / "cert.pem").read_bytes())
+    anchors = x509.load_pem_x509_certificates((d / "trust-anchors.pem").read_bytes())
+    meta = json.loads((d / "est.json").read_text())
+    return ProvisionedCertificate(key, certs[0], tuple(certs[1:]), tuple(anchors),  # type: ignore[arg-type]
+                                  tuple(SecurityType(t) for t in meta.get("security_types", ())),
+                                  meta.get("enrolee_id", ""),
+                                  CertificateFlavour(meta["flavour"]) if meta.get("flavour") else None)
+
+
+class _Session:
+    """HTTP/1.1 keep-alive requests over one TLS connection (h11)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: TLSStreamWriter, host: str, timeout: float) -> None:
+        self.reader, self.writer, self.host, self.timeout = reader, writer, host, timeout
+        self.conn = h11.Connection(h11.CLIENT)
+
+    async def request(self, method: str, target: str, body: bytes = b"",
+                      headers: Sequence[tuple[str, str]] = ()) -> tuple[int, dict[str, str], bytes]:
+        return await asyncio.wait_for(self._request(method, target, body, headers), self.timeout)
+
+    async def _request(self, method: str, target: str, body: bytes,
+                       headers: Sequence[tuple[str, str]]) -> tuple[int, dict[str, str], bytes]:
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+            self.conn.start_next_cycle()
+        hdrs = [("Host", self.host), ("Content-Length", str(len(body))), ("X-M2M-RI", secrets.token_hex(8)),
+                *headers]
+        out = self.conn.send(h11.Request(method=method, target=target, headers=hdrs)) or b""
+        if body:
+            out += self.conn.send(h11.Data(data=body)) or b""
+        out += self.conn.send(h11.EndOfMessage()) or b""
+        self.writer.write(out)
+        await self.writer.drain()
+        resp: h11.Response | None = None
+        data = bytearray()
+        while True:
+            ev = self.conn.next_event()
+            if ev is h11.NEED_DATA:
+                self.conn.receive_data(await self.reader.read(65536))
+                continue
+            if isinstance(ev, h11.Response):
+                resp = ev
+            elif isinstance(ev, h11.Data):
+                data += ev.data
+            elif isinstance(ev, h11.EndOfMessage):
+                break
+            elif isinstance(ev, h11.ConnectionClosed):
+                raise ESTClientError("the MEF closed the connection", rsc=RSC.TARGET_NOT_REACHABLE)
+        assert resp is not None
+        return resp.status_code, {k.decode().lower(): v.decode("latin-1") for k, v in resp.headers}, bytes(data)
+
+    async def checked(self, what: str, method: str, target: str, body: bytes = b"",
+                      headers: Sequence[tuple[str, str]] = ()) -> tuple[dict[str, str], bytes]:
+        status, hdrs, data = await self.request(method, target, body, headers)
+        if status != 200:
+            reason = data.decode("utf-8", "replace").strip()[:200]
+            try:
+                doc = json.loads(data)
+                if isinstance(doc, dict) and "ErrorString" in doc:
+                    reason = str(doc["ErrorString"])
+            except ValueError:
+                pass
+            raise ESTClientError(f"{what} refused (HTTP {status}): {reason}", rsc=_rsc_of(hdrs, status))
+        return hdrs, data
+
+
+def build_est_csr(key: PrivateKey, challenge: str, extensions: dict[str, tuple[bool, bytes]]) -> x509.CertificateSigningRequest:
+    """A CSR (10.1.4) with the challengePassword and the requested extensions copied verbatim."""
+    builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+    san = ExtensionOID.SUBJECT_ALTERNATIVE_NAME.dotted_string
+    for oid, (critical, value) in extensions.items():
+        # an empty subject makes subjectAltName critical (RFC 5280 4.2.1.6)
+        builder = builder.add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier(oid), value),
+                                        critical=critical or oid == san)
+    builder = builder.add_attribute(AttributeOID.CHALLENGE_PASSWORD, challenge.encode("utf-8"))
+    return builder.sign(key, signature_hash_for(key))
+
+
+async def est_enrol(host: str, port: int, tls: TLSConfig, *, request: EnrolmentRequest | None = None,
+                    key: PrivateKey | None = None, key_type: KeyType = KeyType.EC_P256, reenroll: bool = False,
+                    mef_fqdn: str | None = None, clock: Clock = _utcnow, timeout: float = 10.0,
+                    csr_hook: Callable[[PrivateKey, str, dict[str, tuple[bool, bytes]]],
+                                       x509.CertificateSigningRequest] | None = None,
+                    ) -> tuple[Enrolment, ProvisionedCertificate]:
+    """Enrolment Exchange + EST in one TLS session; returns the Enrolment and the certificate.
+
+    ``csr_hook`` (tests, custom CSRs) replaces :func:`build_est_csr`.
+    """
+    request = request or EnrolmentRequest(certificate_enrolment=True)
+    if not request.certificate_enrolment:
+        raise ValueError("EST needs CertificateEnrolmentIndication = true")
+    reader, writer = await open_connection(host, port, tls, timeout=timeout)
+    try:
+        s = _Session(reader, writer, f"{host}:{port}", timeout)
+        engine = writer.engine
+        ke, rel_ke = split_exported(engine.export_keying_material(LABEL_BOOTSTRAP, 48))
+        kre, rel_kre = split_exported(engine.export_keying_material(LABEL_BOOTSTRAP_REAUTH, 48))
+        _, body = await s.checked("enrolment", "POST", ENROLMENT_PATH, request.to_json(),
+                                  [("Content-Type", "application/json")])
+        rsp = EnrolmentResponse.from_json(body)
+        fqdn = mef_fqdn or parse_key_id(rsp.ke_id).fqdn
+        if rsp.ke_id != ke_id(rel_ke, fqdn) or rsp.kre_id != kre_id(rel_kre, fqdn):
+            raise ESTClientError("the MEF's KeID/KreID do not match this session's exported keys",
+                                 rsc=RSC.ORIGINATOR_NOT_AUTHENTICATED)
+        enrolment = Enrolment(rsp.ke_id, ke, rsp.kre_id, kre, rsp.enrolee_id, rsp.expiry, rsp.instructions,
+                              rsp.direct_keys)
+        ins = _certificate_instruction(rsp.instructions)
+        challenge = ins.params.get("ChallengePassword")
+        if not isinstance(challenge, str) or not challenge:
+            raise ESTClientError("the CertificateEnrolment instruction carries no ChallengePassword",
+                                 rsc=RSC.BAD_REQUEST)
+        try:
+            types = tuple(SecurityType(t) for t in ins.params.get("CommunicationSecurityTypes", ()))  # step 2
+            flavour = CertificateFlavour(ins.params["CertificateType"])
+        except (ValueError, KeyError, TypeError):
+            raise ParseError("CertificateEnrolment instruction: bad CommunicationSecurityTypes/CertificateType") from None
+
+        # steps 3-5: trust anchors
+        _, body = await s.checked("cacerts", "GET", EST_PREFIX + "cacerts")
+        cas = load_certs_only(body)
+        anchors = tuple(c for c in cas if c.issuer == c.subject)
+        intermediates = tuple(c for c in cas if c.issuer != c.subject)
+        if not anchors:
+            raise ESTClientError("/cacerts holds no trust anchor", rsc=RSC.BAD_REQUEST)
+
+        # steps 6-7: CSR attributes
+        _, body = await s.checked("csrattrs", "GET", EST_PREFIX + "csrattrs")
+        try:
+            attrs = decode_csrattrs(base64.b64decode(b"".join(body.split()), validate=True))
+        except ValueError:
+            raise ParseError("csrattrs is not base64") from None
+        if AttributeOID.CHALLENGE_PASSWORD.dotted_string not in attrs.oids:
+            raise ESTClientError("csrattrs does not ask for a challengePassword", rsc=RSC.BAD_REQUEST)
+        unknown = [o for o in attrs.extended_key_usages()
+                   if o.startswith(M2MSEC_EKU_ARC + ".") and o not in {EKU_FOR[t].dotted_string for t in types}]
+        if unknown:
+            raise ESTClientError(f"csrattrs asks for EKUs {unknown} outside the instructed security types",
+                                 rsc=RSC.BAD_REQUEST)
+
+        # steps 8-9: key pair and CSR
+        key = key or generate_private_key(key_type)
+        csr = (csr_hook or build_est_csr)(key, challenge, dict(attrs.extensions))
+        der = csr.public_bytes(serialization.Encoding.DER)
+        op = "simplereenroll" if reenroll else "simpleenroll"
+        _, body = await s.checked(op, "POST", EST_PREFIX + op, base64.encodebytes(der),
+                                  [("Content-Type", CT_PKCS10), ("Content-Transfer-Encoding", "base64")])
+        issued = load_certs_only(body)
+        if not issued:
+            raise ESTClientError(f"{op} returned no certificate", rsc=RSC.BAD_REQUEST)
+        leaf = issued[0]
+
+        # step 15: check before installing
+        pub = serialization.PublicFormat.SubjectPublicKeyInfo
+        if leaf.public_key().public_bytes(serialization.Encoding.DER, pub) != \
+                key.public_key().public_bytes(serialization.Encoding.DER, pub):
+            raise ESTClientError("the issued certificate is not for our key", rsc=RSC.BAD_REQUEST)
+        idents = identifiers_of(leaf, flavour)
+        if not idents:
+            raise ESTClientError(f"the issued certificate has no {flavour.value} identifier", rsc=RSC.BAD_REQUEST)
+        chain = tuple(c for c in intermediates if c not in issued[1:]) + tuple(issued[1:])
+        verify_peer_certificate([leaf, *chain], expected=PeerCertInfo(flavour, idents[0]), trust_anchors=list(anchors),
+                                now=clock())
+        prov = ProvisionedCertificate(key, leaf, chain, anchors, types, rsp.enrolee_id, flavour)
+
+        # Enrolment Exchange step 6: report success
+        await s.checked("completion", "POST", COMPLETE_PATH, json.dumps(
+            {"InstructionType": InstructionType.CERTIFICATE_ENROLMENT.value, "Status": True,
+             "CertificateSerial": prov.serial}).encode(), [("Content-Type", "application/json")])
+        return enrolment, prov
+    finally:
+        writer.close()
+
+
+def _certificate_instruction(instructions: Sequence[Instruction]) -> Instruction:
+    for i in instructions:
+        if i.type is InstructionType.CERTIFICATE_ENROLMENT:
+            return i
+    raise ESTClientError("the MEF did not instruct Certificate Enrolment", rsc=RSC.ORIGINATOR_HAS_NO_PRIVILEGE)
