@@ -1,0 +1,109 @@
+"""A remotely provisioned ESPrim key used through ACME + `m2msec gateway` with the CSE as ESPrim
+Target: the AE enrols through the MEF process (PSK RSPF, grant (CSE-ID, SUID 23)); its
+pairwiseESPrimKey is derive_usage_key(Ke, 23, CSE-ID) with kid = KeID; the gateway process
+([mef] in gateway.toml) fetches the key from the MEF on first sight of the KeID and binds it to
+the Enrolee-ID the MEF returns."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from m2msec.esprim import Originator, PairwiseKey
+from m2msec.esprim.transport import OuterResponseError, SecureOriginator
+from m2msec.keys import derive_usage_key
+from m2msec.mef import EnrolmentRequest, enrol, mef_tls_config
+from m2msec.net.acme import AcmeCSE
+from m2msec.net.client import AsyncOneM2MClient, OneM2MClient
+from m2msec.onem2m import Operation, RequestPrimitive, ResourceType, ResponseStatusCode
+from m2msec.onem2m.enums import SUID
+from m2msec.onem2m.primitives import new_request_id
+from m2msec.store import KeyEncryptionKey, open_store
+from m2msec.tls.engine import PSKCredentials
+
+from _gateway_support import GatewayProcess, write_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "mef"))
+from _mef_process import MEFProcess  # noqa: E402
+
+pytestmark = pytest.mark.acme
+RSC = ResponseStatusCode
+MEF_FQDN = "mef.m2m.example.com"
+KPM = "3c" * 32
+CSE_PSK = "4d" * 32
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def test_rspf_esprim_key_through_gateway_and_acme(acme: AcmeCSE, tmp_path: Path, tag: str) -> None:
+    cse_target = "/" + acme.cse_id
+    ae, other = f"Cmef-ae-{tag}", f"Cmef-other-{tag}"
+    mef = MEFProcess(tmp_path / "mef", MEF_FQDN)
+    mef.admin("enrolee", "add", "--enrolee-id", ae, "--kpm-id", "kpm-gw", "--kpm-hex", KPM,
+              "--target", f"{cse_target}=23")
+    mef.admin("target", "add", "--target-id", cse_target, "--psk-id", "cse-psk", "--psk-hex", CSE_PSK)
+    gwdir = tmp_path / "gw"
+    gwdir.mkdir()
+    KeyEncryptionKey.generate().write_file(gwdir / "gateway.kek")
+    with mef:
+        config = write_config(gwdir / "gateway.toml", cse_id=acme.cse_id, cse_name=acme.cse_name, keys=[],
+                              extra=f'\n[mef]\nfqdn = "{MEF_FQDN}"\nhost = "127.0.0.1"\nport = {mef.port}\n'
+                                    f'psk_identity = "cse-psk"\npsk_hex = "{CSE_PSK}"\n')
+        gw = GatewayProcess(config, acme.url)
+        try:
+            with OneM2MClient(gw.url, ae) as c:
+                c.create(acme.cse_base, ResourceType.AE, {"m2m:ae": {"rn": f"mef-ae-{tag}", "api": "Nm2msec",
+                                                                     "rr": False, "srv": ["3"]}})
+            ae_path = f"{acme.cse_base}/mef-ae-{tag}"
+            cb = acme.cse_base
+
+            def inner(op: Operation, to: str, fr: str = ae, **kw: object) -> RequestPrimitive:
+                return RequestPrimitive(op=op, to=to, fr=fr, rqi=new_request_id(), rvi="3", **kw)  # type: ignore[arg-type]
+
+            async def go() -> tuple[object, ...]:
+                e = await enrol("127.0.0.1", mef.port, mef_tls_config(psk=PSKCredentials(b"kpm-gw", bytes.fromhex(KPM))),
+                                EnrolmentRequest())
+                key = e.direct_key(cse_target, 23)
+                assert key == derive_usage_key(e.ke, 23, cse_target)
+                pk = PairwiseKey(kid=e.ke_id, key=key, peer_id=cse_target, suid=SUID.RSPF_ESPRIM)
+                async with AsyncOneM2MClient(gw.url, ae) as client:
+                    so = SecureOriginator(client, Originator(clock=_now), pk)
+                    created = await so.send(inner(Operation.CREATE, ae_path, ty=ResourceType.CONTAINER,
+                                                  pc={"m2m:cnt": {"rn": "mefcnt", "mni": 3}}), cb, cb)
+                    got = await so.send(inner(Operation.RETRIEVE, f"{ae_path}/mefcnt"), cb, cb)
+                    with pytest.raises(OuterResponseError) as imp:  # the key is bound to the Enrolee-ID
+                        await so.send(inner(Operation.RETRIEVE, ae_path, fr=other), cb, cb)
+                    wrong = PairwiseKey(kid=e.ke_id, key=os.urandom(32), peer_id=cse_target, suid=SUID.RSPF_ESPRIM)
+                    with pytest.raises(OuterResponseError) as bad_key:
+                        await SecureOriginator(client, Originator(clock=_now), wrong).send(
+                            inner(Operation.RETRIEVE, ae_path), cb, cb)
+                    unknown = PairwiseKey(kid=f"{secrets.token_hex(16)}@{MEF_FQDN}", key=os.urandom(32),
+                                          peer_id=cse_target, suid=SUID.RSPF_ESPRIM)
+                    with pytest.raises(OuterResponseError) as unk:  # the MEF refuses: 4112
+                        await SecureOriginator(client, Originator(clock=_now), unknown).send(
+                            inner(Operation.RETRIEVE, ae_path), cb, cb)
+                return e.ke_id, created, got, imp.value.rsc, bad_key.value.rsc, unk.value.rsc
+
+            kid, created, got, imp_rsc, bad_rsc, unk_rsc = asyncio.run(asyncio.wait_for(go(), 60))
+            assert created.rsc == RSC.CREATED and got.rsc == RSC.OK  # type: ignore[attr-defined]
+            assert got.pc["m2m:cnt"]["mni"] == 3  # type: ignore[attr-defined]
+            assert imp_rsc == RSC.ESPRIM_IMPERSONATION_ERROR
+            assert bad_rsc == RSC.ESPRIM_BAD_MAC  # a key other than the provisioned one
+            assert unk_rsc == RSC.ESPRIM_UNKNOWN_KEY_ID
+            with OneM2MClient(acme.url, ae) as direct:  # the container really exists in ACME
+                assert direct.retrieve(f"{ae_path}/mefcnt").rsc == RSC.OK
+        finally:
+            gw.stop()
+    # the gateway keeps the fetched key in its store, bound to the Enrolee-ID with SUID 23
+    kek = KeyEncryptionKey.from_file(gwdir / "gateway.kek")
+    with open_store(f"sqlite://{gwdir}/gateway.db", kek) as store:
+        cred = store.find_credential("esprim.pairwise", kid)  # type: ignore[arg-type]
+        assert cred is not None and cred.metadata == {"peer": ae, "suid": 23}

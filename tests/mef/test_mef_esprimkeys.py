@@ -1,0 +1,93 @@
+"""MEFESPrimKeySource against a real MEF (own thread): first-sight fetch (async prefetch and the
+blocking resolve fallback), binding to the Enrolee-ID, refusals -> UnknownKeyID (4112); the
+gateway's [mef] configuration table."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _mefhelp import MEF_FQDN, Clock, ThreadedMEF, make_state  # noqa: E402
+
+from m2msec.esprim.errors import UnknownKeyID  # noqa: E402
+from m2msec.esprim.keysource import StoreKeySource  # noqa: E402
+from m2msec.gateway.config import ConfigError, load_config  # noqa: E402
+from m2msec.keys import derive_usage_key  # noqa: E402
+from m2msec.mef import EnroleeConfig, MEFKeyFetcher, TargetConfig, TargetGrant, enrol, mef_tls_config  # noqa: E402
+from m2msec.mef.esprimkeys import MEFESPrimKeySource  # noqa: E402
+from m2msec.onem2m.enums import SUID  # noqa: E402
+from m2msec.store import KeyEncryptionKey, open_store  # noqa: E402
+from m2msec.tls.engine import PSKCredentials  # noqa: E402
+
+CSE = "/id-in"
+AE, AE_NOGRANT = "Cae-esprim", "Cae-nogrant"
+
+
+def test_first_sight_fetch_binds_the_enrolee(tmp_path: Path) -> None:
+    clock = Clock()
+    state = make_state(tmp_path, clock)
+    state.add_enrolee(EnroleeConfig(AE, kpm_id="kpm-a", targets=(TargetGrant(CSE, (23,)),)), kpm=b"a" * 32)
+    state.add_enrolee(EnroleeConfig(AE_NOGRANT, kpm_id="kpm-b", targets=(TargetGrant("/id-other", (23,)),)),
+                      kpm=b"b" * 32)
+    state.add_target(TargetConfig(CSE, psk_id="cse"), psk=b"c" * 32)
+    gw_store = open_store(f"sqlite:///{tmp_path / 'gw.db'}", KeyEncryptionKey.generate(), clock=clock)
+    with ThreadedMEF(state) as mef:
+        def source() -> MEFESPrimKeySource:
+            f = MEFKeyFetcher(mef.host, mef.port, mef_tls_config(psk=PSKCredentials(b"cse", b"c" * 32)),
+                              target_id=CSE, mef_fqdn=MEF_FQDN, clock=clock)
+            return MEFESPrimKeySource(f, StoreKeySource(gw_store))
+
+        async def main() -> tuple[str, bytes, str]:
+            e = await enrol(mef.host, mef.port, mef_tls_config(psk=PSKCredentials(b"kpm-a", b"a" * 32)))
+            n = await enrol(mef.host, mef.port, mef_tls_config(psk=PSKCredentials(b"kpm-b", b"b" * 32)))
+            src = source()
+            await src.prefetch(e.ke_id)
+            assert src.fetcher.fetches == 1
+            await src.prefetch(e.ke_id)  # already in the store: no second fetch
+            assert src.fetcher.fetches == 1
+            await src.prefetch(n.ke_id)  # MEF refuses (no grant for this CSE): swallowed, Receiver says 4112
+            assert src.errors and src.fetcher.fetches == 2
+            await src.prefetch("ab" * 16 + "@other-mef.example.com")  # not ours: not fetched
+            assert src.fetcher.fetches == 2
+            return e.ke_id, e.ke, n.ke_id
+
+        kid, ke, refused = asyncio.run(asyncio.wait_for(main(), 30))
+        pk = StoreKeySource(gw_store).resolve(kid)
+        assert pk.key == derive_usage_key(ke, 23, CSE) and pk.peer_id == AE and pk.suid == SUID.RSPF_ESPRIM
+        assert pk.expires_at is not None
+        # the blocking fallback of a fresh instance on an empty store namespace
+        fresh = MEFESPrimKeySource(MEFKeyFetcher(mef.host, mef.port, mef_tls_config(psk=PSKCredentials(b"cse", b"c" * 32)),
+                                                 target_id=CSE, mef_fqdn=MEF_FQDN, clock=clock),
+                                   StoreKeySource(gw_store, namespace="other"))
+        assert fresh.resolve(kid).key == pk.key and fresh.fetcher.fetches == 1
+        with pytest.raises(UnknownKeyID):
+            fresh.resolve(refused)
+        with pytest.raises(UnknownKeyID):
+            fresh.resolve("cd" * 16 + "@" + MEF_FQDN)  # never issued
+        with pytest.raises(UnknownKeyID):
+            fresh.resolve("not-a-keid")
+    gw_store.close()
+
+
+def test_gateway_mef_table(tmp_path: Path) -> None:
+    base = '[cse]\nid = "id-in"\nname = "cse-in"\n'
+    p = tmp_path / "gateway.toml"
+    p.write_text(base + '[mef]\nfqdn = "mef.example.com"\nport = 8444\npsk_identity = "cse"\npsk_hex = "' + "ab" * 32 + '"\n')
+    cfg = load_config(p)
+    assert cfg.mef is not None and cfg.mef.target_id == "/id-in" and cfg.mef.psk == bytes.fromhex("ab" * 32)
+    assert "ab" * 8 not in repr(cfg.mef) and "ab" * 8 not in repr(cfg)
+    (tmp_path / "mef.psk").write_bytes(os.urandom(32))
+    p.write_text(base + '[mef]\nfqdn = "m.example"\nport = 1\npsk_identity = "x"\npsk_file = "mef.psk"\ntarget_id = "/cse-x"\n')
+    assert load_config(p).mef.target_id == "/cse-x"  # type: ignore[union-attr]
+    for bad in ('[mef]\nfqdn = "m"\nport = 1\npsk_identity = "x"\n',  # no PSK
+                '[mef]\nfqdn = "m"\nport = "1"\npsk_identity = "x"\npsk_hex = "00"\n',  # port not an integer
+                '[mef]\nport = 1\npsk_identity = "x"\npsk_hex = "00"\n'):  # no fqdn
+        p.write_text(base + bad)
+        with pytest.raises(ConfigError):
+            load_config(p)
