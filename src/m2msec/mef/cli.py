@@ -11,6 +11,9 @@
     cert = "mef.cert.pem"             # optional: certificate RSPF (leaf + chain)
     key = "mef.key.pem"
     enrolee_trust_anchors = "enrolee-ca.pem"
+    [gba]                             # optional: GBA-Based RSPF, the MEF as GBA NAF
+    bsf_url = "http://127.0.0.1:8080" # the operator BSF's Zn endpoint
+    naf_token = "..."                 # the MEF's Zn credential (else $M2MSEC_GBA_NAF_TOKEN)
 
 No command prints key bytes; ``enrolee add --token`` prints the single-use token once.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -89,6 +93,24 @@ def _credentials(mef: dict[str, Any]) -> CertCredentials | None:
     return CertCredentials(key, certs[0], tuple(certs[1:]))  # type: ignore[arg-type]
 
 
+def _gba(config: Path, state: MEFState) -> Any:
+    """GBANaf for the ``[gba]`` table of mef.toml (None without it)."""
+    import os
+
+    from m2msec.mef.gba import GBANaf, ZnClient
+
+    try:
+        doc = tomllib.loads(config.read_text()).get("gba")
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    if not doc:
+        return None
+    token = doc.get("naf_token") or os.environ.get("M2MSEC_GBA_NAF_TOKEN")
+    if not isinstance(doc.get("bsf_url"), str) or not token:
+        raise ValueError("[gba] needs bsf_url and naf_token (or $M2MSEC_GBA_NAF_TOKEN)")
+    return GBANaf(state, ZnClient(doc["bsf_url"], state.fqdn, str(token)))
+
+
 @app.command("serve")
 def serve(config: ConfigOpt,
           port: Annotated[int | None, typer.Option("--port", help="Override [mef] port (0: ephemeral).")] = None) -> None:
@@ -96,7 +118,7 @@ def serve(config: ConfigOpt,
     try:
         mef = _load(config)
         state = _state(mef)
-        server = MEFServer(state, credentials=_credentials(mef))
+        server = MEFServer(state, credentials=_credentials(mef), gba=_gba(config, state))
     except (M2MSecError, OSError, ValueError) as exc:
         _fail(exc)
 
@@ -142,6 +164,7 @@ def enrolee_add(
     rm_uri: Annotated[str | None, typer.Option("--remote-management-uri")] = None,
     expiry: Annotated[int, typer.Option("--expiry", min=1, help="Enrolment Expiry in seconds (10.7).")] = 86400,
     token: Annotated[bool, typer.Option("--token", help="Require and print a single-use Enrolment-Token.")] = False,
+    gba_impi: Annotated[str | None, typer.Option("--gba-impi", help="GBA-Based RSPF: the subscriber's IMPI.")] = None,
 ) -> None:
     """Configure an enrolee (Bootstrap Instruction Configuration)."""
     mef = _load(config)
@@ -158,7 +181,12 @@ def enrolee_add(
                             mafs=tuple(mafs), certificate_enrolment_uri=cert_enrolment_uri,
                             remote_management_uri=rm_uri, expiry_seconds=expiry, token_required=token)
         state = _state(mef)
-        state.add_enrolee(cfg, kpm=kpm)
+        if gba_impi:
+            from m2msec.mef.gba import add_gba_enrolee
+
+            add_gba_enrolee(state, cfg, gba_impi)
+        else:
+            state.add_enrolee(cfg, kpm=kpm)
         typer.echo(f"enrolee {enrolee_id} configured")
         if token:
             typer.echo(f"enrolment-token {state.issue_token(enrolee_id)}")
@@ -245,6 +273,63 @@ def enrol_cmd(
     typer.echo(f"expiry {e.expiry.isoformat() if e.expiry else '-'}")
     for i in e.instructions:
         typer.echo(f"instruction {i.type.value} {dict(i.params)}")
+    for d in e.direct_keys:
+        typer.echo(f"direct-key {d.target_id} SUID {d.suid}")
+
+
+@app.command("bsf-sim")
+def bsf_sim(
+    subscriber: Annotated[list[str], typer.Option("--subscriber", help="IMPI=K (hex), the subscriber key of Ub.")],
+    naf: Annotated[list[str], typer.Option("--naf", help="NAF-FQDN=token, a NAF allowed on Zn.")],
+    domain: Annotated[str, typer.Option("--domain", help="BSF domain of the B-TIDs.")] = "bsf.operator.example",
+    lifetime: Annotated[int, typer.Option("--lifetime", min=1, help="Bootstrapping lifetime (s).")] = 3600,
+    port: Annotated[int, typer.Option("--port", help="127.0.0.1 port (0: ephemeral).")] = 0,
+) -> None:
+    """Run the BSF simulator (GBA Ub + Zn over HTTP on 127.0.0.1); prints 'listening URL'."""
+    from m2msec.mef.gba import BSFSimulator
+
+    sim = BSFSimulator(domain, lifetime=timedelta(seconds=lifetime))
+    try:
+        for item in subscriber:
+            impi, _, k = item.rpartition("=")
+            sim.add_subscriber(impi, bytes.fromhex(k))
+        for item in naf:
+            fqdn, _, tok = item.partition("=")
+            if not fqdn or not tok:
+                raise ValueError(f"--naf {fqdn!r}: expected NAF-FQDN=token")
+            sim.add_naf(fqdn, tok)
+    except ValueError as exc:
+        _fail(exc)
+    typer.echo(f"listening {sim.start('127.0.0.1', port)}")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    sim.close()
+
+
+@app.command("enrol-gba")
+def enrol_gba_cmd(
+    mef: Annotated[str, typer.Option("--mef", help="HOST:PORT of the MEF.")],
+    mef_fqdn: Annotated[str, typer.Option("--mef-fqdn", help="The MEF-FQDN (NAF FQDN of Ks_NAF).")],
+    bsf: Annotated[str, typer.Option("--bsf", help="URL of the BSF (Ub).")],
+    impi: Annotated[str, typer.Option("--impi")],
+    k_hex: Annotated[str, typer.Option("--k-hex", help="Subscriber key K (hex; simulator AKA).")],
+) -> None:
+    """GBA bootstrapping (Ub), then the GBA-Based RSPF enrolment; prints KeID, KreID, EnroleeID."""
+    from m2msec.mef.gba import ub_bootstrap
+
+    host, _, port = mef.rpartition(":")
+    try:
+        boot = ub_bootstrap(bsf, impi, bytes.fromhex(k_hex))
+        e = asyncio.run(_enrol(host or "127.0.0.1", int(port), mef_tls_config(psk=boot.psk(mef_fqdn)),
+                               EnrolmentRequest(), mef_fqdn=mef_fqdn))
+    except (M2MSecError, ValueError, OSError) as exc:
+        _fail(exc)
+    typer.echo(f"B-TID {boot.btid}")
+    typer.echo(f"KeID {e.ke_id}")
+    typer.echo(f"KreID {e.kre_id}")
+    typer.echo(f"EnroleeID {e.enrolee_id}")
     for d in e.direct_keys:
         typer.echo(f"direct-key {d.target_id} SUID {d.suid}")
 
