@@ -5,7 +5,7 @@ Served inside the enrolee's authenticated TLS session with the MEF (PSK RSPF: ES
 certificate-less mutual authentication, RFC 7030 3.3.3; certificate RSPF: RFC 7030
 3.3.1/3.3.2), on the same h11 loop as the Enrolment Exchange:
 
-* ``GET /.well-known/est/cacerts`` - the CA certificates (root first), base64 DER
+* ``GET /.well-known/est/cacerts`` - the CA certificates (root and intermediates), base64 DER
   ``application/pkcs7-mime`` certs-only (RFC 7030 4.1.3);
 * ``GET /.well-known/est/csrattrs`` - base64 DER CsrAttrs (``application/csrattrs``,
   4.5.2): challengePassword, id-ecPublicKey + secp256r1, ecdsa-with-SHA256, and an
@@ -182,7 +182,8 @@ class CertificateAuthority(Protocol):
     ``issue`` must check proof of possession itself (it may receive CSRs from other RAs),
     put exactly ``identifiers`` (the flavour's subjectAltName form) and ``usages`` (the
     extendedKeyUsage OIDs the RA allowed) in the certificate and return the chain, leaf
-    first.  ``ca_certificates`` are what ``/cacerts`` returns (trust anchor first).
+    first.  ``ca_certificates`` are what ``/cacerts`` returns (trust anchor first; the PKCS#7
+    SET does not keep the order, so clients tell anchors by being self-signed).
     """
 
     def issue(self, csr: x509.CertificateSigningRequest, flavour: CertificateFlavour, identifiers: Sequence[str],
@@ -487,7 +488,8 @@ class ESTService:
     def _commit(self, peer: SessionPeer, challenge_id: str, ke_id: str, prof: ESTProfile, leaf: x509.Certificate,
                 granted: Sequence[str], usages: Sequence[x509.ObjectIdentifier], reenroll: bool) -> None:
         serial = format(leaf.serial_number, "x")
-        anchors = [c.public_bytes(serialization.Encoding.PEM).decode() for c in self.ca.ca_certificates()[:1]]
+        anchors = [c.public_bytes(serialization.Encoding.PEM).decode() for c in self.ca.ca_certificates()
+                   if c.issuer == c.subject]
         types = [_TYPE_OF[o.dotted_string].value for o in usages if o.dotted_string in _TYPE_OF]
         with self.state.store.transaction() as tx:
             try:
@@ -527,12 +529,16 @@ class ESTService:
         if doc["InstructionType"] != InstructionType.CERTIFICATE_ENROLMENT.value or doc["Status"] is not True:
             raise ParseError("completion: only a successful CertificateEnrolment can be reported")
         serial = doc["CertificateSerial"]
-        if not isinstance(serial, str) or not serial or len(serial) > 40:
-            raise ParseError("completion: CertificateSerial must be lowercase hex")
+        try:
+            if not isinstance(serial, str) or len(serial) > 42:
+                raise ValueError
+            serial = format(int(serial.replace(":", ""), 16), "x")  # openssl prints upper case, maybe 0-padded
+        except ValueError:
+            raise ParseError("completion: CertificateSerial must be the certificate's serial number in hex") from None
         if peer.kind not in ("enrolee", "reauth"):
             raise _refuse("only an enrolee reports certificate enrolment")
         with self.state.store.transaction() as tx:
-            rec = tx.find_record(NS_EST_ISSUED, serial.lower())
+            rec = tx.find_record(NS_EST_ISSUED, serial)
             if rec is None or rec.doc.get("enrolee_id") != peer.identity:
                 raise _refuse(f"certificate {serial[:40]!r} was not issued to this enrolee", RSC.NOT_FOUND)
             updated = dict(rec.doc, installed=True)

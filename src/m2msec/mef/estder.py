@@ -28,6 +28,8 @@ __all__ = [
     "TAG_SEQUENCE",
     "TAG_SET",
     "CsrAttrs",
+    "attribute",
+    "csrattrs",
     "decode_csrattrs",
     "decode_oid",
     "encode_csrattrs",
@@ -148,12 +150,14 @@ def extension_der(ext: x509.ExtensionType, critical: bool = False) -> bytes:
 class CsrAttrs:
     """Decoded CsrAttrs: bare OIDs, attributes (type -> raw value TLVs) and requested extensions.
 
-    ``extensions`` maps extnID to (critical, extnValue DER) from an extensionRequest attribute.
+    ``extensions`` maps extnID to (critical, extnValue DER) from an extensionRequest attribute;
+    ``extension_oids`` are extension types requested without a value (RFC 7030 4.5.2 example).
     """
 
     oids: tuple[str, ...] = ()
     attributes: dict[str, tuple[bytes, ...]] = field(default_factory=dict)
     extensions: dict[str, tuple[bool, bytes]] = field(default_factory=dict)
+    extension_oids: tuple[str, ...] = ()
 
     def attribute_oids(self, type_oid: str) -> tuple[str, ...]:
         """Values of an attribute that are OIDs (e.g. the curve of id-ecPublicKey)."""
@@ -180,20 +184,29 @@ class CsrAttrs:
         return tuple(out)
 
 
+def attribute(type_oid: x509.ObjectIdentifier | str, values: Sequence[bytes]) -> bytes:
+    """``Attribute ::= SEQUENCE { type, values SET OF }`` with the given value TLVs."""
+    if not values:
+        raise ValueError("an Attribute needs at least one value")
+    return tlv(TAG_SEQUENCE, encode_oid(type_oid) + _der_set(values))
+
+
+def csrattrs(*items: bytes) -> bytes:
+    """``CsrAttrs`` of already encoded AttrOrOID items, in the order given."""
+    return tlv(TAG_SEQUENCE, b"".join(items))
+
+
 def encode_csrattrs(oids: Sequence[x509.ObjectIdentifier | str] = (),
                     attributes: Sequence[tuple[x509.ObjectIdentifier | str, Sequence[bytes]]] = (),
                     extensions: Sequence[tuple[x509.ExtensionType, bool]] = ()) -> bytes:
     """DER CsrAttrs: the bare ``oids``, then ``attributes`` (type, value TLVs), then one
     extensionRequest attribute carrying ``extensions`` (value, critical) if any."""
     items = [encode_oid(o) for o in oids]
-    for type_oid, values in attributes:
-        if not values:
-            raise ValueError("an Attribute needs at least one value")
-        items.append(tlv(TAG_SEQUENCE, encode_oid(type_oid) + _der_set(values)))
+    items += [attribute(t, v) for t, v in attributes]
     if extensions:
         exts = tlv(TAG_SEQUENCE, b"".join(extension_der(e, c) for e, c in extensions))
-        items.append(tlv(TAG_SEQUENCE, encode_oid(OID_EXTENSION_REQUEST) + _der_set([exts])))
-    return tlv(TAG_SEQUENCE, b"".join(items))
+        items.append(attribute(OID_EXTENSION_REQUEST, [exts]))
+    return csrattrs(*items)
 
 
 def decode_csrattrs(der: bytes) -> CsrAttrs:
@@ -204,6 +217,7 @@ def decode_csrattrs(der: bytes) -> CsrAttrs:
     oids: list[str] = []
     attrs: dict[str, tuple[bytes, ...]] = {}
     exts: dict[str, tuple[bool, bytes]] = {}
+    ext_oids: list[str] = []
     for t, c, _ in _items(content):
         if t == TAG_OID:
             oids.append(decode_oid(c))
@@ -221,6 +235,9 @@ def decode_csrattrs(der: bytes) -> CsrAttrs:
         if type_oid == OID_EXTENSION_REQUEST.dotted_string:
             for v in values:
                 vt, vc, _ = read_tlv(v)
+                if vt == TAG_OID:
+                    ext_oids.append(decode_oid(vc))
+                    continue
                 if vt != TAG_SEQUENCE:
                     raise ParseError("extensionRequest value is not Extensions")
                 for et, ec, _ in _items(vc):
@@ -235,4 +252,4 @@ def decode_csrattrs(der: bytes) -> CsrAttrs:
                     if fields[-1][0] != TAG_OCTET_STRING:
                         raise ParseError("Extension extnValue is not an OCTET STRING")
                     exts[decode_oid(fields[0][1])] = (critical, fields[-1][1])
-    return CsrAttrs(tuple(oids), attrs, exts)
+    return CsrAttrs(tuple(oids), attrs, exts, tuple(ext_oids))
