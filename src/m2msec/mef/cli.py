@@ -15,6 +15,12 @@
     bsf_url = "http://127.0.0.1:8080" # the operator BSF's Zn endpoint
     naf_token = "..."                 # the MEF's Zn credential (else $M2MSEC_GBA_NAF_TOKEN)
 
+Certificate Enrolment with EST (:mod:`m2msec.mef.est`) is on when the store holds the
+MEF CA (``m2msec mef est-ca init``): ``serve`` then answers ``/.well-known/est/*`` and
+trusts that CA's certificates for the certificate RSPF; ``enrolee est`` sets what an
+enrolee may enrol for; ``est-enrol`` is the enrolee (Enrolment Exchange + EST, installs
+``key.pem`` 0600, ``cert.pem``, ``trust-anchors.pem``, ``est.json``).
+
 No command prints key bytes; ``enrolee add --token`` prints the single-use token once.
 """
 
@@ -111,6 +117,18 @@ def _gba(config: Path, state: MEFState) -> Any:
     return GBANaf(state, ZnClient(doc["bsf_url"], state.fqdn, str(token)))
 
 
+def _est(state: MEFState) -> Any:
+    """The EST service when the store holds the MEF CA; its root joins the enrolee trust anchors."""
+    from m2msec.mef.est import DevCAAuthority, ESTService, load_dev_ca
+
+    ca = load_dev_ca(state.store)
+    if ca is None:
+        return None
+    if ca.trust_anchor not in state.enrolee_anchors:
+        state.enrolee_anchors = (*state.enrolee_anchors, ca.trust_anchor)
+    return ESTService(state, DevCAAuthority(ca, state.clock))
+
+
 @app.command("serve")
 def serve(config: ConfigOpt,
           port: Annotated[int | None, typer.Option("--port", help="Override [mef] port (0: ephemeral).")] = None) -> None:
@@ -118,7 +136,8 @@ def serve(config: ConfigOpt,
     try:
         mef = _load(config)
         state = _state(mef)
-        server = MEFServer(state, credentials=_credentials(mef), gba=_gba(config, state))
+        est = _est(state)
+        server = MEFServer(state, credentials=_credentials(mef), gba=_gba(config, state), est=est)
     except (M2MSecError, OSError, ValueError) as exc:
         _fail(exc)
 
@@ -332,6 +351,120 @@ def enrol_gba_cmd(
     typer.echo(f"EnroleeID {e.enrolee_id}")
     for d in e.direct_keys:
         typer.echo(f"direct-key {d.target_id} SUID {d.suid}")
+
+
+@app.command("est-ca")
+def est_ca_init(
+    config: ConfigOpt,
+    name: Annotated[str, typer.Option("--name", help="CA name (O=, CN=<name> Root CA).")],
+    permit_dns: Annotated[list[str] | None, typer.Option("--permit-dns", help="nameConstraints dNSName subtree.")] = None,
+    permit_uri: Annotated[list[str] | None, typer.Option("--permit-uri", help="nameConstraints URI host subtree.")] = None,
+    intermediate: Annotated[bool, typer.Option("--intermediate/--no-intermediate")] = True,
+    days: Annotated[int, typer.Option("--days", min=1)] = 3650,
+    root_out: Annotated[Path | None, typer.Option("--root-out", help="Write the root certificate (PEM) here.")] = None,
+) -> None:
+    """Create the MEF CA (a name-constrained DevCA) and keep it in the store, encrypted at rest."""
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    from m2msec.mef.est import load_dev_ca, store_dev_ca
+    from m2msec.pki import DevCA
+
+    try:
+        state = _state(_load(config))
+        if load_dev_ca(state.store) is not None:
+            raise ValueError("the store already holds an MEF CA")
+        ca = DevCA.create(name, now=_utcnow(), permit_dns=permit_dns or (), permit_uri=permit_uri or (),
+                          intermediate=intermediate, validity=timedelta(days=days))
+        store_dev_ca(state.store, ca)
+        state.store.close()
+        if root_out is not None:
+            root_out.write_bytes(ca.trust_anchor.public_bytes(serialization.Encoding.PEM))
+    except (M2MSecError, OSError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(f"MEF CA {name!r} stored; root SHA-256 {ca.trust_anchor.fingerprint(hashes.SHA256()).hex()}")
+
+
+@enrolee_app.command("est")
+def enrolee_est(
+    config: ConfigOpt,
+    enrolee_id: Annotated[str, typer.Option("--enrolee-id")],
+    flavour: Annotated[str, typer.Option("--flavour", help="Certificate flavour: ae-id, cse-id, node-id, device, fqdn.")],
+    identifier: Annotated[list[str], typer.Option("--identifier", help="An identifier the enrolee may request.")],
+    add_identifier: Annotated[list[str] | None, typer.Option("--add-identifier",
+                                                             help="An identifier the MEF adds.")] = None,
+    security_type: Annotated[list[str] | None, typer.Option(
+        "--security-type", help="SAEF, ESPrim, ESData-Signature, ESData-Encryption (repeat).")] = None,
+    base_uri: Annotated[str | None, typer.Option("--est-base-uri")] = None,
+) -> None:
+    """Let an enrolee enrol for a certificate with EST (identifiers and communication security types)."""
+    from m2msec.mef.est import ESTProfile, SecurityType
+
+    try:
+        state = _state(_load(config))
+        from m2msec.mef.est import NS_EST_PROFILE
+
+        profile = ESTProfile(enrolee_id, CertificateFlavour(flavour), tuple(identifier),
+                             tuple(SecurityType(t) for t in (security_type or ["SAEF"])),
+                             tuple(add_identifier or ()), base_uri)
+        state.get_enrolee(enrolee_id)
+        state.store.put_record(NS_EST_PROFILE, enrolee_id, profile.to_doc())
+        state.store.close()
+    except (M2MSecError, OSError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(f"EST profile set for {enrolee_id}: {flavour} {list(identifier)} "
+               f"{[t.value for t in profile.security_types]}")
+
+
+@app.command("est-enrol")
+def est_enrol_cmd(
+    mef: Annotated[str, typer.Option("--mef", help="HOST:PORT of the MEF.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for key.pem (0600), cert.pem, trust-anchors.pem.")],
+    kpm_id: Annotated[str | None, typer.Option("--kpm-id", help="PSK RSPF: KpmID (or KreID).")] = None,
+    kpm_hex: Annotated[str | None, typer.Option("--kpm-hex", help="PSK RSPF: Kpm (or Kre), hex.")] = None,
+    cert: Annotated[Path | None, typer.Option("--cert", help="Certificate RSPF: our certificate (+ chain), PEM.")] = None,
+    key: Annotated[Path | None, typer.Option("--key", help="Certificate RSPF: our private key, PEM.")] = None,
+    mef_ca: Annotated[Path | None, typer.Option("--mef-ca", help="Certificate RSPF: MEF trust anchor(s), PEM.")] = None,
+    mef_fqdn: Annotated[str | None, typer.Option("--mef-fqdn", help="Certificate RSPF: the MEF-FQDN.")] = None,
+    reenroll: Annotated[bool, typer.Option("--reenroll", help="simplereenroll with the --cert certificate.")] = False,
+    token: Annotated[str | None, typer.Option("--token", help="Enrolment-Token.")] = None,
+    key_type: Annotated[str, typer.Option("--key-type", help="ec-p256 (default), ec-p384, rsa-2048, rsa-3072.")] = "ec-p256",
+) -> None:
+    """Enrolment Exchange + EST (cacerts, csrattrs, simpleenroll/simplereenroll) + install + success report."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    from m2msec.mef.est_client import est_enrol
+    from m2msec.pki import KeyType
+
+    host, _, port = mef.rpartition(":")
+    try:
+        if (kpm_id is not None) == (cert is not None):
+            raise ValueError("give --kpm-id/--kpm-hex (PSK RSPF) or --cert/--key/--mef-ca/--mef-fqdn (certificate RSPF)")
+        if kpm_id is not None:
+            if not kpm_hex:
+                raise ValueError("--kpm-hex is required with --kpm-id")
+            tls = mef_tls_config(psk=PSKCredentials(kpm_id.encode("utf-8"), bytes.fromhex(kpm_hex)))
+        else:
+            if key is None or mef_ca is None or mef_fqdn is None or cert is None:
+                raise ValueError("the certificate RSPF needs --cert, --key, --mef-ca and --mef-fqdn")
+            certs = x509.load_pem_x509_certificates(cert.read_bytes())
+            pk = load_pem_private_key(key.read_bytes(), password=None)
+            tls = mef_tls_config(credentials=CertCredentials(pk, certs[0], tuple(certs[1:])),  # type: ignore[arg-type]
+                                 mef_fqdn=mef_fqdn,
+                                 mef_anchors=tuple(x509.load_pem_x509_certificates(mef_ca.read_bytes())))
+        req = EnrolmentRequest(certificate_enrolment=True, token=token)
+        e, prov = asyncio.run(est_enrol(host or "127.0.0.1", int(port), tls, request=req, reenroll=reenroll,
+                                        key_type=KeyType(key_type)))
+        paths = prov.install(out)
+    except (M2MSecError, ValueError, OSError) as exc:
+        _fail(exc)
+    typer.echo(f"EnroleeID {e.enrolee_id}")
+    typer.echo(f"KeID {e.ke_id}")
+    typer.echo(f"certificate serial {prov.serial}")
+    typer.echo(f"identifiers {' '.join(prov.identifiers)}")
+    typer.echo(f"security-types {' '.join(t.value for t in prov.security_types)}")
+    typer.echo(f"not-after {prov.certificate.not_valid_after_utc.isoformat()}")
+    for k, pth in paths.items():
+        typer.echo(f"{k} {pth}")
 
 
 if __name__ == "__main__":  # python -m m2msec.mef.cli
