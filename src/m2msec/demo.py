@@ -246,6 +246,12 @@ def step_session_esprim_key(ctx: DemoContext) -> list[tuple[str, str]]:
     ]
 
 
+def step_provisioning(ctx: DemoContext) -> list[tuple[str, str]]:
+    from m2msec.demo_provisioning import run_provisioning
+
+    return run_provisioning(ctx.workdir / "provisioning")
+
+
 def step_escertke(ctx: DemoContext) -> list[tuple[str, str]]:
     from m2msec.demo_escertke import run_escertke
 
@@ -267,10 +273,11 @@ STEPS: list[tuple[str, Step]] = [
     ("ESData: one reading sealed for two targets, stored as a contentInstance (TS-0003 8.5)", step_esdata),
     ("ESPrim through a real CSE (ACME) and m2msec gateway (TS-0003 8.4, TS-0004 7.6.2)", step_esprim_through_cse),
     ("ESCertKE between two AEs, then ESPrim with the agreed key (TS-0003 8.7)", step_escertke),
+    ("Enrolment through the MEF, MAF registration with the KeID, MAF-based ESPrim (TS-0003 8.3, 8.8)", step_provisioning),
 ]
 
 NOT_YET_SHOWN = [
-    "the MAF and MEF services, EST certificate enrolment",
+    "EST certificate enrolment, the GBA- and certificate-based RSPFs (tested in tests/mef)",
     "ESPrim across two CSEs (tested in tests/gateway, not part of the demo)",
 ]
 
