@@ -7,7 +7,10 @@
 * :mod:`m2msec.mef.server` - :class:`MEFServer` (PSK and certificate RSPFs, MEF Key Retrieval);
 * :mod:`m2msec.mef.client` - the enrolee (:func:`enrol`) and the Enrolment Target
   (:class:`MEFKeyFetcher`, :class:`MEFKpsaDirectory` for PSK SAEF);
-* :mod:`m2msec.mef.cli` - ``m2msec mef serve|enrol|enrolee|target``.
+* :mod:`m2msec.mef.est` - Certificate Enrolment with EST (8.3.6, RFC 7030): :class:`ESTService`
+  (the MEF as EST server and RA), :class:`CertificateAuthority` / :class:`DevCAAuthority`;
+  :mod:`m2msec.mef.est_client` - the enrolee (:func:`est_enrol`); :mod:`m2msec.mef.estder` - CsrAttrs DER;
+* :mod:`m2msec.mef.cli` - ``m2msec mef serve|enrol|enrolee|target|est-ca|est-enrol``.
 
 Wire format: ``docs/mef-protocol.md``.
 """
@@ -37,11 +40,18 @@ from m2msec.mef.protocol import (
     fetch_target,
     parse_fetch_target,
 )
+from m2msec.mef.est import CertificateAuthority, DevCAAuthority, ESTProfile, ESTService, SecurityType
+from m2msec.mef.est_client import ESTClientError, ProvisionedCertificate, est_enrol
 from m2msec.mef.server import MEFServer
 from m2msec.mef.state import EnroleeConfig, MEFError, MEFState, SessionPeer, TargetConfig
 
 __all__ = [
+    "CertificateAuthority",
+    "DevCAAuthority",
     "DirectKey",
+    "ESTClientError",
+    "ESTProfile",
+    "ESTService",
     "EnroleeConfig",
     "Enrolment",
     "EnrolmentRequest",
@@ -56,11 +66,14 @@ __all__ = [
     "MEFKpsaDirectory",
     "MEFServer",
     "MEFState",
+    "ProvisionedCertificate",
+    "SecurityType",
     "SessionPeer",
     "TargetConfig",
     "TargetGrant",
     "credential_for",
     "enrol",
+    "est_enrol",
     "fetch_target",
     "load_enrolment",
     "mef_tls_config",

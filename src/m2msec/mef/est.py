@@ -40,6 +40,7 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -134,6 +135,7 @@ _TYPE_OF = {v.dotted_string: k for k, v in EKU_FOR.items()}
 BASE_EKUS: Final = (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH)
 
 Clock = Callable[[], datetime]
+log = logging.getLogger(__name__)
 
 
 class ESTError(MEFError):
@@ -385,6 +387,10 @@ class ESTService:
             self.state.audit("est", peer.identity if peer else "?", "refused",
                              {"op": op[:40], "rsc": int(exc.rsc), "why": exc.args[0]})
             return ESTResponse(exc.rsc, "text/plain; charset=utf-8", (exc.args[0] + "\n").encode())
+        except Exception as exc:  # noqa: BLE001 - no stack trace to the peer
+            log.exception("EST request failed")
+            return ESTResponse(RSC.INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8",
+                               f"{type(exc).__name__}\n".encode())
 
     def _enrolee_profile(self, peer: SessionPeer) -> ESTProfile:
         if peer.kind not in ("enrolee", "reauth"):
