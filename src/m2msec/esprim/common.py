@@ -18,8 +18,7 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from m2msec.errors import ParseError
 from m2msec.esprim.errors import DecryptionError, EncryptionError
@@ -62,9 +61,10 @@ def is_shared_rand_id(rand_id: str) -> bool:
     return rand_id.startswith(SHARED_PREFIX)
 
 
-@dataclass(frozen=True, slots=True)
-class SessionRef:
-    """Names one ESPrim session: pairwiseESPrimKeyID, originator and receiver esprimRandIDs."""
+class SessionRef(NamedTuple):
+    """Names one ESPrim session: pairwiseESPrimKeyID, originator and receiver esprimRandIDs.
+
+    (A named tuple: it keys the session tables, and a tuple hashes and compares in C.)"""
 
     kid: str
     ori: str

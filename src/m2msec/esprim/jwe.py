@@ -118,6 +118,12 @@ def _plain_protected_b64(enc: str, kid: str, cty: str | None, ori: str, rri: str
     return b64url_encode(ESPrimHeader(enc=enc, kid=kid, ori=ori, rri=rri, cty=cty).to_json_bytes())
 
 
+def plain_protected_b64(enc: str, kid: str, cty: str | None, ori: str, rri: str) -> str:
+    """``ESPrimHeader(enc, kid, ori, rri, cty).protected_b64()`` (no ``oro``/``rro``), memoized."""
+    _check_enc(enc)
+    return _plain_protected_b64(enc, kid, cty, ori, rri)
+
+
 class ContentCipher:
     """AES-GCM under one ESPrim content key for one ``enc``; the AESGCM object is built once
     (keep one per session and ``enc``).  The key is never shown."""
@@ -161,12 +167,15 @@ def seal(header: ESPrimHeader, key: bytes | ContentCipher, plaintext: bytes, *, 
     :class:`ContentCipher` for ``header.enc``. ``iv`` is for tests only: by default a fresh
     random 96-bit IV is drawn for every object.
     """
-    cipher = _cipher(header.enc, key)
-    protected = header.protected_b64()
+    return seal_protected(header.protected_b64(), _cipher(header.enc, key), plaintext, iv=iv)
+
+
+def seal_protected(protected: str, cipher: ContentCipher, plaintext: bytes, *, iv: bytes | None = None) -> str:
+    """:func:`seal` with the protected header already encoded (``protected``, e.g. from
+    :func:`plain_protected_b64`); the header must name ``cipher.enc``."""
     nonce = os.urandom(_IV_LENGTH) if iv is None else iv
     sealed = cipher._aead.encrypt(nonce, plaintext, protected.encode("ascii"))
-    ciphertext, tag = sealed[:-_TAG_LENGTH], sealed[-_TAG_LENGTH:]
-    return ".".join((protected, "", b64url_encode(nonce), b64url_encode(ciphertext), b64url_encode(tag)))
+    return f"{protected}..{b64url_encode(nonce)}.{b64url_encode(sealed[:-_TAG_LENGTH])}.{b64url_encode(sealed[-_TAG_LENGTH:])}"
 
 
 def parse(obj: str | bytes, *, max_size: int = MAX_OBJECT_SIZE) -> ParsedESPrimObject:

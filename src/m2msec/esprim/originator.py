@@ -36,6 +36,7 @@ m2msec decisions:
 
 from __future__ import annotations
 
+import itertools
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -201,7 +202,7 @@ class ErrorAdvice(Enum):
     ABORT = "abort"  # 4111, 4115, 4116, 5210, 5211 and others: report to the application
 
 
-@dataclass
+@dataclass(slots=True)
 class _Outstanding:
     pending: PendingResponse
     expires_at: datetime = field(compare=False)
@@ -222,6 +223,9 @@ class Originator:
         self._by_ref: dict[SessionRef, OriginatorSession] = {}
         self._next_rro: dict[str, ReceiverESPrimRandObject] = {}  # from in-band rro, per kid
         self._outstanding: dict[str, _Outstanding] = {}
+        # Pending-response tokens: unique per Originator (a random prefix and a counter).
+        self._token_prefix = secrets.token_hex(8) + "-"
+        self._token_counter = itertools.count()
 
     def _now(self) -> datetime:
         return ensure_utc(self._clock(), what="clock()")
@@ -396,14 +400,16 @@ class Originator:
         elif session.announce is not None:
             oro = announced = session.announce
         ref = session.ref
-        header = jwe.ESPrimHeader(
-            enc=session.enc, kid=ref.kid, ori=ref.ori, rri=ref.rri, cty=cty,
-            oro=None if oro is None else oro.to_json(),
-        )
-        obj = jwe.seal(header, session.cipher(session.enc), plaintext)
+        if oro is None:  # the steady state: a per-session constant header
+            protected = jwe.plain_protected_b64(session.enc, ref.kid, cty, ref.ori, ref.rri)
+        else:
+            protected = jwe.ESPrimHeader(
+                enc=session.enc, kid=ref.kid, ori=ref.ori, rri=ref.rri, cty=cty, oro=oro.to_json()
+            ).protected_b64()
+        obj = jwe.seal_protected(protected, session.cipher(session.enc), plaintext)
         session.seals += 1
         pending = PendingResponse(
-            ref=ref, inner_rqi=inner_rqi, token=secrets.token_hex(12),
+            ref=ref, inner_rqi=inner_rqi, token=self._token_prefix + str(next(self._token_counter)),
             announced=None if announced is None else announced.rand_id,
         )
         self._outstanding[pending.token] = _Outstanding(pending, session.expires_at)

@@ -357,12 +357,16 @@ class Receiver:
             rro = self._refresh_object(ctx, now)
         if self._state.count_seal(ctx.ref, ctx.expires_at) > self.policy.max_seals:
             raise EncryptionError("the session key reached its AES-GCM invocation bound; a new session is needed")
-        header = jwe.ESPrimHeader(
-            enc=ctx.enc, kid=ctx.ref.kid, ori=ctx.ref.ori, rri=ctx.ref.rri,
-            cty=cty_for("prsp", ctx.media), rro=None if rro is None else rro.to_json(),
-        )
+        ref = ctx.ref
+        cty = cty_for("prsp", ctx.media)
         try:
-            return jwe.seal(header, ctx._content_key, plaintext)
+            key = ctx._content_key
+            if rro is None and isinstance(key, jwe.ContentCipher) and key.enc == ctx.enc:
+                return jwe.seal_protected(jwe.plain_protected_b64(ctx.enc, ref.kid, cty, ref.ori, ref.rri), key, plaintext)
+            header = jwe.ESPrimHeader(
+                enc=ctx.enc, kid=ref.kid, ori=ref.ori, rri=ref.rri, cty=cty, rro=None if rro is None else rro.to_json()
+            )
+            return jwe.seal(header, key, plaintext)
         except ESPrimError as exc:
             raise EncryptionError(f"inner response could not be encrypted: {exc.args[0]}") from None
         except (ValueError, TypeError, OverflowError) as exc:
