@@ -278,3 +278,20 @@ def test_no_profile_no_instruction(w: World) -> None:
         with pytest.raises(ESTClientError) as ei:
             run(lambda: est_enrol(m.host, m.port, w.psk_tls()))
     assert ei.value.rsc is RSC.ORIGINATOR_HAS_NO_PRIVILEGE
+
+
+def test_refused_enrolment_leaves_no_challenge(w: World) -> None:
+    """The challengePassword is committed with Ke/Kre: a refused Enrolment Exchange leaves none."""
+    from m2msec.mef import EnroleeConfig
+
+    cfg = w.state.get_enrolee(ENROLEE)
+    w.state.store.put_record("mef.enrolee", ENROLEE, EnroleeConfig(**{**cfg.__dict__, "token_required": True}).to_doc())
+    with w.mef() as m:
+        with pytest.raises(ESTClientError) as ei:
+            run(lambda: est_enrol(m.host, m.port, w.psk_tls()))
+        assert ei.value.rsc is RSC.ORIGINATOR_HAS_NO_PRIVILEGE and "Enrolment-Token" in str(ei.value)
+        assert w.state.store.list_records(NS_EST_CHALLENGE) == []
+        token = w.state.issue_token(ENROLEE)
+        _, prov = run(lambda: est_enrol(m.host, m.port, w.psk_tls(),
+                                        request=EnrolmentRequest(certificate_enrolment=True, token=token)))
+    assert identifiers_of(prov.certificate, F.AE_ID)

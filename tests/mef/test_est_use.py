@@ -4,7 +4,6 @@ ESCertKE procedure (8.7) authenticate the enrolee with the certificate it got ov
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import pytest
