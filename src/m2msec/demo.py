@@ -252,6 +252,12 @@ def step_provisioning(ctx: DemoContext) -> list[tuple[str, str]]:
     return run_provisioning(ctx.workdir / "provisioning")
 
 
+def step_est(ctx: DemoContext) -> list[tuple[str, str]]:
+    from m2msec.demo_est import run_est
+
+    return run_est(ctx.workdir / "est")
+
+
 def step_escertke(ctx: DemoContext) -> list[tuple[str, str]]:
     from m2msec.demo_escertke import run_escertke
 
@@ -274,10 +280,11 @@ STEPS: list[tuple[str, Step]] = [
     ("ESPrim through a real CSE (ACME) and m2msec gateway (TS-0003 8.4, TS-0004 7.6.2)", step_esprim_through_cse),
     ("ESCertKE between two AEs, then ESPrim with the agreed key (TS-0003 8.7)", step_escertke),
     ("Enrolment through the MEF, MAF registration with the KeID, MAF-based ESPrim (TS-0003 8.3, 8.8)", step_provisioning),
+    ("Certificate enrolment over EST from the MEF, then ESCertKE with it (TS-0003 8.3.6)", step_est),
 ]
 
 NOT_YET_SHOWN = [
-    "EST certificate enrolment, the GBA- and certificate-based RSPFs (tested in tests/mef)",
+    "the GBA- and certificate-based RSPFs (tested in tests/mef)",
     "ESPrim across two CSEs (tested in tests/gateway, not part of the demo)",
 ]
 
