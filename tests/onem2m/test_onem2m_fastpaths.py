@@ -98,3 +98,28 @@ def test_cbor_decoding_checks_the_model_once_and_still_refuses() -> None:
     assert RequestPrimitive.from_cbor(ok).pc == {"a": [1.5, None]}
     with pytest.raises(ParseError, match=r"pc\.a: non-finite number"):
         ResponsePrimitive.from_cbor(cbor2.dumps({"rsc": 2000, "rqi": "1", "pc": {"a": float("inf")}}))
+
+
+@pytest.mark.parametrize("value", [{"a": [1, 2.5, None, "é\n\"", True]}, "s", 5, [], {"k": {"n": [1e308, -0.0]}}])
+def test_dumps_json_matches_json_dumps(value: Any) -> None:
+    assert _wire.dumps_json(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def test_dumps_json_refusals() -> None:
+    with pytest.raises(ValueError, match="Out of range float"):
+        _wire.dumps_json({"a": float("nan")})
+    with pytest.raises(TypeError):
+        _wire.dumps_json({"a": b"x"})
+    loop: list[Any] = []
+    loop.append(loop)
+    with pytest.raises(ValueError, match="Circular reference"):
+        _wire.dumps_json(loop)
+
+
+@pytest.mark.parametrize("text", [b"", b" ", b'{"a":1} x', b'{"a":1}{}', b"[1,]"])
+def test_loads_json_malformed(text: bytes) -> None:
+    with pytest.raises(ParseError, match="malformed JSON"):
+        _wire.loads_json(text)
+    with pytest.raises(ParseError, match="malformed JSON"):
+        _wire.loads_json_model(text)
+    assert _wire.loads_json(b' {"a" : 1} \n') == {"a": 1}

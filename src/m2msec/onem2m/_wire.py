@@ -17,6 +17,7 @@ import json
 import math
 import re
 from enum import IntEnum
+from collections.abc import Callable
 from typing import Any, Mapping, TypeVar
 
 import cbor2
@@ -306,6 +307,45 @@ def _finite_float(text: str) -> float:
 _DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
 _MODEL_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constant, parse_float=_finite_float)
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_WHITESPACE = json.decoder.WHITESPACE.match
+
+
+def _decode(decoder: json.JSONDecoder, text: str) -> Any:
+    """``decoder.decode(text)`` without its two Python-level wrapper calls (same errors)."""
+    try:
+        value, end = decoder.scan_once(text, _WHITESPACE(text, 0).end())
+    except StopIteration as err:
+        raise json.JSONDecodeError("Expecting value", text, err.value) from None
+    end = _WHITESPACE(text, end).end()
+    if end != len(text):
+        raise json.JSONDecodeError("Extra data", text, end)
+    return value
+
+
+def _make_c_encoder() -> Callable[[Any], Any] | None:
+    """The C one-shot encoder ``_ENCODER.encode`` would build on every call, built once per
+    call here without the Python layers (a fresh ``markers`` dict keeps the circular-reference
+    check); None when this interpreter has no C encoder or it does not behave the same."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+
+    def encode(value: Any) -> Any:
+        return make({}, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",", False, False, False)(value, 0)
+
+    try:
+        sample: Any = {"a": [1, 2.5, True, None, "é\n\""], "b": {}}
+        if "".join(encode(sample)) != _ENCODER.encode(sample):
+            return None
+        encode({"x": float("nan")})
+    except ValueError:
+        return encode  # allow_nan=False is honoured
+    except Exception:  # noqa: BLE001 - any surprise: use the documented API
+        return None
+    return None
+
+
+_C_ENCODE = _make_c_encoder()
 
 
 def loads_json(data: bytes | str) -> Any:
@@ -314,7 +354,7 @@ def loads_json(data: bytes | str) -> Any:
         text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
         if not isinstance(text, str):
             raise TypeError(f"the JSON object must be str, bytes or bytearray, not {type(data).__name__}")
-        return _DECODER.decode(text)
+        return _decode(_DECODER, text)
     except ParseError:
         raise
     except (ValueError, UnicodeDecodeError) as exc:
@@ -337,9 +377,9 @@ def loads_json_model(data: bytes | str) -> tuple[Any, bool]:
         if not isinstance(text, str):
             raise TypeError(f"the JSON object must be str, bytes or bytearray, not {type(data).__name__}")
         try:
-            value = _MODEL_DECODER.decode(text)
+            value = _decode(_MODEL_DECODER, text)
         except _NonFinite:
-            return _DECODER.decode(text), False  # let the full check name the member
+            return _decode(_DECODER, text), False  # let the full check name the member
     except ParseError:
         raise
     except (ValueError, UnicodeDecodeError) as exc:
@@ -350,6 +390,8 @@ def loads_json_model(data: bytes | str) -> tuple[Any, bool]:
 
 
 def dumps_json(value: Any) -> bytes:
+    if _C_ENCODE is not None:
+        return "".join(_C_ENCODE(value)).encode("utf-8")
     return _ENCODER.encode(value).encode("utf-8")
 
 
