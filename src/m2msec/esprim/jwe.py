@@ -30,7 +30,7 @@ import functools
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -149,9 +149,8 @@ def _cipher(enc: str, key: bytes | ContentCipher) -> ContentCipher:
     return ContentCipher(enc, key)
 
 
-@dataclass(frozen=True, slots=True)
-class ParsedESPrimObject:
-    """An ESPrim Object split and its header validated, not yet decrypted."""
+class ParsedESPrimObject(NamedTuple):
+    """An ESPrim Object split and its header validated, not yet decrypted (immutable)."""
 
     header: ESPrimHeader
     protected_b64: str

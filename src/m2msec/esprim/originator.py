@@ -41,6 +41,7 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum
+from typing import NamedTuple
 
 from m2msec import keys as m2mkeys
 from m2msec.errors import ParseError
@@ -184,9 +185,8 @@ class RandObjectNeeded:
         return RequestPrimitive.notify_security_info(to=to, fr=fr, seci=SecurityInfo.rand_object_request(), rqi=rqi, ot=ot)
 
 
-@dataclass(frozen=True)
-class PendingResponse:
-    """A protected request waiting for its response (C.11a)."""
+class PendingResponse(NamedTuple):
+    """A protected request waiting for its response (C.11a); immutable."""
 
     ref: SessionRef
     inner_rqi: str

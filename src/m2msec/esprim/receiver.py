@@ -128,6 +128,14 @@ class ResponseContext:
     expires_at: datetime
     _content_key: bytes | jwe.ContentCipher = field(compare=False)
 
+    @classmethod
+    def _make(cls, **values: Any) -> ResponseContext:
+        """An instance from values the Receiver has just established, without re-running the
+        frozen-dataclass ``__init__`` field by field (same fields, same result)."""
+        obj = object.__new__(cls)
+        obj.__dict__.update(values)
+        return obj
+
     def __repr__(self) -> str:
         return (
             f"ResponseContext(ref={self.ref!r}, enc={self.enc!r}, media={self.media!r}, inner_rqi={self.inner_rqi!r}, "
@@ -319,7 +327,7 @@ class Receiver:
             self._state.put_session(ref, session)
         media = media_of(h.cty, "preq")
         assert media is not None
-        ctx = ResponseContext(
+        ctx = ResponseContext._make(
             ref=ref, enc=h.enc, media=media, inner_rqi=inner.rqi, peer_id=key.peer_id,
             outer_from=outer_from, expires_at=session.expires_at, _content_key=content_key,
         )
