@@ -39,7 +39,6 @@ established engine always comes from this handshake's callbacks.
 from __future__ import annotations
 
 import enum
-import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,6 +85,10 @@ _SSL_AD_UNRECOGNIZED_NAME = 112
 _SNI_CB_TYPE = "int (*)(SSL *, int *, void *)"
 _VERIFY_CB_TYPE = "int (*)(int, X509_STORE_CTX *)"
 _RECORD_PLAINTEXT_MAX = 16384  # one SSL_read returns at most one record's plaintext (RFC 5246 6.2.1)
+_SSL_ERROR_WANT_READ: int = _lib.SSL_ERROR_WANT_READ
+_SSL_STORE_CTX_IDX: int = _lib.SSL_get_ex_data_X509_STORE_CTX_idx()  # a process-wide constant index
+# buffers that OpenSSL fills before Python reads them need no zeroing
+_new_uncleared = _ffi.new_allocator(should_clear_after_alloc=False)
 
 
 class Role(str, enum.Enum):
@@ -98,6 +101,12 @@ class TLSState(str, enum.Enum):
     ESTABLISHED = "ESTABLISHED"
     CLOSED = "CLOSED"
     FAILED = "FAILED"
+
+
+_HANDSHAKING = TLSState.HANDSHAKING
+_ESTABLISHED = TLSState.ESTABLISHED
+_CLOSED = TLSState.CLOSED
+_FAILED = TLSState.FAILED
 
 
 class TLSFailureReason(str, enum.Enum):
@@ -311,6 +320,7 @@ class TLSContext:
             raise ValueError("a client offers one PSK (psk), not psk_lookup")
         self.suites = list(config.cipher_suites) if config.cipher_suites else profiles.suites_for(config.transport, modes)
         self._keepalive: list[Any] = []
+        self._authoritative = bool(config.verify_peer_authoritative and config.verify_peer is not None)
         self._by_credentials: dict[int, tuple[CertCredentials, SSL.Context]] = {}
         self.ssl_context = self._build(config.credentials)
         if config.credentials is not None:
@@ -415,11 +425,10 @@ class TLSContext:
     def _verify_callback(self, ok: int, store_ctx: Any) -> int:
         rec = None
         try:
-            ssl = _lib.X509_STORE_CTX_get_ex_data(store_ctx, _lib.SSL_get_ex_data_X509_STORE_CTX_idx())
-            rec = record_for_ssl(ssl)
-            depth = _lib.X509_STORE_CTX_get_error_depth(store_ctx)
-            if self.config.verify_peer_authoritative and self.config.verify_peer is not None:
+            rec = record_for_ssl(_lib.X509_STORE_CTX_get_ex_data(store_ctx, _SSL_STORE_CTX_IDX))
+            if self._authoritative:
                 return self._authoritative_verify(store_ctx, rec)
+            depth = _lib.X509_STORE_CTX_get_error_depth(store_ctx)
             if not ok:
                 err = _lib.X509_STORE_CTX_get_error(store_ctx)
                 text = _ffi.string(_lib.X509_verify_cert_error_string(err)).decode()
@@ -524,23 +533,31 @@ class TLSEngine:
         self.role = cfg.role
         self.transport = cfg.transport
         self.callback_record = CallbackRecord()
-        self._conn = SSL.Connection(context.ssl_context, None)
-        self._conn.set_app_data(self)
-        self.state = TLSState.HANDSHAKING
+        conn = self._conn = SSL.Connection(context.ssl_context, None)
+        # the callbacks find the record through the Connection; giving them the record (not
+        # the engine) avoids an engine <-> Connection cycle, so SSL_free runs as soon as the
+        # engine is dropped instead of at the next garbage collection
+        conn.set_app_data(self.callback_record)
+        self._ssl = conn._ssl
+        self._into_ssl = conn._into_ssl
+        self._from_ssl = conn._from_ssl
+        self._dtls = self.transport is Transport.DTLS
+        self._mtu = cfg.mtu
+        self.state = _HANDSHAKING
         self.failure: TLSHandshakeError | None = None
         self._app_in: list[bytes] = []
         self._rbuf: Any = None  # cffi read buffer, allocated on first application-data read
         self._started = False
         self.handshake_complete = False
         self._client_sni = server_name if server_name is not None else cfg.server_name
-        if self.transport is Transport.DTLS:
-            self._conn.set_ciphertext_mtu(cfg.mtu)
+        if self._dtls:
+            _lib.SSL_set_mtu(self._ssl, cfg.mtu)  # Connection.set_ciphertext_mtu
         if self.role is Role.CLIENT:
             if self._client_sni:
-                self._conn.set_tlsext_host_name(self._client_sni.encode("idna"))
-            self._conn.set_connect_state()
+                conn.set_tlsext_host_name(self._client_sni.encode("idna"))
+            _lib.SSL_set_connect_state(self._ssl)  # Connection.set_connect_state
         else:
-            self._conn.set_accept_state()
+            _lib.SSL_set_accept_state(self._ssl)
 
     def __repr__(self) -> str:
         return (f"TLSEngine(role={self.role.value}, transport={self.transport.value}, state={self.state.value}, "
@@ -549,28 +566,32 @@ class TLSEngine:
     # -- handshake ----------------------------------------------------------
     @property
     def established(self) -> bool:
-        return self.state is TLSState.ESTABLISHED
+        return self.state is _ESTABLISHED
 
     def do_handshake(self) -> TLSState:
         """Advance the handshake as far as the received data allows."""
         self._started = True
-        if self.state is TLSState.HANDSHAKING:
-            # SSL_do_handshake directly: "want read" is the common outcome and needs no exception
-            ssl = self._conn._ssl
-            rc = _lib.SSL_do_handshake(ssl)
-            if rc <= 0:
-                if _lib.SSL_get_error(ssl, rc) == _lib.SSL_ERROR_WANT_READ:
-                    return self.state
-                try:
-                    self._conn._raise_ssl_error(ssl, rc)  # pyOpenSSL's exception for this failure
-                except SSL.WantReadError:
-                    return self.state
-                except (SSL.Error, SSL.SysCallError) as exc:
-                    raise self._fail(exc) from self._cause()
-                raise self._fail(None, TLSFailureReason.HANDSHAKE_FAILURE, f"SSL_do_handshake returned {rc}")
-            self.state = TLSState.ESTABLISHED
-            self.handshake_complete = True
+        if self.state is _HANDSHAKING:
+            self._handshake_step()
         return self.state
+
+    def _handshake_step(self) -> None:
+        # SSL_do_handshake directly: "want read" is the common outcome and needs no exception
+        ssl = self._ssl
+        rc = _lib.SSL_do_handshake(ssl)
+        if rc > 0:
+            self.state = _ESTABLISHED
+            self.handshake_complete = True
+            return
+        if _lib.SSL_get_error(ssl, rc) == _SSL_ERROR_WANT_READ:
+            return
+        try:
+            self._conn._raise_ssl_error(ssl, rc)  # pyOpenSSL's exception for this failure
+        except SSL.WantReadError:
+            return
+        except (SSL.Error, SSL.SysCallError) as exc:
+            raise self._fail(exc) from self._cause()
+        raise self._fail(None, TLSFailureReason.HANDSHAKE_FAILURE, f"SSL_do_handshake returned {rc}")
 
     def _cause(self) -> BaseException | None:
         return self.callback_record.failure_cause
@@ -588,12 +609,12 @@ class TLSEngine:
                 if any(n in joined for n in needles):
                     reason = r
                     break
-            if reason is TLSFailureReason.BAD_RECORD_MAC and self.state is TLSState.HANDSHAKING and \
+            if reason is TLSFailureReason.BAD_RECORD_MAC and self.state is _HANDSHAKING and \
                     AuthMode.PSK in self.context.config.modes and self._negotiated_psk():
                 reason = TLSFailureReason.PSK_MISMATCH
             detail = joined
         err = TLSHandshakeError(reason, detail)
-        if self.state is TLSState.HANDSHAKING:
+        if self.state is _HANDSHAKING:
             self.state = TLSState.FAILED
             self.failure = err
         return err
@@ -610,38 +631,46 @@ class TLSEngine:
         :class:`TLSHandshakeError` when the handshake fails (the alert for the
         peer is then waiting in ``data_to_send``/``datagrams_to_send``).
         """
-        if self.state in (TLSState.FAILED,):
+        state = self.state
+        if state is _FAILED:
             raise self.failure or TLSError("engine failed")
-        if self.state is TLSState.CLOSED or not data:
-            if not data and self.transport is Transport.TLS and self.state is not TLSState.CLOSED:
+        if state is _CLOSED or not data:
+            if not data and not self._dtls and state is not _CLOSED:
                 self._eof()
             return
-        self._conn.bio_write(bytes(data))
-        self._pump()
+        if type(data) is not bytes:
+            data = bytes(data)
+        n = _lib.BIO_write(self._into_ssl, data, len(data))  # Connection.bio_write without its checks
+        if n <= 0:
+            self._conn._handle_bio_errors(self._into_ssl, n)  # raises what Connection.bio_write raises
+        if state is _HANDSHAKING:
+            if self.role is Role.SERVER or self._started:
+                self._handshake_step()
+            if self.state is not _ESTABLISHED:
+                return
+        self._read_records()
 
     def _eof(self) -> None:
-        if self.state is TLSState.HANDSHAKING:
+        if self.state is _HANDSHAKING:
             raise self._fail(None, TLSFailureReason.CONNECTION_CLOSED, "transport closed during the handshake")
-        self.state = TLSState.CLOSED
+        self.state = _CLOSED
 
-    def _pump(self) -> None:
-        if self.state is TLSState.HANDSHAKING:
-            if self.role is Role.SERVER or self._started:
-                self.do_handshake()
-            if self.state is not TLSState.ESTABLISHED:
-                return
-        while self.state is TLSState.ESTABLISHED:
-            if (self.transport is Transport.TLS and _lib.SSL_pending(self._conn._ssl) <= 0
-                    and _lib.BIO_get_mem_data(self._conn._into_ssl, _ffi.NULL) <= 0):
+    def _read_records(self) -> None:
+        """Decrypt what is buffered into ``_app_in`` (state ESTABLISHED)."""
+        ssl = self._ssl
+        dtls = self._dtls
+        while self.state is _ESTABLISHED:
+            if (not dtls and _lib.SSL_pending(ssl) <= 0
+                    and _lib.BIO_get_mem_data(self._into_ssl, _ffi.NULL) <= 0):
                 return  # nothing buffered: skip a recv that could only raise WantReadError
-            ssl = self._conn._ssl
-            if self._rbuf is None:
-                self._rbuf = _ffi.new("char[]", _RECORD_PLAINTEXT_MAX)
-            rc = _lib.SSL_read(ssl, self._rbuf, _RECORD_PLAINTEXT_MAX)
+            rbuf = self._rbuf
+            if rbuf is None:
+                rbuf = self._rbuf = _new_uncleared("char[]", _RECORD_PLAINTEXT_MAX)
+            rc = _lib.SSL_read(ssl, rbuf, _RECORD_PLAINTEXT_MAX)
             if rc > 0:
-                self._app_in.append(_ffi.buffer(self._rbuf, rc)[:])
+                self._app_in.append(_ffi.buffer(rbuf, rc)[:])
                 continue
-            if _lib.SSL_get_error(ssl, rc) == _lib.SSL_ERROR_WANT_READ:
+            if _lib.SSL_get_error(ssl, rc) == _SSL_ERROR_WANT_READ:
                 return
             try:
                 self._conn._raise_ssl_error(ssl, rc)  # ZeroReturnError, record-layer errors ...
@@ -649,23 +678,23 @@ class TLSEngine:
             except SSL.WantReadError:
                 return
             except SSL.ZeroReturnError:
-                self.state = TLSState.CLOSED
+                self.state = _CLOSED
                 try:
                     self._conn.shutdown()
                 except SSL.Error:
                     pass
                 return
             except (SSL.Error, SSL.SysCallError) as exc:
-                self.state = TLSState.FAILED
+                self.state = _FAILED
                 raise TLSError(f"TLS record layer failure: {'; '.join(_error_strings(exc))}") from None
 
     def data_to_send(self) -> bytes:
         """All bytes the engine wants sent to the peer (TLS byte stream)."""
-        bio = self._conn._from_ssl
+        bio = self._from_ssl
         pending = _lib.BIO_get_mem_data(bio, _ffi.NULL)  # bytes waiting in the memory BIO
         if pending <= 0:
             return b""
-        buf = _ffi.new("char[]", pending)
+        buf = _new_uncleared("char[]", pending)
         n = _lib.BIO_read(bio, buf, pending)
         return _ffi.buffer(buf, n)[:] if n > 0 else b""
 
@@ -677,24 +706,21 @@ class TLSEngine:
         OpenSSL already fragments handshake messages to the configured MTU.
         """
         raw = self.data_to_send()
-        mtu = self.context.config.mtu
-        if len(raw) <= mtu:
+        mtu = self._mtu
+        size = len(raw)
+        if size <= mtu:
             return [raw] if raw else []  # whole records that fit one datagram: nothing to split
         datagrams: list[bytes] = []
-        cur = bytearray()
-        pos = 0
-        while pos < len(raw):
-            if len(raw) - pos < 13:
+        start = pos = 0  # the current datagram is raw[start:pos]
+        while pos < size:
+            if size - pos < 13:
                 raise TLSError("truncated DTLS record in OpenSSL output")
-            (length,) = struct.unpack_from("!H", raw, pos + 11)
-            rec = raw[pos : pos + 13 + length]
-            pos += 13 + length
-            if cur and len(cur) + len(rec) > mtu:
-                datagrams.append(bytes(cur))
-                cur = bytearray()
-            cur += rec
-        if cur:
-            datagrams.append(bytes(cur))
+            end = pos + 13 + ((raw[pos + 11] << 8) | raw[pos + 12])
+            if end - start > mtu and pos > start:
+                datagrams.append(raw[start:pos])
+                start = pos
+            pos = end
+        datagrams.append(raw[start:pos])
         return datagrams
 
     # -- DTLS timers ----------------------------------------------------------
@@ -706,7 +732,7 @@ class TLSEngine:
 
     def handle_timeout(self) -> bool:
         """DTLS: retransmit the last flight if the timer expired (True if it did)."""
-        if self.transport is not Transport.DTLS or self.state is not TLSState.HANDSHAKING:
+        if self.transport is not Transport.DTLS or self.state is not _HANDSHAKING:
             return False
         try:
             return self._conn.DTLSv1_handle_timeout()
@@ -715,7 +741,7 @@ class TLSEngine:
 
     # -- application data -------------------------------------------------
     def send_application_data(self, data: bytes) -> None:
-        if self.state is not TLSState.ESTABLISHED:
+        if self.state is not _ESTABLISHED:
             raise TLSError(f"cannot send application data in state {self.state.value}")
         view = memoryview(bytes(data))
         step = self._conn.get_cleartext_mtu() if self.transport is Transport.DTLS else 16384
@@ -738,21 +764,29 @@ class TLSEngine:
 
     def close(self) -> None:
         """Send close_notify (collect it with ``data_to_send``) and mark the engine CLOSED."""
-        if self.state is TLSState.ESTABLISHED:
+        if self.state is _ESTABLISHED:
             try:
                 self._conn.shutdown()
             except (SSL.Error, SSL.SysCallError):
                 pass
-        if self.state is not TLSState.FAILED:
+        if self.state is not _FAILED:
             self.state = TLSState.CLOSED
 
     # -- session facts -----------------------------------------------------
     def export_keying_material(self, label: str, length: int = profiles.EXPORTER_LENGTH,
                                context: bytes | None = None) -> bytes:
         """RFC 5705 exporter (TS-0003 10.3.1); still available after close_notify."""
-        if not self.handshake_complete or self.state is TLSState.FAILED:
+        if not self.handshake_complete or self.state is _FAILED:
             raise TLSError(f"keying material export needs an established session (state {self.state.value})")
-        return self._conn.export_keying_material(label.encode("ascii"), length, context)
+        lab = label.encode("ascii")
+        out = _new_uncleared("unsigned char[]", length)
+        if context is None:
+            rc = _lib.SSL_export_keying_material(self._ssl, out, length, lab, len(lab), _ffi.NULL, 0, 0)
+        else:
+            rc = _lib.SSL_export_keying_material(self._ssl, out, length, lab, len(lab), context, len(context), 1)
+        if rc != 1:  # let pyOpenSSL raise exactly what it raises for this failure
+            return self._conn.export_keying_material(lab, length, context)
+        return _ffi.buffer(out, length)[:]
 
     def export_onem2m_key(self, label: str) -> tuple[bytes, bytes]:
         """``(key, key_id)`` from a 48-byte export (``m2msec.keys.split_exported``, TS-0003 10.3.1)."""
@@ -814,6 +848,6 @@ class TLSEngine:
 
     @property
     def protocol_version(self) -> str | None:
-        if self.state is TLSState.HANDSHAKING:
+        if self.state is _HANDSHAKING:
             return None
         return self._conn.get_protocol_version_name()
