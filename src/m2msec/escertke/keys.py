@@ -129,19 +129,20 @@ class ESCertKEKeys:
 
     def add(self, result: ESCertKEResult) -> None:
         """Cache ``result`` (replacing the peer's previous key)."""
+        kid = result.kid
         if self._store is not None:
-            self._store.provision(result.kid, result.key, peer_id=result.peer_id, suid=SUID.CERTIFICATE_ESPRIM,
+            self._store.provision(kid, result.key, peer_id=result.peer_id, suid=SUID.CERTIFICATE_ESPRIM,
                                   expires_at=result.expires_at)
-        entry = ResolvedKey(kid=result.kid, key=result.key, algorithms=self._algorithms(len(result.key)),
+        entry = ResolvedKey(kid=kid, key=result.key, algorithms=self._algorithms(len(result.key)),
                             suid=self.esdata_suid)
         with self._lock:
             old = self._by_peer.get(result.peer_id)
-            if old is not None and old != result.kid:
+            if old is not None and old != kid:
                 self._by_kid.pop(old, None)
                 self._esdata.pop(old, None)
-            self._by_kid[result.kid] = result
-            self._by_peer[result.peer_id] = result.kid
-            self._esdata[result.kid] = entry
+            self._by_kid[kid] = result
+            self._by_peer[result.peer_id] = kid
+            self._esdata[kid] = entry
 
     def for_peer(self, peer_id: str) -> ESCertKEResult | None:
         with self._lock:

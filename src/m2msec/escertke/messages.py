@@ -57,20 +57,43 @@ def split_records(data: bytes) -> list[tuple[int, bytes]] | None:
     return out or None
 
 
+def _first_record(data: bytes) -> tuple[int, int] | None:
+    """``(content_type, fragment_length)`` of the first record if ``data`` is whole TLS 1.x
+    records (the checks of :func:`split_records`, without copying any fragment), else None."""
+    size = len(data)
+    if size < 5:
+        return None
+    first = (data[0], (data[3] << 8) | data[4])
+    pos = 0
+    try:
+        while pos < size:
+            length = (data[pos + 3] << 8) | data[pos + 4]  # IndexError: truncated header
+            if data[pos + 1] != 3 or data[pos] not in _RECORD_TYPES or not 0 < length <= 18432:
+                return None
+            pos += 5 + length
+    except IndexError:
+        return None
+    return first if pos == size else None  # pos > size: the last fragment is truncated
+
+
+_RECORD_TYPES = frozenset((CHANGE_CIPHER_SPEC, ALERT, HANDSHAKE))
+_KIND_BY_HANDSHAKE_TYPE = {_HS_CLIENT_HELLO: 1, _HS_SERVER_HELLO: 2, _HS_CERTIFICATE: 3, _HS_CLIENT_KEY_EXCHANGE: 3}
+
+
 def classify(data: bytes) -> int | None:
     """Which ESCertKE Message (1-4) ``data`` claims to be, from its first record; None if
     it is not whole TLS records starting like any of them."""
     if not data or len(data) > MAX_MESSAGE_SIZE:
         return None
-    records = split_records(data)
-    if records is None:
+    first = _first_record(data)
+    if first is None:
         return None
-    ctype, frag = records[0]
+    ctype = first[0]
     if ctype == CHANGE_CIPHER_SPEC:
         return 4
-    if ctype != HANDSHAKE or not frag:
+    if ctype != HANDSHAKE:
         return None
-    return {_HS_CLIENT_HELLO: 1, _HS_SERVER_HELLO: 2, _HS_CERTIFICATE: 3, _HS_CLIENT_KEY_EXCHANGE: 3}.get(frag[0])
+    return _KIND_BY_HANDSHAKE_TYPE.get(data[5])
 
 
 def first_kind(data: bytes) -> int | None:
@@ -82,16 +105,15 @@ def first_kind(data: bytes) -> int | None:
         return 4
     if data[0] != HANDSHAKE:
         return None
-    return {_HS_CLIENT_HELLO: 1, _HS_SERVER_HELLO: 2, _HS_CERTIFICATE: 3, _HS_CLIENT_KEY_EXCHANGE: 3}.get(data[5])
+    return _KIND_BY_HANDSHAKE_TYPE.get(data[5])
 
 
 def client_hello_random(data: bytes) -> bytes | None:
     """The 32-octet ClientHello.random of a Message 1 (used to refuse replays)."""
-    records = split_records(data)
-    if not records or records[0][0] != HANDSHAKE:
+    first = _first_record(data)
+    if first is None or first[0] != HANDSHAKE:
         return None
-    frag = records[0][1]
-    # msg_type(1) length(3) client_version(2) random(32)
-    if len(frag) < 38 or frag[0] != _HS_CLIENT_HELLO:
+    # record header(5), then msg_type(1) length(3) client_version(2) random(32)
+    if first[1] < 38 or data[5] != _HS_CLIENT_HELLO:
         return None
-    return frag[6:38]
+    return bytes(data[11:43])

@@ -164,7 +164,7 @@ class _CachedVerify:
 
     def verify_der_chain(self, der_chain: tuple[bytes, ...],
                          load_chain: Callable[[], list[x509.Certificate]]) -> Any:
-        key = tuple(der_chain)
+        key = der_chain if type(der_chain) is tuple else tuple(der_chain)
         with self._lock:
             hit = self._ok.get(key)
         if hit is not None:
@@ -180,6 +180,22 @@ class _CachedVerify:
             while len(self._ok) > self._size:
                 self._ok.popitem(last=False)
         return result
+
+
+_BY_IDENTITY_MAX = 256
+
+
+def _context_by_identity(by_id: dict[int, tuple[Any, TLSContext]], key: Any) -> TLSContext | None:
+    """The context last found for this very ``key`` object (a frozen, so unchanged, peer
+    configuration) without hashing it: hashing its trust anchors walks their ASN.1."""
+    hit = by_id.get(id(key))
+    return hit[1] if hit is not None and hit[0] is key else None
+
+
+def _remember_identity(by_id: dict[int, tuple[Any, TLSContext]], key: Any, ctx: TLSContext) -> None:
+    if len(by_id) >= _BY_IDENTITY_MAX:  # callers building a new equal object per call: stay bounded
+        by_id.clear()
+    by_id[id(key)] = (key, ctx)  # the entry holds ``key``, so its id cannot be reused meanwhile
 
 
 def _tls_context(role: Role, credentials: CertCredentials, peer: PeerCertInfo,
@@ -287,6 +303,7 @@ class InitiatingEndPoint:
         self.clock = clock
         self.keys = keys if keys is not None else ESCertKEKeys(clock=clock)
         self._contexts: dict[TerminatorInfo, TLSContext] = {}
+        self._contexts_by_id: dict[int, tuple[Any, TLSContext]] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -295,10 +312,14 @@ class InitiatingEndPoint:
     def initiate(self, target: TerminatorInfo) -> Initiator:
         """Step B command: a new procedure with ``target`` (call ``message_1()`` next)."""
         with self._lock:
-            ctx = self._contexts.get(target)
+            ctx = _context_by_identity(self._contexts_by_id, target)
             if ctx is None:
-                ctx = _tls_context(Role.CLIENT, self.credentials, target.cert_info, target.trust_anchors, self.clock)
-                self._contexts[target] = ctx
+                ctx = self._contexts.get(target)
+                if ctx is None:
+                    ctx = _tls_context(Role.CLIENT, self.credentials, target.cert_info, target.trust_anchors,
+                                       self.clock)
+                    self._contexts[target] = ctx
+                _remember_identity(self._contexts_by_id, target, ctx)
         return Initiator(ctx, target, clock=self.clock, keys=self.keys)
 
 
@@ -332,6 +353,7 @@ class TerminatingEndPoint:
         self.max_procedures = max_procedures
         self._initiators: dict[str, InitiatorInfo] = {}
         self._contexts: dict[InitiatorInfo, TLSContext] = {}
+        self._contexts_by_id: dict[int, tuple[Any, TLSContext]] = {}
         self._procedures: OrderedDict[str, _Procedure] = OrderedDict()
         self._seen: OrderedDict[bytes, datetime] = OrderedDict()  # ClientHello.random -> until
         self._lock = threading.Lock()
@@ -373,10 +395,13 @@ class TerminatingEndPoint:
             del self._seen[first]
 
     def _context(self, info: InitiatorInfo) -> TLSContext:
-        ctx = self._contexts.get(info)
+        ctx = _context_by_identity(self._contexts_by_id, info)
         if ctx is None:
-            ctx = _tls_context(Role.SERVER, self.credentials, info.cert_info, info.trust_anchors, self.clock)
-            self._contexts[info] = ctx
+            ctx = self._contexts.get(info)
+            if ctx is None:
+                ctx = _tls_context(Role.SERVER, self.credentials, info.cert_info, info.trust_anchors, self.clock)
+                self._contexts[info] = ctx
+            _remember_identity(self._contexts_by_id, info, ctx)
         return ctx
 
     def handle(self, originator: str | None, message: bytes) -> bytes:
