@@ -113,9 +113,12 @@ def encode_inner(primitive: RequestPrimitive | ResponsePrimitive, media: str) ->
     raise EncryptionError(f"unsupported inner primitive serialization {media!r}")
 
 
-def decode_inner_request(data: bytes, cty: str | None) -> RequestPrimitive:
-    """The verified plaintext as an inner request primitive; any failure is ESPRIM_DECRYPTION_ERROR."""
-    media = media_of(cty, "preq")
+def decode_inner_request(data: bytes, cty: str | None, media: str | None = None) -> RequestPrimitive:
+    """The verified plaintext as an inner request primitive; any failure is ESPRIM_DECRYPTION_ERROR.
+
+    ``media``: ``media_of(cty, "preq")`` when the caller has it already."""
+    if media is None:
+        media = media_of(cty, "preq")
     if media is None:
         raise DecryptionError(f"inner primitive media type {cty!r} is not a supported request serialization")
     try:

@@ -38,8 +38,8 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from enum import Enum
 from typing import NamedTuple
 
@@ -111,6 +111,8 @@ class OriginatorPolicy:
         if self.max_seals < 1 or self.rand_lifetime <= timedelta(0):
             raise ValueError("max_seals and rand_lifetime must be positive")
 
+
+_REQUEST_CTY = {MEDIA_JSON: cty_for("preq", MEDIA_JSON), MEDIA_CBOR: cty_for("preq", MEDIA_CBOR)}
 
 class OriginatorSession:
     """One sessionESPrimKey at the Originator (B.2g/B.2h) with its use counters."""
@@ -202,12 +204,6 @@ class ErrorAdvice(Enum):
     ABORT = "abort"  # 4111, 4115, 4116, 5210, 5211 and others: report to the application
 
 
-@dataclass(slots=True)
-class _Outstanding:
-    pending: PendingResponse
-    expires_at: datetime = field(compare=False)
-
-
 class Originator:
     """ESPrim Originator state machine; I/O-free, clock injected.
 
@@ -222,13 +218,16 @@ class Originator:
         self._sessions: dict[str, OriginatorSession] = {}  # current session per kid
         self._by_ref: dict[SessionRef, OriginatorSession] = {}
         self._next_rro: dict[str, ReceiverESPrimRandObject] = {}  # from in-band rro, per kid
-        self._outstanding: dict[str, _Outstanding] = {}
+        self._outstanding: dict[str, tuple[PendingResponse, datetime]] = {}  # token -> (pending, session expiry)
         # Pending-response tokens: unique per Originator (a random prefix and a counter).
         self._token_prefix = secrets.token_hex(8) + "-"
         self._token_counter = itertools.count()
 
     def _now(self) -> datetime:
-        return ensure_utc(self._clock(), what="clock()")
+        now = self._clock()
+        if type(now) is datetime and now.tzinfo is timezone.utc:  # the usual clock: nothing to convert
+            return now
+        return ensure_utc(now, what="clock()")
 
     # ------------------------------------------------------------------ phase B
     def supports_esprim(self, esi: E2ESecInfo, key: PairwiseKey | None = None) -> bool:
@@ -356,7 +355,7 @@ class Originator:
 
     def _purge(self, now: datetime) -> None:
         self._by_ref = {r: s for r, s in self._by_ref.items() if s.expires_at > now}
-        self._outstanding = {t: o for t, o in self._outstanding.items() if o.expires_at > now}
+        self._outstanding = {t: o for t, o in self._outstanding.items() if o[1] > now}
 
     # ------------------------------------------------------------------ phase C
     def protect_request(
@@ -372,18 +371,19 @@ class Originator:
         policy's JSON/CBOR request media type).
         """
         now = self._now()
+        policy = self.policy
         if session.retired:
             raise SessionRetired("session retired: establish a new originatorESPrimRandObject")
-        if not session.usable(now, self.policy.min_remaining):
+        if not session.usable(now, policy.min_remaining):
             raise SessionExpired(f"session {session.ref.ori!r}/{session.ref.rri!r} has expired or expires too soon")
-        if session.seals >= self.policy.max_seals:
+        if session.seals >= policy.max_seals:
             session.retired = True
             raise SessionRetired("session key reached its AES-GCM invocation bound; a new session is needed")
-        media = self.policy.media
+        media = policy.media
         if isinstance(inner, RequestPrimitive):
             plaintext = encode_inner(inner, media)
             inner_rqi = inner.rqi
-            cty = cty_for("preq", media)
+            cty = _REQUEST_CTY[media]
         elif isinstance(inner, (bytes, bytearray)):
             plaintext = bytes(inner)
             try:
@@ -400,8 +400,8 @@ class Originator:
         elif session.announce is not None:
             oro = announced = session.announce
         ref = session.ref
-        if oro is None:  # the steady state: a per-session constant header
-            protected = jwe.plain_protected_b64(session.enc, ref.kid, cty, ref.ori, ref.rri)
+        if oro is None:  # the steady state: a per-session constant header (enc: one of ours)
+            protected = jwe._plain_protected_b64(session.enc, ref.kid, cty, ref.ori, ref.rri)
         else:
             protected = jwe.ESPrimHeader(
                 enc=session.enc, kid=ref.kid, ori=ref.ori, rri=ref.rri, cty=cty, oro=oro.to_json()
@@ -412,7 +412,7 @@ class Originator:
             ref=ref, inner_rqi=inner_rqi, token=self._token_prefix + str(next(self._token_counter)),
             announced=None if announced is None else announced.rand_id,
         )
-        self._outstanding[pending.token] = _Outstanding(pending, session.expires_at)
+        self._outstanding[pending.token] = (pending, session.expires_at)
         return obj, pending
 
     def open_response(self, esprim_object: str | bytes, pending: PendingResponse) -> ResponsePrimitive:
@@ -421,7 +421,7 @@ class Originator:
         parsed = jwe.parse(esprim_object)
         h = parsed.header
         out = self._outstanding.get(pending.token)
-        if out is None or (out.pending is not pending and out.pending != pending):
+        if out is None or (out[0] is not pending and out[0] != pending):
             raise SessionMismatch("no request is waiting for this response (already answered or never sent)")
         ref = pending.ref
         if h.kid != ref.kid:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from m2msec import keys as m2mkeys
@@ -42,6 +42,8 @@ from m2msec.esprim import jwe
 from m2msec.esprim.common import (
     DEFAULT_MAX_SEALS,
     ESPRIM_SUIDS,
+    MEDIA_CBOR,
+    MEDIA_JSON,
     SHARED_PREFIX,
     UNIQUE_PREFIX,
     SessionRef,
@@ -76,6 +78,7 @@ from m2msec.onem2m.security import (
 )
 from m2msec.onem2m.timestamps import Clock, ensure_utc
 
+_RESPONSE_CTY = {MEDIA_JSON: cty_for("prsp", MEDIA_JSON), MEDIA_CBOR: cty_for("prsp", MEDIA_CBOR)}
 _KEYGEN_VALUES = frozenset(int(v) for v in ESPrimKeyGenAlgID)
 _AEAD_VALUES = frozenset(int(v) for v in ESPrimProtocolAndAlgID)
 
@@ -160,7 +163,10 @@ class Receiver:
         self.policy = policy or ReceiverPolicy()
 
     def _now(self) -> datetime:
-        return ensure_utc(self._clock(), what="clock()")
+        now = self._clock()
+        if type(now) is datetime and now.tzinfo is timezone.utc:  # the usual clock: nothing to convert
+            return now
+        return ensure_utc(now, what="clock()")
 
     # ------------------------------------------------------------------ phase B
     def _new_rand(self, prefix: str, lifetime: timedelta) -> ReceiverESPrimRandObject:
@@ -231,7 +237,7 @@ class Receiver:
 
     def _resolve_key(self, kid: str, now: datetime) -> PairwiseKey:
         key = self._keys.resolve(kid)  # C.6a: UnknownKeyID for unknown or expired
-        if key.kid != kid or key.is_expired(now):
+        if key.kid != kid or (key.expires_at is not None and now >= key.expires_at):
             raise UnknownKeyID(f"pairwiseESPrimKeyID {kid!r} has expired")
         return key
 
@@ -287,6 +293,7 @@ class Receiver:
         h = parsed.header
         key = self._resolve_key(h.kid, now)
         ref = SessionRef(h.kid, h.ori, h.rri)
+        media = media_of(h.cty, "preq")  # None: refused after authentication (DECRYPTION_ERROR)
         first_oro = announced = None
         if h.oro is not None:
             o = self._parse_oro(h.oro)
@@ -313,7 +320,7 @@ class Receiver:
                 raise UnknownOrigRandID(f"oro reuses esprimRandID {announced.rand_id!r} of a different object")
         content_key = session.cipher(pa)  # sessionESPrimKey as cached (C.6b.2.iii), cipher built once
         plaintext = jwe.open_parsed(parsed, content_key)  # C.6c.2: BAD_MAC
-        inner = decode_inner_request(plaintext, h.cty)  # DECRYPTION_ERROR
+        inner = decode_inner_request(plaintext, h.cty, media)  # DECRYPTION_ERROR
         if inner.fr != key.peer_id:  # TS-0004 table 7.6.2-1, TS-0003 7.2.2
             raise ImpersonationError(
                 f"inner request From {inner.fr!r} is not the identity bound to pairwiseESPrimKeyID {h.kid!r}"
@@ -325,7 +332,6 @@ class Receiver:
             self._state.add_originator_rand(h.kid, announced)
         if fresh_session:
             self._state.put_session(ref, session)
-        media = media_of(h.cty, "preq")
         assert media is not None
         ctx = ResponseContext._make(
             ref=ref, enc=h.enc, media=media, inner_rqi=inner.rqi, peer_id=key.peer_id,
@@ -366,11 +372,11 @@ class Receiver:
         if self._state.count_seal(ctx.ref, ctx.expires_at) > self.policy.max_seals:
             raise EncryptionError("the session key reached its AES-GCM invocation bound; a new session is needed")
         ref = ctx.ref
-        cty = cty_for("prsp", ctx.media)
+        cty = _RESPONSE_CTY[ctx.media]
         try:
             key = ctx._content_key
-            if rro is None and isinstance(key, jwe.ContentCipher) and key.enc == ctx.enc:
-                return jwe.seal_protected(jwe.plain_protected_b64(ctx.enc, ref.kid, cty, ref.ori, ref.rri), key, plaintext)
+            if rro is None and type(key) is jwe.ContentCipher and key.enc == ctx.enc:  # enc: parsed and checked
+                return jwe.seal_protected(jwe._plain_protected_b64(ctx.enc, ref.kid, cty, ref.ori, ref.rri), key, plaintext)
             header = jwe.ESPrimHeader(
                 enc=ctx.enc, kid=ref.kid, ori=ref.ori, rri=ref.rri, cty=cty, rro=None if rro is None else rro.to_json()
             )

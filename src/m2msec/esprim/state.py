@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from m2msec.esprim.common import SessionRef, is_shared_rand_id
@@ -116,7 +116,8 @@ class _SealCounter:
 
     def count(self, ref: SessionRef, expires_at: datetime) -> int:
         with self._lock:
-            n = self._counts.get(ref, (0, expires_at))[0] + 1
+            prev = self._counts.get(ref)
+            n = 1 if prev is None else prev[0] + 1
             self._counts[ref] = (n, expires_at)
             self._ops += 1
             if self._ops % 1024 == 0:
@@ -138,7 +139,10 @@ class MemoryReceiverState:
         self._seals = _SealCounter(clock)
 
     def _now(self) -> datetime:
-        return ensure_utc(self._clock(), what="clock()")
+        now = self._clock()
+        if type(now) is datetime and now.tzinfo is timezone.utc:  # the usual clock: nothing to convert
+            return now
+        return ensure_utc(now, what="clock()")
 
     def purge_expired(self) -> int:
         now = self._now()
@@ -190,8 +194,7 @@ class MemoryReceiverState:
             return obj
 
     def get_session(self, ref: SessionRef) -> CachedSession | None:
-        with self._lock:
-            s = self._sessions.get(ref)
+        s = self._sessions.get(ref)  # one dict read is atomic: no lock, no copy
         return s if s is not None and s.expires_at > self._now() else None
 
     def put_session(self, ref: SessionRef, session: CachedSession) -> None:
