@@ -12,10 +12,13 @@ Enrolment-Token) and an append-only audit trail.
     with store.transaction() as tx:
         tok = tx.take_record("mef.token", token_id)
         tx.append_audit("mef", "enrol", key_id, "ok")
+    # many concurrent audit-only appends, one commit per batch (group commit):
+    AuditBatcher(store).append("maf", "key_retrieval", client_id, "ok", {"relativeKeyID": rel})
 """
 
 from __future__ import annotations
 
+from m2msec.store.audit import AuditBatcher, AuditCommitError
 from m2msec.store.errors import (
     DecryptionFailure,
     DuplicateError,
@@ -39,6 +42,8 @@ from m2msec.store.store import (
 
 __all__ = [
     "UNCHANGED",
+    "AuditBatcher",
+    "AuditCommitError",
     "AuditEntry",
     "Clock",
     "Credential",

@@ -200,7 +200,13 @@ class SQLiteBackend(Backend):
         return None if dt is None else dt.astimezone(UTC).strftime(_TS_FORMAT)
 
     def ts_out(self, v: Any) -> datetime | None:
-        return None if v is None else datetime.strptime(v, _TS_FORMAT).replace(tzinfo=UTC)
+        # datetime.fromisoformat (C, accepts the trailing "Z" since 3.11) parses every value
+        # ts_in writes exactly as strptime(_TS_FORMAT) would, at a tenth of the cost.
+        if v is None:
+            return None
+        if len(v) == 27 and v[-1] == "Z":
+            return datetime.fromisoformat(v)
+        return datetime.strptime(v, _TS_FORMAT).replace(tzinfo=UTC)
 
     def json_out(self, v: Any) -> Any:
         return json.loads(v)

@@ -44,6 +44,7 @@ from m2msec.store.errors import (
 from m2msec.store.kek import KeyEncryptionKey, blob_kek_id, open_secret, seal_secret
 
 __all__ = [
+    "AuditDraft",
     "AuditEntry",
     "Clock",
     "Credential",
@@ -51,6 +52,7 @@ __all__ = [
     "Store",
     "Transaction",
     "UNCHANGED",
+    "audit_draft",
     "open_store",
 ]
 
@@ -175,6 +177,32 @@ def _matches(doc: Any, where: Mapping[str, Any] | None) -> bool:
     if not isinstance(doc, Mapping):
         return False
     return all(k in doc and _canon(doc[k]) == _canon(v) for k, v in where.items())
+
+
+@dataclass(frozen=True)
+class AuditDraft:
+    """A checked audit record not yet written (see :func:`audit_draft`)."""
+
+    actor: str
+    action: str
+    subject: str
+    outcome: str
+    details: dict[str, Any]
+    text: str
+
+
+def audit_draft(
+    actor: str, action: str, subject: str, outcome: str, details: Mapping[str, Any] | None = None
+) -> AuditDraft:
+    """Check an audit record (strings without NUL, JSON details without bytes) before it is queued/written."""
+    for name, v in (("actor", actor), ("action", action), ("subject", subject), ("outcome", outcome)):
+        if not isinstance(v, str):
+            raise InvalidValue(f"audit {name} must be a string")
+        if "\x00" in v:
+            raise InvalidValue(f"audit {name} must not contain NUL")
+    d = dict(details or {})
+    _no_bytes(d, "audit details")
+    return AuditDraft(actor, action, subject, outcome, d, _json_text(d, "audit details"))
 
 
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
@@ -513,24 +541,20 @@ class _Operations:
         details: Mapping[str, Any] | None = None,
     ) -> AuditEntry:
         """Append an audit record.  ``details`` must be JSON without any bytes value."""
-        for name, v in (("actor", actor), ("action", action), ("subject", subject), ("outcome", outcome)):
-            if not isinstance(v, str):
-                raise InvalidValue(f"audit {name} must be a string")
-            if "\x00" in v:
-                raise InvalidValue(f"audit {name} must not contain NUL")
-        d = dict(details or {})
-        _no_bytes(d, "audit details")
-        text = _json_text(d, "audit details")
-        now = self._now()
+        return self._append_draft(audit_draft(actor, action, subject, outcome, details), self._now())
+
+    def _append_draft(self, draft: AuditDraft, ts: datetime) -> AuditEntry:
         b = self._store._backend
         with self._conn(write=True) as conn:
             row = self._x(
                 conn,
                 "INSERT INTO m2msec_audit (ts, actor, action, subject, outcome, details) "
                 "VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
-                b.ts_in(now), actor, action, subject, outcome, b.json_in(text, d),
+                b.ts_in(ts), draft.actor, draft.action, draft.subject, draft.outcome,
+                b.json_in(draft.text, draft.details),
             ).fetchone()
-        return AuditEntry(int(row[0]), now, actor, action, subject, outcome, json.loads(text))
+        return AuditEntry(int(row[0]), ts, draft.actor, draft.action, draft.subject, draft.outcome,
+                          json.loads(draft.text))
 
     def list_audit(
         self,
@@ -607,15 +631,18 @@ class _Pool:
 class Transaction(_Operations):
     """Operations inside one database transaction (from :meth:`Store.transaction`)."""
 
-    def __init__(self, store: Store, conn: Any) -> None:
+    def __init__(self, store: Store, conn: Any, *, read_only: bool = False) -> None:
         self._store = store
         self._connection = conn
         self._open = True
+        self._read_only = read_only
 
     @contextmanager
     def _conn(self, write: bool) -> Iterator[Any]:
         if not self._open:
             raise StoreError("transaction is finished")
+        if write and self._read_only:
+            raise StoreError("this is a read-only snapshot (Store.snapshot): use Store.transaction to write")
         yield self._connection
 
     def __repr__(self) -> str:
@@ -686,6 +713,24 @@ class Store(_Operations):
         """Group operations atomically: commit at the end of the block, roll back on exception."""
         with self._conn(write=True) as conn:
             tx = Transaction(self, conn)
+            self._local.tx = tx
+            try:
+                yield tx
+            finally:
+                tx._open = False
+                self._local.tx = None
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Transaction]:
+        """Read-only group of reads on one connection and one (non-locking) database transaction.
+
+        SQLite: a deferred ``BEGIN`` - every read sees one consistent snapshot and takes no
+        write lock, so it never waits for (or blocks) a writer.  PostgreSQL: one transaction at
+        the default isolation level (each statement sees what was committed before it).
+        Any write through the returned object raises :class:`StoreError`.
+        """
+        with self._conn(write=False) as conn:
+            tx = Transaction(self, conn, read_only=True)
             self._local.tx = tx
             try:
                 yield tx

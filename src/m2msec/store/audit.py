@@ -1,0 +1,224 @@
+"""Group commit for audit records: many concurrent appends, one transaction (one disk sync) per batch.
+
+The scale-out rule (DESIGN.md section 3) wants every security-relevant action audited in the
+durable store before its effect leaves the service — for the MAF, every key disclosure of a
+Key Retrieval (TS-0003 8.8.2.8) is recorded before the key is sent.  Writing each record in its
+own transaction costs one synchronous commit (an fsync with SQLite ``synchronous = FULL``) per
+request and serialises concurrent requests on SQLite's single writer.  :class:`AuditBatcher`
+keeps the same guarantee at a fraction of the cost:
+
+* callers (worker threads via :meth:`AuditBatcher.append`, coroutines via
+  :meth:`AuditBatcher.append_async`) enqueue an already validated record and wait;
+* one writer thread per batcher takes everything queued (up to ``max_batch``), writes it in
+  one store transaction and commits once; while it commits, new records queue up for the
+  next batch (no timer: a lone caller is committed at once, batches grow with the load);
+* a caller returns only after the commit holding its record returned, with the record's
+  :class:`~m2msec.store.AuditEntry` (``seq`` as assigned); if that commit fails, every caller
+  of the batch gets :class:`AuditCommitError` and none of them may act as if audited.
+
+Order: records of one batcher are written in the order their ``append`` calls enqueued them
+(``seq`` grows in that order); ``ts`` is the store clock at the ``append`` call.  Records of
+different batchers/instances interleave in commit order, as with single appends.  A caller
+whose wait is abandoned (timeout, task cancelled) does not withdraw its record: it is committed
+anyway (an audit may over-report a disclosure that was not sent, never under-report one).
+
+The writer thread is started on demand and ends after ``idle_exit`` seconds without records,
+so an idle batcher holds no thread; :meth:`close` flushes and stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from m2msec.store.errors import StoreError
+from m2msec.store.store import AuditDraft, AuditEntry, Store, audit_draft
+
+__all__ = ["AuditBatcher", "AuditCommitError"]
+
+
+class AuditCommitError(StoreError):
+    """The batch holding this audit record did not commit (the record is not in the store)."""
+
+
+_Done = Callable[[AuditEntry | None, BaseException | None], None]
+
+
+class _Item:
+    __slots__ = ("draft", "ts", "done")
+
+    def __init__(self, draft: AuditDraft, ts: datetime, done: _Done) -> None:
+        self.draft = draft
+        self.ts = ts
+        self.done = done
+
+
+class _SyncWaiter:
+    __slots__ = ("event", "entry", "error")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.entry: AuditEntry | None = None
+        self.error: BaseException | None = None
+
+    def __call__(self, entry: AuditEntry | None, error: BaseException | None) -> None:
+        self.entry, self.error = entry, error
+        self.event.set()
+
+
+def _resolve(fut: asyncio.Future[AuditEntry], entry: AuditEntry | None, error: BaseException | None) -> None:
+    if fut.done():  # the waiting task was cancelled: the record is committed (or failed) anyway
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(entry)  # type: ignore[arg-type]
+
+
+class AuditBatcher:
+    """Group commit of audit records into ``store`` (thread-safe; any number of event loops)."""
+
+    def __init__(self, store: Store, *, max_batch: int = 512, idle_exit: float = 2.0) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self.store = store
+        self.max_batch = max_batch
+        self.idle_exit = idle_exit
+        self._cv = threading.Condition()
+        self._queue: deque[_Item] = deque()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        #: committed batches and records (observability, tests)
+        self.batches = 0
+        self.records = 0
+
+    def __repr__(self) -> str:
+        return f"AuditBatcher(store={self.store!r}, queued={len(self._queue)}, closed={self._closed})"
+
+    # ------------------------------------------------------------------ public API
+
+    def append(self, actor: str, action: str, subject: str, outcome: str,
+               details: Mapping[str, Any] | None = None, *, timeout: float | None = None) -> AuditEntry:
+        """Queue one record and block until the commit that holds it returned.
+
+        Invalid records raise :class:`~m2msec.store.InvalidValue` at once (they never reach a
+        batch); a failed commit raises :class:`AuditCommitError`.  Must not be called while this
+        thread holds an open transaction on the same store (use ``tx.append_audit`` there).
+        """
+        if getattr(self.store._local, "tx", None) is not None:  # noqa: SLF001
+            raise StoreError("this thread has an open transaction on the store: use tx.append_audit, "
+                             "a batched append would wait for the lock that transaction holds")
+        waiter = _SyncWaiter()
+        self._enqueue(audit_draft(actor, action, subject, outcome, details), waiter)
+        if not waiter.event.wait(timeout):
+            raise AuditCommitError(f"audit record not committed within {timeout} s (it may still be)")
+        if waiter.error is not None:
+            raise waiter.error
+        assert waiter.entry is not None
+        return waiter.entry
+
+    async def append_async(self, actor: str, action: str, subject: str, outcome: str,
+                           details: Mapping[str, Any] | None = None) -> AuditEntry:
+        """:meth:`append` for coroutines: waits for the commit without blocking the event loop
+        or holding a worker thread."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[AuditEntry] = loop.create_future()
+
+        def done(entry: AuditEntry | None, error: BaseException | None) -> None:
+            try:
+                loop.call_soon_threadsafe(_resolve, fut, entry, error)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
+
+        self._enqueue(audit_draft(actor, action, subject, outcome, details), done)
+        return await fut
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every record queued before this call has been committed or failed."""
+        if self._thread is threading.current_thread():
+            raise StoreError("flush() from the writer thread")
+        with self._cv:
+            if not self._queue and self._thread is None:
+                return
+        waiter = _SyncWaiter()
+        with self._cv:
+            if self._closed and self._thread is None:
+                return
+            # a marker item: resolved (without a row) when the writer reaches it
+            self._queue.append(_Item(None, None, waiter))  # type: ignore[arg-type]
+            self._start_locked()
+            self._cv.notify()
+        waiter.event.wait(timeout)
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Commit what is queued, stop the writer; later appends raise :class:`StoreError`."""
+        with self._cv:
+            self._closed = True
+            thread = self._thread
+            self._cv.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    # ------------------------------------------------------------------ internals
+
+    def _enqueue(self, draft: AuditDraft, done: _Done) -> None:
+        ts = self.store._now()  # noqa: SLF001 - the store clock, checked like every store write
+        with self._cv:
+            if self._closed:
+                raise StoreError("audit batcher is closed")
+            self._queue.append(_Item(draft, ts, done))
+            self._start_locked()
+            self._cv.notify()
+
+    def _start_locked(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._writer, name="m2msec-audit-writer", daemon=True)
+            self._thread.start()
+
+    def _writer(self) -> None:
+        while True:
+            with self._cv:
+                idle_since = time.monotonic()
+                while not self._queue:
+                    if self._closed:
+                        self._thread = None
+                        return
+                    left = self.idle_exit - (time.monotonic() - idle_since)
+                    if left <= 0:
+                        self._thread = None
+                        return
+                    self._cv.wait(left)
+                n = min(len(self._queue), self.max_batch)
+                batch = [self._queue.popleft() for _ in range(n)]
+            self._commit(batch)
+
+    def _commit(self, batch: list[_Item]) -> None:
+        rows = [it for it in batch if it.draft is not None]
+        entries: list[AuditEntry] = []
+        error: BaseException | None = None
+        if rows:
+            try:
+                with self.store.transaction() as tx:
+                    entries = [tx._append_draft(it.draft, it.ts) for it in rows]  # noqa: SLF001
+            except BaseException as exc:  # noqa: BLE001 - every waiter must hear about it
+                error = exc
+        if error is None and rows:
+            self.batches += 1
+            self.records += len(rows)
+        results = iter(entries)
+        for it in batch:
+            if it.draft is None:
+                it.done(None, None)
+            elif error is not None:
+                # one fresh exception per waiter (they are raised in different threads)
+                err = AuditCommitError(f"audit batch of {len(rows)} records not committed: "
+                                       f"{type(error).__name__}: {error}")
+                err.__cause__ = error
+                it.done(None, err)
+            else:
+                it.done(next(results), None)
