@@ -8,7 +8,9 @@ MAF Client Certificate Information (:mod:`m2msec.tls.pkiverify`, 8.1.2.5).  Afte
 request header can change it.  Each request is a ``POST`` of a JSON body to a procedure path
 (:class:`~m2msec.maf.protocol.Procedure`); the response carries the JSON response message or
 ``{"rsc", "error"}``, the HTTP status of TS-0009 table 6.3.2-1 for that RSC and ``X-M2M-RSC``.
-Procedures run in a worker thread (the store is blocking) inside one store transaction.
+Procedures run in a worker thread (the store is blocking) inside one store transaction, except
+Key Retrieval (:meth:`~m2msec.maf.service.MAFService.run_async`): its reads run in a worker thread
+or from the retrieval cache, and its audit record is group-committed before the response is sent.
 """
 
 from __future__ import annotations
@@ -287,7 +289,7 @@ class MAFServer:
                                    rsc=RSC.UNSUPPORTED_MEDIA_TYPE))
         try:
             request = decode_body(proc.request_type, body)
-            response = await asyncio.to_thread(self.service.run, proc, peer, request, exporter)
+            response = await self.service.run_async(proc, peer, request, exporter)
         except M2MSecError as exc:
             return _error(exc)
         except Exception:  # noqa: BLE001 - never leak internals

@@ -23,13 +23,40 @@ Store layout (namespaces):
 
 Audit: actor ``maf``, action = procedure name, subject = client ID, outcome ``ok`` or
 ``refused <RSC>``; details never contain key bytes.
+
+Key Retrieval (8.8.2.8) is the hot path and is split in two:
+
+1. *read* — the Key Registration (live = unexpired), the authorisation (the peer is one of its
+   targetIDs), the peer's live MAF Client Registration with the key's administrating
+   stakeholder and the key value, read in one read-only store snapshot (no write lock), or
+   from the in-memory retrieval cache (below);
+2. *audit* — the disclosure record is appended through the service's
+   :class:`~m2msec.store.AuditBatcher` (group commit: one transaction and one disk sync for
+   all retrievals that are waiting), and the response is released only after the commit that
+   holds the record returned.  A failed audit commit fails the retrieval (RSC 5000, no key).
+
+A Key De-registration/Update or a Client De-registration that commits between the read and
+the audit commit does not stop the answer: the retrieval is ordered before it (it read a live
+registration), and the disclosure is in the audit trail — the race is the same as a retrieval
+answered just before the de-registration arrived.
+
+Retrieval cache (``key_cache_ttl``, default 1 s; 0 disables it): the result of step 1 (the
+Key Registration document, its expiry, the decrypted key and the peer's registration expiry)
+is kept in memory for at most ``key_cache_ttl`` after it was read from the store; the
+expiry times are checked against the clock on every use, so an expired key or registration
+is never served from the cache.  Any state-changing procedure or :meth:`MAFService.revoke_key`
+on this instance empties the cache at once; on *other* instances a revoked or re-targeted key
+or a de-registered client stops being served at most ``key_cache_ttl`` after the commit.
+Every answer from the cache is audited like any other.  Refusals are never cached.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -66,7 +93,7 @@ from m2msec.onem2m.enums import SUID
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.onem2m.timestamps import Clock, ensure_utc, format_timestamp
 from m2msec.pki import CertificateFlavour, CertificateVerificationError, PeerCertInfo, VerificationReason, VerifiedPeer
-from m2msec.store import DuplicateError, NotFound, Store, Transaction, VersionConflict
+from m2msec.store import AuditBatcher, DuplicateError, NotFound, Store, Transaction, VersionConflict
 from m2msec.tls.engine import TLSEngine
 from m2msec.tls.pkiverify import PKIVerifyHook
 
@@ -157,6 +184,53 @@ class _ClientCertVerifier:
         raise (specific or errors)[0]
 
 
+class _RetrievalCache:
+    """Key Retrieval read results for at most ``ttl`` seconds (monotonic), at most ``max_entries``.
+
+    ``keys``: RelativeKeyID -> (loaded, Key Registration doc, its expiry, key value);
+    ``regs``: (adminFQDN, client ID) -> (loaded, registration expiry).  ``gen`` grows with every
+    :meth:`clear`: a read that started before a clear is not cached after it.
+    """
+
+    def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.keys: dict[str, tuple[float, dict[str, Any], datetime, bytes]] = {}
+        self.regs: dict[tuple[str, str], tuple[float, datetime | None]] = {}
+        self.gen = 0
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"_RetrievalCache(ttl={self.ttl}, keys={len(self.keys)})"
+
+    def clear(self) -> None:
+        with self._lock:
+            self.gen += 1
+            self.keys.clear()
+            self.regs.clear()
+
+    def put(self, gen: int, rel: str, doc: dict[str, Any], expires: datetime, secret: bytes,
+            reg_key: tuple[str, str], reg_expires: datetime | None) -> None:
+        if self.ttl <= 0:
+            return
+        loaded = time.monotonic()
+        with self._lock:
+            if gen != self.gen:
+                return
+            for table in (self.keys, self.regs):
+                while len(table) >= self.max_entries:
+                    del table[next(iter(table))]  # oldest first (insertion order)
+            self.keys.pop(rel, None)
+            self.keys[rel] = (loaded, doc, expires, secret)
+            self.regs.pop(reg_key, None)
+            self.regs[reg_key] = (loaded, reg_expires)
+
+
+#: procedures that change nothing a Key Retrieval reads, or only add to it
+_CACHE_NEUTRAL = frozenset({Procedure.KEY_RETRIEVAL, Procedure.CONFIGURATION_RETRIEVAL,
+                            Procedure.KEY_REGISTRATION, Procedure.CLIENT_REGISTRATION})
+
+
 class MAFService:
     """Store-backed MAF procedures.  Thread-safe: each call uses its own store transaction."""
 
@@ -171,8 +245,12 @@ class MAFService:
         client_trust_anchors: Sequence[x509.Certificate] = (),
         max_registration_lifetime: timedelta = timedelta(days=365),
         max_key_lifetime: timedelta = timedelta(days=30),
+        key_cache_ttl: timedelta = timedelta(seconds=1),
     ) -> None:
         self.store = store
+        self.audit = AuditBatcher(store)
+        self.key_cache_ttl = key_cache_ttl
+        self._cache = _RetrievalCache(max(0.0, key_cache_ttl.total_seconds()))
         self.fqdn = parse_key_id(f"x@{fqdn}").fqdn.lower()
         self.admins = {a.fqdn.lower(): a for a in admins}
         self.clock = clock
@@ -219,10 +297,13 @@ class MAFService:
     def revoke_key(self, key_id_or_relative: str, *, actor: str = "maf-admin") -> bool:
         """Delete a Key Registration (admin action); True if one was live."""
         rel = self._relative_from(key_id_or_relative)
-        with self.store.transaction() as tx:
-            live = tx.delete_record(NS.KEY_REG, rel)
-            tx.delete_credential(NS.KEY, rel)
-            tx.append_audit(actor, "revoke-key", rel, "ok" if live else "absent", {"relativeKeyID": rel})
+        try:
+            with self.store.transaction() as tx:
+                live = tx.delete_record(NS.KEY_REG, rel)
+                tx.delete_credential(NS.KEY, rel)
+                tx.append_audit(actor, "revoke-key", rel, "ok" if live else "absent", {"relativeKeyID": rel})
+        finally:
+            self._cache.clear()
         return live
 
     def list_clients(self) -> list[dict[str, Any]]:
@@ -402,6 +483,8 @@ class MAFService:
     def run(self, procedure: Procedure, peer: MAFPeer, request: Any,
             exporter: Callable[[], tuple[bytes, bytes]]) -> Any:
         """Run one procedure for ``peer``; ``exporter()`` gives (Kc, KcID) of the session (10.3.1)."""
+        if procedure is Procedure.KEY_RETRIEVAL:
+            return self._run_key_retrieval(peer, request)
         handler = getattr(self, "_" + procedure.name.lower())
         try:
             with self.store.transaction() as tx:
@@ -418,11 +501,49 @@ class MAFService:
         except M2MSecError as exc:
             self._audit_refusal(procedure, peer, exc)
             raise
+        finally:
+            if procedure not in _CACHE_NEUTRAL:
+                self._cache.clear()
+
+    async def run_async(self, procedure: Procedure, peer: MAFPeer, request: Any,
+                        exporter: Callable[[], tuple[bytes, bytes]]) -> Any:
+        """:meth:`run` for an event loop: store work in a worker thread; a Key Retrieval answered
+        from the cache runs inline, and its audit commit is awaited without holding a thread."""
+        if procedure is not Procedure.KEY_RETRIEVAL:
+            return await asyncio.to_thread(self.run, procedure, peer, request, exporter)
+        try:
+            found = self._key_retrieval_cached(peer, request)
+            if found is None:
+                found = await asyncio.to_thread(self._key_retrieval_read, peer, request)
+        except M2MSecError as exc:
+            try:
+                await self.audit.append_async(*self._refusal_record(procedure, peer, exc))
+            except M2MSecError:  # pragma: no cover - the refusal is what matters
+                log.exception("could not audit a refusal")
+            raise
+        response, subject, details = found
+        await self.audit.append_async("maf", "key_retrieval", subject, "ok", details)
+        return response
+
+    def _run_key_retrieval(self, peer: MAFPeer, request: KeyRetrievalRequest) -> Any:
+        try:
+            found = self._key_retrieval_cached(peer, request) or self._key_retrieval_read(peer, request)
+        except M2MSecError as exc:
+            self._audit_refusal(Procedure.KEY_RETRIEVAL, peer, exc)
+            raise
+        response, subject, details = found
+        self.audit.append("maf", "key_retrieval", subject, "ok", details)  # before the key leaves
+        return response
+
+    @staticmethod
+    def _refusal_record(procedure: Procedure, peer: MAFPeer,
+                        exc: M2MSecError) -> tuple[str, str, str, str, dict[str, Any]]:
+        return ("maf", procedure.name.lower(), peer.client_id or peer.credential_id,
+                f"refused {int(exc.rsc)}", {"reason": exc.args[0] if exc.args else ""})
 
     def _audit_refusal(self, procedure: Procedure, peer: MAFPeer, exc: M2MSecError) -> None:
         try:
-            self.store.append_audit("maf", procedure.name.lower(), peer.client_id or peer.credential_id,
-                                    f"refused {int(exc.rsc)}", {"reason": exc.args[0] if exc.args else ""})
+            self.audit.append(*self._refusal_record(procedure, peer, exc))
         except M2MSecError:  # pragma: no cover - the refusal is what matters
             log.exception("could not audit a refusal")
 
@@ -544,25 +665,58 @@ class MAFService:
         return rsp, peer.client_id, {"relativeKeyID": rel, "suid": int(req.suid),
                                      "targetIDs": list(req.target_ids), "origin": origin}
 
-    def _key_retrieval(self, tx: Transaction, peer: MAFPeer, req: KeyRetrievalRequest,
-                       _exp: Any) -> tuple[Any, str, dict[str, Any]]:
-        rec = tx.find_record(NS.KEY_REG, req.relative_key_id)
-        if rec is None:
-            raise MAFError(f"no live Key Registration {req.relative_key_id}", rsc=RSC.NOT_FOUND)
-        doc = rec.doc
-        if peer.client_id is None or peer.client_id not in doc["targetIDs"]:
-            raise MAFError(f"the MAF Client is not an authorised Target of key {req.relative_key_id}",
-                           rsc=RSC.ORIGINATOR_HAS_NO_PRIVILEGE)
-        self._require_registered(tx, peer, doc["adminFQDN"])
-        try:
-            cred = tx.get_credential(NS.KEY, req.relative_key_id)
-        except NotFound:
-            raise MAFError(f"no live Key Registration {req.relative_key_id}", rsc=RSC.NOT_FOUND) from None
+    def _key_retrieval_read(self, peer: MAFPeer,
+                            req: KeyRetrievalRequest) -> tuple[KeyRetrievalResponse, str, dict[str, Any]]:
+        """The read part of 8.8.2.8 in one read-only snapshot; fills the retrieval cache."""
+        rel = req.relative_key_id
+        gen = self._cache.gen
+        with self.store.snapshot() as tx:
+            rec = tx.find_record(NS.KEY_REG, rel)
+            if rec is None:
+                raise MAFError(f"no live Key Registration {rel}", rsc=RSC.NOT_FOUND)
+            doc = rec.doc
+            if peer.client_id is None or peer.client_id not in doc["targetIDs"]:
+                raise MAFError(f"the MAF Client is not an authorised Target of key {rel}",
+                               rsc=RSC.ORIGINATOR_HAS_NO_PRIVILEGE)
+            reg_key = (doc["adminFQDN"], peer.client_id)
+            reg = tx.find_record(NS.REG_IDX, self._idx(*reg_key))
+            if reg is None:
+                raise MAFError(f"the MAF Client is not registered with this MAF for {doc['adminFQDN']!r} (8.8.2.3)",
+                               rsc=RSC.SERVICE_SUBSCRIPTION_NOT_ESTABLISHED)
+            try:
+                cred = tx.get_credential(NS.KEY, rel)
+            except NotFound:
+                raise MAFError(f"no live Key Registration {rel}", rsc=RSC.NOT_FOUND) from None
         assert rec.expires_at is not None
-        rsp = KeyRetrievalResponse(expiration_time=rec.expires_at, source_maf_client_id=doc["sourceMAFClientID"],
-                                   admin_fqdn=doc["adminFQDN"], suid=SUID(doc["suid"]), key_value=cred.secret,
+        self._cache.put(gen, rel, doc, rec.expires_at, cred.secret, reg_key, reg.expires_at)
+        return self._key_retrieval_answer(peer.client_id, rel, doc, rec.expires_at, cred.secret)
+
+    def _key_retrieval_cached(self, peer: MAFPeer,
+                              req: KeyRetrievalRequest) -> tuple[KeyRetrievalResponse, str, dict[str, Any]] | None:
+        """The read part from the cache, or None (absent, older than the TTL, expired, refused)."""
+        cache = self._cache
+        hit = cache.keys.get(req.relative_key_id)
+        if hit is None or peer.client_id is None:
+            return None
+        mono = time.monotonic()
+        loaded, doc, expires, secret = hit
+        if mono - loaded >= cache.ttl or peer.client_id not in doc["targetIDs"]:
+            return None  # stale, or a refusal: the store path decides (and refusals are not cached)
+        reg = cache.regs.get((doc["adminFQDN"], peer.client_id))
+        if reg is None or mono - reg[0] >= cache.ttl:
+            return None
+        now = self.now()
+        if expires <= now or (reg[1] is not None and reg[1] <= now):
+            return None
+        return self._key_retrieval_answer(peer.client_id, req.relative_key_id, doc, expires, secret)
+
+    @staticmethod
+    def _key_retrieval_answer(client_id: str, rel: str, doc: dict[str, Any], expires: datetime,
+                              secret: bytes) -> tuple[KeyRetrievalResponse, str, dict[str, Any]]:
+        rsp = KeyRetrievalResponse(expiration_time=expires, source_maf_client_id=doc["sourceMAFClientID"],
+                                   admin_fqdn=doc["adminFQDN"], suid=SUID(doc["suid"]), key_value=secret,
                                    labels=tuple(doc["labels"]) or None)
-        return rsp, peer.client_id, {"relativeKeyID": req.relative_key_id, "suid": doc["suid"]}
+        return rsp, client_id, {"relativeKeyID": rel, "suid": doc["suid"]}
 
     def _key_registration_update(self, tx: Transaction, peer: MAFPeer, req: KeyRegistrationUpdateRequest,
                                  _exp: Any) -> tuple[Any, str, dict[str, Any]]:
