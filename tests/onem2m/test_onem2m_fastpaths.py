@@ -123,3 +123,45 @@ def test_loads_json_malformed(text: bytes) -> None:
     with pytest.raises(ParseError, match="malformed JSON"):
         _wire.loads_json_model(text)
     assert _wire.loads_json(b' {"a" : 1} \n') == {"a": 1}
+
+
+_BASE_REQ: dict[str, Any] = {"op": 5, "to": "/x", "fr": "Cae", "rqi": "r1", "rvi": "3", "pc": PC}
+_REQ_CASES: list[dict[str, Any]] = [
+    _BASE_REQ,
+    {"op": 5, "to": "/x", "rqi": "r1"},
+    dict(_BASE_REQ, fr=None), dict(_BASE_REQ, fr=""), dict(_BASE_REQ, fr=1),
+    dict(_BASE_REQ, rvi="2b"), dict(_BASE_REQ, rvi="x"), dict(_BASE_REQ, rvi=None), dict(_BASE_REQ, rvi=3),
+    dict(_BASE_REQ, pc=None), dict(_BASE_REQ, pc=[1, {"a": 2.5}]), dict(_BASE_REQ, pc="text"),
+    dict(_BASE_REQ, op=True), dict(_BASE_REQ, op=99), dict(_BASE_REQ, op="5"), dict(_BASE_REQ, to=""),
+    dict(_BASE_REQ, rqi=None), dict(_BASE_REQ, ty=4), dict(_BASE_REQ, zz=1), dict(_BASE_REQ, rids=["a"]),
+    {k: v for k, v in _BASE_REQ.items() if k != "to"},
+]
+_BASE_RSP: dict[str, Any] = {"rsc": 2000, "rqi": "r1", "rvi": "3", "pc": {"m2m:dbg": "ok"}}
+_RSP_CASES: list[dict[str, Any]] = [
+    _BASE_RSP, {"rsc": 2000, "rqi": "r1"}, dict(_BASE_RSP, rsc=4999), dict(_BASE_RSP, rsc=7000),
+    dict(_BASE_RSP, rsc=True), dict(_BASE_RSP, rsc="2000"), dict(_BASE_RSP, rqi=""), dict(_BASE_RSP, pc=None),
+    dict(_BASE_RSP, rvi="10a"), dict(_BASE_RSP, fr="Cx"), dict(_BASE_RSP, cnst=1), {"rqi": "r1"},
+]
+
+
+def _outcome(fn: Any, obj: Any) -> Any:
+    try:
+        return ("ok", fn(obj))
+    except (ParseError, ValueError) as exc:
+        return (type(exc).__name__, str(exc))
+
+
+@pytest.mark.parametrize("obj", _REQ_CASES + _RSP_CASES)
+def test_common_shape_fast_path_gives_the_general_result(obj: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from m2msec.onem2m import primitives
+
+    cls = RequestPrimitive if "op" in obj or "to" in obj else ResponsePrimitive
+    text = json.dumps(obj).encode()
+    fast = (_outcome(cls.from_json, json.loads(text)), _outcome(cls.from_json_bytes, text))
+    monkeypatch.setattr(primitives, "_fast_request", lambda *_: None)
+    monkeypatch.setattr(primitives, "_fast_response", lambda *_: None)
+    general = (_outcome(cls.from_json, json.loads(text)), _outcome(cls.from_json_bytes, text))
+    assert fast == general
+    if fast[0][0] == "ok":
+        got = fast[0][1]
+        assert type(got) is cls and got.extra == general[0][1].extra and got.to_json_bytes() == general[0][1].to_json_bytes()

@@ -144,12 +144,12 @@ def _same(value: Any) -> Any:
     return value
 
 
-def _members(obj: object, names: dict[str, str], required: tuple[str, ...]) -> Mapping[str, Any]:
+def _members(obj: object, names: dict[str, str], required: frozenset[str]) -> Mapping[str, Any]:
     """The members of a primitive (wire names are the short names, so no renaming is needed);
     the general :func:`_wire.members` reports any problem."""
-    if type(obj) is dict and names.keys() >= obj.keys() and all(r in obj for r in required):
+    if type(obj) is dict and names.keys() >= obj.keys() and obj.keys() >= required:
         return obj
-    return _wire.members(obj, "", names, required)[0]
+    return _wire.members(obj, "", names, tuple(sorted(required, key=_REQUIRED_ORDER.index)))[0]
 
 
 _Prim = TypeVar("_Prim", "RequestPrimitive", "ResponsePrimitive")
@@ -302,7 +302,11 @@ class RequestPrimitive(_wire.Codec):
     @classmethod
     def _from_json(cls, obj: object, model_checked: bool) -> RequestPrimitive:
         """``model_checked``: ``obj`` is known to be within the JSON data model (pc need not be walked)."""
-        v = _members(obj, _REQUEST_NAMES, ("op", "to", "rqi"))
+        if cls is RequestPrimitive:
+            fast = _fast_request(obj, model_checked)
+            if fast is not None:
+                return fast
+        v = _members(obj, _REQUEST_NAMES, _REQUEST_REQUIRED)
         kw: dict[str, Any] = {
             "op": _wire.expect_enum(Operation, v["op"], "op"),
             "to": _wire.expect_str(v["to"], "to"),
@@ -471,7 +475,11 @@ class ResponsePrimitive(_wire.Codec):
     @classmethod
     def _from_json(cls, obj: object, model_checked: bool) -> ResponsePrimitive:
         """``model_checked``: ``obj`` is known to be within the JSON data model (pc need not be walked)."""
-        v = _members(obj, _RESPONSE_NAMES, ("rsc", "rqi"))
+        if cls is ResponsePrimitive:
+            fast = _fast_response(obj, model_checked)
+            if fast is not None:
+                return fast
+        v = _members(obj, _RESPONSE_NAMES, _RESPONSE_REQUIRED)
         kw: dict[str, Any] = {
             "rsc": parse_rsc(v["rsc"], "rsc"),
             "rqi": _wire.expect_str(v["rqi"], "rqi"),
@@ -520,12 +528,76 @@ class ResponsePrimitive(_wire.Codec):
         )
 
 
+_REQUEST_REQUIRED = frozenset({"op", "to", "rqi"})
+_RESPONSE_REQUIRED = frozenset({"rsc", "rqi"})
+_REQUIRED_ORDER = ("op", "to", "rsc", "rqi")  # the order missing members are reported in
 _REQUEST_NAMES: dict[str, str] = {n: n for n in RequestPrimitive._NAMES | REQUEST_EXTRA_PARAMS}
 _RESPONSE_NAMES: dict[str, str] = {n: n for n in ResponsePrimitive._NAMES | RESPONSE_EXTRA_PARAMS}
 # Field defaults (every field but the mandatory ones defaults to None; ``extra`` is always given).
 _DEFAULTS: dict[type[Any], dict[str, Any]] = {
     c: {f.name: None for f in fields(c)} for c in (RequestPrimitive, ResponsePrimitive)
 }
+
+
+# The common shapes, read without the general per-member machinery: only the members below,
+# each plainly valid.  Anything else (another member, a value the quick test does not accept)
+# returns None and the general reader decides -- so results and errors are the same.
+_FAST_REQUEST_NAMES = frozenset({"op", "to", "fr", "rqi", "rvi", "pc"})
+_FAST_RESPONSE_NAMES = frozenset({"rsc", "rqi", "rvi", "pc"})
+_OPERATIONS: dict[Any, Operation] = dict(Operation._value2member_map_)  # type: ignore[arg-type]
+_RSCS: dict[Any, ResponseStatusCode] = dict(ResponseStatusCode._value2member_map_)  # type: ignore[arg-type]
+
+
+def _fast_optional(obj: dict[str, Any], model_checked: bool) -> tuple[Any, Any] | None:
+    """``rvi`` and ``pc`` of a primitive object, or None when either needs the general reader."""
+    rvi = obj.get("rvi")
+    if (rvi is not None or "rvi" in obj) and (type(rvi) is not str or rvi not in _COMMON_RVI):
+        return None
+    pc = obj.get("pc")
+    if pc is None:
+        if "pc" in obj:
+            return None  # null: the general reader refuses it
+    elif not model_checked and not _wire._fast_ok(pc, 0):
+        return None
+    return rvi, pc
+
+
+def _fast_request(obj: object, model_checked: bool) -> RequestPrimitive | None:
+    if type(obj) is not dict or not obj.keys() <= _FAST_REQUEST_NAMES:
+        return None
+    op, to, rqi, fr = obj.get("op"), obj.get("to"), obj.get("rqi"), obj.get("fr")
+    if type(op) is not int or type(to) is not str or not to or type(rqi) is not str or not rqi:
+        return None
+    if (fr is not None or "fr" in obj) and (type(fr) is not str or not fr):
+        return None
+    operation = _OPERATIONS.get(op)
+    rest = _fast_optional(obj, model_checked)
+    if operation is None or rest is None:
+        return None
+    prim = object.__new__(RequestPrimitive)
+    d = prim.__dict__
+    d.update(_DEFAULTS[RequestPrimitive])
+    d["op"], d["to"], d["rqi"], d["fr"], d["extra"] = operation, to, rqi, fr, {}
+    d["rvi"], d["pc"] = rest
+    return prim
+
+
+def _fast_response(obj: object, model_checked: bool) -> ResponsePrimitive | None:
+    if type(obj) is not dict or not obj.keys() <= _FAST_RESPONSE_NAMES:
+        return None
+    rsc, rqi = obj.get("rsc"), obj.get("rqi")
+    if type(rsc) is not int or type(rqi) is not str or not rqi:
+        return None
+    code = _RSCS.get(rsc)
+    rest = _fast_optional(obj, model_checked)
+    if code is None or rest is None:
+        return None
+    prim = object.__new__(ResponsePrimitive)
+    d = prim.__dict__
+    d.update(_DEFAULTS[ResponsePrimitive])
+    d["rsc"], d["rqi"], d["extra"] = code, rqi, {}
+    d["rvi"], d["pc"] = rest
+    return prim
 
 
 # ------------------------------------------------------------------ e2eSecInfo attribute helpers
