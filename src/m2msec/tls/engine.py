@@ -214,48 +214,37 @@ class TLSConfig:
         return tuple(out)
 
 
-def _der_chain_from_stack(stack: Any) -> tuple[bytes, ...]:
-    """The DER encodings of the certificates on an OpenSSL ``STACK_OF(X509)``.
+def _der_chain_of(store_ctx: Any) -> tuple[bytes, ...]:
+    """DER of the chain OpenSSL built so far in ``store_ctx`` (leaf first).
 
     One memory BIO for the whole chain (``lib`` has ``i2d_X509_bio`` but no ``i2d_X509``):
     the certificates are encoded one after the other and the blob is cut at the recorded ends.
     """
-    n = _lib.sk_X509_num(stack)
-    if n <= 0:
+    stack = _lib.X509_STORE_CTX_get1_chain(store_ctx)
+    if stack == _ffi.NULL:
         return ()
+    n = _lib.sk_X509_num(stack)
     bio = _lib.BIO_new(_lib.BIO_s_mem())
-    if bio == _ffi.NULL:
-        raise TLSError("OpenSSL could not allocate a memory BIO")
     try:
-        ends: list[int] = []
+        if bio == _ffi.NULL:
+            raise TLSError("OpenSSL could not allocate a memory BIO")
+        ends = [0]
         for i in range(n):
             if _lib.i2d_X509_bio(bio, _lib.sk_X509_value(stack, i)) != 1:
                 raise TLSError("OpenSSL could not encode a peer certificate")
             ends.append(_lib.BIO_get_mem_data(bio, _ffi.NULL))
-        pp = _ffi.new("char **")
-        total = _lib.BIO_get_mem_data(bio, pp)
-        blob = _ffi.buffer(pp[0], total)[:]
+        blob = b""
+        if n > 0:
+            pp = _ffi.new("char **")
+            total = _lib.BIO_get_mem_data(bio, pp)  # sets pp[0]: read it only afterwards
+            blob = _ffi.buffer(pp[0], total)[:]
     finally:
-        _lib.BIO_free(bio)
-    out: list[bytes] = []
-    start = 0
-    for end in ends:
-        out.append(blob[start:end])
-        start = end
-    return tuple(out)
-
-
-def _der_chain_of(store_ctx: Any) -> tuple[bytes, ...]:
-    """DER of the chain OpenSSL built so far in ``store_ctx`` (leaf first)."""
-    stack = _lib.X509_STORE_CTX_get1_chain(store_ctx)
-    if stack == _ffi.NULL:
-        return ()
-    try:
-        return _der_chain_from_stack(stack)
-    finally:
-        for i in range(_lib.sk_X509_num(stack)):
+        if bio != _ffi.NULL:
+            _lib.BIO_free(bio)
+        for i in range(n):  # get1_chain took a reference on every certificate
             _lib.X509_free(_lib.sk_X509_value(stack, i))
         _lib.sk_X509_free(stack)
+    return tuple([blob[ends[i]:ends[i + 1]] for i in range(n)])
 
 
 def _load_chain(der_chain: Sequence[bytes]) -> list[x509.Certificate]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from weakref import WeakValueDictionary
 
 from OpenSSL import SSL
 from OpenSSL._util import ffi as _ffi
@@ -68,16 +69,27 @@ class CallbackRecord:
         return f"CallbackRecord(psk_identity={self.psk_identity!r}, failure_reason={self.failure_reason!r})"
 
 
+_REVERSE = SSL.Connection._reverse_mapping
+# pyOpenSSL's mapping is a WeakValueDictionary: read its underlying dict of weak references
+# directly (this runs in every C callback); anything else goes through .get()
+_REVERSE_REFS: dict[Any, Any] | None = getattr(_REVERSE, "data", None) if isinstance(_REVERSE, WeakValueDictionary) \
+    else None
+
+
 def record_for_ssl(ssl: Any) -> CallbackRecord | None:
     """The :class:`CallbackRecord` of the pyOpenSSL connection owning ``SSL *ssl``.
 
     Uses pyOpenSSL's own SSL* -> Connection mapping (the one its callbacks use).
     """
-    conn = SSL.Connection._reverse_mapping.get(ssl)
+    if _REVERSE_REFS is not None:
+        ref = _REVERSE_REFS.get(ssl)
+        conn = ref() if ref is not None else None
+    else:
+        conn = _REVERSE.get(ssl)
     if conn is None:
         return None
-    data = conn.get_app_data()
-    return data if isinstance(data, CallbackRecord) else getattr(data, "callback_record", None)
+    data = conn._app_data  # Connection.get_app_data()
+    return data if type(data) is CallbackRecord else getattr(data, "callback_record", None)
 
 
 def servername_of(ssl: Any) -> str | None:
