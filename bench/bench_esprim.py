@@ -199,7 +199,7 @@ def bench_in_process(iterations: int) -> dict[str, float]:
 
 async def _network(requests: int) -> dict[str, float]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "gateway"))
-    from conftest import GatewayProcess, write_config  # the test harness starts `m2msec gateway serve`
+    from _gateway_support import GatewayProcess, write_config  # the test harness starts `m2msec gateway serve`
 
     from m2msec.esprim.transport import SecureOriginator, SecureReceiver
     from m2msec.net.acme import AcmeCSE
