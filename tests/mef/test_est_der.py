@@ -56,9 +56,11 @@ def test_oid_round_trip_matches_cryptography(arcs: list[int], a: int, b: int) ->
     der = encode_oid(dotted)
     tag, content, end = read_tlv(der)
     assert tag == 6 and end == len(der) and decode_oid(content) == dotted
-    # cryptography's own DER of the same OID (inside an extendedKeyUsage SEQUENCE)
-    eku = x509.ExtendedKeyUsage([x509.ObjectIdentifier(dotted)]).public_bytes()
-    assert eku == tlv(0x30, der)
+    # cryptography's own DER of the same OID (inside an extendedKeyUsage SEQUENCE); its
+    # ObjectIdentifier refuses contents longer than 63 octets, so the oracle stops there.
+    if len(content) <= 63:
+        eku = x509.ExtendedKeyUsage([x509.ObjectIdentifier(dotted)]).public_bytes()
+        assert eku == tlv(0x30, der)
 
 
 def test_rfc7030_example_decodes_and_reencodes_byte_exact() -> None:
