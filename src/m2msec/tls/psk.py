@@ -89,7 +89,7 @@ def record_for_ssl(ssl: Any) -> CallbackRecord | None:
     if conn is None:
         return None
     data = conn._app_data  # Connection.get_app_data()
-    return data if type(data) is CallbackRecord else getattr(data, "callback_record", None)
+    return data if isinstance(data, CallbackRecord) else getattr(data, "callback_record", None)
 
 
 def servername_of(ssl: Any) -> str | None:
