@@ -87,6 +87,10 @@ class MAFError(M2MSecError):
 # --------------------------------------------------------------------------- field checks
 
 
+#: \s in a str pattern is exactly str.isspace() (Py_UNICODE_ISSPACE); plus C0 controls
+_SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f]")
+
+
 def _bad(path: str, problem: str) -> ParseError:
     return ParseError(f"{path}: {problem}")
 
@@ -101,7 +105,7 @@ def _str(obj: dict[str, Any], name: str, *, required: bool) -> str | None:
         return None
     if not isinstance(v, str) or not v or len(v) > MAX_STRING:
         raise _bad(name, f"expected a non-empty string of at most {MAX_STRING} characters")
-    if any(c.isspace() or ord(c) < 0x20 for c in v):
+    if _SPACE_OR_CONTROL.search(v):
         raise _bad(name, "must not contain whitespace or control characters")
     return v
 

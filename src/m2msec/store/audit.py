@@ -47,12 +47,13 @@ class AuditCommitError(StoreError):
 
 
 _Done = Callable[[AuditEntry | None, BaseException | None], None]
+_Waiter = Any  # a _Done callable or an _AsyncWaiter
 
 
 class _Item:
     __slots__ = ("draft", "ts", "done")
 
-    def __init__(self, draft: AuditDraft, ts: datetime, done: _Done) -> None:
+    def __init__(self, draft: AuditDraft, ts: datetime, done: _Waiter) -> None:
         self.draft = draft
         self.ts = ts
         self.done = done
@@ -71,13 +72,24 @@ class _SyncWaiter:
         self.event.set()
 
 
-def _resolve(fut: asyncio.Future[AuditEntry], entry: AuditEntry | None, error: BaseException | None) -> None:
-    if fut.done():  # the waiting task was cancelled: the record is committed (or failed) anyway
-        return
-    if error is not None:
-        fut.set_exception(error)
-    else:
-        fut.set_result(entry)  # type: ignore[arg-type]
+class _AsyncWaiter:
+    """Resolved on its event loop; the writer wakes each loop once per batch (one self-pipe write)."""
+
+    __slots__ = ("loop", "fut")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[AuditEntry]) -> None:
+        self.loop = loop
+        self.fut = fut
+
+
+def _resolve_all(results: list[tuple[asyncio.Future[AuditEntry], AuditEntry | None, BaseException | None]]) -> None:
+    for fut, entry, error in results:
+        if fut.done():  # the waiting task was cancelled: the record is committed (or failed) anyway
+            continue
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(entry)  # type: ignore[arg-type]
 
 
 class AuditBatcher:
@@ -128,14 +140,7 @@ class AuditBatcher:
         or holding a worker thread."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[AuditEntry] = loop.create_future()
-
-        def done(entry: AuditEntry | None, error: BaseException | None) -> None:
-            try:
-                loop.call_soon_threadsafe(_resolve, fut, entry, error)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                pass
-
-        self._enqueue(audit_draft(actor, action, subject, outcome, details), done)
+        self._enqueue(audit_draft(actor, action, subject, outcome, details), _AsyncWaiter(loop, fut))
         return await fut
 
     def flush(self, timeout: float | None = None) -> None:
@@ -166,7 +171,7 @@ class AuditBatcher:
 
     # ------------------------------------------------------------------ internals
 
-    def _enqueue(self, draft: AuditDraft, done: _Done) -> None:
+    def _enqueue(self, draft: AuditDraft, done: _Waiter) -> None:
         ts = self.store._now()  # noqa: SLF001 - the store clock, checked like every store write
         with self._cv:
             if self._closed:
@@ -211,14 +216,25 @@ class AuditBatcher:
             self.batches += 1
             self.records += len(rows)
         results = iter(entries)
+        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
         for it in batch:
+            entry: AuditEntry | None = None
+            err: BaseException | None = None
             if it.draft is None:
-                it.done(None, None)
+                pass
             elif error is not None:
-                # one fresh exception per waiter (they are raised in different threads)
+                # one fresh exception per waiter (they are raised in different threads/tasks)
                 err = AuditCommitError(f"audit batch of {len(rows)} records not committed: "
                                        f"{type(error).__name__}: {error}")
                 err.__cause__ = error
-                it.done(None, err)
             else:
-                it.done(next(results), None)
+                entry = next(results)
+            if isinstance(it.done, _AsyncWaiter):
+                by_loop.setdefault(it.done.loop, []).append((it.done.fut, entry, err))
+            else:
+                it.done(entry, err)
+        for loop, res in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_resolve_all, res)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
