@@ -8,7 +8,27 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from m2msec.net.acme import AcmeCSE, acme_available
+
+
+@contextmanager
+def running_acme(base_dir: Path) -> Iterator[AcmeCSE]:
+    """A started ACME CSE (default CSE-ID ``id-in``) in ``base_dir``, stopped on exit; skips the
+    test when acmecse is not installed."""
+    if not acme_available():
+        import pytest  # only here: the benchmarks load this module without pytest
+
+        pytest.skip("acmecse is not installed")
+    cse = AcmeCSE(base_dir)
+    cse.start()
+    try:
+        yield cse
+    finally:
+        cse.stop()
 
 
 class GatewayProcess:

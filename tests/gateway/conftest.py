@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _gateway_support import GatewayProcess, write_config  # noqa: F401 - re-exported for fixtures
+from _gateway_support import GatewayProcess, running_acme, write_config  # noqa: F401 - re-exported for fixtures
 
-from m2msec.net.acme import AcmeCSE, acme_available
+from m2msec.net.acme import AcmeCSE
 from m2msec.store import KeyEncryptionKey
 
 HERE = Path(__file__).resolve().parent
@@ -30,14 +30,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="module")
 def acme(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AcmeCSE]:
-    if not acme_available():
-        pytest.skip("acmecse is not installed")
-    cse = AcmeCSE(tmp_path_factory.mktemp("acme-in"))
-    cse.start()
-    try:
+    with running_acme(tmp_path_factory.mktemp("acme-in")) as cse:
         yield cse
-    finally:
-        cse.stop()
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,7 @@ MAF Handshake with KeID/Km; the MAF process fetches Km from the MEF process
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import sys
-import tempfile
-import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,13 +14,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _mef_process import MEFProcess  # noqa: E402
+from _mef_process import MAFWithMEFProcess, MEFProcess  # noqa: E402
 
 from m2msec.keys import derive_km  # noqa: E402
 from m2msec.maf import MAFClient, MAFClientConfig  # noqa: E402
 from m2msec.mef import EnrolmentRequest, enrol, mef_tls_config  # noqa: E402
 from m2msec.onem2m.enums import SUID  # noqa: E402
-from m2msec.store import KeyEncryptionKey  # noqa: E402
 from m2msec.tls.engine import PSKCredentials, TLSHandshakeError  # noqa: E402
 
 MEF_FQDN = "mef.m2m.example.com"
@@ -35,28 +30,6 @@ KPM = "5a" * 32
 MAF_PSK = "6b" * 32
 
 
-def _start_maf(tmp: Path, mef_port: int) -> tuple[subprocess.Popen[str], int, object]:
-    KeyEncryptionKey.generate().write_file(tmp / "maf.kek")
-    cfg = tmp / "maf.toml"
-    cfg.write_text(f'fqdn = "{MAF}"\nstore = "sqlite:///{tmp / "maf.db"}"\nkek_file = "maf.kek"\nport = 0\n'
-                   f'[mef]\nfqdn = "{MEF_FQDN}"\nhost = "127.0.0.1"\nport = {mef_port}\n'
-                   f'psk_identity = "maf-psk"\npsk_hex = "{MAF_PSK}"\n'
-                   f'[[admin]]\nfqdn = "{ADMIN}"\n')
-    err = tempfile.TemporaryFile()  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-c", "from m2msec.maf.cli import app; app()", "serve", "-c", str(cfg), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    line: list[str] = []
-    t = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
-    t.start()
-    t.join(20)
-    if not line or "listening on" not in line[0]:
-        proc.kill()
-        err.seek(0)
-        raise RuntimeError(f"MAF did not start: {line!r} {err.read()[-2000:]!r}")
-    return proc, int(line[0].rsplit(":", 1)[1]), err
-
-
 def test_enrol_then_maf_registration_across_processes(tmp_path: Path) -> None:
     mef = MEFProcess(tmp_path / "mef", MEF_FQDN)
     mef.admin("enrolee", "add", "--enrolee-id", AE, "--kpm-id", "kpm-proc", "--kpm-hex", KPM,
@@ -64,8 +37,9 @@ def test_enrol_then_maf_registration_across_processes(tmp_path: Path) -> None:
     mef.admin("enrolee", "add", "--enrolee-id", "Cno-maf", "--kpm-id", "kpm-nomaf", "--kpm-hex", "7c" * 32)
     mef.admin("target", "add", "--target-id", MAF, "--psk-id", "maf-psk", "--psk-hex", MAF_PSK)
     with mef:
-        (tmp_path / "maf").mkdir()
-        maf, maf_port, err = _start_maf(tmp_path / "maf", mef.port)
+        maf = MAFWithMEFProcess(tmp_path / "maf", maf_fqdn=MAF, admin_fqdn=ADMIN, mef_fqdn=MEF_FQDN,
+                                mef_port=mef.port, psk_identity="maf-psk", psk_hex=MAF_PSK)
+        maf_port = maf.port
         try:
             async def main() -> None:
                 e = await enrol("127.0.0.1", mef.port, mef_tls_config(psk=PSKCredentials(b"kpm-proc", bytes.fromhex(KPM))),
@@ -99,6 +73,4 @@ def test_enrol_then_maf_registration_across_processes(tmp_path: Path) -> None:
 
             asyncio.run(asyncio.wait_for(main(), 40))
         finally:
-            maf.terminate()
-            maf.wait(10)
-            err.close()  # type: ignore[attr-defined]
+            maf.stop()

@@ -6,15 +6,13 @@ the SUID-23 key for the printed KeID."""
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _mef_process import MEFProcess  # noqa: E402
+from _mef_process import BSFSimProcess, MEFProcess  # noqa: E402
 
 from m2msec.mef import MEFKeyFetcher, mef_tls_config  # noqa: E402
 from m2msec.tls.engine import PSKCredentials  # noqa: E402
@@ -31,16 +29,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_gba_enrolment_three_processes(tmp_path: Path) -> None:
-    bsf = subprocess.Popen([sys.executable, "-m", "m2msec.mef.cli", "bsf-sim", "--subscriber", f"{IMPI}={K}",
-                            "--naf", f"{MEF_FQDN}={NAF_TOKEN}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                           stdin=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        line: list[str] = []
-        t = threading.Thread(target=lambda: line.append(bsf.stdout.readline()), daemon=True)  # type: ignore[union-attr]
-        t.start()
-        t.join(20)
-        assert line and line[0].startswith("listening http://127.0.0.1:"), line
-        bsf_url = line[0].split()[1]
+    with BSFSimProcess({IMPI: K}, {MEF_FQDN: NAF_TOKEN}) as bsf:
+        bsf_url = bsf.url
         mef = MEFProcess(tmp_path / "mef", MEF_FQDN)
         mef.config.write_text(mef.config.read_text() + f'[gba]\nbsf_url = "{bsf_url}"\nnaf_token = "{NAF_TOKEN}"\n')
         mef.admin("enrolee", "add", "--enrolee-id", "Cgba-proc", "--gba-impi", IMPI, "--target", f"{CSE}=23")
@@ -65,6 +55,3 @@ def test_gba_enrolment_three_processes(tmp_path: Path) -> None:
                                     target_id=CSE, mef_fqdn=MEF_FQDN)
             cred = asyncio.run(asyncio.wait_for(fetcher.fetch(out["KeID"], 23), 20))
             assert cred.enrolee_id == "Cgba-proc" and len(cred.key) == 32
-    finally:
-        bsf.terminate()
-        bsf.wait(10)
