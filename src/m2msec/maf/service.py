@@ -246,11 +246,17 @@ class MAFService:
         max_registration_lifetime: timedelta = timedelta(days=365),
         max_key_lifetime: timedelta = timedelta(days=30),
         key_cache_ttl: timedelta = timedelta(seconds=1),
+        inline_sqlite_reads: bool = True,
     ) -> None:
         self.store = store
         self.audit = AuditBatcher(store)
         self.key_cache_ttl = key_cache_ttl
         self._cache = _RetrievalCache(max(0.0, key_cache_ttl.total_seconds()))
+        #: run_async reads a Key Retrieval's rows on the event loop when the store is a local
+        #: SQLite file (WAL readers never wait for a lock; three primary-key look-ups cost less
+        #: CPU than the hop to a worker thread and its GIL hand-offs); PostgreSQL reads are
+        #: network round trips and always run in a worker thread.
+        self._inline_reads = inline_sqlite_reads and store.backend_name == "sqlite"
         self.fqdn = parse_key_id(f"x@{fqdn}").fqdn.lower()
         self.admins = {a.fqdn.lower(): a for a in admins}
         self.clock = clock
@@ -514,7 +520,10 @@ class MAFService:
         try:
             found = self._key_retrieval_cached(peer, request)
             if found is None:
-                found = await asyncio.to_thread(self._key_retrieval_read, peer, request)
+                if self._inline_reads:
+                    found = self._key_retrieval_read(peer, request)
+                else:
+                    found = await asyncio.to_thread(self._key_retrieval_read, peer, request)
         except M2MSecError as exc:
             try:
                 await self.audit.append_async(*self._refusal_record(procedure, peer, exc))
