@@ -40,6 +40,7 @@ from typing import Any
 import h11
 
 from m2msec.errors import M2MSecError, ParseError
+from m2msec.net.h11io import BodyTooLarge, next_cycle, read_request, write_response
 from m2msec.net.http_binding import BindingError, Serialization, http_to_request, response_to_http
 from m2msec.onem2m.enums import Operation, SecurityInfoType
 from m2msec.onem2m.primitives import DEFAULT_RVI, RequestPrimitive, ResponsePrimitive
@@ -69,7 +70,6 @@ StartServer = Callable[..., Awaitable[asyncio.Server]]
 current_connection: contextvars.ContextVar[Any] = contextvars.ContextVar("m2msec_current_connection")
 
 DEFAULT_MAX_BODY = 1 << 20
-_READ_CHUNK = 65536
 
 
 def error_response(request: RequestPrimitive, rsc: ResponseStatusCode, message: str | None = None) -> ResponsePrimitive:
@@ -100,29 +100,10 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
     return None
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
-async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader, idle_timeout: float) -> Any:
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            data = await asyncio.wait_for(reader.read(_READ_CHUNK), idle_timeout)
-            conn.receive_data(data)
-            continue
-        return event
-
-
 async def _send(conn: h11.Connection, writer: Any, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
     hdrs = [(k, v) for k, v in headers if k.lower() != "content-length"]
     hdrs.append(("Content-Length", str(len(body))))
-    data = conn.send(h11.Response(status_code=status, headers=hdrs, reason=b""))
-    if body:
-        data += conn.send(h11.Data(data=body))  # type: ignore[operator]
-    data += conn.send(h11.EndOfMessage())  # type: ignore[operator]
-    writer.write(data)
-    await writer.drain()
+    await write_response(conn, writer, status, hdrs, body)
 
 
 async def _handle_one(
@@ -178,31 +159,23 @@ async def serve_connection(
     try:
         while True:
             try:
-                event = await _next_event(conn, reader, idle_timeout)
-                if isinstance(event, (h11.ConnectionClosed, h11.EndOfMessage)) or event is h11.PAUSED:
-                    break
-                if not isinstance(event, h11.Request):
-                    break
-                declared = _header(event.headers, b"content-length")
-                if declared is not None and declared.isdigit() and int(declared) > max_body:
-                    raise _BodyTooLarge()
-                chunks: list[bytes] = []
-                size = 0
-                while True:
-                    ev = await _next_event(conn, reader, idle_timeout)
-                    if isinstance(ev, h11.Data):
-                        size += len(ev.data)
-                        if size > max_body:
-                            raise _BodyTooLarge()
-                        chunks.append(bytes(ev.data))
-                    elif isinstance(ev, h11.EndOfMessage):
-                        break
-                    else:
-                        return
+                event, request_body = await read_request(
+                    conn, reader, max_body, timeout=idle_timeout, check_declared=True
+                )
+                if event is None:
+                    return
                 status, headers, body = await _handle_one(
-                    handler, event.method, event.target, list(event.headers), b"".join(chunks), serialization
+                    handler, event.method, event.target, list(event.headers), request_body, serialization
                 )
                 await _send(conn, writer, status, headers, body)
+            except BodyTooLarge:
+                if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                    status, headers, body = _raw_error(
+                        ResponseStatusCode.BAD_REQUEST, None, f"request body larger than {max_body} bytes"
+                    )
+                    headers.append(("Connection", "close"))
+                    await _send(conn, writer, 413, headers, body)
+                return
             except h11.RemoteProtocolError as exc:
                 if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                     status, headers, body = _raw_error(
@@ -213,19 +186,7 @@ async def serve_connection(
                     except (h11.LocalProtocolError, ConnectionError):
                         pass
                 return
-            except _BodyTooLarge:
-                if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                    status, headers, body = _raw_error(
-                        ResponseStatusCode.BAD_REQUEST, None, f"request body larger than {max_body} bytes"
-                    )
-                    headers.append(("Connection", "close"))
-                    await _send(conn, writer, 413, headers, body)
-                return
-            if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
-                return
-            try:
-                conn.start_next_cycle()
-            except h11.LocalProtocolError:
+            if not next_cycle(conn):
                 return
     except (asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError):
         return
