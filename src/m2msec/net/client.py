@@ -34,6 +34,7 @@ import h11
 import httpx
 
 from m2msec.errors import M2MSecError
+from m2msec.net.h11io import BodyTooLarge, send_request
 from m2msec.net.http_binding import BindingError, Serialization, http_to_response, request_to_http
 from m2msec.onem2m.enums import Operation, ResourceType, ResultContent
 from m2msec.onem2m.primitives import DEFAULT_RVI, RequestPrimitive, ResponsePrimitive, new_request_id
@@ -313,15 +314,6 @@ class StreamOneM2MClient:
         self._conn = h11.Connection(h11.CLIENT)
         self._lock = asyncio.Lock()
 
-    async def _next(self) -> Any:
-        while True:
-            ev = self._conn.next_event()
-            if ev is h11.NEED_DATA:
-                data = await asyncio.wait_for(self._reader.read(65536), self._timeout)
-                self._conn.receive_data(data)
-                continue
-            return ev
-
     async def send(self, req: RequestPrimitive) -> ResponsePrimitive:
         async with self._lock:
             try:
@@ -336,35 +328,17 @@ class StreamOneM2MClient:
                 raise OneM2MTransportError(f"{req.op.name} {req.to}: {type(exc).__name__}: {exc}") from None
 
     async def _send(self, req: RequestPrimitive) -> ResponsePrimitive:
-        if self._conn.our_state is h11.DONE and self._conn.their_state is h11.DONE:
-            self._conn.start_next_cycle()
         method, target, headers, body = request_to_http(req, serialization=self._serialization)
         hdrs = [("Host", self._host), *headers, ("Content-Length", str(len(body)))]
-        data = self._conn.send(h11.Request(method=method, target=target, headers=hdrs))
-        if body:
-            data += self._conn.send(h11.Data(data=body))  # type: ignore[operator]
-        data += self._conn.send(h11.EndOfMessage())  # type: ignore[operator]
-        self._writer.write(data)
-        await self._writer.drain()
-        response: h11.Response | None = None
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            ev = await self._next()
-            if isinstance(ev, h11.Response):
-                response = ev
-            elif isinstance(ev, h11.Data):
-                size += len(ev.data)
-                if size > self._max_body:
-                    raise OneM2MProtocolError(f"{req.op.name} {req.to}: response body over {self._max_body} bytes")
-                chunks.append(bytes(ev.data))
-            elif isinstance(ev, h11.EndOfMessage):
-                break
-            elif isinstance(ev, h11.ConnectionClosed):
-                raise ConnectionError("connection closed before the response was complete")
-        assert response is not None
         try:
-            rsp = http_to_response(response.status_code, list(response.headers), b"".join(chunks))
+            response, content = await send_request(
+                self._conn, self._reader, self._writer, method, target, hdrs, body,
+                timeout=self._timeout, max_body=self._max_body,
+            )
+        except BodyTooLarge:
+            raise OneM2MProtocolError(f"{req.op.name} {req.to}: response body over {self._max_body} bytes") from None
+        try:
+            rsp = http_to_response(response.status_code, list(response.headers), content)
         except BindingError as exc:
             raise OneM2MProtocolError(
                 f"{req.op.name} {req.to}: malformed response (HTTP {response.status_code}): {exc.args[0]}"
