@@ -31,8 +31,10 @@ class DemoContext:
 
 
 def _short(b: bytes) -> str:
-    """Show only a fingerprint-like prefix of secret values."""
-    return b[:4].hex() + "…(" + str(len(b)) + " octets)"
+    """A fingerprint of a secret value (first 4 octets of its SHA-256), never key octets."""
+    from m2msec.demo_provisioning import fingerprint
+
+    return f"sha256:{fingerprint(b)}… ({len(b)} octets)"
 
 
 def step_bootstrap_handshake(ctx: DemoContext) -> list[tuple[str, str]]:

@@ -30,6 +30,7 @@ async def _run() -> Rows:
         run_initiator,
         terminator_handler,
     )
+    from m2msec.demo_provisioning import fingerprint
     from m2msec.esprim import Originator, Receiver, ReceiverPolicy
     from m2msec.esprim.originator import SessionReady
     from m2msec.esprim.state import MemoryReceiverState
@@ -89,7 +90,7 @@ async def _run() -> Rows:
                 ("ESCertKE messages", "1 and 3 in Notify requests, 2 and 4 in their responses (securityInfoType 6)"),
                 ("peer verified by AE1", f"{result.peer_id} (AE-ID certificate, TS-0003 8.1.2.5)"),
                 ("pairwiseE2EKeyID (kid)", result.kid),
-                ("both ends hold the same pairwiseE2EKey", f"yes ({result.key[:4].hex()}…)"),
+                ("both ends hold the same pairwiseE2EKey", f"yes (fingerprint sha256:{fingerprint(result.key)}…)"),
             ]
             originator = Originator(clock=clock)
             step = originator.start(initiator.keys.resolve(result.kid), receiver.e2e_sec_info())
