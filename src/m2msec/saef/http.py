@@ -28,6 +28,7 @@ from typing import Any
 import h11
 
 from m2msec.errors import M2MSecError
+from m2msec.net.h11io import next_cycle, read_request, send_request, write_response
 from m2msec.net.http_binding import (
     BindingError,
     HttpResponse,
@@ -126,7 +127,7 @@ class SAEFHTTPServer:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_body)
         while True:
             try:
-                req_event, body = await self._read_request(conn, reader)
+                req_event, body = await read_request(conn, reader, self.max_body)
             except h11.RemoteProtocolError as exc:
                 if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                     await self._send(conn, writer, _error_response(ResponseStatusCode.BAD_REQUEST, None, None,
@@ -136,32 +137,8 @@ class SAEFHTTPServer:
                 return
             resp = await self._dispatch(req_event, body, ctx)
             await self._send(conn, writer, resp)
-            if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+            if not next_cycle(conn):
                 return
-            try:
-                conn.start_next_cycle()
-            except h11.LocalProtocolError:
-                return
-
-    async def _read_request(self, conn: h11.Connection, reader: asyncio.StreamReader) -> tuple[h11.Request | None, bytes]:
-        request: h11.Request | None = None
-        body = bytearray()
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                data = await reader.read(65536)
-                conn.receive_data(data)
-                continue
-            if isinstance(event, h11.Request):
-                request = event
-            elif isinstance(event, h11.Data):
-                body += event.data
-                if len(body) > self.max_body:
-                    raise h11.RemoteProtocolError("message-body too large", error_status_hint=413)
-            elif isinstance(event, h11.EndOfMessage):
-                return request, bytes(body)
-            elif isinstance(event, (h11.ConnectionClosed, h11.PAUSED)):
-                return None, b""
 
     async def _dispatch(self, event: h11.Request, body: bytes, ctx: SecurityContext) -> HttpResponse:
         rqi = _header(event.headers, b"x-m2m-ri")
@@ -189,12 +166,7 @@ class SAEFHTTPServer:
 
     async def _send(self, conn: h11.Connection, writer: TLSStreamWriter, resp: HttpResponse) -> None:
         status, hdrs, body = resp
-        out = conn.send(h11.Response(status_code=status, headers=_with_length(hdrs, body), reason=b""))
-        if body:
-            out = (out or b"") + (conn.send(h11.Data(data=body)) or b"")
-        out = (out or b"") + (conn.send(h11.EndOfMessage()) or b"")
-        writer.write(out)
-        await writer.drain()
+        await write_response(conn, writer, status, _with_length(hdrs, body), body)
 
 
 class SAEFHTTPClient:
@@ -224,34 +196,11 @@ class SAEFHTTPClient:
             return await asyncio.wait_for(self._send(request), timeout)
 
     async def _send(self, request: RequestPrimitive) -> ResponsePrimitive:
-        if self._conn.our_state is h11.DONE and self._conn.their_state is h11.DONE:
-            self._conn.start_next_cycle()
         method, target, hdrs, body = request_to_http(request)
         headers = [(b"Host", self.host.encode("idna")), *_with_length(hdrs, body)]
-        out = self._conn.send(h11.Request(method=method, target=target, headers=headers)) or b""
-        if body:
-            out += self._conn.send(h11.Data(data=body)) or b""
-        out += self._conn.send(h11.EndOfMessage()) or b""
-        self._writer.write(out)
-        await self._writer.drain()
-        response: h11.Response | None = None
-        body = bytearray()
-        while True:
-            event = self._conn.next_event()
-            if event is h11.NEED_DATA:
-                data = await self._reader.read(65536)
-                self._conn.receive_data(data)
-                continue
-            if isinstance(event, h11.Response):
-                response = event
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                break
-            elif isinstance(event, h11.ConnectionClosed):
-                raise ConnectionError("the server closed the connection before responding")
-        assert response is not None
-        return http_to_response(response.status_code, response.headers, bytes(body))
+        response, content = await send_request(self._conn, self._reader, self._writer, method, target, headers, body,
+                                               closed_message="the server closed the connection before responding")
+        return http_to_response(response.status_code, response.headers, content)
 
     async def close(self) -> None:
         self._writer.close()
