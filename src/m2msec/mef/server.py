@@ -60,6 +60,7 @@ from m2msec.mef.gba import PSK_IDENTITY_HINT as GBA_PSK_IDENTITY_HINT
 from m2msec.mef.gba import GBANaf
 from m2msec.mef.est import COMPLETE_PATH, EST_PREFIX, ESTService
 from m2msec.mef.state import MEFError, MEFState, SessionPeer
+from m2msec.net.h11io import next_cycle, read_request, write_response
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.pki import CertificateVerificationError, VerificationReason, VerifiedPeer
 from m2msec.tls.aio import TLSStreamWriter, start_server
@@ -181,7 +182,7 @@ class MEFServer:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_BODY)
         while True:
             try:
-                req, body = await self._read(conn, reader)
+                req, body = await read_request(conn, reader, _MAX_BODY, too_large="body too large")
             except h11.RemoteProtocolError as exc:
                 if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                     await self._send(conn, writer, RSC.BAD_REQUEST, None, FetchFailure(f"HTTP framing: {exc}").to_json())
@@ -199,31 +200,8 @@ class MEFServer:
             else:
                 rsc, payload = self._dispatch(req, body, peer, writer.engine)
                 await self._send(conn, writer, rsc, rqi, payload)
-            if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+            if not next_cycle(conn):
                 return
-            try:
-                conn.start_next_cycle()
-            except h11.LocalProtocolError:
-                return
-
-    async def _read(self, conn: h11.Connection, reader: asyncio.StreamReader) -> tuple[h11.Request | None, bytes]:
-        request: h11.Request | None = None
-        body = bytearray()
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await reader.read(65536))
-                continue
-            if isinstance(event, h11.Request):
-                request = event
-            elif isinstance(event, h11.Data):
-                body += event.data
-                if len(body) > _MAX_BODY:
-                    raise h11.RemoteProtocolError("body too large", error_status_hint=413)
-            elif isinstance(event, h11.EndOfMessage):
-                return request, bytes(body)
-            else:
-                return None, b""
 
     async def _send(self, conn: h11.Connection, writer: TLSStreamWriter, rsc: RSC, rqi: str | None,
                     body: bytes, *, content_type: str = JSON, status: int | None = None,
@@ -233,12 +211,7 @@ class MEFServer:
         headers += [(k.encode(), v.encode()) for k, v in extra]
         if rqi:
             headers.append((b"X-M2M-RI", rqi.encode("latin-1")))
-        out = conn.send(h11.Response(status_code=status if status is not None else rsc.http_status,
-                                     headers=headers, reason=b"")) or b""
-        out += conn.send(h11.Data(data=body)) or b""
-        out += conn.send(h11.EndOfMessage()) or b""
-        writer.write(out)
-        await writer.drain()
+        await write_response(conn, writer, status if status is not None else rsc.http_status, headers, body)
 
     def _dispatch(self, req: h11.Request, body: bytes, peer: SessionPeer | None,
                   engine: TLSEngine) -> tuple[RSC, bytes]:
