@@ -32,6 +32,7 @@ from m2msec.keys import LABEL_CONNECTION
 from m2msec.maf.mef import FetcherMEFClient, MEFClient
 from m2msec.maf.protocol import ErrorBody, MAFError, Procedure, decode_body, encode_body
 from m2msec.maf.service import AdminConfig, MAFPeer, MAFService
+from m2msec.net.h11io import BodyTooLarge, next_cycle, read_request, write_response
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.onem2m.timestamps import Clock
 from m2msec.store import KeyEncryptionKey, Store, open_store
@@ -221,32 +222,19 @@ class MAFServer:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
         try:
             while True:
-                event = await self._next(conn, reader)
-                if not isinstance(event, h11.Request):
-                    return
-                body = bytearray()
-                too_large = False
-                while True:
-                    ev = await self._next(conn, reader)
-                    if isinstance(ev, h11.Data):
-                        body += ev.data
-                        if len(body) > MAX_BODY:
-                            too_large = True
-                            break
-                    elif isinstance(ev, h11.EndOfMessage):
-                        break
-                    else:
-                        return
-                if too_large:
+                try:
+                    event, body = await read_request(conn, reader, MAX_BODY, timeout=self.idle_timeout)
+                except BodyTooLarge:
                     status, headers, out = _error(MAFError(f"body larger than {MAX_BODY} bytes"))
                     headers.append(("Connection", "close"))
                     await self._send(conn, writer, status, headers, out)
                     return
-                status, headers, out = await self._dispatch(peer, event, bytes(body), exporter)
-                await self._send(conn, writer, status, headers, out)
-                if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                if event is None:
                     return
-                conn.start_next_cycle()
+                status, headers, out = await self._dispatch(peer, event, body, exporter)
+                await self._send(conn, writer, status, headers, out)
+                if not next_cycle(conn):
+                    return
         except h11.RemoteProtocolError as exc:
             if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                 status, headers, out = _error(MAFError(f"malformed HTTP request: {exc}"))
@@ -257,23 +245,11 @@ class MAFServer:
         except (asyncio.TimeoutError, ConnectionError, h11.LocalProtocolError):
             return
 
-    async def _next(self, conn: h11.Connection, reader: asyncio.StreamReader) -> Any:
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await asyncio.wait_for(reader.read(65536), self.idle_timeout))
-                continue
-            return event
-
     @staticmethod
     async def _send(conn: h11.Connection, writer: TLSStreamWriter, status: int,
                     headers: list[tuple[str, str]], body: bytes) -> None:
         hdrs = [*headers, ("Content-Length", str(len(body)))]
-        data = conn.send(h11.Response(status_code=status, headers=hdrs))
-        data += conn.send(h11.Data(data=body)) if body else b""  # type: ignore[operator]
-        data += conn.send(h11.EndOfMessage())  # type: ignore[operator]
-        writer.write(data)
-        await writer.drain()
+        await write_response(conn, writer, status, hdrs, body)
 
     async def _dispatch(self, peer: MAFPeer, req: h11.Request, body: bytes,
                         exporter: Any) -> tuple[int, list[tuple[str, str]], bytes]:
