@@ -46,6 +46,7 @@ from m2msec.maf.protocol import (
     decode_body,
     encode_body,
 )
+from m2msec.net.h11io import send_request
 from m2msec.onem2m.enums import SUID
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.onem2m.timestamps import Clock
@@ -232,38 +233,17 @@ class MAFClient:
                 await self.connect()
             assert self._writer is not None and self._conn is not None and self._reader is not None
             conn = self._conn
-            if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-                conn.start_next_cycle()
             path = self.config.path(proc) if isinstance(proc, Procedure) else proc
             headers = [("Host", self.config.maf_fqdn), ("Content-Type", content_type),
                        ("Content-Length", str(len(body)))]
             try:
-                data = conn.send(h11.Request(method=method, target=path, headers=headers))
-                data += conn.send(h11.Data(data=body)) if body else b""  # type: ignore[operator]
-                data += conn.send(h11.EndOfMessage())  # type: ignore[operator]
-                self._writer.write(data)
-                await self._writer.drain()
-                response: h11.Response | None = None
-                chunks = bytearray()
-                while True:
-                    ev = conn.next_event()
-                    if ev is h11.NEED_DATA:
-                        chunk = await asyncio.wait_for(self._reader.read(65536), self.config.timeout)
-                        conn.receive_data(chunk)
-                        continue
-                    if isinstance(ev, h11.Response):
-                        response = ev
-                    elif isinstance(ev, h11.Data):
-                        chunks += ev.data
-                    elif isinstance(ev, h11.EndOfMessage):
-                        break
-                    elif isinstance(ev, h11.ConnectionClosed):
-                        raise ConnectionError("the MAF closed the connection")
+                response, chunks = await send_request(conn, self._reader, self._writer, method, path, headers, body,
+                                                      timeout=self.config.timeout,
+                                                      closed_message="the MAF closed the connection")
             except (h11.ProtocolError, asyncio.TimeoutError, ConnectionError) as exc:
                 await self.aclose()
                 raise MAFError(f"MAF transport failure: {type(exc).__name__}: {exc}",
                                rsc=RSC.TARGET_NOT_REACHABLE) from None
-            assert response is not None
             rsc_hdr = next((v for k, v in response.headers if k.lower() == b"x-m2m-rsc"), b"")
             try:
                 rsc = int(rsc_hdr)
@@ -271,7 +251,7 @@ class MAFClient:
                 rsc = 0
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                 await self.aclose()
-            return response.status_code, rsc, bytes(chunks)
+            return response.status_code, rsc, chunks
 
     # ------------------------------------------------------------------ 8.8.2.3 - 8.8.2.6
 
