@@ -24,6 +24,7 @@ from m2msec.errors import M2MSecError, ParseError
 from m2msec.esprim.errors import ESPrimError
 from m2msec.esprim.receiver import Receiver
 from m2msec.gateway.esi import esi_from_cse, esi_to_cse, merge_cse_esi
+from m2msec.net.h11io import BodyTooLarge, next_cycle, read_request, write_response
 from m2msec.net.http_binding import (
     BindingError,
     http_to_request,
@@ -48,7 +49,6 @@ _HOP = frozenset(
 )
 _JSON_TYPES = ("application/json", "application/vnd.onem2m-res+json", "application/vnd.onem2m-ntfy+json")
 _MAX_BODY = 4 << 20
-_READ = 65536
 
 
 def _is_json(ctype: str | None) -> bool:
@@ -164,33 +164,22 @@ class Gateway:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
         try:
             while True:
-                ev = await self._next(conn, reader)
-                if not isinstance(ev, h11.Request):
+                try:
+                    ev, body = await read_request(conn, reader, _MAX_BODY, timeout=120)
+                except BodyTooLarge:
+                    await self._send(conn, writer, _error(None, RSC.BAD_REQUEST, "request body too large"))
                     return
-                chunks: list[bytes] = []
-                size = 0
-                while True:
-                    part = await self._next(conn, reader)
-                    if isinstance(part, h11.Data):
-                        size += len(part.data)
-                        if size > _MAX_BODY:
-                            await self._send(conn, writer, _error(None, RSC.BAD_REQUEST, "request body too large"))
-                            return
-                        chunks.append(bytes(part.data))
-                    elif isinstance(part, h11.EndOfMessage):
-                        break
-                    else:
-                        return
+                if ev is None:
+                    return
                 headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in ev.headers]
                 try:
-                    raw = await self.handle(ev.method.decode("ascii"), ev.target.decode("latin-1"), headers, b"".join(chunks))
+                    raw = await self.handle(ev.method.decode("ascii"), ev.target.decode("latin-1"), headers, body)
                 except Exception:  # noqa: BLE001 - a bug must not kill the connection or leak details
                     log.exception("gateway failed on %s %s", ev.method, ev.target)
                     raw = _error(_hdr(headers, "x-m2m-ri"), RSC.INTERNAL_SERVER_ERROR, "internal error")
                 await self._send(conn, writer, raw)
-                if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                if not next_cycle(conn):
                     return
-                conn.start_next_cycle()
         except h11.RemoteProtocolError:
             if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                 try:
@@ -207,25 +196,11 @@ class Gateway:
             writer.close()
 
     @staticmethod
-    async def _next(conn: h11.Connection, reader: asyncio.StreamReader) -> Any:
-        while True:
-            ev = conn.next_event()
-            if ev is h11.NEED_DATA:
-                conn.receive_data(await asyncio.wait_for(reader.read(_READ), 120))
-                continue
-            return ev
-
-    @staticmethod
     async def _send(conn: h11.Connection, writer: asyncio.StreamWriter, raw: RawResponse) -> None:
         status, headers, body = raw
         hdrs = [(k, v) for k, v in headers if k.lower() not in _HOP]
         hdrs.append(("Content-Length", str(len(body))))
-        data = conn.send(h11.Response(status_code=status, headers=hdrs, reason=b""))
-        if body:
-            data += conn.send(h11.Data(data=body))  # type: ignore[operator]
-        data += conn.send(h11.EndOfMessage())  # type: ignore[operator]
-        writer.write(data)
-        await writer.drain()
+        await write_response(conn, writer, status, hdrs, body)
 
     # ------------------------------------------------------------------ tracing
     def _trace(self, direction: str, where: str, headers: list[tuple[str, str]], body: bytes) -> None:
