@@ -46,6 +46,7 @@ from m2msec.mef.protocol import (
     fetch_target,
     parse_fetch_response,
 )
+from m2msec.net.h11io import send_request
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.pki import CertificateFlavour, PeerCertInfo
 from m2msec.saef.config import KpsaDirectory, KpsaEntry
@@ -95,29 +96,11 @@ async def _http(reader: asyncio.StreamReader, writer: TLSStreamWriter, method: s
                 headers: list[tuple[str, str]], body: bytes, host: str) -> tuple[int, dict[str, str], bytes]:
     conn = h11.Connection(h11.CLIENT)
     hdrs = [("Host", host), ("Content-Length", str(len(body))), *headers]
-    out = conn.send(h11.Request(method=method, target=target, headers=hdrs)) or b""
-    if body:
-        out += conn.send(h11.Data(data=body)) or b""
-    out += conn.send(h11.EndOfMessage()) or b""
-    writer.write(out)
-    await writer.drain()
-    resp: h11.Response | None = None
-    data = bytearray()
-    while True:
-        ev = conn.next_event()
-        if ev is h11.NEED_DATA:
-            conn.receive_data(await reader.read(65536))
-            continue
-        if isinstance(ev, h11.Response):
-            resp = ev
-        elif isinstance(ev, h11.Data):
-            data += ev.data
-        elif isinstance(ev, h11.EndOfMessage):
-            break
-        elif isinstance(ev, h11.ConnectionClosed):
-            raise MEFClientError("the MEF closed the connection before responding", rsc=RSC.TARGET_NOT_REACHABLE)
-    assert resp is not None
-    return resp.status_code, {k.decode().lower(): v.decode("latin-1") for k, v in resp.headers}, bytes(data)
+    resp, data = await send_request(
+        conn, reader, writer, method, target, hdrs, body,
+        closed_error=lambda: MEFClientError("the MEF closed the connection before responding",
+                                            rsc=RSC.TARGET_NOT_REACHABLE))
+    return resp.status_code, {k.decode().lower(): v.decode("latin-1") for k, v in resp.headers}, data
 
 
 def _rsc_of(headers: dict[str, str], status: int) -> RSC:

@@ -13,6 +13,7 @@ A ``timeout`` bounds each single ``reader.read`` (``None``: no bound).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import h11
@@ -88,11 +89,11 @@ async def read_request(conn: h11.Connection, reader: asyncio.StreamReader, max_b
 async def read_response(conn: h11.Connection, reader: asyncio.StreamReader, *, timeout: float | None = None,
                         max_body: int | None = None,
                         closed_message: str = "connection closed before the response was complete",
-                        ) -> tuple[h11.Response, bytes]:
+                        closed_error: Callable[[], Exception] | None = None) -> tuple[h11.Response, bytes]:
     """The final response and its body (interim 1xx responses are skipped).
 
-    The peer closing first raises ``ConnectionError(closed_message)``; a body over
-    ``max_body`` raises :class:`BodyTooLarge`.
+    The peer closing first raises ``closed_error()`` or else ``ConnectionError(closed_message)``;
+    a body over ``max_body`` raises :class:`BodyTooLarge`.
     """
     response: h11.Response | None = None
     body = bytearray()
@@ -107,7 +108,7 @@ async def read_response(conn: h11.Connection, reader: asyncio.StreamReader, *, t
         elif isinstance(event, h11.EndOfMessage):
             break
         elif isinstance(event, h11.ConnectionClosed):
-            raise ConnectionError(closed_message)
+            raise closed_error() if closed_error is not None else ConnectionError(closed_message)
     assert response is not None
     return response, bytes(body)
 
@@ -130,7 +131,7 @@ async def write_response(conn: h11.Connection, writer: Any, status: int, headers
 async def send_request(conn: h11.Connection, reader: asyncio.StreamReader, writer: Any, method: Any, target: Any,
                        headers: Any, body: bytes, *, timeout: float | None = None, max_body: int | None = None,
                        closed_message: str = "connection closed before the response was complete",
-                       ) -> tuple[h11.Response, bytes]:
+                       closed_error: Callable[[], Exception] | None = None) -> tuple[h11.Response, bytes]:
     """One client exchange on a keep-alive connection: write the request, read the response.
 
     ``headers`` are sent as given (the caller supplies Host and Content-Length).
@@ -138,7 +139,8 @@ async def send_request(conn: h11.Connection, reader: asyncio.StreamReader, write
     if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
         conn.start_next_cycle()
     await write_message(conn, writer, h11.Request(method=method, target=target, headers=headers), body)
-    return await read_response(conn, reader, timeout=timeout, max_body=max_body, closed_message=closed_message)
+    return await read_response(conn, reader, timeout=timeout, max_body=max_body, closed_message=closed_message,
+                               closed_error=closed_error)
 
 
 def next_cycle(conn: h11.Connection) -> bool:
