@@ -50,6 +50,7 @@ from m2msec.mef.est import (
 )
 from m2msec.mef.estder import decode_csrattrs
 from m2msec.mef.protocol import ENROLMENT_PATH, EnrolmentRequest, EnrolmentResponse, Instruction, InstructionType
+from m2msec.net.h11io import send_request
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.pki import CertificateFlavour, KeyType, PeerCertInfo, generate_private_key, identifiers_of
 from m2msec.pki import verify_peer_certificate
@@ -151,33 +152,12 @@ class _Session:
 
     async def _request(self, method: str, target: str, body: bytes,
                        headers: Sequence[tuple[str, str]]) -> tuple[int, dict[str, str], bytes]:
-        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
-            self.conn.start_next_cycle()
         hdrs = [("Host", self.host), ("Content-Length", str(len(body))), ("X-M2M-RI", secrets.token_hex(8)),
                 *headers]
-        out = self.conn.send(h11.Request(method=method, target=target, headers=hdrs)) or b""
-        if body:
-            out += self.conn.send(h11.Data(data=body)) or b""
-        out += self.conn.send(h11.EndOfMessage()) or b""
-        self.writer.write(out)
-        await self.writer.drain()
-        resp: h11.Response | None = None
-        data = bytearray()
-        while True:
-            ev = self.conn.next_event()
-            if ev is h11.NEED_DATA:
-                self.conn.receive_data(await self.reader.read(65536))
-                continue
-            if isinstance(ev, h11.Response):
-                resp = ev
-            elif isinstance(ev, h11.Data):
-                data += ev.data
-            elif isinstance(ev, h11.EndOfMessage):
-                break
-            elif isinstance(ev, h11.ConnectionClosed):
-                raise ESTClientError("the MEF closed the connection", rsc=RSC.TARGET_NOT_REACHABLE)
-        assert resp is not None
-        return resp.status_code, {k.decode().lower(): v.decode("latin-1") for k, v in resp.headers}, bytes(data)
+        resp, data = await send_request(
+            self.conn, self.reader, self.writer, method, target, hdrs, body,
+            closed_error=lambda: ESTClientError("the MEF closed the connection", rsc=RSC.TARGET_NOT_REACHABLE))
+        return resp.status_code, {k.decode().lower(): v.decode("latin-1") for k, v in resp.headers}, data
 
     async def checked(self, what: str, method: str, target: str, body: bytes = b"",
                       headers: Sequence[tuple[str, str]] = ()) -> tuple[dict[str, str], bytes]:
