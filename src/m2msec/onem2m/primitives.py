@@ -36,6 +36,8 @@ m2msec profile decisions:
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import copy
 import re
 import secrets
@@ -177,8 +179,32 @@ def _check_json_value(value: object, what: str) -> None:
 # ------------------------------------------------------------------ request
 
 
+class _PrimitiveCodec(_wire.Codec):
+    """Decoding entry points shared by request and response primitives: each class
+    implements ``_from_json(obj, model_checked)``; ``model_checked`` says the value is
+    already known to be within the JSON data model (its ``pc`` need not be walked again)."""
+
+    @classmethod
+    @abstractmethod
+    def _from_json(cls, obj: object, model_checked: bool) -> Any:
+        """Strictly parse a primitive (the fast path first for the common shapes)."""
+
+    @classmethod
+    def from_json(cls, obj: object, **_: Any) -> Any:
+        return cls._from_json(obj, False)
+
+    @classmethod
+    def from_json_bytes(cls, data: bytes | str, **kwargs: Any) -> Any:
+        value, model_checked = _wire.loads_json_model(data)
+        return cls._from_json(value, model_checked)
+
+    @classmethod
+    def from_cbor(cls, data: bytes, **kwargs: Any) -> Any:
+        return cls._from_json(_wire.loads_cbor(data), True)  # loads_cbor checked the whole value
+
+
 @dataclass(frozen=True)
-class RequestPrimitive(_wire.Codec):
+class RequestPrimitive(_PrimitiveCodec):
     """A oneM2M request primitive (TS-0004 Table 6.4.1-1)."""
 
     op: Operation
@@ -283,23 +309,6 @@ class RequestPrimitive(_wire.Codec):
         return out
 
     @classmethod
-    def from_json(cls, obj: object, **_: Any) -> RequestPrimitive:
-        return cls._from_json(obj, False)
-
-    @classmethod
-    def from_json_bytes(cls, data: bytes | str, **kwargs: Any) -> RequestPrimitive:
-        if cls is not RequestPrimitive:
-            return super().from_json_bytes(data, **kwargs)  # type: ignore[no-any-return]
-        value, model_checked = _wire.loads_json_model(data)
-        return cls._from_json(value, model_checked)
-
-    @classmethod
-    def from_cbor(cls, data: bytes, **kwargs: Any) -> RequestPrimitive:
-        if cls is not RequestPrimitive:
-            return super().from_cbor(data, **kwargs)  # type: ignore[no-any-return]
-        return cls._from_json(_wire.loads_cbor(data), True)  # loads_cbor checked the whole value
-
-    @classmethod
     def _from_json(cls, obj: object, model_checked: bool) -> RequestPrimitive:
         """``model_checked``: ``obj`` is known to be within the JSON data model (pc need not be walked)."""
         if cls is RequestPrimitive:
@@ -376,7 +385,7 @@ class RequestPrimitive(_wire.Codec):
 
 
 @dataclass(frozen=True)
-class ResponsePrimitive(_wire.Codec):
+class ResponsePrimitive(_PrimitiveCodec):
     """A oneM2M response primitive (TS-0004 Table 6.4.2-1)."""
 
     rsc: RscValue
@@ -454,23 +463,6 @@ class ResponsePrimitive(_wire.Codec):
         for k, v in self.extra.items():
             out[k] = cp(v)
         return out
-
-    @classmethod
-    def from_json(cls, obj: object, **_: Any) -> ResponsePrimitive:
-        return cls._from_json(obj, False)
-
-    @classmethod
-    def from_json_bytes(cls, data: bytes | str, **kwargs: Any) -> ResponsePrimitive:
-        if cls is not ResponsePrimitive:
-            return super().from_json_bytes(data, **kwargs)  # type: ignore[no-any-return]
-        value, model_checked = _wire.loads_json_model(data)
-        return cls._from_json(value, model_checked)
-
-    @classmethod
-    def from_cbor(cls, data: bytes, **kwargs: Any) -> ResponsePrimitive:
-        if cls is not ResponsePrimitive:
-            return super().from_cbor(data, **kwargs)  # type: ignore[no-any-return]
-        return cls._from_json(_wire.loads_cbor(data), True)  # loads_cbor checked the whole value
 
     @classmethod
     def _from_json(cls, obj: object, model_checked: bool) -> ResponsePrimitive:
