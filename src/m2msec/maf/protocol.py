@@ -19,6 +19,8 @@ Nothing here does I/O, reads a clock or derives keys (:mod:`m2msec.keys` does th
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import base64
 import binascii
 import enum
@@ -243,7 +245,7 @@ def check_suid_targets(suid: SUID, targets: tuple[str, ...] | None, *, required:
 M = TypeVar("M", bound="_Message")
 
 
-class _Message:
+class _Message(ABC):
     """Common JSON handling: ``_names`` maps attribute -> JSON member name."""
 
     _names: ClassVar[dict[str, str]] = {}
@@ -267,8 +269,9 @@ class _Message:
         return out
 
     @classmethod
-    def _parse(cls: type[M], obj: dict[str, Any]) -> dict[str, Any]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def _parse(cls: type[M], obj: dict[str, Any]) -> dict[str, Any]:
+        """The constructor arguments parsed from the members of ``obj``."""
 
     @classmethod
     def from_json(cls: type[M], obj: object) -> M:

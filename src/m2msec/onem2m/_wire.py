@@ -10,6 +10,8 @@ cbor2 and must be a single data item whose content fits the JSON data model
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import binascii
 import base64
 import io
@@ -416,11 +418,12 @@ def dumps_cbor(value: Any) -> bytes:
     return cbor2.dumps(value)
 
 
-class Codec:
-    """JSON-text and CBOR wrappers around ``to_json``/``from_json``."""
+class Codec(ABC):
+    """JSON-text and CBOR wrappers around ``to_json``/``from_json`` (which subclasses define)."""
 
-    def to_json(self) -> Any:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abstractmethod
+    def to_json(self) -> Any:
+        """The short-name JSON value of this object."""
 
     def to_json_bytes(self) -> bytes:
         return dumps_json(self.to_json())
@@ -429,8 +432,9 @@ class Codec:
         return dumps_cbor(self.to_json())
 
     @classmethod
-    def from_json(cls, obj: object, **kwargs: Any) -> Any:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abstractmethod
+    def from_json(cls, obj: object, **kwargs: Any) -> Any:
+        """Strictly parse the short-name JSON value ``obj``."""
 
     @classmethod
     def from_json_bytes(cls, data: bytes | str, **kwargs: Any) -> Any:

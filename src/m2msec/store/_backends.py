@@ -10,6 +10,8 @@ state of TS-0003 clauses 8.3 (MEF), 8.4 (ESPrim) and 8.8 (MAF).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import json
 import os
 import re
@@ -75,18 +77,20 @@ class Result:
         return self.rows[0] if self.rows else None
 
 
-class Backend:
-    """Dialect + connection factory.  Subclasses implement the abstract bits."""
+class Backend(ABC):
+    """Dialect + connection factory.  Subclasses implement the abstract methods."""
 
     name = "abstract"
     driver_errors: tuple[type[BaseException], ...] = ()
 
     # -- connections ------------------------------------------------------------------
+    @abstractmethod
     def connect(self) -> Any:
-        raise NotImplementedError
+        """A new DB-API connection."""
 
+    @abstractmethod
     def begin(self, conn: Any, write: bool) -> None:
-        raise NotImplementedError
+        """Start a transaction (a write transaction takes the write lock at once)."""
 
     def commit(self, conn: Any) -> None:
         conn.commit()
@@ -137,11 +141,13 @@ class Backend:
         return bytes(v)
 
     # -- schema -----------------------------------------------------------------------
+    @abstractmethod
     def ddl(self) -> list[str]:
-        raise NotImplementedError
+        """The schema's CREATE statements in this dialect."""
 
+    @abstractmethod
     def table_exists(self, conn: Any, name: str) -> bool:
-        raise NotImplementedError
+        """Whether table ``name`` exists."""
 
     def schema_lock(self, conn: Any) -> None:
         """Serialise concurrent schema creation (inside the schema transaction)."""

@@ -22,11 +22,13 @@ Semantics shared by every collection:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import json
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -210,15 +212,14 @@ _CRED_COLS = "namespace, cred_id, secret, metadata, created_at, expires_at"
 _REC_COLS = "namespace, rec_id, doc, version, created_at, updated_at, expires_at"
 
 
-class _Operations:
+class _Operations(ABC):
     """Every store operation; runs on ``self._conn(write)``: its own transaction or a shared one."""
 
     _store: Store
 
-    @contextmanager
-    def _conn(self, write: bool) -> Iterator[Any]:  # pragma: no cover - abstract
-        raise NotImplementedError
-        yield
+    @abstractmethod
+    def _conn(self, write: bool) -> AbstractContextManager[Any]:
+        """A connection inside a transaction: the caller's own, or one opened for this call."""
 
     # helpers -----------------------------------------------------------------------------
     def _x(self, conn: Any, sql: str, *params: Any) -> Any:
