@@ -5,6 +5,7 @@
 - :mod:`m2msec.tls.engine`   sans-I/O ``TLSEngine`` on memory BIOs (PSK / certificate, TLS / DTLS)
 - :mod:`m2msec.tls.aio`      asyncio stream adapter (TCP)
 - :mod:`m2msec.tls.dtls`     asyncio datagram adapter (UDP)
+- :mod:`m2msec.tls.dtls_cookie` stateless HelloVerifyRequest cookie exchange of DTLS servers (RFC 6347 4.2.1)
 - :mod:`m2msec.tls.cli`      ``m2msec tls server|client``
 """
 

@@ -34,6 +34,13 @@ cache of earlier verdicts (e.g. ESCertKE's) can answer a hit without any convers
 Session resumption is disabled (no tickets, no session cache): every
 connection runs a full handshake, so the PSK identity / peer certificate of an
 established engine always comes from this handshake's callbacks.
+
+DTLS servers can run the stateless cookie exchange of RFC 6347 4.2.1 through
+OpenSSL's ``DTLSv1_listen`` on the memory BIOs (:meth:`TLSEngine.dtls_listen`):
+every DTLS server context has cookie generate/verify callbacks that ask the
+:class:`CookieOracle` the caller put on the engine for this one datagram
+(:mod:`m2msec.tls.dtls_cookie` computes the cookie); without an oracle no
+cookie is issued or accepted.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
@@ -76,6 +83,7 @@ __all__ = [
     "TLSContext",
     "TLSEngine",
     "VerifyPeer",
+    "CookieOracle",
 ]
 
 VerifyPeer = Callable[[list[x509.Certificate]], Any]
@@ -84,11 +92,23 @@ SelectCredentials = Callable[["str | None"], "CertCredentials | None"]
 _SSL_AD_UNRECOGNIZED_NAME = 112
 _SNI_CB_TYPE = "int (*)(SSL *, int *, void *)"
 _VERIFY_CB_TYPE = "int (*)(int, X509_STORE_CTX *)"
+_COOKIE_GEN_CB_TYPE = "int (*)(SSL *, unsigned char *, unsigned int *)"
+_COOKIE_VERIFY_CB_TYPE = "int (*)(SSL *, unsigned char *, unsigned int)"
+_COOKIE_ORACLE = "dtls_cookie_oracle"  # CallbackRecord.extra key
+_DTLS1_COOKIE_LENGTH: int = getattr(_lib, "DTLS1_COOKIE_LENGTH", 255)
 _RECORD_PLAINTEXT_MAX = 16384  # one SSL_read returns at most one record's plaintext (RFC 5246 6.2.1)
 _SSL_ERROR_WANT_READ: int = _lib.SSL_ERROR_WANT_READ
 _SSL_STORE_CTX_IDX: int = _lib.SSL_get_ex_data_X509_STORE_CTX_idx()  # a process-wide constant index
 # buffers that OpenSSL fills before Python reads them need no zeroing
 _new_uncleared = _ffi.new_allocator(should_clear_after_alloc=False)
+
+
+class CookieOracle(Protocol):
+    """Mints and checks the RFC 6347 4.2.1 cookie for one received ClientHello."""
+
+    def generate(self) -> bytes: ...
+
+    def verify(self, cookie: bytes) -> bool: ...
 
 
 class Role(str, enum.Enum):
@@ -366,6 +386,12 @@ class TLSContext:
                 assert cfg.psk is not None
                 cbs = install_client_psk(ctx, cfg.psk.identity, cfg.psk.key)
             self._keepalive.append(cbs)
+        if dtls and cfg.role is Role.SERVER:
+            gen_cb = _ffi.callback(_COOKIE_GEN_CB_TYPE, _cookie_generate_callback)
+            ver_cb = _ffi.callback(_COOKIE_VERIFY_CB_TYPE, _cookie_verify_callback)
+            self._keepalive.extend((gen_cb, ver_cb))
+            _lib.SSL_CTX_set_cookie_generate_cb(ctx._context, gen_cb)
+            _lib.SSL_CTX_set_cookie_verify_cb(ctx._context, ver_cb)
         if cfg.role is Role.SERVER and cfg.select_credentials is not None:
             # only needed to switch credentials per SNI; engine.sni reads SSL_get_servername otherwise
             sni_cb = _ffi.callback(_SNI_CB_TYPE, self._servername_callback)
@@ -464,6 +490,38 @@ class TLSContext:
         rec.extra["peer_verification"] = result
         rec.extra["hook_done"] = True
         return 1
+
+
+def _cookie_oracle(ssl: Any) -> CookieOracle | None:
+    rec = record_for_ssl(ssl)
+    return rec.extra.get(_COOKIE_ORACLE) if rec is not None else None
+
+
+def _cookie_generate_callback(ssl: Any, out: Any, outlen: Any) -> int:
+    """SSL_CTX_set_cookie_generate_cb: the oracle's cookie (0 aborts, never raises)."""
+    try:
+        oracle = _cookie_oracle(ssl)
+        if oracle is None:
+            return 0
+        cookie = bytes(oracle.generate())
+        if not 0 < len(cookie) <= _DTLS1_COOKIE_LENGTH:
+            return 0
+        _ffi.memmove(out, cookie, len(cookie))
+        outlen[0] = len(cookie)
+        return 1
+    except BaseException:
+        return 0
+
+
+def _cookie_verify_callback(ssl: Any, cookie: Any, length: int) -> int:
+    """SSL_CTX_set_cookie_verify_cb: 1 when the oracle accepts the echoed cookie."""
+    try:
+        oracle = _cookie_oracle(ssl)
+        if oracle is None:
+            return 0
+        return 1 if oracle.verify(_ffi.buffer(cookie, length)[:]) else 0
+    except BaseException:
+        return 0
 
 
 # tls_alert hint of a rejecting hook -> X509 error whose alert OpenSSL sends (ssl_x509err2alert)
@@ -711,6 +769,38 @@ class TLSEngine:
             pos = end
         datagrams.append(raw[start:pos])
         return datagrams
+
+    # -- DTLS cookie exchange (RFC 6347 4.2.1) --------------------------------
+    def dtls_listen(self, datagram: bytes, oracle: CookieOracle) -> bool:
+        """DTLS server: run OpenSSL's stateless ``DTLSv1_listen`` over one datagram.
+
+        True: the datagram was a ClientHello whose cookie ``oracle.verify``
+        accepted; the engine keeps it and continues the handshake on the next
+        ``do_handshake`` (OpenSSL checks the cookie once more through the same
+        oracle).  False: nothing was kept - a ClientHello without a valid cookie
+        has its HelloVerifyRequest waiting in ``datagrams_to_send``, anything
+        else was dropped - and the same engine can listen again.
+        """
+        if not self._dtls or self.role is not Role.SERVER or self._started or self.state is not _HANDSHAKING:
+            raise TLSError("dtls_listen needs a DTLS server engine that has not started its handshake")
+        extra = self.callback_record.extra
+        extra[_COOKIE_ORACLE] = oracle
+        data = bytes(datagram)
+        if not data:
+            return False
+        if _lib.BIO_write(self._into_ssl, data, len(data)) != len(data):
+            _lib.ERR_clear_error()
+            raise TLSError("OpenSSL memory BIO refused the datagram")
+        peer = _ffi.gc(_lib.BIO_ADDR_new(), _lib.BIO_ADDR_free)  # a memory BIO has no peer: left cleared
+        rc = _lib.DTLSv1_listen(self._ssl, peer)
+        if rc == 1:
+            return True
+        _lib.ERR_clear_error()  # DTLSv1_listen leaves its reasons for dropping a packet on the error queue
+        del extra[_COOKIE_ORACLE]
+        left = _lib.BIO_get_mem_data(self._into_ssl, _ffi.NULL)
+        if left > 0:  # only a datagram longer than OpenSSL's read buffer: discard the rest
+            _lib.BIO_read(self._into_ssl, _new_uncleared("char[]", left), left)
+        return False
 
     # -- DTLS timers ----------------------------------------------------------
     def get_timeout(self) -> float | None:
