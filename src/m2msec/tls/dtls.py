@@ -6,6 +6,14 @@ sent on its own.  Handshake retransmission follows OpenSSL's DTLS timer:
 after every event the adapter re-arms ``loop.call_later(engine.get_timeout())``
 and calls ``engine.handle_timeout()`` when it fires.  The server demultiplexes
 peers by their (host, port) address, one :class:`DTLSSession` per peer.
+
+By default the server runs the stateless cookie exchange of RFC 6347 4.2.1
+(:mod:`m2msec.tls.dtls_cookie`): a datagram from an address without a session
+goes to the server's :class:`~m2msec.tls.dtls_cookie.HelloVerifier`, which
+answers a ClientHello without a valid cookie with one HelloVerifyRequest and
+keeps nothing; a session (and its engine) exists only once a ClientHello
+echoes a valid cookie.  ``cookie_exchange=False`` restores the old behaviour
+(a session for every new address).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from m2msec.tls.engine import (
     TLSHandshakeError,
     TLSState,
 )
+from m2msec.tls.dtls_cookie import DTLSCookies, HelloVerifier, ListenOutcome
 from m2msec.tls.profiles import Transport
 
 __all__ = ["DTLSSession", "DTLSServer", "open_dtls_connection", "start_dtls_server"]
@@ -109,7 +118,7 @@ class DTLSSession:
             self._on_close(self)
 
     def start(self) -> None:
-        """Client: send the ClientHello."""
+        """Client: send the ClientHello.  Server: answer the ClientHello the engine already holds."""
         try:
             self.engine.do_handshake()
         except TLSHandshakeError as exc:
@@ -199,10 +208,13 @@ class DTLSServer(asyncio.DatagramProtocol):
     """UDP server: one DTLS session per peer address."""
 
     def __init__(self, ctx: TLSContext, handler: SessionHandler, *, handshake_timeout: float,
-                 on_handshake_error: Callable[[TLSHandshakeError, Address], None] | None) -> None:
+                 on_handshake_error: Callable[[TLSHandshakeError, Address], None] | None,
+                 cookie_exchange: bool = True, cookies: DTLSCookies | None = None) -> None:
         self.ctx = ctx
         self.handler = handler
         self.sessions: dict[Address, DTLSSession] = {}
+        #: RFC 6347 4.2.1 front door (None: cookie exchange off)
+        self.hello_verifier: HelloVerifier | None = HelloVerifier(ctx, cookies) if cookie_exchange else None
         self.transport: asyncio.DatagramTransport | None = None
         self._handshake_timeout = handshake_timeout
         self._on_error = on_handshake_error
@@ -218,15 +230,36 @@ class DTLSServer(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         session = self.sessions.get(addr)
-        if session is None:
-            assert self.transport is not None
-            session = DTLSSession(TLSEngine(self.ctx), self.transport, addr,
-                                  handshake_timeout=self._handshake_timeout, on_close=self._forget)
-            self.sessions[addr] = session
-            task = asyncio.get_running_loop().create_task(self._run(session))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        session.datagram_received(data)
+        if session is not None:
+            session.datagram_received(data)
+            return
+        assert self.transport is not None
+        verifier = self.hello_verifier
+        if verifier is None:
+            self._open(TLSEngine(self.ctx), addr).datagram_received(data)
+            return
+        try:
+            result = verifier.receive(data, addr)
+        except (TLSError, ValueError) as exc:
+            log.warning("DTLS cookie exchange with %s failed: %s", addr, exc)
+            return
+        for dgram in result.replies:
+            self.transport.sendto(dgram, addr)
+        if result.outcome is ListenOutcome.ACCEPTED:
+            assert result.engine is not None
+            self._open(result.engine, addr).start()
+        elif result.outcome is ListenOutcome.COOKIE_REJECTED:
+            log.debug("DTLS ClientHello from %s with an invalid cookie: HelloVerifyRequest again", addr)
+
+    def _open(self, engine: TLSEngine, addr: Address) -> DTLSSession:
+        assert self.transport is not None
+        session = DTLSSession(engine, self.transport, addr,
+                              handshake_timeout=self._handshake_timeout, on_close=self._forget)
+        self.sessions[addr] = session
+        task = asyncio.get_running_loop().create_task(self._run(session))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return session
 
     def _forget(self, session: DTLSSession) -> None:
         if self.sessions.get(session.addr) is session:
@@ -256,8 +289,14 @@ class DTLSServer(asyncio.DatagramProtocol):
 async def start_dtls_server(handler: SessionHandler, host: str = "127.0.0.1", port: int = 0,
                             config: TLSConfig | TLSContext | None = None, *, handshake_timeout: float = 10.0,
                             on_handshake_error: Callable[[TLSHandshakeError, Address], None] | None = None,
+                            cookie_exchange: bool = True, cookies: DTLSCookies | None = None,
                             ) -> DTLSServer:
-    """Serve DTLS 1.2 on UDP; ``handler(session)`` runs after each successful handshake."""
+    """Serve DTLS 1.2 on UDP; ``handler(session)`` runs after each successful handshake.
+
+    ``cookie_exchange`` (default on) runs the RFC 6347 4.2.1 HelloVerifyRequest
+    exchange before any session exists; ``cookies`` injects the cookie minter
+    (e.g. with a test clock), by default a fresh :class:`DTLSCookies`.
+    """
     if config is None:
         raise ValueError("start_dtls_server needs a server TLSConfig")
     ctx = config if isinstance(config, TLSContext) else TLSContext(config)
@@ -265,7 +304,8 @@ async def start_dtls_server(handler: SessionHandler, host: str = "127.0.0.1", po
         raise ValueError("start_dtls_server needs a DTLS server configuration")
     loop = asyncio.get_running_loop()
     _, protocol = await loop.create_datagram_endpoint(
-        lambda: DTLSServer(ctx, handler, handshake_timeout=handshake_timeout, on_handshake_error=on_handshake_error),
+        lambda: DTLSServer(ctx, handler, handshake_timeout=handshake_timeout, on_handshake_error=on_handshake_error,
+                           cookie_exchange=cookie_exchange, cookies=cookies),
         local_addr=(host, port),
     )
     assert isinstance(protocol, DTLSServer)
