@@ -79,6 +79,45 @@ def test_credential_expiry_with_injected_clock(store: Store, clock) -> None:
     assert store.get_credential("ns", "k2").secret == b"new"
 
 
+def test_record_with_credential_one_statement(store: Store, clock) -> None:
+    """A record and the credential it describes, read together; None if either is gone."""
+    store.put_record("reg", "k1", {"a": 1}, expires_at=clock.now + timedelta(seconds=10))
+    store.put_credential("key", "k1", b"secret-1", expires_at=clock.now + timedelta(seconds=5))
+    store.put_record("reg", "k2", {"a": 2})  # no credential
+    store.put_credential("key", "k3", b"secret-3")  # no record
+    rec, cred = store.find_record_with_credential("reg", "key", "k1")
+    assert (rec.namespace, rec.rec_id, rec.doc, rec.version) == ("reg", "k1", {"a": 1}, 1)
+    assert (cred.namespace, cred.cred_id, cred.secret) == ("key", "k1", b"secret-1")
+    assert rec.expires_at == clock.now + timedelta(seconds=10) and cred.expires_at == clock.now + timedelta(seconds=5)
+    assert store.find_record_with_credential("reg", "key", "k2") is None
+    assert store.find_record_with_credential("reg", "key", "k3") is None
+    assert store.find_record_with_credential("reg", "other", "k1") is None  # the credential namespace counts
+    with store.transaction() as tx:  # the same inside a transaction (and it sees its own writes)
+        tx.put_credential("key", "k2", b"secret-2")
+        assert tx.find_record_with_credential("reg", "key", "k2")[1].secret == b"secret-2"
+    clock.advance(seconds=5)  # the credential expires first
+    assert store.find_record_with_credential("reg", "key", "k1") is None
+    assert store.find_record("reg", "k1") is not None
+
+
+def test_single_statement_reads_take_no_transaction_on_sqlite(store: Store) -> None:
+    store.put_record("r", "x", {"v": 1})
+    backend = store._backend  # noqa: SLF001 - observation only
+    orig, seen = backend.execute, []
+    backend.execute = lambda conn, sql, params=(): seen.append(sql) or orig(conn, sql, params)  # type: ignore[method-assign]
+    try:
+        assert store.get_record("r", "x").doc == {"v": 1}
+        with store.snapshot() as snap:  # a snapshot of several reads still is one transaction
+            snap.get_record("r", "x")
+    finally:
+        backend.execute = orig  # type: ignore[method-assign]
+    if store.backend_name == "sqlite":
+        assert seen[0].lstrip().startswith("SELECT") and seen[1] == "BEGIN" and seen[-1] == "COMMIT"
+    with store.transaction():
+        with pytest.raises(StoreError, match="open transaction"):
+            store.get_record("r", "x")
+
+
 def test_credential_take_and_delete(store: Store) -> None:
     store.put_credential("tok", "t1", b"token")
     assert store.take_credential("tok", "t1").secret == b"token"

@@ -27,7 +27,7 @@ from abc import ABC, abstractmethod
 import json
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -210,6 +210,7 @@ def audit_draft(
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
 _CRED_COLS = "namespace, cred_id, secret, metadata, created_at, expires_at"
 _REC_COLS = "namespace, rec_id, doc, version, created_at, updated_at, expires_at"
+_REC_CRED_COLS = ", ".join([*(f"r.{c}" for c in _REC_COLS.split(", ")), *(f"c.{c}" for c in _CRED_COLS.split(", "))])
 
 
 class _Operations(ABC):
@@ -220,6 +221,10 @@ class _Operations(ABC):
     @abstractmethod
     def _conn(self, write: bool) -> AbstractContextManager[Any]:
         """A connection inside a transaction: the caller's own, or one opened for this call."""
+
+    def _read1(self) -> AbstractContextManager[Any]:
+        """A connection for a read that is one statement (atomic by itself)."""
+        return self._conn(write=False)
 
     # helpers -----------------------------------------------------------------------------
     def _x(self, conn: Any, sql: str, *params: Any) -> Any:
@@ -291,7 +296,7 @@ class _Operations(ABC):
     def get_credential(self, namespace: str, cred_id: str) -> Credential:
         """The live credential or :class:`NotFound`."""
         b = self._store._backend
-        with self._conn(write=False) as conn:
+        with self._read1() as conn:
             row = self._x(
                 conn,
                 f"SELECT {_CRED_COLS} FROM m2msec_credentials WHERE namespace = ? AND cred_id = ? AND {_LIVE}",
@@ -339,7 +344,7 @@ class _Operations(ABC):
         """Live credentials of a namespace ordered by id; ``where`` = top-level metadata equality."""
         b = self._store._backend
         out: list[Credential] = []
-        with self._conn(write=False) as conn:
+        with self._read1() as conn:
             rows = self._x(
                 conn,
                 f"SELECT {_CRED_COLS} FROM m2msec_credentials WHERE namespace = ? AND {_LIVE} ORDER BY cred_id",
@@ -395,7 +400,7 @@ class _Operations(ABC):
 
     def get_record(self, namespace: str, rec_id: str) -> Record:
         b = self._store._backend
-        with self._conn(write=False) as conn:
+        with self._read1() as conn:
             row = self._x(
                 conn,
                 f"SELECT {_REC_COLS} FROM m2msec_records WHERE namespace = ? AND rec_id = ? AND {_LIVE}",
@@ -410,6 +415,27 @@ class _Operations(ABC):
             return self.get_record(namespace, rec_id)
         except NotFound:
             return None
+
+    def find_record_with_credential(
+        self, rec_namespace: str, cred_namespace: str, item_id: str
+    ) -> tuple[Record, Credential] | None:
+        """The live record ``(rec_namespace, item_id)`` and the live credential
+        ``(cred_namespace, item_id)`` it describes, read by one statement (one consistent
+        snapshot on both backends); None if either is missing or expired."""
+        b = self._store._backend
+        nowp = b.ts_in(self._now())
+        with self._read1() as conn:
+            row = self._x(
+                conn,
+                f"SELECT {_REC_CRED_COLS} FROM m2msec_records r JOIN m2msec_credentials c "
+                "ON c.namespace = ? AND c.cred_id = r.rec_id "
+                "WHERE r.namespace = ? AND r.rec_id = ? "
+                "AND (r.expires_at IS NULL OR r.expires_at > ?) AND (c.expires_at IS NULL OR c.expires_at > ?)",
+                cred_namespace, rec_namespace, item_id, nowp, nowp,
+            ).fetchone()
+        if row is None:
+            return None
+        return self._rec(row[:7]), self._cred(row[7:])
 
     def update_record(
         self,
@@ -505,7 +531,7 @@ class _Operations(ABC):
         """Live records of a namespace ordered by id; ``where`` = top-level field equality."""
         b = self._store._backend
         out: list[Record] = []
-        with self._conn(write=False) as conn:
+        with self._read1() as conn:
             rows = self._x(
                 conn,
                 f"SELECT {_REC_COLS} FROM m2msec_records WHERE namespace = ? AND {_LIVE} ORDER BY rec_id",
@@ -545,17 +571,40 @@ class _Operations(ABC):
         return self._append_draft(audit_draft(actor, action, subject, outcome, details), self._now())
 
     def _append_draft(self, draft: AuditDraft, ts: datetime) -> AuditEntry:
+        return self._append_drafts([(draft, ts)])[0]
+
+    #: rows per INSERT statement of :meth:`_append_drafts` (6 parameters each, far below
+    #: SQLite's and PostgreSQL's limits on bound parameters)
+    _AUDIT_ROWS_PER_STATEMENT = 256
+
+    def _append_drafts(self, items: Sequence[tuple[AuditDraft, datetime]]) -> list[AuditEntry]:
+        """Insert checked records in order, as few multi-row INSERTs as possible.
+
+        ``seq`` values are assigned in VALUES order within one statement (SQLite: the rows are
+        inserted in order under the write lock; PostgreSQL: the identity sequence is drawn row by
+        row), so the returned values, sorted, belong to the items in order."""
         b = self._store._backend
+        out: list[AuditEntry] = []
+        step = self._AUDIT_ROWS_PER_STATEMENT
         with self._conn(write=True) as conn:
-            row = self._x(
-                conn,
-                "INSERT INTO m2msec_audit (ts, actor, action, subject, outcome, details) "
-                "VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
-                b.ts_in(ts), draft.actor, draft.action, draft.subject, draft.outcome,
-                b.json_in(draft.text, draft.details),
-            ).fetchone()
-        return AuditEntry(int(row[0]), ts, draft.actor, draft.action, draft.subject, draft.outcome,
-                          json.loads(draft.text))
+            for i in range(0, len(items), step):
+                chunk = items[i : i + step]
+                params: list[Any] = []
+                for draft, ts in chunk:
+                    params += (b.ts_in(ts), draft.actor, draft.action, draft.subject, draft.outcome,
+                               b.json_in(draft.text, draft.details))
+                rows = self._x(
+                    conn,
+                    "INSERT INTO m2msec_audit (ts, actor, action, subject, outcome, details) VALUES "
+                    + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk)) + " RETURNING seq",
+                    *params,
+                ).fetchall()
+                if len(rows) != len(chunk):  # pragma: no cover - a driver contract violation
+                    raise StoreError(f"audit insert returned {len(rows)} rows for {len(chunk)} records")
+                for (draft, ts), seq in zip(chunk, sorted(int(r[0]) for r in rows)):
+                    out.append(AuditEntry(seq, ts, draft.actor, draft.action, draft.subject, draft.outcome,
+                                          json.loads(draft.text)))
+        return out
 
     def list_audit(
         self,
@@ -582,7 +631,7 @@ class _Operations(ABC):
         if limit is not None:
             sql += " LIMIT ?"
             params.append(int(limit))
-        with self._conn(write=False) as conn:
+        with self._read1() as conn:
             rows = self._x(conn, sql, *params).fetchall()
         return [
             AuditEntry(int(r[0]), b.ts_out(r[1]), r[2], r[3], r[4], r[5], b.json_out(r[6]))  # type: ignore[arg-type]
@@ -706,6 +755,29 @@ class Store(_Operations):
                 raise
             b.commit(conn)
             healthy = True
+        finally:
+            self._pool.release(conn, healthy)
+
+    @contextmanager
+    def _read1(self) -> Iterator[Any]:
+        """One-statement reads on a backend in autocommit mode (SQLite) skip BEGIN/COMMIT: the
+        statement is its own read transaction, as consistent as inside one."""
+        b = self._backend
+        if not b.autocommit_reads:
+            with self._conn(write=False) as conn:
+                yield conn
+            return
+        if getattr(self._local, "tx", None) is not None:
+            raise StoreError(
+                "this thread has an open transaction on this store: call the operation on the transaction object"
+            )
+        conn = self._pool.acquire()
+        healthy = True
+        try:
+            yield conn
+        except StoreError:
+            healthy = False  # a driver error: do not reuse the connection
+            raise
         finally:
             self._pool.release(conn, healthy)
 
