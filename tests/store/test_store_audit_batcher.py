@@ -94,8 +94,9 @@ def test_no_record_lost_under_concurrency(store: Store) -> None:
     b.close()
 
 
-def test_async_waiters(store: Store) -> None:
-    b = AuditBatcher(store)
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "writer-thread"])
+def test_async_waiters(store: Store, inline: bool) -> None:
+    b = AuditBatcher(store, inline_async=inline)
 
     async def main() -> list[int]:
         entries = await asyncio.gather(*(b.append_async("a", "x", f"c{i}", "ok") for i in range(100)))
@@ -120,7 +121,7 @@ def test_failed_commit_fails_every_waiter_of_the_batch(store: Store) -> None:
     fail = {"on": False}
 
     def failing_execute(conn: Any, sql: str, params: Any = ()) -> Any:
-        if fail["on"] and sql.startswith("INSERT INTO m2msec_audit") and params[4] == "boom":
+        if fail["on"] and sql.startswith("INSERT INTO m2msec_audit") and "boom" in tuple(params)[4::6]:  # outcome of each row
             raise StoreError("simulated commit failure")
         return orig_execute(conn, sql, params)
 
@@ -165,8 +166,9 @@ def test_failed_commit_fails_every_waiter_of_the_batch(store: Store) -> None:
     b.close()
 
 
-def test_failed_commit_fails_async_waiters(store: Store) -> None:
-    b = AuditBatcher(store)
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "writer-thread"])
+def test_failed_commit_fails_async_waiters(store: Store, inline: bool) -> None:
+    b = AuditBatcher(store, inline_async=inline)
     store.close()  # every commit now fails
 
     async def main() -> None:
@@ -226,3 +228,43 @@ def test_snapshot_is_read_only(store: Store) -> None:
         with pytest.raises(StoreError, match="read-only"):
             tx.append_audit("a", "x", "s", "ok")
     assert store.find_record("ns", "r2") is None
+
+
+def test_inline_default_follows_the_backend(store: Store) -> None:
+    assert AuditBatcher(store).inline_async is (store.backend_name == "sqlite")
+
+
+def test_inline_async_one_commit_per_loop_pass_on_the_loop_thread(store: Store) -> None:
+    """Coroutines that append in one pass of the loop share one commit, made on the loop's
+    thread (no writer thread); more than max_batch records are split, order kept."""
+    b = AuditBatcher(store, inline_async=True, max_batch=512)
+
+    async def main(n: int) -> list[int]:
+        entries = await asyncio.gather(*(b.append_async("a", "x", f"c{i}", "ok", {"i": i}) for i in range(n)))
+        assert [e.details["i"] for e in entries] == list(range(n))
+        return [e.seq for e in entries]
+
+    seqs = asyncio.run(main(50))
+    assert (b.batches, b.records, b._thread) == (1, 50, None)  # noqa: SLF001
+    more = asyncio.run(main(600))  # 512 + 88, and more than one INSERT statement's worth of rows
+    assert b.batches == 3 and b._thread is None  # noqa: SLF001
+    assert seqs + more == sorted(seqs + more) and len(set(seqs + more)) == 650
+    assert _subjects(store) == [f"c{i}" for i in range(50)] + [f"c{i}" for i in range(600)]
+    entries = store.list_audit(limit=None, newest_first=False)
+    assert [e.seq for e in entries] == seqs + more and entries[-1].details == {"i": 599}
+
+
+def test_inline_async_closed_batcher_fails_pending_waiters(store: Store) -> None:
+    b = AuditBatcher(store, inline_async=True)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(b.append_async("a", "x", "late", "ok"))
+        await asyncio.sleep(0)  # appended, not yet handed over
+        b.close()
+        with pytest.raises(StoreError, match="closed"):
+            await task
+        with pytest.raises(StoreError, match="closed"):
+            await b.append_async("a", "x", "after", "ok")
+
+    asyncio.run(main())
+    assert _subjects(store) == []
