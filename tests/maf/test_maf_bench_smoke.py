@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,9 @@ def test_bench_maf_runs_and_reports_indexed_lookups(tmp_path: Path) -> None:
     table = text.split("(a) Key Retrieval throughput", 1)[1].split("(b)", 1)[0]
     rows = [line.split() for line in table.splitlines()[2:] if line.strip()]
     assert [r[0] for r in rows] == ["1", "2"] and all(float(r[1].replace(",", "")) > 0 for r in rows)
-    assert "SEARCH m2msec_records USING INDEX" in text and "SEARCH m2msec_credentials USING INDEX" in text
+    plan = text.split("(c)", 1)[1]
+    assert re.search(r"SEARCH \S+ USING INDEX sqlite_autoindex_m2msec_records_1 \(namespace=\? AND rec_id=\?\)", plan)
+    assert re.search(r"SEARCH \S+ USING INDEX sqlite_autoindex_m2msec_credentials_1 \(namespace=\? AND cred_id=\?\)",
+                     plan)
     assert "every look-up uses an index" in text
     assert list(tmp_path.iterdir()) == []  # the benchmark database is removed

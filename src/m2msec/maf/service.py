@@ -209,11 +209,12 @@ class _RetrievalCache:
             self.keys.clear()
             self.regs.clear()
 
-    def put(self, gen: int, rel: str, doc: dict[str, Any], expires: datetime, secret: bytes,
-            reg_key: tuple[str, str], reg_expires: datetime | None) -> None:
+    def put(self, gen: int, rel: str, doc: dict[str, Any], expires: datetime, secret: bytes, loaded: float,
+            reg_key: tuple[str, str], reg: tuple[float, datetime | None]) -> None:
+        """Cache a key read at ``loaded`` (monotonic) and the registration entry ``reg``
+        (loaded, expiry) it was checked against; an entry taken from the cache keeps its age."""
         if self.ttl <= 0:
             return
-        loaded = time.monotonic()
         with self._lock:
             if gen != self.gen:
                 return
@@ -222,8 +223,9 @@ class _RetrievalCache:
                     del table[next(iter(table))]  # oldest first (insertion order)
             self.keys.pop(rel, None)
             self.keys[rel] = (loaded, doc, expires, secret)
-            self.regs.pop(reg_key, None)
-            self.regs[reg_key] = (loaded, reg_expires)
+            if self.regs.get(reg_key) is not reg:
+                self.regs.pop(reg_key, None)
+                self.regs[reg_key] = reg
 
 
 #: procedures that change nothing a Key Retrieval reads, or only add to it
@@ -676,28 +678,35 @@ class MAFService:
 
     def _key_retrieval_read(self, peer: MAFPeer,
                             req: KeyRetrievalRequest) -> tuple[KeyRetrievalResponse, str, dict[str, Any]]:
-        """The read part of 8.8.2.8 in one read-only snapshot; fills the retrieval cache."""
+        """The read part of 8.8.2.8 from the store; fills the retrieval cache.
+
+        The Key Registration and its key value come from one statement (one snapshot); the
+        Target's MAF Client registration (8.8.2.3) from the cache when it was read within the
+        TTL, else from the store."""
         rel = req.relative_key_id
-        gen = self._cache.gen
-        with self.store.snapshot() as tx:
-            rec = tx.find_record(NS.KEY_REG, rel)
-            if rec is None:
-                raise MAFError(f"no live Key Registration {rel}", rsc=RSC.NOT_FOUND)
-            doc = rec.doc
-            if peer.client_id is None or peer.client_id not in doc["targetIDs"]:
-                raise MAFError(f"the MAF Client is not an authorised Target of key {rel}",
-                               rsc=RSC.ORIGINATOR_HAS_NO_PRIVILEGE)
-            reg_key = (doc["adminFQDN"], peer.client_id)
-            reg = tx.find_record(NS.REG_IDX, self._idx(*reg_key))
+        cache = self._cache
+        gen = cache.gen
+        found = self.store.find_record_with_credential(NS.KEY_REG, NS.KEY, rel)
+        if found is None:
+            raise MAFError(f"no live Key Registration {rel}", rsc=RSC.NOT_FOUND)
+        loaded = time.monotonic()
+        rec, cred = found
+        doc = rec.doc
+        if peer.client_id is None or peer.client_id not in doc["targetIDs"]:
+            raise MAFError(f"the MAF Client is not an authorised Target of key {rel}",
+                           rsc=RSC.ORIGINATOR_HAS_NO_PRIVILEGE)
+        reg_key = (doc["adminFQDN"], peer.client_id)
+        reg_entry = cache.regs.get(reg_key)
+        if (reg_entry is None or loaded - reg_entry[0] >= cache.ttl
+                or (reg_entry[1] is not None and reg_entry[1] <= self.now())):
+            reg_loaded = time.monotonic()
+            reg = self.store.find_record(NS.REG_IDX, self._idx(*reg_key))
             if reg is None:
                 raise MAFError(f"the MAF Client is not registered with this MAF for {doc['adminFQDN']!r} (8.8.2.3)",
                                rsc=RSC.SERVICE_SUBSCRIPTION_NOT_ESTABLISHED)
-            try:
-                cred = tx.get_credential(NS.KEY, rel)
-            except NotFound:
-                raise MAFError(f"no live Key Registration {rel}", rsc=RSC.NOT_FOUND) from None
+            reg_entry = (reg_loaded, reg.expires_at)
         assert rec.expires_at is not None
-        self._cache.put(gen, rel, doc, rec.expires_at, cred.secret, reg_key, reg.expires_at)
+        cache.put(gen, rel, doc, rec.expires_at, cred.secret, loaded, reg_key, reg_entry)
         return self._key_retrieval_answer(peer.client_id, rel, doc, rec.expires_at, cred.secret)
 
     def _key_retrieval_cached(self, peer: MAFPeer,
