@@ -1,6 +1,6 @@
 """MAF Key Retrieval (TS-0003 8.8.2.8) throughput and latency.
 
-    .venv/bin/python bench/bench_maf.py [--keys 10000,1000000] [--clients 1,10,50] [--duration 5]
+    .venv/bin/python bench/bench_maf.py [--keys 10000,1000000] [--clients 1,10,50] [--duration 3] [--rounds 3]
                                         [--latency-n 2000] [--db-dir DIR]
 
 (a) Throughput: key retrievals per second over persistent TLS-PSK connections (one MAF
@@ -35,6 +35,7 @@ import os
 import random
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -259,7 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--keys", default="10000,1000000", help="store sizes for the latency table")
     ap.add_argument("--clients", default="1,10,50")
-    ap.add_argument("--duration", type=float, default=5.0, help="seconds per throughput run")
+    ap.add_argument("--duration", type=float, default=3.0, help="seconds per throughput run")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating MAF/plain runs per client count (median)")
     ap.add_argument("--latency-n", type=int, default=2000)
     ap.add_argument("--db-dir", default=None)
     ap.add_argument("--populate-budget", type=float, default=600.0,
@@ -297,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             child = Child(db, kek, "maf")
             try:
                 if i == 0:
-                    thr = run_throughput(db, kek, child, client_counts, args.duration, sample)
+                    thr = run_throughput(db, kek, child, client_counts, args.duration, sample, args.rounds)
                 lat = asyncio.run(latency(child.port, args.latency_n, sample))
             finally:
                 child.stop()
@@ -307,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         store.close()
 
         print("\n(a) Key Retrieval throughput over persistent TLS-PSK connections "
-              f"({args.duration:.0f} s per run, store of {sizes[0]:,} keys)")
+              f"(median of {args.rounds} alternating runs of {args.duration:g} s, store of {sizes[0]:,} keys)")
         print(f"{'clients':>8} {'MAF req/s':>10} {'plain req/s':>12} {'ratio':>6} "
               f"{'MAF srv CPU us/req':>19} {'plain srv CPU us/req':>21}")
         for n, (m_rps, m_cpu), (p_rps, p_cpu) in thr:
@@ -329,19 +331,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_throughput(db: Path, kek: KeyEncryptionKey, maf_child: Child, counts: list[int], duration: float,
-                   sample: list[str]) -> list[tuple[int, tuple[float, float], tuple[float, float]]]:
+                   sample: list[str], rounds: int) -> list[tuple[int, tuple[float, float], tuple[float, float]]]:
+    """For each client count, ``rounds`` alternating MAF/plain runs; the median of each side
+    (rate and server CPU per request), so that drift of the machine hits both alike."""
     plain = Child(db, kek, "plain")
     out = []
     try:
         for n in counts:
-            row = []
-            for child, check in ((maf_child, True), (plain, False)):
-                c0 = child.cpu()
-                done, elapsed = asyncio.run(throughput(child.port, n, duration, sample, check))
-                cpu = child.cpu() - c0
-                row.append((done / elapsed, cpu / max(done, 1) * 1e6))
+            runs: dict[str, list[tuple[float, float]]] = {"maf": [], "plain": []}
+            for _ in range(rounds):
+                for kind, child, check in (("maf", maf_child, True), ("plain", plain, False)):
+                    c0 = child.cpu()
+                    done, elapsed = asyncio.run(throughput(child.port, n, duration, sample, check))
+                    cpu = child.cpu() - c0
+                    runs[kind].append((done / elapsed, cpu / max(done, 1) * 1e6))
+            row = [(statistics.median(r for r, _ in runs[k]), statistics.median(c for _, c in runs[k]))
+                   for k in ("maf", "plain")]
             out.append((n, row[0], row[1]))
-            print(f"  {n} clients: MAF {row[0][0]:,.0f} req/s, plain {row[1][0]:,.0f} req/s", flush=True)
+            print(f"  {n} clients: MAF {', '.join(f'{r:,.0f}' for r, _ in runs['maf'])} req/s; "
+                  f"plain {', '.join(f'{r:,.0f}' for r, _ in runs['plain'])} req/s", flush=True)
     finally:
         plain.stop()
     return out

@@ -12,7 +12,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_maf.py"
 
 def test_bench_maf_runs_and_reports_indexed_lookups(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, str(BENCH), "--keys", "200,400", "--clients", "1,2", "--duration", "0.3",
+        [sys.executable, str(BENCH), "--keys", "200,400", "--clients", "1,2", "--duration", "0.3", "--rounds", "1",
          "--latency-n", "20", "--db-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=60,
     )
