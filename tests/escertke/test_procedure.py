@@ -266,6 +266,24 @@ def test_replayed_message_1_refused_and_restart_replaces(ends, pki):
     assert m3_old is None
 
 
+def test_message_1_rate_capped_per_initiator_within_the_replay_window(pki, clock):
+    """The replay table cannot grow without bound (even under a fixed clock): each configured
+    Initiator has at most max_message1_per_window entries; the cap frees as entries expire."""
+    ini = InitiatingEndPoint(pki.ini, clock=clock, keys=ESCertKEKeys(clock=clock))
+    ter = TerminatingEndPoint(pki.ter, [initiator_info(pki)], clock=clock, keys=ESCertKEKeys(clock=clock),
+                              max_message1_per_window=3, replay_window=timedelta(minutes=10))
+    for _ in range(3):
+        ter.handle(INI_ID, ini.initiate(terminator_info(pki)).message_1())
+    with pytest.raises(ESCertKEError) as ei:
+        ter.handle(INI_ID, ini.initiate(terminator_info(pki)).message_1())
+    assert ei.value.reason is Reason.RATE_LIMITED and ei.value.rsc == RSC.NOT_ACCEPTABLE
+    assert len(ter._seen) == 3  # noqa: SLF001 - the refused one was not recorded
+    clock.advance(minutes=10)  # the three entries expire: room again, and a full procedure works
+    _, _, res = run(ini, ter, pki)
+    assert ter.keys.for_peer(INI_ID).key == res.key
+    assert ter._seen_per_initiator == {INI_ID: 1}  # noqa: SLF001
+
+
 def test_replayed_message_3_refused(ends, pki):
     ini, ter = ends
     _, (m1, m2, m3, m4), _ = run(ini, ter, pki)

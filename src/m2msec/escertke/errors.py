@@ -27,6 +27,7 @@ class Reason(str, enum.Enum):
     MALFORMED = "MALFORMED"  # not a TLS 1.2 handshake flight / truncated
     OUT_OF_ORDER = "OUT_OF_ORDER"  # a message that does not fit the procedure's state
     REPLAYED = "REPLAYED"  # a Message 1 already seen
+    RATE_LIMITED = "RATE_LIMITED"  # too many Message 1 from this Initiator within the replay window
     NO_PROCEDURE = "NO_PROCEDURE"  # Message 3 without an unfinished procedure with that peer
     EXPIRED = "EXPIRED"  # the procedure timed out
     UNKNOWN_INITIATOR = "UNKNOWN_INITIATOR"  # Terminating End-Point not configured for this originator
@@ -39,6 +40,7 @@ _RSC: dict[Reason, RSC] = {
     Reason.MALFORMED: RSC.BAD_REQUEST,
     Reason.OUT_OF_ORDER: RSC.BAD_REQUEST,
     Reason.REPLAYED: RSC.BAD_REQUEST,
+    Reason.RATE_LIMITED: RSC.NOT_ACCEPTABLE,
     Reason.NO_PROCEDURE: RSC.BAD_REQUEST,
     Reason.EXPIRED: RSC.REQUEST_TIMEOUT,
     Reason.UNKNOWN_INITIATOR: RSC.ORIGINATOR_HAS_NO_PRIVILEGE,

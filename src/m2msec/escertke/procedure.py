@@ -65,6 +65,7 @@ __all__ = [
 
 DEFAULT_PROCEDURE_TIMEOUT = timedelta(seconds=60)
 DEFAULT_REPLAY_WINDOW = timedelta(minutes=10)
+DEFAULT_MAX_MESSAGE1_PER_WINDOW = 1000
 _SUITES = (profiles.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256,)
 
 
@@ -344,18 +345,24 @@ class TerminatingEndPoint:
 
     def __init__(self, credentials: CertCredentials, initiators: Iterable[InitiatorInfo] = (), *, clock: Clock,
                  keys: ESCertKEKeys | None = None, procedure_timeout: timedelta = DEFAULT_PROCEDURE_TIMEOUT,
-                 replay_window: timedelta = DEFAULT_REPLAY_WINDOW, max_procedures: int = 10000) -> None:
+                 replay_window: timedelta = DEFAULT_REPLAY_WINDOW, max_procedures: int = 10000,
+                 max_message1_per_window: int = DEFAULT_MAX_MESSAGE1_PER_WINDOW) -> None:
         self.credentials = credentials
         self.clock = clock
         self.keys = keys if keys is not None else ESCertKEKeys(clock=clock)
         self.procedure_timeout = procedure_timeout
         self.replay_window = replay_window
         self.max_procedures = max_procedures
+        #: the replay table holds every accepted ClientHello.random for ``replay_window``; this
+        #: caps each configured Initiator's share of it (memory stays bounded by the number of
+        #: configured Initiators, whatever the clock does)
+        self.max_message1_per_window = max_message1_per_window
         self._initiators: dict[str, InitiatorInfo] = {}
         self._contexts: dict[InitiatorInfo, TLSContext] = {}
         self._contexts_by_id: dict[int, tuple[Any, TLSContext]] = {}
         self._procedures: OrderedDict[str, _Procedure] = OrderedDict()
-        self._seen: OrderedDict[bytes, datetime] = OrderedDict()  # ClientHello.random -> until
+        self._seen: OrderedDict[bytes, tuple[datetime, str]] = OrderedDict()  # random -> (until, Initiator)
+        self._seen_per_initiator: dict[str, int] = {}
         self._lock = threading.Lock()
         for i in initiators:
             self.configure(i)
@@ -390,9 +397,15 @@ class TerminatingEndPoint:
             del self._procedures[k]
         while self._seen:
             first = next(iter(self._seen))
-            if self._seen[first] > now:
+            until, who = self._seen[first]
+            if until > now:
                 break
             del self._seen[first]
+            left = self._seen_per_initiator[who] - 1
+            if left:
+                self._seen_per_initiator[who] = left
+            else:
+                del self._seen_per_initiator[who]
 
     def _context(self, info: InitiatorInfo) -> TLSContext:
         ctx = _context_by_identity(self._contexts_by_id, info)
@@ -437,6 +450,10 @@ class TerminatingEndPoint:
             raise ESCertKEError(Reason.MALFORMED, "Message 1 is not a ClientHello")
         if rnd in self._seen:
             raise ESCertKEError(Reason.REPLAYED, "Message 1 (this ClientHello.random) was already received")
+        if self._seen_per_initiator.get(info.identity, 0) >= self.max_message1_per_window:
+            raise ESCertKEError(Reason.RATE_LIMITED,
+                                f"more than {self.max_message1_per_window} Message 1 from {info.identity!r} "
+                                f"within {self.replay_window}")
         engine = TLSEngine(self._context(info))
         try:
             engine.receive_data(message)
@@ -447,7 +464,8 @@ class TerminatingEndPoint:
         out = engine.data_to_send()
         if first_kind(out) != 2 or engine.established:
             raise ESCertKEError(Reason.MALFORMED, "Message 1 is not a complete ClientHello flight")
-        self._seen[rnd] = now + self.replay_window
+        self._seen[rnd] = (now + self.replay_window, info.identity)
+        self._seen_per_initiator[info.identity] = self._seen_per_initiator.get(info.identity, 0) + 1
         self._procedures.pop(info.identity, None)  # a new Message 1 replaces the unfinished procedure
         while len(self._procedures) >= self.max_procedures:
             self._procedures.popitem(last=False)
