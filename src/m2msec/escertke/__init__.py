@@ -22,6 +22,7 @@ from m2msec.escertke.keys import ESCertKEKeys, ESCertKEResult, kid_for
 from m2msec.escertke.messages import classify
 from m2msec.escertke.procedure import (
     DEFAULT_PROCEDURE_TIMEOUT,
+    DEFAULT_MAX_MESSAGE1_PER_WINDOW,
     DEFAULT_REPLAY_WINDOW,
     InitiatingEndPoint,
     Initiator,
@@ -41,6 +42,7 @@ from m2msec.escertke.transport import (
 
 __all__ = [
     "DEFAULT_PROCEDURE_TIMEOUT",
+    "DEFAULT_MAX_MESSAGE1_PER_WINDOW",
     "DEFAULT_REPLAY_WINDOW",
     "ESCertKEError",
     "ESCertKEKeys",

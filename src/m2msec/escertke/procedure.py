@@ -53,6 +53,7 @@ from m2msec.tls.pkiverify import pki_tls_kwargs
 
 __all__ = [
     "DEFAULT_PROCEDURE_TIMEOUT",
+    "DEFAULT_MAX_MESSAGE1_PER_WINDOW",
     "DEFAULT_REPLAY_WINDOW",
     "Initiator",
     "InitiatorInfo",
