@@ -26,10 +26,11 @@ Audit: actor ``maf``, action = procedure name, subject = client ID, outcome ``ok
 
 Key Retrieval (8.8.2.8) is the hot path and is split in two:
 
-1. *read* — the Key Registration (live = unexpired), the authorisation (the peer is one of its
-   targetIDs), the peer's live MAF Client Registration with the key's administrating
-   stakeholder and the key value, read in one read-only store snapshot (no write lock), or
-   from the in-memory retrieval cache (below);
+1. *read* — the Key Registration (live = unexpired) and its key value, read by one statement
+   (one snapshot, no write lock); the authorisation (the peer is one of its targetIDs); the
+   peer's live MAF Client Registration with the key's administrating stakeholder, read by a
+   second statement or taken from the retrieval cache when it was read within the TTL; or
+   the whole result from the in-memory retrieval cache (below);
 2. *audit* — the disclosure record is appended through the service's
    :class:`~m2msec.store.AuditBatcher` (group commit: one transaction and one disk sync for
    all retrievals that are waiting), and the response is released only after the commit that
