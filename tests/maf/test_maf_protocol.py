@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import UTC, datetime
 
 import pytest
@@ -11,12 +12,14 @@ from m2msec.maf.protocol import (
     ClientRegistrationRequest,
     KeyRegistrationRequest,
     KeyRegistrationUpdateRequest,
+    KeyRetrievalRequest,
     KeyRetrievalResponse,
     MAFError,
     Procedure,
     RegistrationUpdateRequest,
     check_suid_targets,
     decode_body,
+    _Message,
     encode_body,
 )
 from m2msec.onem2m.enums import SUID
@@ -57,6 +60,23 @@ def test_client_registration_rejections(body: bytes) -> None:
     with pytest.raises(ParseError) as ei:
         decode_body(ClientRegistrationRequest, body)
     assert int(ei.value.rsc) == 4000
+
+
+@pytest.mark.parametrize("body", [
+    b'{"relativeKeyID":"00112233445566778899aabbccddeeff","relativeKeyID":"00112233445566778899aabbccddeeff"}',
+    b'{"relativeKeyID":NaN}', b'{"relativeKeyID":Infinity}', b'\xff\xfe', b'', b'[]', b'{"relativeKeyID":"0011"} x',
+    b'{"relativeKeyID":' * 5000,
+])
+def test_bodies_outside_strict_json_refused(body: bytes) -> None:
+    with pytest.raises(ParseError) as ei:
+        decode_body(KeyRetrievalRequest, body)
+    assert int(ei.value.rsc) == 4000
+
+
+def test_every_message_names_each_field_once_in_field_order() -> None:
+    """to_json walks ``_names``: it must list exactly the dataclass fields, in their order."""
+    for cls in _Message.__subclasses__():
+        assert list(cls._names) == [f.name for f in fields(cls)], cls.__name__
 
 
 def test_update_needs_a_change() -> None:

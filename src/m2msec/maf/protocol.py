@@ -26,12 +26,13 @@ import binascii
 import enum
 import json
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 
 from m2msec.errors import M2MSecError, ParseError
 from m2msec.keys import parse_key_id
+from m2msec.onem2m._wire import dumps_json, loads_json
 from m2msec.onem2m.enums import SUID
 from m2msec.onem2m.rsc import ResponseStatusCode
 from m2msec.onem2m.timestamps import format_timestamp, parse_timestamp
@@ -252,11 +253,10 @@ class _Message(ABC):
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for f in fields(self):  # type: ignore[arg-type]
-            v = getattr(self, f.name)
+        for attr, name in self._names.items():
+            v = getattr(self, attr)
             if v is None:
                 continue
-            name = self._names[f.name]
             if isinstance(v, datetime):
                 v = format_timestamp(v)
             elif isinstance(v, bytes):
@@ -617,45 +617,23 @@ class Procedure(enum.Enum):
 
     @classmethod
     def by_path(cls, path: str) -> Procedure | None:
-        for p in cls:
-            if p.path == path:
-                return p
-        return None
+        return _BY_PATH.get(path)
+
+
+_BY_PATH: dict[str, Procedure] = {p.path: p for p in Procedure}
 
 
 # --------------------------------------------------------------------------- bodies
 
 
-def _no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ParseError(f"duplicate JSON member {k!r}")
-        out[k] = v
-    return out
-
-
-def _no_constants(name: str) -> Any:
-    raise ParseError(f"JSON constant {name} is not allowed")
-
-
 def decode_body(cls: type[M], body: bytes) -> M:
-    """Parse a request/response body strictly into ``cls`` (ParseError, RSC 4000)."""
+    """Parse a request/response body strictly into ``cls`` (ParseError, RSC 4000): UTF-8 JSON
+    with unique member names and no NaN/Infinity (the same decoder as oneM2M primitives)."""
     if not isinstance(body, (bytes, bytearray)):
         raise ParseError("body must be bytes")
-    try:
-        text = bytes(body).decode("utf-8")
-    except UnicodeDecodeError:
-        raise ParseError("body is not UTF-8") from None
-    try:
-        obj = json.loads(text, object_pairs_hook=_no_dupes, parse_constant=_no_constants)
-    except json.JSONDecodeError as exc:
-        raise ParseError(f"body is not JSON: {exc.msg} at {exc.pos}") from None
-    except RecursionError:
-        raise ParseError("body nests too deeply") from None
-    return cls.from_json(obj)
+    return cls.from_json(loads_json(body))
 
 
 def encode_body(msg: _Message) -> bytes:
     """Compact JSON of a message (UTF-8)."""
-    return json.dumps(msg.to_json(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return dumps_json(msg.to_json())
