@@ -254,6 +254,8 @@ def test_target_session_and_protocol_errors(w: World) -> None:
         status, _, _ = run(lambda: req(w.psk_tls(), "GET", "/.well-known/est/simpleenroll"))
         assert status == 405
         status, _, _ = run(lambda: req(w.psk_tls(), "GET", "/.well-known/est/serverkeygen"))
+        assert status == 405  # served since RFC 7030 4.4 support, POST only
+        status, _, _ = run(lambda: req(w.psk_tls(), "POST", "/.well-known/est/serverkeygen2"))
         assert status == 404
         status, hdrs, body = run(lambda: req(w.psk_tls(), "POST", "/.well-known/est/simpleenroll", b"%%%"))
         assert status == 400 and b"base64" in body

@@ -15,6 +15,19 @@ certificate-less mutual authentication, RFC 7030 3.3.3; certificate RSPF: RFC 70
 * ``POST /.well-known/est/simpleenroll`` and ``/simplereenroll`` - base64 DER PKCS#10
   in, ``application/pkcs7-mime; smime-type=certs-only`` with the issued certificate
   out (4.2);
+* ``POST /.well-known/est/serverkeygen`` - server-side key generation (TS-0003 8.3.6.2.1
+  last paragraph; RFC 7030 4.4): the same PKCS#10 in, checked by exactly the same RA
+  rules as ``simpleenroll`` (its key is a placeholder: the proof of possession and key
+  policy are checked as for ``simpleenroll``, but the key is never certified); the MEF
+  generates the key pair (:func:`preferred_key_type` of its key policy: P-256 under the
+  default and the strict oneM2M policy), has the CA certify the generated public key and
+  answers ``multipart/mixed`` (:func:`serverkeygen_multipart`): first the private key as
+  ``application/pkcs8`` (base64 DER PrivateKeyInfo, *unencrypted* - RFC 7030 4.4.2
+  allows that only because the response travels inside the mutually authenticated TLS
+  session, which every MEF session is), then the certificate as
+  ``application/pkcs7-mime; smime-type=certs-only``, each part with
+  ``Content-Transfer-Encoding: base64``.  The generated key is never logged, stored or
+  audited (the audit record carries the serial and identifiers only);
 * ``POST /enrolment/complete`` - Enrolment Exchange step 6 (seed 004 8.3.3.1): "the
   Enrolee sends a message to the MEF indicating success" (JSON, m2msec profile).
 
@@ -70,6 +83,7 @@ from m2msec.pki import (
 )
 from m2msec.pki.errors import CSRError, UnsupportedKeyError
 from m2msec.pki.identifiers import identifiers_in_names, subject_alt_names
+from m2msec.pki.keypolicy import KeyType, PrivateKey, generate_private_key, signature_hash_for
 from m2msec.store import DuplicateError, NotFound, Store
 
 __all__ = [
@@ -87,6 +101,8 @@ __all__ = [
     "certs_only",
     "load_certs_only",
     "load_dev_ca",
+    "preferred_key_type",
+    "serverkeygen_multipart",
     "store_dev_ca",
 ]
 
@@ -134,6 +150,13 @@ _TYPE_OF = {v.dotted_string: k for k, v in EKU_FOR.items()}
 #: (re-enrolment, TS-0003 8.3.6.2.2 step 3f) and carries the (D)TLS of SAEF and ESCertKE.
 BASE_EKUS: Final = (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH)
 
+#: RFC 7030 4.4.2 part types of the /serverkeygen response (key first, then certificate).
+CT_PKCS8: Final = "application/pkcs8"
+CT_MULTIPART: Final = "multipart/mixed"
+#: the EST operations whose request body is a PKCS#10 CSR (RFC 7030 4.2.1, 4.4.1)
+CSR_OPERATIONS: Final = ("simpleenroll", "simplereenroll", "serverkeygen")
+_B64_HEADERS: Final = (("Content-Transfer-Encoding", "base64"),)
+
 Clock = Callable[[], datetime]
 log = logging.getLogger(__name__)
 
@@ -157,6 +180,35 @@ def certs_only(certs: Sequence[x509.Certificate]) -> bytes:
     """Base64 of a DER PKCS#7 certs-only SignedData (RFC 7030 4.1.3, 4.2.3; RFC 8951 base64)."""
     der = pkcs7.serialize_certificates(list(certs), serialization.Encoding.DER)
     return base64.encodebytes(der)
+
+
+def _mime_b64(der: bytes) -> bytes:
+    """Base64 in 64-character lines ending CRLF (RFC 2045 6.8, the canonical form in a MIME part)."""
+    text = base64.b64encode(der)
+    return b"".join(text[i:i + 64] + b"\r\n" for i in range(0, len(text), 64))
+
+
+def serverkeygen_multipart(private_key: PrivateKey, certificates: Sequence[x509.Certificate]) -> tuple[str, bytes]:
+    """The RFC 7030 4.4.2 response: ``(Content-Type, body)`` of a two-part ``multipart/mixed``.
+
+    Part 1 ``application/pkcs8``: the unencrypted DER PrivateKeyInfo (RFC 5958), base64.
+    Part 2 ``application/pkcs7-mime; smime-type=certs-only``: the certificates, base64.
+    Both parts carry ``Content-Transfer-Encoding: base64``; lines end CRLF.  The boundary
+    is random and contains ``-`` and ``.``, which base64 text never holds, so it cannot
+    occur inside a part (checked anyway).
+    """
+    key_der = private_key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption())
+    p7_der = pkcs7.serialize_certificates(list(certificates), serialization.Encoding.DER)
+    parts = [(CT_PKCS8, _mime_b64(key_der)), (CT_CERTS_ONLY, _mime_b64(p7_der))]
+    boundary = f"est-{secrets.token_hex(12)}.part"
+    assert all(boundary.encode() not in body for _, body in parts)
+    out = bytearray()
+    for ctype, body in parts:
+        out += (f"--{boundary}\r\nContent-Type: {ctype}\r\nContent-Transfer-Encoding: base64\r\n\r\n").encode()
+        out += body
+    out += f"--{boundary}--\r\n".encode()
+    return f"{CT_MULTIPART}; boundary={boundary}", bytes(out)
 
 
 def _b64(body: bytes, what: str) -> bytes:
@@ -246,6 +298,21 @@ def load_dev_ca(store: Store, *, key_policy: KeyPolicy = DEFAULT_KEY_POLICY) -> 
                  key_policy=key_policy)
 
 
+def preferred_key_type(policy: KeyPolicy) -> KeyType:
+    """The key type /serverkeygen generates under ``policy`` (TS-0003 10.1.1.1: P-256 first).
+
+    P-256 if the policy admits it (the default and :data:`~m2msec.pki.STRICT_ONEM2M`), else
+    P-384, else RSA with at least the policy's minimum size (2048 or 3072 bits).
+    """
+    if "secp256r1" in policy.curves:
+        return KeyType.EC_P256
+    if "secp384r1" in policy.curves:
+        return KeyType.EC_P384
+    if policy.allow_rsa and policy.min_rsa_bits <= 3072:
+        return KeyType.RSA_2048 if policy.min_rsa_bits <= 2048 else KeyType.RSA_3072
+    raise ValueError("the key policy admits no key type the MEF can generate")
+
+
 # ------------------------------------------------------------------ per-enrolee configuration
 
 
@@ -297,7 +364,7 @@ class ESTResponse:
 
     rsc: RSC
     content_type: str
-    body: bytes
+    body: bytes = field(repr=False)  # a /serverkeygen body holds a private key
     extra_headers: tuple[tuple[str, str], ...] = ()
 
     @property
@@ -323,15 +390,33 @@ class _Pending:
                       expires_at=self.expires, if_absent=True)
 
 
+@dataclass(frozen=True)
+class _Grant:
+    """What the RA allowed for one CSR (the checks of seed 004 8.3.3.3 step 10)."""
+
+    csr: x509.CertificateSigningRequest
+    profile: ESTProfile
+    challenge_id: str
+    ke_id: str
+    identifiers: list[str]
+    usages: list[x509.ObjectIdentifier]
+
+
 class ESTService:
-    """The MEF's EST server and RA over :class:`~m2msec.mef.state.MEFState`."""
+    """The MEF's EST server and RA over :class:`~m2msec.mef.state.MEFState`.
+
+    ``serverkeygen_key_type``: what /serverkeygen generates (default
+    :func:`preferred_key_type` of ``key_policy``).
+    """
 
     def __init__(self, state: MEFState, ca: CertificateAuthority, *, key_policy: KeyPolicy = DEFAULT_KEY_POLICY,
-                 challenge_lifetime: timedelta = timedelta(minutes=30)) -> None:
+                 challenge_lifetime: timedelta = timedelta(minutes=30),
+                 serverkeygen_key_type: KeyType | None = None) -> None:
         self.state = state
         self.ca = ca
         self.key_policy = key_policy
         self.challenge_lifetime = challenge_lifetime
+        self.serverkeygen_key_type = serverkeygen_key_type or preferred_key_type(key_policy)
 
     def __repr__(self) -> str:
         return f"ESTService(mef={self.state.fqdn!r}, ca={self.ca!r})"
@@ -365,8 +450,15 @@ class ESTService:
 
     # -- dispatch ------------------------------------------------------------------------
     def handle(self, method: str, path: str, body: bytes, peer: SessionPeer | None,
-               peer_cert: x509.Certificate | None = None) -> ESTResponse:
-        """Serve one EST request; refusals become text/plain with the RSC (never a stack trace)."""
+               peer_cert: x509.Certificate | None = None, *, content_type: str | None = None) -> ESTResponse:
+        """Serve one EST request; refusals become text/plain with the RSC (never a stack trace).
+
+        ``content_type``: the request's Content-Type header.  A CSR operation refuses one
+        that is present but not ``application/pkcs10`` (4015, HTTP 415); a missing header
+        is tolerated.  Successful answers carry their headers in ``extra_headers``
+        (``Content-Transfer-Encoding: base64`` on single-part bodies only: a multipart
+        body has 7bit encoding, RFC 2045 6.4, its parts say base64 themselves).
+        """
         op = path[len(EST_PREFIX):] if path.startswith(EST_PREFIX) else ""
         try:
             if peer is None:
@@ -375,13 +467,19 @@ class ESTService:
                 if method != "GET":
                     raise _refuse(f"use GET for /{op}", RSC.OPERATION_NOT_ALLOWED)
                 if op == "cacerts":
-                    return ESTResponse(RSC.OK, CT_PKCS7, certs_only(self.ca.ca_certificates()))
-                return ESTResponse(RSC.OK, CT_CSRATTRS, base64.encodebytes(self.csrattrs(peer)))
-            if op in ("simpleenroll", "simplereenroll"):
+                    return ESTResponse(RSC.OK, CT_PKCS7, certs_only(self.ca.ca_certificates()), _B64_HEADERS)
+                return ESTResponse(RSC.OK, CT_CSRATTRS, base64.encodebytes(self.csrattrs(peer)), _B64_HEADERS)
+            if op in CSR_OPERATIONS:
                 if method != "POST":
                     raise _refuse(f"use POST for /{op}", RSC.OPERATION_NOT_ALLOWED)
+                if content_type is not None and _media_type(content_type) != CT_PKCS10:
+                    raise _refuse(f"/{op} takes {CT_PKCS10}, not {content_type[:60]!r}", RSC.UNSUPPORTED_MEDIA_TYPE)
+                if op == "serverkeygen":
+                    key, chain = self.serverkeygen(body, peer)
+                    ctype, multipart = serverkeygen_multipart(key, chain[:1])
+                    return ESTResponse(RSC.OK, ctype, multipart)
                 chain = self.enroll(body, peer, reenroll=op == "simplereenroll", peer_cert=peer_cert)
-                return ESTResponse(RSC.OK, CT_CERTS_ONLY, certs_only(chain[:1]))
+                return ESTResponse(RSC.OK, CT_CERTS_ONLY, certs_only(chain[:1]), _B64_HEADERS)
             raise _refuse(f"EST operation {op[:40]!r} is not supported", RSC.NOT_FOUND)
         except M2MSecError as exc:
             self.state.audit("est", peer.identity if peer else "?", "refused",
@@ -416,6 +514,45 @@ class ESTService:
     # -- simpleenroll / simplereenroll (RFC 7030 4.2; seed 004 8.3.3.3 steps 9-14) -----
     def enroll(self, body: bytes, peer: SessionPeer, *, reenroll: bool = False,
                peer_cert: x509.Certificate | None = None) -> list[x509.Certificate]:
+        """Check the CSR (RA rules, profile row M16) and have the CA certify its key; chain, leaf first."""
+        grant = self._authorise(body, peer, reenroll=reenroll, peer_cert=peer_cert)
+        chain = self._issue(grant.csr, grant)
+        self._commit(peer, grant, chain[0], "est-reenroll" if reenroll else "est-enroll", reenroll=reenroll)
+        return chain
+
+    # -- serverkeygen (RFC 7030 4.4; TS-0003 8.3.6.2.1) ----------------------------------
+    def serverkeygen(self, body: bytes, peer: SessionPeer) -> tuple[PrivateKey, list[x509.Certificate]]:
+        """Server-side key generation: the RA checks of ``simpleenroll``, then a key made here.
+
+        The CSR's own key is a placeholder (RFC 7030 4.4.1): it must still pass proof of
+        possession and the key policy, but it is never certified.  The MEF generates a
+        :attr:`serverkeygen_key_type` key, re-signs the client's request (same subject and
+        extensions) with it and passes that to the CA, so the CA's own proof-of-possession
+        check holds and the CA interface is unchanged.  Returns the key and the chain (leaf
+        first); the caller sends the key over the TLS session and drops it - it is not
+        stored, logged or audited.
+        """
+        grant = self._authorise(body, peer, reenroll=False, peer_cert=None)
+        key = generate_private_key(self.serverkeygen_key_type)
+        chain = self._issue(_resign(grant.csr, key), grant)
+        spki = serialization.PublicFormat.SubjectPublicKeyInfo
+        if chain[0].public_key().public_bytes(serialization.Encoding.DER, spki) != \
+                key.public_key().public_bytes(serialization.Encoding.DER, spki):
+            raise ESTError("the CA did not certify the generated key", rsc=RSC.INTERNAL_SERVER_ERROR)
+        self._commit(peer, grant, chain[0], "est-serverkeygen", reenroll=False, server_keygen=True)
+        return key, chain
+
+    def _issue(self, csr: x509.CertificateSigningRequest, grant: _Grant) -> list[x509.Certificate]:
+        """RA -> CA (seed 004 8.3.3.3 steps 11-13)."""
+        try:
+            return self.ca.issue(csr, grant.profile.flavour, grant.identifiers, grant.usages)
+        except (CSRError, UnsupportedKeyError):
+            raise
+        except M2MSecError as exc:
+            raise ESTError(f"the CA refused: {exc.args[0]}", rsc=RSC.INTERNAL_SERVER_ERROR) from None
+
+    def _authorise(self, body: bytes, peer: SessionPeer, *, reenroll: bool,
+                   peer_cert: x509.Certificate | None) -> _Grant:
         prof = self._enrolee_profile(peer)
         der = _b64(body, "PKCS#10 body")
         try:
@@ -471,17 +608,7 @@ class ESTService:
         if bad:
             raise _refuse(f"extendedKeyUsage {bad} is not allowed for this enrolee")
         usages = list(dict.fromkeys([*BASE_EKUS, *(asked_ekus or allowed)]))
-
-        # RA -> CA (steps 11-13)
-        try:
-            chain = self.ca.issue(csr, prof.flavour, granted, usages)
-        except (CSRError, UnsupportedKeyError):
-            raise
-        except M2MSecError as exc:
-            raise ESTError(f"the CA refused: {exc.args[0]}", rsc=RSC.INTERNAL_SERVER_ERROR) from None
-        leaf = chain[0]
-        self._commit(peer, crec.rec_id, crec.doc["ke_id"], prof, leaf, granted, usages, reenroll)
-        return chain
+        return _Grant(csr, prof, crec.rec_id, crec.doc["ke_id"], granted, usages)
 
     def _current_certificate(self, peer: SessionPeer, peer_cert: x509.Certificate | None) -> x509.Certificate:
         if peer_cert is None or not peer.credential.startswith("cert:"):
@@ -491,8 +618,11 @@ class ESTService:
             raise _refuse("simplereenroll: the session certificate was not provisioned by this MEF")
         return peer_cert
 
-    def _commit(self, peer: SessionPeer, challenge_id: str, ke_id: str, prof: ESTProfile, leaf: x509.Certificate,
-                granted: Sequence[str], usages: Sequence[x509.ObjectIdentifier], reenroll: bool) -> None:
+    def _commit(self, peer: SessionPeer, grant: _Grant, leaf: x509.Certificate, action: str, *, reenroll: bool,
+                server_keygen: bool = False) -> None:
+        """Consume the challenge, record the issuance and audit it (serial and names, never key bytes)."""
+        challenge_id, ke_id, prof = grant.challenge_id, grant.ke_id, grant.profile
+        granted, usages = grant.identifiers, grant.usages
         serial = format(leaf.serial_number, "x")
         anchors = [c.public_bytes(serialization.Encoding.PEM).decode() for c in self.ca.ca_certificates()
                    if c.issuer == c.subject]
@@ -507,7 +637,8 @@ class ESTService:
                     "enrolee_id": peer.identity, "ke_id": ke_id, "flavour": prof.flavour.value,
                     "identifiers": list(granted), "ekus": [o.dotted_string for o in usages],
                     "security_types": types, "not_after": leaf.not_valid_after_utc.isoformat(),
-                    "sha256": leaf.fingerprint(_sha256()).hex(), "installed": False, "reenroll": reenroll},
+                    "sha256": leaf.fingerprint(_sha256()).hex(), "installed": False, "reenroll": reenroll,
+                    "server_keygen": server_keygen},
                     expires_at=leaf.not_valid_after_utc, if_absent=True)
             except DuplicateError:
                 raise ESTError("certificate serial collision", rsc=RSC.CONFLICT) from None
@@ -519,7 +650,7 @@ class ESTService:
                 doc = dict(old.doc) if old is not None else {"kind": "enrolee", "id": peer.identity}
                 doc["extra_anchors_pem"] = sorted(set(doc.get("extra_anchors_pem", [])) | set(anchors))
                 tx.put_record(NS_CERTIDX, key, doc)
-            tx.append_audit("mef", "est-reenroll" if reenroll else "est-enroll", peer.identity, "ok",
+            tx.append_audit("mef", action, peer.identity, "ok",
                             {"serial": serial, "identifiers": list(granted), "security_types": types,
                              "via": peer.credential})
 
@@ -555,4 +686,16 @@ class ESTService:
 
 def _sha256() -> hashes.HashAlgorithm:
     return hashes.SHA256()
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def _resign(csr: x509.CertificateSigningRequest, key: PrivateKey) -> x509.CertificateSigningRequest:
+    """The client's request (subject, extensions) for ``key`` instead of its placeholder key."""
+    builder = x509.CertificateSigningRequestBuilder().subject_name(csr.subject)
+    for ext in csr.extensions:
+        builder = builder.add_extension(ext.value, critical=ext.critical)
+    return builder.sign(key, signature_hash_for(key))
 

@@ -14,6 +14,11 @@
 5. ``POST simpleenroll`` (or ``simplereenroll`` over a certificate session with the
    current certificate), steps 9-14; the certificate is checked (our key, path to an
    installed trust anchor, the identifiers asked for);
+   with ``server_keygen=True`` instead ``POST serverkeygen`` (TS-0003 8.3.6.2.1 last
+   paragraph, RFC 7030 4.4): the CSR is signed with a throwaway P-256 placeholder key,
+   the MEF returns the key it generated (``application/pkcs8``) and the certificate in
+   a ``multipart/mixed`` (:func:`parse_serverkeygen`), checked as above against the
+   returned key;
 6. ``POST /enrolment/complete`` - the enrolee reports success (8.3.3.1 step 6).
 
 :meth:`ProvisionedCertificate.install` writes ``key.pem`` (0600), ``cert.pem`` (leaf +
@@ -26,6 +31,9 @@ import asyncio
 import base64
 import json
 import secrets
+from email import policy as email_policy
+from email.message import Message
+from email.parser import BytesParser
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +42,7 @@ from pathlib import Path
 import h11
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import AttributeOID, ExtensionOID
 
 from m2msec.errors import ParseError
@@ -41,6 +50,9 @@ from m2msec.keys import LABEL_BOOTSTRAP, LABEL_BOOTSTRAP_REAUTH, ke_id, kre_id, 
 from m2msec.mef.client import Enrolment, MEFClientError, _rsc_of
 from m2msec.mef.est import (
     COMPLETE_PATH,
+    CT_MULTIPART,
+    CT_PKCS7,
+    CT_PKCS8,
     CT_PKCS10,
     EKU_FOR,
     EST_PREFIX,
@@ -59,7 +71,8 @@ from m2msec.pki.keypolicy import PrivateKey, signature_hash_for
 from m2msec.tls.aio import TLSStreamWriter, open_connection
 from m2msec.tls.engine import CertCredentials, TLSConfig
 
-__all__ = ["ESTClientError", "ProvisionedCertificate", "est_enrol", "load_installed"]
+__all__ = ["ESTClientError", "ESTSession", "ProvisionedCertificate", "est_enrol", "load_installed",
+           "parse_serverkeygen", "serverkeygen"]
 
 Clock = Callable[[], datetime]
 
@@ -139,7 +152,7 @@ def load_installed(directory: Path | str) -> ProvisionedCertificate:
                                   CertificateFlavour(meta["flavour"]) if meta.get("flavour") else None)
 
 
-class _Session:
+class ESTSession:
     """HTTP/1.1 keep-alive requests over one TLS connection (h11)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: TLSStreamWriter, host: str, timeout: float) -> None:
@@ -174,6 +187,83 @@ class _Session:
         return hdrs, data
 
 
+_Session = ESTSession  # the name before serverkeygen made it public
+
+
+def _b64_part(part: Message, what: str) -> bytes:
+    cte = (part.get("Content-Transfer-Encoding") or "").strip().lower()
+    if cte != "base64":
+        raise ParseError(f"serverkeygen: the {what} part is not Content-Transfer-Encoding: base64")
+    payload = part.get_payload()
+    if not isinstance(payload, str):
+        raise ParseError(f"serverkeygen: the {what} part is not a leaf part")
+    try:
+        return base64.b64decode("".join(payload.split()), validate=True)
+    except ValueError:
+        raise ParseError(f"serverkeygen: the {what} part is not base64") from None
+
+
+def parse_serverkeygen(content_type: str, body: bytes) -> tuple[PrivateKey, list[x509.Certificate]]:
+    """The private key and certificates of a /serverkeygen answer (RFC 7030 4.4.2).
+
+    ``multipart/mixed`` with exactly one ``application/pkcs8`` part (unencrypted DER
+    PrivateKeyInfo, EC or RSA) and one ``application/pkcs7-mime`` certs-only part, both
+    base64; the parts are told apart by type, not order.  Raises :class:`ParseError`
+    (never quoting the key) on anything else.
+    """
+    if content_type.split(";", 1)[0].strip().lower() != CT_MULTIPART:
+        raise ParseError(f"serverkeygen: expected {CT_MULTIPART}, got {content_type[:60]!r}")
+    head = f"MIME-Version: 1.0\r\nContent-Type: {content_type}\r\n\r\n".encode("latin-1")
+    msg = BytesParser(policy=email_policy.compat32).parsebytes(head + body)
+    parts = msg.get_payload() if msg.is_multipart() else None
+    if msg.defects or not isinstance(parts, list) or any(p.defects for p in parts):
+        raise ParseError("serverkeygen: malformed multipart body")
+    keys = [p for p in parts if p.get_content_type() == CT_PKCS8]
+    p7s = [p for p in parts if p.get_content_type() == CT_PKCS7]
+    if len(parts) != 2 or len(keys) != 1 or len(p7s) != 1:
+        raise ParseError(f"serverkeygen: expected one {CT_PKCS8} and one {CT_PKCS7} part, got "
+                         f"{[p.get_content_type() for p in parts]}")
+    smime = p7s[0].get_param("smime-type")
+    if smime is not None and str(smime).lower() != "certs-only":
+        raise ParseError("serverkeygen: the certificate part is not smime-type=certs-only")
+    key_der = _b64_part(keys[0], "private key")
+    try:
+        key = serialization.load_der_private_key(key_der, None)
+    except (ValueError, TypeError):
+        raise ParseError("serverkeygen: the key part is not an unencrypted DER PKCS#8 private key") from None
+    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
+        raise ParseError(f"serverkeygen: unsupported private key type {type(key).__name__}")
+    certs = load_certs_only(base64.encodebytes(_b64_part(p7s[0], "certificate")))
+    if not certs:
+        raise ParseError("serverkeygen: the certificate part holds no certificate")
+    return key, certs
+
+
+async def serverkeygen(session: ESTSession, csr: x509.CertificateSigningRequest
+                       ) -> tuple[PrivateKey, list[x509.Certificate]]:
+    """``POST /.well-known/est/serverkeygen`` on an open session: (generated key, certificates).
+
+    ``csr`` is signed with a placeholder key (RFC 7030 4.4.1); the key returned must be
+    the one the (first) certificate certifies.  :func:`est_enrol` with
+    ``server_keygen=True`` runs the whole procedure (Enrolment Exchange, cacerts,
+    csrattrs, this, path check, completion report).
+    """
+    der = csr.public_bytes(serialization.Encoding.DER)
+    hdrs, body = await session.checked("serverkeygen", "POST", EST_PREFIX + "serverkeygen", base64.encodebytes(der),
+                                       [("Content-Type", CT_PKCS10), ("Content-Transfer-Encoding", "base64")])
+    key, certs = parse_serverkeygen(hdrs.get("content-type", ""), body)
+    if _spki(certs[0].public_key()) != _spki(key.public_key()):
+        raise ESTClientError("serverkeygen: the returned key is not the certified one", rsc=RSC.BAD_REQUEST)
+    if _spki(certs[0].public_key()) == _spki(csr.public_key()):
+        raise ESTClientError("serverkeygen: the MEF certified the placeholder key", rsc=RSC.BAD_REQUEST)
+    return key, certs
+
+
+def _spki(public_key: object) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.DER,  # type: ignore[attr-defined]
+                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 def build_est_csr(key: PrivateKey, challenge: str, extensions: dict[str, tuple[bool, bytes]]) -> x509.CertificateSigningRequest:
     """A CSR (10.1.4) with the challengePassword and the requested extensions copied verbatim."""
     builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
@@ -191,17 +281,23 @@ async def est_enrol(host: str, port: int, tls: TLSConfig, *, request: EnrolmentR
                     mef_fqdn: str | None = None, clock: Clock = _utcnow, timeout: float = 10.0,
                     csr_hook: Callable[[PrivateKey, str, dict[str, tuple[bool, bytes]]],
                                        x509.CertificateSigningRequest] | None = None,
+                    server_keygen: bool = False,
                     ) -> tuple[Enrolment, ProvisionedCertificate]:
     """Enrolment Exchange + EST in one TLS session; returns the Enrolment and the certificate.
 
-    ``csr_hook`` (tests, custom CSRs) replaces :func:`build_est_csr`.
+    ``csr_hook`` (tests, custom CSRs) replaces :func:`build_est_csr`.  ``server_keygen``:
+    the MEF generates the key (``/serverkeygen``); the CSR is then signed with a throwaway
+    placeholder key (``key_type``) and the returned :class:`ProvisionedCertificate` holds
+    the MEF's key.
     """
     request = request or EnrolmentRequest(certificate_enrolment=True)
     if not request.certificate_enrolment:
         raise ValueError("EST needs CertificateEnrolmentIndication = true")
+    if server_keygen and (reenroll or key is not None):
+        raise ValueError("server_keygen: the MEF makes the key (no key=) and serverkeygen is not a re-enrolment")
     reader, writer = await open_connection(host, port, tls, timeout=timeout)
     try:
-        s = _Session(reader, writer, f"{host}:{port}", timeout)
+        s = ESTSession(reader, writer, f"{host}:{port}", timeout)
         engine = writer.engine
         ke, rel_ke = split_exported(engine.export_keying_material(LABEL_BOOTSTRAP, 48))
         kre, rel_kre = split_exported(engine.export_keying_material(LABEL_BOOTSTRAP_REAUTH, 48))
@@ -248,13 +344,17 @@ async def est_enrol(host: str, port: int, tls: TLSConfig, *, request: EnrolmentR
                                  rsc=RSC.BAD_REQUEST)
 
         # steps 8-9: key pair and CSR
-        key = key or generate_private_key(key_type)
+        key = key or generate_private_key(key_type)  # a placeholder with server_keygen
         csr = (csr_hook or build_est_csr)(key, challenge, dict(attrs.extensions))
-        der = csr.public_bytes(serialization.Encoding.DER)
-        op = "simplereenroll" if reenroll else "simpleenroll"
-        _, body = await s.checked(op, "POST", EST_PREFIX + op, base64.encodebytes(der),
-                                  [("Content-Type", CT_PKCS10), ("Content-Transfer-Encoding", "base64")])
-        issued = load_certs_only(body)
+        if server_keygen:
+            op = "serverkeygen"
+            key, issued = await serverkeygen(s, csr)
+        else:
+            der = csr.public_bytes(serialization.Encoding.DER)
+            op = "simplereenroll" if reenroll else "simpleenroll"
+            _, body = await s.checked(op, "POST", EST_PREFIX + op, base64.encodebytes(der),
+                                      [("Content-Type", CT_PKCS10), ("Content-Transfer-Encoding", "base64")])
+            issued = load_certs_only(body)
         if not issued:
             raise ESTClientError(f"{op} returned no certificate", rsc=RSC.BAD_REQUEST)
         leaf = issued[0]

@@ -193,10 +193,11 @@ class MEFServer:
             path = req.target.decode("latin-1").split("?", 1)[0]
             if self.est is not None and path.startswith(EST_PREFIX):
                 chain = writer.engine.peer_certificate_chain()
-                est = self.est.handle(req.method.decode("latin-1"), path, body, peer, chain[0] if chain else None)
+                ctype = _header(req.headers, b"content-type")
+                est = self.est.handle(req.method.decode("latin-1"), path, body, peer, chain[0] if chain else None,
+                                      content_type=ctype)
                 await self._send(conn, writer, est.rsc, rqi, est.body, content_type=est.content_type,
-                                 status=est.status,
-                                 extra=(("Content-Transfer-Encoding", "base64"),) if est.rsc is RSC.OK else ())
+                                 status=est.status, extra=est.extra_headers)
             else:
                 rsc, payload = self._dispatch(req, body, peer, writer.engine)
                 await self._send(conn, writer, rsc, rqi, payload)
