@@ -19,7 +19,8 @@ Certificate Enrolment with EST (:mod:`m2msec.mef.est`) is on when the store hold
 MEF CA (``m2msec mef est-ca init``): ``serve`` then answers ``/.well-known/est/*`` and
 trusts that CA's certificates for the certificate RSPF; ``enrolee est`` sets what an
 enrolee may enrol for; ``est-enrol`` is the enrolee (Enrolment Exchange + EST, installs
-``key.pem`` 0600, ``cert.pem``, ``trust-anchors.pem``, ``est.json``).
+``key.pem`` 0600, ``cert.pem``, ``trust-anchors.pem``, ``est.json``; ``--server-keygen``:
+the MEF generates the key, RFC 7030 4.4).
 
 No command prints key bytes; ``enrolee add --token`` prints the single-use token once.
 """
@@ -428,8 +429,11 @@ def est_enrol_cmd(
     reenroll: Annotated[bool, typer.Option("--reenroll", help="simplereenroll with the --cert certificate.")] = False,
     token: Annotated[str | None, typer.Option("--token", help="Enrolment-Token.")] = None,
     key_type: Annotated[str, typer.Option("--key-type", help="ec-p256 (default), ec-p384, rsa-2048, rsa-3072.")] = "ec-p256",
+    server_keygen: Annotated[bool, typer.Option(
+        "--server-keygen", help="serverkeygen: the MEF generates the key (RFC 7030 4.4); --key-type is then "
+                                "only the CSR's placeholder key.")] = False,
 ) -> None:
-    """Enrolment Exchange + EST (cacerts, csrattrs, simpleenroll/simplereenroll) + install + success report."""
+    """Enrolment Exchange + EST (cacerts, csrattrs, simpleenroll/simplereenroll/serverkeygen) + install + report."""
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
     from m2msec.mef.est_client import est_enrol
@@ -453,7 +457,7 @@ def est_enrol_cmd(
                                  mef_anchors=tuple(x509.load_pem_x509_certificates(mef_ca.read_bytes())))
         req = EnrolmentRequest(certificate_enrolment=True, token=token)
         e, prov = asyncio.run(est_enrol(host or "127.0.0.1", int(port), tls, request=req, reenroll=reenroll,
-                                        key_type=KeyType(key_type)))
+                                        key_type=KeyType(key_type), server_keygen=server_keygen))
         paths = prov.install(out)
     except (M2MSecError, ValueError, OSError) as exc:
         _fail(exc)
