@@ -14,11 +14,11 @@ keeps the same guarantee at a fraction of the cost:
   queue up for the next batch (no timer: a lone caller is committed at once, batches grow
   with the load);
 * coroutines' records reach the writer once per pass of their event loop (one hand-over for
-  all records appended in that pass and the next one).  With ``inline_async`` (the default for a local SQLite
-  file) that hand-over *is* the commit, made on the loop's thread: no thread hand-offs, no
-  GIL contention, at the price of the loop waiting for the commit (a few tens of
-  microseconds of CPU plus the disk sync).  PostgreSQL commits are network round trips and
-  stay on the writer thread;
+  all records appended in that pass and the next one).  With ``inline_async`` (the default
+  for a local SQLite file) that hand-over *is* the commit, made on the loop's thread: no
+  thread hand-offs, no GIL contention, at the price of the loop waiting for the commit (a
+  few tens of microseconds of CPU plus the disk sync).  PostgreSQL commits are network
+  round trips and stay on the writer thread;
 * a caller returns only after the commit holding its record returned, with the record's
   :class:`~m2msec.store.AuditEntry` (``seq`` as assigned); if that commit fails, every caller
   of the batch gets :class:`AuditCommitError` and none of them may act as if audited.
@@ -26,14 +26,15 @@ keeps the same guarantee at a fraction of the cost:
 Order: records of one batcher are written in the order their ``append`` calls enqueued them,
 per thread and per event loop (``seq`` grows in that order); ``ts`` is the store clock at the
 ``append`` call.  Records of different threads, loops, batchers and instances interleave in
-commit order, as with single appends.  A caller
-whose wait is abandoned (timeout, task cancelled) does not withdraw its record: it is committed
-anyway (an audit may over-report a disclosure that was not sent, never under-report one).
+commit order, as with single appends.  A caller whose wait is abandoned (timeout, task
+cancelled) does not withdraw its record: it is committed anyway (an audit may over-report a
+disclosure that was not sent, never under-report one).
 
 An inline commit that finds SQLite's write lock held (a procedure's transaction, another
 process) waits for it up to the store's busy timeout, like every SQLite writer.  The writer
-thread is started on demand and ends after ``idle_exit`` seconds without records,
-so an idle batcher holds no thread; :meth:`close` flushes and stops it.
+thread is started on demand and ends after ``idle_exit`` seconds without records, so an idle
+batcher holds no thread; :meth:`close` flushes and stops it (records of coroutines not yet
+handed over when it is called fail with :class:`~m2msec.store.StoreError`).
 """
 
 from __future__ import annotations
