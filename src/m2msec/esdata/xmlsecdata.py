@@ -7,10 +7,29 @@ Profile (see docs/profile.md, section ESData/XML):
   type if given) with EncryptionMethod aes128-gcm / aes192-gcm / aes256-gcm (the W3C
   xmlenc11 URIs ``...#aes128-gcm``; the TS table's "aes128gcm" spelling is read as these).
   Key management: ``dir`` = ``ds:KeyInfo/ds:KeyName`` only; key wrap = one
-  ``xenc:EncryptedKey`` per recipient inside ``ds:KeyInfo``, each with its own
-  ``ds:KeyInfo/ds:KeyName`` (= kid): kw-aes128/192/256, or xmlenc11#rsa-oaep with
-  ``ds:DigestMethod`` sha256 and ``xenc11:MGF`` mgf1sha256.  ECDH-ES is not implemented.
+  ``xenc:EncryptedKey`` per recipient inside ``ds:KeyInfo``, in the order the recipients are
+  given, each with its own ``ds:KeyInfo/ds:KeyName`` (= kid): kw-aes128/192/256, or
+  xmlenc11#rsa-oaep with ``ds:DigestMethod`` sha256 and ``xenc11:MGF`` mgf1sha256.
   XML-Enc has no AAD: refused.
+- ECDH-ES (EC certificate on P-256/P-384/P-521; ECDH-ES+A128KW/A192KW/A256KW as in JOSE; the
+  TS table's "xmlenc11#ECDH‐ES" with a U+2010 hyphen is read as the W3C ASCII URI):
+  ``xenc:EncryptedKey`` with EncryptionMethod ``xmlenc#kw-aes128``/``192``/``256`` whose
+  ``ds:KeyInfo`` holds only ``xenc:AgreementMethod Algorithm="xmlenc11#ECDH-ES"`` with, in order:
+  ``xenc11:KeyDerivationMethod Algorithm="xmlenc11#ConcatKDF"`` /
+  ``xenc11:ConcatKDFParams`` (``ds:DigestMethod`` = ``xmlenc#sha256``; AlgorithmID = 00 ||
+  UTF-8 of the EncryptedKey's EncryptionMethod URI, PartyUInfo = 00 (empty), PartyVInfo = 00 ||
+  UTF-8 of the recipient kid, no SuppPubInfo/SuppPrivInfo; hexBinary, the leading 00 octet
+  being the padding-bit count of the bit string); ``xenc:OriginatorKeyInfo`` /
+  ``ds:KeyValue`` / ``dsig11:ECKeyValue`` (``dsig11:NamedCurve URI="urn:oid:..."`` and
+  ``dsig11:PublicKey`` = base64 of the uncompressed point 04||X||Y) carrying a fresh ephemeral
+  key per recipient; ``xenc:RecipientKeyInfo/ds:KeyName`` = kid (the kid of RSA recipients:
+  base64url SHA-256 of the certificate DER).  KEK = ConcatKDF-SHA-256(Z, key-wrap key length,
+  AlgorithmID || PartyUInfo || PartyVInfo || SuppPubInfo || SuppPrivInfo).
+  A Target takes the ConcatKDF attributes as given (any byte-aligned values), accepts a
+  ``ds:KeyName`` beside the originator's KeyValue (libxmlsec1 writes one) and, without
+  RecipientKeyInfo, tries its default kid.  Refused: other agreement/KDF/digest algorithms,
+  KA-Nonce, explicit ECParameters, curves outside P-256/384/521, compressed or off-curve points,
+  an ephemeral curve different from the recipient key's, non-byte-aligned bit strings.
 - Signature only: root ``esd:Signed`` (namespace ``urn:m2msec:esdata:1``) holding
   ``esd:Payload Id="esd-payload"`` (base64 of the payload, attribute ``ContentType``) and one
   ``ds:Signature`` per signer, enveloped in the root, each with exactly one Reference to
@@ -25,19 +44,25 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import secrets
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import xmlsec
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
+from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 from lxml import etree
 
 from m2msec.esdata import jose
 from m2msec.esdata.credentials import (
+    ECDH_KW,
     ENC_KEY_LEN,
     ES_CURVE,
     HS_MIN_KEY_LEN,
+    KW_KEY_LEN,
     CertificateRecipient,
     CertificateSigner,
     Recipient,
@@ -110,6 +135,181 @@ def _xkey(key: object, *, hmac: bool = False, name: str | None = None) -> xmlsec
     return k
 
 
+# --- ECDH-ES key agreement (TS-0003 table 8.5.3.2-1 "ECDH Key Agreement"; XML Encryption 1.1
+# "Key Agreement" (AgreementMethod, Elliptic Curve Diffie-Hellman (Ephemeral-Static Mode)) and
+# "ConcatKDF"; XML Signature 1.1 "The ECKeyValue Element") ------------------------------------
+# Computed here with cryptography (ECDH, ConcatKDFHash, AES key wrap) rather than by xmlsec:
+# libxmlsec1 1.3 finds originator keys only by KeyName in a keys manager and cannot write a
+# KeyValue.  The result is checked against libxmlsec1 both ways in tests/esdata/test_xml_ecdh.py.
+
+DS11 = "http://www.w3.org/2009/xmldsig11#"
+ECDH_ES_URI = ENC11 + "ECDH-ES"
+CONCAT_KDF_URI = ENC11 + "ConcatKDF"
+#: NamedCurve URIs (RFC 4051 / XML-DSig 1.1 "urn:oid:" form) of the ESData curves.
+CURVE_URI = {"secp256r1": "urn:oid:1.2.840.10045.3.1.7", "secp384r1": "urn:oid:1.3.132.0.34",
+             "secp521r1": "urn:oid:1.3.132.0.35"}
+_CURVE_OF_URI: dict[str, ec.EllipticCurve] = {
+    CURVE_URI["secp256r1"]: ec.SECP256R1(), CURVE_URI["secp384r1"]: ec.SECP384R1(), CURVE_URI["secp521r1"]: ec.SECP521R1()}
+#: ConcatKDF bit-string attributes, in FixedInfo order (SP 800-56A 5.8.2.1.1).
+_KDF_ATTRS = ("AlgorithmID", "PartyUInfo", "PartyVInfo", "SuppPubInfo", "SuppPrivInfo")
+
+
+class _Agreement(NamedTuple):
+    """A parsed ``xenc:AgreementMethod`` (ECDH-ES + ConcatKDF-SHA-256)."""
+
+    ephemeral: ec.EllipticCurvePublicKey
+    fixed_info: bytes  # AlgorithmID || PartyUInfo || PartyVInfo || SuppPubInfo || SuppPrivInfo
+    kid: str | None  # RecipientKeyInfo/KeyName
+
+
+def _elements(node: etree._Element) -> list[etree._Element]:
+    """Element children only (comments and processing instructions skipped)."""
+    return [c for c in node if isinstance(c.tag, str)]
+
+
+def _bits_attr(octets: bytes) -> str:
+    """A byte-aligned ConcatKDF bit string as hexBinary: a 00 octet (no padding bits), then the octets."""
+    return "00" + octets.hex()
+
+
+def _read_bits_attr(node: etree._Element, name: str) -> bytes:
+    value = node.get(name)
+    if value is None:
+        return b""
+    try:
+        raw = binascii.unhexlify(value.strip())
+    except (binascii.Error, ValueError):
+        raise MalformedEnvelopeError(f"ConcatKDFParams {name} is not hexBinary") from None
+    if not raw:
+        return b""
+    if raw[0] != 0:
+        raise PolicyError(f"ConcatKDFParams {name}: only byte-aligned bit strings are supported", reason=Reason.UNSUPPORTED)
+    return raw[1:]
+
+
+def _kdf(z: bytes, length: int, fixed_info: bytes) -> bytes:
+    return ConcatKDFHash(hashes.SHA256(), length, fixed_info).derive(z)
+
+
+def _ec_key_value(parent: etree._Element, key: ec.EllipticCurvePublicKey) -> None:
+    kv = etree.SubElement(parent, _q(DS, "KeyValue"))
+    eckv = etree.SubElement(kv, _q(DS11, "ECKeyValue"), nsmap={"dsig11": DS11})
+    etree.SubElement(eckv, _q(DS11, "NamedCurve"), URI=CURVE_URI[key.curve.name])
+    point = key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    etree.SubElement(eckv, _q(DS11, "PublicKey")).text = base64.b64encode(point).decode("ascii")
+
+
+def _ecdh_encrypted_key(alg: str, kid: str, recipient: ec.EllipticCurvePublicKey, cek: bytes) -> etree._Element:
+    """One ``xenc:EncryptedKey`` wrapping ``cek`` for an EC recipient (ECDH-ES, fresh ephemeral key)."""
+    if recipient.curve.name not in CURVE_URI:
+        raise SealError(f"EC recipient curve {recipient.curve.name} is not P-256, P-384 or P-521",
+                        reason=Reason.ALGORITHM_NOT_ALLOWED)
+    kw = alg.removeprefix("ECDH-ES+")
+    kw_uri = KW_URI[kw]
+    ephemeral = ec.generate_private_key(recipient.curve)
+    fixed_info = kw_uri.encode("ascii") + kid.encode("utf-8")  # AlgorithmID || PartyUInfo (empty) || PartyVInfo
+    kek = _kdf(ephemeral.exchange(ec.ECDH(), recipient), KW_KEY_LEN[kw], fixed_info)
+    wrapped = aes_key_wrap(kek, cek)
+    ek = etree.Element(_q(ENC, "EncryptedKey"))
+    etree.SubElement(ek, _q(ENC, "EncryptionMethod"), Algorithm=kw_uri)
+    ki = etree.SubElement(ek, _q(DS, "KeyInfo"))
+    am = etree.SubElement(ki, _q(ENC, "AgreementMethod"), Algorithm=ECDH_ES_URI)
+    kdm = etree.SubElement(am, _q(ENC11, "KeyDerivationMethod"), nsmap={"xenc11": ENC11}, Algorithm=CONCAT_KDF_URI)
+    params = etree.SubElement(kdm, _q(ENC11, "ConcatKDFParams"), AlgorithmID=_bits_attr(kw_uri.encode("ascii")),
+                              PartyUInfo=_bits_attr(b""), PartyVInfo=_bits_attr(kid.encode("utf-8")))
+    etree.SubElement(params, _q(DS, "DigestMethod"), Algorithm=SHA256_URI)
+    _ec_key_value(etree.SubElement(am, _q(ENC, "OriginatorKeyInfo")), ephemeral.public_key())
+    rki = etree.SubElement(am, _q(ENC, "RecipientKeyInfo"))
+    etree.SubElement(rki, _q(DS, "KeyName")).text = kid
+    cd = etree.SubElement(ek, _q(ENC, "CipherData"))
+    etree.SubElement(cd, _q(ENC, "CipherValue")).text = base64.b64encode(wrapped).decode("ascii")
+    return ek
+
+
+def _parse_ec_key_value(oki: etree._Element) -> ec.EllipticCurvePublicKey:
+    children = _elements(oki)
+    values = [c for c in children if c.tag == _q(DS, "KeyValue")]
+    if len(values) != 1 or any(c.tag not in (_q(DS, "KeyValue"), _q(DS, "KeyName")) for c in children):
+        raise MalformedEnvelopeError("OriginatorKeyInfo must hold one ds:KeyValue (and at most a ds:KeyName)")
+    inner = _elements(values[0])
+    if len(inner) != 1 or inner[0].tag != _q(DS11, "ECKeyValue"):
+        raise MalformedEnvelopeError("the originator's KeyValue must be one dsig11:ECKeyValue")
+    parts = _elements(inner[0])
+    if parts and parts[0].tag == _q(DS11, "ECParameters"):
+        raise PolicyError("explicit EC domain parameters are refused (NamedCurve only)", reason=Reason.UNSUPPORTED)
+    if [p.tag for p in parts] != [_q(DS11, "NamedCurve"), _q(DS11, "PublicKey")]:
+        raise MalformedEnvelopeError("ECKeyValue must hold NamedCurve then PublicKey")
+    curve = _CURVE_OF_URI.get(parts[0].get("URI") or "")
+    if curve is None:
+        raise PolicyError(f"NamedCurve {parts[0].get('URI')!r} is not P-256, P-384 or P-521",
+                          reason=Reason.ALGORITHM_NOT_ALLOWED)
+    try:
+        point = base64.b64decode(re.sub(r"\s+", "", parts[1].text or ""), validate=True)
+    except (binascii.Error, ValueError):
+        raise MalformedEnvelopeError("ECKeyValue PublicKey is not base64") from None
+    if len(point) != 1 + 2 * ((curve.key_size + 7) // 8) or point[0] != 4:
+        raise MalformedEnvelopeError("ECKeyValue PublicKey is not an uncompressed point of its curve")
+    try:
+        return ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
+    except ValueError:
+        raise MalformedEnvelopeError("the ephemeral public key is not a point on its curve") from None
+
+
+def _parse_agreement(am: etree._Element) -> _Agreement:
+    if am.get("Algorithm") != ECDH_ES_URI:
+        raise PolicyError(f"key agreement {am.get('Algorithm')!r} is not in the ESData XML profile",
+                          reason=Reason.ALGORITHM_NOT_ALLOWED)
+    children = _elements(am)
+    tags = [c.tag for c in children]
+    if _q(ENC, "OriginatorKeyInfo") not in tags:
+        raise MalformedEnvelopeError("AgreementMethod without OriginatorKeyInfo (the ephemeral public key)")
+    if tags not in ([_q(ENC11, "KeyDerivationMethod"), _q(ENC, "OriginatorKeyInfo")],
+                    [_q(ENC11, "KeyDerivationMethod"), _q(ENC, "OriginatorKeyInfo"), _q(ENC, "RecipientKeyInfo")]):
+        raise MalformedEnvelopeError("AgreementMethod must hold KeyDerivationMethod, OriginatorKeyInfo "
+                                     "and optionally RecipientKeyInfo, in this order (no KA-Nonce)")
+    kdm = children[0]
+    if kdm.get("Algorithm") != CONCAT_KDF_URI:
+        raise PolicyError(f"key derivation {kdm.get('Algorithm')!r} is not in the ESData XML profile (ConcatKDF only)",
+                          reason=Reason.ALGORITHM_NOT_ALLOWED)
+    params = _elements(kdm)
+    if len(params) != 1 or params[0].tag != _q(ENC11, "ConcatKDFParams"):
+        raise MalformedEnvelopeError("KeyDerivationMethod must hold one ConcatKDFParams")
+    digest = _elements(params[0])
+    if len(digest) != 1 or digest[0].tag != _q(DS, "DigestMethod"):
+        raise MalformedEnvelopeError("ConcatKDFParams must hold one ds:DigestMethod")
+    if digest[0].get("Algorithm") != SHA256_URI:
+        raise PolicyError(f"ConcatKDF digest {digest[0].get('Algorithm')!r} is not SHA-256",
+                          reason=Reason.ALGORITHM_NOT_ALLOWED)
+    fixed_info = b"".join(_read_bits_attr(params[0], name) for name in _KDF_ATTRS)
+    ephemeral = _parse_ec_key_value(children[1])
+    kid: str | None = None
+    if len(children) == 3:
+        kn = _one(children[2], _q(DS, "KeyName"), "RecipientKeyInfo KeyName", required=False)
+        kid = (kn.text or "").strip() if kn is not None else None
+    return _Agreement(ephemeral, fixed_info, kid or None)
+
+
+def _ecdh_unwrap(ek: etree._Element, agreement: _Agreement, key: ec.EllipticCurvePrivateKey, alg: str) -> bytes | None:
+    """The CEK from an ECDH-ES EncryptedKey, or None when it does not unwrap (wrong key or
+    tampered); a malformed EncryptedKey or a curve mismatch raises."""
+    if key.curve.name != agreement.ephemeral.curve.name:
+        raise MalformedEnvelopeError(f"the ephemeral key is on {agreement.ephemeral.curve.name}, "
+                                     f"the recipient key on {key.curve.name}")
+    cvs = ek.findall(f"{_q(ENC, 'CipherData')}/{_q(ENC, 'CipherValue')}")
+    if len(cvs) != 1:
+        raise MalformedEnvelopeError("EncryptedKey needs one CipherData/CipherValue")
+    try:
+        wrapped = base64.b64decode(re.sub(r"\s+", "", cvs[0].text or ""), validate=True)
+    except (binascii.Error, ValueError):
+        raise MalformedEnvelopeError("EncryptedKey CipherValue is not base64") from None
+    kw = alg.removeprefix("ECDH-ES+")
+    kek = _kdf(key.exchange(ec.ECDH(), agreement.ephemeral), KW_KEY_LEN[kw], agreement.fixed_info)
+    try:
+        return aes_key_unwrap(kek, wrapped)
+    except (InvalidUnwrap, ValueError):  # ValueError: wrapped key length not a multiple of 8 / too short
+        return None
+
+
 # --- Source ---------------------------------------------------------------------------------
 
 
@@ -145,7 +345,9 @@ def _encrypt(plaintext: bytes, recipients: Sequence[Recipient], *, enc: str, mim
     etree.SubElement(cd, _q(ENC, "CipherValue"))
     manager = xmlsec.KeysManager()
     kids: set[str] = set()
-    cek: bytes | None = None
+    direct = [r for r in recipients if isinstance(r, SymmetricRecipient) and r.alg == "dir"]
+    cek = direct[0].key if direct else secrets.token_bytes(ENC_KEY_LEN[enc])
+    agreed: list[tuple[int, etree._Element]] = []  # ECDH-ES EncryptedKeys, by position among the recipients
     for r in recipients:
         if isinstance(r, SymmetricRecipient):
             alg, kid = r.alg, r.kid
@@ -165,24 +367,30 @@ def _encrypt(plaintext: bytes, recipients: Sequence[Recipient], *, enc: str, mim
             if len(r.key) != ENC_KEY_LEN[enc]:
                 raise SealError(f"dir key length does not fit {enc}", reason=Reason.ALGORITHM_NOT_ALLOWED)
             etree.SubElement(ki, _q(DS, "KeyName")).text = kid
-            cek = r.key
             continue
-        if alg not in KW_URI:
-            raise SealError(f"{alg} is not available in the XML serialization (ECDH-ES not implemented)",
-                            reason=Reason.UNSUPPORTED)
+        if alg in ECDH_KW:
+            assert isinstance(r, CertificateRecipient)
+            pub = r.certificate.public_key()
+            assert isinstance(pub, ec.EllipticCurvePublicKey)
+            # built complete here and put in place after xmlsec ran: xmlsec would treat it as a template
+            agreed.append((len(ki) + len(agreed), _ecdh_encrypted_key(alg, kid, pub, cek)))
+            continue
+        if alg not in KW_URI:  # pragma: no cover - credentials only produce the algorithms above
+            raise SealError(f"{alg} is not available in the XML serialization", reason=Reason.UNSUPPORTED)
         ki.append(_encrypted_key_template(alg, kid))
         key = r.key if isinstance(r, SymmetricRecipient) else r.certificate.public_key()  # type: ignore[union-attr]
         manager.add_key(_xkey(key, name=kid))
-    if cek is None:
-        import secrets  # noqa: PLC0415
-
-        cek = secrets.token_bytes(ENC_KEY_LEN[enc])
     ctx = xmlsec.EncryptionContext(manager)
     ctx.key = _xkey(cek)
     try:
         out = ctx.encrypt_binary(root, plaintext)
     except xmlsec.Error as exc:
         raise SealError(f"XML encryption failed: {exc}") from None
+    if agreed:
+        out_ki = out.find(_q(DS, "KeyInfo"))
+        assert out_ki is not None
+        for position, ek in agreed:
+            out_ki.insert(position, ek)
     return etree.tostring(out, xml_declaration=False, encoding="UTF-8")
 
 
@@ -279,12 +487,27 @@ def _open_encrypted(root: etree._Element, ctx: jose.TargetContext) -> tuple[byte
     ki = _one(root, _q(DS, "KeyInfo"), "KeyInfo", required=False)
     eks = ki.findall(_q(ENC, "EncryptedKey")) if ki is not None else []
     names = ki.findall(_q(DS, "KeyName")) if ki is not None else []
-    candidates: list[tuple[str, str, etree._Element | None]] = []
+    candidates: list[tuple[str, str, etree._Element | None, _Agreement | None]] = []
     if eks and names:
         raise MalformedEnvelopeError("KeyInfo mixes a direct KeyName and EncryptedKeys")
     for ek in eks:
         em = _one(ek, _q(ENC, "EncryptionMethod"), "EncryptionMethod")
         alg = _alg_of(em, "key management")
+        eki = _one(ek, _q(DS, "KeyInfo"), "EncryptedKey KeyInfo", required=False)
+        if eki is not None and eki.find(_q(ENC, "AgreementMethod")) is not None:
+            if len(_elements(eki)) != 1:
+                raise MalformedEnvelopeError("an EncryptedKey KeyInfo with an AgreementMethod holds nothing else")
+            if alg not in KW_KEY_LEN:
+                raise PolicyError(f"key agreement with {alg!r}: ECDH-ES only with AES key wrap",
+                                  reason=Reason.ALGORITHM_NOT_ALLOWED)
+            alg = "ECDH-ES+" + alg
+            if alg not in ctx.policy.key_management:
+                raise PolicyError(f"key management {alg!r} not allowed", reason=Reason.ALGORITHM_NOT_ALLOWED)
+            agreement = _parse_agreement(_elements(eki)[0])
+            kid = agreement.kid or ctx.default_kid
+            if kid:
+                candidates.append((kid, alg, ek, agreement))
+            continue
         if alg == "RSA-OAEP-256":
             dm = _one(em, _q(DS, "DigestMethod"), "DigestMethod")  # type: ignore[arg-type]
             mgf = _one(em, _q(ENC11, "MGF"), "MGF")  # type: ignore[arg-type]
@@ -292,29 +515,37 @@ def _open_encrypted(root: etree._Element, ctx: jose.TargetContext) -> tuple[byte
                 raise PolicyError("RSA-OAEP must use SHA-256 and MGF1-SHA-256", reason=Reason.ALGORITHM_NOT_ALLOWED)
         if alg not in ctx.policy.key_management:
             raise PolicyError(f"key management {alg!r} not allowed", reason=Reason.ALGORITHM_NOT_ALLOWED)
-        eki = _one(ek, _q(DS, "KeyInfo"), "EncryptedKey KeyInfo", required=False)
         kn = _one(eki, _q(DS, "KeyName"), "KeyName", required=False) if eki is not None else None
         kid = (kn.text or "").strip() if kn is not None else ctx.default_kid
         if kid:
-            candidates.append((kid, alg, ek))
+            candidates.append((kid, alg, ek, None))
     if names:
         if len(names) != 1 or not ctx.policy.key_management & {"dir"}:
             raise PolicyError("dir: exactly one KeyName", reason=Reason.ALGORITHM_NOT_ALLOWED)
-        candidates.append(((names[0].text or "").strip(), "dir", None))
+        candidates.append(((names[0].text or "").strip(), "dir", None, None))
     elif not eks and ctx.default_kid:
-        candidates.append((ctx.default_kid, "dir", None))
+        candidates.append((ctx.default_kid, "dir", None, None))
     unknown: list[str] = []
     failures = 0
-    for kid, alg, ek in candidates:
+    for kid, alg, ek, agreement in candidates:
         try:
             resolved: ResolvedKey = ctx.key_source.resolve(kid)
         except UnknownKidError:
             unknown.append(kid)
             continue
         jose._check_enc_key(resolved, alg, enc)
+        agreed_cek: bytes | None = None
+        if agreement is not None:
+            assert ek is not None and isinstance(resolved.key, ec.EllipticCurvePrivateKey)  # _check_enc_key
+            agreed_cek = _ecdh_unwrap(ek, agreement, resolved.key, alg)
+            if agreed_cek is None:
+                failures += 1
+                continue
         try:
             if ek is None:
                 cek = resolved.key
+            elif agreed_cek is not None:
+                cek = agreed_cek
             else:
                 uctx = xmlsec.EncryptionContext(xmlsec.KeysManager())
                 uctx.key = _xkey(resolved.key)
