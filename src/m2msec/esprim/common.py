@@ -2,9 +2,10 @@
 
 * esprimRandID formats (TS-0003 8.4.2 B.1a.1 / B.2e / B.2g: an ID "shall indicate" whether
   the rand object is shared and be unique among the valid ones) — m2msec profile:
-  ``s`` + 24 lowercase hex digits for a shared receiverESPrimRandObject, ``u`` + 24 hex for a
-  unique (on-request) one, ``o`` + 24 hex for an originatorESPrimRandObject (96 random bits
-  from :mod:`secrets`; all are XML NCNames).
+  ``s`` + 24 lowercase hex digits for a shared receiverESPrimRandObject, ``o`` + 24 hex for
+  an originatorESPrimRandObject (96 random bits from :mod:`secrets`), and for a unique
+  (on-request) one ``u`` + 50 hex digits carrying its expiry, K_rand id, a 96-bit nonce and
+  a tag (stateless, see :mod:`m2msec.esprim.unique_rand`); all are XML NCNames.
 * the ``cty`` of the inner primitive (TS-0003 table 8.4.3.2-2) is the TS-0004 table 6.7-1
   media type: ``application/vnd.onem2m-preq+json`` / ``+cbor`` for requests,
   ``application/vnd.onem2m-prsp+json`` / ``+cbor`` for responses.  On receipt the

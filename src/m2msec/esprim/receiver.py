@@ -5,7 +5,9 @@ table 7.6.2-1.
 The Receiver publishes an ``e2eSecInfo`` (:meth:`Receiver.e2e_sec_info`) holding its
 supported SUIDs and, when it pre-generates, the current shared receiverESPrimRandObject
 (rotated by :meth:`Receiver.current_shared`); it answers a type-3 Notify with a unique one
-(:meth:`Receiver.rand_object_response`); it opens ESPrim Objects (:meth:`Receiver.open_request`)
+(:meth:`Receiver.rand_object_response`) without recording it: a unique object is recomputed
+from its esprimRandID and the Receiver's K_rand when it is used (:mod:`m2msec.esprim.unique_rand`,
+so unauthenticated type-3 requests cannot fill the state); it opens ESPrim Objects (:meth:`Receiver.open_request`)
 running C.6a (pairwiseESPrimKey), C.6b (rand objects, expiry, key-generation algorithm),
 C.6c (AEAD algorithm lists, authenticated decryption) and the impersonation check (the inner
 ``From`` must be the identity bound to the pairwiseESPrimKey), and it seals the inner
@@ -22,7 +24,12 @@ m2msec decisions (see the report / docs/profile.md):
   different content;
 * an ``oro`` naming a key-generation algorithm or AEAD ID outside the enumerations is
   ESPRIM_UNSUPPORTED_OPTION (not BAD_REQUEST);
-* rand objects and sessions are cached only after the ESPrim Object authenticated;
+* rand objects and sessions are cached only after the ESPrim Object authenticated; answering a
+  type-3 request writes nothing (except, once per key period, the new K_rand);
+* an ``rri`` in the unique layout whose tag does not verify under a live K_rand (forged,
+  tampered, unknown or rotated-out key id) or whose expiry has passed is
+  ESPRIM_UNKNOWN_RECV_RAND_ID, as an unknown stored ID is; a unique object's algorithm lists are
+  the Receiver policy's at the time of use;
 * the response uses the request's ``enc`` and serialization (``cty``);
 * a missing inner ``From`` is an impersonation error (it is not the bound identity); the
   comparison is exact string equality (no SP-relative/absolute normalisation).
@@ -38,14 +45,13 @@ from typing import Any
 
 from m2msec import keys as m2mkeys
 from m2msec.errors import M2MSecError, ParseError
-from m2msec.esprim import jwe
+from m2msec.esprim import jwe, unique_rand
 from m2msec.esprim.common import (
     DEFAULT_MAX_SEALS,
     ESPRIM_SUIDS,
     MEDIA_CBOR,
     MEDIA_JSON,
     SHARED_PREFIX,
-    UNIQUE_PREFIX,
     SessionRef,
     cty_for,
     decode_inner_request,
@@ -92,6 +98,9 @@ class ReceiverPolicy:
     shared_lifetime: timedelta = timedelta(hours=24)
     shared_renew_before: timedelta = timedelta(hours=1)
     unique_lifetime: timedelta = timedelta(hours=1)
+    unique_key_period: timedelta | None = None
+    """K_rand rotation period of unique rand objects (whole seconds, >= unique_lifetime; shared
+    by every instance on one store).  None: 24 h, or unique_lifetime rounded up if longer."""
     key_gen_alg_ids: tuple[ESPrimKeyGenAlgID, ...] = (ESPrimKeyGenAlgID.HMAC_SHA256,)
     protocol_and_alg_ids: tuple[ESPrimProtocolAndAlgID, ...] = (
         ESPrimProtocolAndAlgID.JWE_A256GCM,
@@ -116,6 +125,20 @@ class ReceiverPolicy:
             raise ValueError("shared_renew_before must be shorter than shared_lifetime")
         if self.unique_lifetime <= timedelta(0) or self.max_seals < 1:
             raise ValueError("unique_lifetime and max_seals must be positive")
+        if self.unique_lifetime < timedelta(seconds=1):
+            raise ValueError("unique_lifetime must be at least one second (expiries are whole seconds)")
+        if self.unique_key_period is None:
+            second = timedelta(seconds=1)
+            object.__setattr__(self, "unique_key_period", max(timedelta(hours=24), -(-self.unique_lifetime // second) * second))
+        assert self.unique_key_period is not None
+        if self.unique_key_period % timedelta(seconds=1) or self.unique_key_period < self.unique_lifetime:
+            raise ValueError("unique_key_period must be whole seconds and at least unique_lifetime")
+
+    @property
+    def rand_key_period(self) -> timedelta:
+        """:attr:`unique_key_period` as resolved by the constructor."""
+        assert self.unique_key_period is not None
+        return self.unique_key_period
 
 
 @dataclass(frozen=True, repr=False)
@@ -188,12 +211,60 @@ class Receiver:
         return self._state.publish_shared(fresh, replacing=None if current is None else current.rand_id)
 
     def issue_unique(self) -> ReceiverESPrimRandObject:
-        """B.2e: a unique (not shared) receiverESPrimRandObject, recorded before it is handed out."""
-        for _ in range(8):
-            obj = self._new_rand(UNIQUE_PREFIX, self.policy.unique_lifetime)
-            if self._state.add_receiver_rand(obj):
-                return obj
-        raise ESPrimError("could not allocate a unique esprimRandID", rsc=ResponseStatusCode.INTERNAL_SERVER_ERROR)
+        """B.2e: a unique (not shared) receiverESPrimRandObject.  Nothing is recorded: the ID
+        carries its expiry and K_rand id and is authenticated under K_rand, the value is
+        recomputed from it (:mod:`m2msec.esprim.unique_rand`).  The K_rand of the current
+        key period is created (atomically, in the state) on first use."""
+        now = self._now()
+        p = self.policy
+        period = p.rand_key_period
+        epoch = unique_rand.key_epoch(now, period)
+        rk = self._state.rand_key(
+            unique_rand.key_name(period, epoch),
+            create_expires_at=unique_rand.key_expiry(period, epoch, p.unique_lifetime),
+        )
+        if rk is None:
+            raise ESPrimError("no K_rand for unique receiverESPrimRandObjects", rsc=ResponseStatusCode.INTERNAL_SERVER_ERROR)
+        expiry_s = min(unique_rand.unix_seconds(now + p.unique_lifetime), unique_rand.unix_seconds(rk.expires_at))
+        if expiry_s > unique_rand.MAX_EXPIRY or unique_rand.from_unix_seconds(expiry_s) <= now:
+            raise ESPrimError("cannot issue a unique receiverESPrimRandObject now", rsc=ResponseStatusCode.INTERNAL_SERVER_ERROR)
+        rand_id = unique_rand.make_unique_id(rk.key, expiry_s, epoch & 0xFF)
+        return ReceiverESPrimRandObject(
+            rand_id=rand_id,
+            rand_value=unique_rand.rand_value(rk.key, rand_id),
+            expiry=unique_rand.from_unix_seconds(expiry_s),
+            protocol_and_alg_ids=p.protocol_and_alg_ids,
+            key_gen_alg_ids=p.key_gen_alg_ids,
+        )
+
+    def _unique_rand(self, rand_id: str, now: datetime) -> ReceiverESPrimRandObject | None:
+        """C.6b: the unique object named by ``rand_id``, recomputed; None if its tag does not
+        verify under a live K_rand (forged, unknown or rotated-out key id) or it expired."""
+        parsed = unique_rand.parse_unique_id(rand_id)
+        if parsed is None:
+            return None
+        expiry = unique_rand.from_unix_seconds(parsed.expiry_s)
+        if now >= expiry:
+            return None
+        period = self.policy.rand_key_period
+        epoch = unique_rand.epoch_for_key_id(parsed.key_id, now, period)
+        if epoch < 0:
+            return None
+        rk = self._state.rand_key(unique_rand.key_name(period, epoch))  # never created here
+        if rk is None or expiry > rk.expires_at or not unique_rand.check_tag(rk.key, parsed):
+            return None
+        return ReceiverESPrimRandObject(
+            rand_id=rand_id,
+            rand_value=unique_rand.rand_value(rk.key, rand_id),
+            expiry=expiry,
+            protocol_and_alg_ids=self.policy.protocol_and_alg_ids,
+            key_gen_alg_ids=self.policy.key_gen_alg_ids,
+        )
+
+    def _receiver_rand(self, rand_id: str, now: datetime) -> ReceiverESPrimRandObject | None:
+        if unique_rand.is_unique_layout(rand_id):
+            return self._unique_rand(rand_id, now)
+        return self._state.get_receiver_rand(rand_id)  # shared objects (and unique ones stored by older versions)
 
     def e2e_sec_info(self, certificates: Sequence[bytes] | None = None) -> E2ESecInfo:
         """The ``esi`` attribute to publish (B.1b): SUIDs, optional certificates, shared rand object."""
@@ -247,7 +318,7 @@ class Receiver:
         """C.6b: find the rand objects, check them, derive sessionESPrimKey."""
         if not _wire.NCNAME_RE.fullmatch(h.rri):
             raise UnknownRecvRandID("rri is not an esprimRandID issued by this Receiver")
-        rro = self._state.get_receiver_rand(h.rri)
+        rro = self._receiver_rand(h.rri, now)
         if rro is None or rro.is_expired(now):
             raise UnknownRecvRandID(f"receiverESPrimRandObject {h.rri!r} is unknown or expired")
         if not _wire.NCNAME_RE.fullmatch(h.ori):

@@ -11,9 +11,16 @@ one address can share it (DESIGN.md section 3):
   the other members of a rand object are kept in the credential metadata.  Namespaces:
   ``esprim.recv.rand`` (id = esprimRandID), ``esprim.recv.shared`` (record ``current``:
   the published shared rand ID), ``esprim.orig.rand`` (id = ``len(kid):kid:ori``) and
-  ``esprim.session`` (id = :meth:`SessionRef.storage_id`).  Issuing a rand ID uses
+  ``esprim.session`` (id = :meth:`SessionRef.storage_id`), ``esprim.recv.randkey`` (the
+  K_rand of unique rand objects, id = ``"<period>:<epoch>"``, see
+  :mod:`m2msec.esprim.unique_rand`).  Publishing a shared rand ID uses
   ``put_credential(if_absent=True)``, so two instances never issue the same ID while it is
-  valid.
+  valid; a K_rand is created the same way, so racing instances end with one key.
+
+Unique (on-request, B.2e) receiverESPrimRandObjects are *not* recorded: the Receiver
+recomputes them from their esprimRandID and the K_rand (:mod:`m2msec.esprim.unique_rand`),
+so answering a type-3 request writes nothing (at most one K_rand per key period).
+:class:`StoreReceiverState` caches K_rand values in memory in front of the store.
 
 Originator rand objects are cached per pairwiseESPrimKeyID: esprimRandIDs are chosen by
 each Originator and are only unique per Originator (B.2g), so ``(kid, ori)`` is the key.
@@ -25,6 +32,7 @@ implementations; the bound on the Originator side is the authoritative one.
 
 from __future__ import annotations
 
+import secrets
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -32,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from m2msec.esprim.common import SessionRef, is_shared_rand_id
 from m2msec.esprim.jwe import ENC_BY_PROTOCOL_AND_ALG_ID, ContentCipher
+from m2msec.esprim.unique_rand import RAND_KEY_OCTETS, RandKey
 from m2msec.onem2m.security import (
     OriginatorESPrimRandObject,
     ReceiverESPrimRandObject,
@@ -46,6 +55,7 @@ NS_RECV_RAND = "esprim.recv.rand"
 NS_SHARED = "esprim.recv.shared"
 NS_ORIG_RAND = "esprim.orig.rand"
 NS_SESSION = "esprim.session"
+NS_RAND_KEY = "esprim.recv.randkey"
 _CURRENT = "current"
 
 
@@ -92,6 +102,11 @@ class ReceiverState(Protocol):
         """Store ``obj`` and make it the published shared one, unless another instance already
         replaced ``replacing``: then return the winner (``obj`` is withdrawn)."""
 
+    def rand_key(self, name: str, *, create_expires_at: datetime | None = None) -> RandKey | None:
+        """The live K_rand called ``name``, or None.  With ``create_expires_at``: create it
+        (32 random octets, expiring then) if absent, atomically, so racing instances end
+        with one key; the existing key wins."""
+
     def get_originator_rand(self, kid: str, ori: str) -> OriginatorESPrimRandObject | None: ...
 
     def add_originator_rand(self, kid: str, obj: OriginatorESPrimRandObject) -> OriginatorESPrimRandObject:
@@ -136,6 +151,7 @@ class MemoryReceiverState:
         self._current: str | None = None
         self._orig: dict[tuple[str, str], OriginatorESPrimRandObject] = {}
         self._sessions: dict[SessionRef, CachedSession] = {}
+        self._rand_keys: dict[str, RandKey] = {}
         self._seals = _SealCounter(clock)
 
     def _now(self) -> datetime:
@@ -151,6 +167,7 @@ class MemoryReceiverState:
             self._recv = {k: v for k, v in self._recv.items() if v.expiry > now}
             self._orig = {k: v for k, v in self._orig.items() if v.expiry > now}
             self._sessions = {k: v for k, v in self._sessions.items() if v.expires_at > now}
+            self._rand_keys = {k: v for k, v in self._rand_keys.items() if v.expires_at > now}
             return before - (len(self._recv) + len(self._orig) + len(self._sessions))
 
     def add_receiver_rand(self, obj: ReceiverESPrimRandObject) -> bool:
@@ -178,6 +195,20 @@ class MemoryReceiverState:
             self._recv[obj.rand_id] = obj
             self._current = obj.rand_id
             return obj
+
+    def rand_key(self, name: str, *, create_expires_at: datetime | None = None) -> RandKey | None:
+        now = self._now()
+        with self._lock:
+            k = self._rand_keys.get(name)
+            if k is not None and k.expires_at > now:
+                return k
+            if create_expires_at is None:
+                return None
+            if len(self._rand_keys) > 8:
+                self._rand_keys = {n: v for n, v in self._rand_keys.items() if v.expires_at > now}
+            k = RandKey(name, secrets.token_bytes(RAND_KEY_OCTETS), ensure_utc(create_expires_at, what="expires_at"))
+            self._rand_keys[name] = k
+            return k
 
     def get_originator_rand(self, kid: str, ori: str) -> OriginatorESPrimRandObject | None:
         with self._lock:
@@ -213,7 +244,10 @@ class StoreReceiverState:
 
     def __init__(self, store: Store, *, clock: Clock | None = None) -> None:
         self._store = store
-        self._seals = _SealCounter(clock or store._clock)
+        self._clock = clock or store._clock
+        self._seals = _SealCounter(self._clock)
+        self._rand_keys: dict[str, RandKey] = {}  # cache in front of NS_RAND_KEY
+        self._rand_keys_lock = threading.Lock()
 
     # -- helpers ----------------------------------------------------------------------
     @staticmethod
@@ -301,6 +335,34 @@ class StoreReceiverState:
         self._store.delete_credential(NS_RECV_RAND, obj.rand_id)
         winner = self.current_shared()
         return winner if winner is not None else obj
+
+    # -- K_rand of unique rand objects ---------------------------------------------------------
+    def rand_key(self, name: str, *, create_expires_at: datetime | None = None) -> RandKey | None:
+        from m2msec.store import DuplicateError  # noqa: PLC0415
+
+        now = ensure_utc(self._clock(), what="clock()")
+        cached = self._rand_keys.get(name)
+        if cached is not None and cached.expires_at > now:
+            return cached
+        if not self._usable_id(name):
+            return None
+        cred = self._find(NS_RAND_KEY, name)
+        if cred is None and create_expires_at is not None:
+            try:
+                cred = self._store.put_credential(
+                    NS_RAND_KEY, name, secrets.token_bytes(RAND_KEY_OCTETS),
+                    metadata={"use": "esprim unique rand"}, expires_at=create_expires_at, if_absent=True,
+                )
+            except DuplicateError:  # another instance created it first: theirs is the key
+                cred = self._find(NS_RAND_KEY, name)
+        if cred is None or cred.expires_at is None or len(cred.secret) != RAND_KEY_OCTETS:
+            return None
+        key = RandKey(name, cred.secret, cred.expires_at)
+        with self._rand_keys_lock:
+            if len(self._rand_keys) > 8:
+                self._rand_keys = {n: v for n, v in self._rand_keys.items() if v.expires_at > now}
+            self._rand_keys[name] = key
+        return key
 
     # -- originator rand objects ----------------------------------------------------------
     def get_originator_rand(self, kid: str, ori: str) -> OriginatorESPrimRandObject | None:
