@@ -5,6 +5,7 @@ outer Notify primitives through their wire form, in-band refresh, rotation and n
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -99,9 +100,13 @@ def test_on_request_rand_object_exchange(clock, make_receiver, orig_key, enc):
     roundtrip(originator, receiver, ready.session)
 
 
-def test_unique_rand_objects_are_unique(receiver):
-    ids = {receiver.issue_unique().rand_id for _ in range(50)}
-    assert len(ids) == 50 and all(i.startswith("u") and len(i) == 25 for i in ids)
+def test_unique_rand_objects_are_unique(receiver, clock):
+    objs = [receiver.issue_unique() for _ in range(50)]
+    assert len({o.rand_id for o in objs}) == 50 and len({o.rand_value for o in objs}) == 50
+    for o in objs:  # stateless layout (profile R1): u, expiry, key id, 96-bit nonce, tag
+        assert re.fullmatch(r"u[0-9a-f]{50}", o.rand_id)
+        assert int(o.rand_id[1:9], 16) == int((clock() + timedelta(hours=1)).timestamp()) == int(o.expiry.timestamp())
+        assert int(o.rand_id[9:11], 16) == (int(clock().timestamp()) // 86400) & 0xFF
 
 
 def test_cbor_inner_primitives(clock, receiver, orig_key):
