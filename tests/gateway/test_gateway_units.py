@@ -137,6 +137,12 @@ def test_config_errors(tmp_path: Path, body: str, needle: str) -> None:
     assert needle in str(ei.value)
 
 
+def test_config_receiver_lifetimes(tmp_path: Path) -> None:
+    cfg = load_config(_cfg(tmp_path, "[receiver]\nunique_lifetime = 600\nunique_key_period = 7200\n"))
+    assert cfg.unique_lifetime == timedelta(minutes=10) and cfg.unique_key_period == timedelta(hours=2)
+    assert load_config(_cfg(tmp_path, "")).unique_key_period is None  # the Receiver's default
+
+
 def test_config_needs_cse_id_and_name(tmp_path: Path) -> None:
     p = tmp_path / "g.toml"
     p.write_text('[cse]\nid = "x"\n')

@@ -46,6 +46,7 @@ Configuration (``gateway.toml``; paths relative to the file)::
     suids = [13, 23]
     shared_lifetime = 86400      # seconds
     unique_lifetime = 3600
+    unique_key_period = 86400    # whole seconds, >= unique_lifetime; same on every instance of one store
 
     [[keys]]                     # one per peer: the CSE's pairwiseESPrimKeys
     kid = "00112233445566778899aabbccddeeff@mef.example.com"

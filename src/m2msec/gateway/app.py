@@ -45,6 +45,7 @@ def build(config: GatewayConfig, *, clock: Any = None, store: Store | None = Non
         shared_lifetime=config.shared_lifetime,
         shared_renew_before=config.shared_lifetime / 24,
         unique_lifetime=config.unique_lifetime,
+        unique_key_period=config.unique_key_period,
     )
     source: Any = keys
     prefetch = None

@@ -71,6 +71,8 @@ class GatewayConfig:
     suids: tuple[SUID, ...] = (SUID.PRE_PROVISIONED_ESPRIM, SUID.RSPF_ESPRIM)
     shared_lifetime: timedelta = timedelta(hours=24)
     unique_lifetime: timedelta = timedelta(hours=1)
+    #: key period of the stateless unique rand objects (profile R1); None: the Receiver default
+    unique_key_period: timedelta | None = None
     trace_file: Path | None = None
     mef: MEFSourceConfig | None = None
 
@@ -164,6 +166,8 @@ def load_config(path: str | Path, *, cse_url: str | None = None, store_url: str 
         suids=tuple(SUID(int(s)) for s in recv.get("suids", [13, 23])),
         shared_lifetime=timedelta(seconds=float(recv.get("shared_lifetime", 86400))),
         unique_lifetime=timedelta(seconds=float(recv.get("unique_lifetime", 3600))),
+        unique_key_period=(timedelta(seconds=int(recv["unique_key_period"]))
+                           if "unique_key_period" in recv else None),
         trace_file=None if trace is None else base / str(trace),
         mef=mef,
     )
