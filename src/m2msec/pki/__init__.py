@@ -1,16 +1,18 @@
 """oneM2M certificates: flavours, a development CA, CSRs and peer verification.
 
 TS-0003 clauses 8.1.2 (certificate-based frameworks: flavours, path validation,
-credential configuration, certificate verification) and 10.1 (certificate
+certificate status with CRLs, credential configuration, certificate verification) and 10.1 (certificate
 profiles, public key identifiers, CSR profile).
 """
 
 from __future__ import annotations
 
 from m2msec.pki.ca import DevCA, IssuedCertificate, build_name_constraints
+from m2msec.pki.crl import CRLStore, RevocationPolicy, RevocationStatus, load_crl_files, load_crls
 from m2msec.pki.errors import (
     CertificateParseError,
     CertificateVerificationError,
+    CRLError,
     CSRError,
     IssuanceError,
     NameConstraintError,
@@ -32,6 +34,8 @@ from m2msec.pki.verify import PeerCertInfo, VerifiedPeer, verify_peer_certificat
 
 __all__ = [
     "AE_ID_URI_SCHEME",
+    "CRLError",
+    "CRLStore",
     "CSRError",
     "CertificateFlavour",
     "CertificateParseError",
@@ -45,6 +49,8 @@ __all__ = [
     "KeyType",
     "NameConstraintError",
     "PeerCertInfo",
+    "RevocationPolicy",
+    "RevocationStatus",
     "STRICT_ONEM2M",
     "UnsupportedKeyError",
     "VerificationReason",
@@ -54,6 +60,8 @@ __all__ = [
     "canonical_identifier",
     "generate_private_key",
     "identifiers_of",
+    "load_crl_files",
+    "load_crls",
     "matches_public_key_identifier",
     "ni_uri",
     "public_key_identifier",

@@ -1,4 +1,4 @@
-"""Errors of the certificate layer (TS-0003 clauses 8.1.2.5, 10.1.1, 10.1.4).
+"""Errors of the certificate layer (TS-0003 clauses 8.1.2.2, 8.1.2.5, 10.1.1, 10.1.4).
 
 Every error names the failure precisely; none carries key material.
 """
@@ -25,6 +25,11 @@ class VerificationReason(str, Enum):
     KEY_USAGE = "KEY_USAGE"
     MALFORMED = "MALFORMED"
     UNSUPPORTED_ALGORITHM = "UNSUPPORTED_ALGORITHM"
+    # Certificate status (TS-0003 8.1.2.2, RFC 5280 6.3); see m2msec.pki.crl.
+    REVOKED = "REVOKED"  # a certificate of the path is listed on its issuer's CRL
+    REVOCATION_UNKNOWN = "REVOCATION_UNKNOWN"  # policy "require": no current CRL for an issuer
+    CRL_INVALID = "CRL_INVALID"  # a CRL for an issuer is unusable: signature, cRLSign, unknown critical extension,
+    # delta or indirect CRL, disallowed signature hash
 
 
 class CertificateVerificationError(M2MSecError):
@@ -58,6 +63,10 @@ class NameConstraintError(IssuanceError):
 
 class CSRError(IssuanceError):
     """A certificate signing request is malformed or fails proof of possession."""
+
+
+class CRLError(IssuanceError):
+    """A revocation or CRL operation of the CA, or a CRL handed to a CRL store, is refused."""
 
 
 class CertificateParseError(ParseError):

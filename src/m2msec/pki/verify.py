@@ -17,12 +17,21 @@ Steps, in the clause's order:
    on issuers, name constraints of every CA (anchor included) over every
    certificate below it, and keyUsage digitalSignature on the leaf (10.1.1.1).
    Keys must satisfy the key policy and signatures must use SHA-2.
+4. Certificate status (8.1.2.2 "Certificate status verification", RFC 5280
+   6.3), after the path validated: every certificate below the anchor is
+   checked against its issuer's CRLs from ``crls`` (a
+   :class:`~m2msec.pki.crl.CRLStore` or CRL objects) under the ``revocation``
+   policy - ``"off"``, ``"if-available"`` (the default: check where the
+   issuer has a CRL; with no CRLs configured this is the behaviour without
+   revocation checking) or ``"require"`` (a current CRL for every issuer).
+   Failures: REVOKED, REVOCATION_UNKNOWN (``require`` and no current CRL),
+   CRL_INVALID (see :mod:`m2msec.pki.crl` for the exact rules).  OCSP is not
+   implemented (optional in 8.1.2.2).
 
 The path is built by hand rather than with ``cryptography.x509.verification``:
 that verifier implements the CA/B-style web profile (it rejects otherName
 device IDs in name constraints and URN Node-IDs, and cannot express our
-flavours), and distinct reason codes are needed for each failure.  Revocation
-(CRL/OCSP, 8.1.2.2 "certificate status") is not checked here.
+flavours), and distinct reason codes are needed for each failure.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from m2msec.errors import IdentifierError
+from m2msec.pki.crl import CRLSource, RevocationPolicy, RevocationStatus, check_path_revocation
 from m2msec.pki.errors import CertificateParseError, CertificateVerificationError, UnsupportedKeyError
 from m2msec.pki.errors import VerificationReason as R
 from m2msec.pki.identifiers import (
@@ -69,6 +79,7 @@ class VerifiedPeer:
     certificate: x509.Certificate
     path: list[x509.Certificate] = field(default_factory=list)  # leaf ... last cert below the anchor
     trust_anchor: x509.Certificate | None = None
+    revocation: tuple[RevocationStatus, ...] = ()  # status of each certificate of ``path``
 
 
 def _fail(reason: R, message: str) -> CertificateVerificationError:
@@ -256,6 +267,8 @@ def verify_peer_certificate(
     now: datetime,
     key_policy: KeyPolicy = DEFAULT_KEY_POLICY,
     required_eku: x509.ObjectIdentifier | None = None,
+    crls: CRLSource = None,
+    revocation: RevocationPolicy | str = RevocationPolicy.IF_AVAILABLE,
 ) -> VerifiedPeer:
     """Verify a peer's certificate chain (leaf first) as TS-0003 8.1.2.5 prescribes.
 
@@ -263,9 +276,12 @@ def verify_peer_certificate(
     (abort the handshake) otherwise.  ``now`` must be timezone-aware.
     ``required_eku`` (e.g. ``ExtendedKeyUsageOID.CLIENT_AUTH`` when verifying a
     TLS client) is enforced only if the leaf has an extendedKeyUsage extension.
+    ``crls`` / ``revocation``: certificate status checking (8.1.2.2, step 4 of
+    the module docstring); ``VerifiedPeer.revocation`` records the outcome.
     """
     if now.tzinfo is None:
         raise ValueError("now must be a timezone-aware datetime")
+    policy = RevocationPolicy(revocation)
     if not chain:
         raise _fail(R.MALFORMED, "the peer sent no certificate")
     leaf = chain[0]
@@ -281,10 +297,11 @@ def verify_peer_certificate(
             raise _fail(R.UNTRUSTED_ROOT, "no trust anchor is configured")
         path, anchor = _build_path(chain, trust_anchors)
         _validate_path(path, anchor, now, key_policy, required_eku)
+        status = check_path_revocation([*path, anchor], crls=crls, policy=policy, now=now)
     except CertificateVerificationError:
         raise
     except IdentifierError:
         raise
     except (ValueError, TypeError) as exc:  # lazily parsed extension/field that is malformed
         raise _fail(R.MALFORMED, f"certificate cannot be parsed: {type(exc).__name__}") from None
-    return VerifiedPeer(expected.flavour, ident, leaf, path, anchor)
+    return VerifiedPeer(expected.flavour, ident, leaf, path, anchor, status)
