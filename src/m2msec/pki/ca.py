@@ -18,13 +18,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from m2msec.errors import IdentifierError
-from m2msec.pki.errors import CSRError, IssuanceError, NameConstraintError
+from m2msec.pki.crl import DEFAULT_CRL_VALIDITY, RevocationEntry, build_crl
+from m2msec.pki.errors import CRLError, CSRError, IssuanceError, NameConstraintError
 from m2msec.pki.identifiers import (
     CertificateFlavour,
     DeviceId,
@@ -37,6 +40,9 @@ from m2msec.pki.nameconstraints import first_violation, names_subject_to_constra
 from m2msec.pki.profile import build_ca_cert, build_leaf
 
 CA_META = "ca.json"
+REVOCATIONS = "revocations.json"
+CASigner = Literal["root", "intermediate"]
+_SIGNERS: tuple[CASigner, ...] = ("root", "intermediate")
 
 
 def write_private_file(path: Path, data: bytes) -> None:
@@ -93,6 +99,7 @@ class DevCA:
         intermediate_cert: x509.Certificate | None = None,
         intermediate_key: PrivateKey | None = None,
         key_policy: KeyPolicy = DEFAULT_KEY_POLICY,
+        crl_url: str | None = None,
     ) -> None:
         self.name = name
         self.root_cert = root_cert
@@ -100,6 +107,10 @@ class DevCA:
         self.intermediate_cert = intermediate_cert
         self._intermediate_key = intermediate_key
         self.key_policy = key_policy
+        self.crl_url = crl_url
+        #: revoked certificates per signing CA, and the cRLNumber each CA's next CRL gets
+        self.revoked: dict[CASigner, dict[int, RevocationEntry]] = {"root": {}, "intermediate": {}}
+        self.next_crl_number: dict[CASigner, int] = {"root": 1, "intermediate": 1}
 
     def __repr__(self) -> str:
         return f"DevCA(name={self.name!r}, intermediate={self.intermediate_cert is not None}, keys=<hidden>)"
@@ -118,6 +129,7 @@ class DevCA:
         key_type: KeyType = KeyType.EC_P256,
         validity: timedelta = timedelta(days=3650),
         key_policy: KeyPolicy = DEFAULT_KEY_POLICY,
+        crl_url: str | None = None,
     ) -> DevCA:
         nc = build_name_constraints(permit_dns, permit_uri, permit_device)
         nb, na = now - timedelta(minutes=5), now + validity
@@ -141,7 +153,7 @@ class DevCA:
                 path_length=0, name_constraints=nc, not_before=nb, not_after=na,
             )
         return cls(name=name, root_cert=root, root_key=root_key, intermediate_cert=inter_cert,
-                   intermediate_key=inter_key, key_policy=key_policy)
+                   intermediate_key=inter_key, key_policy=key_policy, crl_url=crl_url)
 
     # ------------------------------------------------------------ accessors
     @property
@@ -209,7 +221,7 @@ class DevCA:
         cert = build_leaf(
             flavour=flavour, identifiers=identifiers, public_key=public_key, issuer_cert=self.issuing_cert,
             issuer_key=self._issuing_key, not_before=now - timedelta(minutes=5), not_after=now + validity,
-            extended_key_usage=extended_key_usage,
+            extended_key_usage=extended_key_usage, crl_urls=[self.crl_url] if self.crl_url else (),
         )
         # Belt and braces: the finished certificate must satisfy every constraint on its path.
         for ca in [self.root_cert, *self.chain]:
@@ -263,6 +275,109 @@ class DevCA:
         return self.issue(flavour, identifiers, now=now, public_key=public_key, validity=validity,
                           extended_key_usage=extended_key_usage)
 
+    # ------------------------------------------------------------ revocation (8.1.2.2, RFC 5280 5)
+    @property
+    def issuing_signer(self) -> CASigner:
+        """The CA that signs leaves: ``"intermediate"`` if there is one, else ``"root"``."""
+        return "intermediate" if self.intermediate_cert is not None else "root"
+
+    def _signer(self, which: CASigner) -> tuple[x509.Certificate, PrivateKey]:
+        if which == "root":
+            return self.root_cert, self._root_key
+        if which == "intermediate" and self.intermediate_cert is not None and self._intermediate_key is not None:
+            return self.intermediate_cert, self._intermediate_key
+        raise CRLError(f"CA {self.name!r} has no {which} CA")
+
+    def signer_of(self, cert: x509.Certificate) -> CASigner:
+        """Which of this CA's certificates signed ``cert`` (CRLError if neither)."""
+        for which in _SIGNERS:
+            try:
+                ca_cert, _ = self._signer(which)
+            except CRLError:
+                continue
+            if cert.issuer == ca_cert.subject and cert != ca_cert:
+                try:
+                    cert.verify_directly_issued_by(ca_cert)
+                except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+                    continue
+                return which
+        raise CRLError(f"certificate {cert.serial_number:x} was not issued by CA {self.name!r}")
+
+    def revoke(
+        self,
+        certificate_or_serial: x509.Certificate | int,
+        *,
+        now: datetime,
+        reason: x509.ReasonFlags | None = None,
+        signer: CASigner | None = None,
+    ) -> RevocationEntry:
+        """Put a certificate on its signer's revocation list (revocation date ``now``).
+
+        A certificate's signer is found from its issuer and signature; a bare
+        serial number is taken to be of the CA given as ``signer`` (default: the
+        issuing CA, i.e. a leaf).  CRLError if already revoked, for the root
+        certificate itself, or for reason removeFromCRL (delta CRLs only).
+        """
+        if now.tzinfo is None:
+            raise ValueError("now must be timezone-aware")
+        if reason is x509.ReasonFlags.remove_from_crl:
+            raise CRLError("removeFromCRL is only meaningful in delta CRLs, which this CA does not issue")
+        if isinstance(certificate_or_serial, x509.Certificate):
+            which = self.signer_of(certificate_or_serial)
+            if signer is not None and signer != which:
+                raise CRLError(f"the certificate was signed by the {which} CA, not the {signer} CA")
+            serial = certificate_or_serial.serial_number
+        else:
+            which = signer or self.issuing_signer
+            serial = int(certificate_or_serial)
+            self._signer(which)
+        if serial <= 0:
+            raise CRLError("serial numbers are positive")
+        if which == "root" and serial == self.root_cert.serial_number:
+            raise CRLError("the root certificate cannot be revoked by its own CRL")
+        if serial in self.revoked[which]:
+            raise CRLError(f"certificate {serial:x} is already revoked")
+        entry = RevocationEntry(serial, now, reason)
+        self.revoked[which][serial] = entry
+        return entry
+
+    def issue_crl(
+        self, *, now: datetime, signer: CASigner | None = None, validity: timedelta = DEFAULT_CRL_VALIDITY
+    ) -> x509.CertificateRevocationList:
+        """Sign the complete CRL of ``signer`` (default: the issuing CA) with its next cRLNumber.
+
+        The number is consumed: persist with :meth:`save_revocations` before publishing the CRL.
+        """
+        which = signer or self.issuing_signer
+        cert, key = self._signer(which)
+        number = self.next_crl_number[which]
+        crl = build_crl(issuer_cert=cert, issuer_key=key, entries=self.revoked[which].values(), number=number,
+                        this_update=now, validity=validity)
+        self.next_crl_number[which] = number + 1
+        return crl
+
+    def save_revocations(self, directory: Path | str) -> None:
+        """Write the revocation lists and CRL numbers to ``directory/revocations.json`` (atomically)."""
+        doc = {"format": 1, "signers": {
+            w: {"next_crl_number": self.next_crl_number[w],
+                "revoked": [e.to_json() for e in sorted(self.revoked[w].values(), key=lambda e: e.serial_number)]}
+            for w in _SIGNERS}}
+        d = Path(directory)
+        tmp = d / (REVOCATIONS + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+        os.replace(tmp, d / REVOCATIONS)
+
+    def _load_revocations(self, directory: Path) -> None:
+        path = directory / REVOCATIONS
+        if not path.exists():
+            return
+        doc = json.loads(path.read_text())
+        for w in _SIGNERS:
+            part = doc["signers"].get(w, {})
+            self.next_crl_number[w] = int(part.get("next_crl_number", 1))
+            entries = [RevocationEntry.from_json(e) for e in part.get("revoked", [])]
+            self.revoked[w] = {e.serial_number: e for e in entries}
+
     # ------------------------------------------------------------ persistence
     def save(self, directory: Path | str, passphrase: bytes) -> None:
         """Write certificates (PEM) and passphrase-encrypted keys (0600) to ``directory``."""
@@ -276,8 +391,11 @@ class DevCA:
         if self.intermediate_cert is not None and self._intermediate_key is not None:
             (d / "intermediate.crt.pem").write_bytes(self.intermediate_cert.public_bytes(pem))
             write_private_file(d / "intermediate.key.pem", private_key_pem(self._intermediate_key, passphrase))
-        meta = {"name": self.name, "intermediate": self.intermediate_cert is not None, "format": 1}
+        meta: dict[str, object] = {"name": self.name, "intermediate": self.intermediate_cert is not None, "format": 1}
+        if self.crl_url:
+            meta["crl_url"] = self.crl_url
         (d / CA_META).write_text(json.dumps(meta, indent=2) + "\n")
+        self.save_revocations(d)
 
     @classmethod
     def load(cls, directory: Path | str, passphrase: bytes, *, key_policy: KeyPolicy = DEFAULT_KEY_POLICY) -> DevCA:
@@ -292,5 +410,11 @@ class DevCA:
                 inter_key = serialization.load_pem_private_key((d / "intermediate.key.pem").read_bytes(), passphrase)
         except (OSError, ValueError, TypeError, KeyError) as exc:
             raise IssuanceError(f"cannot load CA from {d}: {type(exc).__name__} (wrong passphrase?)") from None
-        return cls(name=str(meta["name"]), root_cert=root, root_key=root_key,  # type: ignore[arg-type]
-                   intermediate_cert=inter, intermediate_key=inter_key, key_policy=key_policy)  # type: ignore[arg-type]
+        ca = cls(name=str(meta["name"]), root_cert=root, root_key=root_key,  # type: ignore[arg-type]
+                 intermediate_cert=inter, intermediate_key=inter_key, key_policy=key_policy,  # type: ignore[arg-type]
+                 crl_url=meta.get("crl_url") or None)
+        try:
+            ca._load_revocations(d)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise CRLError(f"cannot load {d / REVOCATIONS}: {type(exc).__name__}") from None
+        return ca

@@ -1,12 +1,14 @@
-"""``m2msec pki``: development CA, certificate issuance and inspection (TS-0003 8.1.2, 10.1).
+"""``m2msec pki``: development CA, certificate issuance, revocation/CRLs and inspection (TS-0003 8.1.2, 10.1).
 
 This module is an adapter (files, wall clock); the logic lives in
-:mod:`m2msec.pki.ca`, :mod:`m2msec.pki.profile` and :mod:`m2msec.pki.identifiers`.
+:mod:`m2msec.pki.ca`, :mod:`m2msec.pki.crl`, :mod:`m2msec.pki.profile` and
+:mod:`m2msec.pki.identifiers`.
 """
 
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Optional
@@ -66,6 +68,9 @@ def init_ca(
     intermediate: Annotated[bool, typer.Option("--intermediate/--no-intermediate")] = False,
     key_type: Annotated[KeyType, typer.Option("--key-type")] = KeyType.EC_P256,
     days: Annotated[int, typer.Option("--days", min=1)] = 3650,
+    crl_url: Annotated[
+        Optional[str], typer.Option("--crl-url", help="URL put in leaves' cRLDistributionPoints (issuing CA's CRL).")
+    ] = None,
 ) -> None:
     """Create a root CA (and optionally an intermediate) with name constraints."""
     if (directory / "ca.json").exists():
@@ -74,7 +79,7 @@ def init_ca(
         ca = DevCA.create(
             name, now=_now(), permit_dns=permit_dns or [], permit_uri=permit_uri or [],
             permit_device=permit_device or [], intermediate=intermediate, key_type=key_type,
-            validity=timedelta(days=days),
+            validity=timedelta(days=days), crl_url=crl_url,
         )
         ca.save(directory, passphrase.encode())
     except (M2MSecError, ValueError) as exc:
@@ -123,6 +128,74 @@ def issue(
         key = Path(f"{out}.key.pem")
         write_private_file(key, private_key_pem(issued.private_key))
         typer.echo(f"key: {key}")
+
+
+_REASONS = {r.value: r for r in x509.ReasonFlags if r is not x509.ReasonFlags.remove_from_crl}
+
+
+class Signer(str, Enum):
+    root = "root"
+    intermediate = "intermediate"
+
+
+@app.command("revoke")
+def revoke(
+    directory: Annotated[Path, typer.Argument(help="CA directory made by init-ca.")],
+    passphrase: PassphraseOpt,
+    cert: Annotated[Optional[Path], typer.Option("--cert", help="PEM or DER certificate to revoke.")] = None,
+    serial: Annotated[Optional[str], typer.Option("--serial", help="Serial number (hex) to revoke.")] = None,
+    reason: Annotated[
+        Optional[str], typer.Option("--reason", help="RFC 5280 reason: " + ", ".join(_REASONS))
+    ] = None,
+    ca_name: Annotated[
+        Optional[Signer], typer.Option("--ca", help="Signing CA of --serial (default: the issuing CA).")
+    ] = None,
+) -> None:
+    """Revoke a certificate issued by this CA (takes effect in the next ``crl``)."""
+    if (cert is None) == (serial is None):
+        _fail("give exactly one of --cert and --serial")
+    if reason is not None and reason not in _REASONS:
+        _fail(f"unknown reason {reason!r}; one of {', '.join(_REASONS)}")
+    try:
+        ca = DevCA.load(directory, passphrase.encode())
+        target: x509.Certificate | int
+        if cert is not None:
+            data = cert.read_bytes()
+            target = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
+        else:
+            assert serial is not None
+            target = int(serial.replace(":", ""), 16)
+        entry = ca.revoke(target, now=_now(), reason=_REASONS[reason] if reason else None,
+                          signer=ca_name.value if ca_name else None)  # type: ignore[arg-type]
+        ca.save_revocations(directory)
+    except (M2MSecError, ValueError, OSError) as exc:
+        _fail(str(exc) if isinstance(exc, M2MSecError) else f"{type(exc).__name__}: {exc}")
+    typer.echo(f"revoked: {entry.serial_number:x} at {entry.revocation_date.isoformat()}")
+
+
+@app.command("crl")
+def crl(
+    directory: Annotated[Path, typer.Argument(help="CA directory made by init-ca.")],
+    out: Annotated[Path, typer.Option("--out", help="File to write the CRL to.")],
+    passphrase: PassphraseOpt,
+    ca_name: Annotated[Optional[Signer], typer.Option("--ca", help="Which CA's CRL (default: the issuing CA).")] = None,
+    days: Annotated[int, typer.Option("--days", min=1, help="nextUpdate = now + days.")] = 7,
+    der: Annotated[bool, typer.Option("--der/--pem", help="Output encoding.")] = False,
+) -> None:
+    """Issue a complete CRL (next cRLNumber) and write it as PEM or DER."""
+    try:
+        ca = DevCA.load(directory, passphrase.encode())
+        c = ca.issue_crl(now=_now(), signer=ca_name.value if ca_name else None,  # type: ignore[arg-type]
+                         validity=timedelta(days=days))
+        ca.save_revocations(directory)  # the number is consumed before the CRL is published
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(c.public_bytes(serialization.Encoding.DER if der else serialization.Encoding.PEM))
+    except (M2MSecError, ValueError, OSError) as exc:
+        _fail(str(exc) if isinstance(exc, M2MSecError) else f"{type(exc).__name__}: {exc}")
+    typer.echo(f"crl: {out}")
+    typer.echo(f"crl_number: {c.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number}")
+    typer.echo(f"revoked: {len(c)}")
+    typer.echo(f"next_update: {c.next_update_utc.isoformat() if c.next_update_utc else '-'}")
 
 
 def show_lines(cert: x509.Certificate) -> list[str]:

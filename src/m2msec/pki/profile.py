@@ -84,10 +84,13 @@ def build_leaf(
     key_usage: x509.KeyUsage | None = None,
     basic_constraints_ca: bool = False,
     extended_key_usage: Sequence[x509.ObjectIdentifier] | None = None,
+    crl_urls: Sequence[str] = (),
 ) -> x509.Certificate:
     """Sign a leaf of ``flavour`` for ``identifiers`` (no policy checks: see DevCA.issue).
 
-    ``extended_key_usage``: the EKU OIDs (default :data:`LEAF_EKUS`).
+    ``extended_key_usage``: the EKU OIDs (default :data:`LEAF_EKUS`).  ``crl_urls``:
+    a non-critical cRLDistributionPoints extension with one distribution point
+    whose fullName is these URIs (RFC 5280 4.2.1.13; omitted when empty).
     """
     if not identifiers:
         raise ValueError("at least one identifier is required")
@@ -111,6 +114,10 @@ def build_leaf(
             critical=False,
         )
     )
+    if crl_urls:
+        dp = x509.DistributionPoint(full_name=[x509.UniformResourceIdentifier(u) for u in crl_urls],
+                                    relative_name=None, reasons=None, crl_issuer=None)
+        builder = builder.add_extension(x509.CRLDistributionPoints([dp]), critical=False)
     return builder.sign(issuer_key, signature_hash_for(issuer_key))
 
 
