@@ -36,6 +36,7 @@ from m2msec.tls.engine import (
     TLSEngine,
     TLSHandshakeError,
 )
+from m2msec.pki import CRLError, CRLStore, RevocationPolicy, load_crl_files
 from m2msec.tls.pkiverify import pki_tls_kwargs
 from m2msec.tls.profiles import Transport
 
@@ -65,7 +66,8 @@ def _load_certs(path: Path) -> list[x509.Certificate]:
 
 def _config(role: Role, *, dtls: bool, psk_identity: str | None, psk_hex: str | None, psk_text: str | None,
             key: Path | None, cert: Path | None, ca: Path | None, peer_id: str | None, sni: str | None,
-            mtu: int, peer_flavour: str | None = None) -> TLSConfig:
+            mtu: int, peer_flavour: str | None = None, crl: list[Path] | None = None,
+            revocation: str = "if-available") -> TLSConfig:
     transport = Transport.DTLS if dtls else Transport.TLS
     psk = _psk_key(psk_hex, psk_text)
     kwargs: dict[str, Any] = {"role": role, "transport": transport, "mtu": mtu}
@@ -91,7 +93,15 @@ def _config(role: Role, *, dtls: bool, psk_identity: str | None, psk_hex: str | 
                 flavour = CertificateFlavour(peer_flavour)
             except ValueError:
                 raise typer.BadParameter(f"--peer-flavour must be one of {_FLAVOURS}") from None
-            kwargs.update(pki_tls_kwargs(PeerCertInfo(flavour, peer_id), kwargs["trust_anchors"], _utc_now))
+            try:
+                policy = RevocationPolicy(revocation)
+                crls = CRLStore(load_crl_files(crl or []))
+            except (ValueError, CRLError) as exc:
+                raise typer.BadParameter(f"--crl/--revocation: {exc}") from None
+            kwargs.update(pki_tls_kwargs(PeerCertInfo(flavour, peer_id), kwargs["trust_anchors"], _utc_now,
+                                         crls=crls, revocation=policy))
+        elif crl or revocation == "require":
+            raise typer.BadParameter("--crl/--revocation need --peer-id and --peer-flavour")
     elif peer_id or peer_flavour:
         raise typer.BadParameter("--peer-id/--peer-flavour need certificate mode (--key, --cert, --ca)")
     if psk is None and "credentials" not in kwargs:
@@ -144,6 +154,8 @@ _CERT = typer.Option(None, "--cert", help="own certificate, then its chain (PEM)
 _CA = typer.Option(None, "--ca", help="trust anchors (PEM)")
 _PEER_ID = typer.Option(None, "--peer-id", help="expected peer identifier (TS-0003 8.1.2.4), with --peer-flavour")
 _PEER_FLAVOUR = typer.Option(None, "--peer-flavour", help="peer certificate flavour: cse-id, ae-id, fqdn, node-id, device")
+_CRL = typer.Option(None, "--crl", help="CRL file (PEM/DER) of the peer's PKI, TS-0003 8.1.2.2 (repeatable)")
+_REVOCATION = typer.Option("if-available", "--revocation", help="certificate status policy: off, if-available, require")
 _LABEL = typer.Option([], "--export-label", help="RFC 5705 label to export 48 bytes for (repeatable)")
 
 
@@ -160,6 +172,8 @@ def server(
     ca: Optional[Path] = _CA,
     peer_id: Optional[str] = _PEER_ID,
     peer_flavour: Optional[str] = _PEER_FLAVOUR,
+    crl: Optional[list[Path]] = _CRL,
+    revocation: str = _REVOCATION,
     export_label: list[str] = _LABEL,
     once: bool = typer.Option(False, "--once", help="exit after one session"),
     mtu: int = typer.Option(1200, "--mtu", help="DTLS datagram size limit"),
@@ -168,7 +182,7 @@ def server(
     """Accept sessions, print their parameters and exported keys, echo application data."""
     cfg = _config(Role.SERVER, dtls=dtls, psk_identity=psk_identity, psk_hex=psk_hex, psk_text=psk_text,
                   key=key, cert=cert, ca=ca, peer_id=peer_id, sni=None, mtu=mtu,
-                  peer_flavour=peer_flavour)
+                  peer_flavour=peer_flavour, crl=crl, revocation=revocation)
     code = asyncio.run(_serve(cfg, host, port, export_label, once, timeout))
     raise typer.Exit(code)
 
@@ -233,6 +247,8 @@ def client(
     ca: Optional[Path] = _CA,
     peer_id: Optional[str] = _PEER_ID,
     peer_flavour: Optional[str] = _PEER_FLAVOUR,
+    crl: Optional[list[Path]] = _CRL,
+    revocation: str = _REVOCATION,
     sni: Optional[str] = typer.Option(None, "--sni", help="server name to send (SNI)"),
     export_label: list[str] = _LABEL,
     send: Optional[str] = typer.Option(None, "--send", help="text to send after the handshake"),
@@ -243,7 +259,7 @@ def client(
     """Connect once, print the session parameters and exported keys."""
     cfg = _config(Role.CLIENT, dtls=dtls, psk_identity=psk_identity, psk_hex=psk_hex, psk_text=psk_text,
                   key=key, cert=cert, ca=ca, peer_id=peer_id, sni=sni, mtu=mtu,
-                  peer_flavour=peer_flavour)
+                  peer_flavour=peer_flavour, crl=crl, revocation=revocation)
     raise typer.Exit(asyncio.run(_connect(cfg, host, port, export_label, send, wait, timeout)))
 
 

@@ -22,7 +22,8 @@ and must validate it itself - this is how :mod:`m2msec.tls.pkiverify` runs the
 TS-0003 8.1.2.5 verification with an injected clock and precise reasons.  The
 hook's return value is kept as ``TLSEngine.peer_verification``; an exception
 may carry ``tls_alert`` (``"certificate_expired"``, ``"unknown_ca"``,
-``"bad_certificate"``) to choose the fatal alert sent to the peer.
+``"certificate_revoked"``, ``"certificate_unknown"``, ``"bad_certificate"``) to
+choose the fatal alert sent to the peer.
 
 A hook may also offer ``verify_der_chain(der_chain, load_chain)`` (same result or
 exception as ``hook(chain)``): the engine then passes the chain as a tuple of DER
@@ -529,6 +530,10 @@ _ALERT_ERRORS: dict[str, int] = {
     "certificate_expired": _lib.X509_V_ERR_CERT_HAS_EXPIRED,
     "unknown_ca": _lib.X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY,
     "bad_certificate": _lib.X509_V_ERR_CERT_REJECTED,
+    "certificate_revoked": _lib.X509_V_ERR_CERT_REVOKED,
+    # not in OpenSSL's x509 -> alert table, so the table's default certificate_unknown is sent
+    # (X509_V_ERR_UNABLE_TO_GET_CRL would send unknown_ca)
+    "certificate_unknown": _lib.X509_V_ERR_DIFFERENT_CRL_SCOPE,
 }
 
 # OpenSSL reason strings (lower case) -> our reasons, checked in order.

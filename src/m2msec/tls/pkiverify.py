@@ -13,8 +13,15 @@ aborts the handshake.  The caller gets :class:`~m2msec.tls.engine.TLSHandshakeEr
 (IDENTIFIER_MISMATCH, WRONG_FLAVOUR, UNTRUSTED_ROOT, EXPIRED,
 NAME_CONSTRAINT_VIOLATION, ...).
 
+Certificate status (TS-0003 8.1.2.2): the hook passes its ``crls`` (a
+:class:`~m2msec.pki.crl.CRLStore`, refreshed by its owner) and ``revocation``
+policy (``"off"``, ``"if-available"`` - the default -, ``"require"``) to the
+verification; failures REVOKED, REVOCATION_UNKNOWN, CRL_INVALID.
+
 The fatal alert sent to the peer follows RFC 5246 7.2.2: ``certificate_expired``
-for EXPIRED, ``unknown_ca`` for UNTRUSTED_ROOT, ``bad_certificate`` otherwise.
+for EXPIRED, ``unknown_ca`` for UNTRUSTED_ROOT, ``certificate_revoked`` for
+REVOKED, ``certificate_unknown`` for REVOCATION_UNKNOWN (status could not be
+established), ``bad_certificate`` otherwise (CRL_INVALID included).
 
 This is the one place where TLS and PKI meet; :mod:`m2msec.saef` and the
 ``m2msec tls`` CLI both use it.
@@ -30,6 +37,7 @@ from cryptography import x509
 
 from m2msec.pki import CertificateVerificationError, PeerCertInfo, VerificationReason, VerifiedPeer
 from m2msec.pki import verify_peer_certificate
+from m2msec.pki.crl import CRLSource, RevocationPolicy, as_store
 
 __all__ = ["Clock", "PKIVerifyHook", "pki_verify_hook", "tls_alert_for"]
 
@@ -38,6 +46,8 @@ Clock = Callable[[], datetime]
 _ALERTS: dict[VerificationReason, str] = {
     VerificationReason.EXPIRED: "certificate_expired",
     VerificationReason.UNTRUSTED_ROOT: "unknown_ca",
+    VerificationReason.REVOKED: "certificate_revoked",
+    VerificationReason.REVOCATION_UNKNOWN: "certificate_unknown",
 }
 
 
@@ -52,35 +62,41 @@ class PKIVerifyHook:
     authoritative = True
 
     def __init__(self, expected: PeerCertInfo, trust_anchors: Sequence[x509.Certificate], clock: Clock,
-                 *, required_eku: x509.ObjectIdentifier | None = None) -> None:
+                 *, required_eku: x509.ObjectIdentifier | None = None, crls: CRLSource = None,
+                 revocation: RevocationPolicy | str = RevocationPolicy.IF_AVAILABLE) -> None:
         if not trust_anchors:
             raise ValueError("pki verification needs at least one trust anchor")
         self.expected = expected
         self.trust_anchors = tuple(trust_anchors)
         self.clock = clock
         self.required_eku = required_eku
+        self.crls = as_store(crls)  # a CRLStore is kept by reference: its owner's refreshes apply
+        self.revocation = RevocationPolicy(revocation)
 
     def __repr__(self) -> str:
         return (f"PKIVerifyHook(flavour={self.expected.flavour.value}, identifier={self.expected.identifier!r}, "
-                f"anchors={len(self.trust_anchors)})")
+                f"anchors={len(self.trust_anchors)}, revocation={self.revocation.value})")
 
     def __call__(self, chain: list[x509.Certificate]) -> VerifiedPeer:
         try:
             return verify_peer_certificate(chain, expected=self.expected, trust_anchors=self.trust_anchors,
-                                           now=self.clock(), required_eku=self.required_eku)
+                                           now=self.clock(), required_eku=self.required_eku, crls=self.crls,
+                                           revocation=self.revocation)
         except CertificateVerificationError as exc:
             exc.tls_alert = tls_alert_for(exc.reason_code)  # type: ignore[attr-defined]
             raise
 
 
 def pki_verify_hook(expected: PeerCertInfo, trust_anchors: Sequence[x509.Certificate], clock: Clock,
-                    *, required_eku: x509.ObjectIdentifier | None = None) -> PKIVerifyHook:
+                    *, required_eku: x509.ObjectIdentifier | None = None, crls: CRLSource = None,
+                    revocation: RevocationPolicy | str = RevocationPolicy.IF_AVAILABLE) -> PKIVerifyHook:
     """A ``verify_peer`` hook running TS-0003 8.1.2.5 verification against ``expected``.
 
     Use it with ``TLSConfig(verify_peer=hook, verify_peer_authoritative=True,
     trust_anchors=...)`` (see :func:`pki_tls_kwargs`).
     """
-    return PKIVerifyHook(expected, trust_anchors, clock, required_eku=required_eku)
+    return PKIVerifyHook(expected, trust_anchors, clock, required_eku=required_eku, crls=crls,
+                         revocation=revocation)
 
 
 def pki_tls_kwargs(expected: PeerCertInfo, trust_anchors: Sequence[x509.Certificate], clock: Clock,
