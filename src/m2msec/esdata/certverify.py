@@ -73,20 +73,29 @@ def pki_verifier(
     trust_anchors: Sequence[x509.Certificate],
     clock: Clock,
     flavour: str = "ae-id",
+    crls: object = None,
+    revocation: str = "if-available",
 ) -> CertificateVerifier:
     """Adapter from ``m2msec.pki.verify_peer_certificate`` (TS-0003 8.1.2.5 in full:
-    flavour-specific identifier match, path validation, name constraints, key policy).
+    flavour-specific identifier match, path validation, name constraints, key policy,
+    and the certificate status check of 8.1.2.2 with ``crls`` - a
+    :class:`m2msec.pki.CRLStore` or CRLs - under the ``revocation`` policy
+    ``"off"`` / ``"if-available"`` / ``"require"``).
 
     ``flavour`` is the Source End-Point certificate flavour (``ae-id``, ``cse-id``,
     ``node-id``, ``device``, ``fqdn``); the expected identifier comes from the Target."""
-    from m2msec.pki import CertificateFlavour, PeerCertInfo, verify_peer_certificate  # noqa: PLC0415
+    from m2msec.pki import CertificateFlavour, PeerCertInfo, RevocationPolicy, verify_peer_certificate  # noqa: PLC0415
+    from m2msec.pki.crl import as_store  # noqa: PLC0415
 
     flav = CertificateFlavour(flavour)
+    store = as_store(crls)  # type: ignore[arg-type]
+    policy = RevocationPolicy(revocation)
 
     def verify(chain: list[x509.Certificate], expected_source_id: str) -> None:
         try:
             verify_peer_certificate(
-                chain, expected=PeerCertInfo(flav, expected_source_id), trust_anchors=list(trust_anchors), now=clock()
+                chain, expected=PeerCertInfo(flav, expected_source_id), trust_anchors=list(trust_anchors), now=clock(),
+                crls=store, revocation=policy,
             )
         except Exception as exc:  # noqa: BLE001 - the pki layer's own error hierarchy
             raise UntrustedCertificateError(f"signer certificate refused: {exc}") from None

@@ -50,7 +50,7 @@ from m2msec.net.h11io import send_request
 from m2msec.onem2m.enums import SUID
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.onem2m.timestamps import Clock
-from m2msec.pki import CertificateFlavour, PeerCertInfo
+from m2msec.pki import CertificateFlavour, CRLStore, PeerCertInfo, RevocationPolicy
 from m2msec.tls.aio import TLSStreamWriter, open_connection
 from m2msec.tls.engine import CertCredentials, PSKCredentials, Role, TLSConfig
 from m2msec.tls.pkiverify import pki_tls_kwargs
@@ -128,6 +128,8 @@ class MAFClientConfig:
     paths: Mapping[Procedure, str] = field(default_factory=dict)
     server_name: str | None = None
     timeout: float = 10.0
+    maf_crls: CRLStore | None = field(default=None, repr=False)  # certificate status (TS-0003 8.1.2.2)
+    revocation: RevocationPolicy = RevocationPolicy.IF_AVAILABLE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "maf_fqdn", parse_key_id(f"x@{self.maf_fqdn}").fqdn.lower())
@@ -147,7 +149,8 @@ class MAFClientConfig:
         info = self.maf_cert_info or PeerCertInfo(CertificateFlavour.FQDN, self.maf_fqdn)
         return TLSConfig(role=Role.CLIENT, credentials=self.credentials,
                          server_name=self.server_name or self.maf_fqdn,
-                         **pki_tls_kwargs(info, self.maf_trust_anchors, self.clock))
+                         **pki_tls_kwargs(info, self.maf_trust_anchors, self.clock, crls=self.maf_crls,
+                                          revocation=self.revocation))
 
 
 class MAFClient:

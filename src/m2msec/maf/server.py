@@ -34,6 +34,7 @@ from m2msec.maf.protocol import ErrorBody, MAFError, Procedure, decode_body, enc
 from m2msec.maf.service import AdminConfig, MAFPeer, MAFService
 from m2msec.net.h11io import BodyTooLarge, next_cycle, read_request, write_response
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
+from m2msec.pki import CRLError, CRLStore, RevocationPolicy, load_crl_files
 from m2msec.onem2m.timestamps import Clock
 from m2msec.store import KeyEncryptionKey, Store, open_store
 from m2msec.tls.aio import TLSStreamWriter, start_server
@@ -62,6 +63,8 @@ class MAFServerConfig:
     client_trust_anchors: tuple[x509.Certificate, ...] = ()
     kek_file: str | None = None
     mef: dict[str, Any] | None = field(default=None, repr=False)
+    client_crls: CRLStore | None = field(default=None, repr=False)  # TS-0003 8.1.2.2 certificate status
+    revocation: RevocationPolicy = RevocationPolicy.IF_AVAILABLE
 
     def mef_client(self) -> MEFClient | None:
         """A :class:`FetcherMEFClient` over the MEF component's fetcher for the ``[mef]`` table."""
@@ -101,6 +104,8 @@ def load_config(path: str | Path) -> MAFServerConfig:
         cert = "maf.pem"                   # MAF certificate (+ chain)
         key = "maf.key"
         client_trust_anchors = "clients-ca.pem"
+        client_crls = ["clients-ca.crl"]   # optional CRLs (PEM/DER) of the clients' PKI
+        revocation = "if-available"        # off | if-available (default) | require
         [[admin]]
         fqdn = "sp.example.com"
         client_config = { httpPort = 8443 }  # optional MAF Client Configuration (8.8.2.4)
@@ -120,22 +125,29 @@ def load_config(path: str | Path) -> MAFServerConfig:
         admins = tuple(AdminConfig(a["fqdn"].lower(), a.get("client_config")) for a in data.get("admin", []))
         creds = None
         anchors: tuple[x509.Certificate, ...] = ()
+        crls: CRLStore | None = None
+        revocation = RevocationPolicy.IF_AVAILABLE
         tls = data.get("tls")
         if tls:
             certs = _pem_certs(rel(tls["cert"]))
             key = load_pem_private_key(rel(tls["key"]).read_bytes(), None)
             creds = CertCredentials(key, certs[0], tuple(certs[1:]))  # type: ignore[arg-type]
             anchors = tuple(_pem_certs(rel(tls["client_trust_anchors"])))
+            crl_files = tls.get("client_crls", [])
+            crl_files = [crl_files] if isinstance(crl_files, str) else list(crl_files)
+            if crl_files:
+                crls = CRLStore(load_crl_files(rel(f) for f in crl_files))
+            revocation = RevocationPolicy(tls.get("revocation", RevocationPolicy.IF_AVAILABLE.value))
         kek_file = data.get("kek_file")
         return MAFServerConfig(
             fqdn=str(data["fqdn"]), store_url=str(data["store"]), host=str(data.get("host", "127.0.0.1")),
             port=int(data.get("port", 0)), admins=admins,
             max_registration_lifetime=timedelta(seconds=int(data.get("max_registration_lifetime_s", 365 * 86400))),
             max_key_lifetime=timedelta(seconds=int(data.get("max_key_lifetime_s", 30 * 86400))),
-            credentials=creds, client_trust_anchors=anchors,
+            credentials=creds, client_trust_anchors=anchors, client_crls=crls, revocation=revocation,
             kek_file=str(rel(kek_file)) if kek_file else None, mef=dict(data["mef"]) if "mef" in data else None,
         )
-    except (KeyError, TypeError, ValueError, OSError) as exc:
+    except (KeyError, TypeError, ValueError, OSError, CRLError) as exc:
         raise ParseError(f"invalid MAF configuration {p}: {type(exc).__name__}: {exc}") from None
 
 
@@ -276,8 +288,8 @@ class MAFServer:
 
 def build_server(cfg: MAFServerConfig, store: Store, *, clock: Clock, mef: MEFClient | None = None) -> MAFServer:
     service = MAFService(store, cfg.fqdn, admins=cfg.admins, clock=clock, mef=mef or cfg.mef_client(),
-                         client_trust_anchors=cfg.client_trust_anchors,
-                         max_registration_lifetime=cfg.max_registration_lifetime,
+                         client_trust_anchors=cfg.client_trust_anchors, client_crls=cfg.client_crls,
+                         revocation=cfg.revocation, max_registration_lifetime=cfg.max_registration_lifetime,
                          max_key_lifetime=cfg.max_key_lifetime)
     return MAFServer(service, host=cfg.host, port=cfg.port, credentials=cfg.credentials)
 

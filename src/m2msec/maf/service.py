@@ -94,6 +94,7 @@ from m2msec.onem2m.enums import SUID
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.onem2m.timestamps import Clock, ensure_utc, format_timestamp
 from m2msec.pki import CertificateFlavour, CertificateVerificationError, PeerCertInfo, VerificationReason, VerifiedPeer
+from m2msec.pki import CRLStore, RevocationPolicy
 from m2msec.store import AuditBatcher, DuplicateError, NotFound, Store, Transaction, VersionConflict
 from m2msec.tls.engine import TLSEngine
 from m2msec.tls.pkiverify import PKIVerifyHook
@@ -172,7 +173,8 @@ class _ClientCertVerifier:
         errors: list[CertificateVerificationError] = []
         for rec in svc.store.list_records(NS.CERT_CLIENT):
             info = PeerCertInfo(CertificateFlavour(rec.doc["flavour"]), rec.doc["identifier"])
-            hook = PKIVerifyHook(info, svc.client_trust_anchors, svc.clock)
+            hook = PKIVerifyHook(info, svc.client_trust_anchors, svc.clock, crls=svc.client_crls,
+                                 revocation=svc.revocation)
             try:
                 return rec.rec_id, hook(chain)
             except CertificateVerificationError as exc:
@@ -246,6 +248,8 @@ class MAFService:
         clock: Clock,
         mef: MEFClient | None = None,
         client_trust_anchors: Sequence[x509.Certificate] = (),
+        client_crls: CRLStore | None = None,
+        revocation: RevocationPolicy | str = RevocationPolicy.IF_AVAILABLE,
         max_registration_lifetime: timedelta = timedelta(days=365),
         max_key_lifetime: timedelta = timedelta(days=30),
         key_cache_ttl: timedelta = timedelta(seconds=1),
@@ -265,6 +269,8 @@ class MAFService:
         self.clock = clock
         self.mef = mef
         self.client_trust_anchors = tuple(client_trust_anchors)
+        self.client_crls = client_crls  # CRLs of the MAF Clients' PKI (TS-0003 8.1.2.2), refreshed by the owner
+        self.revocation = RevocationPolicy(revocation)
         self.max_registration_lifetime = max_registration_lifetime
         self.max_key_lifetime = max_key_lifetime
         self._pending: dict[str, tuple[bytes, datetime | None, str | None, datetime]] = {}

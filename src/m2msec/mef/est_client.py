@@ -66,6 +66,7 @@ from m2msec.net.h11io import send_request
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.pki import CertificateFlavour, KeyType, PeerCertInfo, generate_private_key, identifiers_of
 from m2msec.pki import verify_peer_certificate
+from m2msec.pki.crl import CRLSource, RevocationPolicy
 from m2msec.pki.ca import private_key_pem, write_private_file
 from m2msec.pki.keypolicy import PrivateKey, signature_hash_for
 from m2msec.tls.aio import TLSStreamWriter, open_connection
@@ -282,13 +283,16 @@ async def est_enrol(host: str, port: int, tls: TLSConfig, *, request: EnrolmentR
                     csr_hook: Callable[[PrivateKey, str, dict[str, tuple[bool, bytes]]],
                                        x509.CertificateSigningRequest] | None = None,
                     server_keygen: bool = False,
+                    crls: CRLSource = None,
+                    revocation: RevocationPolicy | str = RevocationPolicy.IF_AVAILABLE,
                     ) -> tuple[Enrolment, ProvisionedCertificate]:
     """Enrolment Exchange + EST in one TLS session; returns the Enrolment and the certificate.
 
     ``csr_hook`` (tests, custom CSRs) replaces :func:`build_est_csr`.  ``server_keygen``:
     the MEF generates the key (``/serverkeygen``); the CSR is then signed with a throwaway
     placeholder key (``key_type``) and the returned :class:`ProvisionedCertificate` holds
-    the MEF's key.
+    the MEF's key.  ``crls`` / ``revocation``: certificate status check (8.1.2.2) of the
+    issued certificate's path before it is installed (step 15).
     """
     request = request or EnrolmentRequest(certificate_enrolment=True)
     if not request.certificate_enrolment:
@@ -369,7 +373,7 @@ async def est_enrol(host: str, port: int, tls: TLSConfig, *, request: EnrolmentR
             raise ESTClientError(f"the issued certificate has no {flavour.value} identifier", rsc=RSC.BAD_REQUEST)
         chain = tuple(c for c in intermediates if c not in issued[1:]) + tuple(issued[1:])
         verify_peer_certificate([leaf, *chain], expected=PeerCertInfo(flavour, idents[0]), trust_anchors=list(anchors),
-                                now=clock())
+                                now=clock(), crls=crls, revocation=revocation)
         prov = ProvisionedCertificate(key, leaf, chain, anchors, types, rsp.enrolee_id, flavour)
 
         # Enrolment Exchange step 6: report success

@@ -93,7 +93,8 @@ class _CertVerifier:
             if not anchors:
                 continue
             try:
-                return peer, PKIVerifyHook(info, anchors, self.state.clock)(chain)
+                return peer, PKIVerifyHook(info, anchors, self.state.clock, crls=self.state.enrolee_crls,
+                                           revocation=self.state.revocation)(chain)
             except CertificateVerificationError as exc:
                 errors.append(exc)
         if errors:

@@ -37,7 +37,7 @@ from cryptography import x509
 from m2msec.errors import M2MSecError
 from m2msec.mef.protocol import EnroleePreferences, MAFPreference, TargetGrant
 from m2msec.onem2m.rsc import ResponseStatusCode
-from m2msec.pki import CertificateFlavour, PeerCertInfo, canonical_identifier
+from m2msec.pki import CertificateFlavour, CRLStore, PeerCertInfo, RevocationPolicy, canonical_identifier
 from m2msec.store import DuplicateError, NotFound, Store
 
 __all__ = ["EnroleeConfig", "MEFError", "MEFState", "SessionPeer", "TargetConfig", "hash_token"]
@@ -157,6 +157,9 @@ class MEFState:
     fqdn: str
     clock: Clock
     enrolee_anchors: tuple[x509.Certificate, ...] = ()
+    #: certificate status check (TS-0003 8.1.2.2) of enrolee/target certificates in the certificate RSPF
+    enrolee_crls: CRLStore | None = None
+    revocation: RevocationPolicy = RevocationPolicy.IF_AVAILABLE
 
     # -- administration ("m2msec mef enrolee add|list|revoke", "target add") ----------------
     def add_enrolee(self, cfg: EnroleeConfig, *, kpm: bytes | None = None) -> None:

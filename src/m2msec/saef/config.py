@@ -7,7 +7,9 @@
   with IdA, IdB, CertNameB and RootOfTrustB; Entity B (the server) with IdA,
   CertNameA, RootOfTrustA and its own IdB.  ``CertName`` is a
   :class:`~m2msec.pki.PeerCertInfo` (flavour + globally unique identifier of
-  8.1.2.4); ``RootOfTrust`` the trust anchor certificates of 8.1.2.2.
+  8.1.2.4); ``RootOfTrust`` the trust anchor certificates of 8.1.2.2, with
+  ``peer_crls`` / ``revocation`` for the certificate status check of 8.1.2.2
+  (a :class:`~m2msec.pki.CRLStore` and a :class:`~m2msec.pki.RevocationPolicy`).
 * :class:`KpsaEntry` / :class:`KpsaDirectory` - 8.2.2.1: Kpsa and KpsaID
   (10.5 format) with the identity bound to security contexts established with
   them; kept in memory or in the store (credentials namespace ``saef.kpsa``).
@@ -28,7 +30,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from m2msec.errors import IdentifierError
 from m2msec.keys import parse_key_id
-from m2msec.pki import CertificateFlavour, PeerCertInfo
+from m2msec.pki import CertificateFlavour, CRLStore, PeerCertInfo, RevocationPolicy
 from m2msec.tls.engine import CertCredentials
 
 __all__ = [
@@ -119,9 +121,14 @@ class AssociationConfiguration:
     peer_id: str | None  # IdB on A, IdA on B
     local_id: str | None = None  # IdA on A, IdB on B
     peer_kind: PeerKind | None = None
+    peer_crls: CRLStore | None = field(default=None, compare=False)  # CRLs of the peer's PKI (8.1.2.2)
+    revocation: RevocationPolicy = RevocationPolicy.IF_AVAILABLE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "peer_root_of_trust", tuple(self.peer_root_of_trust))
+        object.__setattr__(self, "revocation", RevocationPolicy(self.revocation))
+        if self.peer_crls is not None and not isinstance(self.peer_crls, CRLStore):
+            object.__setattr__(self, "peer_crls", CRLStore(self.peer_crls))
         if not self.peer_root_of_trust and self.peer_cert.flavour is not CertificateFlavour.RAW_PUBLIC_KEY:
             raise ValueError("Association Configuration needs the peer's root of trust")
         if self.local is EntityRole.A and not self.peer_id:
@@ -133,16 +140,20 @@ class AssociationConfiguration:
 
     @classmethod
     def entity_a(cls, *, id_b: str, cert_name_b: PeerCertInfo, root_of_trust_b: Sequence[x509.Certificate],
-                 id_a: str | None = None, peer_kind: PeerKind | None = PeerKind.CSE) -> AssociationConfiguration:
-        """Entity A's configuration: IdA (optional, 8.2.1), IdB, CertNameB, RootOfTrustB."""
-        return cls(EntityRole.A, cert_name_b, tuple(root_of_trust_b), id_b, id_a, peer_kind)
+                 id_a: str | None = None, peer_kind: PeerKind | None = PeerKind.CSE, crls: CRLStore | None = None,
+                 revocation: RevocationPolicy | str = RevocationPolicy.IF_AVAILABLE) -> AssociationConfiguration:
+        """Entity A's configuration: IdA (optional, 8.2.1), IdB, CertNameB, RootOfTrustB (+ CRLs, policy)."""
+        return cls(EntityRole.A, cert_name_b, tuple(root_of_trust_b), id_b, id_a, peer_kind, crls,
+                   RevocationPolicy(revocation))
 
     @classmethod
     def entity_b(cls, *, cert_name_a: PeerCertInfo, root_of_trust_a: Sequence[x509.Certificate],
                  id_a: str | None = None, id_b: str | None = None,
-                 peer_kind: PeerKind | None = None) -> AssociationConfiguration:
-        """Entity B's configuration: IdA, CertNameA, RootOfTrustA (and its own IdB)."""
-        return cls(EntityRole.B, cert_name_a, tuple(root_of_trust_a), id_a, id_b, peer_kind)
+                 peer_kind: PeerKind | None = None, crls: CRLStore | None = None,
+                 revocation: RevocationPolicy | str = RevocationPolicy.IF_AVAILABLE) -> AssociationConfiguration:
+        """Entity B's configuration: IdA, CertNameA, RootOfTrustA (and its own IdB; + CRLs, policy)."""
+        return cls(EntityRole.B, cert_name_a, tuple(root_of_trust_a), id_a, id_b, peer_kind, crls,
+                   RevocationPolicy(revocation))
 
 
 # ------------------------------------------------------------------ PSK (8.2.2.1)

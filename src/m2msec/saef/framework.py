@@ -8,8 +8,9 @@ plus the rule that binds a finished handshake to the peer identity
 Certificate-Based SAEF (8.2.2.2): suites of 10.2.3 (ECDHE-ECDSA, mutual).  The
 peer certificate is verified by :mod:`m2msec.tls.pkiverify` (8.1.2.5) against
 the Association Configuration's CertName and RootOfTrust at the injected
-clock's time; a failure aborts the handshake and the
-``TLSHandshakeError.__cause__`` names the reason.  Entity B may hold several
+clock's time, with the certificate status check of 8.1.2.2 (the
+configuration's ``peer_crls`` and ``revocation`` policy); a failure aborts the
+handshake and the ``TLSHandshakeError.__cause__`` names the reason.  Entity B may hold several
 Association Configurations (one per authorised Entity A): the certificate is
 checked against each, and when none accepts it the most specific failure is
 reported (a failure after the identifier matched wins over IDENTIFIER_MISMATCH,
@@ -109,7 +110,8 @@ class _AssociationVerifier:
     """``verify_peer`` hook trying each Association Configuration; returns (association, VerifiedPeer)."""
 
     def __init__(self, associations: Sequence[AssociationConfiguration], clock: Clock) -> None:
-        self.hooks = [(a, PKIVerifyHook(a.peer_cert, a.peer_root_of_trust, clock)) for a in associations]
+        self.hooks = [(a, PKIVerifyHook(a.peer_cert, a.peer_root_of_trust, clock, crls=a.peer_crls,
+                                        revocation=a.revocation)) for a in associations]
 
     def __call__(self, chain: list[x509.Certificate]) -> tuple[AssociationConfiguration, VerifiedPeer]:
         errors: list[CertificateVerificationError] = []
