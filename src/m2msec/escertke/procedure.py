@@ -18,6 +18,15 @@ Triggering (step B):
   (certificate information, trust anchors, identity); the Notify originator (``From``)
   selects the entry, an originator with none is refused before any TLS processing.
 
+Both info classes also carry the certificate status settings of TS-0003 8.1.2.2: ``crls``
+(a :class:`~m2msec.pki.crl.CRLStore`, kept by reference so that its owner's refreshes
+apply; a sequence of CRL objects is wrapped in a new store) and ``revocation`` (``off``,
+``if-available`` - the default -, ``require``).  A revoked peer certificate fails the
+handshake like any other certificate failure (AUTHENTICATION_FAILED, 4106, the
+:class:`~m2msec.pki.CertificateVerificationError` with reason REVOKED as the cause of
+the cause).  Both settings take part in the infos' equality and hash (the store by
+identity), so configurations that differ only in them get separate TLS contexts.
+
 Procedure state (profile decisions): the Terminating End-Point keeps at most one unfinished
 procedure per Initiator identity; a new (never seen) Message 1 replaces it; a Message 1
 whose ClientHello.random was already seen within ``replay_window`` is refused; Message 3
@@ -47,6 +56,7 @@ from m2msec.escertke.messages import classify, client_hello_random, first_kind
 from m2msec.keys import EXPORT_LENGTH, LABEL_ESCERTKE
 from m2msec.onem2m.timestamps import Clock, ensure_utc
 from m2msec.pki import PeerCertInfo, VerifiedPeer
+from m2msec.pki.crl import CRLStore, RevocationPolicy, RevocationStatus, as_store
 from m2msec.tls import CertCredentials, Role, TLSConfig, TLSContext, TLSEngine, TLSError, TLSHandshakeError
 from m2msec.tls import profiles
 from m2msec.tls.pkiverify import pki_tls_kwargs
@@ -70,6 +80,13 @@ DEFAULT_MAX_MESSAGE1_PER_WINDOW = 1000
 _SUITES = (profiles.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256,)
 
 
+def _normalise_status(info: Any) -> None:
+    """``crls``: a :class:`CRLStore` (kept as is) or CRL objects (wrapped in a new store);
+    ``revocation``: a :class:`RevocationPolicy` (ValueError for an unknown policy name)."""
+    object.__setattr__(info, "crls", as_store(info.crls))
+    object.__setattr__(info, "revocation", RevocationPolicy(info.revocation))
+
+
 @dataclass(frozen=True)
 class TerminatorInfo:
     """Step B arguments of the Initiating End-Point's command.
@@ -82,6 +99,10 @@ class TerminatorInfo:
     identity: str
     address: str | None = None
     server_name: str | None = None  # SNI to send (optional)
+    #: certificate status (TS-0003 8.1.2.2) of the Terminating End-Point's certificate path;
+    #: the store is kept by reference (its owner's refreshes apply) and compared by identity
+    crls: CRLStore | None = None
+    revocation: RevocationPolicy | str = RevocationPolicy.IF_AVAILABLE
 
     def __post_init__(self) -> None:
         if not self.identity:
@@ -89,6 +110,7 @@ class TerminatorInfo:
         if not self.trust_anchors:
             raise ValueError("at least one trust anchor is required")
         object.__setattr__(self, "trust_anchors", tuple(self.trust_anchors))
+        _normalise_status(self)
 
     @property
     def notify_target(self) -> str:
@@ -106,6 +128,9 @@ class InitiatorInfo:
     trust_anchors: tuple[x509.Certificate, ...]
     identity: str
     originators: frozenset[str] = field(default_factory=frozenset)
+    #: certificate status (TS-0003 8.1.2.2) of the Initiating End-Point's certificate path
+    crls: CRLStore | None = None
+    revocation: RevocationPolicy | str = RevocationPolicy.IF_AVAILABLE
 
     def __post_init__(self) -> None:
         if not self.identity:
@@ -114,6 +139,7 @@ class InitiatorInfo:
             raise ValueError("at least one trust anchor is required")
         object.__setattr__(self, "trust_anchors", tuple(self.trust_anchors))
         object.__setattr__(self, "originators", frozenset(self.originators))
+        _normalise_status(self)
 
 
 class InitiatorState(str, enum.Enum):
@@ -148,40 +174,87 @@ class _CachedVerify:
     every certificate on its path and of the trust anchor; signatures, identifier, flavour
     and name constraints cannot change for the same DER.  Failures are never cached.
 
+    Certificate status (8.1.2.2) can change for the same DER, so with a revocation policy
+    other than ``off`` and a :class:`CRLStore` an entry also records the store's
+    :attr:`CRLStore.generation` read *before* the verification: any refresh of the store
+    (``add`` of a newer CRL, ``replace``) makes every older entry miss, and the chain is
+    verified in full against the new CRLs (a certificate revoked after the first
+    handshake is refused from the next one on).  Under ``require`` an entry is moreover
+    only used while the CRLs that made the path GOOD are still current: from the latest
+    thisUpdate to the earliest nextUpdate of the CRLs of the path's issuers that were
+    current at verification time (after that the full verification reports
+    REVOCATION_UNKNOWN for a stale CRL).  Under ``if-available`` a CRL going stale turns
+    GOOD into the also accepted *undetermined*, so no such bound is needed.
+
     The TLS engine calls :meth:`verify_der_chain` with the DER encodings OpenSSL already
     has, so a hit needs no conversion to ``cryptography`` objects; only a miss loads them
     and runs the full verification.
     """
 
-    def __init__(self, hook: Any, clock: Clock, size: int = 256) -> None:
+    def __init__(self, hook: Any, clock: Clock, size: int = 256, *, crls: CRLStore | None = None,
+                 revocation: RevocationPolicy | str = RevocationPolicy.OFF) -> None:
         self._hook = hook
         self._clock = clock
         self._size = size
-        self._ok: OrderedDict[tuple[bytes, ...], tuple[datetime, datetime, Any]] = OrderedDict()
+        self._revocation = RevocationPolicy(revocation)
+        #: the store whose generation guards the entries (None: status cannot change)
+        self._crls = crls if self._revocation is not RevocationPolicy.OFF else None
+        # DER chain -> (not before, not after (inclusive), generation, result)
+        self._ok: OrderedDict[tuple[bytes, ...], tuple[datetime, datetime, int, Any]] = OrderedDict()
         self._lock = threading.Lock()
 
     def __call__(self, chain: list[x509.Certificate]) -> Any:
         key = tuple(c.public_bytes(Encoding.DER) for c in chain)
         return self.verify_der_chain(key, lambda: list(chain))
 
+    def _generation(self) -> int:
+        return self._crls.generation if self._crls is not None else 0
+
     def verify_der_chain(self, der_chain: tuple[bytes, ...],
                          load_chain: Callable[[], list[x509.Certificate]]) -> Any:
         key = der_chain if type(der_chain) is tuple else tuple(der_chain)
+        generation = self._generation()  # read before verifying: a refresh meanwhile voids the entry
         with self._lock:
             hit = self._ok.get(key)
+        now = ensure_utc(self._clock(), what="clock()")
         if hit is not None:
-            nb, na, result = hit
-            if nb <= ensure_utc(self._clock(), what="clock()") <= na:  # validity re-checked on every hit
+            nb, na, gen, result = hit
+            if gen == generation and nb <= now <= na:  # validity and CRL state re-checked on every hit
                 return result
         chain = load_chain()
         result = self._hook(chain)  # raises on failure: nothing is cached
         certs = [*chain, *([result.trust_anchor] if getattr(result, "trust_anchor", None) is not None else [])]
-        window = (max(c.not_valid_before_utc for c in certs), min(c.not_valid_after_utc for c in certs), result)
+        window: tuple[datetime, datetime] | None = (max(c.not_valid_before_utc for c in certs),
+                                                    min(c.not_valid_after_utc for c in certs))
+        if self._revocation is RevocationPolicy.REQUIRE and self._crls is not None:
+            window = self._crl_window(result, now, *window)
         with self._lock:
-            self._ok[key] = window
-            while len(self._ok) > self._size:
-                self._ok.popitem(last=False)
+            if window is None:
+                self._ok.pop(key, None)
+            else:
+                self._ok[key] = (*window, generation, result)
+                while len(self._ok) > self._size:
+                    self._ok.popitem(last=False)
         return result
+
+    def _crl_window(self, result: Any, now: datetime, nb: datetime,
+                    na: datetime) -> tuple[datetime, datetime] | None:
+        """Narrow [nb, na] to when every CRL that gave a GOOD status on the path is still current
+        (None: do not cache)."""
+        assert self._crls is not None
+        for cert, status in zip(getattr(result, "path", ()), getattr(result, "revocation", ()), strict=False):
+            if status is not RevocationStatus.GOOD:
+                continue
+            current = [c for c in self._crls.for_issuer(cert.issuer)
+                       if c.next_update_utc is not None and c.last_update_utc <= now < c.next_update_utc]
+            if not current:  # the store changed under the verification: leave it to the next one
+                return None
+            nb = max(nb, *(c.last_update_utc for c in current))
+            na = min(na, *(c.next_update_utc - _TICK for c in current if c.next_update_utc is not None))
+        return (nb, na) if nb <= na else None
+
+
+_TICK = timedelta(microseconds=1)  # nextUpdate is exclusive, the cache window inclusive
 
 
 _BY_IDENTITY_MAX = 256
@@ -200,10 +273,11 @@ def _remember_identity(by_id: dict[int, tuple[Any, TLSContext]], key: Any, ctx: 
     by_id[id(key)] = (key, ctx)  # the entry holds ``key``, so its id cannot be reused meanwhile
 
 
-def _tls_context(role: Role, credentials: CertCredentials, peer: PeerCertInfo,
-                 anchors: Sequence[x509.Certificate], clock: Clock) -> TLSContext:
-    kw = pki_tls_kwargs(peer, anchors, clock)
-    kw["verify_peer"] = _CachedVerify(kw["verify_peer"], clock)
+def _tls_context(role: Role, credentials: CertCredentials, peer: TerminatorInfo | InitiatorInfo,
+                 clock: Clock) -> TLSContext:
+    kw = pki_tls_kwargs(peer.cert_info, peer.trust_anchors, clock, crls=peer.crls, revocation=peer.revocation)
+    kw["verify_peer"] = _CachedVerify(kw["verify_peer"], clock, crls=peer.crls,
+                                      revocation=RevocationPolicy(peer.revocation))
     return TLSContext(TLSConfig(role=role, credentials=credentials, cipher_suites=_SUITES, **kw))
 
 
@@ -318,8 +392,7 @@ class InitiatingEndPoint:
             if ctx is None:
                 ctx = self._contexts.get(target)
                 if ctx is None:
-                    ctx = _tls_context(Role.CLIENT, self.credentials, target.cert_info, target.trust_anchors,
-                                       self.clock)
+                    ctx = _tls_context(Role.CLIENT, self.credentials, target, self.clock)
                     self._contexts[target] = ctx
                 _remember_identity(self._contexts_by_id, target, ctx)
         return Initiator(ctx, target, clock=self.clock, keys=self.keys)
@@ -413,7 +486,7 @@ class TerminatingEndPoint:
         if ctx is None:
             ctx = self._contexts.get(info)
             if ctx is None:
-                ctx = _tls_context(Role.SERVER, self.credentials, info.cert_info, info.trust_anchors, self.clock)
+                ctx = _tls_context(Role.SERVER, self.credentials, info, self.clock)
                 self._contexts[info] = ctx
             _remember_identity(self._contexts_by_id, info, ctx)
         return ctx

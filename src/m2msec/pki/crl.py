@@ -187,13 +187,23 @@ class CRLStore:
     CRLs are *not* validated here - that needs the issuer certificate of the
     path being verified; an unusable CRL makes the verification of a
     certificate of that issuer fail with CRL_INVALID.
+
+    :attr:`generation` grows by one at every change of the content (an
+    :meth:`add` that keeps the CRL, every :meth:`replace`): a cache of
+    verification results (e.g. ESCertKE's) keyed on it never outlives a refresh.
     """
 
     def __init__(self, crls: Iterable[x509.CertificateRevocationList] = ()) -> None:
         self._lock = threading.Lock()
         self._by_issuer: dict[x509.Name, tuple[x509.CertificateRevocationList, ...]] = {}
+        self._generation = 0
         for c in crls:
             self.add(c)
+
+    @property
+    def generation(self) -> int:
+        """Monotonically increasing content version (bumped by :meth:`add` and :meth:`replace`)."""
+        return self._generation
 
     def __repr__(self) -> str:
         return f"CRLStore(issuers={len(self._by_issuer)}, crls={len(self)})"
@@ -216,6 +226,7 @@ class CRLStore:
             if same and not _newer(crl, same[0]):
                 return False
             self._by_issuer[crl.issuer] = (*[c for c in held if _aki_key_id(c) != key_id], crl)
+            self._generation += 1
             return True
 
     def replace(self, crls: Iterable[x509.CertificateRevocationList]) -> None:
@@ -223,6 +234,7 @@ class CRLStore:
         fresh = CRLStore(crls)
         with self._lock:
             self._by_issuer = fresh._by_issuer
+            self._generation += 1
 
     def for_issuer(self, issuer: x509.Name) -> tuple[x509.CertificateRevocationList, ...]:
         return self._by_issuer.get(issuer, ())
