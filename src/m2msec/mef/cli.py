@@ -11,6 +11,8 @@
     cert = "mef.cert.pem"             # optional: certificate RSPF (leaf + chain)
     key = "mef.key.pem"
     enrolee_trust_anchors = "enrolee-ca.pem"
+    enrolee_crl_files = ["enrolee-ca.crl"]  # optional CRLs (PEM/DER; a string or a list) of the enrolees' PKI
+    revocation = "if-available"       # certificate status (8.1.2.2): off | if-available (default) | require
     [gba]                             # optional: GBA-Based RSPF, the MEF as GBA NAF
     bsf_url = "http://127.0.0.1:8080" # the operator BSF's Zn endpoint
     naf_token = "..."                 # the MEF's Zn credential (else $M2MSEC_GBA_NAF_TOKEN)
@@ -21,6 +23,13 @@ trusts that CA's certificates for the certificate RSPF; ``enrolee est`` sets wha
 enrolee may enrol for; ``est-enrol`` is the enrolee (Enrolment Exchange + EST, installs
 ``key.pem`` 0600, ``cert.pem``, ``trust-anchors.pem``, ``est.json``; ``--server-keygen``:
 the MEF generates the key, RFC 7030 4.4).
+
+Certificate status (TS-0003 8.1.2.2) of enrolee and Enrolment Target certificates in the
+certificate RSPF: ``enrolee_crl_files`` are loaded into one :class:`~m2msec.pki.CRLStore`
+at start (paths relative to mef.toml, like the other paths); ``serve`` reloads them on
+SIGHUP (all files or nothing: on an error the previous CRLs stay and the error goes to
+stderr; success prints ``crls reloaded N``).  ``revocation`` is the policy of
+:mod:`m2msec.pki.crl`.
 
 No command prints key bytes; ``enrolee add --token`` prints the single-use token once.
 """
@@ -44,7 +53,7 @@ from m2msec.mef.client import mef_tls_config, save_enrolment
 from m2msec.mef.protocol import EnrolmentRequest, MAFPreference, TargetGrant
 from m2msec.mef.server import MEFServer
 from m2msec.mef.state import EnroleeConfig, MEFState, TargetConfig
-from m2msec.pki import CertificateFlavour, PeerCertInfo
+from m2msec.pki import CertificateFlavour, CRLError, CRLStore, PeerCertInfo, RevocationPolicy, load_crl_files
 from m2msec.store import KeyEncryptionKey, open_store
 from m2msec.tls.engine import CertCredentials, PSKCredentials
 
@@ -78,16 +87,36 @@ def _load(config: Path) -> dict[str, Any]:
     for k in ("kek_file", "cert", "key", "enrolee_trust_anchors"):
         if k in mef:
             mef[k] = str((base / mef[k]).resolve()) if not Path(mef[k]).is_absolute() else mef[k]
+    if "enrolee_crl_files" in mef:
+        files = mef["enrolee_crl_files"]
+        files = [files] if isinstance(files, str) else files
+        if not isinstance(files, list) or not all(isinstance(f, str) and f for f in files):
+            _fail(ValueError(f"{config}: [mef] enrolee_crl_files must be a file name or a list of file names"))
+        mef["enrolee_crl_files"] = [f if Path(f).is_absolute() else str((base / f).resolve()) for f in files]
+    try:
+        mef["revocation"] = RevocationPolicy(mef.get("revocation", RevocationPolicy.IF_AVAILABLE.value))
+    except ValueError:
+        _fail(ValueError(f"{config}: [mef] revocation must be one of "
+                         f"{', '.join(p.value for p in RevocationPolicy)}"))
     return mef
 
 
-def _state(mef: dict[str, Any]) -> MEFState:
+def _crls(mef: dict[str, Any]) -> CRLStore | None:
+    """The CRL store of ``enrolee_crl_files`` (None without the option; CRLError for a bad file)."""
+    if "enrolee_crl_files" not in mef:
+        return None
+    return CRLStore(load_crl_files(mef["enrolee_crl_files"]))
+
+
+def _state(mef: dict[str, Any], *, load_crls: bool = False) -> MEFState:
+    """The MEF state; the CRLs (only needed to verify enrolee certificates) with ``load_crls``."""
     kek = KeyEncryptionKey.from_file(mef["kek_file"]) if "kek_file" in mef else KeyEncryptionKey.from_env()
-    store = open_store(mef["store"], kek)
     anchors: tuple[x509.Certificate, ...] = ()
     if "enrolee_trust_anchors" in mef:
         anchors = tuple(x509.load_pem_x509_certificates(Path(mef["enrolee_trust_anchors"]).read_bytes()))
-    return MEFState(store, mef["fqdn"], _utcnow, anchors)
+    crls = _crls(mef) if load_crls else None  # before the store is opened: a bad file fails without side effects
+    store = open_store(mef["store"], kek)
+    return MEFState(store, mef["fqdn"], _utcnow, anchors, enrolee_crls=crls, revocation=mef["revocation"])
 
 
 def _credentials(mef: dict[str, Any]) -> CertCredentials | None:
@@ -136,7 +165,7 @@ def serve(config: ConfigOpt,
     """Run the MEF until SIGTERM/SIGINT; prints 'listening HOST:PORT'."""
     try:
         mef = _load(config)
-        state = _state(mef)
+        state = _state(mef, load_crls=True)
         est = _est(state)
         server = MEFServer(state, credentials=_credentials(mef), gba=_gba(config, state), est=est)
     except (M2MSecError, OSError, ValueError) as exc:
@@ -149,11 +178,24 @@ def serve(config: ConfigOpt,
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if state.enrolee_crls is not None:
+            loop.add_signal_handler(signal.SIGHUP, _reload_crls, mef, state.enrolee_crls)
         await stop.wait()
         await server.close()
 
     asyncio.run(main())
     state.store.close()
+
+
+def _reload_crls(mef: dict[str, Any], store: CRLStore) -> None:
+    """SIGHUP: re-read ``enrolee_crl_files`` into the running MEF's store (all or nothing)."""
+    try:
+        crls = load_crl_files(mef["enrolee_crl_files"])
+    except CRLError as exc:
+        typer.echo(f"error: crls not reloaded: {exc}", err=True)
+        return
+    store.replace(crls)
+    typer.echo(f"crls reloaded {len(store)}")
 
 
 def _parse_target(text: str) -> TargetGrant:
