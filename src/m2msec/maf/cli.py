@@ -4,7 +4,9 @@
 ``keys`` list what the store holds (no key bytes); ``revoke`` deletes a Key Registration;
 ``add-client`` provisions a MAF Client: a pre-provisioned Km/KmID (8.8.3.1) or the MAF Client
 Certificate Information (flavour + identifier, 8.8.3.2).  Several ``serve`` processes may share
-one store (PostgreSQL, or one SQLite file on one host).
+one store (PostgreSQL, or one SQLite file on one host).  ``serve`` re-reads the ``[tls]
+client_crls`` files on SIGHUP (all or nothing; ``crls reloaded N`` on success, the previous
+CRLs stay on an error).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,6 +26,7 @@ from m2msec.maf.server import MAFServerConfig, build_server, load_config, open_c
 from m2msec.maf.service import MAFService
 from m2msec.onem2m.timestamps import format_timestamp
 from m2msec.pki import CertificateFlavour, PeerCertInfo
+from m2msec.pki.cli import reload_crls_and_report
 from m2msec.store import Store
 from m2msec.store.store import utc_now
 
@@ -68,6 +72,9 @@ def serve(config: ConfigOpt,
 
     async def main() -> None:
         await server.start()
+        if cfg.client_crls is not None and cfg.client_crl_files:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_crls_and_report, cfg.client_crls,
+                                                          cfg.client_crl_files)
         typer.echo(f"MAF {cfg.fqdn} listening on {cfg.host}:{server.port}", err=False)
         await server.serve_forever()
 

@@ -64,6 +64,7 @@ class MAFServerConfig:
     kek_file: str | None = None
     mef: dict[str, Any] | None = field(default=None, repr=False)
     client_crls: CRLStore | None = field(default=None, repr=False)  # TS-0003 8.1.2.2 certificate status
+    client_crl_files: tuple[str, ...] = ()  # where client_crls came from (re-read on SIGHUP by ``serve``)
     revocation: RevocationPolicy = RevocationPolicy.IF_AVAILABLE
 
     def mef_client(self) -> MEFClient | None:
@@ -126,6 +127,7 @@ def load_config(path: str | Path) -> MAFServerConfig:
         creds = None
         anchors: tuple[x509.Certificate, ...] = ()
         crls: CRLStore | None = None
+        crl_paths: tuple[str, ...] = ()
         revocation = RevocationPolicy.IF_AVAILABLE
         tls = data.get("tls")
         if tls:
@@ -135,8 +137,9 @@ def load_config(path: str | Path) -> MAFServerConfig:
             anchors = tuple(_pem_certs(rel(tls["client_trust_anchors"])))
             crl_files = tls.get("client_crls", [])
             crl_files = [crl_files] if isinstance(crl_files, str) else list(crl_files)
-            if crl_files:
-                crls = CRLStore(load_crl_files(rel(f) for f in crl_files))
+            crl_paths = tuple(str(rel(f)) for f in crl_files)
+            if crl_paths:
+                crls = CRLStore(load_crl_files(crl_paths))
             revocation = RevocationPolicy(tls.get("revocation", RevocationPolicy.IF_AVAILABLE.value))
         kek_file = data.get("kek_file")
         return MAFServerConfig(
@@ -144,7 +147,8 @@ def load_config(path: str | Path) -> MAFServerConfig:
             port=int(data.get("port", 0)), admins=admins,
             max_registration_lifetime=timedelta(seconds=int(data.get("max_registration_lifetime_s", 365 * 86400))),
             max_key_lifetime=timedelta(seconds=int(data.get("max_key_lifetime_s", 30 * 86400))),
-            credentials=creds, client_trust_anchors=anchors, client_crls=crls, revocation=revocation,
+            credentials=creds, client_trust_anchors=anchors, client_crls=crls, client_crl_files=crl_paths,
+            revocation=revocation,
             kek_file=str(rel(kek_file)) if kek_file else None, mef=dict(data["mef"]) if "mef" in data else None,
         )
     except (KeyError, TypeError, ValueError, OSError, CRLError) as exc:

@@ -53,7 +53,8 @@ from m2msec.mef.client import mef_tls_config, save_enrolment
 from m2msec.mef.protocol import EnrolmentRequest, MAFPreference, TargetGrant
 from m2msec.mef.server import MEFServer
 from m2msec.mef.state import EnroleeConfig, MEFState, TargetConfig
-from m2msec.pki import CertificateFlavour, CRLError, CRLStore, PeerCertInfo, RevocationPolicy, load_crl_files
+from m2msec.pki import CertificateFlavour, CRLStore, PeerCertInfo, RevocationPolicy, load_crl_files
+from m2msec.pki.cli import reload_crls_and_report
 from m2msec.store import KeyEncryptionKey, open_store
 from m2msec.tls.engine import CertCredentials, PSKCredentials
 
@@ -179,23 +180,13 @@ def serve(config: ConfigOpt,
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         if state.enrolee_crls is not None:
-            loop.add_signal_handler(signal.SIGHUP, _reload_crls, mef, state.enrolee_crls)
+            loop.add_signal_handler(signal.SIGHUP, reload_crls_and_report, state.enrolee_crls,
+                                    mef["enrolee_crl_files"])
         await stop.wait()
         await server.close()
 
     asyncio.run(main())
     state.store.close()
-
-
-def _reload_crls(mef: dict[str, Any], store: CRLStore) -> None:
-    """SIGHUP: re-read ``enrolee_crl_files`` into the running MEF's store (all or nothing)."""
-    try:
-        crls = load_crl_files(mef["enrolee_crl_files"])
-    except CRLError as exc:
-        typer.echo(f"error: crls not reloaded: {exc}", err=True)
-        return
-    store.replace(crls)
-    typer.echo(f"crls reloaded {len(store)}")
 
 
 def _parse_target(text: str) -> TargetGrant:

@@ -11,6 +11,7 @@ import sys
 from enum import Enum
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Annotated, Optional
 
 import typer
@@ -19,9 +20,24 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from m2msec.errors import M2MSecError
 from m2msec.pki.ca import DevCA, private_key_pem, write_private_file
+from m2msec.pki.crl import CRLStore, load_crl_files
+from m2msec.pki.errors import CRLError
 from m2msec.pki.identifiers import CertificateFlavour, describe_general_name, identifiers_of, subject_alt_names
 from m2msec.pki.keypolicy import KeyType
 from m2msec.pki.pkid import public_key_identifier
+
+def reload_crls_and_report(store: CRLStore, files: Sequence[Path | str]) -> None:
+    """SIGHUP handler body of the long-running services (``m2msec mef serve``, ``m2msec maf
+    serve``): re-read ``files`` into ``store`` (all files or nothing).  Success prints
+    ``crls reloaded N``; an error goes to stderr and the previous CRLs stay in force."""
+    try:
+        crls = load_crl_files(files)
+    except CRLError as exc:
+        typer.echo(f"error: crls not reloaded: {exc}", err=True)
+        return
+    store.replace(crls)
+    typer.echo(f"crls reloaded {len(store)}")
+
 
 app = typer.Typer(
     help="Certificates: a development CA, issuing oneM2M certificate flavours, inspecting certificates.",
