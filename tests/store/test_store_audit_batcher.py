@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from m2msec.store import AuditBatcher, AuditCommitError, InvalidValue, Store, StoreError
+from m2msec.store import AuditBatcher, AuditCommitError, AuditEntry, InvalidValue, Store, StoreError
 
 
 def _subjects(store: Store) -> list[str]:
@@ -267,4 +267,24 @@ def test_inline_async_closed_batcher_fails_pending_waiters(store: Store) -> None
             await b.append_async("a", "x", "after", "ok")
 
     asyncio.run(main())
+    assert _subjects(store) == []
+
+
+def test_inline_async_unexpected_failure_fails_every_waiter(store: Store) -> None:
+    """Whatever goes wrong in an inline hand-over, no coroutine is left waiting for ever."""
+    b = AuditBatcher(store, inline_async=True)
+
+    def broken(batch: list[Any]) -> None:
+        raise RuntimeError("bug in the commit path")
+
+    b._commit = broken  # type: ignore[method-assign]
+
+    async def main() -> list[BaseException | AuditEntry]:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, _ctx: None)  # the callback's error is expected here
+        return await asyncio.wait_for(
+            asyncio.gather(*(b.append_async("a", "x", f"s{i}", "ok") for i in range(3)), return_exceptions=True), 5)
+
+    results = asyncio.run(main())
+    assert all(isinstance(r, AuditCommitError) and "bug in the commit path" in str(r) for r in results)
     assert _subjects(store) == []

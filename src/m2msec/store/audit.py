@@ -103,6 +103,13 @@ def _resolve_all(results: list[tuple[asyncio.Future[AuditEntry], AuditEntry | No
             fut.set_result(entry)  # type: ignore[arg-type]
 
 
+def _fail_waiters(items: list[_Item], error: BaseException) -> None:
+    """Fail the still-waiting coroutines of ``items`` (all :class:`_AsyncWaiter`, on this loop)."""
+    for it in items:
+        if not it.done.fut.done():
+            it.done.fut.set_exception(error)
+
+
 class AuditBatcher:
     """Group commit of audit records into ``store`` (thread-safe; any number of event loops)."""
 
@@ -176,15 +183,16 @@ class AuditBatcher:
         """On ``loop``: queue everything its coroutines appended since the last hand-over."""
         items = self._loop_pending.pop(loop, [])
         if self.inline_async and not self._closed:
-            for i in range(0, len(items), self.max_batch):
-                self._commit(items[i : i + self.max_batch])
+            try:
+                for i in range(0, len(items), self.max_batch):
+                    self._commit(items[i : i + self.max_batch])
+            except BaseException as exc:  # noqa: BLE001 - no waiter may be left hanging
+                _fail_waiters(items, AuditCommitError(f"audit batch not committed: {type(exc).__name__}: {exc}"))
+                raise
             return
         with self._cv:
             if self._closed:
-                err = StoreError("audit batcher is closed")
-                for it in items:
-                    if not it.done.fut.done():
-                        it.done.fut.set_exception(err)
+                _fail_waiters(items, StoreError("audit batcher is closed"))
                 return
             self._queue.extend(items)
             self._start_locked()
