@@ -6,7 +6,9 @@
 Certificate Information (flavour + identifier, 8.8.3.2).  Several ``serve`` processes may share
 one store (PostgreSQL, or one SQLite file on one host).  ``serve`` re-reads the ``[tls]
 client_crls`` files on SIGHUP (all or nothing; ``crls reloaded N`` on success, the previous
-CRLs stay on an error).
+CRLs stay on an error).  ``serve --workers N`` (Linux) runs N MAF processes on one port
+(SO_REUSEPORT): this process binds first, then starts N-1 ``serve --worker`` processes, each
+with its own store connection; signals are handled as :func:`_run_parent` says.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,7 +26,7 @@ import typer
 from cryptography import x509
 
 from m2msec.errors import M2MSecError
-from m2msec.maf.server import MAFServerConfig, build_server, load_config, open_config_store
+from m2msec.maf.server import MAFServer, MAFServerConfig, build_server, load_config, open_config_store
 from m2msec.maf.service import MAFService
 from m2msec.onem2m.timestamps import format_timestamp
 from m2msec.pki import CertificateFlavour, PeerCertInfo
@@ -53,12 +57,29 @@ def _ts(v: Any) -> str:
     return format_timestamp(v) if v is not None else "-"
 
 
+WORKER_READY = "worker {pid} listening on {host}:{port}"
+_WORKER_START_TIMEOUT = 60.0
+_WORKER_STOP_TIMEOUT = 10.0
+
+
 @app.command("serve")
 def serve(config: ConfigOpt,
           port: Annotated[int | None, typer.Option("--port", help="Override the configured port.")] = None,
-          verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+          verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+          workers: Annotated[int, typer.Option(
+              "--workers", help="MAF processes sharing the port (SO_REUSEPORT, Linux); each opens its own store.")] = 1,
+          worker: Annotated[bool, typer.Option("--worker", hidden=True,
+                                               help="Internal: run as a worker of a --workers parent.")] = False,
+          ) -> None:
     """Run the MAF (TLS-PSK and, with [tls], certificate MAF Handshake) until interrupted."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s:%(name)s:%(process)d:%(message)s" if workers > 1 or worker else None)
+    if workers < 1:
+        _fail(ValueError(f"--workers must be at least 1 (got {workers})"))
+    if (workers > 1 or worker) and not sys.platform.startswith("linux"):
+        _fail(ValueError(f"--workers needs Linux SO_REUSEPORT load balancing; not available on {sys.platform}"))
+    if worker and (workers != 1 or port is None or port == 0):
+        _fail(ValueError("--worker is internal to --workers: it takes the parent's --port and no --workers"))
     try:
         cfg = load_config(config)
         store = open_config_store(cfg, clock=utc_now)
@@ -68,7 +89,20 @@ def serve(config: ConfigOpt,
         from dataclasses import replace
 
         cfg = replace(cfg, port=port)
-    server = build_server(cfg, store, clock=utc_now)
+    reuse = workers > 1 or worker
+    try:
+        server = build_server(cfg, store, clock=utc_now, reuse_port=reuse)
+    except ValueError as exc:
+        store.close()
+        _fail(exc)
+    if worker:
+        _run_worker(cfg, store, server)
+        return
+    if workers > 1:
+        code = _run_parent(cfg, store, server, config, workers, verbose)
+        if code:
+            raise typer.Exit(code=code)
+        return
 
     async def main() -> None:
         await server.start()
@@ -82,6 +116,129 @@ def serve(config: ConfigOpt,
         asyncio.run(main())
     except KeyboardInterrupt:
         pass
+    finally:
+        store.close()
+
+
+def _run_worker(cfg: MAFServerConfig, store: Store, server: MAFServer) -> None:
+    """A ``--worker`` process: bind the parent's port (SO_REUSEPORT), print the ready line to the
+    parent (stdout is a pipe to it) and serve until SIGTERM or until the parent goes away (EOF
+    on stdin, a pipe from the parent).  SIGINT is the parent's to handle (a terminal's Ctrl-C
+    reaches the whole process group); SIGHUP re-reads the client CRLs like the parent does."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        if cfg.client_crls is not None and cfg.client_crl_files:
+            loop.add_signal_handler(signal.SIGHUP, reload_crls_and_report, cfg.client_crls, cfg.client_crl_files)
+        stdin = sys.stdin.fileno()
+
+        def parent_gone() -> None:
+            try:
+                data = os.read(stdin, 4096)
+            except OSError:
+                data = b""
+            if not data:
+                loop.remove_reader(stdin)
+                stop.set()
+
+        loop.add_reader(stdin, parent_gone)
+        await server.start()
+        typer.echo(WORKER_READY.format(pid=os.getpid(), host=cfg.host, port=server.port))
+        await stop.wait()
+        await server.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        store.close()
+
+
+def _run_parent(cfg: MAFServerConfig, store: Store, server: MAFServer, config: Path, n: int, verbose: bool) -> int:
+    """``serve --workers N``: this process binds first (``port = 0`` resolves here), then starts
+    N-1 ``serve --worker`` processes (fresh interpreters: no fork of a process holding store
+    connections or threads) on the same host/port.  The listening line is printed once all
+    listen.  SIGTERM/SIGINT stop every worker; SIGHUP is forwarded (with [tls] client_crls); a
+    worker that exits on its own is reported on stderr and stops the MAF with exit code 1."""
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        await server.start()
+        stop = asyncio.Event()
+        failed: list[str] = []
+        procs: list[asyncio.subprocess.Process] = []
+        argv = [sys.executable, "-c", "from m2msec.maf.cli import app; app()", "serve", "-c", str(config.resolve()),
+                "--port", str(server.port), "--worker", *(["--verbose"] if verbose else [])]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+        async def ready(proc: asyncio.subprocess.Process) -> None:
+            assert proc.stdout is not None
+            try:
+                line = (await asyncio.wait_for(proc.stdout.readline(), _WORKER_START_TIMEOUT)).decode()
+            except asyncio.TimeoutError:
+                line = ""
+            if WORKER_READY.format(pid=proc.pid, host=cfg.host, port=server.port) != line.strip():
+                raise RuntimeError(f"MAF worker {proc.pid} did not start"
+                                   + (f" (exit code {proc.returncode})" if proc.returncode is not None else ""))
+
+        async def relay(proc: asyncio.subprocess.Process) -> None:
+            assert proc.stdout is not None
+            async for raw in proc.stdout:
+                typer.echo(f"worker {proc.pid}: {raw.decode('utf-8', 'replace').rstrip()}")
+
+        async def watch(proc: asyncio.subprocess.Process) -> None:
+            rc = await proc.wait()
+            if not stop.is_set():
+                failed.append(f"MAF worker {proc.pid} exited with code {rc}")
+                typer.echo(f"error: MAF worker {proc.pid} exited with code {rc}; stopping the MAF", err=True)
+                stop.set()
+
+        def hangup() -> None:
+            assert cfg.client_crls is not None
+            reload_crls_and_report(cfg.client_crls, cfg.client_crl_files)
+            for p in procs:
+                if p.returncode is None:
+                    p.send_signal(signal.SIGHUP)
+
+        tasks: list[asyncio.Task[Any]] = []
+        try:
+            for _ in range(n - 1):
+                procs.append(await asyncio.create_subprocess_exec(
+                    *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env))
+            try:
+                await asyncio.gather(*(ready(p) for p in procs))
+            except RuntimeError as exc:
+                typer.echo(f"error: {exc}", err=True)
+                return 1
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            if cfg.client_crls is not None and cfg.client_crl_files:
+                loop.add_signal_handler(signal.SIGHUP, hangup)
+            tasks = [*(loop.create_task(watch(p)) for p in procs), *(loop.create_task(relay(p)) for p in procs)]
+            typer.echo(f"MAF {cfg.fqdn} listening on {cfg.host}:{server.port}")
+            await stop.wait()
+            return 1 if failed else 0
+        finally:
+            stop.set()
+            await server.close()
+            for p in procs:
+                if p.returncode is None:
+                    p.terminate()
+            for p in procs:
+                try:
+                    await asyncio.wait_for(p.wait(), _WORKER_STOP_TIMEOUT)
+                except asyncio.TimeoutError:
+                    typer.echo(f"error: MAF worker {p.pid} did not stop; killing it", err=True)
+                    p.kill()
+                    await p.wait()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    try:
+        return asyncio.run(main())
     finally:
         store.close()
 

@@ -11,12 +11,15 @@ request header can change it.  Each request is a ``POST`` of a JSON body to a pr
 Procedures run in a worker thread (the store is blocking) inside one store transaction, except
 Key Retrieval (:meth:`~m2msec.maf.service.MAFService.run_async`): its reads run in a worker thread
 or from the retrieval cache, and its audit record is group-committed before the response is sent.
+``reuse_port=True`` (Linux) sets SO_REUSEPORT so that several MAF processes, each with its own
+store connection, listen on one host/port (``m2msec maf serve --workers N``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -172,8 +175,13 @@ class MAFServer:
     """An asyncio MAF instance.  ``async with MAFServer(service, ...) as srv: srv.port``."""
 
     def __init__(self, service: MAFService, *, host: str = "127.0.0.1", port: int = 0,
-                 credentials: CertCredentials | None = None, idle_timeout: float = 30.0) -> None:
+                 credentials: CertCredentials | None = None, idle_timeout: float = 30.0,
+                 reuse_port: bool = False) -> None:
+        if reuse_port and not sys.platform.startswith("linux"):
+            raise ValueError("reuse_port (several MAF processes on one port) needs Linux SO_REUSEPORT "
+                             f"load balancing; not available on {sys.platform}")
         self.service = service
+        self.reuse_port = reuse_port
         self.host = host
         self.port = port
         self.idle_timeout = idle_timeout
@@ -191,7 +199,7 @@ class MAFServer:
 
     async def start(self) -> MAFServer:
         self._server = await start_server(self._connection, self.host, self.port, self.tls_context,
-                                          on_handshake_error=self._handshake_failed)
+                                          on_handshake_error=self._handshake_failed, reuse_port=self.reuse_port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -290,12 +298,13 @@ class MAFServer:
         return _http(proc.success, encode_body(response))
 
 
-def build_server(cfg: MAFServerConfig, store: Store, *, clock: Clock, mef: MEFClient | None = None) -> MAFServer:
+def build_server(cfg: MAFServerConfig, store: Store, *, clock: Clock, mef: MEFClient | None = None,
+                 reuse_port: bool = False) -> MAFServer:
     service = MAFService(store, cfg.fqdn, admins=cfg.admins, clock=clock, mef=mef or cfg.mef_client(),
                          client_trust_anchors=cfg.client_trust_anchors, client_crls=cfg.client_crls,
                          revocation=cfg.revocation, max_registration_lifetime=cfg.max_registration_lifetime,
                          max_key_lifetime=cfg.max_key_lifetime)
-    return MAFServer(service, host=cfg.host, port=cfg.port, credentials=cfg.credentials)
+    return MAFServer(service, host=cfg.host, port=cfg.port, credentials=cfg.credentials, reuse_port=reuse_port)
 
 
 __all__ += ["build_server", "open_config_store"]

@@ -224,8 +224,12 @@ async def start_server(
     *,
     on_handshake_error: HandshakeErrorHandler | None = None,
     handshake_timeout: float = 10.0,
+    reuse_port: bool = False,
 ) -> asyncio.Server:
-    """Serve TLS 1.2; ``handler(reader, writer)`` runs after each successful handshake."""
+    """Serve TLS 1.2; ``handler(reader, writer)`` runs after each successful handshake.
+
+    ``reuse_port`` sets SO_REUSEPORT on the listening socket (``loop.create_server``), so that
+    several processes can listen on the same host/port and the kernel spreads connections."""
     if config is None:
         raise ValueError("start_server needs a server TLSConfig")
     ctx = _context(config)
@@ -258,4 +262,4 @@ async def start_server(
         task.add_done_callback(tasks.discard)
         return protocol
 
-    return await loop.create_server(factory, host, port)
+    return await loop.create_server(factory, host, port, reuse_port=reuse_port or None)
