@@ -1,7 +1,7 @@
 """MAF Key Retrieval (TS-0003 8.8.2.8) throughput and latency.
 
     .venv/bin/python bench/bench_maf.py [--keys 10000,1000000] [--clients 1,10,50] [--duration 3] [--rounds 3]
-                                        [--latency-n 2000] [--db-dir DIR]
+                                        [--latency-n 2000] [--db-dir DIR] [--workers 1]
 
 (a) Throughput: key retrievals per second over persistent TLS-PSK connections (one MAF
 Handshake per connection, then HTTP/1.1 keep-alive) with 1, 10 and 50 concurrent clients,
@@ -10,7 +10,9 @@ same PSK handshake) whose dispatch returns a fixed body of the size of a Key Ret
 response without touching the store.  The server runs in a child process (the load
 generator in this one; both share the machine's cores), and the table also gives the server
 process's CPU time per request (utime+stime from /proc), which does not depend on whether the
-load generator saturates.  Target: MAF >= 0.8x plain.
+load generator saturates.  Target: MAF >= 0.8x plain.  ``--workers N`` runs each server
+(MAF and plain alike) as N processes on one port (SO_REUSEPORT, as ``m2msec maf serve --workers
+N``): the first binds, the others join its port; the CPU column sums all N processes.
 
 (b) Latency: p50/p99 of sequential retrievals of random keys from one client, with the store
 populated to each size in ``--keys`` (Key Registration rows written directly through the
@@ -155,13 +157,13 @@ class PlainServer(MAFServer):
         return RSC.OK.http_status, [("Content-Type", "application/json"), ("X-M2M-RSC", str(int(RSC.OK)))], self.BODY
 
 
-def serve_child(db: str, kek_file: str, kind: str) -> None:
+def serve_child(db: str, kek_file: str, kind: str, port: int = 0, reuse_port: bool = False) -> None:
     store = open_store(f"sqlite:///{db}", KeyEncryptionKey.from_file(kek_file), clock=utc_now)
     svc = _service(store)
     cls = PlainServer if kind == "plain" else MAFServer
 
     async def main() -> None:
-        srv = await cls(svc, host="127.0.0.1", port=0, idle_timeout=600).start()
+        srv = await cls(svc, host="127.0.0.1", port=port, idle_timeout=600, reuse_port=reuse_port).start()
         print(f"port {srv.port}", flush=True)
         await srv.serve_forever()
 
@@ -172,28 +174,42 @@ def serve_child(db: str, kek_file: str, kind: str) -> None:
 
 
 class Child:
-    def __init__(self, db: Path, kek: KeyEncryptionKey, kind: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, "_serve", str(db), str(db.parent / "kek.hex"), kind],
-            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-        line = self.proc.stdout.readline()  # type: ignore[union-attr]
-        if not line.startswith("port "):
-            self.stop()
-            raise RuntimeError(f"{kind} server did not start: {line!r}")
-        self.port = int(line.split()[1])
+    """The server: ``workers`` processes on one port (the first binds; with more than one, all
+    set SO_REUSEPORT and the others join the first one's port)."""
+
+    def __init__(self, db: Path, kek: KeyEncryptionKey, kind: str, workers: int = 1) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+        port = 0
+        for _ in range(workers):
+            proc = subprocess.Popen(
+                [sys.executable, __file__, "_serve", str(db), str(db.parent / "kek.hex"), kind, str(port),
+                 "1" if workers > 1 else "0"],
+                stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+            self.procs.append(proc)
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+            if not line.startswith("port "):
+                self.stop()
+                raise RuntimeError(f"{kind} server did not start: {line!r}")
+            port = int(line.split()[1])
+        self.port = port
 
     def cpu(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total = 0
+        for proc in self.procs:
+            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
             try:
-                self.proc.wait(10)
+                proc.wait(10)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+                proc.kill()
+                proc.wait(10)
 
 
 # ------------------------------------------------------------------ load
@@ -264,9 +280,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="alternating MAF/plain runs per client count (median)")
     ap.add_argument("--latency-n", type=int, default=2000)
     ap.add_argument("--db-dir", default=None)
+    ap.add_argument("--workers", type=int, default=1,
+                    help="server processes on one port (SO_REUSEPORT), for the MAF and the plain endpoint alike")
     ap.add_argument("--populate-budget", type=float, default=600.0,
                     help="stop growing the store when population has taken this many seconds")
     args = ap.parse_args(argv)
+    if args.workers < 1:
+        ap.error("--workers must be at least 1")
     sizes = sorted(int(x) for x in args.keys.split(","))
     client_counts = [int(x) for x in args.clients.split(",")]
 
@@ -275,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     kek.write_file(work / "kek.hex")
     db = work / "maf.db"
     print(f"database: {db} (SQLite, WAL, synchronous=FULL); {os.cpu_count()} CPUs; "
-          f"server in a child process, load generator in this one")
+          f"server in {_procs(args.workers)}, load generator in this one")
     try:
         store = create_db(db, kek)
         have = 0
@@ -296,10 +316,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"db {db.stat().st_size / 1e6:,.0f} MB + WAL", flush=True)
             plans = query_plans(store, sample[0])
             store.close()
-            child = Child(db, kek, "maf")
+            child = Child(db, kek, "maf", args.workers)
             try:
                 if i == 0:
-                    thr = run_throughput(db, kek, child, client_counts, args.duration, sample, args.rounds)
+                    thr = run_throughput(db, kek, child, client_counts, args.duration, sample, args.rounds,
+                                         args.workers)
                 lat = asyncio.run(latency(child.port, args.latency_n, sample))
             finally:
                 child.stop()
@@ -309,12 +330,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         store.close()
 
         print("\n(a) Key Retrieval throughput over persistent TLS-PSK connections "
-              f"(median of {args.rounds} alternating runs of {args.duration:g} s, store of {sizes[0]:,} keys)")
+              f"(median of {args.rounds} alternating runs of {args.duration:g} s, store of {sizes[0]:,} keys, "
+              f"MAF and plain each in {_procs(args.workers)})")
         print(f"{'clients':>8} {'MAF req/s':>10} {'plain req/s':>12} {'ratio':>6} "
               f"{'MAF srv CPU us/req':>19} {'plain srv CPU us/req':>21}")
         for n, (m_rps, m_cpu), (p_rps, p_cpu) in thr:
             print(f"{n:>8} {m_rps:>10,.0f} {p_rps:>12,.0f} {m_rps / p_rps:>6.2f} {m_cpu:>19,.0f} {p_cpu:>21,.0f}")
-        print("\n(b) Key Retrieval latency, one client, sequential, random keys")
+        print(f"\n(b) Key Retrieval latency, one client, sequential, random keys (MAF in {_procs(args.workers)})")
         print(f"{'keys':>10} {'n':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'mean ms':>8}")
         for size, p50, p99, mx, mean, n in latency_rows:
             print(f"{size:>10,} {n:>6} {p50:>8.2f} {p99:>8.2f} {mx:>8.2f} {mean:>8.2f}")
@@ -330,11 +352,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _procs(workers: int) -> str:
+    return "1 server process" if workers == 1 else f"{workers} server processes (SO_REUSEPORT)"
+
+
 def run_throughput(db: Path, kek: KeyEncryptionKey, maf_child: Child, counts: list[int], duration: float,
-                   sample: list[str], rounds: int) -> list[tuple[int, tuple[float, float], tuple[float, float]]]:
+                   sample: list[str], rounds: int,
+                   workers: int = 1) -> list[tuple[int, tuple[float, float], tuple[float, float]]]:
     """For each client count, ``rounds`` alternating MAF/plain runs; the median of each side
     (rate and server CPU per request), so that drift of the machine hits both alike."""
-    plain = Child(db, kek, "plain")
+    plain = Child(db, kek, "plain", workers)
     out = []
     try:
         for n in counts:
@@ -356,7 +383,7 @@ def run_throughput(db: Path, kek: KeyEncryptionKey, maf_child: Child, counts: li
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "_serve":
-        serve_child(sys.argv[2], sys.argv[3], sys.argv[4])
+    if len(sys.argv) == 7 and sys.argv[1] == "_serve":
+        serve_child(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6] == "1")
         sys.exit(0)
     sys.exit(main())

@@ -283,3 +283,19 @@ def test_sighup_reaches_every_worker(tmp_path: Path) -> None:
         assert srv.proc.poll() is None and _alive(worker)
     finally:
         srv.stop()
+
+
+def test_bench_runs_with_two_workers(tmp_path: Path) -> None:
+    """bench/bench_maf.py --workers 2: MAF and plain endpoint each as two processes on one port."""
+    bench = Path(__file__).resolve().parents[2] / "bench" / "bench_maf.py"
+    out = subprocess.run(
+        [sys.executable, str(bench), "--keys", "200", "--clients", "4", "--duration", "0.3", "--rounds", "1",
+         "--latency-n", "10", "--db-dir", str(tmp_path), "--workers", "2"],
+        capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    heading = out.stdout.split("(a) Key Retrieval throughput", 1)[1].splitlines()[0]
+    assert "MAF and plain each in 2 server processes (SO_REUSEPORT)" in heading
+    rows = [line.split() for line in out.stdout.split("(a)", 1)[1].split("(b)", 1)[0].splitlines()[2:] if line.strip()]
+    assert [r[0] for r in rows] == ["4"] and float(rows[0][1].replace(",", "")) > 0
+    bad = subprocess.run([sys.executable, str(bench), "--workers", "0"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "--workers must be at least 1" in bad.stderr
