@@ -72,8 +72,8 @@ def serve(config: ConfigOpt,
                                                help="Internal: run as a worker of a --workers parent.")] = False,
           ) -> None:
     """Run the MAF (TLS-PSK and, with [tls], certificate MAF Handshake) until interrupted."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s:%(name)s:%(process)d:%(message)s" if workers > 1 or worker else None)
+    log_format = {"format": "%(levelname)s:%(name)s:%(process)d:%(message)s"} if workers > 1 or worker else {}
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, **log_format)  # type: ignore[arg-type]
     if workers < 1:
         _fail(ValueError(f"--workers must be at least 1 (got {workers})"))
     if (workers > 1 or worker) and not sys.platform.startswith("linux"):
