@@ -281,6 +281,16 @@ class _Message(ABC):
         return cls(**cls._parse(obj))
 
 
+class _EmptyMessage(_Message):
+    """A message without parameters: the empty JSON object."""
+
+    _names: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def _parse(cls, obj: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+
 def _n(**names: str) -> dict[str, str]:
     return names
 
@@ -407,14 +417,8 @@ class DeregistrationRequest(_Message):
 
 
 @dataclass(frozen=True)
-class DeregistrationResponse(_Message):
+class DeregistrationResponse(_EmptyMessage):
     """8.8.2.6: success only (an empty JSON object)."""
-
-    _names: ClassVar[dict[str, str]] = {}
-
-    @classmethod
-    def _parse(cls, obj: dict[str, Any]) -> dict[str, Any]:
-        return {}
 
 
 @dataclass(frozen=True)
@@ -558,14 +562,8 @@ class KeyDeregistrationRequest(_Message):
 
 
 @dataclass(frozen=True)
-class KeyDeregistrationResponse(_Message):
+class KeyDeregistrationResponse(_EmptyMessage):
     """8.8.2.10: success only (an empty JSON object)."""
-
-    _names: ClassVar[dict[str, str]] = {}
-
-    @classmethod
-    def _parse(cls, obj: dict[str, Any]) -> dict[str, Any]:
-        return {}
 
 
 @dataclass(frozen=True)
