@@ -9,6 +9,15 @@ from __future__ import annotations
 
 from m2msec.pki.ca import DevCA, IssuedCertificate, build_name_constraints
 from m2msec.pki.crl import CRLStore, RevocationPolicy, RevocationStatus, load_crl_files, load_crls
+from m2msec.pki.crl_fetch import (
+    CRLFetcher,
+    CRLFetchError,
+    CRLRefresher,
+    FetchOutcome,
+    FetchResult,
+    distribution_points,
+    verify_fetched_crl,
+)
 from m2msec.pki.errors import (
     CertificateParseError,
     CertificateVerificationError,
@@ -35,6 +44,9 @@ from m2msec.pki.verify import PeerCertInfo, VerifiedPeer, verify_peer_certificat
 __all__ = [
     "AE_ID_URI_SCHEME",
     "CRLError",
+    "CRLFetchError",
+    "CRLFetcher",
+    "CRLRefresher",
     "CRLStore",
     "CSRError",
     "CertificateFlavour",
@@ -43,6 +55,8 @@ __all__ = [
     "DEFAULT_KEY_POLICY",
     "DevCA",
     "DeviceId",
+    "FetchOutcome",
+    "FetchResult",
     "IssuanceError",
     "IssuedCertificate",
     "KeyPolicy",
@@ -58,6 +72,7 @@ __all__ = [
     "build_csr",
     "build_name_constraints",
     "canonical_identifier",
+    "distribution_points",
     "generate_private_key",
     "identifiers_of",
     "load_crl_files",
@@ -67,5 +82,6 @@ __all__ = [
     "public_key_identifier",
     "san_entry",
     "verify_peer_certificate",
+    "verify_fetched_crl",
     "verify_raw_public_key",
 ]
