@@ -11,7 +11,7 @@ import sys
 from enum import Enum
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Annotated, Optional
 
 import typer
@@ -26,16 +26,22 @@ from m2msec.pki.identifiers import CertificateFlavour, describe_general_name, id
 from m2msec.pki.keypolicy import KeyType
 from m2msec.pki.pkid import public_key_identifier
 
-def reload_crls_and_report(store: CRLStore, files: Sequence[Path | str]) -> None:
+def reload_crls_and_report(
+    store: CRLStore, files: Sequence[Path | str],
+    keep: Callable[[], Iterable[x509.CertificateRevocationList]] | None = None,
+) -> None:
     """SIGHUP handler body of the long-running services (``m2msec mef serve``, ``m2msec maf
     serve``): re-read ``files`` into ``store`` (all files or nothing).  Success prints
-    ``crls reloaded N``; an error goes to stderr and the previous CRLs stay in force."""
+    ``crls reloaded N``; an error goes to stderr and the previous CRLs stay in force.
+    ``keep`` returns CRLs from other sources that the reload must not drop, e.g.
+    :meth:`m2msec.pki.CRLRefresher.crls` (fetched CRLs): the store becomes files + kept
+    (the later issue per issuer and key wins) in one atomic replace."""
     try:
         crls = load_crl_files(files)
     except CRLError as exc:
         typer.echo(f"error: crls not reloaded: {exc}", err=True)
         return
-    store.replace(crls)
+    store.replace([*crls, *(keep() if keep is not None else ())])
     typer.echo(f"crls reloaded {len(store)}")
 
 
