@@ -6,7 +6,10 @@
 Certificate Information (flavour + identifier, 8.8.3.2).  Several ``serve`` processes may share
 one store (PostgreSQL, or one SQLite file on one host).  ``serve`` re-reads the ``[tls]
 client_crls`` files on SIGHUP (all or nothing; ``crls reloaded N`` on success, the previous
-CRLs stay on an error).  ``serve --workers N`` (Linux) runs N MAF processes on one port
+CRLs stay on an error).  With ``[tls] client_crl_urls`` (or ``client_crl_from_cdp``) ``serve``
+fetches those CRLs before it listens and keeps them fresh (:class:`m2msec.pki.CRLRefresher`
+as a task of the serve loop); SIGHUP also fetches them again at once, and a file reload keeps
+the fetched CRLs.  ``serve --workers N`` (Linux) runs N MAF processes on one port
 (SO_REUSEPORT): this process binds first, then starts N-1 ``serve --worker`` processes, each
 with its own store connection; signals are handled as :func:`_run_parent` says.
 """
@@ -29,7 +32,7 @@ from m2msec.errors import M2MSecError
 from m2msec.maf.server import MAFServer, MAFServerConfig, build_server, load_config, open_config_store
 from m2msec.maf.service import MAFService
 from m2msec.onem2m.timestamps import format_timestamp
-from m2msec.pki import CertificateFlavour, PeerCertInfo
+from m2msec.pki import CertificateFlavour, CRLRefresher, PeerCertInfo
 from m2msec.pki.cli import reload_crls_and_report
 from m2msec.store import Store
 from m2msec.store.store import utc_now
@@ -55,6 +58,28 @@ def _open(config: Path) -> tuple[MAFServerConfig, Store, MAFService]:
 
 def _ts(v: Any) -> str:
     return format_timestamp(v) if v is not None else "-"
+
+
+def _hangup(cfg: MAFServerConfig, refresher: CRLRefresher | None) -> None:
+    """SIGHUP: re-read the client CRL files (keeping fetched CRLs) and fetch the CRL URLs now."""
+    if cfg.client_crls is not None and cfg.client_crl_files:
+        reload_crls_and_report(cfg.client_crls, cfg.client_crl_files,
+                               keep=refresher.crls if refresher is not None else None)
+    if refresher is not None:
+        refresher.trigger()
+
+
+async def _start_refresher(cfg: MAFServerConfig) -> CRLRefresher | None:
+    """Fetch the configured CRL URLs once (failures are logged, not fatal) and start refreshing."""
+    refresher = cfg.crl_refresher(clock=utc_now)
+    if refresher is not None:
+        await refresher.refresh()
+        refresher.start()
+    return refresher
+
+
+def _wants_hangup(cfg: MAFServerConfig) -> bool:
+    return cfg.client_crls is not None and bool(cfg.client_crl_files or cfg.client_crl_urls)
 
 
 WORKER_READY = "worker {pid} listening on {host}:{port}"
@@ -105,12 +130,16 @@ def serve(config: ConfigOpt,
         return
 
     async def main() -> None:
-        await server.start()
-        if cfg.client_crls is not None and cfg.client_crl_files:
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_crls_and_report, cfg.client_crls,
-                                                          cfg.client_crl_files)
-        typer.echo(f"MAF {cfg.fqdn} listening on {cfg.host}:{server.port}", err=False)
-        await server.serve_forever()
+        refresher = await _start_refresher(cfg)
+        try:
+            await server.start()
+            if _wants_hangup(cfg):
+                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _hangup, cfg, refresher)
+            typer.echo(f"MAF {cfg.fqdn} listening on {cfg.host}:{server.port}", err=False)
+            await server.serve_forever()
+        finally:
+            if refresher is not None:
+                await refresher.stop()
 
     try:
         asyncio.run(main())
@@ -131,8 +160,9 @@ def _run_worker(cfg: MAFServerConfig, store: Store, server: MAFServer) -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
-        if cfg.client_crls is not None and cfg.client_crl_files:
-            loop.add_signal_handler(signal.SIGHUP, reload_crls_and_report, cfg.client_crls, cfg.client_crl_files)
+        refresher = await _start_refresher(cfg)
+        if _wants_hangup(cfg):
+            loop.add_signal_handler(signal.SIGHUP, _hangup, cfg, refresher)
         stdin = sys.stdin.fileno()
 
         def parent_gone() -> None:
@@ -149,6 +179,8 @@ def _run_worker(cfg: MAFServerConfig, store: Store, server: MAFServer) -> None:
         typer.echo(WORKER_READY.format(pid=os.getpid(), host=cfg.host, port=server.port))
         await stop.wait()
         await server.close()
+        if refresher is not None:
+            await refresher.stop()
 
     try:
         asyncio.run(main())
@@ -160,11 +192,13 @@ def _run_parent(cfg: MAFServerConfig, store: Store, server: MAFServer, config: P
     """``serve --workers N``: this process binds first (``port = 0`` resolves here), then starts
     N-1 ``serve --worker`` processes (fresh interpreters: no fork of a process holding store
     connections or threads) on the same host/port.  The listening line is printed once all
-    listen.  SIGTERM/SIGINT stop every worker; SIGHUP is forwarded (with [tls] client_crls); a
+    listen.  SIGTERM/SIGINT stop every worker; SIGHUP is forwarded (with [tls] client_crls or
+    client_crl_urls; every process fetches the CRL URLs itself); a
     worker that exits on its own is reported on stderr and stops the MAF with exit code 1."""
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
+        refresher = await _start_refresher(cfg)
         await server.start()
         stop = asyncio.Event()
         failed: list[str] = []
@@ -196,8 +230,7 @@ def _run_parent(cfg: MAFServerConfig, store: Store, server: MAFServer, config: P
                 stop.set()
 
         def hangup() -> None:
-            assert cfg.client_crls is not None
-            reload_crls_and_report(cfg.client_crls, cfg.client_crl_files)
+            _hangup(cfg, refresher)
             for p in procs:
                 if p.returncode is None:
                     p.send_signal(signal.SIGHUP)
@@ -214,7 +247,7 @@ def _run_parent(cfg: MAFServerConfig, store: Store, server: MAFServer, config: P
                 return 1
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
-            if cfg.client_crls is not None and cfg.client_crl_files:
+            if _wants_hangup(cfg):
                 loop.add_signal_handler(signal.SIGHUP, hangup)
             tasks = [*(loop.create_task(watch(p)) for p in procs), *(loop.create_task(relay(p)) for p in procs)]
             typer.echo(f"MAF {cfg.fqdn} listening on {cfg.host}:{server.port}")
@@ -222,6 +255,8 @@ def _run_parent(cfg: MAFServerConfig, store: Store, server: MAFServer, config: P
             return 1 if failed else 0
         finally:
             stop.set()
+            if refresher is not None:
+                await refresher.stop()
             await server.close()
             for p in procs:
                 if p.returncode is None:

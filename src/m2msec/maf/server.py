@@ -37,7 +37,7 @@ from m2msec.maf.protocol import ErrorBody, MAFError, Procedure, decode_body, enc
 from m2msec.maf.service import AdminConfig, MAFPeer, MAFService
 from m2msec.net.h11io import BodyTooLarge, next_cycle, read_request, write_response
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
-from m2msec.pki import CRLError, CRLStore, RevocationPolicy, load_crl_files
+from m2msec.pki import CRLError, CRLRefresher, CRLStore, RevocationPolicy, distribution_points, load_crl_files
 from m2msec.onem2m.timestamps import Clock
 from m2msec.store import KeyEncryptionKey, Store, open_store
 from m2msec.tls.aio import TLSStreamWriter, start_server
@@ -69,6 +69,18 @@ class MAFServerConfig:
     client_crls: CRLStore | None = field(default=None, repr=False)  # TS-0003 8.1.2.2 certificate status
     client_crl_files: tuple[str, ...] = ()  # where client_crls came from (re-read on SIGHUP by ``serve``)
     revocation: RevocationPolicy = RevocationPolicy.IF_AVAILABLE
+    client_crl_urls: tuple[str, ...] = ()  # CRLs fetched into client_crls (m2msec.pki.crl_fetch)
+    client_crl_issuers: tuple[x509.Certificate, ...] = ()  # intermediate CAs that may sign fetched CRLs
+    client_crl_refresh: timedelta = timedelta(hours=1)  # longest interval between two fetches of a URL
+
+    def crl_refresher(self, *, clock: Clock) -> CRLRefresher | None:
+        """The refresher of ``client_crl_urls`` into ``client_crls`` (None without URLs); fetched
+        CRLs must be signed by a client trust anchor or a ``client_crl_issuers`` certificate."""
+        if not self.client_crl_urls or self.client_crls is None:
+            return None
+        return CRLRefresher(self.client_crls, self.client_crl_urls,
+                            (*self.client_trust_anchors, *self.client_crl_issuers), clock=clock,
+                            period=self.client_crl_refresh)
 
     def mef_client(self) -> MEFClient | None:
         """A :class:`FetcherMEFClient` over the MEF component's fetcher for the ``[mef]`` table."""
@@ -109,6 +121,11 @@ def load_config(path: str | Path) -> MAFServerConfig:
         key = "maf.key"
         client_trust_anchors = "clients-ca.pem"
         client_crls = ["clients-ca.crl"]   # optional CRLs (PEM/DER) of the clients' PKI
+        client_crl_urls = ["http://pki.example.com/issuing.crl"]  # optional: fetched and refreshed
+        client_crl_issuers = "clients-sub-ca.pem"  # intermediate CAs whose CRLs are fetched
+        client_crl_from_cdp = false        # also fetch the http(s) cRLDistributionPoints of
+                                           # client_trust_anchors and client_crl_issuers
+        client_crl_refresh_s = 3600        # refresh at least this often (earlier near nextUpdate)
         revocation = "if-available"        # off | if-available (default) | require
         [[admin]]
         fqdn = "sp.example.com"
@@ -131,6 +148,9 @@ def load_config(path: str | Path) -> MAFServerConfig:
         anchors: tuple[x509.Certificate, ...] = ()
         crls: CRLStore | None = None
         crl_paths: tuple[str, ...] = ()
+        crl_urls: tuple[str, ...] = ()
+        crl_issuers: tuple[x509.Certificate, ...] = ()
+        crl_refresh = timedelta(hours=1)
         revocation = RevocationPolicy.IF_AVAILABLE
         tls = data.get("tls")
         if tls:
@@ -143,6 +163,25 @@ def load_config(path: str | Path) -> MAFServerConfig:
             crl_paths = tuple(str(rel(f)) for f in crl_files)
             if crl_paths:
                 crls = CRLStore(load_crl_files(crl_paths))
+            issuer_files = tls.get("client_crl_issuers", [])
+            issuer_files = [issuer_files] if isinstance(issuer_files, str) else list(issuer_files)
+            crl_issuers = tuple(c for f in issuer_files for c in _pem_certs(rel(f)))
+            urls = tls.get("client_crl_urls", [])
+            urls = [urls] if isinstance(urls, str) else [str(u) for u in urls]
+            from_cdp = tls.get("client_crl_from_cdp", False)
+            if not isinstance(from_cdp, bool):
+                raise TypeError("client_crl_from_cdp must be true or false")
+            if from_cdp:
+                urls += [u for c in (*anchors, *crl_issuers) for u in distribution_points(c)]
+            crl_urls = tuple(dict.fromkeys(urls))
+            refresh_s = int(tls.get("client_crl_refresh_s", 3600))
+            if refresh_s <= 0:
+                raise ValueError("client_crl_refresh_s must be positive")
+            if crl_urls:
+                crl_refresh = timedelta(seconds=refresh_s)
+                if crls is None:
+                    crls = CRLStore()
+                CRLRefresher(crls, crl_urls, ())  # validates the URLs (http/https with a host)
             revocation = RevocationPolicy(tls.get("revocation", RevocationPolicy.IF_AVAILABLE.value))
         kek_file = data.get("kek_file")
         return MAFServerConfig(
@@ -151,7 +190,8 @@ def load_config(path: str | Path) -> MAFServerConfig:
             max_registration_lifetime=timedelta(seconds=int(data.get("max_registration_lifetime_s", 365 * 86400))),
             max_key_lifetime=timedelta(seconds=int(data.get("max_key_lifetime_s", 30 * 86400))),
             credentials=creds, client_trust_anchors=anchors, client_crls=crls, client_crl_files=crl_paths,
-            revocation=revocation,
+            revocation=revocation, client_crl_urls=crl_urls, client_crl_issuers=crl_issuers,
+            client_crl_refresh=crl_refresh,
             kek_file=str(rel(kek_file)) if kek_file else None, mef=dict(data["mef"]) if "mef" in data else None,
         )
     except (KeyError, TypeError, ValueError, OSError, CRLError) as exc:
