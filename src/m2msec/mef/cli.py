@@ -13,6 +13,10 @@
     enrolee_trust_anchors = "enrolee-ca.pem"
     enrolee_crl_files = ["enrolee-ca.crl"]  # optional CRLs (PEM/DER; a string or a list) of the enrolees' PKI
     revocation = "if-available"       # certificate status (8.1.2.2): off | if-available (default) | require
+    crl_port = 8080                   # optional: serve the EST CA's CRLs over http (/crl/root.crl, /crl/intermediate.crl)
+    crl_host = "127.0.0.1"            # (default: host)
+    crl_base_url = "http://mef.m2m.example.com:8080/crl/"  # optional: CRL distribution point in EST certificates
+    crl_validity_s = 86400            # nextUpdate - thisUpdate of those CRLs (re-signed at half of it, or on a revocation)
     [gba]                             # optional: GBA-Based RSPF, the MEF as GBA NAF
     bsf_url = "http://127.0.0.1:8080" # the operator BSF's Zn endpoint
     naf_token = "..."                 # the MEF's Zn credential (else $M2MSEC_GBA_NAF_TOKEN)
@@ -30,6 +34,11 @@ at start (paths relative to mef.toml, like the other paths); ``serve`` reloads t
 SIGHUP (all files or nothing: on an error the previous CRLs stay and the error goes to
 stderr; success prints ``crls reloaded N``).  ``revocation`` is the policy of
 :mod:`m2msec.pki.crl`.
+
+Revocation of EST certificates (:mod:`m2msec.mef.est_crl`): ``enrolee revoke`` revokes every
+certificate the MEF issued to that enrolee, ``est-revoke --serial`` a single one; this MEF
+refuses them at once, and the CRLs of the MEF CA (``est-crl`` writes them, ``serve`` with
+``crl_port`` publishes them) list them from the next request on.
 
 No command prints key bytes; ``enrolee add --token`` prints the single-use token once.
 """
@@ -94,6 +103,15 @@ def _load(config: Path) -> dict[str, Any]:
         if not isinstance(files, list) or not all(isinstance(f, str) and f for f in files):
             _fail(ValueError(f"{config}: [mef] enrolee_crl_files must be a file name or a list of file names"))
         mef["enrolee_crl_files"] = [f if Path(f).is_absolute() else str((base / f).resolve()) for f in files]
+    for k in ("crl_port", "crl_validity_s"):
+        if k in mef and (not isinstance(mef[k], int) or isinstance(mef[k], bool) or mef[k] < 0):
+            _fail(ValueError(f"{config}: [mef] {k} must be a non-negative integer"))
+    mef.setdefault("crl_validity_s", 86400)
+    if mef["crl_validity_s"] <= 0:
+        _fail(ValueError(f"{config}: [mef] crl_validity_s must be positive"))
+    if "crl_base_url" in mef and not (isinstance(mef["crl_base_url"], str)
+                                      and mef["crl_base_url"].startswith(("http://", "https://"))):
+        _fail(ValueError(f"{config}: [mef] crl_base_url must be an http:// or https:// URL"))
     try:
         mef["revocation"] = RevocationPolicy(mef.get("revocation", RevocationPolicy.IF_AVAILABLE.value))
     except ValueError:
@@ -148,16 +166,31 @@ def _gba(config: Path, state: MEFState) -> Any:
     return GBANaf(state, ZnClient(doc["bsf_url"], state.fqdn, str(token)))
 
 
-def _est(state: MEFState) -> Any:
-    """The EST service when the store holds the MEF CA; its root joins the enrolee trust anchors."""
+def _est(state: MEFState, mef: dict[str, Any] | None = None) -> Any:
+    """The EST service when the store holds the MEF CA; its root joins the enrolee trust anchors.
+    With ``crl_base_url`` its certificates carry that CRL distribution point."""
     from m2msec.mef.est import DevCAAuthority, ESTService, load_dev_ca
+    from m2msec.mef.est_crl import crl_url_for
 
     ca = load_dev_ca(state.store)
     if ca is None:
         return None
+    if mef and mef.get("crl_base_url"):
+        ca.crl_url = crl_url_for(str(mef["crl_base_url"]), ca.issuing_signer)
     if ca.trust_anchor not in state.enrolee_anchors:
         state.enrolee_anchors = (*state.enrolee_anchors, ca.trust_anchor)
     return ESTService(state, DevCAAuthority(ca, state.clock))
+
+
+def _crl_publisher(state: MEFState, mef: dict[str, Any]) -> Any:
+    """The EST CA's CRL publisher (None without an MEF CA in the store)."""
+    from m2msec.mef.est import load_dev_ca
+    from m2msec.mef.est_crl import ESTCRLPublisher
+
+    ca = load_dev_ca(state.store)
+    if ca is None:
+        return None
+    return ESTCRLPublisher(state.store, ca, state.clock, validity=timedelta(seconds=int(mef["crl_validity_s"])))
 
 
 @app.command("serve")
@@ -167,14 +200,27 @@ def serve(config: ConfigOpt,
     try:
         mef = _load(config)
         state = _state(mef, load_crls=True)
-        est = _est(state)
+        est = _est(state, mef)
         server = MEFServer(state, credentials=_credentials(mef), gba=_gba(config, state), est=est)
+        crl_server = None
+        if "crl_port" in mef:
+            from m2msec.pki.crl_http import CRLHTTPServer
+
+            publisher = _crl_publisher(state, mef)
+            if publisher is None:
+                raise ValueError("crl_port is set but the store holds no MEF CA (m2msec mef est-ca)")
+            crl_server = CRLHTTPServer({s: (lambda s=s: publisher.crl(s)) for s in publisher.signers},
+                                       host=str(mef.get("crl_host", mef.get("host", "127.0.0.1"))),
+                                       port=int(mef["crl_port"]))
     except (M2MSecError, OSError, ValueError) as exc:
         _fail(exc)
 
     async def main() -> None:
         host, p = await server.start(mef.get("host", "127.0.0.1"), port if port is not None else int(mef.get("port", 0)))
         typer.echo(f"listening {host}:{p}")
+        if crl_server is not None:
+            await crl_server.start()
+            typer.echo(f"crl listening {crl_server.host}:{crl_server.port}")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -183,6 +229,8 @@ def serve(config: ConfigOpt,
             loop.add_signal_handler(signal.SIGHUP, reload_crls_and_report, state.enrolee_crls,
                                     mef["enrolee_crl_files"])
         await stop.wait()
+        if crl_server is not None:
+            await crl_server.close()
         await server.close()
 
     asyncio.run(main())
@@ -270,12 +318,15 @@ def enrolee_list(config: ConfigOpt) -> None:
 
 @enrolee_app.command("revoke")
 def enrolee_revoke(config: ConfigOpt, enrolee_id: Annotated[str, typer.Option("--enrolee-id")]) -> None:
-    """Revoke an enrolee: no more enrolments, its Ke/Kre deleted (targets can no longer fetch)."""
+    """Revoke an enrolee: no more enrolments, its Ke/Kre deleted (targets can no longer fetch), its EST
+    certificates revoked (on the next CRL)."""
     try:
-        n = _state(_load(config)).revoke_enrolee(enrolee_id)
+        n, serials = _state(_load(config)).revoke_enrolee_report(enrolee_id)
     except M2MSecError as exc:
         _fail(exc)
-    typer.echo(f"enrolee {enrolee_id} revoked ({n} keys removed)")
+    typer.echo(f"enrolee {enrolee_id} revoked ({n} keys removed, {len(serials)} certificates revoked)")
+    for serial in serials:
+        typer.echo(f"certificate revoked: {serial}")
 
 
 @target_app.command("add")
@@ -447,6 +498,69 @@ def enrolee_est(
         _fail(exc)
     typer.echo(f"EST profile set for {enrolee_id}: {flavour} {list(identifier)} "
                f"{[t.value for t in profile.security_types]}")
+
+
+_REVOKE_REASONS = {r.name.replace("_", "-"): r for r in x509.ReasonFlags if r is not x509.ReasonFlags.remove_from_crl}
+
+
+@app.command("est-revoke")
+def est_revoke(
+    config: ConfigOpt,
+    serial: Annotated[str, typer.Option("--serial", help="Serial number (hex) of a certificate this MEF issued.")],
+    reason: Annotated[str | None, typer.Option("--reason", help="RFC 5280 reason: " + ", ".join(_REVOKE_REASONS))] = None,
+) -> None:
+    """Revoke one EST certificate (its enrolee stays enrolled); it is on the next CRL."""
+    from m2msec.mef.est import DevCAAuthority, ESTService, load_dev_ca
+
+    if reason is not None and reason not in _REVOKE_REASONS:
+        _fail(ValueError(f"unknown reason {reason!r}; one of {', '.join(_REVOKE_REASONS)}"))
+    try:
+        state = _state(_load(config))
+        ca = load_dev_ca(state.store)
+        if ca is None:
+            raise ValueError("the store holds no MEF CA (m2msec mef est-ca)")
+        doc = ESTService(state, DevCAAuthority(ca, state.clock)).revoke_certificate(
+            serial, _REVOKE_REASONS[reason] if reason else None)
+        state.store.close()
+    except (M2MSecError, OSError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(f"certificate revoked: {doc['serial']} (enrolee {doc['enrolee_id']}, "
+               f"reason {doc['reason'] or 'unspecified'})")
+
+
+@app.command("est-crl")
+def est_crl(
+    config: ConfigOpt,
+    out: Annotated[Path, typer.Option("--out", help="File for the CRLs (PEM: all of them; DER: one).")],
+    signer: Annotated[str | None, typer.Option("--signer", help="root or intermediate (default: all, PEM).")] = None,
+    der: Annotated[bool, typer.Option("--der/--pem", help="DER needs --signer.")] = False,
+) -> None:
+    """Write the MEF CA's current CRLs (the ones ``serve`` publishes on ``crl_port``)."""
+    from cryptography.hazmat.primitives import serialization
+
+    if der and signer is None:
+        _fail(ValueError("--der writes one CRL: give --signer"))
+    try:
+        mef = _load(config)
+        state = _state(mef)
+        publisher = _crl_publisher(state, mef)
+        if publisher is None:
+            raise ValueError("the store holds no MEF CA (m2msec mef est-ca)")
+        if signer is not None and signer not in publisher.signers:
+            raise ValueError(f"--signer must be one of {', '.join(publisher.signers)}")
+        crls = [publisher.crl(signer)] if signer else publisher.crls()
+        enc = serialization.Encoding.DER if der else serialization.Encoding.PEM
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_bytes(b"".join(c.public_bytes(enc) for c in crls))
+        tmp.replace(out)
+        state.store.close()
+    except (M2MSecError, OSError, ValueError) as exc:
+        _fail(exc)
+    for c in crls:
+        number = c.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+        typer.echo(f"crl {c.issuer.rfc4514_string()} number {number} revoked {len(c)} "
+                   f"next_update {c.next_update_utc.isoformat() if c.next_update_utc else '-'}")
+    typer.echo(f"written: {out}")
 
 
 @app.command("est-enrol")

@@ -69,7 +69,8 @@ from cryptography.x509.oid import AttributeOID, ExtendedKeyUsageOID
 from m2msec.errors import M2MSecError, ParseError
 from m2msec.mef.estder import encode_csrattrs, encode_oid
 from m2msec.mef.protocol import Instruction, InstructionType
-from m2msec.mef.state import NS_CERTIDX, NS_KE, MEFError, MEFState, SessionPeer
+from m2msec.mef.state import NS_CERTIDX, NS_EST_ISSUED, NS_KE, MEFError, MEFState, SessionPeer
+from m2msec.mef.state import revoke_issued
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.onem2m.timestamps import format_timestamp
 from m2msec.pki import (
@@ -115,7 +116,6 @@ CT_PKCS10: Final = "application/pkcs10"
 
 NS_EST_PROFILE: Final = "mef.est.profile"  # record per Enrolee-ID
 NS_EST_CHALLENGE: Final = "mef.est.challenge"  # record, id = SHA-256(challengePassword)
-NS_EST_ISSUED: Final = "mef.est.issued"  # record per issued certificate, id = serial (hex)
 NS_EST_CA: Final = "mef.est.ca"  # credentials: the DevCA keys (encrypted at rest by the store)
 
 OID_EC_PUBLIC_KEY: Final = x509.ObjectIdentifier("1.2.840.10045.2.1")
@@ -433,6 +433,24 @@ class ESTService:
     def issued(self, enrolee_id: str) -> list[dict[str, Any]]:
         return [r.doc for r in self.state.store.list_records(NS_EST_ISSUED) if r.doc.get("enrolee_id") == enrolee_id]
 
+    def revoke_certificate(self, serial: str | int, reason: x509.ReasonFlags | None = None) -> dict[str, Any]:
+        """Revoke one certificate this MEF issued (e.g. key compromise) without revoking its
+        enrolee; it is on the next CRL (:mod:`m2msec.mef.est_crl`) and refused by this MEF at
+        once.  4004 for a serial the MEF did not issue (or that has expired), 4105 if already revoked."""
+        key = format(serial, "x") if isinstance(serial, int) else serial.lower().replace(":", "").lstrip("0")
+        if reason is x509.ReasonFlags.remove_from_crl:
+            raise MEFError("removeFromCRL is only meaningful in delta CRLs, which this MEF does not issue",
+                           rsc=RSC.BAD_REQUEST)
+        with self.state.store.transaction() as tx:
+            rec = tx.find_record(NS_EST_ISSUED, key)
+            if rec is None:
+                raise MEFError(f"no live certificate with serial {key[:64]!r} was issued by this MEF",
+                               rsc=RSC.NOT_FOUND)
+            doc = revoke_issued(tx, rec, now=self.state.clock(), reason=reason)
+            tx.append_audit("mef-admin", "est-revoke", str(rec.doc.get("enrolee_id")), "ok",
+                            {"serial": key, "reason": doc["reason"]})
+        return doc
+
     # -- Enrolment Exchange step 5 -----------------------------------------------------
     def prepare(self, enrolee_id: str, ke_id: str, expiry: datetime) -> _Pending | None:
         """The CertificateEnrolment instruction (table 8.3.2.1-2) with a fresh challengePassword."""
@@ -616,6 +634,8 @@ class ESTService:
         rec = self.state.store.find_record(NS_EST_ISSUED, format(peer_cert.serial_number, "x"))
         if rec is None or rec.doc.get("enrolee_id") != peer.identity:
             raise _refuse("simplereenroll: the session certificate was not provisioned by this MEF")
+        if rec.doc.get("revoked"):
+            raise _refuse("simplereenroll: the session certificate is revoked")
         return peer_cert
 
     def _commit(self, peer: SessionPeer, grant: _Grant, leaf: x509.Certificate, action: str, *, reenroll: bool,
@@ -637,7 +657,8 @@ class ESTService:
                     "enrolee_id": peer.identity, "ke_id": ke_id, "flavour": prof.flavour.value,
                     "identifiers": list(granted), "ekus": [o.dotted_string for o in usages],
                     "security_types": types, "not_after": leaf.not_valid_after_utc.isoformat(),
-                    "sha256": leaf.fingerprint(_sha256()).hex(), "installed": False, "reenroll": reenroll,
+                    "sha256": leaf.fingerprint(_sha256()).hex(), "issuer": leaf.issuer.rfc4514_string(),
+                    "installed": False, "reenroll": reenroll,
                     "server_keygen": server_keygen},
                     expires_at=leaf.not_valid_after_utc, if_absent=True)
             except DuplicateError:

@@ -65,7 +65,7 @@ from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.pki import CertificateVerificationError, VerificationReason, VerifiedPeer
 from m2msec.tls.aio import TLSStreamWriter, start_server
 from m2msec.tls.engine import CertCredentials, Role, TLSConfig, TLSContext, TLSEngine
-from m2msec.tls.pkiverify import PKIVerifyHook
+from m2msec.tls.pkiverify import PKIVerifyHook, tls_alert_for
 
 __all__ = ["MEFServer"]
 
@@ -93,10 +93,19 @@ class _CertVerifier:
             if not anchors:
                 continue
             try:
-                return peer, PKIVerifyHook(info, anchors, self.state.clock, crls=self.state.enrolee_crls,
-                                           revocation=self.state.revocation)(chain)
+                verified = PKIVerifyHook(info, anchors, self.state.clock, crls=self.state.enrolee_crls,
+                                         revocation=self.state.revocation)(chain)
             except CertificateVerificationError as exc:
                 errors.append(exc)
+                continue
+            revoked = self.state.revoked_certificate(chain[0])  # this MEF's own EST CA: no CRL needed
+            if revoked is not None:
+                exc = CertificateVerificationError(
+                    VerificationReason.REVOKED,
+                    f"certificate {revoked['serial']} was revoked by this MEF ({revoked.get('reason') or 'unspecified'})")
+                exc.tls_alert = tls_alert_for(VerificationReason.REVOKED)  # type: ignore[attr-defined]
+                raise exc
+            return peer, verified
         if errors:
             raise errors[0]
         raise CertificateVerificationError(VerificationReason.UNTRUSTED_ROOT, "no trust anchor configured")

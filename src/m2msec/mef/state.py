@@ -50,12 +50,30 @@ NS_TARGET_PSK: Final = "mef.target_psk"
 NS_TOKEN: Final = "mef.token"
 NS_KE: Final = "mef.ke"
 NS_KRE: Final = "mef.kre"
+NS_EST_ISSUED: Final = "mef.est.issued"  # record per certificate the EST CA issued, id = serial (hex)
+NS_EST_REVOKED: Final = "mef.est.revoked"  # record per revoked one, id = serial (hex); see m2msec.mef.est_crl
 
 Clock = Callable[[], datetime]
 
 
 class MEFError(M2MSecError):
     """An MEF refusal; ``rsc`` is the oneM2M status sent back (message has no key bytes)."""
+
+
+def revoke_issued(tx: Any, issued: Any, *, now: datetime, reason: x509.ReasonFlags | None) -> dict[str, Any]:
+    """Inside ``tx``: record the revocation of the EST-issued certificate ``issued`` (its
+    ``mef.est.issued`` record) and mark that record; the revocation record expires with the
+    certificate (RFC 5280 5.1.2.6: an entry may leave the CRL once the certificate has expired)."""
+    doc = {"serial": issued.rec_id, "revoked_at": now.isoformat(), "reason": reason.value if reason else None,
+           "enrolee_id": issued.doc.get("enrolee_id"), "issuer": issued.doc.get("issuer")}
+    try:
+        tx.put_record(NS_EST_REVOKED, issued.rec_id, doc, expires_at=issued.expires_at, if_absent=True)
+    except DuplicateError:
+        raise MEFError(f"certificate {issued.rec_id} is already revoked", rsc=ResponseStatusCode.CONFLICT) from None
+    mark = dict(issued.doc)
+    mark["revoked"] = True
+    tx.update_record(NS_EST_ISSUED, issued.rec_id, mark, expected_version=issued.version)
+    return doc
 
 
 def hash_token(token: str) -> str:
@@ -201,8 +219,15 @@ class MEFState:
         return [EnroleeConfig.from_doc(r.doc) for r in self.store.list_records(NS_ENROLEE)]
 
     def revoke_enrolee(self, enrolee_id: str) -> int:
-        """Mark revoked and delete its Ke/Kre (targets can no longer fetch); returns keys removed."""
+        """Mark revoked, delete its Ke/Kre (targets can no longer fetch) and revoke every live
+        certificate the EST CA issued to it (reason privilegeWithdrawn; they go on the next CRL,
+        :mod:`m2msec.mef.est_crl`), all in one transaction; returns keys removed."""
+        return self.revoke_enrolee_report(enrolee_id)[0]
+
+    def revoke_enrolee_report(self, enrolee_id: str) -> tuple[int, list[str]]:
+        """:meth:`revoke_enrolee`, returning (keys removed, serials of the certificates revoked)."""
         n = 0
+        now = self.clock()
         with self.store.transaction() as tx:
             rec = tx.find_record(NS_ENROLEE, enrolee_id)
             if rec is None:
@@ -213,8 +238,25 @@ class MEFState:
             for ns in (NS_KE, NS_KRE):
                 for c in tx.list_credentials(ns, where={"enrolee_id": enrolee_id}):
                     n += int(tx.delete_credential(ns, c.cred_id))
-            tx.append_audit("mef-admin", "enrolee-revoke", enrolee_id, "ok", {"keys_removed": n})
-        return n
+            certs = [r for r in tx.list_records(NS_EST_ISSUED, where={"enrolee_id": enrolee_id})
+                     if tx.find_record(NS_EST_REVOKED, r.rec_id) is None]
+            for r in certs:
+                revoke_issued(tx, r, now=now, reason=x509.ReasonFlags.privilege_withdrawn)
+            tx.append_audit("mef-admin", "enrolee-revoke", enrolee_id, "ok",
+                            {"keys_removed": n, "certificates_revoked": [r.rec_id for r in certs]})
+        return n, [r.rec_id for r in certs]
+
+    def revoked_certificate(self, cert: x509.Certificate) -> dict[str, Any] | None:
+        """The revocation record of ``cert`` if the EST CA issued and then revoked it, else None.
+
+        Authoritative and immediate for every MEF instance on the store (no CRL round trip)."""
+        rec = self.store.find_record(NS_EST_REVOKED, format(cert.serial_number, "x"))
+        if rec is None:
+            return None
+        issuer = rec.doc.get("issuer")
+        if issuer is not None and issuer != cert.issuer.rfc4514_string():
+            return None  # same serial from another CA
+        return dict(rec.doc)
 
     def add_target(self, cfg: TargetConfig, *, psk: bytes | None = None) -> None:
         if (cfg.psk_id is None) == (cfg.cert is None):
