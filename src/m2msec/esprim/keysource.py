@@ -29,7 +29,7 @@ awaits the MAF retrieval itself, provisions the key and then calls ``open_reques
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -145,13 +145,16 @@ class StoreKeySource:
         peer_id: str,
         suid: SUID | int = SUID.PRE_PROVISIONED_ESPRIM,
         expires_at: datetime | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> PairwiseKey:
+        """Store the key; ``metadata`` adds further (non-secret, JSON) entries beside
+        ``peer`` and ``suid`` (e.g. what ESCertKE needs to re-check the peer's certificate status)."""
         pk = PairwiseKey(kid=kid, key=key, peer_id=peer_id, suid=SUID(suid), expires_at=expires_at)
         self._store.put_credential(
             self._namespace,
             pk.kid,
             pk.key,
-            metadata={"peer": pk.peer_id, "suid": int(pk.suid)},
+            metadata={**(metadata or {}), "peer": pk.peer_id, "suid": int(pk.suid)},
             expires_at=pk.expires_at,
         )
         return pk
@@ -160,6 +163,10 @@ class StoreKeySource:
         return self._store.delete_credential(self._namespace, kid)
 
     def resolve(self, kid: str) -> PairwiseKey:
+        return self.lookup(kid)[0]
+
+    def lookup(self, kid: str) -> tuple[PairwiseKey, dict[str, Any]]:
+        """The key and all its stored metadata (UnknownKeyID as :meth:`resolve`)."""
         from m2msec.store import NotFound  # noqa: PLC0415 - store is optional for callers
 
         if not isinstance(kid, str) or not kid or "\x00" in kid:
@@ -172,7 +179,7 @@ class StoreKeySource:
         try:
             return PairwiseKey(
                 kid=kid, key=cred.secret, peer_id=md["peer"], suid=SUID(md["suid"]), expires_at=cred.expires_at
-            )
+            ), md
         except (KeyError, ValueError, TypeError):
             raise UnknownKeyID(f"stored pairwiseESPrimKey {kid!r} has unusable metadata") from None
 
