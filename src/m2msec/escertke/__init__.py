@@ -11,14 +11,14 @@ Public API::
     NotifyDispatcher(on_escertke_message=terminator_handler(term))   # or term.handle(from, m)
 
 Modules: :mod:`.procedure` (state machines), :mod:`.messages` (flights), :mod:`.keys`
-(result, cache, kid form, ESPrim/ESData use), :mod:`.transport` (Notify glue),
+(result, cache, kid form, ESPrim/ESData use, certificate status of established keys), :mod:`.transport` (Notify glue),
 :mod:`.errors` (reasons and RSCs).
 """
 
 from __future__ import annotations
 
 from m2msec.escertke.errors import ESCertKEError, Reason
-from m2msec.escertke.keys import ESCertKEKeys, ESCertKEResult, kid_for
+from m2msec.escertke.keys import DroppedKey, ESCertKEKeys, ESCertKEResult, kid_for
 from m2msec.escertke.messages import classify
 from m2msec.escertke.procedure import (
     DEFAULT_PROCEDURE_TIMEOUT,
@@ -44,6 +44,7 @@ __all__ = [
     "DEFAULT_PROCEDURE_TIMEOUT",
     "DEFAULT_MAX_MESSAGE1_PER_WINDOW",
     "DEFAULT_REPLAY_WINDOW",
+    "DroppedKey",
     "ESCertKEError",
     "ESCertKEKeys",
     "ESCertKEResult",

@@ -34,6 +34,10 @@ needs an unfinished, unexpired procedure (default ``procedure_timeout`` 60 s); a
 expired or abandoned procedure leaves nothing cached.  TLS engines cannot be serialised, so
 unfinished procedures live in the instance's memory (Messages 1 and 3 of one procedure
 must reach the same instance); established keys go to the shared store when configured.
+
+The key cache receives the peer configuration's ``crls``/``revocation`` and the CRL store's
+generation read before the peer's certificate was verified, so that a certificate revoked
+after the procedure ends the key (see :mod:`m2msec.escertke.keys`).
 """
 
 from __future__ import annotations
@@ -154,6 +158,12 @@ class TerminatorState(str, enum.Enum):
     AWAIT_MESSAGE_3 = "AWAIT_MESSAGE_3"
     DONE = "DONE"
     FAILED = "FAILED"
+
+
+def _status_generation(info: TerminatorInfo | InitiatorInfo) -> int | None:
+    """The peer's CRL store generation, read before the handshake verifies the peer's certificate:
+    the key cache re-checks the path on first use if the store changed after this read."""
+    return info.crls.generation if info.crls is not None else None
 
 
 def _export(engine: TLSEngine) -> bytes:
@@ -296,6 +306,7 @@ class Initiator:
         self.state = InitiatorState.IDLE
         self.result: ESCertKEResult | None = None
         self.error: ESCertKEError | None = None
+        self._status_generation: int | None = None  # target.crls.generation before verifying Message 2
 
     def __repr__(self) -> str:
         return f"Initiator(peer={self.target.identity!r}, state={self.state.value})"
@@ -329,6 +340,7 @@ class Initiator:
                 Reason.MALFORMED if kind is None else Reason.OUT_OF_ORDER,
                 "expected ESCertKE Message 2 (ServerHello ... ServerHelloDone)"
                 + ("" if kind is None else f", got Message {kind}")))
+        self._status_generation = _status_generation(self.target)
         try:
             self._engine.receive_data(message)
         except TLSHandshakeError as exc:
@@ -365,7 +377,8 @@ class Initiator:
             expires_at=self._keys.expiry_from(now) if self._keys is not None else None,
             peer=peer if isinstance(peer, VerifiedPeer) else None)
         if self._keys is not None:
-            self._keys.add(res)
+            self._keys.add(res, crls=self.target.crls, revocation=self.target.revocation,
+                           checked_generation=self._status_generation)
         self.result = res
         self.state = InitiatorState.DONE
         return res
@@ -548,6 +561,7 @@ class TerminatingEndPoint:
 
     def _message_3(self, proc: _Procedure, message: bytes) -> bytes:
         engine = proc.engine
+        generation = _status_generation(proc.initiator)
         try:
             engine.receive_data(message)
         except TLSHandshakeError as exc:
@@ -565,6 +579,7 @@ class TerminatingEndPoint:
         res = ESCertKEResult.from_exported(
             _export(engine), peer_id=proc.initiator.identity, role="terminator", established_at=now,
             expires_at=self.keys.expiry_from(now), peer=peer if isinstance(peer, VerifiedPeer) else None)
-        self.keys.add(res)
+        self.keys.add(res, crls=proc.initiator.crls, revocation=proc.initiator.revocation,
+                      checked_generation=generation)
         proc.state = TerminatorState.DONE
         return out
