@@ -84,10 +84,11 @@ def web() -> Iterator[CRLWeb]:
 
 
 class _Serve:
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, *args: str) -> None:
         self.err = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from m2msec.maf.cli import app; app()", "serve", "-c", str(config), "--port", "0"],
+            [sys.executable, "-c", "from m2msec.maf.cli import app; app()", "serve", "-c", str(config), "--port", "0",
+             *args],
             stdout=subprocess.PIPE, stderr=self.err, stdin=subprocess.DEVNULL, text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
         first = self.line(30)
@@ -192,6 +193,14 @@ def _wait(cond: object, timeout: float = 15.0) -> bool:
     return False
 
 
+def _refused(s: Setup, port: int) -> bool:
+    try:
+        s.configuration(port)
+    except TLSHandshakeError:
+        return True
+    return False
+
+
 def test_revoked_at_the_ca_is_refused_after_the_next_refresh(tmp_path: Path, web: CRLWeb) -> None:
     s = Setup(tmp_path, web, f'client_crl_urls = ["{web.url("/issuing.crl")}", "{web.url("/root.crl")}"]\n'
                              f'client_crl_refresh_s = 1\n')
@@ -215,15 +224,10 @@ def test_revoked_at_the_ca_is_refused_after_the_next_refresh(tmp_path: Path, web
         s.ca.revoke(s.ae1.certificate, now=now())
         s.publish(root=False)
 
-        def refused() -> bool:
-            try:
-                s.configuration(srv.port)
-            except TLSHandshakeError:
-                return True
-            return False
-
-        assert _wait(refused)
+        assert _wait(lambda: _refused(s, srv.port))
         assert srv.proc.poll() is None
+        srv.proc.send_signal(signal.SIGINT)  # Ctrl-C: the refresher task is stopped with the loop
+        assert srv.proc.wait(10) == 0 and "Traceback" not in srv.stderr()
     finally:
         srv.stop()
 
@@ -245,10 +249,27 @@ def test_sighup_fetches_now_and_a_file_reload_keeps_fetched_crls(tmp_path: Path,
         srv.proc.send_signal(signal.SIGHUP)
         assert srv.line(10).strip() == "crls reloaded 2"
         assert _wait(lambda: web.hits["/issuing.crl"] >= 3)
-        with pytest.raises(TLSHandshakeError):
-            for _ in range(50):  # the fetch lands just after the request was counted
-                s.configuration(srv.port)
-                time.sleep(0.1)
+        assert _wait(lambda: _refused(s, srv.port))  # the fetch lands just after the request was counted
+        assert srv.proc.poll() is None
+    finally:
+        srv.stop()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="--workers is Linux only")
+def test_every_worker_process_fetches_and_sighup_reaches_them(tmp_path: Path, web: CRLWeb) -> None:
+    s = Setup(tmp_path, web, f'client_crl_urls = "{web.url("/issuing.crl")}"\nclient_crls = "root.crl"\n')
+    srv = _Serve(s.config, "--workers", "2")
+    try:
+        assert web.hits == {"/issuing.crl": 2}  # the parent and the worker, each before listening
+        assert s.register(srv.port) == AE1
+        srv.proc.send_signal(signal.SIGHUP)  # the parent fetches and forwards the signal to the worker
+        assert _wait(lambda: web.hits["/issuing.crl"] == 4)
+        s.ca.revoke(s.ae1.certificate, now=now())
+        s.publish(root=False)
+        srv.proc.send_signal(signal.SIGHUP)
+        assert _wait(lambda: web.hits["/issuing.crl"] == 6)
+        # whichever process takes the connection refuses the revoked client
+        assert _wait(lambda: all(_refused(s, srv.port) for _ in range(6)))
         assert srv.proc.poll() is None
     finally:
         srv.stop()

@@ -241,6 +241,9 @@ def test_newer_crl_replaces_older_and_revokes(crl_server: CRLServer) -> None:
     crl_server.routes["/i.crl"] = Route(body=first.public_bytes(DER))
     assert r.refresh_once()[0].outcome is FetchOutcome.UNCHANGED
     assert store.for_issuer(ca.intermediate_cert.subject) == (second,)
+    assert r.crls() == [second]  # nor through a file reload that keeps the fetched CRLs
+    reload_crls_and_report(store, [], keep=r.crls)
+    assert store.for_issuer(ca.intermediate_cert.subject) == (second,)
 
 
 @pytest.fixture
@@ -321,6 +324,9 @@ def test_conditional_get_with_etag(crl_server: CRLServer, pki: DevCA) -> None:
     res = asyncio.run(r.refresh())[0]
     assert res.outcome is FetchOutcome.NOT_MODIFIED and res.crls == (crl,)
     assert crl_server.requests[-1][1]["if-none-match"] == '"v1"'
+    store.replace([])  # e.g. a file reload without keep=: a 304 puts the held CRL back
+    assert r.refresh_once()[0].outcome is FetchOutcome.NOT_MODIFIED
+    assert store.for_issuer(crl.issuer) == (crl,)
     newer = pki.issue_crl(now=now())
     crl_server.routes["/e.crl"] = Route(body=newer.public_bytes(DER), etag='"v2"')
     assert r.refresh_once()[0].outcome is FetchOutcome.UPDATED

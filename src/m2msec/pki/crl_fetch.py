@@ -208,7 +208,11 @@ class FetchResult:
 class _UrlState:
     etag: str | None = None
     last_modified: str | None = None
-    crls: tuple[x509.CertificateRevocationList, ...] = ()  # last verified content of the URL
+    held: CRLStore = field(default_factory=CRLStore)  # the latest verified issue per issuer and key
+
+    @property
+    def crls(self) -> tuple[x509.CertificateRevocationList, ...]:
+        return tuple(self.held)
 
 
 class CRLFetcher:
@@ -271,6 +275,8 @@ class CRLFetcher:
         state = self._state.setdefault(url, _UrlState())
         if status == 304 and state.crls:
             log.info("CRL at %s not modified", redact_url(url))
+            for c in state.crls:  # back into the store if a replace() without keep= dropped it
+                self.store.add(c)
             return FetchResult(url, FetchOutcome.NOT_MODIFIED, at, crls=state.crls)
         if status != 200:
             return self._failed(url, at, f"HTTP status {status}")
@@ -281,8 +287,10 @@ class CRLFetcher:
         except CRLError as exc:
             return self._failed(url, at, str(exc))
         # Remember the content before the store sees it: a concurrent replace([*files, *crls()])
-        # then either includes these CRLs or runs before the add below.
-        state.crls = tuple(crls)
+        # then either includes these CRLs or runs before the add below.  ``held`` keeps the later
+        # issue, so a replayed older CRL cannot come back through crls() either.
+        for c in crls:
+            state.held.add(c)
         state.etag = headers.get("etag")
         state.last_modified = headers.get("last-modified")
         added = [self.store.add(c) for c in crls]
@@ -479,7 +487,7 @@ class CRLRefresher:
 
     # -- long-running task
     def trigger(self) -> None:
-        """Fetch every URL as soon as possible (e.g. on SIGHUP); a no-op while not running."""
+        """Mark every URL due now and wake :meth:`run` (e.g. on SIGHUP)."""
         now = self._clock()
         for u in self.urls:
             self._due[u] = now
@@ -496,7 +504,12 @@ class CRLRefresher:
                 now = self._clock()
                 due = [u for u in self.urls if self._due.get(u, now) <= now]
                 if due:
-                    await self.refresh(due)
+                    try:
+                        await self.refresh(due)
+                    except Exception:  # noqa: BLE001 - fetch() reports its own failures; keep the task alive
+                        log.exception("CRL refresh failed")
+                        for u in due:
+                            self._due[u] = now + self.min_retry
                     continue
                 wait = max(0.0, (min(self._due[u] for u in self.urls) - now).total_seconds())
                 self._wake.clear()
@@ -527,5 +540,6 @@ class CRLRefresher:
         try:
             await task
         except asyncio.CancelledError:
-            if not task.cancelled():  # our caller was cancelled, not just the task
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():  # our caller is being cancelled too
                 raise
