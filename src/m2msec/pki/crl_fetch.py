@@ -219,8 +219,9 @@ class CRLFetcher:
     """Fetches CRLs from http(s) URLs into ``store`` after verifying them against ``issuers``.
 
     :meth:`fetch` (async) and :meth:`fetch_sync` share one sans-I/O core; the only state is
-    per URL: the conditional-GET validators and the last verified CRLs (:meth:`crls`).
-    ``transport`` is an optional httpx transport (async or sync to match the call).
+    per URL: the conditional-GET validators and the latest verified CRLs (:meth:`crls`).
+    ``client=`` of :meth:`fetch` / :meth:`fetch_sync` lends an httpx client (its own redirect
+    and timeout settings then apply; the size cap and the total deadline still hold).
     """
 
     def __init__(
@@ -285,7 +286,7 @@ class CRLFetcher:
             for c in crls:
                 verify_fetched_crl(c, self.issuers, now=at, clock_skew=self.clock_skew)
         except CRLError as exc:
-            return self._failed(url, at, str(exc))
+            return self._failed(url, at, str(exc.args[0]))
         # Remember the content before the store sees it: a concurrent replace([*files, *crls()])
         # then either includes these CRLs or runs before the add below.  ``held`` keeps the later
         # issue, so a replayed older CRL cannot come back through crls() either.
@@ -335,7 +336,7 @@ class CRLFetcher:
             except (TimeoutError, asyncio.TimeoutError):
                 return self._failed(url, at, f"timed out after {self.timeout:g} s")
             except CRLFetchError as exc:
-                return self._failed(url, at, str(exc))
+                return self._failed(url, at, str(exc.args[0]))
             except httpx.HTTPError as exc:
                 return self._failed(url, at, _http_error(exc))
             except Exception as exc:  # noqa: BLE001 - a refresher task must survive anything (e.g. httpx.InvalidURL)
@@ -370,7 +371,7 @@ class CRLFetcher:
             except httpx.TimeoutException:
                 return self._failed(url, at, f"timed out after {self.timeout:g} s")
             except CRLFetchError as exc:
-                return self._failed(url, at, str(exc))
+                return self._failed(url, at, str(exc.args[0]))
             except httpx.HTTPError as exc:
                 return self._failed(url, at, _http_error(exc))
             except Exception as exc:  # noqa: BLE001 - see fetch()
