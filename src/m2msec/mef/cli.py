@@ -13,6 +13,9 @@
     enrolee_trust_anchors = "enrolee-ca.pem"
     enrolee_crl_files = ["enrolee-ca.crl"]  # optional CRLs (PEM/DER; a string or a list) of the enrolees' PKI
     revocation = "if-available"       # certificate status (8.1.2.2): off | if-available (default) | require
+    enrolee_crl_urls = ["http://pki.example.com/issuing.crl"]  # optional: CRLs fetched over http(s) and refreshed
+    enrolee_crl_issuers = "enrolee-sub-ca.pem"  # intermediate CAs allowed to sign fetched CRLs (besides the anchors)
+    enrolee_crl_refresh_s = 3600      # refresh at least this often (earlier near nextUpdate)
     crl_port = 8080                   # optional: serve the EST CA's CRLs over http (/crl/root.crl, /crl/intermediate.crl)
     crl_host = "127.0.0.1"            # (default: host)
     crl_base_url = "http://mef.m2m.example.com:8080/crl/"  # optional: CRL distribution point in EST certificates
@@ -32,7 +35,10 @@ Certificate status (TS-0003 8.1.2.2) of enrolee and Enrolment Target certificate
 certificate RSPF: ``enrolee_crl_files`` are loaded into one :class:`~m2msec.pki.CRLStore`
 at start (paths relative to mef.toml, like the other paths); ``serve`` reloads them on
 SIGHUP (all files or nothing: on an error the previous CRLs stay and the error goes to
-stderr; success prints ``crls reloaded N``).  ``revocation`` is the policy of
+stderr; success prints ``crls reloaded N``).  ``enrolee_crl_urls`` are fetched before the MEF
+listens and kept fresh by a :class:`~m2msec.pki.CRLRefresher` (profile P13/P14; a CRL must be
+signed by an enrolee trust anchor or an ``enrolee_crl_issuers`` certificate); SIGHUP keeps
+them across the file reload and fetches them again.  ``revocation`` is the policy of
 :mod:`m2msec.pki.crl`.
 
 Revocation of EST certificates (:mod:`m2msec.mef.est_crl`): ``enrolee revoke`` revokes every
@@ -62,7 +68,7 @@ from m2msec.mef.client import mef_tls_config, save_enrolment
 from m2msec.mef.protocol import EnrolmentRequest, MAFPreference, TargetGrant
 from m2msec.mef.server import MEFServer
 from m2msec.mef.state import EnroleeConfig, MEFState, TargetConfig
-from m2msec.pki import CertificateFlavour, CRLStore, PeerCertInfo, RevocationPolicy, load_crl_files
+from m2msec.pki import CertificateFlavour, CRLRefresher, CRLStore, PeerCertInfo, RevocationPolicy, load_crl_files
 from m2msec.pki.cli import reload_crls_and_report
 from m2msec.store import KeyEncryptionKey, open_store
 from m2msec.tls.engine import CertCredentials, PSKCredentials
@@ -103,12 +109,26 @@ def _load(config: Path) -> dict[str, Any]:
         if not isinstance(files, list) or not all(isinstance(f, str) and f for f in files):
             _fail(ValueError(f"{config}: [mef] enrolee_crl_files must be a file name or a list of file names"))
         mef["enrolee_crl_files"] = [f if Path(f).is_absolute() else str((base / f).resolve()) for f in files]
-    for k in ("crl_port", "crl_validity_s"):
+    if "enrolee_crl_urls" in mef:
+        urls = mef["enrolee_crl_urls"]
+        urls = [urls] if isinstance(urls, str) else urls
+        if not isinstance(urls, list) or not all(isinstance(u, str) and u.startswith(("http://", "https://"))
+                                                 for u in urls):
+            _fail(ValueError(f"{config}: [mef] enrolee_crl_urls must be an http(s) URL or a list of them"))
+        mef["enrolee_crl_urls"] = urls
+    if "enrolee_crl_issuers" in mef:
+        f = mef["enrolee_crl_issuers"]
+        if not isinstance(f, str) or not f:
+            _fail(ValueError(f"{config}: [mef] enrolee_crl_issuers must be a PEM file name"))
+        mef["enrolee_crl_issuers"] = f if Path(f).is_absolute() else str((base / f).resolve())
+    for k in ("crl_port", "crl_validity_s", "enrolee_crl_refresh_s"):
         if k in mef and (not isinstance(mef[k], int) or isinstance(mef[k], bool) or mef[k] < 0):
             _fail(ValueError(f"{config}: [mef] {k} must be a non-negative integer"))
     mef.setdefault("crl_validity_s", 86400)
-    if mef["crl_validity_s"] <= 0:
-        _fail(ValueError(f"{config}: [mef] crl_validity_s must be positive"))
+    mef.setdefault("enrolee_crl_refresh_s", 3600)
+    for k in ("crl_validity_s", "enrolee_crl_refresh_s"):
+        if mef[k] <= 0:
+            _fail(ValueError(f"{config}: [mef] {k} must be positive"))
     if "crl_base_url" in mef and not (isinstance(mef["crl_base_url"], str)
                                       and mef["crl_base_url"].startswith(("http://", "https://"))):
         _fail(ValueError(f"{config}: [mef] crl_base_url must be an http:// or https:// URL"))
@@ -121,7 +141,10 @@ def _load(config: Path) -> dict[str, Any]:
 
 
 def _crls(mef: dict[str, Any]) -> CRLStore | None:
-    """The CRL store of ``enrolee_crl_files`` (None without the option; CRLError for a bad file)."""
+    """The CRL store of ``enrolee_crl_files`` (None without that option and ``enrolee_crl_urls``;
+    CRLError for a bad file); fetched CRLs join it in ``serve``."""
+    if "enrolee_crl_files" not in mef and mef.get("enrolee_crl_urls"):
+        return CRLStore()
     if "enrolee_crl_files" not in mef:
         return None
     return CRLStore(load_crl_files(mef["enrolee_crl_files"]))
@@ -193,6 +216,13 @@ def _crl_publisher(state: MEFState, mef: dict[str, Any]) -> Any:
     return ESTCRLPublisher(state.store, ca, state.clock, validity=timedelta(seconds=int(mef["crl_validity_s"])))
 
 
+def _hangup(store: CRLStore, files: list[str], refresher: CRLRefresher | None) -> None:
+    """SIGHUP: re-read the CRL files keeping the fetched CRLs, then fetch the URLs now."""
+    reload_crls_and_report(store, files, keep=refresher.crls if refresher is not None else None)
+    if refresher is not None:
+        refresher.trigger()
+
+
 @app.command("serve")
 def serve(config: ConfigOpt,
           port: Annotated[int | None, typer.Option("--port", help="Override [mef] port (0: ephemeral).")] = None) -> None:
@@ -200,6 +230,8 @@ def serve(config: ConfigOpt,
     try:
         mef = _load(config)
         state = _state(mef, load_crls=True)
+        crl_issuers = (x509.load_pem_x509_certificates(Path(mef["enrolee_crl_issuers"]).read_bytes())
+                       if "enrolee_crl_issuers" in mef else [])
         est = _est(state, mef)
         server = MEFServer(state, credentials=_credentials(mef), gba=_gba(config, state), est=est)
         crl_server = None
@@ -216,6 +248,14 @@ def serve(config: ConfigOpt,
         _fail(exc)
 
     async def main() -> None:
+        refresher = None
+        if mef.get("enrolee_crl_urls") and state.enrolee_crls is not None:
+            # fetched before the MEF listens (a failure is logged, not fatal: P14)
+            refresher = CRLRefresher(state.enrolee_crls, mef["enrolee_crl_urls"],
+                                     (*state.enrolee_anchors, *crl_issuers), clock=_utcnow,
+                                     period=timedelta(seconds=int(mef["enrolee_crl_refresh_s"])))
+            await refresher.refresh()
+            refresher.start()
         host, p = await server.start(mef.get("host", "127.0.0.1"), port if port is not None else int(mef.get("port", 0)))
         typer.echo(f"listening {host}:{p}")
         if crl_server is not None:
@@ -226,9 +266,11 @@ def serve(config: ConfigOpt,
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         if state.enrolee_crls is not None:
-            loop.add_signal_handler(signal.SIGHUP, reload_crls_and_report, state.enrolee_crls,
-                                    mef["enrolee_crl_files"])
+            loop.add_signal_handler(signal.SIGHUP, _hangup, state.enrolee_crls, mef.get("enrolee_crl_files", []),
+                                    refresher)
         await stop.wait()
+        if refresher is not None:
+            await refresher.stop()
         if crl_server is not None:
             await crl_server.close()
         await server.close()
