@@ -4,17 +4,13 @@ after start is refused once SIGHUP re-read the CRL files; a broken file keeps th
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from _mafserve import MAFServe
 from cryptography.hazmat.primitives import serialization
 
 from m2msec.maf import MAFClient, MAFClientConfig
@@ -38,37 +34,6 @@ def now() -> datetime:
 def _pem_key(issued: object) -> bytes:
     return issued.private_key.private_bytes(PEM, serialization.PrivateFormat.PKCS8,  # type: ignore[attr-defined]
                                             serialization.NoEncryption())
-
-
-class _Serve:
-    def __init__(self, config: Path) -> None:
-        self.err = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from m2msec.maf.cli import app; app()", "serve", "-c", str(config), "--port", "0"],
-            stdout=subprocess.PIPE, stderr=self.err, stdin=subprocess.DEVNULL, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        first = self.line(20)
-        if "listening on" not in first:
-            self.stop()
-            raise RuntimeError(f"MAF did not start: {first!r}")
-        self.port = int(first.rsplit(":", 1)[1])
-
-    def line(self, timeout: float) -> str:
-        out: list[str] = []
-        t = threading.Thread(target=lambda: out.append(self.proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
-        t.start()
-        t.join(timeout)
-        return out[0] if out else ""
-
-    def stderr(self) -> str:
-        self.err.seek(0)
-        return self.err.read().decode("utf-8", "replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        self.err.close()
 
 
 def test_sighup_rereads_client_crls(tmp_path: Path) -> None:
@@ -117,7 +82,7 @@ def test_sighup_rereads_client_crls(tmp_path: Path) -> None:
         async with MAFClient(client(port)) as c:
             return await c.retrieve_configuration(reg[0])
 
-    srv = _Serve(config)
+    srv = MAFServe(config, start_timeout=20)
     try:
         assert asyncio.run(register(srv.port)) == AE1  # not revoked: the handshake and procedure succeed
         ca.revoke(ae1.certificate, now=now())

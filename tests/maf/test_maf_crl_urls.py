@@ -5,11 +5,8 @@ the CA after the next refresh, ignores a forged CRL, and a SIGHUP file reload ke
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from _mafserve import MAFServe
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -81,42 +79,6 @@ def web() -> Iterator[CRLWeb]:
     w = CRLWeb()
     yield w
     w.close()
-
-
-class _Serve:
-    def __init__(self, config: Path, *args: str) -> None:
-        self.err = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from m2msec.maf.cli import app; app()", "serve", "-c", str(config), "--port", "0",
-             *args],
-            stdout=subprocess.PIPE, stderr=self.err, stdin=subprocess.DEVNULL, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        first = self.line(30)
-        if "listening on" not in first:
-            self.stop()
-            raise RuntimeError(f"MAF did not start: {first!r}")
-        self.port = int(first.rsplit(":", 1)[1])
-
-    def line(self, timeout: float) -> str:
-        out: list[str] = []
-        t = threading.Thread(target=lambda: out.append(self.proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
-        t.start()
-        t.join(timeout)
-        return out[0] if out else ""
-
-    def stderr(self) -> str:
-        self.err.seek(0)
-        return self.err.read().decode("utf-8", "replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.err.close()
 
 
 def _pem_key(issued: object) -> bytes:
@@ -207,7 +169,7 @@ def test_revoked_at_the_ca_is_refused_after_the_next_refresh(tmp_path: Path, web
     cfg = load_config(s.config)
     assert cfg.client_crl_urls == (web.url("/issuing.crl"), web.url("/root.crl"))
     assert cfg.client_crls is not None and len(cfg.client_crls) == 0 and cfg.client_crl_files == ()
-    srv = _Serve(s.config)
+    srv = MAFServe(s.config)
     try:
         assert web.hits == {"/issuing.crl": 1, "/root.crl": 1}  # fetched before listening ...
         assert s.register(srv.port) == AE1  # ... so "require" finds current CRLs for the whole path
@@ -235,7 +197,7 @@ def test_revoked_at_the_ca_is_refused_after_the_next_refresh(tmp_path: Path, web
 def test_sighup_fetches_now_and_a_file_reload_keeps_fetched_crls(tmp_path: Path, web: CRLWeb) -> None:
     # the root CRL comes from a file, the issuing CA's from the URL; refreshing is hourly
     s = Setup(tmp_path, web, f'client_crl_urls = "{web.url("/issuing.crl")}"\nclient_crls = "root.crl"\n')
-    srv = _Serve(s.config)
+    srv = MAFServe(s.config)
     try:
         assert s.register(srv.port) == AE1
         del web.bodies["/issuing.crl"]  # the CRL server is down: the refetch fails (404)
@@ -258,7 +220,7 @@ def test_sighup_fetches_now_and_a_file_reload_keeps_fetched_crls(tmp_path: Path,
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="--workers is Linux only")
 def test_every_worker_process_fetches_and_sighup_reaches_them(tmp_path: Path, web: CRLWeb) -> None:
     s = Setup(tmp_path, web, f'client_crl_urls = "{web.url("/issuing.crl")}"\nclient_crls = "root.crl"\n')
-    srv = _Serve(s.config, "--workers", "2")
+    srv = MAFServe(s.config, "--workers", "2")
     try:
         assert web.hits == {"/issuing.crl": 2}  # the parent and the worker, each before listening
         assert s.register(srv.port) == AE1

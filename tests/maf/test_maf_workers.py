@@ -12,13 +12,12 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from _mafserve import MAFServe
 from _mafhelp import ADMIN, MAF
 from cryptography.hazmat.primitives import serialization
 from typer.testing import CliRunner
@@ -53,43 +52,10 @@ def _config(tmp: Path, extra: str = "") -> Path:
     return cfg
 
 
-class _Serve:
-    """``m2msec maf serve --workers N --port 0`` as a real process."""
-
-    def __init__(self, config: Path, workers: int) -> None:
-        self.err = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from m2msec.maf.cli import app; app()", "serve", "-c", str(config), "--port", "0",
-             "--workers", str(workers)],
-            stdout=subprocess.PIPE, stderr=self.err, stdin=subprocess.DEVNULL, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        first = self.line(30)
-        if "listening on" not in first:
-            self.stop()
-            raise RuntimeError(f"MAF did not start: {first!r}")
-        assert first.startswith(f"MAF {MAF} listening on 127.0.0.1:")  # the one line the process tests read
-        self.port = int(first.rsplit(":", 1)[1])
-
-    def line(self, timeout: float) -> str:
-        out: list[str] = []
-        t = threading.Thread(target=lambda: out.append(self.proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
-        t.start()
-        t.join(timeout)
-        return out[0] if out else ""
-
-    def stderr(self) -> str:
-        self.err.seek(0)
-        return self.err.read().decode("utf-8", "replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.err.close()
+def _Serve(config: Path, workers: int) -> MAFServe:  # noqa: N802 - reads like the class it returns
+    srv = MAFServe(config, "--workers", str(workers))
+    assert srv.first.startswith(f"MAF {MAF} listening on 127.0.0.1:")  # the one line the process tests read
+    return srv
 
 
 # ------------------------------------------------------------------ what the kernel says

@@ -1,0 +1,49 @@
+"""``m2msec maf serve -c CONFIG --port 0 [ARGS]`` as a child process, for the process tests
+(SIGHUP reloads, CRL fetching, worker processes)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+
+class MAFServe:
+    """The running MAF: ``port``, ``first`` (its first stdout line), ``line()``, ``stderr()``, ``stop()``."""
+
+    def __init__(self, config: Path, *args: str, start_timeout: float = 30.0) -> None:
+        self.err = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from m2msec.maf.cli import app; app()", "serve", "-c", str(config), "--port", "0",
+             *args],
+            stdout=subprocess.PIPE, stderr=self.err, stdin=subprocess.DEVNULL, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.first = self.line(start_timeout)
+        if "listening on" not in self.first:
+            self.stop()
+            raise RuntimeError(f"MAF did not start: {self.first!r}")
+        self.port = int(self.first.rsplit(":", 1)[1])
+
+    def line(self, timeout: float) -> str:
+        out: list[str] = []
+        t = threading.Thread(target=lambda: out.append(self.proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+        t.start()
+        t.join(timeout)
+        return out[0] if out else ""
+
+    def stderr(self) -> str:
+        self.err.seek(0)
+        return self.err.read().decode("utf-8", "replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.err.close()
