@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -143,19 +143,18 @@ class ESTCRLPublisher:
                 tx.append_audit("mef", "est-crl", which, "ok", {"crl_number": number, "revoked": len(entries)})
         except (DuplicateError, VersionConflict):
             return None  # another instance published meanwhile: look again
-        self._parsed[(which, new.version)] = crl
+        self._remember(which, new.version, crl)
         return crl
 
     def _parse(self, which: str, version: int, der_hex: str) -> x509.CertificateRevocationList:
-        key = (which, version)
-        crl = self._parsed.get(key)
+        crl = self._parsed.get((which, version))
         if crl is None:
             crl = x509.load_der_x509_crl(bytes.fromhex(der_hex))
-            self._parsed = {k: v for k, v in self._parsed.items() if k[0] != which}
-            self._parsed[key] = crl
+            self._remember(which, version, crl)
         return crl
 
+    def _remember(self, which: str, version: int, crl: x509.CertificateRevocationList) -> None:
+        """Keep only the newest parsed CRL per signer."""
+        self._parsed = {k: v for k, v in self._parsed.items() if k[0] != which}
+        self._parsed[(which, version)] = crl
 
-def publisher_for(state: Any, ca: DevCA, *, validity: timedelta = DEFAULT_VALIDITY) -> ESTCRLPublisher:
-    """An :class:`ESTCRLPublisher` over an :class:`~m2msec.mef.state.MEFState`'s store and clock."""
-    return ESTCRLPublisher(state.store, ca, state.clock, validity=validity)
