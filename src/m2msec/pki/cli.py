@@ -12,7 +12,7 @@ from enum import Enum
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from collections.abc import Callable, Iterable, Sequence
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from cryptography import x509
@@ -218,6 +218,85 @@ def crl(
     typer.echo(f"crl_number: {c.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number}")
     typer.echo(f"revoked: {len(c)}")
     typer.echo(f"next_update: {c.next_update_utc.isoformat() if c.next_update_utc else '-'}")
+
+
+class DevCRLSource:
+    """The current CRL of one signer of a :class:`DevCA` directory, for ``serve-crl``.
+
+    Re-read ``revocations.json`` (written by ``m2msec pki revoke``) before every decision; a
+    new CRL is issued (and its number persisted) when the revoked set changed or half of
+    ``validity`` has passed since the last one, else the last one is served.  Thread-safe."""
+
+    def __init__(self, ca: DevCA, directory: Path, signer: str, validity: timedelta,
+                 clock: Callable[[], datetime] = _now, lock: Any = None) -> None:
+        import threading
+
+        self.ca, self.directory, self.signer, self.validity, self.clock = ca, directory, signer, validity, clock
+        self._lock = lock or threading.Lock()
+        self._crl: x509.CertificateRevocationList | None = None
+        self._serials: frozenset[int] | None = None
+
+    def __call__(self) -> x509.CertificateRevocationList:
+        with self._lock:
+            self.ca._load_revocations(self.directory)  # noqa: SLF001 - pick up `pki revoke` from other processes
+            serials = frozenset(self.ca.revoked[self.signer])  # type: ignore[index]
+            now = self.clock()
+            crl = self._crl
+            if (crl is None or serials != self._serials or crl.last_update_utc > now
+                    or now >= crl.last_update_utc + self.validity / 2):
+                if crl is not None:  # a concurrent `pki revoke` may have written back an older number
+                    served = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+                    nxt = self.ca.next_crl_number
+                    nxt[self.signer] = max(nxt[self.signer], served + 1)  # type: ignore[index]
+                crl = self.ca.issue_crl(now=now, signer=self.signer, validity=self.validity)  # type: ignore[arg-type]
+                self.ca.save_revocations(self.directory)  # the number is consumed before the CRL is served
+                self._crl, self._serials = crl, serials
+            return crl
+
+
+@app.command("serve-crl")
+def serve_crl(
+    directory: Annotated[Path, typer.Argument(help="CA directory made by init-ca.")],
+    passphrase: PassphraseOpt,
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8080,
+    days: Annotated[int, typer.Option("--days", min=1, help="nextUpdate = thisUpdate + days.")] = 1,
+) -> None:
+    """Serve the CA's CRLs over http at /crl/root.crl (and /crl/intermediate.crl) until SIGTERM/SIGINT.
+
+    A revocation by ``m2msec pki revoke`` is on the next CRL served; with ``init-ca --crl-url
+    http://HOST:PORT/crl/<issuing CA>.crl`` the leaves point at it.  Do not run ``pki crl`` on the
+    same directory meanwhile (both consume cRLNumbers)."""
+    import asyncio
+    import signal
+    import threading
+
+    from m2msec.pki.crl_http import CRLHTTPServer
+
+    try:
+        ca = DevCA.load(directory, passphrase.encode())
+    except (M2MSecError, ValueError, OSError) as exc:
+        _fail(str(exc) if isinstance(exc, M2MSecError) else f"{type(exc).__name__}: {exc}")
+    lock = threading.Lock()  # one DevCA object: its revocation lists and numbers are shared by the signers
+    signers = ["root"] + (["intermediate"] if ca.intermediate_cert is not None else [])
+    sources = {w: DevCRLSource(ca, directory, w, timedelta(days=days), lock=lock) for w in signers}
+
+    async def main() -> None:
+        server = await CRLHTTPServer(sources, host=host, port=port).start()
+        typer.echo(f"crl listening {server.host}:{server.port}")
+        for w in signers:
+            typer.echo(f"  {server.url(w)}")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.close()
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
 
 
 def show_lines(cert: x509.Certificate) -> list[str]:
