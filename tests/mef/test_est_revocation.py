@@ -285,7 +285,7 @@ def test_serve_publishes_crls_and_revocations_from_other_processes(tmp_path: Pat
         res3 = r.invoke(app, ["est-revoke", "--config", str(cfg), "--serial", "abcdef"])
         assert res3.exit_code == 2 and "no live certificate" in res3.output
         res4 = r.invoke(app, ["est-revoke", "--config", str(cfg), "--serial", f"{cert.serial_number:x}",
-                              "--reason", "key-compromise"])
+                              "--reason", "keyCompromise"])
         assert res4.exit_code == 2 and "already revoked" in res4.output
         res5 = r.invoke(app, ["est-revoke", "--config", str(cfg), "--serial", "abcdef", "--reason", "nonsense"])
         assert res5.exit_code == 2 and "unknown reason" in res5.output

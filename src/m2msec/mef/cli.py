@@ -542,7 +542,7 @@ def enrolee_est(
                f"{[t.value for t in profile.security_types]}")
 
 
-_REVOKE_REASONS = {r.name.replace("_", "-"): r for r in x509.ReasonFlags if r is not x509.ReasonFlags.remove_from_crl}
+_REVOKE_REASONS = {r.value: r for r in x509.ReasonFlags if r is not x509.ReasonFlags.remove_from_crl}
 
 
 @app.command("est-revoke")
