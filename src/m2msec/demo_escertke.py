@@ -5,19 +5,29 @@ TS-0003 8.7 (ESCertKE) and 10.3.1 (``EXPORTER-oneM2M-ESCertKE``), TS-0004 7.5.1.
 AE1 (Initiating End-Point) runs the four ESCertKE messages as two Notify round trips to
 AE2's endpoint (Terminating End-Point), both export the pairwiseE2EKey, and AE1 then sends
 AE2 an ESPrim-protected RETRIEVE with that key (SUID 43).  A third AE whose certificate
-comes from a CA AE2 does not trust is refused.
+comes from a CA AE2 does not trust is refused.  Then the CA revokes AE1's certificate
+(TS-0003 8.1.2.2): once AE2 holds the new CRL, the key agreed with that certificate stops
+working (4112) and a new ESCertKE from AE1 is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import datetime, timezone
 
 Rows = list[tuple[str, str]]
 
 
 def run_escertke() -> Rows:
-    return asyncio.run(asyncio.wait_for(_run(), 60))
+    # the key-drop warning of m2msec.escertke.keys is shown as a table row instead
+    quiet = logging.NullHandler()
+    keys_log = logging.getLogger("m2msec.escertke.keys")
+    keys_log.addHandler(quiet)
+    try:
+        return asyncio.run(asyncio.wait_for(_run(), 60))
+    finally:
+        keys_log.removeHandler(quiet)
 
 
 async def _run() -> Rows:
@@ -39,7 +49,7 @@ async def _run() -> Rows:
     from m2msec.onem2m import Operation, RequestPrimitive, ResponsePrimitive, SecurityInfo
     from m2msec.onem2m.enums import SUID
     from m2msec.onem2m.rsc import ResponseStatusCode as RSC
-    from m2msec.pki import CertificateFlavour, DevCA, PeerCertInfo
+    from m2msec.pki import CertificateFlavour, CRLStore, DevCA, PeerCertInfo
     from m2msec.tls import CertCredentials
 
     def clock() -> datetime:
@@ -60,9 +70,10 @@ async def _run() -> Rows:
         return PeerCertInfo(CertificateFlavour.AE_ID, cert_id[name])
 
     anchors = (ca.trust_anchor,)
+    crls = CRLStore([ca.issue_crl(now=now)])  # AE2's view of the CA's CRL (nothing revoked yet)
     terminator = TerminatingEndPoint(
-        creds(ca, ae2), [InitiatorInfo(ae_info(ae1), anchors, identity=ae1),
-                         InitiatorInfo(ae_info(ae3), anchors, identity=ae3)], clock=clock,
+        creds(ca, ae2), [InitiatorInfo(ae_info(ae1), anchors, identity=ae1, crls=crls),
+                         InitiatorInfo(ae_info(ae3), anchors, identity=ae3, crls=crls)], clock=clock,
     )
     receiver = Receiver(keys=terminator.keys, state=MemoryReceiverState(clock=clock), clock=clock,
                         policy=ReceiverPolicy(supported_suids=(SUID.CERTIFICATE_ESPRIM,)))
@@ -80,7 +91,8 @@ async def _run() -> Rows:
     rows: Rows = [("AE2 (Terminating End-Point)", f"{ae2} at {endpoint.url}")]
     try:
         ter_info = TerminatorInfo(ae_info(ae2), anchors, identity=ae2, address=f"/id-in/{ae2}")
-        initiator = InitiatingEndPoint(creds(ca, ae1), clock=clock)
+        ae1_creds = creds(ca, ae1)
+        initiator = InitiatingEndPoint(ae1_creds, clock=clock)
         async with AsyncOneM2MClient(endpoint.url, ae1) as client:
             result = await run_initiator(client, initiator.initiate(ter_info))
             theirs = terminator.keys.for_peer(ae1)
@@ -102,6 +114,27 @@ async def _run() -> Rows:
             rsp = await client.send(outer)
             reply = originator.open_response(rsp.security_info().esprim_object, pending)  # type: ignore[union-attr]
             rows.append(("ESPrim RETRIEVE with that key", f"{int(reply.rsc)} {reply.pc}"))
+
+            # the CA revokes AE1's certificate; AE2 gets the new CRL
+            ca.revoke(ae1_creds.certificate, now=clock())
+            crls.add(ca.issue_crl(now=clock()))
+            inner = RequestPrimitive(op=Operation.RETRIEVE, to=f"/id-in/{ae2}", fr=ae1, rqi="demo-2", rvi="3")
+            obj, pending = originator.protect_request(inner, step.session)
+            rsp = await client.send(RequestPrimitive.notify_security_info(to=f"/id-in/{ae2}", fr=ae1,
+                                                                          seci=SecurityInfo.esprim(obj)))
+            if rsp.rsc != RSC.ESPRIM_UNKNOWN_KEY_ID or terminator.keys.for_peer(ae1) is not None:
+                raise RuntimeError(f"the key of a revoked certificate still works ({int(rsp.rsc)})")
+            rows.append(("CA revokes AE1's certificate, AE2 gets the CRL",
+                         f"same ESPrim request now {int(rsp.rsc)} {rsp.rsc.name}: AE2 dropped the key "
+                         f"(serial {ae1_creds.certificate.serial_number:x}"[:120] + ")"))
+            try:
+                await run_initiator(client, initiator.initiate(ter_info))
+                again = "NOT refused"
+            except ESCertKEError as exc:
+                again = f"refused, {int(exc.rsc)} {exc.rsc.name} ({exc.reason.value})"
+            if not again.startswith("refused"):
+                raise RuntimeError("a revoked certificate completed ESCertKE")
+            rows.append(("new ESCertKE from AE1", again))
         rogue = InitiatingEndPoint(creds(rogue_ca, ae3), clock=clock)
         async with AsyncOneM2MClient(endpoint.url, ae3) as client:
             try:
