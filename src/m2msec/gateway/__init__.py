@@ -9,7 +9,11 @@ query, headers, status, body):
   RETRIEVE of the target as the configured admin originator, cached ``poa_ttl`` seconds,
   dropped on any successful UPDATE/DELETE through the gateway and on a transport failure);
   the AE's response is relayed unchanged (status, X-M2M-RSC incl. 4111-4116/5210/5211,
-  X-M2M-RI, body).  The gateway never decrypts this traffic.  ACME itself refuses such
+  X-M2M-RI, body).  First the gateway makes the CSE's access-control decision
+  (:mod:`m2msec.gateway.acp`): the originator needs NOTIFY privilege on the target (the
+  AE itself, the admin, or a ``pv`` rule of one of its ``acpi`` ACPs); otherwise 4103
+  ORIGINATOR_HAS_NO_PRIVILEGE without contacting the AE.  The ACPs are retrieved as the
+  admin and cached with the pointOfAccess; any UPDATE/DELETE through the gateway drops both.  The gateway never decrypts this traffic.  ACME itself refuses such
   a NOTIFY (4000) and turns ESPrim RSCs from an AE into 5103, hence this path.
 * **The CSE as ESPrim Target.**  A NOTIFY with ``m2m:seci`` to the ``<CSEBase>`` is served by
   the CSE's ESPrim Receiver held by the gateway: sit 3 -> sit 4 (unique rand object); sit 5
@@ -21,7 +25,8 @@ query, headers, status, body):
   gets the CSE's own ``esi`` (SUIDs and the shared receiverESPrimRandObject) merged in.
 * **Routing.**  An ``m2m:seci`` NOTIFY whose SP-relative target names another CSE-ID goes
   to the gateway configured for that CSE in ``[[routes]]`` (the ``<remoteCSE>`` poa points
-  at the CSE itself, which cannot take such a NOTIFY).
+  at the CSE itself, which cannot take such a NOTIFY); a CSE-relative ``From`` is sent on
+  in SP-relative form (``/<cse-id>/C...``), as a transit CSE does.
 * **Scale-out.**  Receiver state (rand objects, sessions) and the pairwise keys are in
   :mod:`m2msec.store` (SQLite by default, PostgreSQL with ``--store postgresql://...``),
   so several gateway instances can share one address.
@@ -31,7 +36,8 @@ Configuration (``gateway.toml``; paths relative to the file)::
     [cse]
     id = "id-in"                 # CSE-ID (without '/')
     name = "cse-in"              # resourceName of the <CSEBase>
-    admin = "CAdmin"             # originator for pointOfAccess look-ups
+    admin = "CAdmin"             # originator for pointOfAccess/ACP look-ups (full access on the CSE)
+    sp_id = "//example.com"      # optional: SP-ID, to read absolute originators in ACP checks
     url = "http://127.0.0.1:8080"    # optional, --cse overrides
 
     [store]
@@ -39,7 +45,8 @@ Configuration (``gateway.toml``; paths relative to the file)::
     kek_file = "gateway.kek"     # key-encryption key (else $M2MSEC_KEK / $M2MSEC_KEK_FILE)
 
     [gateway]
-    poa_ttl = 30                 # seconds an AE's pointOfAccess is cached
+    poa_ttl = 30                 # seconds an AE's pointOfAccess and ACPs are cached
+    enforce_acp = true           # NOTIFY privilege checked for m2m:seci Notifies to AEs (default)
     trace_file = "trace.jsonl"   # optional: every forwarded HTTP message, for audits/tests
 
     [receiver]                   # the CSE's ESPrim Receiver policy (optional)

@@ -75,6 +75,10 @@ class GatewayConfig:
     unique_key_period: timedelta | None = None
     trace_file: Path | None = None
     mef: MEFSourceConfig | None = None
+    #: check the target's ACPs before relaying an m2m:seci Notify to an AE (profile G4)
+    enforce_acp: bool = True
+    #: the SP-ID (``//sp``), to read absolute-form originators in ACP checks; optional
+    sp_id: str | None = None
 
     @property
     def csi(self) -> str:
@@ -152,6 +156,12 @@ def load_config(path: str | Path, *, cse_url: str | None = None, store_url: str 
         mef = MEFSourceConfig(m["fqdn"], str(m.get("host", "127.0.0.1")), int(m["port"]), m["psk_identity"], psk,
                               str(m.get("target_id", "/" + cse["id"].lstrip("/"))))
     kek = store.get("kek_file")
+    enforce_acp = gw.get("enforce_acp", True)
+    if not isinstance(enforce_acp, bool):
+        raise ConfigError("[gateway] enforce_acp must be true or false")
+    sp_id = cse.get("sp_id")
+    if sp_id is not None and (not isinstance(sp_id, str) or not sp_id.strip("/")):
+        raise ConfigError("[cse] sp_id must be a non-empty string")
     trace = gw.get("trace_file")
     return GatewayConfig(
         cse_id=cse["id"].lstrip("/"),
@@ -170,4 +180,6 @@ def load_config(path: str | Path, *, cse_url: str | None = None, store_url: str 
                            if "unique_key_period" in recv else None),
         trace_file=None if trace is None else base / str(trace),
         mef=mef,
+        enforce_acp=enforce_acp,
+        sp_id=sp_id,
     )

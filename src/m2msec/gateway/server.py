@@ -23,6 +23,7 @@ import httpx
 from m2msec.errors import M2MSecError, ParseError
 from m2msec.esprim.errors import ESPrimError
 from m2msec.esprim.receiver import Receiver
+from m2msec.gateway.acp import AccessControlRule, AccessDecision, LocalIds, may_notify, parse_set_of_acrs, sp_relative
 from m2msec.gateway.esi import esi_from_cse, esi_to_cse, merge_cse_esi
 from m2msec.net.h11io import BodyTooLarge, next_cycle, read_request, write_response
 from m2msec.net.http_binding import (
@@ -33,7 +34,7 @@ from m2msec.net.http_binding import (
     request_to_http,
     response_to_http,
 )
-from m2msec.onem2m.enums import Operation, SecurityInfoType
+from m2msec.onem2m.enums import Operation, ResourceType, SecurityInfoType
 from m2msec.onem2m.primitives import DEFAULT_RVI, RequestPrimitive, ResponsePrimitive, new_request_id
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 
@@ -74,6 +75,16 @@ class _Poa:
     url: str | None
     kind: str  # "ae" | "cse" | "remote"
     expires: float
+    # access-control inputs of a local <AE>/<remoteCSE> target (profile G4)
+    self_id: str | None = None  # its aei / csi
+    acpi: tuple[str, ...] | None = None
+    ty: int = int(ResourceType.AE)
+
+
+@dataclasses.dataclass
+class _Acp:
+    rules: tuple[AccessControlRule, ...] | None  # None: the ACP could not be retrieved
+    expires: float
 
 
 class Gateway:
@@ -81,8 +92,10 @@ class Gateway:
 
     ``cse_url``: the CSE's HTTP base URL; ``receiver``: the CSE's ESPrim Receiver (keys and
     state in the store); ``cse_id``/``cse_name`` name the CSEBase; ``admin``: the originator
-    used to look up an AE's pointOfAccess; ``routes``: SP-relative CSE-ID -> URL of the
-    gateway in front of that CSE.
+    used to look up an AE's pointOfAccess and its access-control policies; ``routes``:
+    SP-relative CSE-ID -> URL of the gateway in front of that CSE; ``enforce_acp``: check the
+    target's ACPs (NOTIFY privilege, :mod:`m2msec.gateway.acp`) before relaying an
+    ``m2m:seci`` Notify to an AE (profile G4).
     """
 
     def __init__(
@@ -99,6 +112,8 @@ class Gateway:
         timeout: float = 10.0,
         monotonic: Callable[[], float] = time.monotonic,
         key_prefetch: Callable[[str], Awaitable[object]] | None = None,
+        enforce_acp: bool = True,
+        sp_id: str | None = None,
     ) -> None:
         self.cse_url = cse_url.rstrip("/")
         self.cse_id = cse_id.lstrip("/")
@@ -110,6 +125,10 @@ class Gateway:
         self.poa_ttl = poa_ttl
         self._monotonic = monotonic
         self._poa: dict[str, _Poa] = {}
+        self._acp: dict[str, _Acp] = {}
+        self._generation = 0  # bumped by _invalidate: a look-up that raced an UPDATE is not cached
+        self.enforce_acp = enforce_acp
+        self._ids = LocalIds(cse_id=self.cse_id, admin=admin, sp_id=sp_id)
         self._trace_path = Path(trace_file) if trace_file is not None else None
         self._trace_lock = threading.Lock()
         self._timeout = timeout
@@ -284,7 +303,7 @@ class Gateway:
         except httpx.HTTPError as exc:
             return _error(rqi, RSC.TARGET_NOT_REACHABLE, f"CSE not reachable: {type(exc).__name__}")
         if method in ("PUT", "DELETE") and 200 <= status < 300:
-            self._poa.clear()  # a pointOfAccess may have changed
+            self._invalidate()  # a pointOfAccess, an acpi or an ACP may have changed
         if rb and _is_json(_hdr(rh, "content-type")) and _hdr(rh, "content-encoding") is None:
             try:
                 doc = json.loads(rb)
@@ -297,6 +316,12 @@ class Gateway:
             if changed:
                 rb = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         return status, rh, rb
+
+    def _invalidate(self) -> None:
+        """Drop the cached pointOfAccess and access-control data (any UPDATE/DELETE)."""
+        self._generation += 1
+        self._poa.clear()
+        self._acp.clear()
 
     # ------------------------------------------------------------------ ESPrim Notify
     async def _security_notify(
@@ -319,6 +344,19 @@ class Gateway:
             return response_to_http(dest)
         if dest.kind == "cse":
             return response_to_http(await self._as_receiver(req))
+        if dest.kind == "ae" and self.enforce_acp:
+            try:
+                decision = await self._notify_allowed(req, dest)
+            except M2MSecError as exc:
+                return response_to_http(
+                    ResponsePrimitive(rsc=exc.rsc, rqi=req.rqi, pc={"m2m:dbg": exc.args[0]}, rvi=req.rvi or DEFAULT_RVI)
+                )
+            if not decision.allowed:
+                return self._refuse(req, decision)
+        if dest.kind == "remote" and req.fr and not req.fr.startswith("/"):
+            # as a transit CSE does: the next CSE sees the originator in SP-relative form
+            fr = sp_relative(req.fr, self._ids)
+            headers = [(k, fr if k.lower() == "x-m2m-origin" else v) for k, v in headers]
         assert dest.url is not None
         try:
             return await self._forward(method, dest.url + target, headers, body)
@@ -345,6 +383,7 @@ class Gateway:
         if cached is not None and cached.expires > now:
             return cached
         look = RequestPrimitive(op=Operation.RETRIEVE, to=to, fr=self.admin, rqi=new_request_id(), rvi=req.rvi or DEFAULT_RVI)
+        generation = self._generation
         try:
             rsp = await self.cse_request(look)
         except httpx.HTTPError as exc:
@@ -362,11 +401,62 @@ class Gateway:
                 poas = [p for p in res.get("poa") or [] if isinstance(p, str) and p.startswith(("http://", "https://"))]
                 if not poas:
                     raise ESPrimError(f"{to} has no HTTP pointOfAccess", rsc=RSC.TARGET_NOT_REACHABLE)
-                entry = _Poa(poas[0].rstrip("/"), "ae", now + self.poa_ttl)
+                is_ae = "m2m:ae" in pc
+                own = res.get("aei" if is_ae else "csi")
+                acpi = res.get("acpi")
+                entry = _Poa(
+                    poas[0].rstrip("/"), "ae", now + self.poa_ttl,
+                    self_id=own if isinstance(own, str) else None,
+                    acpi=tuple(a for a in acpi if isinstance(a, str)) if isinstance(acpi, list) else None,
+                    ty=int(ResourceType.AE if is_ae else ResourceType.REMOTE_CSE),
+                )
         else:
             raise ESPrimError("the target of a securityInfo Notify must be an AE or a CSE", rsc=RSC.BAD_REQUEST)
-        self._poa[to] = entry
+        if generation == self._generation:
+            self._poa[to] = entry
         return entry
+
+    async def _notify_allowed(self, req: RequestPrimitive, dest: _Poa) -> AccessDecision:
+        """May ``req.fr`` NOTIFY the target (profile G4)?  ACPs are retrieved as the admin
+        and cached ``poa_ttl`` seconds, like the pointOfAccess."""
+        policies: dict[str, tuple[AccessControlRule, ...] | None] = {}
+        now = self._monotonic()
+        for acp_id in dest.acpi or ():
+            cached = self._acp.get(acp_id)
+            if cached is None or cached.expires <= now:
+                generation = self._generation
+                cached = _Acp(await self._retrieve_acp(acp_id, req.rvi or DEFAULT_RVI), now + self.poa_ttl)
+                if generation == self._generation:
+                    self._acp[acp_id] = cached
+            policies[acp_id] = cached.rules
+        return may_notify(req.fr, target_id=dest.self_id, acpi=dest.acpi, policies=policies, ids=self._ids,
+                          target_type=dest.ty)
+
+    async def _retrieve_acp(self, acp_id: str, rvi: str) -> tuple[AccessControlRule, ...] | None:
+        look = RequestPrimitive(op=Operation.RETRIEVE, to=acp_id, fr=self.admin, rqi=new_request_id(), rvi=rvi)
+        try:
+            rsp = await self.cse_request(look)
+        except httpx.HTTPError as exc:
+            raise ESPrimError(f"CSE not reachable: {type(exc).__name__}", rsc=RSC.TARGET_NOT_REACHABLE) from None
+        except (BindingError, ParseError):
+            return None
+        pc = rsp.pc if isinstance(rsp.pc, Mapping) else {}
+        acp = pc.get("m2m:acp")
+        if not rsp.is_success or not isinstance(acp, Mapping):
+            log.warning("access-control policy %s of a Notify target not retrievable (RSC %s)", acp_id, int(rsp.rsc))
+            return None
+        return parse_set_of_acrs(acp.get("pv"))
+
+    def _refuse(self, req: RequestPrimitive, decision: AccessDecision) -> RawResponse:
+        """4103 to the originator; logged and traced without the message content."""
+        log.warning("refused m2m:seci NOTIFY from %r to %r: %s", req.fr, req.to, decision.reason)
+        self._trace("refused", f"NOTIFY {req.to}",
+                    [("X-M2M-Origin", req.fr or ""), ("X-M2M-RI", req.rqi), ("X-M2M-RSC", str(int(RSC.ORIGINATOR_HAS_NO_PRIVILEGE)))],
+                    b"")
+        return response_to_http(ResponsePrimitive(
+            rsc=RSC.ORIGINATOR_HAS_NO_PRIVILEGE, rqi=req.rqi,
+            pc={"m2m:dbg": "originator has no NOTIFY privilege for the target"}, rvi=req.rvi or DEFAULT_RVI,
+        ))
 
     async def _as_receiver(self, outer: RequestPrimitive) -> ResponsePrimitive:
         """The CSE as ESPrim Target: sit 3 -> sit 4; sit 5 -> decrypt, CSE request, encrypt."""
@@ -417,6 +507,6 @@ class Gateway:
         if inner.op is Operation.RETRIEVE and self.is_cse_base(inner.to) and rsp.is_success:
             pc2, _ = merge_cse_esi(pc2, self.receiver.e2e_sec_info())
         if inner.op in (Operation.UPDATE, Operation.DELETE) and rsp.is_success:
-            self._poa.clear()
+            self._invalidate()
         return dataclasses.replace(rsp, pc=pc2, rqi=inner.rqi)
 
