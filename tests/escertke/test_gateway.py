@@ -63,6 +63,13 @@ def test_escertke_through_gateway_and_acme(pki: PKI, clock, tmp_path: Path) -> N
         with OneM2MClient(proc.url, ter_aei) as c:
             c.create(cse.cse_base, ResourceType.AE, {"m2m:ae": {"rn": "ter", "api": "Nm2msec", "rr": True,
                                                                   "srv": ["3"], "poa": [ep.url]}})
+            # the gateway makes the CSE's NOTIFY access-control decision (profile G4): grant both
+            # Initiators, so that the refusal of the unknown one below comes from the Terminator
+            acp = c.create(f"{cse.cse_base}/ter", ResourceType.ACCESS_CONTROL_POLICY, {"m2m:acp": {
+                "rn": "acp", "pv": {"acr": [{"acor": [ini_aei, f"Cesc-other-{tag}"], "acop": 16},
+                                            {"acor": [ter_aei], "acop": 63}]},
+                "pvs": {"acr": [{"acor": [ter_aei], "acop": 63}]}}})
+            c.update(f"{cse.cse_base}/ter", {"m2m:ae": {"acpi": [acp.pc["m2m:acp"]["ri"]]}})
         with OneM2MClient(proc.url, ini_aei) as c:
             c.create(cse.cse_base, ResourceType.AE, {"m2m:ae": {"rn": "ini", "api": "Nm2msec", "rr": False, "srv": ["3"]}})
         ini = InitiatingEndPoint(pki.ini, clock=clock)
