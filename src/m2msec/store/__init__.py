@@ -29,6 +29,7 @@ from m2msec.store.errors import (
     VersionConflict,
 )
 from m2msec.store.kek import KeyEncryptionKey
+from m2msec.store.notify import Listener
 from m2msec.store.store import (
     UNCHANGED,
     AuditEntry,
@@ -52,6 +53,7 @@ __all__ = [
     "InvalidValue",
     "KekMismatch",
     "KeyEncryptionKey",
+    "Listener",
     "NotFound",
     "Record",
     "Store",

@@ -157,6 +157,31 @@ class Backend(ABC):
     def lock_credentials(self, conn: Any) -> None:
         """Block concurrent credential writers for the rest of the transaction (rekey)."""
 
+    # -- notifications (m2msec.store.notify) -------------------------------------------
+    #: the backend delivers notifications to listeners (else: a sequence number is bumped)
+    can_listen = False
+
+    @abstractmethod
+    def notify(self, conn: Any, channel: str, payload: str, now: Any) -> None:
+        """Record a notification inside the transaction on ``conn`` (effective on commit)."""
+
+    def notify_seq(self, conn: Any, channel: str) -> int:
+        """How many notifications were committed on ``channel`` (sequence backends only)."""
+        raise StoreError(f"{self.name}: notifications are delivered to listeners, not counted")
+
+    def connect_listener(self) -> Any:
+        """A connection for a LISTEN session (listening backends only)."""
+        raise StoreError(f"{self.name}: no notification channel (use notify_seq)")
+
+
+#: SQLite notifications: the version of record (m2msec.notify, channel) is the sequence number
+_NOTIFY_BUMP = (
+    "INSERT INTO m2msec_records (namespace, rec_id, doc, version, created_at, updated_at, expires_at) "
+    "VALUES ('m2msec.notify', ?, '{}', 1, ?, ?, NULL) ON CONFLICT (namespace, rec_id) DO UPDATE SET "
+    "version = m2msec_records.version + 1, updated_at = excluded.updated_at"
+)
+_NOTIFY_SEQ = "SELECT version FROM m2msec_records WHERE namespace = 'm2msec.notify' AND rec_id = ?"
+
 
 class SQLiteBackend(Backend):
     name = "sqlite"
@@ -244,6 +269,13 @@ class SQLiteBackend(Backend):
                 "BEGIN SELECT RAISE(ABORT, 'm2msec_audit is append-only'); END"
             )
         return stmts
+
+    def notify(self, conn: Any, channel: str, payload: str, now: Any) -> None:
+        self.execute(conn, _NOTIFY_BUMP, (channel, now, now))
+
+    def notify_seq(self, conn: Any, channel: str) -> int:
+        row = self.execute(conn, _NOTIFY_SEQ, (channel,)).fetchone()
+        return 0 if row is None else int(row[0])
 
 
 class PostgresBackend(Backend):
@@ -337,6 +369,22 @@ class PostgresBackend(Backend):
 
     def lock_credentials(self, conn: Any) -> None:
         self.execute(conn, "LOCK TABLE m2msec_credentials IN SHARE ROW EXCLUSIVE MODE")
+
+    can_listen = True
+    #: TCP keepalives of a LISTEN session: a silently dead peer is noticed within about
+    #: idle + interval * count seconds (ignored on Unix-socket connections)
+    listener_keepalives = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+                           "keepalives_count": 3}
+
+    def notify(self, conn: Any, channel: str, payload: str, now: Any) -> None:
+        self.execute(conn, "SELECT pg_notify(?, ?)", (channel, payload))
+
+    def connect_listener(self) -> Any:
+        try:
+            return self._psycopg.connect(self.dsn, autocommit=True, connect_timeout=self.connect_timeout,
+                                         application_name="m2msec-listen", **self.listener_keepalives)
+        except self._psycopg.Error as exc:
+            raise StoreError(f"postgresql: cannot connect: {str(exc).strip()}") from None
 
 
 def backend_from_url(url: str) -> Backend:

@@ -44,6 +44,7 @@ from m2msec.store.errors import (
     VersionConflict,
 )
 from m2msec.store.kek import KeyEncryptionKey, blob_kek_id, open_secret, seal_secret
+from m2msec.store.notify import Listener, PgListener, check_channel, check_payload
 
 __all__ = [
     "AuditDraft",
@@ -558,6 +559,20 @@ class _Operations(ABC):
                 n += len(rows)
         return n
 
+    # notifications (m2msec.store.notify) ---------------------------------------------------
+    def notify(self, channel: str, payload: str = "") -> None:
+        """Notify other instances of a change, as part of this transaction (effective on commit).
+
+        PostgreSQL: ``pg_notify(channel, payload)``, delivered on commit to every
+        :meth:`Store.listen` session on ``channel``.  SQLite: bumps the channel's sequence
+        number (:meth:`Store.notify_seq`); the payload is not kept."""
+        check_channel(channel)
+        check_payload(payload)
+        b = self._store._backend
+        nowp = b.ts_in(self._now())
+        with self._conn(write=True) as conn:
+            b.notify(conn, channel, payload, nowp)
+
     # audit -------------------------------------------------------------------------------
     def append_audit(
         self,
@@ -718,6 +733,8 @@ class Store(_Operations):
         self._clock: Clock = clock or utc_now
         self._pool = _Pool(backend, max_idle_connections)
         self._local = threading.local()
+        self._listeners: list[Listener] = []
+        self._listeners_lock = threading.Lock()
 
     # -- plumbing ----------------------------------------------------------------------
     @property
@@ -883,7 +900,61 @@ class Store(_Operations):
         self._kek = new_kek
         return count
 
+    # -- notifications (m2msec.store.notify) -----------------------------------------------
+    @property
+    def can_listen(self) -> bool:
+        """True if :meth:`listen` works (PostgreSQL); else use :meth:`notify_seq` (SQLite)."""
+        return self._backend.can_listen
+
+    def listen(self, channel: str, callback: Callable[[str], None],
+               on_state: Callable[[bool], None] | None = None, *, min_backoff: float = 0.05,
+               max_backoff: float = 5.0) -> Listener:
+        """Receive the notifications committed on ``channel`` by any instance (PostgreSQL).
+
+        A daemon thread holds its own ``LISTEN`` connection; ``callback(payload)`` runs on that
+        thread per notification, ``on_state(True)`` once listening and ``on_state(False)`` when
+        the connection is lost (notifications may then be missed; it reconnects with backoff).
+        The handle's ``close()`` stops it; :meth:`close` of the store stops every listener.
+        :class:`StoreError` on SQLite (no notification channel: see :meth:`notify_seq`)."""
+        check_channel(channel)
+        if self._pool.closed:
+            raise StoreError("store is closed")
+        if not self._backend.can_listen:
+            raise StoreError(f"{self._backend.name}: no notification channel (use notify_seq)")
+        listener = PgListener(self._backend.connect_listener, channel, callback, on_state,
+                              min_backoff=min_backoff, max_backoff=max_backoff)
+        with self._listeners_lock:
+            self._listeners = [li for li in self._listeners if not li.closed]
+            self._listeners.append(listener)
+        return listener
+
+    def notify_seq(self, channel: str) -> int:
+        """SQLite: the number of committed :meth:`notify` calls on ``channel`` (one primary-key
+        SELECT); a value that did not change means no notification was committed since.
+        :class:`StoreError` on PostgreSQL (notifications are delivered, not counted)."""
+        b = self._backend
+        if b.can_listen:
+            raise StoreError(f"{b.name}: notifications are delivered to listeners, not counted")
+        if getattr(self._local, "tx", None) is not None:
+            raise StoreError(
+                "this thread has an open transaction on this store: call the operation on the transaction object"
+            )
+        # the body of _read1 without the generator context manager: this read runs on every
+        # SQLite retrieval-cache hit (one autocommit SELECT is its own read transaction)
+        conn = self._pool.acquire()
+        healthy = False
+        try:
+            seq = b.notify_seq(conn, channel)
+            healthy = True
+            return seq
+        finally:
+            self._pool.release(conn, healthy)
+
     def close(self) -> None:
+        with self._listeners_lock:
+            listeners, self._listeners = self._listeners, []
+        for li in listeners:
+            li.close()
         self._pool.close()
 
     def __enter__(self) -> Store:
