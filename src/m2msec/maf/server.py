@@ -238,6 +238,7 @@ class MAFServer:
         return f"MAFServer({self.service.fqdn!r}, {self.host}:{self.port})"
 
     async def start(self) -> MAFServer:
+        self.service.start_cache_listener()  # PostgreSQL: connects while the first clients handshake
         self._server = await start_server(self._connection, self.host, self.port, self.tls_context,
                                           on_handshake_error=self._handshake_failed, reuse_port=self.reuse_port)
         self.port = self._server.sockets[0].getsockname()[1]

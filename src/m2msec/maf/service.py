@@ -45,15 +45,34 @@ Retrieval cache (``key_cache_ttl``, default 1 s; 0 disables it): the result of s
 Key Registration document, its expiry, the decrypted key and the peer's registration expiry)
 is kept in memory for at most ``key_cache_ttl`` after it was read from the store; the
 expiry times are checked against the clock on every use, so an expired key or registration
-is never served from the cache.  Any state-changing procedure or :meth:`MAFService.revoke_key`
-on this instance empties the cache at once; on *other* instances a revoked or re-targeted key
-or a de-registered client stops being served at most ``key_cache_ttl`` after the commit.
-Every answer from the cache is audited like any other.  Refusals are never cached.
+is never served from the cache.  Every answer from the cache is audited like any other.
+Refusals are never cached.
+
+Invalidation (every procedure that can change what a retrieval returns: 8.8.2.5 Registration
+Update, 8.8.2.6 De-Registration, 8.8.2.9 Key Registration Update, 8.8.2.10 Key De-Registration,
+and :meth:`MAFService.revoke_key`): the procedure's transaction also calls
+``tx.notify(CACHE_CHANNEL, …)`` (:mod:`m2msec.store.notify`), and the instance that ran it
+empties its own cache at once.  Other instances on the same database:
+
+* PostgreSQL: the notification is delivered on commit to each instance's listener session
+  (:meth:`Store.listen`, a daemon thread), which empties that instance's cache; while the
+  listener is not connected (start-up, lost connection, reconnect backoff) the cache serves
+  no hits, and it is emptied when the listener is back (notifications may have been missed).
+  A cache hit costs no store round trip.
+* SQLite (several processes or ``--workers`` on one file): the notification bumps a change
+  sequence number in the database; every entry remembers the number read before its store
+  read, and a hit is served only if one primary-key SELECT of the number still returns it.
+
+So a de-registered, revoked or re-targeted key, or a de-registered client, stops being
+served by every instance as soon as the change has committed (PostgreSQL: plus the
+notification's delivery time); ``key_cache_ttl`` stays as the upper bound if a PostgreSQL
+listener connection dies silently (until TCP keepalive notices it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import threading
@@ -95,11 +114,20 @@ from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.onem2m.timestamps import Clock, ensure_utc, format_timestamp
 from m2msec.pki import CertificateFlavour, CertificateVerificationError, PeerCertInfo, VerificationReason, VerifiedPeer
 from m2msec.pki import CRLStore, RevocationPolicy
-from m2msec.store import AuditBatcher, DuplicateError, NotFound, Store, Transaction, VersionConflict
+from m2msec.store import (
+    AuditBatcher,
+    DuplicateError,
+    Listener,
+    NotFound,
+    Store,
+    StoreError,
+    Transaction,
+    VersionConflict,
+)
 from m2msec.tls.engine import TLSEngine
 from m2msec.tls.pkiverify import PKIVerifyHook
 
-__all__ = ["AdminConfig", "MAFPeer", "MAFService", "NS"]
+__all__ = ["CACHE_CHANNEL", "AdminConfig", "MAFPeer", "MAFService", "NS"]
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +141,11 @@ class NS:
     KEY = "maf.key"
     KEY_ID = "maf.keyid"
 
+
+#: store notification channel (PostgreSQL NOTIFY / SQLite sequence) of changes a Key Retrieval
+#: may have cached; the payload (JSON: procedure, subject, relativeKeyID/mafClientRegID) is
+#: informational, a receiver empties its whole retrieval cache
+CACHE_CHANNEL = "m2msec_maf_retrieval"
 
 #: sec:credIDTypeID 11: symmetric key used to authenticate to a MAF (KmID), TS-0003 table 12.3.2.1-1.
 CRED_TYPE_KM = 11
@@ -190,21 +223,24 @@ class _ClientCertVerifier:
 class _RetrievalCache:
     """Key Retrieval read results for at most ``ttl`` seconds (monotonic), at most ``max_entries``.
 
-    ``keys``: RelativeKeyID -> (loaded, Key Registration doc, its expiry, key value);
-    ``regs``: (adminFQDN, client ID) -> (loaded, registration expiry).  ``gen`` grows with every
-    :meth:`clear`: a read that started before a clear is not cached after it.
+    ``keys``: RelativeKeyID -> (loaded, Key Registration doc, its expiry, key value, seq);
+    ``regs``: (adminFQDN, client ID) -> (loaded, registration expiry, seq).  ``seq`` is the
+    store's change sequence number read before the entry's store read (SQLite; 0 otherwise).
+    ``gen`` grows with every :meth:`clear`: a read that started before a clear is not cached
+    after it.  ``valid`` False: no hits (the change listener is not connected).
     """
 
-    def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
+    def __init__(self, ttl: float, max_entries: int = 10_000, *, valid: bool = True) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
-        self.keys: dict[str, tuple[float, dict[str, Any], datetime, bytes]] = {}
-        self.regs: dict[tuple[str, str], tuple[float, datetime | None]] = {}
+        self.keys: dict[str, tuple[float, dict[str, Any], datetime, bytes, int]] = {}
+        self.regs: dict[tuple[str, str], tuple[float, datetime | None, int]] = {}
         self.gen = 0
+        self.valid = valid
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"_RetrievalCache(ttl={self.ttl}, keys={len(self.keys)})"
+        return f"_RetrievalCache(ttl={self.ttl}, keys={len(self.keys)}, valid={self.valid})"
 
     def clear(self) -> None:
         with self._lock:
@@ -212,20 +248,30 @@ class _RetrievalCache:
             self.keys.clear()
             self.regs.clear()
 
+    def set_valid(self, valid: bool) -> None:
+        """Stop serving hits and forget everything, or forget everything and serve hits again."""
+        with self._lock:
+            self.valid = False
+            self.gen += 1
+            self.keys.clear()
+            self.regs.clear()
+            self.valid = valid
+
     def put(self, gen: int, rel: str, doc: dict[str, Any], expires: datetime, secret: bytes, loaded: float,
-            reg_key: tuple[str, str], reg: tuple[float, datetime | None]) -> None:
-        """Cache a key read at ``loaded`` (monotonic) and the registration entry ``reg``
-        (loaded, expiry) it was checked against; an entry taken from the cache keeps its age."""
+            seq: int, reg_key: tuple[str, str], reg: tuple[float, datetime | None, int]) -> None:
+        """Cache a key read at ``loaded`` (monotonic) after change sequence ``seq`` and the
+        registration entry ``reg`` (loaded, expiry, seq) it was checked against; an entry taken
+        from the cache keeps its age."""
         if self.ttl <= 0:
             return
         with self._lock:
-            if gen != self.gen:
+            if gen != self.gen or not self.valid:
                 return
             for table in (self.keys, self.regs):
                 while len(table) >= self.max_entries:
                     del table[next(iter(table))]  # oldest first (insertion order)
             self.keys.pop(rel, None)
-            self.keys[rel] = (loaded, doc, expires, secret)
+            self.keys[rel] = (loaded, doc, expires, secret, seq)
             if self.regs.get(reg_key) is not reg:
                 self.regs.pop(reg_key, None)
                 self.regs[reg_key] = reg
@@ -258,7 +304,15 @@ class MAFService:
         self.store = store
         self.audit = AuditBatcher(store)
         self.key_cache_ttl = key_cache_ttl
-        self._cache = _RetrievalCache(max(0.0, key_cache_ttl.total_seconds()))
+        ttl = max(0.0, key_cache_ttl.total_seconds())
+        #: how other instances' changes reach the cache: "listen" (PostgreSQL notifications),
+        #: "seq" (SQLite change sequence checked on every hit) or "off" (no cache)
+        self.cache_invalidation = "off" if ttl <= 0 else ("listen" if store.can_listen else "seq")
+        self._cache = _RetrievalCache(ttl, valid=self.cache_invalidation != "listen")
+        self._listener: Listener | None = None
+        self._closed = False
+        #: notifications received by the cache listener (observability)
+        self.cache_notifications = 0
         #: run_async reads a Key Retrieval's rows on the event loop when the store is a local
         #: SQLite file (WAL readers never wait for a lock; three primary-key look-ups cost less
         #: CPU than the hop to a worker thread and its GIL hand-offs); PostgreSQL reads are
@@ -278,6 +332,60 @@ class MAFService:
 
     def __repr__(self) -> str:
         return f"MAFService(fqdn={self.fqdn!r}, admins={sorted(self.admins)}, store={self.store!r})"
+
+    # ------------------------------------------------------------------ retrieval cache invalidation
+
+    def start_cache_listener(self) -> None:
+        """Start listening for other instances' changes (PostgreSQL with a cache; idempotent).
+
+        Called by :class:`~m2msec.maf.server.MAFServer` on start and by the first Key
+        Retrieval; until the listener is connected the cache serves no hits."""
+        if self.cache_invalidation != "listen" or self._listener is not None:
+            return
+        with self._lock:
+            if self._listener is not None or self._closed:
+                return
+            try:
+                self._listener = self.store.listen(CACHE_CHANNEL, self._on_cache_notification,
+                                                   self._on_cache_listener_state)
+            except StoreError as exc:  # a closed store: no hits, the store path reports the error
+                log.warning("cannot start the retrieval cache listener: %s", exc)
+
+    def wait_cache_ready(self, timeout: float = 5.0) -> bool:
+        """True once the cache may serve hits ("seq": at once; "listen": when the listener is
+        connected, waiting up to ``timeout`` s; "off": never)."""
+        if self.cache_invalidation == "off":
+            return False
+        self.start_cache_listener()
+        if self._listener is not None:
+            self._listener.wait_connected(timeout)
+        return self._cache.valid
+
+    def close(self) -> None:
+        """Stop the cache listener (the store stays open; closing the store stops it too)."""
+        with self._lock:
+            self._closed = True
+            listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+        self._cache.set_valid(self.cache_invalidation == "seq")
+
+    def _on_cache_notification(self, _payload: str) -> None:
+        self.cache_notifications += 1
+        self._cache.clear()
+
+    def _on_cache_listener_state(self, connected: bool) -> None:
+        self._cache.set_valid(connected)
+        listener = self._listener
+        if connected:
+            log.debug("retrieval cache listener connected")
+        elif listener is not None and not listener.closed:
+            log.warning("retrieval cache listener disconnected: no cache hits until it is back")
+
+    @staticmethod
+    def _change_payload(procedure: str, subject: str, details: Mapping[str, Any]) -> str:
+        ids = {k: details[k] for k in ("relativeKeyID", "mafClientRegID") if k in details}
+        return json.dumps({"procedure": procedure, "subject": subject, **ids}, separators=(",", ":"))[:1000]
 
     def now(self) -> datetime:
         return ensure_utc(self.clock(), what="clock()")
@@ -317,6 +425,7 @@ class MAFService:
                 live = tx.delete_record(NS.KEY_REG, rel)
                 tx.delete_credential(NS.KEY, rel)
                 tx.append_audit(actor, "revoke-key", rel, "ok" if live else "absent", {"relativeKeyID": rel})
+                tx.notify(CACHE_CHANNEL, self._change_payload("revoke-key", rel, {"relativeKeyID": rel}))
         finally:
             self._cache.clear()
         return live
@@ -505,6 +614,8 @@ class MAFService:
             with self.store.transaction() as tx:
                 response, subject, details = handler(tx, peer, request, exporter)
                 tx.append_audit("maf", procedure.name.lower(), subject, "ok", details)
+                if procedure not in _CACHE_NEUTRAL:  # other instances drop their retrieval caches
+                    tx.notify(CACHE_CHANNEL, self._change_payload(procedure.name.lower(), subject, details))
             return response
         except MAFError as exc:
             self._audit_refusal(procedure, peer, exc)
@@ -693,6 +804,9 @@ class MAFService:
         rel = req.relative_key_id
         cache = self._cache
         gen = cache.gen
+        # SQLite: the change sequence before the reads (a change committed after this read
+        # makes the entries stale, and the next hit sees a larger number)
+        seq = self.store.notify_seq(CACHE_CHANNEL) if self.cache_invalidation == "seq" else 0
         found = self.store.find_record_with_credential(NS.KEY_REG, NS.KEY, rel)
         if found is None:
             raise MAFError(f"no live Key Registration {rel}", rsc=RSC.NOT_FOUND)
@@ -704,27 +818,32 @@ class MAFService:
                            rsc=RSC.ORIGINATOR_HAS_NO_PRIVILEGE)
         reg_key = (doc["adminFQDN"], peer.client_id)
         reg_entry = cache.regs.get(reg_key)
-        if (reg_entry is None or loaded - reg_entry[0] >= cache.ttl
+        if (reg_entry is None or not cache.valid or reg_entry[2] != seq or loaded - reg_entry[0] >= cache.ttl
                 or (reg_entry[1] is not None and reg_entry[1] <= self.now())):
             reg_loaded = time.monotonic()
             reg = self.store.find_record(NS.REG_IDX, self._idx(*reg_key))
             if reg is None:
                 raise MAFError(f"the MAF Client is not registered with this MAF for {doc['adminFQDN']!r} (8.8.2.3)",
                                rsc=RSC.SERVICE_SUBSCRIPTION_NOT_ESTABLISHED)
-            reg_entry = (reg_loaded, reg.expires_at)
+            reg_entry = (reg_loaded, reg.expires_at, seq)
         assert rec.expires_at is not None
-        cache.put(gen, rel, doc, rec.expires_at, cred.secret, loaded, reg_key, reg_entry)
+        cache.put(gen, rel, doc, rec.expires_at, cred.secret, loaded, seq, reg_key, reg_entry)
         return self._key_retrieval_answer(peer.client_id, rel, doc, rec.expires_at, cred.secret)
 
     def _key_retrieval_cached(self, peer: MAFPeer,
                               req: KeyRetrievalRequest) -> tuple[KeyRetrievalResponse, str, dict[str, Any]] | None:
-        """The read part from the cache, or None (absent, older than the TTL, expired, refused)."""
+        """The read part from the cache, or None (absent, older than the TTL, expired, refused,
+        changed since it was read, or the change listener is not connected)."""
         cache = self._cache
+        if not cache.valid:
+            if self._listener is None:
+                self.start_cache_listener()
+            return None
         hit = cache.keys.get(req.relative_key_id)
         if hit is None or peer.client_id is None:
             return None
         mono = time.monotonic()
-        loaded, doc, expires, secret = hit
+        loaded, doc, expires, secret, seq = hit
         if mono - loaded >= cache.ttl or peer.client_id not in doc["targetIDs"]:
             return None  # stale, or a refusal: the store path decides (and refusals are not cached)
         reg = cache.regs.get((doc["adminFQDN"], peer.client_id))
@@ -733,6 +852,8 @@ class MAFService:
         now = self.now()
         if expires <= now or (reg[1] is not None and reg[1] <= now):
             return None
+        if self.cache_invalidation == "seq" and not (seq == reg[2] == self.store.notify_seq(CACHE_CHANNEL)):
+            return None  # another instance committed a change since this was read
         return self._key_retrieval_answer(peer.client_id, req.relative_key_id, doc, expires, secret)
 
     @staticmethod

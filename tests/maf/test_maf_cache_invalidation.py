@@ -1,0 +1,331 @@
+"""Retrieval cache invalidation across MAF instances (TS-0003 8.8.2.8; profile F10).
+
+Two MAF instances on one database, each with a 30 s retrieval cache (so that a refusal cannot
+come from the TTL): a change through instance A (Key De-Registration 8.8.2.10, Client
+De-Registration 8.8.2.6, Key Registration Update 8.8.2.9 removing the target, admin revoke)
+stops instance B from serving its cached answer at once.  PostgreSQL: B learns it by a NOTIFY
+on its listener session; while that session is down B serves no hits.  SQLite: B checks the
+change sequence on every hit.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from _mafhelp import ADMIN, AE1, AE2, AE3, KEK, MAF, FakeClock, connected, make_service, make_store, run, running
+
+from m2msec.maf import MAFResponseError
+from m2msec.maf.protocol import (
+    ClientRegistrationRequest,
+    DeregistrationRequest,
+    KeyDeregistrationRequest,
+    KeyRegistrationRequest,
+    KeyRegistrationUpdateRequest,
+    KeyRetrievalRequest,
+    MAFError,
+    Procedure,
+    RegistrationUpdateRequest,
+)
+from m2msec.maf.service import MAFPeer, MAFService
+from m2msec.onem2m.enums import SUID
+from m2msec.onem2m.rsc import ResponseStatusCode as RSC
+from m2msec.store import Store, open_store
+
+TTL = timedelta(seconds=30)
+
+
+def _pg_helper() -> Any:
+    name = "m2msec_tests_pg"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "pg.py")
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def pg_server() -> Iterator[Any]:
+    pg = _pg_helper()
+    server = pg.PgServer.from_environment()
+    if server is None:
+        if pg.require_pg():
+            pytest.fail("M2MSEC_REQUIRE_PG is set but no PostgreSQL binaries were found")
+        pytest.skip("no PostgreSQL binaries found")
+    yield server
+    server.stop()
+
+
+def peer(cid: str) -> MAFPeer:
+    return MAFPeer("km", cid, f"11-{cid}", kmid=None)
+
+
+def no_exporter() -> tuple[bytes, bytes]:
+    raise AssertionError("no exporter")
+
+
+class Pair:
+    """Instances A and B, their stores (one database) and the clock."""
+
+    def __init__(self, a: MAFService, b: MAFService, clock: FakeClock, url: str) -> None:
+        self.a, self.b, self.clock, self.url = a, b, clock, url
+
+    def register_clients(self) -> dict[str, str]:
+        return {cid: self.a.run(Procedure.CLIENT_REGISTRATION, peer(cid),
+                                ClientRegistrationRequest(MAF, self.clock.now + timedelta(days=1), ADMIN),
+                                no_exporter).maf_client_reg_id for cid in (AE1, AE2, AE3)}
+
+    def register_key(self, targets: tuple[str, ...] = (AE2,)) -> tuple[str, bytes]:
+        key = os.urandom(32)
+        rsp = self.a.run(Procedure.KEY_REGISTRATION, peer(AE1),
+                         KeyRegistrationRequest(MAF, self.clock.now + timedelta(hours=1), ADMIN, SUID.MAF_ESPRIM,
+                                                target_ids=targets, key_value=key), no_exporter)
+        return rsp.relative_key_id, key
+
+
+def retrieve(svc: MAFService, rel: str, cid: str = AE2) -> Any:
+    return svc.run(Procedure.KEY_RETRIEVAL, peer(cid), KeyRetrievalRequest(rel), no_exporter)
+
+
+class StmtCount:
+    """Counts the statements a store sends (observation only)."""
+
+    def __init__(self, store: Store) -> None:
+        self.backend = store._backend  # noqa: SLF001
+        self.orig = self.backend.execute
+        self.sql: list[str] = []
+
+    def __enter__(self) -> StmtCount:
+        def spy(conn: Any, sql: str, params: Any = ()) -> Any:
+            self.sql.append(sql)
+            return self.orig(conn, sql, params)
+
+        self.backend.execute = spy
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.backend.execute = self.orig
+
+    def reads(self) -> list[str]:
+        return [s for s in self.sql if s.lstrip().startswith("SELECT")]
+
+
+def refused_within(fn: Callable[[], Any], limit: float) -> tuple[float, MAFError]:
+    """Call ``fn`` until it raises MAFError; (seconds until then, the error).  Fails after ``limit``."""
+    t0 = time.monotonic()
+    while True:
+        try:
+            fn()
+        except MAFError as exc:
+            return time.monotonic() - t0, exc
+        assert time.monotonic() - t0 < limit, f"still served {limit} s after the change (TTL {TTL})"
+        time.sleep(0.001)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def pair(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pair]:
+    clock = FakeClock()
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'maf.db'}"
+        sa, sb = make_store(tmp_path / "maf.db", clock), make_store(tmp_path / "maf.db", clock)
+    else:
+        url = request.getfixturevalue("pg_server").create_database()
+        sa, sb = open_store(url, KEK, clock=clock), open_store(url, KEK, clock=clock)
+    a = make_service(sa, clock, key_cache_ttl=TTL)
+    b = make_service(sb, clock, provision=False, key_cache_ttl=TTL)
+    try:
+        assert b.wait_cache_ready(10)
+        yield Pair(a, b, clock, url)
+    finally:
+        sb.close()
+        sa.close()
+
+
+def cached_on_b(p: Pair, rel: str, key: bytes, cid: str = AE2) -> None:
+    """B reads the key once (a miss) and then serves it from its cache (no Key Registration read)."""
+    assert retrieve(p.b, rel, cid).key_value == key
+    with StmtCount(p.b.store) as spy:
+        assert retrieve(p.b, rel, cid).key_value == key
+    if p.b.store.can_listen:
+        assert spy.reads() == []  # PostgreSQL: a hit is no store round trip
+    else:
+        assert len(spy.reads()) == 1 and "m2msec.notify" in spy.reads()[0]  # SQLite: the sequence only
+
+
+def test_key_deregistration_through_a_stops_b_at_once(pair: Pair) -> None:
+    pair.register_clients()
+    rel, key = pair.register_key()
+    cached_on_b(pair, rel, key)
+    pair.a.run(Procedure.KEY_DEREGISTRATION, peer(AE1), KeyDeregistrationRequest(MAF, rel), no_exporter)
+    took, exc = refused_within(lambda: retrieve(pair.b, rel), 1.0)
+    assert exc.rsc is RSC.NOT_FOUND
+    if not pair.b.store.can_listen:
+        assert took < 0.05  # SQLite: the very next retrieval (no asynchronous delivery)
+    # the refusal is not cached and B's other keys are still served (from the store, then cached)
+    rel2, key2 = pair.register_key()
+    cached_on_b(pair, rel2, key2)
+
+
+def test_client_deregistration_through_a_stops_b_at_once(pair: Pair) -> None:
+    regs = pair.register_clients()
+    rel, key = pair.register_key()
+    cached_on_b(pair, rel, key)
+    pair.a.run(Procedure.DEREGISTRATION, peer(AE2), DeregistrationRequest(MAF, regs[AE2]), no_exporter)
+    _, exc = refused_within(lambda: retrieve(pair.b, rel), 1.0)
+    assert exc.rsc is RSC.SERVICE_SUBSCRIPTION_NOT_ESTABLISHED
+
+
+def test_registration_update_removing_the_target_stops_b_at_once(pair: Pair) -> None:
+    pair.register_clients()
+    rel, key = pair.register_key((AE2,))
+    cached_on_b(pair, rel, key)
+    pair.a.run(Procedure.KEY_REGISTRATION_UPDATE, peer(AE1),
+               KeyRegistrationUpdateRequest(MAF, rel, target_ids=(AE3,)), no_exporter)
+    _, exc = refused_within(lambda: retrieve(pair.b, rel), 1.0)
+    assert exc.rsc is RSC.ORIGINATOR_HAS_NO_PRIVILEGE
+    assert retrieve(pair.b, rel, AE3).key_value == key  # the new target gets it
+
+
+def test_client_registration_update_shortening_expiry_reaches_b(pair: Pair) -> None:
+    regs = pair.register_clients()
+    rel, key = pair.register_key()
+    cached_on_b(pair, rel, key)
+    pair.a.run(Procedure.REGISTRATION_UPDATE, peer(AE2),
+               RegistrationUpdateRequest(MAF, regs[AE2], expiration_time=pair.clock.now + timedelta(seconds=10)),
+               no_exporter)
+    # B must have dropped the cached registration expiry (a day away): once the clock passes the new
+    # expiry, B refuses although its cache entry is far younger than the TTL
+    deadline = time.monotonic() + 1.0
+    while pair.b.store.can_listen and pair.b.cache_notifications == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    pair.clock.advance(seconds=11)
+    with pytest.raises(MAFError) as ei:
+        retrieve(pair.b, rel)
+    assert ei.value.rsc is RSC.SERVICE_SUBSCRIPTION_NOT_ESTABLISHED
+
+
+def test_admin_revoke_through_a_stops_b_at_once(pair: Pair) -> None:
+    pair.register_clients()
+    rel, key = pair.register_key()
+    cached_on_b(pair, rel, key)
+    assert pair.a.revoke_key(rel)
+    _, exc = refused_within(lambda: retrieve(pair.b, rel), 1.0)
+    assert exc.rsc is RSC.NOT_FOUND
+
+
+def test_additions_through_a_keep_b_cache(pair: Pair) -> None:
+    """Key/Client Registration only add to what a retrieval may return: B keeps its cache."""
+    pair.register_clients()
+    rel, key = pair.register_key()
+    cached_on_b(pair, rel, key)
+    pair.register_key()
+    pair.a.run(Procedure.CLIENT_REGISTRATION, peer(AE1),
+               ClientRegistrationRequest(MAF, pair.clock.now + timedelta(days=1), "other.example.com"), no_exporter)
+    time.sleep(0.05)
+    with StmtCount(pair.b.store) as spy:
+        assert retrieve(pair.b, rel).key_value == key
+    assert not any("JOIN" in s for s in spy.reads())  # still a hit
+
+
+@pytest.mark.postgres
+def test_listener_loss_means_no_hits_until_reconnected(pg_server: Any, tmp_path: Path) -> None:
+    clock = FakeClock()
+    url = pg_server.create_database()
+    sa, sb = open_store(url, KEK, clock=clock), open_store(url, KEK, clock=clock)
+    a = make_service(sa, clock, key_cache_ttl=TTL)
+    b = make_service(sb, clock, provision=False, key_cache_ttl=TTL)
+    p = Pair(a, b, clock, url)
+    dbname = url.rsplit("/", 1)[1]
+    admin = psycopg.connect(pg_server.admin_dsn, autocommit=True)
+    try:
+        assert b.wait_cache_ready(10)
+        p.register_clients()
+        rel, key = p.register_key()
+        rel2, key2 = p.register_key()
+        cached_on_b(p, rel, key)
+        cached_on_b(p, rel2, key2)
+        # cut B's listener off and keep it off: no new connections to this database for a while
+        admin.execute(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS false')
+        killed = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                               "application_name = 'm2msec-listen' AND datname = %s", (dbname,)).fetchall()
+        assert len(killed) == 1
+        deadline = time.monotonic() + 5
+        while b.wait_cache_ready(0):
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        # listener down: every retrieval reads the store (over B's pooled connections)
+        for _ in range(2):
+            with StmtCount(sb) as spy:
+                assert retrieve(b, rel).key_value == key
+            assert any("JOIN" in s for s in spy.reads())
+        # a de-registration whose notification B cannot receive is still honoured at once
+        a.run(Procedure.KEY_DEREGISTRATION, peer(AE1), KeyDeregistrationRequest(MAF, rel), no_exporter)
+        with pytest.raises(MAFError) as ei:
+            retrieve(b, rel)
+        assert ei.value.rsc is RSC.NOT_FOUND
+        time.sleep(0.3)
+        assert not b.wait_cache_ready(0)  # still cut off (reconnect attempts are refused)
+        admin.execute(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS true')
+        assert b.wait_cache_ready(15)  # reconnected (backoff)
+        cached_on_b(p, rel2, key2)  # hits again, after a fresh read (the cache was emptied)
+    finally:
+        admin.execute(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS true')
+        admin.close()
+        sb.close()
+        sa.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_two_servers_deregistration_over_the_wire(backend: str, request: pytest.FixtureRequest,
+                                                  tmp_path: Path) -> None:
+    """Real MAF servers A and B (run_async path): B serves a cached key, A's client de-registers
+    it, B's client is refused well inside the 30 s TTL."""
+    clock = FakeClock()
+    if backend == "sqlite":
+        sa, sb = make_store(tmp_path / "maf.db", clock), make_store(tmp_path / "maf.db", clock)
+    else:
+        url = request.getfixturevalue("pg_server").create_database()
+        sa, sb = open_store(url, KEK, clock=clock), open_store(url, KEK, clock=clock)
+    a = make_service(sa, clock, key_cache_ttl=TTL)
+    b = make_service(sb, clock, provision=False, key_cache_ttl=TTL)
+    took: list[float] = []
+
+    async def main() -> None:
+        async with running(a) as s1, running(b) as s2:
+            assert b.wait_cache_ready(10)
+            async with connected(s1.port, AE1) as c1, connected(s2.port, AE2) as c2:
+                await c1.register(clock.now + timedelta(days=1))
+                await c2.register(clock.now + timedelta(days=1))
+                reg = await c1.register_key(SUID.MAF_ESPRIM, [AE2], clock.now + timedelta(hours=1))
+                assert (await c2.retrieve_key(reg.key_id)).key == reg.key
+                with StmtCount(sb) as spy:
+                    assert (await c2.retrieve_key(reg.key_id)).key == reg.key
+                assert not any("JOIN" in s for s in spy.reads())  # served from B's cache
+                await c1.deregister_key(reg.key_id)
+                t0 = time.monotonic()
+                while True:
+                    try:
+                        await c2.retrieve_key(reg.key_id)
+                    except MAFResponseError as exc:
+                        assert exc.rsc is RSC.NOT_FOUND
+                        break
+                    assert time.monotonic() - t0 < 1.0, "B still serves the de-registered key"
+                took.append(time.monotonic() - t0)
+
+    try:
+        run(main)
+    finally:
+        sb.close()
+        sa.close()
+    assert took and took[0] < 1.0
