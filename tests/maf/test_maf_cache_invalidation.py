@@ -329,3 +329,115 @@ def test_two_servers_deregistration_over_the_wire(backend: str, request: pytest.
         sb.close()
         sa.close()
     assert took and took[0] < 1.0
+
+
+# ------------------------------------------------------------------ real processes: serve --workers 2
+
+
+def _serve_config(tmp: Path, store_url: str, ttl_s: float) -> Path:
+    from m2msec.store import KeyEncryptionKey
+
+    KeyEncryptionKey.generate().write_file(tmp / "kek.hex", overwrite=True)
+    cfg = tmp / "maf.toml"
+    cfg.write_text(f'fqdn = "{MAF}"\nstore = "{store_url}"\nkek_file = "kek.hex"\nkey_cache_ttl_s = {ttl_s}\n'
+                   f'[[admin]]\nfqdn = "{ADMIN}"\n', encoding="utf-8")
+    return cfg
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="--workers needs Linux SO_REUSEPORT")
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_serve_workers_stop_serving_a_deregistered_key_at_once(backend: str, request: pytest.FixtureRequest,
+                                                               tmp_path: Path) -> None:
+    """``maf serve --workers 2`` (two processes, key_cache_ttl_s = 30): every target connection,
+    whichever process holds it, has the key cached; after the Key De-Registration each of them is
+    refused well inside the TTL (SQLite: on its first try)."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    from _mafserve import MAFServe
+    from typer.testing import CliRunner
+
+    from m2msec.maf import MAFClient, MAFClientConfig
+    from m2msec.maf.cli import app
+    from m2msec.tls.engine import PSKCredentials
+
+    url = (f"sqlite:///{tmp_path / 'maf.db'}" if backend == "sqlite"
+           else request.getfixturevalue("pg_server").create_database())
+    cfg = _serve_config(tmp_path, url, 30)
+    kms = {AE1: bytes([0x11]) * 32, AE2: bytes([0x22]) * 32}
+    for cid, km in kms.items():
+        kid = f"{cid.rsplit('/', 1)[1].lower()}@{MAF}"
+        r = CliRunner().invoke(app, ["add-client", "-c", str(cfg), "--client-id", cid, "--kmid", kid,
+                                     "--km-hex", km.hex()])
+        assert r.exit_code == 0, r.output
+
+    def client(port: int, cid: str) -> MAFClient:
+        kid = f"{cid.rsplit('/', 1)[1].lower()}@{MAF}"
+        return MAFClient(MAFClientConfig(MAF, ADMIN, "127.0.0.1", port, psk=PSKCredentials(kid.encode(), kms[cid]),
+                                         timeout=10.0))
+
+    srv = MAFServe(cfg, "--workers", "2")
+    waits: list[float] = []
+    try:
+        async def main() -> None:
+            now = datetime.now(UTC)
+            src = client(srv.port, AE1)
+            targets: list[MAFClient] = []
+            async with src:
+                await src.register(now + timedelta(days=1))
+                key = await src.register_key(SUID.MAF_ESPRIM, [AE2], now + timedelta(hours=1))
+                try:
+                    for i in range(12):  # fresh connections: the kernel spreads them over both processes
+                        c = client(srv.port, AE2)
+                        await c.connect()
+                        targets.append(c)
+                        if i == 0:
+                            await c.register(now + timedelta(days=1))
+                    for _ in range(2):  # read, then (cache warm in the process holding it) a hit
+                        for c in targets:
+                            assert (await c.retrieve_key(key.key_id)).key == key.key
+                    await src.deregister_key(key.key_id)
+                    for c in targets:
+                        t0 = time.monotonic()
+                        while True:
+                            try:
+                                await c.retrieve_key(key.key_id)
+                            except MAFResponseError as exc:
+                                assert exc.rsc is RSC.NOT_FOUND
+                                break
+                            assert backend == "postgresql", "SQLite: served once after the de-registration"
+                            assert time.monotonic() - t0 < 1.0, "a worker still serves the de-registered key"
+                            await asyncio.sleep(0.001)
+                        waits.append(time.monotonic() - t0)
+                finally:
+                    for c in targets:
+                        await c.aclose()
+
+        asyncio.run(asyncio.wait_for(main(), 60))
+        assert len(waits) == 12 and max(waits) < 1.0
+        assert "Traceback" not in srv.stderr()
+    finally:
+        srv.stop()
+
+
+def test_key_cache_ttl_config(tmp_path: Path) -> None:
+    from m2msec.errors import ParseError
+    from m2msec.maf.server import build_server, load_config
+
+    url = f"sqlite:///{tmp_path / 'maf.db'}"
+    assert load_config(_serve_config(tmp_path, url, 2.5)).key_cache_ttl == timedelta(seconds=2.5)
+    cfg = load_config(_serve_config(tmp_path, url, 0))
+    store = make_store(tmp_path / "maf.db", FakeClock())
+    try:
+        svc = build_server(cfg, store, clock=FakeClock()).service
+        assert svc.key_cache_ttl == timedelta(0) and svc.cache_invalidation == "off" and not svc.wait_cache_ready(0)
+    finally:
+        store.close()
+    for bad in ("-1", "nan", "86401", '"soon"'):
+        (tmp_path / "bad.toml").write_text(f'fqdn = "{MAF}"\nstore = "{url}"\nkey_cache_ttl_s = {bad}\n',
+                                           encoding="utf-8")
+        with pytest.raises(ParseError, match="key_cache_ttl_s|could not convert"):
+            load_config(tmp_path / "bad.toml")
+    plain = tmp_path / "plain.toml"
+    plain.write_text(f'fqdn = "{MAF}"\nstore = "{url}"\n', encoding="utf-8")
+    assert load_config(plain).key_cache_ttl == timedelta(seconds=1)  # the default

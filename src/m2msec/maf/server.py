@@ -62,6 +62,7 @@ class MAFServerConfig:
     admins: tuple[AdminConfig, ...] = ()
     max_registration_lifetime: timedelta = timedelta(days=365)
     max_key_lifetime: timedelta = timedelta(days=30)
+    key_cache_ttl: timedelta = timedelta(seconds=1)  # Key Retrieval cache entry lifetime (0: no cache)
     credentials: CertCredentials | None = field(default=None, repr=False)
     client_trust_anchors: tuple[x509.Certificate, ...] = ()
     kek_file: str | None = None
@@ -110,6 +111,8 @@ def load_config(path: str | Path) -> MAFServerConfig:
         port = 8443
         max_registration_lifetime_s = 31536000
         max_key_lifetime_s = 2592000
+        key_cache_ttl_s = 1                # Key Retrieval cache: entry lifetime in seconds, 0 = off;
+                                           # other instances' changes invalidate it at once
         [mef]                              # optional: remotely provisioned clients (KeID -> Km)
         fqdn = "mef.example.com"
         host = "127.0.0.1"
@@ -184,11 +187,15 @@ def load_config(path: str | Path) -> MAFServerConfig:
                 CRLRefresher(crls, crl_urls, ())  # validates the URLs (http/https with a host)
             revocation = RevocationPolicy(tls.get("revocation", RevocationPolicy.IF_AVAILABLE.value))
         kek_file = data.get("kek_file")
+        cache_ttl = float(data.get("key_cache_ttl_s", 1))
+        if not 0 <= cache_ttl <= 86400:
+            raise ValueError("key_cache_ttl_s must be 0 (no cache) to 86400")
         return MAFServerConfig(
             fqdn=str(data["fqdn"]), store_url=str(data["store"]), host=str(data.get("host", "127.0.0.1")),
             port=int(data.get("port", 0)), admins=admins,
             max_registration_lifetime=timedelta(seconds=int(data.get("max_registration_lifetime_s", 365 * 86400))),
             max_key_lifetime=timedelta(seconds=int(data.get("max_key_lifetime_s", 30 * 86400))),
+            key_cache_ttl=timedelta(seconds=cache_ttl),
             credentials=creds, client_trust_anchors=anchors, client_crls=crls, client_crl_files=crl_paths,
             revocation=revocation, client_crl_urls=crl_urls, client_crl_issuers=crl_issuers,
             client_crl_refresh=crl_refresh,
@@ -344,7 +351,7 @@ def build_server(cfg: MAFServerConfig, store: Store, *, clock: Clock, mef: MEFCl
     service = MAFService(store, cfg.fqdn, admins=cfg.admins, clock=clock, mef=mef or cfg.mef_client(),
                          client_trust_anchors=cfg.client_trust_anchors, client_crls=cfg.client_crls,
                          revocation=cfg.revocation, max_registration_lifetime=cfg.max_registration_lifetime,
-                         max_key_lifetime=cfg.max_key_lifetime)
+                         max_key_lifetime=cfg.max_key_lifetime, key_cache_ttl=cfg.key_cache_ttl)
     return MAFServer(service, host=cfg.host, port=cfg.port, credentials=cfg.credentials, reuse_port=reuse_port)
 
 
