@@ -385,7 +385,10 @@ class MAFService:
     @staticmethod
     def _change_payload(procedure: str, subject: str, details: Mapping[str, Any]) -> str:
         ids = {k: details[k] for k in ("relativeKeyID", "mafClientRegID") if k in details}
-        return json.dumps({"procedure": procedure, "subject": subject, **ids}, separators=(",", ":"))[:1000]
+        text = json.dumps({"procedure": procedure, "subject": subject, **ids}, separators=(",", ":"))
+        if len(text) > 2000:  # far below pg_notify's 8000 bytes even for an absurd client ID
+            text = json.dumps({"procedure": procedure, **ids}, separators=(",", ":"))
+        return text
 
     def now(self) -> datetime:
         return ensure_utc(self.clock(), what="clock()")
