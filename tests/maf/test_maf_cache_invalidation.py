@@ -441,3 +441,41 @@ def test_key_cache_ttl_config(tmp_path: Path) -> None:
     plain = tmp_path / "plain.toml"
     plain.write_text(f'fqdn = "{MAF}"\nstore = "{url}"\n', encoding="utf-8")
     assert load_config(plain).key_cache_ttl == timedelta(seconds=1)  # the default
+
+
+@pytest.mark.postgres
+def test_notification_payloads_on_the_wire(pg_server: Any) -> None:
+    """An independent LISTEN session sees one notification per change procedure (JSON payload)
+    and none for the procedures that only add or read."""
+    import json
+
+    clock = FakeClock()
+    url = pg_server.create_database()
+    store = open_store(url, KEK, clock=clock)
+    a = make_service(store, clock, key_cache_ttl=TTL)
+    p = Pair(a, a, clock, url)
+    obs = psycopg.connect(url, autocommit=True)
+    try:
+        obs.execute("LISTEN m2msec_maf_retrieval")
+        regs = p.register_clients()
+        rel, _ = p.register_key()
+        retrieve(a, rel)
+        a.run(Procedure.KEY_REGISTRATION_UPDATE, peer(AE1), KeyRegistrationUpdateRequest(MAF, rel, target_ids=(AE3,)),
+              no_exporter)
+        a.run(Procedure.KEY_DEREGISTRATION, peer(AE1), KeyDeregistrationRequest(MAF, rel), no_exporter)
+        a.run(Procedure.DEREGISTRATION, peer(AE2), DeregistrationRequest(MAF, regs[AE2]), no_exporter)
+        rel2, _ = p.register_key((AE3,))
+        a.revoke_key(rel2)
+        with pytest.raises(MAFError):  # a refused change commits nothing and notifies nothing
+            a.run(Procedure.KEY_DEREGISTRATION, peer(AE2), KeyDeregistrationRequest(MAF, rel2), no_exporter)
+        got = [json.loads(n.payload) for n in obs.notifies(timeout=1.0, stop_after=5)]
+        got += [json.loads(n.payload) for n in obs.notifies(timeout=0.3)]  # nothing more
+    finally:
+        obs.close()
+        store.close()
+    assert got == [
+        {"procedure": "key_registration_update", "subject": AE1, "relativeKeyID": rel},
+        {"procedure": "key_deregistration", "subject": AE1, "relativeKeyID": rel},
+        {"procedure": "deregistration", "subject": AE2, "mafClientRegID": regs[AE2]},
+        {"procedure": "revoke-key", "subject": rel2, "relativeKeyID": rel2},
+    ]
