@@ -191,6 +191,8 @@ class PgListener(Listener):
 
     def _serve(self, conn: Any) -> None:
         """Deliver notifications until stopped or the connection fails (raises)."""
+        from psycopg import pq  # noqa: PLC0415 - only PostgreSQL users have psycopg
+
         pg = conn.pgconn
         enc = conn.info.encoding or "utf-8"
         with selectors.DefaultSelector() as sel:
@@ -201,7 +203,7 @@ class PgListener(Listener):
                 if self._stop.is_set():
                     return
                 pg.consume_input()  # raises on a lost connection (EOF, reset, keepalive timeout)
-                if pg.status != 0:  # CONNECTION_OK
+                if pg.status != pq.ConnStatus.OK:
                     raise StoreError("postgresql: listener connection is not OK")
                 while (n := pg.notifies()) is not None:
                     self._callback(n.extra.decode(enc, "replace"))
