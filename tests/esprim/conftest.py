@@ -3,9 +3,7 @@ pairwiseESPrimKey known to both ends, and Receivers on memory or store-backed st
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -48,30 +46,6 @@ def recv_key(key_bytes: bytes) -> PairwiseKey:
 def orig_key(key_bytes: bytes) -> PairwiseKey:
     """The Originator's view: the same key, bound to the Receiver."""
     return PairwiseKey(kid=KID, key=key_bytes, peer_id=RECEIVER_ID)
-
-
-def _load_pg_helper() -> Any:
-    name = "m2msec_tests_pg"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "pg.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[Any]:
-    pg = _load_pg_helper()
-    server = pg.PgServer.from_environment()
-    if server is None:
-        if pg.require_pg():
-            pytest.fail("M2MSEC_REQUIRE_PG is set but no PostgreSQL binaries were found")
-        pytest.skip("no PostgreSQL binaries found")
-    yield server
-    server.stop()
 
 
 @pytest.fixture

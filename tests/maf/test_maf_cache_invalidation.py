@@ -10,7 +10,6 @@ change sequence on every hit.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 import time
@@ -41,29 +40,6 @@ from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.store import Store, open_store
 
 TTL = timedelta(seconds=30)
-
-
-def _pg_helper() -> Any:
-    name = "m2msec_tests_pg"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "pg.py")
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[Any]:
-    pg = _pg_helper()
-    server = pg.PgServer.from_environment()
-    if server is None:
-        if pg.require_pg():
-            pytest.fail("M2MSEC_REQUIRE_PG is set but no PostgreSQL binaries were found")
-        pytest.skip("no PostgreSQL binaries found")
-    yield server
-    server.stop()
 
 
 def peer(cid: str) -> MAFPeer:

@@ -4,12 +4,8 @@ instances on one database, and an independent exporter check with ``openssl s_cl
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import shutil
-import sys
-from collections.abc import Iterator
-from typing import Any
 from datetime import timedelta
 from pathlib import Path
 
@@ -144,29 +140,6 @@ def test_remotely_provisioned_client(env) -> None:
                 assert r5.maf_client_id == f"11-{r5.assigned_symm_key_id}"
 
     run(main)
-
-
-def _pg_helper() -> Any:
-    name = "m2msec_tests_pg"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "pg.py")
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[Any]:
-    pg = _pg_helper()
-    server = pg.PgServer.from_environment()
-    if server is None:
-        if pg.require_pg():
-            pytest.fail("M2MSEC_REQUIRE_PG is set but no PostgreSQL binaries were found")
-        pytest.skip("no PostgreSQL binaries found")
-    yield server
-    server.stop()
 
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

@@ -1,50 +1,22 @@
 """Fixtures for the store tests: every store test runs on SQLite and on PostgreSQL.
 
-PostgreSQL comes from ``tests/pg.py`` (a throwaway cluster started once per session, or
+PostgreSQL comes from the ``pg_server`` fixture of ``tests/conftest.py`` (a throwaway cluster started once per session, or
 the server in ``M2MSEC_TEST_PG_DSN``).  Without PostgreSQL binaries the PostgreSQL
 parameters are skipped, unless ``M2MSEC_REQUIRE_PG=1`` (CI) makes that a failure.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from m2msec.store import KeyEncryptionKey, Store, open_store
 
 
-def _load_pg_helper() -> Any:
-    name = "m2msec_tests_pg"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "pg.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-pg = _load_pg_helper()
-
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[Any]:
-    server = pg.PgServer.from_environment()
-    if server is None:
-        if pg.require_pg():
-            pytest.fail("M2MSEC_REQUIRE_PG is set but no PostgreSQL binaries (initdb/pg_ctl) were found")
-        pytest.skip("no PostgreSQL binaries found (set M2MSEC_TEST_PG_DSN or install postgresql)")
-    yield server
-    server.stop()
 
 
 class FakeClock:
