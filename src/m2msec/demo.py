@@ -272,6 +272,12 @@ def step_esprim_through_cse(ctx: DemoContext) -> list[tuple[str, str]]:
     return run_esprim_through_cse(ctx.workdir)
 
 
+def step_other_rspfs(ctx: DemoContext) -> list[tuple[str, str]]:
+    from m2msec.demo_rspf import run_other_rspfs
+
+    return run_other_rspfs(ctx.workdir / "rspf")
+
+
 STEPS: list[tuple[str, Step]] = [
     ("TLS 1.2 PSK handshake on loopback, RFC 5705 export (TS-0003 10.2.2, 10.3.1)", step_bootstrap_handshake),
     ("Key hierarchy from the exported Enrolment Key (TS-0003 10.3)", step_key_hierarchy),
@@ -283,10 +289,11 @@ STEPS: list[tuple[str, Step]] = [
     ("ESCertKE between two AEs, then ESPrim with the agreed key (TS-0003 8.7)", step_escertke),
     ("Enrolment through the MEF, MAF registration with the KeID, MAF-based ESPrim (TS-0003 8.3, 8.8)", step_provisioning),
     ("Certificate enrolment over EST from the MEF, then ESCertKE with it (TS-0003 8.3.6)", step_est),
+    ("Certificate- and GBA-based RSPFs of the MEF: enrolment and refusals (TS-0003 8.3.2.2, 8.3.2.3)",
+     step_other_rspfs),
 ]
 
 NOT_YET_SHOWN = [
-    "the GBA- and certificate-based RSPFs (tested in tests/mef)",
     "ESPrim across two CSEs (tested in tests/gateway, not part of the demo)",
 ]
 
