@@ -27,7 +27,7 @@ from pathlib import Path
 from m2msec.esdata import Source, Target, from_content_instance, to_content_instance
 from m2msec.maf import AdminConfig, MAFClient, MAFClientConfig, MAFResponseError, MAFServer, MAFService
 from m2msec.maf.keysources import MAFESDataKeySource, esdata_recipient
-from m2msec.onem2m.enums import SUID
+from m2msec.onem2m import SUID
 from m2msec.store import KeyEncryptionKey, open_store
 from m2msec.tls.engine import PSKCredentials, TLSHandshakeError
 
