@@ -77,7 +77,7 @@ async def main(workdir: Path) -> int:
                                      recipients=[esdata_recipient(key)])
             cin = to_content_instance(envelope)  # stored in a CSE; carries only the key identifier
             # ----
-            print(f"sensor registered key {key.key_id} (SUID {int(key.response.suid)}, Kc from the session "
+            print(f"sensor registered key {key.key_id} (SUID {int(key.suid)}, Kc from the session "
                   f"exporter, {fingerprint(key.key)}) for target {APP}")
 
             # ---- Target: learn the key identifier from the envelope, retrieve the key, open

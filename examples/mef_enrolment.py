@@ -30,6 +30,7 @@ from m2msec.mef import EnroleeConfig, ESTClientError, MEFServer, MEFState, est_e
 from m2msec.mef.est import DevCAAuthority, ESTProfile, ESTService, SecurityType, load_dev_ca, store_dev_ca
 from m2msec.mef.est_crl import ESTCRLPublisher, crl_url_for
 from m2msec.pki import (
+    CRLHTTPServer,
     CertificateFlavour,
     CertificateVerificationError,
     CRLFetcher,
@@ -37,11 +38,10 @@ from m2msec.pki import (
     DevCA,
     PeerCertInfo,
     RevocationPolicy,
+    crl_number,
     distribution_points,
     verify_peer_certificate,
 )
-from m2msec.pki.crl import crl_number
-from m2msec.pki.crl_http import CRLHTTPServer
 from m2msec.store import KeyEncryptionKey, open_store
 from m2msec.tls.engine import PSKCredentials
 
@@ -71,7 +71,7 @@ async def main(workdir: Path) -> int:
     state.add_enrolee(EnroleeConfig(DEVICE, kpm_id=KPM_ID, expiry_seconds=3600), kpm=kpm)
     est.set_profile(ESTProfile(DEVICE, CertificateFlavour.AE_ID, (DEVICE,), (SecurityType.SAEF, SecurityType.ESPRIM)))
     crls = ESTCRLPublisher(store, ca, now)
-    crl_server = await CRLHTTPServer({s: (lambda s=s: crls.crl(s)) for s in crls.signers}, clock=now).start()
+    crl_server = await CRLHTTPServer(crls.sources(), clock=now).start()
     ca.crl_url = crl_url_for(f"http://{crl_server.host}:{crl_server.port}/crl", ca.issuing_signer)  # into each cert
     mef = MEFServer(state, est=est)
     host, port = await mef.start()

@@ -74,6 +74,10 @@ class RegisteredKey:
     def relative_key_id(self) -> str:
         return self.response.relative_key_id
 
+    @property
+    def suid(self) -> SUID:
+        return self.response.suid
+
     def __repr__(self) -> str:
         return f"RegisteredKey(key_id={self.key_id!r}, suid={int(self.response.suid)}, key=<hidden>)"
 

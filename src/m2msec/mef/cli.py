@@ -193,13 +193,9 @@ def _est(state: MEFState, mef: dict[str, Any] | None = None) -> Any:
     """The EST service when the store holds the MEF CA; its root joins the enrolee trust anchors.
     With ``crl_base_url`` its certificates carry that CRL distribution point."""
     from m2msec.mef.est import DevCAAuthority, ESTService, load_dev_ca
-    from m2msec.mef.est_crl import crl_url_for
-
-    ca = load_dev_ca(state.store)
+    ca = load_dev_ca(state.store, crl_base_url=str(mef["crl_base_url"]) if mef and mef.get("crl_base_url") else None)
     if ca is None:
         return None
-    if mef and mef.get("crl_base_url"):
-        ca.crl_url = crl_url_for(str(mef["crl_base_url"]), ca.issuing_signer)
     if ca.trust_anchor not in state.enrolee_anchors:
         state.enrolee_anchors = (*state.enrolee_anchors, ca.trust_anchor)
     return ESTService(state, DevCAAuthority(ca, state.clock))
@@ -241,7 +237,7 @@ def serve(config: ConfigOpt,
             publisher = _crl_publisher(state, mef)
             if publisher is None:
                 raise ValueError("crl_port is set but the store holds no MEF CA (m2msec mef est-ca)")
-            crl_server = CRLHTTPServer({s: (lambda s=s: publisher.crl(s)) for s in publisher.signers},
+            crl_server = CRLHTTPServer(publisher.sources(),
                                        host=str(mef.get("crl_host", mef.get("host", "127.0.0.1"))),
                                        port=int(mef["crl_port"]))
     except (M2MSecError, OSError, ValueError) as exc:

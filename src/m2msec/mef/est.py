@@ -281,8 +281,11 @@ def store_dev_ca(store: Store, ca: DevCA) -> None:
         tx.append_audit("mef-admin", "est-ca-store", ca.name, "ok", {"intermediate": ca.intermediate_cert is not None})
 
 
-def load_dev_ca(store: Store, *, key_policy: KeyPolicy = DEFAULT_KEY_POLICY) -> DevCA | None:
-    """The DevCA kept by :func:`store_dev_ca`, or None."""
+def load_dev_ca(store: Store, *, key_policy: KeyPolicy = DEFAULT_KEY_POLICY,
+                crl_base_url: str | None = None) -> DevCA | None:
+    """The DevCA kept by :func:`store_dev_ca`, or None.  With ``crl_base_url`` the certificates
+    it issues name ``<crl_base_url>/<issuing CA>.crl`` as their CRL distribution point
+    (:mod:`m2msec.mef.est_crl`)."""
     root = store.find_credential(NS_EST_CA, "root")
     if root is None:
         return None
@@ -294,8 +297,11 @@ def load_dev_ca(store: Store, *, key_policy: KeyPolicy = DEFAULT_KEY_POLICY) -> 
 
     rc, rk = pair(root)
     ic, ik = pair(inter) if inter is not None else (None, None)
-    return DevCA(name=root.metadata["name"], root_cert=rc, root_key=rk, intermediate_cert=ic, intermediate_key=ik,
-                 key_policy=key_policy)
+    ca = DevCA(name=root.metadata["name"], root_cert=rc, root_key=rk, intermediate_cert=ic, intermediate_key=ik,
+               key_policy=key_policy)
+    if crl_base_url:
+        ca.crl_url = crl_base_url.rstrip("/") + f"/{ca.issuing_signer}.crl"  # as est_crl.crl_url_for
+    return ca
 
 
 def preferred_key_type(policy: KeyPolicy) -> KeyType:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Final
 
@@ -107,6 +108,10 @@ class ESTCRLPublisher:
                 if got is not None:
                     return got
         raise RuntimeError(f"could not publish the {which} CRL: {_ATTEMPTS} concurrent updates in a row")
+
+    def sources(self) -> dict[str, Callable[[], x509.CertificateRevocationList]]:
+        """``{signer: () -> current CRL}`` for :class:`m2msec.pki.CRLHTTPServer`."""
+        return {s: (lambda s=s: self.crl(s)) for s in self.signers}  # type: ignore[misc]
 
     def crl_der(self, signer: str | None = None) -> bytes:
         return self.crl(signer).public_bytes(serialization.Encoding.DER)

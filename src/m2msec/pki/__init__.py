@@ -8,7 +8,7 @@ profiles, public key identifiers, CSR profile).
 from __future__ import annotations
 
 from m2msec.pki.ca import DevCA, IssuedCertificate, build_name_constraints
-from m2msec.pki.crl import CRLStore, RevocationPolicy, RevocationStatus, load_crl_files, load_crls
+from m2msec.pki.crl import CRLStore, RevocationPolicy, RevocationStatus, crl_number, load_crl_files, load_crls
 from m2msec.pki.crl_fetch import (
     CRLFetcher,
     CRLFetchError,
@@ -18,6 +18,7 @@ from m2msec.pki.crl_fetch import (
     distribution_points,
     verify_fetched_crl,
 )
+from m2msec.pki.crl_http import CRL_MEDIA_TYPE, CRLHTTPServer
 from m2msec.pki.errors import (
     CertificateParseError,
     CertificateVerificationError,
@@ -43,6 +44,8 @@ from m2msec.pki.verify import PeerCertInfo, VerifiedPeer, verify_peer_certificat
 
 __all__ = [
     "AE_ID_URI_SCHEME",
+    "CRLHTTPServer",
+    "CRL_MEDIA_TYPE",
     "CRLError",
     "CRLFetchError",
     "CRLFetcher",
@@ -75,6 +78,7 @@ __all__ = [
     "distribution_points",
     "generate_private_key",
     "identifiers_of",
+    "crl_number",
     "load_crl_files",
     "load_crls",
     "matches_public_key_identifier",
