@@ -43,11 +43,6 @@ def fingerprint(key: bytes) -> str:
     return f"sha256:{hashlib.sha256(key).hexdigest()[:16]} ({len(key)} octets)"
 
 
-def envelope_kids(cin: dict[str, str]) -> list[str]:
-    """The key identifiers a JOSE JSON envelope names (the recipients' ``kid``)."""
-    return [r["header"]["kid"] for r in json.loads(cin["con"]).get("recipients", [])]
-
-
 async def main(workdir: Path) -> int:
     # Set-up: the MAF's store, and the Km/KmID each MAF Client was provisioned with (8.8.3).
     store = open_store(f"sqlite:///{workdir / 'maf.db'}", KeyEncryptionKey.generate(), clock=now)
@@ -80,11 +75,10 @@ async def main(workdir: Path) -> int:
             print(f"sensor registered key {key.key_id} (SUID {int(key.suid)}, Kc from the session "
                   f"exporter, {fingerprint(key.key)}) for target {APP}")
 
-            # ---- Target: learn the key identifier from the envelope, retrieve the key, open
-            kid = envelope_kids(cin)[0]
+            # ---- Target: open; the key named in the envelope is retrieved from the MAF on demand (8.8.2.8)
             keys = MAFESDataKeySource(app)
-            await keys.fetch(kid)  # 8.8.2.8 Key Retrieval
-            opened = Target(keys).open(from_content_instance(cin))
+            opened = await keys.open(Target(keys), from_content_instance(cin))
+            kid = opened.decrypted_with
             # ----
             print(f"app retrieved {kid} and opened the reading: {json.loads(opened.payload)}")
             if opened.payload != reading or opened.decrypted_with != key.key_id:

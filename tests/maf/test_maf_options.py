@@ -85,6 +85,44 @@ def test_esdata_envelope_for_three_targets(env) -> None:
     run(main)
 
 
+def test_esdata_targets_retrieve_on_demand(env) -> None:
+    """Issue #6: "Targets retrieve on demand" - a Target opens an envelope without fetching first;
+    the keys of other Targets it names are refused by the MAF and skipped."""
+    clock, store, svc = env
+    payload = b'{"alarm": "door open"}'
+
+    async def main() -> None:
+        async with running(svc) as srv, connected(srv.port, AE1) as src, connected(srv.port, AE2) as t2, \
+                connected(srv.port, AE3) as t3, connected(srv.port, AE4) as t4:
+            for c in (src, t2, t3, t4):
+                await c.register(clock.now + timedelta(days=1))
+            exp = clock.now + timedelta(hours=1)
+            for_t2 = await src.register_key(SUID.MAF_ESDATA_ENCRYPT, [AE2], exp)
+            await src.connect()  # one exporter key per MAF Handshake
+            for_t3 = await src.register_key(SUID.MAF_ESDATA_ENCRYPT, [AE3], exp)
+            await src.connect()
+            mic = await src.register_key(SUID.MAF_ESDATA_SIGN, [AE2, AE3], exp)
+            # encrypted for two Targets with different keys; a MIC (SUID 35) for both
+            envelope = Source().seal(payload, serialization="json",
+                                     recipients=[esdata_recipient(for_t2), esdata_recipient(for_t3)])
+            signed = Source().seal(payload, serialization=1, signers=[esdata_signer(mic)])
+            for t, own in ((t2, for_t2), (t3, for_t3)):
+                ks = MAFESDataKeySource(t)
+                assert (await ks.open(Target(ks), envelope)).payload == payload
+                assert ks.resolve(own.key_id)  # fetched on demand
+                assert (await ks.open(Target(ks), signed)).payload == payload
+                assert ks.resolve(mic.key_id)
+                with pytest.raises(ESDataError):
+                    ks.resolve((for_t3 if own is for_t2 else for_t2).key_id)  # the other Target's key: refused
+            # a client that is no Target of any key: every retrieval refused -> unknown kid
+            ks4 = MAFESDataKeySource(t4)
+            with pytest.raises(ESDataError) as ei:
+                await ks4.open(Target(ks4), envelope)
+            assert set(ei.value.kids) == {for_t2.key_id, for_t3.key_id}  # type: ignore[attr-defined]
+
+    run(main)
+
+
 def test_esprim_key_source(env) -> None:
     clock, store, svc = env
 

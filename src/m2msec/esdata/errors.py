@@ -60,8 +60,16 @@ class EnvelopeTooLargeError(MalformedEnvelopeError):
 
 
 class UnknownKidError(ESDataError, UnknownKeyError):
+    """No credential is held for the key identifier(s) ``kids`` the envelope names (a Target
+    that fetches keys on demand, e.g. from the MAF, fetches these and opens again)."""
+
     default_reason = Reason.UNKNOWN_KID
     default_rsc = ResponseStatusCode.NOT_FOUND
+
+    def __init__(self, message: str, *, kids: tuple[str, ...] = (), reason: Reason | None = None,
+                 rsc: ResponseStatusCode | None = None) -> None:
+        super().__init__(message, reason=reason, rsc=rsc)
+        self.kids: tuple[str, ...] = tuple(kids)
 
 
 class NoUsableCredentialError(ESDataError):

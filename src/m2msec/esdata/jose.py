@@ -486,7 +486,7 @@ def open_jwe(env: dict[str, Any], ctx: TargetContext) -> JweResult:
     if failures:
         raise DecryptionError("the envelope does not decrypt with the credential(s) held (wrong key or tampered)")
     if unknown:
-        raise UnknownKidError(f"no credential for key identifier(s) {unknown}")
+        raise UnknownKidError(f"no credential for key identifier(s) {unknown}", kids=tuple(unknown))
     raise MalformedEnvelopeError("no recipient names a key identifier (kid)")
 
 
@@ -633,7 +633,7 @@ def open_jws(
         if untrusted:
             raise untrusted[0]
         if unknown:
-            raise UnknownKidError(f"no credential for key identifier(s) {unknown}")
+            raise UnknownKidError(f"no credential for key identifier(s) {unknown}", kids=tuple(unknown))
         raise NoUsableCredentialError("no signature could be verified")
     return payload, cty, verified
 

@@ -564,7 +564,7 @@ def _open_encrypted(root: etree._Element, ctx: jose.TargetContext) -> tuple[byte
     if failures:
         raise DecryptionError("the envelope does not decrypt with the credential(s) held (wrong key or tampered)")
     if unknown:
-        raise UnknownKidError(f"no credential for key identifier(s) {unknown}")
+        raise UnknownKidError(f"no credential for key identifier(s) {unknown}", kids=tuple(unknown))
     raise MalformedEnvelopeError("no KeyName identifies a key")
 
 
@@ -665,7 +665,7 @@ def _open_signed(root: etree._Element, ctx: jose.TargetContext, *, certificate_o
         if untrusted:
             raise untrusted[0]
         if unknown:
-            raise UnknownKidError(f"no credential for key identifier(s) {unknown}")
+            raise UnknownKidError(f"no credential for key identifier(s) {unknown}", kids=tuple(unknown))
         raise NoUsableCredentialError("no signature could be verified")
     return payload, payload_node.get("ContentType"), verified
 

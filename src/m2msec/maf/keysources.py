@@ -24,6 +24,7 @@ import concurrent.futures
 import logging
 import threading
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from m2msec.esdata.credentials import (
     InMemoryKeySource,
@@ -36,12 +37,15 @@ from m2msec.errors import M2MSecError
 from m2msec.esprim.errors import UnknownKeyID
 from m2msec.esprim.keysource import PairwiseKey, ProvisionedKeySource
 from m2msec.keys import derive_maf_pairwise_esprim_key, maf_esdata_key, parse_key_id
-from m2msec.maf.client import MAFClient, MAFClientConfig, RegisteredKey, RetrievedKey
+from m2msec.maf.client import MAFClient, MAFClientConfig, MAFResponseError, RegisteredKey, RetrievedKey
 from m2msec.maf.protocol import MAFError
 from m2msec.onem2m.enums import SUID
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.onem2m.timestamps import Clock
 from m2msec.saef.config import KpsaEntry
+
+if TYPE_CHECKING:
+    from m2msec.esdata import Opened, Target
 
 __all__ = [
     "MAFESDataKeySource",
@@ -163,6 +167,30 @@ class MAFESDataKeySource:
 
     def resolve(self, kid: str) -> ResolvedKey:
         return self._cache.resolve(kid)
+
+    async def open(self, target: Target, envelope: Any, *, max_rounds: int = 3, **kw: Any) -> Opened:
+        """``target.open(envelope, **kw)``, retrieving on demand (8.8.2.8) the keys of this MAF that
+        the envelope names and this source does not hold: an envelope for several Targets names
+        several keys, so each unknown key identifier of this MAF is tried once; one this client may
+        not retrieve (another Target's key: 4103, or 4004) is skipped.  A nested envelope may need
+        a second round (the MIC key after the encryption key).  ``target`` must resolve through
+        this source.  The last UnknownKidError is raised when no retrievable key opens it."""
+        tried: set[str] = set()
+        for _ in range(max_rounds):
+            try:
+                return target.open(envelope, **kw)
+            except UnknownKidError as exc:
+                wanted = [k for k in exc.kids if k not in tried and is_maf_key_id(k, self.client.config.maf_fqdn)]
+                if not wanted:
+                    raise
+                for kid in wanted:
+                    tried.add(kid)
+                    try:
+                        await self.fetch(kid)
+                    except MAFResponseError as refused:
+                        if refused.rsc not in (RSC.ORIGINATOR_HAS_NO_PRIVILEGE, RSC.NOT_FOUND):
+                            raise
+        return target.open(envelope, **kw)
 
 
 # ------------------------------------------------------------------ SAEF (SUID 32)
