@@ -31,7 +31,8 @@ query, headers, status, body):
   :mod:`m2msec.store` (SQLite by default, PostgreSQL with ``--store postgresql://...``),
   so several gateway instances can share one address.
 
-Configuration (``gateway.toml``; paths relative to the file)::
+Configuration (``gateway.toml``; paths relative to the file; every key, type and default:
+``docs/configuration.md``)::
 
     [cse]
     id = "id-in"                 # CSE-ID (without '/')
@@ -42,7 +43,7 @@ Configuration (``gateway.toml``; paths relative to the file)::
 
     [store]
     url = "sqlite:///var/lib/m2msec/gateway.db"   # default: gateway.db next to this file
-    kek_file = "gateway.kek"     # key-encryption key (else $M2MSEC_KEK / $M2MSEC_KEK_FILE)
+    kek_file = "gateway.kek"     # key-encryption key (else $M2MSEC_KEK_FILE, else $M2MSEC_KEK)
 
     [gateway]
     poa_ttl = 30                 # seconds an AE's pointOfAccess and ACPs are cached

@@ -102,7 +102,7 @@ def _pem_certs(path: Path) -> list[x509.Certificate]:
 
 
 def load_config(path: str | Path) -> MAFServerConfig:
-    """Read ``maf.toml``::
+    """Read ``maf.toml`` (every key, type and default: ``docs/configuration.md``)::
 
         fqdn = "maf.example.com"           # MAF-FQDN (MAF-ID)
         store = "sqlite:///var/lib/maf.db" # or postgresql://...

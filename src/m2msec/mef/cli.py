@@ -1,6 +1,6 @@
 """``m2msec mef …``: run the MEF, administer enrolees/targets, enrol (TS-0003 8.3.2.1, 8.3.2.2).
 
-``mef.toml``::
+``mef.toml`` (every key, type and default: ``docs/configuration.md``)::
 
     [mef]
     fqdn = "mef.m2m.example.com"      # MEF-FQDN of KeID/KreID (10.3.4)
