@@ -27,7 +27,7 @@ def _kek(config: GatewayConfig) -> KeyEncryptionKey:
         return KeyEncryptionKey.from_file(config.kek_file)
     if os.environ.get("M2MSEC_KEK") or os.environ.get("M2MSEC_KEK_FILE"):
         return KeyEncryptionKey.from_env()
-    raise ConfigError("no key-encryption key: set [store] kek_file or $M2MSEC_KEK / $M2MSEC_KEK_FILE")
+    raise ConfigError("no key-encryption key: set [store] kek_file or $M2MSEC_KEK_FILE / $M2MSEC_KEK")
 
 
 def build(config: GatewayConfig, *, clock: Any = None, store: Store | None = None) -> tuple[Gateway, Store]:

@@ -53,8 +53,11 @@ def serve(
 
             cfg = dataclasses.replace(cfg, trace_file=trace)
         gw, st = build(cfg)
-    except M2MSecError as exc:
+    except (M2MSecError, ValueError, TypeError) as exc:  # a bad value in gateway.toml: no traceback
         typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except KeyError as exc:
+        typer.echo(f"error: {config}: missing key {exc}", err=True)
         raise typer.Exit(2) from None
 
     async def run() -> None:
@@ -63,6 +66,8 @@ def serve(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: print("sighup: nothing to reload", file=sys.stderr,
+                                                             flush=True))  # never ends the gateway
         print(f"listening on {gw.url}", flush=True)
         try:
             await stop.wait()

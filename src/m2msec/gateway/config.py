@@ -114,6 +114,16 @@ def _read_key(entry: dict[str, Any], base: Path, where: str) -> bytes:
         raise ConfigError(f"{where}: key is not hexadecimal") from None
 
 
+def _whole_seconds(table: dict[str, Any], key: str) -> timedelta | None:
+    """An optional positive whole number of seconds (a fraction is refused, not truncated)."""
+    if key not in table:
+        return None
+    v = table[key]
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise ConfigError(f"[receiver] {key} must be a positive whole number of seconds (got {v!r})")
+    return timedelta(seconds=v)
+
+
 def load_config(path: str | Path, *, cse_url: str | None = None, store_url: str | None = None) -> GatewayConfig:
     """Read ``gateway.toml``; ``cse_url``/``store_url`` (CLI options) override the file."""
     p = Path(path)
@@ -176,8 +186,7 @@ def load_config(path: str | Path, *, cse_url: str | None = None, store_url: str 
         suids=tuple(SUID(int(s)) for s in recv.get("suids", [13, 23])),
         shared_lifetime=timedelta(seconds=float(recv.get("shared_lifetime", 86400))),
         unique_lifetime=timedelta(seconds=float(recv.get("unique_lifetime", 3600))),
-        unique_key_period=(timedelta(seconds=int(recv["unique_key_period"]))
-                           if "unique_key_period" in recv else None),
+        unique_key_period=_whole_seconds(recv, "unique_key_period"),
         trace_file=None if trace is None else base / str(trace),
         mef=mef,
         enforce_acp=enforce_acp,

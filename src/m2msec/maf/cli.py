@@ -61,7 +61,11 @@ def _ts(v: Any) -> str:
 
 
 def _hangup(cfg: MAFServerConfig, refresher: CRLRefresher | None) -> None:
-    """SIGHUP: re-read the client CRL files (keeping fetched CRLs) and fetch the CRL URLs now."""
+    """SIGHUP: re-read the client CRL files (keeping fetched CRLs) and fetch the CRL URLs now
+    (nothing to reload: a note on stderr; SIGHUP never ends the MAF)."""
+    if not _wants_hangup(cfg):
+        typer.echo("sighup: nothing to reload (no [tls] client_crls or client_crl_urls)", err=True)
+        return
     if cfg.client_crls is not None and cfg.client_crl_files:
         reload_crls_and_report(cfg.client_crls, cfg.client_crl_files,
                                keep=refresher.crls if refresher is not None else None)
@@ -130,13 +134,17 @@ def serve(config: ConfigOpt,
         return
 
     async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)  # a clean stop: connections, tasks, then the store
         refresher = await _start_refresher(cfg)
         try:
             await server.start()
-            if _wants_hangup(cfg):
-                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _hangup, cfg, refresher)
+            loop.add_signal_handler(signal.SIGHUP, _hangup, cfg, refresher)
             typer.echo(f"MAF {cfg.fqdn} listening on {cfg.host}:{server.port}", err=False)
-            await server.serve_forever()
+            await stop.wait()
+            await server.close()
         finally:
             if refresher is not None:
                 await refresher.stop()
@@ -161,8 +169,7 @@ def _run_worker(cfg: MAFServerConfig, store: Store, server: MAFServer) -> None:
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         refresher = await _start_refresher(cfg)
-        if _wants_hangup(cfg):
-            loop.add_signal_handler(signal.SIGHUP, _hangup, cfg, refresher)
+        loop.add_signal_handler(signal.SIGHUP, _hangup, cfg, refresher)
         stdin = sys.stdin.fileno()
 
         def parent_gone() -> None:
@@ -231,6 +238,8 @@ def _run_parent(cfg: MAFServerConfig, store: Store, server: MAFServer, config: P
 
         def hangup() -> None:
             _hangup(cfg, refresher)
+            if not _wants_hangup(cfg):
+                return
             for p in procs:
                 if p.returncode is None:
                     p.send_signal(signal.SIGHUP)
@@ -247,8 +256,7 @@ def _run_parent(cfg: MAFServerConfig, store: Store, server: MAFServer, config: P
                 return 1
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
-            if _wants_hangup(cfg):
-                loop.add_signal_handler(signal.SIGHUP, hangup)
+            loop.add_signal_handler(signal.SIGHUP, hangup)
             tasks = [*(loop.create_task(watch(p)) for p in procs), *(loop.create_task(relay(p)) for p in procs)]
             typer.echo(f"MAF {cfg.fqdn} listening on {cfg.host}:{server.port}")
             await stop.wait()

@@ -187,6 +187,13 @@ def load_config(path: str | Path) -> MAFServerConfig:
                 CRLRefresher(crls, crl_urls, ())  # validates the URLs (http/https with a host)
             revocation = RevocationPolicy(tls.get("revocation", RevocationPolicy.IF_AVAILABLE.value))
         kek_file = data.get("kek_file")
+        if "mef" in data:  # checked here, not first when serve builds the MEF client
+            mef_t = data["mef"]
+            missing = [k for k in ("fqdn", "port", "psk_identity", "psk_hex") if k not in mef_t]
+            if missing:
+                raise KeyError(f"[mef] needs {', '.join(missing)}")
+            int(mef_t["port"])
+            bytes.fromhex(str(mef_t["psk_hex"]))
         cache_ttl = float(data.get("key_cache_ttl_s", 1))
         if not 0 <= cache_ttl <= 86400:
             raise ValueError("key_cache_ttl_s must be 0 (no cache) to 86400")

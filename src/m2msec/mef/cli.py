@@ -121,6 +121,8 @@ def _load(config: Path) -> dict[str, Any]:
         if not isinstance(f, str) or not f:
             _fail(ValueError(f"{config}: [mef] enrolee_crl_issuers must be a PEM file name"))
         mef["enrolee_crl_issuers"] = f if Path(f).is_absolute() else str((base / f).resolve())
+    if ("cert" in mef) != ("key" in mef):
+        _fail(ValueError(f"{config}: [mef] cert and key go together (the MEF's certificate and its private key)"))
     for k in ("crl_port", "crl_validity_s", "enrolee_crl_refresh_s"):
         if k in mef and (not isinstance(mef[k], int) or isinstance(mef[k], bool) or mef[k] < 0):
             _fail(ValueError(f"{config}: [mef] {k} must be a non-negative integer"))
@@ -212,8 +214,12 @@ def _crl_publisher(state: MEFState, mef: dict[str, Any]) -> Any:
     return ESTCRLPublisher(state.store, ca, state.clock, validity=timedelta(seconds=int(mef["crl_validity_s"])))
 
 
-def _hangup(store: CRLStore, files: list[str], refresher: CRLRefresher | None) -> None:
-    """SIGHUP: re-read the CRL files keeping the fetched CRLs, then fetch the URLs now."""
+def _hangup(store: CRLStore | None, files: list[str], refresher: CRLRefresher | None) -> None:
+    """SIGHUP: re-read the CRL files keeping the fetched CRLs, then fetch the URLs now (nothing
+    configured: a note on stderr; SIGHUP never ends the MEF)."""
+    if store is None:
+        typer.echo("sighup: nothing to reload (no enrolee_crl_files or enrolee_crl_urls)", err=True)
+        return
     reload_crls_and_report(store, files, keep=refresher.crls if refresher is not None else None)
     if refresher is not None:
         refresher.trigger()
@@ -244,6 +250,10 @@ def serve(config: ConfigOpt,
         _fail(exc)
 
     async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)  # before anything is announced: a prompt signal stops cleanly
         refresher = None
         if mef.get("enrolee_crl_urls") and state.enrolee_crls is not None:
             # fetched before the MEF listens (a failure is logged, not fatal: P14)
@@ -252,24 +262,23 @@ def serve(config: ConfigOpt,
                                      period=timedelta(seconds=int(mef["enrolee_crl_refresh_s"])))
             await refresher.refresh()
             refresher.start()
-        host, p = await server.start(mef.get("host", "127.0.0.1"), port if port is not None else int(mef.get("port", 0)))
-        typer.echo(f"listening {host}:{p}")
-        if crl_server is not None:
-            await crl_server.start()
-            typer.echo(f"crl listening {crl_server.host}:{crl_server.port}")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        if state.enrolee_crls is not None:
-            loop.add_signal_handler(signal.SIGHUP, _hangup, state.enrolee_crls, mef.get("enrolee_crl_files", []),
-                                    refresher)
-        await stop.wait()
-        if refresher is not None:
-            await refresher.stop()
-        if crl_server is not None:
-            await crl_server.close()
-        await server.close()
+        loop.add_signal_handler(signal.SIGHUP, _hangup, state.enrolee_crls, mef.get("enrolee_crl_files", []),
+                                refresher)
+        try:
+            host, p = await server.start(mef.get("host", "127.0.0.1"),
+                                         port if port is not None else int(mef.get("port", 0)))
+            if crl_server is not None:
+                await crl_server.start()
+            typer.echo(f"listening {host}:{p}")
+            if crl_server is not None:
+                typer.echo(f"crl listening {crl_server.host}:{crl_server.port}")
+            await stop.wait()
+        finally:
+            if refresher is not None:
+                await refresher.stop()
+            if crl_server is not None:
+                await crl_server.close()
+            await server.close()
 
     asyncio.run(main())
     state.store.close()
