@@ -296,14 +296,14 @@ STEPS: list[tuple[str, Step]] = [
     ("ESPrim across two CSEs: AE on an MN-CSE to AE on the IN-CSE through two gateways (TS-0003 8.4, TS-0004 7.6.2)",
      step_esprim_across_cses),
     ("ESCertKE between two AEs, then ESPrim with the agreed key (TS-0003 8.7)", step_escertke),
-    ("Enrolment through the MEF, MAF registration with the KeID, MAF-based ESPrim (TS-0003 8.3, 8.8)", step_provisioning),
+    ("Enrolment through the MEF, MAF registration with the KeID, MAF-based ESPrim and ESData (TS-0003 8.3, 8.8)", step_provisioning),
     ("Certificate enrolment over EST from the MEF, then ESCertKE with it (TS-0003 8.3.6)", step_est),
     ("Certificate- and GBA-based RSPFs of the MEF: enrolment and refusals (TS-0003 8.3.2.2, 8.3.2.3)",
      step_other_rspfs),
 ]
 
 NOT_YET_SHOWN = [
-    "the MAF's certificate-based handshake and ESData via the MAF (tested in tests/maf)",
+    "the MAF's certificate-based handshake (tested in tests/maf)",
     "DTLS over UDP (tested in tests/tls, tests/saef)",
 ]
 

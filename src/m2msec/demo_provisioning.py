@@ -76,7 +76,8 @@ async def _run(workdir: Path) -> Rows:  # noqa: C901 - a linear script
     from m2msec.esprim import MemoryReceiverState, Originator, Receiver, ReceiverPolicy, SessionReady
     from m2msec.keys import derive_km, parse_key_id
     from m2msec.maf import AdminConfig, MAFClient, MAFClientConfig, MAFService
-    from m2msec.maf.keysources import MAFESPrimKeySource, esprim_originator_key
+    from m2msec.esdata import Source, Target
+    from m2msec.maf.keysources import MAFESDataKeySource, MAFESPrimKeySource, esdata_recipient, esprim_originator_key
     from m2msec.maf.mef import FetcherMEFClient
     from m2msec.maf.server import MAFServer
     from m2msec.mef import (
@@ -179,6 +180,22 @@ async def _run(workdir: Path) -> Rows:  # noqa: C901 - a linear script
                         raise RuntimeError("the Originator could not open the sealed response")
                     rows += [("AE2 pairwiseESPrimKey from the retrieved Kc", fingerprint(keys.resolve(kreg.key_id).key)),
                              ("ESPrim AE1 -> AE2", f"RETRIEVE {req.to}: {int(rsp.rsc)} OK, response sealed and opened")]
+
+                    # 5. ESData via the MAF (8.5, SUID 34): AE1 seals a reading for AE2 with a key from a
+                    # fresh MAF Handshake (one exporter key per session); AE2 opens it, retrieving on demand.
+                    await c1.connect()
+                    ereg = await c1.register_key(SUID.MAF_ESDATA_ENCRYPT, [AE2], _now() + timedelta(hours=1))
+                    reading = b'{"temperature": 22.5}'
+                    envelope = Source().seal(reading, serialization="json", content_type="application/json",
+                                             recipients=[esdata_recipient(ereg)])
+                    ek = MAFESDataKeySource(c2)
+                    opened = await ek.open(Target(ek), envelope)
+                    if opened.payload != reading or opened.decrypted_with != ereg.key_id:
+                        raise RuntimeError("AE2 could not open the ESData envelope with the MAF key")
+                    rows += [("ESData AE1 -> AE2 (SUID 34)",
+                              f"reading sealed with key {ereg.key_id} ({opened.key_management}/{opened.content_encryption})"),
+                             ("AE2 opened it", "key retrieved from the MAF on first sight of its kid: "
+                                               f"{opened.payload.decode()}")]
     finally:
         mef_store.close()
         maf_store.close()

@@ -18,6 +18,9 @@ def test_run_provisioning(tmp_path: Path) -> None:
     assert table["AE2 pairwiseESPrimKey from the retrieved Kc"] == table["pairwiseESPrimKey (C.6a.4)"]
     assert table["AE1 registered with the MAF"].startswith("MAF Client ID Cdemo-prov-ae1, KmID ")
     assert "2000 OK" in table["ESPrim AE1 -> AE2"]
+    assert re.fullmatch(r"reading sealed with key [0-9a-f]{32}@maf\.m2msec\.example \(A128KW/A\d+GCM\)",
+                        table["ESData AE1 -> AE2 (SUID 34)"])
+    assert table["AE2 opened it"].endswith('{"temperature": 22.5}')
     for _name, value in rows:  # identifiers (16-octet hex) and 4-octet fingerprints only
         assert not re.search(r"[0-9a-f]{40,}", value)
     assert fingerprint(b"\x00" * 32) == "66687aad"
