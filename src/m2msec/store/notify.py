@@ -30,6 +30,7 @@ import os
 import re
 import selectors
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
@@ -61,27 +62,28 @@ def check_payload(payload: str) -> str:
     return payload
 
 
-class Listener:
+class Listener(ABC):
     """Handle of :meth:`Store.listen`: ``connected`` tells whether notifications are being received."""
 
     channel: str
 
     @property
+    @abstractmethod
     def connected(self) -> bool:
-        raise NotImplementedError
+        """True while the LISTEN session is active (every change committed meanwhile is delivered)."""
 
     @property
+    @abstractmethod
     def closed(self) -> bool:
         """True once :meth:`close` was called."""
-        raise NotImplementedError
 
+    @abstractmethod
     def wait_connected(self, timeout: float | None = None) -> bool:
         """Block until the listener is connected (True) or ``timeout`` passed (False)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def close(self) -> None:
         """Stop listening (idempotent); no callback runs after this returns."""
-        raise NotImplementedError
 
 
 class PgListener(Listener):
