@@ -61,3 +61,9 @@ def test_demo_runs_as_a_process(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "all steps passed" in proc.stdout
     assert "FAILED" not in proc.stdout
+    out = " ".join(proc.stdout.split())  # rich wraps table cells
+    # step 13: certificate MAF Handshake, then MAF-based SAEF over DTLS with the retrieved Kc
+    assert "MAF Client ID //m2msec.example/id-in/Cdemo-saef-ae" in out
+    assert "PSK-AES128-CCM8" in out and "4103 ORIGINATOR_HAS_NO_PRIVILEGE" in out
+    # step 6: nested sign-then-encrypt in XML, opened and the signer checked
+    assert "application/json:0:4: sign-enc" in out

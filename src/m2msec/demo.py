@@ -206,10 +206,26 @@ def step_certificate_saef(ctx: DemoContext) -> list[tuple[str, str]]:
 
 def step_esdata(ctx: DemoContext) -> list[tuple[str, str]]:
     """ESData (TS-0003 8.5): a reading sealed for two targets (JWE JSON, A128KW, A128GCM)
-    and put in a contentInstance with its contentInfo; each target opens it with its own key."""
+    and put in a contentInstance with its contentInfo; each target opens it with its own key.
+    Then Nested Sign-then-Encrypt in XML (contentSecurity 4, XML-DSig inside XML-Enc): signed
+    with the sensor's AE-ID certificate, encrypted for a target certificate; the target checks
+    the signer, and a reading claiming another Source is refused."""
     import json
+    from datetime import datetime, timezone
 
-    from m2msec.esdata import InMemoryKeySource, Source, SymmetricRecipient, Target, from_content_instance, to_content_instance
+    from m2msec.esdata import (
+        CertificateRecipient,
+        CertificateSigner,
+        ESDataError,
+        InMemoryKeySource,
+        Source,
+        SymmetricRecipient,
+        Target,
+        from_content_instance,
+        pki_verifier,
+        to_content_instance,
+    )
+    from m2msec.pki import CertificateFlavour, DevCA
 
     reading = json.dumps({"temperature": 21.5, "unit": "Cel"}).encode()
     keys_by_target = {f"{secrets.token_hex(16)}@mef.m2msec.example": secrets.token_bytes(16) for _ in range(2)}
@@ -227,11 +243,41 @@ def step_esdata(ctx: DemoContext) -> list[tuple[str, str]]:
         opened_by.append(kid.split("@")[0][:8] + "…")
     if reading in json.dumps(cin).encode():
         raise RuntimeError("plaintext visible in the contentInstance")
+
+    # Nested Sign-then-Encrypt, XML serialization, certificates on both ends
+    now = lambda: datetime.now(timezone.utc)  # noqa: E731
+    sp = "m2msec.example"
+    sensor_id, target_id = f"//{sp}/id-in/Csensor", f"//{sp}/id-in/Ctarget"
+    ca = DevCA.create("m2msec demo ESData CA", now=now(), permit_uri=[sp])
+    sensor, target = (ca.issue(CertificateFlavour.AE_ID, [i], now=now()) for i in (sensor_id, target_id))
+    assert sensor.private_key is not None and target.private_key is not None
+    nested = Source().seal(reading, serialization="xml", content_type="application/json",
+                           signers=[CertificateSigner(sensor.private_key, (sensor.certificate, *sensor.chain))],
+                           recipients=[CertificateRecipient(target.certificate)])
+    xml_cin = to_content_instance(nested)
+    keys = InMemoryKeySource()
+    keys.add_certificate_key(target.private_key, target.certificate)
+    opener = Target(keys, certificate_verifier=pki_verifier(trust_anchors=[ca.trust_anchor], clock=now, flavour="ae-id"))
+    opened = opener.open(from_content_instance(xml_cin), expected_source_id=sensor_id)
+    if opened.payload != reading or opened.signatures[0].source_id != sensor_id:
+        raise RuntimeError("the nested envelope did not open to the signed reading")
+    if reading in json.dumps(xml_cin).encode():
+        raise RuntimeError("plaintext visible in the XML contentInstance")
+    try:
+        opener.open(from_content_instance(xml_cin), expected_source_id=f"//{sp}/id-in/Cother")
+        raise RuntimeError("a reading was accepted from the wrong Source")
+    except ESDataError as exc:
+        wrong_source = f"refused: {exc.reason.value} (rsc {int(exc.rsc)})"
     return [
         ("contentInstance cnf", str(cin["cnf"])),
         ("con (what any CSE stores)", str(cin["con"])[:60] + "…"),
         ("opened by targets", ", ".join(opened_by)),
         ("plaintext in the contentInstance", "no"),
+        ("nested sign-then-encrypt, XML (cnf)", f"{xml_cin['cnf']}: {nested.security_class.value}, "
+                                                f"{len(nested.data)} octets of XML-Enc"),
+        ("opened by the target certificate", f"{opened.key_management}/{opened.content_encryption}, "
+                                             f"signed {opened.signatures[0].alg} by {opened.signatures[0].source_id}"),
+        ("same envelope, expected from another Source", wrong_source),
     ]
 
 
@@ -279,6 +325,12 @@ def step_esprim_across_cses(ctx: DemoContext) -> list[tuple[str, str]]:
     return run_esprim_across_cses(ctx.workdir / "multicse")
 
 
+def step_saef_maf_dtls(ctx: DemoContext) -> list[tuple[str, str]]:
+    from m2msec.demo_saef_maf import run_saef_maf
+
+    return run_saef_maf(ctx.workdir / "saef-maf")
+
+
 def step_other_rspfs(ctx: DemoContext) -> list[tuple[str, str]]:
     from m2msec.demo_rspf import run_other_rspfs
 
@@ -291,7 +343,8 @@ STEPS: list[tuple[str, Step]] = [
     ("Keys kept in the encrypted store (SQLite, AES-GCM under a KEK)", step_store),
     ("sessionESPrimKey from a pairwise key and two rand values", step_session_esprim_key),
     ("Certificate-Based SAEF: mutual TLS with 8.1.2.5 verification, HTTP over it (TS-0003 8.2)", step_certificate_saef),
-    ("ESData: one reading sealed for two targets, stored as a contentInstance (TS-0003 8.5)", step_esdata),
+    ("ESData: a reading sealed for two targets; nested sign-then-encrypt in XML with certificates (TS-0003 8.5)",
+     step_esdata),
     ("ESPrim through a real CSE (ACME) and m2msec gateway (TS-0003 8.4, TS-0004 7.6.2)", step_esprim_through_cse),
     ("ESPrim across two CSEs: AE on an MN-CSE to AE on the IN-CSE through two gateways (TS-0003 8.4, TS-0004 7.6.2)",
      step_esprim_across_cses),
@@ -300,11 +353,14 @@ STEPS: list[tuple[str, Step]] = [
     ("Certificate enrolment over EST from the MEF, then ESCertKE with it (TS-0003 8.3.6)", step_est),
     ("Certificate- and GBA-based RSPFs of the MEF: enrolment and refusals (TS-0003 8.3.2.2, 8.3.2.3)",
      step_other_rspfs),
+    ("MAF certificate handshake, then MAF-based SAEF over DTLS 1.2 with the registered key (TS-0003 8.8.2.2, 8.2.2.3)",
+     step_saef_maf_dtls),
 ]
 
 NOT_YET_SHOWN = [
-    "the MAF's certificate-based handshake (tested in tests/maf)",
-    "DTLS over UDP (tested in tests/tls, tests/saef)",
+    "ESData Signature-only (JWS with a certificate or a MIC with a symmetric key) and the compact and base64 "
+    "serializations (tested in tests/esdata)",
+    "several MAF and MEF instances sharing one PostgreSQL database (tested in tests/maf, tests/mef)",
 ]
 
 
