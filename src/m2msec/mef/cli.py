@@ -495,18 +495,25 @@ def est_ca_init(
     days: Annotated[int, typer.Option("--days", min=1)] = 3650,
     root_out: Annotated[Path | None, typer.Option("--root-out", help="Write the root certificate (PEM) here.")] = None,
 ) -> None:
-    """Create the MEF CA (a name-constrained DevCA) and keep it in the store, encrypted at rest."""
+    """Create the MEF CA (a name-constrained DevCA) and keep it in the store, encrypted at rest.
+
+    With ``[mef] crl_base_url`` the intermediate names ``<crl_base_url>/root.crl`` (the root's
+    CRL, which this MEF publishes with ``crl_port``) as its CRL distribution point (M21)."""
     from cryptography.hazmat.primitives import hashes, serialization
 
     from m2msec.mef.est import load_dev_ca, store_dev_ca
+    from m2msec.mef.est_crl import crl_url_for
     from m2msec.pki import DevCA
 
     try:
-        state = _state(_load(config))
+        mef = _load(config)
+        state = _state(mef)
         if load_dev_ca(state.store) is not None:
             raise ValueError("the store already holds an MEF CA")
+        base = mef.get("crl_base_url")
+        root_crl_url = crl_url_for(str(base), "root") if base and intermediate else None
         ca = DevCA.create(name, now=_utcnow(), permit_dns=permit_dns or (), permit_uri=permit_uri or (),
-                          intermediate=intermediate, validity=timedelta(days=days))
+                          intermediate=intermediate, validity=timedelta(days=days), root_crl_url=root_crl_url)
         store_dev_ca(state.store, ca)
         state.store.close()
         if root_out is not None:
@@ -514,6 +521,8 @@ def est_ca_init(
     except (M2MSecError, OSError, ValueError) as exc:
         _fail(exc)
     typer.echo(f"MEF CA {name!r} stored; root SHA-256 {ca.trust_anchor.fingerprint(hashes.SHA256()).hex()}")
+    if root_crl_url:
+        typer.echo(f"intermediate CRL distribution point {root_crl_url}")
 
 
 @enrolee_app.command("est")

@@ -130,7 +130,13 @@ class DevCA:
         validity: timedelta = timedelta(days=3650),
         key_policy: KeyPolicy = DEFAULT_KEY_POLICY,
         crl_url: str | None = None,
+        root_crl_url: str | None = None,
     ) -> DevCA:
+        """``crl_url``: the cRLDistributionPoints URI of the leaves (the issuing CA's CRL);
+        ``root_crl_url``: that of the intermediate (the root's CRL, which covers it).  A root
+        without an intermediate carries none (nothing covers a trust anchor)."""
+        if root_crl_url and not intermediate:
+            raise ValueError("root_crl_url is the intermediate's distribution point: it needs intermediate=True")
         nc = build_name_constraints(permit_dns, permit_uri, permit_device)
         nb, na = now - timedelta(minutes=5), now + validity
         root_key = generate_private_key(key_type)
@@ -151,6 +157,7 @@ class DevCA:
             inter_cert = build_ca_cert(
                 subject=inter_subject, public_key=inter_key.public_key(), issuer_cert=root, issuer_key=root_key,
                 path_length=0, name_constraints=nc, not_before=nb, not_after=na,
+                crl_urls=[root_crl_url] if root_crl_url else (),
             )
         return cls(name=name, root_cert=root, root_key=root_key, intermediate_cert=inter_cert,
                    intermediate_key=inter_key, key_policy=key_policy, crl_url=crl_url)

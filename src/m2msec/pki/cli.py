@@ -93,6 +93,10 @@ def init_ca(
     crl_url: Annotated[
         Optional[str], typer.Option("--crl-url", help="URL put in leaves' cRLDistributionPoints (issuing CA's CRL).")
     ] = None,
+    root_crl_url: Annotated[
+        Optional[str], typer.Option("--root-crl-url",
+                                    help="URL put in the intermediate's cRLDistributionPoints (the root's CRL).")
+    ] = None,
 ) -> None:
     """Create a root CA (and optionally an intermediate) with name constraints."""
     if (directory / "ca.json").exists():
@@ -101,7 +105,7 @@ def init_ca(
         ca = DevCA.create(
             name, now=_now(), permit_dns=permit_dns or [], permit_uri=permit_uri or [],
             permit_device=permit_device or [], intermediate=intermediate, key_type=key_type,
-            validity=timedelta(days=days), crl_url=crl_url,
+            validity=timedelta(days=days), crl_url=crl_url, root_crl_url=root_crl_url,
         )
         ca.save(directory, passphrase.encode())
     except (M2MSecError, ValueError) as exc:

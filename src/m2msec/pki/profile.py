@@ -115,9 +115,7 @@ def build_leaf(
         )
     )
     if crl_urls:
-        dp = x509.DistributionPoint(full_name=[x509.UniformResourceIdentifier(u) for u in crl_urls],
-                                    relative_name=None, reasons=None, crl_issuer=None)
-        builder = builder.add_extension(x509.CRLDistributionPoints([dp]), critical=False)
+        builder = builder.add_extension(_distribution_points(crl_urls), critical=False)
     return builder.sign(issuer_key, signature_hash_for(issuer_key))
 
 
@@ -131,8 +129,16 @@ def build_ca_cert(
     name_constraints: x509.NameConstraints | None,
     not_before: datetime,
     not_after: datetime,
+    crl_urls: Sequence[str] = (),
 ) -> x509.Certificate:
-    """A root (issuer_cert None: self-signed) or intermediate CA certificate."""
+    """A root (issuer_cert None: self-signed) or intermediate CA certificate.
+
+    ``crl_urls`` (intermediates only): a non-critical cRLDistributionPoints extension with one
+    distribution point whose fullName is these URIs - where the CRL of the *issuing* CA (the
+    one that covers this certificate) is published (RFC 5280 4.2.1.13).
+    """
+    if crl_urls and issuer_cert is None:
+        raise ValueError("a self-signed root has no CRL distribution point (no CRL covers it)")
     issuer_name = subject if issuer_cert is None else issuer_cert.subject
     builder = (
         x509.CertificateBuilder()
@@ -153,7 +159,15 @@ def build_ca_cert(
         )
     if name_constraints is not None:
         builder = builder.add_extension(name_constraints, critical=True)
+    if crl_urls:
+        builder = builder.add_extension(_distribution_points(crl_urls), critical=False)
     return builder.sign(issuer_key, signature_hash_for(issuer_key))
+
+
+def _distribution_points(crl_urls: Sequence[str]) -> x509.CRLDistributionPoints:
+    dp = x509.DistributionPoint(full_name=[x509.UniformResourceIdentifier(u) for u in crl_urls],
+                                relative_name=None, reasons=None, crl_issuer=None)
+    return x509.CRLDistributionPoints([dp])
 
 
 def build_csr(
