@@ -4,38 +4,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum, IntEnum
+from enum import Enum
 
 from cryptography import x509
+
+from m2msec.onem2m.enums import ContentSecurity  # one definition for the library (TS-0004 6.3.4.2.38)
 
 
 class SecurityClass(str, Enum):
     ENCRYPT = "enc"  # Encryption only (8.5.2.2)
     SIGN = "sign"  # Signature only (8.5.2.3)
     SIGN_ENCRYPT = "sign-enc"  # Nested Sign-then-Encrypt (8.5.2.4)
-
-
-class ContentSecurity(IntEnum):
-    """TS-0004 table 6.3.4.2.38-1."""
-
-    NONE = 0
-    JOSE_COMPACT = 1
-    JOSE_JSON = 2
-    JOSE_JSON_BASE64 = 3
-    XML = 4
-    XML_BASE64 = 5
-
-    @property
-    def is_jose(self) -> bool:
-        return self in (ContentSecurity.JOSE_COMPACT, ContentSecurity.JOSE_JSON, ContentSecurity.JOSE_JSON_BASE64)
-
-    @property
-    def is_xml(self) -> bool:
-        return self in (ContentSecurity.XML, ContentSecurity.XML_BASE64)
-
-    @property
-    def is_base64(self) -> bool:
-        return self in (ContentSecurity.JOSE_JSON_BASE64, ContentSecurity.XML_BASE64)
 
 
 #: CLI / human names of the serializations, in contentSecurity order.
