@@ -1,8 +1,8 @@
 """Certificate status with CRLs (TS-0003 8.1.2.2 "Certificate status verification"; RFC 5280 5 and 6.3).
 
 TS-0003 8.1.2.2 says an entity shall verify the status of a certificate with a
-Certificate Revocation List as described in RFC 5280 (OCSP is optional and not
-implemented).  This module holds both sides:
+Certificate Revocation List as described in RFC 5280 (OCSP is optional: held OCSP
+responses, :mod:`m2msec.pki.ocsp`, are a second source here).  This module holds both sides:
 
 * :func:`build_crl` - the CRL profile of the development CA (:mod:`m2msec.pki.ca`):
   version 2, issuer = the CA's subject, thisUpdate = issue time, nextUpdate =
@@ -59,6 +59,7 @@ from cryptography.hazmat.primitives import hashes
 from m2msec.pki.errors import CertificateVerificationError, CRLError
 from m2msec.pki.errors import VerificationReason as R
 from m2msec.pki.keypolicy import PrivateKey, signature_hash_for
+from m2msec.pki.ocsp import OCSPStore, ocsp_evidence
 
 __all__ = [
     "DEFAULT_CRL_VALIDITY",
@@ -89,7 +90,7 @@ class RevocationPolicy(str, enum.Enum):
 class RevocationStatus(str, enum.Enum):
     """Status of one certificate of a verified path."""
 
-    GOOD = "good"  # checked against a current CRL of its issuer: not listed
+    GOOD = "good"  # not listed on a current CRL of its issuer, or a current OCSP response says good
     UNDETERMINED = "undetermined"  # no applicable current CRL (accepted under if-available)
     NOT_CHECKED = "not-checked"  # policy off
 
@@ -383,9 +384,15 @@ def _reason_text(entry: x509.RevokedCertificate) -> str:
 
 def _status_of(
     cert: x509.Certificate, issuer: x509.Certificate, store: CRLStore | None, policy: RevocationPolicy,
-    now: datetime,
+    now: datetime, ocsp_store: OCSPStore | None = None,
 ) -> RevocationStatus:
     what = f"{_name(cert.subject)!r} (serial {cert.serial_number:x})"
+    ev = ocsp_evidence(ocsp_store, cert, issuer, now=now) if ocsp_store is not None else None
+    if ev is not None and ev.revoked is not None:
+        r = ev.revoked
+        reason = r.revocation_reason.value if r.revocation_reason is not None else "unspecified"
+        when = r.revocation_time.isoformat() if r.revocation_time is not None else "?"
+        raise _fail(R.REVOKED, f"{what} was revoked at {when} (reason {reason}, OCSP response)")
     candidates = store.for_issuer(cert.issuer) if store is not None else ()
     usable: list[x509.CertificateRevocationList] = []
     problem: str | None = None
@@ -404,11 +411,12 @@ def _status_of(
                                    f"(reason {_reason_text(entry)}, CRL of {_name(crl.issuer)!r})")
     current = [c for c in usable
                if c.last_update_utc <= now and c.next_update_utc is not None and now < c.next_update_utc]
-    if current:
+    if current or (ev is not None and ev.good is not None):
         return RevocationStatus.GOOD
     if policy is RevocationPolicy.REQUIRE:
         if not usable:
-            raise _fail(R.REVOCATION_UNKNOWN, f"no CRL of {_name(cert.issuer)!r} covers {what}")
+            extra = f" (OCSP: {ev.problems[0]})" if ev is not None and ev.problems else ""
+            raise _fail(R.REVOCATION_UNKNOWN, f"no CRL of {_name(cert.issuer)!r} covers {what}{extra}")
         c = max(usable, key=lambda c: c.last_update_utc)
         if c.last_update_utc > now:
             why = f"is not valid before {c.last_update_utc.isoformat()}"
@@ -426,6 +434,7 @@ def check_path_revocation(
     crls: CRLSource,
     policy: RevocationPolicy | str,
     now: datetime,
+    ocsp: OCSPStore | None = None,
 ) -> tuple[RevocationStatus, ...]:
     """Status of every certificate of a *validated* path ``certs`` (leaf first, trust anchor last).
 
@@ -433,7 +442,10 @@ def check_path_revocation(
     issuer is the next certificate of the path, so its key, already validated,
     verifies the CRL).  Returns one status per certificate below the anchor or
     raises :class:`CertificateVerificationError` (REVOKED, REVOCATION_UNKNOWN,
-    CRL_INVALID).
+    CRL_INVALID).  ``ocsp``: held OCSP responses (:class:`m2msec.pki.ocsp.OCSPStore`),
+    a second status source: a verified REVOKED response revokes (like a CRL entry), a
+    verified current GOOD response makes the status GOOD where the CRLs leave it
+    undetermined (it satisfies ``require``); CRL results are otherwise unchanged.
     """
     policy = RevocationPolicy(policy)
     below = list(certs[:-1])
@@ -444,7 +456,7 @@ def check_path_revocation(
     errors: list[CertificateVerificationError] = []
     for i, c in enumerate(below):
         try:
-            out.append(_status_of(c, certs[i + 1], store, policy, now))
+            out.append(_status_of(c, certs[i + 1], store, policy, now, ocsp))
         except CertificateVerificationError as exc:
             errors.append(exc)
     for reason in _PRIORITY:  # a revocation anywhere on the path is reported before an unusable/missing CRL

@@ -25,8 +25,9 @@ Steps, in the clause's order:
    issuer has a CRL; with no CRLs configured this is the behaviour without
    revocation checking) or ``"require"`` (a current CRL for every issuer).
    Failures: REVOKED, REVOCATION_UNKNOWN (``require`` and no current CRL),
-   CRL_INVALID (see :mod:`m2msec.pki.crl` for the exact rules).  OCSP is not
-   implemented (optional in 8.1.2.2).
+   CRL_INVALID (see :mod:`m2msec.pki.crl` for the exact rules).  OCSP responses
+   held in an :class:`~m2msec.pki.ocsp.OCSPStore` (``ocsp``) are a second source:
+   REVOKED from either source wins, a current GOOD response satisfies ``require``.
 
 The path is built by hand rather than with ``cryptography.x509.verification``:
 that verifier implements the CA/B-style web profile (it rejects otherName
@@ -58,6 +59,7 @@ from m2msec.pki.identifiers import (
 )
 from m2msec.pki.keypolicy import DEFAULT_KEY_POLICY, KeyPolicy
 from m2msec.pki.nameconstraints import first_violation, names_subject_to_constraints
+from m2msec.pki.ocsp import OCSPStore
 from m2msec.pki.pkid import matches_public_key_identifier, spki_der
 
 MAX_CHAIN_LENGTH = 8
@@ -269,6 +271,7 @@ def verify_peer_certificate(
     required_eku: x509.ObjectIdentifier | None = None,
     crls: CRLSource = None,
     revocation: RevocationPolicy | str = RevocationPolicy.IF_AVAILABLE,
+    ocsp: OCSPStore | None = None,
 ) -> VerifiedPeer:
     """Verify a peer's certificate chain (leaf first) as TS-0003 8.1.2.5 prescribes.
 
@@ -278,6 +281,8 @@ def verify_peer_certificate(
     TLS client) is enforced only if the leaf has an extendedKeyUsage extension.
     ``crls`` / ``revocation``: certificate status checking (8.1.2.2, step 4 of
     the module docstring); ``VerifiedPeer.revocation`` records the outcome.
+    ``ocsp``: held OCSP responses consulted as a second status source
+    (:func:`m2msec.pki.crl.check_path_revocation`).
     """
     if now.tzinfo is None:
         raise ValueError("now must be a timezone-aware datetime")
@@ -297,7 +302,7 @@ def verify_peer_certificate(
             raise _fail(R.UNTRUSTED_ROOT, "no trust anchor is configured")
         path, anchor = _build_path(chain, trust_anchors)
         _validate_path(path, anchor, now, key_policy, required_eku)
-        status = check_path_revocation([*path, anchor], crls=crls, policy=policy, now=now)
+        status = check_path_revocation([*path, anchor], crls=crls, policy=policy, now=now, ocsp=ocsp)
     except CertificateVerificationError:
         raise
     except IdentifierError:
