@@ -44,7 +44,7 @@ import m2msec.gateway.config as gateway_config
 import m2msec.maf.server as maf_server
 import m2msec.mef.cli as mef_cli
 from m2msec.errors import M2MSecError
-from m2msec.pki import CertificateFlavour, DevCA
+from m2msec.pki import CertificateFlavour, CRLFetcher, CRLStore, DevCA
 from m2msec.store import KeyEncryptionKey
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -317,6 +317,12 @@ def _pub(key: Any) -> bytes:
     return key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
+def _https_ca(fetcher: CRLFetcher) -> list[x509.Certificate]:
+    """The CA certificates the fetcher's https context trusts."""
+    assert fetcher.https_ca is not None
+    return [x509.load_der_x509_certificate(d) for d in fetcher.https_ca.get_ca_certs(binary_form=True)]
+
+
 # Each accessor returns the key's effective value in the terms of the TOML file (seconds,
 # strings, file names); for files it returns what was loaded from them, compared with
 # EXPECTED_FILE_CONTENT.  Keys of [[array]] tables return one value per entry.
@@ -342,6 +348,7 @@ MAF: dict[tuple[str, str], Accessor] = {
     ("tls", "client_crl_issuers"): lambda b, _: ("file", list(b.cfg.client_crl_issuers)),
     ("tls", "client_crl_from_cdp"): lambda b, _: CDP_URL in b.cfg.client_crl_urls,
     ("tls", "client_crl_refresh_s"): lambda b, _: b.cfg.client_crl_refresh.total_seconds(),
+    ("tls", "client_crl_https_ca"): lambda b, _: ("file", _https_ca(b.cfg.crl_refresher(clock=_utc_now).fetcher)),
     ("tls", "revocation"): lambda b, _: b.cfg.revocation.value,
     ("admin", "fqdn"): lambda b, _: [a.fqdn for a in b.cfg.admins],
     ("admin", "client_config"): lambda b, _: [a.client_config for a in b.cfg.admins],
@@ -364,6 +371,8 @@ MEF: dict[tuple[str, str], Accessor] = {
     ("mef", "enrolee_crl_urls"): lambda b, _: b.mef.get("enrolee_crl_urls"),
     ("mef", "enrolee_crl_issuers"): lambda b, _: ("file", b.crl_issuers),
     ("mef", "enrolee_crl_refresh_s"): lambda b, _: b.mef["enrolee_crl_refresh_s"],
+    ("mef", "enrolee_crl_https_ca"): lambda b, _: ("file", _https_ca(CRLFetcher(
+        CRLStore(), (), https_ca=b.mef["enrolee_crl_https_ca"]))),
     ("mef", "crl_port"): lambda b, _: b.mef.get("crl_port"),
     ("mef", "crl_host"): lambda b, _: b.mef.get("crl_host", b.mef.get("host", "127.0.0.1")),
     ("mef", "crl_base_url"): lambda b, _: (b.mef["crl_base_url"]
@@ -647,6 +656,7 @@ REFUSALS = [
     ("maf.toml", "client_crl_from_cdp = true", 'client_crl_from_cdp = "yes"'),
     ("maf.toml", '"http://pki.m2m.example.com/crl/intermediate.crl"', '"ftp://pki.m2m.example.com/x.crl"'),
     ("maf.toml", 'key = "maf-key.pem"', ""),  # [tls] needs key
+    ("maf.toml", 'client_crl_https_ca = "crl-server-ca.pem"', 'client_crl_https_ca = "no-ca.crl"'),
     ("mef.toml", "crl_validity_s = 43200", "crl_validity_s = 0"),
     ("mef.toml", "enrolee_crl_refresh_s = 900", "enrolee_crl_refresh_s = -1"),
     ("mef.toml", "crl_port = 8080", "crl_port = true"),
@@ -654,6 +664,7 @@ REFUSALS = [
     ("mef.toml", '"http://pki.m2m.example.com/crl/intermediate.crl"', '"ftp://pki.m2m.example.com/x.crl"'),
     ("mef.toml", 'crl_base_url = "http://mef.m2m.example.com:8080/crl/"', 'crl_base_url = "mef/crl"'),
     ("mef.toml", 'enrolee_crl_issuers = "enrolee-sub-ca.pem"', 'enrolee_crl_issuers = ["enrolee-sub-ca.pem"]'),
+    ("mef.toml", 'enrolee_crl_https_ca = "crl-server-ca.pem"', 'enrolee_crl_https_ca = "no-ca.crl"'),
     ("mef.toml", 'naf_token = "zn-token-of-this-mef"', ""),  # [gba] needs a token (none in the environment)
     ("mef.toml", 'store = "sqlite:///var/lib/m2msec/mef.db"', ""),
     ("gateway.toml", "enforce_acp = false", 'enforce_acp = "no"'),

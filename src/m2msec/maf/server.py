@@ -37,7 +37,15 @@ from m2msec.maf.protocol import ErrorBody, MAFError, Procedure, decode_body, enc
 from m2msec.maf.service import AdminConfig, MAFPeer, MAFService
 from m2msec.net.h11io import BodyTooLarge, next_cycle, read_request, write_response
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
-from m2msec.pki import CRLError, CRLRefresher, CRLStore, RevocationPolicy, distribution_points, load_crl_files
+from m2msec.pki import (
+    CRLError,
+    CRLRefresher,
+    CRLStore,
+    RevocationPolicy,
+    distribution_points,
+    load_crl_files,
+    load_https_ca,
+)
 from m2msec.onem2m.timestamps import Clock
 from m2msec.store import KeyEncryptionKey, Store, open_store
 from m2msec.tls.aio import TLSStreamWriter, start_server
@@ -73,6 +81,7 @@ class MAFServerConfig:
     client_crl_urls: tuple[str, ...] = ()  # CRLs fetched into client_crls (m2msec.pki.crl_fetch)
     client_crl_issuers: tuple[x509.Certificate, ...] = ()  # intermediate CAs that may sign fetched CRLs
     client_crl_refresh: timedelta = timedelta(hours=1)  # longest interval between two fetches of a URL
+    client_crl_https_ca: str | None = None  # PEM CA file for https CRL servers (None: httpx's default store)
 
     def crl_refresher(self, *, clock: Clock) -> CRLRefresher | None:
         """The refresher of ``client_crl_urls`` into ``client_crls`` (None without URLs); fetched
@@ -81,7 +90,7 @@ class MAFServerConfig:
             return None
         return CRLRefresher(self.client_crls, self.client_crl_urls,
                             (*self.client_trust_anchors, *self.client_crl_issuers), clock=clock,
-                            period=self.client_crl_refresh)
+                            period=self.client_crl_refresh, https_ca=self.client_crl_https_ca)
 
     def mef_client(self) -> MEFClient | None:
         """A :class:`FetcherMEFClient` over the MEF component's fetcher for the ``[mef]`` table."""
@@ -129,6 +138,8 @@ def load_config(path: str | Path) -> MAFServerConfig:
         client_crl_from_cdp = false        # also fetch the http(s) cRLDistributionPoints of
                                            # client_trust_anchors and client_crl_issuers
         client_crl_refresh_s = 3600        # refresh at least this often (earlier near nextUpdate)
+        client_crl_https_ca = "crl-server-ca.pem"  # optional: trust anchors of https CRL servers
+                                           # (default: httpx's default trust store)
         revocation = "if-available"        # off | if-available (default) | require
         [[admin]]
         fqdn = "sp.example.com"
@@ -154,6 +165,7 @@ def load_config(path: str | Path) -> MAFServerConfig:
         crl_urls: tuple[str, ...] = ()
         crl_issuers: tuple[x509.Certificate, ...] = ()
         crl_refresh = timedelta(hours=1)
+        crl_https_ca: str | None = None
         revocation = RevocationPolicy.IF_AVAILABLE
         tls = data.get("tls")
         if tls:
@@ -180,6 +192,12 @@ def load_config(path: str | Path) -> MAFServerConfig:
             refresh_s = int(tls.get("client_crl_refresh_s", 3600))
             if refresh_s <= 0:
                 raise ValueError("client_crl_refresh_s must be positive")
+            if "client_crl_https_ca" in tls:
+                ca_file = tls["client_crl_https_ca"]
+                if not isinstance(ca_file, str) or not ca_file:
+                    raise TypeError("client_crl_https_ca must be a PEM file name")
+                crl_https_ca = str(rel(ca_file))
+                load_https_ca(crl_https_ca)  # readable, holds CA certificates
             if crl_urls:
                 crl_refresh = timedelta(seconds=refresh_s)
                 if crls is None:
@@ -205,7 +223,7 @@ def load_config(path: str | Path) -> MAFServerConfig:
             key_cache_ttl=timedelta(seconds=cache_ttl),
             credentials=creds, client_trust_anchors=anchors, client_crls=crls, client_crl_files=crl_paths,
             revocation=revocation, client_crl_urls=crl_urls, client_crl_issuers=crl_issuers,
-            client_crl_refresh=crl_refresh,
+            client_crl_refresh=crl_refresh, client_crl_https_ca=crl_https_ca,
             kek_file=str(rel(kek_file)) if kek_file else None, mef=dict(data["mef"]) if "mef" in data else None,
         )
     except (KeyError, TypeError, ValueError, OSError, CRLError) as exc:

@@ -16,6 +16,7 @@
     enrolee_crl_urls = ["http://pki.example.com/issuing.crl"]  # optional: CRLs fetched over http(s) and refreshed
     enrolee_crl_issuers = "enrolee-sub-ca.pem"  # intermediate CAs allowed to sign fetched CRLs (besides the anchors)
     enrolee_crl_refresh_s = 3600      # refresh at least this often (earlier near nextUpdate)
+    enrolee_crl_https_ca = "crl-server-ca.pem"  # optional: trust anchors of https CRL servers (default: httpx's)
     crl_port = 8080                   # optional: serve the EST CA's CRLs over http (/crl/root.crl, /crl/intermediate.crl)
     crl_host = "127.0.0.1"            # (default: host)
     crl_base_url = "http://mef.m2m.example.com:8080/crl/"  # optional: CRL distribution point in EST certificates
@@ -68,7 +69,16 @@ from m2msec.mef.client import mef_tls_config, save_enrolment
 from m2msec.mef.protocol import EnrolmentRequest, MAFPreference, TargetGrant
 from m2msec.mef.server import MEFServer
 from m2msec.mef.state import EnroleeConfig, MEFState, TargetConfig
-from m2msec.pki import CertificateFlavour, CRLRefresher, CRLStore, PeerCertInfo, RevocationPolicy, load_crl_files
+from m2msec.pki import (
+    CertificateFlavour,
+    CRLError,
+    CRLRefresher,
+    CRLStore,
+    PeerCertInfo,
+    RevocationPolicy,
+    load_crl_files,
+    load_https_ca,
+)
 from m2msec.pki.cli import reload_crls_and_report
 from m2msec.store import KeyEncryptionKey, open_store
 from m2msec.tls.engine import CertCredentials, PSKCredentials
@@ -121,6 +131,15 @@ def _load(config: Path) -> dict[str, Any]:
         if not isinstance(f, str) or not f:
             _fail(ValueError(f"{config}: [mef] enrolee_crl_issuers must be a PEM file name"))
         mef["enrolee_crl_issuers"] = f if Path(f).is_absolute() else str((base / f).resolve())
+    if "enrolee_crl_https_ca" in mef:
+        f = mef["enrolee_crl_https_ca"]
+        if not isinstance(f, str) or not f:
+            _fail(ValueError(f"{config}: [mef] enrolee_crl_https_ca must be a PEM file name"))
+        mef["enrolee_crl_https_ca"] = f if Path(f).is_absolute() else str((base / f).resolve())
+        try:
+            load_https_ca(mef["enrolee_crl_https_ca"])
+        except CRLError as exc:
+            _fail(ValueError(f"{config}: [mef] enrolee_crl_https_ca: {exc}"))
     if ("cert" in mef) != ("key" in mef):
         _fail(ValueError(f"{config}: [mef] cert and key go together (the MEF's certificate and its private key)"))
     for k in ("crl_port", "crl_validity_s", "enrolee_crl_refresh_s"):
@@ -259,7 +278,8 @@ def serve(config: ConfigOpt,
             # fetched before the MEF listens (a failure is logged, not fatal: P14)
             refresher = CRLRefresher(state.enrolee_crls, mef["enrolee_crl_urls"],
                                      (*state.enrolee_anchors, *crl_issuers), clock=_utcnow,
-                                     period=timedelta(seconds=int(mef["enrolee_crl_refresh_s"])))
+                                     period=timedelta(seconds=int(mef["enrolee_crl_refresh_s"])),
+                                     https_ca=mef.get("enrolee_crl_https_ca"))
             await refresher.refresh()
             refresher.start()
         loop.add_signal_handler(signal.SIGHUP, _hangup, state.enrolee_crls, mef.get("enrolee_crl_files", []),

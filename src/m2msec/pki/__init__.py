@@ -16,6 +16,7 @@ from m2msec.pki.crl_fetch import (
     FetchOutcome,
     FetchResult,
     distribution_points,
+    load_https_ca,
     verify_fetched_crl,
 )
 from m2msec.pki.crl_http import CRL_MEDIA_TYPE, CRLHTTPServer
@@ -81,6 +82,7 @@ __all__ = [
     "crl_number",
     "load_crl_files",
     "load_crls",
+    "load_https_ca",
     "matches_public_key_identifier",
     "ni_uri",
     "public_key_identifier",

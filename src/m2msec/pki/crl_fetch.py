@@ -25,7 +25,10 @@ the CRLs from is left open.  This module adds the usual source to the configured
   refused CRL leaves the store unchanged (the previous CRL stays in force) and is logged
   (``m2msec.pki.crl_fetch``, WARNING, with the URL's userinfo removed, never a body).
   :meth:`CRLStore.add` then keeps the later issue (higher cRLNumber), so a replayed older CRL
-  changes nothing.
+  changes nothing.  Over https the server certificate is verified against httpx's default
+  trust store, or - with ``https_ca`` (:func:`load_https_ca`) - against the CA certificates of
+  that PEM file only (the usual choice when the CRL server has a certificate of a private PKI);
+  the host name is always checked.  A TLS failure is a failed fetch like any other.
 * :class:`CRLRefresher` - the schedule for a long-running service: :meth:`CRLRefresher.run`
   (an asyncio task, :meth:`start` / :meth:`stop`) fetches every URL at once and then each URL
   again after ``min(nextUpdate - margin - now, period)`` (never sooner than ``min_retry``);
@@ -42,6 +45,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import os
+import ssl
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -68,6 +73,7 @@ __all__ = [
     "FetchOutcome",
     "FetchResult",
     "distribution_points",
+    "load_https_ca",
     "verify_fetched_crl",
 ]
 
@@ -138,6 +144,20 @@ def redact_url(url: str) -> str:
         host = f"[{host}]"
     netloc = host + (f":{parts.port}" if parts.port is not None else "")
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def load_https_ca(path: str | os.PathLike[str]) -> ssl.SSLContext:
+    """A TLS client context that trusts exactly the CA certificates (PEM) in ``path``, for CRL
+    fetches over https (host name checked, TLS 1.2 or later).  :class:`CRLError` if the file
+    cannot be read or holds no CA certificate."""
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=os.fspath(path))
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise CRLError(f"cannot load the https CA file {os.fspath(path)!r}: {type(exc).__name__}") from None
+    if not ctx.get_ca_certs():
+        raise CRLError(f"the https CA file {os.fspath(path)!r} holds no CA certificate")
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
 
 
 # ------------------------------------------------------------------ verification
@@ -220,8 +240,10 @@ class CRLFetcher:
 
     :meth:`fetch` (async) and :meth:`fetch_sync` share one sans-I/O core; the only state is
     per URL: the conditional-GET validators and the latest verified CRLs (:meth:`crls`).
-    ``client=`` of :meth:`fetch` / :meth:`fetch_sync` lends an httpx client (its own redirect
-    and timeout settings then apply; the size cap and the total deadline still hold).
+    ``client=`` of :meth:`fetch` / :meth:`fetch_sync` lends an httpx client (its own redirect,
+    timeout and TLS settings then apply; the size cap and the total deadline still hold).
+    ``https_ca``: a PEM file of the CA certificates that https CRL servers are verified against
+    instead of httpx's default trust store (or an :class:`ssl.SSLContext`, see :func:`load_https_ca`).
     """
 
     def __init__(
@@ -234,6 +256,7 @@ class CRLFetcher:
         max_size: int = DEFAULT_MAX_CRL_SIZE,
         max_redirects: int = MAX_REDIRECTS,
         clock_skew: timedelta = CLOCK_SKEW,
+        https_ca: str | os.PathLike[str] | ssl.SSLContext | None = None,
     ) -> None:
         if timeout <= 0 or max_size <= 0 or max_redirects < 0:
             raise ValueError("timeout and max_size must be positive, max_redirects not negative")
@@ -244,6 +267,8 @@ class CRLFetcher:
         self.max_size = max_size
         self.max_redirects = max_redirects
         self.clock_skew = clock_skew
+        self.https_ca: ssl.SSLContext | None = (
+            https_ca if isinstance(https_ca, ssl.SSLContext) or https_ca is None else load_https_ca(https_ca))
         self._state: dict[str, _UrlState] = {}
 
     def __repr__(self) -> str:
@@ -307,8 +332,11 @@ class CRLFetcher:
             return False
 
     def _client_kwargs(self) -> dict[str, object]:
-        return {"timeout": httpx.Timeout(self.timeout), "follow_redirects": self.max_redirects > 0,
-                "max_redirects": self.max_redirects, "trust_env": False}
+        kw: dict[str, object] = {"timeout": httpx.Timeout(self.timeout), "follow_redirects": self.max_redirects > 0,
+                                 "max_redirects": self.max_redirects, "trust_env": False}
+        if self.https_ca is not None:
+            kw["verify"] = self.https_ca
+        return kw
 
     # -- I/O
     async def fetch(self, url: str, *, client: httpx.AsyncClient | None = None) -> FetchResult:
@@ -387,6 +415,11 @@ def _http_error(exc: httpx.HTTPError) -> str:
         return "too many redirects"
     if isinstance(exc, httpx.TimeoutException):
         return "timed out"
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return "the https server's certificate does not verify (see https_ca)"
+        cause = cause.__cause__ or cause.__context__
     return f"{type(exc).__name__}"  # the message may echo the URL (userinfo): keep the class only
 
 
@@ -401,7 +434,7 @@ class CRLRefresher:
 
     ``issuers``: the certificates allowed to sign the CRLs (trust anchors and intermediate CAs).
     ``clock`` and ``sleep`` are injectable; ``period``, ``margin`` and ``min_retry`` set the
-    schedule; ``timeout``/``max_size``/``max_redirects`` go to the :class:`CRLFetcher`.
+    schedule; ``timeout``/``max_size``/``max_redirects``/``https_ca`` go to the :class:`CRLFetcher`.
     """
 
     def __init__(
@@ -418,12 +451,13 @@ class CRLRefresher:
         timeout: float = DEFAULT_FETCH_TIMEOUT,
         max_size: int = DEFAULT_MAX_CRL_SIZE,
         max_redirects: int = MAX_REDIRECTS,
+        https_ca: str | os.PathLike[str] | ssl.SSLContext | None = None,
     ) -> None:
         if period <= timedelta(0) or min_retry <= timedelta(0) or margin < timedelta(0):
             raise ValueError("period and min_retry must be positive, margin not negative")
         self.urls: tuple[str, ...] = tuple(dict.fromkeys(_check_url(u) for u in urls))
         self.fetcher = CRLFetcher(store, issuers, clock=clock, timeout=timeout, max_size=max_size,
-                                  max_redirects=max_redirects)
+                                  max_redirects=max_redirects, https_ca=https_ca)
         self._clock = clock
         self._sleep = sleep
         self.period = period
