@@ -482,3 +482,18 @@ def test_openssl_accepts_our_responses(tmp_path: Path, fresh_ca: DevCA, leaf: x5
     out = subprocess.run([OPENSSL, "ocsp", "-respin", "resp.der", "-issuer", "ca.pem", "-cert", "leaf.pem",
                           "-CAfile", "chain.pem", "-no_nonce"], cwd=tmp_path, capture_output=True, text=True, timeout=30)
     assert "leaf.pem: revoked" in out.stdout, out.stdout + out.stderr
+
+
+def test_dev_ca_ocsp_url_in_leaves() -> None:
+    from cryptography.x509.oid import AuthorityInformationAccessOID
+
+    plain = make_ca("No AIA SP", intermediate=False)
+    c = plain.issue(CertificateFlavour.CSE_ID, [CSE], now=NOW).certificate
+    with pytest.raises(x509.ExtensionNotFound):
+        c.extensions.get_extension_for_class(x509.AuthorityInformationAccess)
+    ca = DevCA.create("AIA SP", now=NOW, permit_dns=["m2m.example.com"], ocsp_url="http://ocsp.example.com/")
+    ext = ca.issue(CertificateFlavour.CSE_ID, [CSE], now=NOW).certificate.extensions.get_extension_for_class(
+        x509.AuthorityInformationAccess)
+    assert not ext.critical
+    assert [(d.access_method, d.access_location.value) for d in ext.value] == [
+        (AuthorityInformationAccessOID.OCSP, "http://ocsp.example.com/")]

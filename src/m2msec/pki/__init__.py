@@ -1,7 +1,7 @@
 """oneM2M certificates: flavours, a development CA, CSRs and peer verification.
 
 TS-0003 clauses 8.1.2 (certificate-based frameworks: flavours, path validation,
-certificate status with CRLs, credential configuration, certificate verification) and 10.1 (certificate
+certificate status with CRLs and OCSP, credential configuration, certificate verification) and 10.1 (certificate
 profiles, public key identifiers, CSR profile).
 """
 
@@ -20,6 +20,16 @@ from m2msec.pki.crl_fetch import (
     verify_fetched_crl,
 )
 from m2msec.pki.crl_http import CRL_MEDIA_TYPE, CRLHTTPServer
+from m2msec.pki.ocsp import (
+    OCSPFailure,
+    OCSPResponder,
+    OCSPResponseError,
+    OCSPResult,
+    OCSPStatus,
+    OCSPStore,
+    verify_response,
+)
+from m2msec.pki.ocsp_http import OCSPClient, OCSPFetchError, OCSPHTTPServer
 from m2msec.pki.errors import (
     CertificateParseError,
     CertificateVerificationError,
@@ -66,6 +76,15 @@ __all__ = [
     "KeyPolicy",
     "KeyType",
     "NameConstraintError",
+    "OCSPClient",
+    "OCSPFailure",
+    "OCSPFetchError",
+    "OCSPHTTPServer",
+    "OCSPResponder",
+    "OCSPResponseError",
+    "OCSPResult",
+    "OCSPStatus",
+    "OCSPStore",
     "PeerCertInfo",
     "RevocationPolicy",
     "RevocationStatus",
@@ -89,5 +108,6 @@ __all__ = [
     "san_entry",
     "verify_peer_certificate",
     "verify_fetched_crl",
+    "verify_response",
     "verify_raw_public_key",
 ]

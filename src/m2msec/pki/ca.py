@@ -100,6 +100,7 @@ class DevCA:
         intermediate_key: PrivateKey | None = None,
         key_policy: KeyPolicy = DEFAULT_KEY_POLICY,
         crl_url: str | None = None,
+        ocsp_url: str | None = None,
     ) -> None:
         self.name = name
         self.root_cert = root_cert
@@ -108,6 +109,7 @@ class DevCA:
         self._intermediate_key = intermediate_key
         self.key_policy = key_policy
         self.crl_url = crl_url
+        self.ocsp_url = ocsp_url  # authorityInfoAccess id-ad-ocsp URI of issued leaves (RFC 6960)
         #: revoked certificates per signing CA, and the cRLNumber each CA's next CRL gets
         self.revoked: dict[CASigner, dict[int, RevocationEntry]] = {"root": {}, "intermediate": {}}
         self.next_crl_number: dict[CASigner, int] = {"root": 1, "intermediate": 1}
@@ -131,10 +133,12 @@ class DevCA:
         key_policy: KeyPolicy = DEFAULT_KEY_POLICY,
         crl_url: str | None = None,
         root_crl_url: str | None = None,
+        ocsp_url: str | None = None,
     ) -> DevCA:
         """``crl_url``: the cRLDistributionPoints URI of the leaves (the issuing CA's CRL);
         ``root_crl_url``: that of the intermediate (the root's CRL, which covers it).  A root
-        without an intermediate carries none (nothing covers a trust anchor)."""
+        without an intermediate carries none (nothing covers a trust anchor).  ``ocsp_url``:
+        the authorityInfoAccess id-ad-ocsp URI of the leaves (``m2msec pki serve-ocsp``)."""
         if root_crl_url and not intermediate:
             raise ValueError("root_crl_url is the intermediate's distribution point: it needs intermediate=True")
         nc = build_name_constraints(permit_dns, permit_uri, permit_device)
@@ -160,7 +164,7 @@ class DevCA:
                 crl_urls=[root_crl_url] if root_crl_url else (),
             )
         return cls(name=name, root_cert=root, root_key=root_key, intermediate_cert=inter_cert,
-                   intermediate_key=inter_key, key_policy=key_policy, crl_url=crl_url)
+                   intermediate_key=inter_key, key_policy=key_policy, crl_url=crl_url, ocsp_url=ocsp_url)
 
     # ------------------------------------------------------------ accessors
     @property
@@ -229,6 +233,7 @@ class DevCA:
             flavour=flavour, identifiers=identifiers, public_key=public_key, issuer_cert=self.issuing_cert,
             issuer_key=self._issuing_key, not_before=now - timedelta(minutes=5), not_after=now + validity,
             extended_key_usage=extended_key_usage, crl_urls=[self.crl_url] if self.crl_url else (),
+            ocsp_urls=[self.ocsp_url] if self.ocsp_url else (),
         )
         # Belt and braces: the finished certificate must satisfy every constraint on its path.
         for ca in [self.root_cert, *self.chain]:
@@ -401,6 +406,8 @@ class DevCA:
         meta: dict[str, object] = {"name": self.name, "intermediate": self.intermediate_cert is not None, "format": 1}
         if self.crl_url:
             meta["crl_url"] = self.crl_url
+        if self.ocsp_url:
+            meta["ocsp_url"] = self.ocsp_url
         (d / CA_META).write_text(json.dumps(meta, indent=2) + "\n")
         self.save_revocations(d)
 
@@ -419,7 +426,7 @@ class DevCA:
             raise IssuanceError(f"cannot load CA from {d}: {type(exc).__name__} (wrong passphrase?)") from None
         ca = cls(name=str(meta["name"]), root_cert=root, root_key=root_key,  # type: ignore[arg-type]
                  intermediate_cert=inter, intermediate_key=inter_key, key_policy=key_policy,  # type: ignore[arg-type]
-                 crl_url=meta.get("crl_url") or None)
+                 crl_url=meta.get("crl_url") or None, ocsp_url=meta.get("ocsp_url") or None)
         try:
             ca._load_revocations(d)
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:

@@ -97,6 +97,10 @@ def init_ca(
         Optional[str], typer.Option("--root-crl-url",
                                     help="URL put in the intermediate's cRLDistributionPoints (the root's CRL).")
     ] = None,
+    ocsp_url: Annotated[
+        Optional[str], typer.Option("--ocsp-url", help="OCSP responder URL put in leaves' authorityInfoAccess "
+                                                       "(see serve-ocsp).")
+    ] = None,
 ) -> None:
     """Create a root CA (and optionally an intermediate) with name constraints."""
     if (directory / "ca.json").exists():
@@ -105,7 +109,7 @@ def init_ca(
         ca = DevCA.create(
             name, now=_now(), permit_dns=permit_dns or [], permit_uri=permit_uri or [],
             permit_device=permit_device or [], intermediate=intermediate, key_type=key_type,
-            validity=timedelta(days=days), crl_url=crl_url, root_crl_url=root_crl_url,
+            validity=timedelta(days=days), crl_url=crl_url, root_crl_url=root_crl_url, ocsp_url=ocsp_url,
         )
         ca.save(directory, passphrase.encode())
     except (M2MSecError, ValueError) as exc:
@@ -290,6 +294,72 @@ def serve_crl(
         typer.echo(f"crl listening {server.host}:{server.port}")
         for w in signers:
             typer.echo(f"  {server.url(w)}")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.close()
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
+class DevOCSPResponder:
+    """``respond(der) -> der`` for ``serve-ocsp``: an :class:`m2msec.pki.ocsp.OCSPResponder` over a
+    :class:`DevCA` directory that re-reads ``revocations.json`` (written by ``m2msec pki revoke``)
+    before every answer.  Thread-safe."""
+
+    def __init__(self, ca: DevCA, directory: Path, validity: timedelta, clock: Callable[[], datetime] = _now,
+                 lock: Any = None) -> None:
+        import threading
+
+        from m2msec.pki.ocsp import OCSPResponder
+
+        self.ca, self.directory = ca, directory
+        self._lock = lock or threading.Lock()
+        self.responder = OCSPResponder(ca, clock=clock, validity=validity)
+
+    def __call__(self, request_der: bytes) -> bytes:
+        with self._lock:
+            self.ca._load_revocations(self.directory)  # noqa: SLF001 - pick up `pki revoke` from other processes
+            return self.responder.respond(request_der)
+
+
+@app.command("serve-ocsp")
+def serve_ocsp(
+    directory: Annotated[Path, typer.Argument(help="CA directory made by init-ca.")],
+    passphrase: PassphraseOpt,
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8081,
+    minutes: Annotated[int, typer.Option("--minutes", min=1, help="nextUpdate = thisUpdate + minutes.")] = 60,
+    path: Annotated[str, typer.Option("--path", help="Base path of the responder.")] = "/",
+) -> None:
+    """Serve OCSP (RFC 6960 Appendix A: POST and GET) for the CA's root and intermediate until SIGTERM/SIGINT.
+
+    Answers good unless revoked by ``m2msec pki revoke`` (re-read per request), revoked with time
+    and reason, unauthorized for other CAs; responses are signed by the CA that issued the
+    certificate and echo the request's nonce.  With ``init-ca --ocsp-url http://HOST:PORT/`` the
+    leaves name the responder."""
+    import asyncio
+    import signal
+
+    from m2msec.pki.ocsp_http import OCSPHTTPServer
+
+    try:
+        ca = DevCA.load(directory, passphrase.encode())
+    except (M2MSecError, ValueError, OSError) as exc:
+        _fail(str(exc) if isinstance(exc, M2MSecError) else f"{type(exc).__name__}: {exc}")
+    if not path.startswith("/"):
+        _fail("--path must start with '/'")
+    respond = DevOCSPResponder(ca, directory, timedelta(minutes=minutes))
+
+    async def main() -> None:
+        server = await OCSPHTTPServer(respond, host=host, port=port, base_path=path).start()
+        typer.echo(f"ocsp listening {server.host}:{server.port}")
+        typer.echo(f"  {server.url}")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

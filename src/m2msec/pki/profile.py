@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import AttributeOID, ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import AttributeOID, AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from m2msec.pki.identifiers import CertificateFlavour, DeviceId, san_entry
 from m2msec.pki.keypolicy import PrivateKey, signature_hash_for
@@ -85,12 +85,15 @@ def build_leaf(
     basic_constraints_ca: bool = False,
     extended_key_usage: Sequence[x509.ObjectIdentifier] | None = None,
     crl_urls: Sequence[str] = (),
+    ocsp_urls: Sequence[str] = (),
 ) -> x509.Certificate:
     """Sign a leaf of ``flavour`` for ``identifiers`` (no policy checks: see DevCA.issue).
 
     ``extended_key_usage``: the EKU OIDs (default :data:`LEAF_EKUS`).  ``crl_urls``:
     a non-critical cRLDistributionPoints extension with one distribution point
-    whose fullName is these URIs (RFC 5280 4.2.1.13; omitted when empty).
+    whose fullName is these URIs (RFC 5280 4.2.1.13; omitted when empty).  ``ocsp_urls``: a
+    non-critical authorityInfoAccess extension with one id-ad-ocsp access description per URI
+    (RFC 5280 4.2.2.1, RFC 6960; omitted when empty).
     """
     if not identifiers:
         raise ValueError("at least one identifier is required")
@@ -116,6 +119,11 @@ def build_leaf(
     )
     if crl_urls:
         builder = builder.add_extension(_distribution_points(crl_urls), critical=False)
+    if ocsp_urls:
+        aia = x509.AuthorityInformationAccess([
+            x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(u))
+            for u in ocsp_urls])
+        builder = builder.add_extension(aia, critical=False)
     return builder.sign(issuer_key, signature_hash_for(issuer_key))
 
 
