@@ -517,6 +517,60 @@ def test_the_key_extraction_would_notice_a_new_key() -> None:
     assert {"unique_key_period", "psk_file", "target_id"} <= loader_strings("gateway.toml")
 
 
+DECLARED = {"maf.toml": maf_server.MAF_TOML_KEYS, "mef.toml": mef_cli.MEF_TOML_KEYS}
+
+
+@pytest.mark.parametrize("file", sorted(DECLARED))
+def test_declared_keys_are_the_documented_keys(file: str) -> None:
+    """The keys a loader accepts (everything else is refused) are exactly the documented ones."""
+    rows = key_tables()[file]
+    documented: dict[str, set[str]] = {"": {r.key for r in rows if not r.table} | doc_tables(file)}
+    for r in rows:
+        if r.table:
+            documented.setdefault(r.table, set()).add(r.key)
+    declared = {path.removesuffix("[]"): set(keys) for path, keys in DECLARED[file].items()}
+    assert declared == documented
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('fqdn = "maf.example.com"\nstore = "sqlite:///x.db"\nprot = 1\n', "unknown key 'prot' at the top level (did you mean 'port'?)"),
+    ('fqdn = "maf.example.com"\nstore = "sqlite:///x.db"\n[tls]\nrevocaton = "require"\n',
+     "unknown key 'revocaton' in [tls] (did you mean 'revocation'?)"),
+    ('fqdn = "maf.example.com"\nstore = "sqlite:///x.db"\n[[admin]]\nfqdn = "sp.example.com"\nport = 1\n',
+     "unknown key 'port' in [[admin]]"),
+    ('fqdn = "maf.example.com"\nstore = "sqlite:///x.db"\n[mefs]\nfqdn = "mef.example.com"\n', "unknown key 'mefs'"),
+])
+def test_maf_toml_refuses_unknown_keys(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "maf.toml"
+    path.write_text(text)
+    with pytest.raises(M2MSecError) as ei:
+        maf_server.load_config(path)
+    assert message in str(ei.value)
+
+
+def test_maf_toml_client_config_is_free_form(tmp_path: Path) -> None:
+    path = tmp_path / "maf.toml"
+    path.write_text('fqdn = "maf.example.com"\nstore = "sqlite:///x.db"\n[[admin]]\nfqdn = "sp.example.com"\n'
+                    '[admin.client_config]\nhttpPort = 8443\nanything = { nested = true }\n')
+    cfg = maf_server.load_config(path)
+    assert cfg.admins[0].client_config == {"httpPort": 8443, "anything": {"nested": True}}
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[mef]\nfqdn = "mef.example.com"\nstore = "sqlite:///x.db"\nrevocaton = "require"\n',
+     "unknown key 'revocaton' in [mef] (did you mean 'revocation'?)"),
+    ('[mef]\nfqdn = "mef.example.com"\nstore = "sqlite:///x.db"\n[gba]\nbsf = "http://x"\n', "unknown key 'bsf' in [gba]"),
+    ('[mef]\nfqdn = "mef.example.com"\nstore = "sqlite:///x.db"\n[tls]\ncert = "x"\n', "unknown key 'tls' at the top level"),
+])
+def test_mef_toml_refuses_unknown_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str,
+                                       message: str) -> None:
+    path = tmp_path / "mef.toml"
+    path.write_text(text)
+    with pytest.raises(typer.Exit) as ei:
+        mef_cli._load(path)
+    assert ei.value.exit_code == 2 and message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("file", FILES)
 def test_every_documented_key_has_an_accessor(file: str) -> None:
     assert {(r.table, r.key) for r in key_tables()[file]} == set(ACCESSORS[file])

@@ -50,6 +50,7 @@ from m2msec.onem2m.timestamps import Clock
 from m2msec.store import KeyEncryptionKey, Store, open_store
 from m2msec.tls.aio import TLSStreamWriter, start_server
 from m2msec.tls.engine import CertCredentials, Role, TLSConfig, TLSContext
+from m2msec.tomlkeys import check_keys
 
 __all__ = ["MAFServer", "MAFServerConfig", "load_config"]
 
@@ -106,6 +107,18 @@ class MAFServerConfig:
         return FetcherMEFClient(fetcher)
 
 
+#: every key and table of maf.toml (docs/configuration.md); anything else is a configuration error
+MAF_TOML_KEYS: dict[str, frozenset[str]] = {
+    "": frozenset({"fqdn", "store", "kek_file", "host", "port", "max_registration_lifetime_s", "max_key_lifetime_s",
+                   "key_cache_ttl_s", "mef", "tls", "admin"}),
+    "mef": frozenset({"fqdn", "host", "port", "psk_identity", "psk_hex"}),
+    "tls": frozenset({"cert", "key", "client_trust_anchors", "client_crls", "client_crl_urls", "client_crl_issuers",
+                      "client_crl_from_cdp", "client_crl_refresh_s", "client_crl_https_ca", "revocation"}),
+    "admin[]": frozenset({"fqdn", "client_config"}),
+}
+MAF_TOML_FREE = ("admin[].client_config",)  # the stakeholder's MAF Client Configuration: any members
+
+
 def _pem_certs(path: Path) -> list[x509.Certificate]:
     return x509.load_pem_x509_certificates(path.read_bytes())
 
@@ -150,6 +163,7 @@ def load_config(path: str | Path) -> MAFServerConfig:
         data = tomllib.loads(p.read_text("utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ParseError(f"cannot read MAF configuration {p}: {exc}") from None
+    check_keys(data, MAF_TOML_KEYS, source=f"invalid MAF configuration {p}", free=MAF_TOML_FREE)
     base = p.parent
 
     def rel(v: str) -> Path:

@@ -63,7 +63,7 @@ from typing import Annotated, Any
 import typer
 from cryptography import x509
 
-from m2msec.errors import M2MSecError
+from m2msec.errors import M2MSecError, ParseError
 from m2msec.mef.client import enrol as _enrol
 from m2msec.mef.client import mef_tls_config, save_enrolment
 from m2msec.mef.protocol import EnrolmentRequest, MAFPreference, TargetGrant
@@ -82,6 +82,7 @@ from m2msec.pki import (
 from m2msec.pki.cli import reload_crls_and_report
 from m2msec.store import KeyEncryptionKey, open_store
 from m2msec.tls.engine import CertCredentials, PSKCredentials
+from m2msec.tomlkeys import check_keys
 
 app = typer.Typer(help="M2M Enrolment Function (Remote Security Provisioning, TS-0003 8.3).", no_args_is_help=True)
 enrolee_app = typer.Typer(help="Bootstrap Instruction Configuration of enrolees.", no_args_is_help=True)
@@ -101,10 +102,25 @@ def _fail(exc: BaseException) -> None:
     raise typer.Exit(code=2)
 
 
+#: every key and table of mef.toml (docs/configuration.md); anything else is a configuration error
+MEF_TOML_KEYS: dict[str, frozenset[str]] = {
+    "": frozenset({"mef", "gba"}),
+    "mef": frozenset({"fqdn", "store", "kek_file", "host", "port", "cert", "key", "enrolee_trust_anchors",
+                      "enrolee_crl_files", "revocation", "enrolee_crl_urls", "enrolee_crl_issuers",
+                      "enrolee_crl_refresh_s", "enrolee_crl_https_ca", "crl_port", "crl_host", "crl_base_url",
+                      "crl_validity_s"}),
+    "gba": frozenset({"bsf_url", "naf_token"}),
+}
+
+
 def _load(config: Path) -> dict[str, Any]:
     try:
         doc = tomllib.loads(config.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
+        _fail(exc)
+    try:
+        check_keys(doc, MEF_TOML_KEYS, source=str(config))
+    except ParseError as exc:
         _fail(exc)
     mef = doc.get("mef")
     if not isinstance(mef, dict) or "fqdn" not in mef or "store" not in mef:
