@@ -5,16 +5,41 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import typer
 from typer.testing import CliRunner
 
 from m2msec.cli import app
 
 runner = CliRunner()
 BIN = Path(sys.executable).with_name("m2msec")
+
+
+def _commands(cmd, path):  # type: ignore[no-untyped-def]
+    yield path, cmd
+    for name, sub in getattr(cmd, "commands", {}).items():
+        yield from _commands(sub, [*path, name])
+
+
+def test_help_texts_keep_their_square_brackets():
+    """Help is rendered with rich markup, which eats an unescaped ``[tls]``: every ``[table]``
+    named in a command's or option's help must show in ``--help`` (escape it as ``\\[tls]``)."""
+    bracket = re.compile(r"\[\[?[A-Za-z_][\w.-]*\]?\]")
+    checked = 0
+    for path, cmd in _commands(typer.main.get_command(app), []):
+        texts = [cmd.help or "", *(getattr(p, "help", None) or "" for p in cmd.params)]
+        tokens = {t for text in texts for t in bracket.findall(text)}
+        if not tokens:
+            continue
+        result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "250"})
+        shown = " ".join(result.output.split())
+        assert result.exit_code == 0 and not [t for t in tokens if t not in shown], (path, tokens)
+        checked += 1
+    assert checked >= 3  # maf serve, mef serve, mef est-ca name tables
 
 
 def test_help_lists_commands():

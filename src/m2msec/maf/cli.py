@@ -100,7 +100,7 @@ def serve(config: ConfigOpt,
           worker: Annotated[bool, typer.Option("--worker", hidden=True,
                                                help="Internal: run as a worker of a --workers parent.")] = False,
           ) -> None:
-    """Run the MAF (TLS-PSK and, with [tls], certificate MAF Handshake) until interrupted."""
+    """Run the MAF (TLS-PSK and, with a \\[tls] table, certificate MAF Handshake) until interrupted."""
     log_format = {"format": "%(levelname)s:%(name)s:%(process)d:%(message)s"} if workers > 1 or worker else {}
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, **log_format)  # type: ignore[arg-type]
     if workers < 1:

@@ -262,7 +262,7 @@ def _hangup(store: CRLStore | None, files: list[str], refresher: CRLRefresher | 
 
 @app.command("serve")
 def serve(config: ConfigOpt,
-          port: Annotated[int | None, typer.Option("--port", help="Override [mef] port (0: ephemeral).")] = None) -> None:
+          port: Annotated[int | None, typer.Option("--port", help="Override \\[mef] port (0: ephemeral).")] = None) -> None:
     """Run the MEF until SIGTERM/SIGINT; prints 'listening HOST:PORT'."""
     try:
         mef = _load(config)
@@ -533,7 +533,7 @@ def est_ca_init(
 ) -> None:
     """Create the MEF CA (a name-constrained DevCA) and keep it in the store, encrypted at rest.
 
-    With ``[mef] crl_base_url`` the intermediate names ``<crl_base_url>/root.crl`` (the root's
+    With ``\\[mef] crl_base_url`` the intermediate names ``<crl_base_url>/root.crl`` (the root's
     CRL, which this MEF publishes with ``crl_port``) as its CRL distribution point (M21)."""
     from cryptography.hazmat.primitives import hashes, serialization
 
