@@ -30,6 +30,7 @@ class VerificationReason(str, Enum):
     REVOCATION_UNKNOWN = "REVOCATION_UNKNOWN"  # policy "require": no current CRL for an issuer
     CRL_INVALID = "CRL_INVALID"  # a CRL for an issuer is unusable: signature, cRLSign, unknown critical extension,
     # delta or indirect CRL, disallowed signature hash
+    OCSP_INVALID = "OCSP_INVALID"  # a stapled OCSP response fails verification (m2msec.pki.ocsp)
 
 
 class CertificateVerificationError(M2MSecError):

@@ -32,6 +32,13 @@ encodings (leaf first, as above) and a zero-argument ``load_chain`` returning th
 cache of earlier verdicts (e.g. ESCertKE's) can answer a hit without any conversion.
 ``verified_chain()`` converts lazily when the hook never needed the objects.
 
+OCSP stapling (RFC 6066 section 8; TS-0003 8.1.2.2): a server with ``ocsp_staple``
+answers a client's status_request with the DER OCSP response that callable returns for
+its certificate; a client with ``check_ocsp_staple`` sends status_request and, once the
+server's chain has verified (TLS 1.2 sends CertificateStatus after Certificate), hands
+the stapled response and the verified chain to that callable (e.g.
+:class:`m2msec.tls.pkiverify.OCSPStapleCheck`), whose exception aborts the handshake.
+
 Session resumption is disabled (no tickets, no session cache): every
 connection runs a full handshake, so the PSK identity / peer certificate of an
 established engine always comes from this handshake's callbacks.
@@ -140,6 +147,7 @@ class TLSFailureReason(str, enum.Enum):
     CERTIFICATE_REQUIRED = "CERTIFICATE_REQUIRED"
     CERTIFICATE_VERIFY_FAILED = "CERTIFICATE_VERIFY_FAILED"  # local path validation
     PEER_REJECTED = "PEER_REJECTED"  # the verify_peer hook raised
+    BAD_CERTIFICATE_STATUS = "BAD_CERTIFICATE_STATUS"  # check_ocsp_staple refused the (missing) stapled response
     BAD_CERTIFICATE = "BAD_CERTIFICATE"  # the peer rejected our certificate
     UNRECOGNIZED_NAME = "UNRECOGNIZED_NAME"  # no credentials for the SNI
     BAD_RECORD_MAC = "BAD_RECORD_MAC"
@@ -224,6 +232,13 @@ class TLSConfig:
     server_name: str | None = None  # client: SNI host name to send
     mtu: int = profiles.DEFAULT_DTLS_MTU  # DTLS: max UDP payload
     cipher_suites: Sequence[profiles.CipherSuite] | None = None  # default: the profile
+    # OCSP stapling (RFC 6066 8, TS-0003 8.1.2.2).  Server: ``ocsp_staple(own certificate)`` returns the
+    # DER OCSP response to staple when a client asks (None/b"": none; an exception: none).  Client:
+    # ``check_ocsp_staple(der, chain)`` makes the client send status_request and is called after the
+    # peer's chain verified, with the stapled DER (b"" when none) and the verified chain (leaf first);
+    # raising aborts the handshake (BAD_CERTIFICATE_STATUS, alert bad_certificate_status_response).
+    ocsp_staple: Callable[[x509.Certificate], bytes | None] | None = None
+    check_ocsp_staple: Callable[[bytes, list[x509.Certificate]], Any] | None = None
 
     @property
     def modes(self) -> tuple[AuthMode, ...]:
@@ -378,6 +393,10 @@ class TLSContext:
             verify_cb = _ffi.callback(_VERIFY_CB_TYPE, self._verify_callback)
             self._keepalive.append(verify_cb)
             _lib.SSL_CTX_set_verify(ctx._context, mode, verify_cb)
+            if cfg.role is Role.SERVER and cfg.ocsp_staple is not None and creds is not None:
+                ctx.set_ocsp_server_callback(_StapleSource(cfg.ocsp_staple, creds.certificate))
+            if cfg.role is Role.CLIENT and cfg.check_ocsp_staple is not None:
+                ctx.set_ocsp_client_callback(self._ocsp_client_callback)
         if AuthMode.PSK in modes:
             cbs: PSKCallbacks
             if cfg.role is Role.SERVER:
@@ -472,6 +491,23 @@ class TLSContext:
             return 0
 
 
+    def _ocsp_client_callback(self, conn: Any, ocsp_data: bytes, _data: Any) -> bool:
+        """Client status callback (after the peer's chain verified): run ``check_ocsp_staple``."""
+        rec = None
+        try:
+            data = conn.get_app_data()
+            rec = data if isinstance(data, CallbackRecord) else None
+            check = self.config.check_ocsp_staple
+            assert check is not None
+            result = check(bytes(ocsp_data), _validated_chain(conn, rec))
+            if rec is not None:
+                rec.extra["ocsp_staple"] = result
+            return True
+        except BaseException as exc:
+            if rec is not None:
+                rec.fail("BAD_CERTIFICATE_STATUS", f"stapled OCSP response refused: {exc}", exc)
+            return False
+
     def _authoritative_verify(self, store_ctx: Any, rec: CallbackRecord | None) -> int:
         if rec is None:
             return 0
@@ -491,6 +527,35 @@ class TLSContext:
         rec.extra["peer_verification"] = result
         rec.extra["hook_done"] = True
         return 1
+
+
+class _StapleSource:
+    """Server status callback: the OCSP response to staple for ``cert`` (never raises)."""
+
+    def __init__(self, source: Callable[[x509.Certificate], bytes | None], cert: x509.Certificate) -> None:
+        self.source, self.cert = source, cert
+
+    def __call__(self, conn: Any, _data: Any) -> bytes:
+        try:
+            der = self.source(self.cert)
+        except Exception:  # noqa: BLE001 - no staple rather than no handshake
+            return b""
+        return bytes(der) if der else b""
+
+
+def _validated_chain(conn: Any, rec: CallbackRecord | None) -> list[x509.Certificate]:
+    """The peer's chain as verified: an authoritative hook's path + anchor, else OpenSSL's chain."""
+    extra = rec.extra if rec is not None else {}
+    pv = extra.get("peer_verification")
+    path, anchor = getattr(pv, "path", None), getattr(pv, "anchor", None)
+    if path and anchor is not None:
+        return [*path, anchor]
+    chain = extra.get("verified_chain")
+    if chain is None and extra.get("verified_chain_der") is not None:
+        chain = extra["verified_chain"] = _load_chain(extra["verified_chain_der"])
+    if chain is None:
+        chain = conn.get_verified_chain(as_cryptography=True) or []
+    return list(chain)
 
 
 def _cookie_oracle(ssl: Any) -> CookieOracle | None:
@@ -605,6 +670,8 @@ class TLSEngine:
         if self._dtls:
             _lib.SSL_set_mtu(self._ssl, cfg.mtu)  # Connection.set_ciphertext_mtu
         if self.role is Role.CLIENT:
+            if cfg.check_ocsp_staple is not None:
+                conn.request_ocsp()  # status_request (RFC 6066 8)
             if self._client_sni:
                 conn.set_tlsext_host_name(self._client_sni.encode("idna"))
             _lib.SSL_set_connect_state(self._ssl)  # Connection.set_connect_state
@@ -894,6 +961,11 @@ class TLSEngine:
                 return []
             chain = extra["verified_chain"] = _load_chain(der)  # converted on first request only
         return list(chain)
+
+    @property
+    def ocsp_staple_result(self) -> Any:
+        """What ``check_ocsp_staple`` returned for the stapled response (None otherwise)."""
+        return self.callback_record.extra.get("ocsp_staple")
 
     @property
     def peer_verification(self) -> Any:
