@@ -282,12 +282,18 @@ def _delegate_problem(d: x509.Certificate, issuer: x509.Certificate, now: dateti
         d.verify_directly_issued_by(issuer)
     except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         return "the responder certificate's signature does not verify with the issuer's key"
-    if not isinstance(d.signature_hash_algorithm, _SIG_HASHES):
+    try:
+        h = d.signature_hash_algorithm
+    except UnsupportedAlgorithm:
+        h = None
+    if not isinstance(h, _SIG_HASHES):
         return "the responder certificate is not SHA-2 signed"
     try:
         eku = d.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
         return "the responder certificate has no extendedKeyUsage id-kp-OCSPSigning"
+    except ValueError:
+        return "the responder certificate's extensions cannot be parsed"
     if ExtendedKeyUsageOID.OCSP_SIGNING not in eku:
         return "the responder certificate's extendedKeyUsage lacks id-kp-OCSPSigning"
     try:
