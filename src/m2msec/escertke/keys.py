@@ -47,6 +47,20 @@ kid and the serial number of the certificate that failed (never key bytes), and
 unknown in memory is read through the store (keys of other instances, SUID 43 only) and
 its stored path re-checked with this instance's ``crls`` under the stored policy.
 :meth:`ESCertKEKeys.sweep` checks all keys in memory at once (after a CRL reload).
+
+Keys held in memory by other instances (DESIGN 3 scale-out): a key is deleted from the store by
+whichever instance drops it (its own CRL change, or a newer key for the peer), and every
+deletion notifies :data:`ESCERTKE_CHANNEL` in the same transaction (:mod:`m2msec.store.notify`,
+payload the kid).  Every use of a key held in memory first confirms that it is still in the
+store, cheaply: it remembers the channel's state at the last confirmation and looks the kid up
+again only when that changed - on SQLite the notification sequence number (one primary-key
+SELECT per use), on PostgreSQL a counter bumped by a ``LISTEN`` session on the channel (no
+database access per use; while that session is not connected, e.g. at start or after a lost
+connection, every use looks the kid up).  A kid no longer in the store is forgotten (logged,
+``on_drop`` is not called: the instance that dropped it reported it) and is an unknown key
+identifier at once on every instance.  Keys deleted from the store by other means (expiry
+aside) are seen at the next change on the channel.  :meth:`ESCertKEKeys.close` stops the
+listener.
 """
 
 from __future__ import annotations
@@ -79,12 +93,14 @@ if TYPE_CHECKING:
     from m2msec.esprim.keysource import StoreKeySource as ESPrimStoreKeySource
     from m2msec.pki import VerifiedPeer
 
-__all__ = ["DroppedKey", "ESCertKEKeys", "ESCertKEResult", "kid_for"]
+__all__ = ["ESCERTKE_CHANNEL", "DroppedKey", "ESCertKEKeys", "ESCertKEResult", "kid_for"]
 
 log = logging.getLogger(__name__)
 
 #: metadata key of the ESCertKE status information of a stored key
 STORE_METADATA_KEY = "escertke"
+#: store notification channel of ESCertKE key deletions (payload: the kid)
+ESCERTKE_CHANNEL = "m2msec_escertke_keys"
 _REMOTE_MAX = 4096  # status entries kept for keys read through the store
 
 
@@ -236,9 +252,96 @@ class ESCertKEKeys:
         self._remote: OrderedDict[str, _Status] = OrderedDict()  # kids read through the store
         self._algs: dict[int, frozenset[str]] = {}
         self.esdata = _ESDataView(self)
+        # presence of in-memory keys in the store (see the module docstring)
+        self._confirmed: dict[str, int] = {}  # kid -> change epoch at its last confirmation
+        self._listener: Any = None
+        self._listen_epoch = 0
+        self._listen_failed = False
+        #: store look-ups made to confirm that a key held in memory is still stored
+        self.presence_checks = 0
 
     def __repr__(self) -> str:
         return f"ESCertKEKeys({len(self._by_kid)} keys, esdata_suid={self.esdata_suid})"
+
+    def close(self) -> None:
+        """Stop the store change listener (PostgreSQL), if one was started; idempotent.  Later
+        uses of keys held in memory look each one up in the store."""
+        with self._lock:
+            listener, self._listener = self._listener, None
+            self._listen_failed = True  # no new listener after close
+        if listener is not None:
+            listener.close()
+
+    # -- presence in the store of keys held in memory ---------------------------------
+    def _epoch(self) -> int | None:
+        """The state of :data:`ESCERTKE_CHANNEL`: equal values mean no deletion was committed in
+        between; None when that cannot be known (PostgreSQL listener not connected)."""
+        assert self._store is not None
+        store = self._store.store
+        if not store.can_listen:
+            return store.notify_seq(ESCERTKE_CHANNEL)
+        listener = self._listener
+        if listener is None and not self._listen_failed:
+            listener = self._start_listener()
+        if listener is None or not listener.connected:
+            return None
+        return self._listen_epoch
+
+    def _start_listener(self) -> Any:
+        assert self._store is not None
+        with self._lock:
+            if self._listener is not None or self._listen_failed:
+                return self._listener
+            try:
+                self._listener = self._store.store.listen(ESCERTKE_CHANNEL, self._on_notification,
+                                                          self._on_listener_state)
+            except Exception as exc:  # noqa: BLE001 - without a listener every use looks the kid up
+                self._listen_failed = True
+                log.warning("ESCertKE key change listener not started (every use reads the store): %s", exc)
+            return self._listener
+
+    def _on_notification(self, _payload: str) -> None:
+        with self._lock:
+            self._listen_epoch += 1
+
+    def _on_listener_state(self, connected: bool) -> None:
+        with self._lock:
+            self._listen_epoch += 1  # notifications may have been missed: confirm every key again
+
+    def _still_stored(self, kid: str, peer_id: str) -> bool:
+        """True if the in-memory key ``kid`` is still in the shared store (always, without one);
+        otherwise it is forgotten here."""
+        if self._store is None:
+            return True
+        epoch = self._epoch()
+        if epoch is not None and self._confirmed.get(kid) == epoch:
+            return True
+        self.presence_checks += 1
+        try:
+            self._store.lookup(kid)
+        except UnknownKeyID:
+            with self._lock:
+                known = self._by_kid.get(kid)
+                if known is not None:
+                    self._forget_locked(kid, known.peer_id)
+            if known is not None:
+                log.warning("ESCertKE key %s of peer %r is no longer in the store (dropped by another "
+                            "instance or replaced): forgotten", kid, peer_id)
+            return False
+        if epoch is not None:
+            with self._lock:
+                if kid in self._by_kid:
+                    self._confirmed[kid] = epoch
+        return True
+
+    def _forget_locked(self, kid: str, peer_id: str) -> None:
+        self._by_kid.pop(kid, None)
+        self._esdata.pop(kid, None)
+        self._status.pop(kid, None)
+        self._remote.pop(kid, None)
+        self._confirmed.pop(kid, None)
+        if self._by_peer.get(peer_id) == kid:
+            del self._by_peer[peer_id]
 
     def _algorithms(self, key_len: int) -> frozenset[str]:
         algs = self._algs.get(key_len)
@@ -269,7 +372,9 @@ class ESCertKEKeys:
         status = _Status(path, store, policy, generation)
         if status.checked and policy is RevocationPolicy.REQUIRE:
             status.recheck_at = _require_deadline(path, store, ensure_utc(self._clock(), what="clock()"))
+        epoch = None
         if self._store is not None:
+            epoch = self._epoch()  # before the write: a deletion committed after it changes the epoch
             md = {STORE_METADATA_KEY: {"path": _path_to_json(path), "revocation": policy.value}} if path else None
             self._store.provision(kid, result.key, peer_id=result.peer_id, suid=SUID.CERTIFICATE_ESPRIM,
                                   expires_at=result.expires_at, metadata=md)
@@ -281,6 +386,7 @@ class ESCertKEKeys:
                 self._by_kid.pop(old, None)
                 self._esdata.pop(old, None)
                 self._status.pop(old, None)
+                self._confirmed.pop(old, None)
             else:
                 old = None
             self._by_kid[kid] = result
@@ -288,8 +394,13 @@ class ESCertKEKeys:
             self._esdata[kid] = entry
             self._status[kid] = status
             self._remote.pop(kid, None)
+            if epoch is not None:
+                self._confirmed[kid] = epoch
+            else:
+                self._confirmed.pop(kid, None)
         if old is not None and self._store is not None:
-            self._store.revoke(old)  # the replaced kid is forgotten by every instance (read-through)
+            # the replaced kid is forgotten by every instance (read-through and in-memory copies)
+            self._store.revoke(old, notify=ESCERTKE_CHANNEL)
 
     def for_peer(self, peer_id: str) -> ESCertKEResult | None:
         with self._lock:
@@ -299,6 +410,8 @@ class ESCertKEKeys:
         if res is None or self._expired(res):
             return None
         if status is not None and not self._status_ok(res.kid, res.peer_id, status, remote=False):
+            return None
+        if not self._still_stored(res.kid, res.peer_id):
             return None
         return res
 
@@ -359,14 +472,9 @@ class ESCertKEKeys:
         with self._lock:
             if self._status.get(kid) is not st and self._remote.get(kid) is not st:
                 return None
-            self._by_kid.pop(kid, None)
-            self._esdata.pop(kid, None)
-            self._status.pop(kid, None)
-            self._remote.pop(kid, None)
-            if self._by_peer.get(peer_id) == kid:
-                del self._by_peer[peer_id]
+            self._forget_locked(kid, peer_id)
         if self._store is not None:
-            self._store.revoke(kid)
+            self._store.revoke(kid, notify=ESCERTKE_CHANNEL)
         dropped = DroppedKey(peer_id=peer_id, kid=kid, reason=exc.reason_code.value, serial=serial, detail=str(exc))
         log.warning("ESCertKE key %s of peer %r dropped%s: certificate serial %s: %s: %s", kid, peer_id,
                     " (read through the store)" if remote else "",
@@ -438,6 +546,8 @@ class ESCertKEKeys:
             raise UnknownKeyID(f"pairwiseESPrimKeyID {kid!r} has expired")
         if status is not None and not self._status_ok(kid, res.peer_id, status, remote=False):
             raise UnknownKeyID(f"pairwiseESPrimKeyID {kid!r} is not an ESCertKE key")
+        if not self._still_stored(kid, res.peer_id):
+            raise UnknownKeyID(f"pairwiseESPrimKeyID {kid!r} is not an ESCertKE key")
         return res.pairwise_esprim_key()
 
     # -- ESData ----------------------------------------------------------------------
@@ -452,6 +562,8 @@ class ESCertKEKeys:
                 raise UnknownKidError(f"unknown key identifier {kid!r}")
             return ResolvedKey(kid=kid, key=pk.key, algorithms=self._algorithms(len(pk.key)), suid=self.esdata_suid)
         if self._expired(res) or (status is not None and not self._status_ok(kid, res.peer_id, status, remote=False)):
+            raise UnknownKidError(f"unknown key identifier {kid!r}")
+        if not self._still_stored(kid, res.peer_id):
             raise UnknownKidError(f"unknown key identifier {kid!r}")
         return entry
 

@@ -159,8 +159,20 @@ class StoreKeySource:
         )
         return pk
 
-    def revoke(self, kid: str) -> bool:
-        return self._store.delete_credential(self._namespace, kid)
+    @property
+    def store(self) -> Store:
+        """The store the keys live in (e.g. for its change notifications)."""
+        return self._store
+
+    def revoke(self, kid: str, *, notify: str | None = None) -> bool:
+        """Delete the key; with ``notify`` also, in the same transaction, notify that channel
+        (payload: the kid; :mod:`m2msec.store.notify`) so that other instances learn of it."""
+        if notify is None:
+            return self._store.delete_credential(self._namespace, kid)
+        with self._store.transaction() as tx:
+            gone = tx.delete_credential(self._namespace, kid)
+            tx.notify(notify, kid)
+        return gone
 
     def resolve(self, kid: str) -> PairwiseKey:
         return self.lookup(kid)[0]
