@@ -54,6 +54,7 @@ import binascii
 import hashlib
 import json
 import logging
+import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -71,6 +72,7 @@ from m2msec.mef.estder import encode_csrattrs, encode_oid
 from m2msec.mef.protocol import Instruction, InstructionType
 from m2msec.mef.state import NS_CERTIDX, NS_EST_ISSUED, NS_KE, MEFError, MEFState, SessionPeer
 from m2msec.mef.state import revoke_issued
+from m2msec.onem2m._wire import loads_json
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.onem2m.timestamps import format_timestamp
 from m2msec.pki import (
@@ -156,6 +158,9 @@ CT_MULTIPART: Final = "multipart/mixed"
 #: the EST operations whose request body is a PKCS#10 CSR (RFC 7030 4.2.1, 4.4.1)
 CSR_OPERATIONS: Final = ("simpleenroll", "simplereenroll", "serverkeygen")
 _B64_HEADERS: Final = (("Content-Transfer-Encoding", "base64"),)
+#: CertificateSerial of the completion report: plain hex (``openssl x509 -serial``) or colon-separated
+#: octets (``openssl x509 -text``), at most 20 octets (RFC 5280 4.1.2.2); no sign, ``0x`` or ``_``.
+_SERIAL_RE: Final = re.compile(r"[0-9A-Fa-f]{1,40}|[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){0,19}")
 
 Clock = Callable[[], datetime]
 log = logging.getLogger(__name__)
@@ -685,20 +690,17 @@ class ESTService:
     def complete(self, body: bytes, peer: SessionPeer) -> bytes:
         """``POST /enrolment/complete``: the enrolee reports the certificate installed."""
         try:
-            doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise ParseError("completion: body is not JSON") from None
+            doc = loads_json(body)  # unique member names, no NaN/Infinity
+        except ParseError:
+            raise ParseError("completion: body is not strict JSON") from None
         if not isinstance(doc, dict) or set(doc) != {"InstructionType", "Status", "CertificateSerial"}:
             raise ParseError("completion: members must be InstructionType, Status, CertificateSerial")
         if doc["InstructionType"] != InstructionType.CERTIFICATE_ENROLMENT.value or doc["Status"] is not True:
             raise ParseError("completion: only a successful CertificateEnrolment can be reported")
         serial = doc["CertificateSerial"]
-        try:
-            if not isinstance(serial, str) or len(serial) > 42:
-                raise ValueError
-            serial = format(int(serial.replace(":", ""), 16), "x")  # openssl prints upper case, maybe 0-padded
-        except ValueError:
-            raise ParseError("completion: CertificateSerial must be the certificate's serial number in hex") from None
+        if not isinstance(serial, str) or not _SERIAL_RE.fullmatch(serial):
+            raise ParseError("completion: CertificateSerial must be the certificate's serial number in hex")
+        serial = format(int(serial.replace(":", ""), 16), "x")  # openssl prints upper case, maybe 0-padded
         if peer.kind not in ("enrolee", "reauth"):
             raise _refuse("only an enrolee reports certificate enrolment")
         with self.state.store.transaction() as tx:

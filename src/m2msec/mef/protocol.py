@@ -8,8 +8,9 @@ MEF, NOTE 4).  The wire format is m2msec's profile (the published text says the
 parameters "could be serialized using, for example, XML or JSON"); it is
 documented in ``docs/mef-protocol.md``.
 
-Parsing is strict: unknown members, wrong JSON types and malformed identifiers
-raise :class:`~m2msec.errors.ParseError` (BAD_REQUEST, 4000).
+Parsing is strict: duplicate member names, NaN/Infinity, unknown members, wrong JSON
+types and malformed identifiers raise :class:`~m2msec.errors.ParseError` (BAD_REQUEST,
+4000).  ``docs/mef-openapi.yaml`` is the machine-readable form of the messages.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from urllib.parse import unquote
 
 from m2msec.errors import IdentifierError, ParseError
 from m2msec.keys import derive_km, derive_kpsa, derive_usage_key, parse_key_id
+from m2msec.onem2m._wire import loads_json
 from m2msec.onem2m.timestamps import format_timestamp, parse_timestamp
 
 __all__ = [
@@ -59,12 +61,13 @@ SUID_SAEF: Final = 22
 
 
 def _obj(body: bytes | str | Mapping[str, Any], what: str) -> dict[str, Any]:
+    """A JSON object, decoded strictly: UTF-8, unique member names, no NaN/Infinity (as the MAF)."""
     if isinstance(body, Mapping):
         return dict(body)
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ParseError(f"{what}: body is not JSON ({exc.__class__.__name__})") from None
+        doc = loads_json(body)
+    except ParseError as exc:
+        raise ParseError(f"{what}: body is not strict JSON ({exc.args[0][:80]})") from None
     if not isinstance(doc, dict):
         raise ParseError(f"{what}: body must be a JSON object")
     return doc
