@@ -5,7 +5,9 @@ Pure tests of :mod:`m2msec.gateway.acp` (rules, originator forms, wildcards, con
 then a real ACME CSE behind the `m2msec gateway` process: an AE whose ACP grants NOTIFY
 to AE1 receives AE1's ESPrim Notify; AE2 without privilege gets 4103 and the AE sees
 nothing (type 3 and type 5 alike); an ACP UPDATE through the gateway granting AE2 takes
-effect at once (the cached ACP data is dropped).
+effect at once (the cached ACP data is dropped); a rule for AE2 with an ``actw`` window
+around "now" / three hours away, an ``acip`` list with / without 127.0.0.1, and an ``acor``
+<group> with / without AE2 (resource, structured and SP-relative IDs) grant / refuse (4103).
 """
 
 from __future__ import annotations
@@ -142,12 +144,13 @@ def test_all_and_wildcard_rules_grant() -> None:
 
 
 @pytest.mark.parametrize("acco", [
-    [{"actw": ["* * * * * * *"]}],  # a window that is always open: still not evaluated here
-    [{"acip": {"ipv4": ["127.0.0.1"]}}],
-    [{"aclr": {"accc": {"crd": [0, 0], "rd": 1}}}],
+    [{"actw": ["* * * * * * *"]}],  # a window that is always open, but no request time is given
+    [{"acip": {"ipv4": ["127.0.0.1"]}}],  # no peer address is given
+    [{"aclr": {"accc": {"crd": [0, 0], "rd": 1}}}],  # never evaluated (fail closed)
     [],
 ])
-def test_rule_with_context_does_not_grant(acco: list[Any]) -> None:
+def test_rule_with_context_does_not_grant_without_the_request_context(acco: list[Any]) -> None:
+    """Contexts in detail: test_gateway_acco.py."""
     assert not decide("Cae1", rules({"acor": ["Cae1"], "acop": 16, "acco": acco})).allowed
     # ... unless another rule grants
     assert decide("Cae1", rules({"acor": ["Cae1"], "acop": 16, "acco": acco}, {"acor": ["all"], "acop": 16})).allowed
@@ -490,3 +493,107 @@ def test_routed_notify_carries_the_originator_in_sp_relative_form(sent: str, rel
     finally:
         peer.shutdown()
         peer.server_close()
+
+
+# ---------------------------------------------------------------- contexts and <group> originators, end to end
+
+
+def _set_notifier_rule(w: AclWorld, notifier_rule: dict[str, Any]) -> None:
+    """pv = anyone may RETRIEVE, AE1 may NOTIFY, ``notifier_rule``, the target all (via the gateway,
+    which drops its cached ACP data)."""
+    pv = _pv(w.ae1, w.target) + [notifier_rule]
+    with OneM2MClient(w.gw.url, w.target) as c:
+        c.update(w.acp_path, {"m2m:acp": {"pv": {"acr": pv}}})
+
+
+def _restore(w: AclWorld) -> None:
+    with OneM2MClient(w.gw.url, w.target) as c:
+        c.update(w.acp_path, {"m2m:acp": {"pv": {"acr": _pv(w.ae1, w.target)}}})
+
+
+def _ae2_outcome(w: AclWorld) -> int:
+    """AE2 sends type 3 + type 5 to the target: the final RSC (the AE answered) or the refusal."""
+    before = len(w.seen)
+    try:
+        rsp = asyncio.run(_send(w, w.ae2, w.k2, w.kid2))
+    except OuterResponseError as exc:
+        assert len(w.seen) == before  # refused before the AE
+        return int(exc.rsc)
+    assert [r.fr for r in w.seen[before:]] == [w.ae2]
+    return int(rsp.rsc)
+
+
+@pytest.mark.acme
+def test_time_window_context_end_to_end(aclw: AclWorld) -> None:
+    """An ``actw`` window that contains the gateway's "now" grants AE2's ESPrim Notify; one
+    three hours away refuses it with 4103 (the test must not run across three hours)."""
+    h = utc_now().hour
+    inside = f"* * {h},{(h + 1) % 24} * * * *"
+    outside = f"* * {(h + 3) % 24} * * * *"
+    try:
+        _set_notifier_rule(aclw, {"acor": [aclw.ae2], "acop": 16, "acco": [{"actw": [inside]}]})
+        with OneM2MClient(aclw.gw.url, aclw.target) as c:  # the CSE keeps the context as written (the gateway reads it back)
+            assert c.retrieve(aclw.acp_path).pc["m2m:acp"]["pv"]["acr"][-1]["acco"] == [{"actw": [inside]}]
+        assert _ae2_outcome(aclw) == RSC.OK
+        _set_notifier_rule(aclw, {"acor": [aclw.ae2], "acop": 16, "acco": [{"actw": [outside]}]})
+        assert _ae2_outcome(aclw) == RSC.ORIGINATOR_HAS_NO_PRIVILEGE
+        # the same window with an unevaluable location region beside it: fail closed
+        _set_notifier_rule(aclw, {"acor": [aclw.ae2], "acop": 16,
+                                  "acco": [{"actw": [inside], "aclr": {"accc": ["DE"]}}]})
+        assert _ae2_outcome(aclw) == RSC.ORIGINATOR_HAS_NO_PRIVILEGE
+    finally:
+        _restore(aclw)
+    assert _ae2_outcome(aclw) == RSC.ORIGINATOR_HAS_NO_PRIVILEGE
+
+
+@pytest.mark.acme
+def test_ip_address_context_end_to_end(aclw: AclWorld) -> None:
+    """``acip`` is matched against the TCP peer of the gateway (127.0.0.1 here)."""
+    try:
+        _set_notifier_rule(aclw, {"acor": [aclw.ae2], "acop": 16,
+                                  "acco": [{"acip": {"ipv4": ["10.0.0.0/8", "127.0.0.1"]}}]})
+        assert _ae2_outcome(aclw) == RSC.OK
+        _set_notifier_rule(aclw, {"acor": [aclw.ae2], "acop": 16, "acco": [{"acip": {"ipv4": ["10.0.0.0/8"]}}]})
+        assert _ae2_outcome(aclw) == RSC.ORIGINATOR_HAS_NO_PRIVILEGE
+        # two contexts: the excluded block OR 127.0.0.0/8
+        _set_notifier_rule(aclw, {"acor": [aclw.ae2], "acop": 16, "acco": [
+            {"acip": {"ipv4": ["10.0.0.0/8"]}}, {"acip": {"ipv4": ["127.0.0.0/8"]}}]})
+        assert _ae2_outcome(aclw) == RSC.OK
+    finally:
+        _restore(aclw)
+
+
+@pytest.mark.acme
+def test_group_originator_end_to_end(aclw: AclWorld) -> None:
+    """An ``acor`` entry naming a <group> (resource ID, or structured ID) grants its members:
+    the gateway retrieves the group as the admin; a group without AE2 or a missing one does not."""
+    base = aclw.acme.cse_base
+    with OneM2MClient(aclw.gw.url, "CAdmin") as c:
+        ae1_ri = c.retrieve(f"{base}/{aclw.ae1.lower()}").pc["m2m:ae"]["ri"]
+        ae2_ri = c.retrieve(f"{base}/{aclw.ae2.lower()}").pc["m2m:ae"]["ri"]
+        both = c.create(aclw.target_path, ResourceType.GROUP, {"m2m:grp": {
+            "rn": "notifiers", "mt": int(ResourceType.AE), "mnm": 10, "mid": [ae1_ri, ae2_ri]}}).pc["m2m:grp"]
+        only1 = c.create(aclw.target_path, ResourceType.GROUP, {"m2m:grp": {
+            "rn": "only-ae1", "mt": int(ResourceType.AE), "mnm": 10, "mid": [ae1_ri]}}).pc["m2m:grp"]
+    try:
+        assert both["ri"].startswith("grp") and not both["ri"].startswith("C")
+        lookups = len(_admin_lookups(aclw))
+        _set_notifier_rule(aclw, {"acor": [both["ri"]], "acop": 16})
+        assert _ae2_outcome(aclw) == RSC.OK
+        group_gets = [r for r in _admin_lookups(aclw)[lookups:] if r["where"].endswith("/" + both["ri"])]
+        assert group_gets, "the gateway retrieves the group as the admin"
+        _set_notifier_rule(aclw, {"acor": [f"{base}/{aclw.target_path.rsplit('/', 1)[1]}/notifiers"], "acop": 16})
+        assert _ae2_outcome(aclw) == RSC.OK  # structured ID
+        _set_notifier_rule(aclw, {"acor": [f"/{aclw.acme.cse_id.strip('/')}/{both['ri']}"], "acop": 16})
+        assert _ae2_outcome(aclw) == RSC.OK  # SP-relative resource ID
+        for acor in ([only1["ri"]], ["grp-does-not-exist"], [f"/{aclw.acme.cse_id.strip('/')}/{only1['ri']}"]):
+            _set_notifier_rule(aclw, {"acor": acor, "acop": 16})
+            assert _ae2_outcome(aclw) == RSC.ORIGINATOR_HAS_NO_PRIVILEGE, acor
+        # the group with a context: inside the IP block only
+        _set_notifier_rule(aclw, {"acor": [both["ri"]], "acop": 16, "acco": [{"acip": {"ipv4": ["10.0.0.0/8"]}}]})
+        assert _ae2_outcome(aclw) == RSC.ORIGINATOR_HAS_NO_PRIVILEGE
+    finally:
+        _restore(aclw)
+        with OneM2MClient(aclw.gw.url, "CAdmin") as c:
+            for g in (both, only1):
+                c.delete(g["ri"], check=False)

@@ -11,9 +11,12 @@ query, headers, status, body):
   the AE's response is relayed unchanged (status, X-M2M-RSC incl. 4111-4116/5210/5211,
   X-M2M-RI, body).  First the gateway makes the CSE's access-control decision
   (:mod:`m2msec.gateway.acp`): the originator needs NOTIFY privilege on the target (the
-  AE itself, the admin, or a ``pv`` rule of one of its ``acpi`` ACPs); otherwise 4103
-  ORIGINATOR_HAS_NO_PRIVILEGE without contacting the AE.  The ACPs are retrieved as the
-  admin and cached with the pointOfAccess; any UPDATE/DELETE through the gateway drops both.  The gateway never decrypts this traffic.  ACME itself refuses such
+  AE itself, the admin, or a ``pv`` rule of one of its ``acpi`` ACPs, whose ``actw`` time
+  windows are matched against the gateway's clock and ``acip`` addresses against the TCP
+  peer of the Notify, other contexts failing closed; an ``acor`` <group> grants its
+  members); otherwise 4103 ORIGINATOR_HAS_NO_PRIVILEGE without contacting the AE.  The ACPs
+  and <group>s are retrieved as the admin and cached with the pointOfAccess; any
+  UPDATE/DELETE through the gateway drops them all.  The gateway never decrypts this traffic.  ACME itself refuses such
   a NOTIFY (4000) and turns ESPrim RSCs from an AE into 5103, hence this path.
 * **The CSE as ESPrim Target.**  A NOTIFY with ``m2m:seci`` to the ``<CSEBase>`` is served by
   the CSE's ESPrim Receiver held by the gateway: sit 3 -> sit 4 (unique rand object); sit 5

@@ -5,11 +5,17 @@ delivers those Notifies to the AE itself; this module makes the decision the Hos
 would have made first: may the Originator NOTIFY the target <AE> (or <remoteCSE>)?
 
 Clauses: TS-0001 9.6.2 (<accessControlPolicy>: privileges/selfPrivileges), 9.6.1.3.2 (a
-resource without accessControlPolicyIDs), TS-0003 7.1.5 (access control rules,
-accessControlObjectDetails), TS-0004 7.3.3.15 (check authorization of the originator),
-TS-0004 6.3.5.26/6.3.5.27 (``m2m:setOfAcrs`` / ``m2m:accessControlRule``; short names
-``acpi``, ``pv``, ``pvs``, ``acr``, ``acor``, ``acop``, ``acco``, ``acaf``, ``acod``, ``aca``)
-and TS-0004 6.3.4.2.29 ``m2m:accessControlOperations`` (NOTIFY = 16).
+resource without accessControlPolicyIDs), TS-0003 7.1.3 (rq_time, rq_ip; table 7.1.3-3
+accessControlContexts), 7.1.4 (a result that cannot be derived is "Deny"), 7.1.5 (the
+reference decision: ``res_acr = res_authn AND res_origs AND res_ops AND res_ctxts AND
+res_objd``; ``res_ctxts`` ORs the contexts, ``res_context = res_time AND res_ip AND
+res_loc``), TS-0004 7.3.3.15 (check authorization of the originator; table 7.3.3.15-1
+accessControlOriginators incl. <group> resource IDs), TS-0004 6.3.5.26/6.3.5.27
+(``m2m:setOfAcrs`` / ``m2m:accessControlRule``; short names ``acpi``, ``pv``, ``pvs``,
+``acr``, ``acor``, ``acop``, ``acco``, ``actw``, ``acip``, ``ipv4``, ``ipv6``, ``aclr``,
+``acaf``, ``acod``, ``aca``), TS-0004 6.3.3 (``m2m:ipv4``/``m2m:ipv6``), 7.4.9.1
+(``m2m:scheduleEntry``, :mod:`m2msec.gateway.schedule`) and TS-0004 6.3.4.2.29
+``m2m:accessControlOperations`` (NOTIFY = 16).
 
 Decision (``may_notify``), in this order:
 
@@ -19,12 +25,27 @@ Decision (``may_notify``), in this order:
 2. The target has no ``acpi``: denied (TS-0001 9.6.1.3.2 leaves it to the creator/custodian,
    which for an <AE> is the AE itself, covered by 1).
 3. Otherwise allowed iff one ``acr`` of the ``pv`` of one referenced ACP *grants*: its
-   ``acop`` has the NOTIFY bit and one ``acor`` entry matches the originator, and nothing
-   in the rule restricts it further that this module does not evaluate:
+   ``acop`` has the NOTIFY bit, its contexts match, nothing else in the rule restricts it
+   that this module does not evaluate, and one ``acor`` entry matches the originator
+   (directly, or as the resource ID of a <group> that has the originator as a member):
 
-   * ``acco`` present (time windows, IP addresses, location, even an empty list): the rule
-     does not grant.  ACME evaluates the time windows and ignores the other contexts
-     (grants); the gateway is stricter.
+   * ``acco`` (accessControlContexts) present: the rule grants only if one of its contexts
+     matches (OR across the list; an empty list: none matches).  A context matches only if
+     it has at least one member and every member matches (AND):
+
+     - ``actw``: a list of ``m2m:scheduleEntry``; matches when the request time (the
+       injected clock, UTC, read when the gateway decides) falls in one of them; a
+       malformed entry never matches (another entry may), an empty list never matches.
+     - ``acip``: ``{"ipv4": [...], "ipv6": [...]}``, addresses or CIDR blocks (prefix
+       length only, no host bits set, no zone; a malformed entry never matches); matches
+       when the IP address of the TCP peer that sent the Notify to the gateway is in one
+       entry (an IPv4-mapped IPv6 peer also against the IPv4 entries).  Through another
+       CSE or gateway this is the address of the relaying node, not of the originator.
+       No known peer address: no match.
+     - ``aclr`` (location region), ``acui``, ``acec``, ``acl``, any unknown member, or a
+       member of the wrong JSON type: the gateway cannot evaluate it, so the context does
+       not match (fail closed, TS-0003 7.1.4).  ACME grants on those members without
+       evaluating them (and ignores ``acip``); the gateway is stricter.
    * ``acaf`` true: the rule does not grant (the gateway does not authenticate the
      originator of the outer Notify; ACME, with no authenticated request, does the same).
    * ``aca`` (attribute-level rule): does not grant, as in ACME (a NOTIFY has no attributes).
@@ -32,7 +53,7 @@ Decision (``may_notify``), in this order:
      target's resource type (2 <AE>, 16 <remoteCSE>), and no ``spty`` (TS-0003 7.1.5);
      ACME ignores ``acod`` for a NOTIFY.
    * An ACP that could not be retrieved, or whose ``pv`` is malformed, contributes no rule;
-     a malformed rule is skipped.
+     a malformed rule (``acco`` not a list included) is skipped.
 
 ``acor`` entries (TS-0004 7.3.3.15 table 7.3.3.15-1), as ACME matches them:
 
@@ -47,27 +68,52 @@ Decision (``may_notify``), in this order:
   the whole identifier must match): matched against the originator in the form ACME
   compares (CSE-relative when registered with this CSE: ``/<csi>/X`` -> ``X``) and against
   its SP-relative form.  TS-0004 names only ``*``.
-* Not supported (never match): the resource-ID of a <group> (ACME expands its members),
-  Role-IDs, and domain semantics beyond a wildcard pattern.
+* The resource ID or structured ID of a <group> of this CSE (TS-0001 9.6.2.1, TS-0004
+  7.3.3.15): the rule grants to the group's members.  Which entries are looked up is
+  :func:`group_candidates` (entries of rules otherwise granting, that do not name the
+  originator directly, without wildcards, that resolve to this CSE: CSE-relative,
+  ``/<csi>/…``, or ``//<sp>/<csi>/…`` with a known SP-ID, except AE-IDs (``C…`` and
+  ``/<csi>/C…`` without a further ``/``, ``S…``; ACME names a group ``grp…``); at most 16
+  per decision); the
+  caller retrieves them (the gateway: as the admin, cached like the ACPs) and passes
+  ``groups`` (entry -> ``mid``).  The originator matches a member ID with the identifier
+  rule above (SP-relative equality, no wildcards).  Members that are themselves groups
+  are not expanded (one level only); a resource that is not a <group>, or that cannot be
+  retrieved, grants nothing; a <group> of another CSE is not retrieved (ACME also checks
+  only its own groups).
+* Not supported (never match): Role-IDs, and domain semantics beyond a wildcard pattern.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import IntFlag
 from functools import lru_cache
 
+from m2msec.gateway.schedule import ScheduleEntry, ScheduleEntryError, parse_schedule_entry
 from m2msec.onem2m.enums import ResourceType
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
 __all__ = [
+    "AccessControlContext",
     "AccessControlOperation",
     "AccessControlRule",
     "AccessDecision",
     "LocalIds",
     "acor_matches",
+    "context_matches",
+    "group_candidates",
+    "group_lookup_id",
+    "is_local_resource_id",
     "may_notify",
+    "parse_context",
+    "peer_address",
     "parse_set_of_acrs",
     "sp_relative",
     "wildcard_match",
@@ -99,13 +145,32 @@ class LocalIds:
         return "/" + self.cse_id.strip("/")
 
 
+_EVALUATED_MEMBERS = frozenset({"actw", "acip"})
+
+
+@dataclass(frozen=True)
+class AccessControlContext:
+    """One entry of ``accessControlContexts`` (TS-0004 6.3.5.27) as the gateway evaluates it.
+
+    ``windows``: the parsed ``actw`` entries (None for a malformed entry, which never
+    matches), None when ``actw`` is absent; ``networks``: the ``acip`` ``ipv4``/``ipv6``
+    entries (None for a malformed one), None when ``acip`` is absent; ``unevaluable``:
+    the members the gateway cannot evaluate (``aclr``, ``acui``, ``acec``, ``acl``, any
+    unknown name, or a member of the wrong type): the context then never matches."""
+
+    windows: tuple[ScheduleEntry | None, ...] | None = None
+    networks: tuple[IPNetwork | None, ...] | None = None
+    unevaluable: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class AccessControlRule:
-    """One ``m2m:accessControlRule`` reduced to what the decision needs."""
+    """One ``m2m:accessControlRule`` reduced to what the decision needs (``contexts`` is
+    None when the rule has no ``acco``)."""
 
     originators: tuple[str, ...]
     operations: int
-    has_contexts: bool = False
+    contexts: tuple[AccessControlContext, ...] | None = None
     authentication_required: bool = False
     has_attributes: bool = False
     object_details: tuple[tuple[int | None, bool], ...] | None = None  # (ty, has spty) per acod entry
@@ -211,6 +276,104 @@ def acor_matches(entry: str, originator: str, ids: LocalIds) -> bool:
     return any(wildcard_match(form, entry) for form in {_acme_form(originator, ids), sp_relative(originator, ids)})
 
 
+def peer_address(peer: object) -> IPAddress | None:
+    """The IP address of a TCP peer (``"127.0.0.1"``, ``"::1"``, ``"[::1]"``, ``"fe80::1%eth0"``:
+    the zone is dropped), or None if it is not an IP address."""
+    if isinstance(peer, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return peer
+    if not isinstance(peer, str) or not peer:
+        return None
+    text = peer.strip()
+    bracketed = text.startswith("[") and text.endswith("]")
+    if bracketed:
+        text = text[1:-1]
+    text = text.split("%", 1)[0]
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return None if bracketed and addr.version != 6 else addr
+
+
+_PREFIX = re.compile(r"[0-9]{1,3}", re.ASCII)
+
+
+def _network(entry: object, version: int) -> IPNetwork | None:
+    """One ``m2m:ipv4``/``m2m:ipv6`` entry: an address or a CIDR block with a prefix length
+    (no netmask form, no host bits set, no zone); None if malformed."""
+    if not isinstance(entry, str) or not entry or "%" in entry or entry != entry.strip():
+        return None
+    if "/" in entry and not _PREFIX.fullmatch(entry.rsplit("/", 1)[1]):
+        return None
+    try:
+        net = ipaddress.ip_network(entry, strict=True)
+    except ValueError:
+        return None
+    return net if net.version == version else None
+
+
+def parse_context(raw: object) -> AccessControlContext:
+    """One ``accessControlContexts`` entry (short names ``actw``, ``acip`` with ``ipv4``/``ipv6``;
+    TS-0004 6.3.5.27)."""
+    if not isinstance(raw, Mapping):
+        return AccessControlContext(unevaluable=("acco entry",))
+    unevaluable: list[str] = [str(k)[:16] for k in raw if k not in _EVALUATED_MEMBERS]
+    windows: tuple[ScheduleEntry | None, ...] | None = None
+    networks: tuple[IPNetwork | None, ...] | None = None
+    if "actw" in raw:
+        actw = raw["actw"]
+        if isinstance(actw, list):
+            parsed: list[ScheduleEntry | None] = []
+            for w in actw:
+                try:
+                    parsed.append(parse_schedule_entry(w) if isinstance(w, str) else None)
+                except ScheduleEntryError:
+                    parsed.append(None)
+            windows = tuple(parsed)
+        else:
+            unevaluable.append("actw")
+    if "acip" in raw:
+        acip = raw["acip"]
+        if isinstance(acip, Mapping):
+            nets: list[IPNetwork | None] = []
+            for key, version in (("ipv4", 4), ("ipv6", 6)):
+                value = acip.get(key)
+                if value is None:
+                    continue
+                if not isinstance(value, list):
+                    unevaluable.append(f"acip/{key}")
+                    continue
+                nets.extend(_network(e, version) for e in value)
+            unevaluable.extend(f"acip/{str(k)[:16]}" for k in acip if k not in ("ipv4", "ipv6"))
+            networks = tuple(nets)
+        else:
+            unevaluable.append("acip")
+    return AccessControlContext(windows=windows, networks=networks, unevaluable=tuple(unevaluable))
+
+
+def _in_network(addr: IPAddress, net: IPNetwork) -> bool:
+    if addr.version == net.version and addr in net:
+        return True
+    mapped = addr.ipv4_mapped if isinstance(addr, ipaddress.IPv6Address) else None
+    return mapped is not None and net.version == 4 and mapped in net
+
+
+def context_matches(ctx: AccessControlContext, *, when: datetime | None, peer: IPAddress | None) -> bool:
+    """TS-0003 7.1.5 ``res_context``: every member the context has must match (``res_time``
+    AND ``res_ip``); a context with a member the gateway cannot evaluate, or with no member
+    at all, does not match; no request time / no peer address: a window / an address list
+    does not match."""
+    if ctx.unevaluable or (ctx.windows is None and ctx.networks is None):
+        return False
+    if ctx.windows is not None:
+        if when is None or not any(w is not None and w.matches(when) for w in ctx.windows):
+            return False
+    if ctx.networks is not None:
+        if peer is None or not any(n is not None and _in_network(peer, n) for n in ctx.networks):
+            return False
+    return True
+
+
 def _rule(raw: object) -> AccessControlRule | None:
     if not isinstance(raw, Mapping):
         return None
@@ -230,10 +393,16 @@ def _rule(raw: object) -> AccessControlRule | None:
             entries.append((ty if isinstance(ty, int) and not isinstance(ty, bool) else (None if ty is None else -1),
                             d.get("spty") is not None))
         details = tuple(entries)
+    acco = raw.get("acco")
+    contexts: tuple[AccessControlContext, ...] | None = None
+    if acco is not None:
+        if not isinstance(acco, list):
+            return None
+        contexts = tuple(parse_context(c) for c in acco)
     return AccessControlRule(
         originators=tuple(a for a in acor if isinstance(a, str)),
         operations=acop,
-        has_contexts="acco" in raw,
+        contexts=contexts,
         authentication_required=raw.get("acaf") is True,
         has_attributes=raw.get("aca") is not None,
         object_details=details,
@@ -257,14 +426,92 @@ def _applies_to(rule: AccessControlRule, target_type: int) -> bool:
     return any((ty is None or ty == target_type) and not spty for ty, spty in rule.object_details)
 
 
-def _grants(rule: AccessControlRule, originator: str, ids: LocalIds, operation: int, target_type: int) -> bool:
+def _eligible(rule: AccessControlRule, operation: int, target_type: int, when: datetime | None,
+              peer: IPAddress | None) -> bool:
+    """Everything but the originator: operation, contexts (OR), acaf, aca, acod."""
     if not rule.operations & operation:
         return False
-    if rule.has_contexts or rule.authentication_required or rule.has_attributes:
+    if rule.authentication_required or rule.has_attributes:
         return False
     if not _applies_to(rule, target_type):
         return False
-    return any(acor_matches(a, originator, ids) for a in rule.originators)
+    if rule.contexts is not None and not any(context_matches(c, when=when, peer=peer) for c in rule.contexts):
+        return False
+    return True
+
+
+def is_local_resource_id(entry: str, ids: LocalIds) -> bool:
+    """Could ``entry`` be the resource ID (or structured ID) of a resource of this CSE, hence of
+    a <group> the gateway may retrieve?  CSE-relative IDs, ``/<csi>/…`` and (SP-ID known)
+    ``//<sp>/<csi>/…``; not ``all``, not a wildcard pattern, not another CSE's resource, and
+    not an AE-ID (``C…`` or ``/<csi>/C…`` without a further ``/``, ``S…``: profile A2 reads
+    those as AE-IDs)."""
+    if not isinstance(entry, str) or not entry or entry == "all" or not _WILDCARDS.isdisjoint(entry):
+        return False
+    if any(c.isspace() for c in entry):
+        return False
+    sp = sp_relative(entry, ids)
+    prefix = ids.csi + "/"
+    if not sp.startswith(prefix) or len(sp) == len(prefix):
+        return False
+    rest = sp[len(prefix):]
+    return not (rest.startswith("C") and "/" not in rest)
+
+
+def group_lookup_id(entry: str, ids: LocalIds) -> str:
+    """The ID to RETRIEVE for a <group> ``acor`` entry: as written, except an absolute ID
+    in SP-relative form."""
+    return sp_relative(entry, ids) if entry.startswith("//") else entry
+
+
+def _same_id(member: str, originator: str, ids: LocalIds) -> bool:
+    return bool(member) and (member == originator or sp_relative(member, ids) == sp_relative(originator, ids))
+
+
+def _grants(rule: AccessControlRule, originator: str, ids: LocalIds, operation: int, target_type: int,
+            when: datetime | None, peer: IPAddress | None,
+            groups: Mapping[str, Sequence[str] | None]) -> str | None:
+    """None, or how the rule grants: ``""`` (an acor entry) or the <group> acor entry."""
+    if not _eligible(rule, operation, target_type, when, peer):
+        return None
+    if any(acor_matches(a, originator, ids) for a in rule.originators):
+        return ""
+    for a in rule.originators:
+        members = groups.get(a)
+        if members and any(isinstance(m, str) and _same_id(m, originator, ids) for m in members):
+            return a
+    return None
+
+
+def group_candidates(
+    originator: str | None,
+    *,
+    acpi: Sequence[str] | None,
+    policies: Mapping[str, Iterable[AccessControlRule] | None],
+    ids: LocalIds,
+    target_type: int = int(ResourceType.AE),
+    when: datetime | None = None,
+    peer: IPAddress | None = None,
+    limit: int = 16,
+) -> tuple[str, ...]:
+    """The ``acor`` entries whose <group> members the decision needs: entries of rules that
+    grant NOTIFY in the request's context but whose entries do not name the originator
+    directly, which could be a local resource ID (:func:`is_local_resource_id`); at most
+    ``limit``, in rule order.  Empty when a rule grants without a group."""
+    if not originator or not acpi:
+        return ()
+    op = int(AccessControlOperation.NOTIFY)
+    out: list[str] = []
+    for acp_id in acpi:
+        for rule in policies.get(acp_id) or ():
+            if not _eligible(rule, op, target_type, when, peer):
+                continue
+            if any(acor_matches(a, originator, ids) for a in rule.originators):
+                return ()
+            for a in rule.originators:
+                if a not in out and is_local_resource_id(a, ids):
+                    out.append(a)
+    return tuple(out[:limit])
 
 
 def may_notify(
@@ -275,10 +522,17 @@ def may_notify(
     policies: Mapping[str, Iterable[AccessControlRule] | None],
     ids: LocalIds,
     target_type: int = int(ResourceType.AE),
+    when: datetime | None = None,
+    peer: IPAddress | str | None = None,
+    groups: Mapping[str, Sequence[str] | None] | None = None,
 ) -> AccessDecision:
     """May ``originator`` NOTIFY the target whose own identifier is ``target_id`` (its
     ``aei``, or ``csi`` for a <remoteCSE>), with accessControlPolicyIDs ``acpi`` and the
-    ``pv`` rules of those ACPs in ``policies`` (ACP id -> rules, None if not retrievable)?"""
+    ``pv`` rules of those ACPs in ``policies`` (ACP id -> rules, None if not retrievable)?
+
+    ``when``: the request time (aware; ``actw`` windows), ``peer``: the IP address of the
+    TCP peer that sent the request (``acip``), ``groups``: ``acor`` entry -> the ``mid`` of
+    that <group> (None or absent: not a group / not retrievable)."""
     if not originator:
         return AccessDecision(False, "no originator")
     norm = sp_relative(originator, ids)
@@ -291,11 +545,14 @@ def may_notify(
     if not acpi:
         return AccessDecision(False, "target has no accessControlPolicyIDs")
     op = int(AccessControlOperation.NOTIFY)
+    addr = peer_address(peer) if peer is not None else None
+    grp = groups or {}
     for acp_id in acpi:
         rules = policies.get(acp_id)
         if rules is None:
             continue
         for n, rule in enumerate(rules):
-            if _grants(rule, originator, ids, op, target_type):
-                return AccessDecision(True, f"acp {acp_id} rule {n}")
+            how = _grants(rule, originator, ids, op, target_type, when, addr, grp)
+            if how is not None:
+                return AccessDecision(True, f"acp {acp_id} rule {n}" + (f" via group {how}" if how else ""))
     return AccessDecision(False, "no accessControlRule grants NOTIFY")

@@ -63,6 +63,6 @@ def build(config: GatewayConfig, *, clock: Any = None, store: Store | None = Non
     gw = Gateway(
         cse_url=config.cse_url, cse_id=config.cse_id, cse_name=config.cse_name, receiver=receiver,
         admin=config.admin, routes=config.routes, poa_ttl=config.poa_ttl, trace_file=config.trace_file,
-        key_prefetch=prefetch, enforce_acp=config.enforce_acp, sp_id=config.sp_id,
+        key_prefetch=prefetch, enforce_acp=config.enforce_acp, sp_id=config.sp_id, clock=clock,
     )
     return gw, store

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,17 @@ import httpx
 from m2msec.errors import M2MSecError, ParseError
 from m2msec.esprim.errors import ESPrimError
 from m2msec.esprim.receiver import Receiver
-from m2msec.gateway.acp import AccessControlRule, AccessDecision, LocalIds, may_notify, parse_set_of_acrs, sp_relative
+from m2msec.gateway.acp import (
+    AccessControlRule,
+    AccessDecision,
+    LocalIds,
+    group_candidates,
+    group_lookup_id,
+    may_notify,
+    parse_set_of_acrs,
+    peer_address,
+    sp_relative,
+)
 from m2msec.gateway.esi import esi_from_cse, esi_to_cse, merge_cse_esi
 from m2msec.net.h11io import BodyTooLarge, next_cycle, read_request, write_response
 from m2msec.net.http_binding import (
@@ -87,6 +98,16 @@ class _Acp:
     expires: float
 
 
+@dataclasses.dataclass
+class _Group:
+    members: tuple[str, ...] | None  # None: not a <group>, or not retrievable
+    expires: float
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
 class Gateway:
     """Sidecar in front of one CSE.
 
@@ -95,7 +116,8 @@ class Gateway:
     used to look up an AE's pointOfAccess and its access-control policies; ``routes``:
     SP-relative CSE-ID -> URL of the gateway in front of that CSE; ``enforce_acp``: check the
     target's ACPs (NOTIFY privilege, :mod:`m2msec.gateway.acp`) before relaying an
-    ``m2m:seci`` Notify to an AE (profile G4).
+    ``m2m:seci`` Notify to an AE (profile G4); ``clock``: the wall clock (aware UTC) for the
+    ``actw`` time windows of access-control contexts.
     """
 
     def __init__(
@@ -114,6 +136,7 @@ class Gateway:
         key_prefetch: Callable[[str], Awaitable[object]] | None = None,
         enforce_acp: bool = True,
         sp_id: str | None = None,
+        clock: Callable[[], datetime] = _utc_now,
     ) -> None:
         self.cse_url = cse_url.rstrip("/")
         self.cse_id = cse_id.lstrip("/")
@@ -126,6 +149,8 @@ class Gateway:
         self._monotonic = monotonic
         self._poa: dict[str, _Poa] = {}
         self._acp: dict[str, _Acp] = {}
+        self._groups: dict[str, _Group] = {}
+        self._clock = clock
         self._generation = 0  # bumped by _invalidate: a look-up that raced an UPDATE is not cached
         self.enforce_acp = enforce_acp
         self._ids = LocalIds(cse_id=self.cse_id, admin=admin, sp_id=sp_id)
@@ -181,6 +206,8 @@ class Gateway:
         if task is not None:
             self._tasks.add(task)
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
+        peername = writer.get_extra_info("peername")
+        peer = peername[0] if isinstance(peername, tuple) and peername and isinstance(peername[0], str) else None
         try:
             while True:
                 try:
@@ -192,7 +219,8 @@ class Gateway:
                     return
                 headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in ev.headers]
                 try:
-                    raw = await self.handle(ev.method.decode("ascii"), ev.target.decode("latin-1"), headers, body)
+                    raw = await self.handle(ev.method.decode("ascii"), ev.target.decode("latin-1"), headers, body,
+                                            peer=peer)
                 except Exception:  # noqa: BLE001 - a bug must not kill the connection or leak details
                     log.exception("gateway failed on %s %s", ev.method, ev.target)
                     raw = _error(_hdr(headers, "x-m2m-ri"), RSC.INTERNAL_SERVER_ERROR, "internal error")
@@ -264,8 +292,11 @@ class Gateway:
             to = "/" + parts[1] if len(parts) == 2 else to
         return to.rstrip("/") in self._bases
 
-    async def handle(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes) -> RawResponse:
-        """One HTTP request from a client -> the HTTP response to return."""
+    async def handle(
+        self, method: str, target: str, headers: list[tuple[str, str]], body: bytes, *, peer: str | None = None
+    ) -> RawResponse:
+        """One HTTP request from a client -> the HTTP response to return; ``peer``: the IP
+        address of the TCP peer (for ``acip`` contexts; None: unknown, no ``acip`` matches)."""
         method = method.upper()
         ctype = _hdr(headers, "content-type")
         path = target.split("?", 1)[0]
@@ -279,7 +310,7 @@ class Gateway:
             except ValueError:
                 doc = None
             if isinstance(doc, dict) and "m2m:seci" in doc:
-                return await self._security_notify(method, target, headers, body)
+                return await self._security_notify(method, target, headers, body, peer)
         return await self._proxy(method, target, headers, body, to)
 
     async def _proxy(
@@ -322,10 +353,11 @@ class Gateway:
         self._generation += 1
         self._poa.clear()
         self._acp.clear()
+        self._groups.clear()
 
     # ------------------------------------------------------------------ ESPrim Notify
     async def _security_notify(
-        self, method: str, target: str, headers: list[tuple[str, str]], body: bytes
+        self, method: str, target: str, headers: list[tuple[str, str]], body: bytes, peer: str | None = None
     ) -> RawResponse:
         rqi = _hdr(headers, "x-m2m-ri")
         try:
@@ -346,7 +378,7 @@ class Gateway:
             return response_to_http(await self._as_receiver(req))
         if dest.kind == "ae" and self.enforce_acp:
             try:
-                decision = await self._notify_allowed(req, dest)
+                decision = await self._notify_allowed(req, dest, peer)
             except M2MSecError as exc:
                 return response_to_http(
                     ResponsePrimitive(rsc=exc.rsc, rqi=req.rqi, pc={"m2m:dbg": exc.args[0]}, rvi=req.rvi or DEFAULT_RVI)
@@ -416,21 +448,54 @@ class Gateway:
             self._poa[to] = entry
         return entry
 
-    async def _notify_allowed(self, req: RequestPrimitive, dest: _Poa) -> AccessDecision:
-        """May ``req.fr`` NOTIFY the target (profile G4)?  ACPs are retrieved as the admin
-        and cached ``poa_ttl`` seconds, like the pointOfAccess."""
+    async def _notify_allowed(self, req: RequestPrimitive, dest: _Poa, peer: str | None = None) -> AccessDecision:
+        """May ``req.fr`` NOTIFY the target (profile G4)?  ACPs and the <group> resources named
+        in their ``acor`` are retrieved as the admin and cached ``poa_ttl`` seconds, like the
+        pointOfAccess; ``actw`` windows are matched against ``clock()``, ``acip`` against
+        ``peer``."""
         policies: dict[str, tuple[AccessControlRule, ...] | None] = {}
+        rvi = req.rvi or DEFAULT_RVI
         now = self._monotonic()
         for acp_id in dest.acpi or ():
             cached = self._acp.get(acp_id)
             if cached is None or cached.expires <= now:
                 generation = self._generation
-                cached = _Acp(await self._retrieve_acp(acp_id, req.rvi or DEFAULT_RVI), now + self.poa_ttl)
+                cached = _Acp(await self._retrieve_acp(acp_id, rvi), now + self.poa_ttl)
                 if generation == self._generation:
                     self._acp[acp_id] = cached
             policies[acp_id] = cached.rules
+        when = self._clock()
+        addr = peer_address(peer)
+        groups: dict[str, tuple[str, ...] | None] = {}
+        for entry in group_candidates(req.fr, acpi=dest.acpi, policies=policies, ids=self._ids, target_type=dest.ty,
+                                      when=when, peer=addr):
+            grp = self._groups.get(entry)
+            if grp is None or grp.expires <= now:
+                generation = self._generation
+                grp = _Group(await self._retrieve_group(entry, rvi), now + self.poa_ttl)
+                if generation == self._generation:
+                    self._groups[entry] = grp
+            groups[entry] = grp.members
         return may_notify(req.fr, target_id=dest.self_id, acpi=dest.acpi, policies=policies, ids=self._ids,
-                          target_type=dest.ty)
+                          target_type=dest.ty, when=when, peer=addr, groups=groups)
+
+    async def _retrieve_group(self, entry: str, rvi: str) -> tuple[str, ...] | None:
+        """The ``mid`` of the <group> an ``acor`` entry names, None if it is not a retrievable
+        <group> (one level: members are not expanded)."""
+        look = RequestPrimitive(op=Operation.RETRIEVE, to=group_lookup_id(entry, self._ids), fr=self.admin,
+                                rqi=new_request_id(), rvi=rvi)
+        try:
+            rsp = await self.cse_request(look)
+        except httpx.HTTPError as exc:
+            raise ESPrimError(f"CSE not reachable: {type(exc).__name__}", rsc=RSC.TARGET_NOT_REACHABLE) from None
+        except (BindingError, ParseError):
+            return None
+        pc = rsp.pc if isinstance(rsp.pc, Mapping) else {}
+        grp = pc.get("m2m:grp")
+        if not rsp.is_success or not isinstance(grp, Mapping):
+            return None  # an AE-ID, a missing resource, ...: not a group
+        mid = grp.get("mid")
+        return tuple(m for m in mid if isinstance(m, str)) if isinstance(mid, list) else ()
 
     async def _retrieve_acp(self, acp_id: str, rvi: str) -> tuple[AccessControlRule, ...] | None:
         look = RequestPrimitive(op=Operation.RETRIEVE, to=acp_id, fr=self.admin, rqi=new_request_id(), rvi=rvi)
