@@ -445,3 +445,15 @@ def test_gateway_cse_unreachable_during_group_lookup_is_5103(scripted: Scripted)
             return await _notify(gw, "Cae7")
 
     assert asyncio.run(go()) == RSC.TARGET_NOT_REACHABLE and scripted.notifies == []
+
+
+def test_gateway_looks_up_no_group_for_self_admin_or_a_direct_grant(scripted: Scripted) -> None:
+    scripted.resources["/acp1"] = _pv({"acor": ["Cae1", "grp1"], "acop": 16})
+    scripted.resources["/grp1"] = {"m2m:grp": {"ri": "grp1", "mt": 2, "mid": ["Cae7"]}}
+
+    async def go() -> list[int]:
+        async with _gateway(scripted, lambda: NOON) as gw:
+            return [await _notify(gw, who) for who in ("CAdmin", "Ctgt", "Cae1")]
+
+    assert asyncio.run(go()) == [RSC.OK] * 3
+    assert not [g for g in scripted.gets if g[0] == "/grp1"]

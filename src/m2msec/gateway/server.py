@@ -466,6 +466,10 @@ class Gateway:
             policies[acp_id] = cached.rules
         when = self._clock()
         addr = peer_address(peer)
+        decision = may_notify(req.fr, target_id=dest.self_id, acpi=dest.acpi, policies=policies, ids=self._ids,
+                              target_type=dest.ty, when=when, peer=addr)
+        if decision.allowed:
+            return decision  # no <group> needs to be looked up
         groups: dict[str, tuple[str, ...] | None] = {}
         for entry in group_candidates(req.fr, acpi=dest.acpi, policies=policies, ids=self._ids, target_type=dest.ty,
                                       when=when, peer=addr):
