@@ -26,7 +26,11 @@ TS-0003 8.1.2.2 allows the HTTP mapping of OCSP of RFC 6960 Appendix A.  Both en
   before anything is returned or put in an :class:`~m2msec.pki.ocsp.OCSPStore`.  Failures
   raise :class:`OCSPFetchError` (transport, HTTP status, size) or
   :class:`~m2msec.pki.ocsp.OCSPResponseError` (the response).  As for CRLs (P13), the URL is
-  configured, never taken from a peer certificate's authorityInfoAccess.
+  configured, never taken from a peer certificate's authorityInfoAccess.  Over https the
+  responder's certificate is verified against httpx's default store or, with ``https_ca``
+  (a PEM file, :func:`m2msec.pki.crl_fetch.load_https_ca`), against those CAs only.
+  :meth:`OCSPClient.fetch` also returns the DER of the verified response (for stapling,
+  :mod:`m2msec.pki.ocsp_staple`).
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ import base64
 import contextlib
 import hashlib
 import logging
+import os
+import ssl
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -52,7 +58,7 @@ from cryptography.x509 import ocsp
 from m2msec.errors import M2MSecError
 from m2msec.net.h11io import BodyTooLarge, next_cycle, read_request, write_response
 from m2msec.onem2m.rsc import ResponseStatusCode
-from m2msec.pki.crl_fetch import redact_url
+from m2msec.pki.crl_fetch import _http_error, load_https_ca, redact_url
 from m2msec.pki.ocsp import (
     DEFAULT_MAX_AGE,
     OCSPResult,
@@ -248,7 +254,8 @@ class OCSPClient:
 
     def __init__(self, url: str, *, clock: Callable[[], datetime] | None = None, timeout: float = DEFAULT_OCSP_TIMEOUT,
                  max_size: int = MAX_RESPONSE_SIZE, method: str = "POST", nonce: bool = True,
-                 store: OCSPStore | None = None, max_age: Any = DEFAULT_MAX_AGE) -> None:
+                 store: OCSPStore | None = None, max_age: Any = DEFAULT_MAX_AGE,
+                 https_ca: str | os.PathLike[str] | ssl.SSLContext | None = None) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) OCSP URL: {redact_url(url)!r}")
@@ -264,6 +271,8 @@ class OCSPClient:
         self.nonce = nonce
         self.store = store
         self.max_age = max_age
+        self.https_ca: ssl.SSLContext | None = (
+            https_ca if isinstance(https_ca, ssl.SSLContext) or https_ca is None else load_https_ca(https_ca))
 
     def __repr__(self) -> str:
         return f"OCSPClient({redact_url(self.url)!r}, {self.method})"
@@ -278,7 +287,7 @@ class OCSPClient:
         return "POST", self.url, der, nonce
 
     def _finish(self, status: int, ctype: str, body: bytes, cert: x509.Certificate, issuer: x509.Certificate,
-                nonce: bytes | None) -> OCSPResult:
+                nonce: bytes | None) -> tuple[OCSPResult, bytes]:
         if status != 200:
             raise OCSPFetchError(f"OCSP responder {redact_url(self.url)} answered HTTP {status}")
         if ctype.split(";", 1)[0].strip().lower() != OCSP_RESPONSE_TYPE:
@@ -287,7 +296,7 @@ class OCSPClient:
         result = verify_response(resp, cert, issuer, now=self.clock(), nonce=nonce, max_age=self.max_age)
         if self.store is not None:
             self.store.add(resp)
-        return result
+        return result, body
 
     def _check_size(self, headers: httpx.Headers, n: int) -> None:
         try:
@@ -298,10 +307,21 @@ class OCSPClient:
             raise OCSPFetchError(f"the OCSP response is larger than {self.max_size} bytes")
 
     def _kwargs(self) -> dict[str, Any]:
-        return {"timeout": httpx.Timeout(self.timeout), "follow_redirects": False, "trust_env": False}
+        kw: dict[str, Any] = {"timeout": httpx.Timeout(self.timeout), "follow_redirects": False, "trust_env": False}
+        if self.https_ca is not None:
+            kw["verify"] = self.https_ca
+        return kw
 
     async def query(self, cert: x509.Certificate, issuer: x509.Certificate) -> OCSPResult:
         """Status of ``cert`` (issued by ``issuer``, already validated) from the responder."""
+        return (await self.fetch(cert, issuer))[0]
+
+    def query_sync(self, cert: x509.Certificate, issuer: x509.Certificate) -> OCSPResult:
+        """Blocking form of :meth:`query`."""
+        return self.fetch_sync(cert, issuer)[0]
+
+    async def fetch(self, cert: x509.Certificate, issuer: x509.Certificate) -> tuple[OCSPResult, bytes]:
+        """:meth:`query`, plus the DER of the verified response."""
         method, url, body, nonce = self._prepare(cert, issuer)
         headers = {"Accept": OCSP_RESPONSE_TYPE}
         if method == "POST":
@@ -322,11 +342,11 @@ class OCSPClient:
         except (TimeoutError, asyncio.TimeoutError):
             raise OCSPFetchError(f"OCSP query to {redact_url(self.url)} timed out after {self.timeout:g} s") from None
         except httpx.HTTPError as exc:
-            raise OCSPFetchError(f"OCSP query to {redact_url(self.url)} failed: {type(exc).__name__}") from None
+            raise OCSPFetchError(f"OCSP query to {redact_url(self.url)} failed: {_http_error(exc)}") from None
         return self._finish(status, ctype, data, cert, issuer, nonce)
 
-    def query_sync(self, cert: x509.Certificate, issuer: x509.Certificate) -> OCSPResult:
-        """Blocking form of :meth:`query`."""
+    def fetch_sync(self, cert: x509.Certificate, issuer: x509.Certificate) -> tuple[OCSPResult, bytes]:
+        """Blocking form of :meth:`fetch`."""
         method, url, body, nonce = self._prepare(cert, issuer)
         headers = {"Accept": OCSP_RESPONSE_TYPE}
         if method == "POST":
@@ -346,5 +366,5 @@ class OCSPClient:
         except httpx.TimeoutException:
             raise OCSPFetchError(f"OCSP query to {redact_url(self.url)} timed out after {self.timeout:g} s") from None
         except httpx.HTTPError as exc:
-            raise OCSPFetchError(f"OCSP query to {redact_url(self.url)} failed: {type(exc).__name__}") from None
+            raise OCSPFetchError(f"OCSP query to {redact_url(self.url)} failed: {_http_error(exc)}") from None
         return self._finish(status, ctype, data, cert, issuer, nonce)
