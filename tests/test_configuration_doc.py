@@ -517,7 +517,8 @@ def test_the_key_extraction_would_notice_a_new_key() -> None:
     assert {"unique_key_period", "psk_file", "target_id"} <= loader_strings("gateway.toml")
 
 
-DECLARED = {"maf.toml": maf_server.MAF_TOML_KEYS, "mef.toml": mef_cli.MEF_TOML_KEYS}
+DECLARED = {"maf.toml": maf_server.MAF_TOML_KEYS, "mef.toml": mef_cli.MEF_TOML_KEYS,
+            "gateway.toml": gateway_config.GATEWAY_TOML_KEYS}
 
 
 @pytest.mark.parametrize("file", sorted(DECLARED))
@@ -569,6 +570,21 @@ def test_mef_toml_refuses_unknown_keys(tmp_path: Path, capsys: pytest.CaptureFix
     with pytest.raises(typer.Exit) as ei:
         mef_cli._load(path)
     assert ei.value.exit_code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[cse]\nid = "id-in"\nname = "cse-in"\nsp_ld = "//sp"\n', "unknown key 'sp_ld' in [cse] (did you mean 'sp_id'?)"),
+    ('[cse]\nid = "id-in"\nname = "cse-in"\n[gateway]\nenforce_acl = false\n',
+     "unknown key 'enforce_acl' in [gateway] (did you mean 'enforce_acp'?)"),
+    ('[cse]\nid = "id-in"\nname = "cse-in"\n[[keys]]\nkid = "k"\npeer = "Cx"\nkey = "00"\n', "unknown key 'key' in [[keys]]"),
+    ('[cse]\nid = "id-in"\nname = "cse-in"\n[[route]]\ncsi = "/x"\n', "unknown key 'route' at the top level"),
+])
+def test_gateway_toml_refuses_unknown_keys(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text(text)
+    with pytest.raises(gateway_config.ConfigError) as ei:
+        gateway_config.load_config(path, cse_url="http://127.0.0.1:8080")
+    assert message in str(ei.value)
 
 
 @pytest.mark.parametrize("file", FILES)

@@ -12,11 +12,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from m2msec.errors import M2MSecError
+from m2msec.errors import M2MSecError, ParseError
 from m2msec.esprim.common import ESPRIM_SUIDS
 from m2msec.esprim.keysource import PairwiseKey
 from m2msec.onem2m.enums import SUID
 from m2msec.onem2m.rsc import ResponseStatusCode
+from m2msec.tomlkeys import check_keys
 
 __all__ = ["ConfigError", "GatewayConfig", "KeyEntry", "MEFSourceConfig", "load_config"]
 
@@ -124,6 +125,19 @@ def _whole_seconds(table: dict[str, Any], key: str) -> timedelta | None:
     return timedelta(seconds=v)
 
 
+#: every key and table of gateway.toml (docs/configuration.md); anything else is a configuration error
+GATEWAY_TOML_KEYS: dict[str, frozenset[str]] = {
+    "": frozenset({"cse", "store", "gateway", "receiver", "keys", "mef", "routes"}),
+    "cse": frozenset({"id", "name", "admin", "sp_id", "url"}),
+    "store": frozenset({"url", "kek_file"}),
+    "gateway": frozenset({"poa_ttl", "enforce_acp", "trace_file"}),
+    "receiver": frozenset({"suids", "shared_lifetime", "unique_lifetime", "unique_key_period"}),
+    "keys[]": frozenset({"kid", "key_hex", "key_file", "peer", "suid"}),
+    "mef": frozenset({"fqdn", "host", "port", "psk_identity", "psk_hex", "psk_file", "target_id"}),
+    "routes[]": frozenset({"csi", "url"}),
+}
+
+
 def load_config(path: str | Path, *, cse_url: str | None = None, store_url: str | None = None) -> GatewayConfig:
     """Read ``gateway.toml``; ``cse_url``/``store_url`` (CLI options) override the file."""
     p = Path(path)
@@ -133,6 +147,10 @@ def load_config(path: str | Path, *, cse_url: str | None = None, store_url: str 
         raise ConfigError(f"cannot read {str(p)!r}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{str(p)!r} is not TOML: {exc}") from None
+    try:
+        check_keys(doc, GATEWAY_TOML_KEYS, source=str(p))
+    except ParseError as exc:
+        raise ConfigError(exc.args[0]) from None
     base = p.resolve().parent
     cse = doc.get("cse", {})
     if not isinstance(cse, dict) or not isinstance(cse.get("id"), str) or not isinstance(cse.get("name"), str):
