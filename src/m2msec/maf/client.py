@@ -3,7 +3,9 @@
 :class:`MAFClientConfig` holds the MAF Client Credential Configuration (8.8.3.1: Km/KmID, or a
 KeID and Km for a remotely provisioned client, or a certificate with the MAF trust anchors),
 the MAF Client Registration Configuration (8.8.3.2: MAF-FQDN, adminFQDN, expiry, labels) and
-the procedure URIs.  :class:`MAFClient` performs the MAF Handshake once and runs every
+the procedure URIs; with a certificate, ``ocsp_staple`` (``"off"``, ``"if-present"``,
+``"require"``) asks for and checks the MAF's stapled OCSP response (TS-0003 8.1.2.2, RFC 6066 8;
+a refusal fails the handshake with ``BAD_CERTIFICATE_STATUS``).  :class:`MAFClient` performs the MAF Handshake once and runs every
 procedure over that one persistent TLS connection (HTTP/1.1 keep-alive, h11); the wire format
 is in ``docs/maf-protocol.md``.
 
@@ -53,7 +55,7 @@ from m2msec.onem2m.timestamps import Clock
 from m2msec.pki import CertificateFlavour, CRLStore, PeerCertInfo, RevocationPolicy
 from m2msec.tls.aio import TLSStreamWriter, open_connection
 from m2msec.tls.engine import CertCredentials, PSKCredentials, Role, TLSConfig
-from m2msec.tls.pkiverify import pki_tls_kwargs
+from m2msec.tls.pkiverify import StaplePolicy, pki_tls_kwargs, staple_check
 
 __all__ = ["MAFClient", "MAFClientConfig", "MAFResponseError", "RegisteredKey", "RetrievedKey"]
 
@@ -134,6 +136,8 @@ class MAFClientConfig:
     timeout: float = 10.0
     maf_crls: CRLStore | None = field(default=None, repr=False)  # certificate status (TS-0003 8.1.2.2)
     revocation: RevocationPolicy = RevocationPolicy.IF_AVAILABLE
+    # OCSP stapling (RFC 6066 8, TS-0003 8.1.2.2): "off", "if-present" or "require" (certificate mode only)
+    ocsp_staple: StaplePolicy | str = StaplePolicy.OFF
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "maf_fqdn", parse_key_id(f"x@{self.maf_fqdn}").fqdn.lower())
@@ -142,6 +146,9 @@ class MAFClientConfig:
             raise ValueError("configure exactly one MAF Client credential: psk or credentials")
         if self.credentials is not None and (not self.maf_trust_anchors or self.clock is None):
             raise ValueError("certificate MAF Handshake needs maf_trust_anchors and a clock")
+        object.__setattr__(self, "ocsp_staple", StaplePolicy(self.ocsp_staple))
+        if self.psk is not None and self.ocsp_staple is not StaplePolicy.OFF:
+            raise ValueError("ocsp_staple needs the certificate MAF Handshake (a PSK handshake has no certificate)")
 
     def path(self, proc: Procedure) -> str:
         return self.paths.get(proc, proc.path)
@@ -153,6 +160,7 @@ class MAFClientConfig:
         info = self.maf_cert_info or PeerCertInfo(CertificateFlavour.FQDN, self.maf_fqdn)
         return TLSConfig(role=Role.CLIENT, credentials=self.credentials,
                          server_name=self.server_name or self.maf_fqdn,
+                         check_ocsp_staple=staple_check(self.ocsp_staple, self.clock),
                          **pki_tls_kwargs(info, self.maf_trust_anchors, self.clock, crls=self.maf_crls,
                                           revocation=self.revocation))
 

@@ -52,7 +52,7 @@ from m2msec.pki import CertificateFlavour, PeerCertInfo
 from m2msec.saef.config import KpsaDirectory, KpsaEntry
 from m2msec.tls.aio import TLSStreamWriter, open_connection
 from m2msec.tls.engine import CertCredentials, PSKCredentials, Role, TLSConfig
-from m2msec.tls.pkiverify import pki_tls_kwargs
+from m2msec.tls.pkiverify import StaplePolicy, pki_tls_kwargs, staple_check
 
 __all__ = [
     "Enrolment",
@@ -79,17 +79,24 @@ class MEFClientError(M2MSecError):
 
 def mef_tls_config(*, psk: PSKCredentials | None = None, credentials: CertCredentials | None = None,
                    mef_fqdn: str | None = None, mef_anchors: tuple[Any, ...] = (),
-                   mef_cert_info: PeerCertInfo | None = None, clock: Clock = _utcnow) -> TLSConfig:
+                   mef_cert_info: PeerCertInfo | None = None, clock: Clock = _utcnow,
+                   ocsp_staple: StaplePolicy | str = StaplePolicy.OFF) -> TLSConfig:
     """Client TLS config towards the MEF: PSK (Kpm/KpmID, a target PSK or Kre/KreID) or mutual
-    certificates (the MEF verified per 8.1.2.5 as ``mef_cert_info``, default FQDN flavour = ``mef_fqdn``)."""
+    certificates (the MEF verified per 8.1.2.5 as ``mef_cert_info``, default FQDN flavour = ``mef_fqdn``).
+    ``ocsp_staple`` (certificate mode): ``"off"``, ``"if-present"`` or ``"require"`` - ask for the
+    MEF's stapled OCSP response and check it (RFC 6066 8; refusal: ``BAD_CERTIFICATE_STATUS``)."""
     if (psk is None) == (credentials is None):
         raise ValueError("give exactly one of psk or credentials")
+    staple = StaplePolicy(ocsp_staple)
+    if psk is not None and staple is not StaplePolicy.OFF:
+        raise ValueError("ocsp_staple needs certificate mode (a PSK handshake has no certificate)")
     if psk is not None:
         return TLSConfig(role=Role.CLIENT, psk=psk)
     info = mef_cert_info or (PeerCertInfo(CertificateFlavour.FQDN, mef_fqdn) if mef_fqdn else None)
     if info is None or not mef_anchors:
         raise ValueError("certificate mode needs the MEF certificate information and trust anchors")
-    return TLSConfig(role=Role.CLIENT, credentials=credentials, **pki_tls_kwargs(info, mef_anchors, clock))
+    return TLSConfig(role=Role.CLIENT, credentials=credentials, check_ocsp_staple=staple_check(staple, clock),
+                     **pki_tls_kwargs(info, mef_anchors, clock))
 
 
 async def _http(reader: asyncio.StreamReader, writer: TLSStreamWriter, method: str, target: str,

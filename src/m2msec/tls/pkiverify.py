@@ -29,7 +29,9 @@ for OCSP stapling (RFC 6066 8): the stapled response is verified like any other
 (:func:`m2msec.pki.ocsp.verify_response`, without nonce) against the leaf and its
 issuer from the verified chain; REVOKED aborts the handshake, as does an invalid
 response (OCSP_INVALID) and - with ``require=True`` - a missing or UNKNOWN one
-(REVOCATION_UNKNOWN); a verified response also goes into ``store`` if given.
+(REVOCATION_UNKNOWN); a verified response also goes into ``store`` if given.  :class:`StaplePolicy` is the
+client-side setting of the services (``"off"``, ``"if-present"``, ``"require"``) and
+:func:`staple_check` turns it into the ``check_ocsp_staple`` value.
 
 This is the one place where TLS and PKI meet; :mod:`m2msec.saef` and the
 ``m2msec tls`` CLI both use it.
@@ -37,6 +39,7 @@ This is the one place where TLS and PKI meet; :mod:`m2msec.saef` and the
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -48,7 +51,8 @@ from m2msec.pki import verify_peer_certificate
 from m2msec.pki.crl import CRLSource, RevocationPolicy, as_store
 from m2msec.pki.ocsp import DEFAULT_MAX_AGE, OCSPResponseError, OCSPResult, OCSPStatus, OCSPStore, verify_response
 
-__all__ = ["Clock", "OCSPStapleCheck", "PKIVerifyHook", "pki_verify_hook", "tls_alert_for"]
+__all__ = ["Clock", "OCSPStapleCheck", "PKIVerifyHook", "StaplePolicy", "pki_verify_hook", "staple_check",
+           "tls_alert_for"]
 
 Clock = Callable[[], datetime]
 
@@ -165,3 +169,19 @@ class OCSPStapleCheck:
             raise CertificateVerificationError(VerificationReason.REVOCATION_UNKNOWN,
                                                f"the stapled OCSP response says unknown for {what}")
         return res
+
+
+class StaplePolicy(str, enum.Enum):
+    """What a client does with the server's stapled OCSP response (RFC 6066 8)."""
+
+    OFF = "off"  # no status_request, no check
+    IF_PRESENT = "if-present"  # ask; a staple must verify and not say REVOKED; none is fine
+    REQUIRE = "require"  # ask; a verified GOOD staple is required ("must-staple")
+
+
+def staple_check(policy: StaplePolicy | str, clock: Clock, *, store: OCSPStore | None = None) -> OCSPStapleCheck | None:
+    """``TLSConfig.check_ocsp_staple`` for ``policy`` (None for ``"off"``; ValueError for another word)."""
+    p = StaplePolicy(policy)
+    if p is StaplePolicy.OFF:
+        return None
+    return OCSPStapleCheck(clock, require=p is StaplePolicy.REQUIRE, store=store)
