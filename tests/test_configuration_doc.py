@@ -323,6 +323,12 @@ def _https_ca(fetcher: CRLFetcher) -> list[x509.Certificate]:
     return [x509.load_der_x509_certificate(d) for d in fetcher.https_ca.get_ca_certs(binary_form=True)]
 
 
+def _ocsp_https_ca(stapler: Any) -> list[x509.Certificate]:
+    """The CA certificates an OCSP stapler's https context trusts."""
+    assert stapler is not None and stapler.client.https_ca is not None
+    return [x509.load_der_x509_certificate(d) for d in stapler.client.https_ca.get_ca_certs(binary_form=True)]
+
+
 # Each accessor returns the key's effective value in the terms of the TOML file (seconds,
 # strings, file names); for files it returns what was loaded from them, compared with
 # EXPECTED_FILE_CONTENT.  Keys of [[array]] tables return one value per entry.
@@ -350,6 +356,8 @@ MAF: dict[tuple[str, str], Accessor] = {
     ("tls", "client_crl_refresh_s"): lambda b, _: b.cfg.client_crl_refresh.total_seconds(),
     ("tls", "client_crl_https_ca"): lambda b, _: ("file", _https_ca(b.cfg.crl_refresher(clock=_utc_now).fetcher)),
     ("tls", "revocation"): lambda b, _: b.cfg.revocation.value,
+    ("tls", "ocsp_staple_url"): lambda b, _: b.cfg.stapler(clock=_utc_now).url if b.cfg.stapler(clock=_utc_now) else None,
+    ("tls", "ocsp_staple_https_ca"): lambda b, _: ("file", _ocsp_https_ca(b.cfg.stapler(clock=_utc_now))),
     ("admin", "fqdn"): lambda b, _: [a.fqdn for a in b.cfg.admins],
     ("admin", "client_config"): lambda b, _: [a.client_config for a in b.cfg.admins],
 }
@@ -373,6 +381,10 @@ MEF: dict[tuple[str, str], Accessor] = {
     ("mef", "enrolee_crl_refresh_s"): lambda b, _: b.mef["enrolee_crl_refresh_s"],
     ("mef", "enrolee_crl_https_ca"): lambda b, _: ("file", _https_ca(CRLFetcher(
         CRLStore(), (), https_ca=b.mef["enrolee_crl_https_ca"]))),
+    ("mef", "ocsp_staple_url"): lambda b, _: (mef_cli._stapler(b.mef, b.server.tls_context.config.credentials).url
+                                              if "ocsp_staple_url" in b.mef else None),
+    ("mef", "ocsp_staple_https_ca"): lambda b, _: ("file", _ocsp_https_ca(
+        mef_cli._stapler(b.mef, b.server.tls_context.config.credentials))),
     ("mef", "crl_port"): lambda b, _: b.mef.get("crl_port"),
     ("mef", "crl_host"): lambda b, _: b.mef.get("crl_host", b.mef.get("host", "127.0.0.1")),
     ("mef", "crl_base_url"): lambda b, _: (b.mef["crl_base_url"]

@@ -9,7 +9,11 @@ client_crls`` files on SIGHUP (all or nothing; ``crls reloaded N`` on success, t
 CRLs stay on an error).  With ``[tls] client_crl_urls`` (or ``client_crl_from_cdp``) ``serve``
 fetches those CRLs before it listens and keeps them fresh (:class:`m2msec.pki.CRLRefresher`
 as a task of the serve loop); SIGHUP also fetches them again at once, and a file reload keeps
-the fetched CRLs.  ``serve --workers N`` (Linux) runs N MAF processes on one port
+the fetched CRLs.  With ``[tls] ocsp_staple_url`` ``serve`` queries that OCSP responder for the
+MAF's own certificate before it listens (a failure is a warning: the MAF starts and staples
+nothing until a query succeeds), staples the current response in certificate handshakes and
+keeps it fresh (:class:`m2msec.pki.ocsp_staple.OCSPStapler`); SIGHUP queries again at once.
+``serve --workers N`` (Linux) runs N MAF processes on one port
 (SO_REUSEPORT): this process binds first, then starts N-1 ``serve --worker`` processes, each
 with its own store connection; signals are handled as :func:`_run_parent` says.
 """
@@ -34,6 +38,7 @@ from m2msec.maf.service import MAFService
 from m2msec.onem2m.timestamps import format_timestamp
 from m2msec.pki import CertificateFlavour, CRLRefresher, PeerCertInfo
 from m2msec.pki.cli import reload_crls_and_report
+from m2msec.pki.ocsp_staple import OCSPStapler
 from m2msec.store import Store
 from m2msec.store.store import utc_now
 
@@ -60,12 +65,14 @@ def _ts(v: Any) -> str:
     return format_timestamp(v) if v is not None else "-"
 
 
-def _hangup(cfg: MAFServerConfig, refresher: CRLRefresher | None) -> None:
-    """SIGHUP: re-read the client CRL files (keeping fetched CRLs) and fetch the CRL URLs now
-    (nothing to reload: a note on stderr; SIGHUP never ends the MAF)."""
+def _hangup(cfg: MAFServerConfig, refresher: CRLRefresher | None, stapler: OCSPStapler | None = None) -> None:
+    """SIGHUP: re-read the client CRL files (keeping fetched CRLs), fetch the CRL URLs and query
+    the OCSP staple responder now (nothing to reload: a note on stderr; SIGHUP never ends the MAF)."""
     if not _wants_hangup(cfg):
-        typer.echo("sighup: nothing to reload (no [tls] client_crls or client_crl_urls)", err=True)
+        typer.echo("sighup: nothing to reload (no [tls] client_crls, client_crl_urls or ocsp_staple_url)", err=True)
         return
+    if stapler is not None:
+        stapler.trigger()
     if cfg.client_crls is not None and cfg.client_crl_files:
         reload_crls_and_report(cfg.client_crls, cfg.client_crl_files,
                                keep=refresher.crls if refresher is not None else None)
@@ -73,17 +80,22 @@ def _hangup(cfg: MAFServerConfig, refresher: CRLRefresher | None) -> None:
         refresher.trigger()
 
 
-async def _start_refresher(cfg: MAFServerConfig) -> CRLRefresher | None:
-    """Fetch the configured CRL URLs once (failures are logged, not fatal) and start refreshing."""
+async def _start_refresher(cfg: MAFServerConfig, stapler: OCSPStapler | None = None) -> CRLRefresher | None:
+    """Fetch the configured CRL URLs and query the OCSP staple responder once (failures are
+    logged, not fatal) and start refreshing both."""
     refresher = cfg.crl_refresher(clock=utc_now)
     if refresher is not None:
         await refresher.refresh()
         refresher.start()
+    if stapler is not None:
+        await stapler.refresh()
+        stapler.start()
     return refresher
 
 
 def _wants_hangup(cfg: MAFServerConfig) -> bool:
-    return cfg.client_crls is not None and bool(cfg.client_crl_files or cfg.client_crl_urls)
+    return (cfg.client_crls is not None and bool(cfg.client_crl_files or cfg.client_crl_urls)) \
+        or cfg.stapling_configured
 
 
 WORKER_READY = "worker {pid} listening on {host}:{port}"
@@ -120,15 +132,16 @@ def serve(config: ConfigOpt,
         cfg = replace(cfg, port=port)
     reuse = workers > 1 or worker
     try:
-        server = build_server(cfg, store, clock=utc_now, reuse_port=reuse)
+        stapler = cfg.stapler(clock=utc_now)
+        server = build_server(cfg, store, clock=utc_now, reuse_port=reuse, stapler=stapler)
     except ValueError as exc:
         store.close()
         _fail(exc)
     if worker:
-        _run_worker(cfg, store, server)
+        _run_worker(cfg, store, server, stapler)
         return
     if workers > 1:
-        code = _run_parent(cfg, store, server, config, workers, verbose)
+        code = _run_parent(cfg, store, server, config, workers, verbose, stapler)
         if code:
             raise typer.Exit(code=code)
         return
@@ -138,16 +151,18 @@ def serve(config: ConfigOpt,
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)  # a clean stop: connections, tasks, then the store
-        refresher = await _start_refresher(cfg)
+        refresher = await _start_refresher(cfg, stapler)
         try:
             await server.start()
-            loop.add_signal_handler(signal.SIGHUP, _hangup, cfg, refresher)
+            loop.add_signal_handler(signal.SIGHUP, _hangup, cfg, refresher, stapler)
             typer.echo(f"MAF {cfg.fqdn} listening on {cfg.host}:{server.port}", err=False)
             await stop.wait()
             await server.close()
         finally:
             if refresher is not None:
                 await refresher.stop()
+            if stapler is not None:
+                await stapler.stop()
 
     try:
         asyncio.run(main())
@@ -157,19 +172,20 @@ def serve(config: ConfigOpt,
         store.close()
 
 
-def _run_worker(cfg: MAFServerConfig, store: Store, server: MAFServer) -> None:
+def _run_worker(cfg: MAFServerConfig, store: Store, server: MAFServer, stapler: OCSPStapler | None = None) -> None:
     """A ``--worker`` process: bind the parent's port (SO_REUSEPORT), print the ready line to the
     parent (stdout is a pipe to it) and serve until SIGTERM or until the parent goes away (EOF
     on stdin, a pipe from the parent).  SIGINT is the parent's to handle (a terminal's Ctrl-C
-    reaches the whole process group); SIGHUP re-reads the client CRLs like the parent does."""
+    reaches the whole process group); SIGHUP re-reads the client CRLs like the parent does.  The
+    worker fetches CRLs and its OCSP staple itself."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
-        refresher = await _start_refresher(cfg)
-        loop.add_signal_handler(signal.SIGHUP, _hangup, cfg, refresher)
+        refresher = await _start_refresher(cfg, stapler)
+        loop.add_signal_handler(signal.SIGHUP, _hangup, cfg, refresher, stapler)
         stdin = sys.stdin.fileno()
 
         def parent_gone() -> None:
@@ -188,6 +204,8 @@ def _run_worker(cfg: MAFServerConfig, store: Store, server: MAFServer) -> None:
         await server.close()
         if refresher is not None:
             await refresher.stop()
+        if stapler is not None:
+            await stapler.stop()
 
     try:
         asyncio.run(main())
@@ -195,17 +213,18 @@ def _run_worker(cfg: MAFServerConfig, store: Store, server: MAFServer) -> None:
         store.close()
 
 
-def _run_parent(cfg: MAFServerConfig, store: Store, server: MAFServer, config: Path, n: int, verbose: bool) -> int:
+def _run_parent(cfg: MAFServerConfig, store: Store, server: MAFServer, config: Path, n: int, verbose: bool,
+                stapler: OCSPStapler | None = None) -> int:
     """``serve --workers N``: this process binds first (``port = 0`` resolves here), then starts
     N-1 ``serve --worker`` processes (fresh interpreters: no fork of a process holding store
     connections or threads) on the same host/port.  The listening line is printed once all
     listen.  SIGTERM/SIGINT stop every worker; SIGHUP is forwarded (with [tls] client_crls or
-    client_crl_urls; every process fetches the CRL URLs itself); a
+    client_crl_urls or ocsp_staple_url; every process fetches the CRL URLs and its OCSP staple itself); a
     worker that exits on its own is reported on stderr and stops the MAF with exit code 1."""
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
-        refresher = await _start_refresher(cfg)
+        refresher = await _start_refresher(cfg, stapler)
         await server.start()
         stop = asyncio.Event()
         failed: list[str] = []
@@ -237,7 +256,7 @@ def _run_parent(cfg: MAFServerConfig, store: Store, server: MAFServer, config: P
                 stop.set()
 
         def hangup() -> None:
-            _hangup(cfg, refresher)
+            _hangup(cfg, refresher, stapler)
             if not _wants_hangup(cfg):
                 return
             for p in procs:
@@ -265,6 +284,8 @@ def _run_parent(cfg: MAFServerConfig, store: Store, server: MAFServer, config: P
             stop.set()
             if refresher is not None:
                 await refresher.stop()
+            if stapler is not None:
+                await stapler.stop()
             await server.close()
             for p in procs:
                 if p.returncode is None:

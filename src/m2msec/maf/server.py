@@ -13,6 +13,9 @@ Key Retrieval (:meth:`~m2msec.maf.service.MAFService.run_async`): its reads run 
 or from the retrieval cache, and its audit record is group-committed before the response is sent.
 ``reuse_port=True`` (Linux) sets SO_REUSEPORT so that several MAF processes, each with its own
 store connection, listen on one host/port (``m2msec maf serve --workers N``).
+OCSP stapling (TS-0003 8.1.2.2, RFC 6066 8): with ``[tls] ocsp_staple_url`` the certificate
+handshake staples the MAF certificate's current OCSP response, kept by an
+:class:`~m2msec.pki.ocsp_staple.OCSPStapler` (:meth:`MAFServerConfig.stapler`) that ``serve`` runs.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import asyncio
 import logging
 import sys
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -47,6 +51,7 @@ from m2msec.pki import (
     load_https_ca,
 )
 from m2msec.onem2m.timestamps import Clock
+from m2msec.pki.ocsp_staple import OCSPStapler, stapler_for_chain
 from m2msec.store import KeyEncryptionKey, Store, open_store
 from m2msec.tls.aio import TLSStreamWriter, start_server
 from m2msec.tls.engine import CertCredentials, Role, TLSConfig, TLSContext
@@ -83,6 +88,20 @@ class MAFServerConfig:
     client_crl_issuers: tuple[x509.Certificate, ...] = ()  # intermediate CAs that may sign fetched CRLs
     client_crl_refresh: timedelta = timedelta(hours=1)  # longest interval between two fetches of a URL
     client_crl_https_ca: str | None = None  # PEM CA file for https CRL servers (None: httpx's default store)
+    ocsp_staple_url: str | None = None  # OCSP responder for the MAF's own certificate (stapling, RFC 6066 8)
+    ocsp_staple_https_ca: str | None = None  # PEM CA file for an https responder (None: httpx's default store)
+
+    @property
+    def stapling_configured(self) -> bool:
+        return self.ocsp_staple_url is not None and self.credentials is not None
+
+    def stapler(self, *, clock: Clock) -> OCSPStapler | None:
+        """The :class:`~m2msec.pki.ocsp_staple.OCSPStapler` of the MAF certificate (None without
+        ``ocsp_staple_url``); the issuer is the certificate after the leaf in ``[tls] cert``."""
+        if self.ocsp_staple_url is None or self.credentials is None:
+            return None
+        return stapler_for_chain(self.ocsp_staple_url, [self.credentials.certificate, *self.credentials.chain],
+                                 clock=clock, https_ca=self.ocsp_staple_https_ca)
 
     def crl_refresher(self, *, clock: Clock) -> CRLRefresher | None:
         """The refresher of ``client_crl_urls`` into ``client_crls`` (None without URLs); fetched
@@ -113,7 +132,8 @@ MAF_TOML_KEYS: dict[str, frozenset[str]] = {
                    "key_cache_ttl_s", "mef", "tls", "admin"}),
     "mef": frozenset({"fqdn", "host", "port", "psk_identity", "psk_hex"}),
     "tls": frozenset({"cert", "key", "client_trust_anchors", "client_crls", "client_crl_urls", "client_crl_issuers",
-                      "client_crl_from_cdp", "client_crl_refresh_s", "client_crl_https_ca", "revocation"}),
+                      "client_crl_from_cdp", "client_crl_refresh_s", "client_crl_https_ca", "revocation",
+                      "ocsp_staple_url", "ocsp_staple_https_ca"}),
     "admin[]": frozenset({"fqdn", "client_config"}),
 }
 MAF_TOML_FREE = ("admin[].client_config",)  # the stakeholder's MAF Client Configuration: any members
@@ -180,6 +200,8 @@ def load_config(path: str | Path) -> MAFServerConfig:
         crl_issuers: tuple[x509.Certificate, ...] = ()
         crl_refresh = timedelta(hours=1)
         crl_https_ca: str | None = None
+        staple_url: str | None = None
+        staple_https_ca: str | None = None
         revocation = RevocationPolicy.IF_AVAILABLE
         tls = data.get("tls")
         if tls:
@@ -218,6 +240,22 @@ def load_config(path: str | Path) -> MAFServerConfig:
                     crls = CRLStore()
                 CRLRefresher(crls, crl_urls, ())  # validates the URLs (http/https with a host)
             revocation = RevocationPolicy(tls.get("revocation", RevocationPolicy.IF_AVAILABLE.value))
+            if "ocsp_staple_https_ca" in tls:
+                ca_file = tls["ocsp_staple_https_ca"]
+                if not isinstance(ca_file, str) or not ca_file:
+                    raise TypeError("ocsp_staple_https_ca must be a PEM file name")
+                staple_https_ca = str(rel(ca_file))
+                load_https_ca(staple_https_ca)  # readable, holds CA certificates
+            if "ocsp_staple_url" in tls:
+                staple_url = tls["ocsp_staple_url"]
+                if not isinstance(staple_url, str):
+                    raise TypeError("ocsp_staple_url must be an http(s) URL")
+                try:  # the URL (http/https with a host) and the issuer after the leaf in cert
+                    stapler_for_chain(staple_url, certs)
+                except ValueError as exc:
+                    raise ValueError(f"ocsp_staple_url: {exc}") from None
+            elif staple_https_ca is not None:
+                raise ValueError("ocsp_staple_https_ca without ocsp_staple_url")
         kek_file = data.get("kek_file")
         if "mef" in data:  # checked here, not first when serve builds the MEF client
             mef_t = data["mef"]
@@ -238,6 +276,7 @@ def load_config(path: str | Path) -> MAFServerConfig:
             credentials=creds, client_trust_anchors=anchors, client_crls=crls, client_crl_files=crl_paths,
             revocation=revocation, client_crl_urls=crl_urls, client_crl_issuers=crl_issuers,
             client_crl_refresh=crl_refresh, client_crl_https_ca=crl_https_ca,
+            ocsp_staple_url=staple_url, ocsp_staple_https_ca=staple_https_ca,
             kek_file=str(rel(kek_file)) if kek_file else None, mef=dict(data["mef"]) if "mef" in data else None,
         )
     except (KeyError, TypeError, ValueError, OSError, CRLError) as exc:
@@ -262,7 +301,8 @@ class MAFServer:
 
     def __init__(self, service: MAFService, *, host: str = "127.0.0.1", port: int = 0,
                  credentials: CertCredentials | None = None, idle_timeout: float = 30.0,
-                 reuse_port: bool = False) -> None:
+                 reuse_port: bool = False,
+                 ocsp_staple: Callable[[x509.Certificate], bytes | None] | None = None) -> None:
         if reuse_port and not sys.platform.startswith("linux"):
             raise ValueError("reuse_port (several MAF processes on one port) needs Linux SO_REUSEPORT "
                              f"load balancing; not available on {sys.platform}")
@@ -276,7 +316,8 @@ class MAFServer:
             if not service.client_trust_anchors:
                 raise ValueError("certificate MAF Handshake needs MAF Client trust anchors")
             kw = {"credentials": credentials, "trust_anchors": service.client_trust_anchors,
-                  "verify_peer": service.tls_verify_hook(), "verify_peer_authoritative": True}
+                  "verify_peer": service.tls_verify_hook(), "verify_peer_authoritative": True,
+                  "ocsp_staple": ocsp_staple}
         self.tls_context = TLSContext(TLSConfig(role=Role.SERVER, psk_lookup=service.psk_lookup, **kw))
         self._server: asyncio.Server | None = None
 
@@ -386,12 +427,14 @@ class MAFServer:
 
 
 def build_server(cfg: MAFServerConfig, store: Store, *, clock: Clock, mef: MEFClient | None = None,
-                 reuse_port: bool = False) -> MAFServer:
+                 reuse_port: bool = False, stapler: OCSPStapler | None = None) -> MAFServer:
+    """The MAF of ``cfg``; ``stapler`` (see :meth:`MAFServerConfig.stapler`) staples its OCSP response."""
     service = MAFService(store, cfg.fqdn, admins=cfg.admins, clock=clock, mef=mef or cfg.mef_client(),
                          client_trust_anchors=cfg.client_trust_anchors, client_crls=cfg.client_crls,
                          revocation=cfg.revocation, max_registration_lifetime=cfg.max_registration_lifetime,
                          max_key_lifetime=cfg.max_key_lifetime, key_cache_ttl=cfg.key_cache_ttl)
-    return MAFServer(service, host=cfg.host, port=cfg.port, credentials=cfg.credentials, reuse_port=reuse_port)
+    return MAFServer(service, host=cfg.host, port=cfg.port, credentials=cfg.credentials, reuse_port=reuse_port,
+                     ocsp_staple=stapler.staple if stapler is not None else None)
 
 
 __all__ += ["build_server", "open_config_store"]

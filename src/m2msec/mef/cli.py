@@ -21,6 +21,8 @@
     crl_host = "127.0.0.1"            # (default: host)
     crl_base_url = "http://mef.m2m.example.com:8080/crl/"  # optional: CRL distribution point in EST certificates
     crl_validity_s = 86400            # nextUpdate - thisUpdate of those CRLs (re-signed at half of it, or on a revocation)
+    ocsp_staple_url = "http://pki.example.com/ocsp"  # optional: OCSP responder for the MEF certificate (stapled)
+    ocsp_staple_https_ca = "ocsp-server-ca.pem"  # optional: trust anchors of an https responder (default: httpx's)
     [gba]                             # optional: GBA-Based RSPF, the MEF as GBA NAF
     bsf_url = "http://127.0.0.1:8080" # the operator BSF's Zn endpoint
     naf_token = "..."                 # the MEF's Zn credential (else $M2MSEC_GBA_NAF_TOKEN)
@@ -42,6 +44,12 @@ signed by an enrolee trust anchor or an ``enrolee_crl_issuers`` certificate); SI
 them across the file reload and fetches them again.  ``revocation`` is the policy of
 :mod:`m2msec.pki.crl`.
 
+OCSP stapling of the MEF's own certificate (TS-0003 8.1.2.2, RFC 6066 8): with ``ocsp_staple_url``
+(and ``cert``/``key``, the issuer right after the leaf in ``cert``) ``serve`` queries that
+responder before it listens (a failure is a warning: nothing is stapled until a query
+succeeds), staples the current response in certificate handshakes, refreshes it at half its
+remaining validity (:class:`m2msec.pki.ocsp_staple.OCSPStapler`) and queries again on SIGHUP.
+
 Revocation of EST certificates (:mod:`m2msec.mef.est_crl`): ``enrolee revoke`` revokes every
 certificate the MEF issued to that enrolee, ``est-revoke --serial`` a single one; this MEF
 refuses them at once, and the CRLs of the MEF CA (``est-crl`` writes them, ``serve`` with
@@ -58,6 +66,7 @@ import threading
 import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Annotated, Any
 
 import typer
@@ -80,6 +89,7 @@ from m2msec.pki import (
     load_https_ca,
 )
 from m2msec.pki.cli import reload_crls_and_report
+from m2msec.pki.ocsp_staple import OCSPStapler, stapler_for_chain
 from m2msec.store import KeyEncryptionKey, open_store
 from m2msec.tls.engine import CertCredentials, PSKCredentials
 from m2msec.tomlkeys import check_keys
@@ -108,7 +118,7 @@ MEF_TOML_KEYS: dict[str, frozenset[str]] = {
     "mef": frozenset({"fqdn", "store", "kek_file", "host", "port", "cert", "key", "enrolee_trust_anchors",
                       "enrolee_crl_files", "revocation", "enrolee_crl_urls", "enrolee_crl_issuers",
                       "enrolee_crl_refresh_s", "enrolee_crl_https_ca", "crl_port", "crl_host", "crl_base_url",
-                      "crl_validity_s"}),
+                      "crl_validity_s", "ocsp_staple_url", "ocsp_staple_https_ca"}),
     "gba": frozenset({"bsf_url", "naf_token"}),
 }
 
@@ -156,6 +166,23 @@ def _load(config: Path) -> dict[str, Any]:
             load_https_ca(mef["enrolee_crl_https_ca"])
         except CRLError as exc:
             _fail(ValueError(f"{config}: [mef] enrolee_crl_https_ca: {exc}"))
+    if "ocsp_staple_https_ca" in mef:
+        f = mef["ocsp_staple_https_ca"]
+        if not isinstance(f, str) or not f:
+            _fail(ValueError(f"{config}: [mef] ocsp_staple_https_ca must be a PEM file name"))
+        mef["ocsp_staple_https_ca"] = f if Path(f).is_absolute() else str((base / f).resolve())
+        try:
+            load_https_ca(mef["ocsp_staple_https_ca"])
+        except CRLError as exc:
+            _fail(ValueError(f"{config}: [mef] ocsp_staple_https_ca: {exc}"))
+        if "ocsp_staple_url" not in mef:
+            _fail(ValueError(f"{config}: [mef] ocsp_staple_https_ca without ocsp_staple_url"))
+    if "ocsp_staple_url" in mef:
+        u = mef["ocsp_staple_url"]
+        if not isinstance(u, str) or not u.startswith(("http://", "https://")) or not urlsplit(u).hostname:
+            _fail(ValueError(f"{config}: [mef] ocsp_staple_url must be an http:// or https:// URL with a host"))
+        if "cert" not in mef:
+            _fail(ValueError(f"{config}: [mef] ocsp_staple_url needs cert and key (stapling is for the MEF certificate)"))
     if ("cert" in mef) != ("key" in mef):
         _fail(ValueError(f"{config}: [mef] cert and key go together (the MEF's certificate and its private key)"))
     for k in ("crl_port", "crl_validity_s", "enrolee_crl_refresh_s"):
@@ -208,6 +235,18 @@ def _credentials(mef: dict[str, Any]) -> CertCredentials | None:
     return CertCredentials(key, certs[0], tuple(certs[1:]))  # type: ignore[arg-type]
 
 
+def _stapler(mef: dict[str, Any], credentials: CertCredentials | None) -> OCSPStapler | None:
+    """The OCSP stapler of the MEF certificate (None without ``ocsp_staple_url``); ValueError when
+    the certificate file holds no issuer after the leaf."""
+    if not mef.get("ocsp_staple_url") or credentials is None:
+        return None
+    try:
+        return stapler_for_chain(mef["ocsp_staple_url"], [credentials.certificate, *credentials.chain],
+                                 clock=_utcnow, https_ca=mef.get("ocsp_staple_https_ca"))
+    except ValueError as exc:
+        raise ValueError(f"[mef] ocsp_staple_url: {exc}") from None
+
+
 def _gba(config: Path, state: MEFState) -> Any:
     """GBANaf for the ``[gba]`` table of mef.toml (None without it)."""
     import os
@@ -249,11 +288,16 @@ def _crl_publisher(state: MEFState, mef: dict[str, Any]) -> Any:
     return ESTCRLPublisher(state.store, ca, state.clock, validity=timedelta(seconds=int(mef["crl_validity_s"])))
 
 
-def _hangup(store: CRLStore | None, files: list[str], refresher: CRLRefresher | None) -> None:
-    """SIGHUP: re-read the CRL files keeping the fetched CRLs, then fetch the URLs now (nothing
-    configured: a note on stderr; SIGHUP never ends the MEF)."""
+def _hangup(store: CRLStore | None, files: list[str], refresher: CRLRefresher | None,
+            stapler: OCSPStapler | None = None) -> None:
+    """SIGHUP: query the OCSP staple responder, re-read the CRL files keeping the fetched CRLs,
+    then fetch the URLs now (nothing configured: a note on stderr; SIGHUP never ends the MEF)."""
+    if stapler is not None:
+        stapler.trigger()
     if store is None:
-        typer.echo("sighup: nothing to reload (no enrolee_crl_files or enrolee_crl_urls)", err=True)
+        if stapler is None:
+            typer.echo("sighup: nothing to reload (no enrolee_crl_files, enrolee_crl_urls or ocsp_staple_url)",
+                       err=True)
         return
     reload_crls_and_report(store, files, keep=refresher.crls if refresher is not None else None)
     if refresher is not None:
@@ -270,7 +314,10 @@ def serve(config: ConfigOpt,
         crl_issuers = (x509.load_pem_x509_certificates(Path(mef["enrolee_crl_issuers"]).read_bytes())
                        if "enrolee_crl_issuers" in mef else [])
         est = _est(state, mef)
-        server = MEFServer(state, credentials=_credentials(mef), gba=_gba(config, state), est=est)
+        credentials = _credentials(mef)
+        stapler = _stapler(mef, credentials)
+        server = MEFServer(state, credentials=credentials, gba=_gba(config, state), est=est,
+                           ocsp_staple=stapler.staple if stapler is not None else None)
         crl_server = None
         if "crl_port" in mef:
             from m2msec.pki.crl_http import CRLHTTPServer
@@ -298,8 +345,11 @@ def serve(config: ConfigOpt,
                                      https_ca=mef.get("enrolee_crl_https_ca"))
             await refresher.refresh()
             refresher.start()
+        if stapler is not None:  # queried before the MEF listens (a failure is logged, not fatal)
+            await stapler.refresh()
+            stapler.start()
         loop.add_signal_handler(signal.SIGHUP, _hangup, state.enrolee_crls, mef.get("enrolee_crl_files", []),
-                                refresher)
+                                refresher, stapler)
         try:
             host, p = await server.start(mef.get("host", "127.0.0.1"),
                                          port if port is not None else int(mef.get("port", 0)))
@@ -312,6 +362,8 @@ def serve(config: ConfigOpt,
         finally:
             if refresher is not None:
                 await refresher.stop()
+            if stapler is not None:
+                await stapler.stop()
             if crl_server is not None:
                 await crl_server.close()
             await server.close()

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -116,7 +116,10 @@ class MEFServer:
 
     def __init__(self, state: MEFState, *, credentials: CertCredentials | None = None,
                  certificate_hook: CertificateEnrolmentHook | None = None, handshake_timeout: float = 10.0,
-                 gba: GBANaf | None = None, est: ESTService | None = None) -> None:
+                 gba: GBANaf | None = None, est: ESTService | None = None,
+                 ocsp_staple: Callable[[x509.Certificate], bytes | None] | None = None) -> None:
+        """``ocsp_staple``: the source of the OCSP response stapled for the MEF certificate (RFC 6066 8,
+        e.g. :meth:`m2msec.pki.ocsp_staple.OCSPStapler.staple`; certificate handshakes only)."""
         self.state = state
         self.est = est  # Certificate Enrolment with EST (m2msec.mef.est)
         self.gba = gba  # GBA-Based RSPF: the MEF as NAF (m2msec.mef.gba)
@@ -129,7 +132,8 @@ class MEFServer:
             if not state.enrolee_anchors:
                 raise ValueError("the certificate RSPF needs enrolee trust anchors")
             kw = {"credentials": credentials, "trust_anchors": tuple(state.enrolee_anchors),
-                  "verify_peer": _CertVerifier(state), "verify_peer_authoritative": True}
+                  "verify_peer": _CertVerifier(state), "verify_peer_authoritative": True,
+                  "ocsp_staple": ocsp_staple}
         if gba is not None:
             kw["psk_identity_hint"] = GBA_PSK_IDENTITY_HINT  # TS 33.222: "3GPP-bootstrapping"
         self.tls_context = TLSContext(TLSConfig(role=Role.SERVER, psk_lookup=self._psk_lookup, **kw))
