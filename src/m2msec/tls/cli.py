@@ -11,11 +11,24 @@ checked), ``--dtls`` for DTLS 1.2 over
 UDP, ``--sni``, and ``--export-label LABEL`` which prints the 48 exported
 bytes split as TS-0003 10.3.1 says: ``key_id`` (16 most significant bytes)
 and ``key`` (32 least significant bytes).  Output is plain ``name: value``.
+
+OCSP stapling (TS-0003 8.1.2.2, RFC 6066 8; TLS only, certificate mode), like ``openssl
+s_server -status_file`` / ``-status_url`` and ``s_client -status``: ``server --ocsp-staple FILE``
+staples that DER OCSP response as it is; ``server --ocsp-staple URL`` queries that responder
+for the ``--cert`` leaf (issuer: the next certificate of ``--cert``) before listening, prints
+``ocsp_staple: good|revoked|unknown|none`` and keeps the response fresh
+(:class:`m2msec.pki.ocsp_staple.OCSPStapler`; SIGHUP queries again).  ``client --status``
+asks for the staple and verifies it (:class:`m2msec.tls.pkiverify.OCSPStapleCheck`: signature,
+CertID, validity; REVOKED or an invalid staple fails the handshake with
+``BAD_CERTIFICATE_STATUS``) and prints ``ocsp_status: good|revoked|unknown|none`` with
+``ocsp_this_update``/``ocsp_next_update``; ``--require-status`` also fails without a staple or
+with UNKNOWN.
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,7 +50,9 @@ from m2msec.tls.engine import (
     TLSHandshakeError,
 )
 from m2msec.pki import CRLError, CRLStore, RevocationPolicy, load_crl_files
-from m2msec.tls.pkiverify import pki_tls_kwargs
+from m2msec.pki.ocsp import OCSPResult
+from m2msec.pki.ocsp_staple import OCSPStapler, stapler_for_chain
+from m2msec.tls.pkiverify import OCSPStapleCheck, pki_tls_kwargs
 from m2msec.tls.profiles import Transport
 
 app = typer.Typer(help="oneM2M TLS/DTLS 1.2 test server and client (TS-0003 10.2).", no_args_is_help=True)
@@ -67,7 +82,7 @@ def _load_certs(path: Path) -> list[x509.Certificate]:
 def _config(role: Role, *, dtls: bool, psk_identity: str | None, psk_hex: str | None, psk_text: str | None,
             key: Path | None, cert: Path | None, ca: Path | None, peer_id: str | None, sni: str | None,
             mtu: int, peer_flavour: str | None = None, crl: list[Path] | None = None,
-            revocation: str = "if-available") -> TLSConfig:
+            revocation: str = "if-available", extra: dict[str, Any] | None = None) -> TLSConfig:
     transport = Transport.DTLS if dtls else Transport.TLS
     psk = _psk_key(psk_hex, psk_text)
     kwargs: dict[str, Any] = {"role": role, "transport": transport, "mtu": mtu}
@@ -108,6 +123,12 @@ def _config(role: Role, *, dtls: bool, psk_identity: str | None, psk_hex: str | 
         raise typer.BadParameter("give a PSK (--psk-identity + --psk-hex/--psk-text) or --key/--cert/--ca")
     if role is Role.CLIENT:
         kwargs["server_name"] = sni
+    if extra:
+        if "credentials" not in kwargs:
+            raise typer.BadParameter("OCSP stapling (--ocsp-staple, --status) needs certificate mode (--key, --cert, --ca)")
+        if dtls:
+            raise typer.BadParameter("OCSP stapling (--ocsp-staple, --status) is not supported over DTLS")
+        kwargs.update(extra)
     return TLSConfig(**kwargs)
 
 
@@ -124,6 +145,37 @@ def _error(exc: TLSHandshakeError) -> None:
     code = getattr(exc.__cause__, "reason_code", None)
     if code is not None:
         _out("reason", getattr(code, "value", code))
+
+
+def _report_status(result: OCSPResult | None) -> None:
+    """What the client's --status check found in the server's staple."""
+    if result is None:
+        _out("ocsp_status", "none")
+        return
+    _out("ocsp_status", result.status.value)
+    _out("ocsp_this_update", result.this_update.isoformat())
+    _out("ocsp_next_update", result.next_update.isoformat() if result.next_update else "")
+    if result.revocation_time is not None:
+        _out("ocsp_revocation_time", result.revocation_time.isoformat())
+
+
+def _staple_source(spec: str, cert: Path | None) -> tuple[Any, OCSPStapler | None]:
+    """``--ocsp-staple FILE|URL``: (the ocsp_staple source, the stapler to run for a URL)."""
+    if spec.lower().startswith(("http://", "https://")):
+        if cert is None:
+            raise typer.BadParameter("--ocsp-staple needs certificate mode (--key, --cert, --ca)")
+        try:
+            stapler = stapler_for_chain(spec, _load_certs(cert), clock=_utc_now)
+        except ValueError as exc:
+            raise typer.BadParameter(f"--ocsp-staple: {exc}") from None
+        return stapler.staple, stapler
+    try:
+        der = Path(spec).read_bytes()
+    except OSError as exc:
+        raise typer.BadParameter(f"--ocsp-staple: cannot read {spec!r}: {type(exc).__name__}") from None
+    if not der:
+        raise typer.BadParameter(f"--ocsp-staple: {spec!r} is empty")
+    return (lambda _cert: der), None
 
 
 def _report(engine: TLSEngine, labels: list[str]) -> None:
@@ -178,17 +230,32 @@ def server(
     once: bool = typer.Option(False, "--once", help="exit after one session"),
     mtu: int = typer.Option(1200, "--mtu", help="DTLS datagram size limit"),
     timeout: float = typer.Option(30.0, "--timeout", help="seconds to wait for a session (with --once)"),
+    ocsp_staple: Optional[str] = typer.Option(
+        None, "--ocsp-staple", help="OCSP response to staple: a DER file, or an http(s) responder URL queried "
+                                    "for --cert (kept fresh; SIGHUP queries again)"),
 ) -> None:
     """Accept sessions, print their parameters and exported keys, echo application data."""
+    extra: dict[str, Any] = {}
+    stapler = None
+    if ocsp_staple is not None:
+        extra["ocsp_staple"], stapler = _staple_source(ocsp_staple, cert)
     cfg = _config(Role.SERVER, dtls=dtls, psk_identity=psk_identity, psk_hex=psk_hex, psk_text=psk_text,
                   key=key, cert=cert, ca=ca, peer_id=peer_id, sni=None, mtu=mtu,
-                  peer_flavour=peer_flavour, crl=crl, revocation=revocation)
-    code = asyncio.run(_serve(cfg, host, port, export_label, once, timeout))
+                  peer_flavour=peer_flavour, crl=crl, revocation=revocation, extra=extra)
+    code = asyncio.run(_serve(cfg, host, port, export_label, once, timeout, stapler))
     raise typer.Exit(code)
 
 
-async def _serve(cfg: TLSConfig, host: str, port: int, labels: list[str], once: bool, timeout: float) -> int:
+async def _serve(cfg: TLSConfig, host: str, port: int, labels: list[str], once: bool, timeout: float,
+                 stapler: OCSPStapler | None = None) -> int:
     done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    if stapler is not None:  # queried before listening; a failure is reported, not fatal
+        fetched = await stapler.refresh()
+        _out("ocsp_staple", fetched.result.status.value if fetched.result is not None else "none")
+        if fetched.error:
+            _out("ocsp_staple_error", fetched.error)
+        stapler.start()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, stapler.trigger)
 
     def failed(exc: TLSHandshakeError, peer: Any) -> None:
         _error(exc)
@@ -232,6 +299,8 @@ async def _serve(cfg: TLSConfig, host: str, port: int, labels: list[str], once: 
         return 1
     finally:
         closer()
+        if stapler is not None:
+            await stapler.stop()
 
 
 @app.command()
@@ -255,11 +324,17 @@ def client(
     wait: float = typer.Option(1.0, "--wait", help="seconds to wait for a reply to --send"),
     mtu: int = typer.Option(1200, "--mtu", help="DTLS datagram size limit"),
     timeout: float = typer.Option(10.0, "--timeout", help="handshake timeout in seconds"),
+    status: bool = typer.Option(False, "--status", help="ask for the server's stapled OCSP response and verify it"),
+    require_status: bool = typer.Option(False, "--require-status",
+                                        help="with --status: fail without a staple or with UNKNOWN (implies --status)"),
 ) -> None:
     """Connect once, print the session parameters and exported keys."""
+    extra: dict[str, Any] = {}
+    if status or require_status:
+        extra["check_ocsp_staple"] = OCSPStapleCheck(_utc_now, require=require_status)
     cfg = _config(Role.CLIENT, dtls=dtls, psk_identity=psk_identity, psk_hex=psk_hex, psk_text=psk_text,
                   key=key, cert=cert, ca=ca, peer_id=peer_id, sni=sni, mtu=mtu,
-                  peer_flavour=peer_flavour, crl=crl, revocation=revocation)
+                  peer_flavour=peer_flavour, crl=crl, revocation=revocation, extra=extra)
     raise typer.Exit(asyncio.run(_connect(cfg, host, port, export_label, send, wait, timeout)))
 
 
@@ -286,6 +361,8 @@ async def _connect(cfg: TLSConfig, host: str, port: int, labels: list[str], send
         _out("detail", type(exc).__name__)
         return 1
     _report(writer.engine, labels)
+    if cfg.check_ocsp_staple is not None:
+        _report_status(writer.engine.ocsp_staple_result)
     if send is not None:
         writer.write(send.encode("utf-8"))
         try:
