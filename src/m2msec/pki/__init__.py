@@ -30,6 +30,7 @@ from m2msec.pki.ocsp import (
     verify_response,
 )
 from m2msec.pki.ocsp_http import OCSPClient, OCSPFetchError, OCSPHTTPServer
+from m2msec.pki.ocsp_staple import OCSPStapler, stapler_for_chain
 from m2msec.pki.errors import (
     CertificateParseError,
     CertificateVerificationError,
@@ -77,6 +78,8 @@ __all__ = [
     "KeyType",
     "NameConstraintError",
     "OCSPClient",
+    "OCSPStapler",
+    "stapler_for_chain",
     "OCSPFailure",
     "OCSPFetchError",
     "OCSPHTTPServer",
