@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwcrypto import jwe as jw_jwe
 from jwcrypto import jwk as jw_jwk
@@ -505,6 +506,16 @@ def _parse_x5c(value: object) -> tuple[x509.Certificate, ...]:
     return tuple(chain)
 
 
+def _leaf_public_key(chain: tuple[x509.Certificate, ...]) -> Any:
+    """The signer certificate's public key; a key ``cryptography`` cannot load (a point off
+    the curve, an unknown algorithm OID, a malformed SubjectPublicKeyInfo) is a malformed
+    envelope, refused before any chain verification (robustness, see tests/robustness)."""
+    try:
+        return chain[0].public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        raise MalformedEnvelopeError("x5c: the signer certificate's public key cannot be loaded") from None
+
+
 def _check_public_key(alg: str, key: object) -> None:
     if alg in RS_ALGS:
         if not isinstance(key, (rsa.RSAPublicKey, rsa.RSAPrivateKey)) or key.key_size < MIN_RSA_BITS:
@@ -575,7 +586,7 @@ def open_jws(
             if "x5c" not in protected:
                 raise MalformedEnvelopeError("x5c must be in the protected header")
             chain = _parse_x5c(protected["x5c"])
-            verify_key = chain[0].public_key()
+            verify_key = _leaf_public_key(chain)
             _check_public_key(alg, verify_key)
             verify_jwk = jose_key(verify_key)
         else:

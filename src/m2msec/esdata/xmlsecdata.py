@@ -634,7 +634,7 @@ def _open_signed(root: etree._Element, ctx: jose.TargetContext, *, certificate_o
         else:
             certs = xd.findall(_q(DS, "X509Certificate"))
             chain = jose._parse_x5c([re.sub(r"\s+", "", c.text or "") for c in certs])
-            pub = chain[0].public_key()
+            pub = jose._leaf_public_key(chain)
             jose._check_public_key(alg, pub)
             if alg in ES_CURVE and not isinstance(pub, ec.EllipticCurvePublicKey):  # pragma: no cover
                 raise PolicyError("ECDSA needs an EC key", reason=Reason.ALGORITHM_NOT_ALLOWED)

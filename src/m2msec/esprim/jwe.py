@@ -35,7 +35,9 @@ from typing import Any, Final, NamedTuple
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from m2msec.errors import ParseError
 from m2msec.esprim.errors import BadMAC, ESPrimParseError, UnsupportedOption
+from m2msec.onem2m._wire import loads_json
 
 ENC_KEY_LENGTH: Final = {"A128GCM": 16, "A192GCM": 24, "A256GCM": 32}
 """JWE ``enc`` values allowed for ESPrim, with their AES key length in octets."""
@@ -214,8 +216,10 @@ def parse(obj: str | bytes, *, max_size: int = MAX_OBJECT_SIZE) -> ParsedESPrimO
 def _parse_header(protected_b64: str) -> ESPrimHeader:
     raw_header = b64url_decode(protected_b64, "protected header")
     try:
-        member = json.loads(raw_header.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        # strict: UTF-8, unique member names (RFC 7515 4 lets a parser refuse duplicates), no
+        # NaN/Infinity, and a nesting too deep for the decoder is a ParseError, not a RecursionError
+        member = loads_json(raw_header)
+    except ParseError:
         raise ESPrimParseError("ESPrim Object: protected header is not JSON") from None
     if not isinstance(member, dict):
         raise ESPrimParseError("ESPrim Object: protected header is not a JSON object")

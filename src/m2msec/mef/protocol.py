@@ -318,7 +318,7 @@ def parse_fetch_response(body: bytes) -> FetchSuccess | FetchFailure:
     _only(doc, {"Status", "Credential", "EnroleeID", "Lifetime"}, what)
     try:
         key = base64.b64decode(_str(doc, "Credential", what) or "", validate=True)
-    except binascii.Error:
+    except (binascii.Error, ValueError):  # ValueError: a non-ASCII string
         raise ParseError(f"{what}: Credential is not base64") from None
     if len(key) != 32:
         raise ParseError(f"{what}: Credential must be 32 octets")

@@ -32,6 +32,8 @@ def _b64url(data: bytes) -> str:
 def _b64url_decode(text: str) -> bytes:
     if not text or any(c not in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_" for c in text):
         raise CertificateParseError("ni digest is not base64url")
+    if len(text) % 4 == 1:  # no base64 text has this length (binascii.Error otherwise)
+        raise CertificateParseError("ni digest is not base64url")
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
