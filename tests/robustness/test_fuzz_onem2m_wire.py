@@ -91,7 +91,11 @@ def test_mutated_primitives(data: st.DataObject, which: str, cbor: bool) -> None
         raw = data.draw(byte_mutation(p.to_cbor() if cbor else p.to_json_bytes()))
     else:
         doc = data.draw(mutated_object(json.loads(p.to_json_bytes()), WIRE_NAMES))
-        raw = cbor2.dumps(doc) if cbor else json.dumps(doc).encode()
+        try:
+            raw = cbor2.dumps(doc) if cbor else json.dumps(doc).encode()
+        except UnicodeEncodeError:  # a lone surrogate has no CBOR text string form
+            raw = json.dumps(doc).encode()
+            cbor = False
     out = refused_or_ok(type(p).from_cbor if cbor else type(p).from_json_bytes, raw, allowed=ParseError, max_rsc=4000)
     if not isinstance(out, ParseError):
         assert type(p).from_json_bytes(out.to_json_bytes()) == out
