@@ -183,8 +183,8 @@ def test_residual_audit_trail_is_append_only_but_not_tamper_evident(tmp_path: Pa
     assert sorted(e.seq for e in entries) == [1, 3]
 
 
-def test_residual_sqlite_file_mode_follows_the_umask(tmp_path: Path) -> None:
-    """Section 5: the store does not chmod its SQLite file; the process umask decides."""
+def test_sqlite_store_file_is_created_0600_whatever_the_umask(tmp_path: Path) -> None:
+    """Section 5.2: a new SQLite store file is created 0600 (was: the process umask decided)."""
     old = os.umask(0o022)
     try:
         with open_store(f"sqlite://{tmp_path / 'mode.db'}") as store:
@@ -192,4 +192,4 @@ def test_residual_sqlite_file_mode_follows_the_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     mode = stat.S_IMODE((tmp_path / "mode.db").stat().st_mode)
-    assert mode & 0o044 == 0o044
+    assert mode == 0o600

@@ -13,15 +13,19 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import json
+import logging
 import os
 import re
 import sqlite3
+import stat
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from m2msec.store.errors import StoreError
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 SCHEMA_COMPONENT = "store"
@@ -183,6 +187,29 @@ _NOTIFY_BUMP = (
 _NOTIFY_SEQ = "SELECT version FROM m2msec_records WHERE namespace = 'm2msec.notify' AND rec_id = ?"
 
 
+_warned_paths: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_if_open_mode(path: str) -> None:
+    """Log one WARNING per path and process when an existing store file is group/other accessible."""
+    if os.name == "nt":
+        return
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return  # SQLite reports the problem when it opens the file
+    if not mode & 0o077:
+        return
+    key = os.path.abspath(path)
+    with _warned_lock:
+        if key in _warned_paths:
+            return
+        _warned_paths.add(key)
+    log.warning("sqlite store file %s has mode %04o: group or others can access it (chmod 600 %s)",
+                key, mode, key)
+
+
 class SQLiteBackend(Backend):
     name = "sqlite"
     driver_errors = (sqlite3.Error,)
@@ -194,8 +221,31 @@ class SQLiteBackend(Backend):
         self.path = path
         self.busy_timeout = busy_timeout
         self._wal_lock = threading.Lock()
+        self._file_checked = False
+
+    def _prepare_file(self) -> None:
+        """Create a new database file with mode 0600 whatever the umask, before SQLite opens it
+        (SQLite gives its ``-wal`` and ``-shm`` files the main file's permissions); an existing
+        file keeps its mode, but one that group or others can access is reported once."""
+        with self._wal_lock:
+            if self._file_checked:
+                return
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                _warn_if_open_mode(self.path)
+            except OSError as exc:
+                raise StoreError(f"sqlite: cannot create {self.path}: {exc.strerror}") from None
+            else:
+                try:
+                    if os.name != "nt":
+                        os.fchmod(fd, 0o600)
+                finally:
+                    os.close(fd)
+            self._file_checked = True
 
     def connect(self) -> sqlite3.Connection:
+        self._prepare_file()
         try:
             conn = sqlite3.connect(
                 self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
