@@ -112,7 +112,7 @@ def esi_from_resource(pc: object, *, clock: Any = None) -> E2ESecInfo | None:
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ESPrimParseError("e2eSecInfo: the esi string is not JSON") from None
     try:
         return E2ESecInfo.from_json(raw, clock=clock, path=f"pc.{root}.esi")

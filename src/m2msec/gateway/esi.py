@@ -58,7 +58,7 @@ def _objectify(res: dict[str, Any]) -> bool:
     try:
         value = json.loads(raw)
         E2ESecInfo.from_json(value)
-    except (ValueError, ParseError):
+    except (ValueError, ParseError, RecursionError):
         return False
     res["esi"] = value
     return True

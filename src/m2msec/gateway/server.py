@@ -67,6 +67,15 @@ def _is_json(ctype: str | None) -> bool:
     return ctype is not None and ctype.split(";", 1)[0].strip().lower() in _JSON_TYPES
 
 
+def _json_or_none(body: bytes) -> Any:
+    """``json.loads(body)``, or None for a body that is not JSON: invalid text, not UTF-8, or
+    nested deeper than the decoder's recursion limit (RecursionError, robustness fix)."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+
+
 def _hdr(headers: list[tuple[str, str]], name: str) -> str | None:
     for k, v in headers:
         if k.lower() == name:
@@ -264,7 +273,10 @@ class Gateway:
         assert self._http is not None
         fwd = [(k, v) for k, v in headers if k.lower() not in _HOP]
         self._trace("out", f"{method} {url}", fwd, body)
-        req = self._http.build_request(method, url, headers=fwd, content=body)
+        # as bytes: the client's header octets are relayed unchanged (h11 accepts obs-text
+        # 0x80-0xFF, which httpx refuses to encode from str: a 5000 before this fix)
+        raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in fwd]
+        req = self._http.build_request(method, url, headers=raw_headers, content=body)
         r = await self._http.send(req, stream=True)
         try:
             data = b"".join([c async for c in r.aiter_raw()])
@@ -305,10 +317,7 @@ class Gateway:
         except ParseError:
             to = None
         if method == "POST" and body and _is_json(ctype) and "ty=" not in (ctype or "").replace(" ", ""):
-            try:
-                doc = json.loads(body)
-            except ValueError:
-                doc = None
+            doc = _json_or_none(body)
             if isinstance(doc, dict) and "m2m:seci" in doc:
                 return await self._security_notify(method, target, headers, body, peer)
         return await self._proxy(method, target, headers, body, to)
@@ -319,10 +328,7 @@ class Gateway:
         rqi = _hdr(headers, "x-m2m-ri")
         ctype = _hdr(headers, "content-type")
         if method in ("POST", "PUT") and body and _is_json(ctype):
-            try:
-                doc = json.loads(body)
-            except ValueError:
-                doc = None
+            doc = _json_or_none(body)
             try:
                 pc, changed = esi_to_cse(doc)
             except ParseError as exc:
@@ -336,9 +342,8 @@ class Gateway:
         if method in ("PUT", "DELETE") and 200 <= status < 300:
             self._invalidate()  # a pointOfAccess, an acpi or an ACP may have changed
         if rb and _is_json(_hdr(rh, "content-type")) and _hdr(rh, "content-encoding") is None:
-            try:
-                doc = json.loads(rb)
-            except ValueError:
+            doc = _json_or_none(rb)
+            if doc is None:
                 return status, rh, rb
             doc, changed = esi_from_cse(doc)
             if method == "GET" and to is not None and self.is_cse_base(to) and 200 <= status < 300:

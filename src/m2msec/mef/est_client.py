@@ -182,7 +182,7 @@ class ESTSession:
                 doc = json.loads(data)
                 if isinstance(doc, dict) and "ErrorString" in doc:
                     reason = str(doc["ErrorString"])
-            except ValueError:
+            except (ValueError, RecursionError):
                 pass
             raise ESTClientError(f"{what} refused (HTTP {status}): {reason}", rsc=_rsc_of(hdrs, status))
         return hdrs, data

@@ -180,7 +180,7 @@ def _post(url: str, doc: dict[str, Any], *, token: str | None = None,
         raise GBAError(f"BSF not reachable: {type(exc).__name__}", rsc=RSC.TARGET_NOT_REACHABLE) from None
     try:
         parsed = json.loads(body or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):
         raise GBAError(f"BSF answered HTTP {status} without JSON", rsc=RSC.BAD_REQUEST) from None
     if not isinstance(parsed, dict):
         raise GBAError("BSF answer is not a JSON object", rsc=RSC.BAD_REQUEST)
