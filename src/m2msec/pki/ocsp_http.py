@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import logging
 import os
@@ -56,7 +55,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 
 from m2msec.errors import M2MSecError
-from m2msec.net.h11io import BodyTooLarge, next_cycle, read_request, write_response
+from m2msec.net.plainhttp import PlainHTTPServer, header_value
 from m2msec.onem2m.rsc import ResponseStatusCode
 from m2msec.pki.crl_fetch import _http_error, load_https_ca, redact_url
 from m2msec.pki.ocsp import (
@@ -88,7 +87,6 @@ OCSP_RESPONSE_TYPE = "application/ocsp-response"
 MAX_REQUEST_SIZE = 16 * 1024
 MAX_RESPONSE_SIZE = 64 * 1024
 DEFAULT_OCSP_TIMEOUT = 10.0
-_MAX_HEAD = 16 * 1024
 
 RespondFn = Callable[[bytes], bytes]
 
@@ -108,21 +106,19 @@ def get_url(base_url: str, request_der: bytes) -> str:
 # ------------------------------------------------------------------ server
 
 
-class OCSPHTTPServer:
+class OCSPHTTPServer(PlainHTTPServer):
     """RFC 6960 Appendix A responder under ``base_path`` (default ``/``); ``clock`` gives aware UTC now."""
+
+    max_body = MAX_REQUEST_SIZE
 
     def __init__(self, respond: RespondFn, *, host: str = "127.0.0.1", port: int = 0, base_path: str = "/",
                  idle_timeout: float = 30.0, clock: Callable[[], datetime] | None = None) -> None:
         if not base_path.startswith("/"):
             raise ValueError("base_path must start with '/'")
+        super().__init__(host=host, port=port, idle_timeout=idle_timeout)
         self.respond = respond
-        self.host = host
-        self.port = port
         self.base_path = base_path if base_path.endswith("/") else base_path + "/"
-        self.idle_timeout = idle_timeout
         self.clock = clock or (lambda: datetime.now(UTC))
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
 
     def __repr__(self) -> str:
         return f"OCSPHTTPServer({self.host}:{self.port}{self.base_path})"
@@ -131,60 +127,6 @@ class OCSPHTTPServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}{self.base_path}"
 
-    async def start(self) -> OCSPHTTPServer:
-        self._server = await asyncio.start_server(self._client, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for t in list(self._tasks):
-                t.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            await self._server.wait_closed()
-            self._server = None
-
-    async def __aenter__(self) -> OCSPHTTPServer:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
-        try:
-            while True:
-                try:
-                    req, body = await read_request(conn, reader, MAX_REQUEST_SIZE, timeout=self.idle_timeout,
-                                                   check_declared=True)
-                except (TimeoutError, ConnectionError):
-                    return
-                except (h11.RemoteProtocolError, BodyTooLarge) as exc:
-                    if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                        status = exc.error_status_hint if isinstance(exc, h11.RemoteProtocolError) else 413
-                        with contextlib.suppress(Exception):
-                            await write_response(conn, writer, status,
-                                                 [("Connection", "close"), ("Content-Length", "0")], b"")
-                    return
-                if req is None:
-                    return
-                status, headers, out = await self._answer(req, body)
-                headers.append(("Content-Length", str(len(out))))
-                await write_response(conn, writer, status, headers, out)
-                if not next_cycle(conn):
-                    return
-        except (ConnectionError, h11.LocalProtocolError):
-            return
-        finally:
-            self._tasks.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
     async def _answer(self, req: h11.Request, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
         method = req.method.decode("latin-1")
         target = req.target.decode("latin-1").split("?", 1)[0]
@@ -192,7 +134,7 @@ class OCSPHTTPServer:
         if not (target + "/").startswith(self.base_path) and target != self.base_path.rstrip("/"):
             return 404, text, b"not an OCSP path\n"
         if method == "POST":
-            ctype = (_header(req.headers, b"content-type") or "").split(";", 1)[0].strip().lower()
+            ctype = (header_value(req.headers, b"content-type") or "").split(";", 1)[0].strip().lower()
             if ctype != OCSP_REQUEST_TYPE:
                 return 415, text, b"use Content-Type: application/ocsp-request\n"
             der, cacheable = body, False
@@ -236,11 +178,6 @@ class OCSPHTTPServer:
                 ("ETag", '"' + hashlib.sha256(out).hexdigest() + '"')]
 
 
-def _header(headers: Any, name: bytes) -> str | None:
-    for k, v in headers:
-        if k.lower() == name:
-            return bytes(v).decode("latin-1")
-    return None
 
 
 # ------------------------------------------------------------------ client
