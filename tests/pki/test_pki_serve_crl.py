@@ -4,43 +4,33 @@ another process; checked by :class:`m2msec.pki.CRLFetcher` and ``openssl verify 
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
 import sys
-import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
+from _pkiproc import free_port, pki_env, read_line, run_pki
+
 from m2msec.pki import CRLFetcher, CRLStore, DevCA, FetchOutcome, distribution_points
 from m2msec.pki.cli import DevCRLSource
 from m2msec.pki.crl import crl_number
 
+
 PASS = "serve-crl-test"
-ENV = {**os.environ, "M2MSEC_CA_PASSPHRASE": PASS, "PYTHONUNBUFFERED": "1"}
+ENV = pki_env(PASS)
 
 
 def _pki(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", "from m2msec.pki.cli import app; app()", *args],
-                          capture_output=True, text=True, timeout=60, env=ENV)
+    return run_pki(ENV, *args)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _line(proc: subprocess.Popen[str], timeout: float = 20.0) -> str:
-    out: list[str] = []
-    t = threading.Thread(target=lambda: out.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
-    t.start()
-    t.join(timeout)
-    return out[0] if out else ""
+_free_port = free_port
+_line = read_line
 
 
 def test_serve_crl_process(tmp_path: Path) -> None:

@@ -4,43 +4,33 @@ leaves' authorityInfoAccess, with revocations by ``m2msec pki revoke`` from anot
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
+from _pkiproc import free_port, pki_env, read_line, run_pki
+
 from m2msec.pki import DevCA
 from m2msec.pki.ocsp import OCSPStatus
 from m2msec.pki.ocsp_http import OCSPClient
 
+
 PASS = "serve-ocsp-test"
-ENV = {**os.environ, "M2MSEC_CA_PASSPHRASE": PASS, "PYTHONUNBUFFERED": "1"}
+ENV = pki_env(PASS)
 
 
 def _pki(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", "from m2msec.pki.cli import app; app()", *args],
-                          capture_output=True, text=True, timeout=60, env=ENV)
+    return run_pki(ENV, *args)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _line(proc: subprocess.Popen[str], timeout: float = 20.0) -> str:
-    out: list[str] = []
-    t = threading.Thread(target=lambda: out.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
-    t.start()
-    t.join(timeout)
-    return out[0] if out else ""
+_free_port = free_port
+_line = read_line
 
 
 def _ocsp_urls(cert: x509.Certificate) -> list[str]:
