@@ -21,7 +21,7 @@ import hashlib
 import os
 import sys
 import tempfile
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes

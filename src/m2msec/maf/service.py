@@ -118,7 +118,6 @@ from m2msec.store import (
     AuditBatcher,
     DuplicateError,
     Listener,
-    NotFound,
     Store,
     StoreError,
     Transaction,
