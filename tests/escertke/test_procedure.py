@@ -7,7 +7,7 @@ import json
 from datetime import timedelta
 
 import pytest
-from _escertke_support import INI_ID, TER_ID, PKI, Clock, initiator_info, terminator_info  # type: ignore[import-not-found]
+from _escertke_support import INI_ID, TER_ID, PKI, initiator_info, terminator_info  # type: ignore[import-not-found]
 
 from m2msec.esdata import Source, Target
 from m2msec.esprim import Originator, OriginatorPolicy, Receiver, ReceiverPolicy
@@ -26,7 +26,7 @@ from m2msec.escertke import (
     terminator_handler,
 )
 from m2msec.keys import LABEL_ESCERTKE, split_exported
-from m2msec.onem2m import Operation, RequestPrimitive, ResponsePrimitive, SecurityInfo
+from m2msec.onem2m import Operation, RequestPrimitive, ResponsePrimitive
 from m2msec.onem2m.enums import SUID
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.pki import CertificateVerificationError, VerificationReason

@@ -11,7 +11,6 @@ from jwcrypto import jwk as jw_jwk
 from jwcrypto import jws as jw_jws
 
 from m2msec.esdata import (
-    CertificateRecipient,
     CertificateSigner,
     ESDataError,
     InMemoryKeySource,

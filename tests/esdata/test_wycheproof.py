@@ -14,7 +14,6 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import pytest
 from cryptography.hazmat.primitives import serialization
 from jwcrypto import jwk as jw_jwk
 from jwcrypto.jwa import JWA

@@ -5,7 +5,6 @@ AEs and the gateway's configuration."""
 from __future__ import annotations
 
 import secrets
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any

@@ -14,7 +14,6 @@ import asyncio
 import json
 import os
 import secrets
-import threading
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone

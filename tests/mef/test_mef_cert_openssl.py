@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _mefhelp import B_PSK, B_PSK_ID, ENROLEE_B, KPM, KPM_ID, MEF_FQDN, Clock, ThreadedMEF, configure_default, make_state, run
+from _mefhelp import ENROLEE_B, KPM, KPM_ID, MEF_FQDN, Clock, ThreadedMEF, configure_default, make_state, run
 
 from m2msec.keys import derive_kpsa, split_exported
 from m2msec.mef import EnroleeConfig, MEFKeyFetcher, TargetConfig, TargetGrant, enrol, mef_tls_config

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 from _mefhelp import B_PSK, B_PSK_ID, ENROLEE_B, MEF_FQDN
 from typer.testing import CliRunner
 

@@ -30,7 +30,6 @@ from m2msec.mef import (
     MEFKeyFetcher,
     MEFKpsaDirectory,
     TargetConfig,
-    TargetGrant,
     enrol,
     load_enrolment,
     mef_tls_config,

@@ -36,7 +36,7 @@ from m2msec.pki import (
     verify_fetched_crl,
 )
 from m2msec.pki.cli import reload_crls_and_report
-from m2msec.pki.crl import build_crl, check_path_revocation, crl_number
+from m2msec.pki.crl import build_crl, check_path_revocation
 
 DER = serialization.Encoding.DER
 PEM = serialization.Encoding.PEM

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from _tlshelp import OPENSSL, PKI, Proc, free_port, keying_material, make_pki, openssl_server
 
-from m2msec.tls import PSKCredentials, Role, TLSConfig, TLSFailureReason, TLSHandshakeError, Transport
+from m2msec.tls import PSKCredentials, Role, TLSConfig, Transport
 from m2msec.tls import profiles
 from m2msec.tls.aio import open_connection
 from m2msec.tls.dtls import open_dtls_connection
