@@ -363,8 +363,8 @@ class _Service:
 def test_mef_and_maf_processes(tmp_path: Path, debug_logs: pytest.LogCaptureFixture) -> None:
     k = Keys()
     s = k.secrets()
-    (tmp_path / "mef.kek").write_text(k.mef_kek._key.hex())  # noqa: SLF001
-    (tmp_path / "maf.kek").write_text(k.maf_kek._key.hex())  # noqa: SLF001
+    k.mef_kek.write_file(tmp_path / "mef.kek")  # 0600: a group/other-readable KEK file is refused
+    k.maf_kek.write_file(tmp_path / "maf.kek")
     with open_store(f"sqlite:///{tmp_path / 'mef.db'}", k.mef_kek) as st:
         _provision_mef(st, k)
     with open_store(f"sqlite:///{tmp_path / 'maf.db'}", k.maf_kek) as st:

@@ -89,3 +89,18 @@ def test_mounted_under_m2msec_store_as_a_process(tmp_path: Path) -> None:
                          timeout=60, env=dict(os.environ))
     assert res.returncode == 0, res.stderr
     assert stat.S_IMODE(p.stat().st_mode) == 0o600
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX modes")
+def test_rekey_refuses_a_group_readable_kek_file(tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path}/rk.db"
+    old, new = tmp_path / "old.kek", tmp_path / "new.kek"
+    assert runner.invoke(app, ["kek-generate", str(old)]).exit_code == 0
+    assert runner.invoke(app, ["kek-generate", str(new)]).exit_code == 0
+    with open_store(url, KeyEncryptionKey.from_file(old)) as s:
+        s.put_credential("mef.ke", "k1@mef", b"\x01" * 32)
+    new.chmod(0o640)
+    res = runner.invoke(app, ["rekey", "--url", url, "--old-kek-file", str(old), "--new-kek-file", str(new)])
+    assert res.exit_code == 2 and f"chmod 600 {new}" in res.output, res.output
+    with open_store(url, KeyEncryptionKey.from_file(old)) as s:  # nothing re-sealed
+        assert s.get_credential("mef.ke", "k1@mef").secret == b"\x01" * 32

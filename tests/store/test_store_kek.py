@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from m2msec.store import DecryptionFailure, KekMismatch, KeyEncryptionKey, StoreError
+from m2msec.store import DecryptionFailure, KekFileModeError, KekMismatch, KeyEncryptionKey, StoreError
 from m2msec.store.kek import open_secret, seal_secret
 
 RAW = bytes(range(32))
@@ -71,7 +71,35 @@ def test_kek_file_written_0600_and_reloaded(tmp_path: Path) -> None:
 def test_kek_file_raw_32_bytes(tmp_path: Path) -> None:
     p = tmp_path / "raw"
     p.write_bytes(RAW)
+    p.chmod(0o600)
     assert KeyEncryptionKey.from_file(p) == KeyEncryptionKey(RAW)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX modes")
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620, 0o602, 0o660, 0o666, 0o610, 0o700 | 0o001])
+def test_kek_file_open_to_group_or_others_is_refused(tmp_path: Path, mode: int) -> None:
+    k = KeyEncryptionKey.generate()
+    p = k.write_file(tmp_path / "kek")
+    p.chmod(mode)
+    for load in (lambda: KeyEncryptionKey.from_file(p),
+                 lambda: KeyEncryptionKey.from_env({"M2MSEC_KEK_FILE": str(p)})):
+        with pytest.raises(KekFileModeError) as ei:
+            load()
+        msg = str(ei.value)
+        assert f"chmod 600 {p}" in msg and f"{mode:04o}" in msg
+        assert k._key.hex() not in msg
+    assert isinstance(ei.value, StoreError)
+    p.chmod(0o600)
+    assert KeyEncryptionKey.from_file(p) == k
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX modes")
+@pytest.mark.parametrize("mode", [0o600, 0o400, 0o700])
+def test_kek_file_private_to_its_owner_is_accepted(tmp_path: Path, mode: int) -> None:
+    k = KeyEncryptionKey.generate()
+    p = k.write_file(tmp_path / "kek")
+    p.chmod(mode)
+    assert KeyEncryptionKey.from_file(p) == k
 
 
 def test_kek_file_missing(tmp_path: Path) -> None:

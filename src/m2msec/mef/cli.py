@@ -90,7 +90,7 @@ from m2msec.pki import (
 )
 from m2msec.pki.cli import reload_crls_and_report
 from m2msec.pki.ocsp_staple import OCSPStapler, stapler_for_chain
-from m2msec.store import KeyEncryptionKey, open_store
+from m2msec.store import KeyEncryptionKey, StoreError, open_store
 from m2msec.tls.engine import CertCredentials, PSKCredentials
 from m2msec.tomlkeys import check_keys
 
@@ -216,7 +216,10 @@ def _crls(mef: dict[str, Any]) -> CRLStore | None:
 
 def _state(mef: dict[str, Any], *, load_crls: bool = False) -> MEFState:
     """The MEF state; the CRLs (only needed to verify enrolee certificates) with ``load_crls``."""
-    kek = KeyEncryptionKey.from_file(mef["kek_file"]) if "kek_file" in mef else KeyEncryptionKey.from_env()
+    try:
+        kek = KeyEncryptionKey.from_file(mef["kek_file"]) if "kek_file" in mef else KeyEncryptionKey.from_env()
+    except StoreError as exc:  # missing, unreadable, malformed or group/other-accessible (exit 2)
+        _fail(exc)
     anchors: tuple[x509.Certificate, ...] = ()
     if "enrolee_trust_anchors" in mef:
         anchors = tuple(x509.load_pem_x509_certificates(Path(mef["enrolee_trust_anchors"]).read_bytes()))

@@ -28,7 +28,7 @@ from m2msec.store.errors import (
     StoreError,
     VersionConflict,
 )
-from m2msec.store.kek import KeyEncryptionKey
+from m2msec.store.kek import KekFileModeError, KeyEncryptionKey
 from m2msec.store.notify import Listener
 from m2msec.store.store import (
     UNCHANGED,
@@ -51,6 +51,7 @@ __all__ = [
     "DecryptionFailure",
     "DuplicateError",
     "InvalidValue",
+    "KekFileModeError",
     "KekMismatch",
     "KeyEncryptionKey",
     "Listener",

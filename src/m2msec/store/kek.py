@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import stat
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,7 +33,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from m2msec.store.errors import DecryptionFailure, KekMismatch, StoreError
 
-__all__ = ["KeyEncryptionKey", "seal_secret", "open_secret", "blob_kek_id", "FORMAT_V1"]
+__all__ = ["KeyEncryptionKey", "KekFileModeError", "seal_secret", "open_secret", "blob_kek_id", "FORMAT_V1"]
 
 KEK_LEN = 32
 FORMAT_V1 = 0x01
@@ -46,6 +47,10 @@ _KEK_ID_LABEL = b"m2msec.store.kek-id\x00"
 
 ENV_KEK = "M2MSEC_KEK"
 ENV_KEK_FILE = "M2MSEC_KEK_FILE"
+
+
+class KekFileModeError(StoreError):
+    """A KEK file that group or others can access (mode & 0o077 != 0): ``chmod 600`` it."""
 
 
 class KeyEncryptionKey:
@@ -95,10 +100,22 @@ class KeyEncryptionKey:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> KeyEncryptionKey:
-        """Load a KEK file written by :meth:`write_file` (hex/base64 text, or 32 raw bytes)."""
+        """Load a KEK file written by :meth:`write_file` (hex/base64 text, or 32 raw bytes).
+
+        On POSIX systems a file that group or others can read, write or execute is refused
+        (:class:`KekFileModeError`), as OpenSSH refuses an open private key file.
+        """
         p = Path(path)
         try:
-            data = p.read_bytes()
+            with open(p, "rb") as fh:
+                if os.name != "nt":
+                    mode = stat.S_IMODE(os.fstat(fh.fileno()).st_mode)
+                    if mode & 0o077:
+                        raise KekFileModeError(
+                            f"KEK file {p} is accessible by group or others (mode {mode:04o}); "
+                            f"refusing to use it: chmod 600 {p}"
+                        )
+                data = fh.read()
         except OSError as exc:
             raise StoreError(f"cannot read KEK file {p}: {exc.strerror}") from None
         if len(data) == KEK_LEN:
