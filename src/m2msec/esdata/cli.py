@@ -28,6 +28,7 @@ from m2msec.esdata.credentials import (
     SymmetricSigner,
 )
 from m2msec.esdata.types import SERIALIZATION_NAMES, SecurityClass
+from m2msec.secret_input import SecretInputError, secret_from_options
 
 app = typer.Typer(
     help="ESData (TS-0003 8.5): seal data into JOSE/XML envelopes and open them.",
@@ -57,20 +58,11 @@ def _fail(message: str) -> None:
 
 
 def _sym_key(key_hex: Optional[str], key_file: Optional[Path]) -> Optional[bytes]:
-    if key_hex and key_file:
-        _fail("give --key-hex or --key-file, not both")
-    if key_hex:
-        try:
-            return bytes.fromhex(key_hex)
-        except ValueError:
-            _fail("--key-hex must be hexadecimal")
-    if key_file:
-        raw = key_file.read_bytes().strip()
-        try:
-            return bytes.fromhex(raw.decode("ascii"))
-        except (UnicodeDecodeError, ValueError):
-            return raw if len(raw) in (16, 24, 32, 48, 64) else _fail("--key-file: hex text or 16-64 raw bytes")  # type: ignore[return-value]
-    return None
+    try:
+        return secret_from_options(key_hex, key_file, hex_option="--key-hex", file_option="--key-file")
+    except SecretInputError as exc:
+        _fail(str(exc))
+    return None  # not reached: _fail exits
 
 
 def _certs(path: Path) -> list[x509.Certificate]:
@@ -88,8 +80,8 @@ def _private_key(path: Path):  # type: ignore[no-untyped-def]
         _fail(f"{path}: not an unencrypted PEM private key")
 
 
-KeyHex = Annotated[Optional[str], typer.Option("--key-hex", help="Provisioned symmetric key, hex.")]
-KeyFile = Annotated[Optional[Path], typer.Option("--key-file", help="File with the symmetric key (hex text or raw).")]
+KeyHex = Annotated[Optional[str], typer.Option("--key-hex", help="Provisioned symmetric key, hex (visible in ps: prefer --key-file).")]
+KeyFile = Annotated[Optional[Path], typer.Option("--key-file", help="File with the symmetric key: hex text or raw octets (- = stdin).")]
 Kid = Annotated[Optional[str], typer.Option("--kid", help="Key identifier of the symmetric key.")]
 
 

@@ -39,6 +39,7 @@ from m2msec.onem2m.timestamps import format_timestamp
 from m2msec.pki import CertificateFlavour, CRLRefresher, PeerCertInfo
 from m2msec.pki.cli import reload_crls_and_report
 from m2msec.pki.ocsp_staple import OCSPStapler
+from m2msec.secret_input import secret_from_options
 from m2msec.store import Store
 from m2msec.store.store import utc_now
 
@@ -378,26 +379,26 @@ def add_client(
     config: ConfigOpt,
     client_id: Annotated[str | None, typer.Option("--client-id", help="AE-ID/CSE-ID of the MAF Client.")] = None,
     kmid: Annotated[str | None, typer.Option("--kmid", help="KmID (relative@MAF-FQDN, 10.6).")] = None,
-    km_hex: Annotated[str | None, typer.Option("--km-hex", help="Km in hexadecimal.")] = None,
+    km_hex: Annotated[str | None, typer.Option("--km-hex", help="Km in hexadecimal (visible in ps: prefer --km-file).")] = None,
+    km_file: Annotated[str | None, typer.Option("--km-file", help="File holding Km (hex text or raw octets; - = stdin).")] = None,
     cert: Annotated[Path | None, typer.Option("--cert", exists=True, dir_okay=False,
                                                help="The client's certificate (PEM), for certificate clients.")] = None,
     flavour: Annotated[str, typer.Option("--flavour", help="ae-id, cse-id, device, node-id, fqdn")] = "ae-id",
     identifier: Annotated[str | None, typer.Option("--identifier",
                                                     help="Identifier in the certificate (default: client ID).")] = None,
 ) -> None:
-    """Provision a MAF Client: --kmid/--km-hex (pre-provisioned Km) or --cert (certificate)."""
+    """Provision a MAF Client: --kmid with --km-hex/--km-file (pre-provisioned Km) or --cert (certificate)."""
     if (kmid is None) == (cert is None):
-        _fail(ValueError("give either --kmid with --km-hex, or --cert"))
+        _fail(ValueError("give either --kmid with --km-hex or --km-file, or --cert"))
+    if cert is not None and (km_hex is not None or km_file is not None):
+        _fail(ValueError("--km-hex/--km-file go with --kmid, not with --cert"))
     try:
+        km = (secret_from_options(km_hex, km_file, hex_option="--km-hex", file_option="--km-file", required=True)
+              if kmid is not None else None)
         _, store, svc = _open(config)
         with store:
             if kmid is not None:
-                if not km_hex:
-                    _fail(ValueError("--km-hex is required with --kmid"))
-                try:
-                    km = bytes.fromhex(km_hex or "")
-                except ValueError:
-                    _fail(ValueError("--km-hex is not hexadecimal"))
+                assert km is not None
                 cid = svc.add_km_client(kmid, km, client_id=client_id)
                 typer.echo(f"provisioned Km for {cid} under KmID {kmid}")
             else:

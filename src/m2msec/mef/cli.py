@@ -90,6 +90,7 @@ from m2msec.pki import (
 )
 from m2msec.pki.cli import reload_crls_and_report
 from m2msec.pki.ocsp_staple import OCSPStapler, stapler_for_chain
+from m2msec.secret_input import secret_from_options
 from m2msec.store import KeyEncryptionKey, StoreError, open_store
 from m2msec.tls.engine import CertCredentials, PSKCredentials
 from m2msec.tomlkeys import check_keys
@@ -394,7 +395,8 @@ def enrolee_add(
     config: ConfigOpt,
     enrolee_id: Annotated[str, typer.Option("--enrolee-id", help="Enrolee's CSE-ID or AE-ID.")],
     kpm_id: Annotated[str | None, typer.Option("--kpm-id", help="PSK RSPF: KpmID.")] = None,
-    kpm_hex: Annotated[str | None, typer.Option("--kpm-hex", help="PSK RSPF: Kpm (hex).")] = None,
+    kpm_hex: Annotated[str | None, typer.Option("--kpm-hex", help="PSK RSPF: Kpm (hex; visible in ps: prefer --kpm-file).")] = None,
+    kpm_file: Annotated[str | None, typer.Option("--kpm-file", help="PSK RSPF: file holding Kpm (hex text or raw octets; - = stdin).")] = None,
     cert_flavour: Annotated[str | None, typer.Option("--cert-flavour", help="Certificate RSPF: flavour.")] = None,
     cert_id: Annotated[str | None, typer.Option("--cert-id", help="Certificate RSPF: identifier.")] = None,
     target: Annotated[list[str] | None, typer.Option("--target", help="Enrolment Target ID=SUID[,SUID] (22-25).")] = None,
@@ -408,7 +410,7 @@ def enrolee_add(
     """Configure an enrolee (Bootstrap Instruction Configuration)."""
     mef = _load(config)
     try:
-        kpm = bytes.fromhex(kpm_hex) if kpm_hex else None
+        kpm = secret_from_options(kpm_hex, kpm_file, hex_option="--kpm-hex", file_option="--kpm-file")
         cert = PeerCertInfo(CertificateFlavour(cert_flavour), cert_id) if cert_flavour and cert_id else None
         mafs = []
         for m in maf or []:
@@ -472,15 +474,16 @@ def target_add(
     config: ConfigOpt,
     target_id: Annotated[str, typer.Option("--target-id", help="AE-ID / CSE-ID / MAF-FQDN (X-M2M-Origin).")],
     psk_id: Annotated[str | None, typer.Option("--psk-id")] = None,
-    psk_hex: Annotated[str | None, typer.Option("--psk-hex")] = None,
+    psk_hex: Annotated[str | None, typer.Option("--psk-hex", help="The Target's PSK (hex; visible in ps: prefer --psk-file).")] = None,
+    psk_file: Annotated[str | None, typer.Option("--psk-file", help="File holding the PSK (hex text or raw octets; - = stdin).")] = None,
     cert_flavour: Annotated[str | None, typer.Option("--cert-flavour")] = None,
     cert_id: Annotated[str | None, typer.Option("--cert-id")] = None,
 ) -> None:
     """Configure how an Enrolment Target authenticates for MEF Key Retrieval."""
     try:
         cert = PeerCertInfo(CertificateFlavour(cert_flavour), cert_id) if cert_flavour and cert_id else None
-        _state(_load(config)).add_target(TargetConfig(target_id, psk_id=psk_id, cert=cert),
-                                         psk=bytes.fromhex(psk_hex) if psk_hex else None)
+        psk = secret_from_options(psk_hex, psk_file, hex_option="--psk-hex", file_option="--psk-file")
+        _state(_load(config)).add_target(TargetConfig(target_id, psk_id=psk_id, cert=cert), psk=psk)
     except (M2MSecError, ValueError) as exc:
         _fail(exc)
     typer.echo(f"target {target_id} configured")
@@ -490,7 +493,8 @@ def target_add(
 def enrol_cmd(
     mef: Annotated[str, typer.Option("--mef", help="HOST:PORT of the MEF.")],
     kpm_id: Annotated[str, typer.Option("--kpm-id")],
-    kpm_hex: Annotated[str, typer.Option("--kpm-hex")],
+    kpm_hex: Annotated[str | None, typer.Option("--kpm-hex", help="Kpm (hex; visible in ps: prefer --kpm-file).")] = None,
+    kpm_file: Annotated[str | None, typer.Option("--kpm-file", help="File holding Kpm (hex text or raw octets; - = stdin).")] = None,
     token: Annotated[str | None, typer.Option("--token", help="Enrolment-Token.")] = None,
     maf: Annotated[bool, typer.Option("--maf/--no-maf", help="MAF Enrolment Indication.")] = False,
     cert: Annotated[bool, typer.Option("--cert-enrolment/--no-cert-enrolment")] = False,
@@ -501,7 +505,9 @@ def enrol_cmd(
     """Enrol with the Pre-Provisioned Symmetric Key RSPF; prints KeID, KreID and instructions."""
     host, _, port = mef.rpartition(":")
     try:
-        tls = mef_tls_config(psk=PSKCredentials(kpm_id.encode("utf-8"), bytes.fromhex(kpm_hex)))
+        kpm = secret_from_options(kpm_hex, kpm_file, hex_option="--kpm-hex", file_option="--kpm-file", required=True)
+        assert kpm is not None
+        tls = mef_tls_config(psk=PSKCredentials(kpm_id.encode("utf-8"), kpm))
         req = EnrolmentRequest(cert, maf, rm, token)
         e = asyncio.run(_enrol(host or "127.0.0.1", int(port), tls, req))
         if store:
@@ -556,14 +562,17 @@ def enrol_gba_cmd(
     mef_fqdn: Annotated[str, typer.Option("--mef-fqdn", help="The MEF-FQDN (NAF FQDN of Ks_NAF).")],
     bsf: Annotated[str, typer.Option("--bsf", help="URL of the BSF (Ub).")],
     impi: Annotated[str, typer.Option("--impi")],
-    k_hex: Annotated[str, typer.Option("--k-hex", help="Subscriber key K (hex; simulator AKA).")],
+    k_hex: Annotated[str | None, typer.Option("--k-hex", help="Subscriber key K (hex; simulator AKA).")] = None,
+    k_file: Annotated[str | None, typer.Option("--k-file", help="File holding K (hex text or raw octets; - = stdin).")] = None,
 ) -> None:
     """GBA bootstrapping (Ub), then the GBA-Based RSPF enrolment; prints KeID, KreID, EnroleeID."""
     from m2msec.mef.gba import ub_bootstrap
 
     host, _, port = mef.rpartition(":")
     try:
-        boot = ub_bootstrap(bsf, impi, bytes.fromhex(k_hex))
+        k = secret_from_options(k_hex, k_file, hex_option="--k-hex", file_option="--k-file", required=True)
+        assert k is not None
+        boot = ub_bootstrap(bsf, impi, k)
         e = asyncio.run(_enrol(host or "127.0.0.1", int(port), mef_tls_config(psk=boot.psk(mef_fqdn)),
                                EnrolmentRequest(), mef_fqdn=mef_fqdn))
     except (M2MSecError, ValueError, OSError) as exc:
@@ -716,6 +725,7 @@ def est_enrol_cmd(
     out: Annotated[Path, typer.Option("--out", help="Directory for key.pem (0600), cert.pem, trust-anchors.pem.")],
     kpm_id: Annotated[str | None, typer.Option("--kpm-id", help="PSK RSPF: KpmID (or KreID).")] = None,
     kpm_hex: Annotated[str | None, typer.Option("--kpm-hex", help="PSK RSPF: Kpm (or Kre), hex.")] = None,
+    kpm_file: Annotated[str | None, typer.Option("--kpm-file", help="PSK RSPF: file holding Kpm (or Kre): hex text or raw octets; - = stdin.")] = None,
     cert: Annotated[Path | None, typer.Option("--cert", help="Certificate RSPF: our certificate (+ chain), PEM.")] = None,
     key: Annotated[Path | None, typer.Option("--key", help="Certificate RSPF: our private key, PEM.")] = None,
     mef_ca: Annotated[Path | None, typer.Option("--mef-ca", help="Certificate RSPF: MEF trust anchor(s), PEM.")] = None,
@@ -738,9 +748,10 @@ def est_enrol_cmd(
         if (kpm_id is not None) == (cert is not None):
             raise ValueError("give --kpm-id/--kpm-hex (PSK RSPF) or --cert/--key/--mef-ca/--mef-fqdn (certificate RSPF)")
         if kpm_id is not None:
-            if not kpm_hex:
-                raise ValueError("--kpm-hex is required with --kpm-id")
-            tls = mef_tls_config(psk=PSKCredentials(kpm_id.encode("utf-8"), bytes.fromhex(kpm_hex)))
+            kpm = secret_from_options(kpm_hex, kpm_file, hex_option="--kpm-hex", file_option="--kpm-file",
+                                      required=True)
+            assert kpm is not None
+            tls = mef_tls_config(psk=PSKCredentials(kpm_id.encode("utf-8"), kpm))
         else:
             if key is None or mef_ca is None or mef_fqdn is None or cert is None:
                 raise ValueError("the certificate RSPF needs --cert, --key, --mef-ca and --mef-fqdn")

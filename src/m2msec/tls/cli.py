@@ -52,6 +52,7 @@ from m2msec.tls.engine import (
 from m2msec.pki import CRLError, CRLStore, RevocationPolicy, load_crl_files
 from m2msec.pki.ocsp import OCSPResult
 from m2msec.pki.ocsp_staple import OCSPStapler, stapler_for_chain
+from m2msec.secret_input import SecretInputError, secret_from_options
 from m2msec.tls.pkiverify import OCSPStapleCheck, pki_tls_kwargs
 from m2msec.tls.profiles import Transport
 
@@ -62,17 +63,15 @@ def _out(name: str, value: object) -> None:
     print(f"{name}: {value}", flush=True)
 
 
-def _psk_key(psk_hex: str | None, psk_text: str | None) -> bytes | None:
-    if psk_hex is not None and psk_text is not None:
-        raise typer.BadParameter("give --psk-hex or --psk-text, not both")
-    if psk_hex is not None:
-        try:
-            return bytes.fromhex(psk_hex)
-        except ValueError:
-            raise typer.BadParameter("--psk-hex is not hexadecimal") from None
+def _psk_key(psk_hex: str | None, psk_text: str | None, psk_file: str | None = None) -> bytes | None:
+    if sum(v is not None for v in (psk_hex, psk_text, psk_file)) > 1:
+        raise typer.BadParameter("give one of --psk-hex, --psk-text and --psk-file")
     if psk_text is not None:
         return psk_text.encode("utf-8")
-    return None
+    try:
+        return secret_from_options(psk_hex, psk_file, hex_option="--psk-hex", file_option="--psk-file")
+    except SecretInputError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _load_certs(path: Path) -> list[x509.Certificate]:
@@ -80,11 +79,11 @@ def _load_certs(path: Path) -> list[x509.Certificate]:
 
 
 def _config(role: Role, *, dtls: bool, psk_identity: str | None, psk_hex: str | None, psk_text: str | None,
-            key: Path | None, cert: Path | None, ca: Path | None, peer_id: str | None, sni: str | None,
+            psk_file: str | None = None, key: Path | None, cert: Path | None, ca: Path | None, peer_id: str | None, sni: str | None,
             mtu: int, peer_flavour: str | None = None, crl: list[Path] | None = None,
             revocation: str = "if-available", extra: dict[str, Any] | None = None) -> TLSConfig:
     transport = Transport.DTLS if dtls else Transport.TLS
-    psk = _psk_key(psk_hex, psk_text)
+    psk = _psk_key(psk_hex, psk_text, psk_file)
     kwargs: dict[str, Any] = {"role": role, "transport": transport, "mtu": mtu}
     if psk is not None:
         if not psk_identity:
@@ -199,8 +198,9 @@ def _report(engine: TLSEngine, labels: list[str]) -> None:
 
 
 _PSK_IDENTITY = typer.Option(None, "--psk-identity", help="PSK identity (e.g. KpsaID, KpmID, KmID)")
-_PSK_HEX = typer.Option(None, "--psk-hex", help="PSK as hexadecimal octets")
-_PSK_TEXT = typer.Option(None, "--psk-text", help="PSK as UTF-8 text")
+_PSK_HEX = typer.Option(None, "--psk-hex", help="PSK as hexadecimal octets (visible in ps: prefer --psk-file)")
+_PSK_TEXT = typer.Option(None, "--psk-text", help="PSK as UTF-8 text (visible in ps: prefer --psk-file)")
+_PSK_FILE = typer.Option(None, "--psk-file", help="file holding the PSK: hex text or raw octets (- = stdin)")
 _KEY = typer.Option(None, "--key", help="own private key (PEM)")
 _CERT = typer.Option(None, "--cert", help="own certificate, then its chain (PEM)")
 _CA = typer.Option(None, "--ca", help="trust anchors (PEM)")
@@ -219,6 +219,7 @@ def server(
     psk_identity: Optional[str] = _PSK_IDENTITY,
     psk_hex: Optional[str] = _PSK_HEX,
     psk_text: Optional[str] = _PSK_TEXT,
+    psk_file: Optional[str] = _PSK_FILE,
     key: Optional[Path] = _KEY,
     cert: Optional[Path] = _CERT,
     ca: Optional[Path] = _CA,
@@ -240,7 +241,7 @@ def server(
     if ocsp_staple is not None:
         extra["ocsp_staple"], stapler = _staple_source(ocsp_staple, cert)
     cfg = _config(Role.SERVER, dtls=dtls, psk_identity=psk_identity, psk_hex=psk_hex, psk_text=psk_text,
-                  key=key, cert=cert, ca=ca, peer_id=peer_id, sni=None, mtu=mtu,
+                  psk_file=psk_file, key=key, cert=cert, ca=ca, peer_id=peer_id, sni=None, mtu=mtu,
                   peer_flavour=peer_flavour, crl=crl, revocation=revocation, extra=extra)
     code = asyncio.run(_serve(cfg, host, port, export_label, once, timeout, stapler))
     raise typer.Exit(code)
@@ -311,6 +312,7 @@ def client(
     psk_identity: Optional[str] = _PSK_IDENTITY,
     psk_hex: Optional[str] = _PSK_HEX,
     psk_text: Optional[str] = _PSK_TEXT,
+    psk_file: Optional[str] = _PSK_FILE,
     key: Optional[Path] = _KEY,
     cert: Optional[Path] = _CERT,
     ca: Optional[Path] = _CA,
@@ -333,7 +335,7 @@ def client(
     if status or require_status:
         extra["check_ocsp_staple"] = OCSPStapleCheck(_utc_now, require=require_status)
     cfg = _config(Role.CLIENT, dtls=dtls, psk_identity=psk_identity, psk_hex=psk_hex, psk_text=psk_text,
-                  key=key, cert=cert, ca=ca, peer_id=peer_id, sni=sni, mtu=mtu,
+                  psk_file=psk_file, key=key, cert=cert, ca=ca, peer_id=peer_id, sni=sni, mtu=mtu,
                   peer_flavour=peer_flavour, crl=crl, revocation=revocation, extra=extra)
     raise typer.Exit(asyncio.run(_connect(cfg, host, port, export_label, send, wait, timeout)))
 
