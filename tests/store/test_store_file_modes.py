@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from m2msec.store import open_store
-from m2msec.store import _backends
+from m2msec.store import _backends, open_store
 
 
 def _mode(p: Path) -> int:
