@@ -109,6 +109,7 @@ from m2msec.maf.protocol import (
     check_relative_key_id,
     check_suid_targets,
 )
+from m2msec.osuser import admin_details
 from m2msec.onem2m.enums import SUID
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.onem2m.timestamps import Clock, ensure_utc, format_timestamp
@@ -407,7 +408,7 @@ class MAFService:
             tx.put_credential(NS.KM, self._kmid_key(kmid), bytes(km),
                               metadata={"client_id": cid, "origin": "provisioned", "kmid": kmid},
                               expires_at=expires_at, if_absent=True)
-            tx.append_audit("maf-admin", "add-client", cid, "ok", {"kmid": kmid, "auth": "psk"})
+            tx.append_audit("maf-admin", "add-client", cid, "ok", admin_details({"kmid": kmid, "auth": "psk"}))
         return cid
 
     def add_cert_client(self, client_id: str, info: PeerCertInfo) -> None:
@@ -417,7 +418,8 @@ class MAFService:
         with self.store.transaction() as tx:
             tx.put_record(NS.CERT_CLIENT, client_id, {"flavour": info.flavour.value, "identifier": info.identifier})
             tx.append_audit("maf-admin", "add-client", client_id, "ok",
-                            {"auth": "cert", "flavour": info.flavour.value, "identifier": info.identifier})
+                            admin_details({"auth": "cert", "flavour": info.flavour.value,
+                                           "identifier": info.identifier}))
 
     def revoke_key(self, key_id_or_relative: str, *, actor: str = "maf-admin") -> bool:
         """Delete a Key Registration (admin action); True if one was live."""
@@ -426,7 +428,8 @@ class MAFService:
             with self.store.transaction() as tx:
                 live = tx.delete_record(NS.KEY_REG, rel)
                 tx.delete_credential(NS.KEY, rel)
-                tx.append_audit(actor, "revoke-key", rel, "ok" if live else "absent", {"relativeKeyID": rel})
+                tx.append_audit(actor, "revoke-key", rel, "ok" if live else "absent",
+                                admin_details({"relativeKeyID": rel}))
                 tx.notify(CACHE_CHANNEL, self._change_payload("revoke-key", rel, {"relativeKeyID": rel}))
         finally:
             self._cache.clear()

@@ -638,17 +638,14 @@ def enrolee_est(
     base_uri: Annotated[str | None, typer.Option("--est-base-uri")] = None,
 ) -> None:
     """Let an enrolee enrol for a certificate with EST (identifiers and communication security types)."""
-    from m2msec.mef.est import ESTProfile, SecurityType
+    from m2msec.mef.est import ESTProfile, SecurityType, set_est_profile
 
     try:
         state = _state(_load(config))
-        from m2msec.mef.est import NS_EST_PROFILE
-
         profile = ESTProfile(enrolee_id, CertificateFlavour(flavour), tuple(identifier),
                              tuple(SecurityType(t) for t in (security_type or ["SAEF"])),
                              tuple(add_identifier or ()), base_uri)
-        state.get_enrolee(enrolee_id)
-        state.store.put_record(NS_EST_PROFILE, enrolee_id, profile.to_doc())
+        set_est_profile(state, profile)
         state.store.close()
     except (M2MSecError, OSError, ValueError) as exc:
         _fail(exc)

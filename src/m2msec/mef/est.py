@@ -72,6 +72,7 @@ from m2msec.mef.estder import encode_csrattrs, encode_oid
 from m2msec.mef.protocol import Instruction, InstructionType
 from m2msec.mef.state import NS_CERTIDX, NS_EST_ISSUED, NS_KE, MEFError, MEFState, SessionPeer
 from m2msec.mef.state import revoke_issued
+from m2msec.osuser import admin_details
 from m2msec.onem2m._wire import loads_json
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.onem2m.timestamps import format_timestamp
@@ -283,7 +284,18 @@ def store_dev_ca(store: Store, ca: DevCA) -> None:
         if ca.intermediate_cert is not None and ca._intermediate_key is not None:
             tx.put_credential(NS_EST_CA, "intermediate", ca._intermediate_key.private_bytes(der, fmt, enc),
                               metadata={"cert_pem": ca.intermediate_cert.public_bytes(pem).decode()})
-        tx.append_audit("mef-admin", "est-ca-store", ca.name, "ok", {"intermediate": ca.intermediate_cert is not None})
+        tx.append_audit("mef-admin", "est-ca-store", ca.name, "ok",
+                        admin_details({"intermediate": ca.intermediate_cert is not None}))
+
+
+def set_est_profile(state: MEFState, profile: ESTProfile) -> None:
+    """Store the EST profile of a configured enrolee (``m2msec mef enrolee est``), audited as
+    ``est-profile`` by ``mef-admin``."""
+    state.get_enrolee(profile.enrolee_id)  # must be configured
+    with state.store.transaction() as tx:
+        tx.put_record(NS_EST_PROFILE, profile.enrolee_id, profile.to_doc())
+        tx.append_audit("mef-admin", "est-profile", profile.enrolee_id, "ok",
+                        admin_details({"flavour": profile.flavour.value, "identifiers": list(profile.identifiers)}))
 
 
 def load_dev_ca(store: Store, *, key_policy: KeyPolicy = DEFAULT_KEY_POLICY,
@@ -434,8 +446,7 @@ class ESTService:
 
     # -- administration ----------------------------------------------------------------
     def set_profile(self, profile: ESTProfile) -> None:
-        self.state.get_enrolee(profile.enrolee_id)  # must be configured
-        self.state.store.put_record(NS_EST_PROFILE, profile.enrolee_id, profile.to_doc())
+        set_est_profile(self.state, profile)
 
     def profile(self, enrolee_id: str) -> ESTProfile | None:
         rec = self.state.store.find_record(NS_EST_PROFILE, enrolee_id)
@@ -459,7 +470,7 @@ class ESTService:
                                rsc=RSC.NOT_FOUND)
             doc = revoke_issued(tx, rec, now=self.state.clock(), reason=reason)
             tx.append_audit("mef-admin", "est-revoke", str(rec.doc.get("enrolee_id")), "ok",
-                            {"serial": key, "reason": doc["reason"]})
+                            admin_details({"serial": key, "reason": doc["reason"]}))
         return doc
 
     # -- Enrolment Exchange step 5 -----------------------------------------------------

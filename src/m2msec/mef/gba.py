@@ -48,6 +48,7 @@ from typing import Any, Final
 from m2msec.errors import M2MSecError, ParseError, UnknownKeyError
 from m2msec.keys import GBA_RAND_LENGTH, derive_gba_ks_naf, gba_naf_id, gba_simulated_aka, gba_ua_protocol_id_tls12
 from m2msec.mef.state import NS_ENROLEE, EnroleeConfig, MEFError, MEFState, SessionPeer
+from m2msec.osuser import admin_details
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.tls.engine import PSKCredentials
 from m2msec.tls.profiles import TLS_PSK_WITH_AES_128_CBC_SHA256
@@ -494,7 +495,7 @@ def add_gba_enrolee(state: MEFState, cfg: EnroleeConfig, impi: str) -> None:
     with state.store.transaction() as tx:
         tx.put_record(NS_ENROLEE, cfg.enrolee_id, cfg.to_doc())
         tx.put_record(NS_GBA_IMPI, impi, {"enrolee_id": cfg.enrolee_id})
-        tx.append_audit("mef-admin", "enrolee-add", cfg.enrolee_id, "ok", {"rspf": "gba"})
+        tx.append_audit("mef-admin", "enrolee-add", cfg.enrolee_id, "ok", admin_details({"rspf": "gba"}))
 
 
 class GBANaf:

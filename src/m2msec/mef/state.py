@@ -37,6 +37,7 @@ from cryptography import x509
 from m2msec.errors import M2MSecError
 from m2msec.mef.protocol import EnroleePreferences, MAFPreference, TargetGrant
 from m2msec.onem2m.rsc import ResponseStatusCode
+from m2msec.osuser import admin_details
 from m2msec.pki import CertificateFlavour, CRLStore, PeerCertInfo, RevocationPolicy, canonical_identifier
 from m2msec.store import DuplicateError, NotFound, Store
 
@@ -74,6 +75,10 @@ def revoke_issued(tx: Any, issued: Any, *, now: datetime, reason: x509.ReasonFla
     mark["revoked"] = True
     tx.update_record(NS_EST_ISSUED, issued.rec_id, mark, expected_version=issued.version)
     return doc
+
+
+#: hex digits of the token hash an audit record carries (48 bits: correlation, not recovery)
+TOKEN_AUDIT_PREFIX: Final = 12
 
 
 def hash_token(token: str) -> str:
@@ -198,15 +203,22 @@ class MEFState:
             if cfg.cert is not None:
                 tx.put_record(NS_CERTIDX, _cert_key(cfg.cert), {"kind": "enrolee", "id": cfg.enrolee_id})
             tx.append_audit("mef-admin", "enrolee-add", cfg.enrolee_id, "ok",
-                            {"rspf": "psk" if cfg.kpm_id else "certificate"})
+                            admin_details({"rspf": "psk" if cfg.kpm_id else "certificate"}))
 
     def issue_token(self, enrolee_id: str, *, valid_for: timedelta | None = None) -> str:
-        """A fresh single-use Enrolment-Token for ``enrolee_id`` (returned once, stored hashed)."""
+        """A fresh single-use Enrolment-Token for ``enrolee_id`` (returned once, stored hashed).
+
+        Audited as ``token-issue`` with the first 12 hex digits of the token's SHA-256 (the
+        prefix of its record id, for correlation), never the token."""
         self.get_enrolee(enrolee_id)
         token = secrets.token_urlsafe(24)
+        digest = hash_token(token)
         expires = self.clock() + valid_for if valid_for is not None else None
-        self.store.put_record(NS_TOKEN, hash_token(token), {"enrolee_id": enrolee_id}, expires_at=expires,
-                              if_absent=True)
+        with self.store.transaction() as tx:
+            tx.put_record(NS_TOKEN, digest, {"enrolee_id": enrolee_id}, expires_at=expires, if_absent=True)
+            tx.append_audit("mef-admin", "token-issue", enrolee_id, "ok",
+                            admin_details({"token_sha256_prefix": digest[:TOKEN_AUDIT_PREFIX],
+                                           "expires": expires.isoformat() if expires is not None else None}))
         return token
 
     def get_enrolee(self, enrolee_id: str) -> EnroleeConfig:
@@ -243,7 +255,7 @@ class MEFState:
             for r in certs:
                 revoke_issued(tx, r, now=now, reason=x509.ReasonFlags.privilege_withdrawn)
             tx.append_audit("mef-admin", "enrolee-revoke", enrolee_id, "ok",
-                            {"keys_removed": n, "certificates_revoked": [r.rec_id for r in certs]})
+                            admin_details({"keys_removed": n, "certificates_revoked": [r.rec_id for r in certs]}))
         return n, [r.rec_id for r in certs]
 
     def revoked_certificate(self, cert: x509.Certificate) -> dict[str, Any] | None:
@@ -272,7 +284,8 @@ class MEFState:
                 tx.put_credential(NS_TARGET_PSK, cfg.psk_id, psk, metadata={"target_id": cfg.target_id})
             if cfg.cert is not None:
                 tx.put_record(NS_CERTIDX, _cert_key(cfg.cert), {"kind": "target", "id": cfg.target_id})
-            tx.append_audit("mef-admin", "target-add", cfg.target_id, "ok", {})
+            tx.append_audit("mef-admin", "target-add", cfg.target_id, "ok",
+                            admin_details({"auth": "psk" if cfg.psk_id is not None else "certificate"}))
 
     # -- handshake-time lookups (run inside the TLS callbacks) -----------------------------
     def psk_lookup(self, identity: str) -> tuple[bytes, SessionPeer] | None:
