@@ -53,6 +53,10 @@ def serve(
 
             cfg = dataclasses.replace(cfg, trace_file=trace)
         gw, st = build(cfg)
+        if cfg.trace_file is not None:
+            from m2msec.gateway.server import TRACE_WARNING
+
+            print(TRACE_WARNING.format(path=cfg.trace_file), file=sys.stderr, flush=True)
     except (M2MSecError, ValueError, TypeError) as exc:  # a bad value in gateway.toml: no traceback
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -11,6 +11,8 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
+import stat
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -52,6 +54,37 @@ from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 __all__ = ["Gateway", "RawResponse"]
 
 log = logging.getLogger(__name__)
+
+#: one line for stderr when a trace file is configured (``m2msec gateway serve``)
+TRACE_WARNING = ("warning: trace file {path} records every forwarded HTTP message, including requests "
+                 "decrypted for the CSE in plaintext; do not enable it in production")
+
+
+def _open_trace(path: Path) -> Any:
+    """The trace file for appending; created 0600 (whatever the umask) if it does not exist."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    return os.fdopen(fd, "a", encoding="utf-8")
+
+
+def prepare_trace_file(path: Path) -> None:
+    """Create the trace file now with mode 0600 (an existing file keeps its mode; one that
+    group or others can access is logged as a WARNING); ValueError if it cannot be created."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if os.name != "nt":
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+            if mode & 0o077:
+                log.warning("trace file %s has mode %04o: group or others can read decrypted traffic "
+                            "(chmod 600 %s)", path, mode, path)
+        return
+    except OSError as exc:
+        raise ValueError(f"cannot create trace file {path}: {exc.strerror}") from None
+    try:
+        if os.name != "nt":
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 RawResponse = tuple[int, list[tuple[str, str]], bytes]
 
@@ -165,6 +198,8 @@ class Gateway:
         self._ids = LocalIds(cse_id=self.cse_id, admin=admin, sp_id=sp_id)
         self._trace_path = Path(trace_file) if trace_file is not None else None
         self._trace_lock = threading.Lock()
+        if self._trace_path is not None:
+            prepare_trace_file(self._trace_path)
         self._timeout = timeout
         self._http: httpx.AsyncClient | None = None
         self._server: asyncio.Server | None = None
@@ -265,7 +300,7 @@ class Gateway:
         line = json.dumps(
             {"dir": direction, "where": where, "headers": headers, "body": body.decode("utf-8", "replace")}
         )
-        with self._trace_lock, open(self._trace_path, "a", encoding="utf-8") as f:
+        with self._trace_lock, _open_trace(self._trace_path) as f:
             f.write(line + "\n")
 
     # ------------------------------------------------------------------ outgoing HTTP
