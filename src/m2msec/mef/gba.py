@@ -34,10 +34,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
 import secrets
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -440,6 +442,36 @@ def _handler_for(bsf: BSFSimulator) -> type[BaseHTTPRequestHandler]:
 # ============================================================================ NAF side (the MEF)
 
 
+def check_zn_url(bsf_url: str) -> None:
+    """Zn returns Ks_NAF: refuse a ``bsf_url`` that would send it in clear over a network.
+
+    ``https://`` is always allowed; ``http://`` only to a loopback host (``localhost``,
+    127.0.0.0/8, ``::1``: the BSF simulator of the tests and demos); anything else is a
+    :class:`GBAError` (an m2msec profile decision; TS-0003 8.1.3 leaves Zn to 3GPP TS 29.109)."""
+    try:
+        parts = urllib.parse.urlsplit(bsf_url)
+        host = parts.hostname
+    except ValueError:
+        raise GBAError("Zn: bsf_url is not a URL", rsc=RSC.BAD_REQUEST) from None
+    scheme = parts.scheme.lower()
+    if scheme == "https" and host:
+        return
+    if scheme == "http" and host:
+        if host.lower() in ("localhost", "localhost.") or _is_loopback(host):
+            return
+        raise GBAError(f"Zn: bsf_url {scheme}://{host} is plain http to a non-loopback host; Ks_NAF would "
+                       "travel in clear: use https://", rsc=RSC.BAD_REQUEST)
+    raise GBAError("Zn: bsf_url must be an https:// URL (or http:// to a loopback BSF simulator)",
+                   rsc=RSC.BAD_REQUEST)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class ZnClient:
     """The NAF's Zn client: Ks_NAF for a B-TID from the BSF, cached until the key lifetime.
 
@@ -448,6 +480,7 @@ class ZnClient:
 
     def __init__(self, bsf_url: str, naf_fqdn: str, token: str, *, suite_code: int = DEFAULT_SUITE,
                  clock: Clock = _utcnow, timeout: float = 5.0) -> None:
+        check_zn_url(bsf_url)
         self.bsf_url = bsf_url.rstrip("/")
         self.naf_fqdn = naf_fqdn.lower().rstrip(".")
         self._token = token
