@@ -1,4 +1,5 @@
-"""ESPrim processing errors, one class per row of TS-0004 table 7.6.2-1."""
+"""ESPrim processing errors, one class per row of TS-0004 table 7.6.2-1, plus the m2msec
+replay refusals of the Receiver (TS-0003 8.4.1 freshness; not in table 7.6.2-1)."""
 
 from __future__ import annotations
 
@@ -64,6 +65,27 @@ class EncryptionError(ESPrimError):
     """The inner response primitive could not be encrypted."""
 
     default_rsc = RSC.ESPRIM_ENCRYPTION_ERROR
+
+
+# --- Replay detection at the Receiver (m2msec, beyond the 8.4.1 freshness bound).  Table
+# 7.6.2-1 has no row for them; the codes are m2msec profile decisions.
+
+
+class ReplayedObject(ESPrimError):
+    """An authentic ESPrim request Object that this Receiver (or another instance on its
+    store) has already accepted: CONFLICT (4105, HTTP 409).  A legitimate Originator never
+    sends the same object twice (a retry is sealed again under a fresh IV), so the request
+    is not executed again; the Originator's ``handle_error`` aborts (no automatic resend)."""
+
+    default_rsc = RSC.CONFLICT
+
+
+class ReplayCacheFull(ESPrimError):
+    """The in-memory record of accepted objects is at its bound and none of its entries has
+    expired: the authentic object is refused (nothing recorded, not executed) rather than a
+    live entry forgotten.  INTERNAL_SERVER_ERROR (5000)."""
+
+    default_rsc = RSC.INTERNAL_SERVER_ERROR
 
 
 # --- Errors the Originator raises while building or opening (TS-0003 8.4.2 B.2, C.11a).

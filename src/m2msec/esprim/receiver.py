@@ -32,7 +32,14 @@ m2msec decisions (see the report / docs/profile.md):
   the Receiver policy's at the time of use;
 * the response uses the request's ``enc`` and serialization (``cty``);
 * a missing inner ``From`` is an impersonation error (it is not the bound identity); the
-  comparison is exact string equality (no SP-relative/absolute normalisation).
+  comparison is exact string equality (no SP-relative/absolute normalisation);
+* each request object is accepted at most once (beyond TS-0003 8.4.1, which only bounds the
+  age of objects): after it authenticated and passed the impersonation check, and before
+  anything is recorded, the Receiver records (kid, ori, rri, JWE IV) in its state
+  (:meth:`~m2msec.esprim.state.ReceiverState.record_object`) until no object of the session
+  can open any more; the same object again is :class:`~m2msec.esprim.errors.ReplayedObject`
+  (CONFLICT, 4105), also when another instance on the same store accepted it.  Objects that
+  do not authenticate never create a record.
 """
 
 from __future__ import annotations
@@ -64,6 +71,7 @@ from m2msec.esprim.errors import (
     ESPrimError,
     ESPrimParseError,
     ImpersonationError,
+    ReplayedObject,
     UnknownKeyID,
     UnknownOrigRandID,
     UnknownRecvRandID,
@@ -348,8 +356,10 @@ class Receiver:
         if not set(oro.protocol_and_alg_ids) <= set(rro.protocol_and_alg_ids):
             raise UnsupportedOption("originator AEAD algorithms are not a subset of the receiver's")
         session_key = m2mkeys.derive_session_esprim_key(key.key, rro.rand_value, oro.rand_value, int(oro.key_gen_alg_id))
-        expiries = [oro.expiry, rro.expiry] + ([key.expires_at] if key.expires_at else [])
-        return CachedSession(session_key, min(expiries), tuple(int(v) for v in oro.protocol_and_alg_ids)), new_oro
+        objects_expire_at = min(oro.expiry, rro.expiry)
+        expires_at = objects_expire_at if key.expires_at is None else min(objects_expire_at, key.expires_at)
+        protocol_and_alg_ids = tuple(int(v) for v in oro.protocol_and_alg_ids)
+        return CachedSession(session_key, expires_at, protocol_and_alg_ids, objects_expire_at), new_oro
 
     def open_request(
         self, esprim_object: str | bytes, *, outer_from: str | None = None
@@ -396,7 +406,10 @@ class Receiver:
             raise ImpersonationError(
                 f"inner request From {inner.fr!r} is not the identity bound to pairwiseESPrimKeyID {h.kid!r}"
             )
-        # Authenticated: now record what the object carried (TS-0003 8.4.3.2 "shall be recorded").
+        # Authenticated.  Accepted once: a replay is refused before anything else is recorded.
+        if not self._state.record_object(ref, parsed.iv, session.replay_window_end):
+            raise ReplayedObject(f"this ESPrim Object of session {h.ori!r}/{h.rri!r} was already accepted (replay)")
+        # Now record what the object carried (TS-0003 8.4.3.2 "shall be recorded").
         if new_oro is not None:
             self._state.add_originator_rand(h.kid, new_oro)
         if announced is not None:

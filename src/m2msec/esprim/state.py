@@ -28,17 +28,34 @@ each Originator and are only unique per Originator (B.2g), so ``(kid, ori)`` is 
 The AES-GCM seal counter of a session (nonce bound, see
 :data:`m2msec.esprim.common.DEFAULT_MAX_SEALS`) is counted per process in both
 implementations; the bound on the Originator side is the authoritative one.
+
+Accepted request objects (replay detection, beyond the freshness bound of TS-0003 8.4.1):
+:meth:`ReceiverState.record_object` records each ESPrim request Object the Receiver accepts,
+after it authenticated, under :func:`object_record_id` = SHA-256 over (kid, ori, rri, JWE IV)
+— identifiers and the public IV only, never key material — until no object of its session
+can open any more (:attr:`CachedSession.objects_expire_at`).  A second call with the same
+values answers False (a replay).  The IV is taken after base64url decoding, so a re-encoded
+copy of the same object is the same record.  :class:`StoreReceiverState` inserts one record
+in namespace ``esprim.recv.seen`` with ``if_absent`` (a DuplicateError means seen), so every
+instance on one database detects a replay accepted by another; it purges the store's expired
+rows (:meth:`~m2msec.store.Store.purge_expired`) at most once per ``purge_interval``, which is
+what removes expired ESPrim rows (rand objects, sessions, seen records) from the database.
+:class:`MemoryReceiverState` keeps at most ``max_objects`` live records: at the bound it
+drops the expired ones, and if all are live it refuses the new object
+(:class:`~m2msec.esprim.errors.ReplayCacheFull`) — it never forgets a live record.
 """
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from m2msec.esprim.common import SessionRef, is_shared_rand_id
+from m2msec.esprim.errors import ReplayCacheFull
 from m2msec.esprim.jwe import ENC_BY_PROTOCOL_AND_ALG_ID, ContentCipher
 from m2msec.esprim.unique_rand import RAND_KEY_OCTETS, RandKey
 from m2msec.onem2m.security import (
@@ -56,11 +73,51 @@ NS_SHARED = "esprim.recv.shared"
 NS_ORIG_RAND = "esprim.orig.rand"
 NS_SESSION = "esprim.session"
 NS_RAND_KEY = "esprim.recv.randkey"
+NS_SEEN = "esprim.recv.seen"
 _CURRENT = "current"
+
+DEFAULT_MAX_OBJECTS = 1 << 18
+"""Live accepted-object records a :class:`MemoryReceiverState` keeps (about 30 MB)."""
+DEFAULT_PURGE_INTERVAL = timedelta(minutes=1)
+"""How often a :class:`StoreReceiverState` deletes the store's expired rows."""
+_SEEN_LABEL = b"m2msec esprim accepted object v1\x00"
 
 
 def orig_rand_storage_id(kid: str, ori: str) -> str:
     return f"{len(kid)}:{kid}:{ori}"
+
+
+_PREFIXES: dict[SessionRef, bytes] = {}  # per-session part of object_digest (bounded below)
+
+
+def _digest_prefix(ref: SessionRef) -> bytes:
+    p = _PREFIXES.get(ref)
+    if p is None:
+        out = bytearray(_SEEN_LABEL)
+        for value in ref:
+            part = value.encode("utf-8", "surrogatepass")
+            out += len(part).to_bytes(4, "big") + part
+        p = bytes(out)
+        if len(_PREFIXES) >= 4096:
+            _PREFIXES.clear()
+        _PREFIXES[ref] = p
+    return p
+
+
+def object_digest(ref: SessionRef, iv: bytes) -> bytes:
+    """SHA-256("m2msec esprim accepted object v1" || 0x00 || L(kid) || kid || L(ori) || ori
+    || L(rri) || rri || L(iv) || iv), L = 4-octet big-endian length, strings UTF-8: names
+    one ESPrim Object of one session (the AES-GCM IV is unique per object under a key).
+    The part before the IV is computed once per session (cached)."""
+    h = hashlib.sha256(_digest_prefix(ref))
+    h.update(len(iv).to_bytes(4, "big"))
+    h.update(iv)
+    return h.digest()
+
+
+def object_record_id(ref: SessionRef, iv: bytes) -> str:
+    """The store id of an accepted object: :func:`object_digest` in lowercase hex (64 characters)."""
+    return object_digest(ref, iv).hex()
 
 
 @dataclass(frozen=True, repr=False)
@@ -70,7 +127,19 @@ class CachedSession:
     key: bytes
     expires_at: datetime
     protocol_and_alg_ids: tuple[int, ...]
+    objects_expire_at: datetime | None = None
+    """The earlier expiry of the two rand objects: after it no object of this session opens,
+    whatever the key's lifetime (a key renewed under the same kid would otherwise revive the
+    session); accepted-object records live until then.  None (sessions stored by older
+    versions): :attr:`expires_at`."""
     _ciphers: dict[int, ContentCipher] = field(default_factory=dict, compare=False)
+    replay_window_end: datetime = field(init=False, compare=False)
+    """Until when an accepted object of this session must be remembered: the later of
+    :attr:`objects_expire_at` and :attr:`expires_at`."""
+
+    def __post_init__(self) -> None:
+        end = self.expires_at if self.objects_expire_at is None else max(self.expires_at, self.objects_expire_at)
+        object.__setattr__(self, "replay_window_end", end)
 
     def cipher(self, protocol_and_alg_id: int) -> ContentCipher:
         """The AES-GCM content cipher for one esprimProtocolAndAlgID, built once per session
@@ -119,6 +188,11 @@ class ReceiverState(Protocol):
     def count_seal(self, ref: SessionRef, expires_at: datetime) -> int:
         """Count one AES-GCM invocation with this session key; returns the new count."""
 
+    def record_object(self, ref: SessionRef, iv: bytes, expires_at: datetime) -> bool:
+        """Record an accepted (authenticated) ESPrim request Object of session ``ref`` with
+        JWE IV ``iv`` until ``expires_at``; True if new, False if it was recorded already (a
+        replay).  May raise :class:`~m2msec.esprim.errors.ReplayCacheFull` (nothing recorded)."""
+
 
 class _SealCounter:
     """Per-process seal counts, dropped once their session expired."""
@@ -142,9 +216,19 @@ class _SealCounter:
 
 
 class MemoryReceiverState:
-    """Receiver state in one process (thread-safe).  Expired entries vanish lazily."""
+    """Receiver state in one process (thread-safe).  Expired entries vanish lazily.
 
-    def __init__(self, *, clock: Clock) -> None:
+    ``max_objects``: bound on the live accepted-object records (replay detection).  Records
+    are only added for objects that authenticated, so only a key holder can grow the table;
+    at the bound the expired records are dropped (at most once until the earliest live one
+    expires), and if none has expired the new object is refused with
+    :class:`~m2msec.esprim.errors.ReplayCacheFull` — a live record is never forgotten."""
+
+    _SEEN_SWEEP_EVERY = 4096
+
+    def __init__(self, *, clock: Clock, max_objects: int = DEFAULT_MAX_OBJECTS) -> None:
+        if not isinstance(max_objects, int) or isinstance(max_objects, bool) or max_objects < 1:
+            raise ValueError("max_objects must be a positive integer")
         self._clock = clock
         self._lock = threading.Lock()
         self._recv: dict[str, ReceiverESPrimRandObject] = {}
@@ -153,6 +237,48 @@ class MemoryReceiverState:
         self._sessions: dict[SessionRef, CachedSession] = {}
         self._rand_keys: dict[str, RandKey] = {}
         self._seals = _SealCounter(clock)
+        self._seen: dict[bytes, datetime] = {}
+        self._max_objects = max_objects
+        self._seen_adds = 0
+        self._seen_next_expiry: datetime | None = None  # earliest live record after the last sweep
+
+    @property
+    def max_objects(self) -> int:
+        return self._max_objects
+
+    def _sweep_seen(self, now: datetime) -> int:
+        """Drop expired accepted-object records (lock held); returns how many went.  Nothing to
+        scan until the earliest record (``_seen_next_expiry``, a lower bound) has expired."""
+        before = len(self._seen)
+        self._seen_adds = 0
+        if self._seen_next_expiry is not None and self._seen_next_expiry > now:
+            return 0  # nothing has expired yet
+        self._seen = {d: t for d, t in self._seen.items() if t > now}
+        self._seen_next_expiry = min(self._seen.values(), default=None)
+        return before - len(self._seen)
+
+    def record_object(self, ref: SessionRef, iv: bytes, expires_at: datetime) -> bool:
+        now = self._now()
+        digest = object_digest(ref, iv)
+        with self._lock:
+            old = self._seen.get(digest)
+            if old is not None and old > now:
+                return False
+            if old is None and len(self._seen) >= self._max_objects:
+                self._sweep_seen(now)  # scans only once the earliest record has expired
+                if len(self._seen) >= self._max_objects:
+                    raise ReplayCacheFull(
+                        f"the Receiver remembers {self._max_objects} accepted objects, none expired yet; "
+                        "the object is refused"
+                    )
+            self._seen[digest] = expires_at
+            nxt = self._seen_next_expiry
+            if nxt is None or expires_at < nxt:
+                self._seen_next_expiry = expires_at
+            self._seen_adds += 1
+            if self._seen_adds >= self._SEEN_SWEEP_EVERY and self._seen_adds >= len(self._seen) // 2:
+                self._sweep_seen(now)  # amortised O(1): at most one sweep per len/2 additions
+            return True
 
     def _now(self) -> datetime:
         now = self._clock()
@@ -168,7 +294,8 @@ class MemoryReceiverState:
             self._orig = {k: v for k, v in self._orig.items() if v.expiry > now}
             self._sessions = {k: v for k, v in self._sessions.items() if v.expires_at > now}
             self._rand_keys = {k: v for k, v in self._rand_keys.items() if v.expires_at > now}
-            return before - (len(self._recv) + len(self._orig) + len(self._sessions))
+            seen = self._sweep_seen(now)
+            return before - (len(self._recv) + len(self._orig) + len(self._sessions)) + seen
 
     def add_receiver_rand(self, obj: ReceiverESPrimRandObject) -> bool:
         now = self._now()
@@ -236,18 +363,29 @@ class MemoryReceiverState:
         return self._seals.count(ref, expires_at)
 
     def __repr__(self) -> str:
-        return f"MemoryReceiverState(recv={len(self._recv)}, orig={len(self._orig)}, sessions={len(self._sessions)})"
+        return (f"MemoryReceiverState(recv={len(self._recv)}, orig={len(self._orig)}, sessions={len(self._sessions)}, "
+                f"seen={len(self._seen)}/{self._max_objects})")
 
 
 class StoreReceiverState:
     """Receiver state in :mod:`m2msec.store`, shared by every instance that opens the same store."""
 
-    def __init__(self, store: Store, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self, store: Store, *, clock: Clock | None = None, purge_interval: timedelta | None = DEFAULT_PURGE_INTERVAL
+    ) -> None:
+        """``purge_interval``: delete the store's expired rows at most this often (from
+        :meth:`record_object`, the first time at the first accepted object); None: never
+        (another component calls :meth:`purge_expired`)."""
+        if purge_interval is not None and purge_interval <= timedelta(0):
+            raise ValueError("purge_interval must be positive or None")
         self._store = store
         self._clock = clock or store._clock
         self._seals = _SealCounter(self._clock)
         self._rand_keys: dict[str, RandKey] = {}  # cache in front of NS_RAND_KEY
         self._rand_keys_lock = threading.Lock()
+        self._purge_interval = purge_interval
+        self._next_purge: datetime | None = None
+        self._purge_lock = threading.Lock()
 
     # -- helpers ----------------------------------------------------------------------
     @staticmethod
@@ -392,16 +530,53 @@ class StoreReceiverState:
         cred = self._find(NS_SESSION, ref.storage_id())
         if cred is None or cred.expires_at is None:
             return None
-        return CachedSession(cred.secret, cred.expires_at, tuple(int(v) for v in cred.metadata["espa"]))
+        rx = cred.metadata.get("rx")
+        try:
+            objects_expire_at = None if not isinstance(rx, str) else ensure_utc(datetime.fromisoformat(rx), what="rx")
+        except ValueError:
+            objects_expire_at = None
+        return CachedSession(cred.secret, cred.expires_at, tuple(int(v) for v in cred.metadata["espa"]), objects_expire_at)
 
     def put_session(self, ref: SessionRef, session: CachedSession) -> None:
-        self._store.put_credential(
-            NS_SESSION, ref.storage_id(), session.key,
-            metadata={"espa": list(session.protocol_and_alg_ids)}, expires_at=session.expires_at,
-        )
+        md: dict[str, Any] = {"espa": list(session.protocol_and_alg_ids)}
+        if session.objects_expire_at is not None:
+            md["rx"] = session.objects_expire_at.isoformat()
+        self._store.put_credential(NS_SESSION, ref.storage_id(), session.key, metadata=md, expires_at=session.expires_at)
 
     def count_seal(self, ref: SessionRef, expires_at: datetime) -> int:
         return self._seals.count(ref, expires_at)
+
+    # -- accepted objects (replay detection) --------------------------------------------------
+    def record_object(self, ref: SessionRef, iv: bytes, expires_at: datetime) -> bool:
+        from m2msec.store import DuplicateError  # noqa: PLC0415
+
+        try:
+            self._store.put_record(NS_SEEN, object_record_id(ref, iv), {}, expires_at=expires_at, if_absent=True)
+        except DuplicateError:
+            return False
+        if self._purge_interval is not None:
+            self._maybe_purge()
+        return True
+
+    def _maybe_purge(self) -> None:
+        now = ensure_utc(self._clock(), what="clock()")
+        nxt = self._next_purge
+        if nxt is not None and now < nxt:
+            return
+        if not self._purge_lock.acquire(blocking=False):
+            return  # another thread of this instance is purging
+        try:
+            assert self._purge_interval is not None
+            self._next_purge = now + self._purge_interval
+            self._store.purge_expired()
+        finally:
+            self._purge_lock.release()
+
+    def purge_expired(self) -> int:
+        """Delete every expired row of the store (ESPrim rand objects, sessions, K_rand,
+        accepted-object records, and any other expired credential or record: the store never
+        returns an expired row, so this changes nothing a reader can see).  Returns the count."""
+        return self._store.purge_expired()
 
     def __repr__(self) -> str:
         return f"StoreReceiverState({self._store!r})"
