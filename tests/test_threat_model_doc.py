@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import os
 import re
 import sqlite3
@@ -31,7 +32,7 @@ from m2msec.esprim import (
     SessionReady,
     StoreKeySource,
 )
-from m2msec.esprim.errors import ESPrimError
+from m2msec.esprim.errors import ESPrimError, ReplayedObject
 from m2msec.onem2m import Operation, RequestPrimitive
 from m2msec.store import KeyEncryptionKey, open_store
 
@@ -125,9 +126,11 @@ class _Clock:
         return self.now
 
 
-def test_residual_esprim_receiver_opens_a_replayed_object_until_the_session_ends() -> None:
-    """Section 4: the Receiver keeps no record of objects it opened, so a Transit CSE can
-    replay a captured ESPrim Object; the freshness bound is the session's end (profile R7)."""
+def test_esprim_receiver_accepts_an_object_once_and_a_delayed_one_until_the_session_ends() -> None:
+    """Section 4.3: a replayed ESPrim request Object is refused (4105, was a residual risk
+    until the Receiver recorded accepted objects); what remains is the freshness bound: an
+    object withheld by a Transit CSE and delivered late still opens once while its session
+    lives (profile R7), and not after."""
     clock = _Clock()
     key = os.urandom(32)
     receiver = Receiver(keys=ProvisionedKeySource([PairwiseKey(kid=_KID, key=key, peer_id=_ORIGINATOR)], clock=clock),
@@ -137,13 +140,21 @@ def test_residual_esprim_receiver_opens_a_replayed_object_until_the_session_ends
     assert isinstance(step, SessionReady)
     inner = RequestPrimitive(op=Operation.DELETE, to="/id-recv/cse-recv/ae1/cnt", fr=_ORIGINATOR, rqi="once", rvi="3")
     obj, _pending = originator.protect_request(inner, step.session)
+    delayed, _ = originator.protect_request(dataclasses.replace(inner, rqi="late"), step.session)
     first, _ = receiver.open_request(obj, outer_from=_ORIGINATOR)
-    clock.now += timedelta(minutes=50)
-    replayed, _ = receiver.open_request(obj, outer_from=_ORIGINATOR)  # same bytes, same rqi, 50 min later
-    assert first == replayed == inner
-    clock.now += timedelta(minutes=11)  # past the originator object's expiry (at most 1 h, R7)
-    with pytest.raises(ESPrimError):
+    assert first == inner
+    with pytest.raises(ReplayedObject) as info:  # same bytes at once ...
         receiver.open_request(obj, outer_from=_ORIGINATOR)
+    assert int(info.value.rsc) == 4105
+    clock.now += timedelta(minutes=50)
+    with pytest.raises(ReplayedObject):  # ... and 50 min later
+        receiver.open_request(obj, outer_from=_ORIGINATOR)
+    assert receiver.open_request(delayed, outer_from=_ORIGINATOR)[0].rqi == "late"  # withheld, delivered late: once
+    clock.now += timedelta(minutes=11)  # past the originator object's expiry (at most 1 h, R7)
+    for o in (obj, delayed):
+        with pytest.raises(ESPrimError) as info:
+            receiver.open_request(o, outer_from=_ORIGINATOR)
+        assert not isinstance(info.value, ReplayedObject) and int(info.value.rsc) == 4113  # expired
 
 
 def test_residual_store_metadata_is_neither_encrypted_nor_authenticated(tmp_path: Path) -> None:
