@@ -89,7 +89,7 @@ def test_esprim_parse_garbage(data: Any) -> None:
 def test_esprim_mutated_objects_refused(data: st.DataObject) -> None:
     mutated = data.draw(byte_mutation(OBJ.encode()))
     out = refused_or_ok(RECEIVER.open_request, mutated, allowed=ESPrimError)
-    if not isinstance(out, ESPrimError):  # only a mutation that left the object as it was (replay allowed here)
+    if not isinstance(out, ESPrimError):  # only a mutation that left the object as it was (accepted once; again: 4105 replay, R10)
         assert out[0] == REQ
     refused_or_ok(ORIGINATOR.open_response, mutated, PENDING, allowed=ESPrimError)
 
