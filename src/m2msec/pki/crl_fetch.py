@@ -56,6 +56,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 from cryptography import x509
 
+from m2msec.pki._background import BackgroundTask
 from m2msec.pki.crl import CRLStore, _crl_problem, crl_number, load_crls
 from m2msec.pki.errors import CRLError
 
@@ -429,13 +430,15 @@ def _http_error(exc: httpx.HTTPError) -> str:
 Sleep = Callable[[float], Awaitable[None]]
 
 
-class CRLRefresher:
+class CRLRefresher(BackgroundTask):
     """Keeps the CRLs of ``urls`` fresh in ``store`` (see the module docstring for the schedule).
 
     ``issuers``: the certificates allowed to sign the CRLs (trust anchors and intermediate CAs).
     ``clock`` and ``sleep`` are injectable; ``period``, ``margin`` and ``min_retry`` set the
     schedule; ``timeout``/``max_size``/``max_redirects``/``https_ca`` go to the :class:`CRLFetcher`.
     """
+
+    _task_name = "CRL refresher"
 
     def __init__(
         self,
@@ -458,16 +461,14 @@ class CRLRefresher:
         self.urls: tuple[str, ...] = tuple(dict.fromkeys(_check_url(u) for u in urls))
         self.fetcher = CRLFetcher(store, issuers, clock=clock, timeout=timeout, max_size=max_size,
                                   max_redirects=max_redirects, https_ca=https_ca)
+        super().__init__(sleep)
         self._clock = clock
-        self._sleep = sleep
         self.period = period
         self.margin = margin
         self.min_retry = min(min_retry, period)
         self._due: dict[str, datetime] = {}
         self._failures: dict[str, int] = {}
         self.last: dict[str, FetchResult] = {}
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"CRLRefresher(urls={len(self.urls)}, period={self.period}, store={self.fetcher.store!r})"
@@ -526,8 +527,7 @@ class CRLRefresher:
         now = self._clock()
         for u in self.urls:
             self._due[u] = now
-        if self._wake is not None:
-            self._wake.set()
+        self._wake_up()
 
     async def run(self) -> None:
         """Fetch all URLs now, then each when due, until cancelled."""
@@ -546,35 +546,6 @@ class CRLRefresher:
                         for u in due:
                             self._due[u] = now + self.min_retry
                     continue
-                wait = max(0.0, (min(self._due[u] for u in self.urls) - now).total_seconds())
-                self._wake.clear()
-                sleeper = asyncio.ensure_future((self._sleep or asyncio.sleep)(wait))
-                woken = asyncio.ensure_future(self._wake.wait())
-                try:
-                    await asyncio.wait({sleeper, woken}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for f in (sleeper, woken):
-                        f.cancel()
-                    await asyncio.gather(sleeper, woken, return_exceptions=True)
+                await self._nap((min(self._due[u] for u in self.urls) - now).total_seconds())
         finally:
             self._wake = None
-
-    def start(self) -> asyncio.Task[None]:
-        """Run :meth:`run` as a task of the running loop."""
-        if self._task is not None and not self._task.done():
-            raise RuntimeError("the CRL refresher is already running")
-        self._task = asyncio.get_running_loop().create_task(self.run(), name="crl-refresher")
-        return self._task
-
-    async def stop(self) -> None:
-        """Cancel the task started by :meth:`start` and wait for it."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():  # our caller is being cancelled too
-                raise

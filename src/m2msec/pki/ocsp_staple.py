@@ -45,6 +45,7 @@ from datetime import UTC, datetime, timedelta
 from cryptography import x509
 
 from m2msec.errors import M2MSecError
+from m2msec.pki._background import BackgroundTask
 from m2msec.pki.crl_fetch import redact_url
 from m2msec.pki.ocsp import DEFAULT_MAX_AGE, OCSPResult, OCSPStatus
 from m2msec.pki.ocsp_http import DEFAULT_OCSP_TIMEOUT, OCSPClient
@@ -81,11 +82,13 @@ class StapleFetch:
         return self.result is not None
 
 
-class OCSPStapler:
+class OCSPStapler(BackgroundTask):
     """Keeps the verified OCSP response for ``cert`` (issued by ``issuer``) from ``url``.
 
     Use :meth:`staple` as ``TLSConfig.ocsp_staple``.  See the module docstring.
     """
+
+    _task_name = "OCSP stapler"
 
     def __init__(self, url: str, cert: x509.Certificate, issuer: x509.Certificate, *,
                  clock: Callable[[], datetime] = _utc_now, sleep: Sleep | None = None,
@@ -100,8 +103,8 @@ class OCSPStapler:
         self.client = OCSPClient(url, clock=clock, timeout=timeout, https_ca=https_ca, max_age=max_age)
         self.cert = cert
         self.issuer = issuer
+        super().__init__(sleep)
         self._clock = clock
-        self._sleep = sleep
         self.period = period
         self.min_retry = min(min_retry, period)
         self.max_age = max_age
@@ -109,8 +112,6 @@ class OCSPStapler:
         self._failures = 0
         self.last: StapleFetch | None = None
         self._due: datetime | None = None
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         held = self._held[1].status.value if self._held else "none"
@@ -208,8 +209,7 @@ class OCSPStapler:
     def trigger(self) -> None:
         """Query now (e.g. on SIGHUP) and wake :meth:`run`."""
         self._due = self._clock()
-        if self._wake is not None:
-            self._wake.set()
+        self._wake_up()
 
     async def run(self) -> None:
         """Query now (unless a query is not yet due), then whenever due, until cancelled."""
@@ -220,38 +220,9 @@ class OCSPStapler:
                 if self._due is None or self._due <= now:
                     await self.refresh()
                     continue
-                wait = max(0.0, (self._due - now).total_seconds())
-                self._wake.clear()
-                sleeper = asyncio.ensure_future((self._sleep or asyncio.sleep)(wait))
-                woken = asyncio.ensure_future(self._wake.wait())
-                try:
-                    await asyncio.wait({sleeper, woken}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for f in (sleeper, woken):
-                        f.cancel()
-                    await asyncio.gather(sleeper, woken, return_exceptions=True)
+                await self._nap((self._due - now).total_seconds())
         finally:
             self._wake = None
-
-    def start(self) -> asyncio.Task[None]:
-        """Run :meth:`run` as a task of the running loop."""
-        if self._task is not None and not self._task.done():
-            raise RuntimeError("the OCSP stapler is already running")
-        self._task = asyncio.get_running_loop().create_task(self.run(), name="ocsp-stapler")
-        return self._task
-
-    async def stop(self) -> None:
-        """Cancel the task started by :meth:`start` and wait for it."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
 
 
 def stapler_for_chain(url: str, chain: list[x509.Certificate] | tuple[x509.Certificate, ...], **kw: object) -> OCSPStapler:
