@@ -275,8 +275,6 @@ def serve_crl(
     A revocation by ``m2msec pki revoke`` is on the next CRL served; with ``init-ca --crl-url
     http://HOST:PORT/crl/<issuing CA>.crl`` the leaves point at it.  Do not run ``pki crl`` on the
     same directory meanwhile (both consume cRLNumbers)."""
-    import asyncio
-    import signal
     import threading
 
     from m2msec.pki.crl_http import CRLHTTPServer
@@ -289,11 +287,21 @@ def serve_crl(
     signers = ["root"] + (["intermediate"] if ca.intermediate_cert is not None else [])
     sources = {w: DevCRLSource(ca, directory, w, timedelta(days=days), lock=lock) for w in signers}
 
+    server = CRLHTTPServer(sources, host=host, port=port)
+    _serve_until_signal(server, "crl", lambda: [server.url(w) for w in signers])
+
+
+def _serve_until_signal(server: Any, what: str, urls: Callable[[], list[str]]) -> None:
+    """Start ``server`` (a :class:`m2msec.net.plainhttp.PlainHTTPServer`), print ``<what> listening
+    HOST:PORT`` and its URLs, serve until SIGTERM/SIGINT."""
+    import asyncio
+    import signal
+
     async def main() -> None:
-        server = await CRLHTTPServer(sources, host=host, port=port).start()
-        typer.echo(f"crl listening {server.host}:{server.port}")
-        for w in signers:
-            typer.echo(f"  {server.url(w)}")
+        await server.start()
+        typer.echo(f"{what} listening {server.host}:{server.port}")
+        for url in urls():
+            typer.echo(f"  {url}")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -304,7 +312,7 @@ def serve_crl(
     try:
         asyncio.run(main())
     except OSError as exc:
-        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+        _fail(f"cannot listen on {server.host}:{server.port}: {exc.strerror or exc}")
 
 
 class DevOCSPResponder:
@@ -343,8 +351,6 @@ def serve_ocsp(
     and reason, unauthorized for other CAs; responses are signed by the CA that issued the
     certificate and echo the request's nonce.  With ``init-ca --ocsp-url http://HOST:PORT/`` the
     leaves name the responder."""
-    import asyncio
-    import signal
 
     from m2msec.pki.ocsp_http import OCSPHTTPServer
 
@@ -356,21 +362,8 @@ def serve_ocsp(
         _fail("--path must start with '/'")
     respond = DevOCSPResponder(ca, directory, timedelta(minutes=minutes))
 
-    async def main() -> None:
-        server = await OCSPHTTPServer(respond, host=host, port=port, base_path=path).start()
-        typer.echo(f"ocsp listening {server.host}:{server.port}")
-        typer.echo(f"  {server.url}")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await server.close()
-
-    try:
-        asyncio.run(main())
-    except OSError as exc:
-        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+    server = OCSPHTTPServer(respond, host=host, port=port, base_path=path)
+    _serve_until_signal(server, "ocsp", lambda: [server.url])
 
 
 def show_lines(cert: x509.Certificate) -> list[str]:
