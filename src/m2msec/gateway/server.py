@@ -526,23 +526,28 @@ class Gateway:
     async def _retrieve_group(self, entry: str, rvi: str) -> tuple[str, ...] | None:
         """The ``mid`` of the <group> an ``acor`` entry names, None if it is not a retrievable
         <group> (one level: members are not expanded)."""
-        look = RequestPrimitive(op=Operation.RETRIEVE, to=group_lookup_id(entry, self._ids), fr=self.admin,
-                                rqi=new_request_id(), rvi=rvi)
-        try:
-            rsp = await self.cse_request(look)
-        except httpx.HTTPError as exc:
-            raise ESPrimError(f"CSE not reachable: {type(exc).__name__}", rsc=RSC.TARGET_NOT_REACHABLE) from None
-        except (BindingError, ParseError):
-            return None
-        pc = rsp.pc if isinstance(rsp.pc, Mapping) else {}
-        grp = pc.get("m2m:grp")
-        if not rsp.is_success or not isinstance(grp, Mapping):
+        got = await self._admin_retrieve(group_lookup_id(entry, self._ids), rvi, "m2m:grp")
+        if got is None or got[1] is None:
             return None  # an AE-ID, a missing resource, ...: not a group
+        grp = got[1]
         mid = grp.get("mid")
         return tuple(m for m in mid if isinstance(m, str)) if isinstance(mid, list) else ()
 
     async def _retrieve_acp(self, acp_id: str, rvi: str) -> tuple[AccessControlRule, ...] | None:
-        look = RequestPrimitive(op=Operation.RETRIEVE, to=acp_id, fr=self.admin, rqi=new_request_id(), rvi=rvi)
+        got = await self._admin_retrieve(acp_id, rvi, "m2m:acp")
+        if got is None:
+            return None
+        rsc, acp = got
+        if acp is None:
+            log.warning("access-control policy %s of a Notify target not retrievable (RSC %s)", acp_id, rsc)
+            return None
+        return parse_set_of_acrs(acp.get("pv"))
+
+    async def _admin_retrieve(self, to: str, rvi: str, name: str) -> tuple[int, Mapping[str, Any] | None] | None:
+        """RETRIEVE ``to`` from the CSE as the admin: (RSC, the ``name`` resource if the answer is a
+        success carrying one, else None); None if the answer cannot be parsed.  The CSE unreachable:
+        5103 (TARGET_NOT_REACHABLE) for the Notify being decided."""
+        look = RequestPrimitive(op=Operation.RETRIEVE, to=to, fr=self.admin, rqi=new_request_id(), rvi=rvi)
         try:
             rsp = await self.cse_request(look)
         except httpx.HTTPError as exc:
@@ -550,11 +555,8 @@ class Gateway:
         except (BindingError, ParseError):
             return None
         pc = rsp.pc if isinstance(rsp.pc, Mapping) else {}
-        acp = pc.get("m2m:acp")
-        if not rsp.is_success or not isinstance(acp, Mapping):
-            log.warning("access-control policy %s of a Notify target not retrievable (RSC %s)", acp_id, int(rsp.rsc))
-            return None
-        return parse_set_of_acrs(acp.get("pv"))
+        res = pc.get(name)
+        return int(rsp.rsc), (res if rsp.is_success and isinstance(res, Mapping) else None)
 
     def _refuse(self, req: RequestPrimitive, decision: AccessDecision) -> RawResponse:
         """4103 to the originator; logged and traced without the message content."""
