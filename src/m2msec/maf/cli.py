@@ -58,7 +58,7 @@ def _open(config: Path) -> tuple[MAFServerConfig, Store, MAFService]:
     cfg = load_config(config)
     store = open_config_store(cfg, clock=utc_now)
     svc = MAFService(store, cfg.fqdn, admins=cfg.admins, clock=utc_now,
-                     client_trust_anchors=cfg.client_trust_anchors)
+                     client_trust_anchors=cfg.client_trust_anchors, max_keys_per_client=cfg.max_keys_per_client)
     return cfg, store, svc
 
 
@@ -310,7 +310,7 @@ def _run_parent(cfg: MAFServerConfig, store: Store, server: MAFServer, config: P
 
 @app.command("clients")
 def clients(config: ConfigOpt, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """List provisioned MAF Clients and their registrations."""
+    """List provisioned MAF Clients, their registrations and live Key Registrations / max_keys_per_client."""
     try:
         _, store, svc = _open(config)
         with store:
@@ -325,11 +325,12 @@ def clients(config: ConfigOpt, as_json: Annotated[bool, typer.Option("--json")] 
     from rich.table import Table
 
     table = Table(title=f"MAF clients ({len(rows)})")
-    for col in ("client ID", "auth", "credential", "origin", "credential expires", "registrations"):
+    for col in ("client ID", "auth", "credential", "origin", "credential expires", "registrations", "keys"):
         table.add_column(col, overflow="fold")
     for r in rows:
         regs = ", ".join(f"{g['adminFQDN']} until {g['expirationTime']}" for g in r["registrations"]) or "-"
-        table.add_row(r["client_id"], r["auth"], r["credential"], str(r["origin"] or "-"), _ts(r["expires_at"]), regs)
+        table.add_row(r["client_id"], r["auth"], r["credential"], str(r["origin"] or "-"), _ts(r["expires_at"]), regs,
+                      f"{r['live_keys']}/{svc.max_keys_per_client}")
     Console(width=160).print(table)
 
 

@@ -20,6 +20,13 @@ Store layout (namespaces):
 * ``maf.key``       credentials: the key value by RelativeKeyID (sealed under the store KEK).
 * ``maf.keyid``     records without expiry: every RelativeKeyID ever assigned (``if_absent``),
   so that a RelativeKeyID is never reused (8.8.2.7).
+* ``maf.quota``     records without expiry: per Source MAF Client ID, ``{"slots": "…"}`` — the
+  client's Key Registrations that count against ``max_keys_per_client``, 46 characters each
+  (``%014x`` expiry in microseconds since the Unix epoch + RelativeKeyID), sorted (see
+  *Per-client quota* below).
+* ``maf.quotameta`` one record ``tracked``: present once every Key Registration of the store
+  is in a ``maf.quota`` record (written by the first Key Registration of a store, which
+  builds the ``maf.quota`` records of the keys registered before quotas existed).
 
 Audit: actor ``maf``, action = procedure name, subject = client ID, outcome ``ok`` or
 ``refused <RSC>``; details never contain key bytes.
@@ -67,6 +74,21 @@ So a de-registered, revoked or re-targeted key, or a de-registered client, stops
 served by every instance as soon as the change has committed (PostgreSQL: plus the
 notification's delivery time); ``key_cache_ttl`` stays as the upper bound if a PostgreSQL
 listener connection dies silently (until TCP keepalive notices it).
+
+Per-client quota (8.8.2.7 step 5, "the MAF shall authorize establishing a Key Value, based on
+the authenticated identity"; NOTE 2 leaves the authorization to the MAF): a Source MAF Client
+holds at most ``max_keys_per_client`` live Key Registrations (default 1000).  A Key
+Registration over the quota is refused with ORIGINATOR_HAS_NO_PRIVILEGE (4103, HTTP 403:
+an originator error, the same request fails until the client frees a slot) and audited.
+The count is the client's ``maf.quota`` record with its expired entries dropped: Key
+De-Registration (8.8.2.10) and ``revoke_key`` remove the entry in their transaction (the
+slot is free at once), an expired registration stops counting at its expiry, a Key
+Registration Update (8.8.2.9) moves its entry's expiry.  The record is read and written with
+a compare-and-set in the procedure's transaction: SQLite serialises writers (``BEGIN
+IMMEDIATE``); on PostgreSQL a concurrent transaction's compare-and-set waits for the row
+lock and then fails (READ COMMITTED re-checks the version), and the procedure re-reads the
+committed record and tries again - so two instances never both take the last slot.  The
+record holds 46 characters per live key of the client.
 """
 
 from __future__ import annotations
@@ -79,7 +101,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
@@ -127,7 +149,8 @@ from m2msec.store import (
 from m2msec.tls.engine import TLSEngine
 from m2msec.tls.pkiverify import PKIVerifyHook
 
-__all__ = ["CACHE_CHANNEL", "AdminConfig", "MAFPeer", "MAFService", "NS"]
+__all__ = ["CACHE_CHANNEL", "MAX_KEYS_PER_CLIENT_DEFAULT", "MAX_KEYS_PER_CLIENT_LIMIT", "NS", "AdminConfig",
+           "KeyQuotaExceeded", "MAFPeer", "MAFService"]
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +163,90 @@ class NS:
     KEY_REG = "maf.keyreg"
     KEY = "maf.key"
     KEY_ID = "maf.keyid"
+    QUOTA = "maf.quota"
+    QUOTA_META = "maf.quotameta"
+
+
+#: ``maf.quotameta`` record id: the ``maf.quota`` records cover every Key Registration
+_QUOTA_TRACKED = "tracked"
+#: compare-and-set attempts on a client's quota record before the procedure gives up (4105):
+#: each failed attempt means another transaction of the same client committed meanwhile
+_QUOTA_ATTEMPTS = 64
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+_EXP_HEX = 14  # hex digits of an expiry in microseconds (to the year 4253)
+_SLOT = _EXP_HEX + 32
+#: bounds of ``max_keys_per_client`` (the quota record grows by 46 characters per live key)
+MAX_KEYS_PER_CLIENT_DEFAULT = 1000
+MAX_KEYS_PER_CLIENT_LIMIT = 100_000
+
+
+def _epoch_us(dt: datetime) -> int:
+    return (dt - _EPOCH) // _US
+
+
+class KeyQuotaExceeded(MAFError):
+    """A Key Registration (8.8.2.7) over the Source MAF Client's ``max_keys_per_client``."""
+
+    default_rsc = RSC.ORIGINATOR_HAS_NO_PRIVILEGE
+
+
+class _Slots:
+    """A client's counted Key Registrations: the ``maf.quota`` record's ``slots`` string.
+
+    Fixed-width entries of 46 characters, ``%014x`` of the expiry in microseconds since the
+    Unix epoch followed by the 32 hex digits of the RelativeKeyID, sorted (so by expiry):
+    dropping the expired ones is one binary search and one slice, the count is a length, and
+    parsing the record is one JSON string: the Python work per registration is a few string
+    copies however many keys the client holds (the row written still grows with them)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    @classmethod
+    def of(cls, doc: Mapping[str, Any] | None) -> _Slots:
+        text = "" if doc is None else doc.get("slots")
+        if not isinstance(text, str) or len(text) % _SLOT:
+            raise StoreError("malformed maf.quota record")
+        return cls(text)
+
+    def doc(self) -> dict[str, Any]:
+        return {"slots": self.text}
+
+    def __len__(self) -> int:
+        return len(self.text) // _SLOT
+
+    def _index(self, key: str) -> int:
+        """Number of entries that sort before ``key``."""
+        lo, hi, t = 0, len(self), self.text
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if t[mid * _SLOT:(mid + 1) * _SLOT] < key:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    def drop_expired(self, now_us: int) -> None:
+        i = self._index(f"{now_us:0{_EXP_HEX}x}g")  # "g" sorts after every hex digit: expiry <= now
+        self.text = self.text[i * _SLOT:]
+
+    def remove(self, rel: str) -> None:
+        t = self.text
+        pos = t.find(rel, _EXP_HEX)
+        while pos != -1 and (pos - _EXP_HEX) % _SLOT:
+            pos = t.find(rel, pos + 1)
+        if pos != -1:
+            self.text = t[:pos - _EXP_HEX] + t[pos - _EXP_HEX + _SLOT:]
+
+    def put(self, rel: str, exp_us: int) -> None:
+        entry = f"{exp_us:0{_EXP_HEX}x}{rel}"
+        if len(entry) != _SLOT:
+            raise ValueError("a RelativeKeyID is 32 hex digits and an expiry between 1970 and 4253")
+        i = self._index(entry)
+        self.text = self.text[:i * _SLOT] + entry + self.text[i * _SLOT:]
 
 
 #: store notification channel (PostgreSQL NOTIFY / SQLite sequence) of changes a Key Retrieval
@@ -300,7 +407,15 @@ class MAFService:
         max_key_lifetime: timedelta = timedelta(days=30),
         key_cache_ttl: timedelta = timedelta(seconds=1),
         inline_sqlite_reads: bool = True,
+        max_keys_per_client: int = MAX_KEYS_PER_CLIENT_DEFAULT,
     ) -> None:
+        if (isinstance(max_keys_per_client, bool) or not isinstance(max_keys_per_client, int)
+                or not 1 <= max_keys_per_client <= MAX_KEYS_PER_CLIENT_LIMIT):
+            raise ValueError(f"max_keys_per_client must be an integer from 1 to {MAX_KEYS_PER_CLIENT_LIMIT}")
+        #: live Key Registrations a Source MAF Client may hold (8.8.2.7 authorization)
+        self.max_keys_per_client = max_keys_per_client
+        #: the store's ``maf.quotameta`` record has been seen (it is never deleted)
+        self._quota_tracked = False
         self.store = store
         self.audit = AuditBatcher(store)
         self.key_cache_ttl = key_cache_ttl
@@ -426,8 +541,11 @@ class MAFService:
         rel = self._relative_from(key_id_or_relative)
         try:
             with self.store.transaction() as tx:
+                rec = tx.find_record(NS.KEY_REG, rel)
                 live = tx.delete_record(NS.KEY_REG, rel)
                 tx.delete_credential(NS.KEY, rel)
+                if rec is not None:
+                    self._quota_change(tx, rec.doc["sourceMAFClientID"], rel, None, take=False)
                 tx.append_audit(actor, "revoke-key", rel, "ok" if live else "absent",
                                 admin_details({"relativeKeyID": rel}))
                 tx.notify(CACHE_CHANNEL, self._change_payload("revoke-key", rel, {"relativeKeyID": rel}))
@@ -436,10 +554,17 @@ class MAFService:
         return live
 
     def list_clients(self) -> list[dict[str, Any]]:
-        """Configured clients (Km and certificate) with their live registrations — no key bytes."""
+        """Configured clients (Km and certificate) with their live registrations and the number of
+        live Key Registrations counted against their quota (``live_keys``) — no key bytes."""
         regs: dict[str, list[dict[str, Any]]] = {}
         for r in self.store.list_records(NS.REG):
             regs.setdefault(r.doc["clientID"], []).append({"mafClientRegID": r.rec_id, **r.doc})
+        now_us = _epoch_us(self.now())
+        counts: dict[str, int] = {}
+        for r in self.store.list_records(NS.QUOTA):
+            slots = _Slots.of(r.doc)
+            slots.drop_expired(now_us)
+            counts[r.rec_id] = len(slots)
         out: list[dict[str, Any]] = []
         seen: set[str] = set()
         for c in self.store.list_credentials(NS.KM):
@@ -457,6 +582,8 @@ class MAFService:
             if cid not in seen:
                 out.append({"client_id": cid, "auth": "?", "credential": "", "origin": None, "expires_at": None,
                             "registrations": rl})
+        for row in out:
+            row["live_keys"] = counts.get(row["client_id"], 0)  # counted against max_keys_per_client
         return out
 
     def list_keys(self) -> list[dict[str, Any]]:
@@ -765,6 +892,75 @@ class MAFService:
         tx.delete_record(NS.REG_IDX, self._idx(rec.doc["adminFQDN"], rec.doc["clientID"]))
         return DeregistrationResponse(), rec.doc["clientID"], {"mafClientRegID": rec.rec_id}
 
+    # ------------------------------------------------------------------ per-client quota (8.8.2.7)
+
+    def _quota_ready(self, tx: Transaction) -> None:
+        """Make sure every Key Registration of the store is in a ``maf.quota`` record.
+
+        The first call on a store inserts the ``maf.quotameta`` marker (``if_absent``: on
+        PostgreSQL a concurrent inserter waits for this transaction and then finds it) and
+        builds the records of the keys registered before quotas existed (one scan, once per
+        store); later calls find the marker, and once seen it is not looked up again."""
+        if self._quota_tracked:
+            return
+        if tx.find_record(NS.QUOTA_META, _QUOTA_TRACKED) is not None:
+            self._quota_tracked = True  # committed: it stays
+            return
+        try:
+            tx.put_record(NS.QUOTA_META, _QUOTA_TRACKED, {"since": _iso(self.now())}, if_absent=True)
+        except DuplicateError:
+            self._quota_tracked = True  # another instance built the records and committed
+            return
+        # built in this transaction: the flag is set by a later call that finds the marker
+        # committed (a refusal rolls the marker and the records back)
+        per_client: dict[str, _Slots] = {}
+        for rec in tx.list_records(NS.KEY_REG):
+            if rec.expires_at is not None:
+                per_client.setdefault(rec.doc["sourceMAFClientID"], _Slots("")).put(rec.rec_id,
+                                                                                   _epoch_us(rec.expires_at))
+        for client_id, slots in per_client.items():
+            tx.put_record(NS.QUOTA, client_id, slots.doc())
+
+    def _quota_change(self, tx: Transaction, client_id: str, rel: str, expires: datetime | None,
+                      *, take: bool) -> None:
+        """Set (``expires``) or drop (None) ``rel`` in ``client_id``'s quota record with a
+        compare-and-set, dropping expired entries; ``take``: a new registration, refused with
+        :class:`KeyQuotaExceeded` when the client already holds ``max_keys_per_client`` live ones."""
+        self._quota_ready(tx)
+        for _ in range(_QUOTA_ATTEMPTS):
+            now_us = _epoch_us(self.now())
+            rec = tx.find_record(NS.QUOTA, client_id)
+            if rec is None and not take:
+                return
+            slots = _Slots.of(rec.doc if rec is not None else None)
+            old = slots.text
+            slots.drop_expired(now_us)
+            slots.remove(rel)
+            if take and len(slots) >= self.max_keys_per_client:
+                raise KeyQuotaExceeded(
+                    f"the Source MAF Client holds {len(slots)} live Key Registrations, the most this MAF allows "
+                    f"(max_keys_per_client = {self.max_keys_per_client}); de-register a key first")
+            if expires is not None:
+                slots.put(rel, _epoch_us(expires))
+            if rec is not None and slots.text == old:
+                return  # nothing counted changed: nothing to write
+            try:
+                if rec is None:
+                    tx.put_record(NS.QUOTA, client_id, slots.doc(), if_absent=True)
+                else:
+                    tx.update_record(NS.QUOTA, client_id, slots.doc(), expected_version=rec.version)
+                return
+            except (DuplicateError, VersionConflict):
+                continue  # PostgreSQL: another transaction committed the record meanwhile; re-read it
+        raise MAFError(f"the quota record of {client_id!r} kept changing", rsc=RSC.CONFLICT)
+
+    def key_count(self, client_id: str) -> int:
+        """Live Key Registrations counted against ``client_id``'s quota (admin/observability)."""
+        rec = self.store.find_record(NS.QUOTA, client_id)
+        slots = _Slots.of(rec.doc if rec is not None else None)
+        slots.drop_expired(_epoch_us(self.now()))
+        return len(slots)
+
     # ------------------------------------------------------------------ 8.8.2.7 - 8.8.2.10
 
     def _key_registration(self, tx: Transaction, peer: MAFPeer, req: KeyRegistrationRequest,
@@ -787,6 +983,7 @@ class MAFService:
         except DuplicateError:
             raise MAFError(f"RelativeKeyID {rel} has been used before (one exporter key per MAF Handshake)",
                            rsc=RSC.CONFLICT) from None
+        self._quota_change(tx, peer.client_id, rel, expires, take=True)
         key_id = maf_key_id(bytes.fromhex(rel), self.fqdn)
         doc = {"keyID": key_id, "sourceMAFClientID": peer.client_id, "adminFQDN": req.admin_fqdn,
                "suid": int(req.suid), "targetIDs": list(req.target_ids), "labels": list(req.labels or []),
@@ -885,6 +1082,7 @@ class MAFService:
             doc["expirationTime"] = _iso(expires)
             cred = tx.get_credential(NS.KEY, rec.rec_id)
             tx.put_credential(NS.KEY, rec.rec_id, cred.secret, metadata=cred.metadata, expires_at=expires)
+            self._quota_change(tx, doc["sourceMAFClientID"], rec.rec_id, expires, take=False)
         tx.update_record(NS.KEY_REG, rec.rec_id, doc, expected_version=rec.version, expires_at=expires)
         rsp = KeyRegistrationUpdateResponse(
             expiration_time=expires if req.expiration_time is not None else None,
@@ -897,6 +1095,7 @@ class MAFService:
         rec = self._own_key(tx, peer, req.relative_key_id)
         tx.delete_record(NS.KEY_REG, rec.rec_id, expected_version=rec.version)
         tx.delete_credential(NS.KEY, rec.rec_id)
+        self._quota_change(tx, rec.doc["sourceMAFClientID"], rec.rec_id, None, take=False)  # the slot is free
         return KeyDeregistrationResponse(), rec.doc["sourceMAFClientID"], {"relativeKeyID": rec.rec_id}
 
     # ------------------------------------------------------------------ misc
