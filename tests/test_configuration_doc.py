@@ -341,6 +341,7 @@ MAF: dict[tuple[str, str], Accessor] = {
     ("", "max_registration_lifetime_s"): lambda b, _: b.server.service.max_registration_lifetime.total_seconds(),
     ("", "max_key_lifetime_s"): lambda b, _: b.server.service.max_key_lifetime.total_seconds(),
     ("", "key_cache_ttl_s"): lambda b, _: b.cfg.key_cache_ttl.total_seconds(),
+    ("", "max_keys_per_client"): lambda b, _: b.server.service.max_keys_per_client,
     ("mef", "fqdn"): lambda b, _: b.server.service.mef.fetcher.mef_fqdn,
     ("mef", "host"): lambda b, _: b.server.service.mef.fetcher.host,
     ("mef", "port"): lambda b, _: b.server.service.mef.fetcher.port,
@@ -733,6 +734,8 @@ def test_gateway_default_store_is_next_to_the_file(tmp_path: Path, pki: PKI, kek
 
 REFUSALS = [
     ("maf.toml", "key_cache_ttl_s = 0.5", "key_cache_ttl_s = 86401"),
+    ("maf.toml", "max_keys_per_client = 200", "max_keys_per_client = 0"),
+    ("maf.toml", "max_keys_per_client = 200", "max_keys_per_client = 100001"),
     ("maf.toml", 'revocation = "require"', 'revocation = "sometimes"'),
     ("maf.toml", "client_crl_refresh_s = 900", "client_crl_refresh_s = 0"),
     ("maf.toml", "client_crl_from_cdp = true", 'client_crl_from_cdp = "yes"'),
