@@ -49,6 +49,20 @@ every DTLS server context has cookie generate/verify callbacks that ask the
 :class:`CookieOracle` the caller put on the engine for this one datagram
 (:mod:`m2msec.tls.dtls_cookie` computes the cookie); without an oracle no
 cookie is issued or accepted.
+
+Extended master secret (RFC 7627; ``TLSConfig.require_ems``, on by default): every oneM2M
+key taken from a session (TS-0003 10.3.1) is an RFC 5705 export of the master secret, so
+a session whose master secret is not bound to its handshake (triple handshake, RFC 7627
+section 1) is refused.  The bindings lack ``SSL_CTX_set_client_hello_cb`` and
+``SSL_get_extms_support`` answers only after the handshake, so a message callback reads
+the peer's hello (ClientHello on a server, ServerHello on a client) for the
+extended_master_secret extension (type 23).  Without it, the flight OpenSSL wrote in answer
+(ServerHello... on a server, the key exchange flight on a client) is discarded before it
+can leave and a plaintext fatal ``handshake_failure`` alert (the record header copied from
+the first discarded record, epoch 0) takes its place: the handshake fails with
+``NO_EXTENDED_MASTER_SECRET`` before any key exchange is sent, so no application data and
+no export exist.  A session that still completes without EMS fails the same way, and the
+exporter refuses any session without EMS.
 """
 
 from __future__ import annotations
@@ -92,6 +106,7 @@ __all__ = [
     "TLSEngine",
     "VerifyPeer",
     "CookieOracle",
+    "hello_has_ems",
 ]
 
 VerifyPeer = Callable[[list[x509.Certificate]], Any]
@@ -103,6 +118,10 @@ _VERIFY_CB_TYPE = "int (*)(int, X509_STORE_CTX *)"
 _COOKIE_GEN_CB_TYPE = "int (*)(SSL *, unsigned char *, unsigned int *)"
 _COOKIE_VERIFY_CB_TYPE = "int (*)(SSL *, unsigned char *, unsigned int)"
 _COOKIE_ORACLE = "dtls_cookie_oracle"  # CallbackRecord.extra key
+_MSG_CB_TYPE = "void (*)(int, int, int, const void *, size_t, SSL *, void *)"
+_PEER_EMS = "peer_ems"  # CallbackRecord.extra key: did the peer's hello carry extended_master_secret
+_EXT_EMS = 23  # RFC 7627 extension type
+_HANDSHAKE_FAILURE_ALERT = b"\x00\x02\x02\x28"  # record length 2, level fatal(2), handshake_failure(40)
 _DTLS1_COOKIE_LENGTH: int = getattr(_lib, "DTLS1_COOKIE_LENGTH", 255)
 _RECORD_PLAINTEXT_MAX = 16384  # one SSL_read returns at most one record's plaintext (RFC 5246 6.2.1)
 _SSL_ERROR_WANT_READ: int = _lib.SSL_ERROR_WANT_READ
@@ -156,6 +175,7 @@ class TLSFailureReason(str, enum.Enum):
     TIMEOUT = "TIMEOUT"
     INTERNAL_ERROR = "INTERNAL_ERROR"
     HANDSHAKE_FAILURE = "HANDSHAKE_FAILURE"
+    NO_EXTENDED_MASTER_SECRET = "NO_EXTENDED_MASTER_SECRET"  # RFC 7627 required, the peer did not negotiate it
 
 
 class TLSError(M2MSecError):
@@ -239,6 +259,8 @@ class TLSConfig:
     # raising aborts the handshake (BAD_CERTIFICATE_STATUS, alert bad_certificate_status_response).
     ocsp_staple: Callable[[x509.Certificate], bytes | None] | None = None
     check_ocsp_staple: Callable[[bytes, list[x509.Certificate]], Any] | None = None
+    # RFC 7627: refuse a session whose master secret is not the extended one (NO_EXTENDED_MASTER_SECRET)
+    require_ems: bool = True
 
     @property
     def modes(self) -> tuple[AuthMode, ...]:
@@ -412,6 +434,10 @@ class TLSContext:
             self._keepalive.extend((gen_cb, ver_cb))
             _lib.SSL_CTX_set_cookie_generate_cb(ctx._context, gen_cb)
             _lib.SSL_CTX_set_cookie_verify_cb(ctx._context, ver_cb)
+        if cfg.require_ems:
+            hello_cb = _ffi.callback(_MSG_CB_TYPE, _hello_watcher(dtls))
+            self._keepalive.append(hello_cb)
+            _lib.SSL_CTX_set_msg_callback(ctx._context, hello_cb)
         if cfg.role is Role.SERVER and cfg.select_credentials is not None:
             # only needed to switch credentials per SNI; engine.sni reads SSL_get_servername otherwise
             sni_cb = _ffi.callback(_SNI_CB_TYPE, self._servername_callback)
@@ -558,6 +584,62 @@ def _validated_chain(conn: Any, rec: CallbackRecord | None) -> list[x509.Certifi
     return list(chain)
 
 
+def hello_has_ems(msg: bytes, *, dtls: bool) -> bool:
+    """Does this ClientHello (type 1) or ServerHello (type 2) carry extended_master_secret?
+
+    ``msg`` is the whole handshake message with its 4-octet (TLS) or 12-octet (DTLS) header
+    (RFC 5246 7.4.1.2/7.4.1.3, RFC 6347 4.2.2).  A message that does not parse counts as
+    "no" (the caller refuses the handshake).
+    """
+    try:
+        p = (12 if dtls else 4) + 2 + 32  # header, version, random
+        p += 1 + msg[p]  # session_id
+        if msg[0] == 1:
+            if dtls:
+                p += 1 + msg[p]  # cookie
+            p += 2 + int.from_bytes(msg[p:p + 2], "big")  # cipher_suites
+            p += 1 + msg[p]  # compression_methods
+        elif msg[0] == 2:
+            p += 3  # cipher_suite, compression_method
+        else:
+            return False
+        if p == len(msg):
+            return False  # no extensions at all
+        end = p + 2 + int.from_bytes(msg[p:p + 2], "big")
+        if end != len(msg):
+            return False
+        p += 2
+        while p + 4 <= end:
+            ext_type = int.from_bytes(msg[p:p + 2], "big")
+            ext_len = int.from_bytes(msg[p + 2:p + 4], "big")
+            if ext_type == _EXT_EMS:
+                return ext_len == 0 and p + 4 <= end  # RFC 7627 5.1: extension_data is empty
+            p += 4 + ext_len
+        return False
+    except IndexError:
+        return False
+
+
+def _hello_watcher(dtls: bool) -> Callable[..., None]:
+    """SSL_CTX_set_msg_callback: record in the connection's CallbackRecord whether the
+    peer's hello carried extended_master_secret (never raises)."""
+
+    def watch(write_p: int, version: int, content_type: int, buf: Any, length: int, ssl: Any, arg: Any) -> None:
+        if write_p or content_type != 22 or length < 1:
+            return
+        try:
+            kind = _ffi.cast("const unsigned char *", buf)[0]
+            if kind != 1 and kind != 2:  # ClientHello (read by a server), ServerHello (read by a client)
+                return
+            rec = record_for_ssl(ssl)
+            if rec is not None:
+                rec.extra[_PEER_EMS] = hello_has_ems(_ffi.buffer(buf, length)[:], dtls=dtls)
+        except BaseException:  # noqa: BLE001 - never into C; no verdict means the post-handshake check decides
+            return
+
+    return watch
+
+
 def _cookie_oracle(ssl: Any) -> CookieOracle | None:
     rec = record_for_ssl(ssl)
     return rec.extra.get(_COOKIE_ORACLE) if rec is not None else None
@@ -660,6 +742,7 @@ class TLSEngine:
         self._from_ssl = conn._from_ssl
         self._dtls = self.transport is Transport.DTLS
         self._mtu = cfg.mtu
+        self._require_ems = cfg.require_ems
         self.state = _HANDSHAKING
         self.failure: TLSHandshakeError | None = None
         self._app_in: list[bytes] = []
@@ -697,12 +780,20 @@ class TLSEngine:
     def _handshake_step(self) -> None:
         # SSL_do_handshake directly: "want read" is the common outcome and needs no exception
         ssl = self._ssl
+        require_ems = self._require_ems
+        before = _lib.BIO_get_mem_data(self._from_ssl, _ffi.NULL) if require_ems else 0
         rc = _lib.SSL_do_handshake(ssl)
         if rc > 0:
+            if require_ems and _lib.SSL_get_extms_support(ssl) != 1:
+                raise self._refuse_no_ems(before, after_finished=True)
             self.state = _ESTABLISHED
             self.handshake_complete = True
             return
         if _lib.SSL_get_error(ssl, rc) == _SSL_ERROR_WANT_READ:
+            if require_ems and self.callback_record.extra.get(_PEER_EMS) is False:
+                err = self._refuse_no_ems(before, after_finished=False)
+                if err is not None:
+                    raise err
             return
         try:
             self._conn._raise_ssl_error(ssl, rc)  # pyOpenSSL's exception for this failure
@@ -711,6 +802,35 @@ class TLSEngine:
         except (SSL.Error, SSL.SysCallError) as exc:
             raise self._fail(exc) from self._cause()
         raise self._fail(None, TLSFailureReason.HANDSHAKE_FAILURE, f"SSL_do_handshake returned {rc}")
+
+    def _refuse_no_ems(self, before: int, *, after_finished: bool) -> TLSHandshakeError | None:
+        """Fail the handshake for want of RFC 7627: what this step wrote (never sent) is
+        replaced by a plaintext fatal handshake_failure alert.
+
+        The alert's record header is the first discarded record's (epoch 0 in DTLS, with its
+        sequence number, which the peer has not seen).  Returns None (refuse later) for a DTLS
+        step that wrote nothing: there is no sequence number to use yet.
+        """
+        raw = self.data_to_send()  # everything pending; the first ``before`` octets were queued earlier
+        kept, new = raw[:before], raw[before:]
+        hlen = 13 if self._dtls else 5
+        alert = b""
+        if len(new) >= hlen and new[0] in (20, 22) and (not self._dtls or new[3:5] == b"\x00\x00"):
+            alert = b"\x15" + new[1:hlen - 2] + _HANDSHAKE_FAILURE_ALERT
+        elif not new and not after_finished:
+            if self._dtls:
+                return None
+            alert = b"\x15\x03\x03" + _HANDSHAKE_FAILURE_ALERT  # TLS 1.2, before our ChangeCipherSpec
+        out = kept + alert
+        if out:
+            _lib.BIO_write(self._from_ssl, out, len(out))
+        if after_finished:
+            detail = "the session has no extended master secret (RFC 7627)"
+        elif self.role is Role.SERVER:
+            detail = "the client did not offer the extended master secret extension (RFC 7627)"
+        else:
+            detail = "the server did not negotiate the extended master secret extension (RFC 7627)"
+        return self._fail(None, TLSFailureReason.NO_EXTENDED_MASTER_SECRET, detail)
 
     def _cause(self) -> BaseException | None:
         return self.callback_record.failure_cause
@@ -885,6 +1005,9 @@ class TLSEngine:
         """DTLS: retransmit the last flight if the timer expired (True if it did)."""
         if self.transport is not Transport.DTLS or self.state is not _HANDSHAKING:
             return False
+        if self._require_ems and self.callback_record.extra.get(_PEER_EMS) is False:
+            raise self._fail(None, TLSFailureReason.NO_EXTENDED_MASTER_SECRET,
+                             "the server did not negotiate the extended master secret extension (RFC 7627)")
         try:
             return self._conn.DTLSv1_handle_timeout()
         except (SSL.Error, SSL.SysCallError) as exc:
@@ -929,6 +1052,8 @@ class TLSEngine:
         """RFC 5705 exporter (TS-0003 10.3.1); still available after close_notify."""
         if not self.handshake_complete or self.state is _FAILED:
             raise TLSError(f"keying material export needs an established session (state {self.state.value})")
+        if self._require_ems and _lib.SSL_get_extms_support(self._ssl) != 1:
+            raise TLSError("keying material export refused: the session has no extended master secret (RFC 7627)")
         lab = label.encode("ascii")
         out = _new_uncleared("unsigned char[]", length)
         if context is None:
