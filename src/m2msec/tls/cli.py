@@ -12,6 +12,9 @@ UDP, ``--sni``, and ``--export-label LABEL`` which prints the 48 exported
 bytes split as TS-0003 10.3.1 says: ``key_id`` (16 most significant bytes)
 and ``key`` (32 least significant bytes).  Output is plain ``name: value``.
 
+Both commands require the RFC 7627 extended master secret (a peer without it fails with
+``NO_EXTENDED_MASTER_SECRET``); ``--allow-no-ems`` accepts such a legacy peer.
+
 OCSP stapling (TS-0003 8.1.2.2, RFC 6066 8; TLS only, certificate mode), like ``openssl
 s_server -status_file`` / ``-status_url`` and ``s_client -status``: ``server --ocsp-staple FILE``
 staples that DER OCSP response as it is; ``server --ocsp-staple URL`` queries that responder
@@ -81,10 +84,11 @@ def _load_certs(path: Path) -> list[x509.Certificate]:
 def _config(role: Role, *, dtls: bool, psk_identity: str | None, psk_hex: str | None, psk_text: str | None,
             psk_file: str | None = None, key: Path | None, cert: Path | None, ca: Path | None, peer_id: str | None, sni: str | None,
             mtu: int, peer_flavour: str | None = None, crl: list[Path] | None = None,
-            revocation: str = "if-available", extra: dict[str, Any] | None = None) -> TLSConfig:
+            revocation: str = "if-available", extra: dict[str, Any] | None = None,
+            allow_no_ems: bool = False) -> TLSConfig:
     transport = Transport.DTLS if dtls else Transport.TLS
     psk = _psk_key(psk_hex, psk_text, psk_file)
-    kwargs: dict[str, Any] = {"role": role, "transport": transport, "mtu": mtu}
+    kwargs: dict[str, Any] = {"role": role, "transport": transport, "mtu": mtu, "require_ems": not allow_no_ems}
     if psk is not None:
         if not psk_identity:
             raise typer.BadParameter("--psk-identity is required with a PSK")
@@ -209,6 +213,8 @@ _PEER_FLAVOUR = typer.Option(None, "--peer-flavour", help="peer certificate flav
 _CRL = typer.Option(None, "--crl", help="CRL file (PEM/DER) of the peer's PKI, TS-0003 8.1.2.2 (repeatable)")
 _REVOCATION = typer.Option("if-available", "--revocation", help="certificate status policy: off, if-available, require")
 _LABEL = typer.Option([], "--export-label", help="RFC 5705 label to export 48 bytes for (repeatable)")
+_ALLOW_NO_EMS = typer.Option(False, "--allow-no-ems",
+                             help="accept a peer without the RFC 7627 extended master secret (legacy interop only)")
 
 
 @app.command()
@@ -234,6 +240,7 @@ def server(
     ocsp_staple: Optional[str] = typer.Option(
         None, "--ocsp-staple", help="OCSP response to staple: a DER file, or an http(s) responder URL queried "
                                     "for --cert (kept fresh; SIGHUP queries again)"),
+    allow_no_ems: bool = _ALLOW_NO_EMS,
 ) -> None:
     """Accept sessions, print their parameters and exported keys, echo application data."""
     extra: dict[str, Any] = {}
@@ -242,7 +249,8 @@ def server(
         extra["ocsp_staple"], stapler = _staple_source(ocsp_staple, cert)
     cfg = _config(Role.SERVER, dtls=dtls, psk_identity=psk_identity, psk_hex=psk_hex, psk_text=psk_text,
                   psk_file=psk_file, key=key, cert=cert, ca=ca, peer_id=peer_id, sni=None, mtu=mtu,
-                  peer_flavour=peer_flavour, crl=crl, revocation=revocation, extra=extra)
+                  peer_flavour=peer_flavour, crl=crl, revocation=revocation, extra=extra,
+                  allow_no_ems=allow_no_ems)
     code = asyncio.run(_serve(cfg, host, port, export_label, once, timeout, stapler))
     raise typer.Exit(code)
 
@@ -329,6 +337,7 @@ def client(
     status: bool = typer.Option(False, "--status", help="ask for the server's stapled OCSP response and verify it"),
     require_status: bool = typer.Option(False, "--require-status",
                                         help="with --status: fail without a staple or with UNKNOWN (implies --status)"),
+    allow_no_ems: bool = _ALLOW_NO_EMS,
 ) -> None:
     """Connect once, print the session parameters and exported keys."""
     extra: dict[str, Any] = {}
@@ -336,7 +345,8 @@ def client(
         extra["check_ocsp_staple"] = OCSPStapleCheck(_utc_now, require=require_status)
     cfg = _config(Role.CLIENT, dtls=dtls, psk_identity=psk_identity, psk_hex=psk_hex, psk_text=psk_text,
                   psk_file=psk_file, key=key, cert=cert, ca=ca, peer_id=peer_id, sni=sni, mtu=mtu,
-                  peer_flavour=peer_flavour, crl=crl, revocation=revocation, extra=extra)
+                  peer_flavour=peer_flavour, crl=crl, revocation=revocation, extra=extra,
+                  allow_no_ems=allow_no_ems)
     raise typer.Exit(asyncio.run(_connect(cfg, host, port, export_label, send, wait, timeout)))
 
 
