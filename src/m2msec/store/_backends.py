@@ -64,6 +64,22 @@ _DDL = [
         details {json} NOT NULL)""",
 ]
 
+# Audit seal tables (m2msec.store.audit_seal): created by the first seal, never by the services.
+_SEAL_DDL = [
+    """CREATE TABLE IF NOT EXISTS m2msec_audit_seal (
+        seal_no   {pk},
+        last_seq  BIGINT NOT NULL,
+        row_count BIGINT NOT NULL,
+        chain     {blob} NOT NULL,
+        sealed_at {ts} NOT NULL,
+        kek_id    TEXT NOT NULL,
+        mac       {blob} NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS m2msec_audit_mac (
+        seq   {pk},
+        tag   {blob} NOT NULL,
+        chain {blob} NOT NULL)""",
+]
+
 
 class Result:
     """Rows of one statement, fetched eagerly."""
@@ -160,6 +176,21 @@ class Backend(ABC):
 
     def lock_credentials(self, conn: Any) -> None:
         """Block concurrent credential writers for the rest of the transaction (rekey)."""
+
+    # -- audit seal (m2msec.store.audit_seal) ------------------------------------------
+    @abstractmethod
+    def audit_seal_ddl(self) -> list[str]:
+        """CREATE statements of the audit seal tables in this dialect."""
+
+    def seal_lock(self, conn: Any) -> None:
+        """Serialise audit sealers for the rest of the (write) transaction."""
+
+    def repeatable_read(self, conn: Any) -> None:
+        """Make the transaction just begun on ``conn`` read one snapshot for all its statements."""
+
+    def wait_for_audit_writers(self, conn: Any, timeout: float) -> None:
+        """Return once every transaction that could hold a drawn but uncommitted audit ``seq``
+        when this was called has ended (:class:`StoreError` after ``timeout`` seconds)."""
 
     # -- notifications (m2msec.store.notify) -------------------------------------------
     #: the backend delivers notifications to listeners (else: a sequence number is bumped)
@@ -320,6 +351,14 @@ class SQLiteBackend(Backend):
             )
         return stmts
 
+    def audit_seal_ddl(self) -> list[str]:
+        return [s.format(pk="INTEGER PRIMARY KEY", blob="BLOB", ts="TEXT") for s in _SEAL_DDL]
+
+    # seal_lock: the sealer's BEGIN IMMEDIATE already holds the only write lock.
+    # repeatable_read: a deferred BEGIN reads one snapshot (taken at its first read).
+    # wait_for_audit_writers: one writer at a time assigns seq and commits under the write lock,
+    # so every uncommitted row has a higher seq than every committed one: nothing to wait for.
+
     def notify(self, conn: Any, channel: str, payload: str, now: Any) -> None:
         self.execute(conn, _NOTIFY_BUMP, (channel, now, now))
 
@@ -419,6 +458,51 @@ class PostgresBackend(Backend):
 
     def lock_credentials(self, conn: Any) -> None:
         self.execute(conn, "LOCK TABLE m2msec_credentials IN SHARE ROW EXCLUSIVE MODE")
+
+    def audit_seal_ddl(self) -> list[str]:
+        return [s.format(pk="BIGINT PRIMARY KEY", blob="BYTEA", ts="TIMESTAMPTZ") for s in _SEAL_DDL]
+
+    def seal_lock(self, conn: Any) -> None:
+        # int.from_bytes(b"m2msec-a", "big"): the audit sealers' transaction-level advisory lock
+        self.execute(conn, "SELECT pg_advisory_xact_lock(7885651200433632097)")
+
+    def repeatable_read(self, conn: Any) -> None:
+        self.execute(conn, "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+
+    #: lock modes that allow their holder to INSERT into m2msec_audit
+    _AUDIT_WRITE_MODES = ("RowExclusiveLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock")
+
+    def wait_for_audit_writers(self, conn: Any, timeout: float) -> None:
+        # An INSERT takes ROW EXCLUSIVE on the table before its identity default draws a seq and
+        # holds it until commit/rollback.  Waiting for the transactions that hold such a lock now
+        # (without blocking new ones: the CREATE INDEX CONCURRENTLY pattern) means every seq drawn
+        # before this call is committed or rolled back when it returns.
+        import time
+
+        modes = ", ".join(f"'{m}'" for m in self._AUDIT_WRITE_MODES)
+        rows = self.execute(
+            conn,
+            "SELECT DISTINCT virtualtransaction FROM pg_locks WHERE locktype = 'relation' "
+            f"AND relation = 'm2msec_audit'::regclass AND granted AND mode IN ({modes}) "
+            "AND pid IS DISTINCT FROM pg_backend_pid()",
+        ).fetchall()
+        waiting = [str(r[0]) for r in rows if r[0] is not None]
+        deadline = time.monotonic() + timeout
+        pause = 0.002
+        while waiting:
+            rows = self.execute(
+                conn, "SELECT DISTINCT virtualtransaction FROM pg_locks WHERE virtualtransaction = ANY(?)", (waiting,)
+            ).fetchall()
+            waiting = [str(r[0]) for r in rows]
+            if not waiting:
+                return
+            if time.monotonic() >= deadline:
+                raise StoreError(
+                    f"postgresql: {len(waiting)} transaction(s) writing m2msec_audit still open after "
+                    f"{timeout:g} s (idle in transaction?): nothing sealed"
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
 
     can_listen = True
     #: TCP keepalives of a LISTEN session: a silently dead peer is noticed within about

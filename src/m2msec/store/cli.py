@@ -1,4 +1,4 @@
-"""``m2msec store …``: key-encryption key files, schema creation, audit trail, KEK rotation.
+"""``m2msec store …``: key-encryption key files, schema creation, audit trail (seal/verify), KEK rotation.
 
 Operator side of the durable store that backs the MEF/MAF/ESPrim services
 (TS-0003 clauses 8.3, 8.4, 8.8; see :mod:`m2msec.store`).  No command prints key bytes.
@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 from m2msec.errors import M2MSecError
+from m2msec.store.audit_seal import AuditCheckpoint, AuditTampered
 from m2msec.store.kek import KeyEncryptionKey
 from m2msec.store.store import open_store
 
@@ -53,13 +54,38 @@ def init(url: UrlOpt) -> None:
         _fail(exc)
     typer.echo(f"store schema version {version} ready ({url.split(':', 1)[0]})")
 
-@app.command("audit")
+audit_app = typer.Typer(
+    help="Audit trail: show the newest records (no subcommand), seal them, verify the seal.",
+    invoke_without_command=True,
+)
+app.add_typer(audit_app, name="audit")
+
+KekFileOpt = Annotated[
+    Optional[Path],
+    typer.Option("--kek-file", help="KEK file (else $M2MSEC_KEK_FILE, else $M2MSEC_KEK)."),
+]
+
+
+def _kek(kek_file: Path | None) -> KeyEncryptionKey:
+    return KeyEncryptionKey.from_file(kek_file) if kek_file is not None else KeyEncryptionKey.from_env()
+
+
+@audit_app.callback(invoke_without_command=True)
 def audit(
-    url: UrlOpt,
+    ctx: typer.Context,
+    url: Annotated[
+        Optional[str],
+        typer.Option("--url", envvar="M2MSEC_STORE_URL", help="sqlite:///path.db or postgresql://…"),
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="Newest N entries.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
-    """Show the newest audit records."""
+    """Show the newest audit records; `seal` / `verify` make tampering with them evident."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if url is None:
+        typer.echo("error: missing --url (or $M2MSEC_STORE_URL)", err=True)
+        raise typer.Exit(code=2)
     try:
         with open_store(url, create_schema=False) as store:
             entries = store.list_audit(limit=limit)
@@ -84,6 +110,105 @@ def audit(
             json.dumps(e.details, sort_keys=True) if e.details else "",
         )
     Console(width=160).print(table)
+
+
+def _cp_json(cp: AuditCheckpoint | None) -> dict[str, object] | None:
+    if cp is None:
+        return None
+    return {"seal_no": cp.seal_no, "last_seq": cp.last_seq, "row_count": cp.row_count,
+            "sealed_at": cp.sealed_at.isoformat(), "kek_id": cp.kek_id, "anchor": cp.anchor}
+
+
+@audit_app.command("seal")
+def audit_seal(
+    url: UrlOpt,
+    kek_file: KekFileOpt = None,
+    max_rows: Annotated[Optional[int], typer.Option("--max-rows", min=1, help="Seal at most N rows.")] = None,
+    batch_rows: Annotated[int, typer.Option("--batch-rows", min=1, help="Rows per checkpoint/transaction.")] = 10000,
+    writer_timeout: Annotated[float, typer.Option(
+        "--writer-timeout", min=0.0, help="PostgreSQL: seconds to wait for open audit writers.")] = 30.0,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
+    """Seal the audit rows committed since the last seal (HMAC chain + checkpoint under the KEK).
+
+    Exit 0 sealed (or nothing new), 1 refused because the existing seal does not verify, 2 on
+    usage, store or KEK errors.  Keep the printed anchor off this host: `verify --anchor` then
+    also detects a rollback of the whole trail to an earlier state.
+    """
+    try:
+        kek = _kek(kek_file)
+        with open_store(url, kek, create_schema=False) as store:
+            res = store.seal_audit(max_rows=max_rows, batch_rows=batch_rows, writer_timeout=writer_timeout)
+    except AuditTampered as exc:
+        typer.echo(f"tampered: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    except M2MSecError as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps({"sealed_rows": res.sealed_rows, "checkpoints": res.checkpoints,
+                               "retries": res.retries, "head": _cp_json(res.head)}, sort_keys=True))
+        return
+    from rich.console import Console
+
+    con = Console(width=160, highlight=False)
+    con.print(f"sealed [bold]{res.sealed_rows}[/bold] row(s) in {res.checkpoints} new checkpoint(s)")
+    if res.head is not None:
+        h = res.head
+        con.print(f"newest checkpoint {h.seal_no}: rows up to seq {h.last_seq} ({h.row_count} sealed), "
+                  f"sealed at {h.sealed_at.strftime('%Y-%m-%d %H:%M:%S')} UTC, kek_id {h.kek_id}")
+        con.print(f"anchor: [bold]{h.anchor}[/bold]")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    url: UrlOpt,
+    kek_file: KekFileOpt = None,
+    anchor: Annotated[Optional[str], typer.Option(
+        "--anchor", help="<seal_no>:<hex> printed by an earlier seal (detects a rollback past it).")] = None,
+    max_findings: Annotated[int, typer.Option("--max-findings", min=1, help="List at most N findings.")] = 1000,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
+    """Verify the sealed audit rows and checkpoints.  Exit 0 intact, 1 tampered, 2 usage/store/KEK errors."""
+    try:
+        kek = _kek(kek_file)
+        with open_store(url, kek, create_schema=False) as store:
+            res = store.verify_audit(anchor=anchor, max_findings=max_findings)
+    except M2MSecError as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps({
+            "intact": res.intact, "checkpoints": res.checkpoints, "sealed_rows": res.sealed_rows,
+            "unsealed_rows": res.unsealed_rows, "head": _cp_json(res.head), "more_findings": res.more_findings,
+            "findings": [{"kind": f.kind, "seq": f.seq, "seal_no": f.seal_no, "message": f.message}
+                         for f in res.findings],
+        }, sort_keys=True))
+        raise typer.Exit(code=0 if res.intact else 1)
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console(width=160, highlight=False)
+    if res.findings:
+        table = Table(title=f"audit seal: {len(res.findings) + res.more_findings} finding(s)")
+        for col in ("kind", "seq", "checkpoint", "finding"):
+            table.add_column(col, overflow="fold")
+        for f in res.findings:
+            table.add_row(f.kind, "" if f.seq is None else str(f.seq),
+                          "" if f.seal_no is None else str(f.seal_no), f.message)
+        con.print(table)
+        if res.more_findings:
+            con.print(f"... and {res.more_findings} more")
+    head = res.head
+    where = (f"checkpoint {head.seal_no}, rows up to seq {head.last_seq}, sealed at "
+             f"{head.sealed_at.strftime('%Y-%m-%d %H:%M:%S')} UTC" if head is not None else "never sealed")
+    con.print(f"{res.sealed_rows} sealed row(s) in {res.checkpoints} checkpoint(s) ({where}); "
+              f"{res.unsealed_rows} row(s) not sealed yet")
+    if res.intact:
+        con.print("[bold green]INTACT[/bold green]")
+        return
+    first = res.first_modified_seq
+    con.print("[bold red]TAMPERED[/bold red]" + (f": first modified row seq {first}" if first is not None else ""))
+    raise typer.Exit(code=1)
+
 
 @app.command("rekey")
 def rekey(

@@ -11,6 +11,10 @@ clauses 8.3.4, 8.8.2 and 10.3.5 keep Ke, Km, Kpsa and MAF-distributed keys).  Th
 * AAD  = ``"m2msec.store.credential" || 0x00 || blob[0:9] || len32(ns) || ns || len32(id) || id``
   (``len32`` = 4-byte big-endian length of the UTF-8 encoding) so a ciphertext only opens in
   its own row, under the format version and KEK that it names.
+
+The audit trail's seal key (:mod:`m2msec.store.audit_seal`) is derived here too, so that the
+KEK never leaves this module: ``k = HKDF-SHA-256(IKM=KEK, salt=none, info="m2msec.store.audit-seal v1",
+L=32)``, used only for HMAC-SHA-256 through :class:`AuditSealKey`.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from m2msec.store.errors import DecryptionFailure, KekMismatch, StoreError
 
-__all__ = ["KeyEncryptionKey", "KekFileModeError", "seal_secret", "open_secret", "blob_kek_id", "FORMAT_V1"]
+__all__ = ["AuditSealKey", "KeyEncryptionKey", "KekFileModeError", "seal_secret", "open_secret", "blob_kek_id", "FORMAT_V1"]
 
 KEK_LEN = 32
 FORMAT_V1 = 0x01
@@ -44,6 +48,7 @@ HEADER_LEN = 1 + KEK_ID_LEN
 _AAD_LABEL = b"m2msec.store.credential\x00"
 _WRAP_INFO = b"m2msec.store.credential-wrap v1"
 _KEK_ID_LABEL = b"m2msec.store.kek-id\x00"
+_AUDIT_SEAL_INFO = b"m2msec.store.audit-seal v1"
 
 ENV_KEK = "M2MSEC_KEK"
 ENV_KEK_FILE = "M2MSEC_KEK_FILE"
@@ -153,6 +158,12 @@ class KeyEncryptionKey:
             os.close(fd)
         return p
 
+    # -- derived keys ---------------------------------------------------------------
+    def audit_seal_key(self) -> AuditSealKey:
+        """The HMAC key that seals the audit trail (HKDF-SHA-256, info ``m2msec.store.audit-seal v1``)."""
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_AUDIT_SEAL_INFO).derive(self._key)
+        return AuditSealKey(key, self.kek_id)
+
     # -- identity -------------------------------------------------------------------
     @property
     def kek_id_hex(self) -> str:
@@ -173,6 +184,31 @@ class KeyEncryptionKey:
 
     def __reduce__(self) -> object:
         raise TypeError("KeyEncryptionKey is not picklable")
+
+
+class AuditSealKey:
+    """HMAC-SHA-256 under the audit seal key derived from a KEK.  ``repr`` shows only the KEK id."""
+
+    __slots__ = ("_key", "kek_id")
+
+    def __init__(self, key: bytes, kek_id: bytes) -> None:
+        if len(key) != 32:
+            raise StoreError("an audit seal key must be 32 bytes")
+        self._key = bytes(key)
+        #: id of the KEK it was derived from (public)
+        self.kek_id: bytes = bytes(kek_id)
+
+    def mac(self, data: bytes) -> bytes:
+        """HMAC-SHA-256(k, data), 32 bytes."""
+        return hmac.digest(self._key, data, "sha256")
+
+    def __repr__(self) -> str:
+        return f"AuditSealKey(kek_id={self.kek_id.hex()})"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> object:
+        raise TypeError("AuditSealKey is not picklable")
 
 
 def _aad(header: bytes, namespace: str, item_id: str) -> bytes:

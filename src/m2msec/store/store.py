@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from m2msec.onem2m.rsc import ResponseStatusCode
 from m2msec.store._backends import SCHEMA_COMPONENT, SCHEMA_VERSION, Backend, backend_from_url
@@ -45,6 +45,9 @@ from m2msec.store.errors import (
 )
 from m2msec.store.kek import KeyEncryptionKey, blob_kek_id, open_secret, seal_secret
 from m2msec.store.notify import Listener, PgListener, check_channel, check_payload
+
+if TYPE_CHECKING:
+    from m2msec.store.audit_seal import AuditSealResult, AuditVerification
 
 __all__ = [
     "AuditDraft",
@@ -899,6 +902,26 @@ class Store(_Operations):
                 count += 1
         self._kek = new_kek
         return count
+
+    # -- audit seal (m2msec.store.audit_seal) ------------------------------------------------
+    def seal_audit(self, kek: KeyEncryptionKey | None = None, *, max_rows: int | None = None,
+                   batch_rows: int = 10000, writer_timeout: float = 30.0) -> AuditSealResult:
+        """Extend the audit trail's HMAC chain over the rows committed since the last seal and
+        write a MACed checkpoint per batch (:func:`m2msec.store.audit_seal.seal`).  ``kek``
+        defaults to this store's KEK.  Safe with concurrent sealers; appends never wait for it."""
+        from m2msec.store.audit_seal import seal
+
+        return seal(self, kek if kek is not None else self._require_kek(), max_rows=max_rows,
+                    batch_rows=batch_rows, writer_timeout=writer_timeout)
+
+    def verify_audit(self, kek: KeyEncryptionKey | None = None, *, anchor: str | None = None,
+                     max_findings: int = 1000) -> AuditVerification:
+        """Recompute the chain over the sealed rows and report every modified, deleted or inserted
+        row, forged or missing checkpoint and rollback (:func:`m2msec.store.audit_seal.verify`)."""
+        from m2msec.store.audit_seal import verify
+
+        return verify(self, kek if kek is not None else self._require_kek(), anchor=anchor,
+                      max_findings=max_findings)
 
     # -- notifications (m2msec.store.notify) -----------------------------------------------
     @property
