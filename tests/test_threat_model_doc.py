@@ -128,8 +128,10 @@ class _Clock:
 
 def test_esprim_receiver_accepts_an_object_once_and_a_delayed_one_until_the_session_ends() -> None:
     """Section 4.3: a replayed ESPrim request Object is refused (4105, was a residual risk
-    until the Receiver recorded accepted objects); what remains is the freshness bound: an
-    object withheld by a Transit CSE and delivered late still opens once while its session
+    until the Receiver recorded accepted objects); an object withheld by a Transit CSE is
+    refused once its sealed Request Expiration Timestamp has passed (4008, R11; was a residual
+    risk until m2msec Originators sealed one).  What remains is the freshness bound for a
+    request without an absolute rqet: delivered late, it still opens once while its session
     lives (profile R7), and not after."""
     clock = _Clock()
     key = os.urandom(32)
@@ -141,17 +143,26 @@ def test_esprim_receiver_accepts_an_object_once_and_a_delayed_one_until_the_sess
     inner = RequestPrimitive(op=Operation.DELETE, to="/id-recv/cse-recv/ae1/cnt", fr=_ORIGINATOR, rqi="once", rvi="3")
     obj, _pending = originator.protect_request(inner, step.session)
     delayed, _ = originator.protect_request(dataclasses.replace(inner, rqi="late"), step.session)
+    legacy = Originator(clock=clock, policy=OriginatorPolicy(request_lifetime=None))  # seals no rqet
+    lstep = legacy.start(PairwiseKey(kid=_KID, key=key, peer_id="/id-recv/cse-recv"), receiver.e2e_sec_info())
+    assert isinstance(lstep, SessionReady)
+    undated, _ = legacy.protect_request(dataclasses.replace(inner, rqi="undated"), lstep.session)
     first, _ = receiver.open_request(obj, outer_from=_ORIGINATOR)
-    assert first == inner
+    assert dataclasses.replace(first, rqet=None) == inner and first.rqet is not None
     with pytest.raises(ReplayedObject) as info:  # same bytes at once ...
         receiver.open_request(obj, outer_from=_ORIGINATOR)
     assert int(info.value.rsc) == 4105
     clock.now += timedelta(minutes=50)
-    with pytest.raises(ReplayedObject):  # ... and 50 min later
+    with pytest.raises(ESPrimError) as info:  # ... and 50 min later: past its rqet
         receiver.open_request(obj, outer_from=_ORIGINATOR)
-    assert receiver.open_request(delayed, outer_from=_ORIGINATOR)[0].rqi == "late"  # withheld, delivered late: once
+    assert int(info.value.rsc) == 4008
+    with pytest.raises(ESPrimError) as info:  # withheld, delivered late: refused, not executed
+        receiver.open_request(delayed, outer_from=_ORIGINATOR)
+    assert int(info.value.rsc) == 4008
+    got, _ = receiver.open_request(undated, outer_from=_ORIGINATOR)  # the residual: no rqet, opens once
+    assert got.rqi == "undated" and got.rqet is None
     clock.now += timedelta(minutes=11)  # past the originator object's expiry (at most 1 h, R7)
-    for o in (obj, delayed):
+    for o in (obj, delayed, undated):
         with pytest.raises(ESPrimError) as info:
             receiver.open_request(o, outer_from=_ORIGINATOR)
         assert not isinstance(info.value, ReplayedObject) and int(info.value.rsc) == 4113  # expired

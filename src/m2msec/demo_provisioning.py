@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import os
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -171,7 +172,8 @@ async def _run(workdir: Path) -> Rows:  # noqa: C901 - a linear script
                     obj, pending = originator.protect_request(req, step.session)
                     await keys.prefetch(Receiver.peek(obj).kid)
                     inner, ctx = receiver.open_request(obj, outer_from=AE1)
-                    if inner != req or ctx.peer_id != AE1:
+                    # identical but for the deadline the Originator sealed into it (rqet, R11)
+                    if inner.rqet is None or replace(inner, rqet=None) != req or ctx.peer_id != AE1:
                         raise RuntimeError("the Receiver did not recover AE1's request")
                     sealed = receiver.protect_response(
                         ctx, ResponsePrimitive(rsc=RSC.OK, rqi=inner.rqi, pc={"m2m:cin": {"con": "22.5"}}, rvi="3"))

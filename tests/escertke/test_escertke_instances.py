@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -102,7 +103,7 @@ class World:
         inner = RequestPrimitive(op=Operation.RETRIEVE, to=f"/id-in/{TER_ID}/cnt", fr=INI_ID, rqi="r1", rvi="3")
         obj, _ = Originator(clock=self.clock, policy=OriginatorPolicy()).protect_request(inner, step.session)
         got, _ = receiver.open_request(obj, outer_from=INI_ID)
-        assert got == inner
+        assert got.rqet is not None and replace(got, rqet=None) == inner  # + the sealed rqet (R11)
 
 
 def _eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -122,7 +123,7 @@ class ESPrimPair:
                                  rvi="3")
         obj, _ = self.originator.protect_request(inner, self.session)
         got, _ = self.receiver.open_request(obj, outer_from=INI_ID)
-        assert got == inner
+        assert got.rqet is not None and replace(got, rqet=None) == inner  # + the sealed rqet (R11)
         return got
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -78,7 +79,7 @@ def test_key_protects_esprim_exchange(ends, pki, clock):
     obj, pending = originator.protect_request(inner, step.session)
     assert json.loads(base64.urlsafe_b64decode(obj.split(".")[0] + "==="))["kid"] == res.kid
     got, ctx = receiver.open_request(obj, outer_from=INI_ID)
-    assert got == inner
+    assert got.rqet is not None and replace(got, rqet=None) == inner  # + the sealed rqet (R11)
     reply = ResponsePrimitive(rsc=RSC.OK, rqi="i1", pc={"m2m:cin": {"con": "42"}}, rvi="3")
     assert originator.open_response(receiver.protect_response(ctx, reply), pending) == reply
     # impersonation: the key is bound to INI_ID

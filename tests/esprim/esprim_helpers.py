@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,3 +35,22 @@ def inner_request(fr: str | None = ORIGINATOR_ID, rqi: str = "inner-1", **kw: An
 
 def inner_response(req: RequestPrimitive, **kw: Any) -> ResponsePrimitive:
     return ResponsePrimitive(rsc=ResponseStatusCode.OK, rqi=req.rqi, pc={"m2m:cin": {"con": "42"}}, rvi="3", **kw)
+
+
+def as_sealed(got: RequestPrimitive) -> RequestPrimitive:
+    """``got`` (an opened inner request) without the Request Expiration Timestamp the
+    Originator added (R11), after checking that it is there and absolute."""
+    assert got.rqet is not None and got.rqet.absolute is not None, "the Originator seals an absolute rqet"
+    return replace(got, rqet=None)
+
+
+def seen_count(receiver: Any) -> int:
+    """How many accepted-object records the Receiver's state holds (memory or store)."""
+    from m2msec.esprim import MemoryReceiverState, StoreReceiverState
+    from m2msec.esprim.state import NS_SEEN
+
+    st = receiver._state
+    if isinstance(st, MemoryReceiverState):
+        return len(st._seen)
+    assert isinstance(st, StoreReceiverState)
+    return len(st._store.list_records(NS_SEEN))

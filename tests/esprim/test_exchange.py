@@ -25,7 +25,7 @@ from m2msec.onem2m import (
 )
 from m2msec.onem2m.enums import SUID
 
-from esprim_helpers import ORIGINATOR_ID, RECEIVER_ID, inner_request, inner_response, make_originator
+from esprim_helpers import ORIGINATOR_ID, RECEIVER_ID, as_sealed, inner_request, inner_response, make_originator
 
 ENCS = {"A128GCM": 10, "A192GCM": 11, "A256GCM": 12}
 
@@ -43,7 +43,7 @@ def roundtrip(originator, receiver, session, req=None, **resp_kw):
     seci = outer.security_info()
     assert seci is not None and seci.sit == SecurityInfoType.ESPRIM_OBJECT
     got, ctx = receiver.open_request(seci.esprim_object, outer_from=outer.fr)
-    assert got == req
+    assert as_sealed(got) == req
     resp_obj = receiver.protect_response(ctx, inner_response(req), **resp_kw)
     outer_resp = ResponsePrimitive.from_json_bytes(receiver.esprim_response(outer, resp_obj).to_json_bytes())
     assert outer_resp.rqi == outer.rqi

@@ -20,7 +20,7 @@ from m2msec.esprim.errors import UnknownRecvRandID
 from m2msec.onem2m import RequestPrimitive, SecurityInfo, new_receiver_rand_object
 from m2msec.store import KeyEncryptionKey, open_store
 
-from esprim_helpers import KID, ORIGINATOR_ID, RECEIVER_ID, inner_request, inner_response, make_originator
+from esprim_helpers import KID, ORIGINATOR_ID, RECEIVER_ID, as_sealed, inner_request, inner_response, make_originator
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
@@ -54,7 +54,7 @@ def exchange(originator, receiver, session, rqi):
     req = inner_request(rqi=rqi)
     obj, pending = originator.protect_request(req, session)
     got, ctx = receiver.open_request(obj)
-    assert got == req
+    assert as_sealed(got) == req
     assert originator.open_response(receiver.protect_response(ctx, inner_response(req)), pending).rqi == rqi
     return obj
 

@@ -10,13 +10,13 @@ from m2msec.esprim import jwe
 from m2msec.esprim.errors import BadMAC, ESPrimError
 from m2msec.esprim.state import CachedSession
 
-from esprim_helpers import inner_request, inner_response
+from esprim_helpers import as_sealed, inner_request, inner_response
 
 
 def roundtrip(originator, receiver, session, req):  # type: ignore[no-untyped-def]
     obj, pending = originator.protect_request(req, session)
     inner, ctx = receiver.open_request(obj)
-    assert inner == req
+    assert as_sealed(inner) == req
     return originator.open_response(receiver.protect_response(ctx, inner_response(req)), pending)
 
 

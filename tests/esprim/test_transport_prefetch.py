@@ -12,7 +12,7 @@ from m2msec.esprim.errors import UnknownKeyID
 from m2msec.esprim.transport import SecureReceiver
 from m2msec.onem2m import RequestPrimitive, ResponsePrimitive, ResponseStatusCode, SecurityInfo
 
-from esprim_helpers import KID, ORIGINATOR_ID, RECEIVER_ID, FakeClock, inner_request, inner_response, make_originator
+from esprim_helpers import KID, ORIGINATOR_ID, RECEIVER_ID, FakeClock, as_sealed, inner_request, inner_response, make_originator
 
 RSC = ResponseStatusCode
 
@@ -54,7 +54,7 @@ def test_prefetch_stores_the_key_before_open_request() -> None:
     req = inner_request()
     obj, pending = originator.protect_request(req, session)
     rsp = asyncio.run(secure.on_esprim_object(*_outer(obj)))
-    assert rsp.rsc == RSC.OK and calls == [KID] and seen == [req]
+    assert rsp.rsc == RSC.OK and calls == [KID] and [as_sealed(r) for r in seen] == [req]
     got = originator.open_response(rsp.security_info(clock=clock).esprim_object, pending)
     assert got == inner_response(req)
 

@@ -2,7 +2,10 @@
 the same outer Notify (same body, same headers) sent twice is answered once; the second gets
 4105 CONFLICT (HTTP 409) and the CSE (or the AE behind the gateway) sees one request; a replay
 sent to a second gateway instance on the same store is refused as well (m2msec replay
-detection beyond TS-0003 8.4.1; TS-0004 7.6.2 for the outer Notify)."""
+detection beyond TS-0003 8.4.1; TS-0004 7.6.2 for the outer Notify).  And the late delivery of
+a withheld object: once the inner request's sealed Request Expiration Timestamp has passed,
+the gateway (or the AE behind it) answers 4008 REQUEST_TIMEOUT and nothing is executed
+(profile R11; TS-0004 7.3.2)."""
 
 from __future__ import annotations
 
@@ -10,9 +13,10 @@ import asyncio
 import json
 import os
 import secrets
+import time
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +27,7 @@ from _gateway_support import GatewayProcess, write_config
 from m2msec.esprim import (
     MemoryReceiverState,
     Originator,
+    OriginatorPolicy,
     PairwiseKey,
     ProvisionedKeySource,
     Receiver,
@@ -121,9 +126,9 @@ def _container(world: World) -> str:
 
 
 async def _protected_notify(world: World, client: AsyncOneM2MClient, to: str, inner: RequestPrimitive, *,
-                            kid: str, key: bytes, peer: str) -> RequestPrimitive:
+                            kid: str, key: bytes, peer: str, policy: OriginatorPolicy | None = None) -> RequestPrimitive:
     """A session is set up (e2eSecInfo read through the gateway); returns the outer Notify."""
-    so = SecureOriginator(client, Originator(clock=utc_now), PairwiseKey(kid=kid, key=key, peer_id=peer))
+    so = SecureOriginator(client, Originator(clock=utc_now, policy=policy), PairwiseKey(kid=kid, key=key, peer_id=peer))
     session = await so.session(to, to)
     obj, _pending = so.originator.protect_request(inner, session)
     return RequestPrimitive.notify_security_info(to=to, fr=world.ae1, seci=SecurityInfo.esprim(obj))
@@ -209,3 +214,60 @@ def test_replay_through_a_second_gateway_instance_is_4105(world: World) -> None:
         assert _cni(world, cnt) == 1
     finally:
         assert gw2.stop() == 0
+
+
+async def _send_late(world: World, to: str, inner: RequestPrimitive, **kw: Any) -> httpx.Response:
+    """Seal ``inner`` with a 1 s request lifetime, withhold the outer Notify until the sealed
+    rqet has passed (as a Transit CSE could), then deliver it; returns the answer."""
+    async with AsyncOneM2MClient(world.gw.url, world.ae1) as client:
+        outer = await _protected_notify(world, client, to, inner, policy=OriginatorPolicy(
+            request_lifetime=timedelta(seconds=1)), **kw)
+    method, target, headers, body = request_to_http(outer)
+    rqet = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)  # >= the sealed now + 1 s, rounded up
+    time.sleep(max(0.0, (rqet - datetime.now(UTC)).total_seconds()) + 0.3)
+    async with httpx.AsyncClient() as http:
+        return await http.request(method, world.gw.url + target, headers=headers, content=body)
+
+
+def test_withheld_notify_to_the_cse_is_4008_after_its_rqet_and_the_cse_sees_nothing(world: World) -> None:
+    cb = world.acme.cse_base
+    cnt = _container(world)
+    inner = RequestPrimitive(op=Operation.CREATE, to=cnt, fr=world.ae1, rqi=new_request_id(), rvi="3",
+                             ty=ResourceType.CONTENT_INSTANCE, pc={"m2m:cin": {"con": "unlock-at-noon"}})
+    late = run(_send_late(world, cb, inner, kid=world.kidcse, key=world.kcse, peer=cb))
+    assert late.status_code == 504 and late.headers["x-m2m-rsc"] == str(int(RSC.REQUEST_TIMEOUT))
+    assert "Request Expiration Timestamp" in late.json()["m2m:dbg"]
+    assert _cni(world, cnt) == 0
+    assert _ri_count(world.trace, world.acme.url, inner.rqi) == 0
+
+
+def test_notify_delivered_in_time_reaches_the_cse_with_its_rqet(world: World) -> None:
+    """The sealed rqet travels on to ACME (X-M2M-RET), which accepts it."""
+    cb = world.acme.cse_base
+    cnt = _container(world)
+    inner = RequestPrimitive(op=Operation.CREATE, to=cnt, fr=world.ae1, rqi=new_request_id(), rvi="3",
+                             ty=ResourceType.CONTENT_INSTANCE, pc={"m2m:cin": {"con": "in-time"}})
+
+    async def go() -> httpx.Response:
+        async with AsyncOneM2MClient(world.gw.url, world.ae1) as client:
+            outer = await _protected_notify(world, client, cb, inner, kid=world.kidcse, key=world.kcse, peer=cb)
+        method, target, headers, body = request_to_http(outer)
+        async with httpx.AsyncClient() as http:
+            return await http.request(method, world.gw.url + target, headers=headers, content=body)
+
+    rsp = run(go())
+    assert rsp.status_code == 200 and rsp.headers["x-m2m-rsc"] == "2000"
+    assert _cni(world, cnt) == 1
+    sent = [json.loads(line) for line in world.trace.read_text(encoding="utf-8").splitlines()]
+    to_cse = [r for r in sent if r["dir"] == "out" and world.acme.url in r["where"]
+              and ["X-M2M-RI", inner.rqi] in [[k, v] for k, v in r["headers"]]]
+    assert len(to_cse) == 1 and any(k == "X-M2M-RET" for k, _ in to_cse[0]["headers"])
+
+
+def test_withheld_notify_to_an_ae_is_relayed_as_4008_and_the_ae_handles_nothing(world: World) -> None:
+    inner = RequestPrimitive(op=Operation.NOTIFY, to=world.ae2_path, fr=world.ae1, rqi=new_request_id(), rvi="3",
+                             pc={"m2m:sgn": {"nev": {"rep": {"m2m:cin": {"con": "late"}}, "net": 1}, "sur": "/x"}})
+    before = len(world.ae2_seen)
+    late = run(_send_late(world, world.ae2_path, inner, kid=world.kid12, key=world.k12, peer=world.ae2))
+    assert late.status_code == 504 and late.headers["x-m2m-rsc"] == "4008"  # the AE's answer, relayed
+    assert world.ae2_seen[before:] == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -225,7 +226,7 @@ def test_esprim_exchange_with_a_maf_key(env) -> None:
                 receiver.open_request(obj, outer_from=AE1)
             await keys.fetch(kid)
             got, _ctx = receiver.open_request(obj, outer_from=AE1)
-            assert got == req
+            assert got.rqet is not None and replace(got, rqet=None) == req  # + the sealed rqet (R11)
             # impersonation: the key is bound to the Source MAF Client AE1
             req2 = RequestPrimitive(op=Operation.RETRIEVE, to="/id-in/CAE2/cnt", fr=AE3, rqi="r2", rvi="3")
             obj2, _ = originator.protect_request(req2, step.session)

@@ -88,6 +88,18 @@ class ReplayCacheFull(ESPrimError):
     default_rsc = RSC.INTERNAL_SERVER_ERROR
 
 
+class RequestExpired(ESPrimError):
+    """The authentic inner request carries an absolute Request Expiration Timestamp (``rqet``)
+    that has passed when the Receiver opens it: REQUEST_TIMEOUT (4008, HTTP 504), as TS-0004
+    7.3.2 and 7.3.3 require of a Receiver/Hosting CSE.  The check runs on the *inner* ``rqet``,
+    which the Originator sealed and no CSE on the path can change, so a Transit CSE that
+    withholds an object cannot have it executed after that time.  Nothing is recorded and the
+    request is not executed.  A relative ``rqet`` cannot bound a delay (it counts from
+    receipt) and is not checked here."""
+
+    default_rsc = RSC.REQUEST_TIMEOUT
+
+
 # --- Errors the Originator raises while building or opening (TS-0003 8.4.2 B.2, C.11a).
 # They are never sent to a peer (a bad response is discarded), but carry the closest
 # table 7.6.2-1 code so that logs and metrics classify them the same way.

@@ -31,14 +31,18 @@ m2msec decisions:
 * the originatorESPrimRandObject expires at min(now + ``rand_lifetime``, receiver's expiry);
   an explicitly requested later expiry is refused (B.2g);
 * the ``enc`` used is the first of the Originator's preference list that is also in the
-  ``oro``'s list; the ``oro`` lists the Originator's preferences that the Receiver offers.
+  ``oro``'s list; the ``oro`` lists the Originator's preferences that the Receiver offers;
+* an inner request given as a primitive without ``rqet`` is sealed with an absolute Request
+  Expiration Timestamp ``now + request_lifetime`` (default 5 min; TS-0004 6.4.1), which the
+  Receiver enforces (REQUEST_TIMEOUT 4008): a withheld object is not executed after it
+  (profile R11).  Opaque (bytes) inner requests are sealed as given.
 """
 
 from __future__ import annotations
 
 import itertools
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from enum import Enum
 from typing import NamedTuple
@@ -82,7 +86,7 @@ from m2msec.onem2m.security import (
     ReceiverESPrimRandObject,
     SecurityInfo,
 )
-from m2msec.onem2m.timestamps import Clock, ensure_utc
+from m2msec.onem2m.timestamps import AbsRelTimestamp, Clock, ensure_utc
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,10 @@ class OriginatorPolicy:
     max_seals: int = DEFAULT_MAX_SEALS
     media: str = MEDIA_JSON
     require_key_suid_listed: bool = True
+    #: inner requests without a Request Expiration Timestamp get ``rqet`` = now + this
+    #: (absolute); the Receiver refuses them with REQUEST_TIMEOUT after it (profile R11).
+    #: None: leave ``rqet`` as the caller set it.
+    request_lifetime: timedelta | None = timedelta(minutes=5)
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -110,6 +118,8 @@ class OriginatorPolicy:
             raise ValueError("media must be 'json' or 'cbor'")
         if self.max_seals < 1 or self.rand_lifetime <= timedelta(0):
             raise ValueError("max_seals and rand_lifetime must be positive")
+        if self.request_lifetime is not None and self.request_lifetime <= timedelta(0):
+            raise ValueError("request_lifetime must be positive (or None)")
 
 
 _REQUEST_CTY = {MEDIA_JSON: cty_for("preq", MEDIA_JSON), MEDIA_CBOR: cty_for("preq", MEDIA_CBOR)}
@@ -381,6 +391,10 @@ class Originator:
             raise SessionRetired("session key reached its AES-GCM invocation bound; a new session is needed")
         media = policy.media
         if isinstance(inner, RequestPrimitive):
+            if inner.rqet is None and policy.request_lifetime is not None:
+                # whole seconds (rounded up): the plain m2m:timestamp form every CSE parses
+                rqet = (now + policy.request_lifetime).replace(microsecond=0) + timedelta(seconds=1)
+                inner = replace(inner, rqet=AbsRelTimestamp.at(rqet))
             plaintext = encode_inner(inner, media)
             inner_rqi = inner.rqi
             cty = _REQUEST_CTY[media]

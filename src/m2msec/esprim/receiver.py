@@ -39,7 +39,11 @@ m2msec decisions (see the report / docs/profile.md):
   (:meth:`~m2msec.esprim.state.ReceiverState.record_object`) until no object of the session
   can open any more; the same object again is :class:`~m2msec.esprim.errors.ReplayedObject`
   (CONFLICT, 4105), also when another instance on the same store accepted it.  Objects that
-  do not authenticate never create a record.
+  do not authenticate never create a record;
+* an authentic inner request whose absolute Request Expiration Timestamp (``rqet``, sealed by
+  the Originator) has passed is :class:`~m2msec.esprim.errors.RequestExpired`
+  (REQUEST_TIMEOUT, 4008; TS-0004 7.3.2, 7.3.3), checked before the replay record, so a
+  Transit CSE that withholds an object cannot have it executed after that time (profile R11).
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ from m2msec.esprim.errors import (
     ESPrimParseError,
     ImpersonationError,
     ReplayedObject,
+    RequestExpired,
     UnknownKeyID,
     UnknownOrigRandID,
     UnknownRecvRandID,
@@ -90,7 +95,7 @@ from m2msec.onem2m.security import (
     ReceiverESPrimRandObject,
     SecurityInfo,
 )
-from m2msec.onem2m.timestamps import Clock, ensure_utc
+from m2msec.onem2m.timestamps import Clock, ensure_utc, format_timestamp
 
 _RESPONSE_CTY = {MEDIA_JSON: cty_for("prsp", MEDIA_JSON), MEDIA_CBOR: cty_for("prsp", MEDIA_CBOR)}
 _KEYGEN_VALUES = frozenset(int(v) for v in ESPrimKeyGenAlgID)
@@ -406,7 +411,13 @@ class Receiver:
             raise ImpersonationError(
                 f"inner request From {inner.fr!r} is not the identity bound to pairwiseESPrimKeyID {h.kid!r}"
             )
-        # Authenticated.  Accepted once: a replay is refused before anything else is recorded.
+        # Authenticated.  A request whose own (sealed) expiration time has passed is not
+        # executed (TS-0004 7.3.2/7.3.3 REQUEST_TIMEOUT): it bounds a withheld object's delay.
+        rqet = inner.rqet
+        if rqet is not None and rqet.absolute is not None and now > rqet.absolute:
+            raise RequestExpired(f"the inner request expired at {format_timestamp(rqet.absolute)} "
+                                 f"(Request Expiration Timestamp); it arrived at {format_timestamp(now)}")
+        # Accepted once: a replay is refused before anything else is recorded.
         if not self._state.record_object(ref, parsed.iv, session.replay_window_end):
             raise ReplayedObject(f"this ESPrim Object of session {h.ori!r}/{h.rri!r} was already accepted (replay)")
         # Now record what the object carried (TS-0003 8.4.3.2 "shall be recorded").
