@@ -7,6 +7,8 @@ forwards), and two AEs with their own HTTP endpoints; then
 - AE1 -> the CSE itself as ESPrim Target (through the gateway): CREATE, RETRIEVE, UPDATE,
   DELETE of a container, using the CSE's *shared* receiverESPrimRandObject from the
   CSEBase's e2eSecInfo;
+- what a CSE on the path can try with a captured object: replaying it (4105, executed once,
+  R10), or withholding it past the Request Expiration Timestamp sealed in it (4008, R11);
 - AE1 -> AE2 through gateway + ACME: NOTIFY and RETRIEVE, AE2 publishing no shared rand
   object, so AE1 asks for one *on request* (securityInfoType 3/4);
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 TraceRows = list[tuple[str, str]]
@@ -47,7 +49,7 @@ async def _run(acme: object, workdir: Path) -> TraceRows:  # noqa: C901 - a line
     from m2msec.net.acme import AcmeCSE
     from m2msec.net.client import AsyncOneM2MClient
     from m2msec.net.endpoint import AEEndpoint
-    from m2msec.onem2m import Operation, RequestPrimitive, ResourceType, ResponsePrimitive
+    from m2msec.onem2m import Operation, RequestPrimitive, ResourceType, ResponsePrimitive, SecurityInfo
     from m2msec.onem2m import ResponseStatusCode as RSC
     from m2msec.onem2m.primitives import new_request_id
     from m2msec.store import KeyEncryptionKey, open_store
@@ -126,6 +128,27 @@ async def _run(acme: object, workdir: Path) -> TraceRows:  # noqa: C901 - a line
                     raise RuntimeError(f"{req.op.name} {req.to}: got {int(rsp.rsc)}, expected {int(want)}")
                 rows.append((f"AE1 -> CSE  {req.op.name:8}", f"{req.to} -> {int(rsp.rsc)} {RSC(rsp.rsc).name}"))
             rows.append(("  rand object", f"shared (type-3 requests sent: {to_cse.rand_object_requests})"))
+
+            # ---- what a CSE on the path can try with an object it captured
+            once = inner(Operation.CREATE, ae1_path, ty=ResourceType.CONTAINER, pc={"m2m:cnt": {"rn": "once-cnt"}})
+            obj, _ = to_cse.originator.protect_request(once, await to_cse.session(cb, cb))
+            outer = RequestPrimitive.notify_security_info(to=cb, fr=ae1, seci=SecurityInfo.esprim(obj))
+            first, again = await client.send(outer), await client.send(outer)
+            if first.rsc != RSC.OK or again.rsc != RSC.CONFLICT:
+                raise RuntimeError(f"replayed ESPrim Object: {int(first.rsc)}, then {int(again.rsc)} (expected 2000, 4105)")
+            rows.append(("  captured object, replayed", f"first -> {int(first.rsc)}, same bytes again -> "
+                                                        f"{int(again.rsc)} {again.rsc.name} (executed once)"))
+            # sealed six minutes ago (its Originator's clock says so) and withheld since: its
+            # inner request's rqet (now + 5 min at sealing, R11) has passed
+            then = SecureOriginator(client, Originator(clock=lambda: _now() - timedelta(minutes=6)),
+                                    PairwiseKey(kid=kid_cse, key=key_cse, peer_id=acme.csi))
+            late_req = inner(Operation.CREATE, ae1_path, ty=ResourceType.CONTAINER, pc={"m2m:cnt": {"rn": "late-cnt"}})
+            obj, _ = then.originator.protect_request(late_req, await then.session(cb, cb))
+            late = await client.send(RequestPrimitive.notify_security_info(to=cb, fr=ae1, seci=SecurityInfo.esprim(obj)))
+            if late.rsc != RSC.REQUEST_TIMEOUT:
+                raise RuntimeError(f"withheld ESPrim Object answered {int(late.rsc)}, expected 4008")
+            rows.append(("  withheld 6 min, then sent", f"-> {int(late.rsc)} {late.rsc.name} (past its sealed rqet; "
+                                                       "not executed)"))
 
             # ---- AE1 -> AE2 through gateway + ACME (on-request rand object)
             to_ae2 = SecureOriginator(client, Originator(clock=_now), PairwiseKey(kid=kid_12, key=key_12, peer_id=ae2))
