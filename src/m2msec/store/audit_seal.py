@@ -244,9 +244,10 @@ def _tables_exist(b: Backend, conn: Any) -> bool:
 
 def _ensure_tables(store: Store) -> None:
     b = store._backend
-    with store._conn(write=True) as conn:
+    with store._conn(write=False) as conn:
         if _tables_exist(b, conn):
             return
+    with store._conn(write=True) as conn:
         b.schema_lock(conn)
         for stmt in b.audit_seal_ddl():
             b.execute(conn, stmt)
@@ -286,11 +287,12 @@ def seal(store: Store, kek: KeyEncryptionKey, *, max_rows: int | None = None, ba
     key = kek.audit_seal_key()
     b = store._backend
     _ensure_tables(store)
-    sealed = written = retries = 0
+    sealed = written = retries = streak = 0
     target: int | None = None
     head: AuditCheckpoint | None = None
     while max_rows is None or sealed < max_rows:
         with store._conn(write=False) as conn:
+            b.repeatable_read(conn)  # the head and the last entry from one snapshot
             head, prev_mac = _head(b, conn)
             _check_kek(head, key, prev_mac)
             if head is not None and (not prev_mac or not _cp_valid(key, head, prev_mac)):
@@ -306,7 +308,8 @@ def seal(store: Store, kek: KeyEncryptionKey, *, max_rows: int | None = None, ba
                     "the audit seal entries do not end where the newest checkpoint says: "
                     "run `m2msec store audit verify`; nothing sealed"
                 )
-            after = head.last_seq if head is not None else _MIN_SEQ
+        after = head.last_seq if head is not None else _MIN_SEQ
+        with store._conn(write=False) as conn:  # read committed (PostgreSQL): sees what the wait let commit
             if target is None:
                 top = b.execute(conn, "SELECT max(seq) FROM m2msec_audit").fetchone()[0]
                 if top is None or int(top) <= after:
@@ -341,8 +344,9 @@ def seal(store: Store, kek: KeyEncryptionKey, *, max_rows: int | None = None, ba
                 now_head.seal_no != head.seal_no or now_head.mac != head.mac  # type: ignore[union-attr]
             ):
                 retries += 1
-                if retries > max_retries:
-                    raise AuditSealError(f"another sealer kept winning: gave up after {max_retries} retries")
+                streak += 1
+                if streak > max_retries:
+                    raise AuditSealError(f"another sealer won {max_retries} times in a row: gave up")
                 continue  # leaves the block without an exception: the transaction commits nothing
             for i in range(0, len(entries), _ENTRIES_PER_INSERT):
                 chunk = entries[i : i + _ENTRIES_PER_INSERT]
@@ -352,6 +356,7 @@ def seal(store: Store, kek: KeyEncryptionKey, *, max_rows: int | None = None, ba
                       (seal_no, cp.last_seq, count, chain, b.ts_in(now), cp.kek_id, mac))
         sealed += len(entries)
         written += 1
+        streak = 0
         head = AuditCheckpoint(seal_no, cp.last_seq, count, chain, now, cp.kek_id, mac)
     return AuditSealResult(sealed, written, head, retries)
 
@@ -444,20 +449,25 @@ def verify(store: Store, kek: KeyEncryptionKey, *, anchor: str | None = None,
         ents = (_keyset(b, conn, "SELECT seq, tag, chain FROM m2msec_audit_mac WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?", upper)
                 if mac_top is not None else iter(()))
         chain, prev_seq, count, bi, beyond = GENESIS, None, 0, 0, 0
+        base_count, base_rows, base_seq = 0, 0, None  # at the previous verified checkpoint
 
         def boundaries(before: int | None) -> None:
-            nonlocal bi
+            # each verified checkpoint: as many entries since the previous one as it sealed, and
+            # the chain ends in its value
+            nonlocal bi, base_count, base_rows, base_seq
             while bi < len(bounds) and (before is None or bounds[bi].last_seq < before):
                 cp = bounds[bi]
-                if count != cp.row_count:
-                    why = ("sealed rows were removed with their entries" if count < cp.row_count
-                           else "entries were added")
-                    found("count-mismatch", f"checkpoint {cp.seal_no} sealed {cp.row_count} row(s) up to seq "
-                          f"{cp.last_seq}; {count} seal entries are there: {why}", seq=cp.last_seq,
+                want, have = cp.row_count - base_rows, count - base_count
+                span = f"after seq {base_seq} " if base_seq is not None else ""
+                if have != want:
+                    why = "sealed rows were removed with their entries" if have < want else "entries were added"
+                    found("count-mismatch", f"checkpoint {cp.seal_no} sealed {want} row(s) {span}up to seq "
+                          f"{cp.last_seq}; {have} seal entries are there: {why}", seq=cp.last_seq,
                           seal_no=cp.seal_no)
                 elif chain != cp.chain:
                     found("count-mismatch", f"the chain at seq {cp.last_seq} does not end in checkpoint "
                           f"{cp.seal_no}'s value", seq=cp.last_seq, seal_no=cp.seal_no)
+                base_count, base_rows, base_seq = count, cp.row_count, cp.last_seq
                 bi += 1
 
         r = next(rows, None)
