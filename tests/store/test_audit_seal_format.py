@@ -5,8 +5,8 @@ chain and checkpoint MAC, each recomputed here from RFC 2104/5869 primitives wri
 from __future__ import annotations
 
 import hashlib
-import json
 import hmac
+import json
 import pickle
 import struct
 

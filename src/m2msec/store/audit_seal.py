@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ANCHOR_HEX_DIGITS",
+    "GENESIS",
     "AuditCheckpoint",
     "AuditFinding",
     "AuditSealError",
@@ -63,9 +64,8 @@ __all__ = [
     "AuditSealResult",
     "AuditTampered",
     "AuditVerification",
-    "GENESIS",
-    "checkpoint_mac",
     "chain_next",
+    "checkpoint_mac",
     "encode_row",
     "row_tag",
     "seal",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -61,7 +61,7 @@ audit_app = typer.Typer(
 app.add_typer(audit_app, name="audit")
 
 KekFileOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--kek-file", help="KEK file (else $M2MSEC_KEK_FILE, else $M2MSEC_KEK)."),
 ]
 
@@ -74,7 +74,7 @@ def _kek(kek_file: Path | None) -> KeyEncryptionKey:
 def audit(
     ctx: typer.Context,
     url: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--url", envvar="M2MSEC_STORE_URL", help="sqlite:///path.db or postgresql://…"),
     ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="Newest N entries.")] = 50,
@@ -123,7 +123,7 @@ def _cp_json(cp: AuditCheckpoint | None) -> dict[str, object] | None:
 def audit_seal(
     url: UrlOpt,
     kek_file: KekFileOpt = None,
-    max_rows: Annotated[Optional[int], typer.Option("--max-rows", min=1, help="Seal at most N rows.")] = None,
+    max_rows: Annotated[int | None, typer.Option("--max-rows", min=1, help="Seal at most N rows.")] = None,
     batch_rows: Annotated[int, typer.Option("--batch-rows", min=1, help="Rows per checkpoint/transaction.")] = 10000,
     writer_timeout: Annotated[float, typer.Option(
         "--writer-timeout", min=0.0, help="PostgreSQL: seconds to wait for open audit writers.")] = 30.0,
@@ -163,7 +163,7 @@ def audit_seal(
 def audit_verify(
     url: UrlOpt,
     kek_file: KekFileOpt = None,
-    anchor: Annotated[Optional[str], typer.Option(
+    anchor: Annotated[str | None, typer.Option(
         "--anchor", help="<seal_no>:<hex> printed by an earlier seal (detects a rollback past it).")] = None,
     max_findings: Annotated[int, typer.Option("--max-findings", min=1, help="List at most N findings.")] = 1000,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
