@@ -22,6 +22,9 @@ KpsaID, ``psk`` = Kpsa.  Entity B looks the KpsaID up in a
 KpsaID aborts the handshake with UNKNOWN_PSK_IDENTITY, a wrong Kpsa with
 PSK_MISMATCH.
 
+:func:`combined_server` joins a PSK and a certificate server endpoint into one
+listener (10.2.1: the client's cipher suite picks the framework).
+
 Either side can be (D)TLS client or server (8.2.1: SA2 reverses the roles), and
 :func:`connect`, :func:`connect_dtls`, :func:`serve`, :func:`serve_dtls` run the
 handshake over asyncio TCP/UDP and hand out the bound context.
@@ -30,6 +33,7 @@ handshake over asyncio TCP/UDP and hand out the bound context.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -56,6 +60,7 @@ __all__ = [
     "SAEFEndpoint",
     "certificate_client",
     "certificate_server",
+    "combined_server",
     "connect",
     "connect_dtls",
     "psk_client",
@@ -260,6 +265,29 @@ def psk_server(directory: KpsaDirectory, *, id_b: str | None = None, transport: 
         )
 
     return SAEFEndpoint("psk", local_role, config, bind)
+
+
+def combined_server(psk: SAEFEndpoint, certificate: SAEFEndpoint) -> SAEFEndpoint:
+    """One (D)TLS server accepting both the PSK and the Certificate-Based SAEF.
+
+    ``psk`` from :func:`psk_server`, ``certificate`` from :func:`certificate_server`
+    (same entity, role and transport).  The client's choice of cipher suite decides
+    the framework (10.2.1: a server may offer all profile suites); a handshake that
+    ended with a PSK identity is bound like ``psk``, any other like ``certificate``.
+    """
+    pc, cc = psk.tls_context.config, certificate.tls_context.config
+    if pc.role is not Role.SERVER or cc.role is not Role.SERVER:
+        raise ValueError("combined_server joins two server endpoints")
+    if pc.transport is not cc.transport or psk.local_role is not certificate.local_role:
+        raise ValueError("the PSK and certificate endpoints must have the same transport and entity")
+    if psk.framework != "psk" or certificate.framework != "certificate":
+        raise ValueError("combined_server(psk=<psk_server>, certificate=<certificate_server>)")
+    config = dataclasses.replace(cc, psk_lookup=pc.psk_lookup, psk_identity_hint=pc.psk_identity_hint)
+
+    def bind(engine: TLSEngine) -> SecurityContext:
+        return (psk if engine.psk_identity is not None else certificate).bind(engine)
+
+    return SAEFEndpoint("psk+certificate", psk.local_role, config, bind)
 
 
 # ------------------------------------------------------------------ asyncio helpers

@@ -14,6 +14,12 @@ of access-control decisions on an *authenticated* originator, which this is not.
 For a CSE peer the check can be relaxed with ``allow_cse_forwarding`` (TS-0003
 7.2.1 NOTE: a transit CSE forwards requests of other originators).
 
+A request that passed the check goes to ``handler(request, ctx)`` as a primitive or,
+for a server that relays HTTP (the ESPrim gateway), to ``http_handler(message, request,
+ctx)`` with the received :class:`HTTPMessage` (method, target, headers, body, TCP peer)
+and answers with an HTTP response.  ``idle_timeout`` bounds the wait for each read of a
+request; ``rejections`` and ``handshake_errors`` keep the latest ``max_records`` entries.
+
 :class:`SAEFHTTPClient` is the matching client: one keep-alive connection, one
 request at a time.
 """
@@ -23,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import h11
@@ -45,12 +52,26 @@ from m2msec.saef.framework import SAEFEndpoint, connect, serve
 from m2msec.tls.aio import TLSStreamWriter
 from m2msec.tls.profiles import Transport
 
-__all__ = ["RequestHandler", "SAEFHTTPClient", "SAEFHTTPServer", "Rejection"]
+__all__ = ["HTTPMessage", "HTTPRequestHandler", "RequestHandler", "SAEFHTTPClient", "SAEFHTTPServer", "Rejection"]
 
 log = logging.getLogger(__name__)
 
 RequestHandler = Callable[[RequestPrimitive, SecurityContext], Awaitable[ResponsePrimitive]]
 Rejection = tuple[str, "str | None", int]  # (bound peer id, From, RSC)
+
+
+@dataclass(frozen=True)
+class HTTPMessage:
+    """A received HTTP request as it came (header names lower-case, latin-1 text)."""
+
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    peer: Any  # the TCP peer (``getpeername()``), None if unknown
+
+
+HTTPRequestHandler = Callable[[HTTPMessage, RequestPrimitive, SecurityContext], Awaitable[HttpResponse]]
 
 _MAX_BODY = 1 << 20
 
@@ -81,12 +102,20 @@ def _header(headers: Any, name: bytes) -> str | None:
 class SAEFHTTPServer:
     """HTTP/1.1 oneM2M binding server on an SAEF TLS endpoint."""
 
-    def __init__(self, endpoint: SAEFEndpoint, handler: RequestHandler, *, sp_id: str | None = None,
-                 cse_id: str | None = None, allow_cse_forwarding: bool = False, max_body: int = _MAX_BODY) -> None:
+    def __init__(self, endpoint: SAEFEndpoint, handler: RequestHandler | None = None, *, sp_id: str | None = None,
+                 cse_id: str | None = None, allow_cse_forwarding: bool = False, max_body: int = _MAX_BODY,
+                 http_handler: HTTPRequestHandler | None = None, idle_timeout: float | None = None,
+                 max_records: int = 1000) -> None:
         if endpoint.transport is not Transport.TLS:
             raise ValueError("the HTTP binding runs over TLS (TCP)")
+        if (handler is None) == (http_handler is None):
+            raise ValueError("give exactly one of handler and http_handler")
         self.endpoint = endpoint
         self.handler = handler
+        self.http_handler = http_handler
+        self.idle_timeout = idle_timeout
+        self.max_records = max_records
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.sp_id = sp_id
         self.cse_id = cse_id
         self.allow_cse_forwarding = allow_cse_forwarding
@@ -106,13 +135,23 @@ class SAEFHTTPServer:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         self._server = await serve(self.endpoint, self._connection, host, port,
-                                   on_error=lambda e, _p: self.handshake_errors.append(e))
+                                   on_error=lambda e, _p: self._record(self.handshake_errors, e))
         return self.address
 
+    def _record(self, records: list[Any], entry: Any) -> None:
+        records.append(entry)
+        if len(records) > self.max_records:
+            del records[: len(records) - self.max_records]
+
     async def close(self) -> None:
+        """Stop listening and end the open connections."""
         if self._server is not None:
             self._server.close()
+            for t in list(self._tasks):
+                t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
             await self._server.wait_closed()
+            self._server = None
 
     async def __aenter__(self) -> SAEFHTTPServer:
         if self._server is None:
@@ -124,10 +163,26 @@ class SAEFHTTPServer:
 
     # -- one connection ---------------------------------------------------------------
     async def _connection(self, reader: asyncio.StreamReader, writer: TLSStreamWriter, ctx: SecurityContext) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            await self._serve_connection(reader, writer, ctx)
+        except (asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError, h11.LocalProtocolError):
+            pass  # idle, reset or half-closed: end the connection quietly
+        except asyncio.CancelledError:
+            pass  # close()
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def _serve_connection(self, reader: asyncio.StreamReader, writer: TLSStreamWriter,
+                                ctx: SecurityContext) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_body)
+        peer = writer.get_extra_info("peername")
         while True:
             try:
-                req_event, body = await read_request(conn, reader, self.max_body)
+                req_event, body = await read_request(conn, reader, self.max_body, timeout=self.idle_timeout)
             except h11.RemoteProtocolError as exc:
                 if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                     await self._send(conn, writer, _error_response(ResponseStatusCode.BAD_REQUEST, None, None,
@@ -135,12 +190,13 @@ class SAEFHTTPServer:
                 return
             if req_event is None:
                 return
-            resp = await self._dispatch(req_event, body, ctx)
+            resp = await self._dispatch(req_event, body, ctx, peer)
             await self._send(conn, writer, resp)
             if not next_cycle(conn):
                 return
 
-    async def _dispatch(self, event: h11.Request, body: bytes, ctx: SecurityContext) -> HttpResponse:
+    async def _dispatch(self, event: h11.Request, body: bytes, ctx: SecurityContext,
+                        peer: Any = None) -> HttpResponse:
         rqi = _header(event.headers, b"x-m2m-ri")
         rvi = _header(event.headers, b"x-m2m-rvi")
         try:
@@ -151,10 +207,23 @@ class SAEFHTTPServer:
             ctx.check_originator(req.fr, sp_id=self.sp_id, cse_id=self.cse_id,
                                  allow_cse_forwarding=self.allow_cse_forwarding)
         except M2MSecError as exc:
-            self.rejections.append((ctx.peer_id, req.fr, int(exc.rsc)))
+            self._record(self.rejections, (ctx.peer_id, req.fr, int(exc.rsc)))
             log.info("request %s from %r rejected on the association with %r: %s", req.rqi, req.fr, ctx.peer_id,
                      exc.rsc.name)
             return _error_response(exc.rsc, req.rqi, req.rvi, exc.args[0])
+        if self.http_handler is not None:
+            msg = HTTPMessage(event.method.decode("ascii", "replace"), event.target.decode("latin-1"),
+                              [(bytes(k).decode("latin-1"), bytes(v).decode("latin-1")) for k, v in event.headers],
+                              body, peer)
+            try:
+                return await self.http_handler(msg, req, ctx)
+            except M2MSecError as exc:
+                return _error_response(exc.rsc, req.rqi, req.rvi, exc.args[0])
+            except Exception as exc:  # the handler failed: no stack trace to the peer
+                log.exception("request handler failed")
+                return _error_response(ResponseStatusCode.INTERNAL_SERVER_ERROR, req.rqi, req.rvi,
+                                       type(exc).__name__)
+        assert self.handler is not None
         try:
             rsp = await self.handler(req, ctx)
         except M2MSecError as exc:
