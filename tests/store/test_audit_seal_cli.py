@@ -158,3 +158,23 @@ def test_listing_still_works_beside_the_subcommands(tmp_path: Path) -> None:
 def test_help_names_the_exit_codes(cmd: str) -> None:
     res = runner.invoke(app, ["audit", cmd, "--help"])
     assert res.exit_code == 0 and "--kek-file" in res.output and "Exit 0" in res.output
+
+
+def test_reseal_command(tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path}/s.db"
+    old_path, new_path = tmp_path / "old", tmp_path / "new"
+    _seeded(url, old_path, 3)
+    KeyEncryptionKey.generate().write_file(new_path)
+    assert runner.invoke(app, ["audit", "seal", "--url", url, "--kek-file", str(old_path)]).exit_code == 0
+    res = runner.invoke(app, ["audit", "reseal", "--url", url, "--old-kek-file", str(old_path), "--kek-file", str(new_path)])
+    assert res.exit_code == 0 and "resealed 3 row(s)" in res.output, res.output
+    assert runner.invoke(app, ["audit", "verify", "--url", url, "--kek-file", str(new_path)]).exit_code == 0
+    assert runner.invoke(app, ["audit", "verify", "--url", url, "--kek-file", str(old_path)]).exit_code == 2
+    # again with the now-wrong old KEK: a KEK error, exit 2
+    res = runner.invoke(app, ["audit", "reseal", "--url", url, "--old-kek-file", str(old_path), "--kek-file", str(new_path)])
+    assert res.exit_code == 2 and "KEK id" in res.output
+    # a trail that does not verify under the old KEK is not resealed: exit 1
+    _tamper(url, "UPDATE m2msec_audit SET outcome = 'denied' WHERE seq = 2")
+    res = runner.invoke(app, ["audit", "reseal", "--url", url, "--old-kek-file", str(new_path), "--kek-file", str(old_path)])
+    assert res.exit_code == 1 and "does not verify under the old KEK" in res.output
+    assert runner.invoke(app, ["audit", "verify", "--url", url, "--kek-file", str(new_path)]).exit_code == 1

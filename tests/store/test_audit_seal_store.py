@@ -412,3 +412,36 @@ def test_services_do_not_need_the_seal_tables(store: Store, store_url: str) -> N
     assert _raw(store_url, exists) in ([], [(None,)])
     store.seal_audit()
     assert _raw(store_url, exists) not in ([], [(None,)])
+
+
+# ---------------------------------------------------------------------------------------
+# KEK rotation
+
+
+def test_reseal_after_kek_rotation(sealed: tuple[Store, str], kek: KeyEncryptionKey, clock: Any) -> None:
+    store, _ = sealed
+    store.put_credential("mef.ke", "k1", b"\x01" * 32)
+    _seed(store, 2, 9)  # rows 10-11 not sealed yet
+    new = KeyEncryptionKey.generate()
+    store.rekey(kek, new)
+    with pytest.raises(AuditSealKekMismatch):
+        store.verify_audit()
+    with pytest.raises(AuditSealError, match="same"):
+        store.reseal_audit(new)
+    clock.advance(minutes=1)
+    res = store.reseal_audit(kek)
+    assert res.sealed_rows == 11 and res.head.kek_id == new.kek_id.hex()  # type: ignore[union-attr]
+    v = store.verify_audit()
+    assert v.intact and v.sealed_rows == 11 and v.unsealed_rows == 0 and v.checkpoints == 2
+    with pytest.raises(AuditSealKekMismatch):
+        store.verify_audit(kek)
+
+
+def test_reseal_refuses_a_tampered_trail(sealed: tuple[Store, str], kek: KeyEncryptionKey) -> None:
+    store, url = sealed
+    _tamper(url, "DELETE FROM m2msec_audit WHERE seq = 5")
+    new = KeyEncryptionKey.generate()
+    with pytest.raises(AuditTampered, match="does not verify under the old KEK"):
+        store.reseal_audit(kek, new)
+    v = store.verify_audit(kek)  # nothing changed
+    assert _kinds(v) == [("deleted", 5)] and v.head.kek_id == kek.kek_id.hex()  # type: ignore[union-attr]

@@ -67,6 +67,7 @@ __all__ = [
     "chain_next",
     "checkpoint_mac",
     "encode_row",
+    "reseal",
     "row_tag",
     "seal",
     "verify",
@@ -359,6 +360,55 @@ def seal(store: Store, kek: KeyEncryptionKey, *, max_rows: int | None = None, ba
         streak = 0
         head = AuditCheckpoint(seal_no, cp.last_seq, count, chain, now, cp.kek_id, mac)
     return AuditSealResult(sealed, written, head, retries)
+
+
+def reseal(store: Store, old_kek: KeyEncryptionKey, new_kek: KeyEncryptionKey, *,
+           batch_rows: int = 10000) -> AuditSealResult:
+    """After a KEK rotation: verify the whole trail under ``old_kek`` and, only if intact, rebuild
+    the seal under ``new_kek`` in one transaction (the sealed rows become checkpoint 1 of a new
+    chain; earlier anchors no longer apply), then seal what is newer.
+
+    :class:`AuditTampered` if the trail does not verify under ``old_kek`` (nothing changes).
+    The transaction holds the write lock while it recomputes (SQLite appends wait for it).
+    """
+    if old_kek == new_kek:
+        raise AuditSealError("old and new key-encryption keys are the same")
+    v = verify(store, old_kek)
+    if not v.intact:
+        raise AuditTampered(f"the audit trail does not verify under the old KEK ({len(v.findings) + v.more_findings} "
+                            "finding(s)): nothing resealed")
+    if v.head is None:
+        return seal(store, new_kek, batch_rows=batch_rows)
+    key = new_kek.audit_seal_key()
+    b = store._backend
+    old = v.head
+    with store._conn(write=True) as conn:
+        b.seal_lock(conn)
+        now_head, _ = _head(b, conn)
+        if now_head is None or now_head.seal_no != old.seal_no or now_head.mac != old.mac:
+            raise AuditSealError("the seal changed while it was verified (another sealer?): run reseal again")
+        chain, entries = GENESIS, []
+        for r in _keyset(b, conn, f"SELECT {', '.join('a.' + c for c in _ROW_COLS.split(', '))} FROM m2msec_audit a "
+                         "JOIN m2msec_audit_mac m ON m.seq = a.seq WHERE a.seq > ? AND a.seq <= ? ORDER BY a.seq LIMIT ?",
+                         old.last_seq):
+            tag = row_tag(key, _canonical_row(b, r))
+            chain = chain_next(key, chain, tag)
+            entries.append((int(r[0]), tag, chain))
+        if len(entries) != old.row_count:  # pragma: no cover - verify just said intact
+            raise AuditTampered("the sealed rows changed while they were resealed: nothing resealed")
+        b.execute(conn, "DELETE FROM m2msec_audit_mac")
+        b.execute(conn, "DELETE FROM m2msec_audit_seal")
+        for i in range(0, len(entries), _ENTRIES_PER_INSERT):
+            chunk = entries[i : i + _ENTRIES_PER_INSERT]
+            b.execute(conn, "INSERT INTO m2msec_audit_mac (seq, tag, chain) VALUES "
+                      + ", ".join(["(?, ?, ?)"] * len(chunk)), [v for e in chunk for v in e])
+        now = store._now()
+        mac = checkpoint_mac(key, 1, GENESIS, old.last_seq, old.row_count, chain, ts_text(now), key.kek_id)
+        b.execute(conn, f"INSERT INTO m2msec_audit_seal ({_CP_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                  (1, old.last_seq, old.row_count, chain, b.ts_in(now), key.kek_id.hex(), mac))
+    more = seal(store, new_kek, batch_rows=batch_rows)
+    head = more.head or AuditCheckpoint(1, old.last_seq, old.row_count, chain, now, key.kek_id.hex(), mac)
+    return AuditSealResult(old.row_count + more.sealed_rows, 1 + more.checkpoints, head, more.retries)
 
 
 def _keyset(b: Backend, conn: Any, sql: str, upper: int, size: int = 5000) -> Iterator[Sequence[Any]]:

@@ -159,6 +159,35 @@ def audit_seal(
         con.print(f"anchor: [bold]{h.anchor}[/bold]")
 
 
+@audit_app.command("reseal")
+def audit_reseal(
+    url: UrlOpt,
+    old_kek_file: Annotated[Path, typer.Option("--old-kek-file", help="KEK the trail is sealed under now.")],
+    kek_file: KekFileOpt = None,
+) -> None:
+    """After `store rekey`: verify the trail under the old KEK and rebuild its seal under the new one.
+
+    Exit 0 resealed, 1 refused because the trail does not verify under the old KEK, 2 on usage,
+    store or KEK errors.  Anchors of earlier seals no longer apply: keep the new one.
+    """
+    try:
+        old = KeyEncryptionKey.from_file(old_kek_file)
+        new = _kek(kek_file)
+        with open_store(url, new, create_schema=False) as store:
+            res = store.reseal_audit(old, new)
+    except AuditTampered as exc:
+        typer.echo(f"tampered: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    except M2MSecError as exc:
+        _fail(exc)
+    from rich.console import Console
+
+    con = Console(width=160, highlight=False)
+    con.print(f"resealed [bold]{res.sealed_rows}[/bold] row(s): kek_id {old.kek_id_hex} -> {new.kek_id_hex}")
+    if res.head is not None:
+        con.print(f"anchor: [bold]{res.head.anchor}[/bold]")
+
+
 @audit_app.command("verify")
 def audit_verify(
     url: UrlOpt,

@@ -914,6 +914,14 @@ class Store(_Operations):
         return seal(self, kek if kek is not None else self._require_kek(), max_rows=max_rows,
                     batch_rows=batch_rows, writer_timeout=writer_timeout)
 
+    def reseal_audit(self, old_kek: KeyEncryptionKey, new_kek: KeyEncryptionKey | None = None) -> AuditSealResult:
+        """After a KEK rotation: verify the trail under ``old_kek``, then rebuild its seal under
+        ``new_kek`` (default: this store's KEK) in one transaction
+        (:func:`m2msec.store.audit_seal.reseal`)."""
+        from m2msec.store.audit_seal import reseal
+
+        return reseal(self, old_kek, new_kek if new_kek is not None else self._require_kek())
+
     def verify_audit(self, kek: KeyEncryptionKey | None = None, *, anchor: str | None = None,
                      max_findings: int = 1000) -> AuditVerification:
         """Recompute the chain over the sealed rows and report every modified, deleted or inserted
