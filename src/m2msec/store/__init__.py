@@ -14,11 +14,22 @@ Enrolment-Token) and an append-only audit trail.
         tx.append_audit("mef", "enrol", key_id, "ok")
     # many concurrent audit-only appends, one commit per batch (group commit):
     AuditBatcher(store).append("maf", "key_retrieval", client_id, "ok", {"relativeKeyID": rel})
+    # an operator (cron) makes changes to the trail evident to whoever holds the KEK:
+    store.seal_audit(); assert store.verify_audit().intact
 """
 
 from __future__ import annotations
 
 from m2msec.store.audit import AuditBatcher, AuditCommitError
+from m2msec.store.audit_seal import (
+    AuditCheckpoint,
+    AuditFinding,
+    AuditSealError,
+    AuditSealKekMismatch,
+    AuditSealResult,
+    AuditTampered,
+    AuditVerification,
+)
 from m2msec.store.errors import (
     DecryptionFailure,
     DuplicateError,
@@ -44,7 +55,14 @@ from m2msec.store.store import (
 __all__ = [
     "UNCHANGED",
     "AuditBatcher",
+    "AuditCheckpoint",
     "AuditCommitError",
+    "AuditFinding",
+    "AuditSealError",
+    "AuditSealKekMismatch",
+    "AuditSealResult",
+    "AuditTampered",
+    "AuditVerification",
     "AuditEntry",
     "Clock",
     "Credential",
