@@ -445,3 +445,12 @@ def test_reseal_refuses_a_tampered_trail(sealed: tuple[Store, str], kek: KeyEncr
         store.reseal_audit(kek, new)
     v = store.verify_audit(kek)  # nothing changed
     assert _kinds(v) == [("deleted", 5)] and v.head.kek_id == kek.kek_id.hex()  # type: ignore[union-attr]
+
+
+def test_dropped_seal_tables_look_unsealed_but_not_to_an_anchor(sealed: tuple[Store, str]) -> None:
+    store, url = sealed
+    anchor = store.verify_audit().head.anchor  # type: ignore[union-attr]
+    _tamper(url, "DROP TABLE m2msec_audit_seal", "DROP TABLE m2msec_audit_mac")
+    v = store.verify_audit()
+    assert v.intact and v.checkpoints == 0 and v.unsealed_rows == 9  # "never sealed"
+    assert _kinds(store.verify_audit(anchor=anchor)) == [("rolled-back", 2)]
