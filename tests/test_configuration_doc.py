@@ -427,6 +427,20 @@ GATEWAY: dict[tuple[str, str], Accessor] = {
     ("mef", "target_id"): lambda b, _: b.gateway.receiver._keys.fetcher.target_id,
     ("routes", "csi"): lambda b, _: list(b.gateway.routes),
     ("routes", "url"): lambda b, _: list(b.gateway.routes.values()),
+    ("saef", "listen"): lambda b, _: b.cfg.saef.listen,
+    ("saef", "cert"): lambda b, _: ("file", [b.cfg.saef.credentials.certificate, *b.cfg.saef.credentials.chain]),
+    ("saef", "key"): lambda b, _: ("file", _pub(b.cfg.saef.credentials.private_key)),
+    ("saef", "require_saef_for"): lambda b, _: list(b.gateway.require_saef_for),
+    ("saef_psk", "kpsa_id"): lambda b, _: [e.kpsa_id for e in b.cfg.saef.psk],
+    ("saef_psk", "kpsa_hex"): lambda b, _: [e.kpsa.hex() for e in b.cfg.saef.psk],
+    ("saef_psk", "kpsa_file"): lambda b, _: [e.kpsa.hex() for e in b.cfg.saef.psk],
+    ("saef_psk", "ae_id"): lambda b, _: [e.peer_id for e in b.cfg.saef.psk],
+    ("saef_cert", "flavour"): lambda b, _: [c.association.peer_cert.flavour.value for c in b.cfg.saef.certs],
+    ("saef_cert", "identifier"): lambda b, _: [c.association.peer_cert.identifier for c in b.cfg.saef.certs],
+    ("saef_cert", "root_of_trust"): lambda b, _: ("file", list(b.cfg.saef.certs[0].association.peer_root_of_trust)),
+    ("saef_cert", "ae_id"): lambda b, _: [c.association.peer_id for c in b.cfg.saef.certs],
+    ("saef_cert", "crls"): lambda b, _: [_names(c.crl_files) for c in b.cfg.saef.certs],
+    ("saef_cert", "revocation"): lambda b, _: [c.association.revocation.value for c in b.cfg.saef.certs],
 }
 
 ACCESSORS = {"maf.toml": MAF, "mef.toml": MEF, "gateway.toml": GATEWAY}
@@ -499,7 +513,7 @@ def _loader_functions(file: str) -> list[Any]:
     if file == "mef.toml":
         return [mef_cli._load, mef_cli._state, mef_cli._credentials, mef_cli._gba, mef_cli._est,
                 mef_cli._crl_publisher, mef_cli._crls, mef_cli.serve]
-    return [gateway_config.load_config, gateway_config._read_key]
+    return [gateway_config.load_config, gateway_config._read_key, gateway_config._saef]
 
 
 def loader_strings(file: str) -> set[str]:
@@ -628,10 +642,13 @@ def test_complete_example_loads_with_every_value(file: str, tmp_path: Path, pki:
             assert got[1] == _file_content(values[(table, key)][0], pki), f"{file} [{table}] {key}"
             continue
         want = expected(doc, table, key, tmp_path)
-        if file == "gateway.toml" and table == "keys" and key in ("key_hex", "key_file"):
-            hexes = get(loaded, tmp_path)  # one key per entry, from key_hex or key_file
-            entries = doc["keys"]
-            assert hexes == [e["key_hex"] if "key_hex" in e else (tmp_path / e["key_file"]).read_text().strip()
+        pair = {("keys", "key_hex"): ("key_hex", "key_file"), ("keys", "key_file"): ("key_hex", "key_file"),
+                ("saef_psk", "kpsa_hex"): ("kpsa_hex", "kpsa_file"),
+                ("saef_psk", "kpsa_file"): ("kpsa_hex", "kpsa_file")}.get((table, key))
+        if file == "gateway.toml" and pair is not None:
+            hexes = get(loaded, tmp_path)  # one key per entry, from the hex or the file key
+            entries = doc[table]
+            assert hexes == [e[pair[0]] if pair[0] in e else (tmp_path / e[pair[1]]).read_text().strip()
                              for e in entries]
             continue
         assert got == want, f"{file} [{table}] {key}: loaded {got!r}, the example says {want!r}"
@@ -760,6 +777,12 @@ REFUSALS = [
     ("gateway.toml", 'psk_file = "mef.psk"', ""),
     ("gateway.toml", "unique_key_period = 7200", "unique_key_period = 1000"),
     ("gateway.toml", "suids = [13, 23, 43]", "suids = [11]"),
+    ("gateway.toml", 'listen = "0.0.0.0:8443"', 'listen = "8443"'),
+    ("gateway.toml", 'require_saef_for = ["Cae1", "Cmeter-*"]', 'require_saef_for = ["*"]'),
+    ("gateway.toml", 'kpsa_file = "meter-7.psk"', 'kpsa_file = "meter-7.psk"\nkpsa_hex = "00112233"'),
+    ("gateway.toml", 'flavour = "ae-id"', 'flavour = "cse-id"'),
+    ("gateway.toml", 'key = "cse-in-key.pem"', ""),
+    ("gateway.toml", 'revocation = "require"', 'revocation = "sometimes"'),
 ]
 
 

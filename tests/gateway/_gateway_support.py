@@ -34,9 +34,14 @@ def running_acme(base_dir: Path) -> Iterator[AcmeCSE]:
 class GatewayProcess:
     """`python -m m2msec.gateway serve` as a child process; ``url`` once it listens."""
 
-    def __init__(self, config: Path, cse_url: str, trace: Path | None = None, store: str | None = None) -> None:
+    def __init__(self, config: Path, cse_url: str, trace: Path | None = None, store: str | None = None,
+                 saef_listen: str | None = None) -> None:
+        """``saef_listen``: start the SAEF listener there (the config needs ``[saef]``); its
+        address is then ``saef_address`` (host, port), read from the second start line."""
         cmd = [sys.executable, "-m", "m2msec.gateway", "serve", "--config", str(config), "--cse", cse_url,
                "--listen", "127.0.0.1:0"]
+        if saef_listen is not None:
+            cmd += ["--saef-listen", saef_listen]
         if trace is not None:
             cmd += ["--trace", str(trace)]
         if store is not None:
@@ -51,11 +56,15 @@ class GatewayProcess:
         def read() -> None:
             assert self.proc.stdout is not None
             line.append(self.proc.stdout.readline())
+            if saef_listen is not None:
+                line.append(self.proc.stdout.readline())
 
         t = threading.Thread(target=read, daemon=True)
         t.start()
         t.join(20)
-        if not line or not line[0].startswith("listening on "):
+        want = 2 if saef_listen is not None else 1
+        if len(line) < want or not line[0].startswith("listening on ") or \
+                (saef_listen is not None and not line[1].startswith("saef listening on ")):
             self.proc.kill()
             self.proc.wait(10)
             self._err.seek(0)
@@ -63,6 +72,10 @@ class GatewayProcess:
             self._err.close()
             raise RuntimeError(f"gateway did not start: {line!r} {err[-2000:]}")
         self.url = line[0].split("listening on ", 1)[1].strip()
+        self.saef_address: tuple[str, int] | None = None
+        if saef_listen is not None:
+            host, _, port = line[1].split("saef listening on ", 1)[1].strip().rpartition(":")
+            self.saef_address = (host, int(port))
 
     def stop(self) -> int | None:
         self._err.close()

@@ -1,6 +1,8 @@
 """Assemble a :class:`~m2msec.gateway.server.Gateway` from its configuration: open the
 store, provision the configured pairwiseESPrimKeys into it (TS-0003 8.4.2 phase A,
-pre-provisioned), and build the CSE's ESPrim Receiver on store-backed state."""
+pre-provisioned), and build the CSE's ESPrim Receiver on store-backed state; with
+``[saef]``, the (not yet started) SAEF listener of TS-0003 8.2 / 7.2.1 as
+``gateway.saef_listener`` (:mod:`m2msec.gateway.saef`)."""
 
 from __future__ import annotations
 
@@ -64,5 +66,10 @@ def build(config: GatewayConfig, *, clock: Any = None, store: Store | None = Non
         cse_url=config.cse_url, cse_id=config.cse_id, cse_name=config.cse_name, receiver=receiver,
         admin=config.admin, routes=config.routes, poa_ttl=config.poa_ttl, trace_file=config.trace_file,
         key_prefetch=prefetch, enforce_acp=config.enforce_acp, sp_id=config.sp_id, clock=clock,
+        require_saef_for=config.saef.require_saef_for if config.saef is not None else (),
     )
+    if config.saef is not None:
+        from m2msec.gateway.saef import SAEFListener, build_endpoint  # noqa: PLC0415
+
+        gw.saef_listener = SAEFListener(gw, build_endpoint(config.saef, clock=clock), sp_id=config.sp_id)
     return gw, store

@@ -40,14 +40,19 @@ def serve(
     listen: Annotated[str, typer.Option("--listen", help="HOST:PORT to listen on (port 0: ephemeral)")] = "127.0.0.1:8081",
     store: Annotated[Optional[str], typer.Option("--store", help="store URL (sqlite:///… or postgresql://…)")] = None,
     trace: Annotated[Optional[Path], typer.Option("--trace", help="append every forwarded HTTP message here")] = None,
+    saef_listen: Annotated[Optional[str], typer.Option(
+        "--saef-listen", help="HOST:PORT of the SAEF (TLS) listener, overrides [saef] listen (port 0: ephemeral)")] = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT.  Prints ``listening on URL`` once ready."""
+    """Serve until SIGTERM/SIGINT.  Prints ``listening on URL`` once ready, then
+    ``saef listening on HOST:PORT`` when ``[saef]`` is configured."""
     from m2msec.gateway.app import build
     from m2msec.gateway.config import load_config
 
     host, port = _listen(listen)
+    if saef_listen is not None:
+        _listen(saef_listen)
     try:
-        cfg = load_config(config, cse_url=cse, store_url=store)
+        cfg = load_config(config, cse_url=cse, store_url=store, saef_listen=saef_listen)
         if trace is not None:
             import dataclasses
 
@@ -66,6 +71,15 @@ def serve(
 
     async def run() -> None:
         await gw.start(host, port)
+        saef = gw.saef_listener
+        if saef is not None:
+            assert cfg.saef is not None
+            try:
+                await saef.start(cfg.saef.host, cfg.saef.port)
+            except OSError as exc:
+                await gw.close()
+                typer.echo(f"error: SAEF listener on {cfg.saef.listen}: {exc.strerror or exc}", err=True)
+                raise typer.Exit(2) from None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -73,9 +87,13 @@ def serve(
         loop.add_signal_handler(signal.SIGHUP, lambda: print("sighup: nothing to reload", file=sys.stderr,
                                                              flush=True))  # never ends the gateway
         print(f"listening on {gw.url}", flush=True)
+        if saef is not None:
+            print(f"saef listening on {saef.host}:{saef.port}", flush=True)
         try:
             await stop.wait()
         finally:
+            if saef is not None:
+                await saef.close()
             await gw.close()
 
     try:

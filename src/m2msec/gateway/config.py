@@ -2,6 +2,13 @@
 
 Keys and KEK are read from files or hex values named in the file; paths are relative to
 the configuration file.  Nothing here logs or reprs key bytes.
+
+``[saef]``, ``[[saef_psk]]`` and ``[[saef_cert]]`` configure the SAEF listener (the
+Registrar CSE side of TS-0003 8.2 security associations with AEs, 7.2.1): the CSE's
+Credential Configuration (8.1.2.3), one Provisioned Symmetric Key entry (Kpsa, KpsaID and
+the bound AE-ID, 8.2.2.1) or Association Configuration (CertNameA, RootOfTrustA, IdA,
+8.2.2.2) per authorised AE, and ``require_saef_for``, the originators the plain listener
+refuses (see :mod:`m2msec.gateway.saef`).
 """
 
 from __future__ import annotations
@@ -12,14 +19,20 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
 from m2msec.errors import M2MSecError, ParseError
 from m2msec.esprim.common import ESPRIM_SUIDS
 from m2msec.esprim.keysource import PairwiseKey
 from m2msec.onem2m.enums import SUID
 from m2msec.onem2m.rsc import ResponseStatusCode
+from m2msec.pki import CertificateFlavour, CRLError, CRLStore, PeerCertInfo, RevocationPolicy, load_crl_files
+from m2msec.saef.config import AssociationConfiguration, CredentialConfiguration, KpsaEntry, PeerKind
 from m2msec.tomlkeys import check_keys
 
-__all__ = ["ConfigError", "GatewayConfig", "KeyEntry", "MEFSourceConfig", "load_config"]
+__all__ = ["ConfigError", "GatewayConfig", "KeyEntry", "MEFSourceConfig", "SAEFCertEntry", "SAEFConfig",
+           "load_config", "parse_listen"]
 
 
 class ConfigError(M2MSecError):
@@ -59,6 +72,36 @@ class MEFSourceConfig:
 
 
 @dataclass(frozen=True)
+class SAEFCertEntry:
+    """One ``[[saef_cert]]``: the Association Configuration of an AE (Entity A) on the CSE
+    (Entity B) side, 8.2.2.2, and the CRL files it was read from."""
+
+    association: AssociationConfiguration
+    crl_files: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class SAEFConfig:
+    """``[saef]``: the SAEF listener (TLS 1.2, TS-0003 8.2.2.1 / 8.2.2.2) and the plain
+    listener's ``require_saef_for`` patterns.  ``psk`` entries hide their Kpsa in repr."""
+
+    host: str
+    port: int
+    psk: tuple[KpsaEntry, ...] = ()
+    credentials: CredentialConfiguration | None = None
+    certs: tuple[SAEFCertEntry, ...] = ()
+    require_saef_for: tuple[str, ...] = ()
+
+    @property
+    def listen(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def associations(self) -> tuple[AssociationConfiguration, ...]:
+        return tuple(c.association for c in self.certs)
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     cse_id: str
     cse_name: str
@@ -80,6 +123,8 @@ class GatewayConfig:
     enforce_acp: bool = True
     #: the SP-ID (``//sp``), to read absolute-form originators in ACP checks; optional
     sp_id: str | None = None
+    #: the SAEF listener (``[saef]``), None: plain HTTP only
+    saef: SAEFConfig | None = None
 
     @property
     def csi(self) -> str:
@@ -125,9 +170,131 @@ def _whole_seconds(table: dict[str, Any], key: str) -> timedelta | None:
     return timedelta(seconds=v)
 
 
+def parse_listen(value: object, where: str) -> tuple[str, int]:
+    """``HOST:PORT`` (port 0: ephemeral) as ``serve --listen`` reads it."""
+    text = value if isinstance(value, str) else ""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"{where} must be HOST:PORT, e.g. 127.0.0.1:8443 (got {value!r})")
+    return host, int(port)
+
+
+def _strings(value: object, where: str) -> tuple[str, ...]:
+    """A string or a list of non-empty strings."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) and v.strip() for v in items):
+        raise ConfigError(f"{where} must be a string or a list of non-empty strings")
+    return tuple(v.strip() for v in items)
+
+
+#: certificate flavours an AE may present on the SAEF listener (8.1.2.4; a CSE-ID certificate
+#: is a CSE's, which this listener does not serve)
+SAEF_CERT_FLAVOURS = ("ae-id", "device", "node-id", "fqdn")
+
+
+def _saef(doc: dict[str, Any], base: Path, saef_listen: str | None) -> SAEFConfig | None:
+    """``[saef]``, ``[[saef_psk]]``, ``[[saef_cert]]`` (TS-0003 8.2.2.1, 8.2.2.2, 7.2.1)."""
+    if "saef" not in doc:
+        if "saef_psk" in doc or "saef_cert" in doc:
+            raise ConfigError("[[saef_psk]] and [[saef_cert]] need the [saef] table (the listener)")
+        if saef_listen is not None:
+            raise ConfigError("--saef-listen needs the [saef] table of gateway.toml")
+        return None
+    t = doc["saef"]
+    if not isinstance(t, dict):
+        raise ConfigError("[saef] must be a table")
+
+    def rel(v: object, where: str) -> Path:
+        if not isinstance(v, str) or not v:
+            raise ConfigError(f"{where} must be a file name")
+        q = Path(v)
+        return q if q.is_absolute() else base / q
+
+    def pem_certs(path: Path, where: str) -> list[x509.Certificate]:
+        try:
+            certs = x509.load_pem_x509_certificates(path.read_bytes())
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read {str(path)!r}: {exc.strerror}") from None
+        except ValueError:
+            raise ConfigError(f"{where}: {str(path)!r} holds no PEM certificate") from None
+        return certs
+
+    if saef_listen is None and "listen" not in t:
+        raise ConfigError("[saef] needs listen = \"HOST:PORT\" (or serve --saef-listen)")
+    if saef_listen is not None:
+        host, port = parse_listen(saef_listen, "--saef-listen")
+    else:
+        host, port = parse_listen(t["listen"], "[saef] listen")
+    credentials = None
+    if ("cert" in t) != ("key" in t):
+        raise ConfigError("[saef] needs both cert and key (the CSE's certificate-based SAEF credentials)")
+    if "cert" in t:
+        chain = pem_certs(rel(t["cert"], "[saef] cert"), "[saef] cert")
+        key_path = rel(t["key"], "[saef] key")
+        try:
+            private_key = load_pem_private_key(key_path.read_bytes(), None)
+        except OSError as exc:
+            raise ConfigError(f"[saef] key: cannot read {str(key_path)!r}: {exc.strerror}") from None
+        except (ValueError, TypeError):
+            raise ConfigError(f"[saef] key: {str(key_path)!r} is not an unencrypted PEM private key") from None
+        credentials = CredentialConfiguration(private_key, chain[0], tuple(chain[1:]))  # type: ignore[arg-type]
+    psk: list[KpsaEntry] = []
+    for i, e in enumerate(doc.get("saef_psk", [])):
+        where = f"saef_psk[{i}]"
+        if not isinstance(e, dict) or not isinstance(e.get("kpsa_id"), str):
+            raise ConfigError(f"{where}: needs kpsa_id (KpsaID, a string) and kpsa_hex or kpsa_file")
+        ae_id = e.get("ae_id")
+        if ae_id is not None and (not isinstance(ae_id, str) or not ae_id.strip()):
+            raise ConfigError(f"{where}: ae_id must be a non-empty string")
+        given = {n: e[k] for n, k in (("key_hex", "kpsa_hex"), ("key_file", "kpsa_file")) if k in e}
+        if len(given) != 1:
+            raise ConfigError(f"{where}: give exactly one of kpsa_hex or kpsa_file")
+        kpsa = _read_key(given, base, where)
+        try:
+            entry = KpsaEntry(e["kpsa_id"], kpsa, peer_id=ae_id, peer_kind=PeerKind.AE)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if any(p.kpsa_id == entry.kpsa_id for p in psk):
+            raise ConfigError(f"{where}: KpsaID {entry.kpsa_id!r} is configured twice")
+        psk.append(entry)
+    certs: list[SAEFCertEntry] = []
+    for i, e in enumerate(doc.get("saef_cert", [])):
+        where = f"saef_cert[{i}]"
+        if not isinstance(e, dict) or not isinstance(e.get("identifier"), str) or not e["identifier"]:
+            raise ConfigError(f"{where}: needs flavour, identifier (a string) and root_of_trust")
+        if e.get("flavour") not in SAEF_CERT_FLAVOURS:
+            raise ConfigError(f"{where}: flavour must be one of {', '.join(SAEF_CERT_FLAVOURS)}")
+        if credentials is None:
+            raise ConfigError(f"{where}: certificate-based SAEF needs [saef] cert and key")
+        anchors = pem_certs(rel(e.get("root_of_trust"), f"{where} root_of_trust"), f"{where} root_of_trust")
+        crl_files = tuple(rel(f, f"{where} crls") for f in _strings(e.get("crls", []), f"{where} crls"))
+        ae_id = e.get("ae_id")
+        if ae_id is not None and (not isinstance(ae_id, str) or not ae_id.strip()):
+            raise ConfigError(f"{where}: ae_id must be a non-empty string")
+        try:
+            crls = CRLStore(load_crl_files(crl_files)) if crl_files else None
+            assoc = AssociationConfiguration.entity_b(
+                cert_name_a=PeerCertInfo(CertificateFlavour(e["flavour"]), e["identifier"]),
+                root_of_trust_a=anchors, id_a=ae_id, peer_kind=PeerKind.AE, crls=crls,
+                revocation=RevocationPolicy(e.get("revocation", RevocationPolicy.IF_AVAILABLE.value)))
+        except (ValueError, OSError, CRLError) as exc:
+            raise ConfigError(f"{where}: {type(exc).__name__}: {exc}") from None
+        certs.append(SAEFCertEntry(assoc, crl_files))
+    if credentials is not None and not certs:
+        raise ConfigError("[saef] cert and key need at least one [[saef_cert]] (the AEs they authenticate)")
+    if not psk and not certs:
+        raise ConfigError("[saef] needs at least one [[saef_psk]] or [[saef_cert]]")
+    patterns = _strings(t.get("require_saef_for", []), "[saef] require_saef_for")
+    for pat in patterns:
+        if pat.rstrip("*") == "" or "*" in pat[:-1]:
+            raise ConfigError(f"[saef] require_saef_for: {pat!r} must be an AE-ID, or an AE-ID prefix followed by "
+                              "one '*' (a bare '*' would also cover the CSEs and the admin)")
+    return SAEFConfig(host, port, tuple(psk), credentials, tuple(certs), patterns)
+
+
 #: every key and table of gateway.toml (docs/configuration.md); anything else is a configuration error
 GATEWAY_TOML_KEYS: dict[str, frozenset[str]] = {
-    "": frozenset({"cse", "store", "gateway", "receiver", "keys", "mef", "routes"}),
+    "": frozenset({"cse", "store", "gateway", "receiver", "keys", "mef", "routes", "saef", "saef_psk", "saef_cert"}),
     "cse": frozenset({"id", "name", "admin", "sp_id", "url"}),
     "store": frozenset({"url", "kek_file"}),
     "gateway": frozenset({"poa_ttl", "enforce_acp", "trace_file"}),
@@ -135,11 +302,15 @@ GATEWAY_TOML_KEYS: dict[str, frozenset[str]] = {
     "keys[]": frozenset({"kid", "key_hex", "key_file", "peer", "suid"}),
     "mef": frozenset({"fqdn", "host", "port", "psk_identity", "psk_hex", "psk_file", "target_id"}),
     "routes[]": frozenset({"csi", "url"}),
+    "saef": frozenset({"listen", "cert", "key", "require_saef_for"}),
+    "saef_psk[]": frozenset({"kpsa_id", "kpsa_hex", "kpsa_file", "ae_id"}),
+    "saef_cert[]": frozenset({"flavour", "identifier", "root_of_trust", "ae_id", "crls", "revocation"}),
 }
 
 
-def load_config(path: str | Path, *, cse_url: str | None = None, store_url: str | None = None) -> GatewayConfig:
-    """Read ``gateway.toml``; ``cse_url``/``store_url`` (CLI options) override the file."""
+def load_config(path: str | Path, *, cse_url: str | None = None, store_url: str | None = None,
+                saef_listen: str | None = None) -> GatewayConfig:
+    """Read ``gateway.toml``; ``cse_url``/``store_url``/``saef_listen`` (CLI options) override the file."""
     p = Path(path)
     try:
         doc = tomllib.loads(p.read_text(encoding="utf-8"))
@@ -191,6 +362,7 @@ def load_config(path: str | Path, *, cse_url: str | None = None, store_url: str 
     if sp_id is not None and (not isinstance(sp_id, str) or not sp_id.strip("/")):
         raise ConfigError("[cse] sp_id must be a non-empty string")
     trace = gw.get("trace_file")
+    saef = _saef(doc, base, saef_listen)
     return GatewayConfig(
         cse_id=cse["id"].lstrip("/"),
         cse_name=cse["name"],
@@ -209,4 +381,5 @@ def load_config(path: str | Path, *, cse_url: str | None = None, store_url: str 
         mef=mef,
         enforce_acp=enforce_acp,
         sp_id=sp_id,
+        saef=saef,
     )

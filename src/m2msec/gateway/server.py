@@ -38,6 +38,7 @@ from m2msec.gateway.acp import (
     sp_relative,
 )
 from m2msec.gateway.esi import esi_from_cse, esi_to_cse, merge_cse_esi
+from m2msec.gateway.saef import protected_pattern
 from m2msec.net.h11io import BodyTooLarge, next_cycle, read_request, write_response
 from m2msec.net.http_binding import (
     BindingError,
@@ -159,7 +160,9 @@ class Gateway:
     SP-relative CSE-ID -> URL of the gateway in front of that CSE; ``enforce_acp``: check the
     target's ACPs (NOTIFY privilege, :mod:`m2msec.gateway.acp`) before relaying an
     ``m2m:seci`` Notify to an AE (profile G4); ``clock``: the wall clock (aware UTC) for the
-    ``actw`` time windows of access-control contexts.
+    ``actw`` time windows of access-control contexts; ``require_saef_for``: AE-IDs (or
+    ``prefix*``) that must come through the SAEF listener (:mod:`m2msec.gateway.saef`): a
+    request claiming one of them that arrives unauthenticated is refused 4106.
     """
 
     def __init__(
@@ -179,6 +182,7 @@ class Gateway:
         enforce_acp: bool = True,
         sp_id: str | None = None,
         clock: Callable[[], datetime] = _utc_now,
+        require_saef_for: tuple[str, ...] = (),
     ) -> None:
         self.cse_url = cse_url.rstrip("/")
         self.cse_id = cse_id.lstrip("/")
@@ -195,6 +199,8 @@ class Gateway:
         self._clock = clock
         self._generation = 0  # bumped by _invalidate: a look-up that raced an UPDATE is not cached
         self.enforce_acp = enforce_acp
+        self.require_saef_for = tuple(require_saef_for)
+        self.sp_id = sp_id
         self._ids = LocalIds(cse_id=self.cse_id, admin=admin, sp_id=sp_id)
         self._trace_path = Path(trace_file) if trace_file is not None else None
         self._trace_lock = threading.Lock()
@@ -204,6 +210,8 @@ class Gateway:
         self._http: httpx.AsyncClient | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: the SAEF listener (m2msec.gateway.saef.SAEFListener) when configured; started by its owner
+        self.saef_listener: Any = None
         self.host = "127.0.0.1"
         self.port = 0
         self._bases = {
@@ -340,10 +348,17 @@ class Gateway:
         return to.rstrip("/") in self._bases
 
     async def handle(
-        self, method: str, target: str, headers: list[tuple[str, str]], body: bytes, *, peer: str | None = None
+        self, method: str, target: str, headers: list[tuple[str, str]], body: bytes, *, peer: str | None = None,
+        authenticated: str | None = None,
     ) -> RawResponse:
         """One HTTP request from a client -> the HTTP response to return; ``peer``: the IP
-        address of the TCP peer (for ``acip`` contexts; None: unknown, no ``acip`` matches)."""
+        address of the TCP peer (for ``acip`` contexts; None: unknown, no ``acip`` matches);
+        ``authenticated``: the identity of the SAEF association the request came on, whose
+        From was checked against it (TS-0003 7.2.1), None for the plain listener."""
+        if authenticated is None and self.require_saef_for:
+            refused = self._unauthenticated(headers)
+            if refused is not None:
+                return refused
         method = method.upper()
         ctype = _hdr(headers, "content-type")
         path = target.split("?", 1)[0]
@@ -387,6 +402,23 @@ class Gateway:
             if changed:
                 rb = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         return status, rh, rb
+
+    def _unauthenticated(self, headers: list[tuple[str, str]]) -> RawResponse | None:
+        """4106 if an X-M2M-Origin (any of them) claims a ``require_saef_for`` originator."""
+        for k, v in headers:
+            if k.lower() != "x-m2m-origin":
+                continue
+            pattern = protected_pattern(v, self.require_saef_for, cse_id=self.cse_id, sp_id=self.sp_id)
+            if pattern is not None:
+                log.warning("refused a request on the plain listener claiming the originator %r "
+                            "(require_saef_for %r): it must come through its SAEF association", v, pattern)
+                rqi = _hdr(headers, "x-m2m-ri")
+                self._trace("refused", "plain listener", [("X-M2M-Origin", v), ("X-M2M-RI", rqi or ""),
+                                                          ("X-M2M-RSC", str(int(RSC.ORIGINATOR_NOT_AUTHENTICATED)))],
+                            b"")
+                return _error(rqi, RSC.ORIGINATOR_NOT_AUTHENTICATED,
+                              "this originator must use its security association (SAEF listener)")
+        return None
 
     def _invalidate(self) -> None:
         """Drop the cached pointOfAccess and access-control data (any UPDATE/DELETE)."""

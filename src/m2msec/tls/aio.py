@@ -7,6 +7,12 @@ does all of TLS.  ``open_connection`` / ``start_server`` mirror
 out a standard :class:`asyncio.StreamReader` plus a :class:`TLSStreamWriter`
 whose ``engine`` gives the peer identity and the RFC 5705 exporter
 (TS-0003 10.3.1).  A handler only runs after the handshake succeeded.
+
+When the engine holds its final flight for an asynchronous peer status check
+(``TLSConfig.peer_status_check``, e.g. an OCSP query about the client certificate,
+TS-0003 8.1.2.2), the protocol awaits ``engine.pending_status_check`` in a task of the
+event loop (the loop keeps serving other connections) and then releases the flight or
+sends the refusal alert; the handshake timeout covers the wait.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ class TLSStreamProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._can_write = asyncio.Event()
         self._can_write.set()
+        self._status_task: asyncio.Task[None] | None = None
 
     # -- helpers --------------------------------------------------------------
     def _flush(self) -> None:
@@ -96,6 +103,12 @@ class TLSStreamProtocol(asyncio.Protocol):
                 self.transport.close()
             return
         self._flush()
+        if self.engine.pending_status_check is not None and self._status_task is None:
+            self._status_task = self.loop.create_task(self._await_status(self.engine.pending_status_check))
+            return
+        self._after_input()
+
+    def _after_input(self) -> None:
         if self.engine.handshake_complete and not self.handshake_done.done():
             if self._timer is not None:
                 self._timer.cancel()
@@ -108,6 +121,25 @@ class TLSStreamProtocol(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
 
+    async def _await_status(self, waiting: Any) -> None:
+        """Run the engine's pending peer status check; release or refuse the held flight."""
+        try:
+            await waiting
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the check's refusal (or its failure) refuses the peer
+            err = self.engine.refuse_held_flight(exc)
+            if not self.handshake_done.done():
+                self._handshake_failed(err)
+            return
+        if self.handshake_done.done() or not self.engine.release_held_flight():
+            return  # timed out or closed meanwhile
+        try:
+            self._flush()
+        except TLSError:
+            pass
+        self._after_input()
+
     def eof_received(self) -> bool:
         try:
             self.engine.receive_data(b"")
@@ -119,6 +151,8 @@ class TLSStreamProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self._status_task is not None and not self._status_task.done():
+            self._status_task.cancel()
         if not self.handshake_done.done():
             self.handshake_done.set_exception(
                 TLSHandshakeError(TLSFailureReason.CONNECTION_CLOSED, "connection lost during the handshake")

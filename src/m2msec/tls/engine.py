@@ -63,6 +63,20 @@ the first discarded record, epoch 0) takes its place: the handshake fails with
 ``NO_EXTENDED_MASTER_SECRET`` before any key exchange is sent, so no application data and
 no export exist.  A session that still completes without EMS fails the same way, and the
 exporter refuses any session without EMS.
+
+Asynchronous peer status (TS-0003 8.1.2.2; ``TLSConfig.peer_status_check``, server, TLS only):
+the bindings lack OpenSSL 3's ``SSL_set_retry_verify`` / ``SSL_ERROR_WANT_RETRY_VERIFY``, so a
+verify hook cannot pause the handshake for a network query (an OCSP request about the client
+certificate).  Instead, when ``SSL_do_handshake`` completes on the server of a certificate
+handshake and ``peer_status_check(peer_verification)`` returns an awaitable, the final flight
+OpenSSL wrote (ChangeCipherSpec, Finished) is taken out of the output BIO and held: the engine
+stays HANDSHAKING, ``handshake_complete`` stays False, ``pending_status_check`` is the awaitable
+and received bytes are buffered, not read.  The client cannot send application data before it
+has the server's Finished (TLS 1.2 without False Start, and a full handshake every time), so no
+request exists yet.  ``release_held_flight()`` puts the flight back and the engine is
+ESTABLISHED; ``refuse_held_flight(exc)`` replaces the flight by a plaintext fatal alert (the
+exception's ``tls_alert``, e.g. ``certificate_revoked``; our ChangeCipherSpec was never sent, so
+the peer still reads plaintext) and the handshake fails PEER_REJECTED with ``exc`` as cause.
 """
 
 from __future__ import annotations
@@ -122,6 +136,8 @@ _MSG_CB_TYPE = "void (*)(int, int, int, const void *, size_t, SSL *, void *)"
 _PEER_EMS = "peer_ems"  # CallbackRecord.extra key: did the peer's hello carry extended_master_secret
 _EXT_EMS = 23  # RFC 7627 extension type
 _HANDSHAKE_FAILURE_ALERT = b"\x00\x02\x02\x28"  # record length 2, level fatal(2), handshake_failure(40)
+_ALERT_CODES = {"bad_certificate": 42, "certificate_revoked": 44, "certificate_expired": 45,
+                "certificate_unknown": 46, "unknown_ca": 48, "internal_error": 80}  # RFC 5246 7.2
 _DTLS1_COOKIE_LENGTH: int = getattr(_lib, "DTLS1_COOKIE_LENGTH", 255)
 _RECORD_PLAINTEXT_MAX = 16384  # one SSL_read returns at most one record's plaintext (RFC 5246 6.2.1)
 _SSL_ERROR_WANT_READ: int = _lib.SSL_ERROR_WANT_READ
@@ -261,6 +277,11 @@ class TLSConfig:
     check_ocsp_staple: Callable[[bytes, list[x509.Certificate]], Any] | None = None
     # RFC 7627: refuse a session whose master secret is not the extended one (NO_EXTENDED_MASTER_SECRET)
     require_ems: bool = True
+    # Server, TLS, certificate handshakes: ``peer_status_check(peer_verification)`` is called once
+    # OpenSSL completed the handshake; None means nothing to wait for, an awaitable holds the final
+    # flight back (``TLSEngine.pending_status_check``) until the caller resolves it with
+    # ``release_held_flight`` / ``refuse_held_flight`` (see the module docstring).
+    peer_status_check: Callable[[Any], Any] | None = None
 
     @property
     def modes(self) -> tuple[AuthMode, ...]:
@@ -749,6 +770,10 @@ class TLSEngine:
         self._rbuf: Any = None  # cffi read buffer, allocated on first application-data read
         self._started = False
         self.handshake_complete = False
+        self.pending_status_check: Any = None  # awaitable from TLSConfig.peer_status_check, while held
+        self._held: bytes | None = None  # the final flight held back while the status check runs
+        self._held_before = 0  # octets of the output that were queued before the held flight
+        self._status_check = cfg.peer_status_check if (self.role is Role.SERVER and not self._dtls) else None
         self._client_sni = server_name if server_name is not None else cfg.server_name
         if self._dtls:
             _lib.SSL_set_mtu(self._ssl, cfg.mtu)  # Connection.set_ciphertext_mtu
@@ -781,11 +806,15 @@ class TLSEngine:
         # SSL_do_handshake directly: "want read" is the common outcome and needs no exception
         ssl = self._ssl
         require_ems = self._require_ems
-        before = _lib.BIO_get_mem_data(self._from_ssl, _ffi.NULL) if require_ems else 0
+        if self._held is not None:
+            return  # the status check decides; nothing is read meanwhile
+        before = _lib.BIO_get_mem_data(self._from_ssl, _ffi.NULL) if (require_ems or self._status_check) else 0
         rc = _lib.SSL_do_handshake(ssl)
         if rc > 0:
             if require_ems and _lib.SSL_get_extms_support(ssl) != 1:
                 raise self._refuse_no_ems(before, after_finished=True)
+            if self._status_check is not None and self._hold_for_status(before):
+                return
             self.state = _ESTABLISHED
             self.handshake_complete = True
             return
@@ -831,6 +860,63 @@ class TLSEngine:
         else:
             detail = "the server did not negotiate the extended master secret extension (RFC 7627)"
         return self._fail(None, TLSFailureReason.NO_EXTENDED_MASTER_SECRET, detail)
+
+    def _hold_for_status(self, before: int) -> bool:
+        """Ask ``peer_status_check``; when it returns an awaitable, hold the final flight back."""
+        pv = self.peer_verification
+        if pv is None:  # a PSK handshake: no certificate, no status
+            return False
+        assert self._status_check is not None
+        try:
+            waiting = self._status_check(pv)
+        except BaseException as exc:  # noqa: BLE001 - a synchronous refusal
+            self._held, self._held_before = self.data_to_send(), before
+            raise self.refuse_held_flight(exc) from exc
+        if waiting is None:
+            return False
+        self._held, self._held_before = self.data_to_send(), before
+        self.pending_status_check = waiting
+        return True
+
+    @property
+    def holding_flight(self) -> bool:
+        """Is the final flight held back for ``pending_status_check``?"""
+        return self._held is not None and self.state is _HANDSHAKING
+
+    def release_held_flight(self) -> bool:
+        """The status check passed: send the held flight; the engine is ESTABLISHED.
+
+        Buffered application data is decrypted (``receive_application_data``).  False when
+        nothing was held or the handshake has failed meanwhile (e.g. the peer closed).
+        """
+        held = self._held
+        if held is None or self.state is not _HANDSHAKING:
+            return False
+        self._held = None
+        self.pending_status_check = None
+        if held:
+            _lib.BIO_write(self._from_ssl, held, len(held))
+        self.state = _ESTABLISHED
+        self.handshake_complete = True
+        self._read_records()
+        return True
+
+    def refuse_held_flight(self, exc: BaseException) -> TLSHandshakeError:
+        """The status check refused the peer (``exc``, optionally with ``tls_alert``): the held
+        flight is replaced by a plaintext fatal alert and the handshake fails PEER_REJECTED."""
+        held = self._held or b""
+        before = min(self._held_before, len(held))
+        self._held = None
+        self.pending_status_check = None
+        if self.state is not _HANDSHAKING:
+            return self.failure or TLSHandshakeError(TLSFailureReason.PEER_REJECTED, str(exc))
+        code = _ALERT_CODES.get(str(getattr(exc, "tls_alert", "")), _ALERT_CODES["bad_certificate"])
+        out = held[:before] + b"\x15\x03\x03\x00\x02\x02" + bytes([code])  # before our ChangeCipherSpec
+        _lib.BIO_write(self._from_ssl, out, len(out))
+        self.callback_record.fail("PEER_REJECTED", f"peer status check refused the peer: {exc}", exc)
+        err = self._fail(None)
+        err.__cause__ = exc
+        return err
 
     def _cause(self) -> BaseException | None:
         return self.callback_record.failure_cause
@@ -883,6 +969,8 @@ class TLSEngine:
         if n <= 0:
             self._conn._handle_bio_errors(self._into_ssl, n)  # raises what Connection.bio_write raises
         if state is _HANDSHAKING:
+            if self._held is not None:
+                return  # buffered until the status check releases the flight
             if self.role is Role.SERVER or self._started:
                 self._handshake_step()
             if self.state is not _ESTABLISHED:

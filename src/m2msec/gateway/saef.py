@@ -1,0 +1,166 @@
+"""The gateway's SAEF listener: the Registrar CSE side of security associations with AEs
+(TS-0003 8.2.2.1 Provisioned Symmetric Key SAEF, 8.2.2.2 Certificate-Based SAEF, 7.2.1
+Registrar verification of AE-ID), and the plain listener's ``require_saef_for`` rule.
+
+:class:`SAEFListener` accepts TLS 1.2 associations through :mod:`m2msec.saef`
+(:func:`~m2msec.saef.psk_server`, :func:`~m2msec.saef.certificate_server`, both on one port
+with :func:`~m2msec.saef.combined_server`) and serves HTTP with
+:class:`~m2msec.saef.http.SAEFHTTPServer`, which answers a request whose From is not the
+identity bound to the association 4106 ORIGINATOR_NOT_AUTHENTICATED (7.2.1 step 3) before
+anything reaches the gateway.  A request that passes goes through the gateway's normal path
+(:meth:`m2msec.gateway.server.Gateway.handle`: proxy, ESPrim transit and Receiver) marked
+with the authenticated identity; a request without From is sent on with From = that
+identity (the only originator the association authenticates).
+
+:func:`protected_pattern` is the ``require_saef_for`` rule of the plain listener: an
+X-M2M-Origin that names an AE-ID listed there (or starting with a listed prefix ``X*``) is
+refused 4106 on the plain listener, so such an AE is reachable only with its association
+(the threat model's 4.4 gap).  Originators are compared in the form the CSE reads them
+(``/<cse-id>/Cae1``, ``//<sp>/<cse-id>/Cae1`` and ``Cae1`` are the same AE of this CSE);
+an absolute originator with an SP-ID the gateway does not know is read as if it were this
+SP's when ``[cse] sp_id`` is not configured (refusing too much rather than too little).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from m2msec.gateway.config import SAEFConfig
+from m2msec.net.http_binding import HttpResponse
+from m2msec.onem2m.primitives import RequestPrimitive
+from m2msec.saef import (
+    InMemoryKpsaDirectory,
+    SAEFEndpoint,
+    SecurityContext,
+    certificate_server,
+    combined_server,
+    psk_server,
+)
+from m2msec.saef.http import HTTPMessage, SAEFHTTPServer
+
+if TYPE_CHECKING:
+    from m2msec.gateway.server import Gateway
+
+__all__ = ["SAEFListener", "build_endpoint", "normalise_originator", "protected_pattern"]
+
+log = logging.getLogger(__name__)
+
+_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te",
+     "trailer", "transfer-encoding", "upgrade", "host", "content-length"}
+)
+
+
+def normalise_originator(originator: str, *, cse_id: str, sp_id: str | None) -> str | None:
+    """``originator`` as the CSE ``/<cse_id>`` reads it: ``Cae1`` for an AE-ID-Stem of this
+    CSE (also given as ``/<cse_id>/Cae1`` or ``//<sp>/<cse_id>/Cae1``), ``/Sae`` for an
+    SP-relative AE-ID, ``/<other-cse>/...`` for other CSEs' entities; None for an originator
+    of another SP (``sp_id`` configured and different).  Without ``sp_id`` any SP-ID is
+    taken as this SP's."""
+    ident = originator.strip()
+    if ident.startswith("//"):
+        rest = ident[2:]
+        sp, slash, tail = rest.partition("/")
+        if sp_id is not None and sp != sp_id.strip("/"):
+            return None
+        ident = slash + tail
+    csi = "/" + cse_id.strip("/")
+    if ident.startswith(csi + "/"):
+        return ident[len(csi) + 1:]
+    if ident.startswith("/"):
+        return ident
+    if ident.startswith("S"):
+        return "/" + ident
+    return ident
+
+
+def protected_pattern(originator: str, patterns: Sequence[str], *, cse_id: str, sp_id: str | None) -> str | None:
+    """The first ``require_saef_for`` pattern that covers ``originator`` (None: none does).
+
+    A pattern is an AE-ID (any form) or an AE-ID prefix followed by ``*``; both sides are
+    compared after :func:`normalise_originator`."""
+    who = normalise_originator(originator, cse_id=cse_id, sp_id=sp_id)
+    if who is None:
+        return None
+    for pat in patterns:
+        prefix = pat.endswith("*")
+        norm = normalise_originator(pat[:-1] if prefix else pat, cse_id=cse_id, sp_id=sp_id)
+        if norm is None:
+            continue
+        if who == norm or (prefix and who.startswith(norm)):
+            return pat
+    return None
+
+
+def build_endpoint(config: SAEFConfig, *, clock: Callable[[], datetime]) -> SAEFEndpoint:
+    """The CSE's (Entity B) TLS server endpoint for ``config``: PSK, certificate-based or both."""
+    psk = psk_server(InMemoryKpsaDirectory(config.psk)) if config.psk else None
+    cert = None
+    if config.certs:
+        assert config.credentials is not None
+        cert = certificate_server(config.credentials, config.associations, clock=clock)
+    if psk is not None and cert is not None:
+        return combined_server(psk, cert)
+    endpoint = psk or cert
+    if endpoint is None:
+        raise ValueError("the SAEF listener needs PSK entries or certificate associations")
+    return endpoint
+
+
+class SAEFListener:
+    """The gateway's TLS listener for AEs with a security association (TS-0003 8.2, 7.2.1)."""
+
+    def __init__(self, gateway: Gateway, endpoint: SAEFEndpoint, *, sp_id: str | None = None,
+                 idle_timeout: float = 120.0, max_body: int = 4 << 20) -> None:
+        self.gateway = gateway
+        self.endpoint = endpoint
+        self.sp_id = sp_id
+        self.server = SAEFHTTPServer(endpoint, http_handler=self._handle, sp_id=sp_id, cse_id="/" + gateway.cse_id,
+                                     idle_timeout=idle_timeout, max_body=max_body)
+        self.host = "127.0.0.1"
+        self.port = 0
+
+    def __repr__(self) -> str:
+        return f"SAEFListener({self.endpoint!r}, {self.host}:{self.port})"
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.host}:{self.port}"
+
+    @property
+    def rejections(self) -> list[tuple[str, str | None, int]]:
+        """The latest 7.2.1 refusals: (bound identity, From, RSC)."""
+        return self.server.rejections
+
+    @property
+    def handshake_errors(self) -> list[BaseException]:
+        return self.server.handshake_errors
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> SAEFListener:
+        await self.server.start(host, port)
+        self.host = host
+        self.port = self.server.address[1]
+        return self
+
+    async def close(self) -> None:
+        await self.server.close()
+
+    async def __aenter__(self) -> SAEFListener:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _handle(self, msg: HTTPMessage, req: RequestPrimitive, ctx: SecurityContext) -> HttpResponse:
+        headers = msg.headers
+        if req.fr is None:  # 7.2.1: the association authenticates exactly one originator
+            fr = normalise_originator(ctx.peer_id, cse_id=self.gateway.cse_id, sp_id=self.sp_id) or ctx.peer_id
+            headers = [*headers, ("X-M2M-Origin", fr)]
+        peer: Any = msg.peer
+        addr = peer[0] if isinstance(peer, tuple) and peer and isinstance(peer[0], str) else None
+        status, rh, body = await self.gateway.handle(msg.method, msg.target, headers, msg.body, peer=addr,
+                                                     authenticated=ctx.peer_id)
+        return status, [(k, v) for k, v in rh if k.lower() not in _HOP], body
