@@ -479,6 +479,37 @@ class OCSPStore:
     def for_serial(self, serial: int) -> tuple[ocsp.OCSPResponse, ...]:
         return self._by_serial.get(serial, ())
 
+    def serial_count(self) -> int:
+        return len(self._by_serial)
+
+    def prune(self, now: datetime, max_age: timedelta = DEFAULT_MAX_AGE) -> int:
+        """Drop responses that are no longer current, except those saying REVOKED (they stay
+        evidence); returns how many were dropped.  Bounds a store that a server fills with one
+        answer per client certificate (:mod:`m2msec.pki.ocsp_check`)."""
+
+        def keep(r: ocsp.OCSPResponse) -> bool:
+            for s in r.responses:
+                if s.certificate_status is ocsp.OCSPCertStatus.REVOKED:
+                    return True
+                if s.next_update_utc is not None and now < s.next_update_utc:
+                    return True
+                if s.next_update_utc is None and now - s.this_update_utc <= max_age:
+                    return True
+            return False
+
+        dropped = 0
+        with self._lock:
+            new: dict[int, tuple[ocsp.OCSPResponse, ...]] = {}
+            for serial, held in self._by_serial.items():
+                kept = tuple(r for r in held if keep(r))
+                dropped += len(held) - len(kept)
+                if kept:
+                    new[serial] = kept
+            if dropped:
+                self._by_serial = new
+                self._generation += 1
+        return dropped
+
 
 def _latest_this_update(r: ocsp.OCSPResponse) -> datetime:
     return max(s.this_update_utc for s in r.responses)

@@ -1,0 +1,300 @@
+"""OCSP status checks of peer (client) certificates by a server (TS-0003 8.1.2.2; RFC 6960).
+
+TS-0003 8.1.2.2 lets the relying party obtain certificate status with OCSP next to CRLs.
+The MAF (certificate MAF Handshake, 8.8.2.2) and the MEF (certificate-based RSPF and
+MEF Key Retrieval, 8.3.2.2) verify their clients' certificates inside the TLS handshake,
+in a synchronous verify hook; a network query there would block the event loop.
+:class:`PeerOCSPChecker` is the asynchronous half:
+
+1. The verify hook (:class:`~m2msec.tls.pkiverify.PKIVerifyHook`) runs with the checker's
+   :attr:`~PeerOCSPChecker.store` as its ``ocsp`` source and with :meth:`PeerOCSPChecker.hook_policy`
+   (``require`` becomes ``if-available`` there, because the answer is still to come): a
+   held REVOKED answer or a CRL entry refuses at once; a held current GOOD answer or a
+   current CRL makes the status GOOD.
+2. When the handshake completed in OpenSSL, :meth:`PeerOCSPChecker.status_check` (the
+   engine's ``TLSConfig.peer_status_check``) returns None when every certificate below the
+   trust anchor already has a status, else an awaitable that queries the responder for each
+   UNDETERMINED certificate while the engine holds the server's final flight back
+   (:mod:`m2msec.tls.engine`).
+3. The responder URL is :attr:`~PeerOCSPChecker.url` when configured (every query goes
+   there), else the http/https id-ad-ocsp accessLocation of the queried certificate's
+   authorityInfoAccess.  That extension is read only after the path validated against the
+   configured trust anchors, so the URL was written by a trusted CA, not chosen by the peer.
+   A certificate without one gets no answer (UNDETERMINED).
+4. Queries: :class:`~m2msec.pki.ocsp_http.OCSPClient` (httpx async client, POST, fresh
+   nonce, :attr:`~PeerOCSPChecker.timeout` for the whole exchange, no redirects, 64 KiB),
+   the answer verified strictly (:func:`m2msec.pki.ocsp.verify_response`, P17) before it
+   enters the store; a transport failure, an HTTP error or a response that does not verify
+   (forged, unsigned, another certificate, stale, nonce not echoed) is *no answer*, logged.
+   Concurrent handshakes for one certificate share one query (keyed by issuer name hash,
+   issuer key hash and serial); a cancelled handshake does not cancel the shared query.
+   Held answers are reused by every connection of the process until their nextUpdate
+   (a REVOKED answer for ever, as in :func:`m2msec.pki.ocsp.ocsp_evidence`).
+5. Decision after the queries (:func:`m2msec.pki.ocsp.ocsp_evidence` on the store):
+   REVOKED anywhere on the path refuses (``certificate_revoked``, whatever the policy);
+   under ``require`` a certificate with neither a current CRL (the hook's GOOD) nor a
+   current verified GOOD answer is refused (REVOCATION_UNKNOWN, ``certificate_unknown``);
+   under ``if-available`` it is accepted.  The policy ``off`` checks nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import ssl
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import AuthorityInformationAccessOID
+
+from m2msec.errors import M2MSecError
+from m2msec.pki.crl import RevocationPolicy, RevocationStatus
+from m2msec.pki.crl_fetch import load_https_ca, redact_url
+from m2msec.pki.errors import CertificateVerificationError, VerificationReason
+from m2msec.pki.ocsp import OCSPStore, _key_hash, _name_hash, ocsp_evidence
+from m2msec.pki.ocsp_http import OCSPClient
+from m2msec.pki.verify import VerifiedPeer
+
+__all__ = ["DEFAULT_PEER_OCSP_TIMEOUT", "PeerOCSPChecker", "ocsp_urls", "verified_peer_of"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PEER_OCSP_TIMEOUT = 5.0  # below the 10 s handshake timeout of the services
+MAX_PEER_OCSP_TIMEOUT = 9.0
+_SCHEMES = ("http", "https")
+
+Clock = Callable[[], datetime]
+
+
+def ocsp_urls(cert: x509.Certificate) -> list[str]:
+    """The http/https id-ad-ocsp accessLocation URIs of ``cert``'s authorityInfoAccess ([] without)."""
+    try:
+        aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+    except (x509.ExtensionNotFound, ValueError):
+        return []
+    out: list[str] = []
+    for ad in aia:
+        if ad.access_method == AuthorityInformationAccessOID.OCSP and \
+                isinstance(ad.access_location, x509.UniformResourceIdentifier):
+            u = ad.access_location.value
+            parts = urllib.parse.urlsplit(u)
+            if parts.scheme.lower() in _SCHEMES and parts.hostname and u not in out:
+                out.append(u)
+    return out
+
+
+def verified_peer_of(peer_verification: Any) -> VerifiedPeer | None:
+    """The :class:`VerifiedPeer` in a verify hook's result (itself, or inside a tuple)."""
+    if isinstance(peer_verification, VerifiedPeer):
+        return peer_verification
+    if isinstance(peer_verification, tuple):
+        return next((x for x in peer_verification if isinstance(x, VerifiedPeer)), None)
+    return None
+
+
+def _refuse(reason: VerificationReason, message: str) -> CertificateVerificationError:
+    from m2msec.tls.pkiverify import tls_alert_for
+
+    exc = CertificateVerificationError(reason, message)
+    exc.tls_alert = tls_alert_for(reason)  # type: ignore[attr-defined]
+    return exc
+
+
+class PeerOCSPChecker:
+    """Asynchronous OCSP status of verified peer certificates (see the module docstring).
+
+    ``policy``: the service's ``revocation`` (``if-available`` or ``require``; ``off`` is a
+    ValueError: with ``off`` nothing is checked, so a checker makes no sense).  ``url``: the
+    responder for every query (None: the certificates' authorityInfoAccess).  ``https_ca``: a
+    PEM file (or an ``ssl.SSLContext``) with the CAs of an https responder.  ``store``: held
+    answers, shared with the verify hooks (a new one by default).  ``queries`` counts the
+    queries sent (for the logs and the tests).
+    """
+
+    def __init__(self, *, clock: Clock, policy: RevocationPolicy | str = RevocationPolicy.IF_AVAILABLE,
+                 url: str | None = None, https_ca: str | os.PathLike[str] | ssl.SSLContext | None = None,
+                 timeout: float = DEFAULT_PEER_OCSP_TIMEOUT, store: OCSPStore | None = None,
+                 max_serials: int = 100_000) -> None:
+        self.policy = RevocationPolicy(policy)
+        if self.policy is RevocationPolicy.OFF:
+            raise ValueError("OCSP status checks need revocation = if-available or require (not off)")
+        if not 0 < timeout <= MAX_PEER_OCSP_TIMEOUT:
+            raise ValueError(f"the OCSP timeout must be in (0, {MAX_PEER_OCSP_TIMEOUT:g}] seconds "
+                             "(it runs inside the handshake timeout)")
+        if url is not None:
+            parts = urllib.parse.urlsplit(url)
+            if parts.scheme.lower() not in _SCHEMES or not parts.hostname:
+                raise ValueError(f"not an http(s) OCSP URL: {redact_url(url)!r}")
+        if max_serials <= 0:
+            raise ValueError("max_serials must be positive")
+        self.clock = clock
+        self.url = url
+        self.https_ca: ssl.SSLContext | None = (
+            https_ca if isinstance(https_ca, ssl.SSLContext) or https_ca is None else load_https_ca(https_ca))
+        self.timeout = float(timeout)
+        self.store = store if store is not None else OCSPStore()
+        self.max_serials = max_serials
+        self.queries = 0
+        self._inflight: dict[tuple[bytes, bytes, int], asyncio.Task[str | None]] = {}
+
+    def __repr__(self) -> str:
+        url = redact_url(self.url) if self.url else "authorityInfoAccess"
+        return f"PeerOCSPChecker({url!r}, policy={self.policy.value}, timeout={self.timeout:g})"
+
+    def hook_policy(self) -> RevocationPolicy:
+        """The ``revocation`` the synchronous verify hook runs with (the final word is ours)."""
+        return RevocationPolicy.IF_AVAILABLE
+
+    # ---------------------------------------------------------------- TLS engine glue
+
+    def status_check(self, peer_verification: Any) -> Awaitable[None] | None:
+        """``TLSConfig.peer_status_check``: None when nothing is undetermined, else the check."""
+        vp = verified_peer_of(peer_verification)
+        if vp is None or vp.trust_anchor is None:
+            return None
+        todo = self.undetermined(vp)
+        if not todo:
+            return None
+        return self.check(vp, todo)
+
+    @staticmethod
+    def undetermined(vp: VerifiedPeer) -> list[tuple[x509.Certificate, x509.Certificate]]:
+        """(certificate, issuer) of the path whose status the hook left UNDETERMINED."""
+        if vp.trust_anchor is None:
+            return []
+        certs = [*vp.path, vp.trust_anchor]
+        return [(certs[i], certs[i + 1]) for i, st in enumerate(vp.revocation)
+                if st is RevocationStatus.UNDETERMINED and i + 1 < len(certs)]
+
+    async def check(self, vp: VerifiedPeer,
+                    todo: list[tuple[x509.Certificate, x509.Certificate]] | None = None) -> VerifiedPeer:
+        """Query what is undetermined and decide (raises :class:`CertificateVerificationError`)."""
+        todo = self.undetermined(vp) if todo is None else todo
+        problems: dict[int, str] = {}
+        await asyncio.gather(*(self._query_shared(c, i, problems) for c, i in todo))
+        now = self.clock()
+        statuses = list(vp.revocation)
+        unknown: list[str] = []
+        for cert, issuer in todo:
+            ev = ocsp_evidence(self.store, cert, issuer, now=now)
+            what = f"serial {cert.serial_number:x} of {issuer.subject.rfc4514_string()!r}"
+            if ev.revoked is not None:
+                r = ev.revoked
+                reason = r.revocation_reason.value if r.revocation_reason is not None else "unspecified"
+                when = r.revocation_time.isoformat() if r.revocation_time is not None else "?"
+                raise _refuse(VerificationReason.REVOKED, f"{what} was revoked at {when} (reason {reason}, OCSP)")
+            if ev.good is not None:
+                statuses[vp.path.index(cert)] = RevocationStatus.GOOD
+                continue
+            why = problems.get(cert.serial_number) or (ev.problems[0] if ev.problems else "no usable answer")
+            unknown.append(f"{what}: {why}")
+        if unknown and self.policy is RevocationPolicy.REQUIRE:
+            raise _refuse(VerificationReason.REVOCATION_UNKNOWN,
+                          "no current CRL and no good OCSP answer for " + "; ".join(unknown))
+        for u in unknown:
+            log.info("OCSP status undetermined (accepted, revocation = if-available): %s", u)
+        return replace(vp, revocation=tuple(statuses))
+
+    # ---------------------------------------------------------------- queries
+
+    @staticmethod
+    def _key(cert: x509.Certificate, issuer: x509.Certificate) -> tuple[bytes, bytes, int]:
+        h = hashes.SHA256()
+        return _name_hash(issuer, h), _key_hash(issuer, h), cert.serial_number
+
+    async def _query_shared(self, cert: x509.Certificate, issuer: x509.Certificate, problems: dict[int, str]) -> None:
+        key = self._key(cert, issuer)
+        task = self._inflight.get(key)
+        if task is None or task.done():
+            task = asyncio.get_running_loop().create_task(self._query(cert, issuer))
+            self._inflight[key] = task
+            task.add_done_callback(lambda t, k=key: self._inflight.pop(k, None) if self._inflight.get(k) is t else None)
+        problem = await asyncio.shield(task)  # a refused/closed handshake must not cancel the others' query
+        if problem is not None:
+            problems[cert.serial_number] = problem
+
+    async def _query(self, cert: x509.Certificate, issuer: x509.Certificate) -> str | None:
+        """One query; the problem (None: an answer verified and is held in the store)."""
+        urls = [self.url] if self.url is not None else ocsp_urls(cert)
+        if not urls:
+            return "the certificate names no OCSP responder (authorityInfoAccess)"
+        url = urls[0]
+        self.queries += 1
+        try:
+            client = OCSPClient(url, clock=self.clock, timeout=self.timeout, store=self.store,
+                                https_ca=self.https_ca)
+            res = await client.query(cert, issuer)
+        except (M2MSecError, ValueError) as exc:
+            log.warning("OCSP query for serial %x to %s failed: %s", cert.serial_number, redact_url(url), exc)
+            return str(exc)
+        log.info("OCSP answer for serial %x from %s: %s", cert.serial_number, redact_url(url), res.status.value)
+        if self.store.serial_count() > self.max_serials:
+            self.store.prune(self.clock())
+        return None
+
+
+# ---------------------------------------------------------------- configuration (maf.toml / mef.toml)
+
+
+@dataclass(frozen=True)
+class PeerOCSPSettings:
+    """``client_ocsp*`` of maf.toml ``[tls]`` / ``enrolee_ocsp*`` of mef.toml ``[mef]``: on, URL, https CA, timeout."""
+
+    url: str | None = None
+    https_ca: str | None = None  # resolved PEM file name
+    timeout: float = DEFAULT_PEER_OCSP_TIMEOUT
+
+    def checker(self, *, clock: Clock, policy: RevocationPolicy | str) -> PeerOCSPChecker:
+        return PeerOCSPChecker(clock=clock, policy=policy, url=self.url, https_ca=self.https_ca,
+                               timeout=self.timeout)
+
+
+def parse_peer_ocsp_settings(table: dict[str, Any], keys: tuple[str, str, str, str], *,
+                             revocation: RevocationPolicy | str,
+                             resolve: Callable[[str], str]) -> PeerOCSPSettings | None:
+    """The settings of ``table`` under ``keys`` = (on/off, URL, https CA file, timeout), e.g.
+    ``("client_ocsp", "client_ocsp_url", "client_ocsp_https_ca", "client_ocsp_timeout_s")``;
+    None when the first is absent or false.  ValueError / TypeError for a malformed value, for
+    the other keys without the first = true and for ``revocation = "off"``.  ``resolve`` turns a
+    file name into a path (relative to the configuration file)."""
+    on_key, url_key, ca_key, t_key = keys
+    enabled = table.get(on_key, False)
+    if not isinstance(enabled, bool):
+        raise TypeError(f"{on_key} must be true or false")
+    others = [k for k in (url_key, ca_key, t_key) if k in table]
+    if not enabled:
+        if others:
+            raise ValueError(f"{', '.join(others)} without {on_key} = true")
+        return None
+    if RevocationPolicy(revocation) is RevocationPolicy.OFF:
+        raise ValueError(f'{on_key} = true needs revocation = "if-available" or "require" (not "off")')
+    url = table.get(url_key)
+    if url is not None:
+        if not isinstance(url, str):
+            raise TypeError(f"{url_key} must be an http:// or https:// URL")
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme.lower() not in _SCHEMES or not parts.hostname:
+            raise ValueError(f"{url_key} must be an http:// or https:// URL with a host")
+    https_ca = None
+    if ca_key in table:
+        f = table[ca_key]
+        if not isinstance(f, str) or not f:
+            raise TypeError(f"{ca_key} must be a PEM file name")
+        https_ca = resolve(f)
+        try:
+            load_https_ca(https_ca)
+        except (M2MSecError, ValueError, OSError) as exc:
+            raise ValueError(f"{ca_key}: {exc}") from None
+    timeout = table.get(t_key, DEFAULT_PEER_OCSP_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= MAX_PEER_OCSP_TIMEOUT:
+        raise ValueError(f"{t_key} must be a number of seconds in (0, {MAX_PEER_OCSP_TIMEOUT:g}]")
+    return PeerOCSPSettings(url=url, https_ca=https_ca, timeout=float(timeout))
+
+
+__all__ += ["PeerOCSPSettings", "parse_peer_ocsp_settings"]
