@@ -44,6 +44,7 @@ import m2msec.gateway.config as gateway_config
 import m2msec.maf.server as maf_server
 import m2msec.mef.cli as mef_cli
 from m2msec.errors import M2MSecError
+from m2msec.pki.ocsp_check import DEFAULT_PEER_OCSP_TIMEOUT
 from m2msec.pki import CertificateFlavour, CRLFetcher, CRLStore, DevCA
 from m2msec.store import KeyEncryptionKey
 
@@ -323,6 +324,12 @@ def _https_ca(fetcher: CRLFetcher) -> list[x509.Certificate]:
     return [x509.load_der_x509_certificate(d) for d in fetcher.https_ca.get_ca_certs(binary_form=True)]
 
 
+def _checker_https_ca(checker: Any) -> list[x509.Certificate]:
+    """The CA certificates a PeerOCSPChecker's https context trusts (client_ocsp / enrolee_ocsp)."""
+    assert checker is not None and checker.https_ca is not None
+    return [x509.load_der_x509_certificate(d) for d in checker.https_ca.get_ca_certs(binary_form=True)]
+
+
 def _ocsp_https_ca(stapler: Any) -> list[x509.Certificate]:
     """The CA certificates an OCSP stapler's https context trusts."""
     assert stapler is not None and stapler.client.https_ca is not None
@@ -359,6 +366,11 @@ MAF: dict[tuple[str, str], Accessor] = {
     ("tls", "revocation"): lambda b, _: b.cfg.revocation.value,
     ("tls", "ocsp_staple_url"): lambda b, _: b.cfg.stapler(clock=_utc_now).url if b.cfg.stapler(clock=_utc_now) else None,
     ("tls", "ocsp_staple_https_ca"): lambda b, _: ("file", _ocsp_https_ca(b.cfg.stapler(clock=_utc_now))),
+    ("tls", "client_ocsp"): lambda b, _: b.server.service.client_ocsp is not None,
+    ("tls", "client_ocsp_url"): lambda b, _: b.server.service.client_ocsp and b.server.service.client_ocsp.url,
+    ("tls", "client_ocsp_https_ca"): lambda b, _: ("file", _checker_https_ca(b.server.service.client_ocsp)),
+    ("tls", "client_ocsp_timeout_s"): lambda b, _: (b.server.service.client_ocsp.timeout
+                                                    if b.server.service.client_ocsp else DEFAULT_PEER_OCSP_TIMEOUT),
     ("admin", "fqdn"): lambda b, _: [a.fqdn for a in b.cfg.admins],
     ("admin", "client_config"): lambda b, _: [a.client_config for a in b.cfg.admins],
 }
@@ -386,6 +398,11 @@ MEF: dict[tuple[str, str], Accessor] = {
                                               if "ocsp_staple_url" in b.mef else None),
     ("mef", "ocsp_staple_https_ca"): lambda b, _: ("file", _ocsp_https_ca(
         mef_cli._stapler(b.mef, b.server.tls_context.config.credentials))),
+    ("mef", "enrolee_ocsp"): lambda b, _: b.state.enrolee_ocsp is not None,
+    ("mef", "enrolee_ocsp_url"): lambda b, _: b.state.enrolee_ocsp and b.state.enrolee_ocsp.url,
+    ("mef", "enrolee_ocsp_https_ca"): lambda b, _: ("file", _checker_https_ca(b.state.enrolee_ocsp)),
+    ("mef", "enrolee_ocsp_timeout_s"): lambda b, _: (b.state.enrolee_ocsp.timeout if b.state.enrolee_ocsp
+                                                     else DEFAULT_PEER_OCSP_TIMEOUT),
     ("mef", "crl_port"): lambda b, _: b.mef.get("crl_port"),
     ("mef", "crl_host"): lambda b, _: b.mef.get("crl_host", b.mef.get("host", "127.0.0.1")),
     ("mef", "crl_base_url"): lambda b, _: (b.mef["crl_base_url"]
@@ -759,9 +776,16 @@ REFUSALS = [
     ("maf.toml", '"http://pki.m2m.example.com/crl/intermediate.crl"', '"ftp://pki.m2m.example.com/x.crl"'),
     ("maf.toml", 'key = "maf-key.pem"', ""),  # [tls] needs key
     ("maf.toml", 'client_crl_https_ca = "crl-server-ca.pem"', 'client_crl_https_ca = "no-ca.crl"'),
+    ("maf.toml", "client_ocsp_timeout_s = 5", "client_ocsp_timeout_s = 0"),
+    ("maf.toml", "client_ocsp = true", 'client_ocsp = "yes"'),
+    ("maf.toml", 'client_ocsp_url = "https://pki.m2m.example.com/ocsp"', 'client_ocsp_url = "ldap://pki/"'),
+    ("maf.toml", 'revocation = "require"', 'revocation = "off"'),  # client_ocsp needs a status policy
     ("mef.toml", "crl_validity_s = 43200", "crl_validity_s = 0"),
     ("mef.toml", "enrolee_crl_refresh_s = 900", "enrolee_crl_refresh_s = -1"),
     ("mef.toml", "crl_port = 8080", "crl_port = true"),
+    ("mef.toml", "enrolee_ocsp_timeout_s = 5", "enrolee_ocsp_timeout_s = 10"),
+    ("mef.toml", "enrolee_ocsp = true", "enrolee_ocsp = 1"),
+    ("mef.toml", 'revocation = "require"', 'revocation = "off"'),  # enrolee_ocsp needs a status policy
     ("mef.toml", 'revocation = "require"', 'revocation = "sometimes"'),
     ("mef.toml", '"http://pki.m2m.example.com/crl/intermediate.crl"', '"ftp://pki.m2m.example.com/x.crl"'),
     ("mef.toml", 'crl_base_url = "http://mef.m2m.example.com:8080/crl/"', 'crl_base_url = "mef/crl"'),

@@ -16,6 +16,12 @@ store connection, listen on one host/port (``m2msec maf serve --workers N``).
 OCSP stapling (TS-0003 8.1.2.2, RFC 6066 8): with ``[tls] ocsp_staple_url`` the certificate
 handshake staples the MAF certificate's current OCSP response, kept by an
 :class:`~m2msec.pki.ocsp_staple.OCSPStapler` (:meth:`MAFServerConfig.stapler`) that ``serve`` runs.
+OCSP status of client certificates (TS-0003 8.1.2.2): with ``[tls] client_ocsp = true`` a
+:class:`~m2msec.pki.ocsp_check.PeerOCSPChecker` (:meth:`MAFServerConfig.client_ocsp_checker`)
+is the verify hook's second status source and the engine's ``peer_status_check``: a client
+certificate whose status no current CRL or held answer gives is looked up while the server's
+Finished is held back (:mod:`m2msec.tls.engine`); a refusal ends the handshake with
+``certificate_revoked`` / ``certificate_unknown``, so no request of that connection is read.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from m2msec.pki import (
     load_https_ca,
 )
 from m2msec.onem2m.timestamps import Clock
+from m2msec.pki.ocsp_check import PeerOCSPChecker, PeerOCSPSettings, parse_peer_ocsp_settings
 from m2msec.pki.ocsp_staple import OCSPStapler, stapler_for_chain
 from m2msec.store import KeyEncryptionKey, Store, open_store
 from m2msec.tls.aio import TLSStreamWriter, start_server
@@ -91,6 +98,13 @@ class MAFServerConfig:
     client_crl_https_ca: str | None = None  # PEM CA file for https CRL servers (None: httpx's default store)
     ocsp_staple_url: str | None = None  # OCSP responder for the MAF's own certificate (stapling, RFC 6066 8)
     ocsp_staple_https_ca: str | None = None  # PEM CA file for an https responder (None: httpx's default store)
+    client_ocsp: PeerOCSPSettings | None = None  # OCSP queries about client certificates (None: off)
+
+    def client_ocsp_checker(self, *, clock: Clock) -> PeerOCSPChecker | None:
+        """The :class:`~m2msec.pki.ocsp_check.PeerOCSPChecker` of ``[tls] client_ocsp`` (None when off)."""
+        if self.client_ocsp is None:
+            return None
+        return self.client_ocsp.checker(clock=clock, policy=self.revocation)
 
     @property
     def stapling_configured(self) -> bool:
@@ -134,7 +148,8 @@ MAF_TOML_KEYS: dict[str, frozenset[str]] = {
     "mef": frozenset({"fqdn", "host", "port", "psk_identity", "psk_hex"}),
     "tls": frozenset({"cert", "key", "client_trust_anchors", "client_crls", "client_crl_urls", "client_crl_issuers",
                       "client_crl_from_cdp", "client_crl_refresh_s", "client_crl_https_ca", "revocation",
-                      "ocsp_staple_url", "ocsp_staple_https_ca"}),
+                      "ocsp_staple_url", "ocsp_staple_https_ca", "client_ocsp", "client_ocsp_url",
+                      "client_ocsp_https_ca", "client_ocsp_timeout_s"}),
     "admin[]": frozenset({"fqdn", "client_config"}),
 }
 MAF_TOML_FREE = ("admin[].client_config",)  # the stakeholder's MAF Client Configuration: any members
@@ -177,6 +192,12 @@ def load_config(path: str | Path) -> MAFServerConfig:
         client_crl_https_ca = "crl-server-ca.pem"  # optional: trust anchors of https CRL servers
                                            # (default: httpx's default trust store)
         revocation = "if-available"        # off | if-available (default) | require
+        client_ocsp = false                # true: ask an OCSP responder about client certificates
+                                           # whose status no current CRL / held answer gives
+        client_ocsp_url = "http://pki.example.com/ocsp"  # optional: every query goes there
+                                           # (default: the certificate's authorityInfoAccess)
+        client_ocsp_https_ca = "ocsp-server-ca.pem"  # optional: trust anchors of an https responder
+        client_ocsp_timeout_s = 5          # per query, (0, 9]
         [[admin]]
         fqdn = "sp.example.com"
         client_config = { httpPort = 8443 }  # optional MAF Client Configuration (8.8.2.4)
@@ -206,6 +227,7 @@ def load_config(path: str | Path) -> MAFServerConfig:
         staple_url: str | None = None
         staple_https_ca: str | None = None
         revocation = RevocationPolicy.IF_AVAILABLE
+        client_ocsp: PeerOCSPSettings | None = None
         tls = data.get("tls")
         if tls:
             certs = _pem_certs(rel(tls["cert"]))
@@ -259,6 +281,9 @@ def load_config(path: str | Path) -> MAFServerConfig:
                     raise ValueError(f"ocsp_staple_url: {exc}") from None
             elif staple_https_ca is not None:
                 raise ValueError("ocsp_staple_https_ca without ocsp_staple_url")
+            client_ocsp = parse_peer_ocsp_settings(
+                tls, ("client_ocsp", "client_ocsp_url", "client_ocsp_https_ca", "client_ocsp_timeout_s"),
+                revocation=revocation, resolve=lambda f: str(rel(f)))
         kek_file = data.get("kek_file")
         if "mef" in data:  # checked here, not first when serve builds the MEF client
             mef_t = data["mef"]
@@ -283,7 +308,7 @@ def load_config(path: str | Path) -> MAFServerConfig:
             credentials=creds, client_trust_anchors=anchors, client_crls=crls, client_crl_files=crl_paths,
             revocation=revocation, client_crl_urls=crl_urls, client_crl_issuers=crl_issuers,
             client_crl_refresh=crl_refresh, client_crl_https_ca=crl_https_ca,
-            ocsp_staple_url=staple_url, ocsp_staple_https_ca=staple_https_ca,
+            ocsp_staple_url=staple_url, ocsp_staple_https_ca=staple_https_ca, client_ocsp=client_ocsp,
             kek_file=str(rel(kek_file)) if kek_file else None, mef=dict(data["mef"]) if "mef" in data else None,
         )
     except (KeyError, TypeError, ValueError, OSError, CRLError) as exc:
@@ -324,7 +349,8 @@ class MAFServer:
                 raise ValueError("certificate MAF Handshake needs MAF Client trust anchors")
             kw = {"credentials": credentials, "trust_anchors": service.client_trust_anchors,
                   "verify_peer": service.tls_verify_hook(), "verify_peer_authoritative": True,
-                  "ocsp_staple": ocsp_staple}
+                  "ocsp_staple": ocsp_staple,
+                  "peer_status_check": service.client_ocsp.status_check if service.client_ocsp else None}
         self.tls_context = TLSContext(TLSConfig(role=Role.SERVER, psk_lookup=service.psk_lookup, **kw))
         self._server: asyncio.Server | None = None
 
@@ -440,7 +466,8 @@ def build_server(cfg: MAFServerConfig, store: Store, *, clock: Clock, mef: MEFCl
                          client_trust_anchors=cfg.client_trust_anchors, client_crls=cfg.client_crls,
                          revocation=cfg.revocation, max_registration_lifetime=cfg.max_registration_lifetime,
                          max_key_lifetime=cfg.max_key_lifetime, key_cache_ttl=cfg.key_cache_ttl,
-                         max_keys_per_client=cfg.max_keys_per_client)
+                         max_keys_per_client=cfg.max_keys_per_client,
+                         client_ocsp=cfg.client_ocsp_checker(clock=clock))
     return MAFServer(service, host=cfg.host, port=cfg.port, credentials=cfg.credentials, reuse_port=reuse_port,
                      ocsp_staple=stapler.staple if stapler is not None else None)
 

@@ -137,6 +137,7 @@ from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.onem2m.timestamps import Clock, ensure_utc, format_timestamp
 from m2msec.pki import CertificateFlavour, CertificateVerificationError, PeerCertInfo, VerificationReason, VerifiedPeer
 from m2msec.pki import CRLStore, RevocationPolicy
+from m2msec.pki.ocsp_check import PeerOCSPChecker
 from m2msec.store import (
     AuditBatcher,
     DuplicateError,
@@ -313,8 +314,10 @@ class _ClientCertVerifier:
         errors: list[CertificateVerificationError] = []
         for rec in svc.store.list_records(NS.CERT_CLIENT):
             info = PeerCertInfo(CertificateFlavour(rec.doc["flavour"]), rec.doc["identifier"])
+            ocsp = svc.client_ocsp
             hook = PKIVerifyHook(info, svc.client_trust_anchors, svc.clock, crls=svc.client_crls,
-                                 revocation=svc.revocation)
+                                 revocation=ocsp.hook_policy() if ocsp is not None else svc.revocation,
+                                 ocsp=ocsp.store if ocsp is not None else None)
             try:
                 return rec.rec_id, hook(chain)
             except CertificateVerificationError as exc:
@@ -408,6 +411,7 @@ class MAFService:
         key_cache_ttl: timedelta = timedelta(seconds=1),
         inline_sqlite_reads: bool = True,
         max_keys_per_client: int = MAX_KEYS_PER_CLIENT_DEFAULT,
+        client_ocsp: PeerOCSPChecker | None = None,
     ) -> None:
         if (isinstance(max_keys_per_client, bool) or not isinstance(max_keys_per_client, int)
                 or not 1 <= max_keys_per_client <= MAX_KEYS_PER_CLIENT_LIMIT):
@@ -440,6 +444,9 @@ class MAFService:
         self.client_trust_anchors = tuple(client_trust_anchors)
         self.client_crls = client_crls  # CRLs of the MAF Clients' PKI (TS-0003 8.1.2.2), refreshed by the owner
         self.revocation = RevocationPolicy(revocation)
+        # OCSP queries about client certificates (8.1.2.2): its store is the hook's second source,
+        # its status_check runs after the handshake while the engine holds the final flight
+        self.client_ocsp = client_ocsp
         self.max_registration_lifetime = max_registration_lifetime
         self.max_key_lifetime = max_key_lifetime
         self._pending: dict[str, tuple[bytes, datetime | None, str | None, datetime]] = {}

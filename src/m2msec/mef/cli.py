@@ -23,6 +23,10 @@
     crl_validity_s = 86400            # nextUpdate - thisUpdate of those CRLs (re-signed at half of it, or on a revocation)
     ocsp_staple_url = "http://pki.example.com/ocsp"  # optional: OCSP responder for the MEF certificate (stapled)
     ocsp_staple_https_ca = "ocsp-server-ca.pem"  # optional: trust anchors of an https responder (default: httpx's)
+    enrolee_ocsp = false              # true: ask an OCSP responder about enrolee/target certificates (8.1.2.2)
+    enrolee_ocsp_url = "http://pki.example.com/ocsp"  # optional: every query there (default: authorityInfoAccess)
+    enrolee_ocsp_https_ca = "ocsp-server-ca.pem"  # optional: trust anchors of an https responder
+    enrolee_ocsp_timeout_s = 5        # per query, (0, 9]
     [gba]                             # optional: GBA-Based RSPF, the MEF as GBA NAF
     bsf_url = "http://127.0.0.1:8080" # the operator BSF's Zn endpoint
     naf_token = "..."                 # the MEF's Zn credential (else $M2MSEC_GBA_NAF_TOKEN)
@@ -49,6 +53,13 @@ OCSP stapling of the MEF's own certificate (TS-0003 8.1.2.2, RFC 6066 8): with `
 responder before it listens (a failure is a warning: nothing is stapled until a query
 succeeds), staples the current response in certificate handshakes, refreshes it at half its
 remaining validity (:class:`m2msec.pki.ocsp_staple.OCSPStapler`) and queries again on SIGHUP.
+
+OCSP queries about enrolee and Enrolment Target certificates (TS-0003 8.1.2.2): with
+``enrolee_ocsp = true`` a certificate whose status neither a current CRL nor a held answer
+gives is looked up at ``enrolee_ocsp_url`` (or its authorityInfoAccess responder) while the
+handshake's final flight is held back (:class:`m2msec.pki.ocsp_check.PeerOCSPChecker`); a
+REVOKED answer ends the handshake with alert certificate_revoked, ``require`` also refuses a
+certificate without a good answer.
 
 Revocation of EST certificates (:mod:`m2msec.mef.est_crl`): ``enrolee revoke`` revokes every
 certificate the MEF issued to that enrolee, ``est-revoke --serial`` a single one; this MEF
@@ -90,6 +101,7 @@ from m2msec.pki import (
 )
 from m2msec.pki.cli import reload_crls_and_report
 from m2msec.pki.ocsp_staple import OCSPStapler, stapler_for_chain
+from m2msec.pki.ocsp_check import parse_peer_ocsp_settings
 from m2msec.secret_input import secret_from_options
 from m2msec.store import KeyEncryptionKey, StoreError, open_store
 from m2msec.tls.engine import CertCredentials, PSKCredentials
@@ -119,7 +131,8 @@ MEF_TOML_KEYS: dict[str, frozenset[str]] = {
     "mef": frozenset({"fqdn", "store", "kek_file", "host", "port", "cert", "key", "enrolee_trust_anchors",
                       "enrolee_crl_files", "revocation", "enrolee_crl_urls", "enrolee_crl_issuers",
                       "enrolee_crl_refresh_s", "enrolee_crl_https_ca", "crl_port", "crl_host", "crl_base_url",
-                      "crl_validity_s", "ocsp_staple_url", "ocsp_staple_https_ca"}),
+                      "crl_validity_s", "ocsp_staple_url", "ocsp_staple_https_ca", "enrolee_ocsp", "enrolee_ocsp_url",
+                      "enrolee_ocsp_https_ca", "enrolee_ocsp_timeout_s"}),
     "gba": frozenset({"bsf_url", "naf_token"}),
 }
 
@@ -202,6 +215,13 @@ def _load(config: Path) -> dict[str, Any]:
     except ValueError:
         _fail(ValueError(f"{config}: [mef] revocation must be one of "
                          f"{', '.join(p.value for p in RevocationPolicy)}"))
+    try:
+        mef["enrolee_ocsp"] = parse_peer_ocsp_settings(
+            mef, ("enrolee_ocsp", "enrolee_ocsp_url", "enrolee_ocsp_https_ca", "enrolee_ocsp_timeout_s"),
+            revocation=mef["revocation"],
+            resolve=lambda f: f if Path(f).is_absolute() else str((base / f).resolve()))
+    except (TypeError, ValueError) as exc:
+        _fail(ValueError(f"{config}: [mef] {exc}"))
     return mef
 
 
@@ -226,7 +246,10 @@ def _state(mef: dict[str, Any], *, load_crls: bool = False) -> MEFState:
         anchors = tuple(x509.load_pem_x509_certificates(Path(mef["enrolee_trust_anchors"]).read_bytes()))
     crls = _crls(mef) if load_crls else None  # before the store is opened: a bad file fails without side effects
     store = open_store(mef["store"], kek)
-    return MEFState(store, mef["fqdn"], _utcnow, anchors, enrolee_crls=crls, revocation=mef["revocation"])
+    settings = mef.get("enrolee_ocsp")
+    ocsp = settings.checker(clock=_utcnow, policy=mef["revocation"]) if settings is not None and load_crls else None
+    return MEFState(store, mef["fqdn"], _utcnow, anchors, enrolee_crls=crls, revocation=mef["revocation"],
+                    enrolee_ocsp=ocsp)
 
 
 def _credentials(mef: dict[str, Any]) -> CertCredentials | None:

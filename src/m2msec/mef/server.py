@@ -8,7 +8,9 @@ One TLS 1.2 listener serves both RSPFs and MEF Key Retrieval:
   certificate TLS (10.2.3 suites); the enrolee's certificate is verified per
   8.1.2.5 (:mod:`m2msec.tls.pkiverify`) against the certificate information
   configured for it - a certificate no enrolee/target is configured for aborts
-  the handshake;
+  the handshake; with ``MEFState.enrolee_ocsp`` (mef.toml ``enrolee_ocsp``) its status may
+  also come from an OCSP query made while the MEF's Finished is held back
+  (:mod:`m2msec.pki.ocsp_check`, 8.1.2.2): REVOKED aborts with ``certificate_revoked``;
 * Bootstrap Security Handshake, GBA-Based RSPF (8.3.2.3, profile): TLS-PSK with the
   MEF as GBA NAF - hint ``3GPP-bootstrapping``, ``psk_identity`` = ``3GPP-bootstrapping.<B-TID>``,
   ``psk`` = Ks_NAF from the BSF over Zn (:mod:`m2msec.mef.gba`, ``gba=``);
@@ -93,8 +95,10 @@ class _CertVerifier:
             if not anchors:
                 continue
             try:
+                ocsp = self.state.enrolee_ocsp  # its store is a second source; its query runs after the handshake
                 verified = PKIVerifyHook(info, anchors, self.state.clock, crls=self.state.enrolee_crls,
-                                         revocation=self.state.revocation)(chain)
+                                         revocation=ocsp.hook_policy() if ocsp is not None else self.state.revocation,
+                                         ocsp=ocsp.store if ocsp is not None else None)(chain)
             except CertificateVerificationError as exc:
                 errors.append(exc)
                 continue
@@ -133,7 +137,8 @@ class MEFServer:
                 raise ValueError("the certificate RSPF needs enrolee trust anchors")
             kw = {"credentials": credentials, "trust_anchors": tuple(state.enrolee_anchors),
                   "verify_peer": _CertVerifier(state), "verify_peer_authoritative": True,
-                  "ocsp_staple": ocsp_staple}
+                  "ocsp_staple": ocsp_staple,
+                  "peer_status_check": state.enrolee_ocsp.status_check if state.enrolee_ocsp else None}
         if gba is not None:
             kw["psk_identity_hint"] = GBA_PSK_IDENTITY_HINT  # TS 33.222: "3GPP-bootstrapping"
         self.tls_context = TLSContext(TLSConfig(role=Role.SERVER, psk_lookup=self._psk_lookup, **kw))

@@ -39,6 +39,7 @@ from m2msec.mef.protocol import EnroleePreferences, MAFPreference, TargetGrant
 from m2msec.onem2m.rsc import ResponseStatusCode
 from m2msec.osuser import admin_details
 from m2msec.pki import CertificateFlavour, CRLStore, PeerCertInfo, RevocationPolicy, canonical_identifier
+from m2msec.pki.ocsp_check import PeerOCSPChecker
 from m2msec.store import DuplicateError, NotFound, Store
 
 __all__ = ["EnroleeConfig", "MEFError", "MEFState", "SessionPeer", "TargetConfig", "hash_token"]
@@ -183,6 +184,8 @@ class MEFState:
     #: certificate status check (TS-0003 8.1.2.2) of enrolee/target certificates in the certificate RSPF
     enrolee_crls: CRLStore | None = None
     revocation: RevocationPolicy = RevocationPolicy.IF_AVAILABLE
+    #: OCSP queries about enrolee/target certificates (``[mef] enrolee_ocsp``; None: CRLs only)
+    enrolee_ocsp: PeerOCSPChecker | None = None
 
     # -- administration ("m2msec mef enrolee add|list|revoke", "target add") ----------------
     def add_enrolee(self, cfg: EnroleeConfig, *, kpm: bytes | None = None) -> None:
