@@ -10,7 +10,7 @@ import asyncio
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,13 @@ from m2msec.net.client import OneM2MClient
 from m2msec.onem2m import Operation, RequestPrimitive, ResourceType, ResponsePrimitive
 from m2msec.onem2m.primitives import new_request_id
 from m2msec.pki import CertificateFlavour, DevCA, IssuedCertificate, PeerCertInfo
-from m2msec.saef import AssociationConfiguration, CredentialConfiguration, KpsaEntry, certificate_client, psk_client
+from m2msec.saef import (
+    AssociationConfiguration,
+    CredentialConfiguration,
+    KpsaEntry,
+    certificate_client,
+    psk_client,
+)
 from m2msec.saef.framework import SAEFEndpoint
 from m2msec.saef.http import SAEFHTTPClient
 from m2msec.tls.engine import TLSFailureReason, TLSHandshakeError
@@ -35,7 +41,7 @@ ADMIN = "CAdmin"
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass

@@ -11,7 +11,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,21 @@ from cryptography.hazmat.primitives import serialization
 from m2msec.esprim import MemoryReceiverState, ProvisionedKeySource, Receiver
 from m2msec.gateway.app import build
 from m2msec.gateway.config import ConfigError, SAEFCertEntry, SAEFConfig, load_config
-from m2msec.gateway.saef import SAEFListener, build_endpoint, normalise_originator, protected_pattern
+from m2msec.gateway.saef import (
+    SAEFListener,
+    build_endpoint,
+    normalise_originator,
+    protected_pattern,
+)
 from m2msec.gateway.server import Gateway
 from m2msec.net.endpoint import AEEndpoint
-from m2msec.onem2m import Operation, RequestPrimitive, ResourceType, ResponsePrimitive, ResponseStatusCode
+from m2msec.onem2m import (
+    Operation,
+    RequestPrimitive,
+    ResourceType,
+    ResponsePrimitive,
+    ResponseStatusCode,
+)
 from m2msec.pki import (
     CertificateFlavour,
     CertificateVerificationError,
@@ -58,7 +69,7 @@ KPSA1, KPSA2 = os.urandom(32), os.urandom(32)
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass
@@ -300,6 +311,28 @@ def test_garbled_tls_bytes_are_dropped_and_the_listener_keeps_serving(pki: PKI) 
     assert b"HTTP/1.1" not in got  # nothing of the plain-HTTP world answered
     assert int(ok.rsc) == 2001 and [q.rqi for q in r.cse.seen] == ["after"]
     assert len(r.saef.handshake_errors) == 1
+
+
+def test_a_second_x_m2m_origin_on_the_saef_listener_is_4000_and_reaches_nothing(pki: PKI) -> None:
+    """The gateway relays the received headers: a From the 7.2.1 check did not read must not
+    reach the CSE.  The strict binding refuses a repeated X-M2M-Origin."""
+    from m2msec.tls.aio import open_connection
+
+    async def go() -> tuple[bytes, Rig]:
+        async with rig(pki) as r:
+            reader, writer = await open_connection(r.saef.host, r.saef.port, psk_ae().tls_context)
+            body = b'{"m2m:cnt":{"rn":"dup"}}'
+            writer.write(b"POST " + BASE.encode() + b" HTTP/1.1\r\nHost: gw\r\nX-M2M-RI: d1\r\nX-M2M-RVI: 3\r\n"
+                         b"X-M2M-Origin: " + AE1.encode() + b"\r\nX-M2M-Origin: " + AE2.encode() + b"\r\n"
+                         b"Content-Type: application/json;ty=3\r\nContent-Length: " + str(len(body)).encode()
+                         + b"\r\nConnection: close\r\n\r\n" + body)
+            got = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            return got, r
+
+    got, r = run(go)
+    assert got.startswith(b"HTTP/1.1 400") and b"x-m2m-rsc: 4000" in got.lower()
+    assert r.cse.seen == []
 
 
 # ---------------------------------------------------------------- the plain listener: require_saef_for

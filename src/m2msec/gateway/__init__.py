@@ -30,6 +30,13 @@ query, headers, status, body):
   to the gateway configured for that CSE in ``[[routes]]`` (the ``<remoteCSE>`` poa points
   at the CSE itself, which cannot take such a NOTIFY); a CSE-relative ``From`` is sent on
   in SP-relative form (``/<cse-id>/C...``), as a transit CSE does.
+* **SAEF listener** (optional, :mod:`m2msec.gateway.saef`).  A second, TLS 1.2 only port
+  where AEs connect with a security association (TS-0003 8.2.2.1 Kpsa/KpsaID, 8.2.2.2
+  certificates), the Registrar CSE side of 7.2.1: a request whose From is not the AE-ID
+  bound to the association is answered 4106 ORIGINATOR_NOT_AUTHENTICATED and reaches
+  nothing; the others take the normal path above.  ``require_saef_for`` makes the plain
+  listener answer 4106 to requests claiming the listed AE-IDs, which then can only be used
+  through their association.
 * **Scale-out.**  Receiver state (rand objects, sessions) and the pairwise keys are in
   :mod:`m2msec.store` (SQLite by default, PostgreSQL with ``--store postgresql://...``),
   so several gateway instances can share one address.
@@ -76,6 +83,22 @@ Configuration (``gateway.toml``; paths relative to the file; every key, type and
     [[routes]]                   # other CSEs reachable through their gateways
     csi = "/id-mn"
     url = "http://127.0.0.1:9001"
+
+    [saef]                       # optional: the SAEF listener (--saef-listen overrides listen)
+    listen = "127.0.0.1:8443"
+    cert = "cse-cert.pem"        # with key: certificate-based SAEF for the [[saef_cert]] AEs
+    key = "cse-key.pem"
+    require_saef_for = ["Cae1", "Cmeter-*"]   # the plain listener refuses these originators (4106)
+
+    [[saef_psk]]                 # one per AE with a Kpsa
+    kpsa_id = "cae1@sp.example.com"
+    kpsa_hex = "..."             # or kpsa_file = "cae1.psk"
+    ae_id = "Cae1"               # the AE-ID bound to the association
+
+    [[saef_cert]]                # one per AE with a certificate
+    flavour = "ae-id"
+    identifier = "//example.com/id-in/Cae2"
+    root_of_trust = "aes-ca.pem"
 """
 
 from __future__ import annotations
