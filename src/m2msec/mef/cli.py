@@ -72,6 +72,7 @@ No command prints key bytes; ``enrolee add --token`` prints the single-use token
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import threading
 import tomllib
@@ -105,6 +106,7 @@ from m2msec.pki.ocsp_check import parse_peer_ocsp_settings
 from m2msec.secret_input import secret_from_options
 from m2msec.store import KeyEncryptionKey, StoreError, open_store
 from m2msec.tls.engine import CertCredentials, PSKCredentials
+from m2msec.tls.pkiverify import StaplePolicy
 from m2msec.tomlkeys import check_keys
 
 app = typer.Typer(help="M2M Enrolment Function (Remote Security Provisioning, TS-0003 8.3).", no_args_is_help=True)
@@ -756,8 +758,18 @@ def est_enrol_cmd(
     server_keygen: Annotated[bool, typer.Option(
         "--server-keygen", help="serverkeygen: the MEF generates the key (RFC 7030 4.4); --key-type is then "
                                 "only the CSR's placeholder key.")] = False,
+    ocsp_staple: Annotated[str, typer.Option(
+        "--ocsp-staple", help="Certificate RSPF: off (default), if-present or require the MEF's stapled OCSP "
+                              "response (RFC 6066 8); not off also prints ocsp_status.")] = "off",
 ) -> None:
-    """Enrolment Exchange + EST (cacerts, csrattrs, simpleenroll/simplereenroll/serverkeygen) + install + report."""
+    """Enrolment Exchange + EST (cacerts, csrattrs, simpleenroll/simplereenroll/serverkeygen) + install + report.
+
+    ``--ocsp-staple if-present|require`` (certificate RSPF only): the handshake asks for the MEF's
+    stapled OCSP response and verifies it (a REVOKED or invalid staple, and with ``require`` a
+    missing or UNKNOWN one, ends it: exit 2, ``BAD_CERTIFICATE_STATUS``); the output then has
+    ``ocsp_status good|revoked|unknown|none`` and, with a staple, ``ocsp_this_update`` and
+    ``ocsp_next_update``.
+    """
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
     from m2msec.mef.est_client import est_enrol
@@ -767,6 +779,11 @@ def est_enrol_cmd(
     try:
         if (kpm_id is not None) == (cert is not None):
             raise ValueError("give --kpm-id/--kpm-hex (PSK RSPF) or --cert/--key/--mef-ca/--mef-fqdn (certificate RSPF)")
+        staple = StaplePolicy(ocsp_staple) if ocsp_staple in {p.value for p in StaplePolicy} else None
+        if staple is None:
+            raise ValueError("--ocsp-staple is off, if-present or require")
+        if kpm_id is not None and staple is not StaplePolicy.OFF:
+            raise ValueError("--ocsp-staple needs the certificate RSPF (--cert): a PSK handshake has no certificate")
         if kpm_id is not None:
             kpm = secret_from_options(kpm_hex, kpm_file, hex_option="--kpm-hex", file_option="--kpm-file",
                                       required=True)
@@ -779,7 +796,18 @@ def est_enrol_cmd(
             pk = load_pem_private_key(key.read_bytes(), password=None)
             tls = mef_tls_config(credentials=CertCredentials(pk, certs[0], tuple(certs[1:])),  # type: ignore[arg-type]
                                  mef_fqdn=mef_fqdn,
-                                 mef_anchors=tuple(x509.load_pem_x509_certificates(mef_ca.read_bytes())))
+                                 mef_anchors=tuple(x509.load_pem_x509_certificates(mef_ca.read_bytes())),
+                                 ocsp_staple=staple)
+        staples: list[Any] = []  # what the staple check found, per handshake
+        if tls.check_ocsp_staple is not None:
+            check = tls.check_ocsp_staple
+
+            def record(der: bytes, chain: list[x509.Certificate]) -> Any:
+                res = check(der, chain)
+                staples.append(res)
+                return res
+
+            tls = dataclasses.replace(tls, check_ocsp_staple=record)
         req = EnrolmentRequest(certificate_enrolment=True, token=token)
         e, prov = asyncio.run(est_enrol(host or "127.0.0.1", int(port), tls, request=req, reenroll=reenroll,
                                         key_type=KeyType(key_type), server_keygen=server_keygen))
@@ -794,6 +822,12 @@ def est_enrol_cmd(
     typer.echo(f"not-after {prov.certificate.not_valid_after_utc.isoformat()}")
     for k, pth in paths.items():
         typer.echo(f"{k} {pth}")
+    if staple is not StaplePolicy.OFF:
+        last = staples[-1] if staples else None
+        typer.echo(f"ocsp_status {last.status.value if last is not None else 'none'}")
+        if last is not None:
+            typer.echo(f"ocsp_this_update {last.this_update.isoformat()}")
+            typer.echo(f"ocsp_next_update {last.next_update.isoformat() if last.next_update else '-'}")
 
 
 if __name__ == "__main__":  # python -m m2msec.mef.cli
