@@ -178,3 +178,40 @@ def test_reseal_command(tmp_path: Path) -> None:
     res = runner.invoke(app, ["audit", "reseal", "--url", url, "--old-kek-file", str(new_path), "--kek-file", str(old_path)])
     assert res.exit_code == 1 and "does not verify under the old KEK" in res.output
     assert runner.invoke(app, ["audit", "verify", "--url", url, "--kek-file", str(new_path)]).exit_code == 1
+
+
+def test_rekey_carries_the_audit_seal_over(tmp_path: Path) -> None:
+    """`store rekey` reseals a sealed trail under the new KEK; re-running it is harmless; a trail
+    never sealed stays unsealed; a tampered one is not resealed (exit 1, credentials rekeyed)."""
+    store_app = app  # `m2msec store`
+    url = f"sqlite://{tmp_path}/s.db"
+    old_path, new_path = tmp_path / "old", tmp_path / "new"
+    old = _seeded(url, old_path, 3)
+    new = KeyEncryptionKey.generate()
+    new.write_file(new_path)
+    with open_store(url, old) as s:
+        s.put_credential("test.cred", "c1", b"\x01" * 32)
+    assert runner.invoke(app, ["audit", "seal", "--url", url, "--kek-file", str(old_path)]).exit_code == 0
+    res = runner.invoke(store_app, ["rekey", "--url", url, "--old-kek-file", str(old_path), "--new-kek-file", str(new_path)])
+    assert res.exit_code == 0, res.output
+    assert "re-encrypted 1 credential(s)" in res.output and f"audit seal carried over to kek_id {new.kek_id_hex}" in res.output
+    assert runner.invoke(app, ["audit", "verify", "--url", url, "--kek-file", str(new_path)]).exit_code == 0
+    again = runner.invoke(store_app, ["rekey", "--url", url, "--old-kek-file", str(old_path), "--new-kek-file", str(new_path)])
+    assert again.exit_code == 0 and "audit seal already under kek_id" in again.output, again.output
+    # a trail never sealed: rekey leaves it unsealed
+    url2 = f"sqlite://{tmp_path}/u.db"
+    _seeded(url2, tmp_path / "old2", 2)
+    res = runner.invoke(store_app, ["rekey", "--url", url2, "--old-kek-file", str(tmp_path / "old2"),
+                                    "--new-kek-file", str(new_path)])
+    assert res.exit_code == 0 and "audit seal" not in res.output, res.output
+    v = runner.invoke(app, ["audit", "verify", "--url", url2, "--kek-file", str(new_path), "--json"])
+    assert json.loads(v.output)["checkpoints"] == 0
+    # a tampered sealed trail: the credentials are rekeyed, the seal is not carried over
+    url3 = f"sqlite://{tmp_path}/t.db"
+    _seeded(url3, tmp_path / "old3", 3)
+    assert runner.invoke(app, ["audit", "seal", "--url", url3, "--kek-file", str(tmp_path / "old3")]).exit_code == 0
+    _tamper(url3, "UPDATE m2msec_audit SET subject = 'C-AEx' WHERE seq = 1")
+    res = runner.invoke(store_app, ["rekey", "--url", url3, "--old-kek-file", str(tmp_path / "old3"),
+                                    "--new-kek-file", str(new_path)])
+    assert res.exit_code == 1 and "tampered" in res.output, res.output
+    assert runner.invoke(app, ["audit", "verify", "--url", url3, "--kek-file", str(tmp_path / "old3")]).exit_code == 1

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from m2msec.errors import M2MSecError
-from m2msec.store.audit_seal import AuditCheckpoint, AuditTampered
+from m2msec.store.audit_seal import AuditCheckpoint, AuditSealKekMismatch, AuditTampered
 from m2msec.store.kek import KeyEncryptionKey
 from m2msec.store.store import open_store
 
@@ -245,15 +245,37 @@ def rekey(
     old_kek_file: Annotated[Path, typer.Option("--old-kek-file", help="KEK the credentials are sealed under.")],
     new_kek_file: Annotated[Path, typer.Option("--new-kek-file", help="KEK to re-encrypt them under.")],
 ) -> None:
-    """Re-encrypt every stored credential from the old KEK to the new one (one transaction)."""
+    """Re-encrypt every stored credential from the old KEK to the new one (one transaction).
+
+    A sealed audit trail (`store audit seal`) is then resealed under the new KEK, as `store audit
+    reseal` does: exit 1 if the trail does not verify under the old KEK (the credentials are
+    re-encrypted all the same; the seal is left as it was for `store audit verify` with the old KEK).
+    """
+    resealed = None
     try:
         old = KeyEncryptionKey.from_file(old_kek_file)
         new = KeyEncryptionKey.from_file(new_kek_file)
         with open_store(url, old, create_schema=False) as store:
             n = store.rekey(old, new)
+            typer.echo(f"re-encrypted {n} credential(s): kek_id {old.kek_id_hex} -> {new.kek_id_hex}")
+            try:
+                sealed = store.verify_audit(old, max_findings=1).checkpoints > 0
+            except AuditSealKekMismatch:  # a re-run: the seal may already be under the new KEK
+                store.verify_audit(new, max_findings=1)  # else this names the KEK it is under (exit 2)
+                sealed = False
+                typer.echo(f"audit seal already under kek_id {new.kek_id_hex}")
+            if sealed:
+                try:
+                    resealed = store.reseal_audit(old, new)
+                except AuditTampered as exc:
+                    typer.echo(f"tampered: {exc}; the audit seal stays under kek_id {old.kek_id_hex} "
+                               f"(verify it with the old KEK file)", err=True)
+                    raise typer.Exit(code=1) from None
     except M2MSecError as exc:
         _fail(exc)
-    typer.echo(f"re-encrypted {n} credential(s): kek_id {old.kek_id_hex} -> {new.kek_id_hex}")
+    if resealed is not None:
+        anchor = f"; new anchor {resealed.head.anchor}" if resealed.head is not None else ""
+        typer.echo(f"audit seal carried over to kek_id {new.kek_id_hex}{anchor} (earlier anchors no longer apply)")
 
 
 __all__ = ["app"]
