@@ -171,6 +171,15 @@ class Backend(ABC):
     def table_exists(self, conn: Any, name: str) -> bool:
         """Whether table ``name`` exists."""
 
+    @abstractmethod
+    def audit_guard_missing(self, conn: Any) -> list[str]:
+        """The parts of the append-only guard of ``m2msec_audit`` (S7) that are absent or
+        disabled (trigger and, on PostgreSQL, function names); empty when intact."""
+
+    @abstractmethod
+    def audit_guard_ddl(self) -> list[str]:
+        """Statements that (re-)create the append-only guard (idempotent)."""
+
     def schema_lock(self, conn: Any) -> None:
         """Serialise concurrent schema creation (inside the schema transaction)."""
 
@@ -343,13 +352,23 @@ class SQLiteBackend(Backend):
             "ts": "TEXT",
             "serial": "INTEGER PRIMARY KEY AUTOINCREMENT",
         }
-        stmts = [s.format(**types) for s in _DDL]
+        return [s.format(**types) for s in _DDL] + self.audit_guard_ddl()
+
+    _GUARD = ("m2msec_audit_no_update", "m2msec_audit_no_delete")
+
+    def audit_guard_ddl(self) -> list[str]:
+        out = []
         for op in ("UPDATE", "DELETE"):
-            stmts.append(
-                f"CREATE TRIGGER IF NOT EXISTS m2msec_audit_no_{op.lower()} BEFORE {op} ON m2msec_audit "
-                "BEGIN SELECT RAISE(ABORT, 'm2msec_audit is append-only'); END"
-            )
-        return stmts
+            out += [f"DROP TRIGGER IF EXISTS m2msec_audit_no_{op.lower()}",
+                    f"CREATE TRIGGER m2msec_audit_no_{op.lower()} BEFORE {op} ON m2msec_audit "
+                    "BEGIN SELECT RAISE(ABORT, 'm2msec_audit is append-only'); END"]
+        return out
+
+    def audit_guard_missing(self, conn: Any) -> list[str]:
+        rows = self.execute(conn, "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'm2msec_audit'",
+                            ()).fetchall()
+        present = {r[0] for r in rows if "RAISE(ABORT" in str(r[1])}
+        return [name for name in self._GUARD if name not in present]
 
     def audit_seal_ddl(self) -> list[str]:
         return [s.format(pk="INTEGER PRIMARY KEY", blob="BLOB", ts="TEXT") for s in _SEAL_DDL]
@@ -442,15 +461,29 @@ class PostgresBackend(Backend):
             "ts": "TIMESTAMPTZ",
             "serial": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
         }
-        stmts = [s.format(**types) for s in _DDL]
-        stmts += [
+        return [s.format(**types) for s in _DDL] + self.audit_guard_ddl()
+
+    def audit_guard_ddl(self) -> list[str]:
+        return [
             "CREATE OR REPLACE FUNCTION m2msec_audit_append_only() RETURNS trigger "
             "LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'm2msec_audit is append-only'; END $$",
             "DROP TRIGGER IF EXISTS m2msec_audit_append_only ON m2msec_audit",
             "CREATE TRIGGER m2msec_audit_append_only BEFORE UPDATE OR DELETE ON m2msec_audit "
             "FOR EACH ROW EXECUTE FUNCTION m2msec_audit_append_only()",
         ]
-        return stmts
+
+    def audit_guard_missing(self, conn: Any) -> list[str]:
+        missing = []
+        fn = self.execute(conn, "SELECT prosrc FROM pg_proc WHERE proname = 'm2msec_audit_append_only' "
+                          "AND pronamespace = to_regnamespace(current_schema())", ()).fetchone()
+        if fn is None or "RAISE EXCEPTION" not in str(fn[0]):
+            missing.append("m2msec_audit_append_only()")
+        tg = self.execute(conn, "SELECT tgenabled, tgtype FROM pg_trigger WHERE tgrelid = to_regclass('m2msec_audit') "
+                          "AND tgname = 'm2msec_audit_append_only' AND NOT tgisinternal", ()).fetchone()
+        # enabled ('O' origin, 'A' always), BEFORE (2), ROW (1), UPDATE (16) and DELETE (8)
+        if tg is None or str(tg[0]) not in ("O", "A") or int(tg[1]) & 27 != 27:
+            missing.append("m2msec_audit_append_only")
+        return missing
 
     def schema_lock(self, conn: Any) -> None:
         # constant = int.from_bytes(b"m2msec-s", "big") & 0x7fff...: any fixed bigint works

@@ -25,6 +25,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import json
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -45,6 +46,8 @@ from m2msec.store.errors import (
 )
 from m2msec.store.kek import KeyEncryptionKey, blob_kek_id, open_secret, seal_secret
 from m2msec.store.notify import Listener, PgListener, check_channel, check_payload
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from m2msec.store.audit_seal import AuditSealResult, AuditVerification
@@ -856,6 +859,14 @@ class Store(_Operations):
                     "ON CONFLICT (component) DO UPDATE SET version = excluded.version",
                     (SCHEMA_COMPONENT, SCHEMA_VERSION),
                 )
+                return
+            missing = b.audit_guard_missing(conn)
+            if missing:  # someone with write access to the database removed, disabled or replaced it
+                log.warning("the append-only guard of the audit trail was missing or disabled (%s): "
+                            "re-created; rows may have been changed while it was off (m2msec store audit "
+                            "verify checks sealed rows)", ", ".join(missing))
+                for stmt in b.audit_guard_ddl():
+                    b.execute(conn, stmt)
 
     def schema_version(self) -> int:
         """Schema version in the database, 0 if the store schema is absent."""
