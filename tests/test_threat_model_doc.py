@@ -187,22 +187,37 @@ def test_residual_store_metadata_is_neither_encrypted_nor_authenticated(tmp_path
     assert got.peer_id == "Cadmin" and got.key == key
 
 
-def test_residual_audit_trail_is_append_only_but_not_tamper_evident(tmp_path: Path) -> None:
-    """Section 4 (profile S7): the trigger stops the services' own connections, not the owner
-    of the database file; nothing records that rows were removed except a gap in seq."""
+def test_residual_audit_trail_is_append_only_but_not_tamper_evident_until_sealed(tmp_path: Path) -> None:
+    """Section 4.11 (profile S7, S10): the trigger stops the services' own connections, not the
+    owner of the database file; for rows not sealed yet nothing records that rows were removed
+    except a gap in seq.  Once sealed, the same deletion is named by verify (with the KEK)."""
     db = tmp_path / "audit.db"
-    with open_store(f"sqlite://{db}") as store:
+    kek = KeyEncryptionKey.generate()
+    with open_store(f"sqlite://{db}", kek) as store:
         for subject in ("a", "b", "c"):
+            store.append_audit("maf", "key_retrieval", subject, "ok")
+        assert store.seal_audit().sealed_rows == 3
+        for subject in ("d", "e"):
             store.append_audit("maf", "key_retrieval", subject, "ok")
     conn = sqlite3.connect(db)
     with conn:
         conn.execute("DROP TRIGGER m2msec_audit_no_delete")
-        conn.execute("DELETE FROM m2msec_audit WHERE subject = 'b'")
+        conn.execute("DELETE FROM m2msec_audit WHERE subject = 'd'")  # not sealed yet
     conn.close()
-    with open_store(f"sqlite://{db}") as store:  # re-creates the trigger, raises nothing
+    with open_store(f"sqlite://{db}", kek) as store:  # re-creates the trigger, raises nothing
         entries = store.list_audit()
-    assert sorted(e.subject for e in entries) == ["a", "c"]
-    assert sorted(e.seq for e in entries) == [1, 3]
+        v = store.verify_audit()
+    assert sorted(e.subject for e in entries) == ["a", "b", "c", "e"]
+    assert sorted(e.seq for e in entries) == [1, 2, 3, 5]
+    assert v.intact and v.unsealed_rows == 1  # the residual: the unsealed deletion is not evident
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("DROP TRIGGER IF EXISTS m2msec_audit_no_delete")
+        conn.execute("DELETE FROM m2msec_audit WHERE subject = 'b'")  # sealed
+    conn.close()
+    with open_store(f"sqlite://{db}", kek) as store:
+        v = store.verify_audit()
+    assert not v.intact and any(f.kind == "deleted" and f.seq == 2 for f in v.findings)
 
 
 def test_sqlite_store_file_is_created_0600_whatever_the_umask(tmp_path: Path) -> None:
