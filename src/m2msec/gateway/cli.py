@@ -41,10 +41,10 @@ def serve(
     store: Annotated[Optional[str], typer.Option("--store", help="store URL (sqlite:///… or postgresql://…)")] = None,
     trace: Annotated[Optional[Path], typer.Option("--trace", help="append every forwarded HTTP message here")] = None,
     saef_listen: Annotated[Optional[str], typer.Option(
-        "--saef-listen", help="HOST:PORT of the SAEF (TLS) listener, overrides [saef] listen (port 0: ephemeral)")] = None,
+        "--saef-listen", help="HOST:PORT of the SAEF (TLS) listener, overrides \\[saef] listen (port 0: ephemeral)")] = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT.  Prints ``listening on URL`` once ready, then
-    ``saef listening on HOST:PORT`` when ``[saef]`` is configured."""
+    ``saef listening on HOST:PORT`` when ``\\[saef]`` is configured."""
     from m2msec.gateway.app import build
     from m2msec.gateway.config import load_config
 
