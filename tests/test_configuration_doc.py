@@ -458,13 +458,30 @@ GATEWAY: dict[tuple[str, str], Accessor] = {
     ("saef_cert", "ae_id"): lambda b, _: [c.association.peer_id for c in b.cfg.saef.certs],
     ("saef_cert", "crls"): lambda b, _: [_names(c.crl_files) for c in b.cfg.saef.certs],
     ("saef_cert", "revocation"): lambda b, _: [c.association.revocation.value for c in b.cfg.saef.certs],
+    ("saef_maf", "fqdn"): lambda b, _: b.gateway.saef_listener.maf.config.maf_fqdn,
+    ("saef_maf", "host"): lambda b, _: b.gateway.saef_listener.maf.config.host,
+    ("saef_maf", "port"): lambda b, _: b.gateway.saef_listener.maf.config.port,
+    ("saef_maf", "admin_fqdn"): lambda b, _: b.gateway.saef_listener.maf.config.admin_fqdn,
+    ("saef_maf", "kmid"): lambda b, _: b.gateway.saef_listener.maf.config.psk.identity.decode(),
+    ("saef_maf", "km_hex"): lambda b, _: b.gateway.saef_listener.maf.config.psk.key.hex(),
+    ("saef_maf", "km_file"): lambda b, _: b.gateway.saef_listener.maf.config.psk.key.hex(),
+    ("saef_maf", "cert"): lambda b, _: ("file", [b.gateway.saef_listener.maf.config.credentials.certificate,
+                                                 *b.gateway.saef_listener.maf.config.credentials.chain]),
+    ("saef_maf", "key"): lambda b, _: ("file", _pub(b.gateway.saef_listener.maf.config.credentials.private_key)),
+    ("saef_maf", "ca"): lambda b, _: ("file", list(b.gateway.saef_listener.maf.config.maf_trust_anchors)),
+    ("saef_maf", "timeout"): lambda b, _: b.gateway.saef_listener.maf.timeout,
+    ("saef_maf", "negative_ttl"): lambda b, _: b.gateway.saef_listener.maf.negative_ttl.total_seconds(),
+    ("saef_maf", "registration_lifetime"): lambda b, _: (
+        b.gateway.saef_listener.maf.registration_lifetime.total_seconds()),
 }
 
 ACCESSORS = {"maf.toml": MAF, "mef.toml": MEF, "gateway.toml": GATEWAY}
 
 # In the complete gateway example psk_file stands for the pair psk_hex/psk_file (only one may be
 # given); the example's comment names psk_hex.
-ALTERNATIVES = {("gateway.toml", "mef", "psk_hex")}
+ALTERNATIVES = {("gateway.toml", "mef", "psk_hex"), ("gateway.toml", "saef_maf", "km_hex"),
+                ("gateway.toml", "saef_maf", "cert"), ("gateway.toml", "saef_maf", "key"),
+                ("gateway.toml", "saef_maf", "ca")}
 
 # Defaults applied by `serve` rather than by a loader: test_services_start_and_stop checks them
 # (the minimal examples listen on 127.0.0.1 with an ephemeral port).
@@ -475,7 +492,7 @@ def expected(doc: dict[str, Any], table: str, key: str, base: Path) -> Any:
     """The accessor value that the example ``doc`` should produce for ``[table] key``:
     the value itself, the key read from a ``*_file``, one value per entry of an [[array]]."""
     def one(v: Any) -> Any:
-        return (base / v).read_text().strip() if key in ("key_file", "psk_file") and v is not None else v
+        return (base / v).read_text().strip() if key in ("key_file", "psk_file", "km_file") and v is not None else v
 
     if table and isinstance(doc.get(table), list):
         return [one(e.get(key)) for e in doc[table]]
@@ -530,7 +547,8 @@ def _loader_functions(file: str) -> list[Any]:
     if file == "mef.toml":
         return [mef_cli._load, mef_cli._state, mef_cli._credentials, mef_cli._gba, mef_cli._est,
                 mef_cli._crl_publisher, mef_cli._crls, mef_cli.serve]
-    return [gateway_config.load_config, gateway_config._read_key, gateway_config._saef]
+    return [gateway_config.load_config, gateway_config._read_key, gateway_config._saef, gateway_config._saef_psk,
+            gateway_config._saef_certs, gateway_config._saef_maf]
 
 
 def loader_strings(file: str) -> set[str]:
@@ -807,6 +825,10 @@ REFUSALS = [
     ("gateway.toml", 'flavour = "ae-id"', 'flavour = "cse-id"'),
     ("gateway.toml", 'key = "cse-in-key.pem"', ""),
     ("gateway.toml", 'revocation = "require"', 'revocation = "sometimes"'),
+    ("gateway.toml", "negative_ttl = 5", "negative_ttl = 0"),
+    ("gateway.toml", "timeout = 4", "timeout = 9"),
+    ("gateway.toml", 'kmid = "cse-in@maf.m2m.example.com"', ""),
+    ("gateway.toml", 'km_file = "gateway-maf.key"', 'km_file = "gateway-maf.key"\nca = "aes-ca.pem"'),
 ]
 
 

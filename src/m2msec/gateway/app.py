@@ -2,7 +2,8 @@
 store, provision the configured pairwiseESPrimKeys into it (TS-0003 8.4.2 phase A,
 pre-provisioned), and build the CSE's ESPrim Receiver on store-backed state; with
 ``[saef]``, the (not yet started) SAEF listener of TS-0003 8.2 / 7.2.1 as
-``gateway.saef_listener`` (:mod:`m2msec.gateway.saef`)."""
+``gateway.saef_listener`` (:mod:`m2msec.gateway.saef`; with ``[saef_maf]`` its MAF-based
+SAEF Kc source, :mod:`m2msec.gateway.saefmaf`)."""
 
 from __future__ import annotations
 
@@ -70,6 +71,17 @@ def build(config: GatewayConfig, *, clock: Any = None, store: Store | None = Non
     )
     if config.saef is not None:
         from m2msec.gateway.saef import SAEFListener, build_endpoint  # noqa: PLC0415
+        from m2msec.gateway.saefmaf import MAFSAEFDirectory, maf_bound_ae_id  # noqa: PLC0415
 
-        gw.saef_listener = SAEFListener(gw, build_endpoint(config.saef, clock=clock), sp_id=config.sp_id)
+        maf = None
+        m = config.saef.maf
+        if m is not None:  # MAF-based SAEF (8.2.2.3): Kc retrieved from the MAF on first sight of a KcID
+
+            def bind(source_id: str) -> str | None:
+                return maf_bound_ae_id(source_id, cse_id=config.cse_id, sp_id=config.sp_id)
+
+            maf = MAFSAEFDirectory(m.client_config(clock), bind=bind, clock=clock, timeout=m.timeout,
+                                   negative_ttl=m.negative_ttl, registration_lifetime=m.registration_lifetime)
+        gw.saef_listener = SAEFListener(gw, build_endpoint(config.saef, clock=clock, maf=maf), sp_id=config.sp_id,
+                                        maf=maf)
     return gw, store

@@ -8,7 +8,10 @@ Registrar CSE side of TS-0003 8.2 security associations with AEs, 7.2.1): the CS
 Credential Configuration (8.1.2.3), one Provisioned Symmetric Key entry (Kpsa, KpsaID and
 the bound AE-ID, 8.2.2.1) or Association Configuration (CertNameA, RootOfTrustA, IdA,
 8.2.2.2) per authorised AE, and ``require_saef_for``, the originators the plain listener
-refuses (see :mod:`m2msec.gateway.saef`).
+refuses (see :mod:`m2msec.gateway.saef`).  ``[saef_maf]`` adds the MAF-based SAEF (8.2.2.3): the
+gateway's own MAF Client configuration (8.8.3.1: Km/KmID or a certificate, the MAF's address,
+MAF-FQDN and adminFQDN), with which it retrieves Kc for a Key Identifier an AE presents as
+``psk_identity`` (see :mod:`m2msec.gateway.saefmaf`).
 """
 
 from __future__ import annotations
@@ -25,14 +28,17 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from m2msec.errors import M2MSecError, ParseError
 from m2msec.esprim.common import ESPRIM_SUIDS
 from m2msec.esprim.keysource import PairwiseKey
+from m2msec.keys import parse_key_id
 from m2msec.onem2m.enums import SUID
 from m2msec.onem2m.rsc import ResponseStatusCode
 from m2msec.pki import CertificateFlavour, CRLError, CRLStore, PeerCertInfo, RevocationPolicy, load_crl_files
+from m2msec.maf.client import MAFClientConfig
 from m2msec.saef.config import AssociationConfiguration, CredentialConfiguration, KpsaEntry, PeerKind
+from m2msec.tls.engine import CertCredentials, PSKCredentials
 from m2msec.tomlkeys import check_keys
 
 __all__ = ["ConfigError", "GatewayConfig", "KeyEntry", "MEFSourceConfig", "SAEFCertEntry", "SAEFConfig",
-           "load_config", "parse_listen"]
+           "SAEFMAFConfig", "load_config", "load_saef_bindings", "parse_listen"]
 
 
 class ConfigError(M2MSecError):
@@ -80,6 +86,33 @@ class SAEFCertEntry:
     crl_files: tuple[Path, ...] = ()
 
 
+@dataclass(frozen=True, repr=False)
+class SAEFMAFConfig:
+    """``[saef_maf]``: the gateway's MAF Client for the MAF-based SAEF (TS-0003 8.2.2.3, 8.8.3.1).
+    Exactly one of ``psk`` (KmID, Km) and ``credentials`` (+ ``maf_trust_anchors``)."""
+
+    maf_fqdn: str
+    admin_fqdn: str
+    host: str
+    port: int
+    psk: PSKCredentials | None = field(default=None, compare=False)
+    credentials: CertCredentials | None = field(default=None, compare=False)
+    maf_trust_anchors: tuple[x509.Certificate, ...] = ()
+    timeout: float = 5.0
+    negative_ttl: float = 5.0
+    registration_lifetime: timedelta = timedelta(days=1)
+
+    def __repr__(self) -> str:
+        who = f"kmid={self.psk.identity.decode('utf-8', 'replace')!r}" if self.psk else "certificate"
+        return (f"SAEFMAFConfig(maf_fqdn={self.maf_fqdn!r}, admin_fqdn={self.admin_fqdn!r}, "
+                f"at={self.host}:{self.port}, {who}, km=<hidden>)")
+
+    def client_config(self, clock: Any) -> MAFClientConfig:
+        return MAFClientConfig(maf_fqdn=self.maf_fqdn, admin_fqdn=self.admin_fqdn, host=self.host, port=self.port,
+                               psk=self.psk, credentials=self.credentials, maf_trust_anchors=self.maf_trust_anchors,
+                               clock=clock if self.credentials is not None else None, timeout=self.timeout)
+
+
 @dataclass(frozen=True)
 class SAEFConfig:
     """``[saef]``: the SAEF listener (TLS 1.2, TS-0003 8.2.2.1 / 8.2.2.2) and the plain
@@ -91,6 +124,13 @@ class SAEFConfig:
     credentials: CredentialConfiguration | None = None
     certs: tuple[SAEFCertEntry, ...] = ()
     require_saef_for: tuple[str, ...] = ()
+    #: the MAF-based SAEF (``[saef_maf]``), None: not offered
+    maf: SAEFMAFConfig | None = None
+
+    @property
+    def bindings(self) -> int:
+        """Configured Kpsa entries and certificate associations (what SIGHUP reloads)."""
+        return len(self.psk) + len(self.certs)
 
     @property
     def listen(self) -> str:
@@ -192,54 +232,39 @@ def _strings(value: object, where: str) -> tuple[str, ...]:
 SAEF_CERT_FLAVOURS = ("ae-id", "device", "node-id", "fqdn")
 
 
-def _saef(doc: dict[str, Any], base: Path, saef_listen: str | None) -> SAEFConfig | None:
-    """``[saef]``, ``[[saef_psk]]``, ``[[saef_cert]]`` (TS-0003 8.2.2.1, 8.2.2.2, 7.2.1)."""
-    if "saef" not in doc:
-        if "saef_psk" in doc or "saef_cert" in doc:
-            raise ConfigError("[[saef_psk]] and [[saef_cert]] need the [saef] table (the listener)")
-        if saef_listen is not None:
-            raise ConfigError("--saef-listen needs the [saef] table of gateway.toml")
-        return None
-    t = doc["saef"]
-    if not isinstance(t, dict):
-        raise ConfigError("[saef] must be a table")
+def _rel(base: Path, v: object, where: str) -> Path:
+    if not isinstance(v, str) or not v:
+        raise ConfigError(f"{where} must be a file name")
+    q = Path(v)
+    return q if q.is_absolute() else base / q
 
-    def rel(v: object, where: str) -> Path:
-        if not isinstance(v, str) or not v:
-            raise ConfigError(f"{where} must be a file name")
-        q = Path(v)
-        return q if q.is_absolute() else base / q
 
-    def pem_certs(path: Path, where: str) -> list[x509.Certificate]:
-        try:
-            certs = x509.load_pem_x509_certificates(path.read_bytes())
-        except OSError as exc:
-            raise ConfigError(f"{where}: cannot read {str(path)!r}: {exc.strerror}") from None
-        except ValueError:
-            raise ConfigError(f"{where}: {str(path)!r} holds no PEM certificate") from None
-        return certs
+def _pem_certs(path: Path, where: str) -> list[x509.Certificate]:
+    try:
+        certs = x509.load_pem_x509_certificates(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {str(path)!r}: {exc.strerror}") from None
+    except ValueError:
+        raise ConfigError(f"{where}: {str(path)!r} holds no PEM certificate") from None
+    return certs
 
-    if saef_listen is None and "listen" not in t:
-        raise ConfigError("[saef] needs listen = \"HOST:PORT\" (or serve --saef-listen)")
-    if saef_listen is not None:
-        host, port = parse_listen(saef_listen, "--saef-listen")
-    else:
-        host, port = parse_listen(t["listen"], "[saef] listen")
-    credentials = None
-    if ("cert" in t) != ("key" in t):
-        raise ConfigError("[saef] needs both cert and key (the CSE's certificate-based SAEF credentials)")
-    if "cert" in t:
-        chain = pem_certs(rel(t["cert"], "[saef] cert"), "[saef] cert")
-        key_path = rel(t["key"], "[saef] key")
-        try:
-            private_key = load_pem_private_key(key_path.read_bytes(), None)
-        except OSError as exc:
-            raise ConfigError(f"[saef] key: cannot read {str(key_path)!r}: {exc.strerror}") from None
-        except (ValueError, TypeError):
-            raise ConfigError(f"[saef] key: {str(key_path)!r} is not an unencrypted PEM private key") from None
-        credentials = CredentialConfiguration(private_key, chain[0], tuple(chain[1:]))  # type: ignore[arg-type]
+
+def _pem_key(path: Path, where: str) -> Any:
+    try:
+        return load_pem_private_key(path.read_bytes(), None)
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {str(path)!r}: {exc.strerror}") from None
+    except (ValueError, TypeError):
+        raise ConfigError(f"{where}: {str(path)!r} is not an unencrypted PEM private key") from None
+
+
+def _saef_psk(doc: dict[str, Any], base: Path) -> tuple[KpsaEntry, ...]:
+    """``[[saef_psk]]`` (8.2.2.1)."""
     psk: list[KpsaEntry] = []
-    for i, e in enumerate(doc.get("saef_psk", [])):
+    entries = doc.get("saef_psk", [])
+    if not isinstance(entries, list):
+        raise ConfigError("saef_psk must be an array of tables ([[saef_psk]])")
+    for i, e in enumerate(entries):
         where = f"saef_psk[{i}]"
         if not isinstance(e, dict) or not isinstance(e.get("kpsa_id"), str):
             raise ConfigError(f"{where}: needs kpsa_id (KpsaID, a string) and kpsa_hex or kpsa_file")
@@ -257,8 +282,16 @@ def _saef(doc: dict[str, Any], base: Path, saef_listen: str | None) -> SAEFConfi
         if any(p.kpsa_id == entry.kpsa_id for p in psk):
             raise ConfigError(f"{where}: KpsaID {entry.kpsa_id!r} is configured twice")
         psk.append(entry)
+    return tuple(psk)
+
+
+def _saef_certs(doc: dict[str, Any], base: Path, credentials: CredentialConfiguration | None) -> tuple[SAEFCertEntry, ...]:
+    """``[[saef_cert]]`` (8.2.2.2) and their CRL files (read now)."""
     certs: list[SAEFCertEntry] = []
-    for i, e in enumerate(doc.get("saef_cert", [])):
+    entries = doc.get("saef_cert", [])
+    if not isinstance(entries, list):
+        raise ConfigError("saef_cert must be an array of tables ([[saef_cert]])")
+    for i, e in enumerate(entries):
         where = f"saef_cert[{i}]"
         if not isinstance(e, dict) or not isinstance(e.get("identifier"), str) or not e["identifier"]:
             raise ConfigError(f"{where}: needs flavour, identifier (a string) and root_of_trust")
@@ -266,8 +299,8 @@ def _saef(doc: dict[str, Any], base: Path, saef_listen: str | None) -> SAEFConfi
             raise ConfigError(f"{where}: flavour must be one of {', '.join(SAEF_CERT_FLAVOURS)}")
         if credentials is None:
             raise ConfigError(f"{where}: certificate-based SAEF needs [saef] cert and key")
-        anchors = pem_certs(rel(e.get("root_of_trust"), f"{where} root_of_trust"), f"{where} root_of_trust")
-        crl_files = tuple(rel(f, f"{where} crls") for f in _strings(e.get("crls", []), f"{where} crls"))
+        anchors = _pem_certs(_rel(base, e.get("root_of_trust"), f"{where} root_of_trust"), f"{where} root_of_trust")
+        crl_files = tuple(_rel(base, f, f"{where} crls") for f in _strings(e.get("crls", []), f"{where} crls"))
         ae_id = e.get("ae_id")
         if ae_id is not None and (not isinstance(ae_id, str) or not ae_id.strip()):
             raise ConfigError(f"{where}: ae_id must be a non-empty string")
@@ -282,19 +315,113 @@ def _saef(doc: dict[str, Any], base: Path, saef_listen: str | None) -> SAEFConfi
         certs.append(SAEFCertEntry(assoc, crl_files))
     if credentials is not None and not certs:
         raise ConfigError("[saef] cert and key need at least one [[saef_cert]] (the AEs they authenticate)")
-    if not psk and not certs:
-        raise ConfigError("[saef] needs at least one [[saef_psk]] or [[saef_cert]]")
+    return tuple(certs)
+
+
+def _positive_seconds(t: dict[str, Any], key: str, default: float, where: str) -> float:
+    v = t.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+        raise ConfigError(f"{where} {key} must be a positive number of seconds (got {v!r})")
+    return float(v)
+
+
+def _saef_maf(doc: dict[str, Any], base: Path) -> SAEFMAFConfig | None:
+    """``[saef_maf]``: the gateway's MAF Client for the MAF-based SAEF (8.2.2.3, 8.8.3.1)."""
+    if "saef_maf" not in doc:
+        return None
+    t = doc["saef_maf"]
+    w = "[saef_maf]"
+    if not isinstance(t, dict):
+        raise ConfigError(f"{w} must be a table")
+    for k in ("fqdn", "admin_fqdn"):
+        if not isinstance(t.get(k), str) or not t[k].strip():
+            raise ConfigError(f"{w} needs {k} (a string)")
+    port = t.get("port")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ConfigError(f"{w} needs port (1-65535)")
+    host = t.get("host", "127.0.0.1")
+    if not isinstance(host, str) or not host:
+        raise ConfigError(f"{w} host must be a non-empty string")
+    psk = creds = None
+    anchors: tuple[x509.Certificate, ...] = ()
+    has_km = "kmid" in t or "km_hex" in t or "km_file" in t
+    if has_km == ("cert" in t or "key" in t):
+        raise ConfigError(f"{w}: give the MAF Client credential: kmid with km_hex or km_file, or cert and key")
+    if has_km:
+        kmid = t.get("kmid")
+        if not isinstance(kmid, str):
+            raise ConfigError(f"{w}: kmid (KmID, MAF_RELATIVE_KmID@MAF-FQDN) is required with km_hex/km_file")
+        try:
+            parse_key_id(kmid)
+        except M2MSecError as exc:
+            raise ConfigError(f"{w} kmid: {exc}") from None
+        given = {n: t[k] for n, k in (("key_hex", "km_hex"), ("key_file", "km_file")) if k in t}
+        if len(given) != 1:
+            raise ConfigError(f"{w}: give exactly one of km_hex or km_file")
+        psk = PSKCredentials(kmid.encode("utf-8"), _read_key(given, base, w))
+        if "ca" in t:
+            raise ConfigError(f"{w}: ca is for the certificate MAF Handshake (cert and key); a Km handshake has none")
+    else:
+        if "cert" not in t or "key" not in t or "ca" not in t:
+            raise ConfigError(f"{w}: the certificate MAF Handshake needs cert, key and ca (the MAF's CA)")
+        chain = _pem_certs(_rel(base, t["cert"], f"{w} cert"), f"{w} cert")
+        creds = CertCredentials(_pem_key(_rel(base, t["key"], f"{w} key"), f"{w} key"), chain[0], tuple(chain[1:]))
+        anchors = tuple(_pem_certs(_rel(base, t["ca"], f"{w} ca"), f"{w} ca"))
+    timeout = _positive_seconds(t, "timeout", 5.0, w)
+    if timeout > 8:
+        raise ConfigError(f"{w} timeout must be at most 8 seconds (the retrieval runs inside the 10 s TLS handshake)")
+    negative_ttl = _positive_seconds(t, "negative_ttl", 5.0, w)
+    reg = _positive_seconds(t, "registration_lifetime", 86400.0, w)
+    try:
+        cfg = SAEFMAFConfig(t["fqdn"].strip(), t["admin_fqdn"].strip(), host, port, psk, creds, anchors, timeout,
+                            negative_ttl, timedelta(seconds=reg))
+        cfg.client_config(lambda: None)  # the MAF Client's own checks (FQDN form, credential kind)
+    except (ValueError, M2MSecError) as exc:
+        raise ConfigError(f"{w}: {exc}") from None
+    return cfg
+
+
+def _saef(doc: dict[str, Any], base: Path, saef_listen: str | None) -> SAEFConfig | None:
+    """``[saef]``, ``[[saef_psk]]``, ``[[saef_cert]]``, ``[saef_maf]`` (TS-0003 8.2.2.1-8.2.2.3, 7.2.1)."""
+    if "saef" not in doc:
+        if "saef_psk" in doc or "saef_cert" in doc or "saef_maf" in doc:
+            raise ConfigError("[[saef_psk]], [[saef_cert]] and [saef_maf] need the [saef] table (the listener)")
+        if saef_listen is not None:
+            raise ConfigError("--saef-listen needs the [saef] table of gateway.toml")
+        return None
+    t = doc["saef"]
+    if not isinstance(t, dict):
+        raise ConfigError("[saef] must be a table")
+    if saef_listen is None and "listen" not in t:
+        raise ConfigError("[saef] needs listen = \"HOST:PORT\" (or serve --saef-listen)")
+    if saef_listen is not None:
+        host, port = parse_listen(saef_listen, "--saef-listen")
+    else:
+        host, port = parse_listen(t["listen"], "[saef] listen")
+    credentials = None
+    if ("cert" in t) != ("key" in t):
+        raise ConfigError("[saef] needs both cert and key (the CSE's certificate-based SAEF credentials)")
+    if "cert" in t:
+        chain = _pem_certs(_rel(base, t["cert"], "[saef] cert"), "[saef] cert")
+        private_key = _pem_key(_rel(base, t["key"], "[saef] key"), "[saef] key")
+        credentials = CredentialConfiguration(private_key, chain[0], tuple(chain[1:]))
+    psk = _saef_psk(doc, base)
+    certs = _saef_certs(doc, base, credentials)
+    maf = _saef_maf(doc, base)
+    if not psk and not certs and maf is None:
+        raise ConfigError("[saef] needs at least one [[saef_psk]] or [[saef_cert]], or [saef_maf]")
     patterns = _strings(t.get("require_saef_for", []), "[saef] require_saef_for")
     for pat in patterns:
         if pat.rstrip("*") == "" or "*" in pat[:-1]:
             raise ConfigError(f"[saef] require_saef_for: {pat!r} must be an AE-ID, or an AE-ID prefix followed by "
                               "one '*' (a bare '*' would also cover the CSEs and the admin)")
-    return SAEFConfig(host, port, tuple(psk), credentials, tuple(certs), patterns)
+    return SAEFConfig(host, port, psk, credentials, certs, patterns, maf)
 
 
 #: every key and table of gateway.toml (docs/configuration.md); anything else is a configuration error
 GATEWAY_TOML_KEYS: dict[str, frozenset[str]] = {
-    "": frozenset({"cse", "store", "gateway", "receiver", "keys", "mef", "routes", "saef", "saef_psk", "saef_cert"}),
+    "": frozenset({"cse", "store", "gateway", "receiver", "keys", "mef", "routes", "saef", "saef_psk", "saef_cert",
+                   "saef_maf"}),
     "cse": frozenset({"id", "name", "admin", "sp_id", "url"}),
     "store": frozenset({"url", "kek_file"}),
     "gateway": frozenset({"poa_ttl", "enforce_acp", "trace_file"}),
@@ -305,6 +432,8 @@ GATEWAY_TOML_KEYS: dict[str, frozenset[str]] = {
     "saef": frozenset({"listen", "cert", "key", "require_saef_for"}),
     "saef_psk[]": frozenset({"kpsa_id", "kpsa_hex", "kpsa_file", "ae_id"}),
     "saef_cert[]": frozenset({"flavour", "identifier", "root_of_trust", "ae_id", "crls", "revocation"}),
+    "saef_maf": frozenset({"fqdn", "host", "port", "admin_fqdn", "kmid", "km_hex", "km_file", "cert", "key", "ca",
+                           "timeout", "negative_ttl", "registration_lifetime"}),
 }
 
 

@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from m2msec.gateway.config import SAEFConfig
+from m2msec.gateway.saefmaf import ChainedKpsaDirectory, MAFSAEFDirectory
 from m2msec.net.http_binding import HttpResponse
 from m2msec.onem2m.primitives import RequestPrimitive
 from m2msec.saef import (
@@ -95,9 +96,16 @@ def protected_pattern(originator: str, patterns: Sequence[str], *, cse_id: str, 
     return None
 
 
-def build_endpoint(config: SAEFConfig, *, clock: Callable[[], datetime]) -> SAEFEndpoint:
-    """The CSE's (Entity B) TLS server endpoint for ``config``: PSK, certificate-based or both."""
-    psk = psk_server(InMemoryKpsaDirectory(config.psk)) if config.psk else None
+def build_endpoint(config: SAEFConfig, *, clock: Callable[[], datetime],
+                   maf: MAFSAEFDirectory | None = None) -> SAEFEndpoint:
+    """The CSE's (Entity B) TLS server endpoint for ``config``: PSK (provisioned Kpsa and/or,
+    with ``maf``, the MAF-based SAEF of 8.2.2.3), certificate-based, or both."""
+    psk = None
+    if maf is not None:
+        chained = ChainedKpsaDirectory(InMemoryKpsaDirectory(config.psk), maf)
+        psk = psk_server(chained, prefetch=chained.prefetch)
+    elif config.psk:
+        psk = psk_server(InMemoryKpsaDirectory(config.psk))
     cert = None
     if config.certs:
         assert config.credentials is not None
@@ -106,7 +114,7 @@ def build_endpoint(config: SAEFConfig, *, clock: Callable[[], datetime]) -> SAEF
         return combined_server(psk, cert)
     endpoint = psk or cert
     if endpoint is None:
-        raise ValueError("the SAEF listener needs PSK entries or certificate associations")
+        raise ValueError("the SAEF listener needs PSK entries, certificate associations or a MAF")
     return endpoint
 
 
@@ -114,9 +122,9 @@ class SAEFListener:
     """The gateway's TLS listener for AEs with a security association (TS-0003 8.2, 7.2.1)."""
 
     def __init__(self, gateway: Gateway, endpoint: SAEFEndpoint, *, sp_id: str | None = None,
-                 idle_timeout: float = 120.0, max_body: int = 4 << 20) -> None:
+                 idle_timeout: float = 120.0, max_body: int = 4 << 20, maf: MAFSAEFDirectory | None = None) -> None:
         self.gateway = gateway
-        self.endpoint = endpoint
+        self.maf = maf  # the MAF-based SAEF's Kc source (8.2.2.3), closed with the listener
         self.sp_id = sp_id
         self.server = SAEFHTTPServer(endpoint, http_handler=self._handle, sp_id=sp_id, cse_id="/" + gateway.cse_id,
                                      idle_timeout=idle_timeout, max_body=max_body)
@@ -125,6 +133,11 @@ class SAEFListener:
 
     def __repr__(self) -> str:
         return f"SAEFListener({self.endpoint!r}, {self.host}:{self.port})"
+
+    @property
+    def endpoint(self) -> SAEFEndpoint:
+        """The endpoint new associations are accepted with."""
+        return self.server.endpoint
 
     @property
     def url(self) -> str:
@@ -147,6 +160,8 @@ class SAEFListener:
 
     async def close(self) -> None:
         await self.server.close()
+        if self.maf is not None:
+            await self.maf.aclose()
 
     async def __aenter__(self) -> SAEFListener:
         return await self.start()

@@ -82,6 +82,7 @@ class SAEFEndpoint:
         self.framework = framework
         self.local_role = local_role
         self.tls_context = TLSContext(config)
+        self.tls_context.saef_endpoint = self  # type: ignore[attr-defined]  # serve() binds with the accepting endpoint
         self._binder = binder
 
     def __repr__(self) -> str:
@@ -234,11 +235,16 @@ def _decode_kpsa_id(identity: bytes) -> str | None:
 
 def psk_server(directory: KpsaDirectory, *, id_b: str | None = None, transport: Transport = Transport.TLS,
                local_role: EntityRole = EntityRole.B, identity_hint: bytes | None = None,
-               mtu: int | None = None) -> SAEFEndpoint:
+               mtu: int | None = None, prefetch: Callable[[str], Awaitable[object]] | None = None) -> SAEFEndpoint:
     """Entity B of a PSK SAEF: looks the client's KpsaID up in ``directory``.
 
     The context is bound to the identity configured for that KpsaID, or to the
     Credential-ID ``12-<KpsaID>`` when none is configured (8.2.2.1).
+
+    ``prefetch(kpsa_id)`` (TLS only) runs on the event loop when the client's
+    ClientKeyExchange arrived and before the PSK callback asks ``directory``: a directory
+    whose keys come over the network (the MAF-based SAEF, 8.2.2.3) fills its cache there
+    instead of blocking the loop in the callback (``TLSConfig.psk_prefetch``).
     """
 
     def lookup(identity: bytes, _sni: str | None) -> bytes | None:
@@ -249,6 +255,12 @@ def psk_server(directory: KpsaDirectory, *, id_b: str | None = None, transport: 
         return entry.kpsa if entry is not None else None
 
     kw: dict[str, Any] = {"mtu": mtu} if mtu else {}
+    if prefetch is not None:
+        def psk_prefetch(identity: bytes) -> Awaitable[object] | None:
+            kid = _decode_kpsa_id(identity)
+            return prefetch(kid) if kid is not None else None
+
+        kw["psk_prefetch"] = psk_prefetch
     config = TLSConfig(role=Role.SERVER, transport=transport, psk_lookup=lookup, psk_identity_hint=identity_hint, **kw)
 
     def bind(engine: TLSEngine) -> SecurityContext:
@@ -282,7 +294,8 @@ def combined_server(psk: SAEFEndpoint, certificate: SAEFEndpoint) -> SAEFEndpoin
         raise ValueError("the PSK and certificate endpoints must have the same transport and entity")
     if psk.framework != "psk" or certificate.framework != "certificate":
         raise ValueError("combined_server(psk=<psk_server>, certificate=<certificate_server>)")
-    config = dataclasses.replace(cc, psk_lookup=pc.psk_lookup, psk_identity_hint=pc.psk_identity_hint)
+    config = dataclasses.replace(cc, psk_lookup=pc.psk_lookup, psk_identity_hint=pc.psk_identity_hint,
+                                 psk_prefetch=pc.psk_prefetch)
 
     def bind(engine: TLSEngine) -> SecurityContext:
         return (psk if engine.psk_identity is not None else certificate).bind(engine)
@@ -322,9 +335,19 @@ DatagramHandler = Callable[[DTLSSession, SecurityContext], Awaitable[Any]]
 ErrorHandler = Callable[[BaseException, Any], None]
 
 
-async def serve(endpoint: SAEFEndpoint, handler: StreamHandler, host: str = "127.0.0.1", port: int = 0, *,
+async def serve(endpoint: SAEFEndpoint | Callable[[], SAEFEndpoint], handler: StreamHandler,
+                host: str = "127.0.0.1", port: int = 0, *,
                 on_error: ErrorHandler | None = None, handshake_timeout: float = 10.0) -> asyncio.Server:
-    """TLS server: ``handler(reader, writer, ctx)`` runs for each bound security association."""
+    """TLS server: ``handler(reader, writer, ctx)`` runs for each bound security association.
+
+    ``endpoint`` may be a zero-argument callable returning the endpoint: it is asked for each
+    accepted connection (a reloaded configuration applies to new associations; an established
+    one keeps the endpoint, and the identity binding, it was accepted with)."""
+    current: Callable[[], SAEFEndpoint] = endpoint if callable(endpoint) and not isinstance(endpoint, SAEFEndpoint) \
+        else (lambda: endpoint)  # type: ignore[assignment,return-value]
+
+    def context() -> Any:
+        return current().tls_context
 
     def failed(exc: BaseException, peer: Any) -> None:
         if on_error is not None:
@@ -333,14 +356,17 @@ async def serve(endpoint: SAEFEndpoint, handler: StreamHandler, host: str = "127
             log.info("SAEF handshake with %s failed: %s", peer, exc)
 
     async def run(reader: asyncio.StreamReader, writer: TLSStreamWriter) -> None:
+        ep = getattr(writer.engine.context, "saef_endpoint", None)
         try:
-            ctx = endpoint.bind(writer.engine)
+            if not isinstance(ep, SAEFEndpoint):
+                raise SAEFError("the TLS context of this connection belongs to no SAEF endpoint")
+            ctx = ep.bind(writer.engine)
         except SAEFError as exc:
             failed(exc, writer.get_extra_info("peername"))
             return
         await handler(reader, writer, ctx)
 
-    return await start_server(run, host, port, endpoint.tls_context,
+    return await start_server(run, host, port, context,
                               on_handshake_error=lambda e, p: failed(e, p), handshake_timeout=handshake_timeout)
 
 

@@ -134,7 +134,8 @@ class SAEFHTTPServer:
         return host, port
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
-        self._server = await serve(self.endpoint, self._connection, host, port,
+        # asked per connection: assigning ``endpoint`` (a reload) applies to new associations only
+        self._server = await serve(lambda: self.endpoint, self._connection, host, port,
                                    on_error=lambda e, _p: self._record(self.handshake_errors, e))
         return self.address
 

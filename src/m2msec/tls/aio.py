@@ -13,6 +13,17 @@ When the engine holds its final flight for an asynchronous peer status check
 TS-0003 8.1.2.2), the protocol awaits ``engine.pending_status_check`` in a task of the
 event loop (the loop keeps serving other connections) and then releases the flight or
 sends the refusal alert; the handshake timeout covers the wait.
+
+A PSK server whose configuration has ``psk_prefetch`` reads the client's ``psk_identity``
+from the incoming bytes (:class:`~m2msec.tls.pskpeek.PSKIdentityPeek`) before the engine
+does; when ``psk_prefetch(identity)`` returns an awaitable (e.g. a MAF Key Retrieval,
+TS-0003 8.2.2.3), the bytes are held back and the transport paused until it is done, in a
+task of the event loop (other connections are served), inside the handshake timeout; then
+the engine gets them and its synchronous PSK callback answers from the fetched key.
+
+``start_server`` also takes a zero-argument callable returning the TLSContext: it is called
+for each accepted connection, so a server can switch to a new configuration (a reload) while
+established connections keep the context they were accepted with.
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ from m2msec.tls.engine import (
     TLSHandshakeError,
     TLSState,
 )
+from m2msec.tls.pskpeek import PSKIdentityPeek
 
 __all__ = ["TLSStreamProtocol", "TLSStreamWriter", "open_connection", "start_server", "HandshakeErrorHandler"]
 
@@ -56,6 +68,12 @@ class TLSStreamProtocol(asyncio.Protocol):
         self._can_write = asyncio.Event()
         self._can_write.set()
         self._status_task: asyncio.Task[None] | None = None
+        prefetch = engine.context.config.psk_prefetch if engine.role is Role.SERVER else None
+        self._prefetch: Callable[[bytes], Any] | None = prefetch
+        self._peek: PSKIdentityPeek | None = PSKIdentityPeek() if prefetch is not None else None
+        self._held: list[bytes] | None = None  # client bytes held while psk_prefetch runs
+        self._held_eof = False
+        self._prefetch_task: asyncio.Task[None] | None = None
 
     # -- helpers --------------------------------------------------------------
     def _flush(self) -> None:
@@ -91,6 +109,51 @@ class TLSStreamProtocol(asyncio.Protocol):
             self._flush()
 
     def data_received(self, data: bytes) -> None:
+        if self._held is not None:
+            self._held.append(data)
+            return
+        if self._peek is not None and not self._peek.done:
+            identity = self._peek.feed(data)
+            if identity is not None and self._start_prefetch(identity, data):
+                return
+        self._receive(data)
+
+    def _start_prefetch(self, identity: bytes, data: bytes) -> bool:
+        """Call ``psk_prefetch``; True when its awaitable now holds ``data`` (and what follows) back."""
+        assert self._prefetch is not None
+        try:
+            waiting = self._prefetch(identity)
+        except Exception as exc:  # noqa: BLE001 - the PSK callback decides; a failed prefetch finds nothing
+            log.info("psk_prefetch failed: %s: %s", type(exc).__name__, exc)
+            return False
+        if waiting is None:
+            return False
+        self._held = [data]
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self._prefetch_task = self.loop.create_task(self._await_prefetch(waiting))
+        return True
+
+    async def _await_prefetch(self, waiting: Any) -> None:
+        try:
+            await waiting
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the PSK callback then finds no key: the handshake fails
+            log.info("psk_prefetch failed: %s: %s", type(exc).__name__, exc)
+        held, self._held = self._held or [], None
+        if self.handshake_done.done() or self.transport is None or self.transport.is_closing():
+            return  # timed out or closed meanwhile
+        self.transport.resume_reading()
+        for chunk in held:
+            self._receive(chunk)
+            if self.transport.is_closing():
+                return
+        if self._held_eof:
+            self.eof_received()
+            self.transport.close()
+
+    def _receive(self, data: bytes) -> None:
         try:
             self.engine.receive_data(data)
         except TLSHandshakeError as exc:
@@ -141,6 +204,9 @@ class TLSStreamProtocol(asyncio.Protocol):
         self._after_input()
 
     def eof_received(self) -> bool:
+        if self._held is not None:
+            self._held_eof = True
+            return True  # keep the transport until the held bytes are processed
         try:
             self.engine.receive_data(b"")
         except TLSHandshakeError as exc:
@@ -153,6 +219,8 @@ class TLSStreamProtocol(asyncio.Protocol):
             self._timer.cancel()
         if self._status_task is not None and not self._status_task.done():
             self._status_task.cancel()
+        if self._prefetch_task is not None and not self._prefetch_task.done():
+            self._prefetch_task.cancel()
         if not self.handshake_done.done():
             self.handshake_done.set_exception(
                 TLSHandshakeError(TLSFailureReason.CONNECTION_CLOSED, "connection lost during the handshake")
@@ -254,7 +322,7 @@ async def start_server(
     handler: Handler,
     host: str = "127.0.0.1",
     port: int = 0,
-    config: TLSConfig | TLSContext | None = None,
+    config: TLSConfig | TLSContext | Callable[[], TLSContext] | None = None,
     *,
     on_handshake_error: HandshakeErrorHandler | None = None,
     handshake_timeout: float = 10.0,
@@ -266,14 +334,20 @@ async def start_server(
     several processes can listen on the same host/port and the kernel spreads connections."""
     if config is None:
         raise ValueError("start_server needs a server TLSConfig")
-    ctx = _context(config)
-    if ctx.config.role is not Role.SERVER:
+    if isinstance(config, (TLSConfig, TLSContext)):
+        fixed = _context(config)
+
+        def current() -> TLSContext:
+            return fixed
+    else:
+        current = config  # type: ignore[assignment]
+    if current().config.role is not Role.SERVER:
         raise ValueError("start_server needs a server configuration")
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task[Any]] = set()
 
     def factory() -> TLSStreamProtocol:
-        protocol = TLSStreamProtocol(TLSEngine(ctx), handshake_timeout=handshake_timeout)
+        protocol = TLSStreamProtocol(TLSEngine(current()), handshake_timeout=handshake_timeout)
 
         async def run() -> None:
             try:

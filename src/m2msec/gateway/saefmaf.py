@@ -1,0 +1,217 @@
+"""MAF-based SAEF on the gateway's SAEF listener (TS-0003 8.2.2.3, 8.8.2.8, 8.2.1, 7.2.1).
+
+The gateway's CSE is Entity B (the Target End-Point).  An AE (Entity A) that registered a
+SUID-32 key at the MAF with this CSE as Target (8.8.2.7) opens a TLS-PSK association with
+``psk_identity`` = the Key Identifier ``hexBinary(KcID)@MAF-FQDN`` (10.3.5).  The listener
+reads that identity from the client's ClientKeyExchange before the TLS engine does
+(``psk_server(prefetch=...)``, :mod:`m2msec.tls.pskpeek`), and :meth:`MAFSAEFDirectory.prefetch`
+runs the MAF Key Retrieval (8.8.2.8) on the gateway's event loop over one persistent
+MAF Handshake session (8.8.2.2) of the gateway's own MAF Client; the handshake's
+synchronous PSK callback then answers from the cache (:meth:`MAFSAEFDirectory.lookup` never
+does I/O), so other connections are served meanwhile.
+
+Identity binding (8.2.2.3 "Following successful authentication of Entity A"): the context
+is bound to the Source MAF Client ID of the KeyRetrievalResponse when it names an AE of
+this CSE - an AE-ID-Stem ``C...`` (also written ``/<cse-id>/C...`` or
+``//<sp>/<cse-id>/C...``) or an SP-relative AE-ID ``S...``/``/S...`` - with peer kind AE,
+and its Credential-ID is ``12-<Key Identifier>`` (10.4, type 12 = KcID).  The From of every
+request on it must name that AE (7.2.1; compared in absolute form), and a request without
+From is sent on with it.  A Source MAF Client ID that is no such AE-ID is refused in the
+handshake: a Credential-ID (``11-<KmID>``: the MAF knows no AE-ID for the source; 8.2.1
+leaves the mapping to approaches this gateway does not implement), a CSE-ID (this listener
+serves AEs), another CSE's AE, or another SP's.
+
+Refusals fail the handshake (the PSK callback finds no key: ``unknown_psk_identity``): a Key
+Identifier of another MAF, one the MAF does not know (4004), a key this CSE is not a Target
+of (4103), a key of another SUID, a key whose Kc Lifetime is over (also a cached one: 8.2.2.3
+last paragraph), and a MAF that cannot be reached.  Refusals are remembered for
+``negative_ttl`` seconds per identity (a peer cannot make the gateway query the MAF per
+attempt); after a transport failure the MAF is not asked again for ``negative_ttl`` seconds
+whatever the identity, with one WARNING log line per failure.  When the MAF answers that this
+CSE is not registered (4128, 8.8.2.3), the directory performs the MAF Client Registration and
+retries once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from m2msec.errors import M2MSecError
+from m2msec.maf.client import MAFClient, MAFClientConfig, MAFResponseError, RetrievedKey
+from m2msec.maf.keysources import is_maf_key_id
+from m2msec.onem2m.enums import SUID
+from m2msec.onem2m.rsc import ResponseStatusCode as RSC
+from m2msec.onem2m.timestamps import Clock
+from m2msec.saef.config import KpsaDirectory, KpsaEntry, PeerKind
+
+__all__ = ["ChainedKpsaDirectory", "MAFSAEFDirectory", "maf_bound_ae_id"]
+
+log = logging.getLogger(__name__)
+
+_MAX_RECORDS = 1000
+
+
+def maf_bound_ae_id(source_id: str, *, cse_id: str, sp_id: str | None) -> str | None:
+    """The AE-ID a MAF-based association is bound to, from the Source MAF Client ID (8.2.2.3),
+    or None when the MAF names no AE of this CSE (see the module docstring)."""
+    from m2msec.gateway.saef import normalise_originator  # noqa: PLC0415 - saef imports this module
+
+    ident = source_id.strip()
+    if not ident or ident[0].isdigit():  # a Credential-ID (type-ID "-" value, 10.4)
+        return None
+    who = normalise_originator(ident, cse_id=cse_id, sp_id=sp_id)
+    if who is None:
+        return None
+    if who.startswith("/S") and "/" not in who[1:]:
+        return who  # SP-relative AE-ID
+    if who.startswith("C") and "/" not in who:
+        return who  # AE-ID-Stem of this CSE
+    return None
+
+
+class MAFSAEFDirectory:
+    """Entity B's MAF-based SAEF :class:`~m2msec.saef.config.KpsaDirectory` with an
+    asynchronous :meth:`prefetch` (8.2.2.3, 8.8.2.8).  ``bind(source_id)`` gives the AE-ID
+    to bind (None: refuse); ``timeout`` bounds one retrieval (the TLS handshake allows 10 s)."""
+
+    def __init__(self, config: MAFClientConfig, *, bind: Callable[[str], str | None], clock: Clock,
+                 timeout: float = 5.0, negative_ttl: float = 5.0,
+                 registration_lifetime: timedelta = timedelta(days=1)) -> None:
+        self.config = config
+        self.bind = bind
+        self._clock = clock
+        self.timeout = timeout
+        self.negative_ttl = timedelta(seconds=negative_ttl)
+        self.registration_lifetime = registration_lifetime
+        self._client = MAFClient(config)
+        self._cache: dict[str, tuple[KpsaEntry, datetime]] = {}
+        self._refused: dict[str, datetime] = {}
+        self._down_until: datetime | None = None
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self.retrievals = 0  # MAF Key Retrievals attempted (observability, tests)
+        self.refusals: list[tuple[str, str]] = []  # (psk_identity, reason), the latest _MAX_RECORDS
+
+    def __repr__(self) -> str:
+        return (f"MAFSAEFDirectory(maf={self.config.maf_fqdn!r}, at={self.config.host}:{self.config.port}, "
+                f"cached={len(self._cache)})")
+
+    def handles(self, kpsa_id: str) -> bool:
+        return is_maf_key_id(kpsa_id, self.config.maf_fqdn)
+
+    # -- the synchronous side (the TLS PSK callback and the binder) ------------------------
+    def lookup(self, kpsa_id: str) -> KpsaEntry | None:
+        """The cached entry while its Kc Lifetime lasts; never does I/O."""
+        hit = self._cache.get(kpsa_id)
+        if hit is None:
+            return None
+        if self._clock() >= hit[1]:
+            del self._cache[kpsa_id]  # 8.2.2.3: after the Kc Lifetime B fails the handshake
+            return None
+        return hit[0]
+
+    # -- the asynchronous side -----------------------------------------------------------
+    async def prefetch(self, kpsa_id: str) -> None:
+        """Retrieve Kc for ``kpsa_id`` unless cached, recently refused, or not of this MAF."""
+        if not self.handles(kpsa_id) or self.lookup(kpsa_id) is not None:
+            return
+        now = self._clock()
+        until = self._refused.get(kpsa_id)
+        if until is not None and now < until:
+            return
+        if self._down_until is not None and now < self._down_until:
+            self._refuse(kpsa_id, "MAF unreachable (backing off)", now)
+            return
+        task = self._inflight.get(kpsa_id)
+        if task is None:  # one retrieval per identity however many handshakes wait for it
+            task = asyncio.get_running_loop().create_task(self._retrieve(kpsa_id))
+            self._inflight[kpsa_id] = task
+            task.add_done_callback(lambda _t: self._inflight.pop(kpsa_id, None))
+        await asyncio.shield(task)
+
+    async def _retrieve(self, kpsa_id: str) -> None:
+        self.retrievals += 1
+        try:
+            got = await self._call(kpsa_id)
+        except MAFResponseError as exc:
+            self._refuse(kpsa_id, f"the MAF refused the Key Retrieval: {int(exc.rsc)} {exc.rsc.name}")
+            return
+        except (M2MSecError, OSError, asyncio.TimeoutError) as exc:
+            now = self._clock()
+            self._down_until = now + self.negative_ttl
+            self._refuse(kpsa_id, "MAF unreachable", now)
+            log.warning("saef_maf: MAF %s at %s:%d unreachable (%s: %s); psk_identity %s refused, the MAF is not "
+                        "asked again for %ss", self.config.maf_fqdn, self.config.host, self.config.port,
+                        type(exc).__name__, exc, kpsa_id, self.negative_ttl.total_seconds())
+            await self._reset()
+            return
+        now = self._clock()
+        if got.suid != SUID.MAF_SAEF:
+            self._refuse(kpsa_id, f"the key has SUID {int(got.suid)}, not 32 (MAF-based SAEF)", now)
+            return
+        if now >= got.expires_at:
+            self._refuse(kpsa_id, "the Kc Lifetime is over", now)
+            return
+        ae_id = self.bind(got.source_id)
+        if ae_id is None:
+            self._refuse(kpsa_id, f"the MAF names Source MAF Client {got.source_id!r}, not an AE-ID of this CSE", now)
+            return
+        self._cache[kpsa_id] = (KpsaEntry(kpsa_id, got.key, peer_id=ae_id, peer_kind=PeerKind.AE), got.expires_at)
+        self._refused.pop(kpsa_id, None)
+        self._down_until = None
+        log.info("saef_maf: Kc for %s retrieved, bound to %s until %s", kpsa_id, ae_id, got.expires_at)
+
+    async def _call(self, kpsa_id: str) -> RetrievedKey:
+        try:
+            return await asyncio.wait_for(self._client.retrieve_key(kpsa_id), self.timeout)
+        except MAFResponseError as exc:
+            if exc.rsc is not RSC.SERVICE_SUBSCRIPTION_NOT_ESTABLISHED:
+                raise
+        # 8.8.2.3: this CSE is not (or no longer) registered with the MAF; register, then retry
+        log.info("saef_maf: MAF Client Registration with %s", self.config.maf_fqdn)
+        await asyncio.wait_for(self._client.register(self._clock() + self.registration_lifetime), self.timeout)
+        return await asyncio.wait_for(self._client.retrieve_key(kpsa_id), self.timeout)
+
+    async def _reset(self) -> None:
+        try:
+            await self._client.aclose()
+        except Exception:  # noqa: BLE001 - a broken session is dropped either way
+            pass
+
+    def _refuse(self, kpsa_id: str, reason: str, now: datetime | None = None) -> None:
+        now = now or self._clock()
+        self._refused[kpsa_id] = now + self.negative_ttl
+        if len(self._refused) > _MAX_RECORDS:  # drop the lapsed ones, then the oldest
+            for k in [k for k, t in self._refused.items() if t <= now]:
+                del self._refused[k]
+            while len(self._refused) > _MAX_RECORDS:
+                del self._refused[next(iter(self._refused))]
+        self.refusals.append((kpsa_id, reason))
+        del self.refusals[:-_MAX_RECORDS]
+        log.info("saef_maf: no Kc for psk_identity %s: %s", kpsa_id, reason)
+
+    async def aclose(self) -> None:
+        for t in list(self._inflight.values()):
+            t.cancel()
+        await self._reset()
+
+
+class ChainedKpsaDirectory:
+    """The provisioned Kpsa entries (``[[saef_psk]]``) first, then the MAF (8.2.2.1, 8.2.2.3)."""
+
+    def __init__(self, first: KpsaDirectory, maf: MAFSAEFDirectory) -> None:
+        self.first = first
+        self.maf = maf
+
+    def __repr__(self) -> str:
+        return f"ChainedKpsaDirectory({self.first!r}, {self.maf!r})"
+
+    def lookup(self, kpsa_id: str) -> KpsaEntry | None:
+        hit = self.first.lookup(kpsa_id)
+        return hit if hit is not None else self.maf.lookup(kpsa_id)
+
+    async def prefetch(self, kpsa_id: str) -> None:
+        if self.first.lookup(kpsa_id) is None:
+            await self.maf.prefetch(kpsa_id)
