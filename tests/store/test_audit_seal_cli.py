@@ -215,3 +215,16 @@ def test_rekey_carries_the_audit_seal_over(tmp_path: Path) -> None:
                                     "--new-kek-file", str(new_path)])
     assert res.exit_code == 1 and "tampered" in res.output, res.output
     assert runner.invoke(app, ["audit", "verify", "--url", url3, "--kek-file", str(tmp_path / "old3")]).exit_code == 1
+
+
+def test_rekey_rerun_reports_a_seal_tampered_under_the_new_kek(tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path}/s.db"
+    old_path, new_path = tmp_path / "old", tmp_path / "new"
+    _seeded(url, old_path, 3)
+    KeyEncryptionKey.generate().write_file(new_path)
+    assert runner.invoke(app, ["audit", "seal", "--url", url, "--kek-file", str(old_path)]).exit_code == 0
+    args = ["rekey", "--url", url, "--old-kek-file", str(old_path), "--new-kek-file", str(new_path)]
+    assert runner.invoke(app, args).exit_code == 0
+    _tamper(url, "UPDATE m2msec_audit SET outcome = 'denied' WHERE seq = 2")
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1 and "does not verify" in res.output, res.output

@@ -454,3 +454,47 @@ def test_dropped_seal_tables_look_unsealed_but_not_to_an_anchor(sealed: tuple[St
     v = store.verify_audit()
     assert v.intact and v.checkpoints == 0 and v.unsealed_rows == 9  # "never sealed"
     assert _kinds(store.verify_audit(anchor=anchor)) == [("rolled-back", 2)]
+
+
+def test_reseal_refuses_a_row_changed_after_its_verify(sealed: tuple[Store, str], kek: KeyEncryptionKey,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row changed between reseal's verify under the old KEK and its write transaction is not
+    resealed as genuine under the new KEK: the write transaction re-checks every old tag."""
+    import m2msec.store.audit_seal as audit_seal
+
+    store, url = sealed
+    new = KeyEncryptionKey.generate()
+    real_verify = audit_seal.verify
+
+    def verify_then_tamper(*args: Any, **kw: Any) -> Any:
+        res = real_verify(*args, **kw)
+        _tamper(url, "UPDATE m2msec_audit SET outcome = 'FORGED' WHERE seq = 3")
+        return res
+
+    monkeypatch.setattr(audit_seal, "verify", verify_then_tamper)
+    with pytest.raises(AuditTampered, match="seq 3 changed while the trail was resealed"):
+        store.reseal_audit(kek, new)
+    monkeypatch.setattr(audit_seal, "verify", real_verify)
+    res = store.verify_audit(kek)  # the seal is left as it was: the change shows under the old KEK
+    assert not res.intact and ("modified", 3) in _kinds(res)
+
+
+def test_foreign_values_never_encode_like_genuine_ones() -> None:
+    """A value written by hand that is not text (NULL) or starts with NUL is encoded as NUL + its
+    repr; genuine values never start with NUL, so no swap keeps the encoding."""
+    from m2msec.store._backends import SQLiteBackend
+    from m2msec.store.audit_seal import _canonical_row
+
+    b = SQLiteBackend(":memory:")
+    base = [1, "2030-01-01T12:00:00.000000Z", "maf", "key_retrieval", "!None", "ok", "{}"]
+    genuine = _canonical_row(b, base)
+    assert _canonical_row(b, [*base[:4], None, *base[5:]]) != genuine
+    assert _canonical_row(b, [*base[:4], "\x00'!None'", *base[5:]]) != genuine
+    assert _canonical_row(b, [*base[:4], None, *base[5:]]) != _canonical_row(b, [*base[:4], "None", *base[5:]])
+
+
+def test_an_edited_kek_id_on_the_newest_checkpoint_is_a_forgery_not_a_wrong_kek(sealed: tuple[Store, str]) -> None:
+    store, url = sealed
+    _tamper(url, "UPDATE m2msec_audit_seal SET kek_id = '00112233445566778899aabbccddeeff' WHERE seal_no = 2")
+    res = store.verify_audit()
+    assert not res.intact and ("checkpoint-forged", 2) in _kinds(res)

@@ -51,11 +51,27 @@ def _tamper_stmts(url: str, how: str) -> list[str]:
                  "CREATE TRIGGER m2msec_audit_no_delete BEFORE DELETE ON m2msec_audit BEGIN SELECT 1; END"] if sqlite
                 else ["CREATE OR REPLACE FUNCTION m2msec_audit_append_only() RETURNS trigger LANGUAGE plpgsql "
                       "AS $$ BEGIN RETURN OLD; END $$"])
-    assert how == "disabled" and not sqlite
-    return ["ALTER TABLE m2msec_audit DISABLE TRIGGER m2msec_audit_append_only"]
+    if how == "when-false":  # still named, still raising, never firing
+        return (["DROP TRIGGER m2msec_audit_no_delete",
+                 "CREATE TRIGGER m2msec_audit_no_delete BEFORE DELETE ON m2msec_audit WHEN 0 "
+                 "BEGIN SELECT RAISE(ABORT, 'm2msec_audit is append-only'); END"] if sqlite
+                else ["DROP TRIGGER m2msec_audit_append_only ON m2msec_audit",
+                      "CREATE TRIGGER m2msec_audit_append_only BEFORE UPDATE OR DELETE ON m2msec_audit FOR EACH ROW "
+                      "WHEN (false) EXECUTE FUNCTION m2msec_audit_append_only()"])
+    assert not sqlite
+    if how == "disabled":
+        return ["ALTER TABLE m2msec_audit DISABLE TRIGGER m2msec_audit_append_only"]
+    if how == "other-function":  # the trigger by its name runs another function
+        return ["CREATE FUNCTION m2msec_other() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN OLD; END $$",
+                "DROP TRIGGER m2msec_audit_append_only ON m2msec_audit",
+                "CREATE TRIGGER m2msec_audit_append_only BEFORE UPDATE OR DELETE ON m2msec_audit FOR EACH ROW "
+                "EXECUTE FUNCTION m2msec_other()"]
+    assert how == "dead-body"  # the function still mentions RAISE EXCEPTION, but never raises
+    return ["CREATE OR REPLACE FUNCTION m2msec_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF false THEN RAISE EXCEPTION 'm2msec_audit is append-only'; END IF; RETURN OLD; END $$"]
 
 
-@pytest.mark.parametrize("how", ["dropped", "replaced"])
+@pytest.mark.parametrize("how", ["dropped", "replaced", "when-false"])
 def test_a_removed_guard_is_restored_on_open_with_a_warning(how: str, new_url: Callable[[], str],
                                                              kek: KeyEncryptionKey,
                                                              caplog: pytest.LogCaptureFixture) -> None:
@@ -63,10 +79,13 @@ def test_a_removed_guard_is_restored_on_open_with_a_warning(how: str, new_url: C
 
 
 @pytest.mark.postgres
-def test_a_disabled_postgresql_trigger_is_restored_on_open(pg_server: object, kek: KeyEncryptionKey,
-                                                           caplog: pytest.LogCaptureFixture) -> None:
-    """PostgreSQL only: SQLite triggers cannot be disabled, only dropped."""
-    _check_restored(str(pg_server.create_database()), "disabled", kek, caplog)  # type: ignore[attr-defined]
+@pytest.mark.parametrize("how", ["disabled", "other-function", "dead-body"])
+def test_a_disabled_or_rewired_postgresql_guard_is_restored_on_open(how: str, pg_server: object,
+                                                                    kek: KeyEncryptionKey,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """PostgreSQL only: a trigger can be disabled, pointed at another function, or its function
+    rewritten so that it still names the error but never raises."""
+    _check_restored(str(pg_server.create_database()), how, kek, caplog)  # type: ignore[attr-defined]
 
 
 def _check_restored(url: str, how: str, kek: KeyEncryptionKey, caplog: pytest.LogCaptureFixture) -> None:

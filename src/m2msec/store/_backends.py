@@ -365,10 +365,13 @@ class SQLiteBackend(Backend):
         return out
 
     def audit_guard_missing(self, conn: Any) -> list[str]:
+        # exactly the statement the guard was created with (SQLite keeps the CREATE text, minus
+        # IF NOT EXISTS): a WHEN clause, another body or a renamed table is not the guard
         rows = self.execute(conn, "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'm2msec_audit'",
                             ()).fetchall()
-        present = {r[0] for r in rows if "RAISE(ABORT" in str(r[1])}
-        return [name for name in self._GUARD if name not in present]
+        have = {str(r[0]): str(r[1]) for r in rows}
+        want = {stmt.split()[2]: stmt for stmt in self.audit_guard_ddl() if stmt.startswith("CREATE TRIGGER ")}
+        return [name for name in self._GUARD if have.get(name) != want[name]]
 
     def audit_seal_ddl(self) -> list[str]:
         return [s.format(pk="INTEGER PRIMARY KEY", blob="BLOB", ts="TEXT") for s in _SEAL_DDL]
@@ -463,10 +466,12 @@ class PostgresBackend(Backend):
         }
         return [s.format(**types) for s in _DDL] + self.audit_guard_ddl()
 
+    _GUARD_BODY = " BEGIN RAISE EXCEPTION 'm2msec_audit is append-only'; END "
+
     def audit_guard_ddl(self) -> list[str]:
         return [
             "CREATE OR REPLACE FUNCTION m2msec_audit_append_only() RETURNS trigger "
-            "LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'm2msec_audit is append-only'; END $$",
+            f"LANGUAGE plpgsql AS $${self._GUARD_BODY}$$",
             "DROP TRIGGER IF EXISTS m2msec_audit_append_only ON m2msec_audit",
             "CREATE TRIGGER m2msec_audit_append_only BEFORE UPDATE OR DELETE ON m2msec_audit "
             "FOR EACH ROW EXECUTE FUNCTION m2msec_audit_append_only()",
@@ -474,14 +479,16 @@ class PostgresBackend(Backend):
 
     def audit_guard_missing(self, conn: Any) -> list[str]:
         missing = []
-        fn = self.execute(conn, "SELECT prosrc FROM pg_proc WHERE proname = 'm2msec_audit_append_only' "
-                          "AND pronamespace = to_regnamespace(current_schema())", ()).fetchone()
-        if fn is None or "RAISE EXCEPTION" not in str(fn[0]):
+        fn = self.execute(conn, "SELECT prosrc, l.lanname FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang "
+                          "WHERE p.oid = to_regprocedure('m2msec_audit_append_only()')", ()).fetchone()
+        if fn is None or str(fn[0]) != self._GUARD_BODY or str(fn[1]) != "plpgsql":
             missing.append("m2msec_audit_append_only()")
-        tg = self.execute(conn, "SELECT tgenabled, tgtype FROM pg_trigger WHERE tgrelid = to_regclass('m2msec_audit') "
+        tg = self.execute(conn, "SELECT tgenabled, tgtype, tgqual IS NULL, tgfoid = to_regprocedure('m2msec_audit_append_only()') "
+                          "FROM pg_trigger WHERE tgrelid = to_regclass('m2msec_audit') "
                           "AND tgname = 'm2msec_audit_append_only' AND NOT tgisinternal", ()).fetchone()
-        # enabled ('O' origin, 'A' always), BEFORE (2), ROW (1), UPDATE (16) and DELETE (8)
-        if tg is None or str(tg[0]) not in ("O", "A") or int(tg[1]) & 27 != 27:
+        # enabled ('O' origin, 'A' always); exactly BEFORE (2) ROW (1) UPDATE (16) DELETE (8); no
+        # WHEN clause; runs the guard function
+        if tg is None or str(tg[0]) not in ("O", "A") or int(tg[1]) != 27 or not tg[2] or not tg[3]:
             missing.append("m2msec_audit_append_only")
         return missing
 

@@ -137,18 +137,21 @@ def details_text(value: Any) -> str:
 
 
 def _canonical_row(b: Backend, row: Sequence[Any]) -> bytes:
-    """``enc`` of a row as the database returns it; a value that does not parse (written by
-    hand) is encoded as ``!`` + its repr, which no genuine row encodes to."""
+    """``enc`` of a row as the database returns it; a value that does not parse or is not text
+    (written by hand) is encoded as NUL + its repr.  No genuine value starts with NUL (audit_draft
+    refuses NUL in the text fields; the timestamp and the JSON details are ASCII), so a sealed
+    genuine value cannot be swapped for a foreign one with the same encoding."""
     seq, ts, actor, action, subject, outcome, details = row
     try:
         ts_s = ts_text(b.ts_out(ts))  # type: ignore[arg-type]
     except Exception:  # noqa: BLE001 - any unparseable value is a finding, not a crash
-        ts_s = "!" + repr(ts)
+        ts_s = "\x00" + repr(ts)
     try:
         det_s = details_text(b.json_out(details))
     except Exception:  # noqa: BLE001
-        det_s = "!" + repr(details)
-    texts = [v if isinstance(v, str) else "!" + repr(v) for v in (actor, action, subject, outcome)]
+        det_s = "\x00" + repr(details)
+    texts = [v if isinstance(v, str) and not v.startswith("\x00") else "\x00" + repr(v)
+             for v in (actor, action, subject, outcome)]
     return encode_row(int(seq), ts_s, *texts, det_s)
 
 
@@ -387,14 +390,23 @@ def reseal(store: Store, old_kek: KeyEncryptionKey, new_kek: KeyEncryptionKey, *
         now_head, _ = _head(b, conn)
         if now_head is None or now_head.seal_no != old.seal_no or now_head.mac != old.mac:
             raise AuditSealError("the seal changed while it was verified (another sealer?): run reseal again")
-        chain, entries = GENESIS, []
-        for r in _keyset(b, conn, f"SELECT {', '.join('a.' + c for c in _ROW_COLS.split(', '))} FROM m2msec_audit a "
-                         "JOIN m2msec_audit_mac m ON m.seq = a.seq WHERE a.seq > ? AND a.seq <= ? ORDER BY a.seq LIMIT ?",
-                         old.last_seq):
-            tag = row_tag(key, _canonical_row(b, r))
+        # What goes under the new key is what the old key authenticates *in this transaction*:
+        # every row re-checked against its old tag and chain (a row changed after the verify
+        # above is refused, not resealed as genuine).
+        old_key = old_kek.audit_seal_key()
+        chain, old_chain, entries = GENESIS, GENESIS, []
+        cols = ", ".join("a." + c for c in _ROW_COLS.split(", "))
+        for r in _keyset(b, conn, f"SELECT {cols}, m.tag, m.chain FROM m2msec_audit a JOIN m2msec_audit_mac m "
+                         "ON m.seq = a.seq WHERE a.seq > ? AND a.seq <= ? ORDER BY a.seq LIMIT ?", old.last_seq):
+            enc = _canonical_row(b, r[:7])
+            old_tag = row_tag(old_key, enc)
+            old_chain = chain_next(old_key, old_chain, old_tag)
+            if not (hmac.compare_digest(old_tag, b.blob_out(r[7])) and hmac.compare_digest(old_chain, b.blob_out(r[8]))):
+                raise AuditTampered(f"audit row seq {int(r[0])} changed while the trail was resealed: nothing resealed")
+            tag = row_tag(key, enc)
             chain = chain_next(key, chain, tag)
             entries.append((int(r[0]), tag, chain))
-        if len(entries) != old.row_count:  # pragma: no cover - verify just said intact
+        if len(entries) != old.row_count or not hmac.compare_digest(old_chain, old.chain):
             raise AuditTampered("the sealed rows changed while they were resealed: nothing resealed")
         b.execute(conn, "DELETE FROM m2msec_audit_mac")
         b.execute(conn, "DELETE FROM m2msec_audit_seal")
@@ -465,7 +477,10 @@ def verify(store: Store, kek: KeyEncryptionKey, *, anchor: str | None = None,
             cps = [_cp(b, r) for r in b.execute(conn, f"SELECT {_CP_COLS} FROM m2msec_audit_seal ORDER BY seal_no").fetchall()]
         head = cps[-1] if cps else None
         prev_of_head = cps[-2].mac if len(cps) > 1 and cps[-2].seal_no == head.seal_no - 1 else GENESIS  # type: ignore[union-attr]
-        _check_kek(head, key, prev_of_head)
+        # a seal lives under one KEK (reseal rebuilds all of it): if an older checkpoint names
+        # this KEK, a newest one naming another was edited, and is reported as forged below
+        if not any(cp.kek_id == key.kek_id.hex() for cp in cps[:-1]):
+            _check_kek(head, key, prev_of_head)
 
         # 1. the checkpoints: consecutive numbers, each MAC over its predecessor's
         bounds: list[AuditCheckpoint] = []

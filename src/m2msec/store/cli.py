@@ -261,8 +261,12 @@ def rekey(
             try:
                 sealed = store.verify_audit(old, max_findings=1).checkpoints > 0
             except AuditSealKekMismatch:  # a re-run: the seal may already be under the new KEK
-                store.verify_audit(new, max_findings=1)  # else this names the KEK it is under (exit 2)
+                under_new = store.verify_audit(new, max_findings=1)  # else this names the KEK it is under (exit 2)
                 sealed = False
+                if not under_new.intact:
+                    typer.echo(f"tampered: the audit seal is under kek_id {new.kek_id_hex} but does not verify "
+                               f"({under_new.findings[0].message}); run `m2msec store audit verify`", err=True)
+                    raise typer.Exit(code=1) from None
                 typer.echo(f"audit seal already under kek_id {new.kek_id_hex}")
             if sealed:
                 try:
