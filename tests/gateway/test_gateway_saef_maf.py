@@ -419,3 +419,33 @@ def test_saef_maf_without_saef_is_refused(tmp_path: Path) -> None:
     cfg.write_text(cfg.read_text().replace('[saef]\nlisten = "127.0.0.1:0"\n', ""))
     with pytest.raises(ConfigError, match=r"\[saef_maf\] need the \[saef\] table"):
         load_config(cfg)
+
+
+def test_reload_keeps_the_maf_client_and_its_cached_kc(tmp_path: Path) -> None:
+    """SAEFListener.reload (SIGHUP) swaps the provisioned bindings; the MAF-based SAEF keeps its
+    MAF Client and cached Kc, and an association made before the reload keeps its context."""
+    new_kid, new_kpsa = f"static2@sp.{SP}", os.urandom(32)
+
+    async def go() -> tuple[int, list[int], TLSHandshakeError]:
+        async with rig(tmp_path) as r:
+            k = await r.key(AE1)
+            async with await r.connect(KpsaEntry(k.key_id, k.key)):
+                pass  # Kc retrieved and cached before the reload
+            async with await r.connect(KpsaEntry(STATIC_KID, STATIC_KPSA)) as old:
+                n = r.saef.reload(SAEFConfig(host="127.0.0.1", port=0,
+                                             psk=(KpsaEntry(new_kid, new_kpsa, peer_id="Cstatic2"),)), clock=utc_now)
+                codes = [int((await old.send(req(Operation.RETRIEVE, STATIC_AE, "o1"))).rsc)]
+            async with await r.connect(KpsaEntry(k.key_id, k.key)) as c:
+                codes.append(int((await c.send(req(Operation.RETRIEVE, AE1, "m1"))).rsc))
+            async with await r.connect(KpsaEntry(new_kid, new_kpsa)) as c:
+                codes.append(int((await c.send(req(Operation.RETRIEVE, "Cstatic2", "n1"))).rsc))
+            async with await r.connect(KpsaEntry(k.key_id, k.key)) as c:
+                codes.append(int((await c.send(req(Operation.RETRIEVE, AE1, "m2"))).rsc))
+            with pytest.raises(TLSHandshakeError) as ei:
+                await r.connect(KpsaEntry(STATIC_KID, STATIC_KPSA))
+            assert r.maf.retrievals == 1 and n == 1
+            return n, codes, ei.value
+
+    n, codes, err = run(go)
+    assert codes == [2000, 2000, 2000, 2000]
+    assert err.reason is TLSFailureReason.UNKNOWN_PSK_IDENTITY

@@ -99,6 +99,16 @@ Configuration (``gateway.toml``; paths relative to the file; every key, type and
     flavour = "ae-id"
     identifier = "//example.com/id-in/Cae2"
     root_of_trust = "aes-ca.pem"
+
+    [saef_maf]                   # optional: MAF-based SAEF (KcID as psk_identity, Kc from the MAF)
+    fqdn = "maf.example.com"
+    port = 4433
+    admin_fqdn = "sp.example.com"
+    kmid = "cse-in@maf.example.com"   # the gateway's own MAF Client credential (or cert/key/ca)
+    km_file = "gateway-maf.key"
+
+SIGHUP re-reads ``[[saef_psk]]`` and ``[[saef_cert]]`` (and their CRL files), all or nothing,
+for new associations (:meth:`m2msec.gateway.saef.SAEFListener.reload`).
 """
 
 from __future__ import annotations

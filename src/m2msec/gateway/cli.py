@@ -44,9 +44,11 @@ def serve(
         "--saef-listen", help="HOST:PORT of the SAEF (TLS) listener, overrides \\[saef] listen (port 0: ephemeral)")] = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT.  Prints ``listening on URL`` once ready, then
-    ``saef listening on HOST:PORT`` when ``\\[saef]`` is configured."""
+    ``saef listening on HOST:PORT`` when ``\\[saef]`` is configured.  SIGHUP re-reads the SAEF
+    bindings (\\[\\[saef_psk]], \\[\\[saef_cert]] and their CRL files) and prints
+    ``saef reloaded N binding(s)``."""
     from m2msec.gateway.app import build
-    from m2msec.gateway.config import load_config
+    from m2msec.gateway.config import ConfigError, load_config
 
     host, port = _listen(listen)
     if saef_listen is not None:
@@ -69,6 +71,26 @@ def serve(
         typer.echo(f"error: {config}: missing key {exc}", err=True)
         raise typer.Exit(2) from None
 
+    def reload() -> None:
+        """SIGHUP: re-read [[saef_psk]], [[saef_cert]] (and their CRL files) from the file, all or nothing."""
+        if gw.saef_listener is None:
+            print("sighup: nothing to reload", file=sys.stderr, flush=True)
+            return
+        from m2msec.gateway.app import utc_now
+
+        try:
+            new = load_config(config, cse_url=cse, store_url=store, saef_listen=saef_listen)
+            if new.saef is None:
+                raise ConfigError("the file has no [saef] table any more (removing the listener needs a restart)")
+            count = gw.saef_listener.reload(new.saef, clock=utc_now)
+        except (M2MSecError, ValueError, TypeError, OSError) as exc:
+            print(f"error: saef not reloaded: {exc}", file=sys.stderr, flush=True)
+            return
+        except KeyError as exc:
+            print(f"error: saef not reloaded: {config}: missing key {exc}", file=sys.stderr, flush=True)
+            return
+        print(f"saef reloaded {count} binding(s)", flush=True)
+
     async def run() -> None:
         await gw.start(host, port)
         saef = gw.saef_listener
@@ -84,8 +106,7 @@ def serve(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: print("sighup: nothing to reload", file=sys.stderr,
-                                                             flush=True))  # never ends the gateway
+        loop.add_signal_handler(signal.SIGHUP, reload)  # never ends the gateway
         print(f"listening on {gw.url}", flush=True)
         if saef is not None:
             print(f"saef listening on {saef.host}:{saef.port}", flush=True)

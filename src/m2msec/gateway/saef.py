@@ -139,6 +139,16 @@ class SAEFListener:
         """The endpoint new associations are accepted with."""
         return self.server.endpoint
 
+    def reload(self, config: SAEFConfig, *, clock: Callable[[], datetime]) -> int:
+        """Accept new associations with ``config``'s Kpsa entries and certificate associations
+        (and its ``[saef]`` cert/key); returns their number.  All or nothing: the new endpoint is
+        built first (a ValueError leaves the old one in place).  Established associations keep
+        the context, and the identity, they were accepted with; the MAF-based SAEF keeps this
+        listener's MAF Client and its cached Kc."""
+        endpoint = build_endpoint(config, clock=clock, maf=self.maf)
+        self.server.endpoint = endpoint
+        return config.bindings
+
     @property
     def url(self) -> str:
         return f"https://{self.host}:{self.port}"
