@@ -150,8 +150,10 @@ def test_good_accepted_revoked_refused_and_cached(tmp_path: Path) -> None:
 
 
 def test_revoked_connection_never_reaches_a_handler(tmp_path: Path) -> None:
-    """A raw TLS client that completes its side of the handshake and writes a request at once:
-    the MAF never dispatches it (the held Finished is replaced by the alert)."""
+    """A client with a revoked certificate completes its side of the handshake: the held Finished
+    is replaced by the alert and the MAF dispatches nothing for it (a client cannot write a
+    request before the server's Finished; input that arrives while the flight is held is
+    tested at the engine: tests/tls/test_tls_status_hold.py)."""
     from m2msec.tls.aio import open_connection
     from m2msec.tls.engine import Role, TLSConfig
 

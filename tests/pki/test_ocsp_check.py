@@ -158,3 +158,17 @@ def test_settings_parser(tmp_path: Path) -> None:
                      ({"client_ocsp": True, "client_ocsp_https_ca": "none.pem"}, ValueError)]:
         with pytest.raises(exc):
             parse_peer_ocsp_settings(bad, KEYS, revocation="if-available", resolve=resolve)
+
+
+def test_an_unverified_certificate_peer_is_refused_under_require_only() -> None:
+    """No VerifiedPeer from the hook (a certificate handshake it did not verify): no status can
+    be known, so `require` refuses (certificate_unknown) and `if-available` lets it pass."""
+    def clock() -> object:
+        return NOW
+
+    strict = PeerOCSPChecker(clock=clock, policy="require", url="http://127.0.0.1:1/")  # type: ignore[arg-type]
+    with pytest.raises(CertificateVerificationError) as ei:
+        strict.status_check(None)
+    assert ei.value.reason_code is VerificationReason.REVOCATION_UNKNOWN
+    assert ei.value.tls_alert == "certificate_unknown"  # type: ignore[attr-defined]
+    assert PeerOCSPChecker(clock=clock, url="http://127.0.0.1:1/").status_check(None) is None  # type: ignore[arg-type]

@@ -248,3 +248,42 @@ def test_openssl_client_sees_certificate_revoked(pki: PKI, tmp_path: Path) -> No
     rc, out = asyncio.run(go())
     assert rc != 0 and "alert certificate revoked" in out, out
     assert handled == []
+
+
+def test_input_while_held_is_not_processed_and_is_bounded(pki: PKI) -> None:
+    """Records a client sends before our Finished (a pipelined request, junk) stay buffered and
+    undecrypted while the flight is held, are dropped with it on a refusal, and more than
+    16 KiB of them fails the handshake instead of growing the buffer."""
+    from m2msec.tls.engine import _HELD_INPUT_LIMIT
+
+    early = b"\x17\x03\x03\x00\x40" + bytes(64)  # an application_data record the client cannot have sealed yet
+    c, s = pair(pki, Check())
+    shuttle(c, s)
+    s.pending_status_check.close()
+    s.receive_data(early)
+    assert s.holding_flight and s.receive_application_data() == b"" and s.data_to_send() == b""
+    s.refuse_held_flight(revoked())
+    assert s.data_to_send() == b"\x15\x03\x03\x00\x02\x02\x2c" and s.receive_application_data() == b""
+    # a flood while held: the handshake fails once the buffer passes the bound, nothing is sent
+    c, s = pair(pki, Check())
+    shuttle(c, s)
+    s.pending_status_check.close()
+    chunk = b"\x17\x03\x03\x10\x00" + bytes(4096)
+    with pytest.raises(TLSHandshakeError) as ei:
+        for _ in range(2 * _HELD_INPUT_LIMIT // len(chunk) + 2):
+            s.receive_data(chunk)
+    assert ei.value.reason is TLSFailureReason.HANDSHAKE_FAILURE and "while its certificate status" in ei.value.detail
+    assert s.state is TLSState.FAILED and s.data_to_send() == b"" and not s.release_held_flight()
+
+
+def test_a_certificate_handshake_without_a_verified_peer_is_still_checked(pki: PKI) -> None:
+    """The PSK test is the cipher suite, not a missing peer_verification: a certificate handshake
+    whose verify hook is not authoritative still goes to the check (with None)."""
+    check = Check()
+    c = TLSEngine(TLSConfig(Role.CLIENT, credentials=pki.creds(pki.leaf("client.example")),
+                            trust_anchors=[pki.root.cert], server_name="server.example"))
+    s = TLSEngine(TLSConfig(Role.SERVER, credentials=pki.creds(pki.leaf("server.example")),
+                            trust_anchors=[pki.root.cert], peer_status_check=check))
+    shuttle(c, s)
+    assert len(check.calls) == 1 and s.holding_flight
+    s.pending_status_check.close()

@@ -156,7 +156,12 @@ class PeerOCSPChecker:
     def status_check(self, peer_verification: Any) -> Awaitable[None] | None:
         """``TLSConfig.peer_status_check``: None when nothing is undetermined, else the check."""
         vp = verified_peer_of(peer_verification)
-        if vp is None or vp.trust_anchor is None:
+        if vp is None:  # a certificate handshake the hook did not verify: no status can be known
+            if self.policy is RevocationPolicy.REQUIRE:
+                raise _refuse(VerificationReason.REVOCATION_UNKNOWN,
+                              "the peer's certificate path was not verified: its status cannot be checked")
+            return None
+        if vp.trust_anchor is None:  # a pinned raw public key or certificate: no path, no status
             return None
         todo = self.undetermined(vp)
         if not todo:

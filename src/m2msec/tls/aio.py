@@ -167,6 +167,8 @@ class TLSStreamProtocol(asyncio.Protocol):
             return
         self._flush()
         if self.engine.pending_status_check is not None and self._status_task is None:
+            if self.transport is not None:
+                self.transport.pause_reading()  # nothing to read until the check decides
             self._status_task = self.loop.create_task(self._await_status(self.engine.pending_status_check))
             return
         self._after_input()
@@ -201,6 +203,8 @@ class TLSStreamProtocol(asyncio.Protocol):
             self._flush()
         except TLSError:
             pass
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
         self._after_input()
 
     def eof_received(self) -> bool:

@@ -133,6 +133,9 @@ _COOKIE_GEN_CB_TYPE = "int (*)(SSL *, unsigned char *, unsigned int *)"
 _COOKIE_VERIFY_CB_TYPE = "int (*)(SSL *, unsigned char *, unsigned int)"
 _COOKIE_ORACLE = "dtls_cookie_oracle"  # CallbackRecord.extra key
 _MSG_CB_TYPE = "void (*)(int, int, int, const void *, size_t, SSL *, void *)"
+#: input buffered while the final flight is held for a status check, at most (then the
+#: handshake fails): a TLS 1.2 client sends nothing before our Finished
+_HELD_INPUT_LIMIT = 16 * 1024
 _PEER_EMS = "peer_ems"  # CallbackRecord.extra key: did the peer's hello carry extended_master_secret
 _EXT_EMS = 23  # RFC 7627 extension type
 _HANDSHAKE_FAILURE_ALERT = b"\x00\x02\x02\x28"  # record length 2, level fatal(2), handshake_failure(40)
@@ -869,10 +872,10 @@ class TLSEngine:
 
     def _hold_for_status(self, before: int) -> bool:
         """Ask ``peer_status_check``; when it returns an awaitable, hold the final flight back."""
-        pv = self.peer_verification
-        if pv is None:  # a PSK handshake: no certificate, no status
+        if self._negotiated_psk():  # a PSK handshake: no certificate, no status
             return False
         assert self._status_check is not None
+        pv = self.peer_verification  # None (no authoritative verify hook): the check decides
         try:
             waiting = self._status_check(pv)
         except BaseException as exc:  # noqa: BLE001 - a synchronous refusal
@@ -976,7 +979,15 @@ class TLSEngine:
             self._conn._handle_bio_errors(self._into_ssl, n)  # raises what Connection.bio_write raises
         if state is _HANDSHAKING:
             if self._held is not None:
-                return  # buffered until the status check releases the flight
+                # buffered until the status check releases the flight; a client cannot send
+                # application data before our Finished, so more than a few records is abuse
+                if _lib.BIO_get_mem_data(self._into_ssl, _ffi.NULL) > _HELD_INPUT_LIMIT:
+                    self._held = None
+                    self.pending_status_check = None
+                    raise self._fail(None, TLSFailureReason.HANDSHAKE_FAILURE,
+                                     f"the peer sent more than {_HELD_INPUT_LIMIT} octets while its "
+                                     "certificate status was checked")
+                return
             if self.role is Role.SERVER or self._started:
                 self._handshake_step()
             if self.state is not _ESTABLISHED:
