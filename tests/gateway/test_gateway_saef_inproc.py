@@ -11,7 +11,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +179,7 @@ def retrieve(fr: str | None, rqi: str) -> RequestPrimitive:
     ("/Sae1", SP_ID, "/Sae1"),
     ("/id-mn/Cae1", SP_ID, "/id-mn/Cae1"),
     ("/id-in", SP_ID, "/id-in"),
+    ("/Cae1", SP_ID, "/Cae1"),  # as given (require_saef_for also tries the stem: test_protected_pattern)
     ("  Cae1 ", None, "Cae1"),
 ])
 def test_normalise_originator(originator: str, sp_id: str | None, want: str | None) -> None:
@@ -196,7 +197,9 @@ def test_normalise_originator(originator: str, sp_id: str | None, want: str | No
     ("/id-mn/Cae1", None),  # another CSE's AE (routed traffic stays on the plain listener)
     ("/id-in", None),  # the CSE itself
     ("CAdmin", None),
-    ("//other.example.org/id-in/Cae1", None),
+    ("/Cae1", "Cae1"),  # read as the stem by a CSE that takes the last segment
+    ("//other.example.org/id-in/Cae1", "Cae1"),  # another SP-ID does not unprotect an AE of this CSE
+    ("//other.example.org/id-mn/Cae1", None),
 ])
 def test_protected_pattern(originator: str, want: str | None) -> None:
     pats = ("Cae1", "/id-in/Cmeter-*")
@@ -354,6 +357,8 @@ def _plain_headers(fr: str | list[str], rqi: str) -> list[tuple[str, str]]:
     ("Csaef-free", False),
     (f"/id-mn/{AE1}", False),  # another CSE's AE (routed traffic)
     ("/id-in", False),
+    (f"/{AE1}", True),  # "/Cae1": a CSE may read it as the stem
+    (f"//other.example.org/{CSE_ID}/{AE1}", True),  # another SP-ID does not unprotect it
 ])
 def test_plain_listener_refuses_protected_originators(pki: PKI, fr: str | list[str], refused: bool) -> None:
     async def go() -> tuple[httpx.Response, Rig]:
@@ -505,3 +510,57 @@ def test_serve_stops_with_exit_2_when_the_saef_port_is_taken(tmp_path: Path, pki
         r = _serve(["--config", str(_write(tmp_path, GOOD)), "--cse", "http://127.0.0.1:9",
                     "--listen", "127.0.0.1:0", "--saef-listen", f"127.0.0.1:{port}"])
     assert r.exit_code == 2 and f"SAEF listener on 127.0.0.1:{port}" in r.output
+
+
+@pytest.mark.parametrize("name", ["X_M2M_Origin", "x_m2m_origin", "X-M2M_Origin"])
+def test_an_underscore_spelling_of_x_m2m_origin_is_refused_not_relayed(pki: PKI, name: str) -> None:
+    """Some HTTP stacks read X_M2M_Origin as X-M2M-Origin: the gateway refuses it (4000) on the
+    plain listener instead of relaying a From that no check has read."""
+    async def go() -> tuple[httpx.Response, Rig]:
+        async with rig(pki) as r:
+            async with httpx.AsyncClient() as h:
+                hdrs = [(k, v) for k, v in _plain_headers("Csaef-free", "u1") if k != "X-M2M-Origin"]
+                resp = await h.post(f"{r.plain}{BASE}", headers=[*hdrs, (name, AE1)],
+                                    content=b'{"m2m:cnt":{"rn":"u"}}')
+            return resp, r
+
+    resp, r = run(go)
+    assert resp.status_code == 400 and resp.headers["X-M2M-RSC"] == "4000" and r.cse.seen == []
+
+
+def test_a_pattern_of_another_sp_is_refused(tmp_path: Path, pki: PKI) -> None:
+    """With [cse] sp_id, a require_saef_for entry naming another SP-ID would protect nothing."""
+    _pem_files(tmp_path, pki)
+    body = GOOD.replace(f'"{AE1}", "Csaef-prot-*"', f'"//other.example.org/{CSE_ID}/{AE1}"')
+    p = _write(tmp_path, body)
+    p.write_text(p.read_text().replace("[cse]\n", f'[cse]\nsp_id = "{SP_ID}"\n', 1))
+    with pytest.raises(ConfigError, match="names another SP"):
+        load_config(p, cse_url="http://127.0.0.1:9")
+
+
+@pytest.mark.parametrize("name", [b"X_M2M_Origin", b"X-M2M-Origin"])
+def test_saef_listener_header_limits(pki: PKI, name: bytes) -> None:
+    """On the SAEF listener an underscore spelling of X-M2M-Origin is refused (4000) rather than
+    relayed, and request headers are bounded to 64 KiB whatever the body limit (4 MiB)."""
+    from m2msec.tls.aio import open_connection
+
+    async def go() -> tuple[bytes, bytes, Rig]:
+        async with rig(pki) as r:
+            body = b'{"m2m:cnt":{"rn":"u"}}'
+            head = (b"POST " + BASE.encode() + b" HTTP/1.1\r\nHost: gw\r\nX-M2M-RI: u1\r\nX-M2M-RVI: 3\r\n"
+                    b"X-M2M-Origin: " + AE1.encode() + b"\r\nContent-Type: application/json;ty=3\r\n"
+                    b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n")
+            reader, writer = await open_connection(r.saef.host, r.saef.port, psk_ae().tls_context)
+            writer.write(head + name + b": " + AE1.encode() + b"\r\n\r\n" + body)
+            dup = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            reader, writer = await open_connection(r.saef.host, r.saef.port, psk_ae().tls_context)
+            writer.write(head + b"X-Filler: " + b"a" * (70 * 1024) + b"\r\n\r\n" + body)
+            big = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            return dup, big, r
+
+    dup, big, r = run(go)
+    assert dup.startswith(b"HTTP/1.1 400") and b"x-m2m-rsc: 4000" in dup.lower()
+    assert big.startswith(b"HTTP/1.1 400") and b"x-m2m-rsc: 4000" in big.lower()
+    assert r.cse.seen == []

@@ -38,7 +38,7 @@ from m2msec.tls.engine import CertCredentials, PSKCredentials
 from m2msec.tomlkeys import check_keys
 
 __all__ = ["ConfigError", "GatewayConfig", "KeyEntry", "MEFSourceConfig", "SAEFCertEntry", "SAEFConfig",
-           "SAEFMAFConfig", "load_config", "load_saef_bindings", "parse_listen"]
+           "SAEFMAFConfig", "load_config", "parse_listen"]
 
 
 class ConfigError(M2MSecError):
@@ -381,7 +381,8 @@ def _saef_maf(doc: dict[str, Any], base: Path) -> SAEFMAFConfig | None:
     return cfg
 
 
-def _saef(doc: dict[str, Any], base: Path, saef_listen: str | None) -> SAEFConfig | None:
+def _saef(doc: dict[str, Any], base: Path, saef_listen: str | None,
+          cse_sp_id: str | None = None) -> SAEFConfig | None:
     """``[saef]``, ``[[saef_psk]]``, ``[[saef_cert]]``, ``[saef_maf]`` (TS-0003 8.2.2.1-8.2.2.3, 7.2.1)."""
     if "saef" not in doc:
         if "saef_psk" in doc or "saef_cert" in doc or "saef_maf" in doc:
@@ -415,6 +416,10 @@ def _saef(doc: dict[str, Any], base: Path, saef_listen: str | None) -> SAEFConfi
         if pat.rstrip("*") == "" or "*" in pat[:-1]:
             raise ConfigError(f"[saef] require_saef_for: {pat!r} must be an AE-ID, or an AE-ID prefix followed by "
                               "one '*' (a bare '*' would also cover the CSEs and the admin)")
+        sp = (cse_sp_id or "").strip("/")
+        if pat.startswith("//") and sp and pat[2:].partition("/")[0] != sp:
+            raise ConfigError(f"[saef] require_saef_for: {pat!r} names another SP than [cse] sp_id {cse_sp_id!r}: "
+                              "it would protect nothing")
     return SAEFConfig(host, port, psk, credentials, certs, patterns, maf)
 
 
@@ -491,7 +496,7 @@ def load_config(path: str | Path, *, cse_url: str | None = None, store_url: str 
     if sp_id is not None and (not isinstance(sp_id, str) or not sp_id.strip("/")):
         raise ConfigError("[cse] sp_id must be a non-empty string")
     trace = gw.get("trace_file")
-    saef = _saef(doc, base, saef_listen)
+    saef = _saef(doc, base, saef_listen, sp_id)
     return GatewayConfig(
         cse_id=cse["id"].lstrip("/"),
         cse_name=cse["name"],

@@ -59,8 +59,8 @@ def normalise_originator(originator: str, *, cse_id: str, sp_id: str | None) -> 
     """``originator`` as the CSE ``/<cse_id>`` reads it: ``Cae1`` for an AE-ID-Stem of this
     CSE (also given as ``/<cse_id>/Cae1`` or ``//<sp>/<cse_id>/Cae1``), ``/Sae`` for an
     SP-relative AE-ID, ``/<other-cse>/...`` for other CSEs' entities; None for an originator
-    of another SP (``sp_id`` configured and different).  Without ``sp_id`` any SP-ID is
-    taken as this SP's."""
+    of another SP (``sp_id`` configured and different).  Without ``sp_id`` any SP-ID is taken
+    as this SP's."""
     ident = originator.strip()
     if ident.startswith("//"):
         rest = ident[2:]
@@ -78,20 +78,39 @@ def normalise_originator(originator: str, *, cse_id: str, sp_id: str | None) -> 
     return ident
 
 
+def _claims(originator: str, *, cse_id: str, sp_id: str | None) -> list[str]:
+    """Every reading of ``originator`` a CSE might apply (for ``require_saef_for``, erring
+    towards refusal): the normalised one; for an absolute ID of *any* SP, the SP-relative tail
+    read as this SP's (a protected AE cannot be claimed through another SP-ID); and for a
+    one-segment SP-relative ID that is not an S-AE-ID (``/Cae1``), the segment itself, which
+    a CSE that takes the last path segment reads as the AE-ID-Stem."""
+    out: list[str] = []
+    ident = originator.strip()
+    readings = [ident]
+    if ident.startswith("//"):
+        readings.append("/" + ident[2:].partition("/")[2])
+    for r in readings:
+        who = normalise_originator(r, cse_id=cse_id, sp_id=sp_id)
+        if who is None:
+            continue
+        out.append(who)
+        if who.startswith("/") and not who.startswith("/S") and "/" not in who[1:]:
+            out.append(who[1:])
+    return out
+
+
 def protected_pattern(originator: str, patterns: Sequence[str], *, cse_id: str, sp_id: str | None) -> str | None:
     """The first ``require_saef_for`` pattern that covers ``originator`` (None: none does).
 
     A pattern is an AE-ID (any form) or an AE-ID prefix followed by ``*``; both sides are
     compared after :func:`normalise_originator`."""
-    who = normalise_originator(originator, cse_id=cse_id, sp_id=sp_id)
-    if who is None:
-        return None
+    claims = _claims(originator, cse_id=cse_id, sp_id=sp_id)
     for pat in patterns:
         prefix = pat.endswith("*")
         norm = normalise_originator(pat[:-1] if prefix else pat, cse_id=cse_id, sp_id=sp_id)
         if norm is None:
             continue
-        if who == norm or (prefix and who.startswith(norm)):
+        if any(who == norm or (prefix and who.startswith(norm)) for who in claims):
             return pat
     return None
 

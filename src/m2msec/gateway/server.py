@@ -355,6 +355,10 @@ class Gateway:
         address of the TCP peer (for ``acip`` contexts; None: unknown, no ``acip`` matches);
         ``authenticated``: the identity of the SAEF association the request came on, whose
         From was checked against it (TS-0003 7.2.1), None for the plain listener."""
+        for k, _v in headers:  # a spelling some HTTP stacks would read as X-M2M-Origin: never relayed
+            if "_" in k and k.lower().replace("_", "-") == "x-m2m-origin":
+                return _error(_hdr(headers, "x-m2m-ri"), RSC.BAD_REQUEST,
+                              f"header {k!r} is not X-M2M-Origin: refused rather than relayed")
         if authenticated is None and self.require_saef_for:
             refused = self._unauthenticated(headers)
             if refused is not None:

@@ -74,6 +74,7 @@ class HTTPMessage:
 HTTPRequestHandler = Callable[[HTTPMessage, RequestPrimitive, SecurityContext], Awaitable[HttpResponse]]
 
 _MAX_BODY = 1 << 20
+_MAX_HEAD = 64 * 1024  # request line and headers, whatever the body limit (as the plain listener)
 
 
 def _error_response(rsc: ResponseStatusCode, rqi: str | None, rvi: str | None, message: str) -> HttpResponse:
@@ -179,7 +180,7 @@ class SAEFHTTPServer:
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: TLSStreamWriter,
                                 ctx: SecurityContext) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_body)
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)  # request line + headers
         peer = writer.get_extra_info("peername")
         while True:
             try:
@@ -200,6 +201,10 @@ class SAEFHTTPServer:
                         peer: Any = None) -> HttpResponse:
         rqi = _header(event.headers, b"x-m2m-ri")
         rvi = _header(event.headers, b"x-m2m-rvi")
+        # h11 bounds only a head that arrives in pieces; one that arrives whole is checked here
+        if len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers) > _MAX_HEAD:
+            return _error_response(ResponseStatusCode.BAD_REQUEST, rqi, rvi,
+                                   f"request line and headers exceed {_MAX_HEAD} octets")
         try:
             req = http_to_request(event.method, event.target, event.headers, body)
         except BindingError as exc:
