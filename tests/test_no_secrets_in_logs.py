@@ -33,7 +33,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -450,7 +450,7 @@ def test_escertke_key_establishment_and_use(escertke_pki: ESCertKEPKI, tmp_path:
         inner = RequestPrimitive(op=Operation.RETRIEVE, to=f"/id-in/{TER_ID}/cnt", fr=INI_ID, rqi="i1", rvi="3")
         obj, pending = originator.protect_request(inner, step.session)
         got, ctx = receiver.open_request(obj, outer_from=INI_ID)
-        assert got == inner
+        assert got.rqet is not None and replace(got, rqet=None) == inner  # + the sealed rqet (R11)
         reply = ResponsePrimitive(rsc=RSC.OK, rqi="i1", pc={"m2m:cin": {"con": "42"}}, rvi="3")
         assert originator.open_response(receiver.protect_response(ctx, reply), pending) == reply
         # ESData (SUID 44)
