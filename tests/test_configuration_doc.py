@@ -349,6 +349,7 @@ MAF: dict[tuple[str, str], Accessor] = {
     ("", "max_key_lifetime_s"): lambda b, _: b.server.service.max_key_lifetime.total_seconds(),
     ("", "key_cache_ttl_s"): lambda b, _: b.cfg.key_cache_ttl.total_seconds(),
     ("", "max_keys_per_client"): lambda b, _: b.server.service.max_keys_per_client,
+    ("", "audit_seal_interval_s"): lambda b, _: b.cfg.audit_seal_interval,
     ("mef", "fqdn"): lambda b, _: b.server.service.mef.fetcher.mef_fqdn,
     ("mef", "host"): lambda b, _: b.server.service.mef.fetcher.host,
     ("mef", "port"): lambda b, _: b.server.service.mef.fetcher.port,
@@ -404,6 +405,7 @@ MEF: dict[tuple[str, str], Accessor] = {
     ("mef", "enrolee_ocsp_timeout_s"): lambda b, _: (b.state.enrolee_ocsp.timeout if b.state.enrolee_ocsp
                                                      else DEFAULT_PEER_OCSP_TIMEOUT),
     ("mef", "crl_port"): lambda b, _: b.mef.get("crl_port"),
+    ("mef", "audit_seal_interval_s"): lambda b, _: b.mef["audit_seal_interval_s"],
     ("mef", "crl_host"): lambda b, _: b.mef.get("crl_host", b.mef.get("host", "127.0.0.1")),
     ("mef", "crl_base_url"): lambda b, _: (b.mef["crl_base_url"]
                                            if b.server.est is not None and b.server.est.ca.ca.crl_url
@@ -789,6 +791,8 @@ REFUSALS = [
     ("maf.toml", "max_keys_per_client = 200", "max_keys_per_client = 0"),
     ("maf.toml", "max_keys_per_client = 200", "max_keys_per_client = 100001"),
     ("maf.toml", 'revocation = "require"', 'revocation = "sometimes"'),
+    ("maf.toml", "audit_seal_interval_s = 60", "audit_seal_interval_s = 0.1"),
+    ("maf.toml", "audit_seal_interval_s = 60", 'audit_seal_interval_s = "60"'),
     ("maf.toml", "client_crl_refresh_s = 900", "client_crl_refresh_s = 0"),
     ("maf.toml", "client_crl_from_cdp = true", 'client_crl_from_cdp = "yes"'),
     ("maf.toml", '"http://pki.m2m.example.com/crl/intermediate.crl"', '"ftp://pki.m2m.example.com/x.crl"'),
@@ -801,6 +805,8 @@ REFUSALS = [
     ("mef.toml", "crl_validity_s = 43200", "crl_validity_s = 0"),
     ("mef.toml", "enrolee_crl_refresh_s = 900", "enrolee_crl_refresh_s = -1"),
     ("mef.toml", "crl_port = 8080", "crl_port = true"),
+    ("mef.toml", "audit_seal_interval_s = 60", "audit_seal_interval_s = 86401"),
+    ("mef.toml", "audit_seal_interval_s = 60", "audit_seal_interval_s = true"),
     ("mef.toml", "enrolee_ocsp_timeout_s = 5", "enrolee_ocsp_timeout_s = 10"),
     ("mef.toml", "enrolee_ocsp = true", "enrolee_ocsp = 1"),
     ("mef.toml", 'revocation = "require"', 'revocation = "off"'),  # enrolee_ocsp needs a status policy

@@ -16,6 +16,11 @@ keeps it fresh (:class:`m2msec.pki.ocsp_staple.OCSPStapler`); SIGHUP queries aga
 ``serve --workers N`` (Linux) runs N MAF processes on one port
 (SO_REUSEPORT): this process binds first, then starts N-1 ``serve --worker`` processes, each
 with its own store connection; signals are handled as :func:`_run_parent` says.
+With ``audit_seal_interval_s`` (default 300, 0 = off) ``serve`` seals the store's audit trail at
+start, every interval and once more on SIGTERM/SIGINT, in a thread of its own
+(:class:`m2msec.store.autoseal.AuditSealer`; ``audit sealed N row(s); anchor ...`` at INFO
+whatever ``--verbose``, a refusal at ERROR); with ``--workers N`` only this (parent) process
+seals, and its last seal follows the workers' exit.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from m2msec.pki.cli import reload_crls_and_report
 from m2msec.pki.ocsp_staple import OCSPStapler
 from m2msec.secret_input import secret_from_options
 from m2msec.store import Store
+from m2msec.store.autoseal import AuditSealer, show_seal_log
 from m2msec.store.store import utc_now
 
 app = typer.Typer(help="M2M Authentication Function (TS-0003 8.8): serve, clients, keys, revoke, add-client.",
@@ -131,6 +137,8 @@ def serve(config: ConfigOpt,
         from dataclasses import replace
 
         cfg = replace(cfg, port=port)
+    if cfg.audit_seal_interval and not worker:
+        show_seal_log()
     reuse = workers > 1 or worker
     try:
         stapler = cfg.stapler(clock=utc_now)
@@ -153,6 +161,7 @@ def serve(config: ConfigOpt,
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)  # a clean stop: connections, tasks, then the store
         refresher = await _start_refresher(cfg, stapler)
+        sealer = _start_sealer(cfg, store)
         try:
             await server.start()
             loop.add_signal_handler(signal.SIGHUP, _hangup, cfg, refresher, stapler)
@@ -164,6 +173,8 @@ def serve(config: ConfigOpt,
                 await refresher.stop()
             if stapler is not None:
                 await stapler.stop()
+            if sealer is not None:  # after the listener closed: the last rows are sealed too
+                await sealer.close()
 
     try:
         asyncio.run(main())
@@ -173,12 +184,22 @@ def serve(config: ConfigOpt,
         store.close()
 
 
+def _start_sealer(cfg: MAFServerConfig, store: Store) -> AuditSealer | None:
+    """The audit sealer of ``audit_seal_interval_s`` (None when 0), started on the running loop."""
+    if not cfg.audit_seal_interval:
+        return None
+    sealer = AuditSealer(store, cfg.audit_seal_interval)
+    sealer.start()
+    return sealer
+
+
 def _run_worker(cfg: MAFServerConfig, store: Store, server: MAFServer, stapler: OCSPStapler | None = None) -> None:
     """A ``--worker`` process: bind the parent's port (SO_REUSEPORT), print the ready line to the
     parent (stdout is a pipe to it) and serve until SIGTERM or until the parent goes away (EOF
     on stdin, a pipe from the parent).  SIGINT is the parent's to handle (a terminal's Ctrl-C
     reaches the whole process group); SIGHUP re-reads the client CRLs like the parent does.  The
-    worker fetches CRLs and its OCSP staple itself."""
+    worker fetches CRLs and its OCSP staple itself; it does not seal the audit trail (the
+    parent does, for all of them)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     async def main() -> None:
@@ -221,7 +242,9 @@ def _run_parent(cfg: MAFServerConfig, store: Store, server: MAFServer, config: P
     connections or threads) on the same host/port.  The listening line is printed once all
     listen.  SIGTERM/SIGINT stop every worker; SIGHUP is forwarded (with [tls] client_crls or
     client_crl_urls or ocsp_staple_url; every process fetches the CRL URLs and its OCSP staple itself); a
-    worker that exits on its own is reported on stderr and stops the MAF with exit code 1."""
+    worker that exits on its own is reported on stderr and stops the MAF with exit code 1.
+    Only this process seals the audit trail (``audit_seal_interval_s``): one sealer per MAF,
+    not N competing ones; its last seal runs after every worker has exited."""
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
@@ -265,6 +288,7 @@ def _run_parent(cfg: MAFServerConfig, store: Store, server: MAFServer, config: P
                     p.send_signal(signal.SIGHUP)
 
         tasks: list[asyncio.Task[Any]] = []
+        sealer: AuditSealer | None = None
         try:
             for _ in range(n - 1):
                 procs.append(await asyncio.create_subprocess_exec(
@@ -277,6 +301,7 @@ def _run_parent(cfg: MAFServerConfig, store: Store, server: MAFServer, config: P
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
             loop.add_signal_handler(signal.SIGHUP, hangup)
+            sealer = _start_sealer(cfg, store)
             tasks = [*(loop.create_task(watch(p)) for p in procs), *(loop.create_task(relay(p)) for p in procs)]
             typer.echo(f"MAF {cfg.fqdn} listening on {cfg.host}:{server.port}")
             await stop.wait()
@@ -301,6 +326,8 @@ def _run_parent(cfg: MAFServerConfig, store: Store, server: MAFServer, config: P
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if sealer is not None:  # the workers are gone: their last rows are sealed too
+                await sealer.close()
 
     try:
         return asyncio.run(main())

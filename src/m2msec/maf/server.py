@@ -60,6 +60,8 @@ from m2msec.onem2m.timestamps import Clock
 from m2msec.pki.ocsp_check import PeerOCSPChecker, PeerOCSPSettings, parse_peer_ocsp_settings
 from m2msec.pki.ocsp_staple import OCSPStapler, stapler_for_chain
 from m2msec.store import KeyEncryptionKey, Store, open_store
+from m2msec.store.autoseal import DEFAULT_INTERVAL_S as DEFAULT_SEAL_INTERVAL_S
+from m2msec.store.autoseal import parse_interval as parse_seal_interval
 from m2msec.tls.aio import TLSStreamWriter, start_server
 from m2msec.tls.engine import CertCredentials, Role, TLSConfig, TLSContext
 from m2msec.tomlkeys import check_keys
@@ -99,6 +101,7 @@ class MAFServerConfig:
     ocsp_staple_url: str | None = None  # OCSP responder for the MAF's own certificate (stapling, RFC 6066 8)
     ocsp_staple_https_ca: str | None = None  # PEM CA file for an https responder (None: httpx's default store)
     client_ocsp: PeerOCSPSettings | None = None  # OCSP queries about client certificates (None: off)
+    audit_seal_interval: float = DEFAULT_SEAL_INTERVAL_S  # seconds between seals by ``serve`` (0: off)
 
     def client_ocsp_checker(self, *, clock: Clock) -> PeerOCSPChecker | None:
         """The :class:`~m2msec.pki.ocsp_check.PeerOCSPChecker` of ``[tls] client_ocsp`` (None when off)."""
@@ -144,7 +147,7 @@ class MAFServerConfig:
 #: every key and table of maf.toml (docs/configuration.md); anything else is a configuration error
 MAF_TOML_KEYS: dict[str, frozenset[str]] = {
     "": frozenset({"fqdn", "store", "kek_file", "host", "port", "max_registration_lifetime_s", "max_key_lifetime_s",
-                   "key_cache_ttl_s", "max_keys_per_client", "mef", "tls", "admin"}),
+                   "key_cache_ttl_s", "max_keys_per_client", "audit_seal_interval_s", "mef", "tls", "admin"}),
     "mef": frozenset({"fqdn", "host", "port", "psk_identity", "psk_hex"}),
     "tls": frozenset({"cert", "key", "client_trust_anchors", "client_crls", "client_crl_urls", "client_crl_issuers",
                       "client_crl_from_cdp", "client_crl_refresh_s", "client_crl_https_ca", "revocation",
@@ -173,6 +176,8 @@ def load_config(path: str | Path) -> MAFServerConfig:
                                            # other instances' changes invalidate it at once
         max_keys_per_client = 1000         # live Key Registrations per Source MAF Client (1-100000);
                                            # one more is refused with 4103 (HTTP 403)
+        audit_seal_interval_s = 300        # serve seals the audit trail at start, this often and
+                                           # at stop (m2msec.store.autoseal); 0 = off, else 0.5-86400
         [mef]                              # optional: remotely provisioned clients (KeID -> Km)
         fqdn = "mef.example.com"
         host = "127.0.0.1"
@@ -299,6 +304,7 @@ def load_config(path: str | Path) -> MAFServerConfig:
         if (isinstance(max_keys, bool) or not isinstance(max_keys, int)
                 or not 1 <= max_keys <= MAX_KEYS_PER_CLIENT_LIMIT):
             raise ValueError(f"max_keys_per_client must be an integer from 1 to {MAX_KEYS_PER_CLIENT_LIMIT}")
+        seal_interval = parse_seal_interval(data.get("audit_seal_interval_s", DEFAULT_SEAL_INTERVAL_S))
         return MAFServerConfig(
             fqdn=str(data["fqdn"]), store_url=str(data["store"]), host=str(data.get("host", "127.0.0.1")),
             port=int(data.get("port", 0)), admins=admins,
@@ -310,6 +316,7 @@ def load_config(path: str | Path) -> MAFServerConfig:
             client_crl_refresh=crl_refresh, client_crl_https_ca=crl_https_ca,
             ocsp_staple_url=staple_url, ocsp_staple_https_ca=staple_https_ca, client_ocsp=client_ocsp,
             kek_file=str(rel(kek_file)) if kek_file else None, mef=dict(data["mef"]) if "mef" in data else None,
+            audit_seal_interval=seal_interval,
         )
     except (KeyError, TypeError, ValueError, OSError, CRLError) as exc:
         raise ParseError(f"invalid MAF configuration {p}: {type(exc).__name__}: {exc}") from None

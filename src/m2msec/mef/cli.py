@@ -27,6 +27,7 @@
     enrolee_ocsp_url = "http://pki.example.com/ocsp"  # optional: every query there (default: authorityInfoAccess)
     enrolee_ocsp_https_ca = "ocsp-server-ca.pem"  # optional: trust anchors of an https responder
     enrolee_ocsp_timeout_s = 5        # per query, (0, 9]
+    audit_seal_interval_s = 300       # serve seals the audit trail at start, this often and at stop; 0 = off
     [gba]                             # optional: GBA-Based RSPF, the MEF as GBA NAF
     bsf_url = "http://127.0.0.1:8080" # the operator BSF's Zn endpoint
     naf_token = "..."                 # the MEF's Zn credential (else $M2MSEC_GBA_NAF_TOKEN)
@@ -65,6 +66,12 @@ Revocation of EST certificates (:mod:`m2msec.mef.est_crl`): ``enrolee revoke`` r
 certificate the MEF issued to that enrolee, ``est-revoke --serial`` a single one; this MEF
 refuses them at once, and the CRLs of the MEF CA (``est-crl`` writes them, ``serve`` with
 ``crl_port`` publishes them) list them from the next request on.
+
+The audit trail (:mod:`m2msec.store.autoseal`): with ``audit_seal_interval_s`` (default 300,
+0 = off, else 0.5 to 86400) ``serve`` seals the store's audit trail when it starts, every
+interval (in a thread of its own) and once more after SIGTERM/SIGINT closed its listeners; each
+seal logs ``audit sealed N row(s); anchor ...`` at INFO on stderr, a refusal (tampered trail,
+other KEK) an ERROR line, and the MEF keeps answering.
 
 No command prints key bytes; ``enrolee add --token`` prints the single-use token once.
 """
@@ -105,6 +112,9 @@ from m2msec.pki.ocsp_staple import OCSPStapler, stapler_for_chain
 from m2msec.pki.ocsp_check import parse_peer_ocsp_settings
 from m2msec.secret_input import secret_from_options
 from m2msec.store import KeyEncryptionKey, StoreError, open_store
+from m2msec.store.autoseal import DEFAULT_INTERVAL_S as DEFAULT_SEAL_INTERVAL_S
+from m2msec.store.autoseal import AuditSealer, show_seal_log
+from m2msec.store.autoseal import parse_interval as parse_seal_interval
 from m2msec.tls.engine import CertCredentials, PSKCredentials
 from m2msec.tls.pkiverify import StaplePolicy
 from m2msec.tomlkeys import check_keys
@@ -134,7 +144,7 @@ MEF_TOML_KEYS: dict[str, frozenset[str]] = {
                       "enrolee_crl_files", "revocation", "enrolee_crl_urls", "enrolee_crl_issuers",
                       "enrolee_crl_refresh_s", "enrolee_crl_https_ca", "crl_port", "crl_host", "crl_base_url",
                       "crl_validity_s", "ocsp_staple_url", "ocsp_staple_https_ca", "enrolee_ocsp", "enrolee_ocsp_url",
-                      "enrolee_ocsp_https_ca", "enrolee_ocsp_timeout_s"}),
+                      "enrolee_ocsp_https_ca", "enrolee_ocsp_timeout_s", "audit_seal_interval_s"}),
     "gba": frozenset({"bsf_url", "naf_token"}),
 }
 
@@ -217,6 +227,10 @@ def _load(config: Path) -> dict[str, Any]:
     except ValueError:
         _fail(ValueError(f"{config}: [mef] revocation must be one of "
                          f"{', '.join(p.value for p in RevocationPolicy)}"))
+    try:
+        mef["audit_seal_interval_s"] = parse_seal_interval(mef.get("audit_seal_interval_s", DEFAULT_SEAL_INTERVAL_S))
+    except (TypeError, ValueError) as exc:
+        _fail(ValueError(f"{config}: [mef] {exc}"))
     try:
         mef["enrolee_ocsp"] = parse_peer_ocsp_settings(
             mef, ("enrolee_ocsp", "enrolee_ocsp_url", "enrolee_ocsp_https_ca", "enrolee_ocsp_timeout_s"),
@@ -359,6 +373,9 @@ def serve(config: ConfigOpt,
                                        port=int(mef["crl_port"]))
     except (M2MSecError, OSError, ValueError) as exc:
         _fail(exc)
+    seal_interval = float(mef["audit_seal_interval_s"])
+    if seal_interval:
+        show_seal_log()
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -379,6 +396,9 @@ def serve(config: ConfigOpt,
             stapler.start()
         loop.add_signal_handler(signal.SIGHUP, _hangup, state.enrolee_crls, mef.get("enrolee_crl_files", []),
                                 refresher, stapler)
+        sealer = AuditSealer(state.store, seal_interval) if seal_interval else None
+        if sealer is not None:
+            sealer.start()
         try:
             host, p = await server.start(mef.get("host", "127.0.0.1"),
                                          port if port is not None else int(mef.get("port", 0)))
@@ -396,6 +416,8 @@ def serve(config: ConfigOpt,
             if crl_server is not None:
                 await crl_server.close()
             await server.close()
+            if sealer is not None:  # after the listeners closed: the last rows are sealed too
+                await sealer.close()
 
     asyncio.run(main())
     state.store.close()
