@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_maf.py [--keys 10000,1000000] [--clients 1,10,50] [--duration 3] [--rounds 3]
                                         [--latency-n 2000] [--db-dir DIR] [--workers 1]
+                                        [--audit-seal-interval 0]
 
 (a) Throughput: key retrievals per second over persistent TLS-PSK connections (one MAF
 Handshake per connection, then HTTP/1.1 keep-alive) with 1, 10 and 50 concurrent clients,
@@ -26,6 +27,10 @@ Every Key Retrieval is one write transaction (its audit record, DESIGN.md sectio
 SQLite store commits with ``synchronous = FULL``: the fsync per retrieval is part of what is
 measured.  ``--db-dir`` chooses where the database lives (default: a temporary directory
 from ``tempfile``; say where it is: fsync cost depends on the disk, tmpfs makes it free).
+``--audit-seal-interval S`` runs the audit sealer of ``m2msec maf serve``
+(:class:`m2msec.store.autoseal.AuditSealer`, every S seconds) in the (first) MAF server process,
+as ``audit_seal_interval_s`` does; its ``audit sealed ...`` lines go to stderr.  Default 0: no
+sealer (the server of this benchmark is a bare MAFServer, not ``serve``).
 """
 
 from __future__ import annotations
@@ -155,15 +160,27 @@ class PlainServer(MAFServer):
         return RSC.OK.http_status, [("Content-Type", "application/json"), ("X-M2M-RSC", str(int(RSC.OK)))], self.BODY
 
 
-def serve_child(db: str, kek_file: str, kind: str, port: int = 0, reuse_port: bool = False) -> None:
+def serve_child(db: str, kek_file: str, kind: str, port: int = 0, reuse_port: bool = False,
+                seal_interval: float = 0.0) -> None:
     store = open_store(f"sqlite:///{db}", KeyEncryptionKey.from_file(kek_file), clock=utc_now)
     svc = _service(store)
     cls = PlainServer if kind == "plain" else MAFServer
 
     async def main() -> None:
+        sealer = None
+        if seal_interval > 0:
+            from m2msec.store.autoseal import AuditSealer, show_seal_log
+
+            show_seal_log()
+            sealer = AuditSealer(store, seal_interval)
+            sealer.start()
         srv = await cls(svc, host="127.0.0.1", port=port, idle_timeout=600, reuse_port=reuse_port).start()
         print(f"port {srv.port}", flush=True)
-        await srv.serve_forever()
+        try:
+            await srv.serve_forever()
+        finally:
+            if sealer is not None:
+                await sealer.stop()
 
     try:
         asyncio.run(main())
@@ -175,13 +192,14 @@ class Child:
     """The server: ``workers`` processes on one port (the first binds; with more than one, all
     set SO_REUSEPORT and the others join the first one's port)."""
 
-    def __init__(self, db: Path, kek: KeyEncryptionKey, kind: str, workers: int = 1) -> None:
+    def __init__(self, db: Path, kek: KeyEncryptionKey, kind: str, workers: int = 1,
+                 seal_interval: float = 0.0) -> None:
         self.procs: list[subprocess.Popen[str]] = []
         port = 0
-        for _ in range(workers):
+        for i in range(workers):
             proc = subprocess.Popen(
                 [sys.executable, __file__, "_serve", str(db), str(db.parent / "kek.hex"), kind, str(port),
-                 "1" if workers > 1 else "0"],
+                 "1" if workers > 1 else "0", str(seal_interval if i == 0 else 0.0)],
                 stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
             self.procs.append(proc)
             line = proc.stdout.readline()  # type: ignore[union-attr]
@@ -280,6 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--db-dir", default=None)
     ap.add_argument("--workers", type=int, default=1,
                     help="server processes on one port (SO_REUSEPORT), for the MAF and the plain endpoint alike")
+    ap.add_argument("--audit-seal-interval", type=float, default=0.0,
+                    help="run the audit sealer in the MAF server every this many seconds (0: no sealer)")
     ap.add_argument("--populate-budget", type=float, default=600.0,
                     help="stop growing the store when population has taken this many seconds")
     args = ap.parse_args(argv)
@@ -314,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"db {db.stat().st_size / 1e6:,.0f} MB + WAL", flush=True)
             plans = query_plans(store, sample[0])
             store.close()
-            child = Child(db, kek, "maf", args.workers)
+            child = Child(db, kek, "maf", args.workers, args.audit_seal_interval)
             try:
                 if i == 0:
                     thr = run_throughput(db, kek, child, client_counts, args.duration, sample, args.rounds,
@@ -381,7 +401,7 @@ def run_throughput(db: Path, kek: KeyEncryptionKey, maf_child: Child, counts: li
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 7 and sys.argv[1] == "_serve":
-        serve_child(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6] == "1")
+    if len(sys.argv) == 8 and sys.argv[1] == "_serve":
+        serve_child(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6] == "1", float(sys.argv[7]))
         sys.exit(0)
     sys.exit(main())
