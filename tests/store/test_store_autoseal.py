@@ -214,3 +214,24 @@ def test_sealer_survives_a_closed_store(store: Store, caplog: pytest.LogCaptureF
 def test_sealer_needs_a_positive_interval(store: Store, interval: float) -> None:
     with pytest.raises(ValueError):
         AuditSealer(store, interval)
+
+
+@pytest.mark.parametrize(("interval", "rows"), [(0.5, 100), (1, 100), (60, 2040), (300, 10000), (86400, 10000)])
+def test_rows_rechecked_per_tick_follow_the_interval(store: Store, interval: float, rows: int) -> None:
+    assert AuditSealer(store, interval)._check_rows == rows
+    assert AuditSealer(store, interval, check_rows=0)._check_rows == 0
+
+
+def test_a_trail_longer_than_a_slice_is_rechecked_over_several_ticks(store: Store, store_url: str,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    _seed(store, 9)
+    store.seal_audit()
+    _tamper(store_url, "UPDATE m2msec_audit SET outcome = 'x' WHERE seq = 8")
+    sealer = AuditSealer(store, 1, check_rows=4)
+    with caplog.at_level(logging.INFO, logger="m2msec.store.autoseal"):
+        per_tick = []
+        for _ in range(4):  # rows 1-4, 5-8, 9, then 1-4 again
+            caplog.clear()
+            sealer.seal_once()
+            per_tick.append(sum(r.levelno == logging.ERROR for r in caplog.records))
+    assert per_tick == [0, 1, 0, 0]
