@@ -9,7 +9,9 @@
   :class:`~m2msec.pki.PeerCertInfo` (flavour + globally unique identifier of
   8.1.2.4); ``RootOfTrust`` the trust anchor certificates of 8.1.2.2, with
   ``peer_crls`` / ``revocation`` for the certificate status check of 8.1.2.2
-  (a :class:`~m2msec.pki.CRLStore` and a :class:`~m2msec.pki.RevocationPolicy`).
+  (a :class:`~m2msec.pki.CRLStore` and a :class:`~m2msec.pki.RevocationPolicy`) and
+  ``peer_ocsp``, an optional :class:`~m2msec.pki.ocsp_check.PeerOCSPChecker` that a server
+  endpoint asks about the peer's certificates while it holds its Finished back (8.1.2.2 OCSP).
 * :class:`KpsaEntry` / :class:`KpsaDirectory` - 8.2.2.1: Kpsa and KpsaID
   (10.5 format) with the identity bound to security contexts established with
   them; kept in memory or in the store (credentials namespace ``saef.kpsa``).
@@ -22,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
@@ -32,6 +34,9 @@ from m2msec.errors import IdentifierError
 from m2msec.keys import parse_key_id
 from m2msec.pki import CertificateFlavour, CRLStore, PeerCertInfo, RevocationPolicy
 from m2msec.tls.engine import CertCredentials
+
+if TYPE_CHECKING:
+    from m2msec.pki.ocsp_check import PeerOCSPChecker
 
 __all__ = [
     "AssociationConfiguration",
@@ -123,9 +128,14 @@ class AssociationConfiguration:
     peer_kind: PeerKind | None = None
     peer_crls: CRLStore | None = field(default=None, compare=False)  # CRLs of the peer's PKI (8.1.2.2)
     revocation: RevocationPolicy = RevocationPolicy.IF_AVAILABLE
+    #: OCSP status of the peer's certificates (8.1.2.2), asked by a *server* endpoint during the
+    #: handshake (:func:`m2msec.saef.framework.certificate_server`); its policy is ``revocation``
+    peer_ocsp: PeerOCSPChecker | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "peer_root_of_trust", tuple(self.peer_root_of_trust))
+        if self.peer_ocsp is not None and self.peer_ocsp.policy is not RevocationPolicy(self.revocation):
+            raise ValueError("peer_ocsp must check with the association's revocation policy")
         object.__setattr__(self, "revocation", RevocationPolicy(self.revocation))
         if self.peer_crls is not None and not isinstance(self.peer_crls, CRLStore):
             object.__setattr__(self, "peer_crls", CRLStore(self.peer_crls))

@@ -10,7 +10,11 @@ peer certificate is verified by :mod:`m2msec.tls.pkiverify` (8.1.2.5) against
 the Association Configuration's CertName and RootOfTrust at the injected
 clock's time, with the certificate status check of 8.1.2.2 (the
 configuration's ``peer_crls`` and ``revocation`` policy); a failure aborts the
-handshake and the ``TLSHandshakeError.__cause__`` names the reason.  Entity B may hold several
+handshake and the ``TLSHandshakeError.__cause__`` names the reason.  On a server endpoint an
+association with ``peer_ocsp`` (a :class:`~m2msec.pki.ocsp_check.PeerOCSPChecker`) also has
+its peer's certificates without a CRL status looked up over OCSP while the engine holds the
+server's Finished back (``TLSConfig.peer_status_check``): REVOKED ends the handshake with
+``certificate_revoked``, ``require`` without a good answer with ``certificate_unknown``.  Entity B may hold several
 Association Configurations (one per authorised Entity A): the certificate is
 checked against each, and when none accepts it the most specific failure is
 reported (a failure after the identifier matched wins over IDENTIFIER_MISMATCH,
@@ -40,7 +44,13 @@ from typing import Any
 
 from cryptography import x509
 
-from m2msec.pki import CertificateFlavour, CertificateVerificationError, VerificationReason, VerifiedPeer
+from m2msec.pki import (
+    CertificateFlavour,
+    CertificateVerificationError,
+    RevocationPolicy,
+    VerificationReason,
+    VerifiedPeer,
+)
 from m2msec.saef.config import (
     AssociationConfiguration,
     CredentialConfiguration,
@@ -113,11 +123,23 @@ class SAEFEndpoint:
 
 
 class _AssociationVerifier:
-    """``verify_peer`` hook trying each Association Configuration; returns (association, VerifiedPeer)."""
+    """``verify_peer`` hook trying each Association Configuration; returns (association, VerifiedPeer).
 
-    def __init__(self, associations: Sequence[AssociationConfiguration], clock: Clock) -> None:
-        self.hooks = [(a, PKIVerifyHook(a.peer_cert, a.peer_root_of_trust, clock, crls=a.peer_crls,
-                                        revocation=a.revocation)) for a in associations]
+    ``status_checks`` (server endpoints): an association's ``peer_ocsp`` checker supplies the
+    hook's OCSP store and policy (``require`` is decided after the OCSP queries, by
+    :class:`_AssociationStatusCheck`); elsewhere its held answers are only a second status source.
+    """
+
+    def __init__(self, associations: Sequence[AssociationConfiguration], clock: Clock, *,
+                 status_checks: bool = False) -> None:
+        self.hooks = [(a, self._hook(a, clock, status_checks)) for a in associations]
+
+    @staticmethod
+    def _hook(a: AssociationConfiguration, clock: Clock, status_checks: bool) -> PKIVerifyHook:
+        ocsp = a.peer_ocsp
+        policy = ocsp.hook_policy() if ocsp is not None and status_checks else a.revocation
+        return PKIVerifyHook(a.peer_cert, a.peer_root_of_trust, clock, crls=a.peer_crls, revocation=policy,
+                             ocsp=ocsp.store if ocsp is not None else None)
 
     def __call__(self, chain: list[x509.Certificate]) -> tuple[AssociationConfiguration, VerifiedPeer]:
         errors: list[CertificateVerificationError] = []
@@ -131,6 +153,25 @@ class _AssociationVerifier:
             raise specific[0]
         mismatch = [e for e in errors if e.reason_code is VerificationReason.IDENTIFIER_MISMATCH]
         raise (mismatch or errors)[0]
+
+
+class _AssociationStatusCheck:
+    """``TLSConfig.peer_status_check`` of a certificate server: the OCSP check of the association
+    that accepted the peer's certificate (None when it has no ``peer_ocsp``)."""
+
+    def __init__(self, associations: Sequence[AssociationConfiguration]) -> None:
+        self.associations = tuple(associations)
+
+    def __call__(self, peer_verification: Any) -> Awaitable[None] | None:
+        if isinstance(peer_verification, tuple) and len(peer_verification) == 2 \
+                and isinstance(peer_verification[0], AssociationConfiguration):
+            assoc, vp = peer_verification
+            return assoc.peer_ocsp.status_check(vp) if assoc.peer_ocsp is not None else None
+        # a certificate handshake no association verified: a require checker refuses it
+        for a in self.associations:
+            if a.peer_ocsp is not None and a.peer_ocsp.policy is RevocationPolicy.REQUIRE:
+                return a.peer_ocsp.status_check(None)  # raises (REVOCATION_UNKNOWN)
+        return None
 
 
 def _cert_binder(local: EntityRole) -> Callable[[TLSEngine], SecurityContext]:
@@ -190,8 +231,12 @@ def certificate_server(credentials: CredentialConfiguration, associations: Seque
     if any(a.local is not local for a in associations):
         raise ValueError("all Association Configurations of one endpoint must belong to the same entity")
     kw: dict[str, Any] = {"mtu": mtu} if mtu else {}
+    checks = transport is Transport.TLS and any(a.peer_ocsp is not None for a in associations)
+    if checks:  # the engine holds the final flight for the OCSP queries (TLS only)
+        kw["peer_status_check"] = _AssociationStatusCheck(associations)
     config = TLSConfig(role=Role.SERVER, transport=transport, credentials=credentials.tls_credentials(),
-                       trust_anchors=_anchors(associations), verify_peer=_AssociationVerifier(associations, clock),
+                       trust_anchors=_anchors(associations),
+                       verify_peer=_AssociationVerifier(associations, clock, status_checks=checks),
                        verify_peer_authoritative=True, **kw)
     return SAEFEndpoint("certificate", local, config, _cert_binder(local))
 
