@@ -70,7 +70,7 @@ def build(config: GatewayConfig, *, clock: Any = None, store: Store | None = Non
         require_saef_for=config.saef.require_saef_for if config.saef is not None else (),
     )
     if config.saef is not None:
-        from m2msec.gateway.saef import SAEFListener, build_endpoint  # noqa: PLC0415
+        from m2msec.gateway.saef import SAEFListener  # noqa: PLC0415
         from m2msec.gateway.saefmaf import MAFSAEFDirectory, maf_bound_ae_id  # noqa: PLC0415
 
         maf = None
@@ -82,6 +82,6 @@ def build(config: GatewayConfig, *, clock: Any = None, store: Store | None = Non
 
             maf = MAFSAEFDirectory(m.client_config(clock), bind=bind, clock=clock, timeout=m.timeout,
                                    negative_ttl=m.negative_ttl, registration_lifetime=m.registration_lifetime)
-        gw.saef_listener = SAEFListener(gw, build_endpoint(config.saef, clock=clock, maf=maf), sp_id=config.sp_id,
-                                        maf=maf)
+        # certificate associations with CRL URLs / OCSP get their status sources (8.1.2.2, saefstatus)
+        gw.saef_listener = SAEFListener.for_config(gw, config.saef, clock=clock, sp_id=config.sp_id, maf=maf)
     return gw, store

@@ -44,8 +44,9 @@ def serve(
         "--saef-listen", help="HOST:PORT of the SAEF (TLS) listener, overrides \\[saef] listen (port 0: ephemeral)")] = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT.  Prints ``listening on URL`` once ready, then
-    ``saef listening on HOST:PORT`` when ``\\[saef]`` is configured.  SIGHUP re-reads the SAEF
-    bindings (\\[\\[saef_psk]], \\[\\[saef_cert]] and their CRL files) and prints
+    ``saef listening on HOST:PORT`` when ``\\[saef]`` is configured (after the first fetch of
+    the \\[\\[saef_cert]] crl_urls).  SIGHUP re-reads the SAEF bindings (\\[\\[saef_psk]],
+    \\[\\[saef_cert]] and their CRL files), fetches their CRL URLs at once and prints
     ``saef reloaded N binding(s)``."""
     from m2msec.gateway.app import build
     from m2msec.gateway.config import ConfigError, load_config
@@ -71,18 +72,19 @@ def serve(
         typer.echo(f"error: {config}: missing key {exc}", err=True)
         raise typer.Exit(2) from None
 
-    def reload() -> None:
-        """SIGHUP: re-read [[saef_psk]], [[saef_cert]] (and their CRL files) from the file, all or nothing."""
-        if gw.saef_listener is None:
-            print("sighup: nothing to reload", file=sys.stderr, flush=True)
-            return
+    reloads: set[asyncio.Task[None]] = set()
+
+    async def reload_saef() -> None:
+        """SIGHUP: re-read [[saef_psk]], [[saef_cert]] (and their CRL files) from the file, all or
+        nothing; CRL URLs new to the file are fetched before the new bindings take over, the
+        others at once after (m2msec.gateway.saefstatus)."""
         from m2msec.gateway.app import utc_now
 
         try:
             new = load_config(config, cse_url=cse, store_url=store, saef_listen=saef_listen)
             if new.saef is None:
                 raise ConfigError("the file has no [saef] table any more (removing the listener needs a restart)")
-            count = gw.saef_listener.reload(new.saef, clock=utc_now)
+            count = await gw.saef_listener.reload_async(new.saef, clock=utc_now)
         except (M2MSecError, ValueError, TypeError, OSError) as exc:
             print(f"error: saef not reloaded: {exc}", file=sys.stderr, flush=True)
             return
@@ -90,6 +92,14 @@ def serve(
             print(f"error: saef not reloaded: {config}: missing key {exc}", file=sys.stderr, flush=True)
             return
         print(f"saef reloaded {count} binding(s)", flush=True)
+
+    def reload() -> None:
+        if gw.saef_listener is None:
+            print("sighup: nothing to reload", file=sys.stderr, flush=True)
+            return
+        task = asyncio.get_running_loop().create_task(reload_saef())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
 
     async def run() -> None:
         await gw.start(host, port)
@@ -113,6 +123,8 @@ def serve(
         try:
             await stop.wait()
         finally:
+            for t in list(reloads):
+                t.cancel()
             if saef is not None:
                 await saef.close()
             await gw.close()

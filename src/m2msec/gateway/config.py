@@ -12,6 +12,13 @@ refuses (see :mod:`m2msec.gateway.saef`).  ``[saef_maf]`` adds the MAF-based SAE
 gateway's own MAF Client configuration (8.8.3.1: Km/KmID or a certificate, the MAF's address,
 MAF-FQDN and adminFQDN), with which it retrieves Kc for a Key Identifier an AE presents as
 ``psk_identity`` (see :mod:`m2msec.gateway.saefmaf`).
+
+Certificate status of the AEs' certificates (TS-0003 8.1.2.2), per ``[[saef_cert]]``: CRL files
+(``crls``), CRLs fetched over http(s) and kept fresh (``crl_urls``, ``crl_issuers``,
+``crl_from_cdp``, ``crl_refresh_s``, ``crl_https_ca``: the maf.toml ``[tls] client_crl_*`` keys
+for one association) and OCSP queries during the handshake (``ocsp``, ``ocsp_url``,
+``ocsp_https_ca``, ``ocsp_timeout_s``: maf.toml ``client_ocsp*``, profile P25), all under the
+association's ``revocation`` (see :mod:`m2msec.gateway.saefstatus`).
 """
 
 from __future__ import annotations
@@ -31,7 +38,18 @@ from m2msec.esprim.keysource import PairwiseKey
 from m2msec.keys import parse_key_id
 from m2msec.onem2m.enums import SUID
 from m2msec.onem2m.rsc import ResponseStatusCode
-from m2msec.pki import CertificateFlavour, CRLError, CRLStore, PeerCertInfo, RevocationPolicy, load_crl_files
+from m2msec.pki import (
+    CertificateFlavour,
+    CRLError,
+    CRLRefresher,
+    CRLStore,
+    PeerCertInfo,
+    RevocationPolicy,
+    distribution_points,
+    load_crl_files,
+    load_https_ca,
+)
+from m2msec.pki.ocsp_check import PeerOCSPSettings, parse_peer_ocsp_settings
 from m2msec.maf.client import MAFClientConfig
 from m2msec.saef.config import AssociationConfiguration, CredentialConfiguration, KpsaEntry, PeerKind
 from m2msec.tls.engine import CertCredentials, PSKCredentials
@@ -80,10 +98,35 @@ class MEFSourceConfig:
 @dataclass(frozen=True)
 class SAEFCertEntry:
     """One ``[[saef_cert]]``: the Association Configuration of an AE (Entity A) on the CSE
-    (Entity B) side, 8.2.2.2, and the CRL files it was read from."""
+    (Entity B) side, 8.2.2.2, the CRL files it was read from and its other certificate status
+    sources (8.1.2.2): CRL URLs kept fresh and OCSP (see :mod:`m2msec.gateway.saefstatus`)."""
 
     association: AssociationConfiguration
     crl_files: tuple[Path, ...] = ()
+    #: CRLs fetched before the listener accepts the association and kept fresh (crl_urls and,
+    #: with crl_from_cdp, the distribution points of root_of_trust and crl_issuers)
+    crl_urls: tuple[str, ...] = ()
+    #: intermediate CAs that may sign fetched CRLs (besides root_of_trust)
+    crl_issuers: tuple[x509.Certificate, ...] = field(default=(), repr=False)
+    #: longest interval between two fetches of a URL
+    crl_refresh: timedelta = timedelta(hours=1)
+    #: PEM CA file for https CRL servers (None: httpx's default trust store)
+    crl_https_ca: Path | None = None
+    #: OCSP queries about the AE's certificates during the handshake (None: off)
+    ocsp: PeerOCSPSettings | None = None
+    #: set by :meth:`m2msec.gateway.saefstatus.SAEFCertStatus.prepare` once the association's
+    #: store is the refreshed one and its OCSP checker is set (build_endpoint refuses it unset)
+    status_wired: bool = field(default=False, compare=False, repr=False)
+
+    @property
+    def needs_status_sources(self) -> bool:
+        """CRL URLs or OCSP configured: the association needs :mod:`m2msec.gateway.saefstatus`."""
+        return bool(self.crl_urls) or self.ocsp is not None
+
+    @property
+    def crl_issuer_certs(self) -> tuple[x509.Certificate, ...]:
+        """The certificates allowed to sign fetched CRLs: RootOfTrustA, then ``crl_issuers``."""
+        return (*self.association.peer_root_of_trust, *self.crl_issuers)
 
 
 @dataclass(frozen=True, repr=False)
@@ -305,17 +348,61 @@ def _saef_certs(doc: dict[str, Any], base: Path, credentials: CredentialConfigur
         if ae_id is not None and (not isinstance(ae_id, str) or not ae_id.strip()):
             raise ConfigError(f"{where}: ae_id must be a non-empty string")
         try:
+            revocation = RevocationPolicy(e.get("revocation", RevocationPolicy.IF_AVAILABLE.value))
+            urls, issuers, refresh, https_ca = _saef_cert_fetch(e, base, where, anchors, revocation)
             crls = CRLStore(load_crl_files(crl_files)) if crl_files else None
+            if urls and crls is None:
+                crls = CRLStore()  # filled by the refresher (m2msec.gateway.saefstatus)
+            ocsp = parse_peer_ocsp_settings(e, ("ocsp", "ocsp_url", "ocsp_https_ca", "ocsp_timeout_s"),
+                                            revocation=revocation, resolve=lambda f: str(_rel(base, f, where)))
             assoc = AssociationConfiguration.entity_b(
                 cert_name_a=PeerCertInfo(CertificateFlavour(e["flavour"]), e["identifier"]),
-                root_of_trust_a=anchors, id_a=ae_id, peer_kind=PeerKind.AE, crls=crls,
-                revocation=RevocationPolicy(e.get("revocation", RevocationPolicy.IF_AVAILABLE.value)))
-        except (ValueError, OSError, CRLError) as exc:
+                root_of_trust_a=anchors, id_a=ae_id, peer_kind=PeerKind.AE, crls=crls, revocation=revocation)
+        except ConfigError:
+            raise
+        except (ValueError, TypeError, OSError, CRLError) as exc:
             raise ConfigError(f"{where}: {type(exc).__name__}: {exc}") from None
-        certs.append(SAEFCertEntry(assoc, crl_files))
+        certs.append(SAEFCertEntry(assoc, crl_files, urls, issuers, refresh, https_ca, ocsp))
     if credentials is not None and not certs:
         raise ConfigError("[saef] cert and key need at least one [[saef_cert]] (the AEs they authenticate)")
     return tuple(certs)
+
+
+def _saef_cert_fetch(e: dict[str, Any], base: Path, where: str, anchors: list[x509.Certificate],
+                     revocation: RevocationPolicy) -> tuple[tuple[str, ...], tuple[x509.Certificate, ...],
+                                                            timedelta, Path | None]:
+    """The CRL fetching keys of one ``[[saef_cert]]`` (maf.toml ``[tls] client_crl_*`` for one
+    association): ``crl_urls``, ``crl_issuers``, ``crl_from_cdp``, ``crl_refresh_s``, ``crl_https_ca``;
+    returns (URLs, issuers, refresh period, https CA file)."""
+    issuers = tuple(c for f in _strings(e.get("crl_issuers", []), f"{where} crl_issuers")
+                    for c in _pem_certs(_rel(base, f, f"{where} crl_issuers"), f"{where} crl_issuers"))
+    urls = list(_strings(e.get("crl_urls", []), f"{where} crl_urls"))
+    from_cdp = e.get("crl_from_cdp", False)
+    if not isinstance(from_cdp, bool):
+        raise ConfigError(f"{where}: crl_from_cdp must be true or false")
+    if from_cdp:
+        cdp = [u for c in (*anchors, *issuers) for u in distribution_points(c)]
+        if not cdp:
+            raise ConfigError(f"{where}: crl_from_cdp = true, but no root_of_trust or crl_issuers certificate "
+                              "names an http(s) cRLDistributionPoint")
+        urls += cdp
+    crl_urls = tuple(dict.fromkeys(urls))
+    refresh = e.get("crl_refresh_s", 3600)
+    if isinstance(refresh, bool) or not isinstance(refresh, int) or refresh <= 0:
+        raise ConfigError(f"{where}: crl_refresh_s must be a positive whole number of seconds (got {refresh!r})")
+    https_ca = None
+    if "crl_https_ca" in e:
+        https_ca = _rel(base, e["crl_https_ca"], f"{where} crl_https_ca")
+        load_https_ca(https_ca)  # readable, holds CA certificates (CRLError otherwise)
+    if not crl_urls:
+        extra = [k for k in ("crl_issuers", "crl_https_ca", "crl_refresh_s") if k in e]
+        if extra:
+            raise ConfigError(f"{where}: {', '.join(extra)} without crl_urls or crl_from_cdp (nothing is fetched)")
+    elif revocation is RevocationPolicy.OFF:
+        raise ConfigError(f'{where}: CRL URLs need revocation = "if-available" or "require" (not "off")')
+    if crl_urls:
+        CRLRefresher(CRLStore(), crl_urls, ())  # validates the URLs (http/https with a host)
+    return crl_urls, issuers, timedelta(seconds=refresh), https_ca
 
 
 def _positive_seconds(t: dict[str, Any], key: str, default: float, where: str) -> float:
@@ -436,7 +523,9 @@ GATEWAY_TOML_KEYS: dict[str, frozenset[str]] = {
     "routes[]": frozenset({"csi", "url"}),
     "saef": frozenset({"listen", "cert", "key", "require_saef_for"}),
     "saef_psk[]": frozenset({"kpsa_id", "kpsa_hex", "kpsa_file", "ae_id"}),
-    "saef_cert[]": frozenset({"flavour", "identifier", "root_of_trust", "ae_id", "crls", "revocation"}),
+    "saef_cert[]": frozenset({"flavour", "identifier", "root_of_trust", "ae_id", "crls", "revocation", "crl_urls",
+                              "crl_issuers", "crl_from_cdp", "crl_refresh_s", "crl_https_ca", "ocsp", "ocsp_url",
+                              "ocsp_https_ca", "ocsp_timeout_s"}),
     "saef_maf": frozenset({"fqdn", "host", "port", "admin_fqdn", "kmid", "km_hex", "km_file", "cert", "key", "ca",
                            "timeout", "negative_ttl", "registration_lifetime"}),
 }

@@ -23,6 +23,7 @@ SP's when ``[cse] sp_id`` is not configured (refusing too much rather than too l
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from m2msec.gateway.config import SAEFConfig
 from m2msec.gateway.saefmaf import ChainedKpsaDirectory, MAFSAEFDirectory
+from m2msec.gateway.saefstatus import SAEFCertStatus
 from m2msec.net.http_binding import HttpResponse
 from m2msec.onem2m.primitives import RequestPrimitive
 from m2msec.saef import (
@@ -128,6 +130,9 @@ def build_endpoint(config: SAEFConfig, *, clock: Callable[[], datetime],
     cert = None
     if config.certs:
         assert config.credentials is not None
+        if any(c.needs_status_sources and not c.status_wired for c in config.certs):
+            raise ValueError("[[saef_cert]] with crl_urls or ocsp: build the endpoint from "
+                             "SAEFCertStatus.prepare(config).config (m2msec.gateway.saefstatus)")
         cert = certificate_server(config.credentials, config.associations, clock=clock)
     if psk is not None and cert is not None:
         return combined_server(psk, cert)
@@ -141,9 +146,15 @@ class SAEFListener:
     """The gateway's TLS listener for AEs with a security association (TS-0003 8.2, 7.2.1)."""
 
     def __init__(self, gateway: Gateway, endpoint: SAEFEndpoint, *, sp_id: str | None = None,
-                 idle_timeout: float = 120.0, max_body: int = 4 << 20, maf: MAFSAEFDirectory | None = None) -> None:
+                 idle_timeout: float = 120.0, max_body: int = 4 << 20, maf: MAFSAEFDirectory | None = None,
+                 status: SAEFCertStatus | None = None) -> None:
         self.gateway = gateway
         self.maf = maf  # the MAF-based SAEF's Kc source (8.2.2.3), closed with the listener
+        #: CRL refreshers and OCSP checkers of the certificate associations (8.1.2.2), started
+        #: (first fetch) before the listener accepts and stopped with it
+        self.status = status
+        self._reloading = asyncio.Lock()
+        self._listening = False
         self.sp_id = sp_id
         self.server = SAEFHTTPServer(endpoint, http_handler=self._handle, sp_id=sp_id, cse_id="/" + gateway.cse_id,
                                      idle_timeout=idle_timeout, max_body=max_body)
@@ -158,15 +169,49 @@ class SAEFListener:
         """The endpoint new associations are accepted with."""
         return self.server.endpoint
 
+    @classmethod
+    def for_config(cls, gateway: Gateway, config: SAEFConfig, *, clock: Callable[[], datetime],
+                   sp_id: str | None = None, maf: MAFSAEFDirectory | None = None, **kw: Any) -> SAEFListener:
+        """The listener of ``config`` with the status sources of its certificate associations
+        (CRL URLs, OCSP: :class:`~m2msec.gateway.saefstatus.SAEFCertStatus`; fetched at :meth:`start`)."""
+        status = SAEFCertStatus(clock=clock)
+        plan = status.prepare(config)
+        endpoint = build_endpoint(plan.config, clock=clock, maf=maf)
+        status.commit(plan)
+        return cls(gateway, endpoint, sp_id=sp_id, maf=maf, status=status, **kw)
+
     def reload(self, config: SAEFConfig, *, clock: Callable[[], datetime]) -> int:
         """Accept new associations with ``config``'s Kpsa entries and certificate associations
         (and its ``[saef]`` cert/key); returns their number.  All or nothing: the new endpoint is
         built first (a ValueError leaves the old one in place).  Established associations keep
         the context, and the identity, they were accepted with; the MAF-based SAEF keeps this
-        listener's MAF Client and its cached Kc."""
-        endpoint = build_endpoint(config, clock=clock, maf=self.maf)
+        listener's MAF Client and its cached Kc.  CRL URLs of new associations are fetched by
+        their refresher after the switch (:meth:`reload_async` fetches them before it)."""
+        status = self._status(clock)
+        plan = status.prepare(config)
+        endpoint = build_endpoint(plan.config, clock=clock, maf=self.maf)
         self.server.endpoint = endpoint
+        status.commit(plan)
         return config.bindings
+
+    async def reload_async(self, config: SAEFConfig, *, clock: Callable[[], datetime]) -> int:
+        """:meth:`reload` for SIGHUP: every CRL URL of ``config`` is fetched at once (failures
+        logged, the previous CRLs stay) before the new endpoint takes over.  Reloads run one at
+        a time."""
+        async with self._reloading:
+            status = self._status(clock)
+            plan = status.prepare(config)
+            endpoint = build_endpoint(plan.config, clock=clock, maf=self.maf)
+            await status.fetch(plan)
+            self.server.endpoint = endpoint
+            status.commit(plan)
+            return config.bindings
+
+    def _status(self, clock: Callable[[], datetime]) -> SAEFCertStatus:
+        if self.status is None:
+            self.status = SAEFCertStatus(clock=clock)
+            self.status.running = self._listening  # new refreshers start at commit
+        return self.status
 
     @property
     def url(self) -> str:
@@ -182,13 +227,19 @@ class SAEFListener:
         return self.server.handshake_errors
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> SAEFListener:
+        if self.status is not None:  # CRL URLs fetched before the first association
+            await self.status.start()
         await self.server.start(host, port)
+        self._listening = True
         self.host = host
         self.port = self.server.address[1]
         return self
 
     async def close(self) -> None:
+        self._listening = False
         await self.server.close()
+        if self.status is not None:
+            await self.status.stop()
         if self.maf is not None:
             await self.maf.aclose()
 
