@@ -336,6 +336,18 @@ def _ocsp_https_ca(stapler: Any) -> list[x509.Certificate]:
     return [x509.load_der_x509_certificate(d) for d in stapler.client.https_ca.get_ca_certs(binary_form=True)]
 
 
+def _saef_assoc(b: Any, i: int) -> Any:
+    """The i-th certificate association as the gateway's SAEF listener accepts with it."""
+    hooks = b.gateway.saef_listener.endpoint.tls_context.config.verify_peer.hooks
+    return hooks[i][0]
+
+
+def _saef_refresher(b: Any, i: int) -> Any:
+    """The CRL refresher filling the i-th certificate association's CRL store (None: no URLs)."""
+    store = _saef_assoc(b, i).peer_crls
+    return next((r for r in b.gateway.saef_listener.status.refreshers if r.store is store), None)
+
+
 # Each accessor returns the key's effective value in the terms of the TOML file (seconds,
 # strings, file names); for files it returns what was loaded from them, compared with
 # EXPECTED_FILE_CONTENT.  Keys of [[array]] tables return one value per entry.
@@ -460,6 +472,23 @@ GATEWAY: dict[tuple[str, str], Accessor] = {
     ("saef_cert", "ae_id"): lambda b, _: [c.association.peer_id for c in b.cfg.saef.certs],
     ("saef_cert", "crls"): lambda b, _: [_names(c.crl_files) for c in b.cfg.saef.certs],
     ("saef_cert", "revocation"): lambda b, _: [c.association.revocation.value for c in b.cfg.saef.certs],
+    # CRL URLs and OCSP as the listener runs them (m2msec.gateway.saefstatus): its refreshers and checkers
+    ("saef_cert", "crl_urls"): lambda b, _: [[u for u in _saef_refresher(b, i).urls if u != CDP_URL]
+                                             if _saef_refresher(b, i) else [] for i in range(len(b.cfg.saef.certs))],
+    ("saef_cert", "crl_issuers"): lambda b, _: ("file", list(_saef_refresher(b, 0).fetcher.issuers[
+        len(b.cfg.saef.certs[0].association.peer_root_of_trust):])),
+    ("saef_cert", "crl_from_cdp"): lambda b, _: [bool(_saef_refresher(b, i)) and CDP_URL in _saef_refresher(b, i).urls
+                                                 for i in range(len(b.cfg.saef.certs))],
+    ("saef_cert", "crl_refresh_s"): lambda b, _: [c.crl_refresh.total_seconds() for c in b.cfg.saef.certs],
+    ("saef_cert", "crl_https_ca"): lambda b, _: ("file", _https_ca(_saef_refresher(b, 0).fetcher)),
+    ("saef_cert", "ocsp"): lambda b, _: [_saef_assoc(b, i).peer_ocsp is not None
+                                         for i in range(len(b.cfg.saef.certs))],
+    ("saef_cert", "ocsp_url"): lambda b, _: [_saef_assoc(b, i).peer_ocsp and _saef_assoc(b, i).peer_ocsp.url
+                                             for i in range(len(b.cfg.saef.certs))],
+    ("saef_cert", "ocsp_https_ca"): lambda b, _: ("file", _checker_https_ca(_saef_assoc(b, 0).peer_ocsp)),
+    ("saef_cert", "ocsp_timeout_s"): lambda b, _: [_saef_assoc(b, i).peer_ocsp.timeout if _saef_assoc(b, i).peer_ocsp
+                                                   else DEFAULT_PEER_OCSP_TIMEOUT
+                                                   for i in range(len(b.cfg.saef.certs))],
     ("saef_maf", "fqdn"): lambda b, _: b.gateway.saef_listener.maf.config.maf_fqdn,
     ("saef_maf", "host"): lambda b, _: b.gateway.saef_listener.maf.config.host,
     ("saef_maf", "port"): lambda b, _: b.gateway.saef_listener.maf.config.port,
@@ -550,7 +579,7 @@ def _loader_functions(file: str) -> list[Any]:
         return [mef_cli._load, mef_cli._state, mef_cli._credentials, mef_cli._gba, mef_cli._est,
                 mef_cli._crl_publisher, mef_cli._crls, mef_cli.serve]
     return [gateway_config.load_config, gateway_config._read_key, gateway_config._saef, gateway_config._saef_psk,
-            gateway_config._saef_certs, gateway_config._saef_maf]
+            gateway_config._saef_certs, gateway_config._saef_cert_fetch, gateway_config._saef_maf]
 
 
 def loader_strings(file: str) -> set[str]:
@@ -831,6 +860,14 @@ REFUSALS = [
     ("gateway.toml", 'flavour = "ae-id"', 'flavour = "cse-id"'),
     ("gateway.toml", 'key = "cse-in-key.pem"', ""),
     ("gateway.toml", 'revocation = "require"', 'revocation = "sometimes"'),
+    ("gateway.toml", 'revocation = "require"', 'revocation = "off"'),  # crl_urls and ocsp need a status policy
+    ("gateway.toml", "crl_refresh_s = 900", "crl_refresh_s = 0"),
+    ("gateway.toml", "crl_from_cdp = true", 'crl_from_cdp = "yes"'),
+    ("gateway.toml", '"http://pki.m2m.example.com/crl/aes-issuing.crl"', '"ftp://pki.m2m.example.com/x.crl"'),
+    ("gateway.toml", 'crl_https_ca = "crl-server-ca.pem"', 'crl_https_ca = "aes-ca.crl"'),
+    ("gateway.toml", "ocsp = true", 'ocsp = "yes"'),
+    ("gateway.toml", "ocsp_timeout_s = 5", "ocsp_timeout_s = 10"),
+    ("gateway.toml", 'ocsp_url = "https://pki.m2m.example.com/ocsp"', 'ocsp_url = "ldap://pki/"'),
     ("gateway.toml", "negative_ttl = 5", "negative_ttl = 0"),
     ("gateway.toml", "timeout = 4", "timeout = 9"),
     ("gateway.toml", 'kmid = "cse-in@maf.m2m.example.com"', ""),

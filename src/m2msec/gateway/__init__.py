@@ -99,6 +99,8 @@ Configuration (``gateway.toml``; paths relative to the file; every key, type and
     flavour = "ae-id"
     identifier = "//example.com/id-in/Cae2"
     root_of_trust = "aes-ca.pem"
+    crl_urls = ["http://pki.example.com/aes.crl"]   # optional: fetched before listening, kept fresh
+    ocsp = true                  # optional: OCSP during the handshake (ocsp_url, ocsp_timeout_s, ...)
 
     [saef_maf]                   # optional: MAF-based SAEF (KcID as psk_identity, Kc from the MAF)
     fqdn = "maf.example.com"
@@ -107,8 +109,10 @@ Configuration (``gateway.toml``; paths relative to the file; every key, type and
     kmid = "cse-in@maf.example.com"   # the gateway's own MAF Client credential (or cert/key/ca)
     km_file = "gateway-maf.key"
 
-SIGHUP re-reads ``[[saef_psk]]`` and ``[[saef_cert]]`` (and their CRL files), all or nothing,
-for new associations (:meth:`m2msec.gateway.saef.SAEFListener.reload`).
+SIGHUP re-reads ``[[saef_psk]]`` and ``[[saef_cert]]`` (and their CRL files), fetches the CRL
+URLs at once, all or nothing, for new associations
+(:meth:`m2msec.gateway.saef.SAEFListener.reload_async`; status sources:
+:mod:`m2msec.gateway.saefstatus`).
 """
 
 from __future__ import annotations
