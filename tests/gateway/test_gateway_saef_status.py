@@ -31,11 +31,26 @@ from m2msec.gateway.config import ConfigError, load_config
 from m2msec.gateway.saef import SAEFListener, build_endpoint
 from m2msec.gateway.server import Gateway
 from m2msec.net.endpoint import AEEndpoint
-from m2msec.onem2m import Operation, RequestPrimitive, ResponsePrimitive, ResponseStatusCode
-from m2msec.pki import CertificateFlavour, DevCA, IssuedCertificate, OCSPResponder, PeerCertInfo
+from m2msec.onem2m import (
+    Operation,
+    RequestPrimitive,
+    ResponsePrimitive,
+    ResponseStatusCode,
+)
+from m2msec.pki import (
+    CertificateFlavour,
+    DevCA,
+    IssuedCertificate,
+    OCSPResponder,
+    PeerCertInfo,
+)
 from m2msec.pki.crl_http import CRLHTTPServer
 from m2msec.pki.ocsp_http import OCSPHTTPServer
-from m2msec.saef import AssociationConfiguration, CredentialConfiguration, certificate_client
+from m2msec.saef import (
+    AssociationConfiguration,
+    CredentialConfiguration,
+    certificate_client,
+)
 from m2msec.saef.http import SAEFHTTPClient
 from m2msec.tls.engine import TLSFailureReason, TLSHandshakeError
 
@@ -214,7 +229,7 @@ def test_sighup_reload_fetches_at_once_and_keeps_the_refresher(world: World) -> 
 
     async def go() -> None:
         srv = CRLServer(w.ca)
-        async with srv.server as crl:
+        async with srv.server:
             config = w.write(srv.keys())
             async with rig(config) as r:
                 assert r.saef.status is not None
@@ -247,7 +262,7 @@ def test_new_crl_urls_on_reload_are_fetched_before_they_take_over(world: World) 
 
     async def go() -> None:
         srv = CRLServer(w.ca)
-        async with srv.server as crl:
+        async with srv.server:
             config = w.write("")  # no CRL URLs yet
             async with rig(config) as r:
                 w.revoke(BAD)

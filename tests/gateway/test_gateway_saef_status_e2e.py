@@ -29,10 +29,20 @@ from m2msec.net.acme import AcmeCSE
 from m2msec.net.client import OneM2MClient
 from m2msec.onem2m import Operation, RequestPrimitive, ResourceType
 from m2msec.onem2m.primitives import new_request_id
-from m2msec.pki import CertificateFlavour, DevCA, IssuedCertificate, OCSPResponder, PeerCertInfo
+from m2msec.pki import (
+    CertificateFlavour,
+    DevCA,
+    IssuedCertificate,
+    OCSPResponder,
+    PeerCertInfo,
+)
 from m2msec.pki.crl_http import CRLHTTPServer
 from m2msec.pki.ocsp_http import OCSPHTTPServer
-from m2msec.saef import AssociationConfiguration, CredentialConfiguration, certificate_client
+from m2msec.saef import (
+    AssociationConfiguration,
+    CredentialConfiguration,
+    certificate_client,
+)
 from m2msec.saef.http import SAEFHTTPClient
 from m2msec.tls.engine import TLSFailureReason, TLSHandshakeError
 

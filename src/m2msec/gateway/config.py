@@ -36,6 +36,7 @@ from m2msec.errors import M2MSecError, ParseError
 from m2msec.esprim.common import ESPRIM_SUIDS
 from m2msec.esprim.keysource import PairwiseKey
 from m2msec.keys import parse_key_id
+from m2msec.maf.client import MAFClientConfig
 from m2msec.onem2m.enums import SUID
 from m2msec.onem2m.rsc import ResponseStatusCode
 from m2msec.pki import (
@@ -50,8 +51,12 @@ from m2msec.pki import (
     load_https_ca,
 )
 from m2msec.pki.ocsp_check import PeerOCSPSettings, parse_peer_ocsp_settings
-from m2msec.maf.client import MAFClientConfig
-from m2msec.saef.config import AssociationConfiguration, CredentialConfiguration, KpsaEntry, PeerKind
+from m2msec.saef.config import (
+    AssociationConfiguration,
+    CredentialConfiguration,
+    KpsaEntry,
+    PeerKind,
+)
 from m2msec.tls.engine import CertCredentials, PSKCredentials
 from m2msec.tomlkeys import check_keys
 
@@ -354,7 +359,7 @@ def _saef_certs(doc: dict[str, Any], base: Path, credentials: CredentialConfigur
             if urls and crls is None:
                 crls = CRLStore()  # filled by the refresher (m2msec.gateway.saefstatus)
             ocsp = parse_peer_ocsp_settings(e, ("ocsp", "ocsp_url", "ocsp_https_ca", "ocsp_timeout_s"),
-                                            revocation=revocation, resolve=lambda f: str(_rel(base, f, where)))
+                                            revocation=revocation, resolve=lambda f, w=where: str(_rel(base, f, w)))
             assoc = AssociationConfiguration.entity_b(
                 cert_name_a=PeerCertInfo(CertificateFlavour(e["flavour"]), e["identifier"]),
                 root_of_trust_a=anchors, id_a=ae_id, peer_kind=PeerKind.AE, crls=crls, revocation=revocation)

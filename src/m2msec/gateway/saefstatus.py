@@ -51,7 +51,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from m2msec.gateway.config import SAEFCertEntry, SAEFConfig
-from m2msec.pki import CRLRefresher, CRLStore
+from m2msec.pki import CRLError, CRLRefresher, CRLStore
 from m2msec.pki.crl_fetch import verify_fetched_crl
 from m2msec.pki.ocsp import OCSPStore
 from m2msec.pki.ocsp_check import PeerOCSPChecker
@@ -168,7 +168,7 @@ class SAEFCertStatus:
                 for crl in g.kept():
                     try:
                         verify_fetched_crl(crl, issuers, now=now)
-                    except Exception:  # noqa: BLE001 - not vouched for by this group's issuers
+                    except CRLError:  # not vouched for by this group's issuers
                         continue
                     carried.append(crl)
         store = CRLStore([*file_crls, *carried])
