@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_maf.py [--keys 10000,1000000] [--clients 1,10,50] [--duration 3] [--rounds 3]
                                         [--latency-n 2000] [--db-dir DIR] [--workers 1]
                                         [--audit-seal-interval 0]
+    .venv/bin/python bench/bench_maf.py --decompose [--keys 10000] [--clients 10] [--rounds 3]
 
 (a) Throughput: key retrievals per second over persistent TLS-PSK connections (one MAF
 Handshake per connection, then HTTP/1.1 keep-alive) with 1, 10 and 50 concurrent clients,
@@ -22,6 +23,12 @@ store API, one transaction per 10 000 keys, the same three rows a Key Registrati
 
 (c) The SQL of one Key Retrieval, captured from the store backend, with SQLite's
 EXPLAIN QUERY PLAN: every look-up must be a primary-key search, not a scan.
+
+``--decompose`` runs, instead, one server per variant of :data:`DECOMPOSE` (the fixed body; then
+request parsing and response encoding; the durable audit record alone; the store read alone; the
+MAF; the MAF without fsync) and prints their rates and server CPU per request side by side: where
+the MAF's extra cost goes, measured rather than profiled.  ``maf-nofsync`` is an experiment
+(SQLite ``synchronous = OFF`` in that process only), not a configuration the MAF offers.
 
 Every Key Retrieval is one write transaction (its audit record, DESIGN.md section 3) and the
 SQLite store commits with ``synchronous = FULL``: the fsync per retrieval is part of what is
@@ -53,7 +60,14 @@ from typing import Any
 
 from m2msec.keys import maf_key_id
 from m2msec.maf import AdminConfig, MAFClient, MAFClientConfig, MAFServer, MAFService
-from m2msec.maf.protocol import ClientRegistrationRequest, KeyRetrievalRequest, KeyRetrievalResponse, Procedure, encode_body
+from m2msec.maf.protocol import (
+    ClientRegistrationRequest,
+    KeyRetrievalRequest,
+    KeyRetrievalResponse,
+    Procedure,
+    decode_body,
+    encode_body,
+)
 from m2msec.maf.service import NS, MAFPeer
 from m2msec.onem2m.enums import SUID
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
@@ -137,7 +151,7 @@ def query_plans(store: Store, rel: str) -> list[tuple[str, list[str]]]:
     finally:
         backend.execute = orig  # type: ignore[method-assign]
     out = []
-    with store._conn(write=False) as conn:  # noqa: SLF001
+    with store._conn(write=False) as conn:
         for sql, params in captured:
             if not sql.lstrip().upper().startswith(("SELECT", "INSERT", "UPDATE", "DELETE")):
                 continue
@@ -160,11 +174,67 @@ class PlainServer(MAFServer):
         return RSC.OK.http_status, [("Content-Type", "application/json"), ("X-M2M-RSC", str(int(RSC.OK)))], self.BODY
 
 
+#: ``--decompose``: server variants, each adding one part of a Key Retrieval to the previous one
+DECOMPOSE = {
+    "plain": "fixed body (the baseline)",
+    "codec": "+ parse the request, build and encode a real response (no store)",
+    "audit": "+ durable audit record (group commit, fsync), no store read",
+    "read": "+ store read (key registration, key value, client registration), no audit",
+    "maf": "the MAF: codec + read + durable audit",
+    "maf-nofsync": "the MAF with SQLite synchronous=OFF (experiment only: no durability)",
+}
+
+
+class DecomposeServer(MAFServer):
+    """A MAFServer doing only part of a Key Retrieval (``--decompose``; the answers of
+    "codec" and "audit" are well-formed but carry a zero key)."""
+
+    kind = "codec"
+
+    async def _dispatch(self, peer: Any, req: Any, body: bytes, exporter: Any) -> Any:
+        if self.kind in ("maf", "maf-nofsync"):
+            return await super()._dispatch(peer, req, body, exporter)
+        svc = self.service
+        request = decode_body(KeyRetrievalRequest, body)
+        if self.kind == "read":
+            found = svc._key_retrieval_cached(peer, request) or svc._key_retrieval_read(peer, request)
+            response = found[0]
+        else:
+            response, subject, details = svc._key_retrieval_answer(
+                peer.client_id, request.relative_key_id,
+                {"sourceMAFClientID": SOURCE, "adminFQDN": ADMIN, "suid": int(SUID.MAF_ESPRIM), "labels": []},
+                utc_now() + timedelta(days=1), bytes(32))
+            if self.kind == "audit":
+                await svc.audit.append_async("maf", "key_retrieval", subject, "ok", details)
+        return RSC.OK.http_status, [("Content-Type", "application/json"), ("X-M2M-RSC", str(int(RSC.OK)))], \
+            encode_body(response)
+
+
+def _no_fsync() -> None:
+    """``maf-nofsync`` only: every SQLite connection of this process commits without fsync."""
+    from m2msec.store import _backends
+
+    orig = _backends.SQLiteBackend.connect
+
+    def connect(self: Any) -> Any:
+        conn = orig(self)
+        conn.execute("PRAGMA synchronous = OFF")
+        return conn
+
+    _backends.SQLiteBackend.connect = connect  # type: ignore[method-assign]
+
+
 def serve_child(db: str, kek_file: str, kind: str, port: int = 0, reuse_port: bool = False,
                 seal_interval: float = 0.0) -> None:
+    if kind == "maf-nofsync":
+        _no_fsync()
     store = open_store(f"sqlite:///{db}", KeyEncryptionKey.from_file(kek_file), clock=utc_now)
     svc = _service(store)
-    cls = PlainServer if kind == "plain" else MAFServer
+    cls: type[MAFServer]
+    if kind in DECOMPOSE and kind not in ("plain", "maf"):
+        cls = type(f"Decompose_{kind}", (DecomposeServer,), {"kind": kind})
+    else:
+        cls = PlainServer if kind == "plain" else MAFServer
 
     async def main() -> None:
         sealer = None
@@ -282,7 +352,7 @@ async def latency(port: int, n: int, sample: list[str]) -> list[float]:
 
 def pct(values: list[float], p: float) -> float:
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
 # ------------------------------------------------------------------ main
@@ -302,11 +372,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="run the audit sealer in the MAF server every this many seconds (0: no sealer)")
     ap.add_argument("--populate-budget", type=float, default=600.0,
                     help="stop growing the store when population has taken this many seconds")
+    ap.add_argument("--decompose", action="store_true",
+                    help="instead of (a)-(c): where the MAF's extra cost goes, one server variant per part "
+                         "(plain, codec, audit, read, maf, maf-nofsync) at the first --clients count, "
+                         "store of the first --keys size")
     args = ap.parse_args(argv)
     if args.workers < 1:
         ap.error("--workers must be at least 1")
     sizes = sorted(int(x) for x in args.keys.split(","))
     client_counts = [int(x) for x in args.clients.split(",")]
+    if args.decompose:
+        return run_decompose(sizes[0], client_counts[0], args.duration, args.rounds, args.db_dir)
 
     work = Path(tempfile.mkdtemp(prefix="bench-maf-", dir=args.db_dir))
     kek = KeyEncryptionKey.generate()
@@ -366,6 +442,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         scans = [s for s, p in plans if any(step.startswith("SCAN") for step in p)]
         print("  every look-up uses an index" if not scans else f"  SCANS: {scans}")
     finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def run_decompose(size: int, clients: int, duration: float, rounds: int, db_dir: str | None) -> int:
+    """``--decompose``: every variant of :data:`DECOMPOSE` in its own server process, run in
+    turn ``rounds`` times (so that drift of the machine hits all alike); the median of each."""
+    work = Path(tempfile.mkdtemp(prefix="bench-maf-", dir=db_dir))
+    kek = KeyEncryptionKey.generate()
+    kek.write_file(work / "kek.hex")
+    db = work / "maf.db"
+    children: dict[str, Child] = {}
+    try:
+        store = create_db(db, kek)
+        sample, _secs = populate(store, size)
+        store.close()
+        print(f"database: {db} (SQLite, WAL); {size:,} keys; {clients} clients; {os.cpu_count()} CPUs")
+        for kind in DECOMPOSE:
+            children[kind] = Child(db, kek, kind)
+        runs: dict[str, list[tuple[float, float]]] = {k: [] for k in DECOMPOSE}
+        for _ in range(rounds):
+            for kind, child in children.items():
+                c0 = child.cpu()
+                done, elapsed = asyncio.run(throughput(child.port, clients, duration, sample, True))
+                runs[kind].append((done / elapsed, (child.cpu() - c0) / max(done, 1) * 1e6))
+        print(f"\nWhere a Key Retrieval's cost goes (median of {rounds} runs of {duration:g} s per variant, "
+              f"{clients} clients)")
+        print(f"{'variant':>12} {'req/s':>7} {'vs plain':>8} {'srv CPU us/req':>15}  what it does")
+        base = statistics.median(r for r, _ in runs["plain"])
+        for kind, what in DECOMPOSE.items():
+            rate = statistics.median(r for r, _ in runs[kind])
+            cpu = statistics.median(c for _, c in runs[kind])
+            print(f"{kind:>12} {rate:>7,.0f} {rate / base:>8.2f} {cpu:>15,.0f}  {what}")
+    finally:
+        for child in children.values():
+            child.stop()
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -28,3 +28,18 @@ def test_bench_maf_runs_and_reports_indexed_lookups(tmp_path: Path) -> None:
                      plan)
     assert "every look-up uses an index" in text
     assert list(tmp_path.iterdir()) == []  # the benchmark database is removed
+
+
+def test_bench_maf_decompose_prints_every_variant(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, str(BENCH), "--decompose", "--keys", "200", "--clients", "2", "--duration", "0.3",
+         "--rounds", "1", "--db-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=90,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    table = out.stdout.split("Where a Key Retrieval's cost goes", 1)[1]
+    rows = {line.split()[0]: line.split() for line in table.splitlines()[2:] if line.strip()}
+    assert list(rows) == ["plain", "codec", "audit", "read", "maf", "maf-nofsync"]
+    assert all(float(r[1].replace(",", "")) > 0 for r in rows.values())  # every variant answered (checked 2000)
+    assert rows["plain"][2] == "1.00"
+    assert list(tmp_path.iterdir()) == []
