@@ -27,6 +27,7 @@
     enrolee_ocsp_url = "http://pki.example.com/ocsp"  # optional: every query there (default: authorityInfoAccess)
     enrolee_ocsp_https_ca = "ocsp-server-ca.pem"  # optional: trust anchors of an https responder
     enrolee_ocsp_timeout_s = 5        # per query, (0, 9]
+    enrolee_ocsp_failure_cache_s = 30 # a failed query is reused this long per certificate (0 = off, <= 3600)
     audit_seal_interval_s = 300       # serve seals the audit trail at start, this often and at stop; 0 = off
     [gba]                             # optional: GBA-Based RSPF, the MEF as GBA NAF
     bsf_url = "http://127.0.0.1:8080" # the operator BSF's Zn endpoint
@@ -60,7 +61,9 @@ OCSP queries about enrolee and Enrolment Target certificates (TS-0003 8.1.2.2): 
 gives is looked up at ``enrolee_ocsp_url`` (or its authorityInfoAccess responder) while the
 handshake's final flight is held back (:class:`m2msec.pki.ocsp_check.PeerOCSPChecker`); a
 REVOKED answer ends the handshake with alert certificate_revoked, ``require`` also refuses a
-certificate without a good answer.
+certificate without a good answer; a failed query is reused for ``enrolee_ocsp_failure_cache_s``
+(default 30, 0 = off) and decided on as a fresh failure.  Established certificate sessions are
+held against the current CRLs and held answers before each request (:mod:`m2msec.mef.server`).
 
 Revocation of EST certificates (:mod:`m2msec.mef.est_crl`): ``enrolee revoke`` revokes every
 certificate the MEF issued to that enrolee, ``est-revoke --serial`` a single one; this MEF
@@ -144,7 +147,8 @@ MEF_TOML_KEYS: dict[str, frozenset[str]] = {
                       "enrolee_crl_files", "revocation", "enrolee_crl_urls", "enrolee_crl_issuers",
                       "enrolee_crl_refresh_s", "enrolee_crl_https_ca", "crl_port", "crl_host", "crl_base_url",
                       "crl_validity_s", "ocsp_staple_url", "ocsp_staple_https_ca", "enrolee_ocsp", "enrolee_ocsp_url",
-                      "enrolee_ocsp_https_ca", "enrolee_ocsp_timeout_s", "audit_seal_interval_s"}),
+                      "enrolee_ocsp_https_ca", "enrolee_ocsp_timeout_s", "enrolee_ocsp_failure_cache_s",
+                      "audit_seal_interval_s"}),
     "gba": frozenset({"bsf_url", "naf_token"}),
 }
 
@@ -235,7 +239,8 @@ def _load(config: Path) -> dict[str, Any]:
         mef["enrolee_ocsp"] = parse_peer_ocsp_settings(
             mef, ("enrolee_ocsp", "enrolee_ocsp_url", "enrolee_ocsp_https_ca", "enrolee_ocsp_timeout_s"),
             revocation=mef["revocation"],
-            resolve=lambda f: f if Path(f).is_absolute() else str((base / f).resolve()))
+            resolve=lambda f: f if Path(f).is_absolute() else str((base / f).resolve()),
+            failure_cache_key="enrolee_ocsp_failure_cache_s")
     except (TypeError, ValueError) as exc:
         _fail(ValueError(f"{config}: [mef] {exc}"))
     return mef

@@ -30,6 +30,19 @@ in a synchronous verify hook; a network query there would block the event loop.
    issuer key hash and serial); a cancelled handshake does not cancel the shared query.
    Held answers are reused by every connection of the process until their nextUpdate
    (a REVOKED answer for ever, as in :func:`m2msec.pki.ocsp.ocsp_evidence`).
+   Failures are remembered too (:attr:`~PeerOCSPChecker.failure_cache`, seconds; 0 = off):
+   a query that gave no GOOD or REVOKED answer (responder unreachable, timeout, HTTP error,
+   malformed / unsigned / forged / unauthorised response, status *unknown*) is not sent again
+   for the same certificate (same key as the shared query: issuer name hash, issuer key
+   hash, serial) within that window; the remembered failure is the problem of the next
+   handshakes and step 5 decides on it exactly as on a fresh one (``require`` refuses,
+   ``if-available`` accepts): a cached failure never becomes GOOD.  Per certificate, not per
+   responder: a failure met with one certificate decides nothing about another (a
+   per-responder cache would let one client's failed query - or one transient error -
+   refuse every client under ``require`` or wave every client through unchecked under
+   ``if-available`` for the whole window), while the cost it removes - a full timeout on
+   every reconnection of one client - is per certificate.  Concurrent handshakes of
+   different certificates already overlap their queries on the event loop.
 5. Decision after the queries (:func:`m2msec.pki.ocsp.ocsp_evidence` on the store):
    REVOKED anywhere on the path refuses (``certificate_revoked``, whatever the policy);
    under ``require`` a certificate with neither a current CRL (the hook's GOOD) nor a
@@ -46,7 +59,7 @@ import ssl
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography import x509
@@ -61,12 +74,14 @@ from m2msec.pki.ocsp import OCSPStore, _key_hash, _name_hash, ocsp_evidence
 from m2msec.pki.ocsp_http import OCSPClient
 from m2msec.pki.verify import VerifiedPeer
 
-__all__ = ["DEFAULT_PEER_OCSP_TIMEOUT", "PeerOCSPChecker", "ocsp_urls", "verified_peer_of"]
+__all__ = ["DEFAULT_FAILURE_CACHE", "DEFAULT_PEER_OCSP_TIMEOUT", "PeerOCSPChecker", "ocsp_urls", "verified_peer_of"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PEER_OCSP_TIMEOUT = 5.0  # below the 10 s handshake timeout of the services
 MAX_PEER_OCSP_TIMEOUT = 9.0
+DEFAULT_FAILURE_CACHE = 30.0  # maf.toml client_ocsp_failure_cache_s / mef.toml enrolee_ocsp_failure_cache_s
+MAX_FAILURE_CACHE = 3600.0
 _SCHEMES = ("http", "https")
 
 Clock = Callable[[], datetime]
@@ -114,13 +129,15 @@ class PeerOCSPChecker:
     responder for every query (None: the certificates' authorityInfoAccess).  ``https_ca``: a
     PEM file (or an ``ssl.SSLContext``) with the CAs of an https responder.  ``store``: held
     answers, shared with the verify hooks (a new one by default).  ``queries`` counts the
-    queries sent (for the logs and the tests).
+    queries sent (for the logs and the tests).  ``failure_cache``: seconds a failed query is
+    remembered per certificate and reused instead of a new query (0: off; see the module
+    docstring); ``failures_reused`` counts the reuses.
     """
 
     def __init__(self, *, clock: Clock, policy: RevocationPolicy | str = RevocationPolicy.IF_AVAILABLE,
                  url: str | None = None, https_ca: str | os.PathLike[str] | ssl.SSLContext | None = None,
                  timeout: float = DEFAULT_PEER_OCSP_TIMEOUT, store: OCSPStore | None = None,
-                 max_serials: int = 100_000) -> None:
+                 max_serials: int = 100_000, failure_cache: float = 0.0) -> None:
         self.policy = RevocationPolicy(policy)
         if self.policy is RevocationPolicy.OFF:
             raise ValueError("OCSP status checks need revocation = if-available or require (not off)")
@@ -133,6 +150,8 @@ class PeerOCSPChecker:
                 raise ValueError(f"not an http(s) OCSP URL: {redact_url(url)!r}")
         if max_serials <= 0:
             raise ValueError("max_serials must be positive")
+        if isinstance(failure_cache, bool) or not 0 <= failure_cache <= MAX_FAILURE_CACHE:
+            raise ValueError(f"the OCSP failure cache must be 0 (off) to {MAX_FAILURE_CACHE:g} seconds")
         self.clock = clock
         self.url = url
         self.https_ca: ssl.SSLContext | None = (
@@ -141,6 +160,10 @@ class PeerOCSPChecker:
         self.store = store if store is not None else OCSPStore()
         self.max_serials = max_serials
         self.queries = 0
+        self.failure_cache = float(failure_cache)
+        #: handshakes decided on a remembered failure instead of a new query
+        self.failures_reused = 0
+        self._failures: dict[tuple[bytes, bytes, int], tuple[datetime, str]] = {}  # key -> (until, problem)
         self._inflight: dict[tuple[bytes, bytes, int], asyncio.Task[str | None]] = {}
 
     def __repr__(self) -> str:
@@ -182,7 +205,8 @@ class PeerOCSPChecker:
         """Query what is undetermined and decide (raises :class:`CertificateVerificationError`)."""
         todo = self.undetermined(vp) if todo is None else todo
         problems: dict[int, str] = {}
-        await asyncio.gather(*(self._query_shared(c, i, problems) for c, i in todo))
+        fresh: set[int] = set()  # serials queried now (not decided on a remembered failure)
+        await asyncio.gather(*(self._query_shared(c, i, problems, fresh) for c, i in todo))
         now = self.clock()
         statuses = list(vp.revocation)
         unknown: list[str] = []
@@ -198,6 +222,8 @@ class PeerOCSPChecker:
                 statuses[vp.path.index(cert)] = RevocationStatus.GOOD
                 continue
             why = problems.get(cert.serial_number) or (ev.problems[0] if ev.problems else "no usable answer")
+            if cert.serial_number in fresh:
+                self._remember_failure(cert, issuer, why, now)
             unknown.append(f"{what}: {why}")
         if unknown and self.policy is RevocationPolicy.REQUIRE:
             raise _refuse(VerificationReason.REVOCATION_UNKNOWN,
@@ -213,7 +239,45 @@ class PeerOCSPChecker:
         h = hashes.SHA256()
         return _name_hash(issuer, h), _key_hash(issuer, h), cert.serial_number
 
-    async def _query_shared(self, cert: x509.Certificate, issuer: x509.Certificate, problems: dict[int, str]) -> None:
+    def _remember_failure(self, cert: x509.Certificate, issuer: x509.Certificate, problem: str,
+                          now: datetime) -> None:
+        if self.failure_cache <= 0:
+            return
+        failures = self._failures
+        if len(failures) >= self.max_serials:  # bound the memory: expired first, then the oldest half
+            for k in [k for k, (until, _) in failures.items() if until <= now]:
+                del failures[k]
+            if len(failures) >= self.max_serials:
+                for k in list(failures)[: len(failures) // 2 + 1]:
+                    del failures[k]
+        key = self._key(cert, issuer)
+        failures.pop(key, None)  # re-inserted last (insertion order = age)
+        failures[key] = (now + timedelta(seconds=self.failure_cache), problem)
+
+    def remembered_failure(self, cert: x509.Certificate, issuer: x509.Certificate) -> str | None:
+        """The failure of ``cert``'s last query while it is within ``failure_cache`` (else None)."""
+        if not self._failures:
+            return None
+        key = self._key(cert, issuer)
+        hit = self._failures.get(key)
+        if hit is None:
+            return None
+        until, problem = hit
+        if self.clock() >= until:
+            self._failures.pop(key, None)
+            return None
+        return problem
+
+    async def _query_shared(self, cert: x509.Certificate, issuer: x509.Certificate, problems: dict[int, str],
+                            fresh: set[int]) -> None:
+        cached = self.remembered_failure(cert, issuer)
+        if cached is not None:
+            self.failures_reused += 1
+            log.info("OCSP query for serial %x not repeated: it failed less than %gs ago (%s)",
+                     cert.serial_number, self.failure_cache, cached)
+            problems[cert.serial_number] = f"{cached} (remembered failure, no new query)"
+            return
+        fresh.add(cert.serial_number)
         key = self._key(cert, issuer)
         task = self._inflight.get(key)
         if task is None or task.done():
@@ -249,30 +313,35 @@ class PeerOCSPChecker:
 
 @dataclass(frozen=True)
 class PeerOCSPSettings:
-    """``client_ocsp*`` of maf.toml ``[tls]`` / ``enrolee_ocsp*`` of mef.toml ``[mef]``: on, URL, https CA, timeout."""
+    """``client_ocsp*`` of maf.toml ``[tls]`` / ``enrolee_ocsp*`` of mef.toml ``[mef]``: on, URL, https CA,
+    timeout, failure cache."""
 
     url: str | None = None
     https_ca: str | None = None  # resolved PEM file name
     timeout: float = DEFAULT_PEER_OCSP_TIMEOUT
+    failure_cache: float = 0.0  # seconds a failed query is reused (0: off)
 
     def checker(self, *, clock: Clock, policy: RevocationPolicy | str) -> PeerOCSPChecker:
         return PeerOCSPChecker(clock=clock, policy=policy, url=self.url, https_ca=self.https_ca,
-                               timeout=self.timeout)
+                               timeout=self.timeout, failure_cache=self.failure_cache)
 
 
 def parse_peer_ocsp_settings(table: dict[str, Any], keys: tuple[str, str, str, str], *,
                              revocation: RevocationPolicy | str,
-                             resolve: Callable[[str], str]) -> PeerOCSPSettings | None:
+                             resolve: Callable[[str], str],
+                             failure_cache_key: str | None = None) -> PeerOCSPSettings | None:
     """The settings of ``table`` under ``keys`` = (on/off, URL, https CA file, timeout), e.g.
     ``("client_ocsp", "client_ocsp_url", "client_ocsp_https_ca", "client_ocsp_timeout_s")``;
     None when the first is absent or false.  ValueError / TypeError for a malformed value, for
     the other keys without the first = true and for ``revocation = "off"``.  ``resolve`` turns a
-    file name into a path (relative to the configuration file)."""
+    file name into a path (relative to the configuration file).  ``failure_cache_key``: the key
+    of the failure cache in seconds (0 to 3600, default :data:`DEFAULT_FAILURE_CACHE`); without
+    it the settings have no failure cache (0)."""
     on_key, url_key, ca_key, t_key = keys
     enabled = table.get(on_key, False)
     if not isinstance(enabled, bool):
         raise TypeError(f"{on_key} must be true or false")
-    others = [k for k in (url_key, ca_key, t_key) if k in table]
+    others = [k for k in (url_key, ca_key, t_key, failure_cache_key) if k is not None and k in table]
     if not enabled:
         if others:
             raise ValueError(f"{', '.join(others)} without {on_key} = true")
@@ -299,7 +368,14 @@ def parse_peer_ocsp_settings(table: dict[str, Any], keys: tuple[str, str, str, s
     timeout = table.get(t_key, DEFAULT_PEER_OCSP_TIMEOUT)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= MAX_PEER_OCSP_TIMEOUT:
         raise ValueError(f"{t_key} must be a number of seconds in (0, {MAX_PEER_OCSP_TIMEOUT:g}]")
-    return PeerOCSPSettings(url=url, https_ca=https_ca, timeout=float(timeout))
+    failure_cache = 0.0
+    if failure_cache_key is not None:
+        fc = table.get(failure_cache_key, DEFAULT_FAILURE_CACHE)
+        if isinstance(fc, bool) or not isinstance(fc, int | float) or not 0 <= fc <= MAX_FAILURE_CACHE:
+            raise ValueError(f"{failure_cache_key} must be a number of seconds from 0 (off) to "
+                             f"{MAX_FAILURE_CACHE:g}")
+        failure_cache = float(fc)
+    return PeerOCSPSettings(url=url, https_ca=https_ca, timeout=float(timeout), failure_cache=failure_cache)
 
 
 __all__ += ["PeerOCSPSettings", "parse_peer_ocsp_settings"]
