@@ -22,6 +22,11 @@ is the verify hook's second status source and the engine's ``peer_status_check``
 certificate whose status no current CRL or held answer gives is looked up while the server's
 Finished is held back (:mod:`m2msec.tls.engine`); a refusal ends the handshake with
 ``certificate_revoked`` / ``certificate_unknown``, so no request of that connection is read.
+Established certificate sessions (:mod:`m2msec.pki.session_status`): before each request the
+session's path is held against the current client CRLs and held OCSP answers (re-checked
+only after either changed); a certificate revoked since the handshake gets
+ORIGINATOR_NOT_AUTHENTICATED (4106, HTTP 403, ``Connection: close``, audited as ``session``)
+and the connection is closed.  ``[tls] client_ocsp_failure_cache_s`` reuses a failed query.
 """
 
 from __future__ import annotations
@@ -152,7 +157,7 @@ MAF_TOML_KEYS: dict[str, frozenset[str]] = {
     "tls": frozenset({"cert", "key", "client_trust_anchors", "client_crls", "client_crl_urls", "client_crl_issuers",
                       "client_crl_from_cdp", "client_crl_refresh_s", "client_crl_https_ca", "revocation",
                       "ocsp_staple_url", "ocsp_staple_https_ca", "client_ocsp", "client_ocsp_url",
-                      "client_ocsp_https_ca", "client_ocsp_timeout_s"}),
+                      "client_ocsp_https_ca", "client_ocsp_timeout_s", "client_ocsp_failure_cache_s"}),
     "admin[]": frozenset({"fqdn", "client_config"}),
 }
 MAF_TOML_FREE = ("admin[].client_config",)  # the stakeholder's MAF Client Configuration: any members
@@ -203,6 +208,9 @@ def load_config(path: str | Path) -> MAFServerConfig:
                                            # (default: the certificate's authorityInfoAccess)
         client_ocsp_https_ca = "ocsp-server-ca.pem"  # optional: trust anchors of an https responder
         client_ocsp_timeout_s = 5          # per query, (0, 9]
+        client_ocsp_failure_cache_s = 30   # a failed query is reused this long per certificate
+                                           # (0 = off, at most 3600); revocation decides on it as on
+                                           # a fresh failure
         [[admin]]
         fqdn = "sp.example.com"
         client_config = { httpPort = 8443 }  # optional MAF Client Configuration (8.8.2.4)
@@ -288,7 +296,8 @@ def load_config(path: str | Path) -> MAFServerConfig:
                 raise ValueError("ocsp_staple_https_ca without ocsp_staple_url")
             client_ocsp = parse_peer_ocsp_settings(
                 tls, ("client_ocsp", "client_ocsp_url", "client_ocsp_https_ca", "client_ocsp_timeout_s"),
-                revocation=revocation, resolve=lambda f: str(rel(f)))
+                revocation=revocation, resolve=lambda f: str(rel(f)),
+                failure_cache_key="client_ocsp_failure_cache_s")
         kek_file = data.get("kek_file")
         if "mef" in data:  # checked here, not first when serve builds the MEF client
             mef_t = data["mef"]
@@ -404,6 +413,7 @@ class MAFServer:
         except M2MSecError as exc:
             self._handshake_failed(exc, writer.get_extra_info("peername"))
             return
+        cert_status = self.service.session_status(peer)  # None for PSK sessions: nothing per request
         exported: list[tuple[bytes, bytes]] = []
 
         def exporter() -> tuple[bytes, bytes]:
@@ -422,6 +432,12 @@ class MAFServer:
                     await self._send(conn, writer, status, headers, out)
                     return
                 if event is None:
+                    return
+                if cert_status is not None and (why := cert_status.revoked()) is not None:
+                    # revoked since the handshake (a refreshed CRL, a held OCSP answer): refuse, close
+                    status, headers, out = _error(await self.service.refuse_revoked_session(peer, why))
+                    headers.append(("Connection", "close"))
+                    await self._send(conn, writer, status, headers, out)
                     return
                 status, headers, out = await self._dispatch(peer, event, body, exporter)
                 await self._send(conn, writer, status, headers, out)

@@ -138,6 +138,7 @@ from m2msec.onem2m.timestamps import Clock, ensure_utc, format_timestamp
 from m2msec.pki import CertificateFlavour, CertificateVerificationError, PeerCertInfo, VerificationReason, VerifiedPeer
 from m2msec.pki import CRLStore, RevocationPolicy
 from m2msec.pki.ocsp_check import PeerOCSPChecker
+from m2msec.pki.session_status import SessionStatus, SessionStatusGuard
 from m2msec.store import (
     AuditBatcher,
     DuplicateError,
@@ -447,6 +448,10 @@ class MAFService:
         # OCSP queries about client certificates (8.1.2.2): its store is the hook's second source,
         # its status_check runs after the handshake while the engine holds the final flight
         self.client_ocsp = client_ocsp
+        #: the current status of established certificate sessions (the same CRL and OCSP stores,
+        #: re-checked only when one of them changed; m2msec.pki.session_status)
+        self.session_guard = SessionStatusGuard(crls=client_crls, ocsp=client_ocsp.store if client_ocsp else None,
+                                                clock=clock)
         self.max_registration_lifetime = max_registration_lifetime
         self.max_key_lifetime = max_key_lifetime
         self._pending: dict[str, tuple[bytes, datetime | None, str | None, datetime]] = {}
@@ -682,6 +687,23 @@ class MAFService:
             cred_type = _CERT_CRED_TYPE.get(vp.flavour, 0)
             return MAFPeer("cert", cid, f"{cred_type}-{vp.identifier}", verified=vp)
         raise MAFError("the MAF Handshake did not authenticate the client", rsc=RSC.ORIGINATOR_NOT_AUTHENTICATED)
+
+    def session_status(self, peer: MAFPeer) -> SessionStatus | None:
+        """What the server asks before each request of a certificate session whether its client
+        certificate has been revoked since the handshake (None: PSK session or no status source)."""
+        return self.session_guard.session(peer.verified) if peer.verified is not None else None
+
+    async def refuse_revoked_session(self, peer: MAFPeer, reason: str) -> MAFError:
+        """The refusal (4106, audited) of a request on a session whose certificate is now revoked."""
+        exc = MAFError(f"the client certificate of this session has been revoked: {reason}",
+                       rsc=RSC.ORIGINATOR_NOT_AUTHENTICATED)
+        log.info("MAF session of %s refused and closed: %s", peer.client_id, reason)
+        try:
+            await self.audit.append_async("maf", "session", peer.client_id or peer.credential_id,
+                                          f"refused {int(exc.rsc)}", {"reason": exc.args[0]})
+        except M2MSecError:  # pragma: no cover - the refusal is what matters
+            log.exception("could not audit a refusal")
+        return exc
 
     # ------------------------------------------------------------------ helpers
 

@@ -29,6 +29,12 @@ One TLS 1.2 listener serves both RSPFs and MEF Key Retrieval:
   or its own Kre (an enrolled Enrolee B); the X-M2M-Origin must be the identity
   the handshake authenticated and must be granted that SUID for that enrolee.
 
+Established certificate sessions (TS-0003 8.1.2.2, :mod:`m2msec.pki.session_status`): before
+each request the session's validated path is held against the current enrolee CRLs and held
+OCSP answers (re-checked only after either changed); a certificate revoked since the
+handshake gets ORIGINATOR_NOT_AUTHENTICATED (4106, HTTP 403, ``Connection: close``, audited)
+and the connection is closed.
+
 HTTP/1.1 is framed by h11; the wire format is in ``docs/mef-protocol.md``.
 """
 
@@ -65,6 +71,7 @@ from m2msec.mef.state import MEFError, MEFState, SessionPeer
 from m2msec.net.h11io import next_cycle, read_request, write_response
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.pki import CertificateVerificationError, VerificationReason, VerifiedPeer
+from m2msec.pki.session_status import SessionStatus, SessionStatusGuard
 from m2msec.tls.aio import TLSStreamWriter, start_server
 from m2msec.tls.engine import CertCredentials, Role, TLSConfig, TLSContext, TLSEngine
 from m2msec.tls.pkiverify import PKIVerifyHook, tls_alert_for
@@ -139,6 +146,9 @@ class MEFServer:
                   "verify_peer": _CertVerifier(state), "verify_peer_authoritative": True,
                   "ocsp_staple": ocsp_staple,
                   "peer_status_check": state.enrolee_ocsp.status_check if state.enrolee_ocsp else None}
+        #: the current status of established certificate sessions (m2msec.pki.session_status)
+        self.session_guard = SessionStatusGuard(
+            crls=state.enrolee_crls, ocsp=state.enrolee_ocsp.store if state.enrolee_ocsp else None, clock=state.clock)
         if gba is not None:
             kw["psk_identity_hint"] = GBA_PSK_IDENTITY_HINT  # TS 33.222: "3GPP-bootstrapping"
         self.tls_context = TLSContext(TLSConfig(role=Role.SERVER, psk_lookup=self._psk_lookup, **kw))
@@ -196,8 +206,16 @@ class MEFServer:
         return None
 
     # -- HTTP ------------------------------------------------------------------------------
+    def session_status(self, engine: TLSEngine) -> SessionStatus | None:
+        """The status of a certificate session's path, asked before each request (None: PSK/GBA session)."""
+        pv = engine.peer_verification
+        if isinstance(pv, tuple) and len(pv) == 2 and isinstance(pv[1], VerifiedPeer):
+            return self.session_guard.session(pv[1])
+        return None
+
     async def _connection(self, reader: asyncio.StreamReader, writer: TLSStreamWriter) -> None:
         peer = self.session_peer(writer.engine)
+        cert_status = self.session_status(writer.engine)  # None for PSK sessions: nothing per request
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_BODY)
         while True:
             try:
@@ -210,6 +228,15 @@ class MEFServer:
                 return
             rqi = _header(req.headers, b"x-m2m-ri")
             path = req.target.decode("latin-1").split("?", 1)[0]
+            if cert_status is not None and (why := cert_status.revoked()) is not None:
+                # revoked since the handshake (a refreshed CRL, a held OCSP answer): refuse and close
+                msg = f"the certificate of this session has been revoked: {why}"
+                log.info("MEF session of %s refused and closed: %s", peer.identity if peer else "?", why)
+                self.state.audit("request", peer.identity if peer else "?", "refused",
+                                 {"path": path[:120], "rsc": int(RSC.ORIGINATOR_NOT_AUTHENTICATED), "why": msg})
+                await self._send(conn, writer, RSC.ORIGINATOR_NOT_AUTHENTICATED, rqi, FetchFailure(msg).to_json(),
+                                 extra=(("Connection", "close"),))
+                return
             if self.est is not None and path.startswith(EST_PREFIX):
                 chain = writer.engine.peer_certificate_chain()
                 ctype = _header(req.headers, b"content-type")
