@@ -44,7 +44,7 @@ import m2msec.gateway.config as gateway_config
 import m2msec.maf.server as maf_server
 import m2msec.mef.cli as mef_cli
 from m2msec.errors import M2MSecError
-from m2msec.pki.ocsp_check import DEFAULT_PEER_OCSP_TIMEOUT
+from m2msec.pki.ocsp_check import DEFAULT_FAILURE_CACHE, DEFAULT_PEER_OCSP_TIMEOUT
 from m2msec.pki import CertificateFlavour, CRLFetcher, CRLStore, DevCA
 from m2msec.store import KeyEncryptionKey
 
@@ -384,6 +384,8 @@ MAF: dict[tuple[str, str], Accessor] = {
     ("tls", "client_ocsp_https_ca"): lambda b, _: ("file", _checker_https_ca(b.server.service.client_ocsp)),
     ("tls", "client_ocsp_timeout_s"): lambda b, _: (b.server.service.client_ocsp.timeout
                                                     if b.server.service.client_ocsp else DEFAULT_PEER_OCSP_TIMEOUT),
+    ("tls", "client_ocsp_failure_cache_s"): lambda b, _: (b.server.service.client_ocsp.failure_cache
+                                                          if b.server.service.client_ocsp else DEFAULT_FAILURE_CACHE),
     ("admin", "fqdn"): lambda b, _: [a.fqdn for a in b.cfg.admins],
     ("admin", "client_config"): lambda b, _: [a.client_config for a in b.cfg.admins],
 }
@@ -416,6 +418,8 @@ MEF: dict[tuple[str, str], Accessor] = {
     ("mef", "enrolee_ocsp_https_ca"): lambda b, _: ("file", _checker_https_ca(b.state.enrolee_ocsp)),
     ("mef", "enrolee_ocsp_timeout_s"): lambda b, _: (b.state.enrolee_ocsp.timeout if b.state.enrolee_ocsp
                                                      else DEFAULT_PEER_OCSP_TIMEOUT),
+    ("mef", "enrolee_ocsp_failure_cache_s"): lambda b, _: (b.state.enrolee_ocsp.failure_cache if b.state.enrolee_ocsp
+                                                           else DEFAULT_FAILURE_CACHE),
     ("mef", "crl_port"): lambda b, _: b.mef.get("crl_port"),
     ("mef", "audit_seal_interval_s"): lambda b, _: b.mef["audit_seal_interval_s"],
     ("mef", "crl_host"): lambda b, _: b.mef.get("crl_host", b.mef.get("host", "127.0.0.1")),
@@ -828,6 +832,8 @@ REFUSALS = [
     ("maf.toml", 'key = "maf-key.pem"', ""),  # [tls] needs key
     ("maf.toml", 'client_crl_https_ca = "crl-server-ca.pem"', 'client_crl_https_ca = "no-ca.crl"'),
     ("maf.toml", "client_ocsp_timeout_s = 5", "client_ocsp_timeout_s = 0"),
+    ("maf.toml", "client_ocsp_failure_cache_s = 30", "client_ocsp_failure_cache_s = -1"),
+    ("maf.toml", "client_ocsp_failure_cache_s = 30", "client_ocsp_failure_cache_s = 3601"),
     ("maf.toml", "client_ocsp = true", 'client_ocsp = "yes"'),
     ("maf.toml", 'client_ocsp_url = "https://pki.m2m.example.com/ocsp"', 'client_ocsp_url = "ldap://pki/"'),
     ("maf.toml", 'revocation = "require"', 'revocation = "off"'),  # client_ocsp needs a status policy
@@ -837,6 +843,7 @@ REFUSALS = [
     ("mef.toml", "audit_seal_interval_s = 60", "audit_seal_interval_s = 86401"),
     ("mef.toml", "audit_seal_interval_s = 60", "audit_seal_interval_s = true"),
     ("mef.toml", "enrolee_ocsp_timeout_s = 5", "enrolee_ocsp_timeout_s = 10"),
+    ("mef.toml", "enrolee_ocsp_failure_cache_s = 30", 'enrolee_ocsp_failure_cache_s = "30"'),
     ("mef.toml", "enrolee_ocsp = true", "enrolee_ocsp = 1"),
     ("mef.toml", 'revocation = "require"', 'revocation = "off"'),  # enrolee_ocsp needs a status policy
     ("mef.toml", 'revocation = "require"', 'revocation = "sometimes"'),
