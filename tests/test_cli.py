@@ -92,3 +92,6 @@ def test_demo_runs_as_a_process(tmp_path):
     assert "PSK-AES128-CCM8" in out and "4103 ORIGINATOR_HAS_NO_PRIVILEGE" in out
     # step 6: nested sign-then-encrypt in XML, opened and the signer checked
     assert "application/json:0:4: sign-enc" in out
+    # step 6: signature-only MIC in JWS compact; a changed reading is refused
+    assert "application/json:0:1: verified by the key holder" in out
+    assert "same JWS with the reading changed refused: BAD_SIGNATURE (rsc 4000)" in out

@@ -207,9 +207,11 @@ def step_certificate_saef(ctx: DemoContext) -> list[tuple[str, str]]:
 def step_esdata(ctx: DemoContext) -> list[tuple[str, str]]:
     """ESData (TS-0003 8.5): a reading sealed for two targets (JWE JSON, A128KW, A128GCM)
     and put in a contentInstance with its contentInfo; each target opens it with its own key.
-    Then Nested Sign-then-Encrypt in XML (contentSecurity 4, XML-DSig inside XML-Enc): signed
+    Signature-only: a MIC (HS256, JWS compact) under a provisioned key; a changed reading is
+    refused.  Then Nested Sign-then-Encrypt in XML (contentSecurity 4, XML-DSig inside XML-Enc): signed
     with the sensor's AE-ID certificate, encrypted for a target certificate; the target checks
     the signer, and a reading claiming another Source is refused."""
+    import base64
     import json
     from datetime import datetime, timezone
 
@@ -220,6 +222,7 @@ def step_esdata(ctx: DemoContext) -> list[tuple[str, str]]:
         InMemoryKeySource,
         Source,
         SymmetricRecipient,
+        SymmetricSigner,
         Target,
         from_content_instance,
         pki_verifier,
@@ -243,6 +246,24 @@ def step_esdata(ctx: DemoContext) -> list[tuple[str, str]]:
         opened_by.append(kid.split("@")[0][:8] + "…")
     if reading in json.dumps(cin).encode():
         raise RuntimeError("plaintext visible in the contentInstance")
+
+    # Signature-only: a MIC (HS256) under a provisioned symmetric key, JWS compact
+    mic_kid, mic_key = f"{secrets.token_hex(16)}@mef.m2msec.example", secrets.token_bytes(32)
+    signed = Source().seal(reading, serialization="compact", content_type="application/json",
+                           signers=[SymmetricSigner(mic_kid, mic_key, "HS256", suid=15)])
+    mic_cin = to_content_instance(signed)
+    mic_keys = InMemoryKeySource()
+    mic_keys.add_symmetric(mic_kid, mic_key, suid=15)
+    checked = Target(mic_keys).open(from_content_instance(mic_cin))
+    if checked.payload != reading or [s.kid for s in checked.signatures] != [mic_kid]:
+        raise RuntimeError("the MIC did not verify")
+    header, _body, mic = str(mic_cin["con"]).split(".")
+    forged_body = base64.urlsafe_b64encode(json.dumps({"temperature": 35.0, "unit": "Cel"}).encode()).rstrip(b"=")
+    try:
+        Target(mic_keys).open(from_content_instance({**mic_cin, "con": ".".join((header, forged_body.decode(), mic))}))
+        raise RuntimeError("a changed reading passed the MIC")
+    except ESDataError as exc:
+        forged = f"refused: {exc.reason.value} (rsc {int(exc.rsc)})"
 
     # Nested Sign-then-Encrypt, XML serialization, certificates on both ends
     now = lambda: datetime.now(timezone.utc)  # noqa: E731
@@ -273,6 +294,8 @@ def step_esdata(ctx: DemoContext) -> list[tuple[str, str]]:
         ("con (what any CSE stores)", str(cin["con"])[:60] + "…"),
         ("opened by targets", ", ".join(opened_by)),
         ("plaintext in the contentInstance", "no"),
+        ("signature-only, MIC HS256, JWS compact (cnf)", f"{mic_cin['cnf']}: verified by the key holder"),
+        ("same JWS with the reading changed", forged),
         ("nested sign-then-encrypt, XML (cnf)", f"{xml_cin['cnf']}: {nested.security_class.value}, "
                                                 f"{len(nested.data)} octets of XML-Enc"),
         ("opened by the target certificate", f"{opened.key_management}/{opened.content_encryption}, "
@@ -343,7 +366,8 @@ STEPS: list[tuple[str, Step]] = [
     ("Keys kept in the encrypted store (SQLite, AES-GCM under a KEK)", step_store),
     ("sessionESPrimKey from a pairwise key and two rand values", step_session_esprim_key),
     ("Certificate-Based SAEF: mutual TLS with 8.1.2.5 verification, HTTP over it (TS-0003 8.2)", step_certificate_saef),
-    ("ESData: a reading sealed for two targets; nested sign-then-encrypt in XML with certificates (TS-0003 8.5)",
+    ("ESData: a reading sealed for two targets; a MIC over a reading; nested sign-then-encrypt in XML with "
+     "certificates (TS-0003 8.5)",
      step_esdata),
     ("ESPrim through a real CSE (ACME) and m2msec gateway (TS-0003 8.4, TS-0004 7.6.2)", step_esprim_through_cse),
     ("ESPrim across two CSEs: AE on an MN-CSE to AE on the IN-CSE through two gateways (TS-0003 8.4, TS-0004 7.6.2)",
@@ -358,8 +382,8 @@ STEPS: list[tuple[str, Step]] = [
 ]
 
 NOT_YET_SHOWN = [
-    "ESData Signature-only (JWS with a certificate or a MIC with a symmetric key) and the compact and base64 "
-    "serializations (tested in tests/esdata)",
+    "ESData Signature-only with a certificate (JWS/XML-DSig), Encryption-only for a target certificate, and the "
+    "base64 serializations (tested in tests/esdata)",
     "several MAF and MEF instances sharing one PostgreSQL database (tested in tests/maf, tests/mef)",
 ]
 
