@@ -60,6 +60,19 @@ EXPECTED: dict[str, tuple[list[str], bool]] = {
         r"^revoked device enrols again: refused \(\[4103 ",
         r"^OK: MEF enrolment, EST certificate, revocation on the CRL$",
     ], False),
+    "saef_association.py": ([
+        r"^CSE /id-in on 127\.0\.0\.1:\d+: TLS-PSK and certificate associations$",
+        r"^sensor associated: TLSv1\.2, PSK-AES128-CBC-SHA256, psk_identity [0-9a-f]{32}@mef\.sp\.example\.com$",
+        r"^sensor CREATE as itself: 2001 CREATED$",
+        r"^sensor CREATE with From = another AE: 4106 ORIGINATOR_NOT_AUTHENTICATED$",
+        r"^app associated: TLSv1\.2, ECDHE-ECDSA-AES128-SHA256, CSE verified as /id-in$",
+        r"^app CREATE as itself: 2001 CREATED$",
+        r"^wrong Kpsa refused: handshake failed \(PSK_MISMATCH\)$",
+        r"^certificate from another CA refused: handshake failed \(BAD_CERTIFICATE\)$",
+        r"^the CSE saw: readings by //sp\.example\.com/id-in/Csensor \(psk\); "
+        r"commands by //sp\.example\.com/id-in/Capp \(certificate\)$",
+        r"^OK: PSK and certificate security associations, requests bound to the authenticated AE$",
+    ], False),
     "esprim_two_aes.py": ([
         r"^AE1 got 2000 \{'m2m:cin': \{'con': '21\.5 C'\}\} from AE2 through ACME \+ gateway at http://127\.0\.0\.1:\d+$",
     ], True),
