@@ -60,6 +60,16 @@ EXPECTED: dict[str, tuple[list[str], bool]] = {
         r"^revoked device enrols again: refused \(\[4103 ",
         r"^OK: MEF enrolment, EST certificate, revocation on the CRL$",
     ], False),
+    "escertke_keys.py": ([
+        r"^ESCertKE messages: #1 \d+ octets, #2 \d+ octets, #3 \d+ octets, #4 \d+ octets$",
+        r"^meter:  pairwiseE2EKeyID ([0-9a-f]{32}), key sha256:[0-9a-f]{16}, peer Cportal$",
+        r"^portal: pairwiseE2EKeyID [0-9a-f]{32}, key sha256:[0-9a-f]{16}, peer Cmeter$",
+        r"^ESPrim Object to the portal: \d+ characters of JWE compact, readable: False$",
+        r"^portal opened RETRIEVE /id-in/Cportal/tariff from Cmeter; meter got 2000 "
+        r"\{'m2m:cin': \{'con': '0\.21 EUR/kWh'\}\}$",
+        r"^certificate from another CA refused: AUTHENTICATION_FAILED \(rsc 4106\)$",
+        r"^OK: ESCertKE key agreed by both AEs and used for ESPrim$",
+    ], False),
     "saef_association.py": ([
         r"^CSE /id-in on 127\.0\.0\.1:\d+: TLS-PSK and certificate associations$",
         r"^sensor associated: TLSv1\.2, PSK-AES128-CBC-SHA256, psk_identity [0-9a-f]{32}@mef\.sp\.example\.com$",
