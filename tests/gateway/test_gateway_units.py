@@ -198,6 +198,7 @@ def test_send_reads_esi_in_either_form(form: str) -> None:
             r = await so.send(inner(), RECV, RECV)
             r2 = await so.send(inner(), RECV, RECV)
             assert so.rand_object_requests == 0 and peer.retrieves == 1  # esi read once, session reused
+            assert r.pc == r2.pc  # the first answer, through the new session, is the same
             return r2
 
     assert asyncio.run(go()).pc == {"m2m:dbg": f"hello {ORIG}"}

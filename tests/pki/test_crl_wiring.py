@@ -138,7 +138,7 @@ def test_mef_certificate_rspf_verifier(pki: dict, tmp_path: Path) -> None:
 def test_tls_cli_options(pki: dict, tmp_path: Path) -> None:
     from m2msec.tls.cli import _config
 
-    ca, d = pki["ca"], pki["dir"]
+    d = pki["dir"]
     leaf = pki["good"]
     pem = serialization.Encoding.PEM
     (tmp_path / "c.pem").write_bytes(b"".join(c.public_bytes(pem) for c in chain(leaf)))
