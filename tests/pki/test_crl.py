@@ -328,9 +328,9 @@ def test_unusable_crl(world: dict, case: str, policy: str) -> None:
         kw["extensions"] = [(UNKNOWN_EXT, True)]
         why = "unsupported critical extension"
     elif case == "delta":
-        kw["extensions"] = [(x509.DeltaCRLIndicator(1), True)]
+        kw["extensions"] = [(x509.DeltaCRLIndicator(1), False)]  # RFC 5280 5.2.4: MUST be critical
         kw["number"] = 2
-        why = "delta CRLs are not supported"
+        why = "deltaCRLIndicator of a delta CRL must be critical"
     elif case == "indirect-idp":
         kw["extensions"] = [(x509.IssuingDistributionPoint(None, None, False, False, None, True, False), True)]
         why = "indirect CRLs are not supported"

@@ -186,17 +186,18 @@ def test_verify_fetched_crl_picks_the_issuer_and_refuses_others(pki: DevCA, evil
     assert verify_fetched_crl(stale, issuers(pki), now=now()) == pki.trust_anchor  # proves revocation still
 
 
-def _delta_crl(ca: DevCA) -> x509.CertificateRevocationList:
+def _delta_crl(ca: DevCA, *, critical: bool = True) -> x509.CertificateRevocationList:
     t = now()
     return (x509.CertificateRevocationListBuilder().issuer_name(ca.trust_anchor.subject).last_update(t)
             .next_update(t + timedelta(days=1)).add_extension(x509.CRLNumber(500), critical=False)
-            .add_extension(x509.DeltaCRLIndicator(1), critical=True)
+            .add_extension(x509.DeltaCRLIndicator(1), critical=critical)
             .sign(ca._root_key, hashes.SHA256()))  # noqa: SLF001
 
 
-def test_verify_fetched_crl_refuses_delta_crl(pki: DevCA) -> None:
-    with pytest.raises(CRLFetchError, match="delta CRLs are not supported"):
-        verify_fetched_crl(_delta_crl(pki), issuers(pki), now=now())
+def test_verify_fetched_crl_takes_a_delta_crl_with_a_critical_indicator(pki: DevCA) -> None:
+    assert verify_fetched_crl(_delta_crl(pki), issuers(pki), now=now()) == pki.trust_anchor  # RFC 5280 5.2.4
+    with pytest.raises(CRLFetchError, match="deltaCRLIndicator of a delta CRL must be critical"):
+        verify_fetched_crl(_delta_crl(pki, critical=False), issuers(pki), now=now())
 
 
 # ------------------------------------------------------------------ fetching
@@ -290,8 +291,8 @@ def test_refusals_keep_the_previous_crl(primed: tuple[CRLServer, CRLStore, x509.
     _refused(srv, store, good, f, "HTTP status 500", use_async=use_async)
     srv.routes["/c.crl"] = Route(body=evil.issue_crl(now=now()).public_bytes(DER))
     _refused(srv, store, good, f, "not a configured issuer", use_async=use_async)
-    srv.routes["/c.crl"] = Route(body=_delta_crl(pki).public_bytes(DER))
-    _refused(srv, store, good, f, "delta CRLs", use_async=use_async)
+    srv.routes["/c.crl"] = Route(body=_delta_crl(pki, critical=False).public_bytes(DER))
+    _refused(srv, store, good, f, "must be critical", use_async=use_async)
     srv.routes["/c.crl"] = Route(body=pki.issue_crl(now=now()).public_bytes(DER), delay=1.5)
     t0 = time.monotonic()
     _refused(srv, store, good, f, "timed out", use_async=use_async)

@@ -8,7 +8,16 @@ profiles, public key identifiers, CSR profile).
 from __future__ import annotations
 
 from m2msec.pki.ca import DevCA, IssuedCertificate, build_name_constraints
-from m2msec.pki.crl import CRLStore, RevocationPolicy, RevocationStatus, crl_number, load_crl_files, load_crls
+from m2msec.pki.crl import (
+    CRLStore,
+    RevocationPolicy,
+    RevocationStatus,
+    crl_number,
+    delta_base_number,
+    is_delta_crl,
+    load_crl_files,
+    load_crls,
+)
 from m2msec.pki.crl_fetch import (
     CRLFetcher,
     CRLFetchError,
@@ -16,6 +25,7 @@ from m2msec.pki.crl_fetch import (
     FetchOutcome,
     FetchResult,
     distribution_points,
+    freshest_crl_points,
     load_https_ca,
     verify_fetched_crl,
 )
@@ -102,6 +112,9 @@ __all__ = [
     "generate_private_key",
     "identifiers_of",
     "crl_number",
+    "delta_base_number",
+    "freshest_crl_points",
+    "is_delta_crl",
     "load_crl_files",
     "load_crls",
     "load_https_ca",

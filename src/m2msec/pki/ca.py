@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -333,7 +333,7 @@ class DevCA:
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware")
         if reason is x509.ReasonFlags.remove_from_crl:
-            raise CRLError("removeFromCRL is only meaningful in delta CRLs, which this CA does not issue")
+            raise CRLError("removeFromCRL is not a revocation: use release_hold and list it in a delta CRL")
         if isinstance(certificate_or_serial, x509.Certificate):
             which = self.signer_of(certificate_or_serial)
             if signer is not None and signer != which:
@@ -354,17 +354,61 @@ class DevCA:
         return entry
 
     def issue_crl(
-        self, *, now: datetime, signer: CASigner | None = None, validity: timedelta = DEFAULT_CRL_VALIDITY
+        self, *, now: datetime, signer: CASigner | None = None, validity: timedelta = DEFAULT_CRL_VALIDITY,
+        freshest_url: str | None = None,
     ) -> x509.CertificateRevocationList:
         """Sign the complete CRL of ``signer`` (default: the issuing CA) with its next cRLNumber.
 
         The number is consumed: persist with :meth:`save_revocations` before publishing the CRL.
+        ``freshest_url``: where its delta CRLs are published (a freshestCRL extension, RFC 5280 5.2.6).
         """
         which = signer or self.issuing_signer
         cert, key = self._signer(which)
         number = self.next_crl_number[which]
         crl = build_crl(issuer_cert=cert, issuer_key=key, entries=self.revoked[which].values(), number=number,
-                        this_update=now, validity=validity)
+                        this_update=now, validity=validity, freshest_urls=[freshest_url] if freshest_url else ())
+        self.next_crl_number[which] = number + 1
+        return crl
+
+    def release_hold(self, certificate_or_serial: x509.Certificate | int, *,
+                     signer: CASigner | None = None) -> RevocationEntry:
+        """Take a certificate on hold (reason certificateHold) off its signer's revocation list
+        (RFC 5280 5.3.1); the next delta CRL should list it with removeFromCRL
+        (:meth:`issue_delta_crl` ``released=``).  CRLError when it is not on hold."""
+        if isinstance(certificate_or_serial, x509.Certificate):
+            which = signer or self.signer_of(certificate_or_serial)
+            serial = certificate_or_serial.serial_number
+        else:
+            which, serial = signer or self.issuing_signer, int(certificate_or_serial)
+        entry = self.revoked[which].get(serial)
+        if entry is None or entry.reason is not x509.ReasonFlags.certificate_hold:
+            raise CRLError(f"certificate {serial:x} is not on hold")
+        del self.revoked[which][serial]
+        return entry
+
+    def issue_delta_crl(
+        self, *, base_number: int, now: datetime, signer: CASigner | None = None,
+        validity: timedelta = timedelta(days=1), released: Iterable[int] = (),
+    ) -> x509.CertificateRevocationList:
+        """Sign a delta CRL (RFC 5280 5.2.4) of ``signer`` for the complete CRL ``base_number``,
+        with the next cRLNumber of the same sequence (consumed like :meth:`issue_crl`).
+
+        It lists every certificate revoked now (a superset of the changes since the base: the
+        CA keeps no history; listing an unchanged revocation again is harmless) and each serial
+        of ``released`` with reason removeFromCRL (holds released since the base, see
+        :meth:`release_hold`).  ``validity`` (default one day) is usually much shorter than the
+        base's."""
+        which = signer or self.issuing_signer
+        cert, key = self._signer(which)
+        number = self.next_crl_number[which]
+        if not 0 < base_number < number:
+            raise CRLError(f"base_number must be a complete CRL already issued (1..{number - 1})")
+        entries = list(self.revoked[which].values())
+        listed = {e.serial_number for e in entries}
+        entries += [RevocationEntry(s, now, x509.ReasonFlags.remove_from_crl) for s in dict.fromkeys(released)
+                    if s not in listed]
+        crl = build_crl(issuer_cert=cert, issuer_key=key, entries=entries, number=number, this_update=now,
+                        validity=validity, delta_of=base_number)
         self.next_crl_number[which] = number + 1
         return crl
 

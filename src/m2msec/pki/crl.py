@@ -1,4 +1,5 @@
-"""Certificate status with CRLs (TS-0003 8.1.2.2 "Certificate status verification"; RFC 5280 5 and 6.3).
+"""Certificate status with CRLs (TS-0003 8.1.2.2 "Certificate status verification"; RFC 5280 5 and 6.3,
+delta CRLs 5.2.4, 5.2.6, 5.3.1 and 6.3.3).
 
 TS-0003 8.1.2.2 says an entity shall verify the status of a certificate with a
 Certificate Revocation List as described in RFC 5280 (OCSP is optional: held OCSP
@@ -9,7 +10,8 @@ responses, :mod:`m2msec.pki.ocsp`, are a second source here).  This module holds
   thisUpdate + the configured validity, non-critical authorityKeyIdentifier and
   cRLNumber, entries with the revocation date and (unless unspecified) a
   non-critical reasonCode; signed by the CA key with the certificate profile's
-  hash (SHA-256; SHA-384 for a P-384 CA).
+  hash (SHA-256; SHA-384 for a P-384 CA).  Optionally a non-critical
+  freshestCRL (one URI), or a delta CRL (critical deltaCRLIndicator).
 * :class:`CRLStore` - a sans-I/O holder of CRLs by issuer name that can be
   refreshed (:meth:`CRLStore.add` keeps the newest CRL per issuer and key,
   :meth:`CRLStore.replace` swaps the whole set); :func:`load_crls` /
@@ -33,13 +35,40 @@ responses, :mod:`m2msec.pki.ocsp`, are a second source here).  This module holds
   a CRL for the issuer that is present but unusable fails with CRL_INVALID when
   no other usable CRL for that issuer is present: signature not by the issuer
   key from the validated path, issuer keyUsage without cRLSign, signature hash
-  outside SHA-2, an unrecognised critical CRL or entry extension, a delta CRL
-  (deltaCRLIndicator), an indirect CRL (issuingDistributionPoint indirectCRL or
-  a certificateIssuer entry extension) or a CRL partitioned by reasons
-  (onlySomeReasons).  A CRL whose issuingDistributionPoint scope excludes the
-  certificate (onlyContainsUserCerts/CACerts/AttributeCerts, or a distribution
-  point name that none of the certificate's cRLDistributionPoints names) does
-  not apply to it.  Entries with reason removeFromCRL do not revoke.
+  outside SHA-2, an unrecognised critical CRL or entry extension, a
+  deltaCRLIndicator that is not critical or a delta CRL without cRLNumber, an
+  indirect CRL (issuingDistributionPoint indirectCRL or a certificateIssuer
+  entry extension) or a CRL partitioned by reasons (onlySomeReasons).  A CRL
+  whose issuingDistributionPoint scope excludes the certificate
+  (onlyContainsUserCerts/CACerts/AttributeCerts, or a distribution point name
+  that none of the certificate's cRLDistributionPoints names) does not apply to
+  it.  Entries with reason removeFromCRL do not revoke.
+
+Delta CRLs (RFC 5280 5.2.4, 5.2.6, 5.3.1, 6.3.3): a CRL with a (critical)
+deltaCRLIndicator is held by :class:`CRLStore` beside the complete CRLs, never in
+their place, and is checked like them (issuer name, signature with the issuer key
+of the validated path, SHA-2, cRLSign, extensions).  It is *applied* to a usable
+complete CRL of the same issuer name, authorityKeyIdentifier and scope
+(issuingDistributionPoint) when BaseCRLNumber <= the base's cRLNumber < the
+delta's cRLNumber; of several, the highest cRLNumber.  Then (6.3.3 (i)-(k)):
+
+* a certificate the delta lists (other than removeFromCRL) is REVOKED;
+* a delta entry removeFromCRL releases a certificateHold of the base; any other
+  reason in the base stands (5.3.1 allows removeFromCRL only for a released hold
+  or an expired certificate, which path validation refuses anyway);
+* otherwise the base's entries decide;
+* the status is current when the delta is (thisUpdate <= now < its nextUpdate,
+  6.3.3 (a)(2)) - the base's nextUpdate no longer matters, and a stale delta
+  makes the status not current even beside a current base (``require``:
+  REVOCATION_UNKNOWN, ``if-available``: undetermined).  Without an applicable
+  delta the base alone decides, as before (also when it names a freshestCRL).
+
+A delta that applies to no usable base (none held, or the base held is older
+than its BaseCRLNumber) never gives a GOOD status, but the certificates it lists
+(other than removeFromCRL) are REVOKED: it is a signed statement of the issuer
+later than every base held (deltas not newer than the base are dropped by the
+store).  A delta only (no complete CRL) is therefore REVOCATION_UNKNOWN under
+``require``.  An unusable delta beside a usable base is ignored.
 """
 
 from __future__ import annotations
@@ -63,6 +92,7 @@ from m2msec.pki.ocsp import OCSPStore, ocsp_evidence
 
 __all__ = [
     "DEFAULT_CRL_VALIDITY",
+    "MAX_DELTAS_PER_BASE",
     "CRLStore",
     "RevocationEntry",
     "RevocationPolicy",
@@ -70,6 +100,8 @@ __all__ = [
     "build_crl",
     "check_path_revocation",
     "crl_number",
+    "delta_base_number",
+    "is_delta_crl",
     "load_crl_files",
     "load_crls",
 ]
@@ -125,14 +157,30 @@ def build_crl(
     number: int,
     this_update: datetime,
     validity: timedelta = DEFAULT_CRL_VALIDITY,
+    delta_of: int | None = None,
+    freshest_urls: Sequence[str] = (),
 ) -> x509.CertificateRevocationList:
-    """Sign a complete (base) CRL of ``issuer_cert`` listing ``entries`` (profile: module docstring)."""
+    """Sign a CRL of ``issuer_cert`` listing ``entries`` (profile: module docstring).
+
+    Complete (base) CRL by default.  ``freshest_urls``: a non-critical freshestCRL (RFC 5280
+    5.2.6) with one distribution point naming these URIs, where the delta CRLs of this base are
+    published.  ``delta_of``: a delta CRL instead (RFC 5280 5.2.4): a critical
+    deltaCRLIndicator with this BaseCRLNumber (< ``number``: base and delta CRLs share the
+    cRLNumber sequence); its entries may have reason removeFromCRL (a released hold, 5.3.1).
+    """
     if this_update.tzinfo is None:
         raise ValueError("this_update must be timezone-aware")
     if validity <= timedelta(0):
         raise CRLError("the CRL validity (nextUpdate - thisUpdate) must be positive")
     if number < 0 or number.bit_length() > 159:  # RFC 5280 5.2.3: at most 20 octets
         raise CRLError("cRLNumber out of range")
+    if delta_of is not None and not 0 <= delta_of < number:
+        raise CRLError("a delta CRL's BaseCRLNumber must be below its own cRLNumber")
+    if delta_of is not None and freshest_urls:
+        raise CRLError("freshestCRL belongs in complete CRLs, not in delta CRLs (RFC 5280 5.2.6)")
+    entries = list(entries)
+    if delta_of is None and any(e.reason is x509.ReasonFlags.remove_from_crl for e in entries):
+        raise CRLError("removeFromCRL entries belong in delta CRLs (RFC 5280 5.3.1)")
     try:
         ski = issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
@@ -146,6 +194,11 @@ def build_crl(
         .add_extension(aki, critical=False)
         .add_extension(x509.CRLNumber(number), critical=False)
     )
+    if delta_of is not None:
+        builder = builder.add_extension(x509.DeltaCRLIndicator(delta_of), critical=True)
+    if freshest_urls:
+        builder = builder.add_extension(x509.FreshestCRL([x509.DistributionPoint(
+            [x509.UniformResourceIdentifier(u) for u in freshest_urls], None, None, None)]), critical=False)
     for e in sorted(entries, key=lambda e: e.serial_number):
         rb = x509.RevokedCertificateBuilder().serial_number(e.serial_number).revocation_date(e.revocation_date)
         if e.reason is not None and e.reason is not x509.ReasonFlags.unspecified:
@@ -180,14 +233,63 @@ def _newer(a: x509.CertificateRevocationList, b: x509.CertificateRevocationList)
     return a.last_update_utc > b.last_update_utc
 
 
+def delta_base_number(crl: x509.CertificateRevocationList) -> int | None:
+    """The BaseCRLNumber of a delta CRL (its deltaCRLIndicator, RFC 5280 5.2.4); None for a
+    complete CRL (or extensions that cannot be parsed)."""
+    try:
+        return crl.extensions.get_extension_for_class(x509.DeltaCRLIndicator).value.crl_number
+    except (x509.ExtensionNotFound, ValueError):
+        return None
+
+
+def is_delta_crl(crl: x509.CertificateRevocationList) -> bool:
+    """Does ``crl`` carry a deltaCRLIndicator (RFC 5280 5.2.4)?"""
+    return delta_base_number(crl) is not None
+
+
+def _scope(crl: x509.CertificateRevocationList) -> x509.IssuingDistributionPoint | None:
+    try:
+        return crl.extensions.get_extension_for_class(x509.IssuingDistributionPoint).value
+    except (x509.ExtensionNotFound, ValueError):
+        return None
+
+
+def _same_stream(a: x509.CertificateRevocationList, b: x509.CertificateRevocationList) -> bool:
+    """Same issuer name, authorityKeyIdentifier key id and scope (issuingDistributionPoint):
+    a delta of one applies to the other (RFC 5280 5.2.4, 6.3.3 (c)(1)-(3))."""
+    return a.issuer == b.issuer and _aki_key_id(a) == _aki_key_id(b) and _scope(a) == _scope(b)
+
+
+def _supersedes(a: x509.CertificateRevocationList, b: x509.CertificateRevocationList) -> bool:
+    """Delta ``a`` makes delta ``b`` useless: later, and applicable to every base ``b`` applies to."""
+    na, nb, ba, bb = crl_number(a), crl_number(b), delta_base_number(a), delta_base_number(b)
+    if None in (na, nb, ba, bb):
+        return False
+    return na >= nb and ba <= bb  # type: ignore[operator]
+
+
+#: at most this many delta CRLs are held per issuer, key and scope (the newest ones)
+MAX_DELTAS_PER_BASE = 4
+
+
 class CRLStore:
     """CRLs by issuer name, refreshed by the caller (sans-I/O; thread-safe).
 
-    At most one CRL is kept per (issuer name, authorityKeyIdentifier key id):
+    Complete (base) CRLs: at most one per (issuer name, authorityKeyIdentifier key id);
     :meth:`add` keeps the later issue (higher cRLNumber, else later thisUpdate).
-    CRLs are *not* validated here - that needs the issuer certificate of the
-    path being verified; an unusable CRL makes the verification of a
-    certificate of that issuer fail with CRL_INVALID.
+
+    Delta CRLs (deltaCRLIndicator, RFC 5280 5.2.4) are held beside them, never in a base's
+    place: per (issuer, key id, issuingDistributionPoint scope) the newest ones, at most
+    :data:`MAX_DELTAS_PER_BASE`.  A delta is not added (``add`` returns False) and a held one is
+    dropped when a complete CRL of the same issuer, key and scope with a cRLNumber >= the
+    delta's own is held (the base already contains it), or when another delta supersedes it
+    (higher or equal cRLNumber and a BaseCRLNumber <= its own).  A delta whose base is not held
+    is kept: :func:`check_path_revocation` uses it only beside a matching base (for revocations
+    it lists it counts on its own, see the module docstring).
+
+    CRLs are *not* validated here - that needs the issuer certificate of the path being
+    verified; an unusable CRL makes the verification of a certificate of that issuer fail with
+    CRL_INVALID (an unusable delta beside a usable base is ignored).
 
     :attr:`generation` grows by one at every change of the content (an
     :meth:`add` that keeps the CRL, every :meth:`replace`): a cache of
@@ -197,6 +299,7 @@ class CRLStore:
     def __init__(self, crls: Iterable[x509.CertificateRevocationList] = ()) -> None:
         self._lock = threading.Lock()
         self._by_issuer: dict[x509.Name, tuple[x509.CertificateRevocationList, ...]] = {}
+        self._deltas: dict[x509.Name, tuple[x509.CertificateRevocationList, ...]] = {}
         self._generation = 0
         for c in crls:
             self.add(c)
@@ -210,16 +313,20 @@ class CRLStore:
         return f"CRLStore(issuers={len(self._by_issuer)}, crls={len(self)})"
 
     def __len__(self) -> int:
-        return sum(len(v) for v in self._by_issuer.values())
+        return sum(len(v) for v in self._by_issuer.values()) + sum(len(v) for v in self._deltas.values())
 
     def __iter__(self) -> Iterator[x509.CertificateRevocationList]:
         for v in list(self._by_issuer.values()):
+            yield from v
+        for v in list(self._deltas.values()):
             yield from v
 
     def add(self, crl: x509.CertificateRevocationList) -> bool:
         """Add ``crl``; False (store unchanged) when an equal or later issue of it is already held."""
         if not isinstance(crl, x509.CertificateRevocationList):
             raise CRLError(f"not a CRL: {type(crl).__name__}")
+        if is_delta_crl(crl):
+            return self._add_delta(crl)
         key_id = _aki_key_id(crl)
         with self._lock:
             held = self._by_issuer.get(crl.issuer, ())
@@ -227,6 +334,36 @@ class CRLStore:
             if same and not _newer(crl, same[0]):
                 return False
             self._by_issuer[crl.issuer] = (*[c for c in held if _aki_key_id(c) != key_id], crl)
+            n = crl_number(crl)
+            if n is not None:  # deltas the new base contains are of no more use
+                deltas = self._deltas.get(crl.issuer, ())
+                keep = tuple(d for d in deltas if not (_same_stream(d, crl) and (crl_number(d) or 0) <= n))
+                if keep != deltas:
+                    self._set_deltas(crl.issuer, keep)
+            self._generation += 1
+            return True
+
+    def _set_deltas(self, issuer: x509.Name, deltas: tuple[x509.CertificateRevocationList, ...]) -> None:
+        if deltas:
+            self._deltas[issuer] = deltas
+        else:
+            self._deltas.pop(issuer, None)
+
+    def _add_delta(self, crl: x509.CertificateRevocationList) -> bool:
+        n = crl_number(crl)
+        with self._lock:
+            for base in self._by_issuer.get(crl.issuer, ()):
+                nb = crl_number(base)
+                if _same_stream(base, crl) and nb is not None and (n is None or n <= nb):
+                    return False  # older than (or as old as) the base held
+            held = self._deltas.get(crl.issuer, ())
+            stream = [d for d in held if _same_stream(d, crl)]
+            if any(_supersedes(d, crl) for d in stream):
+                return False
+            stream = [d for d in stream if not _supersedes(crl, d)] + [crl]
+            stream.sort(key=lambda d: crl_number(d) or 0, reverse=True)
+            others = [d for d in held if not _same_stream(d, crl)]
+            self._set_deltas(crl.issuer, (*others, *stream[:MAX_DELTAS_PER_BASE]))
             self._generation += 1
             return True
 
@@ -235,10 +372,20 @@ class CRLStore:
         fresh = CRLStore(crls)
         with self._lock:
             self._by_issuer = fresh._by_issuer
+            self._deltas = fresh._deltas
             self._generation += 1
 
-    def for_issuer(self, issuer: x509.Name) -> tuple[x509.CertificateRevocationList, ...]:
+    def complete_for(self, issuer: x509.Name) -> tuple[x509.CertificateRevocationList, ...]:
+        """The complete (base) CRLs held for ``issuer``."""
         return self._by_issuer.get(issuer, ())
+
+    def deltas_for(self, issuer: x509.Name) -> tuple[x509.CertificateRevocationList, ...]:
+        """The delta CRLs held for ``issuer`` (newest first per issuer key and scope)."""
+        return self._deltas.get(issuer, ())
+
+    def for_issuer(self, issuer: x509.Name) -> tuple[x509.CertificateRevocationList, ...]:
+        """Every CRL held for ``issuer``: the complete ones, then the deltas."""
+        return (*self._by_issuer.get(issuer, ()), *self._deltas.get(issuer, ()))
 
 
 CRLSource = CRLStore | Iterable[x509.CertificateRevocationList] | None
@@ -319,7 +466,10 @@ def _crl_problem(crl: x509.CertificateRevocationList, issuer: x509.Certificate) 
         return "the CRL extensions cannot be parsed"
     for e in exts:
         if isinstance(e.value, x509.DeltaCRLIndicator):
-            return "delta CRLs are not supported"
+            if not e.critical:  # RFC 5280 5.2.4: MUST be critical
+                return "the deltaCRLIndicator of a delta CRL must be critical"
+            if crl_number(crl) is None:  # RFC 5280 5.2.4: a delta MUST carry a cRLNumber
+                return "a delta CRL must have a cRLNumber"
         if isinstance(e.value, x509.IssuingDistributionPoint):
             if e.value.indirect_crl:
                 return "indirect CRLs are not supported"
@@ -382,6 +532,63 @@ def _reason_text(entry: x509.RevokedCertificate) -> str:
         return "unspecified"
 
 
+@dataclass(frozen=True)
+class _StatusSource:
+    """One complete CRL and the delta CRL that brings it up to date (None: no usable delta)."""
+
+    base: x509.CertificateRevocationList
+    delta: x509.CertificateRevocationList | None
+
+    @property
+    def freshness(self) -> x509.CertificateRevocationList:
+        """The CRL whose thisUpdate/nextUpdate say whether the status is current (RFC 5280 6.3.3 (a)(2))."""
+        return self.delta if self.delta is not None else self.base
+
+
+def _delta_for(base: x509.CertificateRevocationList,
+               deltas: Sequence[x509.CertificateRevocationList]) -> x509.CertificateRevocationList | None:
+    """The newest of the (verified) ``deltas`` that applies to ``base``: same issuer, key and
+    scope, BaseCRLNumber <= the base's cRLNumber < the delta's cRLNumber (RFC 5280 5.2.4)."""
+    nb = crl_number(base)
+    if nb is None:
+        return None
+    fit = [d for d in deltas if _same_stream(d, base)
+           and (delta_base_number(d) or 0) <= nb < (crl_number(d) or 0)]
+    return max(fit, key=lambda d: crl_number(d) or 0, default=None)
+
+
+def _listing(crl: x509.CertificateRevocationList, serial: int) -> x509.RevokedCertificate | None:
+    return crl.get_revoked_certificate_by_serial_number(serial)
+
+
+def _reason(entry: x509.RevokedCertificate) -> x509.ReasonFlags | None:
+    try:
+        return entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+    except (x509.ExtensionNotFound, ValueError):
+        return None
+
+
+def _revoked_by(source: _StatusSource, serial: int) -> tuple[x509.CertificateRevocationList,
+                                                              x509.RevokedCertificate] | None:
+    """The CRL and entry that revoke ``serial`` by a base and its delta (RFC 5280 6.3.3 (i)-(k)):
+    a delta entry revokes (whatever the base says); a delta entry removeFromCRL releases a
+    certificateHold of the base (any other base reason stands: RFC 5280 5.3.1 allows removeFromCRL
+    only for a released hold, or a certificate that expired, which path validation refuses anyway);
+    otherwise the base entry revokes."""
+    base_entry = _listing(source.base, serial)
+    if source.delta is not None:
+        d_entry = _listing(source.delta, serial)
+        if d_entry is not None:
+            if _entry_revokes(source.delta, d_entry):
+                return source.delta, d_entry
+            if base_entry is not None and _reason(base_entry) is x509.ReasonFlags.certificate_hold:
+                _entry_revokes(source.base, base_entry)  # its extensions must still be acceptable
+                return None
+    if base_entry is not None and _entry_revokes(source.base, base_entry):
+        return source.base, base_entry
+    return None
+
+
 def _status_of(
     cert: x509.Certificate, issuer: x509.Certificate, store: CRLStore | None, policy: RevocationPolicy,
     now: datetime, ocsp_store: OCSPStore | None = None,
@@ -393,39 +600,69 @@ def _status_of(
         reason = r.revocation_reason.value if r.revocation_reason is not None else "unspecified"
         when = r.revocation_time.isoformat() if r.revocation_time is not None else "?"
         raise _fail(R.REVOKED, f"{what} was revoked at {when} (reason {reason}, OCSP response)")
-    candidates = store.for_issuer(cert.issuer) if store is not None else ()
+    bases = store.complete_for(cert.issuer) if store is not None else ()
+    deltas = store.deltas_for(cert.issuer) if store is not None else ()
     usable: list[x509.CertificateRevocationList] = []
     problem: str | None = None
-    for crl in candidates:
+    for crl in bases:
         why = _crl_problem(crl, issuer)
         if why is not None:
             problem = problem or why
         elif _covers(crl, cert):
             usable.append(crl)
-    if not usable and problem is not None:
+    good_deltas: list[x509.CertificateRevocationList] = []
+    for crl in deltas:
+        why = _crl_problem(crl, issuer)
+        if why is not None:
+            problem = problem or why
+        elif _covers(crl, cert):
+            good_deltas.append(crl)
+    if not usable and not good_deltas and problem is not None:
         raise _fail(R.CRL_INVALID, f"CRL of {_name(cert.issuer)!r}: {problem}")
-    for crl in usable:
-        entry = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
-        if entry is not None and _entry_revokes(crl, entry):
-            raise _fail(R.REVOKED, f"{what} was revoked at {entry.revocation_date_utc.isoformat()} "
-                                   f"(reason {_reason_text(entry)}, CRL of {_name(crl.issuer)!r})")
-    current = [c for c in usable
-               if c.last_update_utc <= now and c.next_update_utc is not None and now < c.next_update_utc]
+    sources = [_StatusSource(b, _delta_for(b, good_deltas)) for b in usable]
+    # deltas not applied to a base (no base held, or one older than the delta's BaseCRLNumber):
+    # never a GOOD status, but what they list as revoked is revoked (a signed statement of the
+    # issuer, later than every base held: deltas older than a held base are not kept)
+    applied = {id(s.delta) for s in sources if s.delta is not None}
+    loose = [d for d in good_deltas
+             if id(d) not in applied and not any(_same_stream(d, b) and (crl_number(d) or 0) <= (crl_number(b) or -1)
+                                                 for b in usable)]
+    hits = [h for s in sources if (h := _revoked_by(s, cert.serial_number)) is not None]
+    for d in loose:
+        entry = _listing(d, cert.serial_number)
+        if entry is not None and _entry_revokes(d, entry):
+            hits.append((d, entry))
+    if hits:
+        crl, entry = hits[0]
+        kind = "delta CRL" if is_delta_crl(crl) else "CRL"
+        raise _fail(R.REVOKED, f"{what} was revoked at {entry.revocation_date_utc.isoformat()} "
+                               f"(reason {_reason_text(entry)}, {kind} of {_name(crl.issuer)!r})")
+    current = [s for s in sources if s.base.last_update_utc <= now and _current(s.freshness, now)]
     if current or (ev is not None and ev.good is not None):
         return RevocationStatus.GOOD
     if policy is RevocationPolicy.REQUIRE:
         if not usable:
             extra = f" (OCSP: {ev.problems[0]})" if ev is not None and ev.problems else ""
-            raise _fail(R.REVOCATION_UNKNOWN, f"no CRL of {_name(cert.issuer)!r} covers {what}{extra}")
-        c = max(usable, key=lambda c: c.last_update_utc)
-        if c.last_update_utc > now:
+            only = " (only a delta CRL, which needs its complete CRL)" if good_deltas else ""
+            raise _fail(R.REVOCATION_UNKNOWN, f"no CRL of {_name(cert.issuer)!r} covers {what}{only}{extra}")
+        s = max(sources, key=lambda s: s.freshness.last_update_utc)
+        c = s.freshness
+        kind = "delta CRL" if s.delta is not None else "CRL"
+        if s.base.last_update_utc > now:
+            why = f"is not valid before {s.base.last_update_utc.isoformat()}"
+            kind = "CRL"
+        elif c.last_update_utc > now:
             why = f"is not valid before {c.last_update_utc.isoformat()}"
         elif c.next_update_utc is None:
             why = "has no nextUpdate"
         else:
             why = f"is stale (nextUpdate {c.next_update_utc.isoformat()})"
-        raise _fail(R.REVOCATION_UNKNOWN, f"status of {what} is unknown: the CRL of {_name(cert.issuer)!r} {why}")
+        raise _fail(R.REVOCATION_UNKNOWN, f"status of {what} is unknown: the {kind} of {_name(cert.issuer)!r} {why}")
     return RevocationStatus.UNDETERMINED
+
+
+def _current(crl: x509.CertificateRevocationList, now: datetime) -> bool:
+    return crl.last_update_utc <= now and crl.next_update_utc is not None and now < crl.next_update_utc
 
 
 def check_path_revocation(

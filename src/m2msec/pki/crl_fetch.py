@@ -1,5 +1,5 @@
 """Fetching CRLs over HTTP(S) and keeping them fresh (TS-0003 8.1.2.2 "Certificate status
-verification"; RFC 5280 4.2.1.13 cRLDistributionPoints, 5 CRL profile, 6.3.3).
+verification"; RFC 5280 4.2.1.13 cRLDistributionPoints, 5 CRL profile, 5.2.6 freshestCRL, 6.3.3).
 
 TS-0003 8.1.2.2 asks for certificate status by CRL as in RFC 5280; where a relying party gets
 the CRLs from is left open.  This module adds the usual source to the configured files of
@@ -18,9 +18,11 @@ the CRLs from is left open.  This module adds the usual source to the configured
   before it enters the CRLStore** (:func:`verify_fetched_crl`): its issuer name must equal the
   subject of one of the configured issuer certificates (trust anchors and intermediate CAs)
   whose key verifies the signature and which passes the same usability checks as
-  verification (SHA-2 signature, issuer keyUsage with cRLSign, a complete CRL: no delta,
-  indirect or reason-partitioned CRL, no unknown critical extension; entries are checked at
-  use), and its thisUpdate may be at most :data:`CLOCK_SKEW` in the future.  A response is
+  verification (SHA-2 signature, issuer keyUsage with cRLSign, no indirect or reason-partitioned
+  CRL, a delta CRL only with a critical deltaCRLIndicator and a cRLNumber, no unknown critical
+  extension; entries are checked at use), and its thisUpdate may be at most :data:`CLOCK_SKEW`
+  in the future.  Delta CRLs (RFC 5280 5.2.4) are taken like complete ones; the
+  :class:`~m2msec.pki.crl.CRLStore` keeps them beside their base.  A response is
   taken all or nothing: if any CRL of a PEM body fails, none is added.  A failed fetch or a
   refused CRL leaves the store unchanged (the previous CRL stays in force) and is logged
   (``m2msec.pki.crl_fetch``, WARNING, with the URL's userinfo removed, never a body).
@@ -32,7 +34,12 @@ the CRLs from is left open.  This module adds the usual source to the configured
 * :class:`CRLRefresher` - the schedule for a long-running service: :meth:`CRLRefresher.run`
   (an asyncio task, :meth:`start` / :meth:`stop`) fetches every URL at once and then each URL
   again after ``min(nextUpdate - margin - now, period)`` (never sooner than ``min_retry``);
-  after a failure it retries after ``min_retry`` doubling up to ``period``.
+  after a failure it retries after ``min_retry`` doubling up to ``period``.  The http(s)
+  freshestCRL URIs (RFC 5280 5.2.6, :func:`freshest_crl_points`) of the complete CRLs fetched
+  from the configured URLs are fetched too, each on its own schedule: a delta CRL usually has a
+  much shorter nextUpdate than its base (RFC 5280 6.3.3 (a)(2)).  They come from CRLs that a
+  configured issuer signed, like the distribution points of configured CA certificates; a
+  peer's certificate never adds a URL.
   :meth:`CRLRefresher.trigger` makes it fetch every URL now (e.g. on SIGHUP),
   :meth:`CRLRefresher.refresh_once` is the synchronous form for CLIs and tests.  The clock and
   the sleep function are injectable.  :meth:`CRLRefresher.crls` is what the refresher has put
@@ -67,6 +74,7 @@ __all__ = [
     "DEFAULT_MIN_RETRY",
     "DEFAULT_REFRESH_MARGIN",
     "DEFAULT_REFRESH_PERIOD",
+    "MAX_FRESHEST_URLS",
     "MAX_REDIRECTS",
     "CRLFetchError",
     "CRLFetcher",
@@ -74,6 +82,7 @@ __all__ = [
     "FetchOutcome",
     "FetchResult",
     "distribution_points",
+    "freshest_crl_points",
     "load_https_ca",
     "verify_fetched_crl",
 ]
@@ -87,6 +96,8 @@ CLOCK_SKEW = timedelta(minutes=5)  # how far in the future a fetched CRL's thisU
 DEFAULT_REFRESH_PERIOD = timedelta(hours=1)
 DEFAULT_REFRESH_MARGIN = timedelta(minutes=5)
 DEFAULT_MIN_RETRY = timedelta(seconds=30)
+#: at most this many freshestCRL (delta CRL) URLs are followed per configured URL
+MAX_FRESHEST_URLS = 4
 _SCHEMES = ("http", "https")
 _ACCEPT = "application/pkix-crl, application/x-pem-file;q=0.9, */*;q=0.5"
 
@@ -113,8 +124,27 @@ def distribution_points(cert: x509.Certificate) -> list[str]:
         return []
     except ValueError:
         raise CRLError("the certificate's extensions cannot be parsed") from None
+    return _http_full_names(cdps)
+
+
+def freshest_crl_points(crl: x509.CertificateRevocationList) -> list[str]:
+    """The http/https fullName URIs of a *complete* CRL's freshestCRL extension (RFC 5280 5.2.6:
+    where its delta CRLs are published), filtered like :func:`distribution_points`.  ``[]`` for
+    a delta CRL (5.2.6: the extension belongs in complete CRLs), without the extension, or when
+    the CRL's extensions cannot be parsed."""
+    try:
+        exts = crl.extensions
+        if any(isinstance(e.value, x509.DeltaCRLIndicator) for e in exts):
+            return []
+        fresh = exts.get_extension_for_class(x509.FreshestCRL).value
+    except (x509.ExtensionNotFound, ValueError):
+        return []
+    return _http_full_names(fresh)
+
+
+def _http_full_names(dps: Iterable[x509.DistributionPoint]) -> list[str]:
     out: list[str] = []
-    for dp in cdps:
+    for dp in dps:
         if dp.crl_issuer or dp.reasons or not dp.full_name:
             continue
         for gn in dp.full_name:
@@ -179,7 +209,8 @@ def verify_fetched_crl(
 
     One of ``issuers`` (configured trust anchors / intermediate CAs) must have the CRL's issuer
     name as subject and pass :func:`m2msec.pki.crl._crl_problem` (signature with its key,
-    SHA-2, cRLSign, complete CRL, no unknown critical extension); thisUpdate must not be later
+    SHA-2, cRLSign, no indirect or reason-partitioned CRL, a delta CRL only with a critical
+    deltaCRLIndicator and a cRLNumber, no unknown critical extension); thisUpdate must not be later
     than ``now + clock_skew``.  A stale CRL (nextUpdate passed) is accepted: it still proves
     revocation, and the store keeps the later issue anyway.
     """
@@ -436,6 +467,14 @@ class CRLRefresher(BackgroundTask):
     ``issuers``: the certificates allowed to sign the CRLs (trust anchors and intermediate CAs).
     ``clock`` and ``sleep`` are injectable; ``period``, ``margin`` and ``min_retry`` set the
     schedule; ``timeout``/``max_size``/``max_redirects``/``https_ca`` go to the :class:`CRLFetcher`.
+
+    ``follow_freshest`` (default True): the http(s) freshestCRL URIs of the verified complete
+    CRLs fetched from ``urls`` (:func:`freshest_crl_points`, at most :data:`MAX_FRESHEST_URLS`
+    per URL) are fetched too, with the same fetcher (limits, timeout, verification) and each on
+    its own schedule (a delta's short nextUpdate makes its URL come round sooner).  They are
+    fetched in the round that discovers them and again whenever their base CRL changed;
+    :attr:`delta_urls` lists them.  A delta CRL's own freshestCRL is never followed, and a URL
+    the base no longer names is dropped (with what was fetched from it).
     """
 
     _task_name = "CRL refresher"
@@ -455,6 +494,7 @@ class CRLRefresher(BackgroundTask):
         max_size: int = DEFAULT_MAX_CRL_SIZE,
         max_redirects: int = MAX_REDIRECTS,
         https_ca: str | os.PathLike[str] | ssl.SSLContext | None = None,
+        follow_freshest: bool = True,
     ) -> None:
         if period <= timedelta(0) or min_retry <= timedelta(0) or margin < timedelta(0):
             raise ValueError("period and min_retry must be positive, margin not negative")
@@ -469,6 +509,8 @@ class CRLRefresher(BackgroundTask):
         self._due: dict[str, datetime] = {}
         self._failures: dict[str, int] = {}
         self.last: dict[str, FetchResult] = {}
+        self.follow_freshest = follow_freshest
+        self._freshest: dict[str, tuple[str, ...]] = {}  # configured URL -> delta CRL URLs its CRLs name
 
     def __repr__(self) -> str:
         return f"CRLRefresher(urls={len(self.urls)}, period={self.period}, store={self.fetcher.store!r})"
@@ -498,7 +540,49 @@ class CRLRefresher(BackgroundTask):
         """When ``url`` is next fetched (None before its first fetch)."""
         return self._due.get(url)
 
+    @property
+    def delta_urls(self) -> tuple[str, ...]:
+        """The freshestCRL URLs currently followed (not among :attr:`urls`), in discovery order."""
+        out = dict.fromkeys(u for us in self._freshest.values() for u in us if u not in self.urls)
+        return tuple(out)
+
+    @property
+    def scheduled_urls(self) -> tuple[str, ...]:
+        """Every URL the refresher fetches: :attr:`urls`, then :attr:`delta_urls`."""
+        return (*self.urls, *self.delta_urls)
+
+    def _discover(self, result: FetchResult) -> list[str]:
+        """Update the freshestCRL URLs named by the CRLs of a configured URL after ``result``;
+        the delta URLs to fetch now (new ones, and all of them when the base changed)."""
+        if not self.follow_freshest or not result.ok or result.url not in self.urls:
+            return []
+        names: list[str] = []
+        for crl in self.fetcher.crls_of(result.url):
+            for u in freshest_crl_points(crl):
+                try:
+                    _check_url(u)
+                except ValueError:
+                    continue
+                if u not in names and u != result.url:
+                    names.append(u)
+        names = names[:MAX_FRESHEST_URLS]
+        before = set(self.delta_urls)
+        self._freshest[result.url] = tuple(names)
+        after = set(self.delta_urls)
+        for gone in before - after:  # no longer named by any base: stop fetching, forget its CRLs
+            log.info("delta CRL URL %s no longer named by a freshestCRL; not fetched any more", redact_url(gone))
+            for d in (self._due, self._failures, self.last, self.fetcher._state):
+                d.pop(gone, None)
+        new = [u for u in names if u in after and u not in before]
+        for u in new:
+            log.info("following freshestCRL %s of the CRL at %s", redact_url(u), redact_url(result.url))
+        if result.outcome is FetchOutcome.UPDATED:
+            return [u for u in names if u in after]
+        return new
+
     def _record(self, result: FetchResult) -> FetchResult:
+        if result.url not in self.urls and result.url not in self.delta_urls:
+            return result  # a delta URL dropped while it was being fetched
         self.last[result.url] = result
         if result.ok:
             self._failures.pop(result.url, None)
@@ -507,25 +591,42 @@ class CRLRefresher(BackgroundTask):
         self._due[result.url] = result.at + self.next_delay(result)
         return result
 
+    def _follow(self, results: Sequence[FetchResult], fetched: Iterable[str]) -> list[str]:
+        done = set(fetched)
+        out: list[str] = []
+        for r in results:
+            out += [u for u in self._discover(r) if u not in done and u not in out]
+        return out
+
     # -- one round
     def refresh_once(self, urls: Iterable[str] | None = None) -> list[FetchResult]:
-        """Fetch ``urls`` (default: all) now, one after the other (blocking)."""
+        """Fetch ``urls`` (default: all scheduled) now, one after the other (blocking), then the
+        delta CRL URLs their CRLs name that are new or whose base changed."""
+        todo = self.scheduled_urls if urls is None else tuple(urls)
         with httpx.Client(**self.fetcher._client_kwargs()) as client:  # type: ignore[arg-type]
-            return [self._record(self.fetcher.fetch_sync(u, client=client))
-                    for u in (self.urls if urls is None else tuple(urls))]
+            results = [self._record(self.fetcher.fetch_sync(u, client=client)) for u in todo]
+            more = self._follow(results, todo)
+            results += [self._record(self.fetcher.fetch_sync(u, client=client)) for u in more]
+        return results
 
     async def refresh(self, urls: Iterable[str] | None = None) -> list[FetchResult]:
-        """Fetch ``urls`` (default: all) now, concurrently."""
+        """Fetch ``urls`` (default: all scheduled) now, concurrently, then the delta CRL URLs
+        their CRLs name that are new or whose base changed."""
+        todo = self.scheduled_urls if urls is None else tuple(urls)
         async with httpx.AsyncClient(**self.fetcher._client_kwargs()) as client:  # type: ignore[arg-type]
-            results = await asyncio.gather(*(self.fetcher.fetch(u, client=client)
-                                             for u in (self.urls if urls is None else tuple(urls))))
-        return [self._record(r) for r in results]
+            results = [self._record(r) for r in await asyncio.gather(
+                *(self.fetcher.fetch(u, client=client) for u in todo))]
+            more = self._follow(results, todo)
+            if more:
+                results += [self._record(r) for r in await asyncio.gather(
+                    *(self.fetcher.fetch(u, client=client) for u in more))]
+        return results
 
     # -- long-running task
     def trigger(self) -> None:
-        """Mark every URL due now and wake :meth:`run` (e.g. on SIGHUP)."""
+        """Mark every URL (delta CRL URLs included) due now and wake :meth:`run` (e.g. on SIGHUP)."""
         now = self._clock()
-        for u in self.urls:
+        for u in self.scheduled_urls:
             self._due[u] = now
         self._wake_up()
 
@@ -537,7 +638,8 @@ class CRLRefresher(BackgroundTask):
         try:
             while True:  # a URL never fetched is due now
                 now = self._clock()
-                due = [u for u in self.urls if self._due.get(u, now) <= now]
+                scheduled = self.scheduled_urls
+                due = [u for u in scheduled if self._due.get(u, now) <= now]
                 if due:
                     try:
                         await self.refresh(due)
@@ -546,6 +648,6 @@ class CRLRefresher(BackgroundTask):
                         for u in due:
                             self._due[u] = now + self.min_retry
                     continue
-                await self._nap((min(self._due[u] for u in self.urls) - now).total_seconds())
+                await self._nap((min(self._due[u] for u in scheduled) - now).total_seconds())
         finally:
             self._wake = None
