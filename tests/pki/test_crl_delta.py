@@ -333,3 +333,73 @@ def test_devca_issues_delta_crls_and_releases_holds() -> None:
     with pytest.raises(CertificateVerificationError) as e:
         check(kept, [base, delta])  # revoked after the base: only the delta knows
     assert e.value.reason_code is R.REVOKED
+
+
+# ------------------------------------------------------------------ CLI and OpenSSL
+
+
+def test_cli_issues_base_with_freshest_url_and_delta_and_openssl_agrees(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    from datetime import UTC
+
+    from typer.testing import CliRunner
+
+    from m2msec.pki.cli import app
+
+    env = {"M2MSEC_CA_PASSPHRASE": "delta-cli-pass"}
+    runner = CliRunner()
+
+    def cli(*args: str) -> object:
+        return runner.invoke(app, list(args), env=env)
+
+    d = tmp_path / "ca"
+    r = cli("init-ca", str(d), "--name", "CLI Delta SP", "--permit-dns", "m2m.example.com", "--intermediate")
+    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    for stem in ("good", "bad"):
+        r = cli("issue", str(d), "--flavour", "cse-id", "--id", CSE, "--out", str(tmp_path / stem))
+        assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    r = cli("crl", str(d), "--out", str(tmp_path / "base.crl"), "--freshest-url", "http://crl.example.com/d.crl")
+    assert r.exit_code == 0 and "crl_number: 1" in r.output, r.output  # type: ignore[attr-defined]
+    r = cli("revoke", str(d), "--cert", str(tmp_path / "bad.crt.pem"), "--reason", "keyCompromise")
+    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    r = cli("crl", str(d), "--out", str(tmp_path / "delta.crl"), "--delta-of", "1")
+    out = r.output  # type: ignore[attr-defined]
+    assert r.exit_code == 0 and "crl_number: 2" in out and "delta_of: 1" in out and "revoked: 1" in out, out
+    r = cli("crl", str(d), "--ca", "root", "--out", str(tmp_path / "root.crl"))
+    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    r = cli("crl", str(d), "--out", str(tmp_path / "x.crl"), "--delta-of", "1", "--freshest-url", "http://x/d.crl")
+    assert r.exit_code == 1 and "cannot go with --delta-of" in r.output  # type: ignore[attr-defined]
+    r = cli("crl", str(d), "--out", str(tmp_path / "x.crl"), "--delta-of", "99")
+    assert r.exit_code == 1 and "base_number" in r.output  # type: ignore[attr-defined]
+    base = x509.load_pem_x509_crl((tmp_path / "base.crl").read_bytes())
+    delta = x509.load_pem_x509_crl((tmp_path / "delta.crl").read_bytes())
+    assert freshest_crl_points(base) == ["http://crl.example.com/d.crl"] and delta_base_number(delta) == 1
+    assert delta.next_update_utc - delta.last_update_utc == timedelta(days=1)
+
+    ca = DevCA.load(d, env["M2MSEC_CA_PASSPHRASE"].encode())
+    (tmp_path / "root.pem").write_bytes(ca.root_cert.public_bytes(PEM))
+    (tmp_path / "inter.pem").write_bytes(ca.intermediate_cert.public_bytes(PEM))  # type: ignore[union-attr]
+    openssl = shutil.which("openssl")
+    now = datetime.now(UTC)
+    p = lambda n: str(tmp_path / n)
+    for name in ("good", "bad"):
+        cert = x509.load_pem_x509_certificate((tmp_path / f"{name}.crt.pem").read_bytes())
+        for crls in (["base.crl", "root.crl"], ["base.crl", "delta.crl", "root.crl"]):
+            store = CRLStore(load_crl_files([p(c) for c in crls]))
+            try:
+                verify_peer_certificate([cert, ca.intermediate_cert], expected=EXPECTED,  # type: ignore[list-item]
+                                        trust_anchors=[ca.trust_anchor], now=now, crls=store, revocation="require")
+                ours = True
+            except CertificateVerificationError as exc:
+                assert exc.reason_code is R.REVOKED
+                ours = False
+            assert ours is not (name == "bad" and "delta.crl" in crls)
+            if openssl is None:
+                continue
+            args = [openssl, "verify", "-crl_check_all", "-use_deltas", "-CAfile", p("root.pem"),
+                    "-untrusted", p("inter.pem")]
+            for c in crls:
+                args += ["-CRLfile", p(c)]
+            res = subprocess.run([*args, p(f"{name}.crt.pem")], capture_output=True, text=True, timeout=20, check=False)
+            assert (res.returncode == 0) is ours, (name, crls, res.stdout, res.stderr)

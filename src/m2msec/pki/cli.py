@@ -209,14 +209,30 @@ def crl(
     out: Annotated[Path, typer.Option("--out", help="File to write the CRL to.")],
     passphrase: PassphraseOpt,
     ca_name: Annotated[Optional[Signer], typer.Option("--ca", help="Which CA's CRL (default: the issuing CA).")] = None,
-    days: Annotated[int, typer.Option("--days", min=1, help="nextUpdate = now + days.")] = 7,
+    days: Annotated[Optional[int], typer.Option(
+        "--days", min=1, help="nextUpdate = now + days (default 7; 1 with --delta-of).")] = None,
     der: Annotated[bool, typer.Option("--der/--pem", help="Output encoding.")] = False,
+    freshest_url: Annotated[Optional[str], typer.Option(
+        "--freshest-url", help="Name where the delta CRLs of this complete CRL are published (freshestCRL).")] = None,
+    delta_of: Annotated[Optional[int], typer.Option(
+        "--delta-of", min=1, help="Issue a delta CRL for the complete CRL with this cRLNumber instead.")] = None,
 ) -> None:
-    """Issue a complete CRL (next cRLNumber) and write it as PEM or DER."""
+    """Issue a complete CRL (next cRLNumber) and write it as PEM or DER.
+
+    ``--delta-of N``: a delta CRL (RFC 5280 5.2.4) for complete CRL N instead, listing every
+    certificate revoked now; ``--freshest-url URL``: the complete CRL names URL as where its
+    deltas are (RFC 5280 5.2.6).  Both share the CA's cRLNumber sequence."""
     try:
+        if delta_of is not None and freshest_url is not None:
+            raise ValueError("--freshest-url names the deltas of a complete CRL; it cannot go with --delta-of")
         ca = DevCA.load(directory, passphrase.encode())
-        c = ca.issue_crl(now=_now(), signer=ca_name.value if ca_name else None,  # type: ignore[arg-type]
-                         validity=timedelta(days=days))
+        signer = ca_name.value if ca_name else None
+        if delta_of is not None:
+            c = ca.issue_delta_crl(base_number=delta_of, now=_now(), signer=signer,  # type: ignore[arg-type]
+                                   validity=timedelta(days=days or 1))
+        else:
+            c = ca.issue_crl(now=_now(), signer=signer, validity=timedelta(days=days or 7),  # type: ignore[arg-type]
+                             freshest_url=freshest_url)
         ca.save_revocations(directory)  # the number is consumed before the CRL is published
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(c.public_bytes(serialization.Encoding.DER if der else serialization.Encoding.PEM))
@@ -224,6 +240,8 @@ def crl(
         _fail(str(exc) if isinstance(exc, M2MSecError) else f"{type(exc).__name__}: {exc}")
     typer.echo(f"crl: {out}")
     typer.echo(f"crl_number: {c.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number}")
+    if delta_of is not None:
+        typer.echo(f"delta_of: {delta_of}")
     typer.echo(f"revoked: {len(c)}")
     typer.echo(f"next_update: {c.next_update_utc.isoformat() if c.next_update_utc else '-'}")
 
