@@ -444,6 +444,7 @@ GATEWAY: dict[tuple[str, str], Accessor] = {
     ("gateway", "poa_ttl"): lambda b, _: b.gateway.poa_ttl,
     ("gateway", "enforce_acp"): lambda b, _: b.gateway.enforce_acp,
     ("gateway", "trace_file"): lambda b, _: b.cfg.trace_file and b.cfg.trace_file.name,
+    ("gateway", "audit_seal_interval_s"): lambda b, _: b.cfg.audit_seal_interval,
     ("receiver", "suids"): lambda b, _: [int(s) for s in b.gateway.receiver.policy.supported_suids],
     ("receiver", "shared_lifetime"): lambda b, _: b.gateway.receiver.policy.shared_lifetime.total_seconds(),
     ("receiver", "unique_lifetime"): lambda b, _: b.gateway.receiver.policy.unique_lifetime.total_seconds(),
@@ -854,6 +855,8 @@ REFUSALS = [
     ("mef.toml", 'naf_token = "zn-token-of-this-mef"', ""),  # [gba] needs a token (none in the environment)
     ("mef.toml", 'store = "sqlite:///var/lib/m2msec/mef.db"', ""),
     ("gateway.toml", "enforce_acp = false", 'enforce_acp = "no"'),
+    ("gateway.toml", "audit_seal_interval_s = 60", "audit_seal_interval_s = 0.2"),
+    ("gateway.toml", "audit_seal_interval_s = 60", 'audit_seal_interval_s = "60"'),
     ("gateway.toml", 'sp_id = "//m2m.example.com"', 'sp_id = "//"'),
     ("gateway.toml", 'key_file = "cae2.key"', 'key_file = "cae2.key"\nkey_hex = "00112233445566778899aabbccddeeff"'),
     ("gateway.toml", "suid = 23", "suid = 12"),

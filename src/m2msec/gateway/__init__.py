@@ -59,6 +59,7 @@ Configuration (``gateway.toml``; paths relative to the file; every key, type and
     poa_ttl = 30                 # seconds an AE's pointOfAccess and ACPs are cached
     enforce_acp = true           # NOTIFY privilege checked for m2m:seci Notifies to AEs (default)
     trace_file = "trace.jsonl"   # optional: every forwarded HTTP message, for audits/tests
+    audit_seal_interval_s = 300  # seal the store's audit trail this often, at start and at stop (0: off)
 
     [receiver]                   # the CSE's ESPrim Receiver policy (optional)
     suids = [13, 23]
@@ -109,10 +110,24 @@ Configuration (``gateway.toml``; paths relative to the file; every key, type and
     kmid = "cse-in@maf.example.com"   # the gateway's own MAF Client credential (or cert/key/ca)
     km_file = "gateway-maf.key"
 
-SIGHUP re-reads ``[[saef_psk]]`` and ``[[saef_cert]]`` (and their CRL files), fetches the CRL
-URLs at once, all or nothing, for new associations
-(:meth:`m2msec.gateway.saef.SAEFListener.reload_async`; status sources:
-:mod:`m2msec.gateway.saefstatus`).
+SIGHUP re-reads the whole file and, if all of it is valid, puts its SAEF settings in force at
+once (:meth:`m2msec.gateway.saef.SAEFListener.reload_async`): ``[[saef_psk]]``, ``[[saef_cert]]``
+(and their CRL files; CRL URLs fetched at once, before the switch; status sources:
+:mod:`m2msec.gateway.saefstatus`), ``[saef] cert``/``key``, ``[saef_maf]`` and
+``require_saef_for`` (the plain listener refuses the new list from its next request on).  If
+anything in the file is invalid, all previous settings stay and one ``error: saef not
+reloaded: ...`` line names the problem.  Established associations keep the context they were
+accepted with.  ``[saef_maf]``: an unchanged block keeps the MAF Client, its MAF session and
+cached Kc; a changed one gets a new MAF Client for the handshakes accepted from then on, while
+handshakes already accepted finish with the previous client, which is closed once its
+retrievals in flight ended (:meth:`m2msec.gateway.saefmaf.MAFSAEFDirectory.retire`); a removed
+one stops the MAF-based SAEF the same way.  ``[saef] listen`` is not reloadable: a changed
+address is a ``warning:`` line (restart needed) and the rest is reloaded.  The other tables
+need a restart.
+
+``serve`` seals the store's audit trail itself (``[gateway] audit_seal_interval_s``, default
+300 s, 0 = off; :class:`m2msec.store.autoseal.AuditSealer`): at start, every interval, and once
+more after both listeners closed on SIGTERM/SIGINT (TS-0003 6.2.5.2; profile S10).
 """
 
 from __future__ import annotations

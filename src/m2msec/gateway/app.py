@@ -71,17 +71,11 @@ def build(config: GatewayConfig, *, clock: Any = None, store: Store | None = Non
     )
     if config.saef is not None:
         from m2msec.gateway.saef import SAEFListener  # noqa: PLC0415
-        from m2msec.gateway.saefmaf import MAFSAEFDirectory, maf_bound_ae_id  # noqa: PLC0415
+        from m2msec.gateway.saefmaf import build_directory  # noqa: PLC0415
 
         maf = None
-        m = config.saef.maf
-        if m is not None:  # MAF-based SAEF (8.2.2.3): Kc retrieved from the MAF on first sight of a KcID
-
-            def bind(source_id: str) -> str | None:
-                return maf_bound_ae_id(source_id, cse_id=config.cse_id, sp_id=config.sp_id)
-
-            maf = MAFSAEFDirectory(m.client_config(clock), bind=bind, clock=clock, timeout=m.timeout,
-                                   negative_ttl=m.negative_ttl, registration_lifetime=m.registration_lifetime)
+        if config.saef.maf is not None:  # MAF-based SAEF (8.2.2.3): Kc retrieved from the MAF on first sight of a KcID
+            maf = build_directory(config.saef.maf, cse_id=config.cse_id, sp_id=config.sp_id, clock=clock)
         # certificate associations with CRL URLs / OCSP get their status sources (8.1.2.2, saefstatus)
         gw.saef_listener = SAEFListener.for_config(gw, config.saef, clock=clock, sp_id=config.sp_id, maf=maf)
     return gw, store

@@ -45,9 +45,11 @@ def serve(
 ) -> None:
     """Serve until SIGTERM/SIGINT.  Prints ``listening on URL`` once ready, then
     ``saef listening on HOST:PORT`` when ``\\[saef]`` is configured (after the first fetch of
-    the \\[\\[saef_cert]] crl_urls).  SIGHUP re-reads the SAEF bindings (\\[\\[saef_psk]],
-    \\[\\[saef_cert]] and their CRL files), fetches their CRL URLs at once and prints
-    ``saef reloaded N binding(s)``."""
+    the \\[\\[saef_cert]] crl_urls).  SIGHUP re-reads the SAEF settings (\\[\\[saef_psk]],
+    \\[\\[saef_cert]] and their CRL files, \\[saef_maf], require_saef_for) all or nothing,
+    fetches their CRL URLs at once and prints ``saef reloaded N binding(s)``.  With
+    \\[gateway] audit_seal_interval_s (default 300, 0 = off) the store's audit trail is sealed
+    at start, every interval and once more on SIGTERM/SIGINT."""
     from m2msec.gateway.app import build
     from m2msec.gateway.config import ConfigError, load_config
 
@@ -73,25 +75,37 @@ def serve(
         raise typer.Exit(2) from None
 
     reloads: set[asyncio.Task[None]] = set()
+    listening_on = cfg.saef.listen if cfg.saef is not None else None  # [saef] listen: a restart changes it
 
     async def reload_saef() -> None:
-        """SIGHUP: re-read [[saef_psk]], [[saef_cert]] (and their CRL files) from the file, all or
-        nothing; CRL URLs new to the file are fetched before the new bindings take over, the
-        others at once after (m2msec.gateway.saefstatus)."""
+        """SIGHUP: re-read the whole file; if it is valid, put its [[saef_psk]], [[saef_cert]] (and
+        their CRL files), [saef] cert/key, [saef_maf] and require_saef_for in force at once, else
+        keep all of the previous ones (one error line).  CRL URLs are fetched before the new
+        settings take over (m2msec.gateway.saefstatus); a changed [saef_maf] gets a new MAF Client
+        (m2msec.gateway.saefmaf).  A changed [saef] listen is a warning: it needs a restart."""
         from m2msec.gateway.app import utc_now
 
+        listener = gw.saef_listener
         try:
             new = load_config(config, cse_url=cse, store_url=store, saef_listen=saef_listen)
             if new.saef is None:
                 raise ConfigError("the file has no [saef] table any more (removing the listener needs a restart)")
-            count = await gw.saef_listener.reload_async(new.saef, clock=utc_now)
+            old_maf = listener.maf
+            count = await listener.reload_async(new.saef, clock=utc_now)
         except (M2MSecError, ValueError, TypeError, OSError) as exc:
             print(f"error: saef not reloaded: {exc}", file=sys.stderr, flush=True)
             return
         except KeyError as exc:
             print(f"error: saef not reloaded: {config}: missing key {exc}", file=sys.stderr, flush=True)
             return
-        print(f"saef reloaded {count} binding(s)", flush=True)
+        if new.saef.listen != listening_on:
+            print(f"warning: [saef] listen changed to {new.saef.listen}: a restart is needed to listen there; "
+                  f"the SAEF listener stays on {listener.host}:{listener.port} (the rest is reloaded)",
+                  file=sys.stderr, flush=True)
+        maf = ""
+        if listener.maf is not old_maf:
+            maf = "; [saef_maf] off" if listener.maf is None else "; [saef_maf] new MAF Client"
+        print(f"saef reloaded {count} binding(s){maf}", flush=True)
 
     def reload() -> None:
         if gw.saef_listener is None:
@@ -102,6 +116,8 @@ def serve(
         task.add_done_callback(reloads.discard)
 
     async def run() -> None:
+        from m2msec.store.autoseal import AuditSealer, show_seal_log
+
         await gw.start(host, port)
         saef = gw.saef_listener
         if saef is not None:
@@ -117,6 +133,11 @@ def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, reload)  # never ends the gateway
+        sealer = None
+        if cfg.audit_seal_interval:  # seals now, every interval, and once more after the listeners closed
+            show_seal_log()
+            sealer = AuditSealer(st, cfg.audit_seal_interval)
+            sealer.start()
         print(f"listening on {gw.url}", flush=True)
         if saef is not None:
             print(f"saef listening on {saef.host}:{saef.port}", flush=True)
@@ -128,6 +149,8 @@ def serve(
             if saef is not None:
                 await saef.close()
             await gw.close()
+            if sealer is not None:  # the last rows written through the listeners are sealed too
+                await sealer.close()
 
     try:
         asyncio.run(run())

@@ -23,6 +23,7 @@ association's ``revocation`` (see :mod:`m2msec.gateway.saefstatus`).
 
 from __future__ import annotations
 
+import hmac
 import tomllib
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -30,7 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_private_key,
+)
 
 from m2msec.errors import M2MSecError, ParseError
 from m2msec.esprim.common import ESPRIM_SUIDS
@@ -57,6 +62,8 @@ from m2msec.saef.config import (
     KpsaEntry,
     PeerKind,
 )
+from m2msec.store.autoseal import DEFAULT_INTERVAL_S as DEFAULT_SEAL_INTERVAL_S
+from m2msec.store.autoseal import parse_interval as parse_seal_interval
 from m2msec.tls.engine import CertCredentials, PSKCredentials
 from m2msec.tomlkeys import check_keys
 
@@ -155,6 +162,25 @@ class SAEFMAFConfig:
         return (f"SAEFMAFConfig(maf_fqdn={self.maf_fqdn!r}, admin_fqdn={self.admin_fqdn!r}, "
                 f"at={self.host}:{self.port}, {who}, km=<hidden>)")
 
+    def same_settings(self, other: SAEFMAFConfig | None) -> bool:
+        """True if ``other`` configures the same MAF Client: every setting, the Km (compared in
+        constant time), or the certificate chain, the key (by its public key) and the MAF's CA.
+        SIGHUP keeps the running MAF Client and its cached Kc exactly then."""
+        if other is None or self != other:  # the compared fields: FQDNs, address, CA, timeouts
+            return False
+        if (self.psk is None) != (other.psk is None) or (self.credentials is None) != (other.credentials is None):
+            return False
+        if self.psk is not None and other.psk is not None:
+            return self.psk.identity == other.psk.identity and hmac.compare_digest(self.psk.key, other.psk.key)
+        a, b = self.credentials, other.credentials
+        if a is None or b is None:
+            return a is b
+
+        def spki(c: CertCredentials) -> bytes:
+            return c.private_key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+        return a.certificate == b.certificate and a.chain == b.chain and spki(a) == spki(b)
+
     def client_config(self, clock: Any) -> MAFClientConfig:
         return MAFClientConfig(maf_fqdn=self.maf_fqdn, admin_fqdn=self.admin_fqdn, host=self.host, port=self.port,
                                psk=self.psk, credentials=self.credentials, maf_trust_anchors=self.maf_trust_anchors,
@@ -213,6 +239,9 @@ class GatewayConfig:
     sp_id: str | None = None
     #: the SAEF listener (``[saef]``), None: plain HTTP only
     saef: SAEFConfig | None = None
+    #: ``[gateway] audit_seal_interval_s``: ``serve`` seals the store's audit trail this often
+    #: (m2msec.store.autoseal.AuditSealer; 0: off)
+    audit_seal_interval: float = DEFAULT_SEAL_INTERVAL_S
 
     @property
     def csi(self) -> str:
@@ -521,7 +550,7 @@ GATEWAY_TOML_KEYS: dict[str, frozenset[str]] = {
                    "saef_maf"}),
     "cse": frozenset({"id", "name", "admin", "sp_id", "url"}),
     "store": frozenset({"url", "kek_file"}),
-    "gateway": frozenset({"poa_ttl", "enforce_acp", "trace_file"}),
+    "gateway": frozenset({"poa_ttl", "enforce_acp", "trace_file", "audit_seal_interval_s"}),
     "receiver": frozenset({"suids", "shared_lifetime", "unique_lifetime", "unique_key_period"}),
     "keys[]": frozenset({"kid", "key_hex", "key_file", "peer", "suid"}),
     "mef": frozenset({"fqdn", "host", "port", "psk_identity", "psk_hex", "psk_file", "target_id"}),
@@ -590,6 +619,11 @@ def load_config(path: str | Path, *, cse_url: str | None = None, store_url: str 
     if sp_id is not None and (not isinstance(sp_id, str) or not sp_id.strip("/")):
         raise ConfigError("[cse] sp_id must be a non-empty string")
     trace = gw.get("trace_file")
+    try:
+        seal_interval = parse_seal_interval(gw.get("audit_seal_interval_s", DEFAULT_SEAL_INTERVAL_S),
+                                            key="[gateway] audit_seal_interval_s")
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
     saef = _saef(doc, base, saef_listen, sp_id)
     return GatewayConfig(
         cse_id=cse["id"].lstrip("/"),
@@ -610,4 +644,5 @@ def load_config(path: str | Path, *, cse_url: str | None = None, store_url: str 
         enforce_acp=enforce_acp,
         sp_id=sp_id,
         saef=saef,
+        audit_seal_interval=seal_interval,
     )

@@ -26,12 +26,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from m2msec.gateway.config import SAEFConfig
-from m2msec.gateway.saefmaf import ChainedKpsaDirectory, MAFSAEFDirectory
-from m2msec.gateway.saefstatus import SAEFCertStatus
+from m2msec.gateway.config import SAEFConfig, SAEFMAFConfig
+from m2msec.gateway.saefmaf import (
+    ChainedKpsaDirectory,
+    MAFSAEFDirectory,
+    build_directory,
+)
+from m2msec.gateway.saefstatus import SAEFCertStatus, StatusPlan
 from m2msec.net.http_binding import HttpResponse
 from m2msec.onem2m.primitives import RequestPrimitive
 from m2msec.saef import (
@@ -142,19 +147,34 @@ def build_endpoint(config: SAEFConfig, *, clock: Callable[[], datetime],
     return endpoint
 
 
+@dataclass
+class _Reload:
+    """A reload prepared by :meth:`SAEFListener._prepare`, not in force yet."""
+
+    config: SAEFConfig
+    plan: StatusPlan
+    endpoint: SAEFEndpoint
+    maf: MAFSAEFDirectory | None
+
+
 class SAEFListener:
     """The gateway's TLS listener for AEs with a security association (TS-0003 8.2, 7.2.1)."""
 
     def __init__(self, gateway: Gateway, endpoint: SAEFEndpoint, *, sp_id: str | None = None,
                  idle_timeout: float = 120.0, max_body: int = 4 << 20, maf: MAFSAEFDirectory | None = None,
-                 status: SAEFCertStatus | None = None) -> None:
+                 status: SAEFCertStatus | None = None, maf_config: SAEFMAFConfig | None = None) -> None:
         self.gateway = gateway
         self.maf = maf  # the MAF-based SAEF's Kc source (8.2.2.3), closed with the listener
+        #: the ``[saef_maf]`` settings ``maf`` was built from (None with a ``maf`` given without
+        #: them: then a reload whose configuration has no ``[saef_maf]`` keeps ``maf``)
+        self.maf_config = maf_config
         #: CRL refreshers and OCSP checkers of the certificate associations (8.1.2.2), started
         #: (first fetch) before the listener accepts and stopped with it
         self.status = status
         self._reloading = asyncio.Lock()
         self._listening = False
+        #: MAF directories replaced by a reload, closing once their retrievals in flight ended
+        self._retiring: dict[asyncio.Task[None], MAFSAEFDirectory] = {}
         self.sp_id = sp_id
         self.server = SAEFHTTPServer(endpoint, http_handler=self._handle, sp_id=sp_id, cse_id="/" + gateway.cse_id,
                                      idle_timeout=idle_timeout, max_body=max_body)
@@ -173,39 +193,78 @@ class SAEFListener:
     def for_config(cls, gateway: Gateway, config: SAEFConfig, *, clock: Callable[[], datetime],
                    sp_id: str | None = None, maf: MAFSAEFDirectory | None = None, **kw: Any) -> SAEFListener:
         """The listener of ``config`` with the status sources of its certificate associations
-        (CRL URLs, OCSP: :class:`~m2msec.gateway.saefstatus.SAEFCertStatus`; fetched at :meth:`start`)."""
+        (CRL URLs, OCSP: :class:`~m2msec.gateway.saefstatus.SAEFCertStatus`; fetched at :meth:`start`);
+        ``maf``: the directory built from ``config.maf`` (:func:`~m2msec.gateway.saefmaf.build_directory`)."""
         status = SAEFCertStatus(clock=clock)
         plan = status.prepare(config)
         endpoint = build_endpoint(plan.config, clock=clock, maf=maf)
         status.commit(plan)
-        return cls(gateway, endpoint, sp_id=sp_id, maf=maf, status=status, **kw)
+        return cls(gateway, endpoint, sp_id=sp_id, maf=maf, status=status,
+                   maf_config=config.maf if maf is not None else None, **kw)
 
     def reload(self, config: SAEFConfig, *, clock: Callable[[], datetime]) -> int:
-        """Accept new associations with ``config``'s Kpsa entries and certificate associations
-        (and its ``[saef]`` cert/key); returns their number.  All or nothing: the new endpoint is
-        built first (a ValueError leaves the old one in place).  Established associations keep
-        the context, and the identity, they were accepted with; the MAF-based SAEF keeps this
-        listener's MAF Client and its cached Kc.  CRL URLs of new associations are fetched by
-        their refresher after the switch (:meth:`reload_async` fetches them before it)."""
-        status = self._status(clock)
-        plan = status.prepare(config)
-        endpoint = build_endpoint(plan.config, clock=clock, maf=self.maf)
-        self.server.endpoint = endpoint
-        status.commit(plan)
+        """Accept new associations with ``config``: its Kpsa entries and certificate associations
+        (and its ``[saef]`` cert/key), its ``[saef_maf]``, and make the plain listener refuse its
+        ``require_saef_for``; returns the number of Kpsa entries and certificate associations.
+        All or nothing: everything is built first (a ValueError leaves all of it as it was), then
+        swapped at once.  ``config``'s host and port are not used (the listening address stays).
+        Established associations keep the context, and the identity, they were accepted with.
+        An unchanged ``[saef_maf]`` (:meth:`~m2msec.gateway.config.SAEFMAFConfig.same_settings`)
+        keeps this listener's MAF Client and its cached Kc; a changed one gets a new MAF Client
+        for the handshakes accepted from now on, and the previous one is retired
+        (:meth:`~m2msec.gateway.saefmaf.MAFSAEFDirectory.retire`: handshakes already accepted
+        finish with it).  CRL URLs of new associations are fetched by their refresher after the
+        switch (:meth:`reload_async` fetches them before it)."""
+        r = self._prepare(config, clock)
+        self._commit(r)
         return config.bindings
 
     async def reload_async(self, config: SAEFConfig, *, clock: Callable[[], datetime]) -> int:
         """:meth:`reload` for SIGHUP: every CRL URL of ``config`` is fetched at once (failures
-        logged, the previous CRLs stay) before the new endpoint takes over.  Reloads run one at
+        logged, the previous CRLs stay) before the new settings take over.  Reloads run one at
         a time."""
         async with self._reloading:
-            status = self._status(clock)
-            plan = status.prepare(config)
-            endpoint = build_endpoint(plan.config, clock=clock, maf=self.maf)
-            await status.fetch(plan)
-            self.server.endpoint = endpoint
-            status.commit(plan)
+            r = self._prepare(config, clock)
+            await self.status.fetch(r.plan)  # type: ignore[union-attr] - _prepare set it
+            self._commit(r)
             return config.bindings
+
+    def _prepare(self, config: SAEFConfig, clock: Callable[[], datetime]) -> _Reload:
+        """Build everything ``config`` needs without putting any of it in force."""
+        plan = self._status(clock).prepare(config)
+        maf = self._maf_for(config.maf, clock)  # a new directory does no I/O until its first handshake
+        endpoint = build_endpoint(plan.config, clock=clock, maf=maf)
+        return _Reload(config, plan, endpoint, maf)
+
+    def _maf_for(self, m: SAEFMAFConfig | None, clock: Callable[[], datetime]) -> MAFSAEFDirectory | None:
+        if m is None:
+            return self.maf if self.maf_config is None else None  # a directory given without settings stays
+        if self.maf is not None and m.same_settings(self.maf_config):
+            return self.maf
+        return build_directory(m, cse_id=self.gateway.cse_id, sp_id=self.sp_id, clock=clock)
+
+    def _commit(self, r: _Reload) -> None:
+        """Put ``r`` in force, all at once (no await in between: no request or handshake sees
+        half of it)."""
+        old = self.maf
+        self.server.endpoint = r.endpoint
+        assert self.status is not None
+        self.status.commit(r.plan)
+        self.gateway.require_saef_for = tuple(r.config.require_saef_for)
+        if r.maf is not old:
+            self.maf, self.maf_config = r.maf, r.config.maf
+            if old is not None:
+                self._retire(old)
+
+    def _retire(self, old: MAFSAEFDirectory) -> None:
+        old.mark_retired()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop: nothing of it runs (it never connected from here)
+            return
+        task = loop.create_task(old.retire())
+        self._retiring[task] = old
+        task.add_done_callback(lambda t: self._retiring.pop(t, None))
 
     def _status(self, clock: Callable[[], datetime]) -> SAEFCertStatus:
         if self.status is None:
@@ -242,6 +301,10 @@ class SAEFListener:
             await self.status.stop()
         if self.maf is not None:
             await self.maf.aclose()
+        for task, old in list(self._retiring.items()):
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await old.aclose()
 
     async def __aenter__(self) -> SAEFListener:
         return await self.start()

@@ -30,6 +30,14 @@ attempt); after a transport failure the MAF is not asked again for ``negative_tt
 whatever the identity, with one WARNING log line per failure.  When the MAF answers that this
 CSE is not registered (4128, 8.8.2.3), the directory performs the MAF Client Registration and
 retries once.
+
+SIGHUP (:meth:`m2msec.gateway.saef.SAEFListener.reload_async`): an unchanged ``[saef_maf]``
+keeps this directory (its MAF session, cached Kc and remembered refusals).  A changed one (any
+setting, the Km, the certificate or key, the MAF's CA) gets a new directory - a new MAF Client,
+empty caches - for the handshakes accepted after the reload; the previous one is retired
+(:meth:`MAFSAEFDirectory.retire`): handshakes already accepted finish with it (the retrievals
+in flight complete, its cached Kc still answers them), then its MAF session is closed.  A
+removed ``[saef_maf]`` retires the directory the same way.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from m2msec.errors import M2MSecError
+from m2msec.gateway.config import SAEFMAFConfig
 from m2msec.maf.client import MAFClient, MAFClientConfig, MAFResponseError, RetrievedKey
 from m2msec.maf.keysources import is_maf_key_id
 from m2msec.onem2m.enums import SUID
@@ -47,7 +56,7 @@ from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.onem2m.timestamps import Clock
 from m2msec.saef.config import KpsaDirectory, KpsaEntry, PeerKind
 
-__all__ = ["ChainedKpsaDirectory", "MAFSAEFDirectory", "maf_bound_ae_id"]
+__all__ = ["ChainedKpsaDirectory", "MAFSAEFDirectory", "build_directory", "maf_bound_ae_id"]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +100,7 @@ class MAFSAEFDirectory:
         self._refused: dict[str, datetime] = {}
         self._down_until: datetime | None = None
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._retired = False
         self.retrievals = 0  # MAF Key Retrievals attempted (observability, tests)
         self.refusals: list[tuple[str, str]] = []  # (psk_identity, reason), the latest _MAX_RECORDS
 
@@ -132,6 +142,14 @@ class MAFSAEFDirectory:
         await asyncio.shield(task)
 
     async def _retrieve(self, kpsa_id: str) -> None:
+        try:
+            await self._retrieve_once(kpsa_id)
+        finally:
+            if self._retired and not any(t is not asyncio.current_task() and not t.done()
+                                         for t in self._inflight.values()):
+                await self._reset()  # a retired directory keeps no MAF session open
+
+    async def _retrieve_once(self, kpsa_id: str) -> None:
         self.retrievals += 1
         try:
             got = await self._call(kpsa_id)
@@ -192,10 +210,42 @@ class MAFSAEFDirectory:
         del self.refusals[:-_MAX_RECORDS]
         log.info("saef_maf: no Kc for psk_identity %s: %s", kpsa_id, reason)
 
+    @property
+    def retired(self) -> bool:
+        """Replaced by a reload: no new handshake uses it (:meth:`retire`)."""
+        return self._retired
+
+    def mark_retired(self) -> None:
+        """From now on, a retrieval that ends with no other in flight closes the MAF session."""
+        self._retired = True
+
+    async def retire(self) -> None:
+        """Stop serving new handshakes (SIGHUP replaced or removed ``[saef_maf]``): wait for the
+        retrievals in flight (each at most three ``timeout``: retrieval, registration, retry), so
+        the handshakes waiting on them finish with their answer, then close the MAF session.  A
+        handshake accepted before the reload that asks later still gets an answer; the session it
+        opens is closed after it."""
+        self.mark_retired()
+        pending = [t for t in self._inflight.values() if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=3 * self.timeout + 1)
+        await self._reset()
+
     async def aclose(self) -> None:
         for t in list(self._inflight.values()):
             t.cancel()
         await self._reset()
+
+
+def build_directory(config: SAEFMAFConfig, *, cse_id: str, sp_id: str | None, clock: Clock) -> MAFSAEFDirectory:
+    """The MAF-based SAEF Kc source of ``[saef_maf]`` for the CSE ``cse_id`` (a new MAF Client,
+    nothing connected yet)."""
+
+    def bind(source_id: str) -> str | None:
+        return maf_bound_ae_id(source_id, cse_id=cse_id, sp_id=sp_id)
+
+    return MAFSAEFDirectory(config.client_config(clock), bind=bind, clock=clock, timeout=config.timeout,
+                            negative_ttl=config.negative_ttl, registration_lifetime=config.registration_lifetime)
 
 
 class ChainedKpsaDirectory:
