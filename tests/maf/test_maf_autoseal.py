@@ -10,11 +10,12 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from _autoseal_support import ANCHOR, audit_rows, verify_audit
+from _autoseal_support import until as _until
 from _mafhelp import ADMIN, MAF
 from _mafserve import MAFServe
 from typer.testing import CliRunner
@@ -22,13 +23,12 @@ from typer.testing import CliRunner
 from m2msec.maf import MAFClient, MAFClientConfig
 from m2msec.maf.cli import app
 from m2msec.onem2m.enums import SUID
-from m2msec.store import KeyEncryptionKey, open_store
+from m2msec.store import KeyEncryptionKey
 from m2msec.store.audit_seal import AuditVerification
 from m2msec.tls.engine import PSKCredentials
 
 AE1, AE2 = "//sp.example.com/CAE1", "//sp.example.com/CAE2"
 KM1, KM2 = bytes([0x31]) * 32, bytes([0x32]) * 32
-ANCHOR = re.compile(r"audit sealed (\d+) row\(s\); anchor (\d+):([0-9a-f]{32})$", re.MULTILINE)
 
 
 def now() -> datetime:
@@ -49,21 +49,11 @@ def _config(tmp: Path, interval: object) -> Path:
 
 
 def _verify(tmp: Path) -> AuditVerification:
-    with open_store(f"sqlite:///{tmp / 'maf.db'}", KeyEncryptionKey.from_file(tmp / "kek.hex")) as store:
-        return store.verify_audit()
+    return verify_audit(f"sqlite:///{tmp / 'maf.db'}", tmp / "kek.hex")
 
 
 def _audit_rows(tmp: Path) -> int:
-    with sqlite3.connect(tmp / "maf.db") as conn:
-        return int(conn.execute("SELECT count(*) FROM m2msec_audit").fetchone()[0])
-
-
-def _until(pred: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.1)
+    return audit_rows(tmp / "maf.db")
 
 
 def _client(port: int, kmid: str, km: bytes) -> MAFClient:

@@ -5,12 +5,10 @@ Store.verify_audit, tampering by raw SQL without the KEK (AT6)."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,14 +16,15 @@ from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _autoseal_support import ANCHOR, audit_rows, verify_audit
+from _autoseal_support import until as _until
 from _mef_process import MEFProcess
 
 from m2msec.mef.cli import app
-from m2msec.store import KeyEncryptionKey, open_store
+from m2msec.store import KeyEncryptionKey
 from m2msec.store.audit_seal import AuditVerification
 
 MEF_FQDN = "mef.m2m.example.com"
-ANCHOR = re.compile(r"audit sealed (\d+) row\(s\); anchor (\d+):([0-9a-f]{32})$", re.MULTILINE)
 runner = CliRunner()
 
 
@@ -62,22 +61,11 @@ def _db(mef: MEFProcess) -> Path:
 
 
 def _verify(mef: MEFProcess) -> AuditVerification:
-    kek = KeyEncryptionKey.from_file(mef.config.parent / "mef.kek")
-    with open_store(f"sqlite:///{_db(mef)}", kek) as store:
-        return store.verify_audit()
+    return verify_audit(f"sqlite:///{_db(mef)}", mef.config.parent / "mef.kek")
 
 
 def _rows(mef: MEFProcess) -> int:
-    with sqlite3.connect(_db(mef)) as conn:
-        return int(conn.execute("SELECT count(*) FROM m2msec_audit").fetchone()[0])
-
-
-def _until(pred: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.1)
+    return audit_rows(_db(mef))
 
 
 def test_serve_seals_enrolments_logs_anchors_and_reports_tampering(tmp_path: Path) -> None:
