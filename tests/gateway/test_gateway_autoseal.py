@@ -10,7 +10,6 @@ outside 0 / 0.5-86400 is exit code 2."""
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from _autoseal_support import ANCHOR, until, verify_audit
 from _gateway_support import GatewayProcess, write_config
 from typer.testing import CliRunner
 
@@ -29,7 +29,6 @@ from m2msec.store.audit_seal import AuditVerification
 from m2msec.store.cli import app as store_app
 
 CSE = "http://127.0.0.1:9"  # never contacted by these tests (a forwarded request gets 5103)
-ANCHOR = re.compile(r"audit sealed (\d+) row\(s\); anchor (\d+):([0-9a-f]{32})$", re.MULTILINE)
 
 
 @pytest.fixture
@@ -57,16 +56,11 @@ def _append(d: Path, n: int, what: str) -> None:
 
 
 def _verify(d: Path) -> AuditVerification:
-    with open_store(_store_url(d), KeyEncryptionKey.from_file(d / "gateway.kek")) as store:
-        return store.verify_audit()
+    return verify_audit(_store_url(d), d / "gateway.kek")
 
 
 def _until(pred: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.05)
+    until(pred, timeout, step=0.05)
 
 
 def _stderr(gw: GatewayProcess) -> str:
@@ -171,7 +165,7 @@ def test_a_tampered_sealed_row_is_an_error_every_tick_and_the_gateway_keeps_answ
 def test_invalid_interval_is_exit_code_2(gw_dir: Path, value: str) -> None:
     path = _config(gw_dir, value)
     p = subprocess.run([sys.executable, "-m", "m2msec.gateway", "serve", "--config", str(path), "--cse", CSE,
-                        "--listen", "127.0.0.1:0"], capture_output=True, text=True, timeout=30)
+                        "--listen", "127.0.0.1:0"], check=False, capture_output=True, text=True, timeout=30)
     assert p.returncode == 2, p
     assert p.stderr.startswith("error: ") and "[gateway] audit_seal_interval_s must" in p.stderr, p.stderr
     assert not (gw_dir / "gateway.db").exists() or _verify(gw_dir).checkpoints == 0
