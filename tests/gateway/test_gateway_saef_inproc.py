@@ -11,15 +11,26 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives import serialization
+from _saef_support import (
+    BASE,
+    CSE_ID,
+    CSE_NAME,
+    PEM,
+    SP,
+    SP_ID,
+    RecordingCSE,
+    ae_certificate_client,
+    empty_receiver,
+    utc_now,
+    write_cse_credentials,
+)
+from _saef_support import run as saef_run
 
-from m2msec.esprim import MemoryReceiverState, ProvisionedKeySource, Receiver
 from m2msec.gateway.app import build
 from m2msec.gateway.config import ConfigError, SAEFCertEntry, SAEFConfig, load_config
 from m2msec.gateway.saef import (
@@ -49,7 +60,6 @@ from m2msec.saef import (
     AssociationConfiguration,
     CredentialConfiguration,
     KpsaEntry,
-    certificate_client,
     psk_client,
 )
 from m2msec.saef.framework import SAEFEndpoint
@@ -58,18 +68,10 @@ from m2msec.store import KeyEncryptionKey
 from m2msec.tls.engine import TLSFailureReason, TLSHandshakeError
 
 RSC = ResponseStatusCode
-SP = "m2m.example.com"
-SP_ID = f"//{SP}"
-CSE_ID, CSE_NAME = "id-in", "cse-in"
-BASE = f"/{CSE_ID}/{CSE_NAME}"
 KID1 = "ae1@sp.m2m.example.com"
 KID2 = "ae2@sp.m2m.example.com"
 AE1, AE2, AE_CERT = "Csaef-ae1", "Csaef-ae2", "Csaef-cert"
 KPSA1, KPSA2 = os.urandom(32), os.urandom(32)
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass
@@ -103,18 +105,6 @@ def saef_config(pki: PKI, require: tuple[str, ...] = (f"{AE1}", "Csaef-prot-*"))
         certs=(SAEFCertEntry(assoc),), require_saef_for=require)
 
 
-class RecordingCSE:
-    """Stand-in for the CSE: answers 2001/2000 (echoing From in m2m:dbg) and records requests."""
-
-    def __init__(self) -> None:
-        self.seen: list[RequestPrimitive] = []
-
-    async def __call__(self, req: RequestPrimitive) -> ResponsePrimitive:
-        self.seen.append(req)
-        rsc = RSC.CREATED if req.op is Operation.CREATE else RSC.OK
-        return ResponsePrimitive(rsc=rsc, rqi=req.rqi, rvi=req.rvi or "3", pc={"m2m:dbg": f"from {req.fr}"})
-
-
 @dataclass
 class Rig:
     cse: RecordingCSE
@@ -128,21 +118,15 @@ class Rig:
 async def rig(pki: PKI, **kw: Any) -> AsyncIterator[Rig]:
     cse = RecordingCSE()
     async with AEEndpoint(cse) as ep:
-        receiver = Receiver(keys=ProvisionedKeySource([], clock=utc_now), state=MemoryReceiverState(clock=utc_now),
-                            clock=utc_now)
         cfg = saef_config(pki, **kw)
-        gw = Gateway(cse_url=ep.url, cse_id=CSE_ID, cse_name=CSE_NAME, receiver=receiver, sp_id=SP_ID,
+        gw = Gateway(cse_url=ep.url, cse_id=CSE_ID, cse_name=CSE_NAME, receiver=empty_receiver(), sp_id=SP_ID,
                      require_saef_for=cfg.require_saef_for)
-        async with gw:
-            async with SAEFListener(gw, build_endpoint(cfg, clock=utc_now), sp_id=SP_ID) as lst:
-                yield Rig(cse, gw, lst, gw.url)
+        async with gw, SAEFListener(gw, build_endpoint(cfg, clock=utc_now), sp_id=SP_ID) as lst:
+            yield Rig(cse, gw, lst, gw.url)
 
 
 def run(fn: Callable[[], Awaitable[Any]]) -> Any:
-    async def main() -> Any:
-        return await asyncio.wait_for(fn(), 20)
-
-    return asyncio.run(main())
+    return saef_run(fn, 20)
 
 
 def psk_ae(kid: str = KID1, key: bytes = KPSA1) -> SAEFEndpoint:
@@ -150,10 +134,7 @@ def psk_ae(kid: str = KID1, key: bytes = KPSA1) -> SAEFEndpoint:
 
 
 def cert_ae(pki: PKI, issued: IssuedCertificate | None = None) -> SAEFEndpoint:
-    assoc = AssociationConfiguration.entity_a(id_b="/" + CSE_ID, cert_name_b=PeerCertInfo(CertificateFlavour.CSE_ID,
-                                                                                           f"in.{SP}"),
-                                              root_of_trust_b=[pki.ca.trust_anchor])
-    return certificate_client(CredentialConfiguration.from_issued(issued or pki.ae), assoc, clock=utc_now)
+    return ae_certificate_client(issued or pki.ae, pki.ca, "/" + CSE_ID)
 
 
 def create(fr: str | None, rqi: str, rn: str = "cnt") -> RequestPrimitive:
@@ -379,9 +360,9 @@ def test_plain_listener_refuses_protected_originators(pki: PKI, fr: str | list[s
 def test_an_authenticated_request_for_a_protected_originator_passes(pki: PKI) -> None:
     """The same AE-ID the plain listener refuses is served on the SAEF listener."""
     async def go() -> tuple[ResponsePrimitive, Rig]:
-        async with rig(pki, require=(AE1, AE2)) as r:
-            async with await SAEFHTTPClient.connect(psk_ae(KID2, KPSA2), r.saef.host, r.saef.port) as c:
-                return await c.send(create(AE2, "a1")), r
+        async with rig(pki, require=(AE1, AE2)) as r, \
+                await SAEFHTTPClient.connect(psk_ae(KID2, KPSA2), r.saef.host, r.saef.port) as c:
+            return await c.send(create(AE2, "a1")), r
 
     rsp, r = run(go)
     assert int(rsp.rsc) == 2001 and [q.fr for q in r.cse.seen] == [AE2]
@@ -397,13 +378,8 @@ def _write(tmp_path: Path, body: str) -> Path:
 
 
 def _pem_files(tmp_path: Path, pki: PKI) -> None:
-    pem = serialization.Encoding.PEM
-    assert pki.cse.private_key is not None
-    (tmp_path / "cse-cert.pem").write_bytes(b"".join(c.public_bytes(pem) for c in [pki.cse.certificate,
-                                                                                    *pki.cse.chain]))
-    (tmp_path / "cse-key.pem").write_bytes(pki.cse.private_key.private_bytes(
-        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    (tmp_path / "aes-ca.pem").write_bytes(pki.ca.trust_anchor.public_bytes(pem))
+    write_cse_credentials(tmp_path, pki.cse)
+    (tmp_path / "aes-ca.pem").write_bytes(pki.ca.trust_anchor.public_bytes(PEM))
     (tmp_path / "ae2.psk").write_text(KPSA2.hex() + "\n")
 
 

@@ -18,17 +18,27 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _saef_support import (
+    BASE,
+    CSE_ID,
+    CSE_NAME,
+    SP,
+    SP_ID,
+    RecordingCSE,
+    empty_receiver,
+    run,
+    utc_now,
+)
 from cryptography.hazmat.primitives import serialization
 
-from m2msec.esprim import MemoryReceiverState, ProvisionedKeySource, Receiver
 from m2msec.gateway.app import build
 from m2msec.gateway.config import ConfigError, SAEFConfig, load_config
 from m2msec.gateway.saef import SAEFListener, build_endpoint
@@ -38,7 +48,13 @@ from m2msec.maf import AdminConfig, MAFClient, MAFClientConfig, MAFService
 from m2msec.maf.client import RegisteredKey
 from m2msec.maf.server import MAFServer
 from m2msec.net.endpoint import AEEndpoint
-from m2msec.onem2m import Operation, RequestPrimitive, ResourceType, ResponsePrimitive, ResponseStatusCode
+from m2msec.onem2m import (
+    Operation,
+    RequestPrimitive,
+    ResourceType,
+    ResponsePrimitive,
+    ResponseStatusCode,
+)
 from m2msec.onem2m.enums import SUID
 from m2msec.pki import CertificateFlavour, DevCA
 from m2msec.saef import KpsaEntry, psk_client
@@ -47,10 +63,6 @@ from m2msec.store import KeyEncryptionKey, open_store
 from m2msec.tls.engine import PSKCredentials, TLSFailureReason, TLSHandshakeError
 
 RSC = ResponseStatusCode
-SP = "m2m.example.com"
-SP_ID = f"//{SP}"
-CSE_ID, CSE_NAME = "id-in", "cse-in"
-BASE = f"/{CSE_ID}/{CSE_NAME}"
 MAF_FQDN, ADMIN = "maf.m2m.example.com", "sp.m2m.example.com"
 AE1 = "Cmaf-ae1"  # the MAF knows AE1 by its AE-ID-Stem
 AE_ABS = f"{SP_ID}/{CSE_ID}/Cmaf-abs"  # ... and this one by its absolute AE-ID
@@ -59,26 +71,12 @@ ANON = "anon"  # a MAF Client the MAF knows only by its Credential-ID (11-<KmID>
 STATIC_KID, STATIC_KPSA, STATIC_AE = f"static@sp.{SP}", os.urandom(32), "Cstatic"
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 class Clock:
     def __init__(self) -> None:
         self.offset = timedelta()
 
     def __call__(self) -> datetime:
         return utc_now() + self.offset
-
-
-class RecordingCSE:
-    def __init__(self) -> None:
-        self.seen: list[RequestPrimitive] = []
-
-    async def __call__(self, req: RequestPrimitive) -> ResponsePrimitive:
-        self.seen.append(req)
-        rsc = RSC.CREATED if req.op is Operation.CREATE else RSC.OK
-        return ResponsePrimitive(rsc=rsc, rqi=req.rqi, rvi=req.rvi or "3", pc={"m2m:dbg": f"from {req.fr}"})
 
 
 @dataclass
@@ -127,23 +125,13 @@ async def rig(tmp_path: Path, *, maf_port: int | None = None) -> AsyncIterator[R
             gw_cfg = _client_config(maf_port or srv.port, *creds["/" + CSE_ID], timeout=2.0)
             maf = MAFSAEFDirectory(gw_cfg, bind=lambda s: maf_bound_ae_id(s, cse_id=CSE_ID, sp_id=SP_ID),
                                    clock=clock, timeout=2.0, negative_ttl=30.0)
-            receiver = Receiver(keys=ProvisionedKeySource([], clock=utc_now), state=MemoryReceiverState(clock=utc_now),
-                                clock=utc_now)
             cfg = SAEFConfig(host="127.0.0.1", port=0, psk=(KpsaEntry(STATIC_KID, STATIC_KPSA, peer_id=STATIC_AE),))
-            async with Gateway(cse_url=ep.url, cse_id=CSE_ID, cse_name=CSE_NAME, receiver=receiver,
-                               sp_id=SP_ID) as gw:
-                async with SAEFListener(gw, build_endpoint(cfg, clock=utc_now, maf=maf), sp_id=SP_ID,
-                                        maf=maf) as lst:
-                    yield Rig(srv.port, clients, cse, lst, maf, clock)
+            async with Gateway(cse_url=ep.url, cse_id=CSE_ID, cse_name=CSE_NAME, receiver=empty_receiver(),
+                               sp_id=SP_ID) as gw, \
+                    SAEFListener(gw, build_endpoint(cfg, clock=utc_now, maf=maf), sp_id=SP_ID, maf=maf) as lst:
+                yield Rig(srv.port, clients, cse, lst, maf, clock)
     finally:
         store.close()
-
-
-def run(fn: Callable[[], Awaitable[Any]]) -> Any:
-    async def main() -> Any:
-        return await asyncio.wait_for(fn(), 30)
-
-    return asyncio.run(main())
 
 
 def req(op: Operation, fr: str | None, rqi: str, to: str = BASE) -> RequestPrimitive:
@@ -446,6 +434,6 @@ def test_reload_keeps_the_maf_client_and_its_cached_kc(tmp_path: Path) -> None:
             assert r.maf.retrievals == 1 and n == 1
             return n, codes, ei.value
 
-    n, codes, err = run(go)
+    _, codes, err = run(go)
     assert codes == [2000, 2000, 2000, 2000]
     assert err.reason is TLSFailureReason.UNKNOWN_PSK_IDENTITY

@@ -18,52 +18,40 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _saef_support import (
+    BASE,
+    CSE_ID,
+    CSE_NAME,
+    PEM,
+    SP,
+    SP_ID,
+    RecordingCSE,
+    ae_certificate_client,
+    empty_receiver,
+    utc_now,
+    write_ca_files,
+    write_cse_credentials,
+)
+from _saef_support import run as saef_run
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
-from m2msec.esprim import MemoryReceiverState, ProvisionedKeySource, Receiver
 from m2msec.gateway.config import ConfigError, load_config
 from m2msec.gateway.saef import SAEFListener, build_endpoint
 from m2msec.gateway.server import Gateway
 from m2msec.net.endpoint import AEEndpoint
-from m2msec.onem2m import (
-    Operation,
-    RequestPrimitive,
-    ResponsePrimitive,
-    ResponseStatusCode,
-)
-from m2msec.pki import (
-    CertificateFlavour,
-    DevCA,
-    IssuedCertificate,
-    OCSPResponder,
-    PeerCertInfo,
-)
+from m2msec.onem2m import Operation, RequestPrimitive
+from m2msec.pki import CertificateFlavour, DevCA, IssuedCertificate, OCSPResponder
 from m2msec.pki.crl_http import CRLHTTPServer
 from m2msec.pki.ocsp_http import OCSPHTTPServer
-from m2msec.saef import (
-    AssociationConfiguration,
-    CredentialConfiguration,
-    certificate_client,
-)
 from m2msec.saef.http import SAEFHTTPClient
 from m2msec.tls.engine import TLSFailureReason, TLSHandshakeError
 
-SP = "m2m.example.com"
-SP_ID = f"//{SP}"
-CSE_ID, CSE_NAME = "id-in", "cse-in"
-BASE = f"/{CSE_ID}/{CSE_NAME}"
 GOOD, BAD = "Cstat-good", "Cstat-bad"
-PEM = serialization.Encoding.PEM
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass
@@ -87,28 +75,19 @@ class World:
         return path
 
 
+def _write_pki(directory: Path, ca: DevCA, t0: datetime) -> None:
+    """cse.pem/cse.key (a CSE-ID certificate of ``ca``), root.pem and sub.pem in ``directory``."""
+    write_cse_credentials(directory, ca.issue(CertificateFlavour.CSE_ID, [f"in.{SP}"], now=t0), "cse.pem", "cse.key")
+    write_ca_files(directory, ca)
+
+
 @pytest.fixture
 def world(tmp_path: Path) -> World:
     t0 = utc_now() - timedelta(hours=1)
     ca = DevCA.create("SAEF status SP", now=t0, intermediate=True)
-    cse = ca.issue(CertificateFlavour.CSE_ID, [f"in.{SP}"], now=t0)
-    assert cse.private_key is not None
-    (tmp_path / "cse.pem").write_bytes(b"".join(c.public_bytes(PEM) for c in [cse.certificate, *cse.chain]))
-    (tmp_path / "cse.key").write_bytes(cse.private_key.private_bytes(PEM, serialization.PrivateFormat.PKCS8,
-                                                                     serialization.NoEncryption()))
-    (tmp_path / "root.pem").write_bytes(ca.trust_anchor.public_bytes(PEM))
-    (tmp_path / "sub.pem").write_bytes(ca.intermediate_cert.public_bytes(PEM))  # type: ignore[union-attr]
+    _write_pki(tmp_path, ca, t0)
     aes = {ae: ca.issue(CertificateFlavour.AE_ID, [f"{SP_ID}/{CSE_ID}/{ae}"], now=t0) for ae in (GOOD, BAD)}
     return World(tmp_path, ca, aes)
-
-
-class RecordingCSE:
-    def __init__(self) -> None:
-        self.seen: list[RequestPrimitive] = []
-
-    async def __call__(self, req: RequestPrimitive) -> ResponsePrimitive:
-        self.seen.append(req)
-        return ResponsePrimitive(rsc=ResponseStatusCode.OK, rqi=req.rqi, rvi=req.rvi or "3")
 
 
 @dataclass
@@ -124,9 +103,7 @@ async def rig(config: Path) -> AsyncIterator[Rig]:
     async with AEEndpoint(cse) as ep:
         cfg = load_config(config, cse_url=ep.url)
         assert cfg.saef is not None
-        receiver = Receiver(keys=ProvisionedKeySource([], clock=utc_now), state=MemoryReceiverState(clock=utc_now),
-                            clock=utc_now)
-        gw = Gateway(cse_url=ep.url, cse_id=CSE_ID, cse_name=CSE_NAME, receiver=receiver, sp_id=SP_ID)
+        gw = Gateway(cse_url=ep.url, cse_id=CSE_ID, cse_name=CSE_NAME, receiver=empty_receiver(), sp_id=SP_ID)
         async with gw:
             lst = SAEFListener.for_config(gw, cfg.saef, clock=utc_now, sp_id=SP_ID)
             async with lst:
@@ -159,17 +136,11 @@ class Responder:
 
 
 def run(fn: Callable[[], Awaitable[Any]]) -> Any:
-    async def main() -> Any:
-        return await asyncio.wait_for(fn(), 25)
-
-    return asyncio.run(main())
+    return saef_run(fn, 25)
 
 
 def _client(w: World, ae: str) -> Any:
-    assoc = AssociationConfiguration.entity_a(
-        id_b="/" + CSE_ID, cert_name_b=PeerCertInfo(CertificateFlavour.CSE_ID, f"in.{SP}"),
-        root_of_trust_b=[w.ca.trust_anchor])
-    return certificate_client(CredentialConfiguration.from_issued(w.ae[ae]), assoc, clock=utc_now)
+    return ae_certificate_client(w.ae[ae], w.ca, "/" + CSE_ID)
 
 
 async def attempt(w: World, r: Rig, ae: str, rqi: str) -> TLSHandshakeError | None:
@@ -383,13 +354,7 @@ def test_crl_from_cdp_takes_the_distribution_points_of_the_configured_cas(tmp_pa
     ca = DevCA.create("CDP SP", now=t0, intermediate=True, crl_url="http://pki.m2m.example.com/issuing.crl",
                       root_crl_url="http://pki.m2m.example.com/root.crl")
     w = World(tmp_path, ca, {})
-    cse = ca.issue(CertificateFlavour.CSE_ID, [f"in.{SP}"], now=t0)
-    assert cse.private_key is not None
-    (tmp_path / "cse.pem").write_bytes(b"".join(c.public_bytes(PEM) for c in [cse.certificate, *cse.chain]))
-    (tmp_path / "cse.key").write_bytes(cse.private_key.private_bytes(PEM, serialization.PrivateFormat.PKCS8,
-                                                                     serialization.NoEncryption()))
-    (tmp_path / "root.pem").write_bytes(ca.trust_anchor.public_bytes(PEM))
-    (tmp_path / "sub.pem").write_bytes(ca.intermediate_cert.public_bytes(PEM))  # type: ignore[union-attr]
+    _write_pki(tmp_path, ca, t0)
     cfg = load_config(w.write('crl_from_cdp = true\ncrl_issuers = "sub.pem"\n'
                               'crl_urls = "http://pki.m2m.example.com/extra.crl"'), cse_url="http://127.0.0.1:9")
     assert cfg.saef is not None
