@@ -10,38 +10,35 @@ import asyncio
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from _gateway_support import GatewayProcess
+from _saef_support import (
+    ADMIN,
+    SP,
+    ae_certificate_client,
+    gateway_toml_head,
+    req,
+    utc_now,
+    write_cse_credentials,
+)
+from _saef_support import run as saef_run
 from cryptography.hazmat.primitives import serialization
 
 from m2msec.net.acme import AcmeCSE
 from m2msec.net.client import OneM2MClient
 from m2msec.onem2m import Operation, RequestPrimitive, ResourceType, ResponsePrimitive
 from m2msec.onem2m.primitives import new_request_id
-from m2msec.pki import CertificateFlavour, DevCA, IssuedCertificate, PeerCertInfo
-from m2msec.saef import (
-    AssociationConfiguration,
-    CredentialConfiguration,
-    KpsaEntry,
-    certificate_client,
-    psk_client,
-)
+from m2msec.pki import CertificateFlavour, DevCA, IssuedCertificate
+from m2msec.saef import KpsaEntry, psk_client
 from m2msec.saef.framework import SAEFEndpoint
 from m2msec.saef.http import SAEFHTTPClient
 from m2msec.tls.engine import TLSFailureReason, TLSHandshakeError
 
 pytestmark = pytest.mark.acme
-SP = "m2m.example.com"
-ADMIN = "CAdmin"
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass
@@ -66,23 +63,11 @@ class World:
         return psk_client(KpsaEntry(kid or self.kid, kpsa or self.kpsa), id_b=self.acme.csi)
 
     def certificate(self, issued: IssuedCertificate | None = None) -> SAEFEndpoint:
-        assoc = AssociationConfiguration.entity_a(
-            id_b=self.acme.csi, cert_name_b=PeerCertInfo(CertificateFlavour.CSE_ID, f"in.{SP}"),
-            root_of_trust_b=[self.ca.trust_anchor])
-        return certificate_client(CredentialConfiguration.from_issued(issued or self.cert), assoc, clock=utc_now)
+        return ae_certificate_client(issued or self.cert, self.ca, self.acme.csi)
 
     def admin_rsc(self, path: str) -> int:
         with OneM2MClient(self.gw.url, ADMIN) as c:
             return int(c.retrieve(path, check=False).rsc)
-
-
-def _pem(path: Path, issued: IssuedCertificate) -> tuple[str, str]:
-    pem = serialization.Encoding.PEM
-    assert issued.private_key is not None
-    (path / "cse-cert.pem").write_bytes(b"".join(c.public_bytes(pem) for c in [issued.certificate, *issued.chain]))
-    (path / "cse-key.pem").write_bytes(issued.private_key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
-                                                                        serialization.NoEncryption()))
-    return "cse-cert.pem", "cse-key.pem"
 
 
 @pytest.fixture(scope="module")
@@ -92,21 +77,12 @@ def world(acme: AcmeCSE, gwdir: Path, tag: str) -> Iterator[World]:
     evil = DevCA.create("SAEF e2e Evil", now=now, intermediate=True)
     ae_psk, ae_cert, ae_plain = f"Csaef-psk-{tag}", f"Csaef-crt-{tag}", f"Csaef-plain-{tag}"
     cert = ca.issue(CertificateFlavour.AE_ID, [f"//{SP}/{acme.cse_id}/{ae_cert}"], now=now)
-    cse_cert, cse_key = _pem(gwdir, ca.issue(CertificateFlavour.CSE_ID, [f"in.{SP}"], now=now))
+    cse_cert, cse_key = write_cse_credentials(gwdir, ca.issue(CertificateFlavour.CSE_ID, [f"in.{SP}"], now=now))
     (gwdir / "aes-ca.pem").write_bytes(ca.trust_anchor.public_bytes(serialization.Encoding.PEM))
     kid, kpsa = f"{tag}@sp.{SP}", os.urandom(32)
     (gwdir / "ae.psk").write_text(kpsa.hex())
     config = gwdir / "gateway-saef.toml"
-    config.write_text(f"""
-[cse]
-id = "{acme.cse_id}"
-name = "{acme.cse_name}"
-admin = "{ADMIN}"
-sp_id = "//{SP}"
-[store]
-kek_file = "gateway.kek"
-url = "sqlite://{gwdir}/gateway-saef.db"
-[saef]
+    config.write_text(gateway_toml_head(acme, gwdir, "gateway-saef.db") + f"""[saef]
 listen = "127.0.0.1:1"
 cert = "{cse_cert}"
 key = "{cse_key}"
@@ -132,11 +108,7 @@ revocation = "off"
 
 
 def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 20))
-
-
-def req(op: Operation, to: str, fr: str | None, **kw: Any) -> RequestPrimitive:
-    return RequestPrimitive(op=op, to=to, fr=fr, rqi=new_request_id(), rvi="3", **kw)
+    return saef_run(coro, 20)
 
 
 async def _session(w: World, ep: SAEFEndpoint, requests: list[RequestPrimitive]) -> tuple[str, list[ResponsePrimitive]]:

@@ -16,14 +16,22 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from _gateway_support import GatewayProcess
+from _saef_support import (
+    ADMIN,
+    SP,
+    ae_certificate_client,
+    gateway_toml_head,
+    utc_now,
+    write_ca_files,
+    write_cse_credentials,
+)
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from m2msec.net.acme import AcmeCSE
 from m2msec.net.client import OneM2MClient
@@ -34,26 +42,13 @@ from m2msec.pki import (
     DevCA,
     IssuedCertificate,
     OCSPResponder,
-    PeerCertInfo,
 )
 from m2msec.pki.crl_http import CRLHTTPServer
 from m2msec.pki.ocsp_http import OCSPHTTPServer
-from m2msec.saef import (
-    AssociationConfiguration,
-    CredentialConfiguration,
-    certificate_client,
-)
 from m2msec.saef.http import SAEFHTTPClient
 from m2msec.tls.engine import TLSFailureReason, TLSHandshakeError
 
 pytestmark = pytest.mark.acme
-SP = "m2m.example.com"
-ADMIN = "CAdmin"
-PEM = serialization.Encoding.PEM
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class StatusServers:
@@ -116,26 +111,12 @@ def test_crl_urls_and_ocsp_for_ae_certificates_through_the_gateway_process(
     good, by_crl, by_ocsp = f"Cst-good-{tag}", f"Cst-crl-{tag}", f"Cst-ocsp-{tag}"
     issued: dict[str, IssuedCertificate] = {
         ae: ca.issue(CertificateFlavour.AE_ID, [f"//{SP}/{acme.cse_id}/{ae}"], now=t0) for ae in (good, by_crl, by_ocsp)}
-    cse = ca.issue(CertificateFlavour.CSE_ID, [f"in.{SP}"], now=t0)
-    assert cse.private_key is not None
-    (gwdir / "st-cse.pem").write_bytes(b"".join(c.public_bytes(PEM) for c in [cse.certificate, *cse.chain]))
-    (gwdir / "st-cse.key").write_bytes(cse.private_key.private_bytes(PEM, serialization.PrivateFormat.PKCS8,
-                                                                     serialization.NoEncryption()))
-    (gwdir / "st-root.pem").write_bytes(ca.trust_anchor.public_bytes(PEM))
-    (gwdir / "st-sub.pem").write_bytes(ca.intermediate_cert.public_bytes(PEM))  # type: ignore[union-attr]
+    write_cse_credentials(gwdir, ca.issue(CertificateFlavour.CSE_ID, [f"in.{SP}"], now=t0), "st-cse.pem", "st-cse.key")
+    write_ca_files(gwdir, ca, "st-root.pem", "st-sub.pem")
     crl_keys = (f'crl_urls = ["{servers.crl.url("issuing")}", "{servers.crl.url("root")}"]\n'
                 'crl_issuers = "st-sub.pem"\ncrl_refresh_s = 3600\n')
     ocsp_keys = f'ocsp = true\nocsp_url = "{servers.ocsp.url}"\nocsp_timeout_s = 3\n'
-    text = f"""
-[cse]
-id = "{acme.cse_id}"
-name = "{acme.cse_name}"
-admin = "{ADMIN}"
-sp_id = "//{SP}"
-[store]
-kek_file = "gateway.kek"
-url = "sqlite://{gwdir}/gateway-saef-status.db"
-[saef]
+    text = gateway_toml_head(acme, gwdir, "gateway-saef-status.db") + """[saef]
 listen = "127.0.0.1:0"
 cert = "st-cse.pem"
 key = "st-cse.key"
@@ -155,10 +136,7 @@ key = "st-cse.key"
 
         def attempt(ae: str, rn: str) -> TLSHandshakeError | int:
             """``ae`` registers (or, if registered, creates container ``rn``): the RSC, or the handshake error."""
-            assoc = AssociationConfiguration.entity_a(
-                id_b="/" + acme.cse_id, cert_name_b=PeerCertInfo(CertificateFlavour.CSE_ID, f"in.{SP}"),
-                root_of_trust_b=[ca.trust_anchor])
-            ep = certificate_client(CredentialConfiguration.from_issued(issued[ae]), assoc, clock=utc_now)
+            ep = ae_certificate_client(issued[ae], ca, "/" + acme.cse_id)
             if rn == "":
                 r = RequestPrimitive(op=Operation.CREATE, to=base, fr=ae, rqi=new_request_id(), rvi="3",
                                      ty=ResourceType.AE,
