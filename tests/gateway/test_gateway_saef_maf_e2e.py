@@ -12,94 +12,37 @@ the listener keeps serving, and the AE whose Kc is cached still connects."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
-import subprocess
 import sys
-import tempfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from _gateway_support import GatewayProcess
+from _saef_support import gateway_toml_head, req, run, utc_now
 
-from m2msec.maf import AdminConfig, MAFClient, MAFClientConfig, MAFService
+from m2msec.maf import MAFClient, MAFClientConfig
 from m2msec.maf.client import RegisteredKey
-from m2msec.maf.server import load_config as load_maf_config
-from m2msec.maf.server import open_config_store
 from m2msec.net.acme import AcmeCSE
 from m2msec.onem2m import Operation, RequestPrimitive, ResourceType, ResponsePrimitive
 from m2msec.onem2m.enums import SUID
-from m2msec.onem2m.primitives import new_request_id
 from m2msec.saef import KpsaEntry, psk_client
 from m2msec.saef.http import SAEFHTTPClient
-from m2msec.store import KeyEncryptionKey
-from m2msec.tls.engine import PSKCredentials, TLSFailureReason, TLSHandshakeError
+from m2msec.tls.engine import TLSFailureReason, TLSHandshakeError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "maf"))
+from _mafproc import ADMIN_FQDN, MAF_FQDN, MAFProcess
 
 pytestmark = pytest.mark.acme
-MAF_FQDN, ADMIN_FQDN = "maf.m2m.example.com", "sp.m2m.example.com"
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-class MAFServe:
-    """``m2msec maf serve`` with Km clients provisioned through the store API (8.8.3.1)."""
-
-    def __init__(self, workdir: Path, clients: dict[str, tuple[str, bytes]]) -> None:
-        KeyEncryptionKey.generate().write_file(workdir / "maf.kek")
-        self.config = workdir / "maf.toml"
-        self.config.write_text(f'fqdn = "{MAF_FQDN}"\nstore = "sqlite:///{workdir / "maf.db"}"\n'
-                               f'kek_file = "maf.kek"\nhost = "127.0.0.1"\n[[admin]]\nfqdn = "{ADMIN_FQDN}"\n')
-        cfg = load_maf_config(self.config)
-        store = open_config_store(cfg, clock=utc_now)
-        try:
-            svc = MAFService(store, cfg.fqdn, admins=[AdminConfig(ADMIN_FQDN)], clock=utc_now)
-            for cid, (kmid, km) in clients.items():
-                svc.add_km_client(kmid, km, client_id=cid)
-        finally:
-            store.close()
-        self.clients = clients
-        self._err = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from m2msec.maf.cli import app; app()", "serve", "-c", str(self.config),
-             "--port", "0"], stdout=subprocess.PIPE, stderr=self._err, stdin=subprocess.DEVNULL, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        line: list[str] = []
-        t = threading.Thread(target=lambda: line.append(self.proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
-        t.start()
-        t.join(20)
-        if not line or "listening on" not in line[0]:
-            self.stop()
-            raise RuntimeError(f"MAF did not start: {line!r}")
-        self.port = int(line[0].rsplit(":", 1)[1])
-
-    def client(self, cid: str) -> MAFClientConfig:
-        kmid, km = self.clients[cid]
-        return MAFClientConfig(maf_fqdn=MAF_FQDN, admin_fqdn=ADMIN_FQDN, host="127.0.0.1", port=self.port,
-                               psk=PSKCredentials(kmid.encode(), km), timeout=5)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._err.close()
 
 
 @dataclass
 class World:
     acme: AcmeCSE
-    maf: MAFServe
+    maf: MAFProcess
     gw: GatewayProcess
     ae: str
     key: RegisteredKey
@@ -113,10 +56,6 @@ class World:
         return self.gw._err.read().decode("utf-8", "replace")
 
 
-def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 30))
-
-
 async def _register_key(cfg: MAFClientConfig, targets: list[str]) -> RegisteredKey:
     async with MAFClient(cfg) as c:
         return await c.register_key(SUID.MAF_SAEF, targets, utc_now() + timedelta(hours=1))
@@ -128,27 +67,18 @@ def world(acme: AcmeCSE, gwdir: Path, tag: str, tmp_path_factory: pytest.TempPat
     ae = f"Csaef-maf-{tag}"
     gw_km = os.urandom(32)
     clients = {csi: (f"gw{tag}@{MAF_FQDN}", gw_km), ae: (f"ae{tag}@{MAF_FQDN}", os.urandom(32))}
-    maf = MAFServe(tmp_path_factory.mktemp("maf"), clients)
+    maf = MAFProcess(tmp_path_factory.mktemp("maf"), clients)
     gw = None
     try:
         async def setup() -> RegisteredKey:
-            async with MAFClient(maf.client(ae)) as c:
+            async with MAFClient(maf.client_config(ae)) as c:
                 await c.register(utc_now() + timedelta(days=1))
-            return await _register_key(maf.client(ae), [csi])
+            return await _register_key(maf.client_config(ae), [csi])
 
         key = run(setup())
         (gwdir / "maf-gw.key").write_text(gw_km.hex())
         config = gwdir / "gateway-saef-maf.toml"
-        config.write_text(f"""
-[cse]
-id = "{acme.cse_id}"
-name = "{acme.cse_name}"
-admin = "CAdmin"
-sp_id = "//m2m.example.com"
-[store]
-kek_file = "gateway.kek"
-url = "sqlite://{gwdir}/gateway-saef-maf.db"
-[saef]
+        config.write_text(gateway_toml_head(acme, gwdir, "gateway-saef-maf.db") + f"""[saef]
 listen = "127.0.0.1:0"
 require_saef_for = ["{ae}"]
 [saef_maf]
@@ -166,10 +96,6 @@ negative_ttl = 2
         if gw is not None:
             assert gw.stop() == 0
         maf.stop()
-
-
-def req(op: Operation, to: str, fr: str | None, **kw: Any) -> RequestPrimitive:
-    return RequestPrimitive(op=op, to=to, fr=fr, rqi=new_request_id(), rvi="3", **kw)
 
 
 async def _session(w: World, entry: KpsaEntry, requests: list[RequestPrimitive]) -> list[ResponsePrimitive]:
@@ -205,7 +131,7 @@ def test_a_maf_based_ae_registers_and_writes_through_the_gateway(world: World) -
 
 def test_unknown_key_identifier_and_a_key_for_another_target_fail_the_handshake(world: World) -> None:
     w = world
-    other = run(_register_key(w.maf.client(w.ae), ["/id-other"]))
+    other = run(_register_key(w.maf.client_config(w.ae), ["/id-other"]))
     for entry in (KpsaEntry(f"{secrets.token_hex(16)}@{MAF_FQDN}", os.urandom(32)), KpsaEntry(other.key_id, other.key)):
         assert _connect_fails(w, entry).reason is TLSFailureReason.UNKNOWN_PSK_IDENTITY
     assert w.gw.proc.poll() is None
@@ -214,7 +140,7 @@ def test_unknown_key_identifier_and_a_key_for_another_target_fail_the_handshake(
 def test_maf_unreachable_fails_the_handshake_and_the_listener_keeps_serving(world: World) -> None:
     w = world
     run(_session(w, KpsaEntry(w.key.key_id, w.key.key), [req(Operation.RETRIEVE, w.acme.cse_base, w.ae)]))  # cached
-    fresh = run(_register_key(w.maf.client(w.ae), [w.csi]))
+    fresh = run(_register_key(w.maf.client_config(w.ae), [w.csi]))
     w.maf.stop()
     assert _connect_fails(w, KpsaEntry(fresh.key_id, fresh.key)).reason is TLSFailureReason.UNKNOWN_PSK_IDENTITY
     err = w.gateway_stderr()
