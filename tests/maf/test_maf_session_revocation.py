@@ -27,13 +27,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import h11
 import pytest
 from _mafserve import MAFServe
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _h11_session import KeepAliveSession, write_crls
 from _ocsp_failing import FailingResponder, MovableClock
 from _ocsp_peer import Responder
 from _ocsp_proc import DevPKI, Leaf, free_port, now
@@ -50,13 +49,11 @@ from m2msec.maf.protocol import (
 )
 from m2msec.maf.server import MAFServer, build_server, load_config, open_config_store
 from m2msec.maf.service import NS, MAFService
-from m2msec.net.h11io import send_request
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.pki import CertificateFlavour as F
 from m2msec.pki import OCSPResponder, PeerCertInfo
 from m2msec.pki.cli import reload_crls_and_report
 from m2msec.store import KeyEncryptionKey
-from m2msec.tls.aio import open_connection
 from m2msec.tls.engine import CertCredentials, PSKCredentials, TLSHandshakeError
 
 MAF = "maf.example.com"
@@ -64,7 +61,6 @@ ADMIN = "sp.example.com"
 AE1, AE2 = "//sp.example.com/CAE1", "//sp.example.com/CAE2"
 KMID = "psk-client@maf.example.com"
 KM = bytes(range(32))
-PEM = serialization.Encoding.PEM
 
 
 class Setup:
@@ -77,8 +73,7 @@ class Setup:
         KeyEncryptionKey.generate().write_file(tmp / "kek.hex")
 
     def write_crls(self) -> None:
-        (self.tmp / "issuing.crl").write_bytes(self.pki.ca.issue_crl(now=now()).public_bytes(PEM))
-        (self.tmp / "root.crl").write_bytes(self.pki.ca.issue_crl(now=now(), signer="root").public_bytes(PEM))
+        write_crls(self.tmp, self.pki.ca)
 
     def write_config(self, tls_extra: str, revocation: str = "if-available") -> Path:
         config = self.tmp / "maf.toml"
@@ -119,25 +114,15 @@ class Setup:
         return None
 
 
-class Session:
+class Session(KeepAliveSession):
     """One keep-alive MAF connection driven with h11 by the test: ``post``, ``closed_by_server``."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: Any) -> None:
-        self.reader, self.writer = reader, writer
-        self.conn = h11.Connection(h11.CLIENT)
 
     @classmethod
     async def open(cls, cfg: MAFClientConfig) -> Session:
-        r, w = await open_connection(cfg.host, cfg.port, cfg.tls_config(cfg.psk), server_name=MAF, timeout=10)
-        return cls(r, w)
+        return await cls.connect(cfg.host, cfg.port, cfg.tls_config(cfg.psk), server_name=MAF)
 
     async def post(self, proc: Procedure, msg: Any) -> tuple[int, int, dict[bytes, bytes], bytes]:
-        body = encode_body(msg)
-        rsp, out = await send_request(self.conn, self.reader, self.writer, "POST", proc.path,
-                                      [("Host", MAF), ("Content-Type", "application/json"),
-                                       ("Content-Length", str(len(body)))], body, timeout=10)
-        headers = {k.lower(): v for k, v in rsp.headers}
-        return rsp.status_code, int(headers.get(b"x-m2m-rsc", b"0")), headers, out
+        return await self.post_json(proc.path, MAF, encode_body(msg))
 
     async def register(self) -> str:
         status, rsc, _, out = await self.post(Procedure.CLIENT_REGISTRATION,
@@ -147,16 +132,6 @@ class Session:
 
     async def configuration(self, reg_id: str) -> tuple[int, int, dict[bytes, bytes], bytes]:
         return await self.post(Procedure.CONFIGURATION_RETRIEVAL, ConfigurationRetrievalRequest(MAF, reg_id))
-
-    async def closed_by_server(self) -> bool:
-        """True when the MAF closed the connection (EOF without our side closing)."""
-        try:
-            return await asyncio.wait_for(self.reader.read(1), 5) == b""
-        except ConnectionError:
-            return True
-
-    def close(self) -> None:
-        self.writer.close()
 
 
 async def serve(config: Path, clock: Any = now) -> MAFServer:

@@ -21,14 +21,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import h11
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _h11_session import KeepAliveSession, write_crls
 from _ocsp_failing import FailingResponder, MovableClock
 from _ocsp_proc import DevPKI, Leaf, now
 
@@ -41,14 +40,12 @@ from m2msec.mef import (
     mef_tls_config,
 )
 from m2msec.mef.cli import app
-from m2msec.net.h11io import send_request
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.pki import CertificateFlavour as F
 from m2msec.pki import CRLStore, PeerCertInfo, load_crl_files
 from m2msec.pki.cli import reload_crls_and_report
 from m2msec.pki.ocsp_check import PeerOCSPChecker
 from m2msec.store import KeyEncryptionKey, open_store
-from m2msec.tls.aio import open_connection
 from m2msec.tls.engine import CertCredentials, PSKCredentials, TLSHandshakeError
 
 SP = "sp.example.com"
@@ -57,7 +54,6 @@ AE1, AE2 = (f"//{SP}/id-in/C{n}" for n in ("sess1", "sess2"))
 AE_PSK = f"//{SP}/id-in/Csesspsk"
 KPM_ID = "kpm-sess@mef.example.com"
 KPM = bytes(range(1, 33))
-PEM = serialization.Encoding.PEM
 
 
 class Setup:
@@ -69,8 +65,7 @@ class Setup:
         self.crl_files = [str(tmp / "issuing.crl"), str(tmp / "root.crl")]
 
     def write_crls(self) -> None:
-        (self.tmp / "issuing.crl").write_bytes(self.pki.ca.issue_crl(now=now()).public_bytes(PEM))
-        (self.tmp / "root.crl").write_bytes(self.pki.ca.issue_crl(now=now(), signer="root").public_bytes(PEM))
+        write_crls(self.tmp, self.pki.ca)
 
     def state(self, *, crls: CRLStore | None = None, checker: PeerOCSPChecker | None = None,
               revocation: str = "require", clock: Any = now) -> MEFState:
@@ -102,34 +97,15 @@ class Setup:
         return None
 
 
-class Session:
+class Session(KeepAliveSession):
     """One keep-alive MEF connection driven with h11 by the test."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: Any) -> None:
-        self.reader, self.writer = reader, writer
-        self.conn = h11.Connection(h11.CLIENT)
 
     @classmethod
     async def open(cls, port: int, tls: Any) -> Session:
-        r, w = await open_connection("127.0.0.1", port, tls, timeout=10)
-        return cls(r, w)
+        return await cls.connect("127.0.0.1", port, tls)
 
     async def enrol(self) -> tuple[int, int, dict[bytes, bytes], bytes]:
-        body = EnrolmentRequest().to_json()
-        rsp, out = await send_request(self.conn, self.reader, self.writer, "POST", "/enrolment",
-                                      [("Host", MEF_FQDN), ("Content-Type", "application/json"),
-                                       ("Content-Length", str(len(body))), ("X-M2M-RI", "rq-1")], body, timeout=10)
-        headers = {k.lower(): v for k, v in rsp.headers}
-        return rsp.status_code, int(headers.get(b"x-m2m-rsc", b"0")), headers, out
-
-    async def closed_by_server(self) -> bool:
-        try:
-            return await asyncio.wait_for(self.reader.read(1), 5) == b""
-        except ConnectionError:
-            return True
-
-    def close(self) -> None:
-        self.writer.close()
+        return await self.post_json("/enrolment", MEF_FQDN, EnrolmentRequest().to_json(), [("X-M2M-RI", "rq-1")])
 
 
 def test_crl_revocation_ends_the_session_of_that_enrolee_only(tmp_path: Path) -> None:
