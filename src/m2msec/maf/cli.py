@@ -64,7 +64,8 @@ def _open(config: Path) -> tuple[MAFServerConfig, Store, MAFService]:
     cfg = load_config(config)
     store = open_config_store(cfg, clock=utc_now)
     svc = MAFService(store, cfg.fqdn, admins=cfg.admins, clock=utc_now,
-                     client_trust_anchors=cfg.client_trust_anchors, max_keys_per_client=cfg.max_keys_per_client)
+                     client_trust_anchors=cfg.client_trust_anchors, max_keys_per_client=cfg.max_keys_per_client,
+                     max_keys_total=cfg.max_keys_total)
     return cfg, store, svc
 
 
@@ -342,6 +343,7 @@ def clients(config: ConfigOpt, as_json: Annotated[bool, typer.Option("--json")] 
         _, store, svc = _open(config)
         with store:
             rows = svc.list_clients()
+            total = svc.key_total()
     except M2MSecError as exc:
         _fail(exc)
     if as_json:
@@ -351,7 +353,7 @@ def clients(config: ConfigOpt, as_json: Annotated[bool, typer.Option("--json")] 
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"MAF clients ({len(rows)})")
+    table = Table(title=f"MAF clients ({len(rows)}), live Key Registrations {total}/{svc.max_keys_total}")
     for col in ("client ID", "auth", "credential", "origin", "credential expires", "registrations", "keys"):
         table.add_column(col, overflow="fold")
     for r in rows:

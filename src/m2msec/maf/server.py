@@ -49,7 +49,15 @@ from m2msec.errors import M2MSecError, ParseError
 from m2msec.keys import LABEL_CONNECTION
 from m2msec.maf.mef import FetcherMEFClient, MEFClient
 from m2msec.maf.protocol import ErrorBody, MAFError, Procedure, decode_body, encode_body
-from m2msec.maf.service import MAX_KEYS_PER_CLIENT_DEFAULT, MAX_KEYS_PER_CLIENT_LIMIT, AdminConfig, MAFPeer, MAFService
+from m2msec.maf.service import (
+    MAX_KEYS_PER_CLIENT_DEFAULT,
+    MAX_KEYS_PER_CLIENT_LIMIT,
+    MAX_KEYS_TOTAL_DEFAULT,
+    MAX_KEYS_TOTAL_LIMIT,
+    AdminConfig,
+    MAFPeer,
+    MAFService,
+)
 from m2msec.net.h11io import BodyTooLarge, next_cycle, read_request, write_response
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.pki import (
@@ -92,6 +100,7 @@ class MAFServerConfig:
     max_key_lifetime: timedelta = timedelta(days=30)
     key_cache_ttl: timedelta = timedelta(seconds=1)  # Key Retrieval cache entry lifetime (0: no cache)
     max_keys_per_client: int = MAX_KEYS_PER_CLIENT_DEFAULT  # live Key Registrations per Source MAF Client
+    max_keys_total: int = MAX_KEYS_TOTAL_DEFAULT  # live Key Registrations of all clients together
     credentials: CertCredentials | None = field(default=None, repr=False)
     client_trust_anchors: tuple[x509.Certificate, ...] = ()
     kek_file: str | None = None
@@ -152,7 +161,7 @@ class MAFServerConfig:
 #: every key and table of maf.toml (docs/configuration.md); anything else is a configuration error
 MAF_TOML_KEYS: dict[str, frozenset[str]] = {
     "": frozenset({"fqdn", "store", "kek_file", "host", "port", "max_registration_lifetime_s", "max_key_lifetime_s",
-                   "key_cache_ttl_s", "max_keys_per_client", "audit_seal_interval_s", "mef", "tls", "admin"}),
+                   "key_cache_ttl_s", "max_keys_per_client", "max_keys_total", "audit_seal_interval_s", "mef", "tls", "admin"}),
     "mef": frozenset({"fqdn", "host", "port", "psk_identity", "psk_hex"}),
     "tls": frozenset({"cert", "key", "client_trust_anchors", "client_crls", "client_crl_urls", "client_crl_issuers",
                       "client_crl_from_cdp", "client_crl_refresh_s", "client_crl_https_ca", "revocation",
@@ -181,6 +190,8 @@ def load_config(path: str | Path) -> MAFServerConfig:
                                            # other instances' changes invalidate it at once
         max_keys_per_client = 1000         # live Key Registrations per Source MAF Client (1-100000);
                                            # one more is refused with 4103 (HTTP 403)
+        max_keys_total = 1000000           # live Key Registrations of all clients together
+                                           # (1-10000000); one more: 4103 as well
         audit_seal_interval_s = 300        # serve seals the audit trail at start, this often and
                                            # at stop (m2msec.store.autoseal); 0 = off, else 0.5-86400
         [mef]                              # optional: remotely provisioned clients (KeID -> Km)
@@ -313,13 +324,17 @@ def load_config(path: str | Path) -> MAFServerConfig:
         if (isinstance(max_keys, bool) or not isinstance(max_keys, int)
                 or not 1 <= max_keys <= MAX_KEYS_PER_CLIENT_LIMIT):
             raise ValueError(f"max_keys_per_client must be an integer from 1 to {MAX_KEYS_PER_CLIENT_LIMIT}")
+        max_total = data.get("max_keys_total", MAX_KEYS_TOTAL_DEFAULT)
+        if (isinstance(max_total, bool) or not isinstance(max_total, int)
+                or not 1 <= max_total <= MAX_KEYS_TOTAL_LIMIT):
+            raise ValueError(f"max_keys_total must be an integer from 1 to {MAX_KEYS_TOTAL_LIMIT}")
         seal_interval = parse_seal_interval(data.get("audit_seal_interval_s", DEFAULT_SEAL_INTERVAL_S))
         return MAFServerConfig(
             fqdn=str(data["fqdn"]), store_url=str(data["store"]), host=str(data.get("host", "127.0.0.1")),
             port=int(data.get("port", 0)), admins=admins,
             max_registration_lifetime=timedelta(seconds=int(data.get("max_registration_lifetime_s", 365 * 86400))),
             max_key_lifetime=timedelta(seconds=int(data.get("max_key_lifetime_s", 30 * 86400))),
-            key_cache_ttl=timedelta(seconds=cache_ttl), max_keys_per_client=max_keys,
+            key_cache_ttl=timedelta(seconds=cache_ttl), max_keys_per_client=max_keys, max_keys_total=max_total,
             credentials=creds, client_trust_anchors=anchors, client_crls=crls, client_crl_files=crl_paths,
             revocation=revocation, client_crl_urls=crl_urls, client_crl_issuers=crl_issuers,
             client_crl_refresh=crl_refresh, client_crl_https_ca=crl_https_ca,
@@ -489,7 +504,7 @@ def build_server(cfg: MAFServerConfig, store: Store, *, clock: Clock, mef: MEFCl
                          client_trust_anchors=cfg.client_trust_anchors, client_crls=cfg.client_crls,
                          revocation=cfg.revocation, max_registration_lifetime=cfg.max_registration_lifetime,
                          max_key_lifetime=cfg.max_key_lifetime, key_cache_ttl=cfg.key_cache_ttl,
-                         max_keys_per_client=cfg.max_keys_per_client,
+                         max_keys_per_client=cfg.max_keys_per_client, max_keys_total=cfg.max_keys_total,
                          client_ocsp=cfg.client_ocsp_checker(clock=clock))
     return MAFServer(service, host=cfg.host, port=cfg.port, credentials=cfg.credentials, reuse_port=reuse_port,
                      ocsp_staple=stapler.staple if stapler is not None else None)

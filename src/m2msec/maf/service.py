@@ -26,7 +26,11 @@ Store layout (namespaces):
   *Per-client quota* below).
 * ``maf.quotameta`` one record ``tracked``: present once every Key Registration of the store
   is in a ``maf.quota`` record (written by the first Key Registration of a store, which
-  builds the ``maf.quota`` records of the keys registered before quotas existed).
+  builds the ``maf.quota`` records of the keys registered before quotas existed); record
+  ``tracked-total``: the same for the ``maf.quotatotal`` shards.
+* ``maf.quotatotal`` records without expiry, ids ``0`` to ``255``: the MAF-wide count of live Key
+  Registrations split over :data:`TOTAL_SHARDS` shards, ``{"exp": "…"}`` the sorted expiries
+  (``%014x`` µs) of the registrations a shard counts, 14 characters each (see *MAF-wide quota*).
 
 Audit: actor ``maf``, action = procedure name, subject = client ID, outcome ``ok`` or
 ``refused <RSC>``; details never contain key bytes.
@@ -89,6 +93,33 @@ IMMEDIATE``); on PostgreSQL a concurrent transaction's compare-and-set waits for
 lock and then fails (READ COMMITTED re-checks the version), and the procedure re-reads the
 committed record and tries again - so two instances never both take the last slot.  The
 record holds 46 characters per live key of the client.
+
+MAF-wide quota (the same authorization, against storage exhaustion by many clients together):
+the MAF holds at most ``max_keys_total`` live Key Registrations (default 1 000 000, 1 to
+10 000 000; no "unlimited").  One more is refused like a per-client refusal (4103, audited,
+nothing written; :class:`KeyTotalExceeded`, checked after the client's own quota).  A single
+counter row would make every Key Registration of every instance wait for the previous one's
+commit (PostgreSQL row lock), so the limit is split over :data:`TOTAL_SHARDS` ``maf.quotatotal``
+records whose capacities add up to ``max_keys_total`` exactly (``max_keys_total // 256``, the
+first ``max_keys_total % 256`` shards one more; below 256 only the first ``max_keys_total``
+shards have a slot).  A Key Registration takes a slot in the first shard with room, searching
+from one chosen by its (random) RelativeKeyID, with the same compare-and-set as the per-client
+record (a conflict re-reads that shard; a full shard is only read) and records the shard in
+its ``maf.keyreg`` document (``quotaShard``); concurrent registrations thus lock different rows
+(1 in 256 collide), and the total can never pass the limit because no shard passes its own
+capacity.  A refusal means every shard was full when read (up to 256 reads: only at the limit).
+A shard holds the expiries of its entries: an expired registration stops counting at its
+expiry; Key De-Registration and ``revoke_key`` remove one entry with the key's expiry from its
+shard (entries with one expiry are interchangeable), a Key Registration Update moves it.  Each
+transaction writes at most one client record and then one shard, always in that order (no
+lock cycle).  A shard holds 14 characters per counted key (at the default, full: 3 907 entries,
+55 KiB).  The first Key Registration on a store without shards (``maf.quotameta/tracked-total``
+absent) counts the live keys once, filling the shards to their capacity; such keys carry no
+``quotaShard`` and their de-registration removes an entry with their expiry from the first
+shard holding one.  Lowering ``max_keys_total`` is exact only once every shard is at or below
+its new capacity: until the keys counted under the old value expire or are de-registered, a
+shard still below its new capacity may accept keys while another holds more than its own
+(below 256 the shards from ``max_keys_total`` on are no longer searched at all).
 """
 
 from __future__ import annotations
@@ -151,8 +182,9 @@ from m2msec.store import (
 from m2msec.tls.engine import TLSEngine
 from m2msec.tls.pkiverify import PKIVerifyHook
 
-__all__ = ["CACHE_CHANNEL", "MAX_KEYS_PER_CLIENT_DEFAULT", "MAX_KEYS_PER_CLIENT_LIMIT", "NS", "AdminConfig",
-           "KeyQuotaExceeded", "MAFPeer", "MAFService"]
+__all__ = ["CACHE_CHANNEL", "MAX_KEYS_PER_CLIENT_DEFAULT", "MAX_KEYS_PER_CLIENT_LIMIT", "MAX_KEYS_TOTAL_DEFAULT",
+           "MAX_KEYS_TOTAL_LIMIT", "NS", "TOTAL_SHARDS", "AdminConfig", "KeyQuotaExceeded", "KeyTotalExceeded",
+           "MAFPeer", "MAFService"]
 
 log = logging.getLogger(__name__)
 
@@ -167,10 +199,13 @@ class NS:
     KEY_ID = "maf.keyid"
     QUOTA = "maf.quota"
     QUOTA_META = "maf.quotameta"
+    QUOTA_TOTAL = "maf.quotatotal"
 
 
 #: ``maf.quotameta`` record id: the ``maf.quota`` records cover every Key Registration
 _QUOTA_TRACKED = "tracked"
+#: ``maf.quotameta`` record id: the ``maf.quotatotal`` shards cover every Key Registration
+_TOTAL_TRACKED = "tracked-total"
 #: compare-and-set attempts on a client's quota record before the procedure gives up (4105):
 #: each failed attempt means another transaction of the same client committed meanwhile
 _QUOTA_ATTEMPTS = 64
@@ -181,6 +216,13 @@ _SLOT = _EXP_HEX + 32
 #: bounds of ``max_keys_per_client`` (the quota record grows by 46 characters per live key)
 MAX_KEYS_PER_CLIENT_DEFAULT = 1000
 MAX_KEYS_PER_CLIENT_LIMIT = 100_000
+#: bounds of ``max_keys_total``, the MAF-wide limit on live Key Registrations: the default is a
+#: thousand clients at the per-client default (about 1 GB of rows in the store); the upper
+#: bound keeps a shard record below 40 000 entries (547 KiB) when the MAF is full
+MAX_KEYS_TOTAL_DEFAULT = 1_000_000
+MAX_KEYS_TOTAL_LIMIT = 10_000_000
+#: ``maf.quotatotal`` records (the MAF-wide count is split over them, see *MAF-wide quota*)
+TOTAL_SHARDS = 256
 
 
 def _epoch_us(dt: datetime) -> int:
@@ -191,6 +233,71 @@ class KeyQuotaExceeded(MAFError):
     """A Key Registration (8.8.2.7) over the Source MAF Client's ``max_keys_per_client``."""
 
     default_rsc = RSC.ORIGINATOR_HAS_NO_PRIVILEGE
+
+
+class KeyTotalExceeded(KeyQuotaExceeded):
+    """A Key Registration (8.8.2.7) over the MAF-wide ``max_keys_total``."""
+
+
+class _Expiries:
+    """A ``maf.quotatotal`` shard: the multiset of the expiries of the Key Registrations it
+    counts, ``%014x`` microseconds since the Unix epoch each, sorted, in one string (``exp``).
+
+    Entries with one expiry are interchangeable (only how many are live matters), so a shard
+    keeps no RelativeKeyID: 14 characters per counted key."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    @classmethod
+    def of(cls, doc: Mapping[str, Any] | None) -> _Expiries:
+        text = "" if doc is None else doc.get("exp")
+        if not isinstance(text, str) or len(text) % _EXP_HEX:
+            raise StoreError("malformed maf.quotatotal record")
+        return cls(text)
+
+    def doc(self) -> dict[str, Any]:
+        return {"exp": self.text}
+
+    def __len__(self) -> int:
+        return len(self.text) // _EXP_HEX
+
+    def _index(self, key: str) -> int:
+        lo, hi, t = 0, len(self), self.text
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if t[mid * _EXP_HEX:(mid + 1) * _EXP_HEX] < key:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    @staticmethod
+    def _entry(exp_us: int) -> str:
+        entry = f"{exp_us:0{_EXP_HEX}x}"
+        if len(entry) != _EXP_HEX or exp_us < 0:
+            raise ValueError("an expiry between 1970 and 4253")
+        return entry
+
+    def drop_expired(self, now_us: int) -> None:
+        i = self._index(f"{now_us:0{_EXP_HEX}x}g")  # "g" sorts after every hex digit: expiry <= now
+        self.text = self.text[i * _EXP_HEX:]
+
+    def put(self, exp_us: int) -> None:
+        entry = self._entry(exp_us)
+        i = self._index(entry)
+        self.text = self.text[:i * _EXP_HEX] + entry + self.text[i * _EXP_HEX:]
+
+    def remove(self, exp_us: int) -> bool:
+        """Drop one entry with this expiry; False if there is none (it expired and was dropped)."""
+        entry = self._entry(exp_us)
+        i = self._index(entry)
+        if self.text[i * _EXP_HEX:(i + 1) * _EXP_HEX] != entry:
+            return False
+        self.text = self.text[:i * _EXP_HEX] + self.text[(i + 1) * _EXP_HEX:]
+        return True
 
 
 class _Slots:
@@ -413,14 +520,21 @@ class MAFService:
         inline_sqlite_reads: bool = True,
         max_keys_per_client: int = MAX_KEYS_PER_CLIENT_DEFAULT,
         client_ocsp: PeerOCSPChecker | None = None,
+        max_keys_total: int = MAX_KEYS_TOTAL_DEFAULT,
     ) -> None:
         if (isinstance(max_keys_per_client, bool) or not isinstance(max_keys_per_client, int)
                 or not 1 <= max_keys_per_client <= MAX_KEYS_PER_CLIENT_LIMIT):
             raise ValueError(f"max_keys_per_client must be an integer from 1 to {MAX_KEYS_PER_CLIENT_LIMIT}")
         #: live Key Registrations a Source MAF Client may hold (8.8.2.7 authorization)
         self.max_keys_per_client = max_keys_per_client
-        #: the store's ``maf.quotameta`` record has been seen (it is never deleted)
+        if (isinstance(max_keys_total, bool) or not isinstance(max_keys_total, int)
+                or not 1 <= max_keys_total <= MAX_KEYS_TOTAL_LIMIT):
+            raise ValueError(f"max_keys_total must be an integer from 1 to {MAX_KEYS_TOTAL_LIMIT}")
+        #: live Key Registrations of all MAF Clients together (MAF-wide; storage exhaustion)
+        self.max_keys_total = max_keys_total
+        #: the store's ``maf.quotameta`` records have been seen (they are never deleted)
         self._quota_tracked = False
+        self._total_tracked = False
         self.store = store
         self.audit = AuditBatcher(store)
         self.key_cache_ttl = key_cache_ttl
@@ -558,6 +672,7 @@ class MAFService:
                 tx.delete_credential(NS.KEY, rel)
                 if rec is not None:
                     self._quota_change(tx, rec.doc["sourceMAFClientID"], rel, None, take=False)
+                    self._total_move(tx, rec, None)
                 tx.append_audit(actor, "revoke-key", rel, "ok" if live else "absent",
                                 admin_details({"relativeKeyID": rel}))
                 tx.notify(CACHE_CHANNEL, self._change_payload("revoke-key", rel, {"relativeKeyID": rel}))
@@ -930,6 +1045,7 @@ class MAFService:
         PostgreSQL a concurrent inserter waits for this transaction and then finds it) and
         builds the records of the keys registered before quotas existed (one scan, once per
         store); later calls find the marker, and once seen it is not looked up again."""
+        self._total_ready(tx)
         if self._quota_tracked:
             return
         if tx.find_record(NS.QUOTA_META, _QUOTA_TRACKED) is not None:
@@ -983,6 +1099,121 @@ class MAFService:
                 continue  # PostgreSQL: another transaction committed the record meanwhile; re-read it
         raise MAFError(f"the quota record of {client_id!r} kept changing", rsc=RSC.CONFLICT)
 
+    # ------------------------------------------------------------------ MAF-wide quota (8.8.2.7)
+
+    def _total_ready(self, tx: Transaction) -> None:
+        """Make sure every Key Registration of the store is counted in a ``maf.quotatotal``
+        shard: the first call on a store inserts the ``tracked-total`` marker and counts the
+        live keys registered before the MAF-wide quota existed (filling the shards searched
+        up to their capacity, any excess spread over them: they are full until it is gone);
+        as :meth:`_quota_ready` otherwise."""
+        if self._total_tracked:
+            return
+        if tx.find_record(NS.QUOTA_META, _TOTAL_TRACKED) is not None:
+            self._total_tracked = True
+            return
+        try:
+            tx.put_record(NS.QUOTA_META, _TOTAL_TRACKED, {"since": _iso(self.now())}, if_absent=True)
+        except DuplicateError:
+            self._total_tracked = True
+            return
+        shards: dict[int, _Expiries] = {}
+        used = min(TOTAL_SHARDS, self.max_keys_total)
+        live = sorted(_epoch_us(r.expires_at) for r in tx.list_records(NS.KEY_REG) if r.expires_at is not None)
+        pos = 0
+        for i in range(used):
+            take = live[pos:pos + self._shard_capacity(i)]
+            pos += len(take)
+            if take:
+                shards[i] = _Expiries("".join(_Expiries._entry(t) for t in take))
+        for k, exp_us in enumerate(live[pos:]):  # more live keys than the limit
+            shards.setdefault(k % used, _Expiries("")).put(exp_us)
+        for old in tx.list_records(NS.QUOTA_TOTAL):  # left over from an earlier count: replaced
+            if int(old.rec_id) not in shards:
+                tx.delete_record(NS.QUOTA_TOTAL, old.rec_id)
+        for i, ex in shards.items():
+            tx.put_record(NS.QUOTA_TOTAL, str(i), ex.doc())
+
+    def _shard_capacity(self, i: int) -> int:
+        """Slots of shard ``i``: ``max_keys_total`` split over the shards (they add up to it exactly)."""
+        q, r = divmod(self.max_keys_total, TOTAL_SHARDS)
+        return q + (1 if i < r else 0)
+
+    def _total_write(self, tx: Transaction, rec: Any, i: int, ex: _Expiries) -> bool:
+        """Compare-and-set of shard ``i``; False if another transaction committed it meanwhile."""
+        try:
+            if rec is None:
+                tx.put_record(NS.QUOTA_TOTAL, str(i), ex.doc(), if_absent=True)
+            else:
+                tx.update_record(NS.QUOTA_TOTAL, str(i), ex.doc(), expected_version=rec.version)
+            return True
+        except (DuplicateError, VersionConflict):
+            return False
+
+    def _total_take(self, tx: Transaction, rel: str, expires: datetime) -> int:
+        """Count a new Key Registration in a shard with a free slot and return the shard;
+        :class:`KeyTotalExceeded` when every shard is full (the MAF holds ``max_keys_total``).
+
+        The search starts at a shard chosen by the RelativeKeyID (random), so concurrent
+        registrations write different rows; a full shard is only read."""
+        used = min(TOTAL_SHARDS, self.max_keys_total)  # shards with at least one slot
+        start = int(rel[:8], 16) % used
+        exp_us = _epoch_us(expires)
+        live = 0
+        for k in range(used):
+            i = (start + k) % used
+            cap = self._shard_capacity(i)
+            for _ in range(_QUOTA_ATTEMPTS):
+                rec = tx.find_record(NS.QUOTA_TOTAL, str(i))
+                ex = _Expiries.of(rec.doc if rec is not None else None)
+                ex.drop_expired(_epoch_us(self.now()))
+                if len(ex) >= cap:
+                    live += len(ex)
+                    break  # full: the next shard
+                ex.put(exp_us)
+                if self._total_write(tx, rec, i, ex):
+                    return i
+            else:
+                raise MAFError(f"the MAF-wide quota record {i} kept changing", rsc=RSC.CONFLICT)
+        raise KeyTotalExceeded(
+            f"this MAF holds {live} live Key Registrations, the most it allows (max_keys_total = "
+            f"{self.max_keys_total}); try again when keys have expired or been de-registered")
+
+    def _total_move(self, tx: Transaction, rec: Any, new_expires: datetime | None) -> None:
+        """The Key Registration ``rec`` (its ``maf.keyreg`` record) stops counting (``new_expires``
+        None: de-registered) or counts until ``new_expires`` (8.8.2.9), in the shard it was
+        counted in.  An entry that already expired (and was dropped) is not put back."""
+        if rec.expires_at is None:
+            return
+        shard = rec.doc.get("quotaShard")
+        # a key counted by the one-time build has no quotaShard: the shard holding its expiry
+        candidates = [shard] if isinstance(shard, int) and 0 <= shard < TOTAL_SHARDS else range(TOTAL_SHARDS)
+        for i in candidates:
+            for _ in range(_QUOTA_ATTEMPTS):
+                found = tx.find_record(NS.QUOTA_TOTAL, str(i))
+                if found is None:
+                    break
+                ex = _Expiries.of(found.doc)
+                ex.drop_expired(_epoch_us(self.now()))
+                if not ex.remove(_epoch_us(rec.expires_at)):
+                    break  # not counted here (any more)
+                if new_expires is not None:
+                    ex.put(_epoch_us(new_expires))
+                if self._total_write(tx, found, i, ex):
+                    return
+            else:
+                raise MAFError(f"the MAF-wide quota record {i} kept changing", rsc=RSC.CONFLICT)
+
+    def key_total(self) -> int:
+        """Live Key Registrations counted against ``max_keys_total`` (admin/observability)."""
+        now_us = _epoch_us(self.now())
+        n = 0
+        for rec in self.store.list_records(NS.QUOTA_TOTAL):
+            ex = _Expiries.of(rec.doc)
+            ex.drop_expired(now_us)
+            n += len(ex)
+        return n
+
     def key_count(self, client_id: str) -> int:
         """Live Key Registrations counted against ``client_id``'s quota (admin/observability)."""
         rec = self.store.find_record(NS.QUOTA, client_id)
@@ -1013,10 +1244,11 @@ class MAFService:
             raise MAFError(f"RelativeKeyID {rel} has been used before (one exporter key per MAF Handshake)",
                            rsc=RSC.CONFLICT) from None
         self._quota_change(tx, peer.client_id, rel, expires, take=True)
+        shard = self._total_take(tx, rel, expires)  # after the client's own quota: its refusal comes first
         key_id = maf_key_id(bytes.fromhex(rel), self.fqdn)
         doc = {"keyID": key_id, "sourceMAFClientID": peer.client_id, "adminFQDN": req.admin_fqdn,
                "suid": int(req.suid), "targetIDs": list(req.target_ids), "labels": list(req.labels or []),
-               "origin": origin, "expirationTime": _iso(expires)}
+               "origin": origin, "expirationTime": _iso(expires), "quotaShard": shard}
         tx.put_record(NS.KEY_REG, rel, doc, expires_at=expires, if_absent=True)
         tx.put_credential(NS.KEY, rel, key, metadata={"suid": int(req.suid)}, expires_at=expires, if_absent=True)
         rsp = KeyRegistrationResponse(relative_key_id=rel, expiration_time=expires,
@@ -1112,6 +1344,7 @@ class MAFService:
             cred = tx.get_credential(NS.KEY, rec.rec_id)
             tx.put_credential(NS.KEY, rec.rec_id, cred.secret, metadata=cred.metadata, expires_at=expires)
             self._quota_change(tx, doc["sourceMAFClientID"], rec.rec_id, expires, take=False)
+            self._total_move(tx, rec, expires)
         tx.update_record(NS.KEY_REG, rec.rec_id, doc, expected_version=rec.version, expires_at=expires)
         rsp = KeyRegistrationUpdateResponse(
             expiration_time=expires if req.expiration_time is not None else None,
@@ -1125,6 +1358,7 @@ class MAFService:
         tx.delete_record(NS.KEY_REG, rec.rec_id, expected_version=rec.version)
         tx.delete_credential(NS.KEY, rec.rec_id)
         self._quota_change(tx, rec.doc["sourceMAFClientID"], rec.rec_id, None, take=False)  # the slot is free
+        self._total_move(tx, rec, None)
         return KeyDeregistrationResponse(), rec.doc["sourceMAFClientID"], {"relativeKeyID": rec.rec_id}
 
     # ------------------------------------------------------------------ misc
