@@ -18,7 +18,17 @@ A request that passed the check goes to ``handler(request, ctx)`` as a primitive
 for a server that relays HTTP (the ESPrim gateway), to ``http_handler(message, request,
 ctx)`` with the received :class:`HTTPMessage` (method, target, headers, body, TCP peer)
 and answers with an HTTP response.  ``idle_timeout`` bounds the wait for each read of a
-request; ``rejections`` and ``handshake_errors`` keep the latest ``max_records`` entries.
+request; ``rejections``, ``session_refusals`` and ``handshake_errors`` keep the latest
+``max_records`` entries.
+
+``session_check(ctx)`` (optional) is asked once per association, when it is bound; it returns
+None (nothing is checked per request: PSK associations, say) or a callable asked before each
+request of that association: None while its authentication holds, else why not.  Then the
+request gets ORIGINATOR_NOT_AUTHENTICATED (4106, HTTP 403; TS-0004 7.3: the authentication of
+the security association no longer holds) in the form of the 7.2.1 refusals, with
+``Connection: close``, before it is parsed or reaches a handler, and the connection is closed.
+:class:`m2msec.saef.status.AssociationSessionCheck` is the one for certificate associations
+whose certificate is revoked after the handshake (TS-0003 8.1.2.2).
 
 :class:`SAEFHTTPClient` is the matching client: one keep-alive connection, one
 request at a time.
@@ -52,7 +62,8 @@ from m2msec.saef.framework import SAEFEndpoint, connect, serve
 from m2msec.tls.aio import TLSStreamWriter
 from m2msec.tls.profiles import Transport
 
-__all__ = ["HTTPMessage", "HTTPRequestHandler", "RequestHandler", "SAEFHTTPClient", "SAEFHTTPServer", "Rejection"]
+__all__ = ["HTTPMessage", "HTTPRequestHandler", "Rejection", "RequestHandler", "SAEFHTTPClient", "SAEFHTTPServer",
+           "SessionCheckFactory"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +83,8 @@ class HTTPMessage:
 
 
 HTTPRequestHandler = Callable[[HTTPMessage, RequestPrimitive, SecurityContext], Awaitable[HttpResponse]]
+#: ``session_check``: per association, None or the check asked before each of its requests
+SessionCheckFactory = Callable[[SecurityContext], "Callable[[], str | None] | None"]
 
 _MAX_BODY = 1 << 20
 _MAX_HEAD = 64 * 1024  # request line and headers, whatever the body limit (as the plain listener)
@@ -106,7 +119,7 @@ class SAEFHTTPServer:
     def __init__(self, endpoint: SAEFEndpoint, handler: RequestHandler | None = None, *, sp_id: str | None = None,
                  cse_id: str | None = None, allow_cse_forwarding: bool = False, max_body: int = _MAX_BODY,
                  http_handler: HTTPRequestHandler | None = None, idle_timeout: float | None = None,
-                 max_records: int = 1000) -> None:
+                 max_records: int = 1000, session_check: SessionCheckFactory | None = None) -> None:
         if endpoint.transport is not Transport.TLS:
             raise ValueError("the HTTP binding runs over TLS (TCP)")
         if (handler is None) == (http_handler is None):
@@ -122,6 +135,9 @@ class SAEFHTTPServer:
         self.allow_cse_forwarding = allow_cse_forwarding
         self.max_body = max_body
         self.rejections: list[Rejection] = []
+        self.session_check = session_check
+        #: requests refused because ``session_check`` said the association no longer holds
+        self.session_refusals: list[Rejection] = []
         self.handshake_errors: list[BaseException] = []
         self._server: asyncio.Server | None = None
 
@@ -170,7 +186,7 @@ class SAEFHTTPServer:
             self._tasks.add(task)
         try:
             await self._serve_connection(reader, writer, ctx)
-        except (asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError, h11.LocalProtocolError):
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, h11.LocalProtocolError):
             pass  # idle, reset or half-closed: end the connection quietly
         except asyncio.CancelledError:
             pass  # close()
@@ -182,6 +198,13 @@ class SAEFHTTPServer:
                                 ctx: SecurityContext) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)  # request line + headers
         peer = writer.get_extra_info("peername")
+        check = None
+        if self.session_check is not None:
+            try:
+                check = self.session_check(ctx)
+            except Exception:  # fail closed: an association whose status cannot be watched is not served
+                log.exception("session check of the association with %r failed; connection closed", ctx.peer_id)
+                return
         while True:
             try:
                 req_event, body = await read_request(conn, reader, self.max_body, timeout=self.idle_timeout)
@@ -192,10 +215,26 @@ class SAEFHTTPServer:
                 return
             if req_event is None:
                 return
+            if check is not None and (why := check()) is not None:
+                await self._send(conn, writer, self._refuse_session(req_event, ctx, why))
+                return
             resp = await self._dispatch(req_event, body, ctx, peer)
             await self._send(conn, writer, resp)
             if not next_cycle(conn):
                 return
+
+    def _refuse_session(self, event: h11.Request, ctx: SecurityContext, why: str) -> HttpResponse:
+        """4106 with ``Connection: close`` for a request on an association that no longer holds."""
+        fr = _header(event.headers, b"x-m2m-origin")
+        self._record(self.session_refusals, (ctx.peer_id, fr, int(ResponseStatusCode.ORIGINATOR_NOT_AUTHENTICATED)))
+        # WARNING: once per association, and a server that configures no logging still shows it
+        log.warning("SAEF association with %r (%s) closed: request %r refused with 4106, the association "
+                    "no longer authenticates: %s", ctx.peer_id, ctx.credential_id,
+                    _header(event.headers, b"x-m2m-ri"), why)
+        status, headers, body = _error_response(
+            ResponseStatusCode.ORIGINATOR_NOT_AUTHENTICATED, _header(event.headers, b"x-m2m-ri"),
+            _header(event.headers, b"x-m2m-rvi"), f"the security association no longer authenticates: {why}")
+        return status, [*headers, ("Connection", "close")], body
 
     async def _dispatch(self, event: h11.Request, body: bytes, ctx: SecurityContext,
                         peer: Any = None) -> HttpResponse:
