@@ -36,7 +36,10 @@ query, headers, status, body):
   bound to the association is answered 4106 ORIGINATOR_NOT_AUTHENTICATED and reaches
   nothing; the others take the normal path above.  ``require_saef_for`` makes the plain
   listener answer 4106 to requests claiming the listed AE-IDs, which then can only be used
-  through their association.
+  through their association.  An established certificate association is re-checked before
+  each request against the CRLs and OCSP answers of the ``[[saef_cert]]`` binding that
+  accepted it (TS-0003 8.1.2.2; no query per request): an AE revoked since its handshake gets
+  4106 with ``Connection: close``, nothing is forwarded, and the connection is closed.
 * **Scale-out.**  Receiver state (rand objects, sessions) and the pairwise keys are in
   :mod:`m2msec.store` (SQLite by default, PostgreSQL with ``--store postgresql://...``),
   so several gateway instances can share one address.

@@ -12,6 +12,17 @@ anything reaches the gateway.  A request that passes goes through the gateway's 
 with the authenticated identity; a request without From is sent on with From = that
 identity (the only originator the association authenticates).
 
+Established certificate associations (TS-0003 8.1.2.2; TS-0004 7.3): the listener gives its
+:class:`~m2msec.saef.http.SAEFHTTPServer` an :class:`~m2msec.saef.status.AssociationSessionCheck`,
+so before each request an association is checked against the status sources of the
+``[[saef_cert]]`` binding that accepted it (its CRL store, the listener's OCSP answers), at the
+cost of one integer comparison while neither changed; a revoked AE gets 4106 with
+``Connection: close`` and nothing reaches the gateway.  The binding's sources, not the current
+ones: as its identity (profile G10), an association keeps what it was accepted with; a store
+whose CRL sources a reload keeps is the same object and is refilled
+(:mod:`m2msec.gateway.saefstatus`), so a rewritten CRL file + SIGHUP reaches it.  PSK and
+MAF-based associations and ``revocation = "off"`` bindings are not watched.
+
 :func:`protected_pattern` is the ``require_saef_for`` rule of the plain listener: an
 X-M2M-Origin that names an AE-ID listed there (or starting with a listed prefix ``X*``) is
 refused 4106 on the plain listener, so such an AE is reachable only with its association
@@ -48,6 +59,7 @@ from m2msec.saef import (
     psk_server,
 )
 from m2msec.saef.http import HTTPMessage, SAEFHTTPServer
+from m2msec.saef.status import AssociationSessionCheck
 
 if TYPE_CHECKING:
     from m2msec.gateway.server import Gateway
@@ -162,7 +174,8 @@ class SAEFListener:
 
     def __init__(self, gateway: Gateway, endpoint: SAEFEndpoint, *, sp_id: str | None = None,
                  idle_timeout: float = 120.0, max_body: int = 4 << 20, maf: MAFSAEFDirectory | None = None,
-                 status: SAEFCertStatus | None = None, maf_config: SAEFMAFConfig | None = None) -> None:
+                 status: SAEFCertStatus | None = None, maf_config: SAEFMAFConfig | None = None,
+                 clock: Callable[[], datetime] | None = None) -> None:
         self.gateway = gateway
         self.maf = maf  # the MAF-based SAEF's Kc source (8.2.2.3), closed with the listener
         #: the ``[saef_maf]`` settings ``maf`` was built from (None with a ``maf`` given without
@@ -176,8 +189,11 @@ class SAEFListener:
         #: MAF directories replaced by a reload, closing once their retrievals in flight ended
         self._retiring: dict[asyncio.Task[None], MAFSAEFDirectory] = {}
         self.sp_id = sp_id
+        #: established certificate associations re-checked before each request (8.1.2.2) against
+        #: the status sources of the [[saef_cert]] binding that accepted them (module docstring)
+        self.session_check = AssociationSessionCheck(clock=clock or gateway._clock)
         self.server = SAEFHTTPServer(endpoint, http_handler=self._handle, sp_id=sp_id, cse_id="/" + gateway.cse_id,
-                                     idle_timeout=idle_timeout, max_body=max_body)
+                                     idle_timeout=idle_timeout, max_body=max_body, session_check=self.session_check)
         self.host = "127.0.0.1"
         self.port = 0
 
@@ -200,7 +216,7 @@ class SAEFListener:
         endpoint = build_endpoint(plan.config, clock=clock, maf=maf)
         status.commit(plan)
         return cls(gateway, endpoint, sp_id=sp_id, maf=maf, status=status,
-                   maf_config=config.maf if maf is not None else None, **kw)
+                   maf_config=config.maf if maf is not None else None, clock=clock, **kw)
 
     def reload(self, config: SAEFConfig, *, clock: Callable[[], datetime]) -> int:
         """Accept new associations with ``config``: its Kpsa entries and certificate associations
@@ -280,6 +296,12 @@ class SAEFListener:
     def rejections(self) -> list[tuple[str, str | None, int]]:
         """The latest 7.2.1 refusals: (bound identity, From, RSC)."""
         return self.server.rejections
+
+    @property
+    def session_refusals(self) -> list[tuple[str, str | None, int]]:
+        """The latest requests refused on an association whose certificate was revoked since its
+        handshake: (bound identity, From, 4106)."""
+        return self.server.session_refusals
 
     @property
     def handshake_errors(self) -> list[BaseException]:

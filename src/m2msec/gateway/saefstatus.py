@@ -24,6 +24,14 @@ associations of ``gateway.toml`` this module fills that in as the MAF does for i
   earlier groups fetched from the same URLs for the same issuers, so a CRL server that is down
   at SIGHUP time does not drop a revocation the gateway already knew.  Groups no longer
   configured stop.
+* **CRL files only** (``crls`` without URLs): associations with the same list of files share
+  one :class:`~m2msec.pki.CRLStore`, and a SIGHUP that keeps the list keeps the store and
+  refills it with the files read again (at commit), so that established associations, which
+  stay checked against the store of the binding that accepted them
+  (:class:`m2msec.saef.status.AssociationSessionCheck`), see a rewritten CRL file.  The same
+  holds for the store of a kept group above.  A store no longer configured (binding removed,
+  CRL sources changed) is left as it was: its established associations keep being checked
+  against the CRLs it last held and against the OCSP answers below.
 * **OCSP** (``ocsp``, ``ocsp_url``, ``ocsp_https_ca``, ``ocsp_timeout_s``): a
   :class:`~m2msec.pki.ocsp_check.PeerOCSPChecker` with the association's ``revocation`` as
   ``AssociationConfiguration.peer_ocsp``; :func:`m2msec.saef.framework.certificate_server` makes
@@ -62,6 +70,7 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 _GroupKey = tuple[tuple[str, ...], tuple[str, ...], tuple[bytes, ...], str | None, float]
+_FilesKey = tuple[str, ...]
 
 
 def _group_key(entry: SAEFCertEntry) -> _GroupKey:
@@ -97,6 +106,10 @@ class StatusPlan:
     groups: list[_Group]
     #: every URL of the plan was fetched (:meth:`SAEFCertStatus.fetch`): commit triggers nothing
     fetched: bool = False
+    #: stores of the associations with CRL files only: (store, the files' CRLs read for this plan,
+    #: the store was in force before: refilled at commit)
+    file_stores: dict[_FilesKey, tuple[CRLStore, list[x509.CertificateRevocationList], bool]] = \
+        field(default_factory=dict)
 
     @property
     def new_refreshers(self) -> list[CRLRefresher]:
@@ -115,6 +128,8 @@ class SAEFCertStatus:
         self.clock = clock
         self.ocsp_store = OCSPStore()
         self.groups: list[_Group] = []
+        #: the stores of associations with CRL files and no URLs, by their list of files
+        self.file_stores: dict[_FilesKey, CRLStore] = {}
         self.running = False
         self._stopping: set[asyncio.Task[None]] = set()
 
@@ -134,6 +149,7 @@ class SAEFCertStatus:
         groups: dict[_GroupKey, _Group] = {}
         checkers: dict[tuple[Any, ...], PeerOCSPChecker] = {}
         certs: list[SAEFCertEntry] = []
+        files: dict[_FilesKey, tuple[CRLStore, list[x509.CertificateRevocationList], bool]] = {}
         for entry in config.certs:
             assoc = entry.association
             store = assoc.peer_crls
@@ -143,6 +159,12 @@ class SAEFCertStatus:
                 if group is None:
                     group = groups[key] = self._group(key, entry, old.get(key))
                 store = group.store
+            elif store is not None and entry.crl_files:
+                fkey = tuple(str(p) for p in entry.crl_files)
+                if fkey not in files:
+                    kept = self.file_stores.get(fkey)  # refilled at commit, unchanged until then
+                    files[fkey] = (kept if kept is not None else store, list(store), kept is not None)
+                store = files[fkey][0]
             checker = None
             if entry.ocsp is not None:
                 o = entry.ocsp
@@ -154,7 +176,8 @@ class SAEFCertStatus:
                         timeout=o.timeout, store=self.ocsp_store)
             assoc = dataclasses.replace(assoc, peer_crls=store, peer_ocsp=checker)
             certs.append(dataclasses.replace(entry, association=assoc, status_wired=True))
-        return StatusPlan(dataclasses.replace(config, certs=tuple(certs)), list(groups.values()))
+        return StatusPlan(dataclasses.replace(config, certs=tuple(certs)), list(groups.values()),
+                          file_stores=files)
 
     def _group(self, key: _GroupKey, entry: SAEFCertEntry, old: _Group | None) -> _Group:
         file_crls = list(entry.association.peer_crls or ())  # read by load_config just now
@@ -198,6 +221,10 @@ class SAEFCertStatus:
                 g.refresher.start()
             g.new = False
         self.groups = plan.groups
+        for store, crls, kept in plan.file_stores.values():
+            if kept:
+                store.replace(crls)
+        self.file_stores = {k: v[0] for k, v in plan.file_stores.items()}
 
     # ---------------------------------------------------------------- lifetime
 
