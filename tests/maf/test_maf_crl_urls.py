@@ -22,9 +22,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from m2msec.errors import ParseError
-from m2msec.maf import MAFClient, MAFClientConfig
+from m2msec.maf import MAFClient, MAFClientConfig, MAFResponseError
 from m2msec.maf.server import load_config, open_config_store
 from m2msec.maf.service import MAFService
+from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.pki import CertificateFlavour as F
 from m2msec.pki import DevCA, PeerCertInfo
 from m2msec.pki.crl import build_crl
@@ -156,9 +157,14 @@ def _wait(cond: object, timeout: float = 15.0) -> bool:
 
 
 def _refused(s: Setup, port: int) -> bool:
+    """Refused at the handshake, or (a refresh landing between a handshake and its first
+    request, profile P26) the session's first request answered 4106."""
     try:
         s.configuration(port)
     except TLSHandshakeError:
+        return True
+    except MAFResponseError as exc:
+        assert exc.rsc == RSC.ORIGINATOR_NOT_AUTHENTICATED and "revoked" in str(exc), exc
         return True
     return False
 
