@@ -471,6 +471,7 @@ class ESTService:
             doc = revoke_issued(tx, rec, now=self.state.clock(), reason=reason)
             tx.append_audit("mef-admin", "est-revoke", str(rec.doc.get("enrolee_id")), "ok",
                             admin_details({"serial": key, "reason": doc["reason"]}))
+        self.state.note_est_revocation()  # established sessions of this process re-check at once
         return doc
 
     # -- Enrolment Exchange step 5 -----------------------------------------------------

@@ -31,7 +31,11 @@ One TLS 1.2 listener serves both RSPFs and MEF Key Retrieval:
 
 Established certificate sessions (TS-0003 8.1.2.2, :mod:`m2msec.pki.session_status`): before
 each request the session's validated path is held against the current enrolee CRLs and held
-OCSP answers (re-checked only after either changed); a certificate revoked since the
+OCSP answers (re-checked only after either changed) and - for the certificates this MEF's EST
+CA issued - against the MEF's own revocation records (``enrolee revoke``, ``est-revoke``; no
+CRL needed; re-checked only after a revocation was recorded: at once in this process,
+on PostgreSQL when the store notification arrives, on SQLite within ``own_revocation_poll``
+seconds, default 1; :mod:`m2msec.mef.revocation_watch`); a certificate revoked since the
 handshake gets ORIGINATOR_NOT_AUTHENTICATED (4106, HTTP 403, ``Connection: close``, audited)
 and the connection is closed.
 
@@ -67,6 +71,7 @@ from m2msec.mef.protocol import (
 from m2msec.mef.gba import PSK_IDENTITY_HINT as GBA_PSK_IDENTITY_HINT
 from m2msec.mef.gba import GBANaf
 from m2msec.mef.est import COMPLETE_PATH, EST_PREFIX, ESTService
+from m2msec.mef.revocation_watch import DEFAULT_POLL_S, OwnRevocationWatch
 from m2msec.mef.state import MEFError, MEFState, SessionPeer
 from m2msec.net.h11io import next_cycle, read_request, write_response
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
@@ -128,9 +133,12 @@ class MEFServer:
     def __init__(self, state: MEFState, *, credentials: CertCredentials | None = None,
                  certificate_hook: CertificateEnrolmentHook | None = None, handshake_timeout: float = 10.0,
                  gba: GBANaf | None = None, est: ESTService | None = None,
-                 ocsp_staple: Callable[[x509.Certificate], bytes | None] | None = None) -> None:
+                 ocsp_staple: Callable[[x509.Certificate], bytes | None] | None = None,
+                 own_revocation_poll: float = DEFAULT_POLL_S) -> None:
         """``ocsp_staple``: the source of the OCSP response stapled for the MEF certificate (RFC 6066 8,
-        e.g. :meth:`m2msec.pki.ocsp_staple.OCSPStapler.staple`; certificate handshakes only)."""
+        e.g. :meth:`m2msec.pki.ocsp_staple.OCSPStapler.staple`; certificate handshakes only).
+        ``own_revocation_poll``: SQLite store, the longest an EST certificate revocation committed by
+        another process stays unseen by established sessions (:mod:`m2msec.mef.revocation_watch`)."""
         self.state = state
         self.est = est  # Certificate Enrolment with EST (m2msec.mef.est)
         self.gba = gba  # GBA-Based RSPF: the MEF as NAF (m2msec.mef.gba)
@@ -146,9 +154,12 @@ class MEFServer:
                   "verify_peer": _CertVerifier(state), "verify_peer_authoritative": True,
                   "ocsp_staple": ocsp_staple,
                   "peer_status_check": state.enrolee_ocsp.status_check if state.enrolee_ocsp else None}
+        #: the MEF's own EST certificate revocations, for established certificate sessions
+        self.own_revocations = OwnRevocationWatch(state, poll_interval=own_revocation_poll)
         #: the current status of established certificate sessions (m2msec.pki.session_status)
         self.session_guard = SessionStatusGuard(
-            crls=state.enrolee_crls, ocsp=state.enrolee_ocsp.store if state.enrolee_ocsp else None, clock=state.clock)
+            crls=state.enrolee_crls, ocsp=state.enrolee_ocsp.store if state.enrolee_ocsp else None, clock=state.clock,
+            extra=(self.own_revocations,) if credentials is not None else ())
         if gba is not None:
             kw["psk_identity_hint"] = GBA_PSK_IDENTITY_HINT  # TS 33.222: "3GPP-bootstrapping"
         self.tls_context = TLSContext(TLSConfig(role=Role.SERVER, psk_lookup=self._psk_lookup, **kw))
@@ -173,6 +184,10 @@ class MEFServer:
         return host, port
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
+        if self.session_guard.extra:
+            # PostgreSQL: revocations by other processes are pushed once the listener is connected
+            # (until then every certificate session's request looks its certificate up)
+            await asyncio.to_thread(self.own_revocations.wait_ready, 5.0)
         self._server = await start_server(self._connection, host, port, self.tls_context,
                                           on_handshake_error=lambda e, _p: self.handshake_errors.append(e),
                                           handshake_timeout=self._timeout)
@@ -183,6 +198,7 @@ class MEFServer:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        self.own_revocations.close()
 
     async def __aenter__(self) -> MEFServer:
         if self._server is None:

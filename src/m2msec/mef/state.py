@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -54,6 +55,9 @@ NS_KE: Final = "mef.ke"
 NS_KRE: Final = "mef.kre"
 NS_EST_ISSUED: Final = "mef.est.issued"  # record per certificate the EST CA issued, id = serial (hex)
 NS_EST_REVOKED: Final = "mef.est.revoked"  # record per revoked one, id = serial (hex); see m2msec.mef.est_crl
+#: store notification channel of EST certificate revocations (payload: the serial); every MEF
+#: instance's established sessions re-check their certificate (m2msec.mef.revocation_watch)
+EST_REVOKED_CHANNEL: Final = "m2msec_mef_est_revoked"
 
 Clock = Callable[[], datetime]
 
@@ -65,7 +69,9 @@ class MEFError(M2MSecError):
 def revoke_issued(tx: Any, issued: Any, *, now: datetime, reason: x509.ReasonFlags | None) -> dict[str, Any]:
     """Inside ``tx``: record the revocation of the EST-issued certificate ``issued`` (its
     ``mef.est.issued`` record) and mark that record; the revocation record expires with the
-    certificate (RFC 5280 5.1.2.6: an entry may leave the CRL once the certificate has expired)."""
+    certificate (RFC 5280 5.1.2.6: an entry may leave the CRL once the certificate has expired).
+    The transaction also notifies :data:`EST_REVOKED_CHANNEL`: established sessions of every
+    MEF instance on the store re-check their certificate (:mod:`m2msec.mef.revocation_watch`)."""
     doc = {"serial": issued.rec_id, "revoked_at": now.isoformat(), "reason": reason.value if reason else None,
            "enrolee_id": issued.doc.get("enrolee_id"), "issuer": issued.doc.get("issuer")}
     try:
@@ -75,8 +81,11 @@ def revoke_issued(tx: Any, issued: Any, *, now: datetime, reason: x509.ReasonFla
     mark = dict(issued.doc)
     mark["revoked"] = True
     tx.update_record(NS_EST_ISSUED, issued.rec_id, mark, expected_version=issued.version)
+    tx.notify(EST_REVOKED_CHANNEL, issued.rec_id[:200])
     return doc
 
+
+_COUNT_LOCK = threading.Lock()
 
 #: hex digits of the token hash an audit record carries (48 bits: correlation, not recovery)
 TOKEN_AUDIT_PREFIX: Final = 12
@@ -186,6 +195,9 @@ class MEFState:
     revocation: RevocationPolicy = RevocationPolicy.IF_AVAILABLE
     #: OCSP queries about enrolee/target certificates (``[mef] enrolee_ocsp``; None: CRLs only)
     enrolee_ocsp: PeerOCSPChecker | None = None
+    #: EST certificate revocations committed through this object (only grows; sessions of
+    #: this process re-check at once, m2msec.mef.revocation_watch)
+    est_revocations: int = 0
 
     # -- administration ("m2msec mef enrolee add|list|revoke", "target add") ----------------
     def add_enrolee(self, cfg: EnroleeConfig, *, kpm: bytes | None = None) -> None:
@@ -259,7 +271,14 @@ class MEFState:
                 revoke_issued(tx, r, now=now, reason=x509.ReasonFlags.privilege_withdrawn)
             tx.append_audit("mef-admin", "enrolee-revoke", enrolee_id, "ok",
                             admin_details({"keys_removed": n, "certificates_revoked": [r.rec_id for r in certs]}))
+        if certs:
+            self.note_est_revocation()
         return n, [r.rec_id for r in certs]
+
+    def note_est_revocation(self) -> None:
+        """Count a committed EST certificate revocation (:attr:`est_revocations`)."""
+        with _COUNT_LOCK:
+            self.est_revocations += 1
 
     def revoked_certificate(self, cert: x509.Certificate) -> dict[str, Any] | None:
         """The revocation record of ``cert`` if the EST CA issued and then revoked it, else None.

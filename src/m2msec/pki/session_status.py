@@ -27,50 +27,71 @@ gap without a network query per request:
   answers the request with ORIGINATOR_NOT_AUTHENTICATED (4106, HTTP 403; TS-0004 7.3: a
   request inside a security association whose authentication no longer holds) and closes
   the connection.  A CRL that turned stale, unusable or absent since the handshake does not
-  end a session (only a revocation does; new handshakes apply ``revocation`` as before).
+  end a session (only a revocation does; new handshakes apply ``revocation`` as before);
+* further sources (``extra``, :class:`SessionStatusSource`) follow the same rule: a
+  ``generation()`` that grows when their answer may have changed and a ``check(verified)``
+  run only then - the MEF's record of its own EST certificate revocations
+  (:class:`m2msec.mef.revocation_watch.OwnRevocationWatch`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Protocol
 
 from m2msec.pki.crl import CRLStore, RevocationPolicy, check_path_revocation
 from m2msec.pki.errors import CertificateVerificationError, VerificationReason
 from m2msec.pki.ocsp import OCSPStore
 from m2msec.pki.verify import VerifiedPeer
 
-__all__ = ["SessionStatus", "SessionStatusGuard"]
+__all__ = ["SessionStatus", "SessionStatusGuard", "SessionStatusSource"]
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 
 
-class SessionStatusGuard:
-    """The current status of established certificate sessions, from ``crls`` and ``ocsp`` (either may be None).
+class SessionStatusSource(Protocol):
+    """Another source of revocations: ``generation()`` only grows, and grows whenever
+    ``check`` may answer differently; ``check(verified)`` is why the session is revoked, or None."""
 
-    ``rechecks`` counts the path checks run (a session checks again only after a store changed).
+    def generation(self) -> int: ...
+
+    def check(self, verified: VerifiedPeer) -> str | None: ...
+
+
+class SessionStatusGuard:
+    """The current status of established certificate sessions, from ``crls`` and ``ocsp`` (either
+    may be None) and the ``extra`` sources.
+
+    ``rechecks`` counts the path checks run (a session checks again only after a source changed).
     """
 
-    def __init__(self, *, crls: CRLStore | None, ocsp: OCSPStore | None, clock: Clock) -> None:
+    def __init__(self, *, crls: CRLStore | None, ocsp: OCSPStore | None, clock: Clock,
+                 extra: Sequence[SessionStatusSource] = ()) -> None:
         self.crls = crls
         self.ocsp = ocsp
         self.clock = clock
+        self.extra = tuple(extra)
         self.rechecks = 0
 
     def __repr__(self) -> str:
-        return f"SessionStatusGuard(crls={self.crls is not None}, ocsp={self.ocsp is not None})"
+        return (f"SessionStatusGuard(crls={self.crls is not None}, ocsp={self.ocsp is not None}, "
+                f"extra={len(self.extra)})")
 
     @property
     def active(self) -> bool:
-        return self.crls is not None or self.ocsp is not None
+        return self.crls is not None or self.ocsp is not None or bool(self.extra)
 
     def generation(self) -> int:
-        """Grows whenever either store changes (both counters only grow)."""
-        return ((self.crls._generation if self.crls is not None else 0)
-                + (self.ocsp._generation if self.ocsp is not None else 0))
+        """Grows whenever a source changes (every counter only grows)."""
+        gen = ((self.crls._generation if self.crls is not None else 0)
+               + (self.ocsp._generation if self.ocsp is not None else 0))
+        for src in self.extra:
+            gen += src.generation()
+        return gen
 
     def session(self, verified: VerifiedPeer | None) -> SessionStatus | None:
         """The status of a session whose handshake verified ``verified`` (None: nothing to watch)."""
@@ -82,13 +103,18 @@ class SessionStatusGuard:
         """Why the path of ``verified`` is revoked now (None: not revoked)."""
         assert verified.trust_anchor is not None
         self.rechecks += 1
-        try:
-            check_path_revocation([*verified.path, verified.trust_anchor], crls=self.crls,
-                                  policy=RevocationPolicy.IF_AVAILABLE, now=self.clock(), ocsp=self.ocsp)
-        except CertificateVerificationError as exc:
-            if exc.reason_code is VerificationReason.REVOKED:
-                return str(exc)
-            log.warning("status of an established session of %s not re-checked: %s", verified.identifier, exc)
+        if self.crls is not None or self.ocsp is not None:
+            try:
+                check_path_revocation([*verified.path, verified.trust_anchor], crls=self.crls,
+                                      policy=RevocationPolicy.IF_AVAILABLE, now=self.clock(), ocsp=self.ocsp)
+            except CertificateVerificationError as exc:
+                if exc.reason_code is VerificationReason.REVOKED:
+                    return str(exc)
+                log.warning("status of an established session of %s not re-checked: %s", verified.identifier, exc)
+        for src in self.extra:
+            why = src.check(verified)
+            if why is not None:
+                return why
         return None
 
 
