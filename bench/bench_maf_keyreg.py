@@ -17,6 +17,9 @@ have) share the database; odd threads use the second.
 SQLite: a file in ``--db-dir`` (default: a temporary directory), ``synchronous = FULL`` as the
 MAF runs it.  PostgreSQL: ``M2MSEC_TEST_PG_DSN`` or a throwaway cluster started like the test
 suite's ``pg_server`` (``tests/pg.py``; needs initdb/pg_ctl).
+
+``--prefill N`` first counts N synthetic live keys in the shards (e.g. 990000 with the default
+``max_keys_total``: every registration then reads and rewrites a shard of ~3900 entries).
 """
 
 from __future__ import annotations
@@ -78,7 +81,22 @@ def _service(store: Any, max_total: int | None) -> MAFService:
     return MAFService(store, MAF, admins=[AdminConfig(ADMIN)], clock=utc_now, **kw)
 
 
-def run_one(url: str, n_threads: int, n_clients: int, duration: float, max_total: int | None) -> float:
+def prefill(store: Any, n: int) -> None:
+    """Count ``n`` synthetic live keys (expiring in 30 days) in the MAF-wide shards, as a MAF
+    holding ``n`` Key Registrations would: only the shard records (their size is what a
+    registration then reads and writes), no Key Registration rows."""
+    from m2msec.maf import service
+
+    exp = service._epoch_us(utc_now() + timedelta(days=30))
+    shards = service.TOTAL_SHARDS
+    with store.transaction() as tx:
+        for i in range(shards):
+            k = n // shards + (1 if i < n % shards else 0)
+            tx.put_record(service.NS.QUOTA_TOTAL, str(i), {"exp": f"{exp:014x}" * k})
+
+
+def run_one(url: str, n_threads: int, n_clients: int, duration: float, max_total: int | None,
+            prefilled: int = 0) -> float:
     kek = KeyEncryptionKey.generate()
     stores = [open_store(url, kek, clock=utc_now), open_store(url, kek, clock=utc_now)]
     try:
@@ -91,6 +109,8 @@ def run_one(url: str, n_threads: int, n_clients: int, duration: float, max_total
             svc.run(Procedure.KEY_REGISTRATION, _peer(clients[0]),
                     KeyRegistrationRequest(MAF, utc_now() + timedelta(hours=1), ADMIN, SUID.MAF_ESPRIM,
                                            target_ids=(TARGET,), key_value=os.urandom(32)), _no_exporter)
+        if prefilled:
+            prefill(stores[0], prefilled)
         counts = [0] * n_threads
         errors: list[BaseException] = []
         start = threading.Barrier(n_threads + 1)
@@ -136,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--shards", type=int, default=None,
                     help="experiment: split the MAF-wide count over N records instead of TOTAL_SHARDS "
                          "(1 = one counter row every registration waits for)")
+    ap.add_argument("--prefill", type=int, default=0,
+                    help="count this many synthetic live keys in the MAF-wide shards first (a MAF holding them)")
     args = ap.parse_args(argv)
     if args.shards is not None:
         from m2msec.maf import service
@@ -155,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             print("postgresql: no server (set M2MSEC_TEST_PG_DSN or install postgresql)")
                             break
                     url = pg.create_database("m2msec_bench")
-                rate = run_one(url, n, args.clients, args.duration, args.max_keys_total)
+                rate = run_one(url, n, args.clients, args.duration, args.max_keys_total, args.prefill)
                 print(f"{backend:<10} threads={n:<3} clients={args.clients:<3} {rate:8.1f} registrations/s", flush=True)
     finally:
         if pg is not None:

@@ -107,7 +107,8 @@ from one chosen by its (random) RelativeKeyID, with the same compare-and-set as 
 record (a conflict re-reads that shard; a full shard is only read) and records the shard in
 its ``maf.keyreg`` document (``quotaShard``); concurrent registrations thus lock different rows
 (1 in 256 collide), and the total can never pass the limit because no shard passes its own
-capacity.  A refusal means every shard was full when read (up to 256 reads: only at the limit).
+capacity.  When the first shard tried is full, all shards are read in one statement and the
+next ones with room are tried; a refusal means every shard was full when read.
 A shard holds the expiries of its entries: an expired registration stops counting at its
 expiry; Key De-Registration and ``revoke_key`` remove one entry with the key's expiry from its
 shard (entries with one expiry are interchangeable), a Key Registration Update moves it.  Each
@@ -1150,31 +1151,44 @@ class MAFService:
         except (DuplicateError, VersionConflict):
             return False
 
+    def _total_try(self, tx: Transaction, i: int, exp_us: int) -> bool:
+        """Take a slot of shard ``i`` (compare-and-set, re-read on a conflict); False if it is full."""
+        cap = self._shard_capacity(i)
+        for _ in range(_QUOTA_ATTEMPTS):
+            rec = tx.find_record(NS.QUOTA_TOTAL, str(i))
+            ex = _Expiries.of(rec.doc if rec is not None else None)
+            ex.drop_expired(_epoch_us(self.now()))
+            if len(ex) >= cap:
+                return False
+            ex.put(exp_us)
+            if self._total_write(tx, rec, i, ex):
+                return True
+        raise MAFError(f"the MAF-wide quota record {i} kept changing", rsc=RSC.CONFLICT)
+
     def _total_take(self, tx: Transaction, rel: str, expires: datetime) -> int:
         """Count a new Key Registration in a shard with a free slot and return the shard;
         :class:`KeyTotalExceeded` when every shard is full (the MAF holds ``max_keys_total``).
 
-        The search starts at a shard chosen by the RelativeKeyID (random), so concurrent
-        registrations write different rows; a full shard is only read."""
+        The shard chosen by the RelativeKeyID (random) first, so concurrent registrations write
+        different rows; if it is full, every shard is read in one statement and the first ones
+        with room after it are tried in turn (a full shard is only read)."""
         used = min(TOTAL_SHARDS, self.max_keys_total)  # shards with at least one slot
         start = int(rel[:8], 16) % used
         exp_us = _epoch_us(expires)
-        live = 0
-        for k in range(used):
+        if self._total_try(tx, start, exp_us):
+            return start
+        current = {r.rec_id: r for r in tx.list_records(NS.QUOTA_TOTAL)}
+        now_us = _epoch_us(self.now())
+        live = self._shard_capacity(start)
+        for k in range(1, used):
             i = (start + k) % used
             cap = self._shard_capacity(i)
-            for _ in range(_QUOTA_ATTEMPTS):
-                rec = tx.find_record(NS.QUOTA_TOTAL, str(i))
-                ex = _Expiries.of(rec.doc if rec is not None else None)
-                ex.drop_expired(_epoch_us(self.now()))
-                if len(ex) >= cap:
-                    live += len(ex)
-                    break  # full: the next shard
-                ex.put(exp_us)
-                if self._total_write(tx, rec, i, ex):
-                    return i
-            else:
-                raise MAFError(f"the MAF-wide quota record {i} kept changing", rsc=RSC.CONFLICT)
+            rec = current.get(str(i))
+            ex = _Expiries.of(rec.doc if rec is not None else None)
+            ex.drop_expired(now_us)
+            if len(ex) < cap and self._total_try(tx, i, exp_us):
+                return i
+            live += max(len(ex), cap)
         raise KeyTotalExceeded(
             f"this MAF holds {live} live Key Registrations, the most it allows (max_keys_total = "
             f"{self.max_keys_total}); try again when keys have expired or been de-registered")
