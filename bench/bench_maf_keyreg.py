@@ -11,7 +11,8 @@ spread over ``--clients`` Source MAF Clients (thread i registers for client i mo
 N >= threads no two threads share a per-client quota record: what is left to serialise them is
 the MAF-wide count (``max_keys_total``, sharded: :data:`m2msec.maf.service.TOTAL_SHARDS`
 records) and the database itself.  ``--clients 1`` shows the per-client record as the hotspot
-for comparison, ``--shards 1`` a single MAF-wide counter row.  Two MAF service instances (two ``Store`` objects, as two processes would
+for comparison.  Every configuration runs twice, with the sharded count (``--shards N``,
+default TOTAL_SHARDS) and with its baseline, one MAF-wide counter row; the table gives the ratio.  Two MAF service instances (two ``Store`` objects, as two processes would
 have) share the database; odd threads use the second.
 
 SQLite: a file in ``--db-dir`` (default: a temporary directory), ``synchronous = FULL`` as the
@@ -159,26 +160,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--prefill", type=int, default=0,
                     help="count this many synthetic live keys in the MAF-wide shards first (a MAF holding them)")
     args = ap.parse_args(argv)
-    if args.shards is not None:
-        from m2msec.maf import service
+    from m2msec.maf import service
 
-        service.TOTAL_SHARDS = args.shards
+    # the design (TOTAL_SHARDS records, or --shards N) against its baseline in the same run:
+    # one MAF-wide counter row that every registration updates
+    design = args.shards if args.shards is not None else service.TOTAL_SHARDS
+    variants = [(f"{design} records", design), ("1 counter row", 1)]
+    rows: list[tuple[str, int, float, float]] = []
     pg = None
     try:
         for backend in args.backend.split(","):
             for n in (int(x) for x in args.threads.split(",")):
-                if backend == "sqlite":
-                    d = tempfile.mkdtemp(dir=args.db_dir)
-                    url = f"sqlite:///{Path(d) / 'maf.db'}"
-                else:
-                    if pg is None:
-                        pg = _pg_server()
+                rates = []
+                for _label, shards in variants:
+                    service.TOTAL_SHARDS = shards
+                    if backend == "sqlite":
+                        d = tempfile.mkdtemp(dir=args.db_dir)
+                        url = f"sqlite:///{Path(d) / 'maf.db'}"
+                    else:
                         if pg is None:
-                            print("postgresql: no server (set M2MSEC_TEST_PG_DSN or install postgresql)")
-                            break
-                    url = pg.create_database("m2msec_bench")
-                rate = run_one(url, n, args.clients, args.duration, args.max_keys_total, args.prefill)
-                print(f"{backend:<10} threads={n:<3} clients={args.clients:<3} {rate:8.1f} registrations/s", flush=True)
+                            pg = _pg_server()
+                            if pg is None:
+                                print("postgresql: no server (set M2MSEC_TEST_PG_DSN or install postgresql)")
+                                break
+                        url = pg.create_database("m2msec_bench")
+                    rates.append(run_one(url, n, args.clients, args.duration, args.max_keys_total, args.prefill))
+                if len(rates) == len(variants):
+                    rows.append((backend, n, rates[0], rates[1]))
+                    print(f"  {backend} threads={n}: {rates[0]:.1f} vs {rates[1]:.1f} registrations/s", flush=True)
+        print(f"\nKey Registrations/s, {args.clients} clients, {args.duration:g} s per run"
+              + (f", {args.prefill:,} keys held" if args.prefill else ""))
+        print(f"{'backend':<11} {'threads':>7} {variants[0][0]:>14} {variants[1][0]:>14} {'ratio':>6}")
+        for backend, n, a, b in rows:
+            print(f"{backend:<11} {n:>7} {a:>14,.1f} {b:>14,.1f} {a / b:>6.2f}")
     finally:
         if pg is not None:
             pg.stop()

@@ -43,3 +43,18 @@ def test_bench_maf_decompose_prints_every_variant(tmp_path: Path) -> None:
     assert all(float(r[1].replace(",", "")) > 0 for r in rows.values())  # every variant answered (checked 2000)
     assert rows["plain"][2] == "1.00"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_maf_keyreg_prints_design_against_baseline(tmp_path: Path) -> None:
+    bench = BENCH.parent / "bench_maf_keyreg.py"
+    out = subprocess.run(
+        [sys.executable, str(bench), "--backend", "sqlite", "--threads", "1,2", "--duration", "0.3",
+         "--db-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=90,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    table = out.stdout.split("Key Registrations/s", 1)[1].splitlines()
+    assert "256 records" in table[1] and "1 counter row" in table[1]
+    rows = [line.split() for line in table[2:] if line.strip()]
+    assert [(r[0], r[1]) for r in rows] == [("sqlite", "1"), ("sqlite", "2")]
+    assert all(float(r[2].replace(",", "")) > 0 and float(r[3].replace(",", "")) > 0 for r in rows)
