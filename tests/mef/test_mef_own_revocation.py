@@ -63,7 +63,7 @@ from m2msec.mef.state import EST_REVOKED_CHANNEL
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.pki import CertificateFlavour as F
 from m2msec.pki import DevCA, PeerCertInfo, VerifiedPeer
-from m2msec.pki.session_status import SessionStatusGuard
+from m2msec.pki.session_status import SessionStatusGuard, StatusUnavailable
 from m2msec.store import KeyEncryptionKey, Store, open_store
 from m2msec.tls.engine import CertCredentials, PSKCredentials
 
@@ -244,6 +244,54 @@ def test_guard_with_only_an_extra_source_checks_only_after_it_changed(site: Site
     assert status.revoked() == "gone" and src.checks == 2
     src.why, src.gen = None, src.gen + 1
     assert status.revoked() == "gone" and src.checks == 2  # revoked for good
+
+
+class _Flaky(_Source):
+    """A source whose look-up fails (StatusUnavailable) while ``fail`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail = False
+
+    def check(self, verified: VerifiedPeer) -> str | None:
+        if self.fail:
+            self.checks += 1
+            raise StatusUnavailable("database is locked")
+        return super().check(verified)
+
+
+def test_a_source_that_cannot_answer_is_asked_again_at_the_next_request(site: Site) -> None:
+    """A transient failure of a look-up must not count as 'checked at this generation': the
+    revocation it missed would otherwise stay hidden until some other revocation (review finding)."""
+    leaf = site.maker_dev.certificate
+    vp = VerifiedPeer(F.AE_ID, CERT_ENROLEE, leaf, path=[leaf], trust_anchor=site.maker_ca_anchor)
+    src = _Flaky()
+    status = SessionStatusGuard(crls=None, ocsp=None, clock=site.clock, extra=(src,)).session(vp)
+    assert status is not None and status.revoked() is None and src.checks == 1
+    src.why, src.gen, src.fail = "revoked by this MEF", src.gen + 1, True
+    assert status.revoked() is None and src.checks == 2  # could not tell: this request passes ...
+    assert status.revoked() is None and src.checks == 3  # ... and the next one asks again (no new generation)
+    src.fail = False
+    assert status.revoked() == "revoked by this MEF" and src.checks == 4
+    # another source's revocation still decides while one cannot answer
+    other, flaky = _Source(), _Flaky()
+    flaky.fail = True
+    status2 = SessionStatusGuard(crls=None, ocsp=None, clock=site.clock, extra=(flaky, other)).session(vp)
+    assert status2 is not None and status2.revoked() is None and other.checks == 1
+    other.why, other.gen = "gone", other.gen + 1
+    assert status2.revoked() == "gone"
+
+
+def test_the_watch_reports_an_unusable_store_as_unavailable(tmp_path: Path, site: Site) -> None:
+    clock = Clock()
+    store = open_store(f"sqlite:///{tmp_path / 'own.db'}", KeyEncryptionKey.generate(), clock=clock)
+    watch = OwnRevocationWatch(MEFState(store, MEF_FQDN, clock), poll_interval=1.0)
+    leaf = site.maker_dev.certificate
+    vp = VerifiedPeer(F.AE_ID, CERT_ENROLEE, leaf, path=[leaf], trust_anchor=site.maker_ca_anchor)
+    assert watch.check(vp) is None  # not revoked by this MEF
+    store.close()
+    with pytest.raises(StatusUnavailable):
+        watch.check(vp)
 
 
 # ------------------------------------------------------------------ real MEF servers

@@ -46,6 +46,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from m2msec.mef.state import EST_REVOKED_CHANNEL
+from m2msec.pki.session_status import StatusUnavailable
 from m2msec.pki.verify import VerifiedPeer
 from m2msec.store import Listener, StoreError
 
@@ -152,8 +153,9 @@ class OwnRevocationWatch:
         try:
             rec = self.state.revoked_certificate(verified.certificate)
         except StoreError as exc:
-            log.warning("EST revocation of an established session of %s not checked: %s", verified.identifier, exc)
-            return None
+            log.warning("EST revocation of an established session of %s not checked (asked again at its next "
+                        "request): %s", verified.identifier, exc)
+            raise StatusUnavailable(str(exc)) from None
         if rec is None:
             return None
         return f"certificate {rec['serial']} was revoked by this MEF ({rec.get('reason') or 'unspecified'})"

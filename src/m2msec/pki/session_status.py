@@ -31,7 +31,11 @@ gap without a network query per request:
 * further sources (``extra``, :class:`SessionStatusSource`) follow the same rule: a
   ``generation()`` that grows when their answer may have changed and a ``check(verified)``
   run only then - the MEF's record of its own EST certificate revocations
-  (:class:`m2msec.mef.revocation_watch.OwnRevocationWatch`).
+  (:class:`m2msec.mef.revocation_watch.OwnRevocationWatch`).  A source that cannot answer
+  now (its store is unreachable or locked) raises :class:`StatusUnavailable`: the other sources
+  still decide (a revocation they know ends the session), but the session is not marked as
+  checked at this generation, so its next request asks again instead of waiting for the next
+  change (a transient failure must not hide a revocation for good).
 """
 
 from __future__ import annotations
@@ -46,16 +50,21 @@ from m2msec.pki.errors import CertificateVerificationError, VerificationReason
 from m2msec.pki.ocsp import OCSPStore
 from m2msec.pki.verify import VerifiedPeer
 
-__all__ = ["SessionStatus", "SessionStatusGuard", "SessionStatusSource"]
+__all__ = ["SessionStatus", "SessionStatusGuard", "SessionStatusSource", "StatusUnavailable"]
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 
 
+class StatusUnavailable(Exception):
+    """A status source could not answer now (e.g. its store failed); ask again next time."""
+
+
 class SessionStatusSource(Protocol):
     """Another source of revocations: ``generation()`` only grows, and grows whenever
-    ``check`` may answer differently; ``check(verified)`` is why the session is revoked, or None."""
+    ``check`` may answer differently; ``check(verified)`` is why the session is revoked, or None,
+    or raises :class:`StatusUnavailable` when it cannot tell now."""
 
     def generation(self) -> int: ...
 
@@ -100,7 +109,9 @@ class SessionStatusGuard:
         return SessionStatus(self, verified)
 
     def check(self, verified: VerifiedPeer) -> str | None:
-        """Why the path of ``verified`` is revoked now (None: not revoked)."""
+        """Why the path of ``verified`` is revoked now (None: not revoked).
+
+        :class:`StatusUnavailable` if no source knows a revocation but one could not answer."""
         assert verified.trust_anchor is not None
         self.rechecks += 1
         if self.crls is not None or self.ocsp is not None:
@@ -111,10 +122,17 @@ class SessionStatusGuard:
                 if exc.reason_code is VerificationReason.REVOKED:
                     return str(exc)
                 log.warning("status of an established session of %s not re-checked: %s", verified.identifier, exc)
+        unavailable: StatusUnavailable | None = None
         for src in self.extra:
-            why = src.check(verified)
+            try:
+                why = src.check(verified)
+            except StatusUnavailable as exc:
+                unavailable = exc  # the other sources may still know a revocation
+                continue
             if why is not None:
                 return why
+        if unavailable is not None:
+            raise unavailable
         return None
 
 
@@ -141,6 +159,9 @@ class SessionStatus:
         gen = self._guard.generation()
         if gen == self._gen:
             return None
+        try:
+            self._reason = self._guard.check(self.verified)
+        except StatusUnavailable:
+            return None  # not checked at ``gen``: the next request asks again
         self._gen = gen
-        self._reason = self._guard.check(self.verified)
         return self._reason
