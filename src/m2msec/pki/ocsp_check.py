@@ -204,8 +204,10 @@ class PeerOCSPChecker:
                     todo: list[tuple[x509.Certificate, x509.Certificate]] | None = None) -> VerifiedPeer:
         """Query what is undetermined and decide (raises :class:`CertificateVerificationError`)."""
         todo = self.undetermined(vp) if todo is None else todo
-        problems: dict[int, str] = {}
-        fresh: set[int] = set()  # serials queried now (not decided on a remembered failure)
+        # per certificate of this path, keyed like the cache (issuer hashes + serial): a leaf and
+        # a CA certificate of one path may share a serial number
+        problems: dict[tuple[bytes, bytes, int], str] = {}
+        fresh: set[tuple[bytes, bytes, int]] = set()  # queried now (not decided on a remembered failure)
         await asyncio.gather(*(self._query_shared(c, i, problems, fresh) for c, i in todo))
         now = self.clock()
         statuses = list(vp.revocation)
@@ -221,8 +223,9 @@ class PeerOCSPChecker:
             if ev.good is not None:
                 statuses[vp.path.index(cert)] = RevocationStatus.GOOD
                 continue
-            why = problems.get(cert.serial_number) or (ev.problems[0] if ev.problems else "no usable answer")
-            if cert.serial_number in fresh:
+            key = self._key(cert, issuer)
+            why = problems.get(key) or (ev.problems[0] if ev.problems else "no usable answer")
+            if key in fresh:
                 self._remember_failure(cert, issuer, why, now)
             unknown.append(f"{what}: {why}")
         if unknown and self.policy is RevocationPolicy.REQUIRE:
@@ -268,17 +271,17 @@ class PeerOCSPChecker:
             return None
         return problem
 
-    async def _query_shared(self, cert: x509.Certificate, issuer: x509.Certificate, problems: dict[int, str],
-                            fresh: set[int]) -> None:
+    async def _query_shared(self, cert: x509.Certificate, issuer: x509.Certificate,
+                            problems: dict[tuple[bytes, bytes, int], str], fresh: set[tuple[bytes, bytes, int]]) -> None:
+        key = self._key(cert, issuer)
         cached = self.remembered_failure(cert, issuer)
         if cached is not None:
             self.failures_reused += 1
             log.info("OCSP query for serial %x not repeated: it failed less than %gs ago (%s)",
                      cert.serial_number, self.failure_cache, cached)
-            problems[cert.serial_number] = f"{cached} (remembered failure, no new query)"
+            problems[key] = f"{cached} (remembered failure, no new query)"
             return
-        fresh.add(cert.serial_number)
-        key = self._key(cert, issuer)
+        fresh.add(key)
         task = self._inflight.get(key)
         if task is None or task.done():
             task = asyncio.get_running_loop().create_task(self._query(cert, issuer))
@@ -286,7 +289,7 @@ class PeerOCSPChecker:
             task.add_done_callback(lambda t, k=key: self._inflight.pop(k, None) if self._inflight.get(k) is t else None)
         problem = await asyncio.shield(task)  # a refused/closed handshake must not cancel the others' query
         if problem is not None:
-            problems[cert.serial_number] = problem
+            problems[key] = problem
 
     async def _query(self, cert: x509.Certificate, issuer: x509.Certificate) -> str | None:
         """One query; the problem (None: an answer verified and is held in the store)."""
