@@ -111,9 +111,10 @@ capacity.  When the first shard tried is full, all shards are read in one statem
 next ones with room are tried; a refusal means every shard was full when read.
 A shard holds the expiries of its entries: an expired registration stops counting at its
 expiry; Key De-Registration and ``revoke_key`` remove one entry with the key's expiry from its
-shard (entries with one expiry are interchangeable), a Key Registration Update moves it.  Each
-transaction writes at most one client record and then one shard, always in that order (no
-lock cycle).  A shard holds 14 characters per counted key (at the default, full: 3 907 entries,
+shard (entries with one expiry are interchangeable), a Key Registration Update moves it; a
+key removed by two procedures at once frees its slot once (the second finds it gone).  Each
+transaction writes at most one client record and then one shard, in that order (see *Lock
+order*).  A shard holds 14 characters per counted key (at the default, full: 3 907 entries,
 55 KiB).  The first Key Registration on a store without shards (``maf.quotameta/tracked-total``
 absent) counts the live keys once, filling the shards to their capacity; such keys carry no
 ``quotaShard`` and their de-registration removes an entry with their expiry from the first
@@ -121,6 +122,20 @@ shard holding one.  Lowering ``max_keys_total`` is exact only once every shard i
 its new capacity: until the keys counted under the old value expire or are de-registered, a
 shard still below its new capacity may accept keys while another holds more than its own
 (below 256 the shards from ``max_keys_total`` on are no longer searched at all).
+
+Lock order (PostgreSQL row locks; SQLite has one writer at a time): every procedure that
+changes a Key Registration takes its rows in one order - the ``maf.keyreg`` record (Key
+De-Registration: compare-and-delete; Key Registration Update: compare-and-set, before anything
+else; ``revoke_key``: ``DELETE ... RETURNING``, which waits for a concurrent change of the row
+and then works on its result), then its ``maf.key`` value, then the ``maf.quotameta`` marker
+(only until it exists), then the client's ``maf.quota`` record, then one ``maf.quotatotal``
+shard.  A Key Registration writes new rows only (``maf.keyid``, then the same client record and
+shard order).  Two procedures on one key therefore wait for each other instead of deadlocking:
+the later one then finds the registration gone (4004) or changed (compare-and-set, 4105
+"concurrent change").  Should the database still abort a transaction for a deadlock or a
+serialization failure (SQLSTATE 40P01/40001, :class:`~m2msec.store.TransactionConflict`), the
+procedure is answered like a compare-and-set conflict: 4105 "concurrent change", audited,
+nothing written; the client may retry.
 """
 
 from __future__ import annotations
@@ -175,9 +190,11 @@ from m2msec.store import (
     AuditBatcher,
     DuplicateError,
     Listener,
+    NotFound,
     Store,
     StoreError,
     Transaction,
+    TransactionConflict,
     VersionConflict,
 )
 from m2msec.tls.engine import TLSEngine
@@ -668,8 +685,15 @@ class MAFService:
         rel = self._relative_from(key_id_or_relative)
         try:
             with self.store.transaction() as tx:
-                rec = tx.find_record(NS.KEY_REG, rel)
-                live = tx.delete_record(NS.KEY_REG, rel)
+                # the row as deleted (DELETE ... RETURNING: PostgreSQL waits for a concurrent
+                # update or de-registration of it and then sees its result), so the slot freed
+                # is the one it counts now, and a key removed meanwhile frees nothing twice
+                try:
+                    rec: Any = tx.take_record(NS.KEY_REG, rel)
+                except NotFound:
+                    rec = None
+                    tx.delete_record(NS.KEY_REG, rel)  # an expired one, if any (it counts nowhere)
+                live = rec is not None
                 tx.delete_credential(NS.KEY, rel)
                 if rec is not None:
                     self._quota_change(tx, rec.doc["sourceMAFClientID"], rel, None, take=False)
@@ -897,7 +921,7 @@ class MAFService:
         except MAFError as exc:
             self._audit_refusal(procedure, peer, exc)
             raise
-        except (DuplicateError, VersionConflict) as exc:
+        except (DuplicateError, VersionConflict, TransactionConflict) as exc:
             err = MAFError(f"concurrent change: {exc.args[0]}", rsc=RSC.CONFLICT)
             self._audit_refusal(procedure, peer, err)
             raise err from None
@@ -1355,11 +1379,14 @@ class MAFService:
         if req.expiration_time is not None:
             expires = self._expiry(req.expiration_time, self.max_key_lifetime)
             doc["expirationTime"] = _iso(expires)
+        # the Key Registration first (compare-and-set: its row lock, then the rows it counts in),
+        # the lock order of every procedure on a key (see *Lock order*)
+        tx.update_record(NS.KEY_REG, rec.rec_id, doc, expected_version=rec.version, expires_at=expires)
+        if req.expiration_time is not None:
             cred = tx.get_credential(NS.KEY, rec.rec_id)
             tx.put_credential(NS.KEY, rec.rec_id, cred.secret, metadata=cred.metadata, expires_at=expires)
             self._quota_change(tx, doc["sourceMAFClientID"], rec.rec_id, expires, take=False)
             self._total_move(tx, rec, expires)
-        tx.update_record(NS.KEY_REG, rec.rec_id, doc, expected_version=rec.version, expires_at=expires)
         rsp = KeyRegistrationUpdateResponse(
             expiration_time=expires if req.expiration_time is not None else None,
             labels=req.labels, target_ids=req.target_ids)
@@ -1369,7 +1396,9 @@ class MAFService:
                             _exp: Any) -> tuple[Any, str, dict[str, Any]]:
         self._check_maf(req.maf_fqdn)
         rec = self._own_key(tx, peer, req.relative_key_id)
-        tx.delete_record(NS.KEY_REG, rec.rec_id, expected_version=rec.version)
+        if not tx.delete_record(NS.KEY_REG, rec.rec_id, expected_version=rec.version):
+            # removed by a concurrent transaction after it was read (PostgreSQL): its slots are free
+            raise MAFError(f"no live Key Registration {rec.rec_id}", rsc=RSC.NOT_FOUND)
         tx.delete_credential(NS.KEY, rec.rec_id)
         self._quota_change(tx, rec.doc["sourceMAFClientID"], rec.rec_id, None, take=False)  # the slot is free
         self._total_move(tx, rec, None)

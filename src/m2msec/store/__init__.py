@@ -37,6 +37,7 @@ from m2msec.store.errors import (
     KekMismatch,
     NotFound,
     StoreError,
+    TransactionConflict,
     VersionConflict,
 )
 from m2msec.store.kek import KekFileModeError, KeyEncryptionKey
@@ -78,6 +79,7 @@ __all__ = [
     "Store",
     "StoreError",
     "Transaction",
+    "TransactionConflict",
     "VersionConflict",
     "open_store",
 ]

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from m2msec.store.errors import StoreError
+from m2msec.store.errors import StoreError, TransactionConflict
 
 log = logging.getLogger(__name__)
 
@@ -389,6 +389,11 @@ class SQLiteBackend(Backend):
         return 0 if row is None else int(row[0])
 
 
+#: SQLSTATEs of a transaction aborted because of a concurrent one (deadlock detected,
+#: serialization failure): :class:`TransactionConflict` (4105), the request may be retried
+_CONFLICT_STATES = frozenset({"40P01", "40001"})
+
+
 class PostgresBackend(Backend):
     name = "postgresql"
 
@@ -446,7 +451,8 @@ class PostgresBackend(Backend):
         state = getattr(exc, "sqlstate", None)
         # Only the primary message: DETAIL lines may quote row values.
         text = primary or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return StoreError(f"postgresql: {text}" + (f" (SQLSTATE {state})" if state else ""))
+        cls = TransactionConflict if state in _CONFLICT_STATES else StoreError
+        return cls(f"postgresql: {text}" + (f" (SQLSTATE {state})" if state else ""))
 
     def ts_out(self, v: Any) -> datetime | None:
         return None if v is None else v.astimezone(UTC)

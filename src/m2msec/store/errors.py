@@ -15,6 +15,7 @@ __all__ = [
     "StoreError",
     "DuplicateError",
     "VersionConflict",
+    "TransactionConflict",
     "NotFound",
     "DecryptionFailure",
     "KekMismatch",
@@ -30,6 +31,17 @@ class DuplicateError(StoreError):
 
 class VersionConflict(StoreError):
     """Compare-and-set failed: the record changed since it was read (CONFLICT 4105)."""
+
+    default_rsc = ResponseStatusCode.CONFLICT
+
+
+class TransactionConflict(StoreError):
+    """The database aborted the transaction because of a concurrent one (PostgreSQL: deadlock
+    detected, SQLSTATE 40P01, or serialization failure, 40001): nothing of it was written and
+    the same request may succeed when retried (CONFLICT 4105, like :class:`VersionConflict`).
+
+    Not a :class:`VersionConflict`: the transaction is aborted, so a compare-and-set loop must
+    not re-read and try again inside it - the error ends the transaction."""
 
     default_rsc = ResponseStatusCode.CONFLICT
 
