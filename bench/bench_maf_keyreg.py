@@ -21,6 +21,11 @@ suite's ``pg_server`` (``tests/pg.py``; needs initdb/pg_ctl).
 
 ``--prefill N`` first counts N synthetic live keys in the shards (e.g. 990000 with the default
 ``max_keys_total``: every registration then reads and rewrites a shard of ~3900 entries).
+With N close to ``max_keys_total`` the MAF fills up during the run: a refusal (4103,
+KeyTotalExceeded) counts as an answered registration, and the table's last column gives the
+share of refused ones.  ``--full-hold S`` sets :class:`MAFService`'s ``total_full_hold`` (how
+long a refusal at the limit lets the next ones be refused without reading every shard; 0 = read
+them every time).
 """
 
 from __future__ import annotations
@@ -75,10 +80,13 @@ def _pg_server() -> Any:
     return mod.PgServer.from_environment()
 
 
-def _service(store: Any, max_total: int | None) -> MAFService:
+def _service(store: Any, max_total: int | None, full_hold: float | None = None) -> MAFService:
     kw: dict[str, Any] = {"max_keys_per_client": 100_000, "key_cache_ttl": timedelta(0)}
-    if max_total is not None and "max_keys_total" in inspect.signature(MAFService).parameters:
+    params = inspect.signature(MAFService).parameters
+    if max_total is not None and "max_keys_total" in params:
         kw["max_keys_total"] = max_total
+    if full_hold is not None and "total_full_hold" in params:
+        kw["total_full_hold"] = timedelta(seconds=full_hold)
     return MAFService(store, MAF, admins=[AdminConfig(ADMIN)], clock=utc_now, **kw)
 
 
@@ -97,11 +105,14 @@ def prefill(store: Any, n: int) -> None:
 
 
 def run_one(url: str, n_threads: int, n_clients: int, duration: float, max_total: int | None,
-            prefilled: int = 0) -> float:
+            prefilled: int = 0, full_hold: float | None = None) -> tuple[float, float]:
+    """Answered registrations per second and the share of them refused at the MAF-wide limit."""
+    from m2msec.maf.service import KeyTotalExceeded
+
     kek = KeyEncryptionKey.generate()
     stores = [open_store(url, kek, clock=utc_now), open_store(url, kek, clock=utc_now)]
     try:
-        services = [_service(s, max_total) for s in stores]
+        services = [_service(s, max_total, full_hold) for s in stores]
         clients = [f"//sp.example.com/CB{i}" for i in range(n_clients)]
         for cid in clients:
             services[0].run(Procedure.CLIENT_REGISTRATION, _peer(cid),
@@ -113,6 +124,7 @@ def run_one(url: str, n_threads: int, n_clients: int, duration: float, max_total
         if prefilled:
             prefill(stores[0], prefilled)
         counts = [0] * n_threads
+        refused = [0] * n_threads
         errors: list[BaseException] = []
         start = threading.Barrier(n_threads + 1)
         stop_at: list[float] = [0.0]
@@ -122,9 +134,12 @@ def run_one(url: str, n_threads: int, n_clients: int, duration: float, max_total
             start.wait()
             try:
                 while time.perf_counter() < stop_at[0]:
-                    svc.run(Procedure.KEY_REGISTRATION, _peer(cid),
-                            KeyRegistrationRequest(MAF, utc_now() + timedelta(hours=1), ADMIN, SUID.MAF_ESPRIM,
-                                                   target_ids=(TARGET,), key_value=os.urandom(32)), _no_exporter)
+                    try:
+                        svc.run(Procedure.KEY_REGISTRATION, _peer(cid),
+                                KeyRegistrationRequest(MAF, utc_now() + timedelta(hours=1), ADMIN, SUID.MAF_ESPRIM,
+                                                       target_ids=(TARGET,), key_value=os.urandom(32)), _no_exporter)
+                    except KeyTotalExceeded:
+                        refused[i] += 1
                     counts[i] += 1
             except BaseException as exc:  # noqa: BLE001 - reported below
                 errors.append(exc)
@@ -140,7 +155,7 @@ def run_one(url: str, n_threads: int, n_clients: int, duration: float, max_total
         elapsed = time.perf_counter() - t0
         if errors:
             raise errors[0]
-        return sum(counts) / elapsed
+        return sum(counts) / elapsed, sum(refused) / max(1, sum(counts))
     finally:
         for s in stores:
             s.close()
@@ -159,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "(1 = one counter row every registration waits for)")
     ap.add_argument("--prefill", type=int, default=0,
                     help="count this many synthetic live keys in the MAF-wide shards first (a MAF holding them)")
+    ap.add_argument("--full-hold", type=float, default=None,
+                    help="MAFService total_full_hold in seconds (0: every refusal at the limit reads every shard)")
     args = ap.parse_args(argv)
     from m2msec.maf import service
 
@@ -166,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # one MAF-wide counter row that every registration updates
     design = args.shards if args.shards is not None else service.TOTAL_SHARDS
     variants = [(f"{design} records", design), ("1 counter row", 1)]
-    rows: list[tuple[str, int, float, float]] = []
+    rows: list[tuple[str, int, tuple[float, float], tuple[float, float]]] = []
     pg = None
     try:
         for backend in args.backend.split(","):
@@ -184,15 +201,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 print("postgresql: no server (set M2MSEC_TEST_PG_DSN or install postgresql)")
                                 break
                         url = pg.create_database("m2msec_bench")
-                    rates.append(run_one(url, n, args.clients, args.duration, args.max_keys_total, args.prefill))
+                    rates.append(run_one(url, n, args.clients, args.duration, args.max_keys_total, args.prefill,
+                                         args.full_hold))
                 if len(rates) == len(variants):
                     rows.append((backend, n, rates[0], rates[1]))
-                    print(f"  {backend} threads={n}: {rates[0]:.1f} vs {rates[1]:.1f} registrations/s", flush=True)
+                    print(f"  {backend} threads={n}: {rates[0][0]:.1f} vs {rates[1][0]:.1f} registrations/s",
+                          flush=True)
         print(f"\nKey Registrations/s, {args.clients} clients, {args.duration:g} s per run"
               + (f", {args.prefill:,} keys held" if args.prefill else ""))
-        print(f"{'backend':<11} {'threads':>7} {variants[0][0]:>14} {variants[1][0]:>14} {'ratio':>6}")
-        for backend, n, a, b in rows:
-            print(f"{backend:<11} {n:>7} {a:>14,.1f} {b:>14,.1f} {a / b:>6.2f}")
+        print(f"{'backend':<11} {'threads':>7} {variants[0][0]:>14} {variants[1][0]:>14} {'ratio':>6} "
+              f"{'refused':>15}")
+        for backend, n, (a, ra), (b, rb) in rows:
+            print(f"{backend:<11} {n:>7} {a:>14,.1f} {b:>14,.1f} {a / b:>6.2f} {ra:>7.0%} /{rb:>6.0%}")
     finally:
         if pg is not None:
             pg.stop()

@@ -42,7 +42,7 @@ from m2msec.maf.protocol import (
     MAFError,
     Procedure,
 )
-from m2msec.maf.service import NS, MAFPeer, MAFService, _Expiries
+from m2msec.maf.service import NS, KeyTotalExceeded, MAFPeer, MAFService, _Expiries
 from m2msec.onem2m.enums import SUID
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.store import Store, StoreError, open_store
@@ -90,12 +90,13 @@ def consistent(store: Store) -> None:
     """The shards and the client records count exactly the live Key Registrations, with their
     expiries; every live registration has its key value."""
     regs = store.list_records(NS.KEY_REG)
+    now = f"{service_module._epoch_us(store._clock()):014x}"  # expired entries are dropped lazily
     want = sorted(f"{service_module._epoch_us(r.expires_at):014x}" for r in regs)
     have = sorted(e for r in store.list_records(NS.QUOTA_TOTAL)
-                  for e in (r.doc["exp"][i:i + 14] for i in range(0, len(r.doc["exp"]), 14)))
+                  for e in (r.doc["exp"][i:i + 14] for i in range(0, len(r.doc["exp"]), 14)) if e > now)
     assert have == want
     slots = sorted(s for r in store.list_records(NS.QUOTA)
-                   for s in (r.doc["slots"][i:i + 46] for i in range(0, len(r.doc["slots"]), 46)))
+                   for s in (r.doc["slots"][i:i + 46] for i in range(0, len(r.doc["slots"]), 46)) if s[:14] > now)
     assert slots == sorted(f"{service_module._epoch_us(r.expires_at):014x}{r.rec_id}" for r in regs)
     assert sorted(c.cred_id for c in store.list_credentials(NS.KEY)) == sorted(r.rec_id for r in regs)
     for r in regs:
@@ -500,3 +501,230 @@ def test_postgresql_serialization_failure_maps_to_transaction_conflict() -> None
         assert isinstance(err, TransactionConflict) and err.rsc is RSC.CONFLICT and state in str(err)
     other = b.wrap(psycopg.errors.UniqueViolation("duplicate key"))
     assert type(other) is StoreError and other.rsc is RSC.INTERNAL_SERVER_ERROR
+
+
+# ------------------------------------------------------------------ refusals at the limit: the "full" note
+
+
+class ShardReads:
+    """Counts the store statements that read ``maf.quotatotal`` (observes the real store)."""
+
+    def __init__(self, store: Store) -> None:
+        self.backend = store._backend
+        self.orig = self.backend.execute
+        self.n = 0
+
+    def __enter__(self) -> Self:
+        def spy(conn: Any, sql: str, params: Any = ()) -> Any:
+            if sql.startswith("SELECT") and "m2msec_records" in sql and NS.QUOTA_TOTAL in tuple(params):
+                self.n += 1
+            return self.orig(conn, sql, params)
+
+        self.backend.execute = spy  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.backend.execute = self.orig  # type: ignore[method-assign]
+
+
+@pytest.fixture()
+def full(tmp_path: Path) -> Iterator[SimpleNamespace]:
+    """One instance, ``max_keys_total`` 3, full: AE1 holds a 10-second key, AE2 and AE3 hour keys."""
+    clock = FakeClock()
+    store = open_store(f"sqlite:///{tmp_path / 'maf.db'}", KEK, clock=clock)
+    svc = make_service(store, clock, max_keys_total=3, total_full_hold=timedelta(seconds=60))
+    register_clients(svc, clock)
+    keys = [register_key(svc, clock, AE1, timedelta(seconds=10)), register_key(svc, clock, AE2),
+            register_key(svc, clock, AE3)]
+    try:
+        yield SimpleNamespace(svc=svc, store=store, clock=clock, keys=keys)
+    finally:
+        store.close()
+
+
+def test_a_refusal_at_the_limit_notes_it_and_the_next_ones_read_no_shard(full: SimpleNamespace) -> None:
+    f = full
+    with ShardReads(f.store) as reads:
+        with pytest.raises(KeyTotalExceeded, match="holds 3 live"):
+            register_key(f.svc, f.clock, AE4)
+        assert reads.n >= 2  # the first shard, then all of them
+        first = reads.n
+        for _ in range(5):
+            with pytest.raises(KeyTotalExceeded, match="max_keys_total = 3") as ei:
+                register_key(f.svc, f.clock, AE4)
+            assert ei.value.rsc is RSC.ORIGINATOR_HAS_NO_PRIVILEGE
+        assert reads.n == first  # answered from the note
+    assert f.svc.total_full_hits == 5
+    refusals = [e for e in f.store.list_audit(actor="maf", limit=6) if e.outcome == "refused 4103"]
+    assert len(refusals) == 6 and all("max_keys_total" in e.details["reason"] for e in refusals)
+    assert len(f.store.list_records(NS.KEY_ID)) == 3 and f.svc.key_total() == 3  # nothing written
+    consistent(f.store)
+
+
+def test_the_client_quota_is_still_checked_before_the_note(tmp_path: Path) -> None:
+    clock = FakeClock()
+    store = open_store(f"sqlite:///{tmp_path / 'maf.db'}", KEK, clock=clock)
+    try:
+        svc = make_service(store, clock, max_keys_total=2, max_keys_per_client=2)
+        register_clients(svc, clock)
+        register_key(svc, clock, AE1)
+        register_key(svc, clock, AE1)
+        with pytest.raises(KeyTotalExceeded):
+            register_key(svc, clock, AE2)  # the note is taken
+        with pytest.raises(Exception) as ei:
+            register_key(svc, clock, AE1)
+        assert not isinstance(ei.value, KeyTotalExceeded) and "max_keys_per_client" in str(ei.value)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("change", ["deregistration", "revoke", "update"])
+def test_a_local_removal_or_update_ends_the_note(full: SimpleNamespace, change: str) -> None:
+    f = full
+    with pytest.raises(KeyTotalExceeded):
+        register_key(f.svc, f.clock, AE4)
+    if change == "deregistration":
+        dereg(f.svc, f.keys[1], AE2)
+    elif change == "revoke":
+        assert f.svc.revoke_key(f.keys[1])
+    else:  # shortened to one second: the slot is free once it expires
+        update(f.svc, f.clock, f.keys[1], timedelta(seconds=1), AE2)
+        f.clock.advance(seconds=1)
+    with ShardReads(f.store) as reads:
+        register_key(f.svc, f.clock, AE4)  # at once, not after total_full_hold (60 s here)
+        assert reads.n >= 1
+    assert f.svc.total_full_hits == 0
+    with pytest.raises(KeyTotalExceeded):
+        register_key(f.svc, f.clock, AE4)  # full again
+    consistent(f.store)
+
+
+def test_a_refused_update_ends_the_note_too(full: SimpleNamespace) -> None:
+    """A change that did not commit frees nothing, but ends the note all the same (conservative)."""
+    f = full
+    with pytest.raises(KeyTotalExceeded):
+        register_key(f.svc, f.clock, AE4)
+    with pytest.raises(MAFError):
+        update(f.svc, f.clock, f.keys[1], HOUR, AE3)  # not AE3's key: 4103
+    with ShardReads(f.store) as reads, pytest.raises(KeyTotalExceeded):
+        register_key(f.svc, f.clock, AE4)
+    assert reads.n >= 2 and f.svc.total_full_hits == 0
+
+
+def test_the_note_ends_at_the_earliest_expiry(full: SimpleNamespace) -> None:
+    f = full
+    with pytest.raises(KeyTotalExceeded):
+        register_key(f.svc, f.clock, AE4)
+    f.clock.advance(seconds=9, microseconds=999_999)
+    with pytest.raises(KeyTotalExceeded):
+        register_key(f.svc, f.clock, AE4)
+    assert f.svc.total_full_hits == 1
+    f.clock.advance(microseconds=1)  # AE1's key expired: its slot is free although the hold (60 s) is not over
+    register_key(f.svc, f.clock, AE4)
+    assert f.svc.key_total() == 3
+
+
+def test_a_zero_hold_reads_the_shards_every_time(tmp_path: Path) -> None:
+    clock = FakeClock()
+    store = open_store(f"sqlite:///{tmp_path / 'maf.db'}", KEK, clock=clock)
+    try:
+        svc = make_service(store, clock, max_keys_total=1, total_full_hold=timedelta(0))
+        register_clients(svc, clock)
+        register_key(svc, clock, AE1)
+        with ShardReads(store) as reads:
+            for _ in range(3):
+                with pytest.raises(KeyTotalExceeded, match="holds 1 live"):
+                    register_key(svc, clock, AE2)
+        assert reads.n >= 6 and svc.total_full_hits == 0
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("bad", [timedelta(seconds=-1), timedelta(seconds=61), 1.0, None])
+def test_the_service_refuses_a_bad_hold(tmp_path: Path, bad: Any) -> None:
+    clock = FakeClock()
+    store = open_store(f"sqlite:///{tmp_path / 'maf.db'}", KEK, clock=clock)
+    try:
+        with pytest.raises(ValueError, match="total_full_hold"):
+            make_service(store, clock, provision=False, total_full_hold=bad)
+    finally:
+        store.close()
+
+
+def test_another_instance_freeing_a_slot_is_seen_within_the_hold(two: SimpleNamespace) -> None:
+    """Instance A noted "full"; instance B de-registers a key.  A refuses for at most
+    ``total_full_hold`` (0.4 s here, real time), then admits exactly one key - never more than
+    the limit."""
+    t = two
+    for svc in (t.a, t.b):
+        svc.max_keys_total = 2
+    a = make_service(t.sa, t.clock, provision=False, max_keys_total=2, key_cache_ttl=timedelta(0),
+                     total_full_hold=timedelta(seconds=0.4))
+    k1 = register_key(a, t.clock, AE1)
+    register_key(a, t.clock, AE2)
+    with pytest.raises(KeyTotalExceeded):
+        register_key(a, t.clock, AE3)
+    dereg(t.b, k1, AE1)  # on the other instance: A's note does not know
+    freed = time.monotonic()
+    admitted_after = None
+    while time.monotonic() - freed < 5:
+        try:
+            register_key(a, t.clock, AE3)
+            admitted_after = time.monotonic() - freed
+            break
+        except KeyTotalExceeded:
+            time.sleep(0.02)
+    assert admitted_after is not None and admitted_after <= 0.4 + 0.3, admitted_after
+    assert a.total_full_hits >= 1
+    with pytest.raises(KeyTotalExceeded):
+        register_key(t.b, t.clock, AE4)
+    with pytest.raises(KeyTotalExceeded):
+        register_key(a, t.clock, AE4)
+    consistent(t.sa)
+    assert a.key_total() == 2
+
+
+@pytest.mark.postgres
+def test_postgresql_a_full_read_that_overlaps_a_local_removal_takes_no_note(pg_server: Any) -> None:
+    """A registration reads every shard (all full) and is held right after that read; a
+    de-registration on the same instance commits meanwhile.  The registration is refused (what
+    it read was full) but must not note "full": the next registration reads again and is
+    admitted at once."""
+    clock = FakeClock()
+    url = pg_server.create_database()
+    store = open_store(url, KEK, clock=clock)
+    try:
+        svc = make_service(store, clock, max_keys_total=2, key_cache_ttl=timedelta(0),
+                           total_full_hold=timedelta(seconds=60))
+        register_clients(svc, clock)
+        k1 = register_key(svc, clock, AE1)
+        register_key(svc, clock, AE2)
+        backend, orig = store._backend, store._backend.execute
+        after_read, go = threading.Event(), threading.Event()
+
+        def spy(conn: Any, sql: str, params: Any = ()) -> Any:
+            res = orig(conn, sql, params)
+            if ("ORDER BY rec_id" in sql and NS.QUOTA_TOTAL in tuple(params)
+                    and threading.current_thread().name == "full-read"):
+                after_read.set()
+                assert go.wait(20)
+            return res
+
+        backend.execute = spy  # type: ignore[method-assign]
+        try:
+            th = Threads()
+            t = threading.Thread(target=lambda: th.results.__setitem__("r", outcome(
+                lambda: register_key(svc, clock, AE3))), name="full-read", daemon=True)
+            t.start()
+            assert after_read.wait(20)
+            dereg(svc, k1, AE1)  # commits while the registration is held after its full read
+            go.set()
+            t.join(20)
+        finally:
+            backend.execute = orig  # type: ignore[method-assign]
+        assert isinstance(th.results["r"], KeyTotalExceeded)
+        register_key(svc, clock, AE4)  # read again: the freed slot
+        assert svc.total_full_hits == 0
+        consistent(store)
+    finally:
+        store.close()

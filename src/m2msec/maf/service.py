@@ -118,10 +118,29 @@ order*).  A shard holds 14 characters per counted key (at the default, full: 3 9
 55 KiB).  The first Key Registration on a store without shards (``maf.quotameta/tracked-total``
 absent) counts the live keys once, filling the shards to their capacity; such keys carry no
 ``quotaShard`` and their de-registration removes an entry with their expiry from the first
-shard holding one.  Lowering ``max_keys_total`` is exact only once every shard is at or below
+shard holding one.  A de-registration or revoke of such a key on another instance while the
+count is being taken cannot leave its entry behind: it needs the marker too (every change of a
+key first makes sure the count exists), so on PostgreSQL it waits for the counting transaction
+(the marker's uncommitted insert) and then finds and removes the entry; on SQLite writers are
+serialised anyway.  Lowering ``max_keys_total`` is exact only once every shard is at or below
 its new capacity: until the keys counted under the old value expire or are de-registered, a
 shard still below its new capacity may accept keys while another holds more than its own
 (below 256 the shards from ``max_keys_total`` on are no longer searched at all).
+
+Refusals at the limit (``total_full_hold``, default 1 s, a constructor argument; 0 turns it
+off): a refusal has read every shard (at 1 000 000 keys about 14 MB, tens of milliseconds, on
+SQLite under the write lock), so a client retrying at the limit would cost the store ~30
+registrations' work per attempt.  When a Key Registration finds every shard full, the instance
+notes it, valid until the earliest expiry any shard held (no slot frees itself before it) and
+at most ``total_full_hold`` (monotonic); while the note holds, Key Registrations that pass the
+client's own quota are refused 4103 at once (audited like any refusal; :attr:`MAFService.
+total_full_hits` counts them) without reading a shard.  Any Key De-Registration, ``revoke_key``
+or Key Registration Update this instance runs ends the note once it has finished (committed or
+not), and a note is not taken by a read that began before such a change finished.  The note
+never admits a key, so the limit still holds exactly; it may refuse for at most
+``total_full_hold`` after another instance freed a slot (its change is seen by the first
+registration after the note ends).  The first refusal of each period still reads every shard:
+at most one full read per instance per ``total_full_hold`` (plus one per local removal).
 
 Lock order (PostgreSQL row locks; SQLite has one writer at a time): every procedure that
 changes a Key Registration takes its rows in one order - the ``maf.keyreg`` record (Key
@@ -201,7 +220,7 @@ from m2msec.tls.engine import TLSEngine
 from m2msec.tls.pkiverify import PKIVerifyHook
 
 __all__ = ["CACHE_CHANNEL", "MAX_KEYS_PER_CLIENT_DEFAULT", "MAX_KEYS_PER_CLIENT_LIMIT", "MAX_KEYS_TOTAL_DEFAULT",
-           "MAX_KEYS_TOTAL_LIMIT", "NS", "TOTAL_SHARDS", "AdminConfig", "KeyQuotaExceeded", "KeyTotalExceeded",
+           "MAX_KEYS_TOTAL_LIMIT", "NS", "TOTAL_FULL_HOLD_DEFAULT", "TOTAL_FULL_HOLD_LIMIT", "TOTAL_SHARDS", "AdminConfig", "KeyQuotaExceeded", "KeyTotalExceeded",
            "MAFPeer", "MAFService"]
 
 log = logging.getLogger(__name__)
@@ -241,6 +260,10 @@ MAX_KEYS_TOTAL_DEFAULT = 1_000_000
 MAX_KEYS_TOTAL_LIMIT = 10_000_000
 #: ``maf.quotatotal`` records (the MAF-wide count is split over them, see *MAF-wide quota*)
 TOTAL_SHARDS = 256
+#: ``total_full_hold``: how long after a Key Registration found every shard full the next ones
+#: are refused without reading them again (see *Refusals at the limit*), and its upper bound
+TOTAL_FULL_HOLD_DEFAULT = timedelta(seconds=1)
+TOTAL_FULL_HOLD_LIMIT = timedelta(seconds=60)
 
 
 def _epoch_us(dt: datetime) -> int:
@@ -513,6 +536,9 @@ class _RetrievalCache:
                 self.regs[reg_key] = reg
 
 
+#: procedures that may free a slot of the MAF-wide quota (they end the "full" note)
+_FREES_SLOTS = frozenset({Procedure.KEY_DEREGISTRATION, Procedure.KEY_REGISTRATION_UPDATE})
+
 #: procedures that change nothing a Key Retrieval reads, or only add to it
 _CACHE_NEUTRAL = frozenset({Procedure.KEY_RETRIEVAL, Procedure.CONFIGURATION_RETRIEVAL,
                             Procedure.KEY_REGISTRATION, Procedure.CLIENT_REGISTRATION})
@@ -539,6 +565,7 @@ class MAFService:
         max_keys_per_client: int = MAX_KEYS_PER_CLIENT_DEFAULT,
         client_ocsp: PeerOCSPChecker | None = None,
         max_keys_total: int = MAX_KEYS_TOTAL_DEFAULT,
+        total_full_hold: timedelta = TOTAL_FULL_HOLD_DEFAULT,
     ) -> None:
         if (isinstance(max_keys_per_client, bool) or not isinstance(max_keys_per_client, int)
                 or not 1 <= max_keys_per_client <= MAX_KEYS_PER_CLIENT_LIMIT):
@@ -550,6 +577,18 @@ class MAFService:
             raise ValueError(f"max_keys_total must be an integer from 1 to {MAX_KEYS_TOTAL_LIMIT}")
         #: live Key Registrations of all MAF Clients together (MAF-wide; storage exhaustion)
         self.max_keys_total = max_keys_total
+        if not isinstance(total_full_hold, timedelta) or not timedelta(0) <= total_full_hold <= TOTAL_FULL_HOLD_LIMIT:
+            raise ValueError(f"total_full_hold must be a timedelta from 0 to {TOTAL_FULL_HOLD_LIMIT.total_seconds():g} s")
+        #: how long a refusal at ``max_keys_total`` lets this instance refuse the next Key
+        #: Registrations without reading every shard (see *Refusals at the limit*); 0: never
+        self.total_full_hold = total_full_hold
+        #: the note: (monotonic deadline, earliest expiry in µs) or None; ``_full_gen`` grows
+        #: with every de-registration, revoke or update this instance committed
+        self._total_full: tuple[float, int] | None = None
+        self._full_gen = 0
+        self._full_lock = threading.Lock()
+        #: refusals at the limit answered from the note (observability, tests, bench)
+        self.total_full_hits = 0
         #: the store's ``maf.quotameta`` records have been seen (they are never deleted)
         self._quota_tracked = False
         self._total_tracked = False
@@ -703,6 +742,7 @@ class MAFService:
                 tx.notify(CACHE_CHANNEL, self._change_payload("revoke-key", rel, {"relativeKeyID": rel}))
         finally:
             self._cache.clear()
+            self._total_full_clear()
         return live
 
     def list_clients(self) -> list[dict[str, Any]]:
@@ -931,6 +971,8 @@ class MAFService:
         finally:
             if procedure not in _CACHE_NEUTRAL:
                 self._cache.clear()
+            if procedure in _FREES_SLOTS:
+                self._total_full_clear()
 
     async def run_async(self, procedure: Procedure, peer: MAFPeer, request: Any,
                         exporter: Callable[[], tuple[bytes, bytes]]) -> Any:
@@ -1196,6 +1238,14 @@ class MAFService:
         The shard chosen by the RelativeKeyID (random) first, so concurrent registrations write
         different rows; if it is full, every shard is read in one statement and the first ones
         with room after it are tried in turn (a full shard is only read)."""
+        if self._total_full_holds():
+            self.total_full_hits += 1
+            raise KeyTotalExceeded(
+                f"this MAF holds {self.max_keys_total} live Key Registrations, the most it allows "
+                f"(max_keys_total = {self.max_keys_total}; every shard was full at most "
+                f"{self.total_full_hold.total_seconds():g} s ago); try again when keys have expired or been "
+                "de-registered")
+        gen = self._full_gen  # before the reads: a removal committed after them voids the note
         used = min(TOTAL_SHARDS, self.max_keys_total)  # shards with at least one slot
         start = int(rel[:8], 16) % used
         exp_us = _epoch_us(expires)
@@ -1204,18 +1254,50 @@ class MAFService:
         current = {r.rec_id: r for r in tx.list_records(NS.QUOTA_TOTAL)}
         now_us = _epoch_us(self.now())
         live = self._shard_capacity(start)
-        for k in range(1, used):
+        earliest: int | None = None  # the first expiry of any shard: no room appears before it
+        for k in range(used):
             i = (start + k) % used
             cap = self._shard_capacity(i)
             rec = current.get(str(i))
             ex = _Expiries.of(rec.doc if rec is not None else None)
             ex.drop_expired(now_us)
+            if len(ex):
+                first = int(ex.text[:_EXP_HEX], 16)
+                earliest = first if earliest is None else min(earliest, first)
+            if k == 0:
+                continue  # the shard tried first (full when _total_try read it)
             if len(ex) < cap and self._total_try(tx, i, exp_us):
                 return i
             live += max(len(ex), cap)
+        self._total_full_note(gen, earliest)
         raise KeyTotalExceeded(
             f"this MAF holds {live} live Key Registrations, the most it allows (max_keys_total = "
             f"{self.max_keys_total}); try again when keys have expired or been de-registered")
+
+    def _total_full_holds(self) -> bool:
+        """The note says every shard is full: taken within ``total_full_hold`` (monotonic) and
+        before the earliest expiry any shard held (the injected clock)."""
+        note = self._total_full
+        if note is None:
+            return False
+        until_mono, until_us = note
+        return time.monotonic() < until_mono and _epoch_us(self.now()) < until_us
+
+    def _total_full_note(self, gen: int, earliest_us: int | None) -> None:
+        """Remember that a read of every shard found no room, unless a removal in this instance
+        committed since ``gen`` was read (it may have freed a slot the read did not see)."""
+        if earliest_us is None or self.total_full_hold <= timedelta(0):
+            return
+        with self._full_lock:
+            if self._full_gen == gen:
+                self._total_full = (time.monotonic() + self.total_full_hold.total_seconds(), earliest_us)
+
+    def _total_full_clear(self) -> None:
+        """A Key De-Registration, revoke or Key Registration Update finished (after its commit):
+        a slot may be free, the next Key Registration reads the shards again."""
+        with self._full_lock:
+            self._full_gen += 1
+            self._total_full = None
 
     def _total_move(self, tx: Transaction, rec: Any, new_expires: datetime | None) -> None:
         """The Key Registration ``rec`` (its ``maf.keyreg`` record) stops counting (``new_expires``
