@@ -68,7 +68,24 @@ than its BaseCRLNumber) never gives a GOOD status, but the certificates it lists
 (other than removeFromCRL) are REVOKED: it is a signed statement of the issuer
 later than every base held (deltas not newer than the base are dropped by the
 store).  A delta only (no complete CRL) is therefore REVOCATION_UNKNOWN under
-``require``.  An unusable delta beside a usable base is ignored.
+``require``.  Such a delta also proves that the base is superseded: when its
+BaseCRLNumber is above the cRLNumber the status is built from (the applied
+delta's, else the base's), the issuer has since issued a complete CRL that is not
+held, and what was revoked between the two is unknown - that status is not
+current (``require``: REVOCATION_UNKNOWN "is superseded", ``if-available``:
+undetermined).
+
+The store holds no keys, so a CRL from a file may be forged.  An unusable delta
+of a usable base's own stream (issuer name, authorityKeyIdentifier, scope) may
+have displaced that base's genuine deltas, so it makes that base give no status:
+unless another source is current, CRL_INVALID (under every policy, before a GOOD
+OCSP response; revocations still come first); with no current source any
+unusable delta of the issuer does so (it may have displaced a delta whose
+revocations count on their own).  Likewise an unusable complete CRL
+with no usable one is CRL_INVALID even when deltas are held (it may have
+replaced the genuine base in the store).  A forged CRL can thus refuse
+certificates (as a forged base always could) but never turn a revocation into
+an accepted status.
 """
 
 from __future__ import annotations
@@ -280,16 +297,21 @@ class CRLStore:
 
     Delta CRLs (deltaCRLIndicator, RFC 5280 5.2.4) are held beside them, never in a base's
     place: per (issuer, key id, issuingDistributionPoint scope) the newest ones, at most
-    :data:`MAX_DELTAS_PER_BASE`.  A delta is not added (``add`` returns False) and a held one is
+    :data:`MAX_DELTAS_PER_BASE`, but the newest delta that applies to the held complete CRL of
+    that stream is never evicted by the cap (deltas against bases not held go first).  A delta
+    is not added (``add`` returns False) and a held one is
     dropped when a complete CRL of the same issuer, key and scope with a cRLNumber >= the
     delta's own is held (the base already contains it), or when another delta supersedes it
-    (higher or equal cRLNumber and a BaseCRLNumber <= its own).  A delta whose base is not held
+    (higher or equal cRLNumber and a BaseCRLNumber <= its own); a delta that the cap would
+    evict at once is not added.  A delta whose base is not held
     is kept: :func:`check_path_revocation` uses it only beside a matching base (for revocations
     it lists it counts on its own, see the module docstring).
 
     CRLs are *not* validated here - that needs the issuer certificate of the path being
-    verified; an unusable CRL makes the verification of a certificate of that issuer fail with
-    CRL_INVALID (an unusable delta beside a usable base is ignored).
+    verified - so a forged CRL with a high cRLNumber displaces genuine ones; the status check
+    makes that fail closed: an unusable CRL of a stream makes the verification of a
+    certificate of that issuer fail with CRL_INVALID unless a source of another stream is
+    current (see the module docstring).
 
     :attr:`generation` grows by one at every change of the content (an
     :meth:`add` that keeps the CRL, every :meth:`replace`): a cache of
@@ -362,10 +384,35 @@ class CRLStore:
                 return False
             stream = [d for d in stream if not _supersedes(crl, d)] + [crl]
             stream.sort(key=lambda d: crl_number(d) or 0, reverse=True)
+            if len(stream) > MAX_DELTAS_PER_BASE:
+                # The cap never evicts the newest delta that applies to the held base of this
+                # stream (BaseCRLNumber <= the base's cRLNumber < its own): without it the base
+                # would decide alone, and a revocation only that delta lists would be lost.
+                # Deltas against bases not held apply to nothing and go first (oldest first).
+                # (The store holds no keys, so the protected delta may be forged: then it is
+                # unusable and the status check refuses, see _status_of.)
+                keep = self._applicable_to_held_base(stream)
+                rest = [d for d in stream if d is not keep][:MAX_DELTAS_PER_BASE - (keep is not None)]
+                kept = [d for d in stream if d is keep or any(d is r for r in rest)]
+                if not any(d is crl for d in kept):
+                    return False  # older than every delta it could evict: store unchanged
+                stream = kept
             others = [d for d in held if not _same_stream(d, crl)]
-            self._set_deltas(crl.issuer, (*others, *stream[:MAX_DELTAS_PER_BASE]))
+            self._set_deltas(crl.issuer, (*others, *stream))
             self._generation += 1
             return True
+
+    def _applicable_to_held_base(
+        self, stream: Sequence[x509.CertificateRevocationList],
+    ) -> x509.CertificateRevocationList | None:
+        """The newest delta of ``stream`` (one issuer, key and scope) that applies to the complete
+        CRL held for that stream, if any (caller holds the lock)."""
+        if not stream:
+            return None
+        for base in self._by_issuer.get(stream[0].issuer, ()):
+            if _same_stream(base, stream[0]):
+                return _delta_for(base, stream)
+        return None
 
     def replace(self, crls: Iterable[x509.CertificateRevocationList]) -> None:
         """Swap the whole content for ``crls`` (one atomic refresh)."""
@@ -603,7 +650,7 @@ def _status_of(
     bases = store.complete_for(cert.issuer) if store is not None else ()
     deltas = store.deltas_for(cert.issuer) if store is not None else ()
     usable: list[x509.CertificateRevocationList] = []
-    problem: str | None = None
+    problem: str | None = None  # of a complete CRL
     for crl in bases:
         why = _crl_problem(crl, issuer)
         if why is not None:
@@ -611,14 +658,15 @@ def _status_of(
         elif _covers(crl, cert):
             usable.append(crl)
     good_deltas: list[x509.CertificateRevocationList] = []
+    bad_deltas: list[tuple[x509.CertificateRevocationList, str]] = []
     for crl in deltas:
         why = _crl_problem(crl, issuer)
         if why is not None:
-            problem = problem or why
+            bad_deltas.append((crl, why))
         elif _covers(crl, cert):
             good_deltas.append(crl)
-    if not usable and not good_deltas and problem is not None:
-        raise _fail(R.CRL_INVALID, f"CRL of {_name(cert.issuer)!r}: {problem}")
+    if not usable and not good_deltas and (problem or bad_deltas):
+        raise _fail(R.CRL_INVALID, f"CRL of {_name(cert.issuer)!r}: {problem or bad_deltas[0][1]}")
     sources = [_StatusSource(b, _delta_for(b, good_deltas)) for b in usable]
     # deltas not applied to a base (no base held, or one older than the delta's BaseCRLNumber):
     # never a GOOD status, but what they list as revoked is revoked (a signed statement of the
@@ -637,8 +685,37 @@ def _status_of(
         kind = "delta CRL" if is_delta_crl(crl) else "CRL"
         raise _fail(R.REVOKED, f"{what} was revoked at {entry.revocation_date_utc.isoformat()} "
                                f"(reason {_reason_text(entry)}, {kind} of {_name(crl.issuer)!r})")
-    current = [s for s in sources if s.base.last_update_utc <= now and _current(s.freshness, now)]
-    if current or (ev is not None and ev.good is not None):
+    if not usable and problem is not None:
+        # an unusable complete CRL and no usable one: deltas alone cannot decide, and the unusable
+        # (e.g. forged) base may have replaced the genuine one in the store (CRLStore keeps one
+        # per key id): CRL_INVALID, as when it is the issuer's only CRL
+        raise _fail(R.CRL_INVALID, f"CRL of {_name(cert.issuer)!r}: {problem}")
+    # An unusable delta of a usable base's own stream (issuer, key id, scope) may have displaced
+    # the genuine deltas of that base in the store (CRLStore holds no keys: a forged delta with a
+    # high cRLNumber supersedes or out-ranks them), so that base no longer gives a status: when
+    # no other source is current, CRL_INVALID (under every policy and before OCSP, as for an
+    # unusable base: a forged delta never turns a revocation into an accepted status).  Without a
+    # current source any unusable delta does so: it may have displaced a delta whose revocations
+    # count on their own (no base held) that would have refused the certificate.
+    tainted = [(s, why) for s in sources
+               for d, why in bad_deltas if _same_stream(d, s.base)]
+    # A verified delta of a base's stream whose BaseCRLNumber is above what the status is built
+    # from (the applied delta's cRLNumber, else the base's) proves that the issuer has since issued
+    # a complete CRL that is not held: revocations between the two are unknown, so that status is
+    # not current (policy decides; RFC 5280 5.2.4: a delta lists the changes since its base only).
+    behind = {id(s): max(ahead, key=delta_base_number) for s in sources
+              if (ahead := [d for d in good_deltas if _same_stream(d, s.base)
+                            and (delta_base_number(d) or 0) > (crl_number(s.freshness) or 0)])}
+    spoilt = {id(s) for s, _ in tainted}
+    current = [s for s in sources if id(s) not in spoilt and id(s) not in behind
+               and s.base.last_update_utc <= now and _current(s.freshness, now)]
+    if current:
+        return RevocationStatus.GOOD
+    if bad_deltas:  # tainted sources, or deltas that count on their own (no base) next to a forged one
+        why = tainted[0][1] if tainted else bad_deltas[0][1]
+        raise _fail(R.CRL_INVALID, f"delta CRL of {_name(cert.issuer)!r}: {why} "
+                                   "(it may have displaced genuine delta CRLs)")
+    if ev is not None and ev.good is not None:
         return RevocationStatus.GOOD
     if policy is RevocationPolicy.REQUIRE:
         if not usable:
@@ -655,8 +732,13 @@ def _status_of(
             why = f"is not valid before {c.last_update_utc.isoformat()}"
         elif c.next_update_utc is None:
             why = "has no nextUpdate"
-        else:
+        elif now >= c.next_update_utc:
             why = f"is stale (nextUpdate {c.next_update_utc.isoformat()})"
+        else:  # current, but behind a newer complete CRL (a spoilt source raised CRL_INVALID above)
+            ahead = behind.get(id(s))
+            newer = delta_base_number(ahead) if ahead is not None else "?"
+            why = (f"is superseded (a delta CRL names complete CRL {newer}, "
+                   f"newer than cRLNumber {crl_number(c)} held; the complete CRL is needed)")
         raise _fail(R.REVOCATION_UNKNOWN, f"status of {what} is unknown: the {kind} of {_name(cert.issuer)!r} {why}")
     return RevocationStatus.UNDETERMINED
 
