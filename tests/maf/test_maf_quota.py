@@ -18,9 +18,8 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
-import psycopg
 import pytest
 from _mafhelp import (
     ADMIN,
@@ -39,14 +38,26 @@ from _mafhelp import (
     running,
 )
 from _mafserve import MAFServe
+from _quota_support import (
+    BACKENDS,
+    HOUR,
+    PauseAtAudit,
+    assert_service_refuses,
+    deregister_key,
+    lock_waiters,
+    maf_toml,
+    no_exporter,
+    peer,
+    register_clients,
+    register_key,
+    two_instances,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 
 from m2msec.errors import ParseError
 from m2msec.maf import MAFClient, MAFClientConfig, MAFResponseError
 from m2msec.maf.protocol import (
-    ClientRegistrationRequest,
-    KeyDeregistrationRequest,
     KeyRegistrationRequest,
     KeyRegistrationUpdateRequest,
     Procedure,
@@ -56,7 +67,6 @@ from m2msec.maf.server import load_config
 from m2msec.maf.service import (
     NS,
     KeyQuotaExceeded,
-    MAFPeer,
     MAFService,
     _epoch_us,
     _Slots,
@@ -66,32 +76,7 @@ from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.store import KeyEncryptionKey, Store, StoreError, open_store
 from m2msec.tls.engine import PSKCredentials
 
-HOUR = timedelta(hours=1)
-
-
-def peer(cid: str) -> MAFPeer:
-    return MAFPeer("km", cid, f"11-{cid}", kmid=None)
-
-
-def no_exporter() -> tuple[bytes, bytes]:
-    raise AssertionError("no exporter")
-
-
-def register_clients(svc: MAFService, clock: FakeClock, *cids: str) -> None:
-    for cid in cids or (AE1, AE2, AE3):
-        svc.run(Procedure.CLIENT_REGISTRATION, peer(cid), ClientRegistrationRequest(MAF, clock.now + timedelta(days=1),
-                                                                                    ADMIN), no_exporter)
-
-
-def register_key(svc: MAFService, clock: FakeClock, cid: str = AE1, life: timedelta = HOUR) -> str:
-    rsp = svc.run(Procedure.KEY_REGISTRATION, peer(cid),
-                  KeyRegistrationRequest(MAF, clock.now + life, ADMIN, SUID.MAF_ESPRIM, target_ids=(AE2,),
-                                         key_value=os.urandom(32)), no_exporter)
-    return str(rsp.relative_key_id)
-
-
-def deregister_key(svc: MAFService, rel: str, cid: str = AE1) -> None:
-    svc.run(Procedure.KEY_DEREGISTRATION, peer(cid), KeyDeregistrationRequest(MAF, rel), no_exporter)
+CLIENTS3 = (AE1, AE2, AE3)  # the clients these tests register (AE4 stays unregistered)
 
 
 def live_keys(store: Store, cid: str = AE1) -> list[str]:
@@ -177,7 +162,7 @@ def env(tmp_path: Path) -> Iterator[tuple[FakeClock, Store, MAFService]]:
     clock = FakeClock()
     store = make_store(tmp_path / "maf.db", clock)
     svc = make_service(store, clock, max_keys_per_client=3)
-    register_clients(svc, clock)
+    register_clients(svc, clock, *CLIENTS3)
     yield clock, store, svc
     store.close()
 
@@ -262,7 +247,7 @@ def test_keys_registered_before_quotas_existed_are_counted(tmp_path: Path) -> No
     store = make_store(tmp_path / "maf.db", clock)
     try:
         old = make_service(store, clock, max_keys_per_client=10)
-        register_clients(old, clock)
+        register_clients(old, clock, *CLIENTS3)
         # what an m2msec without quotas left behind: Key Registrations, no maf.quota records
         pre = [register_key(old, clock) for _ in range(2)] + [register_key(old, clock, AE2)]
         register_key(old, clock, life=timedelta(seconds=5))  # expires before the upgrade
@@ -290,7 +275,7 @@ def test_a_refused_first_registration_does_not_mark_the_store_built(tmp_path: Pa
     store = make_store(tmp_path / "maf.db", clock)
     try:
         old = make_service(store, clock)
-        register_clients(old, clock)
+        register_clients(old, clock, *CLIENTS3)
         for _ in range(2):
             register_key(old, clock)
         with store.transaction() as tx:
@@ -310,82 +295,25 @@ def test_a_refused_first_registration_does_not_mark_the_store_built(tmp_path: Pa
 
 @pytest.mark.parametrize("bad", [0, -1, 100_001, True, 2.5, "10"])
 def test_the_service_refuses_a_bad_quota(tmp_path: Path, bad: Any) -> None:
-    clock = FakeClock()
-    store = make_store(tmp_path / "maf.db", clock)
-    try:
-        with pytest.raises(ValueError, match="max_keys_per_client"):
-            make_service(store, clock, provision=False, max_keys_per_client=bad)
-    finally:
-        store.close()
-
-
-def _toml(tmp_path: Path, line: str) -> Path:
-    p = tmp_path / "maf.toml"
-    p.write_text(f'fqdn = "{MAF}"\nstore = "sqlite:///{tmp_path / "maf.db"}"\n{line}\n'
-                 f'[[admin]]\nfqdn = "{ADMIN}"\n', encoding="utf-8")
-    return p
+    assert_service_refuses(tmp_path, max_keys_per_client=bad)
 
 
 def test_load_config_reads_max_keys_per_client(tmp_path: Path) -> None:
-    assert load_config(_toml(tmp_path, "")).max_keys_per_client == 1000
-    assert load_config(_toml(tmp_path, "max_keys_per_client = 1")).max_keys_per_client == 1
-    assert load_config(_toml(tmp_path, "max_keys_per_client = 100000")).max_keys_per_client == 100_000
+    assert load_config(maf_toml(tmp_path, "")).max_keys_per_client == 1000
+    assert load_config(maf_toml(tmp_path, "max_keys_per_client = 1")).max_keys_per_client == 1
+    assert load_config(maf_toml(tmp_path, "max_keys_per_client = 100000")).max_keys_per_client == 100_000
     for bad in ("0", "-5", "100001", "true", "2.5", '"10"'):
         with pytest.raises(ParseError, match="max_keys_per_client"):
-            load_config(_toml(tmp_path, f"max_keys_per_client = {bad}"))
+            load_config(maf_toml(tmp_path, f"max_keys_per_client = {bad}"))
 
 
 # ------------------------------------------------------------------ two instances, interleaved
 
 
-class PauseAtAudit:
-    """Holds the transaction of the first Key Registration on ``store`` at its audit INSERT
-    (after its quota compare-and-set, before its commit) until :attr:`release` is set."""
-
-    def __init__(self, store: Store) -> None:
-        self.backend = store._backend
-        self.orig = self.backend.execute
-        self.reached = threading.Event()
-        self.release = threading.Event()
-
-    def __enter__(self) -> Self:
-        def spy(conn: Any, sql: str, params: Any = ()) -> Any:
-            if sql.startswith("INSERT INTO m2msec_audit") and not self.reached.is_set():
-                self.reached.set()
-                assert self.release.wait(20)
-            return self.orig(conn, sql, params)
-
-        self.backend.execute = spy
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.backend.execute = self.orig
-        self.release.set()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BACKENDS)
 def two(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[MAFService, MAFService, FakeClock, str]]:
-    clock = FakeClock()
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'maf.db'}"
-    else:
-        url = request.getfixturevalue("pg_server").create_database()
-    sa, sb = open_store(url, KEK, clock=clock), open_store(url, KEK, clock=clock)
-    a = make_service(sa, clock, max_keys_per_client=3, key_cache_ttl=timedelta(0))
-    b = make_service(sb, clock, provision=False, max_keys_per_client=3, key_cache_ttl=timedelta(0))
-    register_clients(a, clock)
-    try:
-        yield a, b, clock, url
-    finally:
-        sb.close()
-        sa.close()
-
-
-def _waiting_on_a_lock(url: str) -> bool:
-    with psycopg.connect(url, autocommit=True) as c:
-        row = c.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                        "AND wait_event_type = 'Lock'").fetchone()
-    return bool(row and row[0])
+    with two_instances(request, tmp_path, clients=CLIENTS3, max_keys_per_client=3) as t:
+        yield t.a, t.b, t.clock, t.url
 
 
 def test_two_instances_interleaved_for_the_last_slot(two) -> None:
@@ -411,7 +339,7 @@ def test_two_instances_interleaved_for_the_last_slot(two) -> None:
         tb.start()
         deadline = time.monotonic() + 10
         if url.startswith("postgresql"):
-            while not _waiting_on_a_lock(url):  # B is blocked on A's quota row, not finished
+            while not lock_waiters(url):  # B is blocked on A's quota row, not finished
                 assert time.monotonic() < deadline and tb.is_alive()
                 time.sleep(0.01)
         else:

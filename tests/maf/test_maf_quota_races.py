@@ -19,7 +19,6 @@ database and held transactions:
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 import time
@@ -30,60 +29,38 @@ from types import SimpleNamespace
 from typing import Any, Self
 
 import pytest
-from _mafhelp import ADMIN, AE1, AE2, AE3, AE4, KEK, MAF, FakeClock, make_service
+from _mafhelp import AE1, AE2, AE3, AE4, KEK, MAF, FakeClock, make_service
+from _quota_support import (
+    BACKENDS,
+    HOUR,
+    PauseAtAudit,
+    assert_service_refuses,
+    deregister_key,
+    forget_total,
+    lock_waiters,
+    no_exporter,
+    peer,
+    register_clients,
+    register_key,
+    two_instances,
+)
 
 from m2msec.errors import M2MSecError
 from m2msec.maf import service as service_module
 from m2msec.maf.protocol import (
-    ClientRegistrationRequest,
-    KeyDeregistrationRequest,
-    KeyRegistrationRequest,
     KeyRegistrationUpdateRequest,
     MAFError,
     Procedure,
 )
-from m2msec.maf.service import NS, KeyTotalExceeded, MAFPeer, MAFService, _Expiries
-from m2msec.onem2m.enums import SUID
+from m2msec.maf.service import NS, KeyTotalExceeded, MAFService
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.store import Store, StoreError, open_store
 from m2msec.store.store import Transaction
-
-HOUR = timedelta(hours=1)
-CLIENTS = (AE1, AE2, AE3, AE4)
-
-
-def peer(cid: str) -> MAFPeer:
-    return MAFPeer("km", cid, f"11-{cid}", kmid=None)
-
-
-def no_exporter() -> tuple[bytes, bytes]:
-    raise AssertionError("no exporter")
-
-
-def register_clients(svc: MAFService, clock: FakeClock) -> None:
-    for cid in CLIENTS:
-        svc.run(Procedure.CLIENT_REGISTRATION, peer(cid),
-                ClientRegistrationRequest(MAF, clock.now + timedelta(days=1), ADMIN), no_exporter)
-
-
-def register_key(svc: MAFService, clock: FakeClock, cid: str = AE1, life: timedelta = HOUR) -> str:
-    rsp = svc.run(Procedure.KEY_REGISTRATION, peer(cid),
-                  KeyRegistrationRequest(MAF, clock.now + life, ADMIN, SUID.MAF_ESPRIM, target_ids=(AE2,),
-                                         key_value=os.urandom(32)), no_exporter)
-    return str(rsp.relative_key_id)
 
 
 def update(svc: MAFService, clock: FakeClock, rel: str, life: timedelta, cid: str = AE1) -> Any:
     return svc.run(Procedure.KEY_REGISTRATION_UPDATE, peer(cid),
                    KeyRegistrationUpdateRequest(MAF, rel, expiration_time=clock.now + life), no_exporter)
-
-
-def dereg(svc: MAFService, rel: str, cid: str = AE1) -> Any:
-    return svc.run(Procedure.KEY_DEREGISTRATION, peer(cid), KeyDeregistrationRequest(MAF, rel), no_exporter)
-
-
-def counted(store: Store) -> int:
-    return sum(len(_Expiries.of(r.doc)) for r in store.list_records(NS.QUOTA_TOTAL))
 
 
 def consistent(store: Store) -> None:
@@ -152,18 +129,6 @@ def touch(ns: str, rec_id: str) -> Callable[[Transaction], None]:
     return body
 
 
-def lock_waiters(url: str | None) -> int:
-    """PostgreSQL: sessions of this database waiting for a lock."""
-    if url is None:
-        return 0
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                           "AND wait_event_type = 'Lock'").fetchone()
-    return int(row[0]) if row else 0
-
-
 def wait_waiters(url: str | None, n: int) -> None:
     if url is None:  # SQLite: the threads wait for the write lock; give them time to get there
         time.sleep(0.3)
@@ -191,47 +156,10 @@ class Threads:
         return self.results
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BACKENDS)
 def two(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SimpleNamespace]:
-    clock = FakeClock()
-    if request.param == "sqlite":
-        url, pg = f"sqlite:///{tmp_path / 'maf.db'}", None
-    else:
-        url = pg = request.getfixturevalue("pg_server").create_database()
-    sa, sb = open_store(url, KEK, clock=clock), open_store(url, KEK, clock=clock)
-    a = make_service(sa, clock, max_keys_total=512, key_cache_ttl=timedelta(0))
-    b = make_service(sb, clock, provision=False, max_keys_total=512, key_cache_ttl=timedelta(0))
-    register_clients(a, clock)
-    try:
-        yield SimpleNamespace(a=a, b=b, sa=sa, sb=sb, clock=clock, pg=pg)
-    finally:
-        sb.close()
-        sa.close()
-
-
-class PauseAtAudit:
-    """Holds the first transaction on ``store`` that writes an audit record at that INSERT
-    (after its other writes, before its commit) until :attr:`release` is set."""
-
-    def __init__(self, store: Store) -> None:
-        self.backend = store._backend
-        self.orig = self.backend.execute
-        self.reached = threading.Event()
-        self.release = threading.Event()
-
-    def __enter__(self) -> Self:
-        def spy(conn: Any, sql: str, params: Any = ()) -> Any:
-            if sql.startswith("INSERT INTO m2msec_audit") and not self.reached.is_set():
-                self.reached.set()
-                assert self.release.wait(20)
-            return self.orig(conn, sql, params)
-
-        self.backend.execute = spy  # type: ignore[method-assign]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.backend.execute = self.orig  # type: ignore[method-assign]
-        self.release.set()
+    with two_instances(request, tmp_path, max_keys_total=512) as t:
+        yield t
 
 
 # ------------------------------------------------------------------ lock order
@@ -249,7 +177,7 @@ def test_an_update_and_a_deregistration_of_one_key_do_not_deadlock(two: SimpleNa
     th = Threads()
     th.start("update", lambda: update(t.b, t.clock, rel, 2 * HOUR))
     wait_waiters(t.pg, 1)
-    th.start(other, (lambda: dereg(t.a, rel)) if other == "deregistration" else (lambda: t.a.revoke_key(rel)))
+    th.start(other, (lambda: deregister_key(t.a, rel)) if other == "deregistration" else (lambda: t.a.revoke_key(rel)))
     wait_waiters(t.pg, 2)
     held.release()
     res = th.join()
@@ -342,7 +270,7 @@ def test_a_key_removed_twice_at_once_frees_one_slot(two: SimpleNamespace, monkey
 
     def op(name: str, svc: MAFService) -> Callable[[], Any]:
         if name == "deregistration":
-            return lambda: dereg(svc, k1)
+            return lambda: deregister_key(svc, k1)
         if name == "revoke":
             return lambda: svc.revoke_key(k1)
         return lambda: update(svc, t.clock, k1, 2 * HOUR)
@@ -383,7 +311,7 @@ def test_many_concurrent_updates_removals_and_registrations_stay_consistent(two:
                 life = timedelta(minutes=rnd.randint(1, 120))
                 r = outcome(lambda rel=rel, life=life: update(svc, t.clock, rel, life))
             elif op == "dereg":
-                r = outcome(lambda rel=rel: dereg(svc, rel))
+                r = outcome(lambda rel=rel: deregister_key(svc, rel))
             elif op == "revoke":
                 r = outcome(lambda rel=rel: svc.revoke_key(rel))
             else:
@@ -413,17 +341,6 @@ def test_many_concurrent_updates_removals_and_registrations_stay_consistent(two:
 # ------------------------------------------------------------------ the one-time count
 
 
-def _forget_total(store: Store) -> None:
-    """What an m2msec without the MAF-wide quota left behind: no shards, no marker, no quotaShard."""
-    with store.transaction() as tx:
-        for r in tx.list_records(NS.QUOTA_TOTAL):
-            tx.delete_record(NS.QUOTA_TOTAL, r.rec_id)
-        tx.delete_record(NS.QUOTA_META, "tracked-total")
-        for r in tx.list_records(NS.KEY_REG):
-            doc = {k: v for k, v in r.doc.items() if k != "quotaShard"}
-            tx.update_record(NS.KEY_REG, r.rec_id, doc, expected_version=r.version)
-
-
 @pytest.mark.parametrize("removal", ["deregistration", "revoke"])
 def test_a_removal_during_the_one_time_count_frees_its_slot(two: SimpleNamespace, removal: str) -> None:
     """Instance A's first registration counts the old keys and is held before its commit;
@@ -432,14 +349,14 @@ def test_a_removal_during_the_one_time_count_frees_its_slot(two: SimpleNamespace
     afterwards the shards count exactly the live keys (no slot leaked until expiry)."""
     t = two
     old = [register_key(t.a, t.clock, cid) for cid in (AE1, AE2, AE3)]
-    _forget_total(t.sa)
+    forget_total(t.sa)
     a = make_service(t.sa, t.clock, provision=False, max_keys_total=512, key_cache_ttl=timedelta(0))
     b = make_service(t.sb, t.clock, provision=False, max_keys_total=512, key_cache_ttl=timedelta(0))
     with PauseAtAudit(t.sa) as pause:
         th = Threads()
         th.start("count", lambda: register_key(a, t.clock, AE4))
         assert pause.reached.wait(20)  # A counted the old keys and holds its transaction
-        th.start(removal, (lambda: dereg(b, old[0], AE1)) if removal == "deregistration"
+        th.start(removal, (lambda: deregister_key(b, old[0], AE1)) if removal == "deregistration"
                  else (lambda: b.revoke_key(old[0])))
         time.sleep(0.5)
         assert th._threads[1].is_alive()  # PostgreSQL: on the marker A inserted; SQLite: the write lock
@@ -584,7 +501,7 @@ def test_a_local_removal_or_update_ends_the_note(full: SimpleNamespace, change: 
     with pytest.raises(KeyTotalExceeded):
         register_key(f.svc, f.clock, AE4)
     if change == "deregistration":
-        dereg(f.svc, f.keys[1], AE2)
+        deregister_key(f.svc, f.keys[1], AE2)
     elif change == "revoke":
         assert f.svc.revoke_key(f.keys[1])
     else:  # shortened to one second: the slot is free once it expires
@@ -642,13 +559,7 @@ def test_a_zero_hold_reads_the_shards_every_time(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("bad", [timedelta(seconds=-1), timedelta(seconds=61), 1.0, None])
 def test_the_service_refuses_a_bad_hold(tmp_path: Path, bad: Any) -> None:
-    clock = FakeClock()
-    store = open_store(f"sqlite:///{tmp_path / 'maf.db'}", KEK, clock=clock)
-    try:
-        with pytest.raises(ValueError, match="total_full_hold"):
-            make_service(store, clock, provision=False, total_full_hold=bad)
-    finally:
-        store.close()
+    assert_service_refuses(tmp_path, total_full_hold=bad)
 
 
 def test_another_instance_freeing_a_slot_is_seen_within_the_hold(two: SimpleNamespace) -> None:
@@ -664,7 +575,7 @@ def test_another_instance_freeing_a_slot_is_seen_within_the_hold(two: SimpleName
     register_key(a, t.clock, AE2)
     with pytest.raises(KeyTotalExceeded):
         register_key(a, t.clock, AE3)
-    dereg(t.b, k1, AE1)  # on the other instance: A's note does not know
+    deregister_key(t.b, k1, AE1)  # on the other instance: A's note does not know
     freed = time.monotonic()
     admitted_after = None
     while time.monotonic() - freed < 5:
@@ -717,7 +628,7 @@ def test_postgresql_a_full_read_that_overlaps_a_local_removal_takes_no_note(pg_s
                 lambda: register_key(svc, clock, AE3))), name="full-read", daemon=True)
             t.start()
             assert after_read.wait(20)
-            dereg(svc, k1, AE1)  # commits while the registration is held after its full read
+            deregister_key(svc, k1, AE1)  # commits while the registration is held after its full read
             go.set()
             t.join(20)
         finally:

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Self
+from typing import Any
 
 import pytest
 from _mafhelp import (
@@ -39,6 +39,21 @@ from _mafhelp import (
     run,
     running,
 )
+from _quota_support import (
+    BACKENDS,
+    CLIENTS,
+    HOUR,
+    PauseAtAudit,
+    assert_service_refuses,
+    counted,
+    forget_total,
+    maf_toml,
+    no_exporter,
+    peer,
+    register_clients,
+    register_key,
+    two_instances,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -46,7 +61,6 @@ from m2msec.errors import ParseError
 from m2msec.maf import MAFResponseError
 from m2msec.maf import service as service_module
 from m2msec.maf.protocol import (
-    ClientRegistrationRequest,
     KeyDeregistrationRequest,
     KeyRegistrationRequest,
     KeyRegistrationUpdateRequest,
@@ -60,41 +74,12 @@ from m2msec.maf.service import (
     TOTAL_SHARDS,
     KeyQuotaExceeded,
     KeyTotalExceeded,
-    MAFPeer,
     MAFService,
     _Expiries,
 )
 from m2msec.onem2m.enums import SUID
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.store import Store, StoreError, open_store
-
-HOUR = timedelta(hours=1)
-CLIENTS = (AE1, AE2, AE3, AE4)
-
-
-def peer(cid: str) -> MAFPeer:
-    return MAFPeer("km", cid, f"11-{cid}", kmid=None)
-
-
-def no_exporter() -> tuple[bytes, bytes]:
-    raise AssertionError("no exporter")
-
-
-def register_clients(svc: MAFService, clock: FakeClock) -> None:
-    for cid in CLIENTS:
-        svc.run(Procedure.CLIENT_REGISTRATION, peer(cid),
-                ClientRegistrationRequest(MAF, clock.now + timedelta(days=1), ADMIN), no_exporter)
-
-
-def register_key(svc: MAFService, clock: FakeClock, cid: str = AE1, life: timedelta = HOUR) -> str:
-    rsp = svc.run(Procedure.KEY_REGISTRATION, peer(cid),
-                  KeyRegistrationRequest(MAF, clock.now + life, ADMIN, SUID.MAF_ESPRIM, target_ids=(AE2,),
-                                         key_value=os.urandom(32)), no_exporter)
-    return str(rsp.relative_key_id)
-
-
-def counted(store: Store) -> int:
-    return sum(len(_Expiries.of(r.doc)) for r in store.list_records(NS.QUOTA_TOTAL))
 
 
 def rows(store: Store) -> dict[str, int]:
@@ -267,14 +252,7 @@ def test_keys_registered_before_the_total_existed_are_counted(tmp_path: Path) ->
         register_clients(old, clock)
         pre = [register_key(old, clock, cid) for cid in (AE1, AE2, AE3)]
         register_key(old, clock, AE4, life=timedelta(seconds=5))  # expires before the upgrade
-        # what an m2msec without the MAF-wide quota left behind: no shards, no marker, no quotaShard
-        with store.transaction() as tx:
-            for r in tx.list_records(NS.QUOTA_TOTAL):
-                tx.delete_record(NS.QUOTA_TOTAL, r.rec_id)
-            tx.delete_record(NS.QUOTA_META, "tracked-total")
-            for r in tx.list_records(NS.KEY_REG):
-                doc = {k: v for k, v in r.doc.items() if k != "quotaShard"}
-                tx.update_record(NS.KEY_REG, r.rec_id, doc, expected_version=r.version)
+        forget_total(store)
         clock.advance(seconds=6)
         svc = make_service(store, clock, provision=False, max_keys_total=4)
         assert svc.key_total() == 0  # not counted yet
@@ -315,75 +293,25 @@ def test_a_refused_first_registration_does_not_mark_the_total_built(tmp_path: Pa
 
 @pytest.mark.parametrize("bad", [0, -1, 10_000_001, True, 2.5, "10"])
 def test_the_service_refuses_a_bad_total(tmp_path: Path, bad: Any) -> None:
-    clock = FakeClock()
-    store = make_store(tmp_path / "maf.db", clock)
-    try:
-        with pytest.raises(ValueError, match="max_keys_total"):
-            make_service(store, clock, provision=False, max_keys_total=bad)
-    finally:
-        store.close()
-
-
-def _toml(tmp_path: Path, line: str) -> Path:
-    p = tmp_path / "maf.toml"
-    p.write_text(f'fqdn = "{MAF}"\nstore = "sqlite:///{tmp_path / "maf.db"}"\n{line}\n'
-                 f'[[admin]]\nfqdn = "{ADMIN}"\n', encoding="utf-8")
-    return p
+    assert_service_refuses(tmp_path, max_keys_total=bad)
 
 
 def test_load_config_reads_max_keys_total(tmp_path: Path) -> None:
-    assert load_config(_toml(tmp_path, "")).max_keys_total == 1_000_000  # absent: the default
-    assert load_config(_toml(tmp_path, "max_keys_total = 1")).max_keys_total == 1
-    assert load_config(_toml(tmp_path, "max_keys_total = 10000000")).max_keys_total == 10_000_000
+    assert load_config(maf_toml(tmp_path, "")).max_keys_total == 1_000_000  # absent: the default
+    assert load_config(maf_toml(tmp_path, "max_keys_total = 1")).max_keys_total == 1
+    assert load_config(maf_toml(tmp_path, "max_keys_total = 10000000")).max_keys_total == 10_000_000
     for bad in ("0", "-5", "10000001", "true", "2.5", '"10"'):
         with pytest.raises(ParseError, match="max_keys_total"):
-            load_config(_toml(tmp_path, f"max_keys_total = {bad}"))
+            load_config(maf_toml(tmp_path, f"max_keys_total = {bad}"))
 
 
 # ------------------------------------------------------------------ two instances on one database
 
 
-class PauseAtAudit:
-    """Holds the transaction of the first Key Registration on ``store`` at its audit INSERT
-    (after its quota writes, before its commit) until :attr:`release` is set."""
-
-    def __init__(self, store: Store) -> None:
-        self.backend = store._backend
-        self.orig = self.backend.execute
-        self.reached = threading.Event()
-        self.release = threading.Event()
-
-    def __enter__(self) -> Self:
-        def spy(conn: Any, sql: str, params: Any = ()) -> Any:
-            if sql.startswith("INSERT INTO m2msec_audit") and not self.reached.is_set():
-                self.reached.set()
-                assert self.release.wait(20)
-            return self.orig(conn, sql, params)
-
-        self.backend.execute = spy
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.backend.execute = self.orig
-        self.release.set()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BACKENDS)
 def two(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[MAFService, MAFService, FakeClock, str]]:
-    clock = FakeClock()
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'maf.db'}"
-    else:
-        url = request.getfixturevalue("pg_server").create_database()
-    sa, sb = open_store(url, KEK, clock=clock), open_store(url, KEK, clock=clock)
-    a = make_service(sa, clock, max_keys_total=3, key_cache_ttl=timedelta(0))
-    b = make_service(sb, clock, provision=False, max_keys_total=3, key_cache_ttl=timedelta(0))
-    register_clients(a, clock)
-    try:
-        yield a, b, clock, url
-    finally:
-        sb.close()
-        sa.close()
+    with two_instances(request, tmp_path, max_keys_total=3) as t:
+        yield t.a, t.b, t.clock, t.url
 
 
 def _outcome(results: dict[str, Any], name: str, fn: Any) -> None:
