@@ -6,14 +6,13 @@ revoked only in a delta CRL (the base is never re-issued) is refused at the TLS 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from _crl_web import CRLWeb
 from _mafserve import MAFServe
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -38,38 +37,10 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-class Web:
-    def __init__(self) -> None:
-        self.bodies: dict[str, bytes] = {}
-        self.hits: dict[str, int] = {}
-        web = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                web.hits[self.path] = web.hits.get(self.path, 0) + 1
-                body = web.bodies.get(self.path)
-                self.send_response(200 if body is not None else 404)
-                self.send_header("Content-Length", str(len(body or b"")))
-                self.end_headers()
-                self.wfile.write(body or b"")
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
-
-
 @pytest.fixture
-def web() -> Iterator[Web]:
-    w = Web()
-    yield w
-    w.httpd.shutdown()
-    w.httpd.server_close()
+def web() -> Iterator[CRLWeb]:
+    with CRLWeb() as w:
+        yield w
 
 
 def _wait(cond: object, timeout: float = 15.0) -> bool:
@@ -81,7 +52,7 @@ def _wait(cond: object, timeout: float = 15.0) -> bool:
     return False
 
 
-def test_client_revoked_only_in_the_delta_is_refused_at_the_handshake(tmp_path: Path, web: Web) -> None:
+def test_client_revoked_only_in_the_delta_is_refused_at_the_handshake(tmp_path: Path, web: CRLWeb) -> None:
     t0 = now()
     ca = DevCA.create("MAF Delta CA", now=t0 - timedelta(days=1), permit_dns=["example.com"],
                       permit_uri=["sp.example.com"], intermediate=True)

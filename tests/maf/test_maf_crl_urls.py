@@ -7,14 +7,13 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from _crl_web import CRLWeb
 from _mafserve import MAFServe
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -43,43 +42,10 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-class CRLWeb:
-    """A ThreadingHTTPServer on 127.0.0.1 serving ``bodies[path]`` (404 when absent)."""
-
-    def __init__(self) -> None:
-        self.bodies: dict[str, bytes] = {}
-        self.hits: dict[str, int] = {}
-        web = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:  # noqa: N802
-                web.hits[self.path] = web.hits.get(self.path, 0) + 1
-                body = web.bodies.get(self.path)
-                self.send_response(200 if body is not None else 404)
-                self.send_header("Content-Length", str(len(body or b"")))
-                self.end_headers()
-                self.wfile.write(body or b"")
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def web() -> Iterator[CRLWeb]:
-    w = CRLWeb()
-    yield w
-    w.close()
+    with CRLWeb() as w:
+        yield w
 
 
 def _pem_key(issued: object) -> bytes:
@@ -181,7 +147,7 @@ def test_revoked_at_the_ca_is_refused_after_the_next_refresh(tmp_path: Path, web
         assert s.register(srv.port) == AE1  # ... so "require" finds current CRLs for the whole path
         # a forged CRL (the issuing CA's name, another key, a higher number) is fetched and ignored
         evil = DevCA.create("Evil", now=now() - timedelta(days=1), intermediate=False)
-        forged = build_crl(issuer_cert=s.ca.intermediate_cert, issuer_key=evil._root_key,  # type: ignore[arg-type]  # noqa: SLF001
+        forged = build_crl(issuer_cert=s.ca.intermediate_cert, issuer_key=evil._root_key,  # type: ignore[arg-type]
                            entries=(), number=10_000, this_update=now())
         web.bodies["/issuing.crl"] = forged.public_bytes(DER)
         seen = web.hits["/issuing.crl"]

@@ -7,12 +7,11 @@ same size limit, and drops a delta URL its base no longer names.  A real Threadi
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from _crl_web import CRLWeb
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -36,41 +35,10 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-class Web:
-    """``bodies[path]`` over http on 127.0.0.1 (404 when absent); ``hits[path]``."""
-
-    def __init__(self) -> None:
-        self.bodies: dict[str, bytes] = {}
-        self.hits: dict[str, int] = {}
-        web = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                web.hits[self.path] = web.hits.get(self.path, 0) + 1
-                body = web.bodies.get(self.path)
-                self.send_response(200 if body is not None else 404)
-                self.send_header("Content-Type", "application/pkix-crl")
-                self.send_header("Content-Length", str(len(body or b"")))
-                self.end_headers()
-                self.wfile.write(body or b"")
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
-
-
 @pytest.fixture
-def web() -> Iterator[Web]:
-    w = Web()
-    yield w
-    w.httpd.shutdown()
-    w.httpd.server_close()
+def web() -> Iterator[CRLWeb]:
+    with CRLWeb("application/pkix-crl") as w:
+        yield w
 
 
 @pytest.fixture
@@ -90,7 +58,7 @@ def status(path: list[x509.Certificate], store: CRLStore) -> object:
         return exc.reason_code
 
 
-def publish(web: Web, ca: DevCA, *, delta_path: str | None = "/delta.crl", delta_hours: float = 1) -> int:
+def publish(web: CRLWeb, ca: DevCA, *, delta_path: str | None = "/delta.crl", delta_hours: float = 1) -> int:
     """A new base at /base.crl (naming ``delta_path``) and a delta for it; returns the base number."""
     base = ca.issue_crl(now=now(), freshest_url=web.url(delta_path) if delta_path else None)
     web.bodies["/base.crl"] = base.public_bytes(DER)
@@ -102,11 +70,11 @@ def publish(web: Web, ca: DevCA, *, delta_path: str | None = "/delta.crl", delta
     return n
 
 
-def refresher(web: Web, ca: DevCA, store: CRLStore, **kw: object) -> CRLRefresher:
+def refresher(web: CRLWeb, ca: DevCA, store: CRLStore, **kw: object) -> CRLRefresher:
     return CRLRefresher(store, [web.url("/base.crl"), web.url("/root.crl")], [ca.trust_anchor, *ca.chain], **kw)
 
 
-def test_delta_is_fetched_with_its_base_and_revokes(web: Web, ca: DevCA) -> None:
+def test_delta_is_fetched_with_its_base_and_revokes(web: CRLWeb, ca: DevCA) -> None:
     path = leaf(ca)
     base_n = publish(web, ca)
     store = CRLStore()
@@ -128,7 +96,7 @@ def test_delta_is_fetched_with_its_base_and_revokes(web: Web, ca: DevCA) -> None
     assert status(path, store) is VerificationReason.REVOKED
 
 
-def test_the_delta_url_runs_on_its_own_schedule(web: Web, ca: DevCA) -> None:
+def test_the_delta_url_runs_on_its_own_schedule(web: CRLWeb, ca: DevCA) -> None:
     publish(web, ca, delta_hours=0.5)  # base: nextUpdate + 7 days; delta: + 30 min
     r = refresher(web, ca, CRLStore(), period=timedelta(hours=6), margin=timedelta(minutes=5))
     asyncio.run(r.refresh())
@@ -142,7 +110,7 @@ def test_the_delta_url_runs_on_its_own_schedule(web: Web, ca: DevCA) -> None:
     assert r.due(web.url("/delta.crl")) <= now()  # type: ignore[operator]
 
 
-def test_a_new_base_fetches_its_delta_again(web: Web, ca: DevCA) -> None:
+def test_a_new_base_fetches_its_delta_again(web: CRLWeb, ca: DevCA) -> None:
     publish(web, ca)
     r = refresher(web, ca, CRLStore())
     r.refresh_once()
@@ -155,7 +123,7 @@ def test_a_new_base_fetches_its_delta_again(web: Web, ca: DevCA) -> None:
     assert web.hits["/delta.crl"] == 2
 
 
-def test_refused_delta_keeps_the_base(web: Web, ca: DevCA) -> None:
+def test_refused_delta_keeps_the_base(web: CRLWeb, ca: DevCA) -> None:
     path = leaf(ca)
     base_n = publish(web, ca)
     evil = DevCA.create("Evil Delta Fetch", now=now() - timedelta(days=1), intermediate=True)
@@ -180,7 +148,7 @@ def test_refused_delta_keeps_the_base(web: Web, ca: DevCA) -> None:
     assert res.outcome is FetchOutcome.FAILED and "not a configured issuer" in (res.error or "")
 
 
-def test_size_limit_applies_to_the_delta(web: Web, ca: DevCA) -> None:
+def test_size_limit_applies_to_the_delta(web: CRLWeb, ca: DevCA) -> None:
     publish(web, ca)
     base_len = len(web.bodies["/base.crl"])
     web.bodies["/delta.crl"] = b"0" * (base_len + 2000)
@@ -190,7 +158,7 @@ def test_size_limit_applies_to_the_delta(web: Web, ca: DevCA) -> None:
     assert not res[web.url("/delta.crl")].ok and "larger than" in (res[web.url("/delta.crl")].error or "")
 
 
-def test_follow_freshest_off_and_dropped_delta_urls(web: Web, ca: DevCA) -> None:
+def test_follow_freshest_off_and_dropped_delta_urls(web: CRLWeb, ca: DevCA) -> None:
     publish(web, ca)
     r = refresher(web, ca, CRLStore(), follow_freshest=False)
     assert len(r.refresh_once()) == 2 and r.delta_urls == () and "/delta.crl" not in web.hits
@@ -204,7 +172,7 @@ def test_follow_freshest_off_and_dropped_delta_urls(web: Web, ca: DevCA) -> None
     assert len(r.crls()) == 2  # what the dropped URL brought is not kept across a reload
 
 
-def test_at_most_max_freshest_urls_per_base(web: Web, ca: DevCA) -> None:
+def test_at_most_max_freshest_urls_per_base(web: CRLWeb, ca: DevCA) -> None:
     from m2msec.pki.crl import build_crl
 
     urls = [web.url(f"/d{i}.crl") for i in range(MAX_FRESHEST_URLS + 2)] + ["ldap://dir.example.com/x"]
