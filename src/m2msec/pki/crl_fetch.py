@@ -40,6 +40,11 @@ the CRLs from is left open.  This module adds the usual source to the configured
   much shorter nextUpdate than its base (RFC 5280 6.3.3 (a)(2)).  They come from CRLs that a
   configured issuer signed, like the distribution points of configured CA certificates; a
   peer's certificate never adds a URL.
+  A verified delta whose BaseCRLNumber is above the cRLNumber of the complete CRL held for its
+  stream (issuer, key id, scope) shows that a newer base is out (the status from the held base
+  is then "superseded", :func:`m2msec.pki.crl.check_path_revocation`): the URLs that base came
+  from are fetched again in the same round, at most once per ``min_retry`` per URL and never
+  while the URL is backing off after a failure.
   :meth:`CRLRefresher.trigger` makes it fetch every URL now (e.g. on SIGHUP),
   :meth:`CRLRefresher.refresh_once` is the synchronous form for CLIs and tests.  The clock and
   the sleep function are injectable.  :meth:`CRLRefresher.crls` is what the refresher has put
@@ -64,7 +69,15 @@ import httpx
 from cryptography import x509
 
 from m2msec.pki._background import BackgroundTask
-from m2msec.pki.crl import CRLStore, _crl_problem, crl_number, load_crls
+from m2msec.pki.crl import (
+    CRLStore,
+    _crl_problem,
+    _same_stream,
+    crl_number,
+    delta_base_number,
+    is_delta_crl,
+    load_crls,
+)
 from m2msec.pki.errors import CRLError
 
 __all__ = [
@@ -393,7 +406,7 @@ class CRLFetcher:
 
             try:
                 status, headers, body = await asyncio.wait_for(get(), self.timeout)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 return self._failed(url, at, f"timed out after {self.timeout:g} s")
             except CRLFetchError as exc:
                 return self._failed(url, at, str(exc.args[0]))
@@ -475,6 +488,18 @@ class CRLRefresher(BackgroundTask):
     fetched in the round that discovers them and again whenever their base CRL changed;
     :attr:`delta_urls` lists them.  A delta CRL's own freshestCRL is never followed, and a URL
     the base no longer names is dropped (with what was fetched from it).
+
+    **A newer base is fetched at once.**  When a round brings a verified delta CRL whose
+    BaseCRLNumber is above the cRLNumber of the complete CRL of its stream (issuer name, key id,
+    scope) held in the store - the CA issued a newer base, and until it is held the status from
+    the old one is "superseded" (``require`` refuses) - every scheduled URL whose last verified
+    CRLs include an older complete CRL of that stream is fetched again in the same round (after
+    the round's other fetches; then the new deltas the new base names, if any).  Guards: at most
+    one such early fetch per URL per ``min_retry`` (so a server that keeps serving the old base
+    costs one extra GET per ``min_retry`` at most, and only when a delta was fetched), none while
+    the URL is backing off after a failure (its back-off schedule stands), and the early fetch is
+    an ordinary fetch: a failure keeps the previous CRLs and starts the usual back-off, a success
+    reschedules the URL as usual.  :attr:`early_fetches` counts them.
     """
 
     _task_name = "CRL refresher"
@@ -511,6 +536,8 @@ class CRLRefresher(BackgroundTask):
         self.last: dict[str, FetchResult] = {}
         self.follow_freshest = follow_freshest
         self._freshest: dict[str, tuple[str, ...]] = {}  # configured URL -> delta CRL URLs its CRLs name
+        self._early: dict[str, datetime] = {}  # base URL -> when it was last fetched early (newer base named)
+        self.early_fetches = 0  # fetches made because a delta named a newer base than the one held
 
     def __repr__(self) -> str:
         return f"CRLRefresher(urls={len(self.urls)}, period={self.period}, store={self.fetcher.store!r})"
@@ -580,6 +607,42 @@ class CRLRefresher(BackgroundTask):
             return [u for u in names if u in after]
         return new
 
+    def _newer_base_urls(self, results: Sequence[FetchResult], now: datetime) -> list[str]:
+        """The scheduled URLs to fetch again at once because a verified delta among ``results``
+        names a newer base (BaseCRLNumber above the cRLNumber of the complete CRL of its stream in
+        the store, or no such CRL held) than the complete CRL of that stream they last brought;
+        minus those fetched early less than ``min_retry`` ago or backing off after a failure."""
+        out: list[str] = []
+        for r in results:
+            if not r.ok:
+                continue
+            for delta in r.crls:
+                wanted = delta_base_number(delta)
+                if wanted is None:
+                    continue
+                if any(_same_stream(b, delta) and (crl_number(b) or 0) >= wanted
+                       for b in self.store.complete_for(delta.issuer)):
+                    continue  # the newer base is held already (fetched, or from a file)
+                for u in self.scheduled_urls:
+                    if u in out or not any(
+                            not is_delta_crl(c) and _same_stream(c, delta) and (crl_number(c) or 0) < wanted
+                            for c in self.fetcher.crls_of(u)):
+                        continue
+                    if self._failures.get(u):
+                        log.info("a delta CRL names complete CRL %d; %s is backing off after a failure, "
+                                 "not fetched early", wanted, redact_url(u))
+                        continue
+                    last = self._early.get(u)
+                    if last is not None and now - last < self.min_retry:
+                        continue  # at most one early fetch per min_retry (a server still serving the old base)
+                    log.info("a delta CRL names complete CRL %d, newer than the one held: fetching %s again now",
+                             wanted, redact_url(u))
+                    out.append(u)
+        for u in out:
+            self._early[u] = now
+        self.early_fetches += len(out)
+        return out
+
     def _record(self, result: FetchResult) -> FetchResult:
         if result.url not in self.urls and result.url not in self.delta_urls:
             return result  # a delta URL dropped while it was being fetched
@@ -601,17 +664,24 @@ class CRLRefresher(BackgroundTask):
     # -- one round
     def refresh_once(self, urls: Iterable[str] | None = None) -> list[FetchResult]:
         """Fetch ``urls`` (default: all scheduled) now, one after the other (blocking), then the
-        delta CRL URLs their CRLs name that are new or whose base changed."""
+        delta CRL URLs their CRLs name that are new or whose base changed, then the URLs of a
+        base that a fetched delta shows to be superseded (see the class docstring)."""
         todo = self.scheduled_urls if urls is None else tuple(urls)
         with httpx.Client(**self.fetcher._client_kwargs()) as client:  # type: ignore[arg-type]
             results = [self._record(self.fetcher.fetch_sync(u, client=client)) for u in todo]
             more = self._follow(results, todo)
             results += [self._record(self.fetcher.fetch_sync(u, client=client)) for u in more]
+            early = self._newer_base_urls(results, self._clock())
+            if early:  # a delta named a newer base: fetch it now, then the new deltas it names
+                again = [self._record(self.fetcher.fetch_sync(u, client=client)) for u in early]
+                more = self._follow(again, (*todo, *more, *early))
+                results += again + [self._record(self.fetcher.fetch_sync(u, client=client)) for u in more]
         return results
 
     async def refresh(self, urls: Iterable[str] | None = None) -> list[FetchResult]:
         """Fetch ``urls`` (default: all scheduled) now, concurrently, then the delta CRL URLs
-        their CRLs name that are new or whose base changed."""
+        their CRLs name that are new or whose base changed, then the URLs of a base that a
+        fetched delta shows to be superseded (see the class docstring)."""
         todo = self.scheduled_urls if urls is None else tuple(urls)
         async with httpx.AsyncClient(**self.fetcher._client_kwargs()) as client:  # type: ignore[arg-type]
             results = [self._record(r) for r in await asyncio.gather(
@@ -620,6 +690,15 @@ class CRLRefresher(BackgroundTask):
             if more:
                 results += [self._record(r) for r in await asyncio.gather(
                     *(self.fetcher.fetch(u, client=client) for u in more))]
+            early = self._newer_base_urls(results, self._clock())
+            if early:  # a delta named a newer base: fetch it now, then the new deltas it names
+                again = [self._record(r) for r in await asyncio.gather(
+                    *(self.fetcher.fetch(u, client=client) for u in early))]
+                more = self._follow(again, (*todo, *more, *early))
+                if more:
+                    again += [self._record(r) for r in await asyncio.gather(
+                        *(self.fetcher.fetch(u, client=client) for u in more))]
+                results += again
         return results
 
     # -- long-running task
@@ -643,7 +722,7 @@ class CRLRefresher(BackgroundTask):
                 if due:
                     try:
                         await self.refresh(due)
-                    except Exception:  # noqa: BLE001 - fetch() reports its own failures; keep the task alive
+                    except Exception:
                         log.exception("CRL refresh failed")
                         for u in due:
                             self._due[u] = now + self.min_retry
