@@ -1,6 +1,7 @@
 """A CRL distribution point for the CRL-fetching tests (TS-0003 8.1.2.2; RFC 5280 5.2.6
 freshestCRL; m2msec.pki.crl_fetch): a real ThreadingHTTPServer on 127.0.0.1 (ephemeral port)
-serving ``bodies[path]`` (404 when absent) and counting ``hits[path]``.
+serving ``bodies[path]`` (404 when absent), counting ``hits[path]`` and keeping the monotonic
+time of each hit in ``times[path]``.
 
 Imported by module name (pytest puts ``tests/`` on sys.path through its conftest); never from
 conftest."""
@@ -8,6 +9,7 @@ conftest."""
 from __future__ import annotations
 
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Self
 
@@ -19,6 +21,7 @@ class CRLWeb:
     def __init__(self, content_type: str | None = None) -> None:
         self.bodies: dict[str, bytes] = {}
         self.hits: dict[str, int] = {}
+        self.times: dict[str, list[float]] = {}
         web = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -27,6 +30,7 @@ class CRLWeb:
 
             def do_GET(self) -> None:
                 web.hits[self.path] = web.hits.get(self.path, 0) + 1
+                web.times.setdefault(self.path, []).append(time.monotonic())
                 body = web.bodies.get(self.path)
                 self.send_response(200 if body is not None else 404)
                 if content_type is not None:
@@ -41,6 +45,9 @@ class CRLWeb:
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+
+    def count(self, path: str) -> int:
+        return self.hits.get(path, 0)
 
     def close(self) -> None:
         self.httpd.shutdown()

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from _crl_web import CRLWeb
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -39,44 +38,10 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-class Web:
-    """``bodies[path]`` over http on 127.0.0.1 (404 when absent); ``hits[path]`` = monotonic times."""
-
-    def __init__(self) -> None:
-        self.bodies: dict[str, bytes] = {}
-        self.hits: dict[str, list[float]] = {}
-        web = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                web.hits.setdefault(self.path, []).append(time.monotonic())
-                body = web.bodies.get(self.path)
-                self.send_response(200 if body is not None else 404)
-                self.send_header("Content-Type", "application/pkix-crl")
-                self.send_header("Content-Length", str(len(body or b"")))
-                self.end_headers()
-                self.wfile.write(body or b"")
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
-
-    def count(self, path: str) -> int:
-        return len(self.hits.get(path, ()))
-
-
 @pytest.fixture
-def web() -> Iterator[Web]:
-    w = Web()
-    yield w
-    w.httpd.shutdown()
-    w.httpd.server_close()
+def web() -> Iterator[CRLWeb]:
+    with CRLWeb("application/pkix-crl") as w:
+        yield w
 
 
 @pytest.fixture
@@ -96,18 +61,18 @@ def status(path: list[x509.Certificate], store: CRLStore) -> object:
         return exc.reason_code
 
 
-def issue_base(web: Web, ca: DevCA) -> tuple[int, x509.CertificateRevocationList]:
+def issue_base(web: CRLWeb, ca: DevCA) -> tuple[int, x509.CertificateRevocationList]:
     """A new complete CRL (naming /delta.crl), not yet served; its number and the CRL."""
     base = ca.issue_crl(now=now(), freshest_url=web.url("/delta.crl"))
     return crl_number(base) or 0, base
 
 
-def serve_delta(web: Web, ca: DevCA, base_n: int, hours: float = 1) -> None:
+def serve_delta(web: CRLWeb, ca: DevCA, base_n: int, hours: float = 1) -> None:
     web.bodies["/delta.crl"] = ca.issue_delta_crl(base_number=base_n, now=now(),
                                                   validity=timedelta(hours=hours)).public_bytes(DER)
 
 
-def start(web: Web, ca: DevCA) -> int:
+def start(web: CRLWeb, ca: DevCA) -> int:
     """Base N (+ the root's CRL) and a delta on N are served; returns N."""
     n, base = issue_base(web, ca)
     web.bodies["/base.crl"] = base.public_bytes(DER)
@@ -116,7 +81,7 @@ def start(web: Web, ca: DevCA) -> int:
     return n
 
 
-def refresher(web: Web, ca: DevCA, store: CRLStore, **kw: object) -> CRLRefresher:
+def refresher(web: CRLWeb, ca: DevCA, store: CRLStore, **kw: object) -> CRLRefresher:
     return CRLRefresher(store, [web.url("/base.crl"), web.url("/root.crl")], [ca.trust_anchor, *ca.chain], **kw)
 
 
@@ -138,7 +103,7 @@ class Clock:
 # ------------------------------------------------------------------ one round (refresh_once)
 
 
-def test_delta_on_a_newer_base_fetches_the_base_in_the_same_round(web: Web, ca: DevCA) -> None:
+def test_delta_on_a_newer_base_fetches_the_base_in_the_same_round(web: CRLWeb, ca: DevCA) -> None:
     good, gap = leaf(ca, "good"), leaf(ca, "gap")
     n = start(web, ca)
     store = CRLStore()
@@ -170,7 +135,7 @@ def test_delta_on_a_newer_base_fetches_the_base_in_the_same_round(web: Web, ca: 
     assert web.count("/base.crl") == 2 and r.early_fetches == 1
 
 
-def test_no_early_fetch_when_the_newer_base_is_held_already(web: Web, ca: DevCA) -> None:
+def test_no_early_fetch_when_the_newer_base_is_held_already(web: CRLWeb, ca: DevCA) -> None:
     n = start(web, ca)
     store = CRLStore()
     r = refresher(web, ca, store)
@@ -182,7 +147,7 @@ def test_no_early_fetch_when_the_newer_base_is_held_already(web: Web, ca: DevCA)
     assert web.count("/base.crl") == 1 and r.early_fetches == 0 and held_base(store, ca) == n1 > n
 
 
-def test_old_base_served_again_is_fetched_early_once_per_min_retry(web: Web, ca: DevCA) -> None:
+def test_old_base_served_again_is_fetched_early_once_per_min_retry(web: CRLWeb, ca: DevCA) -> None:
     path = leaf(ca)
     start(web, ca)
     clock = Clock()
@@ -205,7 +170,7 @@ def test_old_base_served_again_is_fetched_early_once_per_min_retry(web: Web, ca:
     assert web.count("/base.crl") == 3 and r.early_fetches == 2
 
 
-def test_failing_base_url_backs_off_and_keeps_the_old_base(web: Web, ca: DevCA) -> None:
+def test_failing_base_url_backs_off_and_keeps_the_old_base(web: CRLWeb, ca: DevCA) -> None:
     path = leaf(ca)
     n = start(web, ca)
     clock = Clock()
@@ -235,7 +200,7 @@ def test_failing_base_url_backs_off_and_keeps_the_old_base(web: Web, ca: DevCA) 
     assert held_base(store, ca) == n1 and status(path, store) == "good"
 
 
-def test_follow_freshest_off_still_fetches_the_newer_base(web: Web, ca: DevCA) -> None:
+def test_follow_freshest_off_still_fetches_the_newer_base(web: CRLWeb, ca: DevCA) -> None:
     """A delta URL configured directly (not discovered) works the same way."""
     path = leaf(ca)
     start(web, ca)
@@ -283,7 +248,7 @@ def run_for(r: CRLRefresher, seconds: float, until: Callable[[], bool] | None = 
 FAST = {"margin": timedelta(hours=1) - timedelta(seconds=0.5), "min_retry": timedelta(seconds=0.5)}
 
 
-def test_running_refresher_fetches_the_newer_base_long_before_its_schedule(web: Web, ca: DevCA) -> None:
+def test_running_refresher_fetches_the_newer_base_long_before_its_schedule(web: CRLWeb, ca: DevCA) -> None:
     path = leaf(ca)
     n = start(web, ca)
     store = CRLStore()
@@ -305,7 +270,7 @@ def test_running_refresher_fetches_the_newer_base_long_before_its_schedule(web: 
 
 
 @pytest.mark.parametrize("base_fails", [False, True], ids=["stale-server", "failing-server"])
-def test_running_refresher_does_not_loop_on_a_base_that_stays_old(web: Web, ca: DevCA, base_fails: bool) -> None:
+def test_running_refresher_does_not_loop_on_a_base_that_stays_old(web: CRLWeb, ca: DevCA, base_fails: bool) -> None:
     path = leaf(ca)
     n = start(web, ca)
     store = CRLStore()
@@ -322,7 +287,7 @@ def test_running_refresher_does_not_loop_on_a_base_that_stays_old(web: Web, ca: 
     took = run_for(r, 3.0, between=delta_on_unpublished_base)
     assert took >= 2.9
     deltas = web.count("/delta.crl")
-    hits = web.hits["/base.crl"][base_hits[0]:]
+    hits = web.times["/base.crl"][base_hits[0]:]
     assert deltas >= 4  # the delta URL came round every ~0.5 s
     assert held_base(store, ca) == n  # the old base is kept
     assert status(path, store) is VerificationReason.REVOCATION_UNKNOWN  # superseded, never "good"
