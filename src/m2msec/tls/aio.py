@@ -24,6 +24,11 @@ the engine gets them and its synchronous PSK callback answers from the fetched k
 ``start_server`` also takes a zero-argument callable returning the TLSContext: it is called
 for each accepted connection, so a server can switch to a new configuration (a reload) while
 established connections keep the context they were accepted with.
+
+``start_server`` admits each accepted TCP connection through a
+:class:`~m2msec.net.connlimits.ConnectionGate` (``limits``; default: 1024 connections, 128 per
+source address): a connection over a limit is aborted before any TLS byte is read, and neither
+the handler nor ``on_handshake_error`` hears of it.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from m2msec.net.connlimits import ConnectionGate, ConnectionLimits
 from m2msec.tls.engine import (
     Role,
     TLSConfig,
@@ -45,7 +51,8 @@ from m2msec.tls.engine import (
 )
 from m2msec.tls.pskpeek import PSKIdentityPeek
 
-__all__ = ["TLSStreamProtocol", "TLSStreamWriter", "open_connection", "start_server", "HandshakeErrorHandler"]
+__all__ = ["ConnectionOverLimit", "HandshakeErrorHandler", "TLSStreamProtocol", "TLSStreamWriter", "open_connection",
+           "start_server"]
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +60,18 @@ Handler = Callable[[asyncio.StreamReader, "TLSStreamWriter"], Awaitable[Any]]
 HandshakeErrorHandler = Callable[[TLSHandshakeError, "tuple[Any, ...] | None"], None]
 
 
+class ConnectionOverLimit(Exception):
+    """An accepted TCP connection that the listener's :class:`ConnectionGate` refused."""
+
+
 class TLSStreamProtocol(asyncio.Protocol):
     """Feeds a TCP connection through a :class:`TLSEngine`."""
 
-    def __init__(self, engine: TLSEngine, *, handshake_timeout: float = 10.0) -> None:
+    def __init__(self, engine: TLSEngine, *, handshake_timeout: float = 10.0,
+                 gate: ConnectionGate | None = None) -> None:
         self.engine = engine
+        self._gate = gate
+        self._gate_key: str | None = None  # the source this connection counts against (admitted)
         self.loop = asyncio.get_running_loop()
         self.reader = asyncio.StreamReader()
         self.handshake_done: asyncio.Future[TLSEngine] = self.loop.create_future()
@@ -99,6 +113,13 @@ class TLSStreamProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        if self._gate is not None:
+            self._gate_key = self._gate.admit(transport.get_extra_info("peername"))
+            if self._gate_key is None:  # over a limit: no TLS at all, no handshake error report
+                self.handshake_done.set_exception(ConnectionOverLimit("connection refused: over the listener's limit"))
+                self.handshake_done.exception()  # retrieved: nobody needs to hear of it
+                transport.abort()
+                return
         self._timer = self.loop.call_later(self._timeout, self._on_timeout)
         if self.engine.role is Role.CLIENT:
             try:
@@ -219,6 +240,10 @@ class TLSStreamProtocol(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._gate_key is not None:
+            assert self._gate is not None
+            self._gate.release(self._gate_key)
+            self._gate_key = None
         if self._timer is not None:
             self._timer.cancel()
         if self._status_task is not None and not self._status_task.done():
@@ -307,15 +332,18 @@ async def open_connection(
     *,
     server_name: str | None = None,
     timeout: float = 10.0,
+    local_addr: tuple[str, int] | None = None,
 ) -> tuple[asyncio.StreamReader, TLSStreamWriter]:
-    """Connect over TCP and complete the TLS 1.2 handshake (raises TLSHandshakeError)."""
+    """Connect over TCP and complete the TLS 1.2 handshake (raises TLSHandshakeError);
+    ``local_addr`` binds the client's end (source address, port 0: any)."""
     ctx = _context(config)
     if ctx.config.role is not Role.CLIENT:
         raise ValueError("open_connection needs a client configuration")
     loop = asyncio.get_running_loop()
     engine = TLSEngine(ctx, server_name=server_name)
     _, protocol = await asyncio.wait_for(
-        loop.create_connection(lambda: TLSStreamProtocol(engine, handshake_timeout=timeout), host, port), timeout
+        loop.create_connection(lambda: TLSStreamProtocol(engine, handshake_timeout=timeout), host, port,
+                               local_addr=local_addr), timeout
     )
     assert isinstance(protocol, TLSStreamProtocol)
     await protocol.handshake_done
@@ -331,11 +359,14 @@ async def start_server(
     on_handshake_error: HandshakeErrorHandler | None = None,
     handshake_timeout: float = 10.0,
     reuse_port: bool = False,
+    limits: ConnectionLimits | ConnectionGate | None = None,
 ) -> asyncio.Server:
     """Serve TLS 1.2; ``handler(reader, writer)`` runs after each successful handshake.
 
     ``reuse_port`` sets SO_REUSEPORT on the listening socket (``loop.create_server``), so that
-    several processes can listen on the same host/port and the kernel spreads connections."""
+    several processes can listen on the same host/port and the kernel spreads connections.
+    ``limits`` bounds the open connections (:mod:`m2msec.net.connlimits`; None: the defaults);
+    pass a :class:`~m2msec.net.connlimits.ConnectionGate` to read its counters."""
     if config is None:
         raise ValueError("start_server needs a server TLSConfig")
     if isinstance(config, (TLSConfig, TLSContext)):
@@ -349,13 +380,16 @@ async def start_server(
         raise ValueError("start_server needs a server configuration")
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task[Any]] = set()
+    gate = limits if isinstance(limits, ConnectionGate) else ConnectionGate(limits, name=f"TLS listener {host}:{port}")
 
     def factory() -> TLSStreamProtocol:
-        protocol = TLSStreamProtocol(TLSEngine(current()), handshake_timeout=handshake_timeout)
+        protocol = TLSStreamProtocol(TLSEngine(current()), handshake_timeout=handshake_timeout, gate=gate)
 
         async def run() -> None:
             try:
                 await protocol.handshake_done
+            except ConnectionOverLimit:
+                return
             except TLSHandshakeError as exc:
                 peer = protocol.transport.get_extra_info("peername") if protocol.transport else None
                 if on_handshake_error is not None:

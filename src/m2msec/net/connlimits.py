@@ -1,0 +1,176 @@
+"""Connection limits of the long-running services' TLS listeners (MAF, MEF, gateway SAEF).
+
+TS-0003 leaves the protection of a service against resource exhaustion to the deployment
+(6.2.5.2: the platform's availability; 8.1.2 says nothing about how many TLS sessions a
+server holds).  Without a limit, anyone who can reach a listener can open TCP connections
+and hold each of them for the whole handshake timeout (10 s) without sending a byte; a few
+hundred such connections use up the process's file descriptors (``RLIMIT_NOFILE``, often
+1024), and then no legitimate client gets in.  A :class:`ConnectionGate` admits a new
+connection only while
+
+* fewer than ``max_connections`` connections of this listener (handshaking or established)
+  are open, and
+* fewer than ``max_per_source`` of them come from the connection's *source*: its IPv4
+  address, or its IPv6 /64 prefix (one host typically owns a whole /64, so counting single
+  IPv6 addresses would bound nothing); an IPv4-mapped IPv6 address counts as its IPv4 address.
+
+A connection beyond a limit is aborted (TCP RST) before any TLS byte is read: no handshake,
+no store look-up, no audit record, no TLS alert (there is no session to send it in).  The
+refusals are counted (:attr:`ConnectionGate.refused`) and logged at WARNING at most once per
+``log_interval`` seconds with the number refused since the last line, so a flood cannot fill
+the log either.  The gate is per listener and per process (``m2msec maf serve --workers N``:
+each process admits up to the limits).
+
+Defaults (profile T13, ``docs/configuration.md``): 1024 connections per listener,
+lowered to the process's open-file limit minus 64 (for the store, logs and outgoing
+connections) when that is smaller; 128 per source.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import resource
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "ConnectionGate",
+    "ConnectionLimits",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_PER_SOURCE",
+    "MAX_CONNECTIONS_LIMIT",
+    "default_max_connections",
+    "source_key",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_CONNECTIONS = 1024
+DEFAULT_MAX_PER_SOURCE = 128
+#: the largest accepted value of either limit
+MAX_CONNECTIONS_LIMIT = 1_000_000
+#: file descriptors kept free for everything else the process opens
+_FD_RESERVE = 64
+
+
+def default_max_connections() -> int:
+    """1024, or the soft ``RLIMIT_NOFILE`` minus 64 when that is smaller (at least 16)."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return DEFAULT_MAX_CONNECTIONS
+    return max(16, min(DEFAULT_MAX_CONNECTIONS, soft - _FD_RESERVE))
+
+
+def source_key(peername: Any) -> str:
+    """What a connection counts against: its IPv4 address or IPv6 /64 (``"?"`` when unknown,
+    e.g. a Unix socket: all such connections share one source)."""
+    host = peername[0] if isinstance(peername, tuple) and peername else None
+    if not isinstance(host, str):
+        return "?"
+    try:
+        addr = ipaddress.ip_address(host.split("%", 1)[0])  # drop an IPv6 zone (fe80::1%eth0)
+    except ValueError:
+        return "?"
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network((addr, 64), strict=False))
+    return str(addr)
+
+
+def _limit(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CONNECTIONS_LIMIT:
+        raise ValueError(f"{name} must be an integer from 1 to {MAX_CONNECTIONS_LIMIT}")
+    return value
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """``max_connections`` open connections per listener, ``max_per_source`` per source."""
+
+    max_connections: int
+    max_per_source: int = DEFAULT_MAX_PER_SOURCE
+
+    def __post_init__(self) -> None:
+        _limit(self.max_connections, "max_connections")
+        _limit(self.max_per_source, "max_connections_per_ip")
+
+    @classmethod
+    def default(cls) -> ConnectionLimits:
+        return cls(default_max_connections(), DEFAULT_MAX_PER_SOURCE)
+
+    @classmethod
+    def from_toml(cls, table: Mapping[str, Any], *, total_key: str = "max_connections",
+                  source_key_name: str = "max_connections_per_ip") -> ConnectionLimits:
+        """The limits of a configuration table (absent keys: the defaults); ValueError names the key."""
+        total = _limit(table[total_key], total_key) if total_key in table else default_max_connections()
+        per = (_limit(table[source_key_name], source_key_name) if source_key_name in table
+               else DEFAULT_MAX_PER_SOURCE)
+        return cls(total, per)
+
+
+class ConnectionGate:
+    """Counts a listener's open connections; :meth:`admit` each new one, :meth:`release` it when closed.
+
+    Not thread-safe: one gate belongs to one event loop (the listener's)."""
+
+    def __init__(self, limits: ConnectionLimits | None = None, *, name: str = "listener",
+                 log_interval: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limits = limits if limits is not None else ConnectionLimits.default()
+        self.name = name
+        self.log_interval = log_interval
+        self._clock = clock
+        self.open = 0
+        self._per_source: dict[str, int] = {}
+        #: connections refused so far (total, and of them because of the per-source limit)
+        self.refused = 0
+        self.refused_per_source = 0
+        self._unlogged = 0
+        self._last_log: float | None = None
+
+    def __repr__(self) -> str:
+        return (f"ConnectionGate({self.name!r}, open={self.open}/{self.limits.max_connections}, "
+                f"per_source<={self.limits.max_per_source}, refused={self.refused})")
+
+    def open_from(self, source: str) -> int:
+        return self._per_source.get(source, 0)
+
+    def admit(self, peername: Any) -> str | None:
+        """The source key the new connection counts against, or None when it must be refused."""
+        key = source_key(peername)
+        n = self._per_source.get(key, 0)
+        if self.open >= self.limits.max_connections:
+            self._refuse(key, f"{self.open} connections open (max_connections {self.limits.max_connections})")
+            return None
+        if n >= self.limits.max_per_source:
+            self.refused_per_source += 1
+            self._refuse(key, f"{n} connections open from {key} (max_connections_per_ip {self.limits.max_per_source})")
+            return None
+        self.open += 1
+        self._per_source[key] = n + 1
+        return key
+
+    def release(self, key: str) -> None:
+        """A connection :meth:`admit` counted against ``key`` has closed."""
+        n = self._per_source.get(key, 0)
+        if n <= 0:
+            raise RuntimeError(f"release of a connection from {key!r} that was not admitted")
+        if n == 1:
+            del self._per_source[key]
+        else:
+            self._per_source[key] = n - 1
+        self.open -= 1
+
+    def _refuse(self, key: str, why: str) -> None:
+        self.refused += 1
+        self._unlogged += 1
+        now = self._clock()
+        if self._last_log is None or now - self._last_log >= self.log_interval:
+            # identifiers only: the source key is an address (or /64 prefix), never payload
+            log.warning("%s: refused %d connection(s) over the limit since the last report; latest from %s: %s",
+                        self.name, self._unlogged, key, why)
+            self._unlogged = 0
+            self._last_log = now

@@ -1,0 +1,250 @@
+"""Connection limits of the TLS listeners (m2msec.net.connlimits, m2msec.tls.aio.start_server).
+
+Pure functions and the gate's bookkeeping first, then a real TLS-PSK listener on 127.0.0.1:
+idle TCP connections from one source fill its per-source limit, the next one from that source
+is reset before any TLS byte while another source (127.0.0.2: Linux routes all of 127/8 to
+the loopback) still completes a handshake, the total limit holds across sources, nothing of a
+refused connection reaches the handler or ``on_handshake_error``, and closing connections frees
+their slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+from typing import Any
+
+import pytest
+
+from m2msec.net.connlimits import (
+    DEFAULT_MAX_PER_SOURCE,
+    MAX_CONNECTIONS_LIMIT,
+    ConnectionGate,
+    ConnectionLimits,
+    default_max_connections,
+    source_key,
+)
+from m2msec.tls import PSKCredentials, Role, TLSConfig
+from m2msec.tls.aio import TLSStreamWriter, open_connection, start_server
+
+IDENT = b"limits@example.com"
+KEY = bytes(range(32))
+
+
+# ------------------------------------------------------------------ pure functions
+
+
+@pytest.mark.parametrize(("peer", "key"), [
+    (("192.0.2.7", 4242), "192.0.2.7"),
+    (("2001:db8:1:2::7", 4242, 0, 0), "2001:db8:1:2::/64"),
+    (("2001:db8:1:2:ffff:ffff:ffff:1", 1, 0, 0), "2001:db8:1:2::/64"),  # same /64: one source
+    (("2001:db8:1:3::7", 1, 0, 0), "2001:db8:1:3::/64"),  # the next /64: another source
+    (("::ffff:192.0.2.7", 1, 0, 0), "192.0.2.7"),  # IPv4-mapped counts as the IPv4 address
+    (("fe80::1%eth0", 1, 0, 2), "fe80::/64"),  # a zone is not part of the source
+    (("not-an-address", 1), "?"),
+    ("/run/m2msec.sock", "?"),  # a Unix socket's peername
+    (None, "?"),
+])
+def test_source_key(peer: Any, key: str) -> None:
+    assert source_key(peer) == key
+
+
+@pytest.mark.parametrize("bad", [0, -1, MAX_CONNECTIONS_LIMIT + 1, True, 2.5, "10", None])
+def test_limits_refuse_values_out_of_range(bad: Any) -> None:
+    with pytest.raises(ValueError, match="max_connections must be an integer from 1"):
+        ConnectionLimits(bad)
+    with pytest.raises(ValueError, match="max_connections_per_ip must be an integer from 1"):
+        ConnectionLimits(10, bad)
+    with pytest.raises(ValueError, match="max_connections_per_ip"):
+        ConnectionLimits.from_toml({"max_connections_per_ip": bad})
+
+
+def test_limits_from_toml_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ConnectionLimits.from_toml({"max_connections": 7, "max_connections_per_ip": 3}) == ConnectionLimits(7, 3)
+    assert ConnectionLimits.from_toml({}) == ConnectionLimits(default_max_connections(), DEFAULT_MAX_PER_SOURCE)
+    monkeypatch.setattr(resource, "getrlimit", lambda _r: (1024, 4096))
+    assert default_max_connections() == 960  # the open-file limit minus 64: fds left for the store, logs
+    monkeypatch.setattr(resource, "getrlimit", lambda _r: (65536, 65536))
+    assert default_max_connections() == 1024
+    monkeypatch.setattr(resource, "getrlimit", lambda _r: (40, 40))
+    assert default_max_connections() == 16
+    monkeypatch.setattr(resource, "getrlimit", lambda _r: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    assert default_max_connections() == 1024
+
+
+def test_gate_counts_per_source_and_in_total() -> None:
+    gate = ConnectionGate(ConnectionLimits(4, 2), name="test")
+    a1, a2 = gate.admit(("10.0.0.1", 1)), gate.admit(("10.0.0.1", 2))
+    assert a1 == a2 == "10.0.0.1"
+    assert gate.admit(("10.0.0.1", 3)) is None  # per source
+    assert gate.refused == gate.refused_per_source == 1
+    assert gate.admit(("10.0.0.2", 1)) == "10.0.0.2"
+    assert gate.admit(("2001:db8::1", 1, 0, 0)) == "2001:db8::/64"
+    assert gate.open == 4
+    assert gate.admit(("10.0.0.3", 1)) is None  # in total: a fresh source does not help
+    assert (gate.refused, gate.refused_per_source) == (2, 1)
+    gate.release("10.0.0.1")
+    assert gate.open_from("10.0.0.1") == 1
+    assert gate.admit(("10.0.0.3", 1)) == "10.0.0.3"  # a freed slot is usable by anyone
+    for key in ("10.0.0.1", "10.0.0.2", "2001:db8::/64", "10.0.0.3"):
+        gate.release(key)
+    assert gate.open == 0 and gate.open_from("10.0.0.1") == 0
+    with pytest.raises(RuntimeError, match="not admitted"):
+        gate.release("10.0.0.1")
+    assert "open=0/4" in repr(gate) and "refused=2" in repr(gate)
+
+
+def test_refusals_are_logged_at_most_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    now = [100.0]
+    gate = ConnectionGate(ConnectionLimits(1, 1), name="MAF test", log_interval=60, clock=lambda: now[0])
+    assert gate.admit(("10.0.0.1", 1)) is not None
+    with caplog.at_level(logging.WARNING, logger="m2msec.net.connlimits"):
+        for _ in range(50):
+            assert gate.admit(("10.0.0.9", 1)) is None
+        now[0] += 59
+        assert gate.admit(("10.0.0.9", 1)) is None
+        now[0] += 1
+        assert gate.admit(("10.0.0.8", 1)) is None
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines  # 52 refusals, two lines
+    assert "MAF test: refused 1 connection(s)" in lines[0] and "10.0.0.9" in lines[0]
+    assert "refused 51 connection(s)" in lines[1] and "latest from 10.0.0.8" in lines[1]
+    assert gate.refused == 52
+
+
+# ------------------------------------------------------------------ a real listener
+
+
+def _server_config() -> TLSConfig:
+    return TLSConfig(role=Role.SERVER, psk_lookup=lambda ident, _sni: KEY if ident == IDENT else None)
+
+
+def _client_config() -> TLSConfig:
+    return TLSConfig(role=Role.CLIENT, psk=PSKCredentials(IDENT, KEY))
+
+
+async def _idle_tcp(port: int, source: str = "127.0.0.1") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+
+
+async def _was_reset(reader: asyncio.StreamReader) -> bool:
+    """True when the server dropped the connection (EOF or reset) within 2 s without a byte."""
+    try:
+        data = await asyncio.wait_for(reader.read(1), 2.0)
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    assert data == b"", "the server sent bytes on a refused connection"
+    return True
+
+
+async def _still_open(reader: asyncio.StreamReader) -> bool:
+    try:
+        await asyncio.wait_for(reader.read(1), 0.3)
+    except TimeoutError:
+        return True  # the server is waiting for a ClientHello: admitted
+    except ConnectionResetError:
+        return False
+    return False
+
+
+async def _echo_once(port: int, source: str) -> bytes:
+    reader, writer = await open_connection("127.0.0.1", port, _client_config(), local_addr=(source, 0), timeout=5)
+    try:
+        writer.write(b"ping")
+        await writer.drain()
+        return await asyncio.wait_for(reader.readexactly(4), 5)
+    finally:
+        writer.close()
+
+
+async def _wait_open(gate: ConnectionGate, n: int) -> None:
+    for _ in range(200):
+        if gate.open == n:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"gate has {gate.open} open, expected {n}")
+
+
+def test_listener_resets_connections_over_the_limits_before_tls() -> None:
+    async def main() -> None:
+        handled: list[Any] = []
+        errors: list[Any] = []
+
+        async def handler(reader: asyncio.StreamReader, writer: TLSStreamWriter) -> None:
+            handled.append(writer.get_extra_info("peername")[0])
+            data = await reader.read(4)
+            writer.write(data.upper())
+            await writer.drain()
+            await reader.read()  # until the client closes
+
+        gate = ConnectionGate(ConnectionLimits(3, 2), name="test listener")
+        server = await start_server(handler, "127.0.0.1", 0, _server_config(), limits=gate,
+                                    on_handshake_error=lambda e, p: errors.append((e, p)))
+        port = server.sockets[0].getsockname()[1]
+        idle = []
+        try:
+            # two idle TCP connections fill 127.0.0.1's share; they are admitted (waiting for TLS)
+            for _ in range(2):
+                idle.append(await _idle_tcp(port))
+            assert all([await _still_open(r) for r, _w in idle])
+            await _wait_open(gate, 2)
+            # the third from the same source is reset before any TLS byte
+            r3, w3 = await _idle_tcp(port)
+            assert await _was_reset(r3)
+            w3.close()
+            assert (gate.refused, gate.refused_per_source) == (1, 1)
+            # another source still gets a complete TLS-PSK session (the listener's last slot)
+            assert await _echo_once(port, "127.0.0.2") == b"PING"
+            assert handled == ["127.0.0.2"]
+            # with 127.0.0.2's session open the total is full: a third source is reset too
+            reader, writer = await open_connection("127.0.0.1", port, _client_config(),
+                                                   local_addr=("127.0.0.2", 0), timeout=5)
+            await _wait_open(gate, 3)
+            r4, w4 = await _idle_tcp(port, "127.0.0.3")
+            assert await _was_reset(r4)
+            w4.close()
+            assert (gate.refused, gate.refused_per_source) == (2, 1)
+            # refused connections never reached the handler or the handshake-error hook
+            assert handled == ["127.0.0.2", "127.0.0.2"] and errors == []
+            writer.close()
+            # closing the idle connections frees 127.0.0.1's share: a session from there works
+            for _r, w in idle:
+                w.close()
+            await _wait_open(gate, 0)
+            assert await _echo_once(port, "127.0.0.1") == b"PING"
+            assert len(errors) == 2  # the two idle ones: "connection lost during the handshake"
+        finally:
+            for _r, w in idle:
+                w.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_listener_applies_default_limits_when_none_are_given() -> None:
+    """``start_server`` without ``limits`` still has a gate with the defaults (1024 / 128)."""
+    async def main() -> None:
+        async def handler(reader: asyncio.StreamReader, writer: TLSStreamWriter) -> None:
+            await reader.read()
+
+        server = await start_server(handler, "127.0.0.1", 0, _server_config())
+        port = server.sockets[0].getsockname()[1]
+        conns = []
+        try:
+            for _ in range(DEFAULT_MAX_PER_SOURCE):
+                conns.append(await _idle_tcp(port, "127.0.0.5"))
+            assert await _still_open(conns[-1][0])
+            extra = await _idle_tcp(port, "127.0.0.5")
+            assert await _was_reset(extra[0])
+            extra[1].close()
+        finally:
+            for _r, w in conns:
+                w.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
