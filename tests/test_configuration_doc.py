@@ -56,7 +56,7 @@ CDP_URL = "http://pki.m2m.example.com/crl/root.crl"  # in the CA certificate of 
 
 # Identifier-like strings in the loader functions that are neither keys nor tables.
 NOT_KEYS = {
-    "mef.toml": {"serve"},  # the @app.command("serve") decorator of mef serve
+    "mef.toml": {"serve", "connection_limits"},  # the @app.command("serve") decorator; a parsed value _load adds
     "gateway.toml": {"ascii"},  # bytes.decode("ascii") of a key file
 }
 
@@ -362,6 +362,8 @@ MAF: dict[tuple[str, str], Accessor] = {
     ("", "key_cache_ttl_s"): lambda b, _: b.cfg.key_cache_ttl.total_seconds(),
     ("", "max_keys_per_client"): lambda b, _: b.server.service.max_keys_per_client,
     ("", "max_keys_total"): lambda b, _: b.server.service.max_keys_total,
+    ("", "max_connections"): lambda b, _: b.server.connections.limits.max_connections,
+    ("", "max_connections_per_ip"): lambda b, _: b.server.connections.limits.max_per_source,
     ("", "audit_seal_interval_s"): lambda b, _: b.cfg.audit_seal_interval,
     ("mef", "fqdn"): lambda b, _: b.server.service.mef.fetcher.mef_fqdn,
     ("mef", "host"): lambda b, _: b.server.service.mef.fetcher.host,
@@ -423,6 +425,8 @@ MEF: dict[tuple[str, str], Accessor] = {
                                                            else DEFAULT_FAILURE_CACHE),
     ("mef", "crl_port"): lambda b, _: b.mef.get("crl_port"),
     ("mef", "audit_seal_interval_s"): lambda b, _: b.mef["audit_seal_interval_s"],
+    ("mef", "max_connections"): lambda b, _: b.mef["connection_limits"].max_connections,
+    ("mef", "max_connections_per_ip"): lambda b, _: b.mef["connection_limits"].max_per_source,
     ("mef", "crl_host"): lambda b, _: b.mef.get("crl_host", b.mef.get("host", "127.0.0.1")),
     ("mef", "crl_base_url"): lambda b, _: (b.mef["crl_base_url"]
                                            if b.server.est is not None and b.server.est.ca.ca.crl_url
@@ -468,6 +472,8 @@ GATEWAY: dict[tuple[str, str], Accessor] = {
     ("saef", "cert"): lambda b, _: ("file", [b.cfg.saef.credentials.certificate, *b.cfg.saef.credentials.chain]),
     ("saef", "key"): lambda b, _: ("file", _pub(b.cfg.saef.credentials.private_key)),
     ("saef", "require_saef_for"): lambda b, _: list(b.gateway.require_saef_for),
+    ("saef", "max_connections"): lambda b, _: b.gateway.saef_listener.server.connections.limits.max_connections,
+    ("saef", "max_connections_per_ip"): lambda b, _: b.gateway.saef_listener.server.connections.limits.max_per_source,
     ("saef_psk", "kpsa_id"): lambda b, _: [e.kpsa_id for e in b.cfg.saef.psk],
     ("saef_psk", "kpsa_hex"): lambda b, _: [e.kpsa.hex() for e in b.cfg.saef.psk],
     ("saef_psk", "kpsa_file"): lambda b, _: [e.kpsa.hex() for e in b.cfg.saef.psk],
@@ -827,6 +833,8 @@ REFUSALS = [
     ("maf.toml", "max_keys_per_client = 200", "max_keys_per_client = 100001"),
     ("maf.toml", "max_keys_total = 1000000", "max_keys_total = 0"),
     ("maf.toml", "max_keys_total = 1000000", "max_keys_total = 10000001"),
+    ("maf.toml", "max_connections = 2000", "max_connections = 0"),
+    ("maf.toml", "max_connections_per_ip = 64", "max_connections_per_ip = true"),
     ("maf.toml", 'revocation = "require"', 'revocation = "sometimes"'),
     ("maf.toml", "audit_seal_interval_s = 60", "audit_seal_interval_s = 0.1"),
     ("maf.toml", "audit_seal_interval_s = 60", 'audit_seal_interval_s = "60"'),
@@ -846,6 +854,8 @@ REFUSALS = [
     ("mef.toml", "crl_port = 8080", "crl_port = true"),
     ("mef.toml", "audit_seal_interval_s = 60", "audit_seal_interval_s = 86401"),
     ("mef.toml", "audit_seal_interval_s = 60", "audit_seal_interval_s = true"),
+    ("mef.toml", "max_connections = 2000", "max_connections = 1000001"),
+    ("mef.toml", "max_connections_per_ip = 64", 'max_connections_per_ip = "64"'),
     ("mef.toml", "enrolee_ocsp_timeout_s = 5", "enrolee_ocsp_timeout_s = 10"),
     ("mef.toml", "enrolee_ocsp_failure_cache_s = 30", 'enrolee_ocsp_failure_cache_s = "30"'),
     ("mef.toml", "enrolee_ocsp = true", "enrolee_ocsp = 1"),
@@ -868,6 +878,8 @@ REFUSALS = [
     ("gateway.toml", "unique_key_period = 7200", "unique_key_period = 1000"),
     ("gateway.toml", "suids = [13, 23, 43]", "suids = [11]"),
     ("gateway.toml", 'listen = "0.0.0.0:8443"', 'listen = "8443"'),
+    ("gateway.toml", "max_connections = 4000", "max_connections = -1"),
+    ("gateway.toml", "max_connections_per_ip = 256", "max_connections_per_ip = 2.5"),
     ("gateway.toml", 'require_saef_for = ["Cae1", "Cmeter-*"]', 'require_saef_for = ["*"]'),
     ("gateway.toml", 'kpsa_file = "meter-7.psk"', 'kpsa_file = "meter-7.psk"\nkpsa_hex = "00112233"'),
     ("gateway.toml", 'flavour = "ae-id"', 'flavour = "cse-id"'),

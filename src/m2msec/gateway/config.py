@@ -56,6 +56,7 @@ from m2msec.pki import (
     load_https_ca,
 )
 from m2msec.pki.ocsp_check import PeerOCSPSettings, parse_peer_ocsp_settings
+from m2msec.net.connlimits import ConnectionLimits
 from m2msec.saef.config import (
     AssociationConfiguration,
     CredentialConfiguration,
@@ -200,6 +201,8 @@ class SAEFConfig:
     require_saef_for: tuple[str, ...] = ()
     #: the MAF-based SAEF (``[saef_maf]``), None: not offered
     maf: SAEFMAFConfig | None = None
+    #: ``max_connections`` / ``max_connections_per_ip`` of the listener (m2msec.net.connlimits)
+    connection_limits: ConnectionLimits = field(default_factory=ConnectionLimits.default)
 
     @property
     def bindings(self) -> int:
@@ -541,7 +544,11 @@ def _saef(doc: dict[str, Any], base: Path, saef_listen: str | None,
         if pat.startswith("//") and sp and pat[2:].partition("/")[0] != sp:
             raise ConfigError(f"[saef] require_saef_for: {pat!r} names another SP than [cse] sp_id {cse_sp_id!r}: "
                               "it would protect nothing")
-    return SAEFConfig(host, port, psk, credentials, certs, patterns, maf)
+    try:
+        limits = ConnectionLimits.from_toml(t, total_key="max_connections", source_key_name="max_connections_per_ip")
+    except ValueError as exc:
+        raise ConfigError(f"[saef] {exc}") from None
+    return SAEFConfig(host, port, psk, credentials, certs, patterns, maf, limits)
 
 
 #: every key and table of gateway.toml (docs/configuration.md); anything else is a configuration error
@@ -555,7 +562,7 @@ GATEWAY_TOML_KEYS: dict[str, frozenset[str]] = {
     "keys[]": frozenset({"kid", "key_hex", "key_file", "peer", "suid"}),
     "mef": frozenset({"fqdn", "host", "port", "psk_identity", "psk_hex", "psk_file", "target_id"}),
     "routes[]": frozenset({"csi", "url"}),
-    "saef": frozenset({"listen", "cert", "key", "require_saef_for"}),
+    "saef": frozenset({"listen", "cert", "key", "require_saef_for", "max_connections", "max_connections_per_ip"}),
     "saef_psk[]": frozenset({"kpsa_id", "kpsa_hex", "kpsa_file", "ae_id"}),
     "saef_cert[]": frozenset({"flavour", "identifier", "root_of_trust", "ae_id", "crls", "revocation", "crl_urls",
                               "crl_issuers", "crl_from_cdp", "crl_refresh_s", "crl_https_ca", "ocsp", "ocsp_url",

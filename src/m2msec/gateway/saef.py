@@ -48,6 +48,7 @@ from m2msec.gateway.saefmaf import (
     build_directory,
 )
 from m2msec.gateway.saefstatus import SAEFCertStatus, StatusPlan
+from m2msec.net.connlimits import ConnectionLimits
 from m2msec.net.http_binding import HttpResponse
 from m2msec.onem2m.primitives import RequestPrimitive
 from m2msec.saef import (
@@ -175,7 +176,7 @@ class SAEFListener:
     def __init__(self, gateway: Gateway, endpoint: SAEFEndpoint, *, sp_id: str | None = None,
                  idle_timeout: float = 120.0, max_body: int = 4 << 20, maf: MAFSAEFDirectory | None = None,
                  status: SAEFCertStatus | None = None, maf_config: SAEFMAFConfig | None = None,
-                 clock: Callable[[], datetime] | None = None) -> None:
+                 clock: Callable[[], datetime] | None = None, limits: ConnectionLimits | None = None) -> None:
         self.gateway = gateway
         self.maf = maf  # the MAF-based SAEF's Kc source (8.2.2.3), closed with the listener
         #: the ``[saef_maf]`` settings ``maf`` was built from (None with a ``maf`` given without
@@ -193,7 +194,8 @@ class SAEFListener:
         #: the status sources of the [[saef_cert]] binding that accepted them (module docstring)
         self.session_check = AssociationSessionCheck(clock=clock or gateway._clock)
         self.server = SAEFHTTPServer(endpoint, http_handler=self._handle, sp_id=sp_id, cse_id="/" + gateway.cse_id,
-                                     idle_timeout=idle_timeout, max_body=max_body, session_check=self.session_check)
+                                     idle_timeout=idle_timeout, max_body=max_body, session_check=self.session_check,
+                                     limits=limits)
         self.host = "127.0.0.1"
         self.port = 0
 
@@ -215,6 +217,7 @@ class SAEFListener:
         plan = status.prepare(config)
         endpoint = build_endpoint(plan.config, clock=clock, maf=maf)
         status.commit(plan)
+        kw.setdefault("limits", config.connection_limits)
         return cls(gateway, endpoint, sp_id=sp_id, maf=maf, status=status,
                    maf_config=config.maf if maf is not None else None, clock=clock, **kw)
 

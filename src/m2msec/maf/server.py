@@ -27,6 +27,12 @@ session's path is held against the current client CRLs and held OCSP answers (re
 only after either changed); a certificate revoked since the handshake gets
 ORIGINATOR_NOT_AUTHENTICATED (4106, HTTP 403, ``Connection: close``, audited as ``session``)
 and the connection is closed.  ``[tls] client_ocsp_failure_cache_s`` reuses a failed query.
+Connection limits (:mod:`m2msec.net.connlimits`): ``max_connections`` /
+``max_connections_per_ip`` bound the open connections of the listener (per process); one
+over a limit is aborted before the MAF Handshake, unaudited.  Failed MAF Handshakes are
+audited at most ``HANDSHAKE_AUDIT_RATE`` per second (:class:`HandshakeAuditThrottle`): the
+next record written says how many were left out, so unauthenticated peers cannot make the
+MAF write to its store without bound.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +55,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from m2msec.errors import M2MSecError, ParseError
 from m2msec.keys import LABEL_CONNECTION
 from m2msec.maf.mef import FetcherMEFClient, MEFClient
+from m2msec.net.connlimits import ConnectionGate, ConnectionLimits
 from m2msec.maf.protocol import ErrorBody, MAFError, Procedure, decode_body, encode_body
 from m2msec.maf.service import (
     MAX_KEYS_PER_CLIENT_DEFAULT,
@@ -79,7 +87,7 @@ from m2msec.tls.aio import TLSStreamWriter, start_server
 from m2msec.tls.engine import CertCredentials, Role, TLSConfig, TLSContext
 from m2msec.tomlkeys import check_keys
 
-__all__ = ["MAFServer", "MAFServerConfig", "load_config"]
+__all__ = ["HandshakeAuditThrottle", "MAFServer", "MAFServerConfig", "load_config"]
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +124,7 @@ class MAFServerConfig:
     ocsp_staple_https_ca: str | None = None  # PEM CA file for an https responder (None: httpx's default store)
     client_ocsp: PeerOCSPSettings | None = None  # OCSP queries about client certificates (None: off)
     audit_seal_interval: float = DEFAULT_SEAL_INTERVAL_S  # seconds between seals by ``serve`` (0: off)
+    connection_limits: ConnectionLimits = field(default_factory=ConnectionLimits.default)  # per listener/process
 
     def client_ocsp_checker(self, *, clock: Clock) -> PeerOCSPChecker | None:
         """The :class:`~m2msec.pki.ocsp_check.PeerOCSPChecker` of ``[tls] client_ocsp`` (None when off)."""
@@ -161,7 +170,8 @@ class MAFServerConfig:
 #: every key and table of maf.toml (docs/configuration.md); anything else is a configuration error
 MAF_TOML_KEYS: dict[str, frozenset[str]] = {
     "": frozenset({"fqdn", "store", "kek_file", "host", "port", "max_registration_lifetime_s", "max_key_lifetime_s",
-                   "key_cache_ttl_s", "max_keys_per_client", "max_keys_total", "audit_seal_interval_s", "mef", "tls", "admin"}),
+                   "key_cache_ttl_s", "max_keys_per_client", "max_keys_total", "audit_seal_interval_s",
+                   "max_connections", "max_connections_per_ip", "mef", "tls", "admin"}),
     "mef": frozenset({"fqdn", "host", "port", "psk_identity", "psk_hex"}),
     "tls": frozenset({"cert", "key", "client_trust_anchors", "client_crls", "client_crl_urls", "client_crl_issuers",
                       "client_crl_from_cdp", "client_crl_refresh_s", "client_crl_https_ca", "revocation",
@@ -194,6 +204,9 @@ def load_config(path: str | Path) -> MAFServerConfig:
                                            # (1-10000000); one more: 4103 as well
         audit_seal_interval_s = 300        # serve seals the audit trail at start, this often and
                                            # at stop (m2msec.store.autoseal); 0 = off, else 0.5-86400
+        max_connections = 1024             # open connections per process (default 1024, or the
+                                           # open-file limit minus 64 when smaller); more: aborted
+        max_connections_per_ip = 128       # of them from one IPv4 address / IPv6 /64
         [mef]                              # optional: remotely provisioned clients (KeID -> Km)
         fqdn = "mef.example.com"
         host = "127.0.0.1"
@@ -329,6 +342,7 @@ def load_config(path: str | Path) -> MAFServerConfig:
                 or not 1 <= max_total <= MAX_KEYS_TOTAL_LIMIT):
             raise ValueError(f"max_keys_total must be an integer from 1 to {MAX_KEYS_TOTAL_LIMIT}")
         seal_interval = parse_seal_interval(data.get("audit_seal_interval_s", DEFAULT_SEAL_INTERVAL_S))
+        limits = ConnectionLimits.from_toml(data, total_key="max_connections", source_key_name="max_connections_per_ip")
         return MAFServerConfig(
             fqdn=str(data["fqdn"]), store_url=str(data["store"]), host=str(data.get("host", "127.0.0.1")),
             port=int(data.get("port", 0)), admins=admins,
@@ -340,7 +354,7 @@ def load_config(path: str | Path) -> MAFServerConfig:
             client_crl_refresh=crl_refresh, client_crl_https_ca=crl_https_ca,
             ocsp_staple_url=staple_url, ocsp_staple_https_ca=staple_https_ca, client_ocsp=client_ocsp,
             kek_file=str(rel(kek_file)) if kek_file else None, mef=dict(data["mef"]) if "mef" in data else None,
-            audit_seal_interval=seal_interval,
+            audit_seal_interval=seal_interval, connection_limits=limits,
         )
     except (KeyError, TypeError, ValueError, OSError, CRLError) as exc:
         raise ParseError(f"invalid MAF configuration {p}: {type(exc).__name__}: {exc}") from None
@@ -359,13 +373,43 @@ def _error(exc: M2MSecError) -> tuple[int, list[tuple[str, str]], bytes]:
     return _http(exc.rsc, encode_body(ErrorBody(int(exc.rsc), exc.args[0] if exc.args else "")))
 
 
+#: failed MAF Handshakes audited per second at most (a burst of up to this many at once)
+HANDSHAKE_AUDIT_RATE = 10.0
+
+
+class HandshakeAuditThrottle:
+    """A token bucket for audit records of failed handshakes (unauthenticated peers).
+
+    :meth:`take` returns the number of failures left out since the last record (0 usually),
+    or None when this failure must not be written (it is counted instead)."""
+
+    def __init__(self, rate: float = HANDSHAKE_AUDIT_RATE, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self._clock = clock
+        self._tokens = rate
+        self._at = clock()
+        self.left_out = 0  # failures not audited since the last record written
+
+    def take(self) -> int | None:
+        now = self._clock()
+        self._tokens = min(self.rate, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens < 1.0:
+            self.left_out += 1
+            return None
+        self._tokens -= 1.0
+        n, self.left_out = self.left_out, 0
+        return n
+
+
 class MAFServer:
     """An asyncio MAF instance.  ``async with MAFServer(service, ...) as srv: srv.port``."""
 
     def __init__(self, service: MAFService, *, host: str = "127.0.0.1", port: int = 0,
                  credentials: CertCredentials | None = None, idle_timeout: float = 30.0,
                  reuse_port: bool = False,
-                 ocsp_staple: Callable[[x509.Certificate], bytes | None] | None = None) -> None:
+                 ocsp_staple: Callable[[x509.Certificate], bytes | None] | None = None,
+                 limits: ConnectionLimits | None = None) -> None:
         if reuse_port and not sys.platform.startswith("linux"):
             raise ValueError("reuse_port (several MAF processes on one port) needs Linux SO_REUSEPORT "
                              f"load balancing; not available on {sys.platform}")
@@ -374,6 +418,9 @@ class MAFServer:
         self.host = host
         self.port = port
         self.idle_timeout = idle_timeout
+        #: open connections of this listener (limits, counters of refusals)
+        self.connections = ConnectionGate(limits, name=f"MAF {service.fqdn}")
+        self._handshake_audit = HandshakeAuditThrottle()
         kw: dict[str, Any] = {}
         if credentials is not None:
             if not service.client_trust_anchors:
@@ -391,7 +438,8 @@ class MAFServer:
     async def start(self) -> MAFServer:
         self.service.start_cache_listener()  # PostgreSQL: connects while the first clients handshake
         self._server = await start_server(self._connection, self.host, self.port, self.tls_context,
-                                          on_handshake_error=self._handshake_failed, reuse_port=self.reuse_port)
+                                          on_handshake_error=self._handshake_failed, reuse_port=self.reuse_port,
+                                          limits=self.connections)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -415,9 +463,14 @@ class MAFServer:
 
     def _handshake_failed(self, exc: Exception, peer: Any) -> None:
         log.info("MAF Handshake with %s failed: %s", peer, exc)
+        left_out = self._handshake_audit.take()
+        if left_out is None:
+            return  # over the rate: counted, reported with the next record written
+        details: dict[str, Any] = {"reason": str(exc)}
+        if left_out:
+            details["not_audited_before"] = left_out
         try:
-            self.service.store.append_audit("maf", "handshake", str(peer[0]) if peer else "?",
-                                            "refused", {"reason": str(exc)})
+            self.service.store.append_audit("maf", "handshake", str(peer[0]) if peer else "?", "refused", details)
         except M2MSecError:  # pragma: no cover
             pass
 
@@ -507,7 +560,7 @@ def build_server(cfg: MAFServerConfig, store: Store, *, clock: Clock, mef: MEFCl
                          max_keys_per_client=cfg.max_keys_per_client, max_keys_total=cfg.max_keys_total,
                          client_ocsp=cfg.client_ocsp_checker(clock=clock))
     return MAFServer(service, host=cfg.host, port=cfg.port, credentials=cfg.credentials, reuse_port=reuse_port,
-                     ocsp_staple=stapler.staple if stapler is not None else None)
+                     ocsp_staple=stapler.staple if stapler is not None else None, limits=cfg.connection_limits)
 
 
 __all__ += ["build_server", "open_config_store"]

@@ -29,6 +29,8 @@
     enrolee_ocsp_timeout_s = 5        # per query, (0, 9]
     enrolee_ocsp_failure_cache_s = 30 # a failed query is reused this long per certificate (0 = off, <= 3600)
     audit_seal_interval_s = 300       # serve seals the audit trail at start, this often and at stop; 0 = off
+    max_connections = 1024            # open connections (default 1024, or the open-file limit minus 64 if smaller)
+    max_connections_per_ip = 128      # of them from one IPv4 address / IPv6 /64; more are aborted at once
     [gba]                             # optional: GBA-Based RSPF, the MEF as GBA NAF
     bsf_url = "http://127.0.0.1:8080" # the operator BSF's Zn endpoint
     naf_token = "..."                 # the MEF's Zn credential (else $M2MSEC_GBA_NAF_TOKEN)
@@ -100,6 +102,7 @@ from m2msec.mef.client import mef_tls_config, save_enrolment
 from m2msec.mef.protocol import EnrolmentRequest, MAFPreference, TargetGrant
 from m2msec.mef.server import MEFServer
 from m2msec.mef.state import EnroleeConfig, MEFState, TargetConfig
+from m2msec.net.connlimits import ConnectionLimits
 from m2msec.pki import (
     CertificateFlavour,
     CRLError,
@@ -148,7 +151,7 @@ MEF_TOML_KEYS: dict[str, frozenset[str]] = {
                       "enrolee_crl_refresh_s", "enrolee_crl_https_ca", "crl_port", "crl_host", "crl_base_url",
                       "crl_validity_s", "ocsp_staple_url", "ocsp_staple_https_ca", "enrolee_ocsp", "enrolee_ocsp_url",
                       "enrolee_ocsp_https_ca", "enrolee_ocsp_timeout_s", "enrolee_ocsp_failure_cache_s",
-                      "audit_seal_interval_s"}),
+                      "audit_seal_interval_s", "max_connections", "max_connections_per_ip"}),
     "gba": frozenset({"bsf_url", "naf_token"}),
 }
 
@@ -231,6 +234,10 @@ def _load(config: Path) -> dict[str, Any]:
     except ValueError:
         _fail(ValueError(f"{config}: [mef] revocation must be one of "
                          f"{', '.join(p.value for p in RevocationPolicy)}"))
+    try:
+        mef["connection_limits"] = ConnectionLimits.from_toml(mef, total_key="max_connections", source_key_name="max_connections_per_ip")
+    except ValueError as exc:
+        _fail(ValueError(f"{config}: [mef] {exc}"))
     try:
         mef["audit_seal_interval_s"] = parse_seal_interval(mef.get("audit_seal_interval_s", DEFAULT_SEAL_INTERVAL_S))
     except (TypeError, ValueError) as exc:
@@ -365,7 +372,8 @@ def serve(config: ConfigOpt,
         credentials = _credentials(mef)
         stapler = _stapler(mef, credentials)
         server = MEFServer(state, credentials=credentials, gba=_gba(config, state), est=est,
-                           ocsp_staple=stapler.staple if stapler is not None else None)
+                           ocsp_staple=stapler.staple if stapler is not None else None,
+                           limits=mef["connection_limits"])
         crl_server = None
         if "crl_port" in mef:
             from m2msec.pki.crl_http import CRLHTTPServer

@@ -39,6 +39,10 @@ seconds, default 1; :mod:`m2msec.mef.revocation_watch`); a certificate revoked s
 handshake gets ORIGINATOR_NOT_AUTHENTICATED (4106, HTTP 403, ``Connection: close``, audited)
 and the connection is closed.
 
+Connection limits (:mod:`m2msec.net.connlimits`, ``limits``): a TCP connection beyond the
+listener's open-connection limits is aborted before the handshake; ``handshake_errors`` keeps
+the latest ``max_records`` failures (a long-running MEF does not grow with a flood of them).
+
 HTTP/1.1 is framed by h11; the wire format is in ``docs/mef-protocol.md``.
 """
 
@@ -73,6 +77,7 @@ from m2msec.mef.gba import GBANaf
 from m2msec.mef.est import COMPLETE_PATH, EST_PREFIX, ESTService
 from m2msec.mef.revocation_watch import DEFAULT_POLL_S, OwnRevocationWatch
 from m2msec.mef.state import MEFError, MEFState, SessionPeer
+from m2msec.net.connlimits import ConnectionGate, ConnectionLimits
 from m2msec.net.h11io import next_cycle, read_request, write_response
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.pki import CertificateVerificationError, VerificationReason, VerifiedPeer
@@ -134,7 +139,8 @@ class MEFServer:
                  certificate_hook: CertificateEnrolmentHook | None = None, handshake_timeout: float = 10.0,
                  gba: GBANaf | None = None, est: ESTService | None = None,
                  ocsp_staple: Callable[[x509.Certificate], bytes | None] | None = None,
-                 own_revocation_poll: float = DEFAULT_POLL_S) -> None:
+                 own_revocation_poll: float = DEFAULT_POLL_S, limits: ConnectionLimits | None = None,
+                 max_records: int = 1000) -> None:
         """``ocsp_staple``: the source of the OCSP response stapled for the MEF certificate (RFC 6066 8,
         e.g. :meth:`m2msec.pki.ocsp_staple.OCSPStapler.staple`; certificate handshakes only).
         ``own_revocation_poll``: SQLite store, the longest an EST certificate revocation committed by
@@ -143,7 +149,11 @@ class MEFServer:
         self.est = est  # Certificate Enrolment with EST (m2msec.mef.est)
         self.gba = gba  # GBA-Based RSPF: the MEF as NAF (m2msec.mef.gba)
         self.certificate_hook = certificate_hook  # extension point for EST (F9)
+        #: the latest failed handshakes (at most ``max_records``)
         self.handshake_errors: list[BaseException] = []
+        self.max_records = max_records
+        #: open connections of the listener (limits, counters of refusals)
+        self.connections = ConnectionGate(limits, name=f"MEF {state.fqdn}")
         self._server: asyncio.Server | None = None
         self._timeout = handshake_timeout
         kw: dict[str, Any] = {}
@@ -189,9 +199,15 @@ class MEFServer:
             # (until then every certificate session's request looks its certificate up)
             await asyncio.to_thread(self.own_revocations.wait_ready, 5.0)
         self._server = await start_server(self._connection, host, port, self.tls_context,
-                                          on_handshake_error=lambda e, _p: self.handshake_errors.append(e),
-                                          handshake_timeout=self._timeout)
+                                          on_handshake_error=lambda e, _p: self._handshake_failed(e),
+                                          handshake_timeout=self._timeout, limits=self.connections)
         return self.address
+
+    def _handshake_failed(self, exc: BaseException) -> None:
+        errors = self.handshake_errors
+        errors.append(exc)
+        if len(errors) > self.max_records:
+            del errors[: len(errors) - self.max_records]
 
     async def close(self) -> None:
         if self._server is not None:

@@ -60,6 +60,7 @@ from m2msec.saef.config import (
     check_kpsa_id,
 )
 from m2msec.saef.context import SAEFError, SecurityContext, credential_id
+from m2msec.net.connlimits import ConnectionGate, ConnectionLimits
 from m2msec.tls.aio import TLSStreamWriter, open_connection, start_server
 from m2msec.tls.dtls import DTLSServer, DTLSSession, open_dtls_connection, start_dtls_server
 from m2msec.tls.engine import PSKCredentials, Role, TLSConfig, TLSContext, TLSEngine
@@ -382,8 +383,12 @@ ErrorHandler = Callable[[BaseException, Any], None]
 
 async def serve(endpoint: SAEFEndpoint | Callable[[], SAEFEndpoint], handler: StreamHandler,
                 host: str = "127.0.0.1", port: int = 0, *,
-                on_error: ErrorHandler | None = None, handshake_timeout: float = 10.0) -> asyncio.Server:
+                on_error: ErrorHandler | None = None, handshake_timeout: float = 10.0,
+                limits: ConnectionLimits | ConnectionGate | None = None) -> asyncio.Server:
     """TLS server: ``handler(reader, writer, ctx)`` runs for each bound security association.
+
+    ``limits``: the open-connection limits of the listener (:mod:`m2msec.net.connlimits`; None:
+    the defaults); a connection over them is aborted before the handshake, ``on_error`` not called.
 
     ``endpoint`` may be a zero-argument callable returning the endpoint: it is asked for each
     accepted connection (a reloaded configuration applies to new associations; an established
@@ -412,7 +417,8 @@ async def serve(endpoint: SAEFEndpoint | Callable[[], SAEFEndpoint], handler: St
         await handler(reader, writer, ctx)
 
     return await start_server(run, host, port, context,
-                              on_handshake_error=lambda e, p: failed(e, p), handshake_timeout=handshake_timeout)
+                              on_handshake_error=lambda e, p: failed(e, p), handshake_timeout=handshake_timeout,
+                              limits=limits)
 
 
 async def serve_dtls(endpoint: SAEFEndpoint, handler: DatagramHandler, host: str = "127.0.0.1", port: int = 0, *,

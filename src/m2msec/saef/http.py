@@ -45,6 +45,7 @@ from typing import Any
 import h11
 
 from m2msec.errors import M2MSecError
+from m2msec.net.connlimits import ConnectionGate, ConnectionLimits
 from m2msec.net.h11io import next_cycle, read_request, send_request, write_response
 from m2msec.net.http_binding import (
     BindingError,
@@ -119,7 +120,8 @@ class SAEFHTTPServer:
     def __init__(self, endpoint: SAEFEndpoint, handler: RequestHandler | None = None, *, sp_id: str | None = None,
                  cse_id: str | None = None, allow_cse_forwarding: bool = False, max_body: int = _MAX_BODY,
                  http_handler: HTTPRequestHandler | None = None, idle_timeout: float | None = None,
-                 max_records: int = 1000, session_check: SessionCheckFactory | None = None) -> None:
+                 max_records: int = 1000, session_check: SessionCheckFactory | None = None,
+                 limits: ConnectionLimits | None = None) -> None:
         if endpoint.transport is not Transport.TLS:
             raise ValueError("the HTTP binding runs over TLS (TCP)")
         if (handler is None) == (http_handler is None):
@@ -139,6 +141,8 @@ class SAEFHTTPServer:
         #: requests refused because ``session_check`` said the association no longer holds
         self.session_refusals: list[Rejection] = []
         self.handshake_errors: list[BaseException] = []
+        #: open connections of the listener (``limits``, :mod:`m2msec.net.connlimits`; refusal counters)
+        self.connections = ConnectionGate(limits, name="SAEF listener")
         self._server: asyncio.Server | None = None
 
     def __repr__(self) -> str:
@@ -153,7 +157,8 @@ class SAEFHTTPServer:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         # asked per connection: assigning ``endpoint`` (a reload) applies to new associations only
         self._server = await serve(lambda: self.endpoint, self._connection, host, port,
-                                   on_error=lambda e, _p: self._record(self.handshake_errors, e))
+                                   on_error=lambda e, _p: self._record(self.handshake_errors, e),
+                                   limits=self.connections)
         return self.address
 
     def _record(self, records: list[Any], entry: Any) -> None:
