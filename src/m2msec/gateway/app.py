@@ -68,6 +68,7 @@ def build(config: GatewayConfig, *, clock: Any = None, store: Store | None = Non
         admin=config.admin, routes=config.routes, poa_ttl=config.poa_ttl, trace_file=config.trace_file,
         key_prefetch=prefetch, enforce_acp=config.enforce_acp, sp_id=config.sp_id, clock=clock,
         require_saef_for=config.saef.require_saef_for if config.saef is not None else (),
+        limits=config.connection_limits,
     )
     if config.saef is not None:
         from m2msec.gateway.saef import SAEFListener  # noqa: PLC0415

@@ -245,6 +245,8 @@ class GatewayConfig:
     #: ``[gateway] audit_seal_interval_s``: ``serve`` seals the store's audit trail this often
     #: (m2msec.store.autoseal.AuditSealer; 0: off)
     audit_seal_interval: float = DEFAULT_SEAL_INTERVAL_S
+    #: ``[gateway] max_connections`` / ``max_connections_per_ip``: the plain listener's limits
+    connection_limits: ConnectionLimits = field(default_factory=ConnectionLimits.default)
 
     @property
     def csi(self) -> str:
@@ -557,7 +559,8 @@ GATEWAY_TOML_KEYS: dict[str, frozenset[str]] = {
                    "saef_maf"}),
     "cse": frozenset({"id", "name", "admin", "sp_id", "url"}),
     "store": frozenset({"url", "kek_file"}),
-    "gateway": frozenset({"poa_ttl", "enforce_acp", "trace_file", "audit_seal_interval_s"}),
+    "gateway": frozenset({"poa_ttl", "enforce_acp", "trace_file", "audit_seal_interval_s", "max_connections",
+                          "max_connections_per_ip"}),
     "receiver": frozenset({"suids", "shared_lifetime", "unique_lifetime", "unique_key_period"}),
     "keys[]": frozenset({"kid", "key_hex", "key_file", "peer", "suid"}),
     "mef": frozenset({"fqdn", "host", "port", "psk_identity", "psk_hex", "psk_file", "target_id"}),
@@ -631,6 +634,10 @@ def load_config(path: str | Path, *, cse_url: str | None = None, store_url: str 
                                             key="[gateway] audit_seal_interval_s")
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
+    try:
+        limits = ConnectionLimits.from_toml(gw, total_key="max_connections", source_key_name="max_connections_per_ip")
+    except ValueError as exc:
+        raise ConfigError(f"[gateway] {exc}") from None
     saef = _saef(doc, base, saef_listen, sp_id)
     return GatewayConfig(
         cse_id=cse["id"].lstrip("/"),
@@ -652,4 +659,5 @@ def load_config(path: str | Path, *, cse_url: str | None = None, store_url: str 
         sp_id=sp_id,
         saef=saef,
         audit_seal_interval=seal_interval,
+        connection_limits=limits,
     )

@@ -3,6 +3,10 @@
 Implements the transit and Target roles of TS-0003 8.4 / TS-0004 7.6.2 and 7.5.1.2.11/13
 that an unmodified CSE (ACME) lacks; see :mod:`m2msec.gateway` for the behaviour and the
 configuration file.
+
+The plain listener admits each TCP connection through a
+:class:`~m2msec.net.connlimits.ConnectionGate` (``limits``: ``[gateway] max_connections`` /
+``max_connections_per_ip``); one over a limit is reset before any byte is read.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from m2msec.gateway.acp import (
     sp_relative,
 )
 from m2msec.gateway.esi import esi_from_cse, esi_to_cse, merge_cse_esi
+from m2msec.net.connlimits import ConnectionGate, ConnectionLimits
 from m2msec.gateway.saef import protected_pattern
 from m2msec.net.h11io import BodyTooLarge, next_cycle, read_request, write_response
 from m2msec.net.http_binding import (
@@ -183,6 +188,7 @@ class Gateway:
         sp_id: str | None = None,
         clock: Callable[[], datetime] = _utc_now,
         require_saef_for: tuple[str, ...] = (),
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self.cse_url = cse_url.rstrip("/")
         self.cse_id = cse_id.lstrip("/")
@@ -210,6 +216,8 @@ class Gateway:
         self._http: httpx.AsyncClient | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: open connections of the plain listener (limits, refusal counters; m2msec.net.connlimits)
+        self.connections = ConnectionGate(limits, name=f"gateway {self.cse_id} plain listener")
         #: the SAEF listener (m2msec.gateway.saef.SAEFListener) when configured; started by its owner
         self.saef_listener: Any = None
         self.host = "127.0.0.1"
@@ -254,11 +262,15 @@ class Gateway:
 
     # ------------------------------------------------------------------ HTTP server (h11)
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peername = writer.get_extra_info("peername")
+        admitted = self.connections.admit(peername)
+        if admitted is None:  # over a limit: reset, nothing read
+            writer.transport.abort()
+            return
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
-        peername = writer.get_extra_info("peername")
         peer = peername[0] if isinstance(peername, tuple) and peername and isinstance(peername[0], str) else None
         try:
             while True:
@@ -290,6 +302,7 @@ class Gateway:
         except asyncio.CancelledError:
             pass  # close(): end quietly (a cancelled connection task makes 3.11's streams log an error)
         finally:
+            self.connections.release(admitted)
             if task is not None:
                 self._tasks.discard(task)
             writer.close()
