@@ -9,6 +9,7 @@ import asyncio
 from typing import Any
 
 import httpx
+from _conn_reset import wait_until, was_reset
 from _saef_support import CSE_ID, CSE_NAME, SP_ID, RecordingCSE, empty_receiver
 from _saef_support import run as saef_run
 
@@ -19,19 +20,8 @@ from m2msec.net.endpoint import AEEndpoint
 RETRIEVE = {"X-M2M-Origin": "CAdmin", "X-M2M-RI": "r1", "X-M2M-RVI": "3", "Accept": "application/json"}
 
 
-async def _reset(reader: asyncio.StreamReader) -> bool:
-    try:
-        return await asyncio.wait_for(reader.read(1), 2) == b""
-    except ConnectionResetError:
-        return True
-
-
 async def _wait_open(gw: Gateway, n: int) -> None:
-    for _ in range(300):
-        if gw.connections.open == n:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{gw.connections.open} open, expected {n}")
+    await wait_until(lambda: gw.connections.open == n, f"{n} open connections")
 
 
 def test_plain_listener_resets_connections_over_the_per_ip_limit() -> None:
@@ -44,7 +34,7 @@ def test_plain_listener_resets_connections_over_the_per_ip_limit() -> None:
                 idle: list[Any] = [await asyncio.open_connection(gw.host, gw.port) for _ in range(2)]
                 await _wait_open(gw, 2)
                 r3, w3 = await asyncio.open_connection(gw.host, gw.port)
-                assert await _reset(r3)  # the third from 127.0.0.1: reset, nothing read
+                assert await was_reset(r3)  # the third from 127.0.0.1: reset, nothing read
                 w3.close()
                 assert gw.connections.refused_per_source == 1
                 # an admitted connection is served: a request on it reaches the CSE

@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from _conn_reset import wait_until, was_reset
 from _mafhelp import AE1, FakeClock, connected, make_service, make_store, run, running
 
 from m2msec.maf import MAFService
@@ -31,14 +32,6 @@ async def _garbage_handshake(port: int) -> None:
     writer.close()
 
 
-async def _wait(cond: Any, what: str) -> None:
-    for _ in range(300):
-        if cond():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_throttle_bucket() -> None:
     now = [0.0]
     t = HandshakeAuditThrottle(rate=10, clock=lambda: now[0])
@@ -60,15 +53,11 @@ def test_connections_over_the_per_ip_limit_are_reset_unaudited_and_clients_still
         async with running(svc, limits=ConnectionLimits(10, 2)) as srv:
             gate = srv.connections
             idle_r, idle_w = await asyncio.open_connection("127.0.0.1", srv.port)  # one idle, admitted
-            await _wait(lambda: gate.open == 1, "the idle connection to be admitted")
+            await wait_until(lambda: gate.open == 1, "the idle connection to be admitted")
             async with connected(srv.port, AE1) as client:  # the second slot: a real MAF Client
                 assert gate.open == 2
                 r, w = await asyncio.open_connection("127.0.0.1", srv.port)  # a third: reset, no TLS
-                try:
-                    data = await asyncio.wait_for(r.read(1), 2)
-                except ConnectionResetError:
-                    data = b""
-                assert data == b""
+                assert await was_reset(r)
                 w.close()
                 assert gate.refused_per_source == 1
                 # the authenticated client is unaffected: it registers and reads its configuration
@@ -76,7 +65,7 @@ def test_connections_over_the_per_ip_limit_are_reset_unaudited_and_clients_still
                 assert (await client.retrieve_configuration())["httpPort"] == 8443
             assert _handshake_rows(svc) == []  # the reset connection left no audit record
             idle_w.close()
-            await _wait(lambda: len(_handshake_rows(svc)) == 1, "the idle connection's handshake record")
+            await wait_until(lambda: len(_handshake_rows(svc)) == 1, "the idle connection's handshake record")
             row = _handshake_rows(svc)[0]
             assert row.outcome == "refused" and "not_audited_before" not in row.details
 
@@ -93,13 +82,13 @@ def test_failed_handshakes_are_audited_at_a_bounded_rate_and_the_gap_is_reported
             srv._handshake_audit = HandshakeAuditThrottle(clock=lambda: now[0])  # frozen: no refill
             for _ in range(25):
                 await _garbage_handshake(srv.port)
-            await _wait(lambda: srv._handshake_audit.left_out == 25 - int(HANDSHAKE_AUDIT_RATE),
+            await wait_until(lambda: srv._handshake_audit.left_out == 25 - int(HANDSHAKE_AUDIT_RATE),
                         "every failure to be counted")
             rows = _handshake_rows(svc)
             assert len(rows) == int(HANDSHAKE_AUDIT_RATE)  # a flood writes at most the burst
             now[0] += 1.0
             await _garbage_handshake(srv.port)
-            await _wait(lambda: len(_handshake_rows(svc)) == len(rows) + 1, "the next record")
+            await wait_until(lambda: len(_handshake_rows(svc)) == len(rows) + 1, "the next record")
             last = _handshake_rows(svc)[-1]
             assert last.details["not_audited_before"] == 15
             assert last.subject == "127.0.0.1" and last.outcome == "refused"

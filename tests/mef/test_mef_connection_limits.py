@@ -6,24 +6,21 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from _conn_reset import wait_until, was_reset
 from _mefhelp import Clock, configure_default, make_state, run
 
 from m2msec.mef import MEFServer
 from m2msec.net.connlimits import ConnectionLimits
 
 
-async def _reset_or_eof(reader: asyncio.StreamReader) -> bool:
-    try:
-        return await asyncio.wait_for(reader.read(1), 2) == b""
-    except ConnectionResetError:
-        return True
-
-
 async def _garbage(host: str, port: int) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     writer.write(b"\x16\x03\x01\x00\x05hello")  # a TLS record header, then nonsense
     await writer.drain()
-    await _reset_or_eof(reader)
+    try:
+        await asyncio.wait_for(reader.read(), 5)  # the alert, then the close
+    except ConnectionResetError:
+        pass
     writer.close()
 
 
@@ -37,12 +34,9 @@ def test_mef_resets_connections_over_the_per_ip_limit(tmp_path: Path) -> None:
         host, port = await server.start()
         try:
             r1, w1 = await asyncio.open_connection(host, port)  # admitted, waits for TLS
-            for _ in range(100):
-                if server.connections.open == 1:
-                    break
-                await asyncio.sleep(0.01)
+            await wait_until(lambda: server.connections.open == 1, "the first connection to be admitted")
             r2, w2 = await asyncio.open_connection(host, port)
-            assert await _reset_or_eof(r2)  # reset before any TLS: nothing recorded
+            assert await was_reset(r2)  # reset before any TLS: nothing recorded
             w2.close()
             assert server.connections.refused_per_source == 1
             assert server.handshake_errors == []
@@ -72,11 +66,7 @@ def test_mef_keeps_only_the_latest_handshake_failures(tmp_path: Path) -> None:
         try:
             for _ in range(8):
                 await _garbage(host, port)
-            for _ in range(300):
-                if len(appended) == 8:
-                    break
-                await asyncio.sleep(0.01)
-            assert len(appended) == 8  # every failure was recorded ...
+            await wait_until(lambda: len(appended) == 8, "every failure to be recorded")
             assert len(server.handshake_errors) == 5  # a flood does not grow a long-running MEF
         finally:
             await server.close()

@@ -16,6 +16,7 @@ import resource
 from typing import Any
 
 import pytest
+from _conn_reset import wait_until, was_reset
 
 from m2msec.net.connlimits import (
     DEFAULT_MAX_PER_SOURCE,
@@ -128,26 +129,8 @@ async def _idle_tcp(port: int, source: str = "127.0.0.1") -> tuple[asyncio.Strea
     return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
 
 
-async def _was_reset(reader: asyncio.StreamReader) -> bool:
-    """True when the server dropped the connection (EOF or reset) within 2 s without a byte."""
-    try:
-        data = await asyncio.wait_for(reader.read(1), 2.0)
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
-    assert data == b"", "the server sent bytes on a refused connection"
-    return True
-
-
 async def _still_open(reader: asyncio.StreamReader) -> bool:
-    try:
-        await asyncio.wait_for(reader.read(1), 0.3)
-    except TimeoutError:
-        return True  # the server is waiting for a ClientHello: admitted
-    except ConnectionResetError:
-        return False
-    return False
+    return not await was_reset(reader, 0.3)  # the server is waiting for a ClientHello: admitted
 
 
 async def _echo_once(port: int, source: str) -> bytes:
@@ -161,11 +144,7 @@ async def _echo_once(port: int, source: str) -> bytes:
 
 
 async def _wait_open(gate: ConnectionGate, n: int) -> None:
-    for _ in range(200):
-        if gate.open == n:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"gate has {gate.open} open, expected {n}")
+    await wait_until(lambda: gate.open == n, f"{n} open connections (have {gate.open})")
 
 
 def test_listener_resets_connections_over_the_limits_before_tls() -> None:
@@ -193,7 +172,7 @@ def test_listener_resets_connections_over_the_limits_before_tls() -> None:
             await _wait_open(gate, 2)
             # the third from the same source is reset before any TLS byte
             r3, w3 = await _idle_tcp(port)
-            assert await _was_reset(r3)
+            assert await was_reset(r3)
             w3.close()
             assert (gate.refused, gate.refused_per_source) == (1, 1)
             # another source still gets a complete TLS-PSK session (the listener's last slot)
@@ -204,7 +183,7 @@ def test_listener_resets_connections_over_the_limits_before_tls() -> None:
                                                    local_addr=("127.0.0.2", 0), timeout=5)
             await _wait_open(gate, 3)
             r4, w4 = await _idle_tcp(port, "127.0.0.3")
-            assert await _was_reset(r4)
+            assert await was_reset(r4)
             w4.close()
             assert (gate.refused, gate.refused_per_source) == (2, 1)
             # refused connections never reached the handler or the handshake-error hook
@@ -239,7 +218,7 @@ def test_listener_applies_default_limits_when_none_are_given() -> None:
                 conns.append(await _idle_tcp(port, "127.0.0.5"))
             assert await _still_open(conns[-1][0])
             extra = await _idle_tcp(port, "127.0.0.5")
-            assert await _was_reset(extra[0])
+            assert await was_reset(extra[0])
             extra[1].close()
         finally:
             for _r, w in conns:
