@@ -10,9 +10,10 @@ HTTP server and real TLS 1.2 associations held open by the test:
   closed); the unrevoked AE and the PSK AE go on;
 * CRL files rewritten + reload: the binding's store is kept (same files) and refilled, so the
   established association of the revoked AE ends; the others go on;
-* a binding removed by a reload leaves its established association alone (G10): it is still
-  served, and the store of CRL files no binding in force uses any more is not refilled (a CRL
-  rewritten afterwards does not reach it), while a new handshake of that AE is refused."""
+* a binding removed by a reload ends its established association at its next request (G10: 4106,
+  closed, nothing forwarded), while the unchanged bindings' associations go on and a new
+  handshake of that AE is refused; a ``[[saef_psk]]`` entry whose Kpsa a reload changes, or that
+  it removes, ends the associations made with it the same way."""
 
 from __future__ import annotations
 
@@ -72,13 +73,14 @@ class World:
     def revoke(self, ae: str) -> None:
         self.ca.revoke(self.ae[ae].certificate, now=utc_now(), reason=x509.ReasonFlags.key_compromise)
 
-    def write(self, extra: str | dict[str, str], aes: tuple[str, ...] = (GOOD, BAD)) -> Path:
-        """gateway.toml: [saef], the PSK AE and one [[saef_cert]] per AE of ``aes`` (``extra`` in
-        each, or ``extra[ae]``)."""
+    def write(self, extra: str | dict[str, str], aes: tuple[str, ...] = (GOOD, BAD), psk: bool = True) -> Path:
+        """gateway.toml: [saef], the PSK AE (``psk``: with Kpsa ``self.kpsa``) and one [[saef_cert]]
+        per AE of ``aes`` (``extra`` in each, or ``extra[ae]``)."""
         (self.tmp / "ae.psk").write_text(self.kpsa.hex())
         text = (f'[cse]\nid = "{CSE_ID}"\nname = "{CSE_NAME}"\nsp_id = "{SP_ID}"\n'
-                f'[saef]\nlisten = "127.0.0.1:0"\ncert = "cse.pem"\nkey = "cse.key"\n'
-                f'[[saef_psk]]\nkpsa_id = "{KID}"\nkpsa_file = "ae.psk"\nae_id = "{PSK}"\n')
+                f'[saef]\nlisten = "127.0.0.1:0"\ncert = "cse.pem"\nkey = "cse.key"\n')
+        if psk:
+            text += f'[[saef_psk]]\nkpsa_id = "{KID}"\nkpsa_file = "ae.psk"\nae_id = "{PSK}"\n'
         for ae in aes:
             text += (f'[[saef_cert]]\nflavour = "ae-id"\nidentifier = "{SP_ID}/{CSE_ID}/{ae}"\n'
                      f'root_of_trust = "root.pem"\nae_id = "{ae}"\nrevocation = "if-available"\n'
@@ -117,8 +119,8 @@ class Rig:
     saef: SAEFListener
     config: Path
 
-    async def reload(self) -> None:
-        cfg = load_config(self.config, cse_url="http://127.0.0.1:9")
+    async def reload(self, config: Path | None = None) -> None:
+        cfg = load_config(config or self.config, cse_url="http://127.0.0.1:9")
         assert cfg.saef is not None
         await self.saef.reload_async(cfg.saef, clock=utc_now)
 
@@ -145,12 +147,12 @@ def retrieve(ae: str, rqi: str) -> RequestPrimitive:
     return RequestPrimitive(op=Operation.RETRIEVE, to=BASE, fr=ae, rqi=rqi, rvi="3")
 
 
-async def assert_ended(r: Rig, s: SAEFKeepAlive, ae: str, rqi: str) -> None:
+async def assert_ended(r: Rig, s: SAEFKeepAlive, ae: str, rqi: str, why: bytes = b"revoked") -> None:
     """The next request of ``ae`` on ``s``: 4106 in the TS-0009 form, closed, not forwarded."""
     a = await s.send(retrieve(ae, rqi))
     assert (a.status, a.rsc) == (403, 4106)
     assert a.headers["connection"].lower() == "close" and a.headers["x-m2m-ri"] == rqi
-    assert b"revoked" in a.body
+    assert why in a.body
     assert await s.closed_by_server()
     assert rqi not in [q.rqi for q in r.cse.seen]
     assert r.saef.session_refusals[-1] == (ae, ae, 4106)
@@ -219,31 +221,57 @@ def test_crl_files_rewritten_and_reloaded_end_the_revoked_association(world: Wor
     run(go)
 
 
-def test_a_binding_removed_by_reload_leaves_its_association_alone(world: World) -> None:
-    """G10: established associations keep what they were accepted with, the status store of their
-    binding included; a store that no binding in force uses any more is not refilled."""
+def test_a_binding_removed_by_reload_ends_its_association(world: World) -> None:
+    """G10: taking an AE's [[saef_cert]] binding out of the file and reloading ends that AE's open
+    association at its next request; the associations of unchanged bindings go on."""
     w = world
 
     async def go() -> None:
         files = {GOOD: 'crls = ["issuing.crl", "root.crl"]', BAD: 'crls = ["bad-issuing.crl", "bad-root.crl"]'}
         async with rig(w.write(files)) as r:
             assert r.saef.status is not None and len(r.saef.status.file_stores) == 2
-            s = await r.open(w, GOOD, BAD)
+            s = await r.open(w, GOOD, BAD, PSK)
             try:
+                await r.reload()  # nothing changed: every association goes on
+                for ae in (GOOD, BAD, PSK):
+                    assert (await s[ae].send(retrieve(ae, f"{ae}-2"))).rsc == 2000
                 w.write(files, aes=(GOOD,))  # BAD's binding removed
                 await r.reload()
                 assert len(r.saef.status.file_stores) == 1
-                assert (await s[BAD].send(retrieve(BAD, "bad-2"))).rsc == 2000  # still served
+                await assert_ended(r, s[BAD], BAD, "bad-3", b"[[saef_cert]] binding was removed or changed")
                 with pytest.raises(Exception, match="(?i)handshake|certificate"):  # a new association is not
                     await SAEFKeepAlive.connect(w.client(BAD), r.saef.host, r.saef.port)
-                w.revoke(BAD)
-                w.write_crls()
-                await r.reload()  # refills the stores in force (GOOD's), not the removed binding's
-                assert (await s[BAD].send(retrieve(BAD, "bad-3"))).rsc == 2000
-                assert (await s[GOOD].send(retrieve(GOOD, "good-2"))).rsc == 2000
-                assert [q.rqi for q in r.cse.seen][-3:] == ["bad-2", "bad-3", "good-2"]
+                for ae in (GOOD, PSK):
+                    assert (await s[ae].send(retrieve(ae, f"{ae}-3"))).rsc == 2000
+                assert [q.rqi for q in r.cse.seen][-2:] == [f"{GOOD}-3", f"{PSK}-3"]
             finally:
                 for x in s.values():
+                    x.close()
+
+    run(go)
+
+
+def test_a_psk_binding_rekeyed_or_removed_by_reload_ends_its_associations(world: World) -> None:
+    """G10: a new Kpsa for the KpsaID (a key rotation after a compromise, say) ends the associations
+    made with the old one; a removed [[saef_psk]] entry ends those made with it."""
+    w = world
+
+    async def go() -> None:
+        async with rig(w.write("")) as r:
+            s = await r.open(w, PSK, GOOD)
+            newer: dict[str, SAEFKeepAlive] = {}
+            try:
+                w.kpsa = os.urandom(32)
+                await r.reload(w.write(""))
+                await assert_ended(r, s[PSK], PSK, "psk-2", b"[[saef_psk]] binding of KpsaID")
+                newer = await r.open(w, PSK)  # the new Kpsa is accepted
+                await r.reload(w.write(""))  # unchanged: the new association goes on
+                assert (await newer[PSK].send(retrieve(PSK, "psk-3"))).rsc == 2000
+                await r.reload(w.write("", psk=False))
+                await assert_ended(r, newer[PSK], PSK, "psk-4", b"removed or changed by a configuration reload")
+                assert (await s[GOOD].send(retrieve(GOOD, "good-2"))).rsc == 2000
+            finally:
+                for x in (*s.values(), *newer.values()):
                     x.close()
 
     run(go)

@@ -21,7 +21,16 @@ cost of one integer comparison while neither changed; a revoked AE gets 4106 wit
 ones: as its identity (profile G10), an association keeps what it was accepted with; a store
 whose CRL sources a reload keeps is the same object and is refilled
 (:mod:`m2msec.gateway.saefstatus`), so a rewritten CRL file + SIGHUP reaches it.  PSK and
-MAF-based associations and ``revocation = "off"`` bindings are not watched.
+MAF-based associations and ``revocation = "off"`` bindings are not watched for status.
+
+Bindings removed by a reload (profile G10): an association accepted under a ``[[saef_psk]]``
+entry or a ``[[saef_cert]]`` Association Configuration that a later reload (SIGHUP) removes or
+changes (another Kpsa or AE-ID for that KpsaID; another identifier, root of trust or
+revocation policy) is refused at its next request like a revoked one (4106, ``Connection:
+close``): taking a binding out of the file ends the AE's access, also on open connections.
+An unchanged binding keeps its associations.  Checked once per association after each reload
+(one integer comparison per request otherwise).  MAF-based associations (``[saef_maf]``, Kc
+from the MAF) are not tied to a binding of the file and are not ended by a reload.
 
 :func:`protected_pattern` is the ``require_saef_for`` rule of the plain listener: an
 X-M2M-Origin that names an AE-ID listed there (or starting with a listed prefix ``X*``) is
@@ -35,9 +44,11 @@ SP's when ``[cse] sp_id`` is not configured (refusing too much rather than too l
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -52,15 +63,18 @@ from m2msec.net.connlimits import ConnectionLimits
 from m2msec.net.http_binding import HttpResponse
 from m2msec.onem2m.primitives import RequestPrimitive
 from m2msec.saef import (
+    AssociationConfiguration,
     InMemoryKpsaDirectory,
+    KpsaEntry,
     SAEFEndpoint,
+    SAEFError,
     SecurityContext,
     certificate_server,
     combined_server,
     psk_server,
 )
 from m2msec.saef.http import HTTPMessage, SAEFHTTPServer
-from m2msec.saef.status import AssociationSessionCheck
+from m2msec.saef.status import AssociationSessionCheck, SessionCheck
 
 if TYPE_CHECKING:
     from m2msec.gateway.server import Gateway
@@ -160,6 +174,35 @@ def build_endpoint(config: SAEFConfig, *, clock: Callable[[], datetime],
     return endpoint
 
 
+@dataclass(frozen=True)
+class _Binding:
+    """What accepted one association: a ``[[saef_psk]]`` entry or a ``[[saef_cert]]``
+    Association Configuration (``what`` names it in the refusal)."""
+
+    kind: str
+    value: Any = field(repr=False)
+    what: str
+
+
+class _Bindings:
+    """The ``[[saef_psk]]`` entries and ``[[saef_cert]]`` Association Configurations of one
+    configuration (CRL/OCSP sources are not part of an Association Configuration's equality)."""
+
+    def __init__(self, config: SAEFConfig) -> None:
+        self.psk: dict[str, KpsaEntry] = {e.kpsa_id: e for e in config.psk}
+        self.associations = tuple(config.associations)
+
+    def holds(self, binding: _Binding) -> bool:
+        if binding.kind == "psk":
+            now = self.psk.get(binding.value.kpsa_id)
+            return now is not None and _same_kpsa(now, binding.value)
+        return any(a == binding.value for a in self.associations)
+
+
+def _same_kpsa(a: KpsaEntry, b: KpsaEntry) -> bool:
+    return hmac.compare_digest(a.kpsa, b.kpsa) and (a.peer_id, a.peer_kind) == (b.peer_id, b.peer_kind)
+
+
 @dataclass
 class _Reload:
     """A reload prepared by :meth:`SAEFListener._prepare`, not in force yet."""
@@ -176,7 +219,11 @@ class SAEFListener:
     def __init__(self, gateway: Gateway, endpoint: SAEFEndpoint, *, sp_id: str | None = None,
                  idle_timeout: float = 120.0, max_body: int = 4 << 20, maf: MAFSAEFDirectory | None = None,
                  status: SAEFCertStatus | None = None, maf_config: SAEFMAFConfig | None = None,
-                 clock: Callable[[], datetime] | None = None, limits: ConnectionLimits | None = None) -> None:
+                 clock: Callable[[], datetime] | None = None, limits: ConnectionLimits | None = None,
+                 config: SAEFConfig | None = None) -> None:
+        """``config``: the configuration ``endpoint`` was built from (:meth:`for_config` gives it),
+        so that a reload can end the associations of the bindings it removes; without it, only
+        associations accepted after a reload are watched that way."""
         self.gateway = gateway
         self.maf = maf  # the MAF-based SAEF's Kc source (8.2.2.3), closed with the listener
         #: the ``[saef_maf]`` settings ``maf`` was built from (None with a ``maf`` given without
@@ -193,8 +240,16 @@ class SAEFListener:
         #: established certificate associations re-checked before each request (8.1.2.2) against
         #: the status sources of the [[saef_cert]] binding that accepted them (module docstring)
         self.session_check = AssociationSessionCheck(clock=clock or gateway._clock)
+        #: reloads put in force so far, and per endpoint the reload count and the bindings it
+        #: accepted associations with (what a later reload is compared with)
+        self._generation = 0
+        self._in_force: weakref.WeakKeyDictionary[SAEFEndpoint, tuple[int, _Bindings]] = weakref.WeakKeyDictionary()
+        self._current: _Bindings | None = None
+        if config is not None:
+            self._current = _Bindings(config)
+            self._in_force[endpoint] = (0, self._current)
         self.server = SAEFHTTPServer(endpoint, http_handler=self._handle, sp_id=sp_id, cse_id="/" + gateway.cse_id,
-                                     idle_timeout=idle_timeout, max_body=max_body, session_check=self.session_check,
+                                     idle_timeout=idle_timeout, max_body=max_body, session_check=self._session_check,
                                      limits=limits)
         self.host = "127.0.0.1"
         self.port = 0
@@ -219,7 +274,7 @@ class SAEFListener:
         status.commit(plan)
         kw.setdefault("limits", config.connection_limits)
         return cls(gateway, endpoint, sp_id=sp_id, maf=maf, status=status,
-                   maf_config=config.maf if maf is not None else None, clock=clock, **kw)
+                   maf_config=config.maf if maf is not None else None, clock=clock, config=config, **kw)
 
     def reload(self, config: SAEFConfig, *, clock: Callable[[], datetime]) -> int:
         """Accept new associations with ``config``: its Kpsa entries and certificate associations
@@ -227,7 +282,9 @@ class SAEFListener:
         ``require_saef_for``; returns the number of Kpsa entries and certificate associations.
         All or nothing: everything is built first (a ValueError leaves all of it as it was), then
         swapped at once.  ``config``'s host and port are not used (the listening address stays).
-        Established associations keep the context, and the identity, they were accepted with.
+        Established associations keep the context, and the identity, they were accepted with;
+        those whose ``[[saef_psk]]`` / ``[[saef_cert]]`` binding ``config`` removes or changes are
+        refused (4106, closed) at their next request (module docstring).
         An unchanged ``[saef_maf]`` (:meth:`~m2msec.gateway.config.SAEFMAFConfig.same_settings`)
         keeps this listener's MAF Client and its cached Kc; a changed one gets a new MAF Client
         for the handshakes accepted from now on, and the previous one is retired
@@ -266,6 +323,9 @@ class SAEFListener:
         """Put ``r`` in force, all at once (no await in between: no request or handshake sees
         half of it)."""
         old = self.maf
+        self._generation += 1
+        self._current = _Bindings(r.config)
+        self._in_force[r.endpoint] = (self._generation, self._current)
         self.server.endpoint = r.endpoint
         assert self.status is not None
         self.status.commit(r.plan)
@@ -274,6 +334,49 @@ class SAEFListener:
             self.maf, self.maf_config = r.maf, r.config.maf
             if old is not None:
                 self._retire(old)
+
+    def _session_check(self, ctx: SecurityContext) -> SessionCheck | None:
+        """The per-request check of one association (``SAEFHTTPServer.session_check``): its
+        binding still in force (after each reload), then its certificate status."""
+        status = self.session_check(ctx)
+        binding = self._binding_of(ctx)
+        if binding is None:
+            return status
+        seen = binding[0]
+        gone: list[str] = []
+
+        def check() -> str | None:
+            nonlocal seen
+            if seen != self._generation:  # a reload since the last look
+                seen = self._generation
+                current = self._current
+                if not gone and current is not None and not current.holds(binding[1]):
+                    gone.append(f"its {binding[1].what} was removed or changed by a configuration reload")
+            if gone:
+                return gone[0]
+            return status() if status is not None else None
+
+        return check
+
+    def _binding_of(self, ctx: SecurityContext) -> tuple[int, _Binding] | None:
+        """(reload count at accept, the binding that accepted ``ctx``), or None: a MAF-based
+        association, or an endpoint whose configuration this listener does not know."""
+        try:
+            endpoint = ctx.engine.context.saef_endpoint
+            pv = ctx.engine.peer_verification
+        except (SAEFError, AttributeError):
+            return None
+        generation, bindings = self._in_force.get(endpoint, (self._generation, None))
+        if ctx.framework == "certificate":
+            if isinstance(pv, tuple) and len(pv) == 2 and isinstance(pv[0], AssociationConfiguration):
+                return generation, _Binding("cert", pv[0], "[[saef_cert]] binding")
+            return None
+        if bindings is None or ctx.psk_identity is None:
+            return None
+        entry = bindings.psk.get(ctx.psk_identity)
+        if entry is None:
+            return None  # not a [[saef_psk]] entry: a Kc of the MAF-based SAEF
+        return generation, _Binding("psk", entry, f"[[saef_psk]] binding of KpsaID {ctx.psk_identity!r}")
 
     def _retire(self, old: MAFSAEFDirectory) -> None:
         old.mark_retired()
