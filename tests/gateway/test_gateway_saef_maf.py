@@ -40,7 +40,7 @@ from _saef_support import (
 from cryptography.hazmat.primitives import serialization
 
 from m2msec.gateway.app import build
-from m2msec.gateway.config import ConfigError, SAEFConfig, load_config
+from m2msec.gateway.config import ConfigError, SAEFConfig, SAEFMAFConfig, load_config
 from m2msec.gateway.saef import SAEFListener, build_endpoint
 from m2msec.gateway.saefmaf import MAFSAEFDirectory, maf_bound_ae_id
 from m2msec.gateway.server import Gateway
@@ -128,7 +128,8 @@ async def rig(tmp_path: Path, *, maf_port: int | None = None) -> AsyncIterator[R
             cfg = SAEFConfig(host="127.0.0.1", port=0, psk=(KpsaEntry(STATIC_KID, STATIC_KPSA, peer_id=STATIC_AE),))
             async with Gateway(cse_url=ep.url, cse_id=CSE_ID, cse_name=CSE_NAME, receiver=empty_receiver(),
                                sp_id=SP_ID) as gw, \
-                    SAEFListener(gw, build_endpoint(cfg, clock=utc_now, maf=maf), sp_id=SP_ID, maf=maf) as lst:
+                    SAEFListener(gw, build_endpoint(cfg, clock=utc_now, maf=maf), sp_id=SP_ID, maf=maf,
+                                 config=cfg) as lst:
                 yield Rig(srv.port, clients, cse, lst, maf, clock)
     finally:
         store.close()
@@ -409,20 +410,50 @@ def test_saef_maf_without_saef_is_refused(tmp_path: Path) -> None:
         load_config(cfg)
 
 
+def test_reload_without_saef_maf_ends_the_maf_based_associations(tmp_path: Path) -> None:
+    """G10/G12: a reload that removes [saef_maf] ends the open MAF-based associations at their next
+    request (4106, the text names [saef_maf]) and refuses new KcIDs; the Kpsa association goes on."""
+
+    async def go() -> tuple[list[int], str, TLSHandshakeError]:
+        async with rig(tmp_path) as r:
+            gw_client = r.maf.config
+            # the settings the directory was built from: a reload without [saef_maf] turns it off
+            r.saef.maf_config = SAEFMAFConfig(MAF_FQDN, ADMIN, "127.0.0.1", r.maf_port, psk=gw_client.psk)
+            k = await r.key(AE1)
+            async with await r.connect(KpsaEntry(k.key_id, k.key)) as kc, \
+                    await r.connect(KpsaEntry(STATIC_KID, STATIC_KPSA)) as static:
+                codes = [int((await kc.send(req(Operation.RETRIEVE, AE1, "m1"))).rsc)]
+                r.saef.reload(SAEFConfig(host="127.0.0.1", port=0,
+                                         psk=(KpsaEntry(STATIC_KID, STATIC_KPSA, peer_id=STATIC_AE),)), clock=utc_now)
+                refused = await kc.send(req(Operation.RETRIEVE, AE1, "m2"))
+                codes += [int(refused.rsc), int((await static.send(req(Operation.RETRIEVE, STATIC_AE, "s1"))).rsc)]
+            with pytest.raises(TLSHandshakeError) as ei:
+                await r.connect(KpsaEntry(k.key_id, k.key))
+            assert [q.rqi for q in r.cse.seen] == ["m1", "s1"]
+            return codes, str(refused.pc), ei.value
+
+    codes, text, err = run(go)
+    assert codes == [2000, 4106, 2000]
+    assert "[saef_maf]" in text and "reload" in text
+    assert err.reason is TLSFailureReason.UNKNOWN_PSK_IDENTITY
+
+
 def test_reload_keeps_the_maf_client_and_its_cached_kc(tmp_path: Path) -> None:
     """SAEFListener.reload (SIGHUP) swaps the provisioned bindings; the MAF-based SAEF keeps its
-    MAF Client and cached Kc, and an association made before the reload keeps its context."""
+    MAF Client and cached Kc (a MAF-based association made before the reload goes on), and an
+    association of a [[saef_psk]] binding the reload removed is refused (4106) at its next request."""
     new_kid, new_kpsa = f"static2@sp.{SP}", os.urandom(32)
 
     async def go() -> tuple[int, list[int], TLSHandshakeError]:
         async with rig(tmp_path) as r:
             k = await r.key(AE1)
-            async with await r.connect(KpsaEntry(k.key_id, k.key)):
-                pass  # Kc retrieved and cached before the reload
-            async with await r.connect(KpsaEntry(STATIC_KID, STATIC_KPSA)) as old:
-                n = r.saef.reload(SAEFConfig(host="127.0.0.1", port=0,
-                                             psk=(KpsaEntry(new_kid, new_kpsa, peer_id="Cstatic2"),)), clock=utc_now)
-                codes = [int((await old.send(req(Operation.RETRIEVE, STATIC_AE, "o1"))).rsc)]
+            async with await r.connect(KpsaEntry(k.key_id, k.key)) as kept:  # Kc retrieved and cached
+                async with await r.connect(KpsaEntry(STATIC_KID, STATIC_KPSA)) as old:
+                    n = r.saef.reload(SAEFConfig(host="127.0.0.1", port=0,
+                                                 psk=(KpsaEntry(new_kid, new_kpsa, peer_id="Cstatic2"),)),
+                                      clock=utc_now)
+                    codes = [int((await old.send(req(Operation.RETRIEVE, STATIC_AE, "o1"))).rsc)]
+                codes.append(int((await kept.send(req(Operation.RETRIEVE, AE1, "k1"))).rsc))
             async with await r.connect(KpsaEntry(k.key_id, k.key)) as c:
                 codes.append(int((await c.send(req(Operation.RETRIEVE, AE1, "m1"))).rsc))
             async with await r.connect(KpsaEntry(new_kid, new_kpsa)) as c:
@@ -435,5 +466,5 @@ def test_reload_keeps_the_maf_client_and_its_cached_kc(tmp_path: Path) -> None:
             return n, codes, ei.value
 
     _, codes, err = run(go)
-    assert codes == [2000, 2000, 2000, 2000]
+    assert codes == [4106, 2000, 2000, 2000, 2000]
     assert err.reason is TLSFailureReason.UNKNOWN_PSK_IDENTITY

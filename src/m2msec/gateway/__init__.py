@@ -121,7 +121,8 @@ once (:meth:`m2msec.gateway.saef.SAEFListener.reload_async`): ``[[saef_psk]]``, 
 anything in the file is invalid, all previous settings stay and one ``error: saef not
 reloaded: ...`` line names the problem.  Established associations keep the context they were
 accepted with, unless the reload removed or changed their ``[[saef_psk]]`` / ``[[saef_cert]]``
-binding: then their next request is refused (4106) and the connection closed.  ``[saef_maf]``: an unchanged block keeps the MAF Client, its MAF session and
+binding (MAF-based ones: if it removed ``[saef_maf]``): then their next request is refused
+(4106) and the connection closed.  ``[saef_maf]``: an unchanged block keeps the MAF Client, its MAF session and
 cached Kc; a changed one gets a new MAF Client for the handshakes accepted from then on, while
 handshakes already accepted finish with the previous client, which is closed once its
 retrievals in flight ended (:meth:`m2msec.gateway.saefmaf.MAFSAEFDirectory.retire`); a removed

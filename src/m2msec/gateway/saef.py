@@ -28,9 +28,10 @@ entry or a ``[[saef_cert]]`` Association Configuration that a later reload (SIGH
 changes (another Kpsa or AE-ID for that KpsaID; another identifier, root of trust or
 revocation policy) is refused at its next request like a revoked one (4106, ``Connection:
 close``): taking a binding out of the file ends the AE's access, also on open connections.
-An unchanged binding keeps its associations.  Checked once per association after each reload
-(one integer comparison per request otherwise).  MAF-based associations (``[saef_maf]``, Kc
-from the MAF) are not tied to a binding of the file and are not ended by a reload.
+An unchanged binding keeps its associations.  MAF-based associations (a Kc from the MAF) end
+when a reload removes ``[saef_maf]``; a changed ``[saef_maf]`` keeps them (their Kc is still the
+MAF's).  Checked once per association after each reload (one integer comparison per request
+otherwise).
 
 :func:`protected_pattern` is the ``require_saef_for`` rule of the plain listener: an
 X-M2M-Origin that names an AE-ID listed there (or starting with a listed prefix ``X*``) is
@@ -283,8 +284,9 @@ class SAEFListener:
         All or nothing: everything is built first (a ValueError leaves all of it as it was), then
         swapped at once.  ``config``'s host and port are not used (the listening address stays).
         Established associations keep the context, and the identity, they were accepted with;
-        those whose ``[[saef_psk]]`` / ``[[saef_cert]]`` binding ``config`` removes or changes are
-        refused (4106, closed) at their next request (module docstring).
+        those whose ``[[saef_psk]]`` / ``[[saef_cert]]`` binding ``config`` removes or changes, and
+        the MAF-based ones when it removes ``[saef_maf]``, are refused (4106, closed) at their next
+        request (module docstring).
         An unchanged ``[saef_maf]`` (:meth:`~m2msec.gateway.config.SAEFMAFConfig.same_settings`)
         keeps this listener's MAF Client and its cached Kc; a changed one gets a new MAF Client
         for the handshakes accepted from now on, and the previous one is retired
@@ -350,8 +352,10 @@ class SAEFListener:
             if seen != self._generation:  # a reload since the last look
                 seen = self._generation
                 current = self._current
-                if not gone and current is not None and not current.holds(binding[1]):
-                    gone.append(f"its {binding[1].what} was removed or changed by a configuration reload")
+                b = binding[1]
+                held = self.maf is not None if b.kind == "maf" else current is None or current.holds(b)
+                if not gone and not held:
+                    gone.append(f"its {b.what} was removed or changed by a configuration reload")
             if gone:
                 return gone[0]
             return status() if status is not None else None
@@ -359,8 +363,8 @@ class SAEFListener:
         return check
 
     def _binding_of(self, ctx: SecurityContext) -> tuple[int, _Binding] | None:
-        """(reload count at accept, the binding that accepted ``ctx``), or None: a MAF-based
-        association, or an endpoint whose configuration this listener does not know."""
+        """(reload count at accept, the binding that accepted ``ctx``), or None: a PSK association
+        of an endpoint whose configuration this listener does not know."""
         try:
             endpoint = ctx.engine.context.saef_endpoint
             pv = ctx.engine.peer_verification
@@ -374,8 +378,8 @@ class SAEFListener:
         if bindings is None or ctx.psk_identity is None:
             return None
         entry = bindings.psk.get(ctx.psk_identity)
-        if entry is None:
-            return None  # not a [[saef_psk]] entry: a Kc of the MAF-based SAEF
+        if entry is None:  # not a [[saef_psk]] entry: a Kc of the MAF-based SAEF
+            return generation, _Binding("maf", None, "[saef_maf] (the MAF-based SAEF)")
         return generation, _Binding("psk", entry, f"[[saef_psk]] binding of KpsaID {ctx.psk_identity!r}")
 
     def _retire(self, old: MAFSAEFDirectory) -> None:
