@@ -98,25 +98,32 @@ def with_duplicate(text: str, member: str) -> str:
 def byte_mutation(draw: st.DrawFn, data: bytes) -> bytes:
     """Bit flips, truncation, insertion, deletion and non-UTF-8 bytes applied to ``data``.
 
-    Positions are drawn independently of ``len(data)`` (then reduced modulo the length), so the
-    strategy stays stable when the valid encoding differs from one example to the next."""
+    Every step draws the same values in the same order whatever ``data`` and the previous steps
+    left (positions are reduced modulo the current length afterwards), so the strategy stays
+    stable when the valid encoding differs from one example to the next (an ECDSA signature's
+    DER length, say): Hypothesis needs the same draws for the same choices."""
     out = bytearray(data)
     for _ in range(draw(st.integers(1, 3))):
         op = draw(st.sampled_from(["flip", "cut", "insert", "delete", "nonutf8"]))
+        pos = draw(st.integers(0, 2**20))
+        bit = draw(st.integers(0, 7))
+        extra = draw(st.binary(min_size=1, max_size=6))
+        span = draw(st.integers(1, 8))
+        odd = draw(st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\x80\x80"]))
         if not out:
-            out += draw(st.binary(min_size=1, max_size=4))
+            out += extra[:4]
             continue
-        i = draw(st.integers(0, 2**20)) % len(out)
+        i = pos % len(out)
         if op == "flip":
-            out[i] ^= 1 << draw(st.integers(0, 7))
+            out[i] ^= 1 << bit
         elif op == "cut":
             del out[i:]
         elif op == "insert":
-            out[i:i] = draw(st.binary(min_size=1, max_size=6))
+            out[i:i] = extra
         elif op == "delete":
-            del out[i:i + draw(st.integers(1, 8))]
+            del out[i:i + span]
         else:
-            out[i:i] = draw(st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\x80\x80"]))
+            out[i:i] = odd
     return bytes(out)
 
 
