@@ -6,8 +6,11 @@ holds what those servers share: the asyncio listener and its lifecycle, HTTP/1.1
 through h11 with an idle timeout, a bound on the request head and body (a larger body: 413 and
 the connection closes; a malformed request: h11's status hint and close), ``Content-Length`` on
 every answer (except 304 and answers that set it themselves; a ``HEAD`` answer carries the
-length of the GET answer and no body), and closing
-every connection on :meth:`close`.  A subclass implements :meth:`PlainHTTPServer._answer`.
+length of the GET answer and no body), closing every connection on :meth:`close`, and limits on
+the open connections (:mod:`m2msec.net.connlimits`; default :data:`DEFAULT_LIMITS`: 256 in
+total, 32 per source address, smaller than a service listener's because these servers often
+run in the process of one (the MEF's ``crl_port``) and answer short requests; a connection over
+a limit is reset before a byte is read).  A subclass implements :meth:`PlainHTTPServer._answer`.
 """
 
 from __future__ import annotations
@@ -19,9 +22,13 @@ from typing import Any
 
 import h11
 
+from m2msec.net.connlimits import ConnectionGate, ConnectionLimits, default_max_connections
 from m2msec.net.h11io import BodyTooLarge, next_cycle, read_request, write_response
 
-__all__ = ["PlainHTTPServer", "header_value"]
+__all__ = ["DEFAULT_LIMITS", "PlainHTTPServer", "header_value"]
+
+#: open connections of a signed-object server unless told otherwise
+DEFAULT_LIMITS = ConnectionLimits(min(256, default_max_connections()), 32)
 
 Answer = tuple[int, list[tuple[str, str]], bytes]
 
@@ -42,8 +49,11 @@ class PlainHTTPServer(ABC):
     #: largest request head (request line and headers)
     max_head: int = 16 * 1024
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, idle_timeout: float = 30.0) -> None:
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, idle_timeout: float = 30.0,
+                 limits: ConnectionLimits | None = None) -> None:
         self.host = host
+        #: open connections (limits, refusal counters)
+        self.connections = ConnectionGate(limits or DEFAULT_LIMITS, name=type(self).__name__)
         self.port = port
         self.idle_timeout = idle_timeout
         self._server: asyncio.Server | None = None
@@ -74,6 +84,10 @@ class PlainHTTPServer(ABC):
         await self.close()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        admitted = self.connections.admit(writer.get_extra_info("peername"))
+        if admitted is None:  # over a limit: reset, nothing read
+            writer.transport.abort()
+            return
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
@@ -105,6 +119,7 @@ class PlainHTTPServer(ABC):
         except (ConnectionError, h11.LocalProtocolError):
             return
         finally:
+            self.connections.release(admitted)
             self._tasks.discard(task)
             writer.close()
             with contextlib.suppress(Exception):

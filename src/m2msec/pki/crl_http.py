@@ -28,6 +28,7 @@ import h11
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from m2msec.net.connlimits import ConnectionLimits
 from m2msec.net.plainhttp import PlainHTTPServer, header_value
 
 __all__ = ["CRL_MEDIA_TYPE", "CRLHTTPServer"]
@@ -44,11 +45,12 @@ class CRLHTTPServer(PlainHTTPServer):
     """``/crl/<name>.crl`` for each ``sources[name]``; ``clock`` gives aware UTC now."""
 
     def __init__(self, sources: Mapping[str, CRLSourceFn], *, host: str = "127.0.0.1", port: int = 0,
-                 idle_timeout: float = 30.0, clock: Callable[[], datetime] | None = None) -> None:
+                 idle_timeout: float = 30.0, clock: Callable[[], datetime] | None = None,
+                 limits: ConnectionLimits | None = None) -> None:
         for name in sources:
             if not name or "/" in name or name.startswith("."):
                 raise ValueError(f"bad CRL name {name!r}")
-        super().__init__(host=host, port=port, idle_timeout=idle_timeout)
+        super().__init__(host=host, port=port, idle_timeout=idle_timeout, limits=limits)
         self.sources = dict(sources)
         self.clock = clock or (lambda: datetime.now(UTC))
 

@@ -55,6 +55,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 
 from m2msec.errors import M2MSecError
+from m2msec.net.connlimits import ConnectionLimits
 from m2msec.net.plainhttp import PlainHTTPServer, header_value
 from m2msec.onem2m.rsc import ResponseStatusCode
 from m2msec.pki.crl_fetch import _http_error, load_https_ca, redact_url
@@ -112,10 +113,11 @@ class OCSPHTTPServer(PlainHTTPServer):
     max_body = MAX_REQUEST_SIZE
 
     def __init__(self, respond: RespondFn, *, host: str = "127.0.0.1", port: int = 0, base_path: str = "/",
-                 idle_timeout: float = 30.0, clock: Callable[[], datetime] | None = None) -> None:
+                 idle_timeout: float = 30.0, clock: Callable[[], datetime] | None = None,
+                 limits: ConnectionLimits | None = None) -> None:
         if not base_path.startswith("/"):
             raise ValueError("base_path must start with '/'")
-        super().__init__(host=host, port=port, idle_timeout=idle_timeout)
+        super().__init__(host=host, port=port, idle_timeout=idle_timeout, limits=limits)
         self.respond = respond
         self.base_path = base_path if base_path.endswith("/") else base_path + "/"
         self.clock = clock or (lambda: datetime.now(UTC))
