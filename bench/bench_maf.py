@@ -26,13 +26,15 @@ EXPLAIN QUERY PLAN: every look-up must be a primary-key search, not a scan.
 
 ``--decompose`` runs, instead, one server per variant of :data:`DECOMPOSE` (the fixed body; then
 request parsing and response encoding; the durable audit record alone; the store read alone; the
-MAF; the MAF without fsync) and prints their rates and server CPU per request side by side: where
+MAF; the MAF with an fsync per audit commit; the MAF without any fsync) and prints their rates and server CPU per request side by side: where
 the MAF's extra cost goes, measured rather than profiled.  ``maf-nofsync`` is an experiment
 (SQLite ``synchronous = OFF`` in that process only), not a configuration the MAF offers.
 
-Every Key Retrieval is one write transaction (its audit record, DESIGN.md section 3) and the
-SQLite store commits with ``synchronous = FULL``: the fsync per retrieval is part of what is
-measured.  ``--db-dir`` chooses where the database lives (default: a temporary directory
+Every Key Retrieval is one write transaction (its audit record), committed before the answer
+leaves (group commit).  With the MAF's default ``audit_sync_interval_s`` (1 s,
+``--audit-sync-interval``) that commit does not wait for the disk and one fsync a second puts
+the records on it; ``--audit-sync-interval 0`` measures an fsync per audit commit instead
+(``--decompose`` shows both: ``maf`` and ``maf-fsync``).  ``--db-dir`` chooses where the database lives (default: a temporary directory
 from ``tempfile``; say where it is: fsync cost depends on the disk, tmpfs makes it free).
 ``--audit-seal-interval S`` runs the audit sealer of ``m2msec maf serve``
 (:class:`m2msec.store.autoseal.AuditSealer`, every S seconds) in the (first) MAF server process,
@@ -68,7 +70,7 @@ from m2msec.maf.protocol import (
     decode_body,
     encode_body,
 )
-from m2msec.maf.service import NS, MAFPeer
+from m2msec.maf.service import AUDIT_SYNC_INTERVAL_DEFAULT, NS, MAFPeer
 from m2msec.onem2m.enums import SUID
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.onem2m.timestamps import format_timestamp
@@ -88,8 +90,15 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _service(store: Store) -> MAFService:
-    return MAFService(store, MAF, admins=[AdminConfig(ADMIN)], clock=utc_now)
+#: the MAF's audit_sync_interval_s in the server processes (``--audit-sync-interval``, passed on
+#: to the children in the environment)
+SYNC_ENV = "M2MSEC_BENCH_AUDIT_SYNC_INTERVAL"
+
+
+def _service(store: Store, sync_interval: float | None = None) -> MAFService:
+    if sync_interval is None:
+        sync_interval = float(os.environ.get(SYNC_ENV, AUDIT_SYNC_INTERVAL_DEFAULT))
+    return MAFService(store, MAF, admins=[AdminConfig(ADMIN)], clock=utc_now, audit_sync_interval=sync_interval)
 
 
 # ------------------------------------------------------------------ store population
@@ -178,9 +187,10 @@ class PlainServer(MAFServer):
 DECOMPOSE = {
     "plain": "fixed body (the baseline)",
     "codec": "+ parse the request, build and encode a real response (no store)",
-    "audit": "+ durable audit record (group commit, fsync), no store read",
+    "audit": "+ audit record (group commit as configured), no store read",
     "read": "+ store read (key registration, key value, client registration), no audit",
-    "maf": "the MAF: codec + read + durable audit",
+    "maf": "the MAF: codec + read + audit (audit_sync_interval as configured)",
+    "maf-fsync": "the MAF with audit_sync_interval 0 (an fsync per audit commit, before the answer)",
     "maf-nofsync": "the MAF with SQLite synchronous=OFF (experiment only: no durability)",
 }
 
@@ -192,7 +202,7 @@ class DecomposeServer(MAFServer):
     kind = "codec"
 
     async def _dispatch(self, peer: Any, req: Any, body: bytes, exporter: Any) -> Any:
-        if self.kind in ("maf", "maf-nofsync"):
+        if self.kind in ("maf", "maf-fsync", "maf-nofsync"):
             return await super()._dispatch(peer, req, body, exporter)
         svc = self.service
         request = decode_body(KeyRetrievalRequest, body)
@@ -229,7 +239,7 @@ def serve_child(db: str, kek_file: str, kind: str, port: int = 0, reuse_port: bo
     if kind == "maf-nofsync":
         _no_fsync()
     store = open_store(f"sqlite:///{db}", KeyEncryptionKey.from_file(kek_file), clock=utc_now)
-    svc = _service(store)
+    svc = _service(store, 0.0 if kind == "maf-fsync" else None)
     cls: type[MAFServer]
     if kind in DECOMPOSE and kind not in ("plain", "maf"):
         cls = type(f"Decompose_{kind}", (DecomposeServer,), {"kind": kind})
@@ -370,15 +380,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="server processes on one port (SO_REUSEPORT), for the MAF and the plain endpoint alike")
     ap.add_argument("--audit-seal-interval", type=float, default=0.0,
                     help="run the audit sealer in the MAF server every this many seconds (0: no sealer)")
+    ap.add_argument("--audit-sync-interval", type=float, default=AUDIT_SYNC_INTERVAL_DEFAULT,
+                    help="the MAF's audit_sync_interval_s (default %(default)g; 0: fsync each audit commit "
+                         "before answering)")
     ap.add_argument("--populate-budget", type=float, default=600.0,
                     help="stop growing the store when population has taken this many seconds")
     ap.add_argument("--decompose", action="store_true",
                     help="instead of (a)-(c): where the MAF's extra cost goes, one server variant per part "
-                         "(plain, codec, audit, read, maf, maf-nofsync) at the first --clients count, "
+                         "(plain, codec, audit, read, maf, maf-fsync, maf-nofsync) at the first --clients count, "
                          "store of the first --keys size")
     args = ap.parse_args(argv)
     if args.workers < 1:
         ap.error("--workers must be at least 1")
+    os.environ[SYNC_ENV] = repr(args.audit_sync_interval)
     sizes = sorted(int(x) for x in args.keys.split(","))
     client_counts = [int(x) for x in args.clients.split(",")]
     if args.decompose:
@@ -388,7 +402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     kek = KeyEncryptionKey.generate()
     kek.write_file(work / "kek.hex")
     db = work / "maf.db"
-    print(f"database: {db} (SQLite, WAL, synchronous=FULL); {os.cpu_count()} CPUs; "
+    print(f"database: {db} (SQLite, WAL, synchronous=FULL; audit_sync_interval {args.audit_sync_interval:g} s); "
+          f"{os.cpu_count()} CPUs; "
           f"server in {_procs(args.workers)}, load generator in this one")
     try:
         store = create_db(db, kek)

@@ -104,8 +104,12 @@ def test_retrieval_reads_without_write_lock_and_audits_each_disclosure(env) -> N
     # lock); only the audit batch took the write lock, after the reads
     assert spy.sql.count("BEGIN IMMEDIATE") == 1 and "BEGIN" not in spy.sql
     first_write = spy.sql.index("BEGIN IMMEDIATE")
-    assert all(s.lstrip().startswith("SELECT") for s in spy.sql[:first_write])
+    # deferred sync (audit_sync_interval, default 1 s): that one commit does not fsync, and the
+    # connection is back to synchronous = FULL before anything else may use it
+    assert spy.sql[first_write - 1] == "PRAGMA synchronous = NORMAL"
+    assert all(s.lstrip().startswith("SELECT") for s in spy.sql[:first_write - 1])
     assert spy.sql[first_write + 1].startswith("INSERT INTO m2msec_audit") and spy.sql[first_write + 2] == "COMMIT"
+    assert spy.sql[first_write + 3:] == ["PRAGMA synchronous = FULL"]
     assert spy.selects() == 2  # Key Registration joined with its key value; the Target's registration
     assert retrievals(store) == [(AE2, "ok")]
 

@@ -65,7 +65,7 @@ def _open(config: Path) -> tuple[MAFServerConfig, Store, MAFService]:
     store = open_config_store(cfg, clock=utc_now)
     svc = MAFService(store, cfg.fqdn, admins=cfg.admins, clock=utc_now,
                      client_trust_anchors=cfg.client_trust_anchors, max_keys_per_client=cfg.max_keys_per_client,
-                     max_keys_total=cfg.max_keys_total)
+                     max_keys_total=cfg.max_keys_total, audit_sync_interval=cfg.audit_sync_interval)
     return cfg, store, svc
 
 

@@ -58,6 +58,7 @@ from m2msec.maf.mef import FetcherMEFClient, MEFClient
 from m2msec.net.connlimits import ConnectionGate, ConnectionLimits
 from m2msec.maf.protocol import ErrorBody, MAFError, Procedure, decode_body, encode_body
 from m2msec.maf.service import (
+    AUDIT_SYNC_INTERVAL_DEFAULT,
     MAX_KEYS_PER_CLIENT_DEFAULT,
     MAX_KEYS_PER_CLIENT_LIMIT,
     MAX_KEYS_TOTAL_DEFAULT,
@@ -124,6 +125,7 @@ class MAFServerConfig:
     ocsp_staple_https_ca: str | None = None  # PEM CA file for an https responder (None: httpx's default store)
     client_ocsp: PeerOCSPSettings | None = None  # OCSP queries about client certificates (None: off)
     audit_seal_interval: float = DEFAULT_SEAL_INTERVAL_S  # seconds between seals by ``serve`` (0: off)
+    audit_sync_interval: float = AUDIT_SYNC_INTERVAL_DEFAULT  # retrieval audit: disk sync deferred (0: none)
     connection_limits: ConnectionLimits = field(default_factory=ConnectionLimits.default)  # per listener/process
 
     def client_ocsp_checker(self, *, clock: Clock) -> PeerOCSPChecker | None:
@@ -171,7 +173,7 @@ class MAFServerConfig:
 MAF_TOML_KEYS: dict[str, frozenset[str]] = {
     "": frozenset({"fqdn", "store", "kek_file", "host", "port", "max_registration_lifetime_s", "max_key_lifetime_s",
                    "key_cache_ttl_s", "max_keys_per_client", "max_keys_total", "audit_seal_interval_s",
-                   "max_connections", "max_connections_per_ip", "mef", "tls", "admin"}),
+                   "audit_sync_interval_s", "max_connections", "max_connections_per_ip", "mef", "tls", "admin"}),
     "mef": frozenset({"fqdn", "host", "port", "psk_identity", "psk_hex"}),
     "tls": frozenset({"cert", "key", "client_trust_anchors", "client_crls", "client_crl_urls", "client_crl_issuers",
                       "client_crl_from_cdp", "client_crl_refresh_s", "client_crl_https_ca", "revocation",
@@ -204,6 +206,9 @@ def load_config(path: str | Path) -> MAFServerConfig:
                                            # (1-10000000); one more: 4103 as well
         audit_seal_interval_s = 300        # serve seals the audit trail at start, this often and
                                            # at stop (m2msec.store.autoseal); 0 = off, else 0.5-86400
+        audit_sync_interval_s = 1          # Key Retrieval / refusal audit records are committed
+                                           # before the answer, synced to disk at most this much
+                                           # later (0 = sync each commit first; 0-60)
         max_connections = 1024             # open connections per process (default 1024, or the
                                            # open-file limit minus 64 when smaller); more: aborted
         max_connections_per_ip = 128       # of them from one IPv4 address / IPv6 /64
@@ -342,6 +347,9 @@ def load_config(path: str | Path) -> MAFServerConfig:
                 or not 1 <= max_total <= MAX_KEYS_TOTAL_LIMIT):
             raise ValueError(f"max_keys_total must be an integer from 1 to {MAX_KEYS_TOTAL_LIMIT}")
         seal_interval = parse_seal_interval(data.get("audit_seal_interval_s", DEFAULT_SEAL_INTERVAL_S))
+        sync_interval = data.get("audit_sync_interval_s", AUDIT_SYNC_INTERVAL_DEFAULT)
+        if isinstance(sync_interval, bool) or not isinstance(sync_interval, int | float) or not 0 <= sync_interval <= 60:
+            raise ValueError("audit_sync_interval_s must be a number from 0 (sync every audit commit) to 60")
         limits = ConnectionLimits.from_toml(data, total_key="max_connections", source_key_name="max_connections_per_ip")
         return MAFServerConfig(
             fqdn=str(data["fqdn"]), store_url=str(data["store"]), host=str(data.get("host", "127.0.0.1")),
@@ -354,7 +362,7 @@ def load_config(path: str | Path) -> MAFServerConfig:
             client_crl_refresh=crl_refresh, client_crl_https_ca=crl_https_ca,
             ocsp_staple_url=staple_url, ocsp_staple_https_ca=staple_https_ca, client_ocsp=client_ocsp,
             kek_file=str(rel(kek_file)) if kek_file else None, mef=dict(data["mef"]) if "mef" in data else None,
-            audit_seal_interval=seal_interval, connection_limits=limits,
+            audit_seal_interval=seal_interval, audit_sync_interval=float(sync_interval), connection_limits=limits,
         )
     except (KeyError, TypeError, ValueError, OSError, CRLError) as exc:
         raise ParseError(f"invalid MAF configuration {p}: {type(exc).__name__}: {exc}") from None
@@ -444,10 +452,13 @@ class MAFServer:
         return self
 
     async def close(self) -> None:
+        """Stop listening, wait for the open connections to end, then put the audit records
+        committed so far on disk (``audit_sync_interval``)."""
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+            await asyncio.to_thread(self.service.audit.sync)
 
     async def serve_forever(self) -> None:
         if self._server is None:
@@ -558,7 +569,8 @@ def build_server(cfg: MAFServerConfig, store: Store, *, clock: Clock, mef: MEFCl
                          revocation=cfg.revocation, max_registration_lifetime=cfg.max_registration_lifetime,
                          max_key_lifetime=cfg.max_key_lifetime, key_cache_ttl=cfg.key_cache_ttl,
                          max_keys_per_client=cfg.max_keys_per_client, max_keys_total=cfg.max_keys_total,
-                         client_ocsp=cfg.client_ocsp_checker(clock=clock))
+                         client_ocsp=cfg.client_ocsp_checker(clock=clock),
+                         audit_sync_interval=cfg.audit_sync_interval)
     return MAFServer(service, host=cfg.host, port=cfg.port, credentials=cfg.credentials, reuse_port=reuse_port,
                      ocsp_staple=stapler.staple if stapler is not None else None, limits=cfg.connection_limits)
 

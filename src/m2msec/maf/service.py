@@ -43,9 +43,14 @@ Key Retrieval (8.8.2.8) is the hot path and is split in two:
    second statement or taken from the retrieval cache when it was read within the TTL; or
    the whole result from the in-memory retrieval cache (below);
 2. *audit* — the disclosure record is appended through the service's
-   :class:`~m2msec.store.AuditBatcher` (group commit: one transaction and one disk sync for
-   all retrievals that are waiting), and the response is released only after the commit that
-   holds the record returned.  A failed audit commit fails the retrieval (RSC 5000, no key).
+   :class:`~m2msec.store.AuditBatcher` (group commit: one transaction for all retrievals that
+   are waiting), and the response is released only after the commit that holds the record
+   returned.  A failed audit commit fails the retrieval (RSC 5000, no key).  The commit does
+   not wait for the disk (``audit_sync_interval``, default 1 s; ``maf.toml``
+   ``audit_sync_interval_s``): the record is in the database before the key leaves, so any
+   crash or restart of the MAF keeps it, and it is synced to disk at most that long after;
+   only an operating-system crash or power failure in that window can lose it.  ``0`` syncs
+   every batch before its callers are released.
 
 A Key De-registration/Update or a Client De-registration that commits between the read and
 the audit commit does not stop the answer: the retrieval is ordered before it (it read a live
@@ -219,7 +224,7 @@ from m2msec.store import (
 from m2msec.tls.engine import TLSEngine
 from m2msec.tls.pkiverify import PKIVerifyHook
 
-__all__ = ["CACHE_CHANNEL", "MAX_KEYS_PER_CLIENT_DEFAULT", "MAX_KEYS_PER_CLIENT_LIMIT", "MAX_KEYS_TOTAL_DEFAULT",
+__all__ = ["AUDIT_SYNC_INTERVAL_DEFAULT", "CACHE_CHANNEL", "MAX_KEYS_PER_CLIENT_DEFAULT", "MAX_KEYS_PER_CLIENT_LIMIT", "MAX_KEYS_TOTAL_DEFAULT",
            "MAX_KEYS_TOTAL_LIMIT", "NS", "TOTAL_FULL_HOLD_DEFAULT", "TOTAL_FULL_HOLD_LIMIT", "TOTAL_SHARDS", "AdminConfig", "KeyQuotaExceeded", "KeyTotalExceeded",
            "MAFPeer", "MAFService"]
 
@@ -263,6 +268,9 @@ TOTAL_SHARDS = 256
 #: ``total_full_hold``: how long after a Key Registration found every shard full the next ones
 #: are refused without reading them again (see *Refusals at the limit*), and its upper bound
 TOTAL_FULL_HOLD_DEFAULT = timedelta(seconds=1)
+#: seconds a committed retrieval/refusal audit record may wait for its disk sync (maf.toml
+#: ``audit_sync_interval_s``; 0 = sync every audit commit before answering)
+AUDIT_SYNC_INTERVAL_DEFAULT = 1.0
 TOTAL_FULL_HOLD_LIMIT = timedelta(seconds=60)
 
 
@@ -566,6 +574,7 @@ class MAFService:
         client_ocsp: PeerOCSPChecker | None = None,
         max_keys_total: int = MAX_KEYS_TOTAL_DEFAULT,
         total_full_hold: timedelta = TOTAL_FULL_HOLD_DEFAULT,
+        audit_sync_interval: float = AUDIT_SYNC_INTERVAL_DEFAULT,
     ) -> None:
         if (isinstance(max_keys_per_client, bool) or not isinstance(max_keys_per_client, int)
                 or not 1 <= max_keys_per_client <= MAX_KEYS_PER_CLIENT_LIMIT):
@@ -593,7 +602,9 @@ class MAFService:
         self._quota_tracked = False
         self._total_tracked = False
         self.store = store
-        self.audit = AuditBatcher(store)
+        #: retrieval and refusal audit records: group commit, disk sync deferred by at most this
+        #: many seconds (0: every batch synced before its callers are released); see step 2 above
+        self.audit = AuditBatcher(store, sync_interval=audit_sync_interval)
         self.key_cache_ttl = key_cache_ttl
         ttl = max(0.0, key_cache_ttl.total_seconds())
         #: how other instances' changes reach the cache: "listen" (PostgreSQL notifications),
@@ -660,12 +671,14 @@ class MAFService:
         return self._cache.valid
 
     def close(self) -> None:
-        """Stop the cache listener (the store stays open; closing the store stops it too)."""
+        """Stop the cache listener and put the audit records committed so far on disk (the
+        store stays open; closing the store stops the listener too)."""
         with self._lock:
             self._closed = True
             listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()
+        self.audit.sync()
         self._cache.set_valid(self.cache_invalidation == "seq")
 
     def _on_cache_notification(self, _payload: str) -> None:

@@ -114,6 +114,18 @@ class Backend(ABC):
     def begin(self, conn: Any, write: bool) -> None:
         """Start a transaction (a write transaction takes the write lock at once)."""
 
+    def begin_deferred_sync(self, conn: Any) -> None:
+        """Start a write transaction whose commit does not wait for the disk (see
+        :meth:`Store.transaction` ``durable=False``); :meth:`end_deferred_sync` after it ends."""
+        self.begin(conn, True)
+
+    def end_deferred_sync(self, conn: Any) -> None:
+        """Restore the connection's full durability after a :meth:`begin_deferred_sync` transaction."""
+
+    def sync_committed(self, conn: Any) -> None:
+        """Make every transaction committed so far on this database durable (on disk); ``conn``
+        is an idle connection the backend may use."""
+
     def commit(self, conn: Any) -> None:
         conn.commit()
 
@@ -306,6 +318,33 @@ class SQLiteBackend(Backend):
         # IMMEDIATE takes the write lock up front: no lock-upgrade deadlocks between processes.
         self.execute(conn, "BEGIN IMMEDIATE" if write else "BEGIN")
 
+    def begin_deferred_sync(self, conn: Any) -> None:
+        # WAL + synchronous=NORMAL: the commit appends its frames to the WAL file (written to the
+        # OS before COMMIT returns, so a crash of this process loses nothing) without an fsync
+        self.execute(conn, "PRAGMA synchronous = NORMAL")
+        self.begin(conn, True)
+
+    def end_deferred_sync(self, conn: Any) -> None:
+        self.execute(conn, "PRAGMA synchronous = FULL")
+
+    def sync_committed(self, conn: Any) -> None:
+        """fsync the WAL file: every frame committed so far is on disk.  A frame no longer in
+        the WAL was copied into the database file by a checkpoint, which syncs the database
+        file before the WAL may be reused; no WAL file means no connection has one open
+        (the last one to close checkpointed it away)."""
+        try:
+            fd = os.open(self.path + "-wal", os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StoreError(f"sqlite: cannot open the WAL of {self.path}: {exc.strerror}") from None
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise StoreError(f"sqlite: cannot sync the WAL of {self.path}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+
     def commit(self, conn: Any) -> None:
         self.execute(conn, "COMMIT")
 
@@ -420,6 +459,18 @@ class PostgresBackend(Backend):
     def begin(self, conn: Any, write: bool) -> None:
         # psycopg (autocommit off) opens the transaction implicitly on the first statement.
         return None
+
+    def begin_deferred_sync(self, conn: Any) -> None:
+        # the commit returns once its WAL record is in the server's WAL buffers; the server's WAL
+        # writer flushes them within 3 x wal_writer_delay (600 ms by default)
+        self.execute(conn, "SET LOCAL synchronous_commit = off")
+
+    def sync_committed(self, conn: Any) -> None:
+        # a transaction that has a transaction ID commits synchronously (synchronous_commit is
+        # on outside begin_deferred_sync): its commit waits for the WAL flush up to its own
+        # record, which covers every commit before it
+        self.execute(conn, "SELECT pg_catalog.txid_current()")
+        self.commit(conn)
 
     def commit(self, conn: Any) -> None:
         try:

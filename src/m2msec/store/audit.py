@@ -23,6 +23,20 @@ keeps the same guarantee at a fraction of the cost:
   :class:`~m2msec.store.AuditEntry` (``seq`` as assigned); if that commit fails, every caller
   of the batch gets :class:`AuditCommitError` and none of them may act as if audited.
 
+Deferred sync (``sync_interval`` > 0; the MAF's ``audit_sync_interval_s``, default 1 s): a batch
+commits with ``Store.transaction(durable=False)``.  The caller is still released only after
+that commit returned, so the record is in the database before the key leaves: a crash, kill or
+restart of the service loses nothing, and every other reader (another instance, ``m2msec store
+audit``) sees it.  What is deferred is only the disk sync: a syncer thread calls
+:meth:`Store.sync_committed` at most ``sync_interval`` seconds after the first commit not yet
+synced (one fsync per interval instead of one per batch), so a crash of the operating system
+or a power failure can lose the records of at most the last ``sync_interval`` seconds (the
+trade-off of HashiCorp Vault's audit devices, which write each entry before answering, and of
+auditd's default ``flush = incremental_async``).  A failed sync is logged at ERROR and every
+later batch commits durably again until a sync succeeds; :meth:`close` syncs once more.
+``sync_interval = 0`` (the default of this class) makes every batch commit durable (one disk
+sync per batch, before any caller of the batch is released).
+
 Order: records of one batcher are written in the order their ``append`` calls enqueued them,
 per thread and per event loop (``seq`` grows in that order); ``ts`` is the store clock at the
 ``append`` call.  Records of different threads, loops, batchers and instances interleave in
@@ -40,6 +54,7 @@ handed over when it is called fail with :class:`~m2msec.store.StoreError`).
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections import deque
@@ -51,6 +66,8 @@ from m2msec.store.errors import StoreError
 from m2msec.store.store import AuditDraft, AuditEntry, Store, audit_draft
 
 __all__ = ["AuditBatcher", "AuditCommitError"]
+
+log = logging.getLogger(__name__)
 
 
 class AuditCommitError(StoreError):
@@ -114,9 +131,20 @@ class AuditBatcher:
     """Group commit of audit records into ``store`` (thread-safe; any number of event loops)."""
 
     def __init__(self, store: Store, *, max_batch: int = 512, idle_exit: float = 2.0,
-                 inline_async: bool | None = None) -> None:
+                 inline_async: bool | None = None, sync_interval: float = 0.0) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
+        if not 0 <= sync_interval <= 60:
+            raise ValueError("sync_interval must be 0 (sync every commit) to 60 seconds")
+        #: deferred sync: seconds a committed record may wait for its disk sync (0: none)
+        self.sync_interval = float(sync_interval)
+        self._sync_cv = threading.Condition()
+        self._unsynced_since: float | None = None  # monotonic time of the first commit not yet synced
+        self._sync_thread: threading.Thread | None = None
+        self._sync_broken = False  # the last sync failed: commit durably until one succeeds
+        #: completed deferred syncs and failed ones (observability, tests)
+        self.syncs = 0
+        self.sync_failures = 0
         self.store = store
         #: commit the records of coroutines on their event loop's thread (no writer thread, no
         #: hand-offs); default: for a local SQLite file, whose commit costs tens of microseconds
@@ -216,13 +244,77 @@ class AuditBatcher:
         waiter.event.wait(timeout)
 
     def close(self, timeout: float | None = 10.0) -> None:
-        """Commit what is queued, stop the writer; later appends raise :class:`StoreError`."""
+        """Commit what is queued, stop the writer, sync what is committed but not yet synced;
+        later appends raise :class:`StoreError`."""
         with self._cv:
             self._closed = True
             thread = self._thread
             self._cv.notify_all()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+        with self._sync_cv:
+            syncer = self._sync_thread
+            self._sync_cv.notify_all()
+        if syncer is not None and syncer is not threading.current_thread():
+            syncer.join(timeout)
+        self.sync()
+
+    def sync(self) -> bool:
+        """Put the records committed so far on disk now (deferred sync); False if that failed
+        (logged).  Nothing to do when every commit was durable."""
+        with self._sync_cv:
+            if self._unsynced_since is None:
+                return True
+            self._unsynced_since = None
+        if self.store.closed:
+            return True  # Store.close synced what was committed
+        try:
+            self.store.sync_committed()
+        except Exception as exc:  # noqa: BLE001 - reported, retried, and commits turn durable
+            if self.store.closed:
+                return True  # closed meanwhile: Store.close synced what was committed
+            with self._sync_cv:
+                self.sync_failures += 1
+                self._sync_broken = True
+                if self._unsynced_since is None:
+                    self._unsynced_since = time.monotonic()
+            log.error("audit records committed but not yet on disk: sync failed (%s: %s); "
+                      "later audit commits sync each", type(exc).__name__, exc)
+            return False
+        with self._sync_cv:
+            self.syncs += 1
+            self._sync_broken = False
+        return True
+
+    def _committed_unsynced(self) -> None:
+        with self._sync_cv:
+            if self._unsynced_since is None:
+                self._unsynced_since = time.monotonic()
+            if self._sync_thread is None:
+                self._sync_thread = threading.Thread(target=self._syncer, name="m2msec-audit-sync", daemon=True)
+                self._sync_thread.start()
+            self._sync_cv.notify()
+
+    def _syncer(self) -> None:
+        while True:
+            with self._sync_cv:
+                idle_since = time.monotonic()
+                while True:
+                    if self._closed:
+                        self._sync_thread = None
+                        return  # close() syncs what is left
+                    now = time.monotonic()
+                    if self._unsynced_since is not None:
+                        left = self._unsynced_since + self.sync_interval - now
+                        if left <= 0:
+                            break
+                    else:
+                        left = self.idle_exit - (now - idle_since)
+                        if left <= 0:
+                            self._sync_thread = None
+                            return
+                    self._sync_cv.wait(left)
+            self.sync()
 
     # ------------------------------------------------------------------ internals
 
@@ -261,15 +353,18 @@ class AuditBatcher:
         rows = [it for it in batch if it.draft is not None]
         entries: list[AuditEntry] = []
         error: BaseException | None = None
+        deferred = self.sync_interval > 0 and not self._sync_broken
         if rows:
             try:
-                with self.store.transaction() as tx:
+                with self.store.transaction(durable=not deferred) as tx:
                     entries = tx._append_drafts([(it.draft, it.ts) for it in rows])  # noqa: SLF001
             except BaseException as exc:  # noqa: BLE001 - every waiter must hear about it
                 error = exc
         if error is None and rows:
             self.batches += 1
             self.records += len(rows)
+            if deferred:
+                self._committed_unsynced()
         results = iter(entries)
         by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
         for it in batch:

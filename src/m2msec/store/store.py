@@ -741,6 +741,8 @@ class Store(_Operations):
         self._local = threading.local()
         self._listeners: list[Listener] = []
         self._listeners_lock = threading.Lock()
+        #: a durable=False transaction committed since the last sync_committed (close syncs it)
+        self._unsynced = False
 
     # -- plumbing ----------------------------------------------------------------------
     @property
@@ -757,7 +759,7 @@ class Store(_Operations):
         return self._kek
 
     @contextmanager
-    def _conn(self, write: bool) -> Iterator[Any]:
+    def _conn(self, write: bool, durable: bool = True) -> Iterator[Any]:
         if getattr(self._local, "tx", None) is not None:
             raise StoreError(
                 "this thread has an open transaction on this store: call the operation on the transaction object"
@@ -766,7 +768,10 @@ class Store(_Operations):
         conn = self._pool.acquire()
         healthy = False
         try:
-            b.begin(conn, write)
+            if durable:
+                b.begin(conn, write)
+            else:  # a failure here drops the connection (healthy stays False), whatever it was set to
+                b.begin_deferred_sync(conn)
             try:
                 yield conn
             except BaseException:
@@ -779,6 +784,12 @@ class Store(_Operations):
             b.commit(conn)
             healthy = True
         finally:
+            if not durable and healthy:
+                self._unsynced = True
+                try:
+                    b.end_deferred_sync(conn)
+                except StoreError:
+                    healthy = False  # never hand out a connection that commits without syncing
             self._pool.release(conn, healthy)
 
     @contextmanager
@@ -805,9 +816,18 @@ class Store(_Operations):
             self._pool.release(conn, healthy)
 
     @contextmanager
-    def transaction(self) -> Iterator[Transaction]:
-        """Group operations atomically: commit at the end of the block, roll back on exception."""
-        with self._conn(write=True) as conn:
+    def transaction(self, *, durable: bool = True) -> Iterator[Transaction]:
+        """Group operations atomically: commit at the end of the block, roll back on exception.
+
+        ``durable=False`` (deferred sync): the commit returns once the transaction is committed
+        to the database (SQLite: its WAL frames written to the OS, so it survives a crash of this
+        process; PostgreSQL: ``synchronous_commit = off``, in the server's WAL buffers) without
+        waiting for the disk; it is on disk after the next :meth:`sync_committed` (or the
+        server's WAL writer, or any later durable commit).  Only a crash of the operating
+        system or a power failure before then can lose it.  For records whose loss in that
+        window is acceptable (the MAF's retrieval audit records, see
+        :class:`~m2msec.store.AuditBatcher` ``sync_interval``), never for state."""
+        with self._conn(write=True, durable=durable) as conn:
             tx = Transaction(self, conn)
             self._local.tx = tx
             try:
@@ -815,6 +835,23 @@ class Store(_Operations):
             finally:
                 tx._open = False
                 self._local.tx = None
+
+    def sync_committed(self) -> None:
+        """Put every transaction committed so far (``durable=False`` ones included) on disk:
+        SQLite fsyncs the WAL file; PostgreSQL commits a transaction that waits for the WAL flush."""
+        if getattr(self._local, "tx", None) is not None:
+            raise StoreError("this thread has an open transaction on this store")
+        self._unsynced = False
+        b = self._backend
+        conn = self._pool.acquire()
+        healthy = False
+        try:
+            b.sync_committed(conn)
+            healthy = True
+        finally:
+            if not healthy:
+                self._unsynced = True
+            self._pool.release(conn, healthy)
 
     @contextmanager
     def snapshot(self) -> Iterator[Transaction]:
@@ -992,11 +1029,21 @@ class Store(_Operations):
         finally:
             self._pool.release(conn, healthy)
 
+    @property
+    def closed(self) -> bool:
+        return self._pool.closed
+
     def close(self) -> None:
+        """Stop the listeners, sync any ``durable=False`` commit not yet on disk, close the connections."""
         with self._listeners_lock:
             listeners, self._listeners = self._listeners, []
         for li in listeners:
             li.close()
+        if self._unsynced and not self._pool.closed:
+            try:
+                self.sync_committed()
+            except StoreError as exc:
+                log.error("store closed with commits not yet on disk: %s", exc)
         self._pool.close()
 
     def __enter__(self) -> Store:
