@@ -287,7 +287,11 @@ class AuditBatcher:
         return True
 
     def _committed_unsynced(self) -> None:
+        if self._unsynced_since is not None and self._sync_thread is not None:
+            return  # a sync is already due (read without the lock: a race only costs one extra sync)
         with self._sync_cv:
+            if self._unsynced_since is not None and self._sync_thread is not None:
+                return  # the syncer already waits for that deadline: no wake-up per commit
             if self._unsynced_since is None:
                 self._unsynced_since = time.monotonic()
             if self._sync_thread is None:
