@@ -4,10 +4,12 @@ audit records for failed MAF Handshakes, with a real MAF server and real clients
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from _conn_reset import wait_until, was_reset
 from _mafhelp import AE1, FakeClock, connected, make_service, make_store, run, running
 
@@ -72,7 +74,9 @@ def test_connections_over_the_per_ip_limit_are_reset_unaudited_and_clients_still
     run(main)
 
 
-def test_failed_handshakes_are_audited_at_a_bounded_rate_and_the_gap_is_reported(tmp_path: Path) -> None:
+def test_failed_handshakes_are_audited_at_a_bounded_rate_and_the_gap_is_reported(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="m2msec.maf.server")
     clock = FakeClock()
     svc = make_service(make_store(tmp_path / "maf.db", clock), clock)
     now = [0.0]
@@ -92,5 +96,9 @@ def test_failed_handshakes_are_audited_at_a_bounded_rate_and_the_gap_is_reported
             last = _handshake_rows(svc)[-1]
             assert last.details["not_audited_before"] == 15
             assert last.subject == "127.0.0.1" and last.outcome == "refused"
+            # the INFO lines follow the same bucket: 10 lines for the flood, the next one counts the gap
+            lines = [r.getMessage() for r in caplog.records if "MAF Handshake with" in r.getMessage()]
+            assert len(lines) == int(HANDSHAKE_AUDIT_RATE) + 1
+            assert lines[-1].endswith("(15 earlier failures not logged or audited)")
 
     run(main)

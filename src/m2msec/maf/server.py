@@ -473,10 +473,14 @@ class MAFServer:
         await self.close()
 
     def _handshake_failed(self, exc: Exception, peer: Any) -> None:
-        log.info("MAF Handshake with %s failed: %s", peer, exc)
         left_out = self._handshake_audit.take()
         if left_out is None:
-            return  # over the rate: counted, reported with the next record written
+            return  # over the rate: counted, reported with the next record and log line written
+        if left_out:
+            log.info("MAF Handshake with %s failed: %s (%d earlier failures not logged or audited)",
+                     peer, exc, left_out)
+        else:
+            log.info("MAF Handshake with %s failed: %s", peer, exc)
         details: dict[str, Any] = {"reason": str(exc)}
         if left_out:
             details["not_audited_before"] = left_out

@@ -18,6 +18,11 @@ ESCertKE (TS-0004 7.5.1.2.12, TS-0003 8.7).
   and can be ``functools.partial(m2msec.tls.aio.start_server, config=...)`` for
   TLS 1.2 (PSK or certificates); the handler can reach the connection (e.g. the
   TLS engine for the peer identity) through :data:`current_connection`.
+* Open connections are bounded (profile T13, :mod:`m2msec.net.connlimits`): with the
+  default plain-TCP transport ``limits`` (default 1024, or ``ulimit -n`` minus 64, and
+  128 per IPv4 address / IPv6 /64) resets a connection over a limit before a byte is
+  read; the TLS transport of :mod:`m2msec.tls.aio` applies its own ``limits`` (pass them
+  in the ``partial``) before the handshake.
 
 :class:`NotifyDispatcher` routes Notify requests by content: ``m2m:seci`` by
 securityInfoType (3 -> receiverESPrimRandObject request, 5 -> ESPrim Object,
@@ -38,6 +43,8 @@ from types import TracebackType
 from typing import Any
 
 import h11
+
+from m2msec.net.connlimits import ConnectionGate, ConnectionLimits
 
 from m2msec.errors import M2MSecError, ParseError
 from m2msec.net.h11io import BodyTooLarge, next_cycle, read_request, write_response
@@ -203,7 +210,8 @@ class AEEndpoint:
 
     ``start_server(client_connected, host, port)`` returns an ``asyncio.Server``;
     the default is ``asyncio.start_server`` (plain TCP).  ``scheme`` only affects
-    :attr:`url`.
+    :attr:`url`.  ``limits`` bounds the open connections of the default transport
+    (:attr:`connections` has the counters); a custom ``start_server`` brings its own.
     """
 
     def __init__(
@@ -217,12 +225,18 @@ class AEEndpoint:
         serialization: Serialization = "json",
         max_body: int = DEFAULT_MAX_BODY,
         idle_timeout: float = 60.0,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self.handler = handler
         self.host = host
         self.port = port
         self.scheme = scheme
         self._start_server = start_server if start_server is not None else asyncio.start_server
+        if start_server is not None and limits is not None:
+            raise ValueError("limits apply to the default transport; pass them to the custom start_server")
+        #: open connections of the default plain-TCP transport (None with a custom start_server)
+        self.connections: ConnectionGate | None = (
+            ConnectionGate(limits, name=f"AE endpoint {host}:{port}") if start_server is None else None)
         self._serialization: Serialization = serialization
         self._max_body = max_body
         self._idle_timeout = idle_timeout
@@ -238,6 +252,12 @@ class AEEndpoint:
         return f"{self.scheme}://{self.host}:{self.port}"
 
     async def _client(self, reader: asyncio.StreamReader, writer: Any) -> None:
+        admitted: str | None = None
+        if self.connections is not None:
+            admitted = self.connections.admit(writer.get_extra_info("peername"))
+            if admitted is None:  # over a limit: reset, nothing read
+                writer.transport.abort()
+                return
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
@@ -256,6 +276,8 @@ class AEEndpoint:
             if not self._closing:
                 raise
         finally:
+            if admitted is not None:
+                self.connections.release(admitted)  # type: ignore[union-attr]
             if task is not None:
                 self._tasks.discard(task)
 
