@@ -44,6 +44,14 @@ class KeepAliveSession:
         got = {k.lower(): v for k, v in rsp.headers}
         return rsp.status_code, int(got.get(b"x-m2m-rsc", b"0")), got, out
 
+    async def get(self, path: str, host: str,
+                  headers: Sequence[tuple[str, str]] = ()) -> tuple[int, int, dict[bytes, bytes], bytes]:
+        """GET ``path``: as :meth:`post_json`."""
+        rsp, out = await send_request(self.conn, self.reader, self.writer, "GET", path,
+                                      [("Host", host), *headers], b"", timeout=10)
+        got = {k.lower(): v for k, v in rsp.headers}
+        return rsp.status_code, int(got.get(b"x-m2m-rsc", b"0")), got, out
+
     async def closed_by_server(self) -> bool:
         """True when the server closed the connection (EOF without our side closing)."""
         try:

@@ -37,7 +37,10 @@ CRL needed; re-checked only after a revocation was recorded: at once in this pro
 on PostgreSQL when the store notification arrives, on SQLite within ``own_revocation_poll``
 seconds, default 1; :mod:`m2msec.mef.revocation_watch`); a certificate revoked since the
 handshake gets ORIGINATOR_NOT_AUTHENTICATED (4106, HTTP 403, ``Connection: close``, audited)
-and the connection is closed.
+and the connection is closed.  PSK sessions (Kpm, a target's PSK, Kre, GBA Ks_NAF) look their
+PSK identity up again before each request and end the same way when the key is gone, expired
+or no longer the one the handshake used (``enrolee revoke`` deletes the enrolee's Kre: its open
+re-authentication session can fetch nothing more).
 
 Connection limits (:mod:`m2msec.net.connlimits`, ``limits``): a TCP connection beyond the
 listener's open-connection limits is aborted before the handshake; ``handshake_errors`` keeps
@@ -49,6 +52,8 @@ HTTP/1.1 is framed by h11; the wire format is in ``docs/mef-protocol.md``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -245,9 +250,24 @@ class MEFServer:
             return self.session_guard.session(pv[1])
         return None
 
+    def psk_session_ended(self, engine: TLSEngine) -> str | None:
+        """Why a PSK session may not go on: the key behind its PSK identity is no longer the one
+        its handshake used (removed, expired or replaced since: a revoked enrolee's Kre, a GBA
+        key past its lifetime), else None.  One look-up, as at the handshake."""
+        identity, used = engine.psk_identity, engine.psk_digest
+        if not identity or used is None:
+            return "its pre-shared key is not known"
+        now = self._psk_lookup(identity, None)
+        if now is None:
+            return "its pre-shared key has been removed or has expired"
+        if not hmac.compare_digest(hashlib.sha256(now).digest(), used):
+            return "its pre-shared key has been replaced"
+        return None
+
     async def _connection(self, reader: asyncio.StreamReader, writer: TLSStreamWriter) -> None:
         peer = self.session_peer(writer.engine)
-        cert_status = self.session_status(writer.engine)  # None for PSK sessions: nothing per request
+        cert_status = self.session_status(writer.engine)  # None for PSK sessions
+        psk_session = cert_status is None and writer.engine.psk_identity is not None
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_BODY)
         while True:
             try:
@@ -260,9 +280,14 @@ class MEFServer:
                 return
             rqi = _header(req.headers, b"x-m2m-ri")
             path = req.target.decode("latin-1").split("?", 1)[0]
+            why = None
             if cert_status is not None and (why := cert_status.revoked()) is not None:
                 # revoked since the handshake (a refreshed CRL, a held OCSP answer): refuse and close
                 msg = f"the certificate of this session has been revoked: {why}"
+            elif psk_session and (why := self.psk_session_ended(writer.engine)) is not None:
+                # its key removed or replaced since the handshake (enrolee revoke, expiry): refuse, close
+                msg = f"this session has ended: {why}"
+            if why is not None:
                 log.info("MEF session of %s refused and closed: %s", peer.identity if peer else "?", why)
                 self.state.audit("request", peer.identity if peer else "?", "refused",
                                  {"path": path[:120], "rsc": int(RSC.ORIGINATOR_NOT_AUTHENTICATED), "why": msg})

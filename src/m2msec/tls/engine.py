@@ -1207,6 +1207,12 @@ class TLSEngine:
         return self.callback_record.psk_identity
 
     @property
+    def psk_digest(self) -> bytes | None:
+        """Server, PSK mode: SHA-256 of the pre-shared key this session's handshake used (to
+        tell later whether the key behind ``psk_identity`` is still the same; never the key)."""
+        return self.callback_record.psk_digest
+
+    @property
     def psk_identity_hint(self) -> bytes | None:
         return self.callback_record.psk_identity_hint
 

@@ -21,6 +21,8 @@ registered through the cffi ``lib``/``ffi`` objects pyOpenSSL itself uses.
 
 from __future__ import annotations
 
+import hashlib
+
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +55,8 @@ class CallbackRecord:
 
     psk_identity: bytes | None = None
     psk_identity_hint: bytes | None = None
+    #: server: SHA-256 of the PSK the lookup returned (never the key; see TLSEngine.psk_digest)
+    psk_digest: bytes | None = None
     failure_reason: str | None = None
     failure_detail: str | None = None
     failure_cause: BaseException | None = None
@@ -133,6 +137,8 @@ def install_server_psk(
                     rec.fail("INTERNAL_ERROR", f"PSK length {len(key)} not in 1..{max_psk_len}")
                 return 0
             _ffi.memmove(psk, key, len(key))
+            if rec is not None:
+                rec.psk_digest = hashlib.sha256(key).digest()
             return len(key)
         except BaseException as exc:  # never propagate into C
             if rec is not None:
