@@ -39,7 +39,7 @@ def test_bench_maf_decompose_prints_every_variant(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     table = out.stdout.split("Where a Key Retrieval's cost goes", 1)[1]
     rows = {line.split()[0]: line.split() for line in table.splitlines()[2:] if line.strip()}
-    assert list(rows) == ["plain", "codec", "audit", "read", "maf", "maf-nofsync"]
+    assert list(rows) == ["plain", "codec", "audit", "read", "maf", "maf-fsync", "maf-nofsync"]
     assert all(float(r[1].replace(",", "")) > 0 for r in rows.values())  # every variant answered (checked 2000)
     assert rows["plain"][2] == "1.00"
     assert list(tmp_path.iterdir()) == []

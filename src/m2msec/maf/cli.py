@@ -2,7 +2,8 @@
 
 ``serve`` runs the MAF of ``maf.toml`` (:func:`m2msec.maf.server.load_config`); ``clients`` and
 ``keys`` list what the store holds (no key bytes); ``revoke`` deletes a Key Registration;
-``add-client`` provisions a MAF Client: a pre-provisioned Km/KmID (8.8.3.1) or the MAF Client
+``remove-client`` de-provisions a MAF Client (credentials, registrations, the keys it registered;
+its open sessions end at their next procedure); ``add-client`` provisions a MAF Client: a pre-provisioned Km/KmID (8.8.3.1) or the MAF Client
 Certificate Information (flavour + identifier, 8.8.3.2).  Several ``serve`` processes may share
 one store (PostgreSQL, or one SQLite file on one host).  ``serve`` re-reads the ``[tls]
 client_crls`` files on SIGHUP (all or nothing; ``crls reloaded N`` on success, the previous
@@ -38,8 +39,10 @@ import typer
 from cryptography import x509
 
 from m2msec.errors import M2MSecError
+from m2msec.maf.protocol import MAFError
 from m2msec.maf.server import MAFServer, MAFServerConfig, build_server, load_config, open_config_store
 from m2msec.maf.service import MAFService
+from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.onem2m.timestamps import format_timestamp
 from m2msec.pki import CertificateFlavour, CRLRefresher, PeerCertInfo
 from m2msec.pki.cli import reload_crls_and_report
@@ -402,6 +405,27 @@ def revoke(key_id: Annotated[str, typer.Argument(help="Key Identifier (hex@MAF-F
         typer.echo(f"no live key registration {key_id}", err=True)
         raise typer.Exit(code=1)
     typer.echo(f"revoked {key_id}")
+
+
+@app.command("remove-client")
+def remove_client(client_id: Annotated[str, typer.Argument(help="The MAF Client ID (AE-ID/CSE-ID, or as `clients` lists it)")],
+                  config: ConfigOpt) -> None:
+    """De-provision a MAF Client: its Km/KmIDs or certificate information, its registrations and the
+    keys it registered go in one transaction; its open sessions end at their next procedure."""
+    try:
+        _, store, svc = _open(config)
+        with store:
+            counts = svc.remove_client(client_id)
+    except MAFError as exc:
+        if exc.rsc is RSC.NOT_FOUND:
+            typer.echo(f"error: {exc.args[0]}", err=True)
+            raise typer.Exit(code=1) from None
+        _fail(exc)
+    except M2MSecError as exc:
+        _fail(exc)
+    typer.echo(f"removed {client_id}: {counts['km_credentials']} Km credential(s), "
+               f"{counts['certificate_client']} certificate configuration(s), {counts['registrations']} "
+               f"registration(s), {counts['keys']} key registration(s)")
 
 
 @app.command("add-client")

@@ -66,6 +66,7 @@ from m2msec.maf.service import (
     AdminConfig,
     MAFPeer,
     MAFService,
+    SessionEnded,
 )
 from m2msec.net.h11io import BodyTooLarge, next_cycle, read_request, write_response
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
@@ -557,6 +558,10 @@ class MAFServer:
         try:
             request = decode_body(proc.request_type, body)
             response = await self.service.run_async(proc, peer, request, exporter)
+        except SessionEnded as exc:  # the session's credential was removed: answer, then close
+            status, headers, out = _error(exc)
+            headers.append(("Connection", "close"))
+            return status, headers, out
         except M2MSecError as exc:
             return _error(exc)
         except Exception:  # noqa: BLE001 - never leak internals

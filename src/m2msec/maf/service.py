@@ -226,7 +226,7 @@ from m2msec.tls.pkiverify import PKIVerifyHook
 
 __all__ = ["AUDIT_SYNC_INTERVAL_DEFAULT", "CACHE_CHANNEL", "MAX_KEYS_PER_CLIENT_DEFAULT", "MAX_KEYS_PER_CLIENT_LIMIT", "MAX_KEYS_TOTAL_DEFAULT",
            "MAX_KEYS_TOTAL_LIMIT", "NS", "TOTAL_FULL_HOLD_DEFAULT", "TOTAL_FULL_HOLD_LIMIT", "TOTAL_SHARDS", "AdminConfig", "KeyQuotaExceeded", "KeyTotalExceeded",
-           "MAFPeer", "MAFService"]
+           "MAFPeer", "MAFService", "SessionEnded"]
 
 log = logging.getLogger(__name__)
 
@@ -430,6 +430,14 @@ class AdminConfig:
     client_config: Mapping[str, Any] | None = None
 
 
+class SessionEnded(MAFError):
+    """The credential of this MAF session was de-provisioned since its handshake: 4106, and the
+    server closes the connection after the answer."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, rsc=RSC.ORIGINATOR_NOT_AUTHENTICATED)
+
+
 @dataclass(frozen=True)
 class MAFPeer:
     """The authenticated identity of a MAF Handshake (8.8.2.2).
@@ -448,6 +456,9 @@ class MAFPeer:
     pending_km: bytes | None = field(default=None, repr=False)
     km_expires_at: datetime | None = None
     verified: VerifiedPeer | None = field(default=None, repr=False)
+    #: made by :meth:`MAFService.bind` from a MAF Handshake: each procedure re-checks that the
+    #: credential it used is still provisioned (a peer an embedding application builds is not)
+    handshake: bool = field(default=False, repr=False)
 
     def __repr__(self) -> str:
         return f"MAFPeer(kind={self.kind}, client_id={self.client_id!r}, credential_id={self.credential_id!r})"
@@ -732,24 +743,28 @@ class MAFService:
                             admin_details({"auth": "cert", "flavour": info.flavour.value,
                                            "identifier": info.identifier}))
 
+    def _drop_key(self, tx: Transaction, rel: str) -> bool:
+        """Delete Key Registration ``rel`` and its key value, free its quota slots; True if it was live."""
+        # the row as deleted (DELETE ... RETURNING: PostgreSQL waits for a concurrent update or
+        # de-registration of it and then sees its result), so the slot freed is the one it
+        # counts now, and a key removed meanwhile frees nothing twice
+        try:
+            rec: Any = tx.take_record(NS.KEY_REG, rel)
+        except NotFound:
+            rec = None
+            tx.delete_record(NS.KEY_REG, rel)  # an expired one, if any (it counts nowhere)
+        tx.delete_credential(NS.KEY, rel)
+        if rec is not None:
+            self._quota_change(tx, rec.doc["sourceMAFClientID"], rel, None, take=False)
+            self._total_move(tx, rec, None)
+        return rec is not None
+
     def revoke_key(self, key_id_or_relative: str, *, actor: str = "maf-admin") -> bool:
         """Delete a Key Registration (admin action); True if one was live."""
         rel = self._relative_from(key_id_or_relative)
         try:
             with self.store.transaction() as tx:
-                # the row as deleted (DELETE ... RETURNING: PostgreSQL waits for a concurrent
-                # update or de-registration of it and then sees its result), so the slot freed
-                # is the one it counts now, and a key removed meanwhile frees nothing twice
-                try:
-                    rec: Any = tx.take_record(NS.KEY_REG, rel)
-                except NotFound:
-                    rec = None
-                    tx.delete_record(NS.KEY_REG, rel)  # an expired one, if any (it counts nowhere)
-                live = rec is not None
-                tx.delete_credential(NS.KEY, rel)
-                if rec is not None:
-                    self._quota_change(tx, rec.doc["sourceMAFClientID"], rel, None, take=False)
-                    self._total_move(tx, rec, None)
+                live = self._drop_key(tx, rel)
                 tx.append_audit(actor, "revoke-key", rel, "ok" if live else "absent",
                                 admin_details({"relativeKeyID": rel}))
                 tx.notify(CACHE_CHANNEL, self._change_payload("revoke-key", rel, {"relativeKeyID": rel}))
@@ -757,6 +772,58 @@ class MAFService:
             self._cache.clear()
             self._total_full_clear()
         return live
+
+    def remove_client(self, client_id: str, *, actor: str = "maf-admin") -> dict[str, int]:
+        """De-provision a MAF Client (admin action, e.g. a compromised device), in one transaction:
+        its Km credentials (every KmID) or Certificate Information, its MAF Client Registrations
+        and the Key Registrations it is the Source of (no Target can retrieve them any more).
+        New MAF Handshakes with its credential fail; an open session's next procedure is refused
+        with 4106 and the connection closed (:meth:`run`), its next Key Retrieval finds no
+        registration.  Returns how many of each were removed; :class:`MAFError` 4004 if the MAF
+        knows nothing of ``client_id``."""
+        try:
+            with self.store.transaction() as tx:
+                kms = [c.cred_id for c in tx.list_credentials(NS.KM, where={"client_id": client_id})]
+                for cred_id in kms:
+                    tx.delete_credential(NS.KM, cred_id)
+                cert = tx.delete_record(NS.CERT_CLIENT, client_id)
+                regs = tx.list_records(NS.REG, where={"clientID": client_id})
+                for r in regs:
+                    tx.delete_record(NS.REG, r.rec_id)
+                    tx.delete_record(NS.REG_IDX, self._idx(r.doc["adminFQDN"], client_id))
+                keys = [r.rec_id for r in tx.list_records(NS.KEY_REG, where={"sourceMAFClientID": client_id})]
+                dropped = sum(self._drop_key(tx, rel) for rel in keys)
+                counts = {"km_credentials": len(kms), "certificate_client": int(cert),
+                          "registrations": len(regs), "keys": dropped}
+                if not (kms or cert or regs or keys):
+                    raise MAFError(f"no MAF Client {client_id!r} is provisioned or registered", rsc=RSC.NOT_FOUND)
+                tx.append_audit(actor, "remove-client", client_id, "ok", admin_details(dict(counts)))
+                tx.notify(CACHE_CHANNEL, self._change_payload("remove-client", client_id, {}))
+        finally:
+            self._cache.clear()
+            self._total_full_clear()
+        return counts
+
+    def _credential_gone(self, ops: Any, peer: MAFPeer) -> str | None:
+        """Why the credential a session authenticated with is no longer provisioned
+        (``remove_client``, a Km retired by Registration Update), else None; ``ops``: the
+        procedure's transaction or the store.  Only for peers of a MAF Handshake."""
+        if not peer.handshake:
+            return None
+        if peer.kind == "km":
+            cred = ops.find_credential(NS.KM, self._kmid_key(peer.kmid or ""))
+            if cred is None or cred.metadata.get("client_id", peer.client_id) != peer.client_id:
+                return "the Km of this session is no longer provisioned"
+        elif peer.kind == "cert" and peer.client_id is not None:
+            if ops.find_record(NS.CERT_CLIENT, peer.client_id) is None:
+                return "the Certificate Information of this MAF Client is no longer configured"
+        return None
+
+    def _require_credential(self, tx: Transaction, peer: MAFPeer) -> None:
+        """Every procedure but Key Retrieval (whose refusals check it): 4106 and the session ends
+        (:class:`SessionEnded`) when the session's credential is gone."""
+        if (why := self._credential_gone(tx, peer)) is not None:
+            raise SessionEnded(why)
 
     def list_clients(self) -> list[dict[str, Any]]:
         """Configured clients (Km and certificate) with their live registrations and the number of
@@ -867,7 +934,7 @@ class MAFService:
                                    rsc=RSC.ORIGINATOR_NOT_AUTHENTICATED)
                 cid = cred.metadata.get("client_id") or f"{CRED_TYPE_KM}-{text}"
                 return MAFPeer("km", cid, f"{CRED_TYPE_KM}-{cred.metadata.get('kmid', text)}",
-                               kmid=cred.metadata.get("kmid", text), km_expires_at=cred.expires_at)
+                               kmid=cred.metadata.get("kmid", text), km_expires_at=cred.expires_at, handshake=True)
             with self._lock:
                 pending = self._pending.pop(text, None)
             if pending is None:
@@ -878,7 +945,7 @@ class MAFService:
         if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], VerifiedPeer):
             cid, vp = result
             cred_type = _CERT_CRED_TYPE.get(vp.flavour, 0)
-            return MAFPeer("cert", cid, f"{cred_type}-{vp.identifier}", verified=vp)
+            return MAFPeer("cert", cid, f"{cred_type}-{vp.identifier}", verified=vp, handshake=True)
         raise MAFError("the MAF Handshake did not authenticate the client", rsc=RSC.ORIGINATOR_NOT_AUTHENTICATED)
 
     def session_status(self, peer: MAFPeer) -> SessionStatus | None:
@@ -966,6 +1033,7 @@ class MAFService:
         handler = getattr(self, "_" + procedure.name.lower())
         try:
             with self.store.transaction() as tx:
+                self._require_credential(tx, peer)
                 response, subject, details = handler(tx, peer, request, exporter)
                 tx.append_audit("maf", procedure.name.lower(), subject, "ok", details)
                 if procedure not in _CACHE_NEUTRAL:  # other instances drop their retrieval caches
@@ -1001,11 +1069,17 @@ class MAFService:
                 else:
                     found = await asyncio.to_thread(self._key_retrieval_read, peer, request)
         except M2MSecError as exc:
+            # a refusal (only then: no extra read on the hot path) of a session whose credential
+            # was removed meanwhile ends that session
+            why = (self._credential_gone(self.store, peer) if self._inline_reads
+                   else await asyncio.to_thread(self._credential_gone, self.store, peer))
+            if why is not None:
+                exc = SessionEnded(why)
             try:
                 await self.audit.append_async(*self._refusal_record(procedure, peer, exc))
             except M2MSecError:  # pragma: no cover - the refusal is what matters
                 log.exception("could not audit a refusal")
-            raise
+            raise exc from None
         response, subject, details = found
         await self.audit.append_async("maf", "key_retrieval", subject, "ok", details)
         return response
@@ -1014,8 +1088,10 @@ class MAFService:
         try:
             found = self._key_retrieval_cached(peer, request) or self._key_retrieval_read(peer, request)
         except M2MSecError as exc:
+            if (why := self._credential_gone(self.store, peer)) is not None:
+                exc = SessionEnded(why)
             self._audit_refusal(Procedure.KEY_RETRIEVAL, peer, exc)
-            raise
+            raise exc from None
         response, subject, details = found
         self.audit.append("maf", "key_retrieval", subject, "ok", details)  # before the key leaves
         return response
