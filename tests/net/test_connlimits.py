@@ -159,7 +159,8 @@ def test_listener_resets_connections_over_the_limits_before_tls() -> None:
             await writer.drain()
             await reader.read()  # until the client closes
 
-        gate = ConnectionGate(ConnectionLimits(3, 2), name="test listener")
+        # no eviction within this test (see the eviction tests below)
+        gate = ConnectionGate(ConnectionLimits(3, 2), name="test listener", evict_after=3600)
         server = await start_server(handler, "127.0.0.1", 0, _server_config(), limits=gate,
                                     on_handshake_error=lambda e, p: errors.append((e, p)))
         port = server.sockets[0].getsockname()[1]
@@ -227,3 +228,87 @@ def test_listener_applies_default_limits_when_none_are_given() -> None:
             await server.wait_closed()
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_full_gate_evicts_the_oldest_stale_handshake_only() -> None:
+    now = [0.0]
+    gate = ConnectionGate(ConnectionLimits(3, 2), name="t", clock=lambda: now[0], evict_after=1.0)
+    evicted: list[str] = []
+    tokens = {}
+    for i, src in enumerate(("10.0.0.1", "10.0.0.2", "10.0.0.3")):
+        key = gate.admit((src, 1000 + i))
+        assert key == src
+        tokens[src] = gate.handshaking(key, lambda s=src: evicted.append(s))
+        now[0] += 0.1
+    # full, and the oldest handshake is younger than evict_after: refused, nobody evicted
+    assert gate.admit(("10.0.0.4", 1)) is None and evicted == [] and gate.refused == 1
+    now[0] = 1.05  # 10.0.0.1's handshake is now 1.05 s old, the others younger
+    assert gate.admit(("10.0.0.4", 1)) == "10.0.0.4"
+    assert evicted == ["10.0.0.1"] and gate.evicted == 1 and gate.open == 3
+    assert gate.open_from("10.0.0.1") == 0 and gate.in_handshake == 2
+    # established sessions are never evicted: the two left complete their handshakes
+    gate.handshake_over(tokens["10.0.0.2"])
+    gate.handshake_over(tokens["10.0.0.3"])
+    now[0] = 100.0
+    assert gate.admit(("10.0.0.5", 1)) is None and evicted == ["10.0.0.1"]
+    # and the per-source limit never evicts
+    gate2 = ConnectionGate(ConnectionLimits(10, 1), name="t2", clock=lambda: now[0], evict_after=0.0)
+    k = gate2.admit(("10.0.0.1", 1))
+    gate2.handshaking(k, lambda: evicted.append("wrong"))
+    assert gate2.admit(("10.0.0.1", 2)) is None and gate2.evicted == 0 and evicted == ["10.0.0.1"]
+
+
+def test_listener_full_of_idle_connections_still_admits_a_client() -> None:
+    """Idle TCP connections from several sources fill the listener; after evict_after a genuine
+    TLS-PSK client gets in (the oldest idle one is reset, silently: no handshake-error report);
+    a listener full of *established* sessions still refuses."""
+    async def main() -> None:
+        errors: list[Any] = []
+
+        async def handler(reader: asyncio.StreamReader, writer: TLSStreamWriter) -> None:
+            data = await reader.read(4)
+            writer.write(data.upper())
+            await writer.drain()
+            await reader.read()
+
+        gate = ConnectionGate(ConnectionLimits(3, 2), name="test listener", evict_after=0.3)
+        server = await start_server(handler, "127.0.0.1", 0, _server_config(), limits=gate,
+                                    on_handshake_error=lambda e, p: errors.append((e, p)))
+        port = server.sockets[0].getsockname()[1]
+        idle = []
+        sessions = []
+        try:
+            for src in ("127.0.0.1", "127.0.0.2", "127.0.0.3"):
+                idle.append(await _idle_tcp(port, src))
+                await _wait_open(gate, len(idle))
+            # at once: the handshakes are young, the new one is refused
+            r, w = await _idle_tcp(port, "127.0.0.4")
+            assert await was_reset(r)
+            w.close()
+            await asyncio.sleep(0.35)
+            assert await _echo_once(port, "127.0.0.4") == b"PING"
+            assert gate.evicted == 1
+            assert await was_reset(idle[0][0])  # the oldest (127.0.0.1) made room
+            assert await _still_open(idle[1][0]) and await _still_open(idle[2][0])
+            assert errors == []  # an eviction is not a handshake failure
+            await _wait_open(gate, 2)
+            # now fill the listener with established sessions: nothing to evict, refused
+            for _r, w2 in idle[1:]:
+                w2.close()
+            await _wait_open(gate, 0)
+            for src in ("127.0.0.1", "127.0.0.2", "127.0.0.3"):
+                sessions.append(await open_connection("127.0.0.1", port, _client_config(),
+                                                      local_addr=(src, 0), timeout=5))
+            await _wait_open(gate, 3)
+            await asyncio.sleep(0.35)
+            r, w = await _idle_tcp(port, "127.0.0.4")
+            assert await was_reset(r)
+            w.close()
+            assert gate.evicted == 1
+        finally:
+            for _r, w in idle + sessions:
+                w.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(asyncio.wait_for(main(), 30))

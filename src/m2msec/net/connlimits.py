@@ -14,6 +14,17 @@ connection only while
   address, or its IPv6 /64 prefix (one host typically owns a whole /64, so counting single
   IPv6 addresses would bound nothing); an IPv4-mapped IPv6 address counts as its IPv4 address.
 
+When the listener is full (``max_connections`` open) and a connection comes from a source
+under its own limit, the gate first *evicts* the oldest connection that is still in its TLS
+handshake and has been for at least ``evict_after`` seconds (default 1 s; a TLS 1.2 handshake
+of a genuine client takes milliseconds): that one is aborted, uncounted and unreported (it is
+what a flood of idle connections from many addresses looks like), and the new connection takes
+its place.  Established sessions are never evicted, and nothing is evicted for the per-source
+limit.  So idle connections from many sources can no longer keep every new client out for the
+whole handshake timeout; only a rate of new connections that turns the whole listener over
+within ``evict_after`` can.  Listeners without a handshake (the gateway's plain HTTP listener,
+an AE's notification endpoint) do not take part: they refuse when full.
+
 A connection beyond a limit is aborted (TCP RST) before any TLS byte is read: no handshake,
 no store look-up, no audit record, no TLS alert (there is no session to send it in).  The
 refusals are counted (:attr:`ConnectionGate.refused`) and logged at WARNING at most once per
@@ -118,40 +129,84 @@ class ConnectionGate:
     Not thread-safe: one gate belongs to one event loop (the listener's)."""
 
     def __init__(self, limits: ConnectionLimits | None = None, *, name: str = "listener",
-                 log_interval: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 log_interval: float = 60.0, clock: Callable[[], float] = time.monotonic,
+                 evict_after: float = 1.0) -> None:
         self.limits = limits if limits is not None else ConnectionLimits.default()
         self.name = name
         self.log_interval = log_interval
         self._clock = clock
+        #: a handshake must have lasted this long (seconds) before a full listener evicts it
+        self.evict_after = evict_after
         self.open = 0
         self._per_source: dict[str, int] = {}
+        #: connections still in their handshake, oldest first: token -> (since, source key, evict)
+        self._handshaking: dict[int, tuple[float, str, Callable[[], None]]] = {}
+        self._next_token = 0
         #: connections refused so far (total, and of them because of the per-source limit)
         self.refused = 0
         self.refused_per_source = 0
+        #: handshaking connections evicted to make room for new ones
+        self.evicted = 0
         self._unlogged = 0
+        self._unlogged_evicted = 0
         self._last_log: float | None = None
 
     def __repr__(self) -> str:
         return (f"ConnectionGate({self.name!r}, open={self.open}/{self.limits.max_connections}, "
-                f"per_source<={self.limits.max_per_source}, refused={self.refused})")
+                f"per_source<={self.limits.max_per_source}, refused={self.refused}, evicted={self.evicted})")
 
     def open_from(self, source: str) -> int:
         return self._per_source.get(source, 0)
 
     def admit(self, peername: Any) -> str | None:
-        """The source key the new connection counts against, or None when it must be refused."""
+        """The source key the new connection counts against, or None when it must be refused
+        (a full listener first evicts its oldest stale handshake, see the module docstring)."""
         key = source_key(peername)
         n = self._per_source.get(key, 0)
-        if self.open >= self.limits.max_connections:
-            self._refuse(key, f"{self.open} connections open (max_connections {self.limits.max_connections})")
-            return None
         if n >= self.limits.max_per_source:
             self.refused_per_source += 1
             self._refuse(key, f"{n} connections open from {key} (max_connections_per_ip {self.limits.max_per_source})")
             return None
+        if self.open >= self.limits.max_connections and not self._evict_oldest():
+            self._refuse(key, f"{self.open} connections open (max_connections {self.limits.max_connections})")
+            return None
         self.open += 1
         self._per_source[key] = n + 1
         return key
+
+    def handshaking(self, key: str, evict: Callable[[], None]) -> int:
+        """An admitted connection (counted against ``key``) starts its handshake; ``evict()``
+        aborts it if the gate needs its place (the gate releases it itself then).  Returns
+        the token for :meth:`handshake_over`."""
+        token = self._next_token
+        self._next_token += 1
+        self._handshaking[token] = (self._clock(), key, evict)
+        return token
+
+    def handshake_over(self, token: int) -> None:
+        """The handshake of ``token`` completed or failed: no longer a candidate for eviction."""
+        self._handshaking.pop(token, None)
+
+    @property
+    def in_handshake(self) -> int:
+        return len(self._handshaking)
+
+    def _evict_oldest(self) -> bool:
+        if not self._handshaking:
+            return False
+        token = next(iter(self._handshaking))
+        since, key, evict = self._handshaking[token]
+        if self._clock() - since < self.evict_after:
+            return False  # even the oldest handshake is young: it may be a genuine client's
+        del self._handshaking[token]
+        self.release(key)
+        self.evicted += 1
+        self._unlogged_evicted += 1
+        try:
+            evict()
+        except Exception:  # noqa: BLE001 - the slot is free whatever the callback did
+            log.exception("%s: evicting a handshaking connection failed", self.name)
+        return True
 
     def release(self, key: str) -> None:
         """A connection :meth:`admit` counted against ``key`` has closed."""
@@ -170,7 +225,10 @@ class ConnectionGate:
         now = self._clock()
         if self._last_log is None or now - self._last_log >= self.log_interval:
             # identifiers only: the source key is an address (or /64 prefix), never payload
-            log.warning("%s: refused %d connection(s) over the limit since the last report; latest from %s: %s",
-                        self.name, self._unlogged, key, why)
+            evicted = (f"; evicted {self._unlogged_evicted} stale handshake(s) to admit others"
+                       if self._unlogged_evicted else "")
+            log.warning("%s: refused %d connection(s) over the limit since the last report%s; latest from %s: %s",
+                        self.name, self._unlogged, evicted, key, why)
             self._unlogged = 0
+            self._unlogged_evicted = 0
             self._last_log = now

@@ -72,6 +72,7 @@ class TLSStreamProtocol(asyncio.Protocol):
         self.engine = engine
         self._gate = gate
         self._gate_key: str | None = None  # the source this connection counts against (admitted)
+        self._gate_token: int | None = None  # while handshaking: the gate may evict it
         self.loop = asyncio.get_running_loop()
         self.reader = asyncio.StreamReader()
         self.handshake_done: asyncio.Future[TLSEngine] = self.loop.create_future()
@@ -96,6 +97,7 @@ class TLSStreamProtocol(asyncio.Protocol):
             self.transport.write(data)
 
     def _handshake_failed(self, exc: TLSHandshakeError) -> None:
+        self._handshake_over()
         try:
             self._flush()  # the alert
         except TLSError:
@@ -104,6 +106,22 @@ class TLSStreamProtocol(asyncio.Protocol):
             self.handshake_done.set_exception(exc)
         if self.transport is not None:
             self.transport.close()
+
+    def _evicted(self) -> None:
+        """The gate gave this handshake's place to a new connection (it has released it)."""
+        self._gate_key = self._gate_token = None
+        if not self.handshake_done.done():
+            self.handshake_done.set_exception(ConnectionOverLimit("evicted: the listener was full and this "
+                                                                  "handshake the oldest"))
+            self.handshake_done.exception()  # retrieved: like a refusal, nobody needs to hear of it
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _handshake_over(self) -> None:
+        if self._gate_token is not None:
+            assert self._gate is not None
+            self._gate.handshake_over(self._gate_token)
+            self._gate_token = None
 
     def _on_timeout(self) -> None:
         if not self.handshake_done.done():
@@ -120,6 +138,7 @@ class TLSStreamProtocol(asyncio.Protocol):
                 self.handshake_done.exception()  # retrieved: nobody needs to hear of it
                 transport.abort()
                 return
+            self._gate_token = self._gate.handshaking(self._gate_key, self._evicted)
         self._timer = self.loop.call_later(self._timeout, self._on_timeout)
         if self.engine.role is Role.CLIENT:
             try:
@@ -198,6 +217,7 @@ class TLSStreamProtocol(asyncio.Protocol):
         if self.engine.handshake_complete and not self.handshake_done.done():
             if self._timer is not None:
                 self._timer.cancel()
+            self._handshake_over()
             self.handshake_done.set_result(self.engine)
         app = self.engine.receive_application_data()
         if app:
@@ -240,6 +260,7 @@ class TLSStreamProtocol(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._handshake_over()
         if self._gate_key is not None:
             assert self._gate is not None
             self._gate.release(self._gate_key)
