@@ -20,6 +20,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from _sql_spy import SQLSpy
 from _mafhelp import ADMIN, AE1, AE2, AE3, KEK, MAF, FakeClock, connected, make_service, make_store, run, running
 
 from m2msec.maf import MAFResponseError
@@ -37,7 +38,7 @@ from m2msec.maf.protocol import (
 from m2msec.maf.service import MAFPeer, MAFService
 from m2msec.onem2m.enums import SUID
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
-from m2msec.store import Store, open_store
+from m2msec.store import open_store
 
 TTL = timedelta(seconds=30)
 
@@ -71,29 +72,6 @@ class Pair:
 
 def retrieve(svc: MAFService, rel: str, cid: str = AE2) -> Any:
     return svc.run(Procedure.KEY_RETRIEVAL, peer(cid), KeyRetrievalRequest(rel), no_exporter)
-
-
-class StmtCount:
-    """Counts the statements a store sends (observation only)."""
-
-    def __init__(self, store: Store) -> None:
-        self.backend = store._backend  # noqa: SLF001
-        self.orig = self.backend.execute
-        self.sql: list[str] = []
-
-    def __enter__(self) -> StmtCount:
-        def spy(conn: Any, sql: str, params: Any = ()) -> Any:
-            self.sql.append(sql)
-            return self.orig(conn, sql, params)
-
-        self.backend.execute = spy
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.backend.execute = self.orig
-
-    def reads(self) -> list[str]:
-        return [s for s in self.sql if s.lstrip().startswith("SELECT")]
 
 
 def refused_within(fn: Callable[[], Any], limit: float) -> tuple[float, MAFError]:
@@ -130,7 +108,7 @@ def pair(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pair]:
 def cached_on_b(p: Pair, rel: str, key: bytes, cid: str = AE2) -> None:
     """B reads the key once (a miss) and then serves it from its cache (no Key Registration read)."""
     assert retrieve(p.b, rel, cid).key_value == key
-    with StmtCount(p.b.store) as spy:
+    with SQLSpy(p.b.store) as spy:
         assert retrieve(p.b, rel, cid).key_value == key
     if p.b.store.can_listen:
         assert spy.reads() == []  # PostgreSQL: a hit is no store round trip
@@ -209,7 +187,7 @@ def test_additions_through_a_keep_b_cache(pair: Pair) -> None:
     pair.a.run(Procedure.CLIENT_REGISTRATION, peer(AE1),
                ClientRegistrationRequest(MAF, pair.clock.now + timedelta(days=1), "other.example.com"), no_exporter)
     time.sleep(0.05)
-    with StmtCount(pair.b.store) as spy:
+    with SQLSpy(pair.b.store) as spy:
         assert retrieve(pair.b, rel).key_value == key
     assert not any("JOIN" in s for s in spy.reads())  # still a hit
 
@@ -242,7 +220,7 @@ def test_listener_loss_means_no_hits_until_reconnected(pg_server: Any, tmp_path:
             time.sleep(0.001)
         # listener down: every retrieval reads the store (over B's pooled connections)
         for _ in range(2):
-            with StmtCount(sb) as spy:
+            with SQLSpy(sb) as spy:
                 assert retrieve(b, rel).key_value == key
             assert any("JOIN" in s for s in spy.reads())
         # a de-registration whose notification B cannot receive is still honoured at once
@@ -285,7 +263,7 @@ def test_two_servers_deregistration_over_the_wire(backend: str, request: pytest.
                 await c2.register(clock.now + timedelta(days=1))
                 reg = await c1.register_key(SUID.MAF_ESPRIM, [AE2], clock.now + timedelta(hours=1))
                 assert (await c2.retrieve_key(reg.key_id)).key == reg.key
-                with StmtCount(sb) as spy:
+                with SQLSpy(sb) as spy:
                     assert (await c2.retrieve_key(reg.key_id)).key == reg.key
                 assert not any("JOIN" in s for s in spy.reads())  # served from B's cache
                 await c1.deregister_key(reg.key_id)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _sql_spy import SQLSpy
 from _mafhelp import ADMIN, AE1, AE2, AE3, MAF, FakeClock, connected, kmid, make_service, make_store, run, running
 
 from m2msec.maf import MAFResponseError
@@ -26,7 +27,7 @@ from m2msec.maf.protocol import (
 from m2msec.maf.service import MAFPeer, MAFService
 from m2msec.onem2m.enums import SUID
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
-from m2msec.store import AuditCommitError, Store, StoreError
+from m2msec.store import AuditCommitError, Store
 
 
 def peer(cid: str) -> MAFPeer:
@@ -57,32 +58,6 @@ def retrieve(svc: MAFService, rel: str, cid: str = AE2) -> Any:
 def retrievals(store: Store) -> list[tuple[str, str]]:
     return [(a.subject, a.outcome) for a in store.list_audit(limit=None, newest_first=False)
             if a.action == "key_retrieval"]
-
-
-class SQLSpy:
-    """Counts statements sent to the store backend (observation only)."""
-
-    def __init__(self, store: Store) -> None:
-        self.backend = store._backend  # noqa: SLF001
-        self.orig = self.backend.execute
-        self.sql: list[str] = []
-        self.fail_audit = False
-
-    def __enter__(self) -> SQLSpy:
-        def spy(conn: Any, sql: str, params: Any = ()) -> Any:
-            self.sql.append(sql)
-            if self.fail_audit and sql.startswith("INSERT INTO m2msec_audit"):
-                raise StoreError("simulated audit write failure")
-            return self.orig(conn, sql, params)
-
-        self.backend.execute = spy
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.backend.execute = self.orig
-
-    def selects(self) -> int:
-        return sum(s.lstrip().startswith("SELECT") for s in self.sql)
 
 
 @pytest.fixture()

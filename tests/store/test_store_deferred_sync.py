@@ -16,32 +16,13 @@ import subprocess
 import sys
 import textwrap
 import time
-from typing import Any
 
 import pytest
 
+from _sql_spy import SQLSpy
+
 from m2msec.store import AuditBatcher, KeyEncryptionKey, Store, StoreError, open_store
 from m2msec.store._backends import SQLiteBackend
-
-
-class SQLSpy:
-    """Records the statements sent to the store backend (observation only)."""
-
-    def __init__(self, store: Store) -> None:
-        self.backend = store._backend  # noqa: SLF001
-        self.orig = self.backend.execute
-        self.sql: list[str] = []
-
-    def __enter__(self) -> SQLSpy:
-        def spy(conn: Any, sql: str, params: Any = ()) -> Any:
-            self.sql.append(sql)
-            return self.orig(conn, sql, params)
-
-        self.backend.execute = spy
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.backend.execute = self.orig
 
 
 def _durability(store: Store) -> str:

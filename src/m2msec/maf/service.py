@@ -1073,13 +1073,14 @@ class MAFService:
             # was removed meanwhile ends that session
             why = (self._credential_gone(self.store, peer) if self._inline_reads
                    else await asyncio.to_thread(self._credential_gone, self.store, peer))
-            if why is not None:
-                exc = SessionEnded(why)
+            err = exc if why is None else SessionEnded(why)
             try:
-                await self.audit.append_async(*self._refusal_record(procedure, peer, exc))
+                await self.audit.append_async(*self._refusal_record(procedure, peer, err))
             except M2MSecError:  # pragma: no cover - the refusal is what matters
                 log.exception("could not audit a refusal")
-            raise exc from None
+            if err is exc:
+                raise
+            raise err from None
         response, subject, details = found
         await self.audit.append_async("maf", "key_retrieval", subject, "ok", details)
         return response
@@ -1088,10 +1089,12 @@ class MAFService:
         try:
             found = self._key_retrieval_cached(peer, request) or self._key_retrieval_read(peer, request)
         except M2MSecError as exc:
-            if (why := self._credential_gone(self.store, peer)) is not None:
-                exc = SessionEnded(why)
-            self._audit_refusal(Procedure.KEY_RETRIEVAL, peer, exc)
-            raise exc from None
+            why = self._credential_gone(self.store, peer)
+            err = exc if why is None else SessionEnded(why)
+            self._audit_refusal(Procedure.KEY_RETRIEVAL, peer, err)
+            if err is exc:
+                raise
+            raise err from None
         response, subject, details = found
         self.audit.append("maf", "key_retrieval", subject, "ok", details)  # before the key leaves
         return response
