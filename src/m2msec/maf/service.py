@@ -268,10 +268,10 @@ TOTAL_SHARDS = 256
 #: ``total_full_hold``: how long after a Key Registration found every shard full the next ones
 #: are refused without reading them again (see *Refusals at the limit*), and its upper bound
 TOTAL_FULL_HOLD_DEFAULT = timedelta(seconds=1)
+TOTAL_FULL_HOLD_LIMIT = timedelta(seconds=60)
 #: seconds a committed retrieval/refusal audit record may wait for its disk sync (maf.toml
 #: ``audit_sync_interval_s``; 0 = sync every audit commit before answering)
 AUDIT_SYNC_INTERVAL_DEFAULT = 1.0
-TOTAL_FULL_HOLD_LIMIT = timedelta(seconds=60)
 
 
 def _epoch_us(dt: datetime) -> int:

@@ -44,11 +44,15 @@ from typing import Any
 
 import h11
 
-from m2msec.net.connlimits import ConnectionGate, ConnectionLimits
-
 from m2msec.errors import M2MSecError, ParseError
+from m2msec.net.connlimits import ConnectionGate, ConnectionLimits
 from m2msec.net.h11io import BodyTooLarge, next_cycle, read_request, write_response
-from m2msec.net.http_binding import BindingError, Serialization, http_to_request, response_to_http
+from m2msec.net.http_binding import (
+    BindingError,
+    Serialization,
+    http_to_request,
+    response_to_http,
+)
 from m2msec.onem2m.enums import Operation, SecurityInfoType
 from m2msec.onem2m.primitives import DEFAULT_RVI, RequestPrimitive, ResponsePrimitive
 from m2msec.onem2m.rsc import ResponseStatusCode
