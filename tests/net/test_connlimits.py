@@ -21,8 +21,10 @@ from _conn_reset import wait_until, was_reset
 from m2msec.net.connlimits import (
     DEFAULT_MAX_PER_SOURCE,
     MAX_CONNECTIONS_LIMIT,
+    PROCESS_BUDGET,
     ConnectionGate,
     ConnectionLimits,
+    ProcessBudget,
     default_max_connections,
     source_key,
 )
@@ -312,3 +314,34 @@ def test_listener_full_of_idle_connections_still_admits_a_client() -> None:
             await server.wait_closed()
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_listeners_of_one_process_share_its_open_file_budget() -> None:
+    """Two listeners (say the MEF's TLS port and its crl_port) each under its own limit together
+    stop at the process budget; a slot freed on one is usable by the other."""
+    budget = ProcessBudget(limit=lambda: 3)
+    tls = ConnectionGate(ConnectionLimits(10, 10), name="tls", budget=budget, evict_after=3600)
+    crl = ConnectionGate(ConnectionLimits(10, 10), name="crl", budget=budget)
+    a1, a2 = tls.admit(("10.0.0.1", 1)), tls.admit(("10.0.0.2", 1))
+    assert crl.admit(("10.0.0.3", 1)) == "10.0.0.3"
+    assert crl.admit(("10.0.0.4", 1)) is None and crl.refused == 1  # crl's own limit is 10
+    assert tls.admit(("10.0.0.5", 1)) is None and budget.open == 3
+    assert a1 is not None and a2 is not None
+    tls.release(a1)
+    assert budget.open == 2 and crl.admit(("10.0.0.4", 1)) == "10.0.0.4"
+    # a stale handshake of the admitting listener makes room under a full budget
+    now = [0.0]
+    hs = ConnectionGate(ConnectionLimits(10, 10), name="hs", budget=ProcessBudget(limit=lambda: 1),
+                        clock=lambda: now[0], evict_after=1.0)
+    gone: list[int] = []
+    hs.handshaking(hs.admit(("10.0.0.1", 1)), lambda: gone.append(1))  # type: ignore[arg-type]
+    assert hs.admit(("10.0.0.2", 1)) is None
+    now[0] = 2.0
+    assert hs.admit(("10.0.0.2", 1)) == "10.0.0.2" and gone == [1] and hs.budget.open == 1
+
+
+def test_default_process_budget_follows_the_open_file_limit() -> None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    expected = None if soft == resource.RLIM_INFINITY else max(16, soft - 64)
+    assert PROCESS_BUDGET.limit() == expected
+    assert ConnectionGate().budget is PROCESS_BUDGET

@@ -32,6 +32,12 @@ refusals are counted (:attr:`ConnectionGate.refused`) and logged at WARNING at m
 the log either.  The gate is per listener and per process (``m2msec maf serve --workers N``:
 each process admits up to the limits).
 
+Several listeners in one process (the MEF's TLS listener and its ``crl_port``, the gateway's
+two listeners) also share one *process budget*: all gates of a process together admit at most
+the soft open-file limit (``RLIMIT_NOFILE``) minus 64 connections, so flooding every listener
+at once cannot use up the descriptors the process needs for its store, logs and outgoing
+connections (a full budget evicts a stale handshake of the admitting listener, else refuses).
+
 Defaults (profile T13, ``docs/configuration.md``): 1024 connections per listener,
 lowered to the process's open-file limit minus 64 (for the store, logs and outgoing
 connections) when that is smaller; 128 per source.
@@ -41,18 +47,22 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import resource
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "PROCESS_BUDGET",
     "ConnectionGate",
     "ConnectionLimits",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_PER_SOURCE",
     "MAX_CONNECTIONS_LIMIT",
+    "ProcessBudget",
     "default_max_connections",
     "source_key",
 ]
@@ -73,6 +83,45 @@ def default_max_connections() -> int:
     if soft == resource.RLIM_INFINITY:
         return DEFAULT_MAX_CONNECTIONS
     return max(16, min(DEFAULT_MAX_CONNECTIONS, soft - _FD_RESERVE))
+
+
+class ProcessBudget:
+    """The connections every :class:`ConnectionGate` of this process holds together, against
+    ``limit()`` (default: the soft open-file limit minus 64, read at each admission; None = no
+    limit).  Thread-safe: gates on several event loops share it."""
+
+    def __init__(self, limit: Callable[[], int | None] | None = None) -> None:
+        self._limit = limit if limit is not None else self._fd_limit
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self.open = 0
+
+    @staticmethod
+    def _fd_limit() -> int | None:
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return None if soft == resource.RLIM_INFINITY else max(16, soft - _FD_RESERVE)
+
+    def limit(self) -> int | None:
+        return self._limit()
+
+    def take(self) -> bool:
+        limit = self._limit()
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child holds none of its parent's connections
+                self._pid, self.open = os.getpid(), 0
+            if limit is not None and self.open >= limit:
+                return False
+            self.open += 1
+            return True
+
+    def give(self) -> None:
+        with self._lock:
+            if self._pid == os.getpid() and self.open > 0:
+                self.open -= 1
+
+
+#: the budget of this process (every gate's default)
+PROCESS_BUDGET = ProcessBudget()
 
 
 def source_key(peername: Any) -> str:
@@ -130,8 +179,10 @@ class ConnectionGate:
 
     def __init__(self, limits: ConnectionLimits | None = None, *, name: str = "listener",
                  log_interval: float = 60.0, clock: Callable[[], float] = time.monotonic,
-                 evict_after: float = 1.0) -> None:
+                 evict_after: float = 1.0, budget: ProcessBudget | None = None) -> None:
         self.limits = limits if limits is not None else ConnectionLimits.default()
+        #: shared with the process's other listeners (see the module docstring)
+        self.budget = budget if budget is not None else PROCESS_BUDGET
         self.name = name
         self.log_interval = log_interval
         self._clock = clock
@@ -169,6 +220,10 @@ class ConnectionGate:
             return None
         if self.open >= self.limits.max_connections and not self._evict_oldest():
             self._refuse(key, f"{self.open} connections open (max_connections {self.limits.max_connections})")
+            return None
+        if not self.budget.take() and not (self._evict_oldest() and self.budget.take()):
+            self._refuse(key, f"{self.budget.open} connections open in this process's listeners together "
+                              f"(open-file budget {self.budget.limit()})")
             return None
         self.open += 1
         self._per_source[key] = n + 1
@@ -218,6 +273,7 @@ class ConnectionGate:
         else:
             self._per_source[key] = n - 1
         self.open -= 1
+        self.budget.give()
 
     def _refuse(self, key: str, why: str) -> None:
         self.refused += 1
