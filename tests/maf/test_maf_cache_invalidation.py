@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 import pytest
 from _sql_spy import SQLSpy
-from _mafhelp import ADMIN, AE1, AE2, AE3, KEK, MAF, FakeClock, connected, make_service, make_store, run, running
+from _mafhelp import ADMIN, AE1, AE2, AE3, KEK, MAF, FakeClock, connected, kmid, make_service, make_store, run, running
 
 from m2msec.maf import MAFResponseError
 from m2msec.maf.protocol import (
@@ -35,7 +35,7 @@ from m2msec.maf.protocol import (
     Procedure,
     RegistrationUpdateRequest,
 )
-from m2msec.maf.service import MAFPeer, MAFService
+from m2msec.maf.service import MAFPeer, MAFService, SessionEnded
 from m2msec.onem2m.enums import SUID
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 from m2msec.store import open_store
@@ -433,3 +433,26 @@ def test_notification_payloads_on_the_wire(pg_server: Any) -> None:
         {"procedure": "deregistration", "subject": AE2, "mafClientRegID": regs[AE2]},
         {"procedure": "revoke-key", "subject": rel2, "relativeKeyID": rel2},
     ]
+
+
+def test_remove_client_through_a_ends_its_sessions_on_b(pair: Pair) -> None:
+    """``maf remove-client`` run against instance A: a session of the removed Target on instance
+    B (a peer from a MAF Handshake) gets SessionEnded at its next Key Retrieval, although B had the
+    key cached, and at its next other procedure; a session of another client is untouched."""
+    pair.register_clients()
+    rel, key = pair.register_key((AE2,))
+    cached_on_b(pair, rel, key)
+    session = MAFPeer("km", AE2, f"11-{kmid(AE2)}", kmid=kmid(AE2), handshake=True)
+    assert pair.b.run(Procedure.KEY_RETRIEVAL, session, KeyRetrievalRequest(rel), no_exporter).key_value == key
+    assert pair.a.remove_client(AE2)["registrations"] == 1
+    _, err = refused_within(
+        lambda: pair.b.run(Procedure.KEY_RETRIEVAL, session, KeyRetrievalRequest(rel), no_exporter), 3.0)
+    assert isinstance(err, SessionEnded) and err.rsc is RSC.ORIGINATOR_NOT_AUTHENTICATED
+    with pytest.raises(SessionEnded):
+        pair.b.run(Procedure.CLIENT_REGISTRATION, session,
+                   ClientRegistrationRequest(MAF, pair.clock.now + timedelta(days=1), ADMIN), no_exporter)
+    other = MAFPeer("km", AE1, f"11-{kmid(AE1)}", kmid=kmid(AE1), handshake=True)
+    rsp = pair.b.run(Procedure.KEY_REGISTRATION, other,
+                     KeyRegistrationRequest(MAF, pair.clock.now + timedelta(hours=1), ADMIN, SUID.MAF_ESPRIM,
+                                            target_ids=(AE3,), key_value=os.urandom(32)), no_exporter)
+    assert rsp.relative_key_id
