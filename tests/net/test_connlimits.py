@@ -273,7 +273,7 @@ def test_listener_full_of_idle_connections_still_admits_a_client() -> None:
             await writer.drain()
             await reader.read()
 
-        gate = ConnectionGate(ConnectionLimits(3, 2), name="test listener", evict_after=0.3)
+        gate = ConnectionGate(ConnectionLimits(3, 2), name="test listener", evict_after=0.6)
         server = await start_server(handler, "127.0.0.1", 0, _server_config(), limits=gate,
                                     on_handshake_error=lambda e, p: errors.append((e, p)))
         port = server.sockets[0].getsockname()[1]
@@ -287,7 +287,7 @@ def test_listener_full_of_idle_connections_still_admits_a_client() -> None:
             r, w = await _idle_tcp(port, "127.0.0.4")
             assert await was_reset(r)
             w.close()
-            await asyncio.sleep(0.35)
+            await asyncio.sleep(0.65)
             assert await _echo_once(port, "127.0.0.4") == b"PING"
             assert gate.evicted == 1
             assert await was_reset(idle[0][0])  # the oldest (127.0.0.1) made room
@@ -302,7 +302,7 @@ def test_listener_full_of_idle_connections_still_admits_a_client() -> None:
                 sessions.append(await open_connection("127.0.0.1", port, _client_config(),
                                                       local_addr=(src, 0), timeout=5))
             await _wait_open(gate, 3)
-            await asyncio.sleep(0.35)
+            await asyncio.sleep(0.65)
             r, w = await _idle_tcp(port, "127.0.0.4")
             assert await was_reset(r)
             w.close()
