@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -47,3 +48,23 @@ class MAFServe:
                 self.proc.kill()
                 self.proc.wait(10)
         self.err.close()
+
+
+def provisioned_config(tmp: Path, fqdn: str, admin: str, extra: str,
+                       clients: Sequence[tuple[str, str, bytes]]) -> Path:
+    """``tmp/maf.toml`` (SQLite store and KEK file in ``tmp``, ``extra`` top-level lines) with
+    each (client ID, KmID, Km) of ``clients`` provisioned through ``m2msec maf add-client``."""
+    from typer.testing import CliRunner
+
+    from m2msec.maf.cli import app
+    from m2msec.store import KeyEncryptionKey
+
+    KeyEncryptionKey.generate().write_file(tmp / "kek.hex")
+    cfg = tmp / "maf.toml"
+    cfg.write_text(f'fqdn = "{fqdn}"\nstore = "sqlite:///{tmp / "maf.db"}"\nkek_file = "kek.hex"\n{extra}'
+                   f'[[admin]]\nfqdn = "{admin}"\n', encoding="utf-8")
+    for cid, kmid, km in clients:
+        r = CliRunner().invoke(app, ["add-client", "-c", str(cfg), "--client-id", cid, "--kmid", kmid,
+                                     "--km-hex", km.hex()])
+        assert r.exit_code == 0, r.output
+    return cfg

@@ -12,11 +12,9 @@ from pathlib import Path
 
 import pytest
 from _mafhelp import ADMIN, MAF
-from _mafserve import MAFServe
-from typer.testing import CliRunner
+from _mafserve import MAFServe, provisioned_config
 
 from m2msec.maf import MAFClient, MAFClientConfig
-from m2msec.maf.cli import app
 from m2msec.onem2m.enums import SUID
 from m2msec.store import KeyEncryptionKey, open_store
 from m2msec.tls.engine import PSKCredentials
@@ -30,16 +28,8 @@ def now() -> datetime:
 
 
 def _config(tmp: Path, interval: float) -> Path:
-    KeyEncryptionKey.generate().write_file(tmp / "kek.hex")
-    cfg = tmp / "maf.toml"
-    cfg.write_text(f'fqdn = "{MAF}"\nstore = "sqlite:///{tmp / "maf.db"}"\nkek_file = "kek.hex"\n'
-                   f"audit_sync_interval_s = {interval}\naudit_seal_interval_s = 0\n"
-                   f'[[admin]]\nfqdn = "{ADMIN}"\n', encoding="utf-8")
-    for cid, kmid, km in ((AE1, f"cae1@{MAF}", KM1), (AE2, f"cae2@{MAF}", KM2)):
-        r = CliRunner().invoke(app, ["add-client", "-c", str(cfg), "--client-id", cid, "--kmid", kmid,
-                                     "--km-hex", km.hex()])
-        assert r.exit_code == 0, r.output
-    return cfg
+    return provisioned_config(tmp, MAF, ADMIN, f"audit_sync_interval_s = {interval}\naudit_seal_interval_s = 0\n",
+                              ((AE1, f"cae1@{MAF}", KM1), (AE2, f"cae2@{MAF}", KM2)))
 
 
 def _client(port: int, kmid: str, km: bytes) -> MAFClient:

@@ -17,7 +17,7 @@ import pytest
 from _autoseal_support import ANCHOR, audit_rows, verify_audit
 from _autoseal_support import until as _until
 from _mafhelp import ADMIN, MAF
-from _mafserve import MAFServe
+from _mafserve import MAFServe, provisioned_config
 from typer.testing import CliRunner
 
 from m2msec.maf import MAFClient, MAFClientConfig
@@ -36,16 +36,8 @@ def now() -> datetime:
 
 
 def _config(tmp: Path, interval: object) -> Path:
-    KeyEncryptionKey.generate().write_file(tmp / "kek.hex")
-    cfg = tmp / "maf.toml"
     line = "" if interval is None else f"audit_seal_interval_s = {interval}\n"
-    cfg.write_text(f'fqdn = "{MAF}"\nstore = "sqlite:///{tmp / "maf.db"}"\nkek_file = "kek.hex"\n{line}'
-                   f'[[admin]]\nfqdn = "{ADMIN}"\n', encoding="utf-8")
-    for cid, kmid, km in ((AE1, f"cae1@{MAF}", KM1), (AE2, f"cae2@{MAF}", KM2)):
-        r = CliRunner().invoke(app, ["add-client", "-c", str(cfg), "--client-id", cid, "--kmid", kmid,
-                                     "--km-hex", km.hex()])
-        assert r.exit_code == 0, r.output
-    return cfg
+    return provisioned_config(tmp, MAF, ADMIN, line, ((AE1, f"cae1@{MAF}", KM1), (AE2, f"cae2@{MAF}", KM2)))
 
 
 def _verify(tmp: Path) -> AuditVerification:
