@@ -260,6 +260,93 @@ def test_full_gate_evicts_the_oldest_stale_handshake_only() -> None:
     assert gate2.admit(("10.0.0.1", 2)) is None and gate2.evicted == 0 and evicted == ["10.0.0.1"]
 
 
+def test_server_wait_neither_counts_nor_lets_a_handshake_be_evicted() -> None:
+    """A handshake waiting for the server's own work (a MEF fetch, an OCSP check) is not
+    evicted, and that wait does not count towards evict_after once it is over."""
+    now = [0.0]
+    gate = ConnectionGate(ConnectionLimits(2, 2), name="t", clock=lambda: now[0], evict_after=1.0)
+    evicted: list[str] = []
+    busy = gate.handshaking(gate.admit(("10.0.0.1", 1)), lambda: evicted.append("busy"))  # type: ignore[arg-type]
+    now[0] = 0.2
+    gate.server_busy(busy)
+    gate.handshaking(gate.admit(("10.0.0.2", 1)), lambda: evicted.append("idle"))  # type: ignore[arg-type]
+    assert gate.in_handshake == 2
+    now[0] = 5.0  # the waiting one is the oldest by far, but the server keeps it waiting
+    assert gate.admit(("10.0.0.3", 1)) == "10.0.0.3" and evicted == ["idle"]
+    now[0] = 10.0
+    assert gate.admit(("10.0.0.4", 1)) is None and evicted == ["idle"]  # only server waits and a slot taken
+    gate.server_done(busy)  # 0.2 s of its own waiting so far: young again
+    assert gate.admit(("10.0.0.4", 1)) is None and evicted == ["idle"]
+    now[0] = 10.81  # 0.2 + 0.81 s waiting for its client
+    assert gate.admit(("10.0.0.4", 1)) == "10.0.0.4" and evicted == ["idle", "busy"]
+    assert gate.in_handshake == 0 and gate.open == 2
+    # a finished handshake leaves no trace in either table
+    gate2 = ConnectionGate(ConnectionLimits(2, 2), name="t2", clock=lambda: now[0])
+    t = gate2.handshaking(gate2.admit(("10.0.0.1", 1)), lambda: None)  # type: ignore[arg-type]
+    gate2.server_busy(t)
+    gate2.handshake_over(t)
+    gate2.server_done(t)
+    assert gate2.in_handshake == 0
+
+
+def test_listener_keeps_a_handshake_the_server_makes_wait() -> None:
+    """A real listener with a slow ``psk_prefetch`` (as the MAF's Km fetch from a slow MEF):
+    when it is full, the idle connection is evicted, not the client whose handshake waits for
+    the server; that client then completes its handshake."""
+    slow_ident = b"slow@example.com"
+
+    async def main() -> None:
+        release = asyncio.Event()
+        prefetching = asyncio.Event()
+
+        async def fetch() -> None:
+            prefetching.set()
+            await release.wait()
+
+        def prefetch(identity: bytes) -> Any:
+            return fetch() if identity == slow_ident else None
+
+        async def handler(reader: asyncio.StreamReader, writer: TLSStreamWriter) -> None:
+            data = await reader.read(4)
+            writer.write(data.upper())
+            await writer.drain()
+            await reader.read()
+
+        cfg = TLSConfig(role=Role.SERVER, psk_prefetch=prefetch,
+                        psk_lookup=lambda ident, _sni: KEY if ident in (IDENT, slow_ident) else None)
+        gate = ConnectionGate(ConnectionLimits(2, 2), name="test listener", evict_after=0.4)
+        server = await start_server(handler, "127.0.0.1", 0, cfg, limits=gate)
+        port = server.sockets[0].getsockname()[1]
+        slow = asyncio.create_task(open_connection(
+            "127.0.0.1", port, TLSConfig(role=Role.CLIENT, psk=PSKCredentials(slow_ident, KEY)),
+            local_addr=("127.0.0.1", 0), timeout=8))
+        idle = None
+        try:
+            await asyncio.wait_for(prefetching.wait(), 5)
+            idle = await _idle_tcp(port, "127.0.0.2")
+            await _wait_open(gate, 2)
+            await asyncio.sleep(0.6)  # both older than evict_after
+            assert await _echo_once(port, "127.0.0.3") == b"PING"
+            assert gate.evicted == 1 and await was_reset(idle[0])  # the idle one made room
+            assert not slow.done()
+            release.set()
+            reader, writer = await asyncio.wait_for(slow, 5)
+            writer.write(b"late")
+            await writer.drain()
+            assert await asyncio.wait_for(reader.readexactly(4), 5) == b"LATE"
+            writer.close()
+        finally:
+            release.set()
+            if idle is not None:
+                idle[1].close()
+            if not slow.done():
+                slow.cancel()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
 def test_listener_full_of_idle_connections_still_admits_a_client() -> None:
     """Idle TCP connections from several sources fill the listener; after evict_after a genuine
     TLS-PSK client gets in (the oldest idle one is reset, silently: no handshake-error report);

@@ -13,14 +13,17 @@ defines the interface and an in-memory implementation for tests.
 beyond the MAF's own limits, 10.7).  A MEF that also tells the MAF who the Enrolee is may
 return a third element, the Enrolee's AE-ID/CSE-ID, which then becomes the MAF Client ID.
 It returns ``None`` (or raises :class:`~m2msec.errors.UnknownKeyError`) for an unknown KeID.
-The call is synchronous: it runs inside the TLS PSK callback of the handshake.
+The call is synchronous; the MAF's listener runs it in a worker thread before the handshake's
+PSK callback (``MAFService.psk_prefetch``).  A client may also offer ``async fetch_km_async(keid)``
+with the same result, which the listener then awaits on its event loop instead.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Protocol, Union, runtime_checkable
+from typing import Any, Protocol, Union, runtime_checkable
 
+from m2msec.errors import M2MSecError
 from m2msec.keys import derive_km, parse_key_id
 
 __all__ = ["FetchedKm", "InMemoryMEF", "MEFClient"]
@@ -77,15 +80,30 @@ class FetcherMEFClient:
         return f"FetcherMEFClient({self.fetcher!r})"
 
     def fetch_km(self, keid: str) -> FetchedKm | None:
-        from m2msec.errors import M2MSecError  # noqa: PLC0415
-
-        is_ours = getattr(self.fetcher, "is_ours", None)
-        if is_ours is not None and not is_ours(keid):
+        if not self._ours(keid):
             return None
         try:
             cred = self.fetcher.fetch_blocking(keid, self.SUID_MAF)  # type: ignore[attr-defined]
         except (M2MSecError, OSError, TimeoutError):
             return None
+        return self._result(cred)
+
+    async def fetch_km_async(self, keid: str) -> FetchedKm | None:
+        """:meth:`fetch_km` on the caller's event loop (the fetcher's own ``fetch``)."""
+        if not self._ours(keid):
+            return None
+        try:
+            cred = await self.fetcher.fetch(keid, self.SUID_MAF)  # type: ignore[attr-defined]
+        except (M2MSecError, OSError, TimeoutError):
+            return None
+        return self._result(cred)
+
+    def _ours(self, keid: str) -> bool:
+        is_ours = getattr(self.fetcher, "is_ours", None)
+        return is_ours is None or bool(is_ours(keid))
+
+    @staticmethod
+    def _result(cred: Any) -> FetchedKm:
         enrolee = getattr(cred, "enrolee_id", "") or None
         lifetime = getattr(cred, "lifetime", None)
         return (cred.key, lifetime, enrolee) if enrolee else (cred.key, lifetime)

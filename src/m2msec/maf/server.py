@@ -438,6 +438,10 @@ class MAFServer:
                   "verify_peer": service.tls_verify_hook(), "verify_peer_authoritative": True,
                   "ocsp_staple": ocsp_staple,
                   "peer_status_check": service.client_ocsp.status_check if service.client_ocsp else None}
+        if service.mef is not None:
+            # KeID handshakes: the MEF fetch runs before the PSK callback, off the loop's critical path
+            kw["psk_prefetch"] = service.psk_prefetch
+            service.prefetch_only = True
         self.tls_context = TLSContext(TLSConfig(role=Role.SERVER, psk_lookup=service.psk_lookup, **kw))
         self._server: asyncio.Server | None = None
 

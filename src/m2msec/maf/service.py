@@ -170,7 +170,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -272,6 +272,10 @@ TOTAL_FULL_HOLD_LIMIT = timedelta(seconds=60)
 #: seconds a committed retrieval/refusal audit record may wait for its disk sync (maf.toml
 #: ``audit_sync_interval_s``; 0 = sync every audit commit before answering)
 AUDIT_SYNC_INTERVAL_DEFAULT = 1.0
+#: MEF fetches (KeID -> Km, 8.3.2.1) one MAF event loop runs at a time; more wait their turn
+MEF_FETCH_CONCURRENCY = 8
+#: seconds a prefetched Km (or a MEF's "unknown") stays for its handshake's PSK callback
+PREFETCH_KEEP_S = 15.0
 
 
 def _epoch_us(dt: datetime) -> int:
@@ -649,6 +653,12 @@ class MAFService:
         self.max_key_lifetime = max_key_lifetime
         self._pending: dict[str, tuple[bytes, datetime | None, str | None, datetime]] = {}
         self._lock = threading.Lock()
+        #: results of :meth:`psk_prefetch` by KeID: (monotonic time, what the MEF returned)
+        self._prefetched: dict[str, tuple[float, Any]] = {}
+        self._mef_fetch_slots: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+        #: set by the MAF's listener, which installs :meth:`psk_prefetch`: the PSK callback then
+        #: never fetches from the MEF itself (it would block the event loop)
+        self.prefetch_only = False
 
     def __repr__(self) -> str:
         return f"MAFService(fqdn={self.fqdn!r}, admins={sorted(self.admins)}, store={self.store!r})"
@@ -878,8 +888,62 @@ class MAFService:
             return None
         return text
 
+    def _mef_keid(self, identity: bytes) -> str | None:
+        """``identity`` as a KeID the MAF would ask its MEF about (not a KmID of this MAF), or None."""
+        if self.mef is None:
+            return None
+        text = self._decode_identity(identity)
+        if text is None:
+            return None
+        try:
+            if parse_key_id(text).fqdn.lower() == self.fqdn:
+                return None  # a KmID of this MAF: the store has it
+            parse_key_id(text, hex_length=16)
+        except ParseError:
+            return None
+        return text
+
+    def psk_prefetch(self, identity: bytes) -> Awaitable[None] | None:
+        """``TLSConfig.psk_prefetch`` of the MAF's listener: for a KeID, fetch Km from the MEF
+        on the event loop before the PSK callback runs (see *MEF fetches* in :meth:`psk_lookup`);
+        None for a KmID (the callback reads the store)."""
+        text = self._mef_keid(identity)
+        return None if text is None else self._prefetch_km(text)
+
+    async def _prefetch_km(self, text: str) -> None:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            sem = self._mef_fetch_slots.get(loop)
+            if sem is None:
+                sem = self._mef_fetch_slots[loop] = asyncio.Semaphore(MEF_FETCH_CONCURRENCY)
+        async with sem:
+            fetched: Any = None
+            try:
+                fetch_async = getattr(self.mef, "fetch_km_async", None)
+                if fetch_async is not None:
+                    fetched = await fetch_async(text)
+                else:
+                    fetched = await asyncio.to_thread(self.mef.fetch_km, text)  # type: ignore[union-attr]
+            except M2MSecError:  # UnknownKeyError or a MEF refusal: the handshake fails
+                fetched = None
+        now = time.monotonic()
+        with self._lock:
+            for k in [k for k, v in self._prefetched.items() if v[0] < now - PREFETCH_KEEP_S]:
+                del self._prefetched[k]
+            self._prefetched[text] = (now, fetched)
+
     def psk_lookup(self, identity: bytes, _sni: str | None) -> bytes | None:
-        """TLS-PSK server callback: Km for a KmID, or Km fetched from the MEF for a KeID."""
+        """TLS-PSK server callback: Km for a KmID, or Km fetched from the MEF for a KeID.
+
+        *MEF fetches.*  The callback runs inside the handshake on the listener's event loop,
+        and a MEF round trip there would stop every other session of the MAF for as long as
+        the MEF takes (up to its timeout when it is down).  So :class:`~m2msec.maf.server.MAFServer`
+        installs :meth:`psk_prefetch`: the fetch runs on the loop (or in a worker thread for a
+        synchronous :class:`~m2msec.maf.mef.MEFClient`) while the handshake's bytes are held,
+        at most :data:`MEF_FETCH_CONCURRENCY` fetches at a time per loop (a flood of made-up
+        KeIDs costs the MEF no more concurrent requests than that), and this callback only
+        reads the result.  Without the prefetch (``prefetch_only`` False: an engine driven
+        outside the asyncio listener) the callback fetches itself."""
         text = self._decode_identity(identity)
         if text is None:
             return None
@@ -887,16 +951,19 @@ class MAFService:
         if kid.fqdn.lower() == self.fqdn:
             cred = self.store.find_credential(NS.KM, self._kmid_key(text))
             return cred.secret if cred is not None else None
-        if self.mef is None:
+        if self._mef_keid(identity) is None:
             return None
-        try:
-            parse_key_id(text, hex_length=16)
-        except ParseError:
-            return None
-        try:
-            fetched = self.mef.fetch_km(text)
-        except M2MSecError:  # UnknownKeyError or a MEF refusal: the handshake fails
-            return None
+        with self._lock:
+            prefetched = self._prefetched.get(text)
+        if prefetched is not None and prefetched[0] >= time.monotonic() - PREFETCH_KEEP_S:
+            fetched = prefetched[1]
+        elif self.prefetch_only:
+            return None  # the prefetch did not finish (or was not run): never block the loop
+        else:
+            try:
+                fetched = self.mef.fetch_km(text)  # type: ignore[union-attr]
+            except M2MSecError:  # UnknownKeyError or a MEF refusal: the handshake fails
+                return None
         if fetched is None:
             return None
         km, lifetime = fetched[0], fetched[1]

@@ -19,7 +19,11 @@ under its own limit, the gate first *evicts* the oldest connection that is still
 handshake and has been for at least ``evict_after`` seconds (default 1 s; a TLS 1.2 handshake
 of a genuine client takes milliseconds): that one is aborted, uncounted and unreported (it is
 what a flood of idle connections from many addresses looks like), and the new connection takes
-its place.  Established sessions are never evicted, and nothing is evicted for the per-source
+its place.  The time a handshake spends waiting for the *server's* own work (a MAF's Km fetch
+from the MEF for a KeID, an OCSP check of a client certificate: :meth:`ConnectionGate.server_busy`)
+does not count towards ``evict_after`` and such a handshake is not evicted while it waits, so a
+genuine client is not dropped because a back-end was slow (the handshake timeout still ends it).
+Established sessions are never evicted, and nothing is evicted for the per-source
 limit.  So idle connections from many sources can no longer keep every new client out for the
 whole handshake timeout; only a rate of new connections that turns the whole listener over
 within ``evict_after`` can.  Listeners without a handshake (the gateway's plain HTTP listener,
@@ -190,8 +194,11 @@ class ConnectionGate:
         self.evict_after = evict_after
         self.open = 0
         self._per_source: dict[str, int] = {}
-        #: connections still in their handshake, oldest first: token -> (since, source key, evict)
+        #: connections still in their handshake: token -> (since, source key, evict); ``since``
+        #: is moved later by the time the server kept it waiting (:meth:`server_busy`)
         self._handshaking: dict[int, tuple[float, str, Callable[[], None]]] = {}
+        #: handshakes waiting for the server's own work, not evictable: token -> (entry, busy since)
+        self._busy: dict[int, tuple[tuple[float, str, Callable[[], None]], float]] = {}
         self._next_token = 0
         #: connections refused so far (total, and of them because of the per-source limit)
         self.refused = 0
@@ -241,15 +248,32 @@ class ConnectionGate:
     def handshake_over(self, token: int) -> None:
         """The handshake of ``token`` completed or failed: no longer a candidate for eviction."""
         self._handshaking.pop(token, None)
+        self._busy.pop(token, None)
+
+    def server_busy(self, token: int) -> None:
+        """The handshake of ``token`` now waits for the server's own work: not evictable, and the
+        wait does not count towards ``evict_after`` (until :meth:`server_done`)."""
+        entry = self._handshaking.pop(token, None)
+        if entry is not None:
+            self._busy[token] = (entry, self._clock())
+
+    def server_done(self, token: int) -> None:
+        """The server's work for the handshake of ``token`` is done: it waits for its client again."""
+        item = self._busy.pop(token, None)
+        if item is not None:
+            (since, key, evict), busy_since = item
+            self._handshaking[token] = (since + (self._clock() - busy_since), key, evict)
 
     @property
     def in_handshake(self) -> int:
-        return len(self._handshaking)
+        return len(self._handshaking) + len(self._busy)
 
     def _evict_oldest(self) -> bool:
         if not self._handshaking:
             return False
-        token = next(iter(self._handshaking))
+        # the longest-waiting handshake (insertion order is not age order once a server wait
+        # moved an entry's ``since``); only a full listener looks, over at most its limit
+        token = min(self._handshaking, key=lambda t: self._handshaking[t][0])
         since, key, evict = self._handshaking[token]
         if self._clock() - since < self.evict_after:
             return False  # even the oldest handshake is young: it may be a genuine client's

@@ -171,8 +171,15 @@ class TLSStreamProtocol(asyncio.Protocol):
         self._held = [data]
         if self.transport is not None:
             self.transport.pause_reading()
+        self._server_busy(True)
         self._prefetch_task = self.loop.create_task(self._await_prefetch(waiting))
         return True
+
+    def _server_busy(self, busy: bool) -> None:
+        """The handshake waits for (or is done waiting for) the server's own work: the gate does
+        not evict it meanwhile (see :mod:`m2msec.net.connlimits`)."""
+        if self._gate is not None and self._gate_token is not None:
+            (self._gate.server_busy if busy else self._gate.server_done)(self._gate_token)
 
     async def _await_prefetch(self, waiting: Any) -> None:
         try:
@@ -181,6 +188,8 @@ class TLSStreamProtocol(asyncio.Protocol):
             raise
         except Exception as exc:  # noqa: BLE001 - the PSK callback then finds no key: the handshake fails
             log.info("psk_prefetch failed: %s: %s", type(exc).__name__, exc)
+        finally:
+            self._server_busy(False)
         held, self._held = self._held or [], None
         if self.handshake_done.done() or self.transport is None or self.transport.is_closing():
             return  # timed out or closed meanwhile
@@ -209,6 +218,7 @@ class TLSStreamProtocol(asyncio.Protocol):
         if self.engine.pending_status_check is not None and self._status_task is None:
             if self.transport is not None:
                 self.transport.pause_reading()  # nothing to read until the check decides
+            self._server_busy(True)
             self._status_task = self.loop.create_task(self._await_status(self.engine.pending_status_check))
             return
         self._after_input()
@@ -234,10 +244,12 @@ class TLSStreamProtocol(asyncio.Protocol):
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the check's refusal (or its failure) refuses the peer
+            self._server_busy(False)
             err = self.engine.refuse_held_flight(exc)
             if not self.handshake_done.done():
                 self._handshake_failed(err)
             return
+        self._server_busy(False)
         if self.handshake_done.done() or not self.engine.release_held_flight():
             return  # timed out or closed meanwhile
         try:
