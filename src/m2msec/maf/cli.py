@@ -425,7 +425,8 @@ def remove_client(client_id: Annotated[str, typer.Argument(help="The MAF Client 
         _fail(exc)
     typer.echo(f"removed {client_id}: {counts['km_credentials']} Km credential(s), "
                f"{counts['certificate_client']} certificate configuration(s), {counts['registrations']} "
-               f"registration(s), {counts['keys']} key registration(s)")
+               f"registration(s), {counts['keys']} key registration(s)"
+               + (f", {counts['keids']} KeID(s) refused until their Km expires" if counts.get("keids") else ""))
 
 
 @app.command("add-client")

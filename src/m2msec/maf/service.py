@@ -18,6 +18,11 @@ Store layout (namespaces):
   client and administrating stakeholder, inserted with ``if_absent``).
 * ``maf.keyreg``    records: Key Registration metadata by RelativeKeyID.
 * ``maf.key``       credentials: the key value by RelativeKeyID (sealed under the store KEK).
+* ``maf.keidgone``  records: KeIDs (lowercase) de-provisioned at this MAF by ``remove_client``,
+  ``{"clientID", "removedAt"}``, expiring with the Km the MEF gave for them: no MAF Handshake
+  with that KeID until then, and its open sessions end.
+* ``maf.removed``   records without expiry: per removed MAF Client ID, ``{"removedAt",
+  "removedAtUs"}``: a KeID session of that client that began before that time ends.
 * ``maf.keyid``     records without expiry: every RelativeKeyID ever assigned (``if_absent``),
   so that a RelativeKeyID is never reused (8.8.2.7).
 * ``maf.quota``     records without expiry: per Source MAF Client ID, ``{"slots": "…"}`` — the
@@ -242,6 +247,8 @@ class NS:
     QUOTA = "maf.quota"
     QUOTA_META = "maf.quotameta"
     QUOTA_TOTAL = "maf.quotatotal"
+    KEID_GONE = "maf.keidgone"
+    REMOVED = "maf.removed"
 
 
 #: ``maf.quotameta`` record id: the ``maf.quota`` records cover every Key Registration
@@ -463,6 +470,9 @@ class MAFPeer:
     #: made by :meth:`MAFService.bind` from a MAF Handshake: each procedure re-checks that the
     #: credential it used is still provisioned (a peer an embedding application builds is not)
     handshake: bool = field(default=False, repr=False)
+    #: when the MAF Handshake completed (service clock): a KeID session of a client removed
+    #: after that ends (:meth:`MAFService.remove_client`)
+    since: datetime | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         return f"MAFPeer(kind={self.kind}, client_id={self.client_id!r}, credential_id={self.credential_id!r})"
@@ -789,13 +799,25 @@ class MAFService:
         and the Key Registrations it is the Source of (no Target can retrieve them any more).
         New MAF Handshakes with its credential fail; an open session's next procedure is refused
         with 4106 and the connection closed (:meth:`run`), its next Key Retrieval finds no
-        registration.  Returns how many of each were removed; :class:`MAFError` 4004 if the MAF
-        knows nothing of ``client_id``."""
+        registration.  A remotely provisioned client (its Km came from the MEF for a KeID) is
+        also refused with every KeID the MAF assigned it a KmID for (``maf.keidgone``, until that
+        Km's lifetime ends: the MEF would hand the same Km out again), and its KeID sessions end
+        too (``maf.removed``); re-enrolling with the MEF (a new KeID) brings it back.  Returns
+        how many of each were removed; :class:`MAFError` 4004 if the MAF knows nothing of
+        ``client_id``."""
         try:
             with self.store.transaction() as tx:
-                kms = [c.cred_id for c in tx.list_credentials(NS.KM, where={"client_id": client_id})]
+                now = self.now()
+                creds = tx.list_credentials(NS.KM, where={"client_id": client_id})
+                kms = [c.cred_id for c in creds]
                 for cred_id in kms:
                     tx.delete_credential(NS.KM, cred_id)
+                keids = sorted({str(c.metadata["keid"]).lower() for c in creds if c.metadata.get("keid")})
+                for c in creds:
+                    keid = str(c.metadata.get("keid") or "").lower()
+                    if keid:
+                        tx.put_record(NS.KEID_GONE, keid, {"clientID": client_id, "removedAt": _iso(now)},
+                                      expires_at=c.expires_at)
                 cert = tx.delete_record(NS.CERT_CLIENT, client_id)
                 regs = tx.list_records(NS.REG, where={"clientID": client_id})
                 for r in regs:
@@ -804,9 +826,10 @@ class MAFService:
                 keys = [r.rec_id for r in tx.list_records(NS.KEY_REG, where={"sourceMAFClientID": client_id})]
                 dropped = sum(self._drop_key(tx, rel) for rel in keys)
                 counts = {"km_credentials": len(kms), "certificate_client": int(cert),
-                          "registrations": len(regs), "keys": dropped}
+                          "registrations": len(regs), "keys": dropped, "keids": len(keids)}
                 if not (kms or cert or regs or keys):
                     raise MAFError(f"no MAF Client {client_id!r} is provisioned or registered", rsc=RSC.NOT_FOUND)
+                tx.put_record(NS.REMOVED, client_id, {"removedAt": _iso(now), "removedAtUs": _epoch_us(now)})
                 tx.append_audit(actor, "remove-client", client_id, "ok", admin_details(dict(counts)))
                 tx.notify(CACHE_CHANNEL, self._change_payload("remove-client", client_id, {}))
         finally:
@@ -827,7 +850,18 @@ class MAFService:
         elif peer.kind == "cert" and peer.client_id is not None:
             if ops.find_record(NS.CERT_CLIENT, peer.client_id) is None:
                 return "the Certificate Information of this MAF Client is no longer configured"
+        elif peer.kind == "keid":
+            if peer.keid and ops.find_record(NS.KEID_GONE, peer.keid.lower()) is not None:
+                return "the KeID of this session was de-provisioned at this MAF"
+            if peer.client_id is not None and peer.since is not None:
+                removed = ops.find_record(NS.REMOVED, peer.client_id)
+                if removed is not None and int(removed.doc["removedAtUs"]) >= _epoch_us(peer.since):
+                    return "this MAF Client was removed after the session began"
         return None
+
+    def _keid_gone(self, keid: str) -> bool:
+        """The KeID was de-provisioned at this MAF (``remove_client``) and its Km has not expired."""
+        return self.store.find_record(NS.KEID_GONE, keid.lower()) is not None
 
     def _require_credential(self, tx: Transaction, peer: MAFPeer) -> None:
         """Every procedure but Key Retrieval (whose refusals check it): 4106 and the session ends
@@ -911,6 +945,8 @@ class MAFService:
         return None if text is None else self._prefetch_km(text)
 
     async def _prefetch_km(self, text: str) -> None:
+        if await asyncio.to_thread(self._keid_gone, text):
+            return  # refused in the PSK callback: no need to ask the MEF
         loop = asyncio.get_running_loop()
         with self._lock:
             sem = self._mef_fetch_slots.get(loop)
@@ -951,7 +987,7 @@ class MAFService:
         if kid.fqdn.lower() == self.fqdn:
             cred = self.store.find_credential(NS.KM, self._kmid_key(text))
             return cred.secret if cred is not None else None
-        if self._mef_keid(identity) is None:
+        if self._mef_keid(identity) is None or self._keid_gone(text):
             return None
         with self._lock:
             prefetched = self._prefetched.get(text)
@@ -1007,7 +1043,8 @@ class MAFService:
             if pending is None:
                 raise MAFError("no Km was fetched for this KeID", rsc=RSC.ORIGINATOR_NOT_AUTHENTICATED)
             km, expires, enrolee, _ = pending
-            return MAFPeer("keid", enrolee, f"10-{text}", keid=text, pending_km=km, km_expires_at=expires)
+            return MAFPeer("keid", enrolee, f"10-{text}", keid=text, pending_km=km, km_expires_at=expires,
+                           handshake=True, since=self.now())
         result = engine.peer_verification
         if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], VerifiedPeer):
             cid, vp = result
