@@ -137,3 +137,27 @@ def test_psk_callback_without_a_prefetch(tmp_path: Path, prefetch_only: bool) ->
         assert svc.psk_lookup(keid.encode(), None) == km
     finally:
         store.close()
+
+
+def test_prefetch_results_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flood of made-up KeIDs cannot grow the prefetch table beyond PREFETCH_MAX: the oldest go."""
+    from m2msec.maf import InMemoryMEF
+    from m2msec.maf import service as service_mod
+
+    monkeypatch.setattr(service_mod, "PREFETCH_MAX", 3)
+    clock = FakeClock()
+    store = make_store(tmp_path / "maf.db", clock)
+    try:
+        svc = make_service(store, clock, mef=InMemoryMEF(MAF))
+        keids = [f"{i:032x}@{MEF_FQDN}" for i in range(5)]
+
+        async def flood() -> None:
+            for k in keids:
+                waiting = svc.psk_prefetch(k.encode())
+                assert waiting is not None
+                await waiting
+
+        asyncio.run(flood())
+        assert list(svc._prefetched) == keids[2:]
+    finally:
+        store.close()

@@ -283,6 +283,8 @@ AUDIT_SYNC_INTERVAL_DEFAULT = 1.0
 MEF_FETCH_CONCURRENCY = 8
 #: seconds a prefetched Km (or a MEF's "unknown") stays for its handshake's PSK callback
 PREFETCH_KEEP_S = 15.0
+#: at most this many prefetch results are held (the oldest go first)
+PREFETCH_MAX = 10_000
 
 
 def _epoch_us(dt: datetime) -> int:
@@ -966,6 +968,9 @@ class MAFService:
         with self._lock:
             for k in [k for k, v in self._prefetched.items() if v[0] < now - PREFETCH_KEEP_S]:
                 del self._prefetched[k]
+            self._prefetched.pop(text, None)  # re-inserted last: the dict stays oldest first
+            while len(self._prefetched) >= PREFETCH_MAX:  # a flood of made-up KeIDs: drop the oldest
+                del self._prefetched[next(iter(self._prefetched))]
             self._prefetched[text] = (now, fetched)
 
     def psk_lookup(self, identity: bytes, _sni: str | None) -> bytes | None:
