@@ -13,6 +13,13 @@ defines the interface and an in-memory implementation for tests.
 beyond the MAF's own limits, 10.7).  A MEF that also tells the MAF who the Enrolee is may
 return a third element, the Enrolee's AE-ID/CSE-ID, which then becomes the MAF Client ID.
 It returns ``None`` (or raises :class:`~m2msec.errors.UnknownKeyError`) for an unknown KeID.
+Re-checks (``recheck_km``/``recheck_km_async``, optional): the MAF keeps the Km it got for a KeID
+under a KmID it assigned (8.8.2.4) until the Km's lifetime ends; to notice an Enrolee the MEF
+revoked meanwhile (``mef enrolee revoke``), the MAF asks the MEF again, bypassing any cache, and
+gets a :class:`KmStatus`: VALID (the MEF hands out the same Km), REVOKED (the MEF refuses the
+KeID: unknown, expired or revoked, 4004/4103, or a different Km) or UNREACHABLE (no answer; the
+MAF keeps the Km and asks again at its next pass).
+
 The call is synchronous; the MAF's listener runs it in a worker thread before the handshake's
 PSK callback (``MAFService.psk_prefetch``).  A client may also offer ``async fetch_km_async(keid)``
 with the same result, which the listener then awaits on its event loop instead.
@@ -20,16 +27,32 @@ with the same result, which the listener then awaits on its event loop instead.
 
 from __future__ import annotations
 
+import enum
+import hmac
 from datetime import datetime, timedelta
 from typing import Any, Protocol, Union, runtime_checkable
 
 from m2msec.errors import M2MSecError
 from m2msec.keys import derive_km, parse_key_id
+from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 
-__all__ = ["FetchedKm", "InMemoryMEF", "MEFClient"]
+__all__ = ["FetchedKm", "InMemoryMEF", "KmStatus", "MEFClient"]
 
 Lifetime = Union[timedelta, datetime, None]
 FetchedKm = Union[tuple[bytes, Lifetime], tuple[bytes, Lifetime, str]]
+
+
+class KmStatus(enum.Enum):
+    """What the MEF says now about a KeID whose Km the MAF holds (a re-check)."""
+
+    VALID = "valid"
+    REVOKED = "revoked"
+    UNREACHABLE = "unreachable"
+
+
+#: MEF refusals that mean the KeID is no longer good (profile M5: unknown, expired or revoked
+#: KeID 4004; revoked enrolee / not authorised 4103)
+_REVOKING_RSC = frozenset({RSC.NOT_FOUND, RSC.ORIGINATOR_HAS_NO_PRIVILEGE})
 
 
 @runtime_checkable
@@ -55,6 +78,17 @@ class InMemoryMEF:
         parse_key_id(keid, hex_length=16)
         self._entries[keid] = (bytes(ke), lifetime, enrolee_id)
         return derive_km(ke, self.maf_id)
+
+    def revoke(self, keid: str) -> None:
+        """The MEF's ``enrolee revoke`` for this stand-in: the KeID is no longer served."""
+        self._entries.pop(keid, None)
+
+    def recheck_km(self, keid: str, km: bytes) -> KmStatus:
+        self.calls.append(keid)
+        entry = self._entries.get(keid)
+        if entry is None:
+            return KmStatus.REVOKED
+        return KmStatus.VALID if hmac.compare_digest(derive_km(entry[0], self.maf_id), km) else KmStatus.REVOKED
 
     def fetch_km(self, keid: str) -> FetchedKm | None:
         self.calls.append(keid)
@@ -97,6 +131,22 @@ class FetcherMEFClient:
         except (M2MSecError, OSError, TimeoutError):
             return None
         return self._result(cred)
+
+    async def recheck_km_async(self, keid: str, km: bytes) -> KmStatus:
+        """Ask the MEF again (never from the fetcher's cache) whether ``keid`` still gives ``km``."""
+        if not self._ours(keid):
+            return KmStatus.REVOKED
+        try:
+            cred = await self.fetcher.fetch(keid, self.SUID_MAF, fresh=True)  # type: ignore[attr-defined]
+        except M2MSecError as exc:
+            from m2msec.mef.client import MEFClientError  # noqa: PLC0415 - the MEF package only when a MEF is used
+
+            if isinstance(exc, MEFClientError) and exc.rsc in _REVOKING_RSC:
+                return KmStatus.REVOKED
+            return KmStatus.UNREACHABLE
+        except (OSError, TimeoutError):
+            return KmStatus.UNREACHABLE
+        return KmStatus.VALID if hmac.compare_digest(cred.key, km) else KmStatus.REVOKED
 
     def _ours(self, keid: str) -> bool:
         is_ours = getattr(self.fetcher, "is_ours", None)

@@ -59,6 +59,8 @@ from m2msec.net.connlimits import ConnectionGate, ConnectionLimits
 from m2msec.maf.protocol import ErrorBody, MAFError, Procedure, decode_body, encode_body
 from m2msec.maf.service import (
     AUDIT_SYNC_INTERVAL_DEFAULT,
+    MEF_RECHECK_INTERVAL_DEFAULT,
+    MEF_RECHECK_INTERVAL_LIMIT,
     MAX_KEYS_PER_CLIENT_DEFAULT,
     MAX_KEYS_PER_CLIENT_LIMIT,
     MAX_KEYS_TOTAL_DEFAULT,
@@ -129,6 +131,13 @@ class MAFServerConfig:
     audit_sync_interval: float = AUDIT_SYNC_INTERVAL_DEFAULT  # retrieval audit: disk sync deferred (0: none)
     connection_limits: ConnectionLimits = field(default_factory=ConnectionLimits.default)  # per listener/process
 
+    @property
+    def mef_recheck_interval(self) -> float:
+        """``[mef] recheck_interval_s`` (seconds; 0 = never; no ``[mef]``: 0)."""
+        if not self.mef:
+            return 0.0
+        return float(self.mef.get("recheck_interval_s", MEF_RECHECK_INTERVAL_DEFAULT))
+
     def client_ocsp_checker(self, *, clock: Clock) -> PeerOCSPChecker | None:
         """The :class:`~m2msec.pki.ocsp_check.PeerOCSPChecker` of ``[tls] client_ocsp`` (None when off)."""
         if self.client_ocsp is None:
@@ -175,7 +184,7 @@ MAF_TOML_KEYS: dict[str, frozenset[str]] = {
     "": frozenset({"fqdn", "store", "kek_file", "host", "port", "max_registration_lifetime_s", "max_key_lifetime_s",
                    "key_cache_ttl_s", "max_keys_per_client", "max_keys_total", "audit_seal_interval_s",
                    "audit_sync_interval_s", "max_connections", "max_connections_per_ip", "mef", "tls", "admin"}),
-    "mef": frozenset({"fqdn", "host", "port", "psk_identity", "psk_hex"}),
+    "mef": frozenset({"fqdn", "host", "port", "psk_identity", "psk_hex", "recheck_interval_s"}),
     "tls": frozenset({"cert", "key", "client_trust_anchors", "client_crls", "client_crl_urls", "client_crl_issuers",
                       "client_crl_from_cdp", "client_crl_refresh_s", "client_crl_https_ca", "revocation",
                       "ocsp_staple_url", "ocsp_staple_https_ca", "client_ocsp", "client_ocsp_url",
@@ -219,6 +228,8 @@ def load_config(path: str | Path) -> MAFServerConfig:
         port = 8444
         psk_identity = "maf@mef.example.com"  # the MAF's credentials towards the MEF
         psk_hex = "..."
+        recheck_interval_s = 300           # ask the MEF again about every Km it gave (0 = never):
+                                           # a revoked Enrolee loses its KmID within this time
         [tls]                              # optional: certificate MAF Handshake
         cert = "maf.pem"                   # MAF certificate (+ chain)
         key = "maf.key"
@@ -336,6 +347,10 @@ def load_config(path: str | Path) -> MAFServerConfig:
                 raise KeyError(f"[mef] needs {', '.join(missing)}")
             int(mef_t["port"])
             bytes.fromhex(str(mef_t["psk_hex"]))
+            recheck = mef_t.get("recheck_interval_s", MEF_RECHECK_INTERVAL_DEFAULT)
+            if (isinstance(recheck, bool) or not isinstance(recheck, (int, float))
+                    or not (recheck == 0 or 10 <= recheck <= MEF_RECHECK_INTERVAL_LIMIT)):
+                raise ValueError(f"[mef] recheck_interval_s must be 0 (never) or 10 to {int(MEF_RECHECK_INTERVAL_LIMIT)}")
         cache_ttl = float(data.get("key_cache_ttl_s", 1))
         if not 0 <= cache_ttl <= 86400:
             raise ValueError("key_cache_ttl_s must be 0 (no cache) to 86400")
@@ -418,11 +433,14 @@ class MAFServer:
                  credentials: CertCredentials | None = None, idle_timeout: float = 30.0,
                  reuse_port: bool = False,
                  ocsp_staple: Callable[[x509.Certificate], bytes | None] | None = None,
-                 limits: ConnectionLimits | None = None) -> None:
+                 limits: ConnectionLimits | None = None, mef_recheck_interval: float = 0.0) -> None:
         if reuse_port and not sys.platform.startswith("linux"):
             raise ValueError("reuse_port (several MAF processes on one port) needs Linux SO_REUSEPORT "
                              f"load balancing; not available on {sys.platform}")
         self.service = service
+        #: seconds between :meth:`MAFService.recheck_mef_credentials` passes while serving (0: none)
+        self.mef_recheck_interval = mef_recheck_interval
+        self._recheck_task: asyncio.Task[None] | None = None
         self.reuse_port = reuse_port
         self.host = host
         self.port = port
@@ -454,11 +472,29 @@ class MAFServer:
                                           on_handshake_error=self._handshake_failed, reuse_port=self.reuse_port,
                                           limits=self.connections)
         self.port = self._server.sockets[0].getsockname()[1]
+        if self.mef_recheck_interval > 0 and self.service.mef is not None:
+            self._recheck_task = asyncio.get_running_loop().create_task(self._recheck_mef())
         return self
+
+    async def _recheck_mef(self) -> None:
+        """Every ``mef_recheck_interval`` s: which Km from the MEF are revoked (see the service)."""
+        while True:
+            await asyncio.sleep(self.mef_recheck_interval)
+            try:
+                await self.service.recheck_mef_credentials()
+            except Exception:  # noqa: BLE001 - the next pass tries again
+                log.exception("MEF re-check pass failed")
 
     async def close(self) -> None:
         """Stop listening, wait for the open connections to end, then put the audit records
         committed so far on disk (``audit_sync_interval``)."""
+        if self._recheck_task is not None:
+            self._recheck_task.cancel()
+            try:
+                await self._recheck_task
+            except asyncio.CancelledError:
+                pass
+            self._recheck_task = None
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -585,7 +621,8 @@ def build_server(cfg: MAFServerConfig, store: Store, *, clock: Clock, mef: MEFCl
                          client_ocsp=cfg.client_ocsp_checker(clock=clock),
                          audit_sync_interval=cfg.audit_sync_interval)
     return MAFServer(service, host=cfg.host, port=cfg.port, credentials=cfg.credentials, reuse_port=reuse_port,
-                     ocsp_staple=stapler.staple if stapler is not None else None, limits=cfg.connection_limits)
+                     ocsp_staple=stapler.staple if stapler is not None else None, limits=cfg.connection_limits,
+                     mef_recheck_interval=cfg.mef_recheck_interval)
 
 
 __all__ += ["build_server", "open_config_store"]

@@ -184,7 +184,7 @@ from cryptography import x509
 
 from m2msec.errors import IdentifierError, M2MSecError, ParseError
 from m2msec.keys import make_key_id, maf_key_id, parse_key_id
-from m2msec.maf.mef import MEFClient
+from m2msec.maf.mef import KmStatus, MEFClient
 from m2msec.maf.protocol import (
     ClientRegistrationRequest,
     ClientRegistrationResponse,
@@ -285,6 +285,10 @@ MEF_FETCH_CONCURRENCY = 8
 PREFETCH_KEEP_S = 15.0
 #: at most this many prefetch results are held (the oldest go first)
 PREFETCH_MAX = 10_000
+#: seconds between two passes asking the MEF about every Km the MAF got from it
+#: (``[mef] recheck_interval_s``; 0 = never): how long a MEF revocation takes to reach the MAF
+MEF_RECHECK_INTERVAL_DEFAULT = 300.0
+MEF_RECHECK_INTERVAL_LIMIT = 86_400.0
 
 
 def _epoch_us(dt: datetime) -> int:
@@ -860,6 +864,71 @@ class MAFService:
                 if removed is not None and int(removed.doc["removedAtUs"]) >= _epoch_us(peer.since):
                     return "this MAF Client was removed after the session began"
         return None
+
+    async def recheck_mef_credentials(self) -> dict[str, int]:
+        """One pass over the Km credentials this MAF got from its MEF (``origin = "mef"``): ask
+        the MEF about each KeID again (never from a cache, at most :data:`MEF_FETCH_CONCURRENCY`
+        at a time).  A KeID the MEF now refuses (its Enrolee revoked, its enrolment expired: 4004
+        or 4103) or whose Km changed loses its KmID at once, on every instance (the credential
+        is deleted, the KeID refused until the Km would have expired, audited as ``maf``
+        ``mef-revoked``; its open sessions end at their next procedure, F15); its registrations
+        stay, for a Registration Update after re-enrolment (8.8.2.5).  A MEF that does not
+        answer changes nothing (logged at WARNING; the next pass asks again).  Returns counts:
+        ``checked``, ``valid``, ``revoked``, ``unreachable``."""
+        counts = {"checked": 0, "valid": 0, "revoked": 0, "unreachable": 0}
+        mef = self.mef
+        if mef is None:
+            return counts
+        recheck_async = getattr(mef, "recheck_km_async", None)
+        recheck = getattr(mef, "recheck_km", None)
+        if recheck_async is None and recheck is None:
+            log.warning("the MEF client %r cannot re-check Km: MEF revocations do not reach this MAF", mef)
+            return counts
+        creds = await asyncio.to_thread(self.store.list_credentials, NS.KM, where={"origin": "mef"})
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            sem = self._mef_fetch_slots.get(loop)
+            if sem is None:
+                sem = self._mef_fetch_slots[loop] = asyncio.Semaphore(MEF_FETCH_CONCURRENCY)
+
+        async def one(cred: Any) -> None:
+            keid = str(cred.metadata.get("keid") or "")
+            if not keid:
+                return
+            async with sem:
+                try:
+                    status = (await recheck_async(keid, cred.secret) if recheck_async is not None
+                              else await asyncio.to_thread(recheck, keid, cred.secret))  # type: ignore[arg-type]
+                except Exception:  # noqa: BLE001 - a broken MEF client keeps the Km, like no answer
+                    log.exception("re-checking a KeID with the MEF failed")
+                    status = KmStatus.UNREACHABLE
+            counts["checked"] += 1
+            counts[status.value] += 1
+            if status is KmStatus.REVOKED:
+                await asyncio.to_thread(self._drop_mef_km, cred, keid)
+
+        await asyncio.gather(*(one(c) for c in creds))
+        if counts["unreachable"]:
+            log.warning("MEF re-check: %d of %d KeID(s) not answered; their Km stay until the next pass",
+                        counts["unreachable"], counts["checked"])
+        if counts["revoked"]:
+            log.info("MEF re-check: %d KmID(s) removed (the MEF no longer serves their KeID)", counts["revoked"])
+        return counts
+
+    def _drop_mef_km(self, cred: Any, keid: str) -> None:
+        client_id = str(cred.metadata.get("client_id") or "")
+        try:
+            with self.store.transaction() as tx:
+                if tx.find_credential(NS.KM, cred.cred_id) is None:
+                    return  # removed meanwhile (another instance's pass, remove-client, an update)
+                tx.delete_credential(NS.KM, cred.cred_id)
+                tx.put_record(NS.KEID_GONE, keid.lower(), {"clientID": client_id, "removedAt": _iso(self.now())},
+                              expires_at=cred.expires_at)
+                tx.append_audit("maf", "mef-revoked", client_id or cred.cred_id, "ok",
+                                {"kmID": cred.metadata.get("kmid", cred.cred_id), "keID": keid})
+                tx.notify(CACHE_CHANNEL, self._change_payload("mef-revoked", client_id, {}))
+        finally:
+            self._cache.clear()
 
     def _keid_gone(self, keid: str) -> bool:
         """The KeID was de-provisioned at this MAF (``remove_client``) and its Km has not expired."""

@@ -266,9 +266,10 @@ class MEFKeyFetcher:
                 return None
             return hit[0]
 
-    async def fetch(self, ke_id_: str, suid: int) -> FetchedCredential:
-        """The key for (KeID, SUID): cached, else fetched (MEFClientError with the MEF's RSC)."""
-        hit = self.cached(ke_id_, suid)
+    async def fetch(self, ke_id_: str, suid: int, *, fresh: bool = False) -> FetchedCredential:
+        """The key for (KeID, SUID): cached, else fetched (MEFClientError with the MEF's RSC);
+        ``fresh``: ask the MEF even when cached (a re-check: has the enrolee been revoked?)."""
+        hit = None if fresh else self.cached(ke_id_, suid)
         if hit is not None:
             return hit
         target = fetch_target(ke_id_, suid)
@@ -286,6 +287,8 @@ class MEFKeyFetcher:
         parsed = parse_fetch_response(body)
         if isinstance(parsed, FetchFailure) or status != 200:
             err = parsed.error if isinstance(parsed, FetchFailure) else f"HTTP {status}"
+            with self._lock:
+                self._cache.pop((ke_id_, suid), None)  # refused now: what was cached is no longer good
             raise MEFClientError(f"MEF Key Retrieval refused: {err}", rsc=_rsc_of(headers, status))
         assert isinstance(parsed, FetchSuccess)
         cred = FetchedCredential(ke_id_, suid, parsed.credential, parsed.enrolee_id, parsed.lifetime)
