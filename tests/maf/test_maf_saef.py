@@ -58,7 +58,10 @@ class _Clock:
         return utc_now() + self.offset
 
 
-def test_maf_saef_request_is_attributed_to_entity_a(maf: MAFProcess) -> None:
+@pytest.mark.parametrize("prefetch", [False, True], ids=["callback-retrieves", "prefetch"])
+def test_maf_saef_request_is_attributed_to_entity_a(maf: MAFProcess, prefetch: bool) -> None:
+    """``prefetch``: Entity B's listener retrieves before the PSK callback
+    (``psk_server(directory, prefetch=directory.prefetch)``): the callback never waits for the MAF."""
     seen: list[tuple[str, str | None]] = []
 
     async def handler(req: RequestPrimitive, ctx: SecurityContext) -> ResponsePrimitive:
@@ -74,7 +77,8 @@ def test_maf_saef_request_is_attributed_to_entity_a(maf: MAFProcess) -> None:
             await a.connect()  # one exporter key per MAF session
             esprim = await a.register_key(SUID.MAF_ESPRIM, [B], utc_now() + timedelta(hours=1))
         assert reg.key_id.endswith(f"@{MAF_FQDN}")
-        server = SAEFHTTPServer(psk_server(directory, id_b=B), handler)
+        server = SAEFHTTPServer(psk_server(directory, id_b=B, prefetch=directory.prefetch if prefetch else None),
+                                handler)
         host, port = await server.start()
         try:
             async with await SAEFHTTPClient.connect(psk_client(saef_kpsa_entry(reg, B)), host, port) as client:
@@ -101,6 +105,9 @@ def test_maf_saef_request_is_attributed_to_entity_a(maf: MAFProcess) -> None:
             for entry in refused:
                 with pytest.raises(TLSHandshakeError):
                     await SAEFHTTPClient.connect(psk_client(entry), host, port, timeout=5)
+            # the wrong Kc needed no new retrieval (cached), the other two one each
+            assert directory.retrievals == 3
+            assert directory.blocking_retrievals == (0 if prefetch else 3)
             assert directory.lookup(refused[1].kpsa_id) is None and directory.lookup(refused[2].kpsa_id) is None
             # Kc Lifetime over: Entity B fails the handshake (8.2.2.3)
             clock.offset = timedelta(hours=2)

@@ -14,7 +14,9 @@ the ESData key is the first half of the key value for SUID 34, the whole value f
 
 For the SAEF, Entity B's retrieval happens inside the TLS-PSK handshake (8.2.2.3): the PSK
 callback is synchronous, so :class:`MAFKpsaDirectory` runs its MAF Client on a thread of its
-own and the callback waits for the retrieval.
+own; over TLS, ``psk_server(directory, prefetch=directory.prefetch)`` retrieves while the
+handshake's bytes are held and the callback answers from the cache (the listener's event loop
+never waits); over DTLS (no prefetch) the callback waits for the retrieval.
 """
 
 from __future__ import annotations
@@ -209,7 +211,9 @@ class MAFKpsaDirectory:
     (8.8.2.8) *during* the (D)TLS-PSK handshake, as 8.2.2.3 describes: the TLS engine's PSK
     callback is synchronous, so the retrieval runs on this directory's own event-loop thread
     (one persistent MAF connection) and the callback waits for it, at most ``timeout`` seconds
-    (the calling event loop is blocked for that one round trip).  The result is cached until the
+    (the calling event loop is blocked for that one round trip) - unless :meth:`prefetch` ran
+    first (TLS: ``psk_server(directory, prefetch=directory.prefetch)``), which retrieves on the
+    handshake's way without blocking the listener's loop.  The result is cached until the
     Kc Lifetime (the MAF's expirationTime); after it the handshake fails (8.2.2.3, last
     paragraph).  The context is bound to the Source MAF Client ID the MAF returned.  A refused or
     failed retrieval, or a key whose SUID is not 32, fails the handshake (``None``) and is
@@ -224,39 +228,46 @@ class MAFKpsaDirectory:
         self.negative_ttl = negative_ttl
         self._cache: dict[str, tuple[KpsaEntry, datetime]] = {}
         self._refused: dict[str, datetime] = {}
+        #: failed prefetches not yet seen by the PSK callback (with ``negative_ttl`` 0 nothing
+        #: else would tell it not to ask the MAF again, blocking the loop)
+        self._prefetched_miss: dict[str, datetime] = {}
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="maf-kpsa", daemon=True)
         self._thread.start()
         self._client = MAFClient(config)
         self.retrievals = 0  # MAF Key Retrievals performed (observability, tests)
+        self.blocking_retrievals = 0  # of them inside the PSK callback (the caller's loop waited)
 
     def __repr__(self) -> str:
         return f"MAFKpsaDirectory(maf={self.config.maf_fqdn!r}, cached={len(self._cache)})"
 
-    def lookup(self, kpsa_id: str) -> KpsaEntry | None:
-        now = self._clock()
+    def _known(self, kpsa_id: str, now: datetime) -> tuple[bool, KpsaEntry | None]:
+        """(decided, entry): a cached entry, a Kc Lifetime that is over, a recent refusal or a
+        key identifier of another issuer decide without the MAF; (False, None): ask the MAF."""
         with self._lock:
             hit = self._cache.get(kpsa_id)
             if hit is not None:
                 if now < hit[1]:
-                    return hit[0]
+                    return True, hit[0]
                 del self._cache[kpsa_id]
-                return None  # Kc Lifetime over: a fresh MAF Key Registration is needed
+                return True, None  # Kc Lifetime over: a fresh MAF Key Registration is needed
             until = self._refused.get(kpsa_id)
             if until is not None and now < until:
-                return None
-        if not is_maf_key_id(kpsa_id, self.config.maf_fqdn):
-            return None
-        fut = asyncio.run_coroutine_threadsafe(self._client.retrieve_key(kpsa_id), self._loop)
-        self.retrievals += 1
+                return True, None
+        return not is_maf_key_id(kpsa_id, self.config.maf_fqdn), None
+
+    def _settle(self, kpsa_id: str, now: datetime, got: RetrievedKey | None,
+                exc: BaseException | None) -> KpsaEntry | None:
+        """Cache a retrieval's result, or remember its failure for ``negative_ttl``."""
         try:
-            got = fut.result(self.timeout)
+            if exc is not None:
+                raise exc
+            assert got is not None
             _require_suid(got, {SUID.MAF_SAEF})
             entry = saef_kpsa_entry(got, got.source_id)
-        except (M2MSecError, OSError, concurrent.futures.TimeoutError, ValueError) as exc:
-            fut.cancel()
-            log.info("MAF-based SAEF: no Kc for psk_identity %r: %s", kpsa_id, exc)
+        except (M2MSecError, OSError, concurrent.futures.TimeoutError, asyncio.TimeoutError, ValueError) as err:
+            log.info("MAF-based SAEF: no Kc for psk_identity %r: %s", kpsa_id, err)
             with self._lock:
                 self._refused[kpsa_id] = now + _seconds(self.negative_ttl)
             return None
@@ -264,6 +275,46 @@ class MAFKpsaDirectory:
             self._cache[kpsa_id] = (entry, got.expires_at)
             self._refused.pop(kpsa_id, None)
         return entry if now < got.expires_at else None
+
+    def lookup(self, kpsa_id: str) -> KpsaEntry | None:
+        now = self._clock()
+        decided, entry = self._known(kpsa_id, now)
+        if decided:
+            return entry
+        with self._lock:
+            if self._prefetched_miss.pop(kpsa_id, None) is not None:
+                return None  # prefetch asked and failed just now: do not block the loop asking again
+        fut = asyncio.run_coroutine_threadsafe(self._client.retrieve_key(kpsa_id), self._loop)
+        self.retrievals += 1
+        self.blocking_retrievals += 1
+        try:
+            got = fut.result(self.timeout)
+        except (M2MSecError, OSError, concurrent.futures.TimeoutError) as exc:
+            fut.cancel()
+            return self._settle(kpsa_id, now, None, exc)
+        return self._settle(kpsa_id, now, got, None)
+
+    async def prefetch(self, kpsa_id: str) -> None:
+        """Retrieve Kc for ``kpsa_id`` (unless cached, recently refused or of another issuer)
+        without blocking the caller's event loop; the PSK callback (:meth:`lookup`) then answers
+        from the cache and, after a failure, does not ask the MAF again for that handshake."""
+        now = self._clock()
+        if self._known(kpsa_id, now)[0]:
+            return
+        fut = asyncio.run_coroutine_threadsafe(self._client.retrieve_key(kpsa_id), self._loop)
+        self.retrievals += 1
+        try:
+            got = await asyncio.wait_for(asyncio.wrap_future(fut), self.timeout)
+        except (M2MSecError, OSError, asyncio.TimeoutError) as exc:
+            fut.cancel()
+            entry = self._settle(kpsa_id, now, None, exc)
+        else:
+            entry = self._settle(kpsa_id, now, got, None)
+        if entry is None:
+            with self._lock:
+                self._prefetched_miss[kpsa_id] = now
+                while len(self._prefetched_miss) > 1024:
+                    del self._prefetched_miss[next(iter(self._prefetched_miss))]
 
     def close(self) -> None:
         if self._loop.is_closed():
