@@ -161,3 +161,38 @@ def test_prefetch_results_are_bounded(tmp_path: Path, monkeypatch: pytest.Monkey
         assert list(svc._prefetched) == keids[2:]
     finally:
         store.close()
+
+
+def test_a_recheck_pass_asks_a_slow_mef_with_bounded_concurrency(tmp_path: Path) -> None:
+    """A re-check pass (profile F16) against a MEF that never answers: at most
+    MEF_RECHECK_CONCURRENCY requests at a time, every Km kept (no answer is not a revocation)."""
+    from m2msec.maf.service import MEF_RECHECK_CONCURRENCY, NS
+
+    clock = FakeClock()
+    store = make_store(tmp_path / "maf.db", clock)
+    hole = BlackHoleMEF()
+    n = MEF_RECHECK_CONCURRENCY + 2
+
+    async def main() -> dict[str, int]:
+        port = await hole.start()
+        fetcher = MEFKeyFetcher("127.0.0.1", port, mef_tls_config(psk=PSKCredentials(b"maf-psk", b"k" * 32)),
+                                target_id=MAF, mef_fqdn=MEF_FQDN, timeout=1.0)
+        svc = make_service(store, clock, mef=FetcherMEFClient(fetcher))  # type: ignore[arg-type]
+        with store.transaction() as tx:
+            for i in range(n):
+                kmid = f"{i:032x}@{MAF}"
+                tx.put_credential(NS.KM, kmid, bytes([i]) * 32,
+                                  metadata={"client_id": f"//sp.example.com/Cr{i}", "origin": "mef", "kmid": kmid,
+                                            "keid": f"{i:032x}@{MEF_FQDN}"})
+        try:
+            return await svc.recheck_mef_credentials()
+        finally:
+            await hole.close()
+
+    try:
+        counts = run(main)
+        assert counts == {"checked": n, "valid": 0, "revoked": 0, "unreachable": n}
+        assert hole.max_open == MEF_RECHECK_CONCURRENCY and hole.accepted == n
+        assert len(store.list_credentials(NS.KM, where={"origin": "mef"})) == n
+    finally:
+        store.close()

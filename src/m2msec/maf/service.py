@@ -289,6 +289,8 @@ PREFETCH_MAX = 10_000
 #: (``[mef] recheck_interval_s``; 0 = never): how long a MEF revocation takes to reach the MAF
 MEF_RECHECK_INTERVAL_DEFAULT = 300.0
 MEF_RECHECK_INTERVAL_LIMIT = 86_400.0
+#: MEF requests of one re-check pass at a time (besides the handshakes' MEF_FETCH_CONCURRENCY)
+MEF_RECHECK_CONCURRENCY = 4
 
 
 def _epoch_us(dt: datetime) -> int:
@@ -671,7 +673,7 @@ class MAFService:
         self._lock = threading.Lock()
         #: results of :meth:`psk_prefetch` by KeID: (monotonic time, what the MEF returned)
         self._prefetched: dict[str, tuple[float, Any]] = {}
-        self._mef_fetch_slots: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+        self._mef_fetch_slots: dict[tuple[asyncio.AbstractEventLoop, bool], asyncio.Semaphore] = {}
         #: set by the MAF's listener, which installs :meth:`psk_prefetch`: the PSK callback then
         #: never fetches from the MEF itself (it would block the event loop)
         self.prefetch_only = False
@@ -867,7 +869,7 @@ class MAFService:
 
     async def recheck_mef_credentials(self) -> dict[str, int]:
         """One pass over the Km credentials this MAF got from its MEF (``origin = "mef"``): ask
-        the MEF about each KeID again (never from a cache, at most :data:`MEF_FETCH_CONCURRENCY`
+        the MEF about each KeID again (never from a cache, at most :data:`MEF_RECHECK_CONCURRENCY`
         at a time).  A KeID the MEF now refuses (its Enrolee revoked, its enrolment expired: 4004
         or 4103) or whose Km changed loses its KmID at once, on every instance (the credential
         is deleted, the KeID refused until the Km would have expired, audited as ``maf``
@@ -885,11 +887,7 @@ class MAFService:
             log.warning("the MEF client %r cannot re-check Km: MEF revocations do not reach this MAF", mef)
             return counts
         creds = await asyncio.to_thread(self.store.list_credentials, NS.KM, where={"origin": "mef"})
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            sem = self._mef_fetch_slots.get(loop)
-            if sem is None:
-                sem = self._mef_fetch_slots[loop] = asyncio.Semaphore(MEF_FETCH_CONCURRENCY)
+        sem = self._fetch_slots(recheck=True)
 
         async def one(cred: Any) -> None:
             keid = str(cred.metadata.get("keid") or "")
@@ -1008,6 +1006,18 @@ class MAFService:
             return None
         return text
 
+    def _fetch_slots(self, recheck: bool = False) -> asyncio.Semaphore:
+        """The running loop's bound on concurrent MEF requests: :data:`MEF_FETCH_CONCURRENCY` for
+        handshakes, :data:`MEF_RECHECK_CONCURRENCY` (apart, so a long re-check pass never makes
+        a KeID handshake wait) for :meth:`recheck_mef_credentials`."""
+        key = (asyncio.get_running_loop(), recheck)
+        with self._lock:
+            sem = self._mef_fetch_slots.get(key)
+            if sem is None:
+                sem = self._mef_fetch_slots[key] = asyncio.Semaphore(
+                    MEF_RECHECK_CONCURRENCY if recheck else MEF_FETCH_CONCURRENCY)
+            return sem
+
     def psk_prefetch(self, identity: bytes) -> Awaitable[None] | None:
         """``TLSConfig.psk_prefetch`` of the MAF's listener: for a KeID, fetch Km from the MEF
         on the event loop before the PSK callback runs (see *MEF fetches* in :meth:`psk_lookup`);
@@ -1018,12 +1028,7 @@ class MAFService:
     async def _prefetch_km(self, text: str) -> None:
         if await asyncio.to_thread(self._keid_gone, text):
             return  # refused in the PSK callback: no need to ask the MEF
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            sem = self._mef_fetch_slots.get(loop)
-            if sem is None:
-                sem = self._mef_fetch_slots[loop] = asyncio.Semaphore(MEF_FETCH_CONCURRENCY)
-        async with sem:
+        async with self._fetch_slots():
             fetched: Any = None
             try:
                 fetch_async = getattr(self.mef, "fetch_km_async", None)
