@@ -179,3 +179,41 @@ def test_an_unreachable_mef_changes_nothing(tmp_path: Path, caplog: pytest.LogCa
         assert svc.psk_lookup(keid.encode(), None) is None  # the KeID is refused without asking
     finally:
         store.close()
+
+
+def test_a_keid_the_mef_revoked_fails_its_next_maf_handshake_at_once(tmp_path: Path) -> None:
+    """The MAF asks the MEF at every KeID handshake (never the fetcher's cache): right after
+    ``mef enrolee revoke`` the KeID no longer opens a MAF session, without waiting for a re-check."""
+    import asyncio
+
+    enrolee = "/id-in/Cmafdev2"
+    state = make_state(tmp_path, Clock())
+    state.add_enrolee(EnroleeConfig(enrolee, kpm_id="kpm-maf2",
+                                    mafs=(MAFPreference(MAF, "https://maf/keyreg", "https://maf/keyret",
+                                                        "https://maf/clientreg"),)), kpm=b"n" * 32)
+    state.add_target(TargetConfig(MAF, psk_id="maf-psk"), psk=b"k" * 32)
+    store = open_store(f"sqlite:///{tmp_path / 'maf.db'}", KeyEncryptionKey.generate())
+    try:
+        with ThreadedMEF(state) as mef:
+            fetcher = MEFKeyFetcher(mef.host, mef.port, mef_tls_config(psk=PSKCredentials(b"maf-psk", b"k" * 32)),
+                                    target_id=MAF, mef_fqdn=MEF_FQDN)
+            svc = MAFService(store, MAF, admins=[AdminConfig(ADMIN)], clock=lambda: datetime.now(UTC),
+                             mef=FetcherMEFClient(fetcher))
+
+            async def main() -> None:
+                e = await enrol(mef.host, mef.port, mef_tls_config(psk=PSKCredentials(b"kpm-maf2", b"n" * 32)),
+                                EnrolmentRequest(maf_enrolment=True))
+                async with MAFServer(svc) as srv:
+                    cfg = MAFClientConfig(MAF, ADMIN, "127.0.0.1", srv.port,
+                                          psk=PSKCredentials(e.ke_id.encode(), e.km(MAF)), timeout=5)
+                    async with MAFClient(cfg):
+                        pass
+                    state.revoke_enrolee(enrolee)
+                    with pytest.raises(TLSHandshakeError):
+                        async with MAFClient(cfg):
+                            pass
+                assert fetcher.fetches == 2
+
+            asyncio.run(asyncio.wait_for(main(), 30))
+    finally:
+        store.close()

@@ -123,11 +123,13 @@ class FetcherMEFClient:
         return self._result(cred)
 
     async def fetch_km_async(self, keid: str) -> FetchedKm | None:
-        """:meth:`fetch_km` on the caller's event loop (the fetcher's own ``fetch``)."""
+        """:meth:`fetch_km` on the caller's event loop (the fetcher's own ``fetch``), always from
+        the MEF (not the fetcher's cache): a MAF Handshake with a KeID the MEF has revoked since
+        fails at once."""
         if not self._ours(keid):
             return None
         try:
-            cred = await self.fetcher.fetch(keid, self.SUID_MAF)  # type: ignore[attr-defined]
+            cred = await self.fetcher.fetch(keid, self.SUID_MAF, fresh=True)  # type: ignore[attr-defined]
         except (M2MSecError, OSError, TimeoutError):
             return None
         return self._result(cred)
