@@ -151,6 +151,7 @@ def serve(config: ConfigOpt,
         store.close()
         _fail(exc)
     if worker:
+        server.mef_recheck_interval = 0.0  # the parent asks the MEF for all processes (profile F16)
         _run_worker(cfg, store, server, stapler)
         return
     if workers > 1:
