@@ -196,3 +196,44 @@ def test_a_recheck_pass_asks_a_slow_mef_with_bounded_concurrency(tmp_path: Path)
         assert len(store.list_credentials(NS.KM, where={"origin": "mef"})) == n
     finally:
         store.close()
+
+
+def test_concurrent_handshakes_with_one_keid_all_bind(tmp_path: Path) -> None:
+    """Several sessions of one device opened at once with the same KeID: each binds to the Km the
+    MEF gave (before, the first bind consumed it and the others were closed after their handshake)."""
+    from m2msec.maf import InMemoryMEF
+    from m2msec.maf.client import MAFResponseError
+    from m2msec.onem2m.rsc import ResponseStatusCode as RSC
+
+    clock = FakeClock()
+    store = make_store(tmp_path / "maf.db", clock)
+    mef = InMemoryMEF(MAF)
+    keid = "11" * 16 + "@" + MEF_FQDN
+    km = mef.enrol(keid, b"e" * 32, lifetime=timedelta(days=2), enrolee_id="//sp.example.com/CAER")
+    svc = make_service(store, clock, mef=mef)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        async with running(svc) as srv:
+            clients = [MAFClient(MAFClientConfig(maf_fqdn=MAF, admin_fqdn=ADMIN, host="127.0.0.1", port=srv.port,
+                                                 psk=PSKCredentials(keid.encode(), km), timeout=5.0))
+                       for _ in range(4)]
+            await asyncio.gather(*(c.connect() for c in clients))
+            results = await asyncio.gather(*(c.register(clock.now + timedelta(days=1)) for c in clients),
+                                           return_exceptions=True)
+            ok = [r for r in results if not isinstance(r, BaseException)]
+            refused = [r for r in results if isinstance(r, MAFResponseError)]
+            assert len(ok) == 1 and len(refused) == 3, results
+            assert all(r.rsc is RSC.ORIGINATOR_HAS_ALREADY_REGISTERED for r in refused)
+            assert all(c.connected for c in clients)
+            for c in clients:
+                await c.aclose()
+            # a KeID handshake with a wrong Km still fails, whatever was fetched before
+            with pytest.raises(TLSHandshakeError):
+                async with MAFClient(MAFClientConfig(maf_fqdn=MAF, admin_fqdn=ADMIN, host="127.0.0.1", port=srv.port,
+                                                     psk=PSKCredentials(keid.encode(), bytes(32)), timeout=5.0)):
+                    pass
+
+    try:
+        run(main)
+    finally:
+        store.close()

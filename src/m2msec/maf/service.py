@@ -170,6 +170,7 @@ nothing written; the client may retry.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import secrets
@@ -1118,8 +1119,11 @@ class MAFService:
                 return MAFPeer("km", cid, f"{CRED_TYPE_KM}-{cred.metadata.get('kmid', text)}",
                                kmid=cred.metadata.get("kmid", text), km_expires_at=cred.expires_at, handshake=True)
             with self._lock:
-                pending = self._pending.pop(text, None)
-            if pending is None:
+                # not popped: concurrent handshakes with one KeID each bind (stale entries are
+                # dropped by psk_lookup after 2 minutes); the entry must hold this session's key
+                pending = self._pending.get(text)
+            if pending is None or (engine.psk_digest is not None
+                                   and hashlib.sha256(pending[0]).digest() != engine.psk_digest):
                 raise MAFError("no Km was fetched for this KeID", rsc=RSC.ORIGINATOR_NOT_AUTHENTICATED)
             km, expires, enrolee, _ = pending
             return MAFPeer("keid", enrolee, f"10-{text}", keid=text, pending_km=km, km_expires_at=expires,
