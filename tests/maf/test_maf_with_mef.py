@@ -5,6 +5,10 @@ fetches Km through ``/fetchCredentials/<KeID>/21`` (FetcherMEFClient) and assign
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -28,6 +32,41 @@ from m2msec.tls.engine import PSKCredentials, TLSHandshakeError  # noqa: E402
 MAF = "maf.m2m.example.com"
 MEF_FQDN = "mef.m2m.example.com"
 ADMIN = "sp.m2m.example.com"
+
+
+@dataclass
+class RealMEF:
+    """A real MEF (its own loop thread) with one Enrolee allowed MAF Enrolment, and a MAF service
+    on its own store that fetches Km from it (FetcherMEFClient)."""
+
+    state: Any
+    mef: ThreadedMEF
+    fetcher: MEFKeyFetcher
+    svc: MAFService
+    store: Any
+
+    async def enrol(self, kpm_id: str, kpm: bytes) -> Any:
+        return await enrol(self.mef.host, self.mef.port, mef_tls_config(psk=PSKCredentials(kpm_id.encode(), kpm)),
+                           EnrolmentRequest(maf_enrolment=True))
+
+
+@contextmanager
+def real_mef(tmp_path: Path, enrolee: str, kpm_id: str, kpm: bytes) -> Iterator[RealMEF]:
+    state = make_state(tmp_path, Clock())
+    state.add_enrolee(EnroleeConfig(enrolee, kpm_id=kpm_id,
+                                    mafs=(MAFPreference(MAF, "https://maf/keyreg", "https://maf/keyret",
+                                                        "https://maf/clientreg"),)), kpm=kpm)
+    state.add_target(TargetConfig(MAF, psk_id="maf-psk"), psk=b"k" * 32)
+    store = open_store(f"sqlite:///{tmp_path / 'maf.db'}", KeyEncryptionKey.generate())
+    try:
+        with ThreadedMEF(state) as mef:
+            fetcher = MEFKeyFetcher(mef.host, mef.port, mef_tls_config(psk=PSKCredentials(b"maf-psk", b"k" * 32)),
+                                    target_id=MAF, mef_fqdn=MEF_FQDN)
+            svc = MAFService(store, MAF, admins=[AdminConfig(ADMIN)], clock=lambda: datetime.now(UTC),
+                             mef=FetcherMEFClient(fetcher))
+            yield RealMEF(state, mef, fetcher, svc, store)
+    finally:
+        store.close()
 
 
 def test_remote_maf_enrolment_then_maf_registration(tmp_path: Path) -> None:
@@ -86,58 +125,43 @@ def test_an_enrolee_the_mef_revokes_loses_its_maf_kmid(tmp_path: Path) -> None:
     from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 
     enrolee = "/id-in/Cmafdev"
-    state = make_state(tmp_path, Clock())
-    state.add_enrolee(EnroleeConfig(enrolee, kpm_id="kpm-maf",
-                                    mafs=(MAFPreference(MAF, "https://maf/keyreg", "https://maf/keyret",
-                                                        "https://maf/clientreg"),)), kpm=b"m" * 32)
-    state.add_target(TargetConfig(MAF, psk_id="maf-psk"), psk=b"k" * 32)
-    store = open_store(f"sqlite:///{tmp_path / 'maf.db'}", KeyEncryptionKey.generate())
-    try:
-        with ThreadedMEF(state) as mef:
-            fetcher = MEFKeyFetcher(mef.host, mef.port, mef_tls_config(psk=PSKCredentials(b"maf-psk", b"k" * 32)),
-                                    target_id=MAF, mef_fqdn=MEF_FQDN)
-            svc = MAFService(store, MAF, admins=[AdminConfig(ADMIN)], clock=lambda: datetime.now(UTC),
-                             mef=FetcherMEFClient(fetcher))
+    with real_mef(tmp_path, enrolee, "kpm-maf", b"m" * 32) as rm:
+        async def main() -> str:
+            e = await rm.enrol("kpm-maf", b"m" * 32)
+            km = e.km(MAF)
+            async with MAFServer(rm.svc, mef_recheck_interval=0.3) as srv:
+                def config(identity: str) -> MAFClientConfig:
+                    return MAFClientConfig(MAF, ADMIN, "127.0.0.1", srv.port,
+                                           psk=PSKCredentials(identity.encode(), km), timeout=5)
 
-            async def main() -> str:
-                e = await enrol(mef.host, mef.port, mef_tls_config(psk=PSKCredentials(b"kpm-maf", b"m" * 32)),
-                                EnrolmentRequest(maf_enrolment=True))
-                km = e.km(MAF)
-                async with MAFServer(svc, mef_recheck_interval=0.3) as srv:
-                    def config(identity: str) -> MAFClientConfig:
-                        return MAFClientConfig(MAF, ADMIN, "127.0.0.1", srv.port,
-                                               psk=PSKCredentials(identity.encode(), km), timeout=5)
+                async with MAFClient(config(e.ke_id)) as c:
+                    reg = await c.register(datetime.now(UTC) + timedelta(days=1))
+                kmid = reg.assigned_symm_key_id
+                assert kmid and rm.fetcher.fetches == 1
+                assert await rm.svc.recheck_mef_credentials() == {"checked": 1, "valid": 1, "revoked": 0,
+                                                                  "unreachable": 0}
+                assert rm.fetcher.fetches == 2  # asked the MEF, not the fetcher's cache
+                async with MAFClient(config(kmid)) as session:
+                    await session.update_registration(labels=["before"], reg_id=reg.maf_client_reg_id)
+                    rm.state.revoke_enrolee(enrolee)
+                    deadline = time.monotonic() + 10
+                    while rm.store.find_credential(NS.KM, kmid.lower()) is not None:
+                        assert time.monotonic() < deadline, "the re-check did not remove the KmID"
+                        await asyncio.sleep(0.05)
+                    with pytest.raises(MAFResponseError) as ei:
+                        await session.update_registration(labels=["after"], reg_id=reg.maf_client_reg_id)
+                    assert ei.value.rsc is RSC.ORIGINATOR_NOT_AUTHENTICATED
+                    assert not session.connected
+                for identity in (kmid, e.ke_id):
+                    with pytest.raises(TLSHandshakeError):
+                        async with MAFClient(config(identity)):
+                            pass
+            return e.ke_id
 
-                    async with MAFClient(config(e.ke_id)) as c:
-                        reg = await c.register(datetime.now(UTC) + timedelta(days=1))
-                    kmid = reg.assigned_symm_key_id
-                    assert kmid and fetcher.fetches == 1
-                    assert await svc.recheck_mef_credentials() == {"checked": 1, "valid": 1, "revoked": 0,
-                                                                   "unreachable": 0}
-                    assert fetcher.fetches == 2  # asked the MEF, not the fetcher's cache
-                    async with MAFClient(config(kmid)) as session:
-                        await session.update_registration(labels=["before"], reg_id=reg.maf_client_reg_id)
-                        state.revoke_enrolee(enrolee)
-                        deadline = time.monotonic() + 10
-                        while store.find_credential(NS.KM, kmid.lower()) is not None:
-                            assert time.monotonic() < deadline, "the re-check did not remove the KmID"
-                            await asyncio.sleep(0.05)
-                        with pytest.raises(MAFResponseError) as ei:
-                            await session.update_registration(labels=["after"], reg_id=reg.maf_client_reg_id)
-                        assert ei.value.rsc is RSC.ORIGINATOR_NOT_AUTHENTICATED
-                        assert not session.connected
-                    for identity in (kmid, e.ke_id):
-                        with pytest.raises(TLSHandshakeError):
-                            async with MAFClient(config(identity)):
-                                pass
-                return e.ke_id
-
-            keid = asyncio.run(asyncio.wait_for(main(), 30))
-        rows = [a for a in store.list_audit(limit=None) if a.action == "mef-revoked"]
+        keid = asyncio.run(asyncio.wait_for(main(), 30))
+        rows = [a for a in rm.store.list_audit(limit=None) if a.action == "mef-revoked"]
         assert len(rows) == 1 and rows[0].subject == enrolee and rows[0].details["keID"] == keid
-        assert store.find_record(NS.KEID_GONE, keid.lower()) is not None
-    finally:
-        store.close()
+        assert rm.store.find_record(NS.KEID_GONE, keid.lower()) is not None
 
 
 def test_an_unreachable_mef_changes_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -187,33 +211,18 @@ def test_a_keid_the_mef_revoked_fails_its_next_maf_handshake_at_once(tmp_path: P
     import asyncio
 
     enrolee = "/id-in/Cmafdev2"
-    state = make_state(tmp_path, Clock())
-    state.add_enrolee(EnroleeConfig(enrolee, kpm_id="kpm-maf2",
-                                    mafs=(MAFPreference(MAF, "https://maf/keyreg", "https://maf/keyret",
-                                                        "https://maf/clientreg"),)), kpm=b"n" * 32)
-    state.add_target(TargetConfig(MAF, psk_id="maf-psk"), psk=b"k" * 32)
-    store = open_store(f"sqlite:///{tmp_path / 'maf.db'}", KeyEncryptionKey.generate())
-    try:
-        with ThreadedMEF(state) as mef:
-            fetcher = MEFKeyFetcher(mef.host, mef.port, mef_tls_config(psk=PSKCredentials(b"maf-psk", b"k" * 32)),
-                                    target_id=MAF, mef_fqdn=MEF_FQDN)
-            svc = MAFService(store, MAF, admins=[AdminConfig(ADMIN)], clock=lambda: datetime.now(UTC),
-                             mef=FetcherMEFClient(fetcher))
-
-            async def main() -> None:
-                e = await enrol(mef.host, mef.port, mef_tls_config(psk=PSKCredentials(b"kpm-maf2", b"n" * 32)),
-                                EnrolmentRequest(maf_enrolment=True))
-                async with MAFServer(svc) as srv:
-                    cfg = MAFClientConfig(MAF, ADMIN, "127.0.0.1", srv.port,
-                                          psk=PSKCredentials(e.ke_id.encode(), e.km(MAF)), timeout=5)
+    with real_mef(tmp_path, enrolee, "kpm-maf2", b"n" * 32) as rm:
+        async def main() -> None:
+            e = await rm.enrol("kpm-maf2", b"n" * 32)
+            async with MAFServer(rm.svc) as srv:
+                cfg = MAFClientConfig(MAF, ADMIN, "127.0.0.1", srv.port,
+                                      psk=PSKCredentials(e.ke_id.encode(), e.km(MAF)), timeout=5)
+                async with MAFClient(cfg):
+                    pass
+                rm.state.revoke_enrolee(enrolee)
+                with pytest.raises(TLSHandshakeError):
                     async with MAFClient(cfg):
                         pass
-                    state.revoke_enrolee(enrolee)
-                    with pytest.raises(TLSHandshakeError):
-                        async with MAFClient(cfg):
-                            pass
-                assert fetcher.fetches == 2
+            assert rm.fetcher.fetches == 2
 
-            asyncio.run(asyncio.wait_for(main(), 30))
-    finally:
-        store.close()
+        asyncio.run(asyncio.wait_for(main(), 30))
