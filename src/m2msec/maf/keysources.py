@@ -257,19 +257,19 @@ class MAFKpsaDirectory:
                 return True, None
         return not is_maf_key_id(kpsa_id, self.config.maf_fqdn), None
 
-    def _settle(self, kpsa_id: str, now: datetime, got: RetrievedKey | None,
-                exc: BaseException | None) -> KpsaEntry | None:
-        """Cache a retrieval's result, or remember its failure for ``negative_ttl``."""
+    def _refuse(self, kpsa_id: str, now: datetime, reason: BaseException) -> None:
+        """Remember a failed retrieval for ``negative_ttl``."""
+        log.info("MAF-based SAEF: no Kc for psk_identity %r: %s", kpsa_id, reason)
+        with self._lock:
+            self._refused[kpsa_id] = now + _seconds(self.negative_ttl)
+
+    def _settle(self, kpsa_id: str, now: datetime, got: RetrievedKey) -> KpsaEntry | None:
+        """Cache a retrieved key (None, remembered as refused, when it is not an SAEF key)."""
         try:
-            if exc is not None:
-                raise exc
-            assert got is not None
             _require_suid(got, {SUID.MAF_SAEF})
             entry = saef_kpsa_entry(got, got.source_id)
-        except (M2MSecError, OSError, concurrent.futures.TimeoutError, asyncio.TimeoutError, ValueError) as err:
-            log.info("MAF-based SAEF: no Kc for psk_identity %r: %s", kpsa_id, err)
-            with self._lock:
-                self._refused[kpsa_id] = now + _seconds(self.negative_ttl)
+        except (M2MSecError, ValueError) as err:
+            self._refuse(kpsa_id, now, err)
             return None
         with self._lock:
             self._cache[kpsa_id] = (entry, got.expires_at)
@@ -291,8 +291,9 @@ class MAFKpsaDirectory:
             got = fut.result(self.timeout)
         except (M2MSecError, OSError, concurrent.futures.TimeoutError) as exc:
             fut.cancel()
-            return self._settle(kpsa_id, now, None, exc)
-        return self._settle(kpsa_id, now, got, None)
+            self._refuse(kpsa_id, now, exc)
+            return None
+        return self._settle(kpsa_id, now, got)
 
     async def prefetch(self, kpsa_id: str) -> None:
         """Retrieve Kc for ``kpsa_id`` (unless cached, recently refused or of another issuer)
@@ -307,9 +308,10 @@ class MAFKpsaDirectory:
             got = await asyncio.wait_for(asyncio.wrap_future(fut), self.timeout)
         except (M2MSecError, OSError, asyncio.TimeoutError) as exc:
             fut.cancel()
-            entry = self._settle(kpsa_id, now, None, exc)
+            self._refuse(kpsa_id, now, exc)
+            entry = None
         else:
-            entry = self._settle(kpsa_id, now, got, None)
+            entry = self._settle(kpsa_id, now, got)
         if entry is None:
             with self._lock:
                 self._prefetched_miss[kpsa_id] = now
