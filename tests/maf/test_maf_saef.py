@@ -6,6 +6,7 @@ during the handshake (:class:`MAFKpsaDirectory`) and binds the context to the So
 ID; a oneM2M request over the association is attributed to A.  Rejections: a request whose From
 is not A (4106), a non-target's retrieval (4103), a wrong Kc, a key identifier the MAF never
 issued, a key of another SUID, and a key whose lifetime is over all fail the handshake.
+The same over DTLS, where the listener's prefetch holds the client's datagrams instead.
 """
 
 from __future__ import annotations
@@ -27,8 +28,11 @@ from m2msec.maf.keysources import MAFKpsaDirectory, saef_kpsa_entry
 from m2msec.onem2m import Operation, RequestPrimitive, ResponsePrimitive, ResponseStatusCode
 from m2msec.onem2m.enums import SUID
 from m2msec.saef import KpsaEntry, SecurityContext, psk_client, psk_server
+from m2msec.saef.framework import connect_dtls, serve_dtls
 from m2msec.saef.http import SAEFHTTPClient, SAEFHTTPServer
+from m2msec.tls.dtls import DTLSSession
 from m2msec.tls.engine import TLSHandshakeError
+from m2msec.tls.profiles import Transport
 
 RSC = ResponseStatusCode
 A, B, C = "CsaefA", "/id-in-b", "CsaefC"
@@ -146,5 +150,50 @@ def test_directory_ignores_other_issuers(tmp_path: Path, maf: MAFProcess) -> Non
         assert directory.lookup("00112233445566778899aabbccddeeff@other.example.com") is None
         assert directory.retrievals == 0
         assert "maf.example.com" in repr(directory)
+    finally:
+        directory.close()
+
+
+@pytest.mark.parametrize("prefetch", [False, True], ids=["callback-retrieves", "prefetch"])
+def test_maf_saef_over_dtls(maf: MAFProcess, prefetch: bool) -> None:
+    """The MAF-based SAEF over DTLS (TS-0003 8.2.2.3, 10.2.1): Entity B's DTLS listener retrieves Kc
+    for the psk_identity; with ``prefetch`` the retrieval runs while the client's datagrams are held
+    and the PSK callback never waits (``blocking_retrievals`` stays 0).  Refused: a wrong Kc, a key
+    identifier the MAF never issued."""
+    directory = MAFKpsaDirectory(maf.client_config(B), clock=utc_now, negative_ttl=0.0)
+    bound: list[SecurityContext] = []
+
+    async def echo(session: DTLSSession, ctx: SecurityContext) -> None:
+        bound.append(ctx)
+        while data := await session.recv(10):
+            session.send(data)
+
+    async def main() -> None:
+        async with MAFClient(maf.client_config(A)) as a:
+            reg = await a.register_key(SUID.MAF_SAEF, [B], utc_now() + timedelta(hours=1))
+        endpoint = psk_server(directory, id_b=B, transport=Transport.DTLS,
+                              prefetch=directory.prefetch if prefetch else None)
+        server = await serve_dtls(endpoint, echo, handshake_timeout=8)
+        host, port = server.sockname
+        try:
+            entry = saef_kpsa_entry(reg, B)
+            session, ctx = await connect_dtls(psk_client(entry, transport=Transport.DTLS), host, port, timeout=8)
+            assert ctx.peer_id == B and ctx.psk_identity == reg.key_id
+            session.send(b"request from A")
+            assert await session.recv(5) == b"request from A"
+            session.close()
+            assert [c.peer_id for c in bound] == [A]  # Entity B's context: the Source MAF Client ID
+            for wrong in (KpsaEntry(reg.key_id, bytes(32), peer_id=B),
+                          KpsaEntry(f"{secrets.token_hex(16)}@{MAF_FQDN}", os.urandom(32), peer_id=B)):
+                with pytest.raises(TLSHandshakeError):
+                    await connect_dtls(psk_client(wrong, transport=Transport.DTLS), host, port, timeout=3)
+            assert len(bound) == 1
+            assert directory.retrievals == 2  # the wrong Kc found the cached entry
+            assert directory.blocking_retrievals == (0 if prefetch else 2)
+        finally:
+            server.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 30))
     finally:
         directory.close()

@@ -14,9 +14,9 @@ the ESData key is the first half of the key value for SUID 34, the whole value f
 
 For the SAEF, Entity B's retrieval happens inside the TLS-PSK handshake (8.2.2.3): the PSK
 callback is synchronous, so :class:`MAFKpsaDirectory` runs its MAF Client on a thread of its
-own; over TLS, ``psk_server(directory, prefetch=directory.prefetch)`` retrieves while the
-handshake's bytes are held and the callback answers from the cache (the listener's event loop
-never waits); over DTLS (no prefetch) the callback waits for the retrieval.
+own; ``psk_server(directory, prefetch=directory.prefetch)`` (TLS or DTLS) retrieves while the
+handshake's bytes or datagrams are held and the callback answers from the cache (the
+listener's event loop never waits); without the prefetch the callback waits for the retrieval.
 """
 
 from __future__ import annotations
@@ -212,8 +212,8 @@ class MAFKpsaDirectory:
     callback is synchronous, so the retrieval runs on this directory's own event-loop thread
     (one persistent MAF connection) and the callback waits for it, at most ``timeout`` seconds
     (the calling event loop is blocked for that one round trip) - unless :meth:`prefetch` ran
-    first (TLS: ``psk_server(directory, prefetch=directory.prefetch)``), which retrieves on the
-    handshake's way without blocking the listener's loop.  The result is cached until the
+    first (``psk_server(directory, prefetch=directory.prefetch)``, TLS or DTLS), which retrieves
+    on the handshake's way without blocking the listener's loop.  The result is cached until the
     Kc Lifetime (the MAF's expirationTime); after it the handshake fails (8.2.2.3, last
     paragraph).  The context is bound to the Source MAF Client ID the MAF returned.  A refused or
     failed retrieval, or a key whose SUID is not 32, fails the handshake (``None``) and is

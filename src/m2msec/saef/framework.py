@@ -287,7 +287,7 @@ def psk_server(directory: KpsaDirectory, *, id_b: str | None = None, transport: 
     The context is bound to the identity configured for that KpsaID, or to the
     Credential-ID ``12-<KpsaID>`` when none is configured (8.2.2.1).
 
-    ``prefetch(kpsa_id)`` (TLS only) runs on the event loop when the client's
+    ``prefetch(kpsa_id)`` (TLS and DTLS) runs on the event loop when the client's
     ClientKeyExchange arrived and before the PSK callback asks ``directory``: a directory
     whose keys come over the network (the MAF-based SAEF, 8.2.2.3) fills its cache there
     instead of blocking the loop in the callback (``TLSConfig.psk_prefetch``).

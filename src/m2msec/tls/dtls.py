@@ -14,6 +14,15 @@ answers a ClientHello without a valid cookie with one HelloVerifyRequest and
 keeps nothing; a session (and its engine) exists only once a ClientHello
 echoes a valid cookie.  ``cookie_exchange=False`` restores the old behaviour
 (a session for every new address).
+
+A PSK server whose configuration has ``psk_prefetch`` reads the client's ``psk_identity``
+from the session's datagrams (:class:`~m2msec.tls.pskpeek.DTLSPSKIdentityPeek`) before the
+engine does, as the TCP adapter does (:mod:`m2msec.tls.aio`): when ``psk_prefetch(identity)``
+returns an awaitable (e.g. a MAF Key Retrieval, TS-0003 8.2.2.3), that datagram and the ones
+after it (at most :data:`HELD_DATAGRAMS_MAX`; more are dropped, the client retransmits) are
+held, and the retransmission timer paused, until it is done, in a task of the event loop
+(other sessions are served), inside the handshake timeout; then the engine gets them in
+order and its synchronous PSK callback answers from the fetched key.
 """
 
 from __future__ import annotations
@@ -35,8 +44,12 @@ from m2msec.tls.engine import (
 )
 from m2msec.tls.dtls_cookie import DTLSCookies, HelloVerifier, ListenOutcome
 from m2msec.tls.profiles import Transport
+from m2msec.tls.pskpeek import DTLSPSKIdentityPeek
 
-__all__ = ["DTLSSession", "DTLSServer", "open_dtls_connection", "start_dtls_server"]
+__all__ = ["HELD_DATAGRAMS_MAX", "DTLSSession", "DTLSServer", "open_dtls_connection", "start_dtls_server"]
+
+#: datagrams held per session while ``psk_prefetch`` runs (the client's flight, retransmissions)
+HELD_DATAGRAMS_MAX = 32
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +74,11 @@ class DTLSSession:
         self._deadline = self._loop.call_later(handshake_timeout, self._handshake_timeout)
         self._on_close = on_close
         self.closed = False
+        prefetch = engine.context.config.psk_prefetch if engine.role is Role.SERVER else None
+        self._prefetch: Callable[[bytes], Any] | None = prefetch
+        self._peek: DTLSPSKIdentityPeek | None = DTLSPSKIdentityPeek() if prefetch is not None else None
+        self._held: list[bytes] | None = None  # datagrams held while psk_prefetch runs
+        self._prefetch_task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"DTLSSession(addr={self.addr!r}, {self.engine!r})"
@@ -113,6 +131,9 @@ class DTLSSession:
         for h in (self._timer, self._deadline):
             if h is not None:
                 h.cancel()
+        if self._prefetch_task is not None and not self._prefetch_task.done():
+            self._prefetch_task.cancel()
+        self._held = None
         self._records.put_nowait(None)
         if self._on_close is not None:
             self._on_close(self)
@@ -130,6 +151,49 @@ class DTLSSession:
     def datagram_received(self, data: bytes) -> None:
         if self.closed:
             return
+        if self._held is not None:
+            if len(self._held) < HELD_DATAGRAMS_MAX:
+                self._held.append(data)
+            return
+        if self._peek is not None and not self._peek.done:
+            identity = self._peek.feed(data)
+            if identity is not None and self._start_prefetch(identity, data):
+                return
+        self._receive(data)
+
+    def _start_prefetch(self, identity: bytes, data: bytes) -> bool:
+        """Call ``psk_prefetch``; True when its awaitable now holds ``data`` (and what follows) back."""
+        assert self._prefetch is not None
+        try:
+            waiting = self._prefetch(identity)
+        except Exception as exc:  # noqa: BLE001 - the PSK callback decides; a failed prefetch finds nothing
+            log.info("psk_prefetch failed: %s: %s", type(exc).__name__, exc)
+            return False
+        if waiting is None:
+            return False
+        self._held = [data]
+        if self._timer is not None:  # the client's flight is here: no retransmission of ours meanwhile
+            self._timer.cancel()
+            self._timer = None
+        self._prefetch_task = self._loop.create_task(self._await_prefetch(waiting))
+        return True
+
+    async def _await_prefetch(self, waiting: Any) -> None:
+        try:
+            await waiting
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the PSK callback then finds no key: the handshake fails
+            log.info("psk_prefetch failed: %s: %s", type(exc).__name__, exc)
+        held, self._held = self._held or [], None
+        for dgram in held:
+            if self.closed:
+                return  # timed out (or failed) meanwhile
+            self._receive(dgram)
+        if not self.closed:
+            self._arm_timer()
+
+    def _receive(self, data: bytes) -> None:
         try:
             self.engine.receive_data(data)
         except TLSHandshakeError as exc:

@@ -285,11 +285,11 @@ class TLSConfig:
     # flight back (``TLSEngine.pending_status_check``) until the caller resolves it with
     # ``release_held_flight`` / ``refuse_held_flight`` (see the module docstring).
     peer_status_check: Callable[[Any], Any] | None = None
-    # Server, TLS, PSK: ``psk_prefetch(psk_identity)`` is called by the asyncio adapter
-    # (:mod:`m2msec.tls.aio`) when the client's ClientKeyExchange arrived, before the engine
-    # reads it (:mod:`m2msec.tls.pskpeek`); an awaitable returned holds the client's bytes back
-    # until it is done, so that ``psk_lookup`` can answer from a cache (e.g. Kc retrieved from
-    # a MAF, TS-0003 8.2.2.3).  None: nothing to wait for.  Not used by the DTLS adapter.
+    # Server, PSK: ``psk_prefetch(psk_identity)`` is called by the asyncio adapters
+    # (:mod:`m2msec.tls.aio`, :mod:`m2msec.tls.dtls`) when the client's ClientKeyExchange arrived,
+    # before the engine reads it (:mod:`m2msec.tls.pskpeek`); an awaitable returned holds the
+    # client's bytes (datagrams) back until it is done, so that ``psk_lookup`` can answer from a
+    # cache (e.g. Kc retrieved from a MAF, TS-0003 8.2.2.3).  None: nothing to wait for.
     psk_prefetch: Callable[[bytes], Any] | None = None
 
     @property

@@ -17,12 +17,20 @@ record (ChangeCipherSpec, alert, application data), at a client Certificate mess
 certificate handshake: its ClientKeyExchange carries no identity), after
 ``max_bytes`` of input, or once the identity was read.  It only observes: a malformed
 stream is the engine's to refuse.
+
+:class:`DTLSPSKIdentityPeek` does the same for DTLS 1.2 datagrams (RFC 6347 4.1, 4.2.2): each
+datagram holds whole records (13-byte header with epoch and sequence number), each handshake
+record holds message fragments (12-byte header with message_seq, fragment_offset and
+fragment_length).  The identity is read from the ClientKeyExchange's fragments joined in order
+from offset 0; a fragment out of order is skipped (the client's retransmission brings the flight
+again).  Epoch-0 records only: anything encrypted is not looked at.
 """
 
 from __future__ import annotations
 
-__all__ = ["PSKIdentityPeek"]
+__all__ = ["DTLSPSKIdentityPeek", "PSKIdentityPeek"]
 
+_CHANGE_CIPHER_SPEC = 20
 _HANDSHAKE = 22
 _CERTIFICATE = 11
 _CLIENT_KEY_EXCHANGE = 16
@@ -79,11 +87,92 @@ class PSKIdentityPeek:
                 return None
             if kind == _CLIENT_KEY_EXCHANGE:
                 self.done = True
-                if len(body) < 2:
-                    return None
-                n = int.from_bytes(body[:2], "big")
-                if 2 + n > len(body):
-                    return None
-                self.identity = body[2:2 + n]
+                self.identity = _identity_of(body)[1]
                 return self.identity
+        return None
+
+
+def _identity_of(body: bytes | bytearray) -> tuple[bool, bytes | None]:
+    """(complete, identity) from the start of a ClientKeyExchange body: (False, None) while
+    fewer bytes than the identity's length field announces are known."""
+    if len(body) < 2:
+        return False, None
+    n = int.from_bytes(body[:2], "big")
+    if len(body) < 2 + n:
+        return False, None
+    return True, bytes(body[2:2 + n])
+
+
+class DTLSPSKIdentityPeek:
+    """The ``psk_identity`` of the client's ClientKeyExchange, read from DTLS 1.2 datagrams."""
+
+    _RECORD_HEADER = 13
+    _FRAGMENT_HEADER = 12
+
+    def __init__(self, max_bytes: int = 1 << 16) -> None:
+        self.max_bytes = max_bytes
+        self.done = False
+        self.identity: bytes | None = None
+        self._seen = 0
+        self._cke = bytearray()  # the ClientKeyExchange body from offset 0, in order
+        self._cke_length: int | None = None
+
+    def __repr__(self) -> str:
+        return f"DTLSPSKIdentityPeek(done={self.done}, identity={self.identity!r})"
+
+    def feed(self, datagram: bytes) -> bytes | None:
+        """Add one received datagram; returns the identity the first time it is complete."""
+        if self.done:
+            return None
+        self._seen += len(datagram)
+        if self._seen > self.max_bytes:
+            self.done = True
+            return None
+        view = memoryview(datagram)
+        while len(view) >= self._RECORD_HEADER:
+            ctype = view[0]
+            epoch = int.from_bytes(view[3:5], "big")
+            length = int.from_bytes(view[11:13], "big")
+            payload = view[13:13 + length]
+            if len(payload) < length:
+                return None  # a truncated datagram: the engine drops it, so do we
+            view = view[13 + length:]
+            if epoch != 0:
+                continue  # encrypted (or garbage with a large epoch): not ours to read
+            if ctype != _HANDSHAKE:
+                # ChangeCipherSpec (or an alert) before any identity: nothing to find any more
+                self.done = True
+                return None
+            found = self._fragments(payload)
+            if self.done:
+                return found
+        return None
+
+    def _fragments(self, payload: memoryview) -> bytes | None:
+        while len(payload) >= self._FRAGMENT_HEADER:
+            kind = payload[0]
+            length = int.from_bytes(payload[1:4], "big")
+            offset = int.from_bytes(payload[6:9], "big")
+            frag_len = int.from_bytes(payload[9:12], "big")
+            fragment = payload[12:12 + frag_len]
+            payload = payload[12 + frag_len:]
+            if len(fragment) < frag_len or offset + frag_len > length:
+                return None  # malformed: the engine refuses it
+            if kind == _CERTIFICATE:
+                self.done = True  # a certificate handshake: no identity
+                return None
+            if kind != _CLIENT_KEY_EXCHANGE:
+                continue
+            if self._cke_length not in (None, length):
+                continue  # another message claiming to be the CKE: the first one counts
+            self._cke_length = length
+            if offset == len(self._cke):
+                self._cke += fragment
+            elif offset < len(self._cke) < offset + frag_len:  # an overlapping retransmission
+                self._cke += fragment[len(self._cke) - offset:]
+            complete, identity = _identity_of(self._cke)
+            if complete or len(self._cke) >= length:
+                self.done = True
+                self.identity = identity
+                return identity
         return None
