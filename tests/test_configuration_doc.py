@@ -470,6 +470,7 @@ GATEWAY: dict[tuple[str, str], Accessor] = {
     ("mef", "psk_hex"): lambda b, _: b.gateway.receiver._keys.fetcher.tls.psk.key.hex(),
     ("mef", "psk_file"): lambda b, _: b.gateway.receiver._keys.fetcher.tls.psk.key.hex(),
     ("mef", "target_id"): lambda b, _: b.gateway.receiver._keys.fetcher.target_id,
+    ("mef", "recheck_interval_s"): lambda b, _: b.gateway.key_recheck_interval,
     ("routes", "csi"): lambda b, _: list(b.gateway.routes),
     ("routes", "url"): lambda b, _: list(b.gateway.routes.values()),
     ("saef", "listen"): lambda b, _: b.cfg.saef.listen,
@@ -878,6 +879,9 @@ REFUSALS = [
     ("mef.toml", 'naf_token = "zn-token-of-this-mef"', ""),  # [gba] needs a token (none in the environment)
     ("mef.toml", 'store = "sqlite:///var/lib/m2msec/mef.db"', ""),
     ("gateway.toml", "enforce_acp = false", 'enforce_acp = "no"'),
+    ("gateway.toml", "recheck_interval_s = 600", "recheck_interval_s = 9"),
+    ("gateway.toml", "recheck_interval_s = 600", "recheck_interval_s = 86401"),
+    ("gateway.toml", "recheck_interval_s = 600", "recheck_interval_s = true"),
     ("gateway.toml", "audit_seal_interval_s = 60", "audit_seal_interval_s = 0.2"),
     ("gateway.toml", "audit_seal_interval_s = 60", 'audit_seal_interval_s = "60"'),
     ("gateway.toml", 'sp_id = "//m2m.example.com"', 'sp_id = "//"'),

@@ -2,7 +2,9 @@
 Target: the AE enrols through the MEF process (PSK RSPF, grant (CSE-ID, SUID 23)); its
 pairwiseESPrimKey is derive_usage_key(Ke, 23, CSE-ID) with kid = KeID; the gateway process
 ([mef] in gateway.toml) fetches the key from the MEF on first sight of the KeID and binds it to
-the Enrolee-ID the MEF returns."""
+the Enrolee-ID the MEF returns.  When the MEF revokes the Enrolee (`m2msec mef enrolee revoke`),
+the gateway's next re-check pass (`[mef] recheck_interval_s`, here the shortest allowed, 10 s)
+deletes the key: the AE's next request on the same ESPrim session is refused 4112 (profile M27)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import asyncio
 import os
 import secrets
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -56,7 +59,7 @@ def test_rspf_esprim_key_through_gateway_and_acme(acme: AcmeCSE, tmp_path: Path,
     with mef:
         config = write_config(gwdir / "gateway.toml", cse_id=acme.cse_id, cse_name=acme.cse_name, keys=[],
                               extra=f'\n[mef]\nfqdn = "{MEF_FQDN}"\nhost = "127.0.0.1"\nport = {mef.port}\n'
-                                    f'psk_identity = "cse-psk"\npsk_hex = "{CSE_PSK}"\n')
+                                    f'psk_identity = "cse-psk"\npsk_hex = "{CSE_PSK}"\nrecheck_interval_s = 10\n')
         gw = GatewayProcess(config, acme.url)
         try:
             with OneM2MClient(gw.url, ae) as c:
@@ -90,20 +93,35 @@ def test_rspf_esprim_key_through_gateway_and_acme(acme: AcmeCSE, tmp_path: Path,
                     with pytest.raises(OuterResponseError) as unk:  # the MEF refuses: 4112
                         await SecureOriginator(client, Originator(clock=_now), unknown).send(
                             inner(Operation.RETRIEVE, ae_path), cb, cb)
-                return e.ke_id, created, got, imp.value.rsc, bad_key.value.rsc, unk.value.rsc
+                    # the MEF revokes the Enrolee: within one re-check interval the gateway drops the
+                    # key, and the same ESPrim session (already set up) is refused from then on
+                    await asyncio.to_thread(mef.admin, "enrolee", "revoke", "--enrolee-id", ae)
+                    revoked_at = time.monotonic()
+                    refused = None
+                    while refused is None and time.monotonic() - revoked_at < 25:
+                        try:
+                            await so.send(inner(Operation.RETRIEVE, f"{ae_path}/mefcnt"), cb, cb)
+                        except OuterResponseError as exc:
+                            refused = exc.rsc
+                        else:
+                            await asyncio.sleep(0.5)
+                return e.ke_id, created, got, imp.value.rsc, bad_key.value.rsc, unk.value.rsc, refused
 
-            kid, created, got, imp_rsc, bad_rsc, unk_rsc = asyncio.run(asyncio.wait_for(go(), 60))
+            kid, created, got, imp_rsc, bad_rsc, unk_rsc, revoked_rsc = asyncio.run(asyncio.wait_for(go(), 90))
             assert created.rsc == RSC.CREATED and got.rsc == RSC.OK  # type: ignore[attr-defined]
             assert got.pc["m2m:cnt"]["mni"] == 3  # type: ignore[attr-defined]
             assert imp_rsc == RSC.ESPRIM_IMPERSONATION_ERROR
             assert bad_rsc == RSC.ESPRIM_BAD_MAC  # a key other than the provisioned one
             assert unk_rsc == RSC.ESPRIM_UNKNOWN_KEY_ID
+            assert revoked_rsc == RSC.ESPRIM_UNKNOWN_KEY_ID  # the revoked Enrolee's key is gone
             with OneM2MClient(acme.url, ae) as direct:  # the container really exists in ACME
                 assert direct.retrieve(f"{ae_path}/mefcnt").rsc == RSC.OK
         finally:
             gw.stop()
-    # the gateway keeps the fetched key in its store, bound to the Enrolee-ID with SUID 23
+    # the gateway deleted the fetched key (it was bound to the Enrolee-ID with SUID 23) and
+    # audited why
     kek = KeyEncryptionKey.from_file(gwdir / "gateway.kek")
     with open_store(f"sqlite://{gwdir}/gateway.db", kek) as store:
-        cred = store.find_credential("esprim.pairwise", kid)  # type: ignore[arg-type]
-        assert cred is not None and cred.metadata == {"peer": ae, "suid": 23}
+        assert store.find_credential("esprim.pairwise", kid) is None  # type: ignore[arg-type]
+        (rec,) = [a for a in store.list_audit(actor="gateway") if a.action == "mef-revoked"]
+        assert rec.subject == ae and rec.details == {"kid": kid, "reason": "the MEF refused the KeID"}

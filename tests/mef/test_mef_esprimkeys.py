@@ -91,3 +91,93 @@ def test_gateway_mef_table(tmp_path: Path) -> None:
         p.write_text(base + bad)
         with pytest.raises(ConfigError):
             load_config(p)
+
+
+def test_recheck_drops_what_the_mef_no_longer_serves(tmp_path: Path) -> None:
+    """MEFESPrimKeySource.recheck (profile M27) against a real MEF: valid keys stay; a revoked
+    Enrolee's key, a key that is not the MEF's (another value, another Enrolee-ID) are deleted with
+    an audit record; keys of other MEFs and other SUIDs are never asked about; an unreachable MEF
+    changes nothing."""
+    clock = Clock()
+    state = make_state(tmp_path, clock)
+    ae2 = "Cae-second"
+    for ae, kpm_id, kpm in ((AE, "kpm-a", b"a" * 32), (ae2, "kpm-2", b"2" * 32)):
+        state.add_enrolee(EnroleeConfig(ae, kpm_id=kpm_id, targets=(TargetGrant(CSE, (23,)),)), kpm=kpm)
+    state.add_target(TargetConfig(CSE, psk_id="cse"), psk=b"c" * 32)
+    gw_store = open_store(f"sqlite:///{tmp_path / 'gw.db'}", KeyEncryptionKey.generate(), clock=clock)
+    local = StoreKeySource(gw_store)
+    other_mef = local.provision("ef" * 16 + "@other-mef.example.com", os.urandom(32), peer_id="Cx", suid=23)
+    preprovisioned = local.provision("kid-13", os.urandom(32), peer_id="Cy", suid=13)
+    with ThreadedMEF(state) as mef:
+        def fetcher(port: int) -> MEFKeyFetcher:
+            return MEFKeyFetcher(mef.host, port, mef_tls_config(psk=PSKCredentials(b"cse", b"c" * 32)),
+                                 target_id=CSE, mef_fqdn=MEF_FQDN, clock=clock, timeout=2.0)
+
+        src = MEFESPrimKeySource(fetcher(mef.port), local)
+
+        async def main() -> tuple[str, str]:
+            e = await enrol(mef.host, mef.port, mef_tls_config(psk=PSKCredentials(b"kpm-a", b"a" * 32)))
+            e2 = await enrol(mef.host, mef.port, mef_tls_config(psk=PSKCredentials(b"kpm-2", b"2" * 32)))
+            for kid in (e.ke_id, e2.ke_id):
+                await src.prefetch(kid)
+            fetches = src.fetcher.fetches
+            assert await src.recheck() == {"checked": 2, "valid": 2, "revoked": 0, "unreachable": 0}
+            assert src.fetcher.fetches == fetches + 2  # asked the MEF, not the fetcher's cache
+
+            state.revoke_enrolee(AE)  # `m2msec mef enrolee revoke`
+            assert await src.recheck() == {"checked": 2, "valid": 1, "revoked": 1, "unreachable": 0}
+            with pytest.raises(UnknownKeyID):
+                local.resolve(e.ke_id)
+            await src.prefetch(e.ke_id)  # first sight again: the MEF refuses, nothing comes back
+            with pytest.raises(UnknownKeyID):
+                src.resolve(e.ke_id)
+
+            # the stored key is not the one the MEF gives (another value, then another Enrolee-ID):
+            # deleted; the next first sight stores the MEF's key again
+            good = local.resolve(e2.ke_id)
+            for bad in (dict(key=os.urandom(32), peer_id=ae2), dict(key=good.key, peer_id="Cimpostor")):
+                local.provision(e2.ke_id, suid=23, expires_at=good.expires_at, **bad)  # type: ignore[arg-type]
+                assert await src.recheck() == {"checked": 1, "valid": 0, "revoked": 1, "unreachable": 0}
+                with pytest.raises(UnknownKeyID):
+                    local.resolve(e2.ke_id)
+                await src.prefetch(e2.ke_id)
+                assert local.resolve(e2.ke_id).key == good.key and local.resolve(e2.ke_id).peer_id == ae2
+
+            # the MEF does not answer: the key stays
+            down = MEFESPrimKeySource(fetcher(_dead_port()), local)
+            assert await down.recheck() == {"checked": 1, "valid": 0, "revoked": 0, "unreachable": 1}
+            assert local.resolve(e2.ke_id).key == good.key
+            return e.ke_id, e2.ke_id
+
+        revoked_kid, kept_kid = asyncio.run(asyncio.wait_for(main(), 60))
+    # never asked about: another MEF's KeID, a SUID-13 key
+    assert local.resolve(other_mef.kid).key == other_mef.key
+    assert local.resolve(preprovisioned.kid).key == preprovisioned.key
+    audit = [a for a in gw_store.list_audit(actor="gateway", newest_first=False) if a.action == "mef-revoked"]
+    assert [(a.subject, a.details["kid"]) for a in audit] == [(AE, revoked_kid), (ae2, kept_kid), ("Cimpostor", kept_kid)]
+    assert audit[0].details["reason"] == "the MEF refused the KeID"
+    assert audit[1].details["reason"] == "the MEF gave another key or Enrolee-ID"
+    gw_store.close()
+
+
+def _dead_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_gateway_mef_recheck_interval(tmp_path: Path) -> None:
+    base = ('[cse]\nid = "id-in"\nname = "cse-in"\n[mef]\nfqdn = "m.example"\nport = 1\npsk_identity = "x"\n'
+            'psk_hex = "' + "ab" * 32 + '"\n')
+    p = tmp_path / "gateway.toml"
+    p.write_text(base)
+    assert load_config(p).mef.recheck_interval == 300  # type: ignore[union-attr]
+    for ok, want in (("0", 0.0), ("10", 10.0), ("86400", 86400.0), ("12.5", 12.5)):
+        p.write_text(base + f"recheck_interval_s = {ok}\n")
+        assert load_config(p).mef.recheck_interval == want  # type: ignore[union-attr]
+    for bad in ("5", "-1", "86401", "true", '"300"'):
+        p.write_text(base + f"recheck_interval_s = {bad}\n")
+        with pytest.raises(ConfigError, match="recheck_interval_s"):
+            load_config(p)

@@ -164,6 +164,11 @@ class StoreKeySource:
         """The store the keys live in (e.g. for its change notifications)."""
         return self._store
 
+    @property
+    def namespace(self) -> str:
+        """The store namespace of the keys (a caller's own transaction on them)."""
+        return self._namespace
+
     def revoke(self, kid: str, *, notify: str | None = None) -> bool:
         """Delete the key; with ``notify`` also, in the same transaction, notify that channel
         (payload: the kid; :mod:`m2msec.store.notify`) so that other instances learn of it."""
@@ -176,6 +181,20 @@ class StoreKeySource:
 
     def resolve(self, kid: str) -> PairwiseKey:
         return self.lookup(kid)[0]
+
+    def keys(self, *, suid: SUID | int | None = None) -> list[PairwiseKey]:
+        """The live keys (ordered by kid), only those of ``suid`` when given; entries with
+        unusable metadata are left out (``resolve`` refuses them too)."""
+        where = None if suid is None else {"suid": int(suid)}
+        out = []
+        for cred in self._store.list_credentials(self._namespace, where=where):
+            md = cred.metadata
+            try:
+                out.append(PairwiseKey(kid=cred.cred_id, key=cred.secret, peer_id=md["peer"], suid=SUID(md["suid"]),
+                                       expires_at=cred.expires_at))
+            except (KeyError, ValueError, TypeError):
+                continue
+        return out
 
     def lookup(self, kid: str) -> tuple[PairwiseKey, dict[str, Any]]:
         """The key and all its stored metadata (UnknownKeyID as :meth:`resolve`)."""

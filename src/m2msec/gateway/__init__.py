@@ -83,6 +83,7 @@ Configuration (``gateway.toml``; paths relative to the file; every key, type and
     psk_identity = "cse-in@mef.example.com"   # the CSE's credentials towards the MEF
     psk_hex = "..."              # or psk_file = "mef.psk"
     target_id = "/id-in"         # Enrolment Target ID (default "/" + [cse] id)
+    recheck_interval_s = 300     # ask the MEF again about every fetched key (0 = never)
 
     [[routes]]                   # other CSEs reachable through their gateways
     csi = "/id-mn"

@@ -51,7 +51,7 @@ def build(config: GatewayConfig, *, clock: Any = None, store: Store | None = Non
         unique_key_period=config.unique_key_period,
     )
     source: Any = keys
-    prefetch = None
+    prefetch = recheck = None
     if config.mef is not None:  # RSPF-provisioned keys (SUID 23) fetched from the MEF on first sight
         from m2msec.mef.client import MEFKeyFetcher, mef_tls_config  # noqa: PLC0415
         from m2msec.mef.esprimkeys import MEFESPrimKeySource  # noqa: PLC0415
@@ -61,7 +61,7 @@ def build(config: GatewayConfig, *, clock: Any = None, store: Store | None = Non
         fetcher = MEFKeyFetcher(m.host, m.port, mef_tls_config(psk=PSKCredentials(m.psk_identity.encode(), m.psk)),
                                 target_id=m.target_id, mef_fqdn=m.fqdn, clock=clock)
         source = MEFESPrimKeySource(fetcher, keys)
-        prefetch = source.prefetch
+        prefetch, recheck = source.prefetch, source.recheck
     receiver = Receiver(keys=source, state=StoreReceiverState(store, clock=clock), clock=clock, policy=policy)
     gw = Gateway(
         cse_url=config.cse_url, cse_id=config.cse_id, cse_name=config.cse_name, receiver=receiver,
@@ -69,6 +69,7 @@ def build(config: GatewayConfig, *, clock: Any = None, store: Store | None = Non
         key_prefetch=prefetch, enforce_acp=config.enforce_acp, sp_id=config.sp_id, clock=clock,
         require_saef_for=config.saef.require_saef_for if config.saef is not None else (),
         limits=config.connection_limits,
+        key_recheck=recheck, key_recheck_interval=config.mef.recheck_interval if config.mef is not None else 0.0,
     )
     if config.saef is not None:
         from m2msec.gateway.saef import SAEFListener  # noqa: PLC0415

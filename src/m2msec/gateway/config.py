@@ -90,11 +90,17 @@ class KeyEntry:
         return f"KeyEntry(kid={self.kid!r}, peer={self.peer!r}, suid={int(self.suid)}, key=<hidden>)"
 
 
+#: ``[mef] recheck_interval_s``: default, and the longest allowed (the shortest is 10 s; 0 = never)
+DEFAULT_MEF_RECHECK_INTERVAL_S = 300.0
+MEF_RECHECK_INTERVAL_LIMIT_S = 86_400.0
+
+
 @dataclass(frozen=True, repr=False)
 class MEFSourceConfig:
     """``[mef]``: fetch RSPF-provisioned pairwiseESPrimKeys (SUID 23) for KeIDs of ``fqdn``
     from the MEF at ``host:port``, authenticated with the CSE's pre-configured PSK;
-    ``target_id`` is the CSE's Enrolment Target ID (X-M2M-Origin, the 10.3.7 input)."""
+    ``target_id`` is the CSE's Enrolment Target ID (X-M2M-Origin, the 10.3.7 input);
+    ``recheck_interval``: seconds between two MEF re-checks of the fetched keys (0: never)."""
 
     fqdn: str
     host: str
@@ -102,10 +108,12 @@ class MEFSourceConfig:
     psk_identity: str
     psk: bytes = field(compare=False)
     target_id: str
+    recheck_interval: float = DEFAULT_MEF_RECHECK_INTERVAL_S
 
     def __repr__(self) -> str:
         return (f"MEFSourceConfig(fqdn={self.fqdn!r}, host={self.host!r}, port={self.port}, "
-                f"psk_identity={self.psk_identity!r}, target_id={self.target_id!r}, psk=<hidden>)")
+                f"psk_identity={self.psk_identity!r}, target_id={self.target_id!r}, "
+                f"recheck_interval={self.recheck_interval}, psk=<hidden>)")
 
 
 @dataclass(frozen=True)
@@ -563,7 +571,8 @@ GATEWAY_TOML_KEYS: dict[str, frozenset[str]] = {
                           "max_connections_per_ip"}),
     "receiver": frozenset({"suids", "shared_lifetime", "unique_lifetime", "unique_key_period"}),
     "keys[]": frozenset({"kid", "key_hex", "key_file", "peer", "suid"}),
-    "mef": frozenset({"fqdn", "host", "port", "psk_identity", "psk_hex", "psk_file", "target_id"}),
+    "mef": frozenset({"fqdn", "host", "port", "psk_identity", "psk_hex", "psk_file", "target_id",
+                      "recheck_interval_s"}),
     "routes[]": frozenset({"csi", "url"}),
     "saef": frozenset({"listen", "cert", "key", "require_saef_for", "max_connections", "max_connections_per_ip"}),
     "saef_psk[]": frozenset({"kpsa_id", "kpsa_hex", "kpsa_file", "ae_id"}),
@@ -619,8 +628,12 @@ def load_config(path: str | Path, *, cse_url: str | None = None, store_url: str 
             raise ConfigError("[mef] needs fqdn, port, psk_identity and psk_hex or psk_file")
         psk = _read_key({"key_hex": m["psk_hex"]} if "psk_hex" in m else
                         {"key_file": m["psk_file"]} if "psk_file" in m else {}, base, "[mef]")
+        recheck = m.get("recheck_interval_s", DEFAULT_MEF_RECHECK_INTERVAL_S)
+        if (isinstance(recheck, bool) or not isinstance(recheck, (int, float))
+                or not (recheck == 0 or 10 <= recheck <= MEF_RECHECK_INTERVAL_LIMIT_S)):
+            raise ConfigError(f"[mef] recheck_interval_s must be 0 (never) or 10 to {int(MEF_RECHECK_INTERVAL_LIMIT_S)}")
         mef = MEFSourceConfig(m["fqdn"], str(m.get("host", "127.0.0.1")), int(m["port"]), m["psk_identity"], psk,
-                              str(m.get("target_id", "/" + cse["id"].lstrip("/"))))
+                              str(m.get("target_id", "/" + cse["id"].lstrip("/"))), float(recheck))
     kek = store.get("kek_file")
     enforce_acp = gw.get("enforce_acp", True)
     if not isinstance(enforce_acp, bool):

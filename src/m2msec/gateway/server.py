@@ -167,7 +167,10 @@ class Gateway:
     ``m2m:seci`` Notify to an AE (profile G4); ``clock``: the wall clock (aware UTC) for the
     ``actw`` time windows of access-control contexts; ``require_saef_for``: AE-IDs (or
     ``prefix*``) that must come through the SAEF listener (:mod:`m2msec.gateway.saef`): a
-    request claiming one of them that arrives unauthenticated is refused 4106.
+    request claiming one of them that arrives unauthenticated is refused 4106;
+    ``key_recheck``: while started, awaited every ``key_recheck_interval`` seconds (the MEF
+    re-check of RSPF-provisioned keys, :meth:`m2msec.mef.esprimkeys.MEFESPrimKeySource.recheck`;
+    0 or None: never).
     """
 
     def __init__(
@@ -189,7 +192,12 @@ class Gateway:
         clock: Callable[[], datetime] = _utc_now,
         require_saef_for: tuple[str, ...] = (),
         limits: ConnectionLimits | None = None,
+        key_recheck: Callable[[], Awaitable[object]] | None = None,
+        key_recheck_interval: float = 0.0,
     ) -> None:
+        self.key_recheck = key_recheck
+        self.key_recheck_interval = key_recheck_interval
+        self._recheck_task: asyncio.Task[None] | None = None
         self.cse_url = cse_url.rstrip("/")
         self.cse_id = cse_id.lstrip("/")
         self.cse_name = cse_name
@@ -237,9 +245,25 @@ class Gateway:
         self._server = await asyncio.start_server(self._client, host, port)
         self.host = host
         self.port = int(self._server.sockets[0].getsockname()[1])
+        if self.key_recheck is not None and self.key_recheck_interval > 0 and self._recheck_task is None:
+            self._recheck_task = asyncio.get_running_loop().create_task(self._recheck_keys())
         return self
 
+    async def _recheck_keys(self) -> None:
+        """Every ``key_recheck_interval`` s: one ``key_recheck`` pass (a failed pass is logged)."""
+        assert self.key_recheck is not None
+        while True:
+            await asyncio.sleep(self.key_recheck_interval)
+            try:
+                await self.key_recheck()
+            except Exception:  # noqa: BLE001 - the next pass tries again
+                log.exception("key re-check pass failed")
+
     async def close(self) -> None:
+        if self._recheck_task is not None:
+            self._recheck_task.cancel()
+            await asyncio.gather(self._recheck_task, return_exceptions=True)
+            self._recheck_task = None
         if self._server is not None:
             self._server.close()
             for t in list(self._tasks):

@@ -34,7 +34,6 @@ from typing import Any, Protocol, Union, runtime_checkable
 
 from m2msec.errors import M2MSecError
 from m2msec.keys import derive_km, parse_key_id
-from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 
 __all__ = ["FetchedKm", "InMemoryMEF", "KmStatus", "MEFClient"]
 
@@ -48,11 +47,6 @@ class KmStatus(enum.Enum):
     VALID = "valid"
     REVOKED = "revoked"
     UNREACHABLE = "unreachable"
-
-
-#: MEF refusals that mean the KeID is no longer good (profile M5: unknown, expired or revoked
-#: KeID 4004; revoked enrolee / not authorised 4103)
-_REVOKING_RSC = frozenset({RSC.NOT_FOUND, RSC.ORIGINATOR_HAS_NO_PRIVILEGE})
 
 
 @runtime_checkable
@@ -138,17 +132,8 @@ class FetcherMEFClient:
         """Ask the MEF again (never from the fetcher's cache) whether ``keid`` still gives ``km``."""
         if not self._ours(keid):
             return KmStatus.REVOKED
-        try:
-            cred = await self.fetcher.fetch(keid, self.SUID_MAF, fresh=True)  # type: ignore[attr-defined]
-        except M2MSecError as exc:
-            from m2msec.mef.client import MEFClientError  # noqa: PLC0415 - the MEF package only when a MEF is used
-
-            if isinstance(exc, MEFClientError) and exc.rsc in _REVOKING_RSC:
-                return KmStatus.REVOKED
-            return KmStatus.UNREACHABLE
-        except (OSError, TimeoutError):
-            return KmStatus.UNREACHABLE
-        return KmStatus.VALID if hmac.compare_digest(cred.key, km) else KmStatus.REVOKED
+        status, _cred = await self.fetcher.recheck(keid, self.SUID_MAF, km)  # type: ignore[attr-defined]
+        return KmStatus(status.value)
 
     def _ours(self, keid: str) -> bool:
         is_ours = getattr(self.fetcher, "is_ours", None)

@@ -10,7 +10,10 @@
   in the store.
 * :class:`MEFKeyFetcher` - an Enrolment Target (CSE, AE or MAF) that receives a
   KeID it does not know fetches ``/fetchCredentials/<KeID>/<SUID>`` from the MEF
-  over mutually authenticated TLS and caches the key for its lifetime.
+  over mutually authenticated TLS and caches the key for its lifetime;
+  :meth:`MEFKeyFetcher.recheck` asks the MEF again about a key the target holds
+  (:class:`KeyStatus`: still valid, revoked - the MEF refuses the KeID, 4004/4103, or
+  gives another key or Enrolee-ID - or unreachable).
 * :class:`MEFKpsaDirectory` - a :class:`~m2msec.saef.config.KpsaDirectory` for
   :func:`m2msec.saef.psk_server`: known KpsaIDs come from a local directory, an
   unknown KeID of this MEF is fetched (SUID 22, Kpsa) - see its docstring for the
@@ -21,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import enum
+import hmac
 import secrets
 import threading
 from collections.abc import Callable
@@ -60,6 +65,8 @@ __all__ = [
     "MEFKeyFetcher",
     "MEFKpsaDirectory",
     "FetchedCredential",
+    "KeyStatus",
+    "REVOKING_RSC",
     "enrol",
     "load_enrolment",
     "mef_tls_config",
@@ -216,6 +223,19 @@ def load_enrolment(store: Any, ke_id_: str, namespace: str = NS_CLIENT) -> Enrol
 # ------------------------------------------------------------------ Enrolment Target
 
 
+class KeyStatus(enum.Enum):
+    """What the MEF says now about a KeID whose key an Enrolment Target holds (a re-check)."""
+
+    VALID = "valid"
+    REVOKED = "revoked"
+    UNREACHABLE = "unreachable"
+
+
+#: MEF refusals that mean the KeID is no longer good (profile M5: unknown, expired or revoked
+#: KeID 4004; revoked enrolee / target not authorised 4103); any other failure is UNREACHABLE
+REVOKING_RSC = frozenset({RSC.NOT_FOUND, RSC.ORIGINATOR_HAS_NO_PRIVILEGE})
+
+
 @dataclass(frozen=True)
 class FetchedCredential:
     """Table 8.3.2.1-5 as received: the key, the Enrolee-ID and its lifetime."""
@@ -296,6 +316,22 @@ class MEFKeyFetcher:
         with self._lock:
             self._cache[(ke_id_, suid)] = (cred, until)
         return cred
+
+    async def recheck(self, ke_id_: str, suid: int, key: bytes, *,
+                      enrolee_id: str | None = None) -> tuple[KeyStatus, FetchedCredential | None]:
+        """Ask the MEF again (never from the cache) whether (KeID, SUID) still gives ``key`` (and,
+        when given, ``enrolee_id``).  REVOKED: the MEF refuses the KeID (:data:`REVOKING_RSC`) or
+        answers another key or Enrolee-ID; UNREACHABLE: no answer, another refusal, or a KeID of
+        another MEF is never claimed revoked by this one.  The fetched credential comes along when
+        the MEF answered (it refreshes the cache; its lifetime may have changed)."""
+        try:
+            cred = await self.fetch(ke_id_, suid, fresh=True)
+        except MEFClientError as exc:
+            return (KeyStatus.REVOKED if exc.rsc in REVOKING_RSC else KeyStatus.UNREACHABLE), None
+        except (M2MSecError, OSError, TimeoutError):
+            return KeyStatus.UNREACHABLE, None
+        same = hmac.compare_digest(cred.key, key) and (enrolee_id is None or cred.enrolee_id == enrolee_id)
+        return (KeyStatus.VALID if same else KeyStatus.REVOKED), cred
 
     async def fetch_km(self, ke_id_: str) -> FetchedCredential:
         """Km for a MAF (SUID 21) - what a MAF calls when a MAF Client presents a KeID."""

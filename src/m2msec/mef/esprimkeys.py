@@ -11,21 +11,39 @@ compares with the inner From) and keeps it in its store until the key's lifetime
 :class:`MEFESPrimKeySource` is a :class:`~m2msec.esprim.keysource.PairwiseKeySource` whose
 ``prefetch`` is the asynchronous first-sight hook (``SecureReceiver(prefetch=...)``, the
 gateway's ``key_prefetch``); ``resolve`` falls back to a blocking fetch.
+
+Revocation (profile M27): a fetched key stays in the store until its lifetime (the enrolment's
+expiry), so :meth:`MEFESPrimKeySource.recheck` asks the MEF again about every SUID-23 KeID of
+this MEF in the store (never from the fetcher's cache, at most :data:`RECHECK_CONCURRENCY` at a
+time; the gateway runs it every ``[mef] recheck_interval_s``).  A KeID the MEF now refuses
+(4004/4103: Enrolee revoked, enrolment expired or re-enrolled) or that gives another key or
+Enrolee-ID is deleted from the store at once, in one transaction with an audit record
+(``gateway`` ``mef-revoked``): the Receiver resolves the key for every ESPrim Object (C.6a),
+so the Enrolee's next request is refused 4112, also on a session set up before.  A MEF that
+does not answer changes nothing (WARNING; the next pass asks again).  A shorter (or longer)
+lifetime the MEF now gives replaces the stored one.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import logging
 from typing import Any
 
 from m2msec.errors import M2MSecError
 from m2msec.esprim.errors import UnknownKeyID
 from m2msec.esprim.keysource import PairwiseKey, StoreKeySource
-from m2msec.mef.client import FetchedCredential, MEFKeyFetcher
+from m2msec.mef.client import FetchedCredential, KeyStatus, MEFKeyFetcher
 from m2msec.onem2m.enums import SUID
 
-__all__ = ["MEFESPrimKeySource"]
+__all__ = ["RECHECK_CONCURRENCY", "MEFESPrimKeySource"]
+
+log = logging.getLogger(__name__)
 
 SUID_ESPRIM = int(SUID.RSPF_ESPRIM)  # 23
+#: MEF re-checks in flight at a time during one :meth:`MEFESPrimKeySource.recheck` pass
+RECHECK_CONCURRENCY = 4
 
 
 class MEFESPrimKeySource:
@@ -73,6 +91,44 @@ class MEFESPrimKeySource:
             except UnknownKeyID:
                 pass
         return None
+
+    async def recheck(self) -> dict[str, int]:
+        """One pass over the SUID-23 keys of this MEF in the store (see the module docstring).
+        Returns counts: ``checked``, ``valid``, ``revoked``, ``unreachable``."""
+        counts = {"checked": 0, "valid": 0, "revoked": 0, "unreachable": 0}
+        held = await asyncio.to_thread(self.local.keys, suid=SUID.RSPF_ESPRIM)
+        sem = asyncio.Semaphore(RECHECK_CONCURRENCY)
+
+        async def one(pk: PairwiseKey) -> None:
+            async with sem:
+                status, cred = await self.fetcher.recheck(pk.kid, SUID_ESPRIM, pk.key, enrolee_id=pk.peer_id)
+            counts["checked"] += 1
+            counts[status.value] += 1
+            if status is KeyStatus.REVOKED:
+                await asyncio.to_thread(self._drop, pk, "the MEF refused the KeID" if cred is None
+                                        else "the MEF gave another key or Enrolee-ID")
+            elif status is KeyStatus.VALID and cred is not None and cred.lifetime != pk.expires_at:
+                await asyncio.to_thread(self._provision, cred)  # the MEF changed the key's lifetime
+
+        await asyncio.gather(*(one(pk) for pk in held if self.handles(pk.kid)))
+        if counts["unreachable"]:
+            log.warning("MEF re-check: %d of %d KeID(s) not answered; their keys stay until the next pass",
+                        counts["unreachable"], counts["checked"])
+        if counts["revoked"]:
+            log.info("MEF re-check: %d pairwiseESPrimKey(s) removed (the MEF no longer serves their KeID)",
+                     counts["revoked"])
+        return counts
+
+    def _drop(self, pk: PairwiseKey, reason: str) -> None:
+        """Delete the key the re-check found revoked (unless it changed meanwhile), audited."""
+        local = self.local
+        with local.store.transaction() as tx:
+            now = tx.find_credential(local.namespace, pk.kid)
+            if now is None or not hmac.compare_digest(now.secret, pk.key):
+                return  # gone or replaced meanwhile: not what the MEF was asked about
+            tx.delete_credential(local.namespace, pk.kid)
+            tx.append_audit("gateway", "mef-revoked", pk.peer_id, "ok", {"kid": pk.kid, "reason": reason})
+        log.info("pairwiseESPrimKeyID %s of %s removed: %s", pk.kid, pk.peer_id, reason)
 
     def resolve(self, kid: str) -> PairwiseKey:
         try:
