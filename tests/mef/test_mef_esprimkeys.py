@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -96,8 +97,8 @@ def test_gateway_mef_table(tmp_path: Path) -> None:
 def test_recheck_drops_what_the_mef_no_longer_serves(tmp_path: Path) -> None:
     """MEFESPrimKeySource.recheck (profile M27) against a real MEF: valid keys stay; a revoked
     Enrolee's key, a key that is not the MEF's (another value, another Enrolee-ID) are deleted with
-    an audit record; keys of other MEFs and other SUIDs are never asked about; an unreachable MEF
-    changes nothing."""
+    an audit record; a lifetime that is not the MEF's is corrected; keys of other MEFs and other
+    SUIDs are never asked about; an unreachable MEF changes nothing."""
     clock = Clock()
     state = make_state(tmp_path, clock)
     ae2 = "Cae-second"
@@ -142,6 +143,12 @@ def test_recheck_drops_what_the_mef_no_longer_serves(tmp_path: Path) -> None:
                     local.resolve(e2.ke_id)
                 await src.prefetch(e2.ke_id)
                 assert local.resolve(e2.ke_id).key == good.key and local.resolve(e2.ke_id).peer_id == ae2
+
+            # the stored lifetime is not the MEF's: the MEF's replaces it (the key stays)
+            assert good.expires_at is not None
+            local.provision(e2.ke_id, good.key, peer_id=ae2, suid=23, expires_at=good.expires_at + timedelta(days=1))
+            assert await src.recheck() == {"checked": 1, "valid": 1, "revoked": 0, "unreachable": 0}
+            assert local.resolve(e2.ke_id).expires_at == good.expires_at
 
             # the MEF does not answer: the key stays
             down = MEFESPrimKeySource(fetcher(_dead_port()), local)
