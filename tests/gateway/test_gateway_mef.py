@@ -27,8 +27,10 @@ from m2msec.net.client import AsyncOneM2MClient, OneM2MClient
 from m2msec.onem2m import Operation, RequestPrimitive, ResourceType, ResponseStatusCode
 from m2msec.onem2m.enums import SUID
 from m2msec.onem2m.primitives import new_request_id
+from m2msec.saef import psk_client
+from m2msec.saef.http import SAEFHTTPClient
 from m2msec.store import KeyEncryptionKey, open_store
-from m2msec.tls.engine import PSKCredentials
+from m2msec.tls.engine import PSKCredentials, TLSHandshakeError
 
 from _gateway_support import GatewayProcess, write_config
 
@@ -125,3 +127,72 @@ def test_rspf_esprim_key_through_gateway_and_acme(acme: AcmeCSE, tmp_path: Path,
         assert store.find_credential("esprim.pairwise", kid) is None  # type: ignore[arg-type]
         (rec,) = [a for a in store.list_audit(actor="gateway") if a.action == "mef-revoked"]
         assert rec.subject == ae and rec.details == {"kid": kid, "reason": "the MEF refused the KeID"}
+
+
+def test_rspf_kpsa_saef_through_gateway_and_acme(acme: AcmeCSE, tmp_path: Path, tag: str) -> None:
+    """RSPF-provisioned Kpsa (SUID 22) on the gateway's SAEF listener (profile M28): the AE enrols
+    through the MEF process with a grant (CSE-ID, 22), derives Kpsa for the CSE and opens a TLS-PSK
+    association with psk_identity = KeID; the gateway process ([saef] with [mef] only) fetches Kpsa
+    from the MEF, binds the association to the Enrolee-ID, and the AE's requests reach ACME.  Then
+    the MEF revokes the Enrolee: within one re-check interval the open association is refused
+    4106, and a new handshake fails."""
+    cse_target = "/" + acme.cse_id
+    ae = f"Cmef-saef-{tag}"
+    mef = MEFProcess(tmp_path / "mef", MEF_FQDN)
+    mef.admin("enrolee", "add", "--enrolee-id", ae, "--kpm-id", "kpm-saef", "--kpm-hex", KPM,
+              "--target", f"{cse_target}=22")
+    mef.admin("target", "add", "--target-id", cse_target, "--psk-id", "cse-psk", "--psk-hex", CSE_PSK)
+    gwdir = tmp_path / "gw"
+    gwdir.mkdir()
+    KeyEncryptionKey.generate().write_file(gwdir / "gateway.kek")
+    with mef:
+        config = write_config(gwdir / "gateway.toml", cse_id=acme.cse_id, cse_name=acme.cse_name, keys=[],
+                              extra=f'\n[mef]\nfqdn = "{MEF_FQDN}"\nhost = "127.0.0.1"\nport = {mef.port}\n'
+                                    f'psk_identity = "cse-psk"\npsk_hex = "{CSE_PSK}"\nrecheck_interval_s = 10\n'
+                                    '\n[saef]\nlisten = "127.0.0.1:0"\n')
+        gw = GatewayProcess(config, acme.url, saef_listen="127.0.0.1:0")
+        assert gw.saef_address is not None
+        host, port = gw.saef_address
+        cb = acme.cse_base
+        try:
+            async def go() -> tuple[list[int], int | None, str]:
+                e = await enrol("127.0.0.1", mef.port, mef_tls_config(psk=PSKCredentials(b"kpm-saef", bytes.fromhex(KPM))),
+                                EnrolmentRequest())
+                entry = e.kpsa_entry(cse_target)
+                rscs = []
+                async with await SAEFHTTPClient.connect(psk_client(entry), host, port, timeout=8) as c:
+                    assert c.context.peer_id == cse_target and c.context.psk_identity == e.ke_id
+                    rsp = await c.send(RequestPrimitive(op=Operation.CREATE, to=cb, fr=ae, rqi=new_request_id(),
+                                                        rvi="3", ty=ResourceType.AE,
+                                                        pc={"m2m:ae": {"rn": f"saef-ae-{tag}", "api": "Nm2msec",
+                                                                       "rr": False, "srv": ["3"]}}))
+                    rscs.append(int(rsp.rsc))
+                    rsp = await c.send(RequestPrimitive(op=Operation.CREATE, to=f"{cb}/saef-ae-{tag}", fr=ae,
+                                                        rqi=new_request_id(), rvi="3", ty=ResourceType.CONTAINER,
+                                                        pc={"m2m:cnt": {"rn": "saefcnt"}}))
+                    rscs.append(int(rsp.rsc))
+                    rsp = await c.send(RequestPrimitive(op=Operation.RETRIEVE, to=cb, fr=f"Cnot-{tag}",
+                                                        rqi=new_request_id(), rvi="3"))
+                    rscs.append(int(rsp.rsc))  # another AE's From on this association: 4106
+                    await asyncio.to_thread(mef.admin, "enrolee", "revoke", "--enrolee-id", ae)
+                    revoked_at = time.monotonic()
+                    refused = None
+                    while refused is None and time.monotonic() - revoked_at < 25:
+                        rsp = await c.send(RequestPrimitive(op=Operation.RETRIEVE, to=f"{cb}/saef-ae-{tag}/saefcnt",
+                                                            fr=ae, rqi=new_request_id(), rvi="3"))
+                        if rsp.rsc == RSC.ORIGINATOR_NOT_AUTHENTICATED:
+                            refused = int(rsp.rsc)
+                        else:
+                            assert rsp.rsc == RSC.OK
+                            await asyncio.sleep(0.5)
+                with pytest.raises(TLSHandshakeError):
+                    await SAEFHTTPClient.connect(psk_client(entry), host, port, timeout=8)
+                return rscs, refused, e.ke_id
+
+            rscs, refused, _kid = asyncio.run(asyncio.wait_for(go(), 90))
+            assert rscs == [RSC.CREATED, RSC.CREATED, RSC.ORIGINATOR_NOT_AUTHENTICATED]
+            assert refused == RSC.ORIGINATOR_NOT_AUTHENTICATED  # the revoked Enrolee's association ended
+            with OneM2MClient(acme.url, ae) as direct:  # what the AE created over the association is in ACME
+                assert direct.retrieve(f"{cb}/saef-ae-{tag}/saefcnt").rsc == RSC.OK
+        finally:
+            gw.stop()

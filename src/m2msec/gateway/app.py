@@ -51,7 +51,7 @@ def build(config: GatewayConfig, *, clock: Any = None, store: Store | None = Non
         unique_key_period=config.unique_key_period,
     )
     source: Any = keys
-    prefetch = recheck = None
+    prefetch = recheck = fetcher = None
     if config.mef is not None:  # RSPF-provisioned keys (SUID 23) fetched from the MEF on first sight
         from m2msec.mef.client import MEFKeyFetcher, mef_tls_config  # noqa: PLC0415
         from m2msec.mef.esprimkeys import MEFESPrimKeySource  # noqa: PLC0415
@@ -69,15 +69,33 @@ def build(config: GatewayConfig, *, clock: Any = None, store: Store | None = Non
         key_prefetch=prefetch, enforce_acp=config.enforce_acp, sp_id=config.sp_id, clock=clock,
         require_saef_for=config.saef.require_saef_for if config.saef is not None else (),
         limits=config.connection_limits,
-        key_recheck=recheck, key_recheck_interval=config.mef.recheck_interval if config.mef is not None else 0.0,
+        key_recheck_interval=config.mef.recheck_interval if config.mef is not None else 0.0,
     )
     if config.saef is not None:
         from m2msec.gateway.saef import SAEFListener  # noqa: PLC0415
         from m2msec.gateway.saefmaf import build_directory  # noqa: PLC0415
 
-        maf = None
+        maf = mef = None
         if config.saef.maf is not None:  # MAF-based SAEF (8.2.2.3): Kc retrieved from the MAF on first sight of a KcID
             maf = build_directory(config.saef.maf, cse_id=config.cse_id, sp_id=config.sp_id, clock=clock)
+        if fetcher is not None:  # RSPF-provisioned Kpsa (8.3.2.1, SUID 22) fetched on first sight of a KeID
+            from m2msec.gateway.saefmaf import maf_bound_ae_id  # noqa: PLC0415
+            from m2msec.gateway.saefmef import MEFSAEFDirectory  # noqa: PLC0415
+
+            cse_id, sp_id = config.cse_id, config.sp_id
+            mef = MEFSAEFDirectory(fetcher, bind=lambda who: maf_bound_ae_id(who, cse_id=cse_id, sp_id=sp_id),
+                                   clock=clock)
         # certificate associations with CRL URLs / OCSP get their status sources (8.1.2.2, saefstatus)
-        gw.saef_listener = SAEFListener.for_config(gw, config.saef, clock=clock, sp_id=config.sp_id, maf=maf)
+        gw.saef_listener = SAEFListener.for_config(gw, config.saef, clock=clock, sp_id=config.sp_id, maf=maf,
+                                                   mef=mef)
+        if mef is not None:
+            assert recheck is not None
+            esprim_recheck, saef_recheck = recheck, mef.recheck
+
+            async def recheck_both() -> None:  # one [mef] re-check pass: ESPrim keys, then SAEF Kpsa
+                await esprim_recheck()
+                await saef_recheck()
+
+            recheck = recheck_both
+    gw.key_recheck = recheck
     return gw, store

@@ -543,8 +543,8 @@ def _saef(doc: dict[str, Any], base: Path, saef_listen: str | None,
     psk = _saef_psk(doc, base)
     certs = _saef_certs(doc, base, credentials)
     maf = _saef_maf(doc, base)
-    if not psk and not certs and maf is None:
-        raise ConfigError("[saef] needs at least one [[saef_psk]] or [[saef_cert]], or [saef_maf]")
+    if not psk and not certs and maf is None and "mef" not in doc:
+        raise ConfigError("[saef] needs at least one [[saef_psk]] or [[saef_cert]], or [saef_maf] or [mef]")
     patterns = _strings(t.get("require_saef_for", []), "[saef] require_saef_for")
     for pat in patterns:
         if pat.rstrip("*") == "" or "*" in pat[:-1]:

@@ -23,6 +23,12 @@ whose CRL sources a reload keeps is the same object and is refilled
 (:mod:`m2msec.gateway.saefstatus`), so a rewritten CRL file + SIGHUP reaches it.  PSK and
 MAF-based associations and ``revocation = "off"`` bindings are not watched for status.
 
+RSPF-provisioned Kpsa (``[mef]``, :mod:`m2msec.gateway.saefmef`, profile M28): an AE's KeID as
+``psk_identity`` gets its Kpsa from the MEF (SUID 22) before the PSK callback; before each
+request such an association is checked against the directory (one dictionary look-up): once
+the MEF re-check dropped the KeID (the Enrolee revoked) or the Enrolment Expiry passed, the
+next request is refused like a revoked one (4106, ``Connection: close``).
+
 Bindings removed by a reload (profile G10): an association accepted under a ``[[saef_psk]]``
 entry or a ``[[saef_cert]]`` Association Configuration that a later reload (SIGHUP) removes or
 changes (another Kpsa or AE-ID for that KpsaID; another identifier, root of trust or
@@ -59,6 +65,7 @@ from m2msec.gateway.saefmaf import (
     MAFSAEFDirectory,
     build_directory,
 )
+from m2msec.gateway.saefmef import MEFSAEFDirectory
 from m2msec.gateway.saefstatus import SAEFCertStatus, StatusPlan
 from m2msec.net.connlimits import ConnectionLimits
 from m2msec.net.http_binding import HttpResponse
@@ -151,12 +158,14 @@ def protected_pattern(originator: str, patterns: Sequence[str], *, cse_id: str, 
 
 
 def build_endpoint(config: SAEFConfig, *, clock: Callable[[], datetime],
-                   maf: MAFSAEFDirectory | None = None) -> SAEFEndpoint:
+                   maf: MAFSAEFDirectory | None = None, mef: MEFSAEFDirectory | None = None) -> SAEFEndpoint:
     """The CSE's (Entity B) TLS server endpoint for ``config``: PSK (provisioned Kpsa and/or,
-    with ``maf``, the MAF-based SAEF of 8.2.2.3), certificate-based, or both."""
+    with ``mef``, RSPF-provisioned Kpsa of 8.3.2.1, and/or, with ``maf``, the MAF-based SAEF of
+    8.2.2.3), certificate-based, or both."""
     psk = None
-    if maf is not None:
-        chained = ChainedKpsaDirectory(InMemoryKpsaDirectory(config.psk), maf)
+    remote = [d for d in (mef, maf) if d is not None]
+    if remote:
+        chained = ChainedKpsaDirectory(InMemoryKpsaDirectory(config.psk), *remote)
         psk = psk_server(chained, prefetch=chained.prefetch)
     elif config.psk:
         psk = psk_server(InMemoryKpsaDirectory(config.psk))
@@ -171,7 +180,7 @@ def build_endpoint(config: SAEFConfig, *, clock: Callable[[], datetime],
         return combined_server(psk, cert)
     endpoint = psk or cert
     if endpoint is None:
-        raise ValueError("the SAEF listener needs PSK entries, certificate associations or a MAF")
+        raise ValueError("the SAEF listener needs PSK entries, certificate associations, a MEF or a MAF")
     return endpoint
 
 
@@ -221,11 +230,13 @@ class SAEFListener:
                  idle_timeout: float = 120.0, max_body: int = 4 << 20, maf: MAFSAEFDirectory | None = None,
                  status: SAEFCertStatus | None = None, maf_config: SAEFMAFConfig | None = None,
                  clock: Callable[[], datetime] | None = None, limits: ConnectionLimits | None = None,
-                 config: SAEFConfig | None = None) -> None:
+                 config: SAEFConfig | None = None, mef: MEFSAEFDirectory | None = None) -> None:
         """``config``: the configuration ``endpoint`` was built from (:meth:`for_config` gives it),
         so that a reload can end the associations of the bindings it removes; without it, only
-        associations accepted after a reload are watched that way."""
+        associations accepted after a reload are watched that way.  ``mef``: the source of
+        RSPF-provisioned Kpsa (``[mef]``), kept by reloads (it is not part of ``[saef]``)."""
         self.gateway = gateway
+        self.mef = mef
         self.maf = maf  # the MAF-based SAEF's Kc source (8.2.2.3), closed with the listener
         #: the ``[saef_maf]`` settings ``maf`` was built from (None with a ``maf`` given without
         #: them: then a reload whose configuration has no ``[saef_maf]`` keeps ``maf``)
@@ -265,17 +276,19 @@ class SAEFListener:
 
     @classmethod
     def for_config(cls, gateway: Gateway, config: SAEFConfig, *, clock: Callable[[], datetime],
-                   sp_id: str | None = None, maf: MAFSAEFDirectory | None = None, **kw: Any) -> SAEFListener:
+                   sp_id: str | None = None, maf: MAFSAEFDirectory | None = None,
+                   mef: MEFSAEFDirectory | None = None, **kw: Any) -> SAEFListener:
         """The listener of ``config`` with the status sources of its certificate associations
         (CRL URLs, OCSP: :class:`~m2msec.gateway.saefstatus.SAEFCertStatus`; fetched at :meth:`start`);
-        ``maf``: the directory built from ``config.maf`` (:func:`~m2msec.gateway.saefmaf.build_directory`)."""
+        ``maf``: the directory built from ``config.maf`` (:func:`~m2msec.gateway.saefmaf.build_directory`);
+        ``mef``: the RSPF-provisioned Kpsa source built from ``[mef]``."""
         status = SAEFCertStatus(clock=clock)
         plan = status.prepare(config)
-        endpoint = build_endpoint(plan.config, clock=clock, maf=maf)
+        endpoint = build_endpoint(plan.config, clock=clock, maf=maf, mef=mef)
         status.commit(plan)
         kw.setdefault("limits", config.connection_limits)
         return cls(gateway, endpoint, sp_id=sp_id, maf=maf, status=status,
-                   maf_config=config.maf if maf is not None else None, clock=clock, config=config, **kw)
+                   maf_config=config.maf if maf is not None else None, clock=clock, config=config, mef=mef, **kw)
 
     def reload(self, config: SAEFConfig, *, clock: Callable[[], datetime]) -> int:
         """Accept new associations with ``config``: its Kpsa entries and certificate associations
@@ -311,7 +324,7 @@ class SAEFListener:
         """Build everything ``config`` needs without putting any of it in force."""
         plan = self._status(clock).prepare(config)
         maf = self._maf_for(config.maf, clock)  # a new directory does no I/O until its first handshake
-        endpoint = build_endpoint(plan.config, clock=clock, maf=maf)
+        endpoint = build_endpoint(plan.config, clock=clock, maf=maf, mef=self.mef)
         return _Reload(config, plan, endpoint, maf)
 
     def _maf_for(self, m: SAEFMAFConfig | None, clock: Callable[[], datetime]) -> MAFSAEFDirectory | None:
@@ -349,11 +362,19 @@ class SAEFListener:
 
         def check() -> str | None:
             nonlocal seen
+            b = binding[1]
+            if b.kind == "mef" and not gone and not (self.mef is not None and b.value is not None
+                                                     and self.mef.holds(b.value)):
+                gone.append("its Kpsa from the MEF was revoked there or its Enrolment Expiry passed")
             if seen != self._generation:  # a reload since the last look
                 seen = self._generation
                 current = self._current
-                b = binding[1]
-                held = self.maf is not None if b.kind == "maf" else current is None or current.holds(b)
+                if b.kind == "maf":
+                    held = self.maf is not None
+                elif b.kind == "mef":
+                    held = True  # [mef] is not part of a reload; the check above watches it
+                else:
+                    held = current is None or current.holds(b)
                 if not gone and not held:
                     gone.append(f"its {b.what} was removed or changed by a configuration reload")
             if gone:
@@ -378,6 +399,9 @@ class SAEFListener:
         if bindings is None or ctx.psk_identity is None:
             return None
         entry = bindings.psk.get(ctx.psk_identity)
+        if entry is None and self.mef is not None and self.mef.handles(ctx.psk_identity):
+            kpsa = self.mef.lookup(ctx.psk_identity)  # what the handshake just used (None: already gone)
+            return generation, _Binding("mef", kpsa, f"Kpsa of KeID {ctx.psk_identity!r} from the MEF")
         if entry is None:  # not a [[saef_psk]] entry: a Kc of the MAF-based SAEF
             return generation, _Binding("maf", None, "[saef_maf] (the MAF-based SAEF)")
         return generation, _Binding("psk", entry, f"[[saef_psk]] binding of KpsaID {ctx.psk_identity!r}")
@@ -433,6 +457,8 @@ class SAEFListener:
             await self.status.stop()
         if self.maf is not None:
             await self.maf.aclose()
+        if self.mef is not None:
+            await self.mef.aclose()
         for task, old in list(self._retiring.items()):
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

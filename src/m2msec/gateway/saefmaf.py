@@ -46,6 +46,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from m2msec.errors import M2MSecError
 from m2msec.gateway.config import SAEFMAFConfig
@@ -249,19 +250,31 @@ def build_directory(config: SAEFMAFConfig, *, cse_id: str, sp_id: str | None, cl
 
 
 class ChainedKpsaDirectory:
-    """The provisioned Kpsa entries (``[[saef_psk]]``) first, then the MAF (8.2.2.1, 8.2.2.3)."""
+    """The provisioned Kpsa entries (``[[saef_psk]]``) first, then the remote sources: the MEF
+    (RSPF-provisioned Kpsa, :mod:`m2msec.gateway.saefmef`) and the MAF (8.2.2.1, 8.3.2.1, 8.2.2.3),
+    each asked only about the identifiers it ``handles`` (a KeID of its MEF, a Key Identifier of
+    its MAF)."""
 
-    def __init__(self, first: KpsaDirectory, maf: MAFSAEFDirectory) -> None:
+    def __init__(self, first: KpsaDirectory, *remote: Any) -> None:
         self.first = first
-        self.maf = maf
+        self.remote = remote
 
     def __repr__(self) -> str:
-        return f"ChainedKpsaDirectory({self.first!r}, {self.maf!r})"
+        return f"ChainedKpsaDirectory({self.first!r}, {', '.join(map(repr, self.remote))})"
 
     def lookup(self, kpsa_id: str) -> KpsaEntry | None:
         hit = self.first.lookup(kpsa_id)
-        return hit if hit is not None else self.maf.lookup(kpsa_id)
+        if hit is not None:
+            return hit
+        for source in self.remote:
+            if source.handles(kpsa_id):
+                return source.lookup(kpsa_id)
+        return None
 
     async def prefetch(self, kpsa_id: str) -> None:
-        if self.first.lookup(kpsa_id) is None:
-            await self.maf.prefetch(kpsa_id)
+        if self.first.lookup(kpsa_id) is not None:
+            return
+        for source in self.remote:
+            if source.handles(kpsa_id):
+                await source.prefetch(kpsa_id)
+                return
