@@ -45,11 +45,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from m2msec.errors import M2MSecError
 from m2msec.gateway.config import SAEFMAFConfig
+from m2msec.gateway.remotekpsa import RemoteKpsaDirectory
 from m2msec.maf.client import MAFClient, MAFClientConfig, MAFResponseError, RetrievedKey
 from m2msec.maf.keysources import is_maf_key_id
 from m2msec.onem2m.enums import SUID
@@ -61,7 +62,6 @@ __all__ = ["ChainedKpsaDirectory", "MAFSAEFDirectory", "build_directory", "maf_b
 
 log = logging.getLogger(__name__)
 
-_MAX_RECORDS = 1000
 
 
 def maf_bound_ae_id(source_id: str, *, cse_id: str, sp_id: str | None) -> str | None:
@@ -82,28 +82,23 @@ def maf_bound_ae_id(source_id: str, *, cse_id: str, sp_id: str | None) -> str | 
     return None
 
 
-class MAFSAEFDirectory:
+class MAFSAEFDirectory(RemoteKpsaDirectory):
     """Entity B's MAF-based SAEF :class:`~m2msec.saef.config.KpsaDirectory` with an
     asynchronous :meth:`prefetch` (8.2.2.3, 8.8.2.8).  ``bind(source_id)`` gives the AE-ID
     to bind (None: refuse); ``timeout`` bounds one retrieval (the TLS handshake allows 10 s)."""
 
+    _prefix, _key, _source, _log = "saef_maf", "Kc", "MAF", log
+
     def __init__(self, config: MAFClientConfig, *, bind: Callable[[str], str | None], clock: Clock,
                  timeout: float = 5.0, negative_ttl: float = 5.0,
                  registration_lifetime: timedelta = timedelta(days=1)) -> None:
+        super().__init__(bind=bind, clock=clock, negative_ttl=negative_ttl)
         self.config = config
-        self.bind = bind
-        self._clock = clock
         self.timeout = timeout
-        self.negative_ttl = timedelta(seconds=negative_ttl)
         self.registration_lifetime = registration_lifetime
         self._client = MAFClient(config)
-        self._cache: dict[str, tuple[KpsaEntry, datetime]] = {}
-        self._refused: dict[str, datetime] = {}
-        self._down_until: datetime | None = None
-        self._inflight: dict[str, asyncio.Task[None]] = {}
         self._retired = False
         self.retrievals = 0  # MAF Key Retrievals attempted (observability, tests)
-        self.refusals: list[tuple[str, str]] = []  # (psk_identity, reason), the latest _MAX_RECORDS
 
     def __repr__(self) -> str:
         return (f"MAFSAEFDirectory(maf={self.config.maf_fqdn!r}, at={self.config.host}:{self.config.port}, "
@@ -112,37 +107,8 @@ class MAFSAEFDirectory:
     def handles(self, kpsa_id: str) -> bool:
         return is_maf_key_id(kpsa_id, self.config.maf_fqdn)
 
-    # -- the synchronous side (the TLS PSK callback and the binder) ------------------------
-    def lookup(self, kpsa_id: str) -> KpsaEntry | None:
-        """The cached entry while its Kc Lifetime lasts; never does I/O."""
-        hit = self._cache.get(kpsa_id)
-        if hit is None:
-            return None
-        if self._clock() >= hit[1]:
-            del self._cache[kpsa_id]  # 8.2.2.3: after the Kc Lifetime B fails the handshake
-            return None
-        return hit[0]
-
-    # -- the asynchronous side -----------------------------------------------------------
-    async def prefetch(self, kpsa_id: str) -> None:
-        """Retrieve Kc for ``kpsa_id`` unless cached, recently refused, or not of this MAF."""
-        if not self.handles(kpsa_id) or self.lookup(kpsa_id) is not None:
-            return
-        now = self._clock()
-        until = self._refused.get(kpsa_id)
-        if until is not None and now < until:
-            return
-        if self._down_until is not None and now < self._down_until:
-            self._refuse(kpsa_id, "MAF unreachable (backing off)", now)
-            return
-        task = self._inflight.get(kpsa_id)
-        if task is None:  # one retrieval per identity however many handshakes wait for it
-            task = asyncio.get_running_loop().create_task(self._retrieve(kpsa_id))
-            self._inflight[kpsa_id] = task
-            task.add_done_callback(lambda _t: self._inflight.pop(kpsa_id, None))
-        await asyncio.shield(task)
-
-    async def _retrieve(self, kpsa_id: str) -> None:
+    async def _fetch(self, kpsa_id: str) -> None:
+        """One Key Retrieval (8.8.2.8) for the handshakes waiting on ``kpsa_id``."""
         try:
             await self._retrieve_once(kpsa_id)
         finally:
@@ -158,12 +124,7 @@ class MAFSAEFDirectory:
             self._refuse(kpsa_id, f"the MAF refused the Key Retrieval: {int(exc.rsc)} {exc.rsc.name}")
             return
         except (M2MSecError, OSError, asyncio.TimeoutError) as exc:
-            now = self._clock()
-            self._down_until = now + self.negative_ttl
-            self._refuse(kpsa_id, "MAF unreachable", now)
-            log.warning("saef_maf: MAF %s at %s:%d unreachable (%s: %s); psk_identity %s refused, the MAF is not "
-                        "asked again for %ss", self.config.maf_fqdn, self.config.host, self.config.port,
-                        type(exc).__name__, exc, kpsa_id, self.negative_ttl.total_seconds())
+            self._unreachable(kpsa_id, exc, f"{self.config.maf_fqdn} at {self.config.host}:{self.config.port}")
             await self._reset()
             return
         now = self._clock()
@@ -177,10 +138,7 @@ class MAFSAEFDirectory:
         if ae_id is None:
             self._refuse(kpsa_id, f"the MAF names Source MAF Client {got.source_id!r}, not an AE-ID of this CSE", now)
             return
-        self._cache[kpsa_id] = (KpsaEntry(kpsa_id, got.key, peer_id=ae_id, peer_kind=PeerKind.AE), got.expires_at)
-        self._refused.pop(kpsa_id, None)
-        self._down_until = None
-        log.info("saef_maf: Kc for %s retrieved, bound to %s until %s", kpsa_id, ae_id, got.expires_at)
+        self._accept(KpsaEntry(kpsa_id, got.key, peer_id=ae_id, peer_kind=PeerKind.AE), got.expires_at)
 
     async def _call(self, kpsa_id: str) -> RetrievedKey:
         try:
@@ -198,18 +156,6 @@ class MAFSAEFDirectory:
             await self._client.aclose()
         except Exception:  # noqa: BLE001 - a broken session is dropped either way
             pass
-
-    def _refuse(self, kpsa_id: str, reason: str, now: datetime | None = None) -> None:
-        now = now or self._clock()
-        self._refused[kpsa_id] = now + self.negative_ttl
-        if len(self._refused) > _MAX_RECORDS:  # drop the lapsed ones, then the oldest
-            for k in [k for k, t in self._refused.items() if t <= now]:
-                del self._refused[k]
-            while len(self._refused) > _MAX_RECORDS:
-                del self._refused[next(iter(self._refused))]
-        self.refusals.append((kpsa_id, reason))
-        del self.refusals[:-_MAX_RECORDS]
-        log.info("saef_maf: no Kc for psk_identity %s: %s", kpsa_id, reason)
 
     @property
     def retired(self) -> bool:

@@ -32,9 +32,9 @@ import asyncio
 import hmac
 import logging
 from collections.abc import Callable
-from datetime import datetime, timedelta
 
 from m2msec.errors import M2MSecError
+from m2msec.gateway.remotekpsa import RemoteKpsaDirectory
 from m2msec.mef.client import KeyStatus, MEFClientError, MEFKeyFetcher
 from m2msec.onem2m.enums import SUID
 from m2msec.onem2m.timestamps import Clock
@@ -45,27 +45,21 @@ __all__ = ["MEFSAEFDirectory"]
 log = logging.getLogger(__name__)
 
 SUID_KPSA = int(SUID.RSPF_SAEF)  # 22
-_MAX_RECORDS = 1000
 
 
-class MEFSAEFDirectory:
+class MEFSAEFDirectory(RemoteKpsaDirectory):
     """Entity B's :class:`~m2msec.saef.config.KpsaDirectory` for KeIDs of ``fetcher.mef_fqdn``
     with an asynchronous :meth:`prefetch`; ``bind(enrolee_id)`` gives the AE-ID to bind (None:
     refuse)."""
 
+    _prefix, _key, _source, _log = "mef", "Kpsa", "MEF", log
+
     def __init__(self, fetcher: MEFKeyFetcher, *, bind: Callable[[str], str | None], clock: Clock,
                  negative_ttl: float = 5.0) -> None:
+        super().__init__(bind=bind, clock=clock, negative_ttl=negative_ttl)
         self.fetcher = fetcher
-        self.bind = bind
-        self._clock = clock
-        self.negative_ttl = timedelta(seconds=negative_ttl)
-        #: KeID -> (entry, expiry, the Enrolee-ID as the MEF gave it)
-        self._cache: dict[str, tuple[KpsaEntry, datetime, str]] = {}
-        self._refused: dict[str, datetime] = {}
-        self._down_until: datetime | None = None
-        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._enrolee: dict[str, str] = {}  # KeID -> the Enrolee-ID as the MEF gave it (for re-checks)
         self.fetches = 0  # MEF Key Retrievals attempted (observability, tests)
-        self.refusals: list[tuple[str, str]] = []  # (psk_identity, reason), the latest _MAX_RECORDS
 
     def __repr__(self) -> str:
         return f"MEFSAEFDirectory(mef={self.fetcher.mef_fqdn!r}, cached={len(self._cache)})"
@@ -73,43 +67,14 @@ class MEFSAEFDirectory:
     def handles(self, kpsa_id: str) -> bool:
         return self.fetcher.is_ours(kpsa_id)
 
-    # -- the synchronous side (the TLS PSK callback, the binder, the per-request check) ------
-    def lookup(self, kpsa_id: str) -> KpsaEntry | None:
-        """The cached entry while its lifetime lasts; never does I/O."""
-        hit = self._cache.get(kpsa_id)
-        if hit is None:
-            return None
-        if self._clock() >= hit[1]:
-            del self._cache[kpsa_id]  # the Enrolment Expiry: a new enrolment is needed
-            return None
-        return hit[0]
-
     def holds(self, entry: KpsaEntry) -> bool:
         """``entry`` (what an association was accepted with) is still what the MEF serves."""
         now = self.lookup(entry.kpsa_id)
         return (now is not None and hmac.compare_digest(now.kpsa, entry.kpsa)
                 and (now.peer_id, now.peer_kind) == (entry.peer_id, entry.peer_kind))
 
-    # -- the asynchronous side -------------------------------------------------------------
-    async def prefetch(self, kpsa_id: str) -> None:
-        """Fetch Kpsa for ``kpsa_id`` unless cached, recently refused, or not of this MEF."""
-        if not self.handles(kpsa_id) or self.lookup(kpsa_id) is not None:
-            return
-        now = self._clock()
-        until = self._refused.get(kpsa_id)
-        if until is not None and now < until:
-            return
-        if self._down_until is not None and now < self._down_until:
-            self._refuse(kpsa_id, "MEF unreachable (backing off)", now)
-            return
-        task = self._inflight.get(kpsa_id)
-        if task is None:  # one fetch per KeID however many handshakes wait for it
-            task = asyncio.get_running_loop().create_task(self._fetch(kpsa_id))
-            self._inflight[kpsa_id] = task
-            task.add_done_callback(lambda _t: self._inflight.pop(kpsa_id, None))
-        await asyncio.shield(task)
-
     async def _fetch(self, kpsa_id: str) -> None:
+        """One MEF Key Retrieval (``/fetchCredentials/<KeID>/22``) for the handshakes waiting on it."""
         self.fetches += 1
         try:
             cred = await self.fetcher.fetch(kpsa_id, SUID_KPSA, fresh=True)
@@ -117,15 +82,10 @@ class MEFSAEFDirectory:
             self._refuse(kpsa_id, f"the MEF refused the Key Retrieval: {int(exc.rsc)} {exc.rsc.name}")
             return
         except (M2MSecError, OSError, asyncio.TimeoutError) as exc:
-            now = self._clock()
-            self._down_until = now + self.negative_ttl
-            self._refuse(kpsa_id, "MEF unreachable", now)
-            log.warning("mef: MEF %s at %s:%d unreachable (%s: %s); psk_identity %s refused, the MEF is not asked "
-                        "again for %ss", self.fetcher.mef_fqdn, self.fetcher.host, self.fetcher.port,
-                        type(exc).__name__, exc, kpsa_id, self.negative_ttl.total_seconds())
+            f = self.fetcher
+            self._unreachable(kpsa_id, exc, f"{f.mef_fqdn} at {f.host}:{f.port}")
             return
         now = self._clock()
-        self._down_until = None
         expires = cred.lifetime if cred.lifetime is not None else now + self.fetcher.max_cache
         if now >= expires:
             self._refuse(kpsa_id, "the Enrolment Expiry has passed", now)
@@ -134,10 +94,8 @@ class MEFSAEFDirectory:
         if ae_id is None:
             self._refuse(kpsa_id, f"the MEF names Enrolee {cred.enrolee_id!r}, not an AE-ID of this CSE", now)
             return
-        entry = KpsaEntry(kpsa_id, cred.key, peer_id=ae_id, peer_kind=PeerKind.AE)
-        self._cache[kpsa_id] = (entry, expires, cred.enrolee_id)
-        self._refused.pop(kpsa_id, None)
-        log.info("mef: Kpsa for %s fetched, bound to %s until %s", kpsa_id, ae_id, expires)
+        self._enrolee[kpsa_id] = cred.enrolee_id
+        self._accept(KpsaEntry(kpsa_id, cred.key, peer_id=ae_id, peer_kind=PeerKind.AE), expires)
 
     async def recheck(self, concurrency: int = 4) -> dict[str, int]:
         """Ask the MEF again about every cached KeID (never from the fetcher's cache); drop the
@@ -147,32 +105,23 @@ class MEFSAEFDirectory:
         counts = {"checked": 0, "valid": 0, "revoked": 0, "unreachable": 0}
         sem = asyncio.Semaphore(concurrency)
 
-        async def one(kid: str, entry: KpsaEntry, enrolee: str) -> None:
+        async def one(kid: str, entry: KpsaEntry) -> None:
             async with sem:
-                status, _cred = await self.fetcher.recheck(kid, SUID_KPSA, entry.kpsa, enrolee_id=enrolee)
+                status, _cred = await self.fetcher.recheck(kid, SUID_KPSA, entry.kpsa,
+                                                           enrolee_id=self._enrolee.get(kid, ""))
             counts["checked"] += 1
             counts[status.value] += 1
             if status is KeyStatus.REVOKED and self._cache.get(kid, (None,))[0] is entry:
                 del self._cache[kid]
                 self._refuse(kid, "the MEF no longer serves this KeID (re-check)")
 
-        await asyncio.gather(*(one(kid, e, who) for kid, (e, _exp, who) in list(self._cache.items())))
+        for kid in [k for k in self._enrolee if k not in self._cache]:
+            del self._enrolee[kid]  # expired meanwhile
+        await asyncio.gather(*(one(kid, e) for kid, (e, _exp) in list(self._cache.items())))
         if counts["unreachable"]:
             log.warning("mef: re-check of SAEF Kpsa: %d of %d KeID(s) not answered; they stay until the next pass",
                         counts["unreachable"], counts["checked"])
         return counts
-
-    def _refuse(self, kpsa_id: str, reason: str, now: datetime | None = None) -> None:
-        now = now or self._clock()
-        self._refused[kpsa_id] = now + self.negative_ttl
-        if len(self._refused) > _MAX_RECORDS:  # drop the lapsed ones, then the oldest
-            for k in [k for k, t in self._refused.items() if t <= now]:
-                del self._refused[k]
-            while len(self._refused) > _MAX_RECORDS:
-                del self._refused[next(iter(self._refused))]
-        self.refusals.append((kpsa_id, reason))
-        del self.refusals[:-_MAX_RECORDS]
-        log.info("mef: no Kpsa for psk_identity %s: %s", kpsa_id, reason)
 
     async def aclose(self) -> None:
         for t in list(self._inflight.values()):

@@ -1,0 +1,108 @@
+"""What the gateway's two network sources of TLS-PSK keys share (TS-0003 8.2.2.3, 8.3.2.1).
+
+The MAF-based SAEF (:class:`~m2msec.gateway.saefmaf.MAFSAEFDirectory`, Kc from the MAF) and
+RSPF-provisioned Kpsa (:class:`~m2msec.gateway.saefmef.MEFSAEFDirectory`, Kpsa from the MEF)
+answer the synchronous PSK callback from a cache (:meth:`RemoteKpsaDirectory.lookup`, no I/O)
+that :meth:`RemoteKpsaDirectory.prefetch` fills on the event loop before the callback runs:
+one fetch per identifier however many handshakes wait for it; a refused identifier is not
+asked about again for ``negative_ttl``; after a transport failure the source is not asked at
+all for ``negative_ttl`` (one WARNING per failure).  An entry lives until its lifetime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from m2msec.onem2m.timestamps import Clock
+from m2msec.saef.config import KpsaEntry
+
+__all__ = ["RemoteKpsaDirectory"]
+
+_MAX_RECORDS = 1000
+
+
+class RemoteKpsaDirectory:
+    """Cache, refusal memory and single-flight fetching; subclasses give :meth:`handles`,
+    :meth:`_fetch` (which ends in :meth:`_accept`, :meth:`_refuse` or :meth:`_unreachable`) and
+    the names in the log lines (``_prefix``, ``_key``, ``_source``)."""
+
+    _prefix = "remote"  # the configuration table, first word of every log line
+    _key = "key"  # what is fetched (Kc, Kpsa)
+    _source = "source"  # who is asked (MAF, MEF)
+    _log = logging.getLogger(__name__)  # subclasses log through their module's logger
+
+    def __init__(self, *, bind: Callable[[str], str | None], clock: Clock, negative_ttl: float) -> None:
+        self.bind = bind
+        self._clock = clock
+        self.negative_ttl = timedelta(seconds=negative_ttl)
+        self._cache: dict[str, tuple[KpsaEntry, datetime]] = {}
+        self._refused: dict[str, datetime] = {}
+        self._down_until: datetime | None = None
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self.refusals: list[tuple[str, str]] = []  # (psk_identity, reason), the latest _MAX_RECORDS
+
+    def handles(self, kpsa_id: str) -> bool:  # pragma: no cover - every subclass has its own
+        raise NotImplementedError
+
+    async def _fetch(self, kpsa_id: str) -> None:  # pragma: no cover - every subclass has its own
+        raise NotImplementedError
+
+    # -- the synchronous side (the TLS PSK callback, the binder) ------------------------------
+    def lookup(self, kpsa_id: str) -> KpsaEntry | None:
+        """The cached entry while its lifetime lasts; never does I/O."""
+        hit = self._cache.get(kpsa_id)
+        if hit is None:
+            return None
+        if self._clock() >= hit[1]:
+            del self._cache[kpsa_id]  # its lifetime is over: the handshake fails (8.2.2.3)
+            return None
+        return hit[0]
+
+    # -- the asynchronous side ----------------------------------------------------------------
+    async def prefetch(self, kpsa_id: str) -> None:
+        """Fetch the key for ``kpsa_id`` unless cached, recently refused, or not this source's."""
+        if not self.handles(kpsa_id) or self.lookup(kpsa_id) is not None:
+            return
+        now = self._clock()
+        until = self._refused.get(kpsa_id)
+        if until is not None and now < until:
+            return
+        if self._down_until is not None and now < self._down_until:
+            self._refuse(kpsa_id, f"{self._source} unreachable (backing off)", now)
+            return
+        task = self._inflight.get(kpsa_id)
+        if task is None:  # one fetch per identifier however many handshakes wait for it
+            task = asyncio.get_running_loop().create_task(self._fetch(kpsa_id))
+            self._inflight[kpsa_id] = task
+            task.add_done_callback(lambda _t: self._inflight.pop(kpsa_id, None))
+        await asyncio.shield(task)
+
+    def _accept(self, entry: KpsaEntry, expires: datetime) -> None:
+        self._cache[entry.kpsa_id] = (entry, expires)
+        self._refused.pop(entry.kpsa_id, None)
+        self._down_until = None
+        self._log.info("%s: %s for %s obtained, bound to %s until %s", self._prefix, self._key, entry.kpsa_id,
+                 entry.peer_id, expires)
+
+    def _unreachable(self, kpsa_id: str, exc: BaseException, where: str) -> None:
+        now = self._clock()
+        self._down_until = now + self.negative_ttl
+        self._refuse(kpsa_id, f"{self._source} unreachable", now)
+        self._log.warning("%s: %s %s unreachable (%s: %s); psk_identity %s refused, the %s is not asked again for %ss",
+                    self._prefix, self._source, where, type(exc).__name__, exc, kpsa_id, self._source,
+                    self.negative_ttl.total_seconds())
+
+    def _refuse(self, kpsa_id: str, reason: str, now: datetime | None = None) -> None:
+        now = now or self._clock()
+        self._refused[kpsa_id] = now + self.negative_ttl
+        if len(self._refused) > _MAX_RECORDS:  # drop the lapsed ones, then the oldest
+            for k in [k for k, t in self._refused.items() if t <= now]:
+                del self._refused[k]
+            while len(self._refused) > _MAX_RECORDS:
+                del self._refused[next(iter(self._refused))]
+        self.refusals.append((kpsa_id, reason))
+        del self.refusals[:-_MAX_RECORDS]
+        self._log.info("%s: no %s for psk_identity %s: %s", self._prefix, self._key, kpsa_id, reason)
