@@ -49,7 +49,7 @@ from m2msec.tls.engine import (
     TLSHandshakeError,
     TLSState,
 )
-from m2msec.tls.pskpeek import PSKIdentityPeek
+from m2msec.tls.pskpeek import PSKIdentityPeek, await_prefetch, start_prefetch
 
 __all__ = ["ConnectionOverLimit", "HandshakeErrorHandler", "TLSStreamProtocol", "TLSStreamWriter", "open_connection",
            "start_server"]
@@ -161,11 +161,7 @@ class TLSStreamProtocol(asyncio.Protocol):
     def _start_prefetch(self, identity: bytes, data: bytes) -> bool:
         """Call ``psk_prefetch``; True when its awaitable now holds ``data`` (and what follows) back."""
         assert self._prefetch is not None
-        try:
-            waiting = self._prefetch(identity)
-        except Exception as exc:  # noqa: BLE001 - the PSK callback decides; a failed prefetch finds nothing
-            log.info("psk_prefetch failed: %s: %s", type(exc).__name__, exc)
-            return False
+        waiting = start_prefetch(self._prefetch, identity)
         if waiting is None:
             return False
         self._held = [data]
@@ -183,11 +179,7 @@ class TLSStreamProtocol(asyncio.Protocol):
 
     async def _await_prefetch(self, waiting: Any) -> None:
         try:
-            await waiting
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the PSK callback then finds no key: the handshake fails
-            log.info("psk_prefetch failed: %s: %s", type(exc).__name__, exc)
+            await await_prefetch(waiting)
         finally:
             self._server_busy(False)
         held, self._held = self._held or [], None

@@ -44,7 +44,7 @@ from m2msec.tls.engine import (
 )
 from m2msec.tls.dtls_cookie import DTLSCookies, HelloVerifier, ListenOutcome
 from m2msec.tls.profiles import Transport
-from m2msec.tls.pskpeek import DTLSPSKIdentityPeek
+from m2msec.tls.pskpeek import DTLSPSKIdentityPeek, await_prefetch, start_prefetch
 
 __all__ = ["HELD_DATAGRAMS_MAX", "DTLSSession", "DTLSServer", "open_dtls_connection", "start_dtls_server"]
 
@@ -164,11 +164,7 @@ class DTLSSession:
     def _start_prefetch(self, identity: bytes, data: bytes) -> bool:
         """Call ``psk_prefetch``; True when its awaitable now holds ``data`` (and what follows) back."""
         assert self._prefetch is not None
-        try:
-            waiting = self._prefetch(identity)
-        except Exception as exc:  # noqa: BLE001 - the PSK callback decides; a failed prefetch finds nothing
-            log.info("psk_prefetch failed: %s: %s", type(exc).__name__, exc)
-            return False
+        waiting = start_prefetch(self._prefetch, identity)
         if waiting is None:
             return False
         self._held = [data]
@@ -179,12 +175,7 @@ class DTLSSession:
         return True
 
     async def _await_prefetch(self, waiting: Any) -> None:
-        try:
-            await waiting
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the PSK callback then finds no key: the handshake fails
-            log.info("psk_prefetch failed: %s: %s", type(exc).__name__, exc)
+        await await_prefetch(waiting)
         held, self._held = self._held or [], None
         for dgram in held:
             if self.closed:

@@ -24,11 +24,21 @@ record holds message fragments (12-byte header with message_seq, fragment_offset
 fragment_length).  The identity is read from the ClientKeyExchange's fragments joined in order
 from offset 0; a fragment out of order is skipped (the client's retransmission brings the flight
 again).  Epoch-0 records only: anything encrypted is not looked at.
+
+:func:`start_prefetch` and :func:`await_prefetch` are what both asyncio adapters
+(:mod:`m2msec.tls.aio`, :mod:`m2msec.tls.dtls`) do with a found identity: call
+``TLSConfig.psk_prefetch`` and wait for it, a failure logged and left to the PSK callback.
 """
 
 from __future__ import annotations
 
-__all__ = ["DTLSPSKIdentityPeek", "PSKIdentityPeek"]
+import logging
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["DTLSPSKIdentityPeek", "PSKIdentityPeek", "await_prefetch", "start_prefetch"]
+
+log = logging.getLogger("m2msec.tls")
 
 _CHANGE_CIPHER_SPEC = 20
 _HANDSHAKE = 22
@@ -176,3 +186,25 @@ class DTLSPSKIdentityPeek:
                 self.identity = identity
                 return identity
         return None
+
+
+# --------------------------------------------------------------------------- what both adapters do with an identity
+
+
+def start_prefetch(prefetch: Callable[[bytes], Any], identity: bytes) -> Any | None:
+    """``prefetch(identity)``: the awaitable to hold the client's bytes for, or None (nothing to
+    wait for, or the call failed: then the PSK callback decides alone)."""
+    try:
+        return prefetch(identity)
+    except Exception as exc:  # noqa: BLE001 - the PSK callback decides; a failed prefetch finds nothing
+        log.info("psk_prefetch failed: %s: %s", type(exc).__name__, exc)
+        return None
+
+
+async def await_prefetch(waiting: Any) -> None:
+    """Wait for a prefetch; its failure is logged, not raised (the PSK callback then finds no
+    key and the handshake fails as for an unknown identity)."""
+    try:
+        await waiting
+    except Exception as exc:  # noqa: BLE001 - see above
+        log.info("psk_prefetch failed: %s: %s", type(exc).__name__, exc)
