@@ -237,3 +237,35 @@ def test_concurrent_handshakes_with_one_keid_all_bind(tmp_path: Path) -> None:
         run(main)
     finally:
         store.close()
+
+
+def test_the_fetcher_itself_bounds_its_requests_to_the_mef() -> None:
+    """MEFKeyFetcher (used by the MAF, the gateway's ESPrim keys and its SAEF listener) keeps at
+    most ``max_concurrent`` requests in flight per event loop; the rest wait their turn and each
+    fails on its own timeout (no connection is opened for them meanwhile)."""
+    hole = BlackHoleMEF()
+
+    async def main() -> tuple[int, int, list[BaseException | None]]:
+        port = await hole.start()
+        fetcher = MEFKeyFetcher("127.0.0.1", port, mef_tls_config(psk=PSKCredentials(b"target", b"k" * 32)),
+                                target_id="/id-in", mef_fqdn=MEF_FQDN, timeout=1.0, max_concurrent=3)
+
+        async def one() -> BaseException | None:
+            try:
+                await fetcher.fetch(f"{secrets.token_hex(16)}@{MEF_FQDN}", 22)
+            except Exception as exc:  # noqa: BLE001 - what each caller sees
+                return exc
+            return None
+
+        try:
+            results = await asyncio.gather(*(one() for _ in range(7)))
+        finally:
+            await hole.close()
+        return hole.max_open, hole.accepted, results
+
+    max_open, accepted, results = asyncio.run(asyncio.wait_for(main(), 30))
+    assert max_open == 3 and accepted == 7
+    assert all(isinstance(r, (OSError, TimeoutError, TLSHandshakeError)) for r in results), results
+    with pytest.raises(ValueError):
+        MEFKeyFetcher("127.0.0.1", 1, mef_tls_config(psk=PSKCredentials(b"t", b"k" * 32)), target_id="/x",
+                      mef_fqdn=MEF_FQDN, max_concurrent=0)

@@ -28,6 +28,7 @@ import enum
 import hmac
 import secrets
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -252,11 +253,15 @@ class MEFKeyFetcher:
 
     ``tls``: the target's pre-configured credentials towards the MEF
     (:func:`mef_tls_config`); ``target_id``: its AE-ID/CSE-ID/MAF-FQDN, sent as
-    X-M2M-Origin.  Only KeIDs whose FQDN is ``mef_fqdn`` are fetched.
+    X-M2M-Origin.  Only KeIDs whose FQDN is ``mef_fqdn`` are fetched.  At most
+    ``max_concurrent`` requests to the MEF are in flight per event loop (more wait their turn):
+    whoever can make the target see made-up KeIDs cannot make it open connections to the MEF
+    without bound.
     """
 
     def __init__(self, host: str, port: int, tls: TLSConfig, *, target_id: str, mef_fqdn: str,
-                 clock: Clock = _utcnow, max_cache_seconds: float = 3600.0, timeout: float = 10.0) -> None:
+                 clock: Clock = _utcnow, max_cache_seconds: float = 3600.0, timeout: float = 10.0,
+                 max_concurrent: int = 8) -> None:
         self.host, self.port, self.tls = host, port, tls
         self.target_id = target_id
         self.mef_fqdn = mef_fqdn.lower().rstrip(".")
@@ -266,6 +271,11 @@ class MEFKeyFetcher:
         self._cache: dict[tuple[str, int], tuple[FetchedCredential, datetime]] = {}
         self._lock = threading.Lock()
         self.fetches = 0  # network fetches made (cache misses)
+        if max_concurrent < 1:
+            raise ValueError("max_concurrent must be at least 1")
+        self.max_concurrent = max_concurrent
+        self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = \
+            weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
         return f"MEFKeyFetcher(mef={self.host}:{self.port}, fqdn={self.mef_fqdn!r}, target_id={self.target_id!r})"
@@ -295,14 +305,20 @@ class MEFKeyFetcher:
         target = fetch_target(ke_id_, suid)
         if not self.is_ours(ke_id_):
             raise UnknownKeyError(f"KeID {ke_id_!r} was not issued by MEF {self.mef_fqdn}")
-        reader, writer = await open_connection(self.host, self.port, self.tls, timeout=self.timeout)
-        try:
-            status, headers, body = await asyncio.wait_for(
-                _http(reader, writer, "GET", target,
-                      [("X-M2M-Origin", self.target_id), ("X-M2M-RI", secrets.token_hex(8)),
-                       ("Accept", "application/json")], b"", f"{self.host}:{self.port}"), self.timeout)
-        finally:
-            writer.close()
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            slots = self._slots.get(loop)
+            if slots is None:
+                slots = self._slots[loop] = asyncio.Semaphore(self.max_concurrent)
+        async with slots:
+            reader, writer = await open_connection(self.host, self.port, self.tls, timeout=self.timeout)
+            try:
+                status, headers, body = await asyncio.wait_for(
+                    _http(reader, writer, "GET", target,
+                          [("X-M2M-Origin", self.target_id), ("X-M2M-RI", secrets.token_hex(8)),
+                           ("Accept", "application/json")], b"", f"{self.host}:{self.port}"), self.timeout)
+            finally:
+                writer.close()
         self.fetches += 1
         parsed = parse_fetch_response(body)
         if isinstance(parsed, FetchFailure) or status != 200:
