@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import signal
 import sys
 import time
 from datetime import datetime, timezone
@@ -134,8 +135,9 @@ def test_rspf_kpsa_saef_through_gateway_and_acme(acme: AcmeCSE, tmp_path: Path, 
     through the MEF process with a grant (CSE-ID, 22), derives Kpsa for the CSE and opens a TLS-PSK
     association with psk_identity = KeID; the gateway process ([saef] with [mef] only) fetches Kpsa
     from the MEF, binds the association to the Enrolee-ID, and the AE's requests reach ACME.  Then
-    the MEF revokes the Enrolee: within one re-check interval the open association is refused
-    4106, and a new handshake fails."""
+    the MEF revokes the Enrolee and the gateway gets SIGHUP (no periodic re-check here,
+    ``recheck_interval_s = 0``): it re-checks at once, and the open association's next request
+    is refused 4106; a new handshake fails."""
     cse_target = "/" + acme.cse_id
     ae = f"Cmef-saef-{tag}"
     mef = MEFProcess(tmp_path / "mef", MEF_FQDN)
@@ -148,13 +150,22 @@ def test_rspf_kpsa_saef_through_gateway_and_acme(acme: AcmeCSE, tmp_path: Path, 
     with mef:
         config = write_config(gwdir / "gateway.toml", cse_id=acme.cse_id, cse_name=acme.cse_name, keys=[],
                               extra=f'\n[mef]\nfqdn = "{MEF_FQDN}"\nhost = "127.0.0.1"\nport = {mef.port}\n'
-                                    f'psk_identity = "cse-psk"\npsk_hex = "{CSE_PSK}"\nrecheck_interval_s = 10\n'
+                                    f'psk_identity = "cse-psk"\npsk_hex = "{CSE_PSK}"\nrecheck_interval_s = 0\n'
                                     '\n[saef]\nlisten = "127.0.0.1:0"\n')
         gw = GatewayProcess(config, acme.url, saef_listen="127.0.0.1:0")
         assert gw.saef_address is not None
         host, port = gw.saef_address
         cb = acme.cse_base
         try:
+            def sighup_recheck() -> str:
+                gw.proc.send_signal(signal.SIGHUP)
+                assert gw.proc.stdout is not None
+                for _ in range(3):  # "saef reloaded ..." and "mef re-checked ...", in either order
+                    line = gw.proc.stdout.readline()
+                    if line.startswith("mef re-checked"):
+                        return line.strip()
+                raise AssertionError("no 'mef re-checked' line after SIGHUP")
+
             async def go() -> tuple[list[int], int | None, str]:
                 e = await enrol("127.0.0.1", mef.port, mef_tls_config(psk=PSKCredentials(b"kpm-saef", bytes.fromhex(KPM))),
                                 EnrolmentRequest())
@@ -174,17 +185,15 @@ def test_rspf_kpsa_saef_through_gateway_and_acme(acme: AcmeCSE, tmp_path: Path, 
                     rsp = await c.send(RequestPrimitive(op=Operation.RETRIEVE, to=cb, fr=f"Cnot-{tag}",
                                                         rqi=new_request_id(), rvi="3"))
                     rscs.append(int(rsp.rsc))  # another AE's From on this association: 4106
+                    rsp = await c.send(RequestPrimitive(op=Operation.RETRIEVE, to=f"{cb}/saef-ae-{tag}/saefcnt",
+                                                        fr=ae, rqi=new_request_id(), rvi="3"))
+                    assert rsp.rsc == RSC.OK
                     await asyncio.to_thread(mef.admin, "enrolee", "revoke", "--enrolee-id", ae)
-                    revoked_at = time.monotonic()
-                    refused = None
-                    while refused is None and time.monotonic() - revoked_at < 25:
-                        rsp = await c.send(RequestPrimitive(op=Operation.RETRIEVE, to=f"{cb}/saef-ae-{tag}/saefcnt",
-                                                            fr=ae, rqi=new_request_id(), rvi="3"))
-                        if rsp.rsc == RSC.ORIGINATOR_NOT_AUTHENTICATED:
-                            refused = int(rsp.rsc)
-                        else:
-                            assert rsp.rsc == RSC.OK
-                            await asyncio.sleep(0.5)
+                    line = await asyncio.wait_for(asyncio.to_thread(sighup_recheck), 20)
+                    assert line == "mef re-checked 1 key(s): 1 removed, 0 not answered", line
+                    rsp = await c.send(RequestPrimitive(op=Operation.RETRIEVE, to=f"{cb}/saef-ae-{tag}/saefcnt",
+                                                        fr=ae, rqi=new_request_id(), rvi="3"))
+                    refused = int(rsp.rsc)
                 with pytest.raises(TLSHandshakeError):
                     await SAEFHTTPClient.connect(psk_client(entry), host, port, timeout=8)
                 return rscs, refused, e.ke_id

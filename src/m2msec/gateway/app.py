@@ -92,9 +92,9 @@ def build(config: GatewayConfig, *, clock: Any = None, store: Store | None = Non
             assert recheck is not None
             esprim_recheck, saef_recheck = recheck, mef.recheck
 
-            async def recheck_both() -> None:  # one [mef] re-check pass: ESPrim keys, then SAEF Kpsa
-                await esprim_recheck()
-                await saef_recheck()
+            async def recheck_both() -> dict[str, int]:  # one [mef] re-check pass: ESPrim keys, then SAEF Kpsa
+                a, b = await esprim_recheck(), await saef_recheck()
+                return {k: a[k] + b[k] for k in a}
 
             recheck = recheck_both
     gw.key_recheck = recheck

@@ -7,7 +7,7 @@ import asyncio
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -47,7 +47,9 @@ def serve(
     ``saef listening on HOST:PORT`` when ``\\[saef]`` is configured (after the first fetch of
     the \\[\\[saef_cert]] crl_urls).  SIGHUP re-reads the SAEF settings (\\[\\[saef_psk]],
     \\[\\[saef_cert]] and their CRL files, \\[saef_maf], require_saef_for) all or nothing,
-    fetches their CRL URLs at once and prints ``saef reloaded N binding(s)``.  With
+    fetches their CRL URLs at once and prints ``saef reloaded N binding(s)``; with \[mef] it
+    also asks the MEF at once about every key fetched from it (as every recheck_interval_s) and
+    prints ``mef re-checked N key(s): R removed, U not answered``.  With
     \\[gateway] audit_seal_interval_s (default 300, 0 = off) the store's audit trail is sealed
     at start, every interval and once more on SIGTERM/SIGINT."""
     from m2msec.gateway.app import build
@@ -107,13 +109,27 @@ def serve(
             maf = "; [saef_maf] off" if listener.maf is None else "; [saef_maf] new MAF Client"
         print(f"saef reloaded {count} binding(s){maf}", flush=True)
 
+    async def recheck_mef() -> None:
+        """SIGHUP with [mef]: one re-check pass now (after `m2msec mef enrolee revoke`, say)."""
+        assert gw.key_recheck is not None
+        try:
+            counts: Any = await gw.key_recheck()
+        except Exception as exc:  # noqa: BLE001 - the periodic passes go on
+            print(f"error: mef re-check failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            return
+        print(f"mef re-checked {counts['checked']} key(s): {counts['revoked']} removed, "
+              f"{counts['unreachable']} not answered", flush=True)
+
     def reload() -> None:
-        if gw.saef_listener is None:
+        jobs = ([reload_saef()] if gw.saef_listener is not None else []) + \
+               ([recheck_mef()] if gw.key_recheck is not None else [])
+        if not jobs:
             print("sighup: nothing to reload", file=sys.stderr, flush=True)
             return
-        task = asyncio.get_running_loop().create_task(reload_saef())
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
+        for job in jobs:
+            task = asyncio.get_running_loop().create_task(job)
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
 
     async def run() -> None:
         from m2msec.store.autoseal import AuditSealer, show_seal_log
