@@ -48,14 +48,22 @@ def test_first_sight_fetch_binds_the_enrolee(tmp_path: Path) -> None:
             e = await enrol(mef.host, mef.port, mef_tls_config(psk=PSKCredentials(b"kpm-a", b"a" * 32)))
             n = await enrol(mef.host, mef.port, mef_tls_config(psk=PSKCredentials(b"kpm-b", b"b" * 32)))
             src = source()
+            src.negative_ttl = 1.0  # (default 5 s) so that the lapse below is quick
             await src.prefetch(e.ke_id)
             assert src.fetcher.fetches == 1
             await src.prefetch(e.ke_id)  # already in the store: no second fetch
             assert src.fetcher.fetches == 1
             await src.prefetch(n.ke_id)  # MEF refuses (no grant for this CSE): swallowed, Receiver says 4112
             assert src.errors and src.fetcher.fetches == 2
+            await src.prefetch(n.ke_id)  # refused just now: not asked again within negative_ttl
+            with pytest.raises(UnknownKeyID):
+                src.resolve(n.ke_id)
+            assert src.fetcher.fetches == 2 and len(src.errors) == 1
+            await asyncio.sleep(src.negative_ttl + 0.05)
+            await src.prefetch(n.ke_id)  # the refusal lapsed: asked again, refused again
+            assert src.fetcher.fetches == 3 and len(src.errors) == 2
             await src.prefetch("ab" * 16 + "@other-mef.example.com")  # not ours: not fetched
-            assert src.fetcher.fetches == 2
+            assert src.fetcher.fetches == 3
             return e.ke_id, e.ke, n.ke_id
 
         kid, ke, refused = asyncio.run(asyncio.wait_for(main(), 30))

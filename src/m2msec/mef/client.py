@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+from collections import deque
 import enum
 import hmac
 import secrets
@@ -378,7 +379,7 @@ class MEFKpsaDirectory:
     def __init__(self, fetcher: MEFKeyFetcher, local: KpsaDirectory | None = None) -> None:
         self.fetcher = fetcher
         self.local = local
-        self.errors: list[BaseException] = []
+        self.errors: deque[BaseException] = deque(maxlen=1000)  # the latest failed fetches (observability)
 
     def __repr__(self) -> str:
         return f"MEFKpsaDirectory({self.fetcher!r})"

@@ -10,7 +10,9 @@ compares with the inner From) and keeps it in its store until the key's lifetime
 
 :class:`MEFESPrimKeySource` is a :class:`~m2msec.esprim.keysource.PairwiseKeySource` whose
 ``prefetch`` is the asynchronous first-sight hook (``SecureReceiver(prefetch=...)``, the
-gateway's ``key_prefetch``); ``resolve`` falls back to a blocking fetch.
+gateway's ``key_prefetch``); ``resolve`` falls back to a blocking fetch.  A KeID the MEF did not
+provide (refused, or not answered) is not asked about again for ``negative_ttl`` (5 s): a
+stream of ESPrim Objects with one made-up KeID costs the MEF one request per 5 s.
 
 Revocation (profile M27): a fetched key stays in the store until its lifetime (the enrolment's
 expiry), so :meth:`MEFESPrimKeySource.recheck` asks the MEF again about every SUID-23 KeID of
@@ -29,6 +31,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
+from collections import deque
 from typing import Any
 
 from m2msec.errors import M2MSecError
@@ -44,15 +48,34 @@ log = logging.getLogger(__name__)
 SUID_ESPRIM = int(SUID.RSPF_ESPRIM)  # 23
 #: MEF re-checks in flight at a time during one :meth:`MEFESPrimKeySource.recheck` pass
 RECHECK_CONCURRENCY = 4
+_MAX_RECORDS = 1000  # remembered refusals and kept errors
 
 
 class MEFESPrimKeySource:
     """Store-backed pairwiseESPrimKeys, completed from the MEF for KeIDs of ``fetcher.mef_fqdn``."""
 
-    def __init__(self, fetcher: MEFKeyFetcher, local: StoreKeySource) -> None:
+    def __init__(self, fetcher: MEFKeyFetcher, local: StoreKeySource, *, negative_ttl: float = 5.0) -> None:
         self.fetcher = fetcher
         self.local = local
-        self.errors: list[BaseException] = []
+        self.errors: deque[BaseException] = deque(maxlen=_MAX_RECORDS)  # the latest failed fetches
+        #: a KeID the MEF did not provide is not asked about again for this many seconds
+        self.negative_ttl = negative_ttl
+        self._refused: dict[str, float] = {}  # KeID -> time.monotonic() until which it is refused
+
+    def _refuse(self, kid: str, exc: BaseException) -> UnknownKeyID:
+        self.errors.append(exc)
+        now = time.monotonic()
+        self._refused[kid] = now + self.negative_ttl
+        if len(self._refused) > _MAX_RECORDS:  # drop the lapsed ones, then the oldest
+            for k in [k for k, t in self._refused.items() if t <= now]:
+                del self._refused[k]
+            while len(self._refused) > _MAX_RECORDS:
+                del self._refused[next(iter(self._refused))]
+        return UnknownKeyID(f"pairwiseESPrimKeyID {kid!r}: the MEF did not provide a key")
+
+    def _recently_refused(self, kid: str) -> bool:
+        until = self._refused.get(kid)
+        return until is not None and time.monotonic() < until
 
     def __repr__(self) -> str:
         return f"MEFESPrimKeySource({self.fetcher!r}, {self.local!r})"
@@ -74,12 +97,15 @@ class MEFESPrimKeySource:
             return False
 
     async def fetch(self, kid: str) -> PairwiseKey:
-        """The key for ``kid`` from the MEF (UnknownKeyID, 4112, if the MEF refuses)."""
+        """The key for ``kid`` from the MEF (UnknownKeyID, 4112, if the MEF refuses, or refused it
+        less than ``negative_ttl`` seconds ago: then it is not asked)."""
+        if self._recently_refused(kid):
+            raise UnknownKeyID(f"pairwiseESPrimKeyID {kid!r}: the MEF did not provide a key (just now)")
         try:
             cred = await self.fetcher.fetch(kid, SUID_ESPRIM)
         except (M2MSecError, OSError, TimeoutError) as exc:
-            self.errors.append(exc)
-            raise UnknownKeyID(f"pairwiseESPrimKeyID {kid!r}: the MEF did not provide a key") from None
+            raise self._refuse(kid, exc) from None
+        self._refused.pop(kid, None)
         return self._provision(cred)
 
     async def prefetch(self, kid: str) -> Any:
@@ -134,11 +160,11 @@ class MEFESPrimKeySource:
         try:
             return self.local.resolve(kid)
         except UnknownKeyID:
-            if not self.handles(kid):
+            if not self.handles(kid) or self._recently_refused(kid):
                 raise
         try:
             cred = self.fetcher.fetch_blocking(kid, SUID_ESPRIM)
         except (M2MSecError, OSError, TimeoutError) as exc:
-            self.errors.append(exc)
-            raise UnknownKeyID(f"pairwiseESPrimKeyID {kid!r}: the MEF did not provide a key") from None
+            raise self._refuse(kid, exc) from None
+        self._refused.pop(kid, None)
         return self._provision(cred)

@@ -31,6 +31,8 @@ look-up a NAF makes (JSON instead of Diameter/SOAP, NAF authenticated by a beare
 
 from __future__ import annotations
 
+from collections import deque
+
 import base64
 import hashlib
 import hmac
@@ -540,7 +542,7 @@ class GBANaf:
             raise ValueError("the Zn client's NAF FQDN must be the MEF-FQDN")
         self.state = state
         self.zn = zn
-        self.errors: list[BaseException] = []
+        self.errors: deque[BaseException] = deque(maxlen=1000)  # the latest refusals (observability)
 
     def __repr__(self) -> str:
         return f"GBANaf({self.zn!r})"
