@@ -155,7 +155,7 @@ class DTLSSession:
             if len(self._held) < HELD_DATAGRAMS_MAX:
                 self._held.append(data)
             return
-        if self._peek is not None and not self._peek.done:
+        if self._peek is not None and not self._peek.done and not self.handshake_done.done():
             identity = self._peek.feed(data)
             if identity is not None and self._start_prefetch(identity, data):
                 return
