@@ -28,13 +28,14 @@ class MAFProcess:
     """Writes ``maf.toml`` in ``workdir``, provisions ``clients`` (client ID -> (KmID, Km)) through the
     store API, then runs ``m2msec maf serve`` until :meth:`stop`."""
 
-    def __init__(self, workdir: Path, clients: dict[str, tuple[str, bytes]]) -> None:
+    def __init__(self, workdir: Path, clients: dict[str, tuple[str, bytes]], *, extra: str = "") -> None:
+        """``extra``: more of maf.toml (tables after ``[[admin]]``, e.g. ``[mef]``)."""
         workdir.mkdir(parents=True, exist_ok=True)
         KeyEncryptionKey.generate().write_file(workdir / "kek.hex")
         self.config = workdir / "maf.toml"
         self.config.write_text(f'fqdn = "{MAF_FQDN}"\nstore = "sqlite:///{workdir / "maf.db"}"\n'
-                               f'kek_file = "kek.hex"\nhost = "127.0.0.1"\n[[admin]]\nfqdn = "{ADMIN_FQDN}"\n',
-                               encoding="utf-8")
+                               f'kek_file = "kek.hex"\nhost = "127.0.0.1"\n[[admin]]\nfqdn = "{ADMIN_FQDN}"\n'
+                               + extra, encoding="utf-8")
         self.clients = dict(clients)
         cfg = load_config(self.config)
         store = open_config_store(cfg, clock=utc_now)

@@ -14,6 +14,9 @@ the fetched CRLs.  With ``[tls] ocsp_staple_url`` ``serve`` queries that OCSP re
 MAF's own certificate before it listens (a failure is a warning: the MAF starts and staples
 nothing until a query succeeds), staples the current response in certificate handshakes and
 keeps it fresh (:class:`m2msec.pki.ocsp_staple.OCSPStapler`); SIGHUP queries again at once.
+With ``[mef]``, SIGHUP also re-checks every Km from the MEF at once (as every
+``recheck_interval_s``, profile F16) and prints ``mef re-checked N KeID(s): R removed, U not
+answered``.
 ``serve --workers N`` (Linux) runs N MAF processes on one port
 (SO_REUSEPORT): this process binds first, then starts N-1 ``serve --worker`` processes, each
 with its own store connection; signals are handled as :func:`_run_parent` says.
@@ -32,6 +35,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -76,11 +80,17 @@ def _ts(v: Any) -> str:
     return format_timestamp(v) if v is not None else "-"
 
 
-def _hangup(cfg: MAFServerConfig, refresher: CRLRefresher | None, stapler: OCSPStapler | None = None) -> None:
-    """SIGHUP: re-read the client CRL files (keeping fetched CRLs), fetch the CRL URLs and query
-    the OCSP staple responder now (nothing to reload: a note on stderr; SIGHUP never ends the MAF)."""
+def _hangup(cfg: MAFServerConfig, refresher: CRLRefresher | None, stapler: OCSPStapler | None = None,
+            recheck: Callable[[], None] | None = None) -> None:
+    """SIGHUP: re-read the client CRL files (keeping fetched CRLs), fetch the CRL URLs, query
+    the OCSP staple responder and, with ``recheck`` ([mef]), re-check the Km from the MEF now
+    (nothing to do: a note on stderr; SIGHUP never ends the MAF)."""
+    if recheck is not None:
+        recheck()
     if not _wants_hangup(cfg):
-        typer.echo("sighup: nothing to reload (no [tls] client_crls, client_crl_urls or ocsp_staple_url)", err=True)
+        if recheck is None:
+            typer.echo("sighup: nothing to reload (no [tls] client_crls, client_crl_urls, ocsp_staple_url or [mef])",
+                       err=True)
         return
     if stapler is not None:
         stapler.trigger()
@@ -102,6 +112,30 @@ async def _start_refresher(cfg: MAFServerConfig, stapler: OCSPStapler | None = N
         await stapler.refresh()
         stapler.start()
     return refresher
+
+
+def _recheck_now(service: MAFService) -> Callable[[], None] | None:
+    """With a MEF: a function that starts one MEF re-check pass (profile F16) on the running loop
+    and prints ``mef re-checked N KeID(s): R removed, U not answered`` when it is done."""
+    if service.mef is None:
+        return None
+    running: set[asyncio.Task[None]] = set()
+
+    async def one_pass() -> None:
+        try:
+            counts = await service.recheck_mef_credentials()
+        except Exception as exc:  # noqa: BLE001 - the periodic passes go on
+            typer.echo(f"error: mef re-check failed: {type(exc).__name__}: {exc}", err=True)
+            return
+        typer.echo(f"mef re-checked {counts['checked']} KeID(s): {counts['revoked']} removed, "
+                   f"{counts['unreachable']} not answered")
+
+    def start() -> None:
+        task = asyncio.get_running_loop().create_task(one_pass())
+        running.add(task)
+        task.add_done_callback(running.discard)
+
+    return start
 
 
 def _wants_hangup(cfg: MAFServerConfig) -> bool:
@@ -169,7 +203,7 @@ def serve(config: ConfigOpt,
         sealer = _start_sealer(cfg, store)
         try:
             await server.start()
-            loop.add_signal_handler(signal.SIGHUP, _hangup, cfg, refresher, stapler)
+            loop.add_signal_handler(signal.SIGHUP, _hangup, cfg, refresher, stapler, _recheck_now(server.service))
             typer.echo(f"MAF {cfg.fqdn} listening on {cfg.host}:{server.port}", err=False)
             await stop.wait()
             await server.close()
@@ -284,8 +318,10 @@ def _run_parent(cfg: MAFServerConfig, store: Store, server: MAFServer, config: P
                 typer.echo(f"error: MAF worker {proc.pid} exited with code {rc}; stopping the MAF", err=True)
                 stop.set()
 
+        recheck = _recheck_now(server.service)  # the parent asks the MEF for all processes
+
         def hangup() -> None:
-            _hangup(cfg, refresher, stapler)
+            _hangup(cfg, refresher, stapler, recheck)
             if not _wants_hangup(cfg):
                 return
             for p in procs:
