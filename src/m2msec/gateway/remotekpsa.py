@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -24,7 +25,7 @@ __all__ = ["RemoteKpsaDirectory"]
 _MAX_RECORDS = 1000
 
 
-class RemoteKpsaDirectory:
+class RemoteKpsaDirectory(ABC):
     """Cache, refusal memory and single-flight fetching; subclasses give :meth:`handles`,
     :meth:`_fetch` (which ends in :meth:`_accept`, :meth:`_refuse` or :meth:`_unreachable`) and
     the names in the log lines (``_prefix``, ``_key``, ``_source``)."""
@@ -44,11 +45,13 @@ class RemoteKpsaDirectory:
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self.refusals: list[tuple[str, str]] = []  # (psk_identity, reason), the latest _MAX_RECORDS
 
-    def handles(self, kpsa_id: str) -> bool:  # pragma: no cover - every subclass has its own
-        raise NotImplementedError
+    @abstractmethod
+    def handles(self, kpsa_id: str) -> bool:
+        """Is ``kpsa_id`` an identifier of this source (a KeID of its MEF, a Key Identifier of its MAF)?"""
 
-    async def _fetch(self, kpsa_id: str) -> None:  # pragma: no cover - every subclass has its own
-        raise NotImplementedError
+    @abstractmethod
+    async def _fetch(self, kpsa_id: str) -> None:
+        """Obtain the key for ``kpsa_id``, ending in :meth:`_accept`, :meth:`_refuse` or :meth:`_unreachable`."""
 
     # -- the synchronous side (the TLS PSK callback, the binder) ------------------------------
     def lookup(self, kpsa_id: str) -> KpsaEntry | None:
