@@ -47,7 +47,7 @@ def serve(
     ``saef listening on HOST:PORT`` when ``\\[saef]`` is configured (after the first fetch of
     the \\[\\[saef_cert]] crl_urls).  SIGHUP re-reads the SAEF settings (\\[\\[saef_psk]],
     \\[\\[saef_cert]] and their CRL files, \\[saef_maf], require_saef_for) all or nothing,
-    fetches their CRL URLs at once and prints ``saef reloaded N binding(s)``; with \[mef] it
+    fetches their CRL URLs at once and prints ``saef reloaded N binding(s)``; with \\[mef] it
     also asks the MEF at once about every key fetched from it (as every recheck_interval_s) and
     prints ``mef re-checked N key(s): R removed, U not answered``.  With
     \\[gateway] audit_seal_interval_s (default 300, 0 = off) the store's audit trail is sealed
