@@ -19,6 +19,7 @@ import re
 import sqlite3
 import stat
 import threading
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -304,7 +305,7 @@ class SQLiteBackend(Backend):
             )
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             with self._wal_lock:
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                mode = self._switch_to_wal(conn)
             if str(mode).lower() != "wal":
                 raise StoreError(f"sqlite: cannot switch {self.path} to WAL mode (got {mode})")
             conn.execute("PRAGMA synchronous = FULL")
@@ -313,6 +314,22 @@ class SQLiteBackend(Backend):
         except sqlite3.Error as exc:
             raise self.wrap(exc) from None
         return conn
+
+    def _switch_to_wal(self, conn: sqlite3.Connection) -> str:
+        """``PRAGMA journal_mode = WAL``, retried within the busy timeout: on a new database
+        file several connections opening at once (other stores, other processes) may get
+        SQLITE_BUSY at once, without SQLite calling the busy handler, while one of them
+        converts the file to WAL."""
+        deadline = time.monotonic() + self.busy_timeout
+        pause = 0.002
+        while True:
+            try:
+                return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
 
     def begin(self, conn: Any, write: bool) -> None:
         # IMMEDIATE takes the write lock up front: no lock-upgrade deadlocks between processes.
