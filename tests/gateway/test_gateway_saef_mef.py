@@ -26,26 +26,43 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from _saef_support import BASE, CSE_ID, CSE_NAME, SP_ID, RecordingCSE, empty_receiver, run, utc_now
+from _saef_support import (
+    BASE,
+    CSE_ID,
+    CSE_NAME,
+    SP_ID,
+    RecordingCSE,
+    empty_receiver,
+    run,
+    utc_now,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "mef"))
-from _mefhelp import MEF_FQDN, make_state  # noqa: E402
-from _saef_keepalive import SAEFKeepAlive  # noqa: E402
+from _mefhelp import MEF_FQDN, make_state
+from _saef_keepalive import SAEFKeepAlive
 
-from m2msec.gateway.app import build  # noqa: E402
-from m2msec.gateway.config import ConfigError, SAEFConfig, load_config  # noqa: E402
-from m2msec.gateway.saef import SAEFListener, build_endpoint  # noqa: E402
-from m2msec.gateway.saefmaf import maf_bound_ae_id  # noqa: E402
-from m2msec.gateway.saefmef import MEFSAEFDirectory  # noqa: E402
-from m2msec.gateway.server import Gateway  # noqa: E402
-from m2msec.keys import derive_usage_key  # noqa: E402
-from m2msec.mef import EnroleeConfig, MEFKeyFetcher, MEFServer, TargetConfig, TargetGrant, enrol, mef_tls_config  # noqa: E402
-from m2msec.mef.client import Enrolment  # noqa: E402
-from m2msec.net.endpoint import AEEndpoint  # noqa: E402
-from m2msec.onem2m import Operation, RequestPrimitive  # noqa: E402
-from m2msec.saef import KpsaEntry, psk_client  # noqa: E402
-from m2msec.tls.engine import PSKCredentials, TLSHandshakeError  # noqa: E402
+from m2msec.gateway.app import build
+from m2msec.gateway.config import ConfigError, SAEFConfig, load_config
+from m2msec.gateway.saef import SAEFListener, build_endpoint
+from m2msec.gateway.saefmaf import maf_bound_ae_id
+from m2msec.gateway.saefmef import MEFSAEFDirectory
+from m2msec.gateway.server import Gateway
+from m2msec.keys import derive_usage_key
+from m2msec.mef import (
+    EnroleeConfig,
+    MEFKeyFetcher,
+    MEFServer,
+    TargetConfig,
+    TargetGrant,
+    enrol,
+    mef_tls_config,
+)
+from m2msec.mef.client import Enrolment
+from m2msec.net.endpoint import AEEndpoint
+from m2msec.onem2m import Operation, RequestPrimitive
+from m2msec.saef import KpsaEntry, psk_client
+from m2msec.tls.engine import PSKCredentials, TLSHandshakeError
 
 CSE = "/" + CSE_ID
 AE1, AE2 = "Cmef-ae1", "Cmef-ae2"

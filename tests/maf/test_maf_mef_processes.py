@@ -19,13 +19,13 @@ import pytest
 from _mafproc import ADMIN_FQDN, MAF_FQDN, MAFProcess, utc_now
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "mef"))
-from _mef_process import MEFProcess  # noqa: E402
+from _mef_process import MEFProcess
 
-from m2msec.maf import MAFClient, MAFClientConfig  # noqa: E402
-from m2msec.maf.client import MAFResponseError  # noqa: E402
-from m2msec.mef import EnrolmentRequest, enrol, mef_tls_config  # noqa: E402
-from m2msec.onem2m.rsc import ResponseStatusCode as RSC  # noqa: E402
-from m2msec.tls.engine import PSKCredentials, TLSHandshakeError  # noqa: E402
+from m2msec.maf import MAFClient, MAFClientConfig
+from m2msec.maf.client import MAFResponseError
+from m2msec.mef import EnrolmentRequest, enrol, mef_tls_config
+from m2msec.onem2m.rsc import ResponseStatusCode as RSC
+from m2msec.tls.engine import PSKCredentials, TLSHandshakeError
 
 MEF_FQDN = "mef.m2m.example.com"
 KPM = "5e" * 32

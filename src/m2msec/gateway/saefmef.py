@@ -81,7 +81,7 @@ class MEFSAEFDirectory(RemoteKpsaDirectory):
         except MEFClientError as exc:
             self._refuse(kpsa_id, f"the MEF refused the Key Retrieval: {int(exc.rsc)} {exc.rsc.name}")
             return
-        except (M2MSecError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, M2MSecError, OSError) as exc:
             f = self.fetcher
             self._unreachable(kpsa_id, exc, f"{f.mef_fqdn} at {f.host}:{f.port}")
             return

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections import deque
 import enum
 import hmac
 import secrets
 import threading
 import weakref
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -38,7 +38,14 @@ from typing import Any
 import h11
 
 from m2msec.errors import M2MSecError, ParseError, UnknownKeyError
-from m2msec.keys import LABEL_BOOTSTRAP, LABEL_BOOTSTRAP_REAUTH, ke_id, kre_id, parse_key_id, split_exported
+from m2msec.keys import (
+    LABEL_BOOTSTRAP,
+    LABEL_BOOTSTRAP_REAUTH,
+    ke_id,
+    kre_id,
+    parse_key_id,
+    split_exported,
+)
 from m2msec.mef.protocol import (
     ENROLMENT_PATH,
     SUID_MAF,
@@ -62,13 +69,13 @@ from m2msec.tls.engine import CertCredentials, PSKCredentials, Role, TLSConfig
 from m2msec.tls.pkiverify import StaplePolicy, pki_tls_kwargs, staple_check
 
 __all__ = [
+    "REVOKING_RSC",
     "Enrolment",
+    "FetchedCredential",
+    "KeyStatus",
     "MEFClientError",
     "MEFKeyFetcher",
     "MEFKpsaDirectory",
-    "FetchedCredential",
-    "KeyStatus",
-    "REVOKING_RSC",
     "enrol",
     "load_enrolment",
     "mef_tls_config",
