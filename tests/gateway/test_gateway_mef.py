@@ -49,20 +49,34 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def test_rspf_esprim_key_through_gateway_and_acme(acme: AcmeCSE, tmp_path: Path, tag: str) -> None:
-    cse_target = "/" + acme.cse_id
-    ae, other = f"Cmef-ae-{tag}", f"Cmef-other-{tag}"
+def _mef_granting(tmp_path: Path, ae: str, kpm_id: str, cse_target: str, suid: int) -> MEFProcess:
+    """A MEF process (not started) with ``ae`` enrollable with ``kpm_id`` and granted (CSE, ``suid``),
+    and the CSE as Enrolment Target (PSK ``cse-psk``)."""
     mef = MEFProcess(tmp_path / "mef", MEF_FQDN)
-    mef.admin("enrolee", "add", "--enrolee-id", ae, "--kpm-id", "kpm-gw", "--kpm-hex", KPM,
-              "--target", f"{cse_target}=23")
+    mef.admin("enrolee", "add", "--enrolee-id", ae, "--kpm-id", kpm_id, "--kpm-hex", KPM,
+              "--target", f"{cse_target}={suid}")
     mef.admin("target", "add", "--target-id", cse_target, "--psk-id", "cse-psk", "--psk-hex", CSE_PSK)
+    return mef
+
+
+def _gateway_config(tmp_path: Path, acme: AcmeCSE, mef_port: int, recheck_interval_s: int, extra: str = "") -> Path:
+    """gateway.toml (and its KEK) in ``tmp_path/gw`` with ``[mef]`` pointing at the MEF process."""
     gwdir = tmp_path / "gw"
     gwdir.mkdir()
     KeyEncryptionKey.generate().write_file(gwdir / "gateway.kek")
+    return write_config(gwdir / "gateway.toml", cse_id=acme.cse_id, cse_name=acme.cse_name, keys=[],
+                        extra=f'\n[mef]\nfqdn = "{MEF_FQDN}"\nhost = "127.0.0.1"\nport = {mef_port}\n'
+                              f'psk_identity = "cse-psk"\npsk_hex = "{CSE_PSK}"\n'
+                              f'recheck_interval_s = {recheck_interval_s}\n' + extra)
+
+
+def test_rspf_esprim_key_through_gateway_and_acme(acme: AcmeCSE, tmp_path: Path, tag: str) -> None:
+    cse_target = "/" + acme.cse_id
+    ae, other = f"Cmef-ae-{tag}", f"Cmef-other-{tag}"
+    mef = _mef_granting(tmp_path, ae, "kpm-gw", cse_target, 23)
+    gwdir = tmp_path / "gw"
     with mef:
-        config = write_config(gwdir / "gateway.toml", cse_id=acme.cse_id, cse_name=acme.cse_name, keys=[],
-                              extra=f'\n[mef]\nfqdn = "{MEF_FQDN}"\nhost = "127.0.0.1"\nport = {mef.port}\n'
-                                    f'psk_identity = "cse-psk"\npsk_hex = "{CSE_PSK}"\nrecheck_interval_s = 10\n')
+        config = _gateway_config(tmp_path, acme, mef.port, 10)
         gw = GatewayProcess(config, acme.url)
         try:
             with OneM2MClient(gw.url, ae) as c:
@@ -140,18 +154,9 @@ def test_rspf_kpsa_saef_through_gateway_and_acme(acme: AcmeCSE, tmp_path: Path, 
     is refused 4106; a new handshake fails."""
     cse_target = "/" + acme.cse_id
     ae = f"Cmef-saef-{tag}"
-    mef = MEFProcess(tmp_path / "mef", MEF_FQDN)
-    mef.admin("enrolee", "add", "--enrolee-id", ae, "--kpm-id", "kpm-saef", "--kpm-hex", KPM,
-              "--target", f"{cse_target}=22")
-    mef.admin("target", "add", "--target-id", cse_target, "--psk-id", "cse-psk", "--psk-hex", CSE_PSK)
-    gwdir = tmp_path / "gw"
-    gwdir.mkdir()
-    KeyEncryptionKey.generate().write_file(gwdir / "gateway.kek")
+    mef = _mef_granting(tmp_path, ae, "kpm-saef", cse_target, 22)
     with mef:
-        config = write_config(gwdir / "gateway.toml", cse_id=acme.cse_id, cse_name=acme.cse_name, keys=[],
-                              extra=f'\n[mef]\nfqdn = "{MEF_FQDN}"\nhost = "127.0.0.1"\nport = {mef.port}\n'
-                                    f'psk_identity = "cse-psk"\npsk_hex = "{CSE_PSK}"\nrecheck_interval_s = 0\n'
-                                    '\n[saef]\nlisten = "127.0.0.1:0"\n')
+        config = _gateway_config(tmp_path, acme, mef.port, 0, '\n[saef]\nlisten = "127.0.0.1:0"\n')
         gw = GatewayProcess(config, acme.url, saef_listen="127.0.0.1:0")
         assert gw.saef_address is not None
         host, port = gw.saef_address
