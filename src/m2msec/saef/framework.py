@@ -13,8 +13,8 @@ configuration's ``peer_crls`` and ``revocation`` policy); a failure aborts the
 handshake and the ``TLSHandshakeError.__cause__`` names the reason.  On a server endpoint an
 association with ``peer_ocsp`` (a :class:`~m2msec.pki.ocsp_check.PeerOCSPChecker`) also has
 its peer's certificates without a CRL status looked up over OCSP while the engine holds the
-server's Finished back (``TLSConfig.peer_status_check``): REVOKED ends the handshake with
-``certificate_revoked``, ``require`` without a good answer with ``certificate_unknown``.  Entity B may hold several
+server's Finished back (``TLSConfig.peer_status_check``; TLS and DTLS): REVOKED ends the
+handshake with ``certificate_revoked``, ``require`` without a good answer with ``certificate_unknown``.  Entity B may hold several
 Association Configurations (one per authorised Entity A): the certificate is
 checked against each, and when none accepts it the most specific failure is
 reported (a failure after the identifier matched wins over IDENTIFIER_MISMATCH,
@@ -232,8 +232,8 @@ def certificate_server(credentials: CredentialConfiguration, associations: Seque
     if any(a.local is not local for a in associations):
         raise ValueError("all Association Configurations of one endpoint must belong to the same entity")
     kw: dict[str, Any] = {"mtu": mtu} if mtu else {}
-    checks = transport is Transport.TLS and any(a.peer_ocsp is not None for a in associations)
-    if checks:  # the engine holds the final flight for the OCSP queries (TLS only)
+    checks = any(a.peer_ocsp is not None for a in associations)
+    if checks:  # the engine holds the final flight for the OCSP queries (TLS and DTLS)
         kw["peer_status_check"] = _AssociationStatusCheck(associations)
     config = TLSConfig(role=Role.SERVER, transport=transport, credentials=credentials.tls_credentials(),
                        trust_anchors=_anchors(associations),

@@ -23,6 +23,17 @@ after it (at most :data:`HELD_DATAGRAMS_MAX`; more are dropped, the client retra
 held, and the retransmission timer paused, until it is done, in a task of the event loop
 (other sessions are served), inside the handshake timeout; then the engine gets them in
 order and its synchronous PSK callback answers from the fetched key.
+
+A certificate server whose configuration has ``peer_status_check`` (e.g. OCSP about the client
+certificate, TS-0003 8.1.2.2) gets the engine's held final flight as over TCP: when the engine
+completed the handshake and holds its ChangeCipherSpec and Finished
+(``engine.pending_status_check``), the session awaits the check in a task (other sessions are
+served), inside the handshake timeout, with the retransmission timer paused; the client's
+retransmissions of its flight meanwhile are held the same way (at most
+:data:`HELD_DATAGRAMS_MAX`).  Passed: the flight is sent and the held datagrams follow (OpenSSL
+answers a retransmitted Finished by resending its flight).  Refused: one plaintext fatal alert
+(e.g. ``certificate_revoked``) is sent instead and the session ends; the client never gets our
+Finished, so no application data of a refused client exists.
 """
 
 from __future__ import annotations
@@ -77,8 +88,9 @@ class DTLSSession:
         prefetch = engine.context.config.psk_prefetch if engine.role is Role.SERVER else None
         self._prefetch: Callable[[bytes], Any] | None = prefetch
         self._peek: DTLSPSKIdentityPeek | None = DTLSPSKIdentityPeek() if prefetch is not None else None
-        self._held: list[bytes] | None = None  # datagrams held while psk_prefetch runs
+        self._held: list[bytes] | None = None  # datagrams held while psk_prefetch or the status check runs
         self._prefetch_task: asyncio.Task[None] | None = None
+        self._status_task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"DTLSSession(addr={self.addr!r}, {self.engine!r})"
@@ -131,8 +143,9 @@ class DTLSSession:
         for h in (self._timer, self._deadline):
             if h is not None:
                 h.cancel()
-        if self._prefetch_task is not None and not self._prefetch_task.done():
-            self._prefetch_task.cancel()
+        for task in (self._prefetch_task, self._status_task):
+            if task is not None and not task.done() and task is not asyncio.current_task():
+                task.cancel()
         self._held = None
         self._records.put_nowait(None)
         if self._on_close is not None:
@@ -177,12 +190,18 @@ class DTLSSession:
     async def _await_prefetch(self, waiting: Any) -> None:
         await await_prefetch(waiting)
         held, self._held = self._held or [], None
-        for dgram in held:
+        self._receive_held(held)
+        if not self.closed and self._held is None:
+            self._arm_timer()
+
+    def _receive_held(self, held: list[bytes]) -> None:
+        for i, dgram in enumerate(held):
             if self.closed:
                 return  # timed out (or failed) meanwhile
+            if self._held is not None:  # the status check holds the session now: the rest waits too
+                self._held.extend(held[i:])
+                return
             self._receive(dgram)
-        if not self.closed:
-            self._arm_timer()
 
     def _receive(self, data: bytes) -> None:
         try:
@@ -195,7 +214,13 @@ class DTLSSession:
             self._finish()
             return
         self._flush()
+        if self.engine.pending_status_check is not None and self._status_task is None:
+            self._hold_for_status()
+            return
         self._arm_timer()
+        self._after_input()
+
+    def _after_input(self) -> None:
         if self.engine.established and not self.handshake_done.done():
             self._deadline.cancel()
             self.handshake_done.set_result(self.engine)
@@ -204,6 +229,35 @@ class DTLSSession:
         if self.engine.state is TLSState.CLOSED:
             self._flush()
             self._finish()
+
+    def _hold_for_status(self) -> None:
+        """The engine holds its final flight: hold the client's datagrams, pause the timer, await."""
+        self._held = []
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._status_task = self._loop.create_task(self._await_status(self.engine.pending_status_check))
+
+    async def _await_status(self, waiting: Any) -> None:
+        """Run the engine's pending peer status check; send the held flight or the refusal alert."""
+        try:
+            await waiting
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the check's refusal (or its failure) refuses the peer
+            self._held = None
+            if not self.closed:
+                self._fail(self.engine.refuse_held_flight(exc))
+            return
+        if self.closed or not self.engine.release_held_flight():
+            return  # timed out or closed meanwhile
+        held, self._held = self._held or [], None
+        try:
+            self._flush()
+        except TLSError:
+            pass
+        self._after_input()
+        self._receive_held(held)  # the client's retransmissions while we waited (OpenSSL resends our flight)
 
     # -- public ---------------------------------------------------------------
     def send(self, data: bytes) -> None:

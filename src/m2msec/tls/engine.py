@@ -64,7 +64,7 @@ the first discarded record, epoch 0) takes its place: the handshake fails with
 no export exist.  A session that still completes without EMS fails the same way, and the
 exporter refuses any session without EMS.
 
-Asynchronous peer status (TS-0003 8.1.2.2; ``TLSConfig.peer_status_check``, server, TLS only):
+Asynchronous peer status (TS-0003 8.1.2.2; ``TLSConfig.peer_status_check``, server, TLS and DTLS):
 the bindings lack OpenSSL 3's ``SSL_set_retry_verify`` / ``SSL_ERROR_WANT_RETRY_VERIFY``, so a
 verify hook cannot pause the handshake for a network query (an OCSP request about the client
 certificate).  Instead, when ``SSL_do_handshake`` completes on the server of a certificate
@@ -76,7 +76,10 @@ has the server's Finished (TLS 1.2 without False Start, and a full handshake eve
 request exists yet.  ``release_held_flight()`` puts the flight back and the engine is
 ESTABLISHED; ``refuse_held_flight(exc)`` replaces the flight by a plaintext fatal alert (the
 exception's ``tls_alert``, e.g. ``certificate_revoked``; our ChangeCipherSpec was never sent, so
-the peer still reads plaintext) and the handshake fails PEER_REJECTED with ``exc`` as cause.
+the peer still reads plaintext) and the handshake fails PEER_REJECTED with ``exc`` as cause.  DTLS
+the same way: the held flight's first record (our ChangeCipherSpec, epoch 0) gives the alert its
+record header (epoch 0 and a sequence number the client has not seen), as for T12; the datagrams
+the client retransmits meanwhile are the adapter's to hold (:mod:`m2msec.tls.dtls`).
 """
 
 from __future__ import annotations
@@ -280,7 +283,7 @@ class TLSConfig:
     check_ocsp_staple: Callable[[bytes, list[x509.Certificate]], Any] | None = None
     # RFC 7627: refuse a session whose master secret is not the extended one (NO_EXTENDED_MASTER_SECRET)
     require_ems: bool = True
-    # Server, TLS, certificate handshakes: ``peer_status_check(peer_verification)`` is called once
+    # Server, TLS and DTLS, certificate handshakes: ``peer_status_check(peer_verification)`` is called once
     # OpenSSL completed the handshake; None means nothing to wait for, an awaitable holds the final
     # flight back (``TLSEngine.pending_status_check``) until the caller resolves it with
     # ``release_held_flight`` / ``refuse_held_flight`` (see the module docstring).
@@ -782,7 +785,7 @@ class TLSEngine:
         self.pending_status_check: Any = None  # awaitable from TLSConfig.peer_status_check, while held
         self._held: bytes | None = None  # the final flight held back while the status check runs
         self._held_before = 0  # octets of the output that were queued before the held flight
-        self._status_check = cfg.peer_status_check if (self.role is Role.SERVER and not self._dtls) else None
+        self._status_check = cfg.peer_status_check if self.role is Role.SERVER else None
         self._client_sni = server_name if server_name is not None else cfg.server_name
         if self._dtls:
             _lib.SSL_set_mtu(self._ssl, cfg.mtu)  # Connection.set_ciphertext_mtu
@@ -920,8 +923,15 @@ class TLSEngine:
         if self.state is not _HANDSHAKING:
             return self.failure or TLSHandshakeError(TLSFailureReason.PEER_REJECTED, str(exc))
         code = _ALERT_CODES.get(str(getattr(exc, "tls_alert", "")), _ALERT_CODES["bad_certificate"])
-        out = held[:before] + b"\x15\x03\x03\x00\x02\x02" + bytes([code])  # before our ChangeCipherSpec
-        _lib.BIO_write(self._from_ssl, out, len(out))
+        if not self._dtls:
+            out = held[:before] + b"\x15\x03\x03\x00\x02\x02" + bytes([code])  # before our ChangeCipherSpec
+        else:  # the header of our unsent ChangeCipherSpec: epoch 0, a sequence number the peer has not seen
+            first = held[before:before + 13]
+            alert = b"\x15" + first[1:11] + b"\x00\x02\x02" + bytes([code]) \
+                if len(first) == 13 and first[0] == 20 and first[3:5] == b"\x00\x00" else b""
+            out = held[:before] + alert
+        if out:
+            _lib.BIO_write(self._from_ssl, out, len(out))
         self.callback_record.fail("PEER_REJECTED", f"peer status check refused the peer: {exc}", exc)
         err = self._fail(None)
         err.__cause__ = exc
