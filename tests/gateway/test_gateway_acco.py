@@ -457,3 +457,38 @@ def test_gateway_looks_up_no_group_for_self_admin_or_a_direct_grant(scripted: Sc
 
     assert asyncio.run(go()) == [RSC.OK] * 3
     assert not [g for g in scripted.gets if g[0] == "/grp1"]
+
+
+def test_gateway_acaf_grants_only_on_a_saef_association(scripted: Scripted) -> None:
+    """accessControlAuthenticationFlag (TS-0003 7.1.5 table 7.1.5-1): a rule with ``acaf`` true
+    grants NOTIFY to an AE whose Notify came on a SAEF association of the gateway's listener
+    (a real TLS-PSK handshake, its From checked against the association: rq_authn TRUE), not to
+    the same AE-ID on the plain listener; an association of another AE gets nothing from it."""
+    import os
+
+    from m2msec.gateway.config import SAEFConfig
+    from m2msec.gateway.saef import SAEFListener, build_endpoint
+    from m2msec.onem2m import Operation, RequestPrimitive
+    from m2msec.saef import KpsaEntry, psk_client
+    from m2msec.saef.http import SAEFHTTPClient
+
+    scripted.resources["/acp1"] = _pv({"acor": ["Cae1"], "acop": 16, "acaf": True})
+    entries = {who: (f"{who.lower()}@sp.m2m.example.com", os.urandom(32)) for who in ("Cae1", "Cae2")}
+    cfg = SAEFConfig(host="127.0.0.1", port=0,
+                     psk=tuple(KpsaEntry(kid, key, peer_id=who) for who, (kid, key) in entries.items()))
+
+    async def over_saef(lst: SAEFListener, who: str) -> int:
+        kid, key = entries[who]
+        async with await SAEFHTTPClient.connect(psk_client(KpsaEntry(kid, key), id_b="/id-in"),
+                                                lst.host, lst.port) as c:
+            rsp = await c.send(RequestPrimitive(op=Operation.NOTIFY, to="cse-in/tgt", fr=who, rqi=f"r-{who}",
+                                                rvi="3", pc=SecurityInfo.rand_object_request().to_content()))
+        return int(rsp.rsc)
+
+    async def go() -> list[int]:
+        async with _gateway(scripted, lambda: NOON) as gw, \
+                SAEFListener(gw, build_endpoint(cfg, clock=lambda: NOON)) as lst:
+            return [await _notify(gw, "Cae1"), await over_saef(lst, "Cae1"), await over_saef(lst, "Cae2")]
+
+    assert asyncio.run(go()) == [RSC.ORIGINATOR_HAS_NO_PRIVILEGE, RSC.OK, RSC.ORIGINATOR_HAS_NO_PRIVILEGE]
+    assert scripted.notifies == ["Cae1"]

@@ -162,6 +162,27 @@ def test_authentication_flag_and_attribute_rules_do_not_grant() -> None:
     assert not decide("Cae1", rules({"acor": ["Cae1"], "acop": 16, "aca": ["lbl"]})).allowed
 
 
+@pytest.mark.parametrize(("acaf", "rq_authn", "granted"), [
+    (True, True, True), (True, False, False), (False, True, True), (False, False, True), (None, False, True),
+])
+def test_res_authn_is_table_7_1_5_1(acaf: bool | None, rq_authn: bool, granted: bool) -> None:
+    """TS-0003 7.1.5 table 7.1.5-1: acaf TRUE needs rq_authn TRUE; FALSE or absent: either."""
+    acr: dict[str, Any] = {"acor": ["Cae1"], "acop": 16}
+    if acaf is not None:
+        acr["acaf"] = acaf
+    pv = rules(acr)
+    got = may_notify("Cae1", target_id=AE, acpi=["acp1"], policies={"acp1": parse_set_of_acrs(pv)}, ids=IDS,
+                     authenticated=rq_authn)
+    assert got.allowed is granted
+    # rq_authn never widens anything else: another originator, or the attribute rule, still fail
+    other = may_notify("Cae2", target_id=AE, acpi=["acp1"], policies={"acp1": parse_set_of_acrs(pv)}, ids=IDS,
+                       authenticated=rq_authn)
+    assert not other.allowed
+    aca = rules({**acr, "aca": ["lbl"]})
+    assert not may_notify("Cae1", target_id=AE, acpi=["acp1"], policies={"acp1": parse_set_of_acrs(aca)}, ids=IDS,
+                          authenticated=rq_authn).allowed
+
+
 def test_object_details_must_name_the_target_type() -> None:
     assert decide("Cae1", rules({"acor": ["Cae1"], "acop": 16, "acod": [{"ty": 2, "chty": [3]}]})).allowed
     assert decide("Cae1", rules({"acor": ["Cae1"], "acop": 16, "acod": [{"chty": [3]}]})).allowed

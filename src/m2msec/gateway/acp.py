@@ -46,8 +46,14 @@ Decision (``may_notify``), in this order:
        member of the wrong JSON type: the gateway cannot evaluate it, so the context does
        not match (fail closed, TS-0003 7.1.4).  ACME grants on those members without
        evaluating them (and ignores ``acip``); the gateway is stricter.
-   * ``acaf`` true: the rule does not grant (the gateway does not authenticate the
-     originator of the outer Notify; ACME, with no authenticated request, does the same).
+   * ``acaf`` true (accessControlAuthenticationFlag, TS-0003 7.1.5 table 7.1.5-1): the rule
+     grants only when ``rq_authn`` is TRUE (``authenticated``): the caller says so when the
+     Notify came on a SAEF association of the gateway's listener and its From is the identity
+     that association authenticated (TS-0003 7.1.2 table 7.1.2-3: an AE or CSE is considered
+     authenticated for the duration of its (D)TLS session).  On the plain listener nothing is
+     authenticated and the rule does not grant (ACME, with no authenticated request, does the
+     same).  The outer Notify of an ESPrim Object is not itself ESPrim-protected towards the
+     gateway (the target AE opens it), so it does not count as authenticated.
    * ``aca`` (attribute-level rule): does not grant, as in ACME (a NOTIFY has no attributes).
    * ``acod``: the rule applies only if one entry has no ``ty`` or ``ty`` equal to the
      target's resource type (2 <AE>, 16 <remoteCSE>), and no ``spty`` (TS-0003 7.1.5);
@@ -427,11 +433,11 @@ def _applies_to(rule: AccessControlRule, target_type: int) -> bool:
 
 
 def _eligible(rule: AccessControlRule, operation: int, target_type: int, when: datetime | None,
-              peer: IPAddress | None) -> bool:
-    """Everything but the originator: operation, contexts (OR), acaf, aca, acod."""
+              peer: IPAddress | None, authenticated: bool) -> bool:
+    """Everything but the originator: operation, contexts (OR), acaf (res_authn), aca, acod."""
     if not rule.operations & operation:
         return False
-    if rule.authentication_required or rule.has_attributes:
+    if (rule.authentication_required and not authenticated) or rule.has_attributes:
         return False
     if not _applies_to(rule, target_type):
         return False
@@ -470,9 +476,9 @@ def _same_id(member: str, originator: str, ids: LocalIds) -> bool:
 
 def _grants(rule: AccessControlRule, originator: str, ids: LocalIds, operation: int, target_type: int,
             when: datetime | None, peer: IPAddress | None,
-            groups: Mapping[str, Sequence[str] | None]) -> str | None:
+            groups: Mapping[str, Sequence[str] | None], authenticated: bool) -> str | None:
     """None, or how the rule grants: ``""`` (an acor entry) or the <group> acor entry."""
-    if not _eligible(rule, operation, target_type, when, peer):
+    if not _eligible(rule, operation, target_type, when, peer, authenticated):
         return None
     if any(acor_matches(a, originator, ids) for a in rule.originators):
         return ""
@@ -492,6 +498,7 @@ def group_candidates(
     target_type: int = int(ResourceType.AE),
     when: datetime | None = None,
     peer: IPAddress | None = None,
+    authenticated: bool = False,
     limit: int = 16,
 ) -> tuple[str, ...]:
     """The ``acor`` entries whose <group> members the decision needs: entries of rules that
@@ -504,7 +511,7 @@ def group_candidates(
     out: list[str] = []
     for acp_id in acpi:
         for rule in policies.get(acp_id) or ():
-            if not _eligible(rule, op, target_type, when, peer):
+            if not _eligible(rule, op, target_type, when, peer, authenticated):
                 continue
             if any(acor_matches(a, originator, ids) for a in rule.originators):
                 return ()
@@ -525,6 +532,7 @@ def may_notify(
     when: datetime | None = None,
     peer: IPAddress | str | None = None,
     groups: Mapping[str, Sequence[str] | None] | None = None,
+    authenticated: bool = False,
 ) -> AccessDecision:
     """May ``originator`` NOTIFY the target whose own identifier is ``target_id`` (its
     ``aei``, or ``csi`` for a <remoteCSE>), with accessControlPolicyIDs ``acpi`` and the
@@ -532,7 +540,8 @@ def may_notify(
 
     ``when``: the request time (aware; ``actw`` windows), ``peer``: the IP address of the
     TCP peer that sent the request (``acip``), ``groups``: ``acor`` entry -> the ``mid`` of
-    that <group> (None or absent: not a group / not retrievable)."""
+    that <group> (None or absent: not a group / not retrievable), ``authenticated``: rq_authn
+    (TS-0003 table 7.1.2-3), for rules with ``acaf`` true."""
     if not originator:
         return AccessDecision(False, "no originator")
     norm = sp_relative(originator, ids)
@@ -552,7 +561,7 @@ def may_notify(
         if rules is None:
             continue
         for n, rule in enumerate(rules):
-            how = _grants(rule, originator, ids, op, target_type, when, addr, grp)
+            how = _grants(rule, originator, ids, op, target_type, when, addr, grp, authenticated)
             if how is not None:
                 return AccessDecision(True, f"acp {acp_id} rule {n}" + (f" via group {how}" if how else ""))
     return AccessDecision(False, "no accessControlRule grants NOTIFY")

@@ -391,7 +391,9 @@ class Gateway:
         """One HTTP request from a client -> the HTTP response to return; ``peer``: the IP
         address of the TCP peer (for ``acip`` contexts; None: unknown, no ``acip`` matches);
         ``authenticated``: the identity of the SAEF association the request came on, whose
-        From was checked against it (TS-0003 7.2.1), None for the plain listener."""
+        From was checked against it (TS-0003 7.2.1), None for the plain listener; not None
+        makes rq_authn TRUE for the ``acaf`` rules of a securityInfo Notify (TS-0003 7.1.5), so
+        only a caller that checked the From against an authenticated association may pass it."""
         for k, _v in headers:  # a spelling some HTTP stacks would read as X-M2M-Origin: never relayed
             if "_" in k and k.lower().replace("_", "-") == "x-m2m-origin":
                 return _error(_hdr(headers, "x-m2m-ri"), RSC.BAD_REQUEST,
@@ -410,7 +412,8 @@ class Gateway:
         if method == "POST" and body and _is_json(ctype) and "ty=" not in (ctype or "").replace(" ", ""):
             doc = _json_or_none(body)
             if isinstance(doc, dict) and "m2m:seci" in doc:
-                return await self._security_notify(method, target, headers, body, peer)
+                return await self._security_notify(method, target, headers, body, peer,
+                                                   authenticated=authenticated is not None)
         return await self._proxy(method, target, headers, body, to)
 
     async def _proxy(
@@ -470,7 +473,8 @@ class Gateway:
 
     # ------------------------------------------------------------------ ESPrim Notify
     async def _security_notify(
-        self, method: str, target: str, headers: list[tuple[str, str]], body: bytes, peer: str | None = None
+        self, method: str, target: str, headers: list[tuple[str, str]], body: bytes, peer: str | None = None,
+        *, authenticated: bool = False,
     ) -> RawResponse:
         rqi = _hdr(headers, "x-m2m-ri")
         try:
@@ -491,7 +495,7 @@ class Gateway:
             return response_to_http(await self._as_receiver(req))
         if dest.kind == "ae" and self.enforce_acp:
             try:
-                decision = await self._notify_allowed(req, dest, peer)
+                decision = await self._notify_allowed(req, dest, peer, authenticated=authenticated)
             except M2MSecError as exc:
                 return response_to_http(
                     ResponsePrimitive(rsc=exc.rsc, rqi=req.rqi, pc={"m2m:dbg": exc.args[0]}, rvi=req.rvi or DEFAULT_RVI)
@@ -561,11 +565,13 @@ class Gateway:
             self._poa[to] = entry
         return entry
 
-    async def _notify_allowed(self, req: RequestPrimitive, dest: _Poa, peer: str | None = None) -> AccessDecision:
+    async def _notify_allowed(self, req: RequestPrimitive, dest: _Poa, peer: str | None = None, *,
+                              authenticated: bool = False) -> AccessDecision:
         """May ``req.fr`` NOTIFY the target (profile G4)?  ACPs and the <group> resources named
         in their ``acor`` are retrieved as the admin and cached ``poa_ttl`` seconds, like the
         pointOfAccess; ``actw`` windows are matched against ``clock()``, ``acip`` against
-        ``peer``."""
+        ``peer``; ``authenticated`` (the Notify came on a SAEF association whose identity its
+        From is) is rq_authn for rules with ``acaf``."""
         policies: dict[str, tuple[AccessControlRule, ...] | None] = {}
         rvi = req.rvi or DEFAULT_RVI
         now = self._monotonic()
@@ -580,12 +586,12 @@ class Gateway:
         when = self._clock()
         addr = peer_address(peer)
         decision = may_notify(req.fr, target_id=dest.self_id, acpi=dest.acpi, policies=policies, ids=self._ids,
-                              target_type=dest.ty, when=when, peer=addr)
+                              target_type=dest.ty, when=when, peer=addr, authenticated=authenticated)
         if decision.allowed:
             return decision  # no <group> needs to be looked up
         groups: dict[str, tuple[str, ...] | None] = {}
         for entry in group_candidates(req.fr, acpi=dest.acpi, policies=policies, ids=self._ids, target_type=dest.ty,
-                                      when=when, peer=addr):
+                                      when=when, peer=addr, authenticated=authenticated):
             grp = self._groups.get(entry)
             if grp is None or grp.expires <= now:
                 generation = self._generation
@@ -594,7 +600,7 @@ class Gateway:
                     self._groups[entry] = grp
             groups[entry] = grp.members
         return may_notify(req.fr, target_id=dest.self_id, acpi=dest.acpi, policies=policies, ids=self._ids,
-                          target_type=dest.ty, when=when, peer=addr, groups=groups)
+                          target_type=dest.ty, when=when, peer=addr, groups=groups, authenticated=authenticated)
 
     async def _retrieve_group(self, entry: str, rvi: str) -> tuple[str, ...] | None:
         """The ``mid`` of the <group> an ``acor`` entry names, None if it is not a retrievable
