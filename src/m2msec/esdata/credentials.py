@@ -6,8 +6,10 @@ A Source End-Point names its credentials explicitly (:class:`SymmetricRecipient`
 A Target End-Point looks credentials up by key identifier through a :class:`KeySource`
 (``resolve(kid) -> ResolvedKey``).  Provisioned symmetric keys (SUID 14/15 pre-provisioned,
 24/25 via an RSPF) and certificate private keys (SUID 44) ship here; MAF-distributed keys
-(SUID 34/35) and ESCertKE-derived keys plug in as further ``KeySource`` implementations
-without any change to this package.
+(SUID 34/35, :mod:`m2msec.maf.keysources`), keys fetched from the MEF (SUID 24/25,
+:mod:`m2msec.mef.esdatakeys`) and ESCertKE-derived keys plug in as further ``KeySource``
+implementations.  A source in which one ``kid`` names keys of both usages (an RSPF KeID)
+also has ``resolve_usage(kid, usage)``, which the Target calls through :func:`resolve_key`.
 
 SUID policy: a key with an "authenticated encryption" SUID (14/24/34/44) only unwraps or
 directly decrypts content; a key with a "Signature-only" SUID (15/25/35/45) only computes
@@ -253,6 +255,20 @@ class InMemoryKeySource:
             raise UnknownKidError(f"unknown key identifier {kid!r}") from None
 
 
+def resolve_key(source: KeySource, kid: str, usage: Usage) -> ResolvedKey:
+    """The Target's look-up of ``kid`` for ``usage`` (content decryption or signature check).
+
+    An RSPF Enrolee names every usage-constrained key by its KeID (TS-0003 8.3.2.1, "Use of
+    Remotely Provisioned Credential"), so one ``kid`` can name an SUID-24 encryption key and an
+    SUID-25 MIC key: a source that holds such keys has ``resolve_usage(kid, usage)`` and is
+    asked that way; any other source is asked ``resolve(kid)`` (and the caller checks the usage).
+    """
+    by_usage = getattr(source, "resolve_usage", None)
+    if by_usage is not None:
+        return by_usage(kid, usage)  # type: ignore[no-any-return]
+    return source.resolve(kid)
+
+
 class ChainedKeySource:
     """Asks several key sources in turn (e.g. provisioned keys, then MAF-distributed keys)."""
 
@@ -263,6 +279,14 @@ class ChainedKeySource:
         for source in self._sources:
             try:
                 return source.resolve(kid)
+            except UnknownKidError:
+                continue
+        raise UnknownKidError(f"unknown key identifier {kid!r}")
+
+    def resolve_usage(self, kid: str, usage: Usage) -> ResolvedKey:
+        for source in self._sources:
+            try:
+                return resolve_key(source, kid, usage)
             except UnknownKidError:
                 continue
         raise UnknownKidError(f"unknown key identifier {kid!r}")
@@ -432,5 +456,6 @@ __all__ = [
     "SymmetricSigner",
     "Usage",
     "certificate_kid",
+    "resolve_key",
 ]
 

@@ -56,6 +56,7 @@ from m2msec.esdata.credentials import (
     SymmetricRecipient,
     SymmetricSigner,
     Usage,
+    resolve_key,
     b64url,
     check_rsa_public_key,
     jose_key,
@@ -462,7 +463,7 @@ def open_jwe(env: dict[str, Any], ctx: TargetContext) -> JweResult:
         if kid is None:
             continue
         try:
-            resolved = ctx.key_source.resolve(kid)
+            resolved = resolve_key(ctx.key_source, kid, Usage.ENCRYPT)
         except UnknownKidError:
             unknown.append(kid)
             continue
@@ -569,7 +570,7 @@ def open_jws(
             if kid is None:
                 raise MalformedEnvelopeError("a MIC needs a kid")
             try:
-                resolved = ctx.key_source.resolve(kid)
+                resolved = resolve_key(ctx.key_source, kid, Usage.SIGN)
             except UnknownKidError:
                 unknown.append(kid)
                 continue
@@ -595,7 +596,7 @@ def open_jws(
             if kid is None:
                 raise MalformedEnvelopeError("a signature needs x5c or a kid")
             try:
-                resolved = ctx.key_source.resolve(kid)
+                resolved = resolve_key(ctx.key_source, kid, Usage.SIGN)
             except UnknownKidError:
                 unknown.append(kid)
                 continue

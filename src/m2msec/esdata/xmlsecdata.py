@@ -71,6 +71,7 @@ from m2msec.esdata.credentials import (
     SymmetricRecipient,
     SymmetricSigner,
     Usage,
+    resolve_key,
 )
 from m2msec.esdata.errors import (
     DecryptionError,
@@ -529,7 +530,7 @@ def _open_encrypted(root: etree._Element, ctx: jose.TargetContext) -> tuple[byte
     failures = 0
     for kid, alg, ek, agreement in candidates:
         try:
-            resolved: ResolvedKey = ctx.key_source.resolve(kid)
+            resolved: ResolvedKey = resolve_key(ctx.key_source, kid, Usage.ENCRYPT)
         except UnknownKidError:
             unknown.append(kid)
             continue
@@ -612,7 +613,7 @@ def _open_signed(root: etree._Element, ctx: jose.TargetContext, *, certificate_o
             if not kid:
                 raise MalformedEnvelopeError("a signature needs a KeyName or X509Data")
             try:
-                resolved = ctx.key_source.resolve(kid)
+                resolved = resolve_key(ctx.key_source, kid, Usage.SIGN)
             except UnknownKidError:
                 unknown.append(kid)
                 continue
