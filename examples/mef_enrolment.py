@@ -7,10 +7,12 @@ Ke/KeID, 8.3.6 certificate enrolment with EST (RFC 7030); 8.1.2.2 certificate st
 An MEF runs in-process on 127.0.0.1 over a temporary SQLite store, with its CA (a development
 CA kept in the store) and a CRL server.  The device was provisioned with Kpm/KpmID; it runs
 the Enrolment Exchange over TLS-PSK (getting KeID and Ke, shown only as a fingerprint) and, in
-the same session, EST enrolment for an AE-ID certificate.  A relying party fetches the MEF CA's
+the same session, EST enrolment for an AE-ID certificate.  The device encrypts a reading for a
+dashboard AE with its usage-constrained ESData key (SUID 24, named by its KeID); the dashboard
+fetches that key from the MEF on first sight and opens it.  A relying party fetches the MEF CA's
 CRLs from the certificate's distribution point and accepts the certificate; the operator
 revokes the enrolee; the next CRL lists the certificate and the relying party refuses it; the
-revoked device can no longer enrol.  The application code is between the ``----`` markers;
+dashboard's re-check with the MEF forgets the ESData key; the revoked device can no longer enrol.  The application code is between the ``----`` markers;
 the rest is set-up.
 """
 
@@ -26,7 +28,20 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
 
-from m2msec.mef import EnroleeConfig, ESTClientError, MEFServer, MEFState, est_enrol, mef_tls_config
+from m2msec.esdata import Source, Target
+from m2msec.esdata.errors import UnknownKidError
+from m2msec.mef import (
+    EnroleeConfig,
+    ESTClientError,
+    MEFKeyFetcher,
+    MEFServer,
+    MEFState,
+    TargetConfig,
+    TargetGrant,
+    est_enrol,
+    mef_tls_config,
+)
+from m2msec.mef.esdatakeys import MEFESDataKeySource, esdata_recipient
 from m2msec.mef.est import DevCAAuthority, ESTProfile, ESTService, SecurityType, load_dev_ca, store_dev_ca
 from m2msec.mef.est_crl import ESTCRLPublisher, crl_url_for
 from m2msec.pki import (
@@ -49,6 +64,7 @@ SP = "sp.example.com"
 MEF_FQDN = f"mef.{SP}"
 DEVICE = f"//{SP}/id-in/Cthermometer"  # the enrolee and the identifier its certificate carries
 KPM_ID = f"kpm-thermometer@{MEF_FQDN}"
+DASHBOARD = f"//{SP}/id-in/Cdashboard"  # an AE that reads the device's encrypted data (an Enrolment Target)
 
 
 def now() -> datetime:
@@ -62,13 +78,16 @@ def fingerprint(key: bytes) -> str:
 async def main(workdir: Path) -> int:
     # Set-up (the operator): store, MEF CA, the enrolee with its Kpm and EST profile, CRL server.
     kpm = os.urandom(32)  # pre-provisioned in the device and the MEF
+    dashboard_psk = os.urandom(32)  # pre-configured between the dashboard and the MEF
     store = open_store(f"sqlite:///{workdir / 'mef.db'}", KeyEncryptionKey.generate(), clock=now)
     store_dev_ca(store, DevCA.create("example MEF CA", now=now(), permit_dns=[SP], permit_uri=[SP], intermediate=True))
     ca = load_dev_ca(store)  # the CA's keys live in the store, sealed under its KEK
     assert ca is not None
     state = MEFState(store, MEF_FQDN, now, (ca.trust_anchor,))
     est = ESTService(state, DevCAAuthority(ca, now))
-    state.add_enrolee(EnroleeConfig(DEVICE, kpm_id=KPM_ID, expiry_seconds=3600), kpm=kpm)
+    state.add_enrolee(EnroleeConfig(DEVICE, kpm_id=KPM_ID, expiry_seconds=3600,
+                                    targets=(TargetGrant(DASHBOARD, (24,)),)), kpm=kpm)  # SUID 24: ESData encryption
+    state.add_target(TargetConfig(DASHBOARD, psk_id="dashboard"), psk=dashboard_psk)
     est.set_profile(ESTProfile(DEVICE, CertificateFlavour.AE_ID, (DEVICE,), (SecurityType.SAEF, SecurityType.ESPRIM)))
     crls = ESTCRLPublisher(store, ca, now)
     crl_server = await CRLHTTPServer(crls.sources(), clock=now).start()
@@ -87,6 +106,18 @@ async def main(workdir: Path) -> int:
         print(f"EST certificate serial {cert.serial}, identifiers {cert.identifiers}, issuer "
               f"{cert.certificate.issuer.rfc4514_string()}, SHA-256 {cert.certificate.fingerprint(hashes.SHA256()).hex()[:16]}")
         print(f"  for {[t.value for t in cert.security_types]}, CRL distribution point {distribution_points(cert.certificate)}")
+
+        # ---- Device: a reading encrypted for the dashboard (kid = KeID, key from Ke, SUID 24)
+        reading = b'{"temperature": 21.5}'
+        envelope = Source().seal(reading, serialization="compact",
+                                 recipients=[esdata_recipient(enrolment.ke, enrolment.ke_id, DASHBOARD)])
+        # ---- Dashboard: fetches the key for that KeID from the MEF on first sight, opens it
+        keys = MEFESDataKeySource(MEFKeyFetcher(host, port, mef_tls_config(psk=PSKCredentials(b"dashboard", dashboard_psk)),
+                                                target_id=DASHBOARD, mef_fqdn=MEF_FQDN, clock=now))
+        opened = await keys.open(Target(keys), envelope)
+        # ----
+        print(f"dashboard opened {opened.payload!r} from {keys.enrolee_id(enrolment.ke_id)} "
+              f"(key fetched from the MEF for KeID {opened.decrypted_with})")
 
         # ---- Relying party (e.g. a CSE in certificate SAEF): fetch the CRLs, check the certificate
         rp_crls = CRLStore()
@@ -120,6 +151,13 @@ async def main(workdir: Path) -> int:
               f"{cert.serial}: {entry is not None}")
         after = await accepts()
         print(f"relying party after re-fetching the CRL: certificate {after}")
+        counts = await keys.recheck()  # the dashboard asks the MEF again about the keys it holds
+        try:
+            Target(keys).open(envelope)
+            dashboard = "still opens"
+        except UnknownKidError:
+            dashboard = "key forgotten"
+        print(f"dashboard re-check with the MEF: {counts['revoked']} key(s) revoked; the old envelope: {dashboard}")
         try:
             await est_enrol(host, port, tls)
         except ESTClientError as exc:  # the MEF refuses the revoked enrolee
@@ -127,14 +165,15 @@ async def main(workdir: Path) -> int:
         else:
             refused = "NOT refused"
         print(f"revoked device enrols again: {refused}")
-        if before != "accepted" or entry is None or after != "refused (REVOKED)" or not refused.startswith("refused"):
+        if (before != "accepted" or entry is None or after != "refused (REVOKED)" or not refused.startswith("refused")
+                or opened.payload != reading or dashboard != "key forgotten"):
             print("FAIL: unexpected outcome")
             return 1
     finally:
         await mef.close()
         await crl_server.close()
         store.close()
-    print("OK: MEF enrolment, EST certificate, revocation on the CRL")
+    print("OK: MEF enrolment, EST certificate, an ESData key from the MEF, revocation (CRL, MEF re-check)")
     return 0
 
 

@@ -54,11 +54,14 @@ EXPECTED: dict[str, tuple[list[str], bool]] = {
         r"Ke sha256:[0-9a-f]{16} \(32 octets\)",
         r"^EST certificate serial [0-9a-f]+, identifiers \['//sp\.example\.com/id-in/Cthermometer'\]",
         r"^  for \['SAEF', 'ESPrim'\], CRL distribution point \['http://127\.0\.0\.1:\d+/crl/intermediate\.crl'\]$",
+        r"^dashboard opened b'\{\"temperature\": 21\.5\}' from //sp\.example\.com/id-in/Cthermometer \(key fetched "
+        r"from the MEF for KeID [0-9a-f]{32}@mef\.sp\.example\.com\)$",
         r"^relying party, CRL #1: certificate accepted$",
         r"^operator revoked //sp\.example\.com/id-in/Cthermometer: \d+ keys removed; CRL #2 lists serial [0-9a-f]+: True$",
         r"^relying party after re-fetching the CRL: certificate refused \(REVOKED\)$",
+        r"^dashboard re-check with the MEF: 1 key\(s\) revoked; the old envelope: key forgotten$",
         r"^revoked device enrols again: refused \(\[4103 ",
-        r"^OK: MEF enrolment, EST certificate, revocation on the CRL$",
+        r"^OK: MEF enrolment, EST certificate, an ESData key from the MEF, revocation \(CRL, MEF re-check\)$",
     ], False),
     "escertke_keys.py": ([
         r"^ESCertKE messages: #1 \d+ octets, #2 \d+ octets, #3 \d+ octets, #4 \d+ octets$",
