@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -245,3 +248,39 @@ def test_saef_dtls_with_ocsp_responder(w: World) -> None:
         assert isinstance(cout, SecurityContext) and isinstance(sout, SecurityContext)
 
     run(go, timeout=60)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl binary not installed")
+def test_openssl_dtls_client_sees_certificate_revoked(w: World, tmp_path: Path) -> None:
+    """Interop: ``openssl s_client -dtls1_2`` with a client certificate reads our epoch-0 alert
+    as ``certificate revoked`` and never gets a session."""
+    key, cert, ca = w.write(tmp_path, "client", w.ae)
+
+    async def check_async(pv: Any) -> None:
+        await asyncio.sleep(0.2)
+        raise revoked()
+
+    served: list[bytes] = []
+
+    async def handler(session: Any) -> None:
+        served.append(await session.recv(5))
+
+    async def go() -> tuple[int, str]:
+        s_cfg = TLSConfig(Role.SERVER, transport=DTLS, credentials=w.creds(w.in_cse).tls_credentials(),
+                          trust_anchors=[w.root], verify_peer=lambda chain: "verified",
+                          verify_peer_authoritative=True, peer_status_check=check_async)
+        server = await start_dtls_server(handler, "127.0.0.1", 0, s_cfg, handshake_timeout=8)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                str(shutil.which("openssl")), "s_client", "-dtls1_2", "-connect", f"127.0.0.1:{server.sockname[1]}",
+                "-cert", str(cert), "-key", str(key), "-CAfile", str(ca),
+                "-cipher", "ECDHE-ECDSA-AES128-CCM8:@SECLEVEL=0",
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            out, _ = await asyncio.wait_for(proc.communicate(b"request\n"), 20)
+            return proc.returncode or 0, out.decode("utf-8", "replace")
+        finally:
+            server.close()
+
+    rc, out = run(go, timeout=30)
+    assert rc != 0 and "alert certificate revoked" in out, out
+    assert served == []
