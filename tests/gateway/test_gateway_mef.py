@@ -210,3 +210,51 @@ def test_rspf_kpsa_saef_through_gateway_and_acme(acme: AcmeCSE, tmp_path: Path, 
                 assert direct.retrieve(f"{cb}/saef-ae-{tag}/saefcnt").rsc == RSC.OK
         finally:
             gw.stop()
+
+
+def test_sighup_puts_a_fixed_mef_table_in_force(acme: AcmeCSE, tmp_path: Path, tag: str) -> None:
+    """``[mef]`` on SIGHUP (profile M30): the gateway process starts with a wrong PSK towards the
+    MEF, so an AE's TLS-PSK association with its KeID fails (the MEF does not let the gateway
+    in); the operator fixes ``psk_hex`` and sends SIGHUP: the gateway prints ``mef reloaded: ...``,
+    and the AE's next handshake gets its Kpsa from the MEF and its request reaches ACME."""
+    cse_target = "/" + acme.cse_id
+    ae = f"Cmef-reload-{tag}"
+    mef = _mef_granting(tmp_path, ae, "kpm-reload", cse_target, 22)
+    with mef:
+        config = _gateway_config(tmp_path, acme, mef.port, 0, '\n[saef]\nlisten = "127.0.0.1:0"\n')
+        good = config.read_text()
+        config.write_text(good.replace(f'psk_hex = "{CSE_PSK}"', f'psk_hex = "{"5e" * 32}"'))
+        gw = GatewayProcess(config, acme.url, saef_listen="127.0.0.1:0")
+        assert gw.saef_address is not None
+        host, port = gw.saef_address
+        try:
+            def sighup() -> list[str]:
+                gw.proc.send_signal(signal.SIGHUP)
+                assert gw.proc.stdout is not None
+                lines: list[str] = []
+                for _ in range(4):  # "saef reloaded ...", "mef reloaded ...", "mef re-checked ..."
+                    lines.append(gw.proc.stdout.readline().strip())
+                    if lines[-1].startswith("mef re-checked"):
+                        return lines
+                raise AssertionError(f"no 'mef re-checked' line after SIGHUP: {lines}")
+
+            async def go() -> tuple[list[str], int]:
+                e = await enrol("127.0.0.1", mef.port, mef_tls_config(psk=PSKCredentials(b"kpm-reload", bytes.fromhex(KPM))),
+                                EnrolmentRequest())
+                entry = e.kpsa_entry(cse_target)
+                with pytest.raises(TLSHandshakeError):  # the gateway cannot get Kpsa: wrong PSK to the MEF
+                    await SAEFHTTPClient.connect(psk_client(entry), host, port, timeout=8)
+                config.write_text(good)  # the operator fixes gateway.toml
+                lines = await asyncio.wait_for(asyncio.to_thread(sighup), 20)
+                async with await SAEFHTTPClient.connect(psk_client(entry), host, port, timeout=8) as c:
+                    rsp = await c.send(RequestPrimitive(op=Operation.CREATE, to=acme.cse_base, fr=ae,
+                                                        rqi=new_request_id(), rvi="3", ty=ResourceType.AE,
+                                                        pc={"m2m:ae": {"rn": f"reload-ae-{tag}", "api": "Nm2msec",
+                                                                       "rr": False, "srv": ["3"]}}))
+                return lines, int(rsp.rsc)
+
+            lines, rsc = asyncio.run(asyncio.wait_for(go(), 90))
+            assert f"mef reloaded: {MEF_FQDN} at 127.0.0.1:{mef.port} as {cse_target}" in lines, lines
+            assert rsc == RSC.CREATED
+        finally:
+            gw.stop()

@@ -128,8 +128,10 @@ cached Kc; a changed one gets a new MAF Client for the handshakes accepted from 
 handshakes already accepted finish with the previous client, which is closed once its
 retrievals in flight ended (:meth:`m2msec.gateway.saefmaf.MAFSAEFDirectory.retire`); a removed
 one stops the MAF-based SAEF the same way.  ``[saef] listen`` is not reloadable: a changed
-address is a ``warning:`` line (restart needed) and the rest is reloaded.  The other tables
-need a restart.
+address is a ``warning:`` line (restart needed) and the rest is reloaded.  With ``[mef]``,
+SIGHUP also puts a changed ``[mef]`` in force (a new MEF connection or re-check interval,
+:mod:`m2msec.gateway.mefreload`) and then re-checks the fetched keys with the MEF.  The other
+tables need a restart.
 
 ``serve`` seals the store's audit trail itself (``[gateway] audit_seal_interval_s``, default
 300 s, 0 = off; :class:`m2msec.store.autoseal.AuditSealer`): at start, every interval, and once

@@ -52,15 +52,14 @@ def build(config: GatewayConfig, *, clock: Any = None, store: Store | None = Non
     )
     source: Any = keys
     prefetch = recheck = fetcher = None
+    binding = None
     if config.mef is not None:  # RSPF-provisioned keys (SUID 23) fetched from the MEF on first sight
-        from m2msec.mef.client import MEFKeyFetcher, mef_tls_config  # noqa: PLC0415
+        from m2msec.gateway.mefreload import MEFBinding, build_fetcher  # noqa: PLC0415
         from m2msec.mef.esprimkeys import MEFESPrimKeySource  # noqa: PLC0415
-        from m2msec.tls.engine import PSKCredentials  # noqa: PLC0415
 
-        m = config.mef
-        fetcher = MEFKeyFetcher(m.host, m.port, mef_tls_config(psk=PSKCredentials(m.psk_identity.encode(), m.psk)),
-                                target_id=m.target_id, mef_fqdn=m.fqdn, clock=clock)
+        fetcher = build_fetcher(config.mef, clock)
         source = MEFESPrimKeySource(fetcher, keys)
+        binding = MEFBinding(config.mef, fetcher, clock, users=[source])  # SIGHUP: m2msec.gateway.mefreload
         prefetch, recheck = source.prefetch, source.recheck
     receiver = Receiver(keys=source, state=StoreReceiverState(store, clock=clock), clock=clock, policy=policy)
     gw = Gateway(
@@ -85,6 +84,8 @@ def build(config: GatewayConfig, *, clock: Any = None, store: Store | None = Non
             cse_id, sp_id = config.cse_id, config.sp_id
             mef = MEFSAEFDirectory(fetcher, bind=lambda who: maf_bound_ae_id(who, cse_id=cse_id, sp_id=sp_id),
                                    clock=clock)
+            assert binding is not None
+            binding.users.append(mef)
         # certificate associations with CRL URLs / OCSP get their status sources (8.1.2.2, saefstatus)
         gw.saef_listener = SAEFListener.for_config(gw, config.saef, clock=clock, sp_id=config.sp_id, maf=maf,
                                                    mef=mef)
@@ -98,4 +99,5 @@ def build(config: GatewayConfig, *, clock: Any = None, store: Store | None = Non
 
             recheck = recheck_both
     gw.key_recheck = recheck
+    gw.mef_binding = binding
     return gw, store

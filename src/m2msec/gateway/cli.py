@@ -48,8 +48,9 @@ def serve(
     the \\[\\[saef_cert]] crl_urls).  SIGHUP re-reads the SAEF settings (\\[\\[saef_psk]],
     \\[\\[saef_cert]] and their CRL files, \\[saef_maf], require_saef_for) all or nothing,
     fetches their CRL URLs at once and prints ``saef reloaded N binding(s)``; with \\[mef] it
-    also asks the MEF at once about every key fetched from it (as every recheck_interval_s) and
-    prints ``mef re-checked N key(s): R removed, U not answered``.  With
+    puts a changed \\[mef] in force (``mef reloaded: ...``: a new MEF address, PSK or target_id;
+    ``mef recheck_interval_s now N``), then asks the MEF at once about every key fetched from it
+    (as every recheck_interval_s) and prints ``mef re-checked N key(s): R removed, U not answered``.  With
     \\[gateway] audit_seal_interval_s (default 300, 0 = off) the store's audit trail is sealed
     at start, every interval and once more on SIGTERM/SIGINT."""
     from m2msec.gateway.app import build
@@ -100,6 +101,8 @@ def serve(
         except KeyError as exc:
             print(f"error: saef not reloaded: {config}: missing key {exc}", file=sys.stderr, flush=True)
             return
+        if new.mef is not None and gw.mef_binding is None:
+            print("warning: [mef] added to the file: a restart is needed to use the MEF", file=sys.stderr, flush=True)
         if new.saef.listen != listening_on:
             print(f"warning: [saef] listen changed to {new.saef.listen}: a restart is needed to listen there; "
                   f"the SAEF listener stays on {listener.host}:{listener.port} (the rest is reloaded)",
@@ -120,11 +123,30 @@ def serve(
         print(f"mef re-checked {counts['checked']} key(s): {counts['revoked']} removed, "
               f"{counts['unreachable']} not answered", flush=True)
 
+    async def reload_mef() -> None:
+        """SIGHUP with [mef]: put a changed [mef] in force (m2msec.gateway.mefreload: a new MEF
+        connection for the ESPrim keys and the SAEF Kpsa, or a new re-check interval), then one
+        re-check pass now with it."""
+        binding = gw.mef_binding
+        try:
+            new = load_config(config, cse_url=cse, store_url=store, saef_listen=saef_listen)
+        except (M2MSecError, ValueError, TypeError, OSError) as exc:
+            print(f"error: mef not reloaded: {exc}", file=sys.stderr, flush=True)
+        except KeyError as exc:
+            print(f"error: mef not reloaded: {config}: missing key {exc}", file=sys.stderr, flush=True)
+        else:
+            changed, warnings = binding.apply(new.mef, gw)
+            for line in warnings:
+                print(f"warning: {line}", file=sys.stderr, flush=True)
+            for line in changed:
+                print(line, flush=True)
+        await recheck_mef()
+
     def reload() -> None:
         jobs = ([reload_saef()] if gw.saef_listener is not None else []) + \
-               ([recheck_mef()] if gw.key_recheck is not None else [])
+               ([reload_mef()] if gw.mef_binding is not None else [])
         if not jobs:
-            print("sighup: nothing to reload", file=sys.stderr, flush=True)
+            print("sighup: nothing to reload (adding [saef] or [mef] needs a restart)", file=sys.stderr, flush=True)
             return
         for job in jobs:
             task = asyncio.get_running_loop().create_task(job)

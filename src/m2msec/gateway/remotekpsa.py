@@ -83,6 +83,11 @@ class RemoteKpsaDirectory(ABC):
             task.add_done_callback(lambda _t: self._inflight.pop(kpsa_id, None))
         await asyncio.shield(task)
 
+    def forget_refusals(self) -> None:
+        """Ask the source again at once about every key identifier (its connection changed)."""
+        self._refused.clear()
+        self._down_until = None
+
     def _accept(self, entry: KpsaEntry, expires: datetime) -> None:
         self._cache[entry.kpsa_id] = (entry, expires)
         self._refused.pop(entry.kpsa_id, None)

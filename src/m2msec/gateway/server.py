@@ -198,6 +198,7 @@ class Gateway:
         self.key_recheck = key_recheck
         self.key_recheck_interval = key_recheck_interval
         self._recheck_task: asyncio.Task[None] | None = None
+        self._recheck_wake = asyncio.Event()  # set when key_recheck_interval changes
         self.cse_url = cse_url.rstrip("/")
         self.cse_id = cse_id.lstrip("/")
         self.cse_name = cse_name
@@ -228,6 +229,8 @@ class Gateway:
         self.connections = ConnectionGate(limits, name=f"gateway {self.cse_id} plain listener")
         #: the SAEF listener (m2msec.gateway.saef.SAEFListener) when configured; started by its owner
         self.saef_listener: Any = None
+        #: ``[mef]`` in force and its users (m2msec.gateway.mefreload.MEFBinding), for SIGHUP
+        self.mef_binding: Any = None
         self.host = "127.0.0.1"
         self.port = 0
         self._bases = {
@@ -245,15 +248,36 @@ class Gateway:
         self._server = await asyncio.start_server(self._client, host, port)
         self.host = host
         self.port = int(self._server.sockets[0].getsockname()[1])
+        self._start_recheck()
+        return self
+
+    def _start_recheck(self) -> None:
         if self.key_recheck is not None and self.key_recheck_interval > 0 and self._recheck_task is None:
             self._recheck_task = asyncio.get_running_loop().create_task(self._recheck_keys())
-        return self
+
+    def set_key_recheck_interval(self, seconds: float) -> None:
+        """A new ``key_recheck_interval`` (SIGHUP, :mod:`m2msec.gateway.mefreload`): the next pass
+        comes ``seconds`` from now; 0 stops the passes."""
+        self.key_recheck_interval = seconds
+        task = self._recheck_task
+        if task is not None and seconds <= 0:
+            task.cancel()
+            self._recheck_task = None
+        elif task is not None:
+            self._recheck_wake.set()
+        elif self._server is not None:
+            self._start_recheck()
 
     async def _recheck_keys(self) -> None:
         """Every ``key_recheck_interval`` s: one ``key_recheck`` pass (a failed pass is logged)."""
         assert self.key_recheck is not None
         while True:
-            await asyncio.sleep(self.key_recheck_interval)
+            self._recheck_wake.clear()
+            try:
+                await asyncio.wait_for(self._recheck_wake.wait(), self.key_recheck_interval)
+                continue  # the interval changed: wait the new one from now
+            except TimeoutError:
+                pass
             try:
                 await self.key_recheck()
             except Exception:  # noqa: BLE001 - the next pass tries again

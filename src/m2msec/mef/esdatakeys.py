@@ -142,6 +142,10 @@ class MEFESDataKeySource:
         return None
 
     # ------------------------------------------------------------------ fetching
+    def forget_refusals(self) -> None:
+        """Ask the MEF again at once about every KeID (its connection changed)."""
+        self._refused.clear()
+
     def _recently_refused(self, kid: str, suid: int) -> bool:
         until = self._refused.get((kid, suid))
         return until is not None and time.monotonic() < until

@@ -73,6 +73,10 @@ class MEFESPrimKeySource:
                 del self._refused[next(iter(self._refused))]
         return UnknownKeyID(f"pairwiseESPrimKeyID {kid!r}: the MEF did not provide a key")
 
+    def forget_refusals(self) -> None:
+        """Ask the MEF again at once about every KeID (its connection changed)."""
+        self._refused.clear()
+
     def _recently_refused(self, kid: str) -> bool:
         until = self._refused.get(kid)
         return until is not None and time.monotonic() < until
