@@ -64,7 +64,7 @@ from m2msec.net.connlimits import ConnectionGate, ConnectionLimits
 from m2msec.tls.aio import TLSStreamWriter, open_connection, start_server
 from m2msec.tls.dtls import DTLSServer, DTLSSession, open_dtls_connection, start_dtls_server
 from m2msec.tls.engine import PSKCredentials, Role, TLSConfig, TLSContext, TLSEngine
-from m2msec.tls.pkiverify import Clock, PKIVerifyHook
+from m2msec.tls.pkiverify import Clock, PKIVerifyHook, StaplePolicy, staple_check
 from m2msec.tls.profiles import Transport
 
 __all__ = [
@@ -208,14 +208,21 @@ def _anchors(associations: Sequence[AssociationConfiguration]) -> tuple[x509.Cer
 
 def certificate_client(credentials: CredentialConfiguration, association: AssociationConfiguration, *,
                        clock: Clock, transport: Transport = Transport.TLS, server_name: str | None = None,
-                       mtu: int | None = None) -> SAEFEndpoint:
+                       mtu: int | None = None, ocsp_staple: StaplePolicy | str = StaplePolicy.OFF) -> SAEFEndpoint:
     """The (D)TLS client of a Certificate-Based SAEF (Entity A for SA1, Entity B for SA2).
 
-    SNI defaults to CertNameB's identifier for CSE-ID / FQDN certificates.
+    SNI defaults to CertNameB's identifier for CSE-ID / FQDN certificates.  ``ocsp_staple``
+    (TS-0003 8.1.2.2, RFC 6066 8; profile P23): ``"if-present"`` asks for the server's stapled
+    OCSP response and refuses a REVOKED or unverifiable one, ``"require"`` also refuses a
+    handshake without a verified GOOD staple (alert bad_certificate_status_response,
+    ``BAD_CERTIFICATE_STATUS``); a device that cannot reach the responder learns the status this way.
     """
     if server_name is None and association.peer_cert.flavour in (CertificateFlavour.CSE_ID, CertificateFlavour.FQDN):
         server_name = association.peer_cert.identifier
     kw: dict[str, Any] = {"mtu": mtu} if mtu else {}
+    check = staple_check(ocsp_staple, clock)
+    if check is not None:
+        kw["check_ocsp_staple"] = check
     config = TLSConfig(role=Role.CLIENT, transport=transport, credentials=credentials.tls_credentials(),
                        trust_anchors=_anchors([association]), verify_peer=_AssociationVerifier([association], clock),
                        verify_peer_authoritative=True, server_name=server_name, **kw)
@@ -223,8 +230,12 @@ def certificate_client(credentials: CredentialConfiguration, association: Associ
 
 
 def certificate_server(credentials: CredentialConfiguration, associations: Sequence[AssociationConfiguration], *,
-                       clock: Clock, transport: Transport = Transport.TLS, mtu: int | None = None) -> SAEFEndpoint:
-    """The (D)TLS server of a Certificate-Based SAEF: accepts any configured peer."""
+                       clock: Clock, transport: Transport = Transport.TLS, mtu: int | None = None,
+                       ocsp_staple: Callable[[x509.Certificate], bytes | None] | None = None) -> SAEFEndpoint:
+    """The (D)TLS server of a Certificate-Based SAEF: accepts any configured peer.
+
+    ``ocsp_staple``: the source of the OCSP response stapled for the server's own certificate
+    to a client that asks (RFC 6066 8; e.g. :meth:`m2msec.pki.ocsp_staple.OCSPStapler.staple`)."""
     associations = list(associations)
     if not associations:
         raise ValueError("configure at least one Association Configuration")
@@ -235,6 +246,8 @@ def certificate_server(credentials: CredentialConfiguration, associations: Seque
     checks = any(a.peer_ocsp is not None for a in associations)
     if checks:  # the engine holds the final flight for the OCSP queries (TLS and DTLS)
         kw["peer_status_check"] = _AssociationStatusCheck(associations)
+    if ocsp_staple is not None:
+        kw["ocsp_staple"] = ocsp_staple
     config = TLSConfig(role=Role.SERVER, transport=transport, credentials=credentials.tls_credentials(),
                        trust_anchors=_anchors(associations),
                        verify_peer=_AssociationVerifier(associations, clock, status_checks=checks),
