@@ -477,6 +477,9 @@ GATEWAY: dict[tuple[str, str], Accessor] = {
     ("saef", "cert"): lambda b, _: ("file", [b.cfg.saef.credentials.certificate, *b.cfg.saef.credentials.chain]),
     ("saef", "key"): lambda b, _: ("file", _pub(b.cfg.saef.credentials.private_key)),
     ("saef", "require_saef_for"): lambda b, _: list(b.gateway.require_saef_for),
+    ("saef", "ocsp_staple_url"): lambda b, _: (b.gateway.saef_listener.stapling.stapler.url
+                                               if b.gateway.saef_listener.stapling.stapler else None),
+    ("saef", "ocsp_staple_https_ca"): lambda b, _: ("file", _ocsp_https_ca(b.gateway.saef_listener.stapling.stapler)),
     ("saef", "max_connections"): lambda b, _: b.gateway.saef_listener.server.connections.limits.max_connections,
     ("saef", "max_connections_per_ip"): lambda b, _: b.gateway.saef_listener.server.connections.limits.max_per_source,
     ("saef_psk", "kpsa_id"): lambda b, _: [e.kpsa_id for e in b.cfg.saef.psk],
@@ -596,7 +599,7 @@ def _loader_functions(file: str) -> list[Any]:
         return [mef_cli._load, mef_cli._state, mef_cli._credentials, mef_cli._gba, mef_cli._est,
                 mef_cli._crl_publisher, mef_cli._crls, mef_cli.serve]
     return [gateway_config.load_config, gateway_config._read_key, gateway_config._saef, gateway_config._saef_psk,
-            gateway_config._saef_certs, gateway_config._saef_cert_fetch, gateway_config._saef_maf]
+            gateway_config._saef_certs, gateway_config._saef_cert_fetch, gateway_config._saef_maf, gateway_config._saef_staple]
 
 
 def loader_strings(file: str) -> set[str]:

@@ -96,13 +96,14 @@ def write_ca_files(directory: Path, ca: DevCA, root: str = "root.pem", sub: str 
     (directory / sub).write_bytes(ca.intermediate_cert.public_bytes(PEM))
 
 
-def ae_certificate_client(issued: IssuedCertificate, ca: DevCA, csi: str) -> SAEFEndpoint:
+def ae_certificate_client(issued: IssuedCertificate, ca: DevCA, csi: str, *, ocsp_staple: str = "off") -> SAEFEndpoint:
     """An AE's Certificate-Based SAEF endpoint (entity A) towards the CSE ``csi`` whose CSE-ID
-    certificate names ``in.<SP>`` under ``ca``."""
+    certificate names ``in.<SP>`` under ``ca`` (``ocsp_staple``: what it asks of the CSE's staple)."""
     assoc = AssociationConfiguration.entity_a(
         id_b=csi, cert_name_b=PeerCertInfo(CertificateFlavour.CSE_ID, f"in.{SP}"),
         root_of_trust_b=[ca.trust_anchor])
-    return certificate_client(CredentialConfiguration.from_issued(issued), assoc, clock=utc_now)
+    return certificate_client(CredentialConfiguration.from_issued(issued), assoc, clock=utc_now,
+                              ocsp_staple=ocsp_staple)
 
 
 def gateway_toml_head(acme: AcmeCSE, gwdir: Path, db: str) -> str:

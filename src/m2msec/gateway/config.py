@@ -211,6 +211,10 @@ class SAEFConfig:
     maf: SAEFMAFConfig | None = None
     #: ``max_connections`` / ``max_connections_per_ip`` of the listener (m2msec.net.connlimits)
     connection_limits: ConnectionLimits = field(default_factory=ConnectionLimits.default)
+    #: OCSP responder for the CSE's own certificate (``cert``): its response is stapled (RFC 6066 8)
+    ocsp_staple_url: str | None = None
+    #: PEM CA file for an https ``ocsp_staple_url`` (None: httpx's default store)
+    ocsp_staple_https_ca: str | None = None
 
     @property
     def bindings(self) -> int:
@@ -558,7 +562,40 @@ def _saef(doc: dict[str, Any], base: Path, saef_listen: str | None,
         limits = ConnectionLimits.from_toml(t, total_key="max_connections", source_key_name="max_connections_per_ip")
     except ValueError as exc:
         raise ConfigError(f"[saef] {exc}") from None
-    return SAEFConfig(host, port, psk, credentials, certs, patterns, maf, limits)
+    staple_url, staple_ca = _saef_staple(t, base, credentials)
+    return SAEFConfig(host, port, psk, credentials, certs, patterns, maf, limits, staple_url, staple_ca)
+
+
+def _saef_staple(t: dict[str, Any], base: Path,
+                 credentials: CredentialConfiguration | None) -> tuple[str | None, str | None]:
+    """``[saef] ocsp_staple_url`` / ``ocsp_staple_https_ca`` (profile P22, G14): the responder
+    for the CSE's own certificate; needs ``cert`` with the issuing CA right after the leaf."""
+    from m2msec.pki.ocsp_staple import stapler_for_chain  # noqa: PLC0415
+
+    https_ca = None
+    if "ocsp_staple_https_ca" in t:
+        f = t["ocsp_staple_https_ca"]
+        if not isinstance(f, str) or not f:
+            raise ConfigError("[saef] ocsp_staple_https_ca must be a PEM file name")
+        https_ca = str(_rel(base, f, "[saef] ocsp_staple_https_ca"))
+        try:
+            load_https_ca(https_ca)  # readable, holds CA certificates
+        except M2MSecError as exc:
+            raise ConfigError(f"[saef] ocsp_staple_https_ca: {exc}") from None
+    if "ocsp_staple_url" not in t:
+        if https_ca is not None:
+            raise ConfigError("[saef] ocsp_staple_https_ca without ocsp_staple_url")
+        return None, None
+    url = t["ocsp_staple_url"]
+    if not isinstance(url, str):
+        raise ConfigError("[saef] ocsp_staple_url must be an http(s) URL")
+    if credentials is None:
+        raise ConfigError("[saef] ocsp_staple_url needs cert and key (the certificate whose status is stapled)")
+    try:  # the URL (http/https with a host) and the issuer after the leaf in cert
+        stapler_for_chain(url, [credentials.certificate, *credentials.chain])
+    except ValueError as exc:
+        raise ConfigError(f"[saef] ocsp_staple_url: {exc}") from None
+    return url, https_ca
 
 
 #: every key and table of gateway.toml (docs/configuration.md); anything else is a configuration error
@@ -574,7 +611,8 @@ GATEWAY_TOML_KEYS: dict[str, frozenset[str]] = {
     "mef": frozenset({"fqdn", "host", "port", "psk_identity", "psk_hex", "psk_file", "target_id",
                       "recheck_interval_s"}),
     "routes[]": frozenset({"csi", "url"}),
-    "saef": frozenset({"listen", "cert", "key", "require_saef_for", "max_connections", "max_connections_per_ip"}),
+    "saef": frozenset({"listen", "cert", "key", "require_saef_for", "max_connections", "max_connections_per_ip",
+                       "ocsp_staple_url", "ocsp_staple_https_ca"}),
     "saef_psk[]": frozenset({"kpsa_id", "kpsa_hex", "kpsa_file", "ae_id"}),
     "saef_cert[]": frozenset({"flavour", "identifier", "root_of_trust", "ae_id", "crls", "revocation", "crl_urls",
                               "crl_issuers", "crl_from_cdp", "crl_refresh_s", "crl_https_ca", "ocsp", "ocsp_url",

@@ -67,6 +67,7 @@ from m2msec.gateway.saefmaf import (
 )
 from m2msec.gateway.saefmef import MEFSAEFDirectory
 from m2msec.gateway.saefstatus import SAEFCertStatus, StatusPlan
+from m2msec.pki.ocsp_staple import OCSPStapler, stapler_for_chain
 from m2msec.net.connlimits import ConnectionLimits
 from m2msec.net.http_binding import HttpResponse
 from m2msec.onem2m.primitives import RequestPrimitive
@@ -158,10 +159,12 @@ def protected_pattern(originator: str, patterns: Sequence[str], *, cse_id: str, 
 
 
 def build_endpoint(config: SAEFConfig, *, clock: Callable[[], datetime],
-                   maf: MAFSAEFDirectory | None = None, mef: MEFSAEFDirectory | None = None) -> SAEFEndpoint:
+                   maf: MAFSAEFDirectory | None = None, mef: MEFSAEFDirectory | None = None,
+                   staple: Callable[[Any], bytes | None] | None = None) -> SAEFEndpoint:
     """The CSE's (Entity B) TLS server endpoint for ``config``: PSK (provisioned Kpsa and/or,
     with ``mef``, RSPF-provisioned Kpsa of 8.3.2.1, and/or, with ``maf``, the MAF-based SAEF of
-    8.2.2.3), certificate-based, or both."""
+    8.2.2.3), certificate-based, or both; ``staple``: the OCSP staple source of the CSE's own
+    certificate (``[saef] ocsp_staple_url``, :class:`_Stapling`)."""
     psk = None
     remote = [d for d in (mef, maf) if d is not None]
     if remote:
@@ -175,7 +178,7 @@ def build_endpoint(config: SAEFConfig, *, clock: Callable[[], datetime],
         if any(c.needs_status_sources and not c.status_wired for c in config.certs):
             raise ValueError("[[saef_cert]] with crl_urls or ocsp: build the endpoint from "
                              "SAEFCertStatus.prepare(config).config (m2msec.gateway.saefstatus)")
-        cert = certificate_server(config.credentials, config.associations, clock=clock)
+        cert = certificate_server(config.credentials, config.associations, clock=clock, ocsp_staple=staple)
     if psk is not None and cert is not None:
         return combined_server(psk, cert)
     endpoint = psk or cert
@@ -213,6 +216,66 @@ def _same_kpsa(a: KpsaEntry, b: KpsaEntry) -> bool:
     return hmac.compare_digest(a.kpsa, b.kpsa) and (a.peer_id, a.peer_kind) == (b.peer_id, b.peer_kind)
 
 
+class _Stapling:
+    """``[saef] ocsp_staple_url`` (profile G14): the :class:`~m2msec.pki.ocsp_staple.OCSPStapler`
+    of the CSE's certificate behind one callable that every endpoint of the listener staples
+    through; a reload that changes the URL, its CA file or the certificate gets a new stapler."""
+
+    def __init__(self, clock: Callable[[], datetime]) -> None:
+        self.clock = clock
+        self.stapler: OCSPStapler | None = None
+        self.key: tuple[Any, ...] | None = None
+
+    def staple(self, cert: Any) -> bytes | None:
+        s = self.stapler
+        return s.staple(cert) if s is not None else None
+
+    @staticmethod
+    def key_of(config: SAEFConfig) -> tuple[Any, ...] | None:
+        c = config.credentials
+        if config.ocsp_staple_url is None or c is None:
+            return None
+        return config.ocsp_staple_url, config.ocsp_staple_https_ca, c.certificate, c.chain[:1]
+
+    def plan(self, config: SAEFConfig) -> OCSPStapler | None:
+        """The stapler ``config`` needs: the current one if nothing it depends on changed, else a
+        new one (not started); None without ``ocsp_staple_url``."""
+        key = self.key_of(config)
+        if key is None:
+            return None
+        if key == self.key and self.stapler is not None:
+            return self.stapler
+        c = config.credentials
+        assert c is not None and config.ocsp_staple_url is not None
+        return stapler_for_chain(config.ocsp_staple_url, [c.certificate, *c.chain], clock=self.clock,
+                                 https_ca=config.ocsp_staple_https_ca)
+
+    def commit(self, config: SAEFConfig, stapler: OCSPStapler | None, *, running: bool) -> None:
+        """Staple with ``stapler`` from now on; a new one is started (when the listener runs) and
+        the previous one stopped."""
+        old, self.stapler, self.key = self.stapler, stapler, self.key_of(config)
+        if stapler is old:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a synchronous reload before start): start() starts it
+            return
+        if stapler is not None and running:
+            stapler.start()
+        if old is not None:
+            loop.create_task(old.stop())
+
+    async def start(self) -> None:
+        """The first query before the listener accepts (a failure is logged: no staple yet)."""
+        if self.stapler is not None:
+            await self.stapler.refresh()
+            self.stapler.start()
+
+    async def stop(self) -> None:
+        if self.stapler is not None:
+            await self.stapler.stop()
+
+
 @dataclass
 class _Reload:
     """A reload prepared by :meth:`SAEFListener._prepare`, not in force yet."""
@@ -221,6 +284,7 @@ class _Reload:
     plan: StatusPlan
     endpoint: SAEFEndpoint
     maf: MAFSAEFDirectory | None
+    stapler: OCSPStapler | None = None
 
 
 class SAEFListener:
@@ -230,13 +294,16 @@ class SAEFListener:
                  idle_timeout: float = 120.0, max_body: int = 4 << 20, maf: MAFSAEFDirectory | None = None,
                  status: SAEFCertStatus | None = None, maf_config: SAEFMAFConfig | None = None,
                  clock: Callable[[], datetime] | None = None, limits: ConnectionLimits | None = None,
-                 config: SAEFConfig | None = None, mef: MEFSAEFDirectory | None = None) -> None:
+                 config: SAEFConfig | None = None, mef: MEFSAEFDirectory | None = None,
+                 stapling: _Stapling | None = None) -> None:
         """``config``: the configuration ``endpoint`` was built from (:meth:`for_config` gives it),
         so that a reload can end the associations of the bindings it removes; without it, only
         associations accepted after a reload are watched that way.  ``mef``: the source of
         RSPF-provisioned Kpsa (``[mef]``), kept by reloads (it is not part of ``[saef]``)."""
         self.gateway = gateway
         self.mef = mef
+        #: OCSP stapling of the CSE's certificate (``[saef] ocsp_staple_url``)
+        self.stapling = stapling or _Stapling(clock or gateway._clock)
         self.maf = maf  # the MAF-based SAEF's Kc source (8.2.2.3), closed with the listener
         #: the ``[saef_maf]`` settings ``maf`` was built from (None with a ``maf`` given without
         #: them: then a reload whose configuration has no ``[saef_maf]`` keeps ``maf``)
@@ -284,11 +351,16 @@ class SAEFListener:
         ``mef``: the RSPF-provisioned Kpsa source built from ``[mef]``."""
         status = SAEFCertStatus(clock=clock)
         plan = status.prepare(config)
-        endpoint = build_endpoint(plan.config, clock=clock, maf=maf, mef=mef)
+        stapling = _Stapling(clock)
+        stapler = stapling.plan(config)
+        endpoint = build_endpoint(plan.config, clock=clock, maf=maf, mef=mef,
+                                  staple=stapling.staple if stapler is not None else None)
         status.commit(plan)
+        stapling.commit(config, stapler, running=False)
         kw.setdefault("limits", config.connection_limits)
         return cls(gateway, endpoint, sp_id=sp_id, maf=maf, status=status,
-                   maf_config=config.maf if maf is not None else None, clock=clock, config=config, mef=mef, **kw)
+                   maf_config=config.maf if maf is not None else None, clock=clock, config=config, mef=mef,
+                   stapling=stapling, **kw)
 
     def reload(self, config: SAEFConfig, *, clock: Callable[[], datetime]) -> int:
         """Accept new associations with ``config``: its Kpsa entries and certificate associations
@@ -317,6 +389,10 @@ class SAEFListener:
         async with self._reloading:
             r = self._prepare(config, clock)
             await self.status.fetch(r.plan)  # type: ignore[union-attr] - _prepare set it
+            if r.stapler is not None and r.stapler is not self.stapling.stapler:
+                await r.stapler.refresh()  # a new stapler: its first answer before it takes over
+            elif r.stapler is not None:
+                r.stapler.trigger()  # SIGHUP: query the responder at once
             self._commit(r)
             return config.bindings
 
@@ -324,8 +400,10 @@ class SAEFListener:
         """Build everything ``config`` needs without putting any of it in force."""
         plan = self._status(clock).prepare(config)
         maf = self._maf_for(config.maf, clock)  # a new directory does no I/O until its first handshake
-        endpoint = build_endpoint(plan.config, clock=clock, maf=maf, mef=self.mef)
-        return _Reload(config, plan, endpoint, maf)
+        stapler = self.stapling.plan(config)
+        endpoint = build_endpoint(plan.config, clock=clock, maf=maf, mef=self.mef,
+                                  staple=self.stapling.staple if stapler is not None else None)
+        return _Reload(config, plan, endpoint, maf, stapler)
 
     def _maf_for(self, m: SAEFMAFConfig | None, clock: Callable[[], datetime]) -> MAFSAEFDirectory | None:
         if m is None:
@@ -344,6 +422,7 @@ class SAEFListener:
         self.server.endpoint = r.endpoint
         assert self.status is not None
         self.status.commit(r.plan)
+        self.stapling.commit(r.config, r.stapler, running=self._listening)
         self.gateway.require_saef_for = tuple(r.config.require_saef_for)
         if r.maf is not old:
             self.maf, self.maf_config = r.maf, r.config.maf
@@ -444,6 +523,7 @@ class SAEFListener:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> SAEFListener:
         if self.status is not None:  # CRL URLs fetched before the first association
             await self.status.start()
+        await self.stapling.start()  # the first OCSP staple before the first handshake
         await self.server.start(host, port)
         self._listening = True
         self.host = host
@@ -455,6 +535,7 @@ class SAEFListener:
         await self.server.close()
         if self.status is not None:
             await self.status.stop()
+        await self.stapling.stop()
         if self.maf is not None:
             await self.maf.aclose()
         if self.mef is not None:
