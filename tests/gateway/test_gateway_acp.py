@@ -68,6 +68,24 @@ def test_sp_relative_forms() -> None:
     assert sp_relative("//other.example/id-in/Cae1", with_sp) == "//other.example/id-in/Cae1"
 
 
+def test_domain_entries_grant_every_originator_of_that_sp() -> None:
+    """TS-0004 table 7.3.3.15-1 ``domain``: an M2M-SP-ID alone (wildcards allowed)."""
+    with_sp = LocalIds("id-in", "CAdmin", sp_id="//sp.example")
+    for originator in ("Cae1", "/id-in/Cae1", "/id-mn/Cx", "//sp.example/id-in/Cae1", "//SP.example/id-x/Cy"):
+        assert acor_matches("//sp.example", originator, with_sp), originator
+        assert acor_matches("//sp.example/", originator, with_sp), originator
+    assert acor_matches("//*.example", "//other.example/id-x/Cae", with_sp)
+    assert acor_matches("//*.example", "Cae1", with_sp)
+    assert not acor_matches("//*.example", "//other.org/id-x/Cae", with_sp)
+    assert not acor_matches("//sp.example", "//other.example/id-in/Cae1", with_sp)  # another SP
+    assert not acor_matches("//sp.example", "//sp.example.evil/id-in/Cae1", with_sp)
+    assert not acor_matches("//sp.example", "Cae1", IDS)  # our SP-ID unknown: a relative ID has no domain
+    assert acor_matches("//sp.example", "//sp.example/id-in/Cae1", IDS)
+    assert not acor_matches("//sp.example/id-in", "//sp.example/id-in/Cae1", with_sp)  # a CSE-ID, not a domain
+    assert decide("Cae1", rules({"acor": ["//sp.example"], "acop": 16}), ids=with_sp).allowed
+    assert not decide("//else.example/id-in/Cae1", rules({"acor": ["//sp.example"], "acop": 16}), ids=with_sp).allowed
+
+
 def test_exact_acor_matches_every_written_form_of_the_same_id() -> None:
     for entry in ("Cae1", "/id-in/Cae1"):
         for originator in ("Cae1", "/id-in/Cae1"):

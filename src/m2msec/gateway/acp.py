@@ -87,7 +87,12 @@ Decision (``may_notify``), in this order:
   are not expanded (one level only); a resource that is not a <group>, or that cannot be
   retrieved, grants nothing; a <group> of another CSE is not retrieved (ACME also checks
   only its own groups).
-* Not supported (never match): Role-IDs, and domain semantics beyond a wildcard pattern.
+* A domain (TS-0004 table 7.3.3.15-1): an M2M-SP-ID ``//<sp>`` alone (no CSE part; wildcards
+  allowed, e.g. ``//*.example.com``, matched against the SP-ID, case-insensitive) grants every
+  originator of that SP: an absolute ID ``//<sp>/…`` names its SP; an SP-relative or
+  CSE-relative one is of this CSE's SP when ``sp_id`` is known (otherwise it matches no domain).
+  ACME does not evaluate domains.
+* Not supported (never match): Role-IDs.
 """
 
 from __future__ import annotations
@@ -269,6 +274,24 @@ def wildcard_match(value: str, pattern: str) -> bool:
     return rx is not None and rx.fullmatch(value) is not None
 
 
+def _domain_entry(entry: str) -> str | None:
+    """The M2M-SP-ID of a ``domain`` entry (TS-0004 table 7.3.3.15-1): ``//<sp>`` with no
+    CSE part (wildcards allowed), lower-cased; None for any other entry."""
+    if not entry.startswith("//"):
+        return None
+    rest = entry[2:].rstrip("/")
+    return rest.lower() if rest and "/" not in rest else None
+
+
+def _domain_of(originator: str, ids: LocalIds) -> str | None:
+    """The M2M-SP-ID of the originator's domain: written in an absolute ID, else this CSE's
+    ``sp_id`` (None when it is not known)."""
+    ident = originator.strip()
+    if ident.startswith("//"):
+        return ident[2:].split("/", 1)[0].lower() or None
+    return ids.sp_id.strip("/").lower() if ids.sp_id else None
+
+
 def acor_matches(entry: str, originator: str, ids: LocalIds) -> bool:
     """Does one ``accessControlOriginators`` entry match the originator?"""
     if not isinstance(entry, str) or not entry or not originator:
@@ -277,6 +300,11 @@ def acor_matches(entry: str, originator: str, ids: LocalIds) -> bool:
         return True
     if entry == originator or sp_relative(entry, ids) == sp_relative(originator, ids):
         return True
+    domain = _domain_entry(entry)
+    if domain is not None:  # every originator of that M2M SP (its own absolute IDs, or ours with [cse] sp_id)
+        own = _domain_of(originator, ids)
+        return own is not None and (own == domain or (not _WILDCARDS.isdisjoint(domain)
+                                                      and wildcard_match(own, domain)))
     if _WILDCARDS.isdisjoint(entry):
         return False
     return any(wildcard_match(form, entry) for form in {_acme_form(originator, ids), sp_relative(originator, ids)})
