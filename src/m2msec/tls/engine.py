@@ -925,10 +925,11 @@ class TLSEngine:
         code = _ALERT_CODES.get(str(getattr(exc, "tls_alert", "")), _ALERT_CODES["bad_certificate"])
         if not self._dtls:
             out = held[:before] + b"\x15\x03\x03\x00\x02\x02" + bytes([code])  # before our ChangeCipherSpec
-        else:  # the header of our unsent ChangeCipherSpec: epoch 0, a sequence number the peer has not seen
+        else:  # the header of our first unsent record (ChangeCipherSpec, or a NewSessionTicket before
+            # it): epoch 0, a sequence number the peer has not seen
             first = held[before:before + 13]
             alert = b"\x15" + first[1:11] + b"\x00\x02\x02" + bytes([code]) \
-                if len(first) == 13 and first[0] == 20 and first[3:5] == b"\x00\x00" else b""
+                if len(first) == 13 and first[0] in (20, 22) and first[3:5] == b"\x00\x00" else b""
             out = held[:before] + alert
         if out:
             _lib.BIO_write(self._from_ssl, out, len(out))
