@@ -225,6 +225,7 @@ class _Stapling:
         self.clock = clock
         self.stapler: OCSPStapler | None = None
         self.key: tuple[Any, ...] | None = None
+        self._stopping: set[asyncio.Task[None]] = set()  # replaced staplers being stopped
 
     def staple(self, cert: Any) -> bytes | None:
         s = self.stapler
@@ -263,7 +264,9 @@ class _Stapling:
         if stapler is not None and running:
             stapler.start()
         if old is not None:
-            loop.create_task(old.stop())
+            task = loop.create_task(old.stop())
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
 
     async def start(self) -> None:
         """The first query before the listener accepts (a failure is logged: no staple yet)."""
@@ -274,6 +277,7 @@ class _Stapling:
     async def stop(self) -> None:
         if self.stapler is not None:
             await self.stapler.stop()
+        await asyncio.gather(*self._stopping, return_exceptions=True)
 
 
 @dataclass
