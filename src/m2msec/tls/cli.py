@@ -15,7 +15,7 @@ and ``key`` (32 least significant bytes).  Output is plain ``name: value``.
 Both commands require the RFC 7627 extended master secret (a peer without it fails with
 ``NO_EXTENDED_MASTER_SECRET``); ``--allow-no-ems`` accepts such a legacy peer.
 
-OCSP stapling (TS-0003 8.1.2.2, RFC 6066 8; TLS only, certificate mode), like ``openssl
+OCSP stapling (TS-0003 8.1.2.2, RFC 6066 8; TLS and DTLS, certificate mode), like ``openssl
 s_server -status_file`` / ``-status_url`` and ``s_client -status``: ``server --ocsp-staple FILE``
 staples that DER OCSP response as it is; ``server --ocsp-staple URL`` queries that responder
 for the ``--cert`` leaf (issuer: the next certificate of ``--cert``) before listening, prints
@@ -129,8 +129,6 @@ def _config(role: Role, *, dtls: bool, psk_identity: str | None, psk_hex: str | 
     if extra:
         if "credentials" not in kwargs:
             raise typer.BadParameter("OCSP stapling (--ocsp-staple, --status) needs certificate mode (--key, --cert, --ca)")
-        if dtls:
-            raise typer.BadParameter("OCSP stapling (--ocsp-staple, --status) is not supported over DTLS")
         kwargs.update(extra)
     return TLSConfig(**kwargs)
 
@@ -356,6 +354,8 @@ async def _connect(cfg: TLSConfig, host: str, port: int, labels: list[str], send
         if cfg.transport is Transport.DTLS:
             session = await open_dtls_connection(host, port, cfg, timeout=timeout)
             _report(session.engine, labels)
+            if cfg.check_ocsp_staple is not None:
+                _report_status(session.engine.ocsp_staple_result)
             if send is not None:
                 session.send(send.encode("utf-8"))
                 try:
