@@ -524,6 +524,7 @@ GATEWAY: dict[tuple[str, str], Accessor] = {
     ("saef_maf", "negative_ttl"): lambda b, _: b.gateway.saef_listener.maf.negative_ttl.total_seconds(),
     ("saef_maf", "registration_lifetime"): lambda b, _: (
         b.gateway.saef_listener.maf.registration_lifetime.total_seconds()),
+    ("saef_maf", "recheck_interval_s"): lambda b, _: b.gateway.saef_listener.maf_config.recheck_interval,
 }
 
 ACCESSORS = {"maf.toml": MAF, "mef.toml": MEF, "gateway.toml": GATEWAY}
@@ -599,7 +600,8 @@ def _loader_functions(file: str) -> list[Any]:
         return [mef_cli._load, mef_cli._state, mef_cli._credentials, mef_cli._gba, mef_cli._est,
                 mef_cli._crl_publisher, mef_cli._crls, mef_cli.serve]
     return [gateway_config.load_config, gateway_config._read_key, gateway_config._saef, gateway_config._saef_psk,
-            gateway_config._saef_certs, gateway_config._saef_cert_fetch, gateway_config._saef_maf, gateway_config._saef_staple]
+            gateway_config._saef_certs, gateway_config._saef_cert_fetch, gateway_config._saef_maf, gateway_config._saef_staple,
+            gateway_config._recheck_interval]
 
 
 def loader_strings(file: str) -> set[str]:

@@ -87,6 +87,7 @@ class Rig:
     saef: SAEFListener
     maf: MAFSAEFDirectory
     clock: Clock
+    service: MAFService
 
     async def key(self, who: str, suid: SUID = SUID.MAF_SAEF, targets: tuple[str, ...] = ("/" + CSE_ID,),
                   lifetime: timedelta = timedelta(hours=1)) -> RegisteredKey:
@@ -130,7 +131,7 @@ async def rig(tmp_path: Path, *, maf_port: int | None = None) -> AsyncIterator[R
                                sp_id=SP_ID) as gw, \
                     SAEFListener(gw, build_endpoint(cfg, clock=utc_now, maf=maf), sp_id=SP_ID, maf=maf,
                                  config=cfg) as lst:
-                yield Rig(srv.port, clients, cse, lst, maf, clock)
+                yield Rig(srv.port, clients, cse, lst, maf, clock, svc)
     finally:
         store.close()
 
@@ -194,6 +195,74 @@ def test_maf_based_ae_is_bound_to_the_source_maf_client_id(tmp_path: Path) -> No
     assert [(q.rqi, q.fr) for q in r.cse.seen] == [("m1", AE1), ("m2", AE1), ("m3", f"{SP_ID}/{CSE_ID}/{AE1}"),
                                                    ("m4", AE1)]
     assert r.saef.rejections == [(AE1, "Cmaf-other", 4106), (AE1, CSE_MN, 4106)]
+
+
+def test_maf_revocation_reaches_the_gateway_at_its_recheck(tmp_path: Path) -> None:
+    """Profile F17: ``maf revoke`` (Key De-Registration by the admin) of one Kc: the listener's
+    next MAF re-check drops it, the open association accepted with it is refused (4106) at its
+    next request and a new handshake with it fails; another Kc of the same AE stays; a MAF that
+    does not answer changes nothing."""
+    async def go() -> tuple[list[dict[str, int] | None], list[int], list[int]]:
+        async with rig(tmp_path) as r:
+            k1, k2 = await r.key(AE1), await r.key(AE1)
+            counts: list[dict[str, int] | None] = []
+            async with await r.connect(KpsaEntry(k1.key_id, k1.key)) as c1, \
+                    await r.connect(KpsaEntry(k2.key_id, k2.key)) as c2:
+                before = [int((await c.send(req(Operation.RETRIEVE, AE1, f"b{i}"))).rsc)
+                          for i, c in enumerate((c1, c2))]
+                counts.append(await r.saef.recheck_maf())
+                r.service.revoke_key(k1.key_id)  # `m2msec maf revoke`
+                counts.append(await r.saef.recheck_maf())
+                after = [int((await c.send(req(Operation.RETRIEVE, AE1, f"a{i}"))).rsc)
+                         for i, c in enumerate((c1, c2))]
+            with pytest.raises(TLSHandshakeError):
+                await r.connect(KpsaEntry(k1.key_id, k1.key))
+            async with await r.connect(KpsaEntry(k2.key_id, k2.key)) as c2:
+                after.append(int((await c2.send(req(Operation.RETRIEVE, AE1, "a2"))).rsc))
+            # the MAF does not answer: the cached Kc stays
+            real = r.maf.config
+            r.maf._client = MAFClient(_client_config(_dead_port(), real.psk.identity.decode(),  # type: ignore[union-attr]
+                                                     real.psk.key, timeout=1.0))  # type: ignore[union-attr]
+            counts.append(await r.saef.recheck_maf())
+            assert r.maf.lookup(k2.key_id) is not None
+            return counts, before, after
+
+    counts, before, after = run(go)
+    assert before == [2000, 2000]
+    assert counts == [{"checked": 2, "valid": 2, "revoked": 0, "unreachable": 0},
+                      {"checked": 2, "valid": 1, "revoked": 1, "unreachable": 0},
+                      {"checked": 1, "valid": 0, "revoked": 0, "unreachable": 1}]
+    assert after == [4106, 2000, 2000]
+
+
+def test_maf_rechecks_run_every_recheck_interval(tmp_path: Path) -> None:
+    """The listener's periodic pass follows ``[saef_maf] recheck_interval_s`` of the configuration
+    in force (here set below the loader's 10 s minimum to keep the test short)."""
+    async def go() -> None:
+        async with rig(tmp_path) as r:
+            k = await r.key(AE1)
+            async with await r.connect(KpsaEntry(k.key_id, k.key)) as c:
+                assert int((await c.send(req(Operation.RETRIEVE, AE1, "p1"))).rsc) == 2000
+                n = r.maf.retrievals
+                await asyncio.sleep(0.3)
+                assert r.maf.retrievals == n  # no [saef_maf] settings: no periodic pass
+                r.service.revoke_key(k.key_id)
+                r.saef.maf_config = SAEFMAFConfig(MAF_FQDN, ADMIN, "127.0.0.1", r.maf_port, recheck_interval=0.2)
+                r.saef._maf_wake.set()  # what a reload does
+                for _ in range(250):
+                    if r.maf.lookup(k.key_id) is None:
+                        break
+                    await asyncio.sleep(0.02)
+                assert r.maf.lookup(k.key_id) is None and r.maf.retrievals > n
+                assert int((await c.send(req(Operation.RETRIEVE, AE1, "p2"))).rsc) == 4106
+
+    run(go)
+
+
+def _dead_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def test_absolute_source_id_is_read_in_the_cses_form(tmp_path: Path) -> None:
@@ -351,9 +420,12 @@ km_file = "km.hex"
 
 
 def test_saef_maf_config_builds_the_listener(tmp_path: Path) -> None:
-    cfg = load_config(_write(tmp_path, _KM + "timeout = 3\nnegative_ttl = 1.5\n"))
+    (tmp_path / "d").mkdir()
+    assert load_config(_write(tmp_path / "d", _KM)).saef.maf.recheck_interval == 300  # type: ignore[union-attr]
+    cfg = load_config(_write(tmp_path, _KM + "timeout = 3\nnegative_ttl = 1.5\nrecheck_interval_s = 0\n"))
     assert cfg.saef is not None and cfg.saef.psk == () and cfg.saef.certs == ()
     m = cfg.saef.maf
+    assert m is not None and m.recheck_interval == 0
     assert m is not None and (m.maf_fqdn, m.host, m.port, m.timeout, m.negative_ttl) == (MAF_FQDN, "127.0.0.1", 4433,
                                                                                           3.0, 1.5)
     assert m.psk is not None and m.psk.identity == f"gw@{MAF_FQDN}".encode()
@@ -395,6 +467,8 @@ def test_saef_maf_config_with_a_certificate(tmp_path: Path) -> None:
     (_KM.replace('kmid = "gw@maf.m2m.example.com"', 'kmid = "no-fqdn"'), "kmid"),
     (_KM + "kpsa_id = 1\n", "unknown key 'kpsa_id' in [saef_maf]"),
     (_KM.replace(f'fqdn = "{MAF_FQDN}"\n', ""), "needs fqdn"),
+    (_KM + "recheck_interval_s = 5\n", "recheck_interval_s must be 0 (never) or 10 to 86400"),
+    (_KM + 'recheck_interval_s = "300"\n', "recheck_interval_s must be"),
 ])
 def test_saef_maf_config_refusals(tmp_path: Path, text: str, needle: str) -> None:
     with pytest.raises(ConfigError) as ei:

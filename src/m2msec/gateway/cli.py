@@ -111,6 +111,14 @@ def serve(
         if listener.maf is not old_maf:
             maf = "; [saef_maf] off" if listener.maf is None else "; [saef_maf] new MAF Client"
         print(f"saef reloaded {count} binding(s){maf}", flush=True)
+        try:  # the MAF is asked again about every Kc held (a revoked one ends its associations)
+            counts = await listener.recheck_maf()
+        except Exception as exc:  # noqa: BLE001 - the periodic passes go on
+            print(f"error: maf re-check failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            return
+        if counts is not None:
+            print(f"maf re-checked {counts['checked']} Kc(s): {counts['revoked']} removed, "
+                  f"{counts['unreachable']} not answered", flush=True)
 
     async def recheck_mef() -> None:
         """SIGHUP with [mef]: one re-check pass now (after `m2msec mef enrolee revoke`, say)."""

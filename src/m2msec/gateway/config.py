@@ -165,6 +165,9 @@ class SAEFMAFConfig:
     timeout: float = 5.0
     negative_ttl: float = 5.0
     registration_lifetime: timedelta = timedelta(days=1)
+    #: seconds between two re-checks of the cached Kc with the MAF (0: never); not part of
+    #: :meth:`same_settings` (a new interval keeps the MAF Client)
+    recheck_interval: float = field(default=DEFAULT_MEF_RECHECK_INTERVAL_S, compare=False)
 
     def __repr__(self) -> str:
         who = f"kmid={self.psk.identity.decode('utf-8', 'replace')!r}" if self.psk else "certificate"
@@ -512,11 +515,20 @@ def _saef_maf(doc: dict[str, Any], base: Path) -> SAEFMAFConfig | None:
     reg = _positive_seconds(t, "registration_lifetime", 86400.0, w)
     try:
         cfg = SAEFMAFConfig(t["fqdn"].strip(), t["admin_fqdn"].strip(), host, port, psk, creds, anchors, timeout,
-                            negative_ttl, timedelta(seconds=reg))
+                            negative_ttl, timedelta(seconds=reg), _recheck_interval(t, w))
         cfg.client_config(lambda: None)  # the MAF Client's own checks (FQDN form, credential kind)
     except (ValueError, M2MSecError) as exc:
         raise ConfigError(f"{w}: {exc}") from None
     return cfg
+
+
+def _recheck_interval(t: dict[str, Any], where: str) -> float:
+    """``recheck_interval_s`` of ``[mef]`` / ``[saef_maf]``: 0 (never) or 10 to 86400 seconds."""
+    recheck = t.get("recheck_interval_s", DEFAULT_MEF_RECHECK_INTERVAL_S)
+    if (isinstance(recheck, bool) or not isinstance(recheck, (int, float))
+            or not (recheck == 0 or 10 <= recheck <= MEF_RECHECK_INTERVAL_LIMIT_S)):
+        raise ConfigError(f"{where} recheck_interval_s must be 0 (never) or 10 to {int(MEF_RECHECK_INTERVAL_LIMIT_S)}")
+    return float(recheck)
 
 
 def _saef(doc: dict[str, Any], base: Path, saef_listen: str | None,
@@ -618,7 +630,7 @@ GATEWAY_TOML_KEYS: dict[str, frozenset[str]] = {
                               "crl_issuers", "crl_from_cdp", "crl_refresh_s", "crl_https_ca", "ocsp", "ocsp_url",
                               "ocsp_https_ca", "ocsp_timeout_s"}),
     "saef_maf": frozenset({"fqdn", "host", "port", "admin_fqdn", "kmid", "km_hex", "km_file", "cert", "key", "ca",
-                           "timeout", "negative_ttl", "registration_lifetime"}),
+                           "timeout", "negative_ttl", "registration_lifetime", "recheck_interval_s"}),
 }
 
 
@@ -666,10 +678,7 @@ def load_config(path: str | Path, *, cse_url: str | None = None, store_url: str 
             raise ConfigError("[mef] needs fqdn, port, psk_identity and psk_hex or psk_file")
         psk = _read_key({"key_hex": m["psk_hex"]} if "psk_hex" in m else
                         {"key_file": m["psk_file"]} if "psk_file" in m else {}, base, "[mef]")
-        recheck = m.get("recheck_interval_s", DEFAULT_MEF_RECHECK_INTERVAL_S)
-        if (isinstance(recheck, bool) or not isinstance(recheck, (int, float))
-                or not (recheck == 0 or 10 <= recheck <= MEF_RECHECK_INTERVAL_LIMIT_S)):
-            raise ConfigError(f"[mef] recheck_interval_s must be 0 (never) or 10 to {int(MEF_RECHECK_INTERVAL_LIMIT_S)}")
+        recheck = _recheck_interval(m, "[mef]")
         mef = MEFSourceConfig(m["fqdn"], str(m.get("host", "127.0.0.1")), int(m["port"]), m["psk_identity"], psk,
                               str(m.get("target_id", "/" + cse["id"].lstrip("/"))), float(recheck))
     kek = store.get("kek_file")

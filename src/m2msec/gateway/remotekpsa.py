@@ -6,17 +6,22 @@ answer the synchronous PSK callback from a cache (:meth:`RemoteKpsaDirectory.loo
 that :meth:`RemoteKpsaDirectory.prefetch` fills on the event loop before the callback runs:
 one fetch per identifier however many handshakes wait for it; a refused identifier is not
 asked about again for ``negative_ttl``; after a transport failure the source is not asked at
-all for ``negative_ttl`` (one WARNING per failure).  An entry lives until its lifetime.
+all for ``negative_ttl`` (one WARNING per failure).  An entry lives until its lifetime, or until
+:meth:`RemoteKpsaDirectory.recheck` finds that the source no longer serves it (a revoked key:
+:meth:`RemoteKpsaDirectory.holds` is then False, and the listener ends the associations that
+were accepted with it at their next request).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+from m2msec.mef.client import KeyStatus
 from m2msec.onem2m.timestamps import Clock
 from m2msec.saef.config import KpsaEntry
 
@@ -52,6 +57,47 @@ class RemoteKpsaDirectory(ABC):
     @abstractmethod
     async def _fetch(self, kpsa_id: str) -> None:
         """Obtain the key for ``kpsa_id``, ending in :meth:`_accept`, :meth:`_refuse` or :meth:`_unreachable`."""
+
+    @abstractmethod
+    async def _ask_again(self, kpsa_id: str, entry: KpsaEntry) -> KeyStatus:
+        """Ask the source now (no cache) whether it still gives ``entry``: VALID (a changed
+        lifetime is put in the cache), REVOKED (refused, or another key or identity), UNREACHABLE."""
+
+    def holds(self, entry: KpsaEntry) -> bool:
+        """``entry`` (what an association was accepted with) is still what the source serves:
+        cached, within its lifetime, the same key and the same bound identity."""
+        now = self.lookup(entry.kpsa_id)
+        return (now is not None and hmac.compare_digest(now.kpsa, entry.kpsa)
+                and (now.peer_id, now.peer_kind) == (entry.peer_id, entry.peer_kind))
+
+    async def recheck(self, concurrency: int = 4) -> dict[str, int]:
+        """Ask the source again about every cached identifier (:meth:`_ask_again`, at most
+        ``concurrency`` at a time); drop the ones it no longer serves and refuse them for
+        ``negative_ttl``.  No answer keeps the entry.  Returns counts: ``checked``, ``valid``,
+        ``revoked``, ``unreachable``."""
+        counts = {"checked": 0, "valid": 0, "revoked": 0, "unreachable": 0}
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(kid: str, entry: KpsaEntry) -> None:
+            async with sem:
+                status = await self._ask_again(kid, entry)
+            counts["checked"] += 1
+            counts[status.value] += 1
+            if status is KeyStatus.REVOKED and self._cache.get(kid, (None,))[0] is entry:
+                del self._cache[kid]
+                self._refuse(kid, f"the {self._source} no longer serves this {self._key} (re-check)")
+
+        await asyncio.gather(*(one(kid, e) for kid, (e, _exp) in list(self._cache.items())))
+        if counts["unreachable"]:
+            self._log.warning("%s: re-check: %d of %d %s(s) not answered; they stay until the next pass",
+                              self._prefix, counts["unreachable"], counts["checked"], self._key)
+        return counts
+
+    def _relifetime(self, kpsa_id: str, entry: KpsaEntry, expires: datetime) -> None:
+        """The source now gives ``entry`` another lifetime: the cached one follows."""
+        hit = self._cache.get(kpsa_id)
+        if hit is not None and hit[0] is entry and hit[1] != expires:
+            self._cache[kpsa_id] = (entry, expires)
 
     # -- the synchronous side (the TLS PSK callback, the binder) ------------------------------
     def lookup(self, kpsa_id: str) -> KpsaEntry | None:

@@ -36,7 +36,8 @@ revocation policy) is refused at its next request like a revoked one (4106, ``Co
 close``): taking a binding out of the file ends the AE's access, also on open connections.
 An unchanged binding keeps its associations.  MAF-based associations (a Kc from the MAF) end
 when a reload removes ``[saef_maf]``; a changed ``[saef_maf]`` keeps them (their Kc is still the
-MAF's).  Checked once per association after each reload (one integer comparison per request
+MAF's); they also end when the MAF re-check drops their Kc (profile F17) or its Kc Lifetime is
+over.  Checked once per association after each reload (one integer comparison per request
 otherwise).
 
 :func:`protected_pattern` is the ``require_saef_for`` rule of the plain listener: an
@@ -201,9 +202,10 @@ class _Bindings:
     """The ``[[saef_psk]]`` entries and ``[[saef_cert]]`` Association Configurations of one
     configuration (CRL/OCSP sources are not part of an Association Configuration's equality)."""
 
-    def __init__(self, config: SAEFConfig) -> None:
+    def __init__(self, config: SAEFConfig, maf: MAFSAEFDirectory | None = None) -> None:
         self.psk: dict[str, KpsaEntry] = {e.kpsa_id: e for e in config.psk}
         self.associations = tuple(config.associations)
+        self.maf = maf  # the MAF-based SAEF's Kc source of that configuration
 
     def holds(self, binding: _Binding) -> bool:
         if binding.kind == "psk":
@@ -315,6 +317,8 @@ class SAEFListener:
         #: CRL refreshers and OCSP checkers of the certificate associations (8.1.2.2), started
         #: (first fetch) before the listener accepts and stopped with it
         self.status = status
+        self._maf_wake = asyncio.Event()  # set when [saef_maf] (its recheck_interval_s) changes
+        self._maf_task: asyncio.Task[None] | None = None
         self._reloading = asyncio.Lock()
         self._listening = False
         #: MAF directories replaced by a reload, closing once their retrievals in flight ended
@@ -329,7 +333,7 @@ class SAEFListener:
         self._in_force: weakref.WeakKeyDictionary[SAEFEndpoint, tuple[int, _Bindings]] = weakref.WeakKeyDictionary()
         self._current: _Bindings | None = None
         if config is not None:
-            self._current = _Bindings(config)
+            self._current = _Bindings(config, maf)
             self._in_force[endpoint] = (0, self._current)
         self.server = SAEFHTTPServer(endpoint, http_handler=self._handle, sp_id=sp_id, cse_id="/" + gateway.cse_id,
                                      idle_timeout=idle_timeout, max_body=max_body, session_check=self._session_check,
@@ -421,7 +425,7 @@ class SAEFListener:
         half of it)."""
         old = self.maf
         self._generation += 1
-        self._current = _Bindings(r.config)
+        self._current = _Bindings(r.config, r.maf)
         self._in_force[r.endpoint] = (self._generation, self._current)
         self.server.endpoint = r.endpoint
         assert self.status is not None
@@ -432,6 +436,36 @@ class SAEFListener:
             self.maf, self.maf_config = r.maf, r.config.maf
             if old is not None:
                 self._retire(old)
+        elif r.config.maf is not None and self.maf_config is not None \
+                and r.config.maf.recheck_interval != self.maf_config.recheck_interval:
+            self.maf_config = r.config.maf  # the same MAF Client, another re-check interval
+        self._maf_wake.set()  # the re-check schedule follows the [saef_maf] now in force
+
+    async def recheck_maf(self) -> dict[str, int] | None:
+        """One re-check of every Kc the MAF-based SAEF holds (profile F17; SIGHUP, and every
+        ``[saef_maf] recheck_interval_s``): a Kc the MAF no longer serves is dropped and the
+        associations accepted with it are refused (4106) at their next request.  None without
+        ``[saef_maf]``."""
+        maf = self.maf
+        if maf is None or maf.retired:
+            return None
+        return await maf.recheck()
+
+    async def _maf_rechecks(self) -> None:
+        """Every ``[saef_maf] recheck_interval_s`` (of the configuration in force): :meth:`recheck_maf`."""
+        while True:
+            cfg = self.maf_config
+            interval = cfg.recheck_interval if cfg is not None else 0.0
+            self._maf_wake.clear()
+            try:
+                await asyncio.wait_for(self._maf_wake.wait(), interval if interval > 0 else None)
+                continue  # a reload: wait the interval now in force, from now
+            except TimeoutError:
+                pass
+            try:
+                await self.recheck_maf()
+            except Exception:  # noqa: BLE001 - the next pass tries again
+                log.exception("saef_maf: re-check pass failed")
 
     def _session_check(self, ctx: SecurityContext) -> SessionCheck | None:
         """The per-request check of one association (``SAEFHTTPServer.session_check``): its
@@ -449,6 +483,9 @@ class SAEFListener:
             if b.kind == "mef" and not gone and not (self.mef is not None and b.value is not None
                                                      and self.mef.holds(b.value)):
                 gone.append("its Kpsa from the MEF was revoked there or its Enrolment Expiry passed")
+            if b.kind == "maf" and not gone and not (b.value[0] is not None and b.value[1] is not None
+                                                     and b.value[0].holds(b.value[1])):
+                gone.append("its Kc from the MAF was revoked there or its Kc Lifetime is over")
             if seen != self._generation:  # a reload since the last look
                 seen = self._generation
                 current = self._current
@@ -485,8 +522,10 @@ class SAEFListener:
         if entry is None and self.mef is not None and self.mef.handles(ctx.psk_identity):
             kpsa = self.mef.lookup(ctx.psk_identity)  # what the handshake just used (None: already gone)
             return generation, _Binding("mef", kpsa, f"Kpsa of KeID {ctx.psk_identity!r} from the MEF")
-        if entry is None:  # not a [[saef_psk]] entry: a Kc of the MAF-based SAEF
-            return generation, _Binding("maf", None, "[saef_maf] (the MAF-based SAEF)")
+        if entry is None:  # not a [[saef_psk]] entry: a Kc of the MAF-based SAEF, from the directory
+            directory = bindings.maf  # of the configuration the handshake was accepted under
+            kc = directory.lookup(ctx.psk_identity) if directory is not None else None
+            return generation, _Binding("maf", (directory, kc), "[saef_maf] (the MAF-based SAEF)")
         return generation, _Binding("psk", entry, f"[[saef_psk]] binding of KpsaID {ctx.psk_identity!r}")
 
     def _retire(self, old: MAFSAEFDirectory) -> None:
@@ -530,12 +569,18 @@ class SAEFListener:
         await self.stapling.start()  # the first OCSP staple before the first handshake
         await self.server.start(host, port)
         self._listening = True
+        if self._maf_task is None:
+            self._maf_task = asyncio.get_running_loop().create_task(self._maf_rechecks())
         self.host = host
         self.port = self.server.address[1]
         return self
 
     async def close(self) -> None:
         self._listening = False
+        if self._maf_task is not None:
+            self._maf_task.cancel()
+            await asyncio.gather(self._maf_task, return_exceptions=True)
+            self._maf_task = None
         await self.server.close()
         if self.status is not None:
             await self.status.stop()

@@ -31,6 +31,13 @@ whatever the identity, with one WARNING log line per failure.  When the MAF answ
 CSE is not registered (4128, 8.8.2.3), the directory performs the MAF Client Registration and
 retries once.
 
+Revocation (profile F17): a cached Kc lives until its Kc Lifetime, so the listener asks the MAF
+again about every cached Kc (:meth:`MAFSAEFDirectory.recheck`, a fresh Key Retrieval each) every
+``[saef_maf] recheck_interval_s`` and on SIGHUP: a Kc the MAF no longer serves (4004: Key
+De-Registration, ``maf revoke``, ``maf remove-client`` of its Source; 4103: this CSE is no longer
+a Target) or gives differently is dropped, and the associations accepted with it are refused at
+their next request (:meth:`~m2msec.gateway.remotekpsa.RemoteKpsaDirectory.holds`).
+
 SIGHUP (:meth:`m2msec.gateway.saef.SAEFListener.reload_async`): an unchanged ``[saef_maf]``
 keeps this directory (its MAF session, cached Kc and remembered refusals).  A changed one (any
 setting, the Km, the certificate or key, the MAF's CA) gets a new directory - a new MAF Client,
@@ -43,12 +50,14 @@ removed ``[saef_maf]`` retires the directory the same way.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 from m2msec.errors import M2MSecError
+from m2msec.mef.client import KeyStatus
 from m2msec.gateway.config import SAEFMAFConfig
 from m2msec.gateway.remotekpsa import RemoteKpsaDirectory
 from m2msec.maf.client import MAFClient, MAFClientConfig, MAFResponseError, RetrievedKey
@@ -80,6 +89,10 @@ def maf_bound_ae_id(source_id: str, *, cse_id: str, sp_id: str | None) -> str | 
     if who.startswith("C") and "/" not in who:
         return who  # AE-ID-Stem of this CSE
     return None
+
+
+#: MAF refusals of a Key Retrieval that mean the cached Kc is no longer this CSE's to use
+_REVOKING_RSC = (RSC.NOT_FOUND, RSC.ORIGINATOR_HAS_NO_PRIVILEGE)
 
 
 class MAFSAEFDirectory(RemoteKpsaDirectory):
@@ -139,6 +152,25 @@ class MAFSAEFDirectory(RemoteKpsaDirectory):
             self._refuse(kpsa_id, f"the MAF names Source MAF Client {got.source_id!r}, not an AE-ID of this CSE", now)
             return
         self._accept(KpsaEntry(kpsa_id, got.key, peer_id=ae_id, peer_kind=PeerKind.AE), got.expires_at)
+
+    async def _ask_again(self, kpsa_id: str, entry: KpsaEntry) -> KeyStatus:
+        """A fresh Key Retrieval (8.8.2.8) of a cached Kc (:meth:`recheck`, profile F17): the MAF
+        no longer knows the key (4004: Key De-Registration, ``maf revoke``, ``maf remove-client``
+        of its Source) or this CSE is no longer one of its Targets (4103) - REVOKED, as is another
+        Kc, SUID or Source; any other refusal or no answer - UNREACHABLE."""
+        self.retrievals += 1
+        try:
+            got = await self._call(kpsa_id)
+        except MAFResponseError as exc:
+            return KeyStatus.REVOKED if exc.rsc in _REVOKING_RSC else KeyStatus.UNREACHABLE
+        except (M2MSecError, OSError, asyncio.TimeoutError):
+            await self._reset()
+            return KeyStatus.UNREACHABLE
+        if (got.suid != SUID.MAF_SAEF or not hmac.compare_digest(got.key, entry.kpsa)
+                or self.bind(got.source_id) != entry.peer_id):
+            return KeyStatus.REVOKED
+        self._relifetime(kpsa_id, entry, got.expires_at)
+        return KeyStatus.VALID
 
     async def _call(self, kpsa_id: str) -> RetrievedKey:
         try:

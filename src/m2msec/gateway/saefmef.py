@@ -29,7 +29,6 @@ association is refused (4106, closed) at its next request.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from collections.abc import Callable
 
@@ -67,12 +66,6 @@ class MEFSAEFDirectory(RemoteKpsaDirectory):
     def handles(self, kpsa_id: str) -> bool:
         return self.fetcher.is_ours(kpsa_id)
 
-    def holds(self, entry: KpsaEntry) -> bool:
-        """``entry`` (what an association was accepted with) is still what the MEF serves."""
-        now = self.lookup(entry.kpsa_id)
-        return (now is not None and hmac.compare_digest(now.kpsa, entry.kpsa)
-                and (now.peer_id, now.peer_kind) == (entry.peer_id, entry.peer_kind))
-
     async def _fetch(self, kpsa_id: str) -> None:
         """One MEF Key Retrieval (``/fetchCredentials/<KeID>/22``) for the handshakes waiting on it."""
         self.fetches += 1
@@ -102,26 +95,14 @@ class MEFSAEFDirectory(RemoteKpsaDirectory):
         ones it refuses (4004/4103) or gives with another Kpsa or Enrolee-ID, and refuse them for
         ``negative_ttl``.  No answer keeps the entry.  Returns counts: ``checked``, ``valid``,
         ``revoked``, ``unreachable``."""
-        counts = {"checked": 0, "valid": 0, "revoked": 0, "unreachable": 0}
-        sem = asyncio.Semaphore(concurrency)
-
-        async def one(kid: str, entry: KpsaEntry) -> None:
-            async with sem:
-                status, _cred = await self.fetcher.recheck(kid, SUID_KPSA, entry.kpsa,
-                                                           enrolee_id=self._enrolee.get(kid, ""))
-            counts["checked"] += 1
-            counts[status.value] += 1
-            if status is KeyStatus.REVOKED and self._cache.get(kid, (None,))[0] is entry:
-                del self._cache[kid]
-                self._refuse(kid, "the MEF no longer serves this KeID (re-check)")
-
         for kid in [k for k in self._enrolee if k not in self._cache]:
             del self._enrolee[kid]  # expired meanwhile
-        await asyncio.gather(*(one(kid, e) for kid, (e, _exp) in list(self._cache.items())))
-        if counts["unreachable"]:
-            log.warning("mef: re-check of SAEF Kpsa: %d of %d KeID(s) not answered; they stay until the next pass",
-                        counts["unreachable"], counts["checked"])
-        return counts
+        return await super().recheck(concurrency)
+
+    async def _ask_again(self, kpsa_id: str, entry: KpsaEntry) -> KeyStatus:
+        status, _cred = await self.fetcher.recheck(kpsa_id, SUID_KPSA, entry.kpsa,
+                                                   enrolee_id=self._enrolee.get(kpsa_id, ""))
+        return status
 
     async def aclose(self) -> None:
         for t in list(self._inflight.values()):
