@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import os
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -233,5 +234,41 @@ def test_esprim_exchange_with_a_maf_key(env) -> None:
             with pytest.raises(ESPrimError) as ei:
                 receiver.open_request(obj2, outer_from=AE3)
             assert int(ei.value.rsc) == 4116
+
+    run(main)
+
+
+def test_targets_recheck_forgets_revoked_keys(env) -> None:
+    """Profile F17 for library Targets: ``recheck()`` of the MAF ESPrim and ESData key sources asks
+    the MAF again about every cached key; after ``maf revoke`` (admin) of one key it is forgotten
+    (ESPrim: 4112 from then on; ESData: the envelope under it no longer opens), the others stay."""
+    clock, store, svc = env
+    payload = b"reading"
+
+    async def main() -> None:
+        async with running(svc) as srv, connected(srv.port, AE1) as src, connected(srv.port, AE2) as tgt:
+            for c in (src, tgt):
+                await c.register(clock.now + timedelta(days=1))
+            until = clock.now + timedelta(hours=1)
+            ep1 = await src.register_key(SUID.MAF_ESPRIM, [AE2], until)
+            ep2 = await src.register_key(SUID.MAF_ESPRIM, [AE2], until, key_value=os.urandom(32))
+            ed = await src.register_key(SUID.MAF_ESDATA_ENCRYPT, [AE2], until, key_value=os.urandom(32))
+            esprim = MAFESPrimKeySource(tgt, clock=clock)
+            for reg in (ep1, ep2):
+                await esprim.fetch(reg.key_id)
+            esdata = MAFESDataKeySource(tgt)
+            envelope = Source().seal(payload, serialization="compact", recipients=[esdata_recipient(ed)])
+            assert (await esdata.open(Target(esdata), envelope)).payload == payload
+            assert await esprim.recheck() == {"checked": 2, "valid": 2, "revoked": 0, "unreachable": 0}
+            assert await esdata.recheck() == {"checked": 1, "valid": 1, "revoked": 0, "unreachable": 0}
+            svc.revoke_key(ep1.key_id)  # `m2msec maf revoke`
+            svc.revoke_key(ed.key_id)
+            assert await esprim.recheck() == {"checked": 2, "valid": 1, "revoked": 1, "unreachable": 0}
+            assert await esdata.recheck() == {"checked": 1, "valid": 0, "revoked": 1, "unreachable": 0}
+            with pytest.raises(UnknownKeyID):
+                esprim.resolve(ep1.key_id)
+            assert esprim.resolve(ep2.key_id).kid == ep2.key_id
+            with pytest.raises(ESDataError):
+                Target(esdata).open(envelope)
 
     run(main)

@@ -248,6 +248,12 @@ class InMemoryKeySource:
     def add(self, entry: ResolvedKey) -> None:
         self._keys[entry.kid] = entry
 
+    def remove(self, kid: str) -> bool:
+        return self._keys.pop(kid, None) is not None
+
+    def entries(self) -> list[ResolvedKey]:
+        return list(self._keys.values())
+
     def resolve(self, kid: str) -> ResolvedKey:
         try:
             return self._keys[kid]

@@ -115,6 +115,10 @@ class ProvisionedKeySource:
     def remove(self, kid: str) -> bool:
         return self._keys.pop(kid, None) is not None
 
+    def keys(self) -> list[PairwiseKey]:
+        """Every key held (expired ones too)."""
+        return list(self._keys.values())
+
     def resolve(self, kid: str) -> PairwiseKey:
         key = self._keys.get(kid)
         if key is None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hmac
 import logging
 import threading
 from datetime import datetime, timedelta
@@ -131,6 +132,49 @@ class MAFESPrimKeySource:
     def resolve(self, kid: str) -> PairwiseKey:
         return self._cache.resolve(kid)
 
+    async def recheck(self) -> dict[str, int]:
+        """Ask the MAF again about every cached key (a fresh Key Retrieval each, profile F17): a
+        key the MAF no longer serves (4004/4103) or gives differently is forgotten, so the next
+        ESPrim Object under it is refused 4112.  Counts: ``checked``, ``valid``, ``revoked``,
+        ``unreachable``."""
+
+        async def ask(kid: str) -> tuple[bytes, str] | None:
+            got = await self.client.retrieve_key(kid)
+            return (derive_maf_pairwise_esprim_key(got.key), got.source_id) if got.suid == SUID.MAF_ESPRIM else None
+
+        held = {k.kid: (k.key, k.peer_id) for k in self._cache.keys()}
+        return await _recheck(held, ask, self._cache.remove, "pairwiseESPrimKey")
+
+
+async def _recheck(held: dict[str, tuple[Any, ...]], ask: Any, forget: Any, what: str) -> dict[str, int]:
+    """One re-check pass of a Target's cached MAF keys: ``ask(kid)`` (a fresh Key Retrieval)
+    returns what the key is now (None: not usable here); REVOKED when the MAF refuses with
+    4004/4103 or answers something else than ``held[kid]``; ``forget(kid)`` drops it."""
+    counts = {"checked": 0, "valid": 0, "revoked": 0, "unreachable": 0}
+    for kid, now in held.items():
+        counts["checked"] += 1
+        try:
+            got = await ask(kid)
+        except MAFResponseError as exc:
+            if exc.rsc not in (RSC.NOT_FOUND, RSC.ORIGINATOR_HAS_NO_PRIVILEGE):
+                counts["unreachable"] += 1
+                continue
+            got = None
+        except (M2MSecError, OSError, asyncio.TimeoutError):
+            counts["unreachable"] += 1
+            continue
+        if got is not None and len(got) == len(now) and all(
+                hmac.compare_digest(a, b) if isinstance(a, bytes) else a == b for a, b in zip(got, now)):
+            counts["valid"] += 1
+            continue
+        forget(kid)
+        counts["revoked"] += 1
+        log.info("MAF re-check: %s %s forgotten (the MAF no longer serves it)", what, kid)
+    if counts["unreachable"]:
+        log.warning("MAF re-check: %d of %d %s(s) not answered; they stay until the next pass",
+                    counts["unreachable"], counts["checked"], what)
+    return counts
+
 
 # ------------------------------------------------------------------ ESData (SUID 34/35)
 
@@ -169,6 +213,23 @@ class MAFESDataKeySource:
 
     def resolve(self, kid: str) -> ResolvedKey:
         return self._cache.resolve(kid)
+
+    async def recheck(self) -> dict[str, int]:
+        """As :meth:`MAFESPrimKeySource.recheck`, for the cached ESData keys (SUID 34/35)."""
+
+        async def ask(kid: str) -> tuple[bytes, int] | None:
+            got = await self.client.retrieve_key(kid)
+            if got.suid not in (SUID.MAF_ESDATA_ENCRYPT, SUID.MAF_ESDATA_SIGN):
+                return None
+            return maf_esdata_key(got.key, int(got.suid)), int(got.suid)
+
+        held = {e.kid: (e.key, e.suid) for e in self._cache.entries()}
+
+        def forget(kid: str) -> None:
+            self._cache.remove(kid)
+            self._expiry.pop(kid, None)
+
+        return await _recheck(held, ask, forget, "ESData key")
 
     async def open(self, target: Target, envelope: Any, *, max_rounds: int = 3, **kw: Any) -> Opened:
         """``target.open(envelope, **kw)``, retrieving on demand (8.8.2.8) the keys of this MAF that
