@@ -73,6 +73,15 @@ EXPECTED: dict[str, tuple[list[str], bool]] = {
         r"^certificate from another CA refused: AUTHENTICATION_FAILED \(rsc 4106\)$",
         r"^OK: ESCertKE key agreed by both AEs and used for ESPrim$",
     ], False),
+    "saef_dtls_ocsp.py": ([
+        r"^CA CN=Example SP Root CA,O=Example SP, OCSP responder http://127\.0\.0\.1:\d+/$",
+        r"^CSE /id-in on 127\.0\.0\.1:\d+ \(DTLS 1\.2, certificates, OCSP\)$",
+        r"^meter: associated with /id-in \(ECDHE-ECDSA-AES128-CCM8\), CSE status good, reply 'ok'$",
+        r"^valve: refused \(BAD_CERTIFICATE: tls alert certificate revoked\)$",
+        r"^meter again: associated with /id-in \(ECDHE-ECDSA-AES128-CCM8\), CSE status good, reply 'ok'$",
+        r"^OCSP queries by the CSE: 3 \(",
+        r"^OK: DTLS certificate SAEF with OCSP stapling and OCSP checks of the devices$",
+    ], False),
     "saef_association.py": ([
         r"^CSE /id-in on 127\.0\.0\.1:\d+: TLS-PSK and certificate associations$",
         r"^sensor associated: TLSv1\.2, PSK-AES128-CBC-SHA256, psk_identity [0-9a-f]{32}@mef\.sp\.example\.com$",
