@@ -525,6 +525,21 @@ GATEWAY: dict[tuple[str, str], Accessor] = {
     ("saef_maf", "registration_lifetime"): lambda b, _: (
         b.gateway.saef_listener.maf.registration_lifetime.total_seconds()),
     ("saef_maf", "recheck_interval_s"): lambda b, _: b.gateway.saef_listener.maf_config.recheck_interval,
+    ("esprim_maf", "fqdn"): lambda b, _: b.gateway.esprim_maf.config.maf_fqdn,
+    ("esprim_maf", "host"): lambda b, _: b.gateway.esprim_maf.config.host,
+    ("esprim_maf", "port"): lambda b, _: b.gateway.esprim_maf.config.port,
+    ("esprim_maf", "admin_fqdn"): lambda b, _: b.gateway.esprim_maf.config.admin_fqdn,
+    ("esprim_maf", "kmid"): lambda b, _: b.gateway.esprim_maf.config.psk.identity.decode(),
+    ("esprim_maf", "km_hex"): lambda b, _: b.gateway.esprim_maf.config.psk.key.hex(),
+    ("esprim_maf", "km_file"): lambda b, _: b.gateway.esprim_maf.config.psk.key.hex(),
+    ("esprim_maf", "cert"): lambda b, _: ("file", [b.gateway.esprim_maf.config.credentials.certificate,
+                                                   *b.gateway.esprim_maf.config.credentials.chain]),
+    ("esprim_maf", "key"): lambda b, _: ("file", _pub(b.gateway.esprim_maf.config.credentials.private_key)),
+    ("esprim_maf", "ca"): lambda b, _: ("file", list(b.gateway.esprim_maf.config.maf_trust_anchors)),
+    ("esprim_maf", "timeout"): lambda b, _: b.gateway.esprim_maf.timeout,
+    ("esprim_maf", "negative_ttl"): lambda b, _: b.gateway.esprim_maf.negative_ttl,
+    ("esprim_maf", "registration_lifetime"): lambda b, _: b.gateway.esprim_maf.registration_lifetime.total_seconds(),
+    ("esprim_maf", "recheck_interval_s"): lambda b, _: b.gateway.esprim_maf.recheck_interval,
 }
 
 ACCESSORS = {"maf.toml": MAF, "mef.toml": MEF, "gateway.toml": GATEWAY}
@@ -533,7 +548,9 @@ ACCESSORS = {"maf.toml": MAF, "mef.toml": MEF, "gateway.toml": GATEWAY}
 # given); the example's comment names psk_hex.
 ALTERNATIVES = {("gateway.toml", "mef", "psk_hex"), ("gateway.toml", "saef_maf", "km_hex"),
                 ("gateway.toml", "saef_maf", "cert"), ("gateway.toml", "saef_maf", "key"),
-                ("gateway.toml", "saef_maf", "ca")}
+                ("gateway.toml", "saef_maf", "ca"), ("gateway.toml", "esprim_maf", "km_hex"),
+                ("gateway.toml", "esprim_maf", "cert"), ("gateway.toml", "esprim_maf", "key"),
+                ("gateway.toml", "esprim_maf", "ca")}
 
 # Defaults applied by `serve` rather than by a loader: test_services_start_and_stop checks them
 # (the minimal examples listen on 127.0.0.1 with an ephemeral port).
@@ -895,7 +912,7 @@ REFUSALS = [
     ("gateway.toml", 'name = "cse-in"', ""),
     ("gateway.toml", 'psk_file = "mef.psk"', ""),
     ("gateway.toml", "unique_key_period = 7200", "unique_key_period = 1000"),
-    ("gateway.toml", "suids = [13, 23, 43]", "suids = [11]"),
+    ("gateway.toml", "suids = [13, 23, 33, 43]", "suids = [11]"),
     ("gateway.toml", 'listen = "0.0.0.0:8443"', 'listen = "8443"'),
     ("gateway.toml", "max_connections = 4000", "max_connections = -1"),
     ("gateway.toml", "max_connections = 3000", "max_connections = 0"),

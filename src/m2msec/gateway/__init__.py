@@ -85,6 +85,13 @@ Configuration (``gateway.toml``; paths relative to the file; every key, type and
     target_id = "/id-in"         # Enrolment Target ID (default "/" + [cse] id)
     recheck_interval_s = 300     # ask the MEF again about every fetched key (0 = never)
 
+    [esprim_maf]                 # optional: MAF-based keys (SUID 33) retrieved from the MAF
+    fqdn = "maf.example.com"     # Key Identifiers ending in this MAF-FQDN are retrieved on first sight
+    port = 4433
+    admin_fqdn = "sp.example.com"
+    kmid = "cse-in@maf.example.com"   # the CSE's own MAF Client credential (or cert/key/ca)
+    km_file = "gateway-maf.key"
+
     [[routes]]                   # other CSEs reachable through their gateways
     csi = "/id-mn"
     url = "http://127.0.0.1:9001"

@@ -61,6 +61,24 @@ def build(config: GatewayConfig, *, clock: Any = None, store: Store | None = Non
         source = MEFESPrimKeySource(fetcher, keys)
         binding = MEFBinding(config.mef, fetcher, clock, users=[source])  # SIGHUP: m2msec.gateway.mefreload
         prefetch, recheck = source.prefetch, source.recheck
+    esprim_maf = None
+    if config.esprim_maf is not None:  # MAF-based keys (SUID 33) retrieved from the MAF on first sight (G15)
+        from m2msec.gateway.esprimmaf import MAFESPrimStoreSource  # noqa: PLC0415
+
+        m = config.esprim_maf
+        esprim_maf = MAFESPrimStoreSource(m.client_config(clock), keys, clock=clock, timeout=m.timeout,
+                                          negative_ttl=m.negative_ttl, registration_lifetime=m.registration_lifetime,
+                                          recheck_interval=m.recheck_interval)
+        if prefetch is None:
+            prefetch = esprim_maf.prefetch
+        else:
+            mef_prefetch, maf_prefetch = prefetch, esprim_maf.prefetch
+
+            async def prefetch_both(kid: str) -> None:  # each source fetches only its own kind of kid
+                await mef_prefetch(kid)
+                await maf_prefetch(kid)
+
+            prefetch = prefetch_both
     receiver = Receiver(keys=source, state=StoreReceiverState(store, clock=clock), clock=clock, policy=policy)
     gw = Gateway(
         cse_url=config.cse_url, cse_id=config.cse_id, cse_name=config.cse_name, receiver=receiver,
@@ -100,4 +118,5 @@ def build(config: GatewayConfig, *, clock: Any = None, store: Store | None = Non
             recheck = recheck_both
     gw.key_recheck = recheck
     gw.mef_binding = binding
+    gw.esprim_maf = esprim_maf
     return gw, store

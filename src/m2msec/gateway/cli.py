@@ -150,9 +150,20 @@ def serve(
                 print(line, flush=True)
         await recheck_mef()
 
+    async def recheck_esprim_maf() -> None:
+        """SIGHUP with [esprim_maf]: one MAF re-check of the SUID-33 keys now (G15)."""
+        try:
+            counts = await gw.esprim_maf.recheck()
+        except Exception as exc:  # noqa: BLE001 - the periodic passes go on
+            print(f"error: esprim_maf re-check failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            return
+        print(f"esprim_maf re-checked {counts['checked']} key(s): {counts['revoked']} removed, "
+              f"{counts['unreachable']} not answered", flush=True)
+
     def reload() -> None:
         jobs = ([reload_saef()] if gw.saef_listener is not None else []) + \
-               ([reload_mef()] if gw.mef_binding is not None else [])
+               ([reload_mef()] if gw.mef_binding is not None else []) + \
+               ([recheck_esprim_maf()] if gw.esprim_maf is not None else [])
         if not jobs:
             print("sighup: nothing to reload (adding [saef] or [mef] needs a restart)", file=sys.stderr, flush=True)
             return

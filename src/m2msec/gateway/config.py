@@ -257,6 +257,8 @@ class GatewayConfig:
     sp_id: str | None = None
     #: the SAEF listener (``[saef]``), None: plain HTTP only
     saef: SAEFConfig | None = None
+    #: the MAF Client that retrieves MAF-based pairwiseESPrimKeys (SUID 33) for the Receiver
+    esprim_maf: SAEFMAFConfig | None = None
     #: ``[gateway] audit_seal_interval_s``: ``serve`` seals the store's audit trail this often
     #: (m2msec.store.autoseal.AuditSealer; 0: off)
     audit_seal_interval: float = DEFAULT_SEAL_INTERVAL_S
@@ -466,12 +468,14 @@ def _positive_seconds(t: dict[str, Any], key: str, default: float, where: str) -
     return float(v)
 
 
-def _saef_maf(doc: dict[str, Any], base: Path) -> SAEFMAFConfig | None:
-    """``[saef_maf]``: the gateway's MAF Client for the MAF-based SAEF (8.2.2.3, 8.8.3.1)."""
-    if "saef_maf" not in doc:
+def _saef_maf(doc: dict[str, Any], base: Path, table: str = "saef_maf") -> SAEFMAFConfig | None:
+    """``[saef_maf]``: the gateway's MAF Client for the MAF-based SAEF (8.2.2.3, 8.8.3.1); with
+    ``table="esprim_maf"``, ``[esprim_maf]``: the one that retrieves MAF-based pairwiseESPrimKeys
+    (SUID 33, 8.4.2 C.6a) for the CSE's ESPrim Receiver (the same keys)."""
+    if table not in doc:
         return None
-    t = doc["saef_maf"]
-    w = "[saef_maf]"
+    t = doc[table]
+    w = f"[{table}]"
     if not isinstance(t, dict):
         raise ConfigError(f"{w} must be a table")
     for k in ("fqdn", "admin_fqdn"):
@@ -613,7 +617,7 @@ def _saef_staple(t: dict[str, Any], base: Path,
 #: every key and table of gateway.toml (docs/configuration.md); anything else is a configuration error
 GATEWAY_TOML_KEYS: dict[str, frozenset[str]] = {
     "": frozenset({"cse", "store", "gateway", "receiver", "keys", "mef", "routes", "saef", "saef_psk", "saef_cert",
-                   "saef_maf"}),
+                   "saef_maf", "esprim_maf"}),
     "cse": frozenset({"id", "name", "admin", "sp_id", "url"}),
     "store": frozenset({"url", "kek_file"}),
     "gateway": frozenset({"poa_ttl", "enforce_acp", "trace_file", "audit_seal_interval_s", "max_connections",
@@ -632,6 +636,7 @@ GATEWAY_TOML_KEYS: dict[str, frozenset[str]] = {
     "saef_maf": frozenset({"fqdn", "host", "port", "admin_fqdn", "kmid", "km_hex", "km_file", "cert", "key", "ca",
                            "timeout", "negative_ttl", "registration_lifetime", "recheck_interval_s"}),
 }
+GATEWAY_TOML_KEYS["esprim_maf"] = GATEWAY_TOML_KEYS["saef_maf"]
 
 
 def load_config(path: str | Path, *, cse_url: str | None = None, store_url: str | None = None,
@@ -699,6 +704,10 @@ def load_config(path: str | Path, *, cse_url: str | None = None, store_url: str 
     except ValueError as exc:
         raise ConfigError(f"[gateway] {exc}") from None
     saef = _saef(doc, base, saef_listen, sp_id)
+    esprim_maf = _saef_maf(doc, base, "esprim_maf")
+    suids = tuple(SUID(int(s)) for s in recv.get("suids", [13, 23] + ([33] if esprim_maf is not None else [])))
+    if esprim_maf is not None and SUID.MAF_ESPRIM not in suids:
+        raise ConfigError("[esprim_maf] retrieves SUID-33 keys: add 33 to [receiver] suids (or leave suids out)")
     return GatewayConfig(
         cse_id=cse["id"].lstrip("/"),
         cse_name=cse["name"],
@@ -709,7 +718,7 @@ def load_config(path: str | Path, *, cse_url: str | None = None, store_url: str 
         keys=tuple(keys),
         routes=routes,
         poa_ttl=float(gw.get("poa_ttl", 30.0)),
-        suids=tuple(SUID(int(s)) for s in recv.get("suids", [13, 23])),
+        suids=suids,
         shared_lifetime=timedelta(seconds=float(recv.get("shared_lifetime", 86400))),
         unique_lifetime=timedelta(seconds=float(recv.get("unique_lifetime", 3600))),
         unique_key_period=_whole_seconds(recv, "unique_key_period"),
@@ -718,6 +727,7 @@ def load_config(path: str | Path, *, cse_url: str | None = None, store_url: str 
         enforce_acp=enforce_acp,
         sp_id=sp_id,
         saef=saef,
+        esprim_maf=esprim_maf,
         audit_seal_interval=seal_interval,
         connection_limits=limits,
     )

@@ -93,6 +93,22 @@ def maf_bound_ae_id(source_id: str, *, cse_id: str, sp_id: str | None) -> str | 
 
 #: MAF refusals of a Key Retrieval that mean the cached Kc is no longer this CSE's to use
 _REVOKING_RSC = (RSC.NOT_FOUND, RSC.ORIGINATOR_HAS_NO_PRIVILEGE)
+REVOKING_RSC = _REVOKING_RSC
+
+
+async def retrieve_registering(client: MAFClient, key_id: str, *, timeout: float, clock: Clock,
+                               registration_lifetime: timedelta, what: str) -> RetrievedKey:
+    """One Key Retrieval (8.8.2.8) by the gateway's MAF Client, each step within ``timeout``;
+    when the MAF answers that the CSE is not (or no longer) registered (4128, 8.8.2.3), the MAF
+    Client Registration first, then the retrieval once more."""
+    try:
+        return await asyncio.wait_for(client.retrieve_key(key_id), timeout)
+    except MAFResponseError as exc:
+        if exc.rsc is not RSC.SERVICE_SUBSCRIPTION_NOT_ESTABLISHED:
+            raise
+    log.info("%s: MAF Client Registration with %s", what, client.config.maf_fqdn)
+    await asyncio.wait_for(client.register(clock() + registration_lifetime), timeout)
+    return await asyncio.wait_for(client.retrieve_key(key_id), timeout)
 
 
 class MAFSAEFDirectory(RemoteKpsaDirectory):
@@ -173,15 +189,8 @@ class MAFSAEFDirectory(RemoteKpsaDirectory):
         return KeyStatus.VALID
 
     async def _call(self, kpsa_id: str) -> RetrievedKey:
-        try:
-            return await asyncio.wait_for(self._client.retrieve_key(kpsa_id), self.timeout)
-        except MAFResponseError as exc:
-            if exc.rsc is not RSC.SERVICE_SUBSCRIPTION_NOT_ESTABLISHED:
-                raise
-        # 8.8.2.3: this CSE is not (or no longer) registered with the MAF; register, then retry
-        log.info("saef_maf: MAF Client Registration with %s", self.config.maf_fqdn)
-        await asyncio.wait_for(self._client.register(self._clock() + self.registration_lifetime), self.timeout)
-        return await asyncio.wait_for(self._client.retrieve_key(kpsa_id), self.timeout)
+        return await retrieve_registering(self._client, kpsa_id, timeout=self.timeout, clock=self._clock,
+                                          registration_lifetime=self.registration_lifetime, what="saef_maf")
 
     async def _reset(self) -> None:
         try:

@@ -231,6 +231,9 @@ class Gateway:
         self.saef_listener: Any = None
         #: ``[mef]`` in force and its users (m2msec.gateway.mefreload.MEFBinding), for SIGHUP
         self.mef_binding: Any = None
+        #: ``[esprim_maf]``: the MAF-based key source (m2msec.gateway.esprimmaf), started and
+        #: closed with the gateway
+        self.esprim_maf: Any = None
         self.host = "127.0.0.1"
         self.port = 0
         self._bases = {
@@ -249,6 +252,8 @@ class Gateway:
         self.host = host
         self.port = int(self._server.sockets[0].getsockname()[1])
         self._start_recheck()
+        if self.esprim_maf is not None:
+            self.esprim_maf.start()
         return self
 
     def _start_recheck(self) -> None:
@@ -288,6 +293,8 @@ class Gateway:
             self._recheck_task.cancel()
             await asyncio.gather(self._recheck_task, return_exceptions=True)
             self._recheck_task = None
+        if self.esprim_maf is not None:
+            await self.esprim_maf.aclose()
         if self._server is not None:
             self._server.close()
             for t in list(self._tasks):
