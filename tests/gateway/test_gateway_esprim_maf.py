@@ -170,3 +170,28 @@ def test_config_rules(tmp_path: Path, extra: str, needle: str) -> None:
     assert needle in str(ei.value)
     with pytest.raises(ConfigError, match=r"\[esprim_maf\] needs port"):
         load_config(_toml(tmp_path, "http://127.0.0.1:9", 0, kmid))
+
+
+def test_serve_runs_the_recheck_on_sighup(tmp_path: Path) -> None:
+    """``m2msec gateway serve`` with ``[esprim_maf]``: SIGHUP runs one re-check (nothing stored
+    yet: 0 keys) and prints it; SIGTERM stops it cleanly."""
+    import select
+    import signal
+    import socket
+
+    from _gateway_support import GatewayProcess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = int(s.getsockname()[1])
+    (tmp_path / "gw-km.hex").write_text(os.urandom(32).hex())
+    gw = GatewayProcess(_toml(tmp_path, "http://127.0.0.1:9", dead, f"cse@{MAF_FQDN}"), "http://127.0.0.1:9")
+    try:
+        gw.proc.send_signal(signal.SIGHUP)
+        assert gw.proc.stdout is not None
+        ready, _, _ = select.select([gw.proc.stdout], [], [], 20)
+        assert ready, "no line after SIGHUP"
+        line = gw.proc.stdout.readline().strip()
+        assert line == "esprim_maf re-checked 0 key(s): 0 removed, 0 not answered", line
+    finally:
+        assert gw.stop() == 0
