@@ -48,12 +48,12 @@ def test_each_change_of_the_mef_table(tmp_path: Path) -> None:
 
         assert apply() == ([], [])  # the same table: the same fetcher
         assert binding.fetcher is first
-        source._refused["kid@mef.m2m.example.com"] = 1e18  # noqa: SLF001 - refused "just now"
+        source._refused.refuse("kid@mef.m2m.example.com", 3600)  # noqa: SLF001 - refused "just now"
         changed, warnings = apply(psk="5e" * 32)  # another PSK (not part of the config's equality)
         assert changed == ["mef reloaded: mef.m2m.example.com at 127.0.0.1:8444 as /id-in"] and warnings == []
         second = binding.fetcher
         assert second is not first and source.fetcher is second and directory.fetcher is second
-        assert source._refused == {}  # noqa: SLF001 - asked again with the new connection
+        assert len(source._refused) == 0  # noqa: SLF001 - asked again with the new connection
         assert second.tls.psk.key == bytes.fromhex("5e" * 32)  # type: ignore[union-attr]
         changed, _ = apply(psk="5e" * 32, port=9444)
         assert changed == ["mef reloaded: mef.m2m.example.com at 127.0.0.1:9444 as /id-in"]

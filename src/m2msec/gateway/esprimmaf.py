@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import time
 from collections import deque
 from datetime import timedelta
 from typing import Any
@@ -39,6 +38,7 @@ from m2msec.gateway.saefmaf import REVOKING_RSC, retrieve_registering
 from m2msec.keys import derive_maf_pairwise_esprim_key
 from m2msec.maf.client import MAFClient, MAFClientConfig, MAFResponseError, RetrievedKey
 from m2msec.maf.keysources import is_maf_key_id
+from m2msec.negcache import RefusalMemory
 from m2msec.onem2m.enums import SUID
 from m2msec.onem2m.timestamps import Clock
 from m2msec.pki._background import BackgroundTask
@@ -71,7 +71,7 @@ class MAFESPrimStoreSource(BackgroundTask):
         self.client = MAFClient(config)
         self.errors: deque[BaseException | str] = deque(maxlen=_MAX_RECORDS)
         self.retrievals = 0  # Key Retrievals attempted (observability, tests)
-        self._refused: dict[str, float] = {}  # kid -> time.monotonic() until which it is not asked about
+        self._refused: RefusalMemory[str] = RefusalMemory(max_entries=_MAX_RECORDS)  # kids not provided
         self._inflight: dict[str, asyncio.Task[None]] = {}
 
     def __repr__(self) -> str:
@@ -89,13 +89,7 @@ class MAFESPrimStoreSource(BackgroundTask):
 
     def _refuse(self, kid: str, why: BaseException | str) -> None:
         self.errors.append(why)
-        now = time.monotonic()
-        self._refused[kid] = now + self.negative_ttl
-        if len(self._refused) > _MAX_RECORDS:
-            for k in [k for k, t in self._refused.items() if t <= now]:
-                del self._refused[k]
-            while len(self._refused) > _MAX_RECORDS:
-                del self._refused[next(iter(self._refused))]
+        self._refused.refuse(kid, self.negative_ttl)
         log.info("esprim_maf: no pairwiseESPrimKey for %s: %s", kid, why)
 
     async def _retrieve(self, kid: str) -> RetrievedKey:
@@ -109,8 +103,7 @@ class MAFESPrimStoreSource(BackgroundTask):
         (one retrieval however many requests wait for it); leave any other ``kid`` alone."""
         if not self.handles(kid) or self._known(kid):
             return None
-        until = self._refused.get(kid)
-        if until is not None and time.monotonic() < until:
+        if self._refused.recent(kid):
             return None
         task = self._inflight.get(kid)
         if task is None:
@@ -141,7 +134,7 @@ class MAFESPrimStoreSource(BackgroundTask):
             self._refuse(kid, "the MAF named no Source MAF Client ID")
             return
         await asyncio.to_thread(self._provision, got)
-        self._refused.pop(kid, None)
+        self._refused.forget(kid)
         log.info("esprim_maf: pairwiseESPrimKey %s from the MAF, bound to %s until %s", kid, got.source_id,
                  got.expires_at)
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ from m2msec.esdata.errors import UnknownKidError
 from m2msec.esdata.types import Opened
 from m2msec.keys import derive_usage_key, parse_key_id
 from m2msec.mef.client import KeyStatus, MEFClientError, MEFKeyFetcher
+from m2msec.negcache import RefusalMemory
 from m2msec.onem2m.enums import SUID
 from m2msec.onem2m.rsc import ResponseStatusCode as RSC
 
@@ -103,7 +103,7 @@ class MEFESDataKeySource:
         self.negative_ttl = negative_ttl
         self.errors: deque[BaseException] = deque(maxlen=_MAX_RECORDS)  # the latest failed fetches
         self._held: dict[tuple[str, int], _Held] = {}
-        self._refused: dict[tuple[str, int], float] = {}  # (KeID, SUID) -> monotonic time it lapses
+        self._refused: RefusalMemory[tuple[str, int]] = RefusalMemory(max_entries=_MAX_RECORDS)  # (KeID, SUID)
 
     def __repr__(self) -> str:
         return f"MEFESDataKeySource({self.fetcher!r}, held={len(self._held)})"
@@ -147,18 +147,11 @@ class MEFESDataKeySource:
         self._refused.clear()
 
     def _recently_refused(self, kid: str, suid: int) -> bool:
-        until = self._refused.get((kid, suid))
-        return until is not None and time.monotonic() < until
+        return self._refused.recent((kid, suid))
 
     def _refuse(self, kid: str, suid: int, exc: BaseException) -> None:
         self.errors.append(exc)
-        now = time.monotonic()
-        self._refused[(kid, suid)] = now + self.negative_ttl
-        if len(self._refused) > _MAX_RECORDS:
-            for k in [k for k, t in self._refused.items() if t <= now]:
-                del self._refused[k]
-            while len(self._refused) > _MAX_RECORDS:
-                del self._refused[next(iter(self._refused))]
+        self._refused.refuse((kid, suid), self.negative_ttl)
 
     async def fetch(self, kid: str, suid: int) -> ResolvedKey:
         """The SUID-``suid`` key of KeID ``kid`` from the MEF (24 or 25).  Raises UnknownKidError
@@ -179,7 +172,7 @@ class MEFESDataKeySource:
             exc2 = UnknownKidError(f"the MEF named no Enrolee-ID for KeID {kid!r}", kids=(kid,))
             self._refuse(kid, suid, exc2)
             raise exc2
-        self._refused.pop((kid, suid), None)
+        self._refused.forget((kid, suid))
         usage = Usage.ENCRYPT if suid == SUID_ENCRYPT else Usage.SIGN
         resolved = ResolvedKey(kid=kid, key=cred.key, suid=suid,
                                algorithms=default_symmetric_algorithms(usage, len(cred.key)))

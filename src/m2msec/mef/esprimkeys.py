@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import time
 from collections import deque
 from typing import Any
 
@@ -39,6 +38,7 @@ from m2msec.errors import M2MSecError
 from m2msec.esprim.errors import UnknownKeyID
 from m2msec.esprim.keysource import PairwiseKey, StoreKeySource
 from m2msec.mef.client import FetchedCredential, KeyStatus, MEFKeyFetcher
+from m2msec.negcache import RefusalMemory
 from m2msec.onem2m.enums import SUID
 
 __all__ = ["RECHECK_CONCURRENCY", "MEFESPrimKeySource"]
@@ -60,17 +60,11 @@ class MEFESPrimKeySource:
         self.errors: deque[BaseException] = deque(maxlen=_MAX_RECORDS)  # the latest failed fetches
         #: a KeID the MEF did not provide is not asked about again for this many seconds
         self.negative_ttl = negative_ttl
-        self._refused: dict[str, float] = {}  # KeID -> time.monotonic() until which it is refused
+        self._refused: RefusalMemory[str] = RefusalMemory(max_entries=_MAX_RECORDS)  # KeIDs not provided
 
     def _refuse(self, kid: str, exc: BaseException) -> UnknownKeyID:
         self.errors.append(exc)
-        now = time.monotonic()
-        self._refused[kid] = now + self.negative_ttl
-        if len(self._refused) > _MAX_RECORDS:  # drop the lapsed ones, then the oldest
-            for k in [k for k, t in self._refused.items() if t <= now]:
-                del self._refused[k]
-            while len(self._refused) > _MAX_RECORDS:
-                del self._refused[next(iter(self._refused))]
+        self._refused.refuse(kid, self.negative_ttl)
         return UnknownKeyID(f"pairwiseESPrimKeyID {kid!r}: the MEF did not provide a key")
 
     def forget_refusals(self) -> None:
@@ -78,8 +72,7 @@ class MEFESPrimKeySource:
         self._refused.clear()
 
     def _recently_refused(self, kid: str) -> bool:
-        until = self._refused.get(kid)
-        return until is not None and time.monotonic() < until
+        return self._refused.recent(kid)
 
     def __repr__(self) -> str:
         return f"MEFESPrimKeySource({self.fetcher!r}, {self.local!r})"
@@ -109,7 +102,7 @@ class MEFESPrimKeySource:
             cred = await self.fetcher.fetch(kid, SUID_ESPRIM)
         except (M2MSecError, OSError, TimeoutError) as exc:
             raise self._refuse(kid, exc) from None
-        self._refused.pop(kid, None)
+        self._refused.forget(kid)
         return self._provision(cred)
 
     async def prefetch(self, kid: str) -> Any:
@@ -170,5 +163,5 @@ class MEFESPrimKeySource:
             cred = self.fetcher.fetch_blocking(kid, SUID_ESPRIM)
         except (M2MSecError, OSError, TimeoutError) as exc:
             raise self._refuse(kid, exc) from None
-        self._refused.pop(kid, None)
+        self._refused.forget(kid)
         return self._provision(cred)
