@@ -29,6 +29,7 @@ awaits the MAF retrieval itself, provisions the key and then calls ``open_reques
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -182,6 +183,18 @@ class StoreKeySource:
             gone = tx.delete_credential(self._namespace, kid)
             tx.notify(notify, kid)
         return gone
+
+    def revoke_audited(self, pk: PairwiseKey, *, actor: str, action: str, reason: str) -> bool:
+        """Delete ``pk`` unless the stored key changed meanwhile (gone, or another value: not what
+        was checked), with the audit record (``actor``, ``action``, subject = its peer, details =
+        kid and ``reason``) in the same transaction.  True if it was deleted."""
+        with self._store.transaction() as tx:
+            now = tx.find_credential(self._namespace, pk.kid)
+            if now is None or not hmac.compare_digest(now.secret, pk.key):
+                return False
+            tx.delete_credential(self._namespace, pk.kid)
+            tx.append_audit(actor, action, pk.peer_id, "ok", {"kid": pk.kid, "reason": reason})
+        return True
 
     def resolve(self, kid: str) -> PairwiseKey:
         return self.lookup(kid)[0]

@@ -181,14 +181,8 @@ class MAFESPrimStoreSource(BackgroundTask):
 
     def _drop(self, pk: PairwiseKey, reason: str) -> None:
         """Delete a key the re-check found revoked (unless it changed meanwhile), audited."""
-        local = self.local
-        with local.store.transaction() as tx:
-            now = tx.find_credential(local.namespace, pk.kid)
-            if now is None or not hmac.compare_digest(now.secret, pk.key):
-                return
-            tx.delete_credential(local.namespace, pk.kid)
-            tx.append_audit("gateway", "maf-revoked", pk.peer_id, "ok", {"kid": pk.kid, "reason": reason})
-        log.info("pairwiseESPrimKeyID %s of %s removed: %s", pk.kid, pk.peer_id, reason)
+        if self.local.revoke_audited(pk, actor="gateway", action="maf-revoked", reason=reason):
+            log.info("pairwiseESPrimKeyID %s of %s removed: %s", pk.kid, pk.peer_id, reason)
 
     # ------------------------------------------------------------------ background task
     async def run(self) -> None:

@@ -29,7 +29,6 @@ lifetime the MEF now gives replaces the stored one.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from collections import deque
 from typing import Any
@@ -144,14 +143,8 @@ class MEFESPrimKeySource:
 
     def _drop(self, pk: PairwiseKey, reason: str) -> None:
         """Delete the key the re-check found revoked (unless it changed meanwhile), audited."""
-        local = self.local
-        with local.store.transaction() as tx:
-            now = tx.find_credential(local.namespace, pk.kid)
-            if now is None or not hmac.compare_digest(now.secret, pk.key):
-                return  # gone or replaced meanwhile: not what the MEF was asked about
-            tx.delete_credential(local.namespace, pk.kid)
-            tx.append_audit("gateway", "mef-revoked", pk.peer_id, "ok", {"kid": pk.kid, "reason": reason})
-        log.info("pairwiseESPrimKeyID %s of %s removed: %s", pk.kid, pk.peer_id, reason)
+        if self.local.revoke_audited(pk, actor="gateway", action="mef-revoked", reason=reason):
+            log.info("pairwiseESPrimKeyID %s of %s removed: %s", pk.kid, pk.peer_id, reason)
 
     def resolve(self, kid: str) -> PairwiseKey:
         try:
