@@ -195,3 +195,37 @@ def test_serve_runs_the_recheck_on_sighup(tmp_path: Path) -> None:
         assert line == "esprim_maf re-checked 0 key(s): 0 removed, 0 not answered", line
     finally:
         assert gw.stop() == 0
+
+
+def test_sighup_puts_a_changed_table_in_force(tmp_path: Path) -> None:
+    """``MAFESPrimStoreSource.apply`` (what SIGHUP runs): the same table keeps the MAF Client; a
+    new Km (the MAF Client's credential) gets a new client and forgets the refusals; a new
+    ``recheck_interval_s`` starts, re-times or stops the periodic pass."""
+    (tmp_path / "gw-km.hex").write_text(os.urandom(32).hex())
+    kmid = f"cse@{MAF_FQDN}"
+    path = _toml(tmp_path, "http://127.0.0.1:9", 4433, kmid)
+
+    async def go() -> None:
+        gw, gstore = build(load_config(path))
+        try:
+            async with gw:
+                src = gw.esprim_maf
+                first = src.client
+                assert src._task is None  # recheck_interval_s = 0: no periodic pass  # noqa: SLF001
+                assert src.apply(load_config(path).esprim_maf, utc_now) == [] and src.client is first
+                src._refused.refuse(f"{'ab' * 16}@{MAF_FQDN}", 3600)  # noqa: SLF001
+                (tmp_path / "gw-km.hex").write_text(os.urandom(32).hex())  # the operator rotates the Km
+                assert src.apply(load_config(path).esprim_maf, utc_now) == [
+                    f"esprim_maf reloaded: {MAF_FQDN} at 127.0.0.1:4433"]
+                assert src.client is not first and len(src._refused) == 0  # noqa: SLF001
+                path.write_text(path.read_text().replace("recheck_interval_s = 0", "recheck_interval_s = 60"))
+                assert src.apply(load_config(path).esprim_maf, utc_now) == ["esprim_maf recheck_interval_s now 60"]
+                assert src._task is not None and src.recheck_interval == 60  # noqa: SLF001
+                path.write_text(path.read_text().replace("recheck_interval_s = 60", "recheck_interval_s = 0"))
+                assert src.apply(load_config(path).esprim_maf, utc_now) == ["esprim_maf recheck_interval_s now 0"]
+                await asyncio.sleep(0.05)
+                assert src._task is None  # noqa: SLF001
+        finally:
+            gstore.close()
+
+    asyncio.run(asyncio.wait_for(go(), 20))

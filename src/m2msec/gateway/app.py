@@ -69,6 +69,7 @@ def build(config: GatewayConfig, *, clock: Any = None, store: Store | None = Non
         esprim_maf = MAFESPrimStoreSource(m.client_config(clock), keys, clock=clock, timeout=m.timeout,
                                           negative_ttl=m.negative_ttl, registration_lifetime=m.registration_lifetime,
                                           recheck_interval=m.recheck_interval)
+        esprim_maf.settings = m
         if prefetch is None:
             prefetch = esprim_maf.prefetch
         else:

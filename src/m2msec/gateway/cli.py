@@ -151,7 +151,23 @@ def serve(
         await recheck_mef()
 
     async def recheck_esprim_maf() -> None:
-        """SIGHUP with [esprim_maf]: one MAF re-check of the SUID-33 keys now (G15)."""
+        """SIGHUP with [esprim_maf]: put a changed [esprim_maf] in force (a new MAF Client or
+        re-check interval), then one MAF re-check of the SUID-33 keys now (G15)."""
+        from m2msec.gateway.app import utc_now
+
+        try:
+            new = load_config(config, cse_url=cse, store_url=store, saef_listen=saef_listen)
+        except (M2MSecError, ValueError, TypeError, OSError) as exc:
+            print(f"error: esprim_maf not reloaded: {exc}", file=sys.stderr, flush=True)
+        except KeyError as exc:
+            print(f"error: esprim_maf not reloaded: {config}: missing key {exc}", file=sys.stderr, flush=True)
+        else:
+            if new.esprim_maf is None:
+                print("warning: [esprim_maf] removed from the file: a restart is needed to stop using the MAF; "
+                      "the previous [esprim_maf] stays in force", file=sys.stderr, flush=True)
+            else:
+                for line in gw.esprim_maf.apply(new.esprim_maf, utc_now):
+                    print(line, flush=True)
         try:
             counts = await gw.esprim_maf.recheck()
         except Exception as exc:  # noqa: BLE001 - the periodic passes go on
@@ -165,7 +181,7 @@ def serve(
                ([reload_mef()] if gw.mef_binding is not None else []) + \
                ([recheck_esprim_maf()] if gw.esprim_maf is not None else [])
         if not jobs:
-            print("sighup: nothing to reload (adding [saef] or [mef] needs a restart)", file=sys.stderr, flush=True)
+            print("sighup: nothing to reload (adding [saef], [mef] or [esprim_maf] needs a restart)", file=sys.stderr, flush=True)
             return
         for job in jobs:
             task = asyncio.get_running_loop().create_task(job)

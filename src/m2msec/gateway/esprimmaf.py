@@ -15,6 +15,9 @@ Key Identifier (4004 unknown, 4103 not a Target of it, another SUID, an expired 
 that does not answer is not asked about again for ``negative_ttl`` seconds; the Receiver then
 answers 4112 (ESPRIM_UNKNOWN_KEY_ID).
 
+SIGHUP (:meth:`MAFESPrimStoreSource.apply`): a changed ``[esprim_maf]`` gets a new MAF Client (or
+just a new re-check interval); adding or removing the table needs a restart.
+
 Revocation: :meth:`MAFESPrimStoreSource.recheck` asks the MAF again (a fresh retrieval) about
 every SUID-33 key of this MAF in the store, every ``recheck_interval_s`` and on SIGHUP; a key the
 MAF no longer serves (4004: Key De-Registration, ``maf revoke``, ``maf remove-client`` of its
@@ -73,6 +76,10 @@ class MAFESPrimStoreSource(BackgroundTask):
         self.retrievals = 0  # Key Retrievals attempted (observability, tests)
         self._refused: RefusalMemory[str] = RefusalMemory(max_entries=_MAX_RECORDS)  # kids not provided
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._closing: set[asyncio.Task[Any]] = set()  # replaced clients being closed (SIGHUP)
+        self._rescheduled = False  # the interval changed while the task waited
+        #: the ``[esprim_maf]`` settings in force (gateway.config.SAEFMAFConfig), for :meth:`apply`
+        self.settings: Any = None
 
     def __repr__(self) -> str:
         return f"MAFESPrimStoreSource(maf={self.config.maf_fqdn!r}, at={self.config.host}:{self.config.port})"
@@ -184,12 +191,51 @@ class MAFESPrimStoreSource(BackgroundTask):
         if self.local.revoke_audited(pk, actor="gateway", action="maf-revoked", reason=reason):
             log.info("pairwiseESPrimKeyID %s of %s removed: %s", pk.kid, pk.peer_id, reason)
 
+    # ------------------------------------------------------------------ SIGHUP
+    def apply(self, new: Any, clock: Clock) -> list[str]:
+        """Put a re-read ``[esprim_maf]`` in force (``new``: its SAEFMAFConfig; ``self.settings``:
+        the one in force, set by the gateway's builder).  The same MAF Client settings (``same_settings``: every
+        setting, the Km compared in constant time, the certificate and key) keep the client and its
+        MAF session; otherwise a new client is used from now on (requests under way finish with the
+        old one, which is then closed) and the refusals are forgotten.  A new ``recheck_interval_s``
+        times the next pass from now.  Returns what changed, one line each."""
+        changed: list[str] = []
+        if not new.same_settings(self.settings):
+            old, self.client = self.client, MAFClient(new.client_config(clock))
+            self.config = self.client.config
+            self.timeout, self.negative_ttl = new.timeout, new.negative_ttl
+            self.registration_lifetime = new.registration_lifetime
+            self._refused.clear()
+            loop = asyncio.get_running_loop()
+            task = loop.create_task(old.aclose())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+            changed.append(f"esprim_maf reloaded: {new.maf_fqdn} at {new.host}:{new.port}")
+        if new.recheck_interval != self.recheck_interval:
+            self.recheck_interval = new.recheck_interval
+            if self._task is not None and self.recheck_interval <= 0:
+                loop = asyncio.get_running_loop()
+                task = loop.create_task(self.stop())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+            elif self._task is not None:
+                self._rescheduled = True
+                self._wake_up()  # the next pass comes the new interval from now
+            elif self.recheck_interval > 0:
+                self.start()
+            changed.append(f"esprim_maf recheck_interval_s now {new.recheck_interval:g}")
+        self.settings = new
+        return changed
+
     # ------------------------------------------------------------------ background task
     async def run(self) -> None:
         self._wake = asyncio.Event()
         try:
             while True:
                 await self._nap(self.recheck_interval)
+                if self._rescheduled:
+                    self._rescheduled = False
+                    continue
                 try:
                     await self.recheck()
                 except Exception:  # noqa: BLE001 - the next pass tries again
@@ -211,6 +257,7 @@ class MAFESPrimStoreSource(BackgroundTask):
 
     async def aclose(self) -> None:
         await self.stop()
+        await asyncio.gather(*self._closing, return_exceptions=True)
         for t in list(self._inflight.values()):
             t.cancel()
         await asyncio.gather(*self._inflight.values(), return_exceptions=True)
