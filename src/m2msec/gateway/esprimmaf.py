@@ -206,18 +206,12 @@ class MAFESPrimStoreSource(BackgroundTask):
             self.timeout, self.negative_ttl = new.timeout, new.negative_ttl
             self.registration_lifetime = new.registration_lifetime
             self._refused.clear()
-            loop = asyncio.get_running_loop()
-            task = loop.create_task(old.aclose())
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+            self._background(self._retire(old, [t for t in self._inflight.values() if not t.done()]))
             changed.append(f"esprim_maf reloaded: {new.maf_fqdn} at {new.host}:{new.port}")
         if new.recheck_interval != self.recheck_interval:
             self.recheck_interval = new.recheck_interval
             if self._task is not None and self.recheck_interval <= 0:
-                loop = asyncio.get_running_loop()
-                task = loop.create_task(self.stop())
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
+                self._background(self.stop())
             elif self._task is not None:
                 self._rescheduled = True
                 self._wake_up()  # the next pass comes the new interval from now
@@ -226,6 +220,20 @@ class MAFESPrimStoreSource(BackgroundTask):
             changed.append(f"esprim_maf recheck_interval_s now {new.recheck_interval:g}")
         self.settings = new
         return changed
+
+    def _background(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _retire(self, old: MAFClient, pending: list[asyncio.Task[None]]) -> None:
+        """Close a replaced MAF Client once the retrievals it was serving have ended."""
+        if pending:
+            await asyncio.wait(pending, timeout=3 * self.timeout + 1)
+        try:
+            await old.aclose()
+        except Exception:  # noqa: BLE001 - a broken session is dropped either way
+            pass
 
     # ------------------------------------------------------------------ background task
     async def run(self) -> None:
