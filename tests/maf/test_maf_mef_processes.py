@@ -89,3 +89,45 @@ def test_sighup_rechecks_and_a_revoked_keid_loses_the_maf(tmp_path: Path) -> Non
             assert maf.proc.poll() is None  # SIGHUP never ends the MAF
         finally:
             maf.stop()
+
+
+def test_sighup_puts_a_fixed_mef_table_in_force(tmp_path: Path) -> None:
+    """``[mef]`` on SIGHUP (profile F18): the MAF process starts with a wrong PSK towards the MEF,
+    so a remotely provisioned client's handshake with its KeID fails (the MAF cannot fetch Km);
+    the operator fixes ``psk_hex`` and sends SIGHUP: ``mef reloaded: ...``, and the next
+    handshake succeeds; a new ``recheck_interval_s`` is reported too."""
+    ae = "Cmafdev-reload"
+    mef = MEFProcess(tmp_path / "mef", MEF_FQDN)
+    mef.admin("enrolee", "add", "--enrolee-id", ae, "--kpm-id", "kpm-reload", "--kpm-hex", KPM,
+              "--maf", f"{MAF_FQDN},https://{MAF_FQDN}/keyreg,https://{MAF_FQDN}/keyret")
+    mef.admin("target", "add", "--target-id", MAF_FQDN, "--psk-id", "maf-psk", "--psk-hex", MAF_PSK)
+    with mef:
+        good = (f'[mef]\nfqdn = "{MEF_FQDN}"\nhost = "127.0.0.1"\nport = {mef.port}\npsk_identity = "maf-psk"\n'
+                f'psk_hex = "{MAF_PSK}"\nrecheck_interval_s = 0\n')
+        maf = MAFProcess(tmp_path / "maf", {}, extra=good.replace(MAF_PSK, "7a" * 32))
+        try:
+            async def main() -> None:
+                e = await enrol("127.0.0.1", mef.port,
+                                mef_tls_config(psk=PSKCredentials(b"kpm-reload", bytes.fromhex(KPM))),
+                                EnrolmentRequest(maf_enrolment=True))
+                cfg = MAFClientConfig(MAF_FQDN, ADMIN_FQDN, "127.0.0.1", maf.port,
+                                      psk=PSKCredentials(e.ke_id.encode(), e.km(MAF_FQDN)), timeout=5)
+                with pytest.raises(TLSHandshakeError):  # the MAF cannot get Km from the MEF
+                    async with MAFClient(cfg) as c:
+                        await c.register(utc_now() + timedelta(days=1))
+                text = maf.config.read_text()
+                maf.config.write_text(text.replace("7a" * 32, MAF_PSK).replace("recheck_interval_s = 0",
+                                                                              "recheck_interval_s = 600"))
+                maf.proc.send_signal(signal.SIGHUP)
+                assert await asyncio.to_thread(_line_starting, maf, "mef reloaded") == \
+                    f"mef reloaded: {MEF_FQDN} at 127.0.0.1:{mef.port}"
+                assert await asyncio.to_thread(_line_starting, maf, "mef recheck_interval_s") == \
+                    "mef recheck_interval_s now 600"
+                async with MAFClient(cfg) as c:
+                    reg = await c.register(utc_now() + timedelta(days=1))
+                    assert reg.maf_client_id == ae
+
+            asyncio.run(asyncio.wait_for(main(), 60))
+            assert maf.proc.poll() is None
+        finally:
+            maf.stop()

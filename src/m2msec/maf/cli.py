@@ -14,9 +14,9 @@ the fetched CRLs.  With ``[tls] ocsp_staple_url`` ``serve`` queries that OCSP re
 MAF's own certificate before it listens (a failure is a warning: the MAF starts and staples
 nothing until a query succeeds), staples the current response in certificate handshakes and
 keeps it fresh (:class:`m2msec.pki.ocsp_staple.OCSPStapler`); SIGHUP queries again at once.
-With ``[mef]``, SIGHUP also re-checks every Km from the MEF at once (as every
-``recheck_interval_s``, profile F16) and prints ``mef re-checked N KeID(s): R removed, U not
-answered``.
+With ``[mef]``, SIGHUP also puts a changed ``[mef]`` in force (profile F18) and re-checks every
+Km from the MEF at once (as every ``recheck_interval_s``, profile F16) and prints ``mef
+re-checked N KeID(s): R removed, U not answered``.
 ``serve --workers N`` (Linux) runs N MAF processes on one port
 (SO_REUSEPORT): this process binds first, then starts N-1 ``serve --worker`` processes, each
 with its own store connection; signals are handled as :func:`_run_parent` says.
@@ -81,14 +81,17 @@ def _ts(v: Any) -> str:
 
 
 def _hangup(cfg: MAFServerConfig, refresher: CRLRefresher | None, stapler: OCSPStapler | None = None,
-            recheck: Callable[[], None] | None = None) -> None:
-    """SIGHUP: re-read the client CRL files (keeping fetched CRLs), fetch the CRL URLs, query
-    the OCSP staple responder and, with ``recheck`` ([mef]), re-check the Km from the MEF now
-    (nothing to do: a note on stderr; SIGHUP never ends the MAF)."""
+            recheck: Callable[[], None] | None = None, reload_mef: Callable[[], None] | None = None) -> None:
+    """SIGHUP: with ``reload_mef`` ([mef]) put a changed ``[mef]`` in force, re-read the client
+    CRL files (keeping fetched CRLs), fetch the CRL URLs, query the OCSP staple responder and,
+    with ``recheck`` ([mef]), re-check the Km from the MEF now (nothing to do: a note on stderr;
+    SIGHUP never ends the MAF)."""
+    if reload_mef is not None:
+        reload_mef()
     if recheck is not None:
         recheck()
     if not _wants_hangup(cfg):
-        if recheck is None:
+        if recheck is None and reload_mef is None:
             typer.echo("sighup: nothing to reload (no [tls] client_crls, client_crl_urls, ocsp_staple_url or [mef])",
                        err=True)
         return
@@ -136,6 +139,40 @@ def _recheck_now(service: MAFService) -> Callable[[], None] | None:
         task.add_done_callback(running.discard)
 
     return start
+
+
+def _mef_reloader(config: Path, cfg: MAFServerConfig, server: MAFServer, *,
+                  rechecks: bool) -> Callable[[], None] | None:
+    """With ``[mef]``: a function for SIGHUP that re-reads maf.toml and puts a changed ``[mef]``
+    in force in this process (profile F18): a new MEF client for the Km of new KeIDs and for the
+    re-checks (``mef reloaded: <fqdn> at <host>:<port>``), and (``rechecks``: the process that
+    re-checks) a new ``recheck_interval_s`` for the next pass.  Adding or removing ``[mef]``
+    needs a restart (a ``warning:`` line); an invalid file changes nothing (an ``error:`` line)."""
+    if not cfg.mef:
+        return None
+    current = {"mef": dict(cfg.mef)}
+
+    def reload() -> None:
+        try:
+            new = load_config(config)
+        except (M2MSecError, ValueError, TypeError, KeyError, OSError) as exc:
+            typer.echo(f"error: mef not reloaded: {exc}", err=True)
+            return
+        if not new.mef:
+            typer.echo("warning: [mef] removed from the file: a restart is needed to stop using the MEF; "
+                       "the previous [mef] stays in force", err=True)
+            return
+        old, now = current["mef"], dict(new.mef)
+        if {k: v for k, v in old.items() if k != "recheck_interval_s"} != \
+                {k: v for k, v in now.items() if k != "recheck_interval_s"}:
+            server.service.mef = new.mef_client()
+            typer.echo(f"mef reloaded: {now['fqdn']} at {now.get('host', '127.0.0.1')}:{now['port']}")
+        if rechecks and now.get("recheck_interval_s") != old.get("recheck_interval_s"):
+            server.set_mef_recheck_interval(new.mef_recheck_interval)
+            typer.echo(f"mef recheck_interval_s now {new.mef_recheck_interval:g}")
+        current["mef"] = now
+
+    return reload
 
 
 def _wants_hangup(cfg: MAFServerConfig) -> bool:
@@ -186,7 +223,7 @@ def serve(config: ConfigOpt,
         _fail(exc)
     if worker:
         server.mef_recheck_interval = 0.0  # the parent asks the MEF for all processes (profile F16)
-        _run_worker(cfg, store, server, stapler)
+        _run_worker(cfg, store, server, stapler, config)
         return
     if workers > 1:
         code = _run_parent(cfg, store, server, config, workers, verbose, stapler)
@@ -203,7 +240,8 @@ def serve(config: ConfigOpt,
         sealer = _start_sealer(cfg, store)
         try:
             await server.start()
-            loop.add_signal_handler(signal.SIGHUP, _hangup, cfg, refresher, stapler, _recheck_now(server.service))
+            loop.add_signal_handler(signal.SIGHUP, _hangup, cfg, refresher, stapler, _recheck_now(server.service),
+                                    _mef_reloader(config, cfg, server, rechecks=True))
             typer.echo(f"MAF {cfg.fqdn} listening on {cfg.host}:{server.port}", err=False)
             await stop.wait()
             await server.close()
@@ -232,7 +270,8 @@ def _start_sealer(cfg: MAFServerConfig, store: Store) -> AuditSealer | None:
     return sealer
 
 
-def _run_worker(cfg: MAFServerConfig, store: Store, server: MAFServer, stapler: OCSPStapler | None = None) -> None:
+def _run_worker(cfg: MAFServerConfig, store: Store, server: MAFServer, stapler: OCSPStapler | None = None,
+                config: Path | None = None) -> None:
     """A ``--worker`` process: bind the parent's port (SO_REUSEPORT), print the ready line to the
     parent (stdout is a pipe to it) and serve until SIGTERM or until the parent goes away (EOF
     on stdin, a pipe from the parent).  SIGINT is the parent's to handle (a terminal's Ctrl-C
@@ -246,7 +285,8 @@ def _run_worker(cfg: MAFServerConfig, store: Store, server: MAFServer, stapler: 
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         refresher = await _start_refresher(cfg, stapler)
-        loop.add_signal_handler(signal.SIGHUP, _hangup, cfg, refresher, stapler)
+        reload_mef = _mef_reloader(config, cfg, server, rechecks=False) if config is not None else None
+        loop.add_signal_handler(signal.SIGHUP, _hangup, cfg, refresher, stapler, None, reload_mef)
         stdin = sys.stdin.fileno()
 
         def parent_gone() -> None:
@@ -319,10 +359,11 @@ def _run_parent(cfg: MAFServerConfig, store: Store, server: MAFServer, config: P
                 stop.set()
 
         recheck = _recheck_now(server.service)  # the parent asks the MEF for all processes
+        reload_mef = _mef_reloader(config, cfg, server, rechecks=True)
 
         def hangup() -> None:
-            _hangup(cfg, refresher, stapler, recheck)
-            if not _wants_hangup(cfg):
+            _hangup(cfg, refresher, stapler, recheck, reload_mef)
+            if not _wants_hangup(cfg) and reload_mef is None:
                 return
             for p in procs:
                 if p.returncode is None:

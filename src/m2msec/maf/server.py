@@ -476,6 +476,16 @@ class MAFServer:
             self._recheck_task = asyncio.get_running_loop().create_task(self._recheck_mef())
         return self
 
+    def set_mef_recheck_interval(self, seconds: float) -> None:
+        """A new ``[mef] recheck_interval_s`` (SIGHUP): the next pass comes ``seconds`` from now;
+        0 ends the passes."""
+        self.mef_recheck_interval = seconds
+        task, self._recheck_task = self._recheck_task, None
+        if task is not None:
+            task.cancel()
+        if seconds > 0 and self._server is not None and self.service.mef is not None:
+            self._recheck_task = asyncio.get_running_loop().create_task(self._recheck_mef())
+
     async def _recheck_mef(self) -> None:
         """Every ``mef_recheck_interval`` s: which Km from the MEF are revoked (see the service)."""
         while True:
