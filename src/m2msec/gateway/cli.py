@@ -89,17 +89,16 @@ def serve(
         from m2msec.gateway.app import utc_now
 
         listener = gw.saef_listener
+        new = reread("saef")
+        if new is None:
+            return
         try:
-            new = load_config(config, cse_url=cse, store_url=store, saef_listen=saef_listen)
             if new.saef is None:
                 raise ConfigError("the file has no [saef] table any more (removing the listener needs a restart)")
             old_maf = listener.maf
             count = await listener.reload_async(new.saef, clock=utc_now)
         except (M2MSecError, ValueError, TypeError, OSError) as exc:
             print(f"error: saef not reloaded: {exc}", file=sys.stderr, flush=True)
-            return
-        except KeyError as exc:
-            print(f"error: saef not reloaded: {config}: missing key {exc}", file=sys.stderr, flush=True)
             return
         if new.mef is not None and gw.mef_binding is None:
             print("warning: [mef] added to the file: a restart is needed to use the MEF", file=sys.stderr, flush=True)
@@ -111,70 +110,60 @@ def serve(
         if listener.maf is not old_maf:
             maf = "; [saef_maf] off" if listener.maf is None else "; [saef_maf] new MAF Client"
         print(f"saef reloaded {count} binding(s){maf}", flush=True)
-        try:  # the MAF is asked again about every Kc held (a revoked one ends its associations)
-            counts = await listener.recheck_maf()
+        # the MAF is asked again about every Kc held (a revoked one ends its associations)
+        await recheck("maf", "Kc(s)", listener.recheck_maf)
+
+    def reread(what: str) -> Any:
+        """The configuration file read again, or None after one ``error: <what> not reloaded:
+        ...`` line on stderr (the problem, never a key)."""
+        try:
+            return load_config(config, cse_url=cse, store_url=store, saef_listen=saef_listen)
+        except (M2MSecError, ValueError, TypeError, OSError) as exc:
+            print(f"error: {what} not reloaded: {exc}", file=sys.stderr, flush=True)
+        except KeyError as exc:
+            print(f"error: {what} not reloaded: {config}: missing key {exc}", file=sys.stderr, flush=True)
+        return None
+
+    async def recheck(what: str, noun: str, run: Any) -> None:
+        """One re-check pass now (``run()``: counts, or None for nothing to check), reported as
+        ``<what> re-checked N <noun>: R removed, U not answered``; a failed pass is one error line."""
+        try:
+            counts = await run()
         except Exception as exc:  # noqa: BLE001 - the periodic passes go on
-            print(f"error: maf re-check failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            print(f"error: {what} re-check failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             return
         if counts is not None:
-            print(f"maf re-checked {counts['checked']} Kc(s): {counts['revoked']} removed, "
+            print(f"{what} re-checked {counts['checked']} {noun}: {counts['revoked']} removed, "
                   f"{counts['unreachable']} not answered", flush=True)
-
-    async def recheck_mef() -> None:
-        """SIGHUP with [mef]: one re-check pass now (after `m2msec mef enrolee revoke`, say)."""
-        assert gw.key_recheck is not None
-        try:
-            counts: Any = await gw.key_recheck()
-        except Exception as exc:  # noqa: BLE001 - the periodic passes go on
-            print(f"error: mef re-check failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-            return
-        print(f"mef re-checked {counts['checked']} key(s): {counts['revoked']} removed, "
-              f"{counts['unreachable']} not answered", flush=True)
 
     async def reload_mef() -> None:
         """SIGHUP with [mef]: put a changed [mef] in force (m2msec.gateway.mefreload: a new MEF
         connection for the ESPrim keys and the SAEF Kpsa, or a new re-check interval), then one
         re-check pass now with it."""
-        binding = gw.mef_binding
-        try:
-            new = load_config(config, cse_url=cse, store_url=store, saef_listen=saef_listen)
-        except (M2MSecError, ValueError, TypeError, OSError) as exc:
-            print(f"error: mef not reloaded: {exc}", file=sys.stderr, flush=True)
-        except KeyError as exc:
-            print(f"error: mef not reloaded: {config}: missing key {exc}", file=sys.stderr, flush=True)
-        else:
-            changed, warnings = binding.apply(new.mef, gw)
+        new = reread("mef")
+        if new is not None:
+            changed, warnings = gw.mef_binding.apply(new.mef, gw)
             for line in warnings:
                 print(f"warning: {line}", file=sys.stderr, flush=True)
             for line in changed:
                 print(line, flush=True)
-        await recheck_mef()
+        assert gw.key_recheck is not None
+        await recheck("mef", "key(s)", gw.key_recheck)
 
     async def recheck_esprim_maf() -> None:
         """SIGHUP with [esprim_maf]: put a changed [esprim_maf] in force (a new MAF Client or
         re-check interval), then one MAF re-check of the SUID-33 keys now (G15)."""
         from m2msec.gateway.app import utc_now
 
-        try:
-            new = load_config(config, cse_url=cse, store_url=store, saef_listen=saef_listen)
-        except (M2MSecError, ValueError, TypeError, OSError) as exc:
-            print(f"error: esprim_maf not reloaded: {exc}", file=sys.stderr, flush=True)
-        except KeyError as exc:
-            print(f"error: esprim_maf not reloaded: {config}: missing key {exc}", file=sys.stderr, flush=True)
-        else:
+        new = reread("esprim_maf")
+        if new is not None:
             if new.esprim_maf is None:
                 print("warning: [esprim_maf] removed from the file: a restart is needed to stop using the MAF; "
                       "the previous [esprim_maf] stays in force", file=sys.stderr, flush=True)
             else:
                 for line in gw.esprim_maf.apply(new.esprim_maf, utc_now):
                     print(line, flush=True)
-        try:
-            counts = await gw.esprim_maf.recheck()
-        except Exception as exc:  # noqa: BLE001 - the periodic passes go on
-            print(f"error: esprim_maf re-check failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-            return
-        print(f"esprim_maf re-checked {counts['checked']} key(s): {counts['revoked']} removed, "
-              f"{counts['unreachable']} not answered", flush=True)
+        await recheck("esprim_maf", "key(s)", gw.esprim_maf.recheck)
 
     def reload() -> None:
         jobs = ([reload_saef()] if gw.saef_listener is not None else []) + \
